@@ -1,0 +1,105 @@
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include <cutlass/array.h>
+#include <cutlass/numeric_conversion.h>
+
+namespace fa_cute {
+
+// ex2.approx: one MUFU.EX2. exp2f without --use_fast_math adds range handling we do not
+// need, since every argument is <= 0 (scores minus their row max) or -inf.
+__forceinline__ __device__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The SM80 16x8 accumulator gives each thread values ((2 columns, 2 rows), MMA_M, MMA_N).
+// Softmax works on rows, so view it as ((2 rows, MMA_M), (2 columns, MMA_N)).
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_rowcol(Layout const& acc) {
+  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
+  static_assert(decltype(cute::rank<0>(acc))::value == 2, "expects the SM80 ((2,2)) value mode");
+  return cute::make_layout(cute::make_layout(cute::get<0, 1>(acc), cute::get<1>(acc)),
+                           cute::make_layout(cute::get<0, 0>(acc), cute::get<2>(acc)));
+}
+
+// An SM80 16x8x16 A operand holds per thread ((2 k, 2 rows, 2 k-halves), MMA_M, MMA_K).
+// Two adjacent 16x8 accumulator tiles of P (columns 0-7, 8-15) are exactly one 16x16 A
+// tile, so P feeds the P.V product from registers by a pure relabelling, no data movement.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_as_a_operand(Layout const& acc) {
+  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
+  static_assert(decltype(cute::size<2>(acc))::value % 2 == 0, "MMA_N must pair up into K=16 steps");
+  auto l = cute::logical_divide(acc, cute::Shape<cute::Underscore, cute::Underscore, cute::_2>{});
+  return cute::make_layout(
+      cute::make_layout(cute::get<0, 0>(l), cute::get<0, 1>(l), cute::get<2, 0>(l)),
+      cute::get<1>(l), cute::get<2, 1>(l));
+}
+
+template <class To, class Engine, class Layout>
+__forceinline__ __device__ auto convert_type(cute::Tensor<Engine, Layout> const& tensor) {
+  using From = typename Engine::value_type;
+  constexpr int kNumel = decltype(cute::size(tensor))::value;
+  cutlass::NumericArrayConverter<To, From, kNumel> convert;
+  auto frag = convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(tensor.data()));
+  return cute::make_tensor(cute::make_rmem_ptr<To>(&frag), tensor.layout());
+}
+
+// acc += A * B with both operands read from shared memory by ldmatrix. The load of
+// k-slice i+1 is issued before the MMAs of slice i so that shared-memory latency hides
+// behind tensor-core work (register double buffering).
+template <class TiledMma, class TensorAcc, class TensorRA, class TensorRB, class TensorSA,
+          class TensorSB, class TiledCopyA, class TiledCopyB, class ThrCopyA, class ThrCopyB>
+__forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
+                                        TensorSA const& tCsA, TensorSB const& tCsB,
+                                        TiledMma const& tiled_mma,
+                                        TiledCopyA const& smem_tiled_copy_A,
+                                        TiledCopyB const& smem_tiled_copy_B,
+                                        ThrCopyA const& smem_thr_copy_A,
+                                        ThrCopyB const& smem_thr_copy_B) {
+  using namespace cute;
+  CUTE_STATIC_ASSERT_V(size<1>(tCrA) == size<1>(acc));  // MMA_M
+  CUTE_STATIC_ASSERT_V(size<1>(tCrB) == size<2>(acc));  // MMA_N
+  CUTE_STATIC_ASSERT_V(size<2>(tCrA) == size<2>(tCrB));  // MMA_K
+  Tensor tCrA_view = smem_thr_copy_A.retile_D(tCrA);
+  Tensor tCrB_view = smem_thr_copy_B.retile_D(tCrB);
+  CUTE_STATIC_ASSERT_V(size<1>(tCsA) == size<1>(tCrA_view));
+  CUTE_STATIC_ASSERT_V(size<1>(tCsB) == size<1>(tCrB_view));
+  copy(smem_tiled_copy_A, tCsA(_, _, _0{}), tCrA_view(_, _, _0{}));
+  copy(smem_tiled_copy_B, tCsB(_, _, _0{}), tCrB_view(_, _, _0{}));
+  CUTE_UNROLL
+  for (int i = 0; i < size<2>(tCrA); ++i) {
+    if (i < size<2>(tCrA) - 1) {
+      copy(smem_tiled_copy_A, tCsA(_, _, i + 1), tCrA_view(_, _, i + 1));
+      copy(smem_tiled_copy_B, tCsB(_, _, i + 1), tCrB_view(_, _, i + 1));
+    }
+    cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
+  }
+}
+
+// acc += A * B with A already in registers (P in O += P V) and B from shared memory.
+template <class TiledMma, class TensorAcc, class TensorRA, class TensorRB, class TensorSB,
+          class TiledCopyB, class ThrCopyB>
+__forceinline__ __device__ void gemm_rs(TensorAcc& acc, TensorRA const& tCrA, TensorRB& tCrB,
+                                        TensorSB const& tCsB, TiledMma const& tiled_mma,
+                                        TiledCopyB const& smem_tiled_copy_B,
+                                        ThrCopyB const& smem_thr_copy_B) {
+  using namespace cute;
+  CUTE_STATIC_ASSERT_V(size<1>(tCrA) == size<1>(acc));  // MMA_M
+  CUTE_STATIC_ASSERT_V(size<1>(tCrB) == size<2>(acc));  // MMA_N
+  CUTE_STATIC_ASSERT_V(size<2>(tCrA) == size<2>(tCrB));  // MMA_K
+  Tensor tCrB_view = smem_thr_copy_B.retile_D(tCrB);
+  CUTE_STATIC_ASSERT_V(size<1>(tCsB) == size<1>(tCrB_view));
+  copy(smem_tiled_copy_B, tCsB(_, _, _0{}), tCrB_view(_, _, _0{}));
+  CUTE_UNROLL
+  for (int i = 0; i < size<2>(tCrA); ++i) {
+    if (i < size<2>(tCrA) - 1) {
+      copy(smem_tiled_copy_B, tCsB(_, _, i + 1), tCrB_view(_, _, i + 1));
+    }
+    cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
+  }
+}
+
+}  // namespace fa_cute

@@ -1,0 +1,36 @@
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace fa_cute {
+
+// Element strides are 64-bit so that batch * seqlen * heads * dim beyond 2^31 elements
+// addresses correctly; the last (head) dim is always contiguous.
+using index_t = int64_t;
+
+// Everything a forward kernel needs, filled by the host from plain integers: no torch.
+struct FwdParams {
+  void const* __restrict__ q_ptr;
+  void const* __restrict__ k_ptr;
+  void const* __restrict__ v_ptr;
+  void* __restrict__ o_ptr;
+
+  index_t q_batch_stride, q_row_stride, q_head_stride;
+  index_t k_batch_stride, k_row_stride, k_head_stride;
+  index_t v_batch_stride, v_row_stride, v_head_stride;
+  index_t o_batch_stride, o_row_stride, o_head_stride;
+
+  int batch;
+  int seqlen_q;
+  int seqlen_k;
+  int nheads;
+  int nheads_k;  // nheads % nheads_k == 0; query head h reads K/V head h / (nheads / nheads_k)
+  int head_dim;
+
+  float softmax_scale;       // applied to Q K^T
+  float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
+};
+
+}  // namespace fa_cute

@@ -1,0 +1,78 @@
+#include "kernel_registry.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+#include "tile_size.h"
+
+namespace fa_cute {
+
+char const* dtype_name(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "fp16"; }
+
+namespace {
+// Function-local static: registration runs during static initialisation of other
+// translation units, whose order relative to this one is unspecified.
+std::vector<FwdKernel>& registry() {
+  static std::vector<FwdKernel> kernels;
+  return kernels;
+}
+
+bool kernel_less(FwdKernel const& a, FwdKernel const& b) {
+  int const c = std::strcmp(a.config, b.config);
+  return c != 0 ? c < 0 : a.dtype < b.dtype;
+}
+
+std::string built_config_names() {
+  std::set<std::string> configs;
+  for (FwdKernel const& k : fwd_kernels()) configs.insert(k.config);
+  std::string names;
+  for (std::string const& c : configs) names += (names.empty() ? "" : ", ") + c;
+  return names;
+}
+}  // namespace
+
+bool register_fwd_kernel(FwdKernel const& kernel) {
+  auto& kernels = registry();
+  kernels.insert(std::upper_bound(kernels.begin(), kernels.end(), kernel, kernel_less), kernel);
+  return true;
+}
+
+std::vector<FwdKernel> const& fwd_kernels() { return registry(); }
+
+FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype) {
+  for (FwdKernel const& k : fwd_kernels()) {
+    if (config == k.config && k.dtype == dtype) return k;
+  }
+  throw std::invalid_argument("config: '" + config + "' is not built for dtype " +
+                              dtype_name(dtype) + "; built configs: " + built_config_names());
+}
+
+std::string default_fwd_config(int head_dim, int /*seqlen_q*/, int /*seqlen_k*/, int cc_major,
+                               int /*cc_minor*/) {
+  if (cc_major < 8) {
+    throw std::invalid_argument("device: compute capability " + std::to_string(cc_major) +
+                                ".x is not supported; fa_cute needs sm_80 or newer");
+  }
+  FwdTile const tile = sm80_fwd_tile(head_dim);
+  for (FwdKernel const& k : fwd_kernels()) {
+    if (std::strcmp(k.family, "sm80") == 0 && k.head_dim == head_dim &&
+        k.block_m == tile.block_m && k.block_n == tile.block_n && k.num_warps == tile.num_warps) {
+      return k.config;
+    }
+  }
+  // The heuristic's tile was not built (FA_CUTE_CONFIGS): any built config for the head dim.
+  for (FwdKernel const& k : fwd_kernels()) {
+    if (k.head_dim == head_dim) return k.config;
+  }
+  std::set<int> head_dims;
+  for (FwdKernel const& k : fwd_kernels()) head_dims.insert(k.head_dim);
+  std::string dims;
+  for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  throw std::invalid_argument("head_dim: " + std::to_string(head_dim) +
+                              " is not supported; supported head dims: " + dims);
+}
+
+}  // namespace fa_cute

@@ -1,0 +1,59 @@
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "flash_params.h"
+
+namespace fa_cute {
+
+enum class DType { kBF16, kFP16 };
+
+inline void check_cuda(cudaError_t err, char const* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("fa_cute: ") + what + ": " + cudaGetErrorString(err));
+  }
+}
+
+char const* dtype_name(DType dtype);
+
+// Launches one compiled kernel on params; throws std::runtime_error on a CUDA error.
+using FwdLaunchFn = void (*)(FwdParams const& params, cudaStream_t stream);
+
+// One built kernel: a config (tile and family) instantiated for one dtype.
+struct FwdKernel {
+  char const* config;  // e.g. "sm80_m128n64w4_d128"
+  char const* family;  // "sm80": runs on sm_80 and later
+  int head_dim;
+  int block_m;
+  int block_n;
+  int num_warps;
+  DType dtype;
+  FwdLaunchFn launch;
+};
+
+// Each generated translation unit registers its kernel at static-initialisation time, so
+// the set of kernels is exactly what CMake compiled (FA_CUTE_CONFIGS), with no list to
+// keep in sync by hand.
+bool register_fwd_kernel(FwdKernel const& kernel);
+
+// All registered kernels, sorted by (config, dtype).
+std::vector<FwdKernel> const& fwd_kernels();
+
+// The kernel for (config, dtype); throws std::invalid_argument naming the built configs.
+FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype);
+
+// The config the built-in heuristic picks (the tile function of tile_size.h); throws
+// std::invalid_argument when no built config serves head_dim.
+std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor);
+
+}  // namespace fa_cute
+
+#define FA_CUTE_CONCAT_INNER(a, b) a##b
+#define FA_CUTE_CONCAT(a, b) FA_CUTE_CONCAT_INNER(a, b)
+#define FA_CUTE_REGISTER_FWD_KERNEL(...)                                                   \
+  static bool const FA_CUTE_CONCAT(fa_cute_registered_, __LINE__) =                        \
+      ::fa_cute::register_fwd_kernel(::fa_cute::FwdKernel{__VA_ARGS__})

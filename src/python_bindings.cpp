@@ -1,0 +1,165 @@
+// fa_cute._C: the kernels behind plain integers (pointers, sizes, strides, a stream
+// handle). No libtorch: python/fa_cute fills these from torch tensors, so one build
+// serves any PyTorch version. Checks here repeat what the kernels rely on, as a second
+// line of defence behind python/fa_cute's validation; std::invalid_argument becomes
+// ValueError in Python, std::runtime_error RuntimeError.
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+
+#include <cuda_runtime_api.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "flash_params.h"
+#include "kernel_registry.h"
+
+namespace py = pybind11;
+
+namespace fa_cute {
+namespace {
+
+using Strides = std::tuple<int64_t, int64_t, int64_t>;  // (batch, seq, head), in elements
+
+void require(bool ok, std::string const& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+DType parse_dtype(std::string const& dtype) {
+  if (dtype == "bf16") return DType::kBF16;
+  if (dtype == "fp16") return DType::kFP16;
+  throw std::invalid_argument("dtype: '" + dtype + "' is not supported; allowed: bf16, fp16");
+}
+
+void check_operand(char const* name, uintptr_t ptr, Strides const& s, int max_block_rows) {
+  std::string const n(name);
+  require(ptr % 16 == 0, n + ": data pointer must be 16-byte aligned (16-byte vector loads)");
+  auto const [b, r, h] = s;
+  require(b % 8 == 0 && r % 8 == 0 && h % 8 == 0,
+          n + ": batch, seqlen and head strides must be multiples of 8 elements (16-byte vector loads)");
+  require(r >= 0 && r * int64_t(max_block_rows) < (int64_t(1) << 31),
+          n + ": seqlen stride must be below 2^31 / " + std::to_string(max_block_rows) +
+              " elements (in-tile offsets are 32-bit)");
+}
+
+double forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k,
+               uintptr_t v, uintptr_t o, int batch, int seqlen_q, int seqlen_k, int nheads,
+               int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
+               Strides v_strides, Strides o_strides, double softmax_scale, int device,
+               uintptr_t stream_handle, bool timed) {
+  FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
+  require(head_dim == kernel.head_dim, "head_dim: config " + config + " is built for head dim " +
+                                           std::to_string(kernel.head_dim) + ", got " +
+                                           std::to_string(head_dim));
+  require(batch >= 1 && nheads >= 1 && nheads_k >= 1, "batch, nheads and nheads_k must be >= 1");
+  require(nheads % nheads_k == 0, "nheads must be a multiple of nheads_k");
+  require(seqlen_q >= 1 && seqlen_q % kernel.block_m == 0,
+          "seqlen_q: must be a positive multiple of " + std::to_string(kernel.block_m) +
+              " for config " + config + ", got " + std::to_string(seqlen_q));
+  require(seqlen_k >= 1 && seqlen_k % kernel.block_n == 0,
+          "seqlen_k: must be a positive multiple of " + std::to_string(kernel.block_n) +
+              " for config " + config + ", got " + std::to_string(seqlen_k));
+  require(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
+  check_operand("q", q, q_strides, kernel.block_m);
+  check_operand("k", k, k_strides, kernel.block_n);
+  check_operand("v", v, v_strides, kernel.block_n);
+  check_operand("out", o, o_strides, kernel.block_m);
+
+  FwdParams params{};
+  params.q_ptr = reinterpret_cast<void const*>(q);
+  params.k_ptr = reinterpret_cast<void const*>(k);
+  params.v_ptr = reinterpret_cast<void const*>(v);
+  params.o_ptr = reinterpret_cast<void*>(o);
+  std::tie(params.q_batch_stride, params.q_row_stride, params.q_head_stride) = q_strides;
+  std::tie(params.k_batch_stride, params.k_row_stride, params.k_head_stride) = k_strides;
+  std::tie(params.v_batch_stride, params.v_row_stride, params.v_head_stride) = v_strides;
+  std::tie(params.o_batch_stride, params.o_row_stride, params.o_head_stride) = o_strides;
+  params.batch = batch;
+  params.seqlen_q = seqlen_q;
+  params.seqlen_k = seqlen_k;
+  params.nheads = nheads;
+  params.nheads_k = nheads_k;
+  params.head_dim = head_dim;
+  params.softmax_scale = float(softmax_scale);
+  params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
+
+  // This module links its own (static) CUDA runtime; select the caller's device in it.
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  auto const stream = reinterpret_cast<cudaStream_t>(stream_handle);
+
+  py::gil_scoped_release release;
+  if (!timed) {
+    kernel.launch(params, stream);
+    return 0.0;
+  }
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
+  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
+  float ms = 0.f;
+  cudaError_t err = cudaEventRecord(start, stream);
+  if (err == cudaSuccess) {
+    try {
+      kernel.launch(params, stream);
+    } catch (...) {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+      throw;
+    }
+    err = cudaEventRecord(stop, stream);
+  }
+  if (err == cudaSuccess) err = cudaEventSynchronize(stop);
+  if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  check_cuda(err, "timing events");
+  return double(ms);
+}
+
+py::list configs() {
+  py::list out;
+  py::dict current;
+  std::string current_name;
+  for (FwdKernel const& k : fwd_kernels()) {  // sorted by (config, dtype)
+    if (current_name != k.config) {
+      current = py::dict();
+      current_name = k.config;
+      current["name"] = k.config;
+      current["family"] = k.family;
+      current["head_dim"] = k.head_dim;
+      current["block_m"] = k.block_m;
+      current["block_n"] = k.block_n;
+      current["num_warps"] = k.num_warps;
+      current["dtypes"] = py::list();
+      out.append(current);
+    }
+    current["dtypes"].cast<py::list>().append(dtype_name(k.dtype));
+  }
+  return out;
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = FA_CUTE_VERSION;
+  info["archs"] = FA_CUTE_ARCHS_STR;
+  info["cutlass_version"] = FA_CUTE_CUTLASS_VERSION;
+  info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+  return info;
+}
+
+}  // namespace
+}  // namespace fa_cute
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fa_cute kernels (CuTe FlashAttention); use the fa_cute package, not this module";
+  m.def("forward", &fa_cute::forward, py::arg("config"), py::arg("dtype"), py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("o"), py::arg("batch"), py::arg("seqlen_q"),
+        py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"),
+        py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"), py::arg("o_strides"),
+        py::arg("softmax_scale"), py::arg("device"), py::arg("stream"), py::arg("timed"));
+  m.def("configs", &fa_cute::configs);
+  m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
+        py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"));
+  m.def("build_info", &fa_cute::build_info);
+}

@@ -1,0 +1,181 @@
+// Host-side checks of the sm80 kernel's CuTe layouts and of the kernel registry.
+// Every check here would show up on the GPU only as a slowdown (bank conflicts) or as a
+// wrong answer in some rows, so it is cheaper to prove them exhaustively on the CPU.
+
+#include <cstdio>
+#include <set>
+#include <string>
+
+#include <cute/tensor.hpp>
+
+#include "cute_utils.h"
+#include "fwd_kernel_traits.h"
+#include "kernel_registry.h"
+#include "tile_size.h"
+
+using namespace cute;
+
+static int g_passed = 0;
+static int g_failed = 0;
+
+#define EXPECT(cond, ...)                                     \
+  do {                                                        \
+    if (cond) {                                               \
+      ++g_passed;                                             \
+    } else {                                                  \
+      ++g_failed;                                             \
+      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+      std::printf(__VA_ARGS__);                               \
+      std::printf("\n");                                      \
+    }                                                         \
+  } while (0)
+
+// ldmatrix moves 8 rows x 16 bytes per phase. Conflict-free means the 8 addresses fall in
+// 8 distinct 16-byte bank groups (32 banks x 4 bytes = 8 groups of 16 bytes).
+template <class Traits, class SmemLayout>
+void check_ldmatrix_phases_conflict_free(char const* what) {
+  using Element = typename Traits::Element;
+  constexpr int kElemsPer16B = 16 / sizeof(Element);
+  SmemLayout layout;
+  int const rows = size<0>(layout);
+  int const cols = size<1>(layout);
+  int bad = 0;
+  for (int r0 = 0; r0 < rows; r0 += 8) {
+    for (int c = 0; c < cols; c += kElemsPer16B) {
+      std::set<int> groups;
+      for (int r = r0; r < r0 + 8; ++r) {
+        int const byte = int(layout(r, c)) * int(sizeof(Element));
+        groups.insert((byte / 16) % 8);
+      }
+      bad += groups.size() != 8;
+    }
+  }
+  EXPECT(bad == 0, "%s: %d ldmatrix phases with bank conflicts", what, bad);
+}
+
+// A 16-byte vector must stay contiguous after the swizzle (cp.async and ldmatrix move
+// 16 bytes at a time).
+template <class Traits, class SmemLayout>
+void check_16B_chunks_contiguous(char const* what) {
+  using Element = typename Traits::Element;
+  constexpr int kElemsPer16B = 16 / sizeof(Element);
+  SmemLayout layout;
+  int bad = 0;
+  for (int r = 0; r < size<0>(layout); ++r) {
+    for (int c = 0; c < size<1>(layout); c += kElemsPer16B) {
+      int const base = layout(r, c);
+      bad += base % kElemsPer16B != 0;
+      for (int i = 1; i < kElemsPer16B; ++i) bad += int(layout(r, c + i)) != base + i;
+    }
+  }
+  EXPECT(bad == 0, "%s: %d split 16-byte chunks", what, bad);
+}
+
+// The layout must be a bijection onto [0, cosize): no two elements share shared memory.
+template <class SmemLayout>
+void check_bijective(char const* what) {
+  SmemLayout layout;
+  std::set<int> seen;
+  for (int i = 0; i < size(layout); ++i) seen.insert(layout(i));
+  EXPECT(int(seen.size()) == int(size(layout)) && *seen.rbegin() == int(size(layout)) - 1,
+         "%s: not a bijection (%d distinct of %d)", what, int(seen.size()), int(size(layout)));
+}
+
+template <class Traits>
+void check_vt_is_transpose(char const* what) {
+  typename Traits::SmemLayoutKV kv;
+  typename Traits::SmemLayoutVt vt;
+  int bad = 0;
+  for (int n = 0; n < Traits::kBlockN; ++n)
+    for (int d = 0; d < Traits::kHeadDim; ++d) bad += int(vt(d, n)) != int(kv(n, d));
+  EXPECT(bad == 0, "%s: V^T view differs from V at %d elements", what, bad);
+}
+
+// The softmax's row/column view of a thread's accumulator must name, for each of its
+// rows, elements that really lie in one row of S, and columns in increasing order within
+// the quad's share; the P-as-A-operand relabelling must give each element of P the (row, k)
+// coordinate that the A operand of P.V expects.
+template <class Traits>
+void check_fragment_views(char const* what) {
+  typename Traits::TiledMma tiled_mma;
+  constexpr int M = Traits::kBlockM, N = Traits::kBlockN;
+  Tensor coords_mn = make_identity_tensor(Shape<Int<M>, Int<N>>{});
+  int bad_rows = 0, bad_a = 0;
+  for (int t = 0; t < Traits::kNThreads; ++t) {
+    auto thr_mma = tiled_mma.get_thread_slice(t);
+    Tensor tC = thr_mma.partition_C(coords_mn);  // (MMA,MMA_M,MMA_N) of (m,n)
+    Tensor rc = make_tensor(tC.data(), fa_cute::acc_layout_rowcol(tC.layout()));
+    for (int mi = 0; mi < size<0>(rc); ++mi)
+      for (int ni = 0; ni < size<1>(rc); ++ni) bad_rows += get<0>(rc(mi, ni)) != get<0>(rc(mi, 0));
+    Tensor tA = thr_mma.partition_A(coords_mn);  // P as the A operand: (m, k=n)
+    Tensor p_as_a = make_tensor(tC.data(), fa_cute::acc_layout_as_a_operand(tC.layout()));
+    if (size(tA) != size(p_as_a)) {
+      ++bad_a;
+      continue;
+    }
+    for (int i = 0; i < size(tA); ++i) bad_a += !(tA(i) == p_as_a(i));
+  }
+  EXPECT(bad_rows == 0, "%s: %d accumulator elements off their softmax row", what, bad_rows);
+  EXPECT(bad_a == 0, "%s: %d elements of P misplaced as the A operand", what, bad_a);
+}
+
+template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, class Element>
+void check_traits(char const* what) {
+  using Traits = fa_cute::Sm80FwdTraits<kHeadDim, kBlockM, kBlockN, kNWarps, Element>;
+  std::string const w(what);
+  check_ldmatrix_phases_conflict_free<Traits, typename Traits::SmemLayoutQ>((w + " Q").c_str());
+  check_ldmatrix_phases_conflict_free<Traits, typename Traits::SmemLayoutKV>((w + " K/V").c_str());
+  check_16B_chunks_contiguous<Traits, typename Traits::SmemLayoutQ>((w + " Q").c_str());
+  check_16B_chunks_contiguous<Traits, typename Traits::SmemLayoutKV>((w + " K/V").c_str());
+  check_bijective<typename Traits::SmemLayoutQ>((w + " Q").c_str());
+  check_bijective<typename Traits::SmemLayoutKV>((w + " K/V").c_str());
+  check_vt_is_transpose<Traits>(what);
+  check_fragment_views<Traits>(what);
+}
+
+void check_registry() {
+  auto const& kernels = fa_cute::fwd_kernels();
+  EXPECT(!kernels.empty(), "no kernel registered");
+  std::set<std::string> names;
+  for (auto const& k : kernels) {
+    names.insert(k.config);
+    EXPECT(k.launch != nullptr, "%s has no launch function", k.config);
+  }
+  // The heuristic's tile (tile_size.h) is what the default build compiles and picks.
+  fa_cute::FwdTile const tile = fa_cute::sm80_fwd_tile(128);
+  std::string const expected = "sm80_m" + std::to_string(tile.block_m) + "n" +
+                               std::to_string(tile.block_n) + "w" + std::to_string(tile.num_warps) +
+                               "_d128";
+  std::string const picked = fa_cute::default_fwd_config(128, 4096, 4096, 9, 0);
+  EXPECT(names.count(picked) == 1, "default config %s is not registered", picked.c_str());
+  if (names.count(expected)) {
+    EXPECT(picked == expected, "default config %s, tile function says %s", picked.c_str(), expected.c_str());
+  }
+  bool threw = false;
+  try {
+    fa_cute::default_fwd_config(100, 128, 128, 9, 0);
+  } catch (std::invalid_argument const& e) {
+    threw = std::string(e.what()).find("head_dim") != std::string::npos;
+  }
+  EXPECT(threw, "unsupported head dim did not throw a head_dim error");
+  threw = false;
+  try {
+    fa_cute::find_fwd_kernel("no_such_config", fa_cute::DType::kBF16);
+  } catch (std::invalid_argument const& e) {
+    threw = std::string(e.what()).find("built configs") != std::string::npos;
+  }
+  EXPECT(threw, "unknown config did not throw");
+}
+
+int main() {
+  check_traits<128, 128, 128, 8, cute::bfloat16_t>("m128n128w8 bf16");
+  check_traits<128, 128, 64, 8, cute::half_t>("m128n64w8 fp16");
+  check_traits<128, 64, 64, 4, cute::bfloat16_t>("m64n64w4 bf16");
+  check_traits<128, 64, 128, 4, cute::half_t>("m64n128w4 fp16");
+  check_traits<128, 128, 64, 4, cute::bfloat16_t>("m128n64w4 bf16");
+  check_traits<64, 128, 64, 4, cute::bfloat16_t>("d64 m128n64w4 bf16");
+  check_traits<96, 64, 64, 4, cute::half_t>("d96 m64n64w4 fp16");
+  check_registry();
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
