@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Everything fa_cute needs checked on a GPU machine, in one call (the machine needs no
+# network): build and install from this checkout, report registers/stack/spills of every
+# kernel, print the GPU and the build, run the tests, run compute-sanitizer's memcheck,
+# racecheck and synccheck on a small case, then benchmark (its table is printed last).
+#
+#   bash benchmarks/gpu_check.sh
+#
+# Environment:
+#   FA_CUTE_WHEEL_DIR         folder holding nvidia_cutlass-*.whl (default: .whl in the repo)
+#   OUT                       folder for logs and bench.json (default: /tmp/fa_cute_check)
+#   FA_CUTE_PIP_ARGS          extra arguments for the build's pip install, e.g.
+#                             "-Ccmake.define.FA_CUTE_ARCHS=90a" for a quicker build
+#   FA_CUTE_SKIP_BUILD=1      use the fa_cute already installed
+#   FA_CUTE_SKIP_TESTS=1      skip pytest
+#   FA_CUTE_SKIP_SANITIZERS=1 skip compute-sanitizer
+#   FA_CUTE_SKIP_BENCH=1      skip the benchmark
+#   FA_CUTE_BENCH_ARGS        extra arguments for python3 -m fa_cute.bench
+#
+# A failing build stops the script; any other failing step is reported, the remaining
+# steps still run, and the exit status is 1.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+WHEEL_DIR=${FA_CUTE_WHEEL_DIR:-.whl}
+LOGS=${OUT:-/tmp/fa_cute_check}
+mkdir -p "$LOGS"
+export PYTHONUNBUFFERED=1
+START=$SECONDS
+FAILED=()
+
+step() { echo; echo "=== [$((SECONDS - START)) s] $* ==="; }
+skipped() { [[ "${!1:-0}" == 1 ]] && echo "(skipped: $1=1)"; }
+
+if ! skipped FA_CUTE_SKIP_BUILD; then
+  step "install the CUTLASS wheel from $WHEEL_DIR (headers for the build)"
+  python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/fa_cute_site \
+    "$WHEEL_DIR"/nvidia_cutlass-*.whl
+  export PYTHONPATH=/tmp/fa_cute_site${PYTHONPATH:+:$PYTHONPATH}
+
+  step "build and install fa_cute (log: $LOGS/build.log)"
+  # shellcheck disable=SC2086  # FA_CUTE_PIP_ARGS is a list of words
+  if ! CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install --no-build-isolation \
+      --no-deps -v -Cbuild-dir=build/gpu_check ${FA_CUTE_PIP_ARGS:-} . >"$LOGS/build.log" 2>&1
+  then
+    tail -n 80 "$LOGS/build.log"
+    echo "BUILD FAILED after $((SECONDS - START)) s; full log: $LOGS/build.log"
+    exit 1
+  fi
+  grep -E "^ *-- fa_cute:" "$LOGS/build.log" || true
+
+  step "ptxas report: registers, stack frame and spills per kernel"
+  # ptxas -v prints, per kernel: "Compiling entry function 'NAME' for 'sm_XX'", then
+  # "N bytes stack frame, N bytes spill stores, N bytes spill loads", then "Used N registers".
+  if ! python3 - "$LOGS/build.log" <<'EOF'
+import re, subprocess, sys
+log = open(sys.argv[1], errors="replace").read()
+kernels, current = [], None
+for line in log.splitlines():
+    if m := re.search(r"Compiling entry function '(\S+)' for '(\w+)'", line):
+        current = {"name": m[1], "arch": m[2]}
+        kernels.append(current)
+    elif current and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                                      r"(\d+) bytes spill loads", line)):
+        current.update(stack=int(m[1]), spill_st=int(m[2]), spill_ld=int(m[3]))
+    elif current and (m := re.search(r"Used (\d+) registers", line)):
+        current["regs"] = int(m[1])
+if not kernels:
+    print("no ptxas report in the build log (nothing recompiled, or FA_CUTE_PTXAS_VERBOSE=OFF)")
+    sys.exit(0)
+try:
+    names = subprocess.run(["c++filt"], input="\n".join(k["name"] for k in kernels),
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+except (OSError, subprocess.CalledProcessError):
+    names = [k["name"] for k in kernels]
+for k, name in zip(kernels, names):
+    print(f"{k['arch']:>7}  regs {k.get('regs', '?'):>3}  stack {k.get('stack', '?'):>4}  "
+          f"spill st/ld {k.get('spill_st', '?')}/{k.get('spill_ld', '?')}  "
+          f"{name.replace('fa_cute::', '').replace('cutlass::', '')[:120]}")
+spilling = [k for k in kernels if k.get("spill_st") or k.get("spill_ld")]
+print(f"{len(kernels)} kernels, {len(spilling)} with spills")
+sys.exit(1 if spilling else 0)
+EOF
+  then
+    FAILED+=("spills")
+  fi
+fi
+
+step "nvidia-smi"
+nvidia-smi || FAILED+=("nvidia-smi")
+
+step "python3 -m fa_cute.info"
+(cd /tmp && python3 -m fa_cute.info) || FAILED+=("info")
+
+if ! skipped FA_CUTE_SKIP_TESTS; then
+  step "pytest (from /tmp, so the installed fa_cute is the one imported)"
+  (cd /tmp && python3 -m pytest -q -p no:cacheprovider "$REPO/tests" 2>&1 \
+    | tee "$LOGS/pytest.log") || FAILED+=("pytest")
+fi
+
+if ! skipped FA_CUTE_SKIP_SANITIZERS; then
+  for tool in memcheck racecheck synccheck; do
+    step "compute-sanitizer --tool $tool (log: $LOGS/sanitizer_$tool.log)"
+    compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 \
+      python3 benchmarks/sanitize_case.py 2>&1 | tee "$LOGS/sanitizer_$tool.log" \
+      || FAILED+=("$tool")
+  done
+fi
+
+if ! skipped FA_CUTE_SKIP_BENCH; then
+  step "python3 -m fa_cute.bench --dtype bf16,fp16 ${FA_CUTE_BENCH_ARGS:-}"
+  # shellcheck disable=SC2086  # FA_CUTE_BENCH_ARGS is a list of words
+  (cd /tmp && python3 -m fa_cute.bench --dtype bf16,fp16 --json "$LOGS/bench.json" \
+    ${FA_CUTE_BENCH_ARGS:-}) || FAILED+=("bench")
+fi
+
+echo
+if ((${#FAILED[@]})); then
+  echo "gpu_check: FAILED: ${FAILED[*]} (total $((SECONDS - START)) s; logs in $LOGS)"
+  exit 1
+fi
+echo "gpu_check: all steps passed (total $((SECONDS - START)) s; logs in $LOGS)"

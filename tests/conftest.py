@@ -1,0 +1,57 @@
+"""Shared test setup: the `cuda` marker, per-case seeding and random inputs.
+
+Tests marked `cuda` are skipped, never failed, where PyTorch sees no CUDA GPU (CI has none);
+everything else runs anywhere.
+"""
+
+import zlib
+from typing import Callable, Tuple
+
+import pytest
+import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped when none is visible")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible to PyTorch")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed_from_test_id(request: pytest.FixtureRequest) -> None:
+    """Fresh inputs in every case, reproducible from the case's id (its params included)."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+Tensors = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def random_qkv(batch: int, seqlen: int, nheads: int, head_dim: int, dtype: torch.dtype,
+               device: str, *, layout: str = "bnhd", magnitude: float = 1.0,
+               offset: float = 0.0) -> Tensors:
+    """Random q, k, v shaped (batch, seqlen, nheads, head_dim), never zeros.
+
+    layout "bnhd": contiguous tensors; "bhnd": (batch, nheads, seqlen, head_dim) storage
+    viewed with .transpose(1, 2), the way SDPA users hold their tensors. q and k are scaled
+    by `magnitude` (a peaky softmax); `offset` is added to all three.
+    """
+    shape = {"bnhd": (batch, seqlen, nheads, head_dim),
+             "bhnd": (batch, nheads, seqlen, head_dim)}[layout]
+    scales = (magnitude, magnitude, 1.0)
+    q, k, v = ((torch.randn(shape, device=device) * s + offset).to(dtype) for s in scales)
+    if layout == "bhnd":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return q, k, v
+
+
+@pytest.fixture
+def make_qkv() -> Callable[..., Tensors]:
+    """`random_qkv`, as a fixture so that test modules need not import conftest."""
+    return random_qkv

@@ -1,0 +1,86 @@
+"""The build's self-description: `configs()`, `_C.default_config`, `_C.build_info` and
+`python -m fa_cute.info`. Runs anywhere: none of it needs a GPU."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fa_cute
+from fa_cute import _C
+
+KEYS = {"name", "family", "head_dim", "block_m", "block_n", "num_warps", "dtypes"}
+
+
+def test_configs_describe_the_built_kernels() -> None:
+    configs = fa_cute.configs()
+    assert isinstance(configs, list) and configs
+    for c in configs:
+        assert isinstance(c, dict) and set(c) == KEYS, c
+        assert c["name"].startswith(c["family"] + "_"), c
+        assert c["head_dim"] > 0 and c["head_dim"] % 8 == 0, c
+        assert c["block_m"] > 0 and c["block_n"] > 0 and c["num_warps"] > 0, c
+        assert c["dtypes"] and set(c["dtypes"]) <= {"bf16", "fp16"}, c
+    names = [c["name"] for c in configs]
+    assert len(set(names)) == len(names), names
+    assert names == sorted(names), "configs() is sorted by name (docs/design.md)"
+
+
+def test_configs_returns_a_copy() -> None:
+    fa_cute.configs()[0]["block_m"] = -1
+    fa_cute.configs()[0]["dtypes"].append("fp8")
+    c = fa_cute.configs()[0]
+    assert c["block_m"] > 0 and "fp8" not in c["dtypes"]
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)])
+def test_default_config_is_built(cc) -> None:
+    by_name = {c["name"]: c for c in fa_cute.configs()}
+    for head_dim in sorted({c["head_dim"] for c in by_name.values()}):
+        for seqlen in (128, 1024, 4096, 16384):
+            name = _C.default_config(head_dim, seqlen, seqlen, *cc)
+            assert name in by_name, (head_dim, seqlen, cc, name)
+            assert by_name[name]["head_dim"] == head_dim, (head_dim, name)
+
+
+def test_default_config_for_h100_at_4096() -> None:
+    assert _C.default_config(128, 4096, 4096, 9, 0) in {c["name"] for c in fa_cute.configs()}
+
+
+def test_default_config_rejects_unbuilt_head_dim() -> None:
+    with pytest.raises(ValueError):
+        _C.default_config(24, 4096, 4096, 9, 0)
+
+
+def test_unknown_config_name() -> None:
+    c = fa_cute.configs()[0]
+    q = torch.randn(1, c["block_m"], 1, c["head_dim"]).to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"config 'no_such_config' is not built; built configs: "
+                                         + c["name"]):
+        fa_cute.forward(q, q, q, config="no_such_config")
+
+
+def test_build_info() -> None:
+    info = _C.build_info()
+    assert set(info) >= {"version", "archs", "cutlass_version", "cuda_version"}
+    assert info["version"] == fa_cute.__version__
+    assert info["cutlass_version"].split(".")[0].isdigit(), info
+    assert info["archs"], info
+
+
+def test_info_module_runs() -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    run = subprocess.run([sys.executable, "-m", "fa_cute.info"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert f"fa_cute {fa_cute.__version__}" in out
+    assert f"CUTLASS {_C.build_info()['cutlass_version']}" in out
+    for c in fa_cute.configs():
+        assert c["name"] in out
+    if torch.cuda.is_available():
+        assert torch.cuda.get_device_name(0) in out
+    else:
+        assert "no CUDA GPU visible" in out
