@@ -47,10 +47,11 @@ __forceinline__ __device__ auto convert_type(cute::Tensor<Engine, Layout> const&
   return cute::make_tensor(cute::make_rmem_ptr<To>(&frag), tensor.layout());
 }
 
-// acc += A * B with both operands read from shared memory by ldmatrix. The load of
-// k-slice i+1 is issued before the MMAs of slice i so that shared-memory latency hides
-// behind tensor-core work (register double buffering).
-template <class TiledMma, class TensorAcc, class TensorRA, class TensorRB, class TensorSA,
+// acc += A * B with both operands read from shared memory by ldmatrix. With kPrefetch the
+// load of k-slice i+1 is issued before the MMAs of slice i so that shared-memory latency
+// hides behind tensor-core work (register double buffering); without, each slice's MMAs
+// wait for its own load.
+template <bool kPrefetch, class TiledMma, class TensorAcc, class TensorRA, class TensorRB, class TensorSA,
           class TensorSB, class TiledCopyA, class TiledCopyB, class ThrCopyA, class ThrCopyB>
 __forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
                                         TensorSA const& tCsA, TensorSB const& tCsB,
@@ -67,20 +68,25 @@ __forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB
   Tensor tCrB_view = smem_thr_copy_B.retile_D(tCrB);
   CUTE_STATIC_ASSERT_V(size<1>(tCsA) == size<1>(tCrA_view));
   CUTE_STATIC_ASSERT_V(size<1>(tCsB) == size<1>(tCrB_view));
-  copy(smem_tiled_copy_A, tCsA(_, _, _0{}), tCrA_view(_, _, _0{}));
-  copy(smem_tiled_copy_B, tCsB(_, _, _0{}), tCrB_view(_, _, _0{}));
+  auto load = [&](auto i) {
+    copy(smem_tiled_copy_A, tCsA(_, _, i), tCrA_view(_, _, i));
+    copy(smem_tiled_copy_B, tCsB(_, _, i), tCrB_view(_, _, i));
+  };
+  if constexpr (kPrefetch) load(_0{});
   CUTE_UNROLL
   for (int i = 0; i < size<2>(tCrA); ++i) {
-    if (i < size<2>(tCrA) - 1) {
-      copy(smem_tiled_copy_A, tCsA(_, _, i + 1), tCrA_view(_, _, i + 1));
-      copy(smem_tiled_copy_B, tCsB(_, _, i + 1), tCrB_view(_, _, i + 1));
+    if constexpr (kPrefetch) {
+      if (i < size<2>(tCrA) - 1) load(i + 1);
+    } else {
+      load(i);
     }
     cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
   }
 }
 
-// acc += A * B with A already in registers (P in O += P V) and B from shared memory.
-template <class TiledMma, class TensorAcc, class TensorRA, class TensorRB, class TensorSB,
+// acc += A * B with A already in registers (P in O += P V) and B from shared memory;
+// kPrefetch as in gemm_ss.
+template <bool kPrefetch, class TiledMma, class TensorAcc, class TensorRA, class TensorRB, class TensorSB,
           class TiledCopyB, class ThrCopyB>
 __forceinline__ __device__ void gemm_rs(TensorAcc& acc, TensorRA const& tCrA, TensorRB& tCrB,
                                         TensorSB const& tCsB, TiledMma const& tiled_mma,
@@ -92,11 +98,14 @@ __forceinline__ __device__ void gemm_rs(TensorAcc& acc, TensorRA const& tCrA, Te
   CUTE_STATIC_ASSERT_V(size<2>(tCrA) == size<2>(tCrB));  // MMA_K
   Tensor tCrB_view = smem_thr_copy_B.retile_D(tCrB);
   CUTE_STATIC_ASSERT_V(size<1>(tCsB) == size<1>(tCrB_view));
-  copy(smem_tiled_copy_B, tCsB(_, _, _0{}), tCrB_view(_, _, _0{}));
+  auto load = [&](auto i) { copy(smem_tiled_copy_B, tCsB(_, _, i), tCrB_view(_, _, i)); };
+  if constexpr (kPrefetch) load(_0{});
   CUTE_UNROLL
   for (int i = 0; i < size<2>(tCrA); ++i) {
-    if (i < size<2>(tCrA) - 1) {
-      copy(smem_tiled_copy_B, tCsB(_, _, i + 1), tCrB_view(_, _, i + 1));
+    if constexpr (kPrefetch) {
+      if (i < size<2>(tCrA) - 1) load(i + 1);
+    } else {
+      load(i);
     }
     cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
   }

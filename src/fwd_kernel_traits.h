@@ -18,7 +18,18 @@ namespace fa_cute {
 //              kBlockM / kNWarps complete rows of S and can run the softmax without
 //              exchanging data with other warps
 //   Element    cute::bfloat16_t or cute::half_t (accumulation and softmax are fp32)
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element_>
+// and the optimisation-ladder knobs (docs/ladder.md), all on in production configs except
+// where a config says otherwise:
+//   kSwizzle          swizzled shared memory (off: every ldmatrix phase is an 8-way bank conflict)
+//   kOverlapLoads     V_j loads under S = Q K_j^T and K_{j-1} under O += P V_j (off: load
+//                     K_j and V_j, wait, then compute)
+//   kRegPrefetch      ldmatrix of MMA k-slice i+1 issued before the MMAs of slice i
+//   kReverseKV        visit key blocks from last to first
+//   kPersistent       one block per SM slot loops over tiles and loads the next tile's Q and
+//                     first K while it stores this tile's O (O then needs its own smem)
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element_,
+          bool kSwizzle_ = true, bool kOverlapLoads_ = true, bool kRegPrefetch_ = true,
+          bool kReverseKV_ = true, bool kPersistent_ = false>
 struct Sm80FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -28,6 +39,11 @@ struct Sm80FwdTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kNThreads = kNWarps * 32;
+  static constexpr bool kSwizzle = kSwizzle_;
+  static constexpr bool kOverlapLoads = kOverlapLoads_;
+  static constexpr bool kRegPrefetch = kRegPrefetch_;
+  static constexpr bool kReverseKV = kReverseKV_;
+  static constexpr bool kPersistent = kPersistent_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
@@ -53,7 +69,7 @@ struct Sm80FwdTraits {
   // rows of a phase land in 8 distinct 16-byte bank groups: conflict-free, which the ctest
   // tests/cpp/test_layouts.cu checks exhaustively.
   static constexpr int kBlockKSmem = kHeadDim % 64 == 0 ? 64 : 32;
-  static constexpr int kSwizzleB = kBlockKSmem == 64 ? 3 : 2;
+  static constexpr int kSwizzleB = !kSwizzle ? 0 : kBlockKSmem == 64 ? 3 : 2;
   using SmemLayoutAtom = decltype(cute::composition(
       cute::Swizzle<kSwizzleB, 3, 3>{},
       cute::Layout<cute::Shape<cute::_8, cute::Int<kBlockKSmem>>,
@@ -67,11 +83,13 @@ struct Sm80FwdTraits {
       SmemLayoutKV{}, cute::make_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>{},
                                         cute::GenRowMajor{})));                           // (D,BLK_N)
   using SmemLayoutVtNoSwizzle = decltype(cute::get_nonswizzle_portion(SmemLayoutVt{}));
-  using SmemLayoutO = SmemLayoutQ;  // O is staged in Q's shared memory after the main loop
+  // O is staged through shared memory for 16-byte global stores: in Q's space, or in its
+  // own when a persistent block is already loading the next tile's Q there.
+  using SmemLayoutO = SmemLayoutQ;
 
   static constexpr int kSmemQSize = int(cute::cosize(SmemLayoutQ{})) * int(sizeof(Element));
   static constexpr int kSmemKVSize = int(cute::cosize(SmemLayoutKV{})) * int(sizeof(Element));
-  static constexpr int kSmemSize = kSmemQSize + 2 * kSmemKVSize;
+  static constexpr int kSmemSize = (kPersistent ? 2 : 1) * kSmemQSize + 2 * kSmemKVSize;
   static_assert(kSmemSize <= 227 * 1024, "tile does not fit the largest shared memory (sm90: 227 KiB)");
 
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;

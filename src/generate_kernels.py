@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 OUT_DIR = Path(__file__).resolve().parent / "generated"
 
@@ -21,26 +21,58 @@ DTYPES = {"bf16": ("cute::bfloat16_t", "DType::kBF16"), "fp16": ("cute::half_t",
 
 
 class Sm80Config(NamedTuple):
+    """A tile plus the optimisation knobs of Sm80FwdTraits (src/fwd_kernel_traits.h)."""
+
     head_dim: int
     block_m: int
     block_n: int
     num_warps: int
+    description: str
+    swizzle: bool = True
+    overlap_loads: bool = True
+    reg_prefetch: bool = True
+    reverse_kv: bool = True
+    persistent: bool = False
+    rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
+    slug: str = ""              # ladder rung's short name
 
     @property
     def name(self) -> str:
-        return f"sm80_m{self.block_m}n{self.block_n}w{self.num_warps}_d{self.head_dim}"
+        if self.rung is not None:
+            return f"ladder{self.rung:02d}_{self.slug}_d{self.head_dim}"
+        family = "sm80p" if self.persistent else "sm80"
+        return f"{family}_m{self.block_m}n{self.block_n}w{self.num_warps}_d{self.head_dim}"
 
 
-# The sm80-instruction kernel's config space. The default per head dim is chosen in
-# src/tile_size.h (sm80_fwd_tile); the others are there to be timed against it.
+# Production configs of the sm80-instruction kernel. The default per head dim is chosen in
+# src/tile_size.h (sm80_fwd_tile); the auto-tuner picks among all of these.
 SM80_CONFIGS = [
     # 128 Q rows, 8 warps (16 rows each): 233 registers, no spills. The same tile with
     # 4 warps (FlashAttention-2's choice on sm80/sm90) needs 255 registers and spills
     # (docs/perf-notes.md), so it is not built.
-    Sm80Config(128, 128, 128, 8),
-    Sm80Config(128, 128, 64, 8),   # half the K/V block: 64 KiB smem, 3 blocks/SM by smem
-    Sm80Config(128, 64, 64, 4),    # 64 Q rows, 4 warps: 190 registers, twice the blocks
+    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps"),
+    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps, persistent: next tile's Q/K load under this tile's O store",
+               persistent=True),
+    Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps"),
+    Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: 2 blocks per SM"),
     # Not built: 64x128 with 4 warps (S alone is 128 registers: 88 B of spills).
+]
+
+# The optimisation ladder (docs/ladder.md): each rung turns one more knob on, all on the
+# default tile, so `python -m fa_cute.bench --ladder` shows what each step buys.
+_LADDER_TILE = dict(head_dim=128, block_m=128, block_n=128, num_warps=8)
+LADDER_CONFIGS = [
+    Sm80Config(**_LADDER_TILE, rung=1, slug="basic", description="no swizzle, no load overlap, no register prefetch, keys forward",
+               swizzle=False, overlap_loads=False, reg_prefetch=False, reverse_kv=False),
+    Sm80Config(**_LADDER_TILE, rung=2, slug="swizzle", description="+ swizzled shared memory",
+               overlap_loads=False, reg_prefetch=False, reverse_kv=False),
+    Sm80Config(**_LADDER_TILE, rung=3, slug="overlap", description="+ V_j / K_j+1 loads under the GEMMs (eager K/V)",
+               reg_prefetch=False, reverse_kv=False),
+    Sm80Config(**_LADDER_TILE, rung=4, slug="regprefetch", description="+ ldmatrix of k-slice i+1 before MMAs of slice i",
+               reverse_kv=False),
+    Sm80Config(**_LADDER_TILE, rung=5, slug="reverse", description="+ key blocks visited last to first"),
+    Sm80Config(**_LADDER_TILE, rung=6, slug="persistent", description="+ persistent blocks, next tile's loads under the O store",
+               persistent=True),
 ]
 
 TEMPLATE = """\
@@ -49,21 +81,33 @@ TEMPLATE = """\
 
 namespace fa_cute {{
 
-using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {element}>;
+using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {element},
+                             /*kSwizzle=*/{swizzle}, /*kOverlapLoads=*/{overlap_loads},
+                             /*kRegPrefetch=*/{reg_prefetch}, /*kReverseKV=*/{reverse_kv},
+                             /*kPersistent=*/{persistent}>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps}, {dtype_enum},
-                            &run_fwd_sm80<Traits>);
+                            &run_fwd_sm80<Traits>, /*rung=*/{rung},
+                            "{description}");
 
 }}  // namespace fa_cute
 """
 
 
+def _cpp_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
 def expected_files() -> dict[str, str]:
     files = {}
-    for cfg in SM80_CONFIGS:
+    for cfg in SM80_CONFIGS + LADDER_CONFIGS:
+        fields = cfg._asdict()
+        for knob in ("swizzle", "overlap_loads", "reg_prefetch", "reverse_kv", "persistent"):
+            fields[knob] = _cpp_bool(fields[knob])
+        fields["rung"] = -1 if cfg.rung is None else cfg.rung
         for dtype, (element, dtype_enum) in DTYPES.items():
             files[f"fwd_{cfg.name}_{dtype}.cu"] = TEMPLATE.format(
-                name=cfg.name, element=element, dtype_enum=dtype_enum, **cfg._asdict())
+                name=cfg.name, element=element, dtype_enum=dtype_enum, **fields)
     return files
 
 

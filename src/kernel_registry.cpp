@@ -12,6 +12,11 @@ namespace fa_cute {
 
 char const* dtype_name(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "fp16"; }
 
+std::string sm80_config_name(int head_dim, FwdTile const& tile) {
+  return "sm80_m" + std::to_string(tile.block_m) + "n" + std::to_string(tile.block_n) + "w" +
+         std::to_string(tile.num_warps) + "_d" + std::to_string(head_dim);
+}
+
 namespace {
 // Function-local static: registration runs during static initialisation of other
 // translation units, whose order relative to this one is unspecified.
@@ -56,16 +61,14 @@ std::string default_fwd_config(int head_dim, int /*seqlen_q*/, int /*seqlen_k*/,
     throw std::invalid_argument("device: compute capability " + std::to_string(cc_major) +
                                 ".x is not supported; fa_cute needs sm_80 or newer");
   }
-  FwdTile const tile = sm80_fwd_tile(head_dim);
+  std::string const preferred = sm80_config_name(head_dim, sm80_fwd_tile(head_dim));
   for (FwdKernel const& k : fwd_kernels()) {
-    if (std::strcmp(k.family, "sm80") == 0 && k.head_dim == head_dim &&
-        k.block_m == tile.block_m && k.block_n == tile.block_n && k.num_warps == tile.num_warps) {
-      return k.config;
-    }
+    if (preferred == k.config) return k.config;
   }
-  // The heuristic's tile was not built (FA_CUTE_CONFIGS): any built config for the head dim.
+  // The heuristic's tile was not built (FA_CUTE_CONFIGS): any built production config for
+  // the head dim.
   for (FwdKernel const& k : fwd_kernels()) {
-    if (k.head_dim == head_dim) return k.config;
+    if (k.rung < 0 && k.head_dim == head_dim) return k.config;
   }
   std::set<int> head_dims;
   for (FwdKernel const& k : fwd_kernels()) head_dims.insert(k.head_dim);

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include "flash_params.h"
+#include "tile_size.h"
 
 namespace fa_cute {
 
@@ -33,6 +34,8 @@ struct FwdKernel {
   int num_warps;
   DType dtype;
   FwdLaunchFn launch;
+  int rung;                 // optimisation-ladder rung (docs/ladder.md), or -1 for a production config
+  char const* description;  // one line: what this config is
 };
 
 // Each generated translation unit registers its kernel at static-initialisation time, so
@@ -45,6 +48,9 @@ std::vector<FwdKernel> const& fwd_kernels();
 
 // The kernel for (config, dtype); throws std::invalid_argument naming the built configs.
 FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype);
+
+// The name src/generate_kernels.py gives the (non-persistent) sm80 config of this tile.
+std::string sm80_config_name(int head_dim, FwdTile const& tile);
 
 // The config the built-in heuristic picks (the tile function of tile_size.h); throws
 // std::invalid_argument when no built config serves head_dim.

@@ -131,6 +131,8 @@ py::list configs() {
       current["block_m"] = k.block_m;
       current["block_n"] = k.block_n;
       current["num_warps"] = k.num_warps;
+      current["rung"] = k.rung < 0 ? py::object(py::none()) : py::object(py::int_(k.rung));
+      current["description"] = k.description;
       current["dtypes"] = py::list();
       out.append(current);
     }

@@ -140,12 +140,13 @@ void check_registry() {
   for (auto const& k : kernels) {
     names.insert(k.config);
     EXPECT(k.launch != nullptr, "%s has no launch function", k.config);
+    EXPECT((k.rung >= 0) == (std::string(k.config).rfind("ladder", 0) == 0),
+           "%s: rung %d does not match its name", k.config, k.rung);
   }
+  EXPECT(fa_cute::sm80_config_name(128, fa_cute::FwdTile{128, 64, 4}) == "sm80_m128n64w4_d128",
+         "config naming differs from src/generate_kernels.py");
   // The heuristic's tile (tile_size.h) is what the default build compiles and picks.
-  fa_cute::FwdTile const tile = fa_cute::sm80_fwd_tile(128);
-  std::string const expected = "sm80_m" + std::to_string(tile.block_m) + "n" +
-                               std::to_string(tile.block_n) + "w" + std::to_string(tile.num_warps) +
-                               "_d128";
+  std::string const expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128));
   std::string const picked = fa_cute::default_fwd_config(128, 4096, 4096, 9, 0);
   EXPECT(names.count(picked) == 1, "default config %s is not registered", picked.c_str());
   if (names.count(expected)) {
