@@ -27,9 +27,12 @@ namespace fa_cute {
 //   kReverseKV        visit key blocks from last to first
 //   kPersistent       one block per SM slot loops over tiles and loads the next tile's Q and
 //                     first K while it stores this tile's O (O then needs its own smem)
+//   kLadderRung       0 in production configs; a ladder rung's number makes its kernel a type
+//                     of its own even where its knobs equal a production config's, so every
+//                     generated translation unit holds the only instantiation of its kernel
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element_,
           bool kSwizzle_ = true, bool kOverlapLoads_ = true, bool kRegPrefetch_ = true,
-          bool kReverseKV_ = true, bool kPersistent_ = false>
+          bool kReverseKV_ = true, bool kPersistent_ = false, int kLadderRung_ = 0>
 struct Sm80FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -44,6 +47,7 @@ struct Sm80FwdTraits {
   static constexpr bool kRegPrefetch = kRegPrefetch_;
   static constexpr bool kReverseKV = kReverseKV_;
   static constexpr bool kPersistent = kPersistent_;
+  static constexpr int kLadderRung = kLadderRung_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");

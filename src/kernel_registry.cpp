@@ -13,7 +13,7 @@ namespace fa_cute {
 char const* dtype_name(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "fp16"; }
 
 std::string sm80_config_name(int head_dim, FwdTile const& tile) {
-  return "sm80_m" + std::to_string(tile.block_m) + "n" + std::to_string(tile.block_n) + "w" +
+  return std::string(tile.persistent ? "sm80p" : "sm80") + "_m" + std::to_string(tile.block_m) + "n" + std::to_string(tile.block_n) + "w" +
          std::to_string(tile.num_warps) + "_d" + std::to_string(head_dim);
 }
 

@@ -49,7 +49,7 @@ std::vector<FwdKernel> const& fwd_kernels();
 // The kernel for (config, dtype); throws std::invalid_argument naming the built configs.
 FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype);
 
-// The name src/generate_kernels.py gives the (non-persistent) sm80 config of this tile.
+// The name src/generate_kernels.py gives the sm80 config of this tile.
 std::string sm80_config_name(int head_dim, FwdTile const& tile);
 
 // The config the built-in heuristic picks (the tile function of tile_size.h); throws

@@ -5,11 +5,11 @@ namespace fa_cute {
 
 using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
-                             /*kRegPrefetch=*/true, /*kReverseKV=*/true,
-                             /*kPersistent=*/true>;
+                             /*kRegPrefetch=*/true, /*kReverseKV=*/false,
+                             /*kPersistent=*/true, /*kLadderRung=*/6>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder06_persistent_d128", "sm80", 128, 128, 128, 8, DType::kBF16,
                             &run_fwd_sm80<Traits>, /*rung=*/6,
-                            "+ persistent blocks, next tile's loads under the O store");
+                            "rung 4 + persistent blocks, next tile's loads under the O store");
 
 }  // namespace fa_cute

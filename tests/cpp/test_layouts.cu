@@ -143,7 +143,8 @@ void check_registry() {
     EXPECT((k.rung >= 0) == (std::string(k.config).rfind("ladder", 0) == 0),
            "%s: rung %d does not match its name", k.config, k.rung);
   }
-  EXPECT(fa_cute::sm80_config_name(128, fa_cute::FwdTile{128, 64, 4}) == "sm80_m128n64w4_d128",
+  EXPECT(fa_cute::sm80_config_name(128, fa_cute::FwdTile{128, 64, 4, false}) == "sm80_m128n64w4_d128" &&
+             fa_cute::sm80_config_name(128, fa_cute::FwdTile{128, 128, 8, true}) == "sm80p_m128n128w8_d128",
          "config naming differs from src/generate_kernels.py");
   // The heuristic's tile (tile_size.h) is what the default build compiles and picks.
   std::string const expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128));
