@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   Tensor sV = make_tensor(sK.data() + size(sK), typename Traits::SmemLayoutKV{});         // (BLK_N,D)
   Tensor sVt = make_tensor(sV.data(), typename Traits::SmemLayoutVt{});                   // (D,BLK_N)
   Tensor sVtNoSwizzle = make_tensor(sV.data(), typename Traits::SmemLayoutVtNoSwizzle{}); // (D,BLK_N)
-  Tensor sO = make_tensor(Traits::kPersistent ? sV.data() + size(sV) : sQ.data(),
+  Tensor sO = make_tensor(Traits::kPersistent && !Traits::kDirectOStore ? sV.data() + size(sV) : sQ.data(),
                           typename Traits::SmemLayoutO{});                               // (BLK_M,D)
 
   // --- Global -> shared copies (cp.async, 16 bytes) --------------------------------------------
@@ -198,15 +198,21 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // --- Epilogue: O / l, to bf16/fp16, through shared memory to 16-byte global stores -------
     softmax.finalize(acc_o);
     Tensor rO = convert_type<Element>(acc_o);
-    // Non-persistent: sO is sQ, whose last reads the last iteration's second barrier ordered
-    // before this point. Persistent: sO is its own; the previous tile's reads of it were
-    // ordered by this tile's barriers.
-    copy(smem_tiled_copy_O, smem_thr_copy_O.retile_S(rO), taccOsO);
-    __syncthreads();
-    Tensor tOgO = gmem_thr_copy_O.partition_D(gO(coord));
-    Tensor tOrO = make_tensor<Element>(shape(tOgO));
-    copy(gmem_tiled_copy_O, tOsO, tOrO);
-    copy(gmem_tiled_copy_O, tOrO, tOgO);
+    if constexpr (Traits::kDirectOStore) {
+      // Each thread's accumulator holds pairs of adjacent columns: 4-byte stores.
+      Tensor tCgO = thr_mma.partition_C(gO(coord));  // (MMA,MMA_M,MMA_D)
+      copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, rO, tCgO);
+    } else {
+      // Non-persistent: sO is sQ, whose last reads the last iteration's second barrier
+      // ordered before this point. Persistent: sO is its own; the previous tile's reads of
+      // it were ordered by this tile's barriers.
+      copy(smem_tiled_copy_O, smem_thr_copy_O.retile_S(rO), taccOsO);
+      __syncthreads();
+      Tensor tOgO = gmem_thr_copy_O.partition_D(gO(coord));
+      Tensor tOrO = make_tensor<Element>(shape(tOgO));
+      copy(gmem_tiled_copy_O, tOsO, tOrO);
+      copy(gmem_tiled_copy_O, tOrO, tOgO);
+    }
   };
 
   int tile = blockIdx.x;

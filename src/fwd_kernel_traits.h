@@ -27,12 +27,16 @@ namespace fa_cute {
 //   kReverseKV        visit key blocks from last to first
 //   kPersistent       one block per SM slot loops over tiles and loads the next tile's Q and
 //                     first K while it stores this tile's O (O then needs its own smem)
+//   kDirectOStore     O goes from registers straight to global memory in 4-byte pieces (off:
+//                     staged through shared memory for 16-byte stores, at the price of a
+//                     barrier and, in persistent blocks, 32 KiB of its own shared memory)
 //   kLadderRung       0 in production configs; a ladder rung's number makes its kernel a type
 //                     of its own even where its knobs equal a production config's, so every
 //                     generated translation unit holds the only instantiation of its kernel
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element_,
           bool kSwizzle_ = true, bool kOverlapLoads_ = true, bool kRegPrefetch_ = true,
-          bool kReverseKV_ = true, bool kPersistent_ = false, int kLadderRung_ = 0>
+          bool kReverseKV_ = true, bool kPersistent_ = false, bool kDirectOStore_ = false,
+          int kLadderRung_ = 0>
 struct Sm80FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -47,6 +51,7 @@ struct Sm80FwdTraits {
   static constexpr bool kRegPrefetch = kRegPrefetch_;
   static constexpr bool kReverseKV = kReverseKV_;
   static constexpr bool kPersistent = kPersistent_;
+  static constexpr bool kDirectOStore = kDirectOStore_;
   static constexpr int kLadderRung = kLadderRung_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
@@ -93,7 +98,8 @@ struct Sm80FwdTraits {
 
   static constexpr int kSmemQSize = int(cute::cosize(SmemLayoutQ{})) * int(sizeof(Element));
   static constexpr int kSmemKVSize = int(cute::cosize(SmemLayoutKV{})) * int(sizeof(Element));
-  static constexpr int kSmemSize = (kPersistent ? 2 : 1) * kSmemQSize + 2 * kSmemKVSize;
+  static constexpr int kSmemSize =
+      (kPersistent && !kDirectOStore ? 2 : 1) * kSmemQSize + 2 * kSmemKVSize;
   static_assert(kSmemSize <= 227 * 1024, "tile does not fit the largest shared memory (sm90: 227 KiB)");
 
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;

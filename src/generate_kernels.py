@@ -33,6 +33,7 @@ class Sm80Config(NamedTuple):
     reg_prefetch: bool = True
     reverse_kv: bool = True
     persistent: bool = False
+    direct_o_store: bool = False
     rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
     slug: str = ""              # ladder rung's short name
 
@@ -77,6 +78,9 @@ LADDER_CONFIGS = [
     Sm80Config(**_LADDER_TILE, rung=6, slug="persistent",
                description="rung 4 + persistent blocks, next tile's loads under the O store",
                reverse_kv=False, persistent=True),
+    Sm80Config(**_LADDER_TILE, rung=7, slug="directo",
+               description="rung 6 + O stored from registers (no smem staging, no barrier)",
+               reverse_kv=False, persistent=True, direct_o_store=True),
 ]
 
 TEMPLATE = """\
@@ -88,7 +92,8 @@ namespace fa_cute {{
 using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {element},
                              /*kSwizzle=*/{swizzle}, /*kOverlapLoads=*/{overlap_loads},
                              /*kRegPrefetch=*/{reg_prefetch}, /*kReverseKV=*/{reverse_kv},
-                             /*kPersistent=*/{persistent}, /*kLadderRung=*/{ladder_rung}>;
+                             /*kPersistent=*/{persistent}, /*kDirectOStore=*/{direct_o_store},
+                             /*kLadderRung=*/{ladder_rung}>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps}, {dtype_enum},
                             &run_fwd_sm80<Traits>, /*rung=*/{rung},
@@ -106,7 +111,7 @@ def expected_files() -> dict[str, str]:
     files = {}
     for cfg in SM80_CONFIGS + LADDER_CONFIGS:
         fields = cfg._asdict()
-        for knob in ("swizzle", "overlap_loads", "reg_prefetch", "reverse_kv", "persistent"):
+        for knob in ("swizzle", "overlap_loads", "reg_prefetch", "reverse_kv", "persistent", "direct_o_store"):
             fields[knob] = _cpp_bool(fields[knob])
         fields["rung"] = -1 if cfg.rung is None else cfg.rung
         fields["ladder_rung"] = 0 if cfg.rung is None else cfg.rung
