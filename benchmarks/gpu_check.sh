@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything fa_cute needs checked on a GPU machine, in one call (the machine needs no
 # network): build and install from this checkout, report registers/stack/spills of every
-# kernel, print the GPU and the build, run the tests, run compute-sanitizer's memcheck,
-# racecheck and synccheck on a small case, then benchmark (its table is printed last).
+# kernel, print the GPU and the build, time the default kernel once from C++ (fwd_bench),
+# run the tests, run compute-sanitizer's memcheck, racecheck and synccheck on a small case,
+# then benchmark (its table is printed last).
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -42,7 +43,8 @@ if ! skipped FA_CUTE_SKIP_BUILD; then
   step "build and install fa_cute (log: $LOGS/build.log)"
   # shellcheck disable=SC2086  # FA_CUTE_PIP_ARGS is a list of words
   if ! CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) python3 -m pip install --no-build-isolation \
-      --no-deps -v -Cbuild-dir=build/gpu_check ${FA_CUTE_PIP_ARGS:-} . >"$LOGS/build.log" 2>&1
+      --no-deps -v -Cbuild-dir=build/gpu_check -Ccmake.define.FA_CUTE_BUILD_BENCH=ON \
+      ${FA_CUTE_PIP_ARGS:-} . >"$LOGS/build.log" 2>&1
   then
     tail -n 80 "$LOGS/build.log"
     echo "BUILD FAILED after $((SECONDS - START)) s; full log: $LOGS/build.log"
@@ -92,6 +94,15 @@ nvidia-smi || FAILED+=("nvidia-smi")
 
 step "python3 -m fa_cute.info"
 (cd /tmp && python3 -m fa_cute.info) || FAILED+=("info")
+
+step "C++ benchmark: fwd_bench --list, then the default config at N=4096"
+FWD_BENCH=build/gpu_check/benchmarks/cpp/fwd_bench
+if [[ -x $FWD_BENCH ]]; then
+  { "$FWD_BENCH" --list && "$FWD_BENCH"; } 2>&1 | tee "$LOGS/fwd_bench.log" || FAILED+=("fwd_bench")
+else
+  echo "no $FWD_BENCH: this script's build makes it (FA_CUTE_BUILD_BENCH=ON)"
+  FAILED+=("fwd_bench")
+fi
 
 if ! skipped FA_CUTE_SKIP_TESTS; then
   step "pytest (from /tmp, so the installed fa_cute is the one imported)"

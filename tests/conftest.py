@@ -24,6 +24,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _empty_tuning_cache(tmp_path_factory: pytest.TempPathFactory):
+    """config="auto" reads an empty tuning cache in every test, never the user's own (whose
+    picks would make results depend on the machine), and no test writes the user's."""
+    from fa_cute import _api
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FA_CUTE_CACHE_DIR", str(tmp_path_factory.mktemp("fa_cute_cache")))
+        _api._forget_tuning()
+        yield
+    _api._forget_tuning()
+
+
 @pytest.fixture(autouse=True)
 def _seed_from_test_id(request: pytest.FixtureRequest) -> None:
     """Fresh inputs in every case, reproducible from the case's id (its params included)."""

@@ -2,6 +2,7 @@
 `python -m fa_cute.info`. Runs anywhere: none of it needs a GPU."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import torch
 import fa_cute
 from fa_cute import _C
 
-KEYS = {"name", "family", "head_dim", "block_m", "block_n", "num_warps", "dtypes"}
+KEYS = {"name", "family", "head_dim", "block_m", "block_n", "num_warps", "dtypes", "rung",
+        "description"}
 
 
 def test_configs_describe_the_built_kernels() -> None:
@@ -19,10 +21,14 @@ def test_configs_describe_the_built_kernels() -> None:
     assert isinstance(configs, list) and configs
     for c in configs:
         assert isinstance(c, dict) and set(c) == KEYS, c
-        assert c["name"].startswith(c["family"] + "_"), c
+        assert re.fullmatch(r"sm\d+a?", c["family"]), c
+        assert c["rung"] is not None or c["name"].startswith(c["family"]), c
         assert c["head_dim"] > 0 and c["head_dim"] % 8 == 0, c
         assert c["block_m"] > 0 and c["block_n"] > 0 and c["num_warps"] > 0, c
         assert c["dtypes"] and set(c["dtypes"]) <= {"bf16", "fp16"}, c
+        assert (c["rung"] is None) != c["name"].startswith("ladder"), c
+        assert c["rung"] is None or (isinstance(c["rung"], int) and c["rung"] >= 1), c
+        assert isinstance(c["description"], str) and c["description"], c
     names = [c["name"] for c in configs]
     assert len(set(names)) == len(names), names
     assert names == sorted(names), "configs() is sorted by name (docs/design.md)"
@@ -43,6 +49,7 @@ def test_default_config_is_built(cc) -> None:
             name = _C.default_config(head_dim, seqlen, seqlen, *cc)
             assert name in by_name, (head_dim, seqlen, cc, name)
             assert by_name[name]["head_dim"] == head_dim, (head_dim, name)
+            assert by_name[name]["rung"] is None, f"the heuristic picked ladder config {name}"
 
 
 def test_default_config_for_h100_at_4096() -> None:

@@ -258,7 +258,8 @@ def test_any_arguments_raise_only_value_or_type_error(data: st.DataObject) -> No
     kwargs = dict(
         softmax_scale=data.draw(st.one_of(st.none(), st.floats(), st.integers(),
                                           st.text(max_size=2))),
-        config=data.draw(st.one_of(st.none(), st.sampled_from([c["name"] for c in CONFIGS]),
+        config=data.draw(st.one_of(st.none(),
+                                   st.sampled_from(["auto"] + [c["name"] for c in CONFIGS]),
                                    st.text(max_size=4), st.integers())),
         out=data.draw(st.one_of(st.none(), st.just(q), st.just(k)), label="out"),
     )

@@ -5,8 +5,8 @@
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
 """
 
-from ._api import _C, configs, forward, forward_timed
+from ._api import _C, configs, forward, forward_timed, resolve_config
 
 __version__: str = _C.build_info()["version"]
 
-__all__ = ["__version__", "configs", "forward", "forward_timed"]
+__all__ = ["__version__", "configs", "forward", "forward_timed", "resolve_config"]

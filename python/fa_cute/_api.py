@@ -8,6 +8,7 @@ and says what is allowed.
 """
 
 import copy
+import functools
 import importlib.util
 import math
 import numbers
@@ -23,6 +24,10 @@ if importlib.util.find_spec(f"{__package__}._C") is None:
         "pip install --no-deps nvidia-cutlass==4.2.0.0 && pip install --no-build-isolation .` "
         "(see README.md)")
 from . import _C  # noqa: E402  (after the check that explains a missing build)
+from . import _tuned, _tuning  # noqa: E402
+
+# config="auto" (or None): the tuning cache, else the built-in table, else the heuristic.
+AUTO = "auto"
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _ALLOWED_DTYPES = "torch.bfloat16 or torch.float16"
@@ -58,24 +63,38 @@ def configs() -> List[dict]:
     return copy.deepcopy(list(_CONFIGS.values()))
 
 
+def resolve_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                   config: Optional[str] = AUTO) -> str:
+    """The name of the config that `forward(q, k, v, config=config)` would run.
+
+    With "auto" (or None): the pick of the tuning cache for this GPU and shape, else of the
+    built-in table, else of the heuristic. The inputs are validated as `forward` does them,
+    with the same errors, and nothing runs on the GPU.
+    """
+    return _validate(q, k, v, None, config, None).config
+
+
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-            softmax_scale: Optional[float] = None, config: Optional[str] = None,
+            softmax_scale: Optional[float] = None, config: Optional[str] = AUTO,
             out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention forward, softmax(q k^T * softmax_scale) v, non-causal.
 
     q, k, v: (batch, seqlen, nheads, headdim) bf16 or fp16 CUDA tensors of one device; any
     strides whose last dim is contiguous, so (batch, nheads, seqlen, headdim) storage viewed
     with `.transpose(1, 2)` works without a copy. softmax_scale defaults to 1/sqrt(headdim).
-    config names a kernel config from `configs()` (default: the built-in heuristic's pick for
-    the shape and the GPU). out, if given, receives the result and is returned; otherwise a
-    new tensor with q's memory layout (contiguous if q is not dense) is returned. The kernel
-    runs on PyTorch's current stream of the tensors' device. There is no autograd support.
+    config names a kernel config from `configs()`, or is "auto" (the default; None means the
+    same): the config `python -m fa_cute.tune` measured fastest for this GPU, dtype, head dim
+    and seqlen bucket (its cache, then a built-in table), else the heuristic's pick; see
+    `resolve_config`. Nothing is tuned or timed here. out, if given, receives the result and
+    is returned; otherwise a new tensor with q's memory layout (contiguous if q is not dense)
+    is returned. The kernel runs on PyTorch's current stream of the tensors' device. There is
+    no autograd support.
     """
     return _run(q, k, v, softmax_scale, config, out, timed=False)[0]
 
 
 def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                  softmax_scale: Optional[float] = None, config: Optional[str] = None,
+                  softmax_scale: Optional[float] = None, config: Optional[str] = AUTO,
                   out: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, float]:
     """Like `forward`, and also return the kernel's own time in milliseconds.
 
@@ -157,11 +176,13 @@ def _validate(q, k, v, softmax_scale, config, out) -> _Launch:
 
 
 def _resolve_config(config, q: torch.Tensor, head_dim: int, seqlen: int) -> dict:
-    """The named config, or the heuristic's pick for this shape and the tensors' GPU."""
-    if config is not None:
-        if not isinstance(config, str):
-            raise TypeError(f"config must be a config name (str) or None; got "
-                            f"{type(config).__name__}")
+    """The named config, or auto's pick for this shape and the tensors' GPU."""
+    if config is None:
+        config = AUTO
+    if not isinstance(config, str):
+        raise TypeError(f"config must be a config name (str), 'auto' or None; got "
+                        f"{type(config).__name__}")
+    if config != AUTO:
         if config not in _CONFIGS:
             raise ValueError(f"config {config!r} is not built; built configs: "
                              f"{', '.join(_CONFIGS)}")
@@ -177,8 +198,47 @@ def _resolve_config(config, q: torch.Tensor, head_dim: int, seqlen: int) -> dict
     if head_dim not in head_dims:
         raise ValueError(f"headdim {head_dim} (q.shape[3]) is not supported; built head dims: "
                          f"{', '.join(map(str, head_dims))}")
-    cc = torch.cuda.get_device_capability(q.device) if q.is_cuda else _PLACEHOLDER_CC
+    gpu, cc = _gpu(q.device.index) if q.is_cuda else ("", _PLACEHOLDER_CC)
+    return _auto_config(gpu, cc, _DTYPE_NAMES[q.dtype], head_dim, seqlen)
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu(device_index: int) -> Tuple[str, Tuple[int, int]]:
+    """(name, compute capability) of a GPU: the device part of auto's key, asked once."""
+    return (torch.cuda.get_device_name(device_index),
+            torch.cuda.get_device_capability(device_index))
+
+
+@functools.lru_cache(maxsize=1024)
+def _auto_config(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqlen: int) -> dict:
+    """config="auto": the tuning cache's pick, else the built-in table's, else the heuristic's.
+
+    Memoized per exact seqlen, not per bucket, because a pick must also divide the seqlen
+    (a bucket's winner may not); after the first call of a shape the hot path pays one
+    dictionary lookup. A pick that is not built, is a ladder config or cannot run the
+    shape here (a stale cache, a table for another build) is passed over.
+    """
+    key = _tuning.key(dtype, head_dim, False, seqlen)  # forward is non-causal
+    for name in (_tuning.cached_configs(gpu).get(key), _tuned.TABLE.get(gpu, {}).get(key)):
+        cfg = _CONFIGS.get(name)
+        if cfg is not None and _tunable(cfg, dtype, head_dim, seqlen, cc):
+            return cfg
     return _CONFIGS[_C.default_config(head_dim, seqlen, seqlen, cc[0], cc[1])]
+
+
+def _tunable(cfg: dict, dtype: str, head_dim: int, seqlen: int, cc: Tuple[int, int]) -> bool:
+    """Whether cfg is a production config (not a ladder rung) that runs this shape on a GPU
+    of compute capability cc: what auto may pick and `python -m fa_cute.tune` times."""
+    return (cfg["rung"] is None and cfg["head_dim"] == head_dim and dtype in cfg["dtypes"]
+            and seqlen % cfg["block_m"] == 0 and seqlen % cfg["block_n"] == 0
+            and _family_min_cc(cfg["family"]) <= cc)
+
+
+def _forget_tuning() -> None:
+    """Make the next auto resolution read the tuning cache again: after the cache was
+    written, or FA_CUTE_CACHE_DIR changed, in this process."""
+    _tuning.forget()
+    _auto_config.cache_clear()
 
 
 def _resolve_scale(softmax_scale, head_dim: int) -> float:

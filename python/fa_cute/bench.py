@@ -1,6 +1,11 @@
 """`python -m fa_cute.bench`: check fa_cute against a float64 reference, then time it next
 to PyTorch's scaled_dot_product_attention backends and print a TFLOP/s table (last).
 
+The fa_cute column runs config="auto" (the tuning cache's pick, else the built-in table's,
+else the heuristic's; `python -m fa_cute.tune` fills the cache) unless --config names one.
+--ladder instead times every optimisation-ladder rung that the build holds next to auto's
+pick, FLASH (FlashAttention-2) and CUDNN, each with its ratio to FLASH.
+
 Shapes follow FlashAttention's benchmark: batch * seqlen = 16384 tokens and
 nheads * headdim = 2048, so every row moves the same number of bytes and only the
 attention's quadratic part grows. FLOPs = 4 * batch * nheads * seqlen^2 * headdim (two
@@ -11,112 +16,59 @@ headdim) tensors: fa_cute through `.transpose(1, 2)` views, without copies.
 import argparse
 import itertools
 import json
-import math
-import statistics
+import re
 import sys
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
-from fa_cute import _C
-from fa_cute._reference import attention_ref, check_close
+from fa_cute import _api, _C, _tuned, _tuning
+from fa_cute._timing import (DTYPES, TOKENS, WIDTH, Timer, add_shape_args, banner, cycling,
+                             format_table, input_sets, make_timer, no_gpu, problem, run_checks,
+                             tflops, time_fa_cute)
 
-NO_GPU = "fa_cute.bench needs a CUDA GPU; none is visible to PyTorch."
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SDPA_BACKENDS = {"FLASH": SDPBackend.FLASH_ATTENTION, "CUDNN": SDPBackend.CUDNN_ATTENTION,
                  "EFFICIENT": SDPBackend.EFFICIENT_ATTENTION}
-TOKENS = 16384  # batch * seqlen
-WIDTH = 2048    # nheads * headdim
-CHECK_SHAPE = (2, 1024, 4)  # batch, seqlen, nheads of the correctness check
+LADDER_SDPA = ["FLASH", "CUDNN"]  # --ladder's anchors: FlashAttention-2 and the fastest
+LADDER_BUILD = ("pip install --no-build-isolation -Ccmake.define.FA_CUTE_LADDER=ON . "
+                "(add -Ccmake.define.FA_CUTE_CONFIGS=... to build fewer production configs)")
 
-Timer = Callable[[Callable[[], object]], float]
+Column = Tuple[str, str]  # (key in the records, header in the table and the plot)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    def ints(text: str) -> List[int]:
-        return [int(x) for x in text.split(",")]
-
-    def dtypes(text: str) -> List[str]:
-        names = text.split(",")
-        for name in names:
-            if name not in DTYPES:
-                raise argparse.ArgumentTypeError(f"dtype {name!r}: choose from bf16, fp16")
-        return names
-
     p = argparse.ArgumentParser(prog="python -m fa_cute.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seqlens", type=ints, default="1024,2048,4096,8192,16384",
-                   help="comma-separated seqlens, one row each (default: %(default)s)")
-    p.add_argument("--headdim", type=int, default=128, help="head dim (default: 128)")
-    p.add_argument("--dtype", type=dtypes, default="bf16",
-                   help="bf16, fp16 or bf16,fp16 (default: %(default)s)")
-    p.add_argument("--config", help="time this config instead of the default heuristic's pick")
-    p.add_argument("--all-configs", action="store_true", help="add a column per built config")
+    add_shape_args(p, dtype_default="bf16")
+    p.add_argument("--config", help="time this config in the fa_cute column instead of "
+                                    "auto's pick")
+    columns = p.add_mutually_exclusive_group()
+    columns.add_argument("--all-configs", action="store_true",
+                         help="add a column per built production config")
+    columns.add_argument("--ladder", action="store_true",
+                         help="a column per optimisation-ladder rung (a build with "
+                              "FA_CUTE_LADDER=ON), next to fa_cute, FLASH and CUDNN, with "
+                              "ratios to FLASH")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw TFLOP/s against N to FILE.png, a line per column (matplotlib)")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
-    p.add_argument("--warmup", type=float, default=25.0, help="warm-up per timing, ms")
-    p.add_argument("--rep", type=float, default=100.0, help="measured time per timing, ms")
     return p.parse_args(argv)
 
 
-def make_timer(warmup_ms: float, rep_ms: float) -> Tuple[str, Timer]:
-    """Triton's do_bench (median of CUDA-event timings, L2 flushed between runs) when Triton
-    is installed, else a CUDA-event loop of our own; both return milliseconds."""
-    try:
-        from triton.testing import do_bench
-    except ImportError:
-        return "CUDA events (median)", lambda fn: _event_median(fn, warmup_ms, rep_ms)
-    return ("triton.testing.do_bench (median)",
-            lambda fn: do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+def ladder_configs(head_dim: int) -> List[dict]:
+    """The built ladder configs for head_dim, in rung order."""
+    return sorted((c for c in fa_cute.configs()
+                   if c["rung"] is not None and c["head_dim"] == head_dim),
+                  key=lambda c: c["rung"])
 
 
-def _event_median(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> float:
-    """Median of per-call CUDA-event times; call counts sized from a 5-call estimate."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    fn()
-    start.record()
-    for _ in range(5):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    estimate = max(start.elapsed_time(end) / 5, 1e-3)
-    for _ in range(max(1, int(warmup_ms / estimate))):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(max(1, int(rep_ms / estimate)))]
-    for s, e in events:
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
-
-
-def input_sets(batch: int, nheads: int, seqlen: int, head_dim: int, dtype: torch.dtype,
-               l2_bytes: int) -> List[Tuple[torch.Tensor, ...]]:
-    """Random (batch, nheads, seqlen, head_dim) q, k, v; several sets when one set's
-    q + k + v + output fits in twice the L2 cache, so that cycling through them times
-    memory rather than the cache."""
-    set_bytes = 4 * batch * nheads * seqlen * head_dim * dtype.itemsize
-    count = 1 if set_bytes > 2 * l2_bytes else math.ceil(4 * l2_bytes / set_bytes)
-    shape = (batch, nheads, seqlen, head_dim)
-    return [tuple(torch.randn(shape, device="cuda", dtype=dtype) for _ in range(3))
-            for _ in range(count)]
-
-
-def cycling(fn: Callable[..., object], sets: List[Tuple[torch.Tensor, ...]],
-            **kwargs) -> Callable[[], object]:
-    """A no-argument call of fn on the next input set each time."""
-    sets_iter = itertools.cycle(sets)
-    return lambda: fn(*next(sets_iter), **kwargs)
-
-
-def fa_cute_bhnd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """fa_cute.forward on (batch, nheads, seqlen, headdim) tensors, via transposed views."""
-    return fa_cute.forward(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kwargs)
+def rung_label(config: dict) -> str:
+    """A ladder column's header, rung and short name: 'ladder02_swizzle_d128' -> '2 swizzle'."""
+    return f"{config['rung']} " + re.sub(r"^ladder\d+_|_d\d+$", "", config["name"])
 
 
 def time_sdpa(backend: SDPBackend, sets, timer: Timer) -> Tuple[Optional[float], str]:
@@ -132,120 +84,162 @@ def time_sdpa(backend: SDPBackend, sets, timer: Timer) -> Tuple[Optional[float],
         return None, str(exc).splitlines()[0]
 
 
-def time_fa_cute(config: Optional[str], sets, timer: Timer) -> Tuple[Optional[float], str]:
-    """(ms, "") or (None, why); a config that does not take the shape is not an error."""
-    fn = cycling(fa_cute_bhnd, sets, config=config)
-    try:
-        fn()
-        return timer(fn), ""
-    except ValueError as exc:
-        return None, str(exc)
+def time_row(dtype_name: str, seqlen: int, head_dim: int, configs: Dict[str, str],
+             sdpa: List[str], l2_bytes: int, timer: Timer) -> Dict:
+    """Time every column for one (dtype, seqlen) on shared inputs; ms and TFLOP/s per column.
 
-
-def check(config: str, head_dim: int) -> Dict:
-    """bf16 output of `config`, written over NaN, against the float64 reference."""
-    batch, seqlen, nheads = CHECK_SHAPE
-    q, k, v = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda").to(torch.bfloat16)
-               for _ in range(3))
-    scale = 1.0 / math.sqrt(head_dim)
-    out = torch.full_like(q, math.nan)
-    fa_cute.forward(q, k, v, config=config, out=out)
-    result = {"config": config, "shape": [batch, seqlen, nheads, head_dim]}
-    try:
-        max_err, plain_err = check_close(out, attention_ref(q, k, v, scale),
-                                         attention_ref(q, k, v, scale, upcast=False))
-        result.update(ok=True, max_err=max_err, plain_err=plain_err)
-    except AssertionError as exc:
-        result.update(ok=False, error=str(exc))
-    return result
-
-
-def time_row(dtype_name: str, seqlen: int, args: argparse.Namespace, extra: List[str],
-             cc: Tuple[int, int], l2_bytes: int, timer: Timer) -> Dict:
-    """Time every column for one (dtype, seqlen) on shared inputs; ms and TFLOP/s per column."""
-    batch, nheads = max(1, TOKENS // seqlen), max(1, WIDTH // args.headdim)
-    flops = 4 * batch * nheads * seqlen * seqlen * args.headdim
-    sets = input_sets(batch, nheads, seqlen, args.headdim, DTYPES[dtype_name], l2_bytes)
-    config = args.config or _C.default_config(args.headdim, seqlen, seqlen, *cc)
+    configs maps each fa_cute column to the config it runs; the "fa_cute" column's config
+    is also recorded as the row's "config".
+    """
+    batch, nheads, flops = problem(seqlen, head_dim)
+    sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
     ms, why = {}, {}
-    for column, name in [("fa_cute", config)] + [(name, name) for name in extra]:
-        ms[column], why[column] = time_fa_cute(name, sets, timer)
-    for column, backend in SDPA_BACKENDS.items():
-        ms[column], why[column] = time_sdpa(backend, sets, timer)
+    for column, config in configs.items():
+        ms[column], why[column] = time_fa_cute(config, sets, timer)
+    for column in sdpa:
+        ms[column], why[column] = time_sdpa(SDPA_BACKENDS[column], sets, timer)
     return dict(dtype=dtype_name, seqlen=seqlen, batch=batch, nheads=nheads,
-                head_dim=args.headdim, flops=flops, config=config, input_sets=len(sets), ms=ms,
-                tflops={c: None if t is None else flops / (t * 1e9) for c, t in ms.items()},
+                head_dim=head_dim, flops=flops, config=configs["fa_cute"],
+                input_sets=len(sets), ms=ms, tflops={c: tflops(flops, t) for c, t in ms.items()},
                 not_run={c: w for c, w in why.items() if w})
-
-
-def format_table(header: List[str], rows: List[List[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print(NO_GPU)
+        print(no_gpu("fa_cute.bench"))
         return 1
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    cc = (props.major, props.minor)
-    build = _C.build_info()
-    timer_name, timer = make_timer(args.warmup, args.rep)
-    print(f"GPU: {props.name} (compute capability {cc[0]}.{cc[1]}, "
-          f"{props.multi_processor_count} SMs, L2 {props.L2_cache_size // 2**20} MiB)")
-    print(f"torch {torch.__version__}; fa_cute {fa_cute.__version__} (CUTLASS "
-          f"{build['cutlass_version']}, archs {build['archs']}); timing: {timer_name}")
+    pyplot = None
+    if args.plot:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            from matplotlib import pyplot
+        except ImportError:
+            print("fa_cute.bench: --plot needs the Python package matplotlib, which is not "
+                  "installed: pip install matplotlib")
+            return 2
+    if args.ladder:
+        rungs = ladder_configs(args.headdim)
+        if not rungs:
+            print(f"fa_cute.bench: --ladder: this build holds no ladder config for head dim "
+                  f"{args.headdim}. The ladder is compiled only when asked: {LADDER_BUILD}")
+            return 2
+        extra = [(c["name"], rung_label(c)) for c in rungs]
+        sdpa = LADDER_SDPA
+    else:
+        rungs = []
+        extra = [(c["name"], c["name"]) for c in fa_cute.configs() if args.all_configs
+                 and c["rung"] is None and c["head_dim"] == args.headdim]
+        sdpa = list(SDPA_BACKENDS)
 
-    extra = [c["name"] for c in fa_cute.configs()
-             if args.all_configs and c["head_dim"] == args.headdim]
+    device = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(device)
+    gpu, cc = _api._gpu(device)
+    timer_name, timer = make_timer(args.warmup, args.rep)
+    print(banner(props, timer_name))
+    print(f"config auto: {len(_tuning.cached_configs(gpu))} entries for this GPU in the tuning "
+          f"cache {_tuning.cache_path()}, {len(_tuned.TABLE.get(gpu, {}))} in the built-in table")
+
+    shapes = list(itertools.product(args.dtype, args.seqlens))
     try:
-        checked = args.config or _C.default_config(args.headdim, CHECK_SHAPE[1],
-                                                   CHECK_SHAPE[1], *cc)
-        checks = [check(name, args.headdim) for name in dict.fromkeys([checked] + extra)]
+        picks = {(d, n): args.config or _api._auto_config(gpu, cc, d, args.headdim, n)["name"]
+                 for d, n in shapes}
+        checks = run_checks(list(picks.values()) + [key for key, _ in extra], args.headdim)
     except ValueError as exc:  # an unknown --config, an unsupported --headdim
         print(f"fa_cute.bench: {exc}")
         return 2
-    for c in checks:
-        verdict = (f"max abs error {c['max_err']:.2e} (plain bf16: {c['plain_err']:.2e}), ok"
-                   if c["ok"] else f"FAILED: {c['error']}")
-        print(f"check {c['config']}, bf16 {tuple(c['shape'])}: {verdict}")
     if not all(c["ok"] for c in checks):
         return 1
 
-    records = [time_row(dtype_name, seqlen, args, extra, cc, props.L2_cache_size, timer)
-               for dtype_name, seqlen in itertools.product(args.dtype, args.seqlens)]
+    records = [time_row(dtype_name, seqlen, args.headdim,
+                        {"fa_cute": picks[dtype_name, seqlen], **{k: k for k, _ in extra}},
+                        sdpa, props.L2_cache_size, timer)
+               for dtype_name, seqlen in shapes]
+    fa_columns = (extra + [("fa_cute", "fa_cute")] if args.ladder
+                  else [("fa_cute", "fa_cute")] + extra)
+    columns = fa_columns + [(c, c) for c in sdpa]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(gpu=props.name, compute_capability=list(cc), torch=torch.__version__,
-                           fa_cute=fa_cute.__version__, build_info=build, timer=timer_name,
-                           checks=checks, rows=records), f, indent=2)
+                           fa_cute=fa_cute.__version__, build_info=_C.build_info(),
+                           timer=timer_name, checks=checks, columns=dict(columns),
+                           rows=records), f, indent=2)
         print(f"wrote {args.json}")
+    if pyplot is not None:
+        plot(pyplot, records, columns, args.plot, f"{props.name}, head dim {args.headdim}, "
+                                                  "non-causal forward")
+        print(f"wrote {args.plot}")
     for r in records:
         for column, why in r["not_run"].items():
             print(f"{r['dtype']} N={r['seqlen']} {column}: n/a ({why})")
-    print(render(records, extra))
+    for c in rungs:
+        print(f"rung {c['rung']} ({c['name']}): {c['description']}")
+    if args.ladder:
+        print(render_ladder(records, fa_columns, sdpa))
+    else:
+        print(render(records, [key for key, _ in fa_columns], sdpa))
     return 0
 
 
-def render(records: List[Dict], extra: List[str]) -> str:
+def _num(x: Optional[float], fmt: str = ".1f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _ratio(r: Dict, column: str, anchor: str) -> str:
+    a, b = r["tflops"][column], r["tflops"][anchor]
+    return "n/a" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def render(records: List[Dict], fa_columns: List[str], sdpa: List[str]) -> str:
     """The TFLOP/s table: one row per (dtype, seqlen), n/a where a column did not run."""
-    def num(x: Optional[float], fmt: str) -> str:
-        return "n/a" if x is None else format(x, fmt)
-
-    def ratio(r: Dict, other: str) -> str:
-        a, b = r["tflops"]["fa_cute"], r["tflops"][other]
-        return "n/a" if a is None or b is None else f"{a / b:.2f}x"
-
-    columns = ["fa_cute"] + extra + list(SDPA_BACKENDS)
+    columns = fa_columns + sdpa
     header = ["dtype", "N", "B", "H"] + columns + ["fa/FLASH", "fa/CUDNN", "fa_cute config"]
     rows = [[r["dtype"], str(r["seqlen"]), str(r["batch"]), str(r["nheads"])]
-            + [num(r["tflops"][c], ".1f") for c in columns]
-            + [ratio(r, "FLASH"), ratio(r, "CUDNN"), r["config"]] for r in records]
+            + [_num(r["tflops"][c]) for c in columns]
+            + [_ratio(r, "fa_cute", "FLASH"), _ratio(r, "fa_cute", "CUDNN")]
+            + [r["config"]] for r in records]
     return f"TFLOP/s, head dim {records[0]['head_dim']}, non-causal forward\n" + \
         format_table(header, rows)
+
+
+def render_ladder(records: List[Dict], fa_columns: List[Column], sdpa: List[str]) -> str:
+    """--ladder's table: each rung and fa_cute as 'TFLOP/s (ratio to FLASH)', then the
+    anchors' TFLOP/s."""
+    def cell(r: Dict, column: str) -> str:
+        t = r["tflops"][column]
+        return "n/a" if t is None else f"{t:.1f} ({_ratio(r, column, 'FLASH')})"
+
+    header = ["dtype", "N"] + [label for _, label in fa_columns] + sdpa + ["fa_cute config"]
+    rows = [[r["dtype"], str(r["seqlen"])] + [cell(r, key) for key, _ in fa_columns]
+            + [_num(r["tflops"][c]) for c in sdpa] + [r["config"]] for r in records]
+    return (f"TFLOP/s (ratio to FLASH), head dim {records[0]['head_dim']}, non-causal forward, "
+            f"B = {TOKENS} / N, H = {WIDTH} / d\n"
+            + format_table(header, rows))
+
+
+def plot(pyplot, records: List[Dict], columns: List[Column], path: str, title: str) -> None:
+    """TFLOP/s against N, a line per column, one panel per dtype."""
+    dtypes = list(dict.fromkeys(r["dtype"] for r in records))
+    fig, axes = pyplot.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 5), squeeze=False,
+                                sharey=True)
+    for ax, dtype in zip(axes[0], dtypes):
+        rows = [r for r in records if r["dtype"] == dtype]
+        for key, label in columns:
+            points = [(r["seqlen"], r["tflops"][key]) for r in rows
+                      if r["tflops"][key] is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
+        seqlens = [r["seqlen"] for r in rows]
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(seqlens, [str(n) for n in seqlens])
+        ax.set(title=dtype, xlabel="N (seqlen)", ylabel="TFLOP/s", ylim=(0, None))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    pyplot.close(fig)
 
 
 if __name__ == "__main__":

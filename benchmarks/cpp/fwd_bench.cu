@@ -1,0 +1,276 @@
+// fwd_bench: time one built fa_cute kernel with no Python in the process, so that Nsight
+// Compute (the CMake target `profile`) and cuobjdump see our kernel and nothing else.
+//
+//   fwd_bench --list
+//   fwd_bench [--config NAME] [--dtype bf16|fp16] [--batch B] [--seqlen N] [--heads H]
+//             [--iters I] [--warmup W]
+//
+// Inputs are (B, N, H, d) contiguous bf16/fp16 tensors filled on the device with hashed
+// random values in (-1, 1), never zeros (zeros hide indexing bugs and can run faster than
+// real data). The output is poisoned with NaN first and checked afterwards: every element
+// must have been written with a finite value. At the default B = 16384 / N, H = 16, d = 128
+// each tensor is 64 MiB, beyond an H100's 50 MiB L2, so repeated runs time memory, not cache.
+// Prints the median of I per-launch CUDA-event times and TFLOP/s = 4 B H N^2 d / time.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include "flash_params.h"
+#include "kernel_registry.h"
+
+namespace {
+
+using fa_cute::check_cuda;  // throws std::runtime_error naming the call and CUDA's error
+
+struct Options {
+  std::string config;  // empty: the heuristic's pick (src/tile_size.h)
+  std::string dtype = "bf16";
+  int batch = 0;  // 0: 16384 / seqlen
+  int seqlen = 4096;
+  int heads = 16;
+  int iters = 20;
+  int warmup = 5;
+  bool list = false;
+};
+
+[[noreturn]] void usage_error(std::string const& message) {
+  std::fprintf(stderr,
+               "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
+               "[--batch B] [--seqlen N] [--heads H] [--iters I] [--warmup W]\n",
+               message.c_str());
+  std::exit(2);
+}
+
+int positive_int(char const* flag, char const* text) {
+  char* end = nullptr;
+  long const value = std::strtol(text, &end, 10);
+  if (*text == '\0' || *end != '\0' || value < 1 || value > (1L << 30)) {
+    usage_error(std::string(flag) + ": expected a positive integer, got '" + text + "'");
+  }
+  return static_cast<int>(value);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string const flag = argv[i];
+    if (flag == "--list") {
+      o.list = true;
+      continue;
+    }
+    if (i + 1 >= argc) usage_error(flag + ": missing value");
+    char const* value = argv[++i];
+    if (flag == "--config") o.config = value;
+    else if (flag == "--dtype") o.dtype = value;
+    else if (flag == "--batch") o.batch = positive_int("--batch", value);
+    else if (flag == "--seqlen") o.seqlen = positive_int("--seqlen", value);
+    else if (flag == "--heads") o.heads = positive_int("--heads", value);
+    else if (flag == "--iters") o.iters = positive_int("--iters", value);
+    else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
+    else usage_error("unknown option " + flag);
+  }
+  if (o.dtype != "bf16" && o.dtype != "fp16") usage_error("--dtype: bf16 or fp16, got " + o.dtype);
+  if (o.batch == 0) o.batch = std::max(1, 16384 / o.seqlen);
+  return o;
+}
+
+void list_configs() {
+  std::string last;
+  for (fa_cute::FwdKernel const& k : fa_cute::fwd_kernels()) {  // sorted by (config, dtype)
+    if (last != k.config) {
+      if (!last.empty()) std::printf("\n");
+      std::printf("%s: head_dim %d, block %dx%d, %d warps, ", k.config, k.head_dim, k.block_m,
+                  k.block_n, k.num_warps);
+      if (k.rung >= 0) std::printf("ladder rung %d, ", k.rung);
+      std::printf("%s; dtypes", k.description);
+      last = k.config;
+    }
+    std::printf(" %s", fa_cute::dtype_name(k.dtype));
+  }
+  std::printf("\n");
+}
+
+// A splitmix64 step: consecutive indices give unrelated 64-bit values.
+__host__ __device__ uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+template <class T>
+__device__ T from_float(float x);
+template <>
+__device__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <>
+__device__ __half from_float<__half>(float x) { return __float2half(x); }
+__device__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ float to_float(__half x) { return __half2float(x); }
+
+// Uniform in (-1, 1) with 24 random bits, offset by half a step so that 0 never comes out.
+template <class T>
+__global__ void fill_random(T* data, int64_t n, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float const unit = (float(mix(seed ^ mix(uint64_t(i))) >> 40) + 0.5f) * (1.0f / 16777216.0f);
+    data[i] = from_float<T>(2.0f * unit - 1.0f);
+  }
+}
+
+// Counts output elements that are not finite: the NaN poison left where nothing wrote.
+template <class T>
+__global__ void count_nonfinite(T const* data, int64_t n, unsigned long long* count) {
+  unsigned long long local = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    local += !isfinite(to_float(data[i]));
+  }
+  if (local) atomicAdd(count, local);
+}
+
+constexpr int kThreads = 256;
+constexpr int kBlocks = 1024;  // grid-stride loops: enough blocks to fill any GPU
+
+template <class T>
+void fill(void* data, int64_t n, uint64_t seed) {
+  fill_random<<<kBlocks, kThreads>>>(static_cast<T*>(data), n, seed);
+  check_cuda(cudaGetLastError(), "fill_random launch");
+}
+
+template <class T>
+unsigned long long nonfinite(void const* data, int64_t n) {
+  unsigned long long* count = nullptr;
+  check_cuda(cudaMalloc(&count, sizeof(*count)), "cudaMalloc(count)");
+  check_cuda(cudaMemset(count, 0, sizeof(*count)), "cudaMemset(count)");
+  count_nonfinite<<<kBlocks, kThreads>>>(static_cast<T const*>(data), n, count);
+  check_cuda(cudaGetLastError(), "count_nonfinite launch");
+  unsigned long long host = 0;
+  check_cuda(cudaMemcpy(&host, count, sizeof(host), cudaMemcpyDeviceToHost), "cudaMemcpy(count)");
+  check_cuda(cudaFree(count), "cudaFree(count)");
+  return host;
+}
+
+// --config, else what fa_cute.forward runs without a tuned entry: the heuristic's pick for
+// this GPU and the head dim of the built production configs.
+fa_cute::FwdKernel const& pick_kernel(Options const& o, int cc_major, int cc_minor) {
+  fa_cute::DType const dtype = o.dtype == "bf16" ? fa_cute::DType::kBF16 : fa_cute::DType::kFP16;
+  if (!o.config.empty()) return fa_cute::find_fwd_kernel(o.config, dtype);
+  auto const& kernels = fa_cute::fwd_kernels();
+  auto const production = std::find_if(kernels.begin(), kernels.end(),
+                                       [](fa_cute::FwdKernel const& k) { return k.rung < 0; });
+  if (production == kernels.end()) {
+    throw std::invalid_argument("this build holds no production config; pass --config NAME");
+  }
+  return fa_cute::find_fwd_kernel(
+      fa_cute::default_fwd_config(production->head_dim, o.seqlen, o.seqlen, cc_major, cc_minor),
+      dtype);
+}
+
+int run(Options const& o) {
+  int device = 0;
+  cudaDeviceProp props{};
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaGetDeviceProperties(&props, device), "cudaGetDeviceProperties");
+  fa_cute::FwdKernel const& kernel = pick_kernel(o, props.major, props.minor);
+  int const d = kernel.head_dim;
+  if (o.seqlen % kernel.block_m != 0 || o.seqlen % kernel.block_n != 0) {
+    usage_error("--seqlen " + std::to_string(o.seqlen) + " must be a multiple of " +
+                std::to_string(kernel.block_m) + " and " + std::to_string(kernel.block_n) +
+                " (the blocks of " + kernel.config + ")");
+  }
+
+  int64_t const n = int64_t(o.batch) * o.seqlen * o.heads * d;  // elements per tensor
+  size_t const bytes = size_t(n) * 2;                             // bf16 and fp16: 2 bytes
+  void* buffers[4] = {};                                          // q, k, v, o
+  for (void*& b : buffers) check_cuda(cudaMalloc(&b, bytes), "cudaMalloc(q/k/v/o)");
+  bool const bf16 = kernel.dtype == fa_cute::DType::kBF16;
+  for (int i = 0; i < 3; ++i) {
+    if (bf16) fill<__nv_bfloat16>(buffers[i], n, i + 1);
+    else fill<__half>(buffers[i], n, i + 1);
+  }
+  check_cuda(cudaMemset(buffers[3], 0xff, bytes), "cudaMemset(o, NaN)");  // 0xffff: NaN
+
+  fa_cute::FwdParams params{};
+  params.q_ptr = buffers[0];
+  params.k_ptr = buffers[1];
+  params.v_ptr = buffers[2];
+  params.o_ptr = buffers[3];
+  fa_cute::index_t const row = int64_t(o.heads) * d, batch_stride = row * o.seqlen;
+  params.q_batch_stride = params.k_batch_stride = params.v_batch_stride = params.o_batch_stride =
+      batch_stride;
+  params.q_row_stride = params.k_row_stride = params.v_row_stride = params.o_row_stride = row;
+  params.q_head_stride = params.k_head_stride = params.v_head_stride = params.o_head_stride = d;
+  params.batch = o.batch;
+  params.seqlen_q = params.seqlen_k = o.seqlen;
+  params.nheads = params.nheads_k = o.heads;
+  params.head_dim = d;
+  params.softmax_scale = 1.0f / std::sqrt(float(d));
+  params.softmax_scale_log2 = params.softmax_scale * 1.4426950408889634f;  // log2(e)
+
+  cudaStream_t const stream = nullptr;
+  for (int i = 0; i < o.warmup; ++i) kernel.launch(params, stream);  // checks its launch
+  check_cuda(cudaStreamSynchronize(stream), "warm-up launches");
+  unsigned long long const unwritten =
+      bf16 ? nonfinite<__nv_bfloat16>(buffers[3], n) : nonfinite<__half>(buffers[3], n);
+  if (unwritten != 0) {
+    std::fprintf(stderr, "fwd_bench: %s wrote no finite value to %llu of %lld output elements\n",
+                 kernel.config, unwritten, static_cast<long long>(n));
+    return 1;
+  }
+
+  std::vector<cudaEvent_t> events(2 * o.iters);
+  for (cudaEvent_t& e : events) check_cuda(cudaEventCreate(&e), "cudaEventCreate");
+  for (int i = 0; i < o.iters; ++i) {
+    check_cuda(cudaEventRecord(events[2 * i], stream), "cudaEventRecord");
+    kernel.launch(params, stream);
+    check_cuda(cudaEventRecord(events[2 * i + 1], stream), "cudaEventRecord");
+  }
+  check_cuda(cudaEventSynchronize(events.back()), "timed launches");
+  std::vector<float> ms(o.iters);
+  for (int i = 0; i < o.iters; ++i) {
+    check_cuda(cudaEventElapsedTime(&ms[i], events[2 * i], events[2 * i + 1]),
+               "cudaEventElapsedTime");
+  }
+  for (cudaEvent_t e : events) check_cuda(cudaEventDestroy(e), "cudaEventDestroy");
+  for (void* b : buffers) check_cuda(cudaFree(b), "cudaFree");
+
+  std::nth_element(ms.begin(), ms.begin() + o.iters / 2, ms.end());
+  double const median = ms[o.iters / 2];
+  double const flops = 4.0 * o.batch * o.heads * double(o.seqlen) * o.seqlen * d;
+  std::printf("%s (%s) on %s: %s B=%d N=%d H=%d d=%d: %.4f ms (median of %d), %.1f TFLOP/s\n",
+              kernel.config, kernel.description, props.name, o.dtype.c_str(), o.batch, o.seqlen,
+              o.heads, d, median, o.iters, flops / (median * 1e9));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options const o = parse(argc, argv);
+  try {
+    if (o.list) {
+      list_configs();
+      return 0;
+    }
+    return run(o);
+  } catch (std::invalid_argument const& e) {  // an unknown config or dtype for it
+    std::fprintf(stderr, "fwd_bench: %s\n", e.what());
+    return 2;
+  } catch (std::exception const& e) {  // a failed CUDA call
+    std::fprintf(stderr, "fwd_bench: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,179 @@
+"""What `python -m fa_cute.bench` and `python -m fa_cute.tune` share, so that a tuned winner
+and a benchmark row are measured the same way: the problem shapes, the command-line options
+for them, random inputs that defeat the L2 cache, the timer, the correctness check a config
+passes before it is timed, and the table format.
+
+Shapes follow FlashAttention's benchmark: batch * seqlen = 16384 tokens and
+nheads * headdim = 2048, so every seqlen moves the same number of bytes and only the
+attention's quadratic part grows. FLOPs = 4 * batch * nheads * seqlen^2 * headdim (two
+matrix products, non-causal). Inputs are (batch, nheads, seqlen, headdim) tensors, SDPA's
+layout; fa_cute reads them through `.transpose(1, 2)` views, without copies.
+"""
+
+import argparse
+import itertools
+import math
+import statistics
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import fa_cute
+from fa_cute._reference import attention_ref, check_close
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TOKENS = 16384  # batch * seqlen
+WIDTH = 2048    # nheads * headdim
+CHECK_SHAPE = (2, 1024, 4)  # batch, seqlen, nheads of the correctness check
+
+Timer = Callable[[Callable[[], object]], float]
+InputSet = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def no_gpu(prog: str) -> str:
+    return f"{prog} needs a CUDA GPU; none is visible to PyTorch."
+
+
+def banner(props, timer_name: str) -> str:
+    """Two lines naming the GPU, the software and the timer, for the top of a report."""
+    build = fa_cute._C.build_info()
+    return (f"GPU: {props.name} (compute capability {props.major}.{props.minor}, "
+            f"{props.multi_processor_count} SMs, L2 {props.L2_cache_size // 2**20} MiB)\n"
+            f"torch {torch.__version__}; fa_cute {fa_cute.__version__} (CUTLASS "
+            f"{build['cutlass_version']}, archs {build['archs']}); timing: {timer_name}")
+
+
+def add_shape_args(p: argparse.ArgumentParser, dtype_default: str) -> None:
+    """--seqlens, --headdim, --dtype, --warmup and --rep."""
+    def ints(text: str) -> List[int]:
+        try:
+            return [int(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected integers like 1024,2048")
+
+    def dtypes(text: str) -> List[str]:
+        names = text.split(",")
+        for name in names:
+            if name not in DTYPES:
+                raise argparse.ArgumentTypeError(f"dtype {name!r}: choose from bf16, fp16")
+        return names
+
+    p.add_argument("--seqlens", type=ints, default="1024,2048,4096,8192,16384",
+                   help="comma-separated seqlens, one row each (default: %(default)s)")
+    p.add_argument("--headdim", type=int, default=128, help="head dim (default: 128)")
+    p.add_argument("--dtype", type=dtypes, default=dtype_default,
+                   help=f"bf16, fp16 or bf16,fp16 (default: {dtype_default})")
+    p.add_argument("--warmup", type=float, default=25.0, help="warm-up per timing, ms")
+    p.add_argument("--rep", type=float, default=100.0, help="measured time per timing, ms")
+
+
+def problem(seqlen: int, head_dim: int) -> Tuple[int, int, int]:
+    """(batch, nheads, FLOPs) of the benchmark shape for seqlen and head_dim."""
+    batch, nheads = max(1, TOKENS // seqlen), max(1, WIDTH // head_dim)
+    return batch, nheads, 4 * batch * nheads * seqlen * seqlen * head_dim
+
+
+def tflops(flops: int, ms: Optional[float]) -> Optional[float]:
+    return None if ms is None else flops / (ms * 1e9)
+
+
+def make_timer(warmup_ms: float, rep_ms: float) -> Tuple[str, Timer]:
+    """Triton's do_bench (median of CUDA-event timings, L2 flushed between runs) when Triton
+    is installed, else a CUDA-event loop of our own; both return milliseconds."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        return "CUDA events (median)", lambda fn: _event_median(fn, warmup_ms, rep_ms)
+    return ("triton.testing.do_bench (median)",
+            lambda fn: do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def _event_median(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> float:
+    """Median of per-call CUDA-event times; call counts sized from a 5-call estimate."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    start.record()
+    for _ in range(5):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(max(1, int(rep_ms / estimate)))]
+    for s, e in events:
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)
+
+
+def input_sets(batch: int, nheads: int, seqlen: int, head_dim: int, dtype: torch.dtype,
+               l2_bytes: int) -> List[InputSet]:
+    """Random (batch, nheads, seqlen, head_dim) q, k, v; several sets when one set's
+    q + k + v + output fits in twice the L2 cache, so that cycling through them times
+    memory rather than the cache."""
+    set_bytes = 4 * batch * nheads * seqlen * head_dim * dtype.itemsize
+    count = 1 if set_bytes > 2 * l2_bytes else math.ceil(4 * l2_bytes / set_bytes)
+    shape = (batch, nheads, seqlen, head_dim)
+    return [tuple(torch.randn(shape, device="cuda", dtype=dtype) for _ in range(3))
+            for _ in range(count)]
+
+
+def cycling(fn: Callable[..., object], sets: List[InputSet], **kwargs) -> Callable[[], object]:
+    """A no-argument call of fn on the next input set each time."""
+    sets_iter = itertools.cycle(sets)
+    return lambda: fn(*next(sets_iter), **kwargs)
+
+
+def fa_cute_bhnd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """fa_cute.forward on (batch, nheads, seqlen, headdim) tensors, via transposed views."""
+    return fa_cute.forward(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kwargs)
+
+
+def time_fa_cute(config: str, sets: List[InputSet], timer: Timer) -> Tuple[Optional[float], str]:
+    """(ms, "") or (None, why); a config that does not take the shape is not an error."""
+    fn = cycling(fa_cute_bhnd, sets, config=config)
+    try:
+        fn()
+        return timer(fn), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def check(config: str, head_dim: int) -> Dict:
+    """bf16 output of `config`, written over NaN, against the float64 reference."""
+    batch, seqlen, nheads = CHECK_SHAPE
+    q, k, v = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda").to(torch.bfloat16)
+               for _ in range(3))
+    scale = 1.0 / math.sqrt(head_dim)
+    out = torch.full_like(q, math.nan)
+    fa_cute.forward(q, k, v, config=config, out=out)
+    result = {"config": config, "shape": [batch, seqlen, nheads, head_dim]}
+    try:
+        max_err, plain_err = check_close(out, attention_ref(q, k, v, scale),
+                                         attention_ref(q, k, v, scale, upcast=False))
+        result.update(ok=True, max_err=max_err, plain_err=plain_err)
+    except AssertionError as exc:
+        result.update(ok=False, error=str(exc))
+    return result
+
+
+def run_checks(configs: Sequence[str], head_dim: int) -> List[Dict]:
+    """`check` each config and print its verdict; raises ValueError for a config that
+    cannot run the check (an unknown name, another head dim)."""
+    checks = [check(name, head_dim) for name in dict.fromkeys(configs)]
+    for c in checks:
+        verdict = (f"max abs error {c['max_err']:.2e} (plain bf16: {c['plain_err']:.2e}), ok"
+                   if c["ok"] else f"FAILED: {c['error']}")
+        print(f"check {c['config']}, bf16 {tuple(c['shape'])}: {verdict}")
+    return checks
+
+
+def format_table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

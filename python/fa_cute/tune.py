@@ -1,0 +1,157 @@
+"""`python -m fa_cute.tune`: time every production config that can run each shape asked for,
+print a table with each shape's winner marked (last), and write the winners to the tuning
+cache, where `fa_cute.forward(..., config="auto")` finds them.
+
+Shapes are the benchmark's (B = 16384 / N, H = 2048 / d; `python -m fa_cute.bench`), timed
+the same way. A winner is stored under (GPU, dtype, head dim, non-causal, seqlen bucket),
+the bucket being the next power of two >= N clamped to [128, 65536]; where several seqlens
+asked for fall in one bucket, the largest one's winner is kept. Every config is checked
+against a float64 reference before it is timed. Tuning only ever happens here: forward
+reads the cache and never times anything itself.
+"""
+
+import argparse
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+import fa_cute
+from fa_cute import _api, _tuning
+from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, format_table, input_sets,
+                             make_timer, no_gpu, problem, run_checks, tflops, time_fa_cute)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m fa_cute.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(p, dtype_default="bf16,fp16")
+    p.add_argument("--configs", type=lambda text: text.split(","), metavar="NAMES",
+                   help="comma-separated production configs to choose from (default: every "
+                        "built one that runs the shape)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="time and print the table, but leave the cache as it is")
+    args = p.parse_args(argv)
+    production = {c["name"] for c in fa_cute.configs() if c["rung"] is None}
+    for name in args.configs or []:
+        if name not in production:
+            p.error(f"--configs: {name!r} is not a built production config (ladder configs are "
+                    f"never picked by config='auto'); built: {', '.join(sorted(production))}")
+    return args
+
+
+class _Counter:
+    """tqdm's progress-bar calls used here, as one plain line per step on stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.text = total, 0, ""
+
+    def set_postfix_str(self, text: str) -> None:
+        self.text = text
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        print(f"[{self.done}/{self.total}] {self.text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int):
+    """tqdm's bar when tqdm is installed, else a counter."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _Counter(total)
+    return tqdm(total=total, unit="timing", file=sys.stderr)
+
+
+def tune(shapes: List[Dict], l2_bytes: int, timer: Timer) -> None:
+    """Time each shape's candidate configs; fill each shape's "ms", "not_run" and "winner"."""
+    bar = progress_bar(sum(len(s["candidates"]) for s in shapes))
+    try:
+        for s in shapes:
+            sets = input_sets(s["batch"], s["nheads"], s["seqlen"], s["head_dim"],
+                              DTYPES[s["dtype"]], l2_bytes)
+            for name in s["candidates"]:
+                bar.set_postfix_str(f"{s['dtype']} N={s['seqlen']} {name}")
+                s["ms"][name], s["not_run"][name] = time_fa_cute(name, sets, timer)
+                bar.update(1)
+            timed = {n: t for n, t in s["ms"].items() if t is not None}
+            s["winner"] = min(timed, key=timed.get) if timed else None
+    finally:
+        bar.close()
+
+
+def render(shapes: List[Dict], configs: List[str]) -> str:
+    """ms and TFLOP/s per config and shape, '*' on the winner, '-' where it cannot run."""
+    def cell(s: Dict, name: str) -> str:
+        if name not in s["candidates"]:
+            return "-"
+        ms = s["ms"][name]
+        if ms is None:
+            return "n/a"
+        return f"{ms:.3f} ms {tflops(s['flops'], ms):.1f}" + (" *" if name == s["winner"] else "")
+
+    header = ["dtype", "N", "B", "H"] + configs + ["winner"]
+    rows = [[s["dtype"], str(s["seqlen"]), str(s["batch"]), str(s["nheads"])]
+            + [cell(s, name) for name in configs] + [s["winner"] or "none"] for s in shapes]
+    return (f"ms and TFLOP/s per config, head dim {shapes[0]['head_dim']}, non-causal forward "
+            "(* = fastest)\n" + format_table(header, rows))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print(no_gpu("fa_cute.tune"))
+        return 1
+    device = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(device)
+    gpu, cc = _api._gpu(device)
+    timer_name, timer = make_timer(args.warmup, args.rep)
+    print(banner(props, timer_name))
+
+    production = [c for c in fa_cute.configs() if c["rung"] is None
+                  and (args.configs is None or c["name"] in args.configs)]
+    shapes = []
+    for dtype in args.dtype:
+        for seqlen in sorted(set(args.seqlens)):  # ascending: a bucket keeps its largest N
+            batch, nheads, flops = problem(seqlen, args.headdim)
+            candidates = [c["name"] for c in production
+                          if _api._tunable(c, dtype, args.headdim, seqlen, cc)]
+            shapes.append(dict(dtype=dtype, seqlen=seqlen, batch=batch, nheads=nheads,
+                               head_dim=args.headdim, flops=flops, candidates=candidates,
+                               key=_tuning.key(dtype, args.headdim, False, seqlen), ms={},
+                               not_run={}, winner=None))
+    columns = [c["name"] for c in production if any(c["name"] in s["candidates"] for s in shapes)]
+    if not columns:
+        print(f"fa_cute.tune: no config among {', '.join(c['name'] for c in production)} runs "
+              f"head dim {args.headdim} at seqlens {args.seqlens} on this GPU")
+        return 2
+    if not all(c["ok"] for c in run_checks(columns, args.headdim)):
+        return 1
+
+    tune(shapes, props.L2_cache_size, timer)
+    winners = {s["key"]: s["winner"] for s in shapes if s["winner"]}
+    if args.dry_run:
+        print(f"--dry-run: the cache {_tuning.cache_path()} is left as it is")
+    elif winners:
+        try:
+            path = _tuning.write({gpu: winners})
+        except OSError as exc:
+            print(f"fa_cute.tune: cannot write the tuning cache: {exc}")
+            return 1
+        _api._forget_tuning()
+        print(f"wrote {len(winners)} winners for {gpu} to {path}")
+    for s in shapes:
+        for name, why in s["not_run"].items():
+            if why:
+                print(f"{s['dtype']} N={s['seqlen']} {name}: n/a ({why})")
+        if not s["candidates"]:
+            print(f"{s['dtype']} N={s['seqlen']}: no config to tune (none of them runs it)")
+    print(render(shapes, columns))
+    return 0 if all(s["winner"] for s in shapes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

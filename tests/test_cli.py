@@ -1,0 +1,99 @@
+"""`python -m fa_cute.bench` and `python -m fa_cute.tune` where no GPU is needed: their
+answer on a machine without one, option errors, and the tables and plot they draw from
+measured numbers (here made up)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fa_cute import bench, tune
+
+RECORDS = [dict(dtype=dtype, seqlen=n, batch=16384 // n, nheads=16, head_dim=128,
+                config="sm80_m128n128w8_d128",
+                tflops={"ladder01_basic_d128": 50.0 * i, "ladder02_swizzle_d128": None,
+                        "fa_cute": 300.0 + i, "FLASH": 330.0, "CUDNN": 600.0})
+           for dtype in ("bf16", "fp16") for i, n in enumerate((1024, 2048), start=1)]
+LADDER = [("ladder01_basic_d128", "1 basic"), ("ladder02_swizzle_d128", "2 swizzle"),
+          ("fa_cute", "fa_cute")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without a GPU")
+@pytest.mark.parametrize("module", ["fa_cute.bench", "fa_cute.tune"])
+def test_without_gpu_exits_1_with_a_plain_message(module: str) -> None:
+    run = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stdout == f"{module} needs a CUDA GPU; none is visible to PyTorch.\n"
+
+
+@pytest.mark.parametrize("names", ["no_such_config", "ladder01_basic_d128"])
+def test_tune_rejects_configs_it_would_never_pick(names: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        tune.main(["--configs", names])
+    assert exc.value.code == 2
+    assert f"--configs: {names!r} is not a built production config" in capsys.readouterr().err
+
+
+def test_bench_ladder_and_all_configs_exclude_each_other(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--ladder", "--all-configs"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_rung_label() -> None:
+    assert bench.rung_label({"name": "ladder03_overlap_d128", "rung": 3}) == "3 overlap"
+    assert bench.rung_label({"name": "ladder12_misc_d64", "rung": 12}) == "12 misc"
+
+
+def test_ladder_table() -> None:
+    text = bench.render_ladder(RECORDS, LADDER, ["FLASH", "CUDNN"])
+    title, header, _, *rows = text.splitlines()
+    assert title.startswith("TFLOP/s (ratio to FLASH), head dim 128")
+    assert header.split() == ["dtype", "N", "1", "basic", "2", "swizzle", "fa_cute", "FLASH",
+                              "CUDNN", "fa_cute", "config"]
+    assert rows[0].split() == ["bf16", "1024", "50.0", "(0.15x)", "n/a", "301.0", "(0.91x)",
+                               "330.0", "600.0", "sm80_m128n128w8_d128"]
+    assert len(rows) == 4
+
+
+def test_default_table_keeps_its_columns() -> None:
+    records = [dict(r, tflops=dict(r["tflops"], EFFICIENT=None)) for r in RECORDS]
+    text = bench.render(records, ["fa_cute"], ["FLASH", "CUDNN", "EFFICIENT"])
+    header, _, first = text.splitlines()[1:4]
+    assert header.split() == ["dtype", "N", "B", "H", "fa_cute", "FLASH", "CUDNN", "EFFICIENT",
+                              "fa/FLASH", "fa/CUDNN", "fa_cute", "config"]
+    assert first.split() == ["bf16", "1024", "16", "16", "301.0", "330.0", "600.0", "n/a",
+                             "0.91x", "0.50x", "sm80_m128n128w8_d128"]
+
+
+def test_plot_writes_a_png(tmp_path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    path = tmp_path / "ladder.png"
+    bench.plot(pyplot, RECORDS, LADDER + [("FLASH", "FLASH")], str(path), "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tune_table_marks_the_winner() -> None:
+    shapes = [dict(dtype="bf16", seqlen=1024, batch=16, nheads=16, head_dim=128, flops=int(1e12),
+                   candidates=["a", "b"], ms={"a": 2.0, "b": None}, winner="a"),
+              dict(dtype="bf16", seqlen=2048, batch=8, nheads=16, head_dim=128, flops=int(1e12),
+                   candidates=["a"], ms={"a": 4.0}, winner="a")]
+    rows = tune.render(shapes, ["a", "b"]).splitlines()[3:]
+    assert rows[0].split() == ["bf16", "1024", "16", "16", "2.000", "ms", "500.0", "*", "n/a", "a"]
+    assert rows[1].split() == ["bf16", "2048", "8", "16", "4.000", "ms", "250.0", "*", "-", "a"]
+
+
+def test_progress_counter_without_tqdm(capsys) -> None:
+    counter = tune._Counter(2)
+    for step in ("first", "second"):
+        counter.set_postfix_str(step)
+        counter.update(1)
+    counter.close()
+    assert capsys.readouterr().err == "[1/2] first\n[2/2] second\n"

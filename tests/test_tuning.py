@@ -1,0 +1,235 @@
+"""config="auto" and the tuning cache (fa_cute._tuning, fa_cute._tuned): keys and buckets, the
+cache file (round trip, concurrent writers, corrupt files), the resolution order, and
+`python -m fa_cute.tune` end to end. All but the last test run anywhere (no GPU)."""
+
+import inspect
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import fa_cute
+from fa_cute import _api, _tuned, _tuning
+
+GPU = "Fake GPU 80GB"
+CC = (9, 0)
+PRODUCTION = [c for c in fa_cute.configs() if c["rung"] is None]
+HEAD_DIM = PRODUCTION[0]["head_dim"]
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache folder of this test's own, and auto state read afresh from it."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("FA_CUTE_CACHE_DIR", str(folder))
+    _api._forget_tuning()
+    yield folder
+    _api._forget_tuning()
+
+
+@pytest.mark.parametrize("seqlen, bucket", [(1, 128), (128, 128), (129, 256), (1000, 1024),
+                                            (4096, 4096), (4097, 8192), (65536, 65536),
+                                            (65537, 65536), (10**7, 65536)])
+def test_bucket(seqlen: int, bucket: int) -> None:
+    assert _tuning.bucket(seqlen) == bucket
+
+
+def test_key_names_every_part() -> None:
+    assert _tuning.key("bf16", 128, False, 3000) == "bf16-d128-noncausal-n4096"
+    assert _tuning.key("fp16", 64, True, 100) == "fp16-d64-causal-n128"
+
+
+def test_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    name = f"tune-v{fa_cute.__version__}.json"
+    assert _tuning.cache_path() == tmp_path / "cache" / name
+    monkeypatch.delenv("FA_CUTE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _tuning.cache_path() == tmp_path / "xdg" / "fa_cute" / name
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _tuning.cache_path() == tmp_path / "home" / ".cache" / "fa_cute" / name
+
+
+def test_round_trip(cache_dir: Path) -> None:
+    assert _tuning.cached_configs(GPU) == {}
+    path = _tuning.write({GPU: {"k1": "a"}})
+    assert path == _tuning.cache_path() and path.parent == cache_dir
+    _tuning.write({GPU: {"k2": "b", "k1": "c"}, "Other GPU": {"k1": "d"}})
+    assert json.loads(path.read_text()) == {GPU: {"k1": "c", "k2": "b"}, "Other GPU": {"k1": "d"}}
+    _tuning.forget()
+    assert _tuning.cached_configs(GPU) == {"k1": "c", "k2": "b"}
+    assert sorted(p.name for p in cache_dir.iterdir()) == [path.name, path.name + ".lock"]
+
+
+def _writer(folder: str, worker: int, count: int, barrier) -> None:
+    os.environ["FA_CUTE_CACHE_DIR"] = folder
+    barrier.wait()  # both processes write at the same time
+    for i in range(count):
+        _tuning.write({GPU: {f"w{worker}-{i}": f"config{i}"}})
+
+
+def test_concurrent_writers_keep_every_entry(cache_dir: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, count = ctx.Barrier(2), 40
+    procs = [ctx.Process(target=_writer, args=(str(cache_dir), w, count, barrier))
+             for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    entries = json.loads(_tuning.cache_path().read_text())
+    assert entries == {GPU: {f"w{w}-{i}": f"config{i}" for w in range(2) for i in range(count)}}
+    assert not list(cache_dir.glob("*.tmp")), "a temp file was left behind"
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"GPU": ["a"]}', '{"GPU": {"k": 1}}',
+                                     b"\xff\xfe", "directory"])
+def test_corrupt_cache_is_ignored_with_one_warning(cache_dir: Path, content) -> None:
+    path = _tuning.cache_path()
+    cache_dir.mkdir()
+    if content == "directory":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache .*fa_cute.tune"):
+        assert _tuning.cached_configs(GPU) == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _tuning.cached_configs(GPU) == {}  # read once: no second warning
+
+
+def test_write_replaces_a_corrupt_cache(cache_dir: Path) -> None:
+    cache_dir.mkdir()
+    _tuning.cache_path().write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache"):
+        _tuning.write({GPU: {"k": "a"}})
+    assert json.loads(_tuning.cache_path().read_text()) == {GPU: {"k": "a"}}
+
+
+def test_auto_with_a_corrupt_cache_still_resolves(cache_dir: Path) -> None:
+    cache_dir.mkdir()
+    _tuning.cache_path().write_text("{not json")
+    q = torch.empty(1, 1024, 1, HEAD_DIM, dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache"):
+        assert _api._auto_config(GPU, CC, "bf16", HEAD_DIM, 1024)["rung"] is None
+    with pytest.raises(ValueError, match="q is on cpu"):
+        fa_cute.forward(q, q, q)
+
+
+def _fake(name: str, rung=None, block: int = 64, dtypes=("bf16", "fp16"),
+          family: str = "sm80") -> dict:
+    return dict(name=name, family=family, head_dim=128, block_m=block, block_n=block,
+                num_warps=4, dtypes=list(dtypes), rung=rung, description="fake")
+
+
+@pytest.fixture
+def fake_build(monkeypatch: pytest.MonkeyPatch):
+    """Configs with known names; the heuristic always says "default_pick"."""
+    fakes = [_fake("cache_pick"), _fake("table_pick"), _fake("default_pick"),
+             _fake("ladder_pick", rung=1), _fake("big_blocks", block=256),
+             _fake("fp16_only", dtypes=("fp16",)), _fake("future_gpu", family="sm100")]
+    monkeypatch.setattr(_api, "_CONFIGS", {c["name"]: c for c in fakes})
+    monkeypatch.setattr(_api, "_C", SimpleNamespace(default_config=lambda *_: "default_pick"))
+
+
+KEY_4096 = _tuning.key("bf16", 128, False, 4096)
+
+
+@pytest.mark.parametrize("cached, table, seqlen, expected", [
+    ("cache_pick", "table_pick", 4096, "cache_pick"),      # the cache beats the table
+    (None, "table_pick", 4096, "table_pick"),              # the table beats the heuristic
+    (None, None, 4096, "default_pick"),
+    ("cache_pick", "table_pick", 2112, "cache_pick"),      # 2112 is in bucket 4096
+    ("cache_pick", "table_pick", 2048, "default_pick"),    # 2048 is not
+    ("not_built", "table_pick", 4096, "table_pick"),       # unbuilt picks are passed over
+    ("not_built", "not_built_either", 4096, "default_pick"),
+    ("ladder_pick", "ladder_pick", 4096, "default_pick"),  # ladder configs never
+    ("big_blocks", "table_pick", 4096, "big_blocks"),
+    ("big_blocks", "table_pick", 3968, "table_pick"),      # 3968 % 256 != 0
+    ("fp16_only", None, 4096, "default_pick"),             # dtype bf16
+    ("future_gpu", "table_pick", 4096, "table_pick"),      # family sm100 on a 9.0 GPU
+])
+def test_resolution_order(fake_build, monkeypatch: pytest.MonkeyPatch, cached, table,
+                          seqlen: int, expected: str) -> None:
+    if cached:
+        _tuning.write({GPU: {KEY_4096: cached}, "Other GPU": {KEY_4096: "table_pick"}})
+    if table:
+        monkeypatch.setitem(_tuned.TABLE, GPU, {KEY_4096: table})
+    assert _api._auto_config(GPU, CC, "bf16", 128, seqlen)["name"] == expected
+
+
+def test_other_gpus_entries_are_not_used(fake_build) -> None:
+    _tuning.write({"Other GPU": {KEY_4096: "cache_pick"}})
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "default_pick"
+
+
+def test_cache_is_read_once_per_process(fake_build, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tuning.write({GPU: {KEY_4096: "cache_pick"}})
+    _api._forget_tuning()
+    reads = []
+    read = _tuning._read
+    monkeypatch.setattr(_tuning, "_read", lambda path: reads.append(path) or read(path))
+    for seqlen in range(2112, 4097, 64):
+        assert _api._auto_config(GPU, CC, "bf16", 128, seqlen)["name"] == "cache_pick"
+    assert len(reads) == 1
+    _tuning.cache_path().write_text(json.dumps({GPU: {KEY_4096: "table_pick"}}))
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "cache_pick"  # memoized
+    _api._forget_tuning()
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "table_pick"
+
+
+def test_auto_is_the_default_and_none_means_auto() -> None:
+    for fn in (fa_cute.forward, fa_cute.forward_timed, fa_cute.resolve_config):
+        assert inspect.signature(fn).parameters["config"].default == "auto", fn
+    seqlen = 1024
+    q = torch.empty(1, seqlen, 1, HEAD_DIM, dtype=torch.bfloat16)
+    auto = _api._resolve_config("auto", q, HEAD_DIM, seqlen)
+    assert _api._resolve_config(None, q, HEAD_DIM, seqlen) is auto
+    assert auto["rung"] is None
+    for config in ("auto", None):
+        with pytest.raises(ValueError, match="q is on cpu"):
+            fa_cute.forward(q, q, q, config=config)
+        with pytest.raises(ValueError, match="q is on cpu"):
+            fa_cute.resolve_config(q, q, q, config=config)
+    with pytest.raises(TypeError, match="config must be a config name \\(str\\), 'auto' or None"):
+        fa_cute.resolve_config(q, q, q, config=1)
+
+
+def test_builtin_table_is_well_formed() -> None:
+    for gpu, picks in _tuned.TABLE.items():
+        assert isinstance(gpu, str) and gpu
+        for key, name in picks.items():
+            dtype, d, causal, n = key.split("-")
+            assert key == _tuning.key(dtype, int(d[1:]), causal == "causal", int(n[1:])), key
+            assert isinstance(name, str) and not name.startswith("ladder"), (key, name)
+
+
+@pytest.mark.cuda
+def test_tune_writes_the_cache_that_auto_uses(make_qkv, cache_dir: Path) -> None:
+    env = dict(os.environ, FA_CUTE_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
+    run = subprocess.run([sys.executable, "-m", "fa_cute.tune", "--seqlens", "256", "--dtype",
+                          "bf16", "--headdim", str(HEAD_DIM), "--warmup", "5", "--rep", "20"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    gpu = torch.cuda.get_device_name(0)
+    winner = json.loads(_tuning.cache_path().read_text())[gpu][
+        _tuning.key("bf16", HEAD_DIM, False, 256)]
+    assert winner in {c["name"] for c in PRODUCTION}
+    last = run.stdout.splitlines()[-1]  # the table's one row comes last
+    assert last.startswith(" bf16  256") and last.endswith(winner) and " *" in last, last
+
+    q, k, v = make_qkv(2, 256, 3, HEAD_DIM, torch.bfloat16, "cuda")
+    _api._forget_tuning()
+    assert fa_cute.resolve_config(q, k, v) == winner
+    ref = fa_cute.forward(q, k, v, config=winner)
+    assert torch.equal(fa_cute.forward(q, k, v, config="auto"), ref)
