@@ -17,6 +17,7 @@ import argparse
 import itertools
 import json
 import re
+import statistics
 import sys
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -56,7 +57,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw TFLOP/s against N to FILE.png, a line per column (matplotlib)")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
-    return p.parse_args(argv)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="time all columns this many times over, interleaved, and report each "
+                        "column's median (default: %(default)s); --rep is split among rounds")
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    return args
 
 
 def ladder_configs(head_dim: int) -> List[dict]:
@@ -85,19 +92,30 @@ def time_sdpa(backend: SDPBackend, sets, timer: Timer) -> Tuple[Optional[float],
 
 
 def time_row(dtype_name: str, seqlen: int, head_dim: int, configs: Dict[str, str],
-             sdpa: List[str], l2_bytes: int, timer: Timer) -> Dict:
+             sdpa: List[str], l2_bytes: int, timer: Timer, rounds: int) -> Dict:
     """Time every column for one (dtype, seqlen) on shared inputs; ms and TFLOP/s per column.
 
     configs maps each fa_cute column to the config it runs; the "fa_cute" column's config
-    is also recorded as the row's "config".
+    is also recorded as the row's "config". The columns are timed in turn, `rounds` times
+    over, and each column reports the median of its rounds: on the H100 the same kernel
+    measured up to 15% apart at N >= 8192 when its columns were timed minutes apart (clock
+    drift under sustained load), so interleaving keeps the ratios honest.
     """
     batch, nheads, flops = problem(seqlen, head_dim)
     sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
-    ms, why = {}, {}
-    for column, config in configs.items():
-        ms[column], why[column] = time_fa_cute(config, sets, timer)
-    for column in sdpa:
-        ms[column], why[column] = time_sdpa(SDPA_BACKENDS[column], sets, timer)
+    samples: Dict[str, List[float]] = {c: [] for c in list(configs) + sdpa}
+    why: Dict[str, str] = {}
+    for _ in range(rounds):
+        for column in samples:
+            if column in why:
+                continue
+            t, w = (time_fa_cute(configs[column], sets, timer) if column in configs
+                    else time_sdpa(SDPA_BACKENDS[column], sets, timer))
+            if t is None:
+                why[column] = w
+            else:
+                samples[column].append(t)
+    ms = {c: statistics.median(v) if v and c not in why else None for c, v in samples.items()}
     return dict(dtype=dtype_name, seqlen=seqlen, batch=batch, nheads=nheads,
                 head_dim=head_dim, flops=flops, config=configs["fa_cute"],
                 input_sets=len(sets), ms=ms, tflops={c: tflops(flops, t) for c, t in ms.items()},
@@ -136,8 +154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
     gpu, cc = _api._gpu(device)
-    timer_name, timer = make_timer(args.warmup, args.rep)
-    print(banner(props, timer_name))
+    timer_name, timer = make_timer(args.warmup, args.rep / args.rounds)
+    print(banner(props, timer_name + f", median of {args.rounds} interleaved rounds"))
     print(f"config auto: {len(_tuning.cached_configs(gpu))} entries for this GPU in the tuning "
           f"cache {_tuning.cache_path()}, {len(_tuned.TABLE.get(gpu, {}))} in the built-in table")
 
@@ -154,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     records = [time_row(dtype_name, seqlen, args.headdim,
                         {"fa_cute": picks[dtype_name, seqlen], **{k: k for k, _ in extra}},
-                        sdpa, props.L2_cache_size, timer)
+                        sdpa, props.L2_cache_size, timer, args.rounds)
                for dtype_name, seqlen in shapes]
     fa_columns = (extra + [("fa_cute", "fa_cute")] if args.ladder
                   else [("fa_cute", "fa_cute")] + extra)
