@@ -54,8 +54,10 @@ def demangle(names: List[str]) -> List[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sass", help="output of cuobjdump -sass")
-    p.add_argument("--arch", default="sm_90", help="only kernels of this arch (default: %(default)s)")
-    p.add_argument("--match", default="", help="only kernels whose demangled name contains this")
+    p.add_argument("--arch", default="sm_90",
+                   help="only kernels of this arch (default: %(default)s)")
+    p.add_argument("--match", default="",
+                   help="only kernels whose demangled name contains this")
     args = p.parse_args()
     kernels = [k for k in parse(open(args.sass, errors="replace").read()) if k[0] == args.arch]
     names = demangle([k[1] for k in kernels])
@@ -67,7 +69,8 @@ def main() -> int:
     print(f"{'kernel':<70} {'total':>6} " + " ".join(f"{c:>6}" for c in COLUMNS))
     for name, counts in rows:
         hmma = max(counts.get("HMMA", 0), 1)
-        short = re.sub(r"^void |\(.*$|cute::|fa_cute::", "", name)[:70]
+        short = re.sub(r"^void |\(.*$|cute::|cutlass::|fa_cute::", "", name)
+        short = re.sub(r"^fwd_kernel_sm80<Sm80FwdTraits<|> >$", "", short)[:70]
         cells = " ".join(f"{counts.get(c, 0) / hmma:6.2f}" for c in COLUMNS)
         print(f"{short:<70} {sum(counts.values()):6d} {cells}")
     return 0

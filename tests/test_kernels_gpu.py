@@ -16,7 +16,8 @@ CONFIGS = fa_cute.configs()
 CONFIG_IDS = [c["name"] for c in CONFIGS]
 
 
-def _check(make_qkv, config: dict, dtype: torch.dtype, batch: int, nheads: int, seqlen: int) -> None:
+def _check(make_qkv, config: dict, dtype: torch.dtype, batch: int, nheads: int,
+           seqlen: int) -> None:
     q, k, v = make_qkv(batch, seqlen, nheads, config["head_dim"], dtype, "cuda")
     out = torch.full_like(q, float("nan"))
     fa_cute.forward(q, k, v, config=config["name"], out=out)

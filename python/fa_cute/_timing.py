@@ -64,7 +64,46 @@ def add_shape_args(p: argparse.ArgumentParser, dtype_default: str) -> None:
     p.add_argument("--dtype", type=dtypes, default=dtype_default,
                    help=f"bf16, fp16 or bf16,fp16 (default: {dtype_default})")
     p.add_argument("--warmup", type=float, default=25.0, help="warm-up per timing, ms")
-    p.add_argument("--rep", type=float, default=100.0, help="measured time per timing, ms")
+    p.add_argument("--rep", type=float, default=100.0,
+                   help="measured time per column and shape, ms, split among the rounds")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="time all columns this many times over, interleaved, and report each "
+                        "column's median (default: %(default)s)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
+Timing = Callable[[], Tuple[Optional[float], str]]
+
+
+def interleaved_medians(timings: Dict[str, Timing], rounds: int,
+                        on_step: Callable[[str], None] = lambda column: None
+                        ) -> Tuple[Dict[str, Optional[float]], Dict[str, str]]:
+    """Time every column in turn, `rounds` times over; (median ms per column, why not run).
+
+    On the H100 the same kernel measured up to 15% apart when its columns were timed a
+    minute apart (clock drift under sustained load); interleaving exposes every column to
+    the same drift, so ratios between columns stay honest. A column that cannot run (None,
+    why) is not retried. on_step(column) is called after each timing, for progress bars.
+    """
+    samples: Dict[str, List[float]] = {c: [] for c in timings}
+    why: Dict[str, str] = {}
+    for _ in range(rounds):
+        for column, timing in timings.items():
+            if column not in why:
+                ms, reason = timing()
+                if ms is None:
+                    why[column] = reason
+                else:
+                    samples[column].append(ms)
+            on_step(column)
+    return ({c: statistics.median(v) if v and c not in why else None for c, v in samples.items()},
+            why)
 
 
 def problem(seqlen: int, head_dim: int) -> Tuple[int, int, int]:

@@ -14,10 +14,10 @@ headdim) tensors: fa_cute through `.transpose(1, 2)` views, without copies.
 """
 
 import argparse
+import functools
 import itertools
 import json
 import re
-import statistics
 import sys
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -29,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import fa_cute
 from fa_cute import _api, _C, _tuned, _tuning
 from fa_cute._timing import (DTYPES, TOKENS, WIDTH, Timer, add_shape_args, banner, cycling,
+                             interleaved_medians,
                              format_table, input_sets, make_timer, no_gpu, problem, run_checks,
                              tflops, time_fa_cute)
 
@@ -57,13 +58,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw TFLOP/s against N to FILE.png, a line per column (matplotlib)")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="time all columns this many times over, interleaved, and report each "
-                        "column's median (default: %(default)s); --rep is split among rounds")
-    args = p.parse_args(argv)
-    if args.rounds < 1:
-        p.error("--rounds must be >= 1")
-    return args
+    return p.parse_args(argv)
 
 
 def ladder_configs(head_dim: int) -> List[dict]:
@@ -96,26 +91,15 @@ def time_row(dtype_name: str, seqlen: int, head_dim: int, configs: Dict[str, str
     """Time every column for one (dtype, seqlen) on shared inputs; ms and TFLOP/s per column.
 
     configs maps each fa_cute column to the config it runs; the "fa_cute" column's config
-    is also recorded as the row's "config". The columns are timed in turn, `rounds` times
-    over, and each column reports the median of its rounds: on the H100 the same kernel
-    measured up to 15% apart at N >= 8192 when its columns were timed minutes apart (clock
-    drift under sustained load), so interleaving keeps the ratios honest.
+    is also recorded as the row's "config". Columns are timed interleaved (`rounds`).
     """
     batch, nheads, flops = problem(seqlen, head_dim)
     sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
-    samples: Dict[str, List[float]] = {c: [] for c in list(configs) + sdpa}
-    why: Dict[str, str] = {}
-    for _ in range(rounds):
-        for column in samples:
-            if column in why:
-                continue
-            t, w = (time_fa_cute(configs[column], sets, timer) if column in configs
-                    else time_sdpa(SDPA_BACKENDS[column], sets, timer))
-            if t is None:
-                why[column] = w
-            else:
-                samples[column].append(t)
-    ms = {c: statistics.median(v) if v and c not in why else None for c, v in samples.items()}
+    timings = {column: functools.partial(time_fa_cute, config, sets, timer)
+               for column, config in configs.items()}
+    timings.update({column: functools.partial(time_sdpa, SDPA_BACKENDS[column], sets, timer)
+                    for column in sdpa})
+    ms, why = interleaved_medians(timings, rounds)
     return dict(dtype=dtype_name, seqlen=seqlen, batch=batch, nheads=nheads,
                 head_dim=head_dim, flops=flops, config=configs["fa_cute"],
                 input_sets=len(sets), ms=ms, tflops={c: tflops(flops, t) for c, t in ms.items()},

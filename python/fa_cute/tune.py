@@ -11,6 +11,7 @@ reads the cache and never times anything itself.
 """
 
 import argparse
+import functools
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -19,7 +20,8 @@ import torch
 import fa_cute
 from fa_cute import _api, _tuning
 from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, format_table, input_sets,
-                             make_timer, no_gpu, problem, run_checks, tflops, time_fa_cute)
+                             interleaved_medians, make_timer, no_gpu, problem, run_checks, tflops,
+                             time_fa_cute)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -66,17 +68,22 @@ def progress_bar(total: int):
     return tqdm(total=total, unit="timing", file=sys.stderr)
 
 
-def tune(shapes: List[Dict], l2_bytes: int, timer: Timer) -> None:
-    """Time each shape's candidate configs; fill each shape's "ms", "not_run" and "winner"."""
-    bar = progress_bar(sum(len(s["candidates"]) for s in shapes))
+def tune(shapes: List[Dict], l2_bytes: int, timer: Timer, rounds: int) -> None:
+    """Time each shape's candidate configs (interleaved rounds, medians); fill each shape's
+    "ms", "not_run" and "winner"."""
+    bar = progress_bar(rounds * sum(len(s["candidates"]) for s in shapes))
     try:
         for s in shapes:
             sets = input_sets(s["batch"], s["nheads"], s["seqlen"], s["head_dim"],
                               DTYPES[s["dtype"]], l2_bytes)
-            for name in s["candidates"]:
+
+            def step(name: str, s: Dict = s) -> None:
                 bar.set_postfix_str(f"{s['dtype']} N={s['seqlen']} {name}")
-                s["ms"][name], s["not_run"][name] = time_fa_cute(name, sets, timer)
                 bar.update(1)
+
+            s["ms"], s["not_run"] = interleaved_medians(
+                {name: functools.partial(time_fa_cute, name, sets, timer)
+                 for name in s["candidates"]}, rounds, step)
             timed = {n: t for n, t in s["ms"].items() if t is not None}
             s["winner"] = min(timed, key=timed.get) if timed else None
     finally:
@@ -108,8 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
     gpu, cc = _api._gpu(device)
-    timer_name, timer = make_timer(args.warmup, args.rep)
-    print(banner(props, timer_name))
+    timer_name, timer = make_timer(args.warmup, args.rep / args.rounds)
+    print(banner(props, timer_name + f", median of {args.rounds} interleaved rounds"))
 
     production = [c for c in fa_cute.configs() if c["rung"] is None
                   and (args.configs is None or c["name"] in args.configs)]
@@ -131,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not all(c["ok"] for c in run_checks(columns, args.headdim)):
         return 1
 
-    tune(shapes, props.L2_cache_size, timer)
+    tune(shapes, props.L2_cache_size, timer, args.rounds)
     winners = {s["key"]: s["winner"] for s in shapes if s["winner"]}
     if args.dry_run:
         print(f"--dry-run: the cache {_tuning.cache_path()} is left as it is")
