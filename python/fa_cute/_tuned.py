@@ -5,12 +5,25 @@ from `_tuning.key`, GPU names from `torch.cuda.get_device_name`), so an entry is
 from the cache that `python -m fa_cute.tune` writes on that GPU. An entry whose config is
 not in the build, or cannot run the shape, is skipped and the next source decides.
 
-The H100 entries are to be filled from the measured tuning run (issue 3); until then the
-heuristic `_C.default_config` decides there too.
+H100 entries: `python -m fa_cute.tune --dtype bf16,fp16` (3 interleaved rounds, medians) on
+an NVIDIA H100 80GB HBM3, 2026-11-27 (docs/perf-notes.md, "v2"). The persistent tile wins
+everywhere but fp16 N=4096, where the non-persistent one led by 3% in that run; the two are
+within run-to-run spread of each other at N >= 4096.
 """
 
 from typing import Dict
 
 TABLE: Dict[str, Dict[str, str]] = {
-    "NVIDIA H100 80GB HBM3": {},
+    "NVIDIA H100 80GB HBM3": {
+        "bf16-d128-noncausal-n1024": "sm80p_m128n128w8_d128",
+        "bf16-d128-noncausal-n2048": "sm80p_m128n128w8_d128",
+        "bf16-d128-noncausal-n4096": "sm80p_m128n128w8_d128",
+        "bf16-d128-noncausal-n8192": "sm80p_m128n128w8_d128",
+        "bf16-d128-noncausal-n16384": "sm80p_m128n128w8_d128",
+        "fp16-d128-noncausal-n1024": "sm80p_m128n128w8_d128",
+        "fp16-d128-noncausal-n2048": "sm80p_m128n128w8_d128",
+        "fp16-d128-noncausal-n4096": "sm80_m128n128w8_d128",
+        "fp16-d128-noncausal-n8192": "sm80p_m128n128w8_d128",
+        "fp16-d128-noncausal-n16384": "sm80p_m128n128w8_d128",
+    },
 }
