@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA,MMA_M,MMA_D)
     clear(acc_o);
     constexpr int kNRows = decltype(size<1>(acc_o))::value * 2;  // 2 rows per 16x8 tile
-    OnlineSoftmax<kNRows> softmax;
+    OnlineSoftmax<kNRows, Traits::kLazyRescale> softmax;
 
     auto iteration = [&](int i, auto is_first) {
       int const n_block = kv_block(i);

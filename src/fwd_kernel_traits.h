@@ -30,13 +30,15 @@ namespace fa_cute {
 //   kDirectOStore     O goes from registers straight to global memory in 4-byte pieces (off:
 //                     staged through shared memory for 16-byte stores, at the price of a
 //                     barrier and, in persistent blocks, 32 KiB of its own shared memory)
+//   kLazyRescale      skip rescaling O while no row max of the warp grew by more than 2^8
+//                     (src/softmax.h)
 //   kLadderRung       0 in production configs; a ladder rung's number makes its kernel a type
 //                     of its own even where its knobs equal a production config's, so every
 //                     generated translation unit holds the only instantiation of its kernel
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element_,
           bool kSwizzle_ = true, bool kOverlapLoads_ = true, bool kRegPrefetch_ = true,
           bool kReverseKV_ = true, bool kPersistent_ = false, bool kDirectOStore_ = false,
-          int kLadderRung_ = 0>
+          bool kLazyRescale_ = false, int kLadderRung_ = 0>
 struct Sm80FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -52,6 +54,7 @@ struct Sm80FwdTraits {
   static constexpr bool kReverseKV = kReverseKV_;
   static constexpr bool kPersistent = kPersistent_;
   static constexpr bool kDirectOStore = kDirectOStore_;
+  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kLadderRung = kLadderRung_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,

@@ -34,6 +34,7 @@ class Sm80Config(NamedTuple):
     reverse_kv: bool = True
     persistent: bool = False
     direct_o_store: bool = False
+    lazy_rescale: bool = False
     rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
     slug: str = ""              # ladder rung's short name
 
@@ -48,15 +49,16 @@ class Sm80Config(NamedTuple):
 # Production configs of the sm80-instruction kernel. The default per head dim is chosen in
 # src/tile_size.h (sm80_fwd_tile); the auto-tuner picks among all of these.
 SM80_CONFIGS = [
-    # 128 Q rows, 8 warps (16 rows each): 233 registers, no spills. The same tile with
+    # 128 Q rows, 8 warps (16 rows each): 233-255 registers, no spills. The same tile with
     # 4 warps (FlashAttention-2's choice on sm80/sm90) needs 255 registers and spills
     # (docs/perf-notes.md), so it is not built. Key blocks are visited first to last: on the
-    # H100 the reverse order (ladder rung 5) measured about 1% slower at every length.
+    # H100 the reverse order (ladder rung 5) measured 1-3% slower at every length. O is
+    # rescaled lazily (ladder rung 8, src/softmax.h).
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps, persistent: next tile's Q/K load under this tile's O store",
-               reverse_kv=False, persistent=True),
-    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
-    Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
-    Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: 2 blocks per SM", reverse_kv=False),
+               reverse_kv=False, persistent=True, lazy_rescale=True),
+    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False, lazy_rescale=True),
+    Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False, lazy_rescale=True),
+    Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: 2 blocks per SM", reverse_kv=False, lazy_rescale=True),
     # Not built: 64x128 with 4 warps (S alone is 128 registers: 88 B of spills).
 ]
 
@@ -81,6 +83,9 @@ LADDER_CONFIGS = [
     Sm80Config(**_LADDER_TILE, rung=7, slug="directo",
                description="rung 6 + O stored from registers (no smem staging, no barrier)",
                reverse_kv=False, persistent=True, direct_o_store=True),
+    Sm80Config(**_LADDER_TILE, rung=8, slug="lazyrescale",
+               description="rung 6 + O rescaled only when a row max grows by more than 2^8",
+               reverse_kv=False, persistent=True, lazy_rescale=True),
 ]
 
 TEMPLATE = """\
@@ -93,7 +98,7 @@ using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {ele
                              /*kSwizzle=*/{swizzle}, /*kOverlapLoads=*/{overlap_loads},
                              /*kRegPrefetch=*/{reg_prefetch}, /*kReverseKV=*/{reverse_kv},
                              /*kPersistent=*/{persistent}, /*kDirectOStore=*/{direct_o_store},
-                             /*kLadderRung=*/{ladder_rung}>;
+                             /*kLazyRescale=*/{lazy_rescale}, /*kLadderRung=*/{ladder_rung}>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps}, {dtype_enum},
                             &run_fwd_sm80<Traits>, /*rung=*/{rung},
@@ -111,7 +116,8 @@ def expected_files() -> dict[str, str]:
     files = {}
     for cfg in SM80_CONFIGS + LADDER_CONFIGS:
         fields = cfg._asdict()
-        for knob in ("swizzle", "overlap_loads", "reg_prefetch", "reverse_kv", "persistent", "direct_o_store"):
+        for knob in ("swizzle", "overlap_loads", "reg_prefetch", "reverse_kv", "persistent", "direct_o_store",
+                     "lazy_rescale"):
             fields[knob] = _cpp_bool(fields[knob])
         fields["rung"] = -1 if cfg.rung is None else cfg.rung
         fields["ladder_rung"] = 0 if cfg.rung is None else cfg.rung

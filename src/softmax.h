@@ -20,8 +20,16 @@ __forceinline__ __device__ float quad_allreduce(float x, Op op) {
 // Online softmax over the key blocks of one query tile (FlashAttention-2): the running row
 // max m and row sum l are kept in fp32 registers; O is rescaled by exp2((m_old - m_new) *
 // scale_log2) whenever m grows and divided by l once, at the end.
-template <int kNRows>
+// kLazyRescale: a warp keeps its rows' stale maxima, and skips rescaling O, while no row's
+// max has grown by more than kLazyRescaleLog2 in log2 units (FlashAttention-4's trick):
+// P then reaches at most 2^kLazyRescaleLog2 = 256, harmless for fp32 sums and for P in
+// bf16/fp16, and the 2 x 64 FMULs per thread per key block that rescale O and the row sum
+// are skipped in all but the first few blocks of typical rows. Exact either way: the final
+// division uses the row sum accumulated against the same maxima.
+template <int kNRows, bool kLazyRescale>
 struct OnlineSoftmax {
+  static constexpr float kLazyRescaleLog2 = 8.f;
+
   float row_max[kNRows];
   float row_sum[kNRows];  // this thread's partial sum; the quad reduces it in finalize()
 
@@ -33,25 +41,48 @@ struct OnlineSoftmax {
     Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
     Tensor out = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));      // (M,D)
     static_assert(decltype(size<0>(scores))::value == kNRows, "row count mismatch");
+    float block_max[kNRows];
     CUTE_UNROLL
     for (int mi = 0; mi < kNRows; ++mi) {
-      float block_max = scores(mi, 0);
+      block_max[mi] = scores(mi, 0);
       CUTE_UNROLL
-      for (int ni = 1; ni < size<1>(scores); ++ni) { block_max = fmaxf(block_max, scores(mi, ni)); }
-      block_max = quad_allreduce(block_max, [](float a, float b) { return fmaxf(a, b); });
-      float const prev_max = kIsFirst ? -INFINITY : row_max[mi];
-      float const new_max = fmaxf(prev_max, block_max);
-      row_max[mi] = new_max;
-      // A row that has seen only -inf keeps max -inf; using 0 then gives exp2(-inf) = 0
-      // instead of exp2(-inf - -inf) = NaN.
-      float const max_scaled = new_max == -INFINITY ? 0.f : new_max * scale_log2;
-      if (!kIsFirst) {
-        float const correction = exp2_approx(prev_max * scale_log2 - max_scaled);
-        row_sum[mi] *= correction;
-        CUTE_UNROLL
-        for (int di = 0; di < size<1>(out); ++di) { out(mi, di) *= correction; }
+      for (int ni = 1; ni < size<1>(scores); ++ni) { block_max[mi] = fmaxf(block_max[mi], scores(mi, ni)); }
+      block_max[mi] = quad_allreduce(block_max[mi], [](float a, float b) { return fmaxf(a, b); });
+    }
+    if constexpr (kIsFirst) {
+      CUTE_UNROLL
+      for (int mi = 0; mi < kNRows; ++mi) {
+        row_max[mi] = block_max[mi];
+        row_sum[mi] = 0.f;
       }
-      float sum = kIsFirst ? 0.f : row_sum[mi];
+    } else {
+      bool rescale = true;
+      if constexpr (kLazyRescale) {
+        bool grown = false;
+        CUTE_UNROLL
+        for (int mi = 0; mi < kNRows; ++mi) {
+          // -inf - -inf is NaN and compares false: a row that has seen only -inf stays put.
+          grown |= (block_max[mi] - row_max[mi]) * scale_log2 > kLazyRescaleLog2;
+        }
+        rescale = __any_sync(0xffffffff, grown);  // warp-uniform: no divergence
+      }
+      if (rescale) {
+        CUTE_UNROLL
+        for (int mi = 0; mi < kNRows; ++mi) {
+          float const prev_max = row_max[mi];
+          float const new_max = fmaxf(prev_max, block_max[mi]);
+          row_max[mi] = new_max;
+          float const correction = exp2_approx(prev_max * scale_log2 - scaled_max(new_max, scale_log2));
+          row_sum[mi] *= correction;
+          CUTE_UNROLL
+          for (int di = 0; di < size<1>(out); ++di) { out(mi, di) *= correction; }
+        }
+      }
+    }
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      float const max_scaled = scaled_max(row_max[mi], scale_log2);
+      float sum = row_sum[mi];
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(scores); ++ni) {
         // One FFMA + one MUFU.EX2 per score: the scale is folded into the exponent.
@@ -61,6 +92,12 @@ struct OnlineSoftmax {
       }
       row_sum[mi] = sum;
     }
+  }
+
+  // A row that has seen only -inf keeps max -inf; using 0 then gives exp2(-inf) = 0 instead
+  // of exp2(-inf - -inf) = NaN.
+  __forceinline__ __device__ static float scaled_max(float max, float scale_log2) {
+    return max == -INFINITY ? 0.f : max * scale_log2;
   }
 
   // Divides O by the row sums. A row whose sum is 0 (every key masked) gets 0, not NaN.

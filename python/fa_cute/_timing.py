@@ -13,6 +13,7 @@ layout; fa_cute reads them through `.transpose(1, 2)` views, without copies.
 import argparse
 import itertools
 import math
+import random
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -93,10 +94,18 @@ def interleaved_medians(timings: Dict[str, Timing], rounds: int,
     """
     samples: Dict[str, List[float]] = {c: [] for c in timings}
     why: Dict[str, str] = {}
-    for _ in range(rounds):
-        for column, timing in timings.items():
+    order = list(timings)
+    shuffle = random.Random(0).shuffle
+    for r in range(rounds):
+        # Rounds after the first run the columns in a new (seeded) order: in the ladder runs
+        # the column timed right after cuDNN read 1-5% low even though it ran the same kernel
+        # as another column (suspected: clocks lowered by cuDNN's power draw), so no column
+        # should hold one place in every round; the median then drops an unlucky round.
+        if r:
+            shuffle(order)
+        for column in order:
             if column not in why:
-                ms, reason = timing()
+                ms, reason = timings[column]()
                 if ms is None:
                     why[column] = reason
                 else:

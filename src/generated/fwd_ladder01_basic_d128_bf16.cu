@@ -7,7 +7,7 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kSwizzle=*/false, /*kOverlapLoads=*/false,
                              /*kRegPrefetch=*/false, /*kReverseKV=*/false,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
-                             /*kLadderRung=*/1>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/1>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder01_basic_d128", "sm80", 128, 128, 128, 8, DType::kBF16,
                             &run_fwd_sm80<Traits>, /*rung=*/1,

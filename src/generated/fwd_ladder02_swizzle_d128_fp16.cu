@@ -7,7 +7,7 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::half_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/false,
                              /*kRegPrefetch=*/false, /*kReverseKV=*/false,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
-                             /*kLadderRung=*/2>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/2>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder02_swizzle_d128", "sm80", 128, 128, 128, 8, DType::kFP16,
                             &run_fwd_sm80<Traits>, /*rung=*/2,
