@@ -52,13 +52,13 @@ SM80_CONFIGS = [
     # 128 Q rows, 8 warps (16 rows each): 233-255 registers, no spills. The same tile with
     # 4 warps (FlashAttention-2's choice on sm80/sm90) needs 255 registers and spills
     # (docs/perf-notes.md), so it is not built. Key blocks are visited first to last: on the
-    # H100 the reverse order (ladder rung 5) measured 1-3% slower at every length. O is
-    # rescaled lazily (ladder rung 8, src/softmax.h).
+    # H100 the reverse order (ladder rung 5) measured 1-3% slower at every length. The lazy
+    # O rescale (ladder rung 8) measured neutral (-0.6% on average), so it stays off.
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps, persistent: next tile's Q/K load under this tile's O store",
-               reverse_kv=False, persistent=True, lazy_rescale=True),
-    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False, lazy_rescale=True),
-    Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False, lazy_rescale=True),
-    Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: 2 blocks per SM", reverse_kv=False, lazy_rescale=True),
+               reverse_kv=False, persistent=True),
+    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
+    Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
+    Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: 2 blocks per SM", reverse_kv=False),
     # Not built: 64x128 with 4 warps (S alone is 128 registers: 88 B of spills).
 ]
 

@@ -7,7 +7,7 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/false,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/true, /*kLadderRung=*/0>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n128w8_d128", "sm80", 128, 128, 128, 8, DType::kBF16,
                             &run_fwd_sm80<Traits>, /*rung=*/-1,
