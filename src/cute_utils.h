@@ -47,10 +47,26 @@ __forceinline__ __device__ auto convert_type(cute::Tensor<Engine, Layout> const&
   return cute::make_tensor(cute::make_rmem_ptr<To>(&frag), tensor.layout());
 }
 
-// acc += A * B with both operands read from shared memory by ldmatrix. With kPrefetch the
-// load of k-slice i+1 is issued before the MMAs of slice i so that shared-memory latency
-// hides behind tensor-core work (register double buffering); without, each slice's MMAs
-// wait for its own load.
+// The k-slice loop of both GEMMs: load(i) brings k-slice i's operands from shared memory
+// into registers, mma(i) multiplies them. With kPrefetch the load of slice i+1 is issued
+// before the MMAs of slice i (register double buffering); without, each slice's MMAs wait
+// for its own load.
+template <bool kPrefetch, int kSlices, class Load, class Mma>
+__forceinline__ __device__ void for_each_k_slice(Load&& load, Mma&& mma) {
+  if constexpr (kPrefetch) load(cute::_0{});
+  CUTE_UNROLL
+  for (int i = 0; i < kSlices; ++i) {
+    if constexpr (kPrefetch) {
+      if (i < kSlices - 1) load(i + 1);
+    } else {
+      load(i);
+    }
+    mma(i);
+  }
+}
+
+// acc += A * B with both operands read from shared memory by ldmatrix; kPrefetch hides
+// shared-memory latency behind tensor-core work (for_each_k_slice).
 template <bool kPrefetch, class TiledMma, class TensorAcc, class TensorRA, class TensorRB, class TensorSA,
           class TensorSB, class TiledCopyA, class TiledCopyB, class ThrCopyA, class ThrCopyB>
 __forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
@@ -68,20 +84,12 @@ __forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB
   Tensor tCrB_view = smem_thr_copy_B.retile_D(tCrB);
   CUTE_STATIC_ASSERT_V(size<1>(tCsA) == size<1>(tCrA_view));
   CUTE_STATIC_ASSERT_V(size<1>(tCsB) == size<1>(tCrB_view));
-  auto load = [&](auto i) {
-    copy(smem_tiled_copy_A, tCsA(_, _, i), tCrA_view(_, _, i));
-    copy(smem_tiled_copy_B, tCsB(_, _, i), tCrB_view(_, _, i));
-  };
-  if constexpr (kPrefetch) load(_0{});
-  CUTE_UNROLL
-  for (int i = 0; i < size<2>(tCrA); ++i) {
-    if constexpr (kPrefetch) {
-      if (i < size<2>(tCrA) - 1) load(i + 1);
-    } else {
-      load(i);
-    }
-    cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
-  }
+  for_each_k_slice<kPrefetch, decltype(size<2>(tCrA))::value>(
+      [&](auto i) {
+        copy(smem_tiled_copy_A, tCsA(_, _, i), tCrA_view(_, _, i));
+        copy(smem_tiled_copy_B, tCsB(_, _, i), tCrB_view(_, _, i));
+      },
+      [&](int i) { cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc); });
 }
 
 // acc += A * B with A already in registers (P in O += P V) and B from shared memory;
@@ -98,17 +106,9 @@ __forceinline__ __device__ void gemm_rs(TensorAcc& acc, TensorRA const& tCrA, Te
   CUTE_STATIC_ASSERT_V(size<2>(tCrA) == size<2>(tCrB));  // MMA_K
   Tensor tCrB_view = smem_thr_copy_B.retile_D(tCrB);
   CUTE_STATIC_ASSERT_V(size<1>(tCsB) == size<1>(tCrB_view));
-  auto load = [&](auto i) { copy(smem_tiled_copy_B, tCsB(_, _, i), tCrB_view(_, _, i)); };
-  if constexpr (kPrefetch) load(_0{});
-  CUTE_UNROLL
-  for (int i = 0; i < size<2>(tCrA); ++i) {
-    if constexpr (kPrefetch) {
-      if (i < size<2>(tCrA) - 1) load(i + 1);
-    } else {
-      load(i);
-    }
-    cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
-  }
+  for_each_k_slice<kPrefetch, decltype(size<2>(tCrA))::value>(
+      [&](auto i) { copy(smem_tiled_copy_B, tCsB(_, _, i), tCrB_view(_, _, i)); },
+      [&](int i) { cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc); });
 }
 
 }  // namespace fa_cute
