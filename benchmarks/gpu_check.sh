@@ -53,37 +53,7 @@ if ! skipped FA_CUTE_SKIP_BUILD; then
   grep -E "^ *-- fa_cute:" "$LOGS/build.log" || true
 
   step "ptxas report: registers, stack frame and spills per kernel"
-  # ptxas -v prints, per kernel: "Compiling entry function 'NAME' for 'sm_XX'", then
-  # "N bytes stack frame, N bytes spill stores, N bytes spill loads", then "Used N registers".
-  if ! python3 - "$LOGS/build.log" <<'EOF'
-import re, subprocess, sys
-log = open(sys.argv[1], errors="replace").read()
-kernels, current = [], None
-for line in log.splitlines():
-    if m := re.search(r"Compiling entry function '(\S+)' for '(\w+)'", line):
-        current = {"name": m[1], "arch": m[2]}
-        kernels.append(current)
-    elif current and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
-                                      r"(\d+) bytes spill loads", line)):
-        current.update(stack=int(m[1]), spill_st=int(m[2]), spill_ld=int(m[3]))
-    elif current and (m := re.search(r"Used (\d+) registers", line)):
-        current["regs"] = int(m[1])
-if not kernels:
-    print("no ptxas report in the build log (nothing recompiled, or FA_CUTE_PTXAS_VERBOSE=OFF)")
-    sys.exit(0)
-try:
-    names = subprocess.run(["c++filt"], input="\n".join(k["name"] for k in kernels),
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-except (OSError, subprocess.CalledProcessError):
-    names = [k["name"] for k in kernels]
-for k, name in zip(kernels, names):
-    print(f"{k['arch']:>7}  regs {k.get('regs', '?'):>3}  stack {k.get('stack', '?'):>4}  "
-          f"spill st/ld {k.get('spill_st', '?')}/{k.get('spill_ld', '?')}  "
-          f"{name.replace('fa_cute::', '').replace('cutlass::', '')[:120]}")
-spilling = [k for k in kernels if k.get("spill_st") or k.get("spill_ld")]
-print(f"{len(kernels)} kernels, {len(spilling)} with spills")
-sys.exit(1 if spilling else 0)
-EOF
+  if ! python3 benchmarks/ptxas_report.py "$LOGS/build.log"
   then
     FAILED+=("spills")
   fi
