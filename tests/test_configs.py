@@ -91,3 +91,11 @@ def test_info_module_runs() -> None:
         assert torch.cuda.get_device_name(0) in out
     else:
         assert "no CUDA GPU visible" in out
+
+
+def test_import_without_torch_says_what_to_install() -> None:
+    """pip does not install torch for fa_cute, so its absence must be an actionable error."""
+    code = "import sys; sys.modules['torch'] = None; import fa_cute"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "fa_cute needs PyTorch" in run.stderr and "pip install torch" in run.stderr, run.stderr

@@ -5,7 +5,14 @@
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
 """
 
-from ._api import _C, configs, forward, forward_timed, resolve_config
+try:
+    import torch  # noqa: F401  (a run-time requirement that pip does not install: see below)
+except ImportError as exc:
+    # Not a dependency in pyproject.toml: pip would replace a user's CUDA build of torch.
+    raise ImportError("fa_cute needs PyTorch (>= 2.1, a CUDA build to run kernels); install "
+                      "it first, e.g. `pip install torch`") from exc
+
+from ._api import _C, configs, forward, forward_timed, resolve_config  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
