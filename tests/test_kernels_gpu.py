@@ -41,3 +41,28 @@ def test_single_kv_block(make_qkv, config) -> None:
     """seqlen equal to one K/V block: the first iteration is also the last."""
     seqlen = math.lcm(config["block_m"], config["block_n"])
     _check(make_qkv, config, torch.bfloat16, 2, 3, seqlen)
+
+
+def test_offsets_beyond_2_pow_31_elements(make_qkv) -> None:
+    """The second batch of q, k, v and out starts more than 2^31 elements from the first, so
+    the kernel's batch offsets must be 64-bit (a 32-bit offset would wrap and read the wrong
+    memory, or fault). Each tensor is a strided view into a 4 GiB buffer."""
+    free, _ = torch.cuda.mem_get_info()
+    batch_stride = 2**31 + 1024  # elements; a multiple of 8 keeps rows 16-byte aligned
+    if free < 4 * 2 * (batch_stride + 2**20) + 2**30:
+        pytest.skip("needs about 18 GB of free GPU memory")
+    config = fa_cute.configs()[0]
+    seqlen, nheads, d = math.lcm(config["block_m"], config["block_n"]), 2, config["head_dim"]
+    shape, strides = (2, seqlen, nheads, d), (batch_stride, nheads * d, d, 1)
+    dense = make_qkv(2, seqlen, nheads, d, torch.bfloat16, "cuda")
+    views = []
+    for t in (*dense, torch.full_like(dense[0], float("nan"))):
+        buf = torch.empty(batch_stride + seqlen * nheads * d, dtype=torch.bfloat16, device="cuda")
+        view = buf.as_strided(shape, strides)
+        view.copy_(t)
+        views.append(view)
+    q, k, v, out = views
+    fa_cute.forward(q, k, v, config=config["name"], out=out)
+    scale = 1.0 / math.sqrt(d)
+    check_close(out.contiguous(), attention_ref(*dense, scale),
+                attention_ref(*dense, scale, upcast=False))
