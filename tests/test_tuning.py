@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fa_cute
-from fa_cute import _api, _tuned, _tuning
+from fa_cute import _api, _C, _tuned, _tuning
 
 GPU = "Fake GPU 80GB"
 CC = (9, 0)
@@ -233,3 +233,18 @@ def test_tune_writes_the_cache_that_auto_uses(make_qkv, cache_dir: Path) -> None
     assert fa_cute.resolve_config(q, k, v) == winner
     ref = fa_cute.forward(q, k, v, config=winner)
     assert torch.equal(fa_cute.forward(q, k, v, config="auto"), ref)
+
+
+@pytest.mark.parametrize("seqlen", [64, 192, 320, 4096])
+def test_auto_runs_every_seqlen_some_built_config_runs(seqlen: int) -> None:
+    """Without tuning entries, auto falls back from the heuristic's tile to the largest
+    built tile that divides seqlen, rather than refusing a shape a smaller tile runs."""
+    _api._forget_tuning()
+    pick = _api._auto_config(GPU, CC, "bf16", HEAD_DIM, seqlen)
+    runnable = [c for c in PRODUCTION if _api._tunable(c, "bf16", HEAD_DIM, seqlen, CC)]
+    if runnable:
+        assert pick["name"] in {c["name"] for c in runnable}
+        assert pick["block_m"] * pick["block_n"] == max(c["block_m"] * c["block_n"]
+                                                        for c in runnable)
+    else:
+        assert pick["name"] == _C.default_config(HEAD_DIM, seqlen, seqlen, *CC)

@@ -223,7 +223,15 @@ def _auto_config(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqle
         cfg = _CONFIGS.get(name)
         if cfg is not None and _tunable(cfg, dtype, head_dim, seqlen, cc):
             return cfg
-    return _CONFIGS[_C.default_config(head_dim, seqlen, seqlen, cc[0], cc[1])]
+    default = _CONFIGS[_C.default_config(head_dim, seqlen, seqlen, cc[0], cc[1])]
+    if _tunable(default, dtype, head_dim, seqlen, cc):
+        return default
+    # The heuristic's tile does not divide seqlen: the largest built tile that does, so that
+    # auto runs every shape some config can run. If none can, the default's block sizes
+    # are what the validation error then asks for.
+    runnable = [c for c in _CONFIGS.values() if _tunable(c, dtype, head_dim, seqlen, cc)]
+    return max(runnable, key=lambda c: (c["block_m"] * c["block_n"], c["num_warps"]),
+               default=default)
 
 
 def _tunable(cfg: dict, dtype: str, head_dim: int, seqlen: int, cc: Tuple[int, int]) -> bool:
