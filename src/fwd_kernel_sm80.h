@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // Tile base pointers are computed in 64 bits (tensors beyond 2^31 elements); offsets
   // inside a tile use a 32-bit row stride (the host checks row_stride * block < 2^31).
   // Holding 64-bit in-tile offsets for every copy spilled registers in the 128-row tiles.
-  auto row_tile = [](auto const* base, index_t offset, int row0, index_t row_stride, auto tile_shape) {
+  auto row_tile = [](auto* base, index_t offset, int row0, index_t row_stride, auto tile_shape) {
     return make_tensor(make_gmem_ptr(base + offset + row0 * row_stride), tile_shape,
                        make_stride(int(row_stride), _1{}));
   };
@@ -78,10 +78,9 @@ __global__ void __launch_bounds__(Traits::kNThreads)
                     n_block * kBlockN, params.v_row_stride, TileKV{});
   };
   auto gO = [&](Sm80TileCoord const& c) {  // (BLK_M,D)
-    return make_tensor(make_gmem_ptr(static_cast<Element*>(params.o_ptr) + c.bidb * params.o_batch_stride +
-                                     c.bidh * params.o_head_stride +
-                                     (c.m_block * kBlockM) * params.o_row_stride),
-                       TileQ{}, make_stride(int(params.o_row_stride), _1{}));
+    return row_tile(static_cast<Element*>(params.o_ptr),
+                    c.bidb * params.o_batch_stride + c.bidh * params.o_head_stride,
+                    c.m_block * kBlockM, params.o_row_stride, TileQ{});
   };
   // The i-th key block visited.
   auto kv_block = [&](int i) { return Traits::kReverseKV ? n_block_max - 1 - i : i; };
