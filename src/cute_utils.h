@@ -47,6 +47,31 @@ __forceinline__ __device__ auto convert_type(cute::Tensor<Engine, Layout> const&
   return cute::make_tensor(cute::make_rmem_ptr<To>(&frag), tensor.layout());
 }
 
+// Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
+// whose numerators go negative when seqlen_q > seqlen_k.
+__forceinline__ __device__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
+
+// Copies the rows of a thread's (CPY, CPY_ROWS, CPY_D) copy partition whose tile row (from
+// `coords`, the same partition of an identity tensor) is below num_rows: a ragged tail tile,
+// whose rows past the tensor's end must not be read (they may lie past the allocation) or
+// written. kZeroFillRest clears those rows of dst instead (shared memory: a zero K row
+// scores 0 before its mask, and a zero V row keeps 0 * garbage = NaN out of O).
+template <bool kZeroFillRest, class TiledCopy, class TensorS, class TensorD, class TensorC>
+__forceinline__ __device__ void copy_rows(TiledCopy const& tiled_copy, TensorS const& src, TensorD&& dst,
+                                          TensorC const& coords, int num_rows) {
+  using namespace cute;
+  CUTE_STATIC_ASSERT_V(rank(src) == Int<3>{});
+  CUTE_STATIC_ASSERT_V(size<1>(src) == size<1>(coords));
+  CUTE_UNROLL
+  for (int m = 0; m < size<1>(src); ++m) {
+    if (get<0>(coords(0, m, 0)) < num_rows) {
+      copy(tiled_copy, src(_, m, _), dst(_, m, _));
+    } else if constexpr (kZeroFillRest) {
+      clear(dst(_, m, _));
+    }
+  }
+}
+
 // The k-slice loop of both GEMMs: load(i) brings k-slice i's operands from shared memory
 // into registers, mma(i) multiplies them. With kPrefetch the load of slice i+1 is issued
 // before the MMAs of slice i (register double buffering); without, each slice's MMAs wait

@@ -16,6 +16,8 @@ struct FwdParams {
   void const* __restrict__ k_ptr;
   void const* __restrict__ v_ptr;
   void* __restrict__ o_ptr;
+  // fp32 log-sum-exp of each query row, contiguous (batch, nheads, seqlen_q); null: not written.
+  float* __restrict__ softmax_lse_ptr;
 
   index_t q_batch_stride, q_row_stride, q_head_stride;
   index_t k_batch_stride, k_row_stride, k_head_stride;
@@ -28,6 +30,11 @@ struct FwdParams {
   int nheads;
   int nheads_k;  // nheads % nheads_k == 0; query head h reads K/V head h / (nheads / nheads_k)
   int head_dim;
+
+  // With is_causal, query row r sees key c iff c <= r + causal_offset: seqlen_k - seqlen_q
+  // aligns the mask bottom-right (FlashAttention >= 2.1), 0 top-left (torch SDPA).
+  bool is_causal;
+  int causal_offset;
 
   float softmax_scale;       // applied to Q K^T
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2

@@ -12,7 +12,8 @@ namespace fa_cute {
 // Which (query block, head, batch) a tile is. Tiles are numbered with the query block
 // fastest, so that consecutive tiles (run at the same time by neighbouring blocks) share
 // one head's K and V and hit in L2; a flat numbering also means no grid dimension limit
-// applies to batch * heads.
+// applies to batch * heads. Causal: the query blocks of a head go last to first, so the
+// blocks with the most keys start first and the short ones fill the tail of the grid.
 struct Sm80TileCoord {
   int m_block;
   int bidh;
@@ -21,6 +22,7 @@ struct Sm80TileCoord {
 
   __device__ Sm80TileCoord(int tile, int num_m_blocks, FwdParams const& params) {
     m_block = tile % num_m_blocks;
+    if (params.is_causal) m_block = num_m_blocks - 1 - m_block;
     int const bh = tile / num_m_blocks;
     bidh = bh % params.nheads;
     bidb = bh / params.nheads;
@@ -28,15 +30,42 @@ struct Sm80TileCoord {
   }
 };
 
+// The key blocks a query tile visits, [0, n_block_max), and the first of them that needs a
+// mask: the one holding column seqlen_k (a ragged tail) or, causal, the first with a column
+// past the diagonal of the tile's first row. Blocks before it run without masking work.
+// n_block_max <= 0: no row of the tile sees any key (causal with seqlen_q > seqlen_k).
+struct Sm80KeyRange {
+  int n_block_max;
+  int n_block_mask_start;
+
+  template <int kBlockM, int kBlockN>
+  __device__ static Sm80KeyRange of(int m_block, FwdParams const& params) {
+    int n_block_max = (params.seqlen_k + kBlockN - 1) / kBlockN;
+    int n_block_mask_start = params.seqlen_k / kBlockN;
+    if (params.is_causal) {
+      int const row_first = m_block * kBlockM;
+      int const row_last = min(row_first + kBlockM, params.seqlen_q) - 1;
+      // Row r sees columns c <= r + causal_offset.
+      n_block_max = min(n_block_max, floor_div(row_last + params.causal_offset, kBlockN) + 1);
+      n_block_mask_start = min(n_block_mask_start, max(0, floor_div(row_first + params.causal_offset + 1, kBlockN)));
+    }
+    return {n_block_max, n_block_mask_start};
+  }
+};
+
 // FlashAttention-2 forward on sm80 instructions. A tile is a (kBlockM x d) block of O for
 // one (batch, head): its Q tile stays in shared memory while K and V stream through in
 // kBlockN-row blocks. Loads are cp.async: while the tensor cores compute S = Q K_j^T the
 // copy engine brings V_j, and while they compute O += P_j V_j it brings the next K.
-// Key blocks are visited from last to first (rung 13 of the ladder we grew from).
 // A persistent block (Traits::kPersistent) loops over tiles and, once the last S of a tile
 // is computed, already loads the next tile's Q and first K under this tile's last P V and
 // its O store: the per-tile load latency that a single resident block per SM otherwise
 // exposes.
+// Any seqlen_q and seqlen_k: the last query tile and the last key block may be ragged.
+// Their loads are predicated per row (rows past the end are zero-filled, never read) and
+// the stores of O and the LSE skip rows past seqlen_q. Causal masking and the seqlen_k
+// mask are applied only to the key blocks that need them (Sm80KeyRange), at run time: a
+// uniform branch, so one compiled kernel serves causal and not, even and ragged.
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads)
     fwd_kernel_sm80(__grid_constant__ FwdParams const params) {
@@ -48,9 +77,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   constexpr bool kPrefetch = Traits::kRegPrefetch;
 
   int const tidx = threadIdx.x;
-  int const num_m_blocks = params.seqlen_q / kBlockM;
+  int const num_m_blocks = (params.seqlen_q + kBlockM - 1) / kBlockM;
   int const num_tiles = num_m_blocks * params.nheads * params.batch;
-  int const n_block_max = params.seqlen_k / kBlockN;
 
   // --- Global tiles -------------------------------------------------------------------------
   // Tile base pointers are computed in 64 bits (tensors beyond 2^31 elements); offsets
@@ -82,8 +110,9 @@ __global__ void __launch_bounds__(Traits::kNThreads)
                     c.bidb * params.o_batch_stride + c.bidh * params.o_head_stride,
                     c.m_block * kBlockM, params.o_row_stride, TileQ{});
   };
-  // The i-th key block visited.
-  auto kv_block = [&](int i) { return Traits::kReverseKV ? n_block_max - 1 - i : i; };
+  // The i-th key block visited by a tile whose key range ends at n_block_max.
+  auto kv_block = [](int i, int n_block_max) { return Traits::kReverseKV ? n_block_max - 1 - i : i; };
+  auto key_range = [&](Sm80TileCoord const& c) { return Sm80KeyRange::of<kBlockM, kBlockN>(c.m_block, params); };
 
   // --- Shared tensors ---------------------------------------------------------------------
   extern __shared__ __align__(128) char smem[];
@@ -102,9 +131,35 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   Tensor tQsQ = gmem_thr_copy_QKV.partition_D(sQ);  // (CPY,CPY_M,CPY_D)
   Tensor tKsK = gmem_thr_copy_QKV.partition_D(sK);  // (CPY,CPY_N,CPY_D)
   Tensor tVsV = gmem_thr_copy_QKV.partition_D(sV);  // (CPY,CPY_N,CPY_D)
-  auto load_Q = [&](Sm80TileCoord const& c) { copy(gmem_tiled_copy_QKV, gmem_thr_copy_QKV.partition_S(gQ(c)), tQsQ); };
-  auto load_K = [&](Sm80TileCoord const& c, int n) { copy(gmem_tiled_copy_QKV, gmem_thr_copy_QKV.partition_S(gK(c, n)), tKsK); };
-  auto load_V = [&](Sm80TileCoord const& c, int n) { copy(gmem_tiled_copy_QKV, gmem_thr_copy_QKV.partition_S(gV(c, n)), tVsV); };
+  // Tile coordinates of each thread's copies: which rows a ragged tile must skip.
+  Tensor tQcQ = gmem_thr_copy_QKV.partition_S(make_identity_tensor(TileQ{}));     // (CPY,CPY_M,CPY_D)
+  Tensor tKVcKV = gmem_thr_copy_QKV.partition_S(make_identity_tensor(TileKV{}));  // (CPY,CPY_N,CPY_D)
+  // Whole tiles take the unpredicated copy; only a ragged last tile pays for row checks.
+  auto load_rows = [&](auto const& src, auto& dst, auto const& coords, int num_rows, int tile_rows) {
+    if (num_rows >= tile_rows) {
+      copy(gmem_tiled_copy_QKV, src, dst);
+    } else {
+      copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy_QKV, src, dst, coords, num_rows);
+    }
+  };
+  auto load_Q = [&](Sm80TileCoord const& c) {
+    load_rows(gmem_thr_copy_QKV.partition_S(gQ(c)), tQsQ, tQcQ, params.seqlen_q - c.m_block * kBlockM, kBlockM);
+  };
+  auto load_K = [&](Sm80TileCoord const& c, int n) {
+    load_rows(gmem_thr_copy_QKV.partition_S(gK(c, n)), tKsK, tKVcKV, params.seqlen_k - n * kBlockN, kBlockN);
+  };
+  auto load_V = [&](Sm80TileCoord const& c, int n) {
+    load_rows(gmem_thr_copy_QKV.partition_S(gV(c, n)), tVsV, tKVcKV, params.seqlen_k - n * kBlockN, kBlockN);
+  };
+  // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
+  // nothing for a tile that sees no key.
+  auto load_first = [&](Sm80TileCoord const& c) {
+    int const n_block_max = key_range(c).n_block_max;
+    if (n_block_max <= 0) return;
+    load_Q(c);
+    if constexpr (Traits::kOverlapLoads) { load_K(c, kv_block(0, n_block_max)); }
+    cp_async_fence();
+  };
 
   // --- MMA fragments and shared -> register copies (ldmatrix) ---------------------------------
   typename Traits::TiledMma tiled_mma;
@@ -129,18 +184,43 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   typename Traits::GmemTiledCopyO gmem_tiled_copy_O;
   auto gmem_thr_copy_O = gmem_tiled_copy_O.get_thread_slice(tidx);
   Tensor tOsO = gmem_thr_copy_O.partition_S(sO);  // (CPY,CPY_M,CPY_D)
+  Tensor tOcO = gmem_thr_copy_O.partition_D(make_identity_tensor(TileQ{}));  // (CPY,CPY_M,CPY_D)
 
-  // One tile: the main loop over key blocks, then O / l through shared memory to global.
-  // next_tile >= 0 (persistent blocks): its Q and first K are loaded once this tile's last
-  // S = Q K^T is done, i.e. as soon as sQ and sK are free.
+  // (row, column) in the tile of each accumulator element of S, viewed as rows x columns
+  // like the softmax views it; O's rows are the same rows.
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));  // (MMA,MMA_M,MMA_N)
+  Tensor tScS_rc = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));                  // (M,N)
+
+  // -inf for the scores of key block n_block that row r may not see: columns at or past
+  // seqlen_k, and causal ones past r + causal_offset.
+  auto apply_mask = [&](auto& acc_s, int m_block, int n_block) {
+    Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
+    int const col_end = params.seqlen_k - n_block * kBlockN;
+    int const diagonal = m_block * kBlockM + params.causal_offset - n_block * kBlockN;
+    CUTE_UNROLL
+    for (int mi = 0; mi < size<0>(scores); ++mi) {
+      int const row = get<0>(tScS_rc(mi, 0));
+      int const limit = params.is_causal ? min(col_end, row + diagonal + 1) : col_end;
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(scores); ++ni) {
+        if (get<1>(tScS_rc(mi, ni)) >= limit) scores(mi, ni) = -INFINITY;
+      }
+    }
+  };
+
+  // One tile: the main loop over key blocks, then O / l through shared memory to global,
+  // and the LSE. next_tile >= 0 (persistent blocks): its Q and first K are loaded once this
+  // tile's last S = Q K^T is done, i.e. as soon as sQ and sK are free.
   auto run_tile = [&](Sm80TileCoord const& coord, int next_tile) {
+    Sm80KeyRange const keys = key_range(coord);
+    int const n_block_max = keys.n_block_max;
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA,MMA_M,MMA_D)
     clear(acc_o);
     constexpr int kNRows = decltype(size<1>(acc_o))::value * 2;  // 2 rows per 16x8 tile
     OnlineSoftmax<kNRows, Traits::kLazyRescale> softmax;
 
     auto iteration = [&](int i, auto is_first) {
-      int const n_block = kv_block(i);
+      int const n_block = kv_block(i, n_block_max);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
       clear(acc_s);
       if constexpr (Traits::kOverlapLoads) {
@@ -168,21 +248,17 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         // iteration, Q): sK (and sQ) may be refilled.
         __syncthreads();
         if (i + 1 < n_block_max) {
-          load_K(coord, kv_block(i + 1));
+          load_K(coord, kv_block(i + 1, n_block_max));
           cp_async_fence();
         }
       } else {
         __syncthreads();  // everyone has finished reading sK (and sQ in the last iteration)
       }
       if constexpr (Traits::kPersistent) {
-        if (i + 1 == n_block_max && next_tile >= 0) {
-          Sm80TileCoord const next(next_tile, num_m_blocks, params);
-          load_Q(next);
-          if constexpr (Traits::kOverlapLoads) { load_K(next, kv_block(0)); }
-          cp_async_fence();
-        }
+        if (i + 1 == n_block_max && next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
       }
 
+      if (n_block >= keys.n_block_mask_start) { apply_mask(acc_s, coord.m_block, n_block); }
       softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
 
       Tensor rP = convert_type<Element>(acc_s);
@@ -190,17 +266,46 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       gemm_rs<kPrefetch>(acc_o, tOrP, tOrVt, tOsVt, tiled_mma, smem_tiled_copy_V, smem_thr_copy_V);
     };
 
-    // The first iteration needs no rescale of O; peeling it keeps that branch out of the loop.
-    iteration(0, cute::true_type{});
-    for (int i = 1; i < n_block_max; ++i) { iteration(i, cute::false_type{}); }
+    if (n_block_max > 0) {
+      // The first iteration needs no rescale of O; peeling it keeps that branch out of the loop.
+      iteration(0, cute::true_type{});
+      for (int i = 1; i < n_block_max; ++i) { iteration(i, cute::false_type{}); }
+    } else {
+      // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the
+      // barrier orders the previous tile's reads of sO (persistent) before the writes below.
+      softmax.reset();
+      __syncthreads();
+      if constexpr (Traits::kPersistent) {
+        if (next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
+      }
+    }
 
     // --- Epilogue: O / l, to bf16/fp16, through shared memory to 16-byte global stores -------
     softmax.finalize(acc_o);
+    int const num_rows = params.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
+    if (params.softmax_lse_ptr != nullptr) {
+      float* lse = params.softmax_lse_ptr +
+                   (index_t(coord.bidb) * params.nheads + coord.bidh) * params.seqlen_q + coord.m_block * kBlockM;
+      CUTE_UNROLL
+      for (int mi = 0; mi < kNRows; ++mi) {
+        // The 4 threads of a quad hold one row; the one holding column 0 writes it.
+        int const row = get<0>(tScS_rc(mi, 0));
+        if (get<1>(tScS_rc(mi, 0)) == 0 && row < num_rows) { lse[row] = softmax.lse(mi, params.softmax_scale); }
+      }
+    }
     Tensor rO = convert_type<Element>(acc_o);
     if constexpr (Traits::kDirectOStore) {
       // Each thread's accumulator holds pairs of adjacent columns: 4-byte stores.
-      Tensor tCgO = thr_mma.partition_C(gO(coord));  // (MMA,MMA_M,MMA_D)
-      copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, rO, tCgO);
+      Tensor tCgO = thr_mma.partition_C(gO(coord));                                          // (MMA,MMA_M,MMA_D)
+      Tensor tCcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));  // (MMA,MMA_M,MMA_D)
+      if (num_rows >= kBlockM) {
+        copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, rO, tCgO);
+      } else {
+        CUTE_UNROLL
+        for (int i = 0; i < size(rO); ++i) {
+          if (get<0>(tCcO(i)) < num_rows) tCgO(i) = rO(i);
+        }
+      }
     } else {
       // Non-persistent: sO is sQ, whose last reads the last iteration's second barrier
       // ordered before this point. Persistent: sO is its own; the previous tile's reads of
@@ -210,18 +315,16 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       Tensor tOgO = gmem_thr_copy_O.partition_D(gO(coord));
       Tensor tOrO = make_tensor<Element>(shape(tOgO));
       copy(gmem_tiled_copy_O, tOsO, tOrO);
-      copy(gmem_tiled_copy_O, tOrO, tOgO);
+      if (num_rows >= kBlockM) {
+        copy(gmem_tiled_copy_O, tOrO, tOgO);
+      } else {
+        copy_rows</*kZeroFillRest=*/false>(gmem_tiled_copy_O, tOrO, tOgO, tOcO, num_rows);
+      }
     }
   };
 
   int tile = blockIdx.x;
-  // The first tile's Q and first K (with kOverlapLoads; else the loop loads K with V).
-  {
-    Sm80TileCoord const first(tile, num_m_blocks, params);
-    load_Q(first);
-    if constexpr (Traits::kOverlapLoads) { load_K(first, kv_block(0)); }
-    cp_async_fence();
-  }
+  load_first(Sm80TileCoord(tile, num_m_blocks, params));
   if constexpr (Traits::kPersistent) {
     for (; tile < num_tiles; tile += gridDim.x) {
       int const next = tile + int(gridDim.x);

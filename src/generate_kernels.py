@@ -49,17 +49,33 @@ class Sm80Config(NamedTuple):
 # Production configs of the sm80-instruction kernel. The default per head dim is chosen in
 # src/tile_size.h (sm80_fwd_tile); the auto-tuner picks among all of these.
 SM80_CONFIGS = [
-    # 128 Q rows, 8 warps (16 rows each): 233-255 registers, no spills. The same tile with
-    # 4 warps (FlashAttention-2's choice on sm80/sm90) needs 255 registers and spills
-    # (docs/perf-notes.md), so it is not built. Key blocks are visited first to last: on the
-    # H100 the reverse order (ladder rung 5) measured 1-3% slower at every length. The lazy
-    # O rescale (ladder rung 8) measured neutral (-0.6% on average), so it stays off.
+    # d=128: 128 Q rows, 8 warps (16 rows each): 233-255 registers, no spills. The same tile
+    # with 4 warps (FlashAttention-2's choice on sm80/sm90) needs 255 registers and spills
+    # (docs/perf-notes.md), so it is not built. Key blocks are visited first to last: on
+    # the H100 the reverse order (ladder rung 5) measured 1-3% slower at every length. The
+    # lazy O rescale (ladder rung 8) measured neutral (-0.6% on average), so it stays off.
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps, persistent: next tile's Q/K load under this tile's O store",
                reverse_kv=False, persistent=True),
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
     Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
-    Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: 2 blocks per SM", reverse_kv=False),
     # Not built: 64x128 with 4 warps (S alone is 128 registers: 88 B of spills).
+    # 64 query rows: short queries (decode) and 2 blocks per SM.
+    Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: short queries, 2 blocks per SM", reverse_kv=False),
+    # d=64 and d=96: the d=128 tiles; O is smaller, S the same.
+    Sm80Config(64, 128, 128, 8, "128x128 tile, 8 warps, persistent", reverse_kv=False, persistent=True),
+    Sm80Config(64, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
+    Sm80Config(64, 64, 64, 4, "64x64 tile, 4 warps: short queries", reverse_kv=False),
+    Sm80Config(96, 128, 128, 8, "128x128 tile, 8 warps, persistent", reverse_kv=False, persistent=True),
+    Sm80Config(96, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
+    Sm80Config(96, 64, 64, 4, "64x64 tile, 4 warps: short queries", reverse_kv=False),
+    # d=192 and d=256: O takes 96 / 128 registers a thread, so K/V blocks of 64 rows.
+    Sm80Config(192, 128, 64, 8, "128x64 tile, 8 warps, persistent", reverse_kv=False, persistent=True),
+    Sm80Config(192, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
+    Sm80Config(192, 64, 64, 4, "64x64 tile, 4 warps: short queries", reverse_kv=False),
+    Sm80Config(256, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
+    Sm80Config(256, 128, 64, 8, "128x64 tile, 8 warps, persistent (192 KiB shared memory: not on A100)",
+               reverse_kv=False, persistent=True),
+    Sm80Config(256, 64, 64, 4, "64x64 tile, 4 warps: short queries", reverse_kv=False),
 ]
 
 # The optimisation ladder (docs/ladder.md): each rung turns one more knob on, all on the
@@ -100,7 +116,8 @@ using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {ele
                              /*kPersistent=*/{persistent}, /*kDirectOStore=*/{direct_o_store},
                              /*kLazyRescale=*/{lazy_rescale}, /*kLadderRung=*/{ladder_rung}>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
-FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps}, {dtype_enum},
+FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps},
+                            Traits::kSmemSize, {dtype_enum},
                             &run_fwd_sm80<Traits>, /*rung=*/{rung},
                             "{description}");
 

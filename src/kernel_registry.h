@@ -32,6 +32,7 @@ struct FwdKernel {
   int block_m;
   int block_n;
   int num_warps;
+  int smem_bytes;  // dynamic shared memory per block
   DType dtype;
   FwdLaunchFn launch;
   int rung;                 // optimisation-ladder rung (docs/ladder.md), or -1 for a production config

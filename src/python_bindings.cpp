@@ -45,23 +45,20 @@ void check_operand(char const* name, uintptr_t ptr, Strides const& s, int max_bl
 }
 
 double forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k,
-               uintptr_t v, uintptr_t o, int batch, int seqlen_q, int seqlen_k, int nheads,
-               int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
-               Strides v_strides, Strides o_strides, double softmax_scale, int device,
-               uintptr_t stream_handle, bool timed) {
+               uintptr_t v, uintptr_t o, uintptr_t lse, int batch, int seqlen_q, int seqlen_k,
+               int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
+               Strides v_strides, Strides o_strides, double softmax_scale, bool is_causal,
+               int causal_offset, int device, uintptr_t stream_handle, bool timed) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   require(head_dim == kernel.head_dim, "head_dim: config " + config + " is built for head dim " +
                                            std::to_string(kernel.head_dim) + ", got " +
                                            std::to_string(head_dim));
   require(batch >= 1 && nheads >= 1 && nheads_k >= 1, "batch, nheads and nheads_k must be >= 1");
   require(nheads % nheads_k == 0, "nheads must be a multiple of nheads_k");
-  require(seqlen_q >= 1 && seqlen_q % kernel.block_m == 0,
-          "seqlen_q: must be a positive multiple of " + std::to_string(kernel.block_m) +
-              " for config " + config + ", got " + std::to_string(seqlen_q));
-  require(seqlen_k >= 1 && seqlen_k % kernel.block_n == 0,
-          "seqlen_k: must be a positive multiple of " + std::to_string(kernel.block_n) +
-              " for config " + config + ", got " + std::to_string(seqlen_k));
+  require(seqlen_q >= 1, "seqlen_q: must be >= 1, got " + std::to_string(seqlen_q));
+  require(seqlen_k >= 1, "seqlen_k: must be >= 1, got " + std::to_string(seqlen_k));
   require(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
+  require(lse % 4 == 0, "lse: data pointer must be 4-byte aligned");
   check_operand("q", q, q_strides, kernel.block_m);
   check_operand("k", k, k_strides, kernel.block_n);
   check_operand("v", v, v_strides, kernel.block_n);
@@ -72,6 +69,7 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   params.k_ptr = reinterpret_cast<void const*>(k);
   params.v_ptr = reinterpret_cast<void const*>(v);
   params.o_ptr = reinterpret_cast<void*>(o);
+  params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
   std::tie(params.q_batch_stride, params.q_row_stride, params.q_head_stride) = q_strides;
   std::tie(params.k_batch_stride, params.k_row_stride, params.k_head_stride) = k_strides;
   std::tie(params.v_batch_stride, params.v_row_stride, params.v_head_stride) = v_strides;
@@ -82,6 +80,8 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   params.nheads = nheads;
   params.nheads_k = nheads_k;
   params.head_dim = head_dim;
+  params.is_causal = is_causal;
+  params.causal_offset = causal_offset;
   params.softmax_scale = float(softmax_scale);
   params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
 
@@ -131,6 +131,7 @@ py::list configs() {
       current["block_m"] = k.block_m;
       current["block_n"] = k.block_n;
       current["num_warps"] = k.num_warps;
+      current["smem_bytes"] = k.smem_bytes;
       current["rung"] = k.rung < 0 ? py::object(py::none()) : py::object(py::int_(k.rung));
       current["description"] = k.description;
       current["dtypes"] = py::list();
@@ -156,10 +157,11 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fa_cute kernels (CuTe FlashAttention); use the fa_cute package, not this module";
   m.def("forward", &fa_cute::forward, py::arg("config"), py::arg("dtype"), py::arg("q"),
-        py::arg("k"), py::arg("v"), py::arg("o"), py::arg("batch"), py::arg("seqlen_q"),
-        py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"),
-        py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"), py::arg("o_strides"),
-        py::arg("softmax_scale"), py::arg("device"), py::arg("stream"), py::arg("timed"));
+        py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("batch"),
+        py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
+        py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
+        py::arg("o_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
+        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("timed"));
   m.def("configs", &fa_cute::configs);
   m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
         py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"));

@@ -94,6 +94,23 @@ struct OnlineSoftmax {
     }
   }
 
+  // The state of a tile with no visible key: finalize() then gives O = 0 and lse() -inf.
+  __forceinline__ __device__ void reset() {
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      row_max[mi] = -INFINITY;
+      row_sum[mi] = 0.f;
+    }
+  }
+
+  // Natural-log log-sum-exp of row mi's scaled scores, after finalize() (which reduced the
+  // row sums over the quad): -inf for a row that saw no key. The sum was accumulated
+  // against row_max (stale maxima included, with kLazyRescale), so the pair is consistent.
+  __forceinline__ __device__ float lse(int mi, float scale) const {
+    float const sum = row_sum[mi];
+    return sum == 0.f ? -INFINITY : row_max[mi] * scale + logf(sum);
+  }
+
   // A row that has seen only -inf keeps max -inf; using 0 then gives exp2(-inf) = 0 instead
   // of exp2(-inf - -inf) = NaN.
   __forceinline__ __device__ static float scaled_max(float max, float scale_log2) {

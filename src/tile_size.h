@@ -13,16 +13,31 @@ struct FwdTile {
   bool persistent;  // blocks loop over tiles, loading the next tile's Q/K under the O store
 };
 
+// Query lengths up to this many rows (decode, speculative decode, GQA-packed decode) take
+// the 64-row tile: a 128-row tile would compute mostly rows that do not exist.
+constexpr int kSm80ShortQueryRows = 64;
+
 // Default tile of the sm80-instruction kernel (mma.sync + ldmatrix + cp.async).
-// d=128: 128 Q rows with 8 warps (16 rows each, so each warp's softmax needs no other
-// warp's data) and 128-row K/V blocks. FlashAttention-2 uses 128x64 with 4 warps here;
-// with our CuTe code that tile needs 255 registers and spills (ptxas, sm_80 and sm_90),
-// while 8 warps hold half the O accumulator each (64 fp32 registers) and fit in 233.
-// 233 registers x 256 threads leave room for one block per SM, so nothing hides a block's
-// first loads and last stores: persistent blocks do, measured +3-4% at N=1024-2048 on the
-// H100 and equal beyond (docs/perf-notes.md). Shared memory: Q + K + V + O = 128 KiB.
-constexpr FwdTile sm80_fwd_tile(int head_dim) {
-  return head_dim == 128 ? FwdTile{128, 128, 8, true} : FwdTile{0, 0, 0, false};
+// Warps split the query rows, 16 each, so each warp's softmax needs no other warp's data.
+// d=128: 128 Q rows with 8 warps and 128-row K/V blocks. FlashAttention-2 uses 128x64
+// with 4 warps here; with our CuTe code that tile needs 255 registers and spills (ptxas,
+// sm_80 and sm_90), while 8 warps hold half the O accumulator each (64 fp32 registers)
+// and fit in 233. 233 registers x 256 threads leave room for one block per SM, so nothing
+// hides a block's first loads and last stores: persistent blocks do, measured +3-4% at
+// N=1024-2048 on the H100 and equal beyond (docs/perf-notes.md). Shared memory:
+// Q + K + V + O = 128 KiB.
+// d=64 and d=96: the same 128x128 tile; O needs 32 or 48 registers a thread.
+// d=192 and d=256: O alone needs 96 or 128 registers a thread, so K/V blocks shrink to 64
+// rows (S: 32 registers), as in FlashAttention-2. d=256 is not persistent by default: its
+// separate O buffer would raise shared memory from 128 to 192 KiB, beyond an A100's 163.
+constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q) {
+  if (head_dim != 64 && head_dim != 96 && head_dim != 128 && head_dim != 192 && head_dim != 256) {
+    return FwdTile{0, 0, 0, false};
+  }
+  if (seqlen_q <= kSm80ShortQueryRows) return FwdTile{64, 64, 4, false};
+  if (head_dim <= 128) return FwdTile{128, 128, 8, true};
+  if (head_dim == 192) return FwdTile{128, 64, 8, true};
+  return FwdTile{128, 64, 8, false};
 }
 
 }  // namespace fa_cute

@@ -186,11 +186,6 @@ int run(Options const& o) {
   check_cuda(cudaGetDeviceProperties(&props, device), "cudaGetDeviceProperties");
   fa_cute::FwdKernel const& kernel = pick_kernel(o, props.major, props.minor);
   int const d = kernel.head_dim;
-  if (o.seqlen % kernel.block_m != 0 || o.seqlen % kernel.block_n != 0) {
-    usage_error("--seqlen " + std::to_string(o.seqlen) + " must be a multiple of " +
-                std::to_string(kernel.block_m) + " and " + std::to_string(kernel.block_n) +
-                " (the blocks of " + kernel.config + ")");
-  }
 
   int64_t const n = int64_t(o.batch) * o.seqlen * o.heads * d;  // elements per tensor
   size_t const bytes = size_t(n) * 2;                             // bf16 and fp16: 2 bytes

@@ -9,7 +9,8 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::half_t,
                              /*kPersistent=*/true, /*kDirectOStore=*/true,
                              /*kLazyRescale=*/false, /*kLadderRung=*/7>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
-FA_CUTE_REGISTER_FWD_KERNEL("ladder07_directo_d128", "sm80", 128, 128, 128, 8, DType::kFP16,
+FA_CUTE_REGISTER_FWD_KERNEL("ladder07_directo_d128", "sm80", 128, 128, 128, 8,
+                            Traits::kSmemSize, DType::kFP16,
                             &run_fwd_sm80<Traits>, /*rung=*/7,
                             "rung 6 + O stored from registers (no smem staging, no barrier)");
 

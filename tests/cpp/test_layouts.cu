@@ -147,7 +147,7 @@ void check_registry() {
              fa_cute::sm80_config_name(128, fa_cute::FwdTile{128, 128, 8, true}) == "sm80p_m128n128w8_d128",
          "config naming differs from src/generate_kernels.py");
   // The heuristic's tile (tile_size.h) is what the default build compiles and picks.
-  std::string const expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128));
+  std::string const expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128, 4096));
   std::string const picked = fa_cute::default_fwd_config(128, 4096, 4096, 9, 0);
   EXPECT(names.count(picked) == 1, "default config %s is not registered", picked.c_str());
   if (names.count(expected)) {
