@@ -36,6 +36,15 @@ struct FwdParams {
   bool is_causal;
   int causal_offset;
 
+  // Split-KV: with num_splits > 1 the key blocks of each query tile are divided among
+  // num_splits thread blocks (a decode step has too few query tiles to fill the GPU). Each
+  // writes its rows' O, normalised by its own row sums, and their LSE in fp32; the combine
+  // kernel merges them into O and the LSE. Buffers are contiguous:
+  //   o_accum (num_splits, batch, nheads, seqlen_q, head_dim), lse_accum (num_splits, batch, nheads, seqlen_q).
+  int num_splits;
+  float* __restrict__ o_accum_ptr;
+  float* __restrict__ lse_accum_ptr;
+
   float softmax_scale;       // applied to Q K^T
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
 };

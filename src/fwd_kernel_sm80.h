@@ -19,38 +19,55 @@ struct Sm80TileCoord {
   int bidh;
   int bidb;
   int bidh_k;
+  int n_split;  // which part of the key blocks (split-KV); 0 without
 
   __device__ Sm80TileCoord(int tile, int num_m_blocks, FwdParams const& params) {
     m_block = tile % num_m_blocks;
     if (params.is_causal) m_block = num_m_blocks - 1 - m_block;
     int const bh = tile / num_m_blocks;
     bidh = bh % params.nheads;
-    bidb = bh / params.nheads;
+    int const split_b = bh / params.nheads;
+    bidb = split_b % params.batch;
+    n_split = split_b / params.batch;
     bidh_k = bidh / (params.nheads / params.nheads_k);
   }
 };
 
-// The key blocks a query tile visits, [0, n_block_max), and the first of them that needs a
-// mask: the one holding column seqlen_k (a ragged tail) or, causal, the first with a column
-// past the diagonal of the tile's first row. Blocks before it run without masking work.
-// n_block_max <= 0: no row of the tile sees any key (causal with seqlen_q > seqlen_k).
+// The key blocks a query tile visits, [n_block_min, n_block_max), and the first of them
+// that needs a mask: the one holding column seqlen_k (a ragged tail) or, causal, the first
+// with a column past the diagonal of the tile's first row. Blocks before it run without
+// masking work. Split-KV: split s takes the s-th of num_splits equal runs of the blocks.
+// n_block_min >= n_block_max: no row of the tile sees a key (causal with seqlen_q >
+// seqlen_k), or the split has no blocks.
 struct Sm80KeyRange {
+  int n_block_min;
   int n_block_max;
   int n_block_mask_start;
 
-  template <int kBlockM, int kBlockN>
-  __device__ static Sm80KeyRange of(int m_block, FwdParams const& params) {
+  template <int kBlockM, int kBlockN, bool kSplitKV>
+  __device__ static Sm80KeyRange of(Sm80TileCoord const& c, FwdParams const& params) {
     int n_block_max = (params.seqlen_k + kBlockN - 1) / kBlockN;
     int n_block_mask_start = params.seqlen_k / kBlockN;
     if (params.is_causal) {
-      int const row_first = m_block * kBlockM;
+      int const row_first = c.m_block * kBlockM;
       int const row_last = min(row_first + kBlockM, params.seqlen_q) - 1;
       // Row r sees columns c <= r + causal_offset.
       n_block_max = min(n_block_max, floor_div(row_last + params.causal_offset, kBlockN) + 1);
       n_block_mask_start = min(n_block_mask_start, max(0, floor_div(row_first + params.causal_offset + 1, kBlockN)));
     }
-    return {n_block_max, n_block_mask_start};
+    int n_block_min = 0;
+    if (kSplitKV && params.num_splits > 1) {
+      int const per_split = (max(n_block_max, 0) + params.num_splits - 1) / params.num_splits;
+      n_block_min = c.n_split * per_split;
+      n_block_max = min(n_block_max, n_block_min + per_split);
+    }
+    return {n_block_min, n_block_max, n_block_mask_start};
   }
+
+  __device__ int num_blocks() const { return n_block_max - n_block_min; }
+  // The i-th key block visited.
+  template <bool kReverse>
+  __device__ int block(int i) const { return kReverse ? n_block_max - 1 - i : n_block_min + i; }
 };
 
 // FlashAttention-2 forward on sm80 instructions. A tile is a (kBlockM x d) block of O for
@@ -110,9 +127,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
                     c.bidb * params.o_batch_stride + c.bidh * params.o_head_stride,
                     c.m_block * kBlockM, params.o_row_stride, TileQ{});
   };
-  // The i-th key block visited by a tile whose key range ends at n_block_max.
-  auto kv_block = [](int i, int n_block_max) { return Traits::kReverseKV ? n_block_max - 1 - i : i; };
-  auto key_range = [&](Sm80TileCoord const& c) { return Sm80KeyRange::of<kBlockM, kBlockN>(c.m_block, params); };
+  auto key_range = [&](Sm80TileCoord const& c) { return Sm80KeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, params); };
 
   // --- Shared tensors ---------------------------------------------------------------------
   extern __shared__ __align__(128) char smem[];
@@ -154,10 +169,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
   // nothing for a tile that sees no key.
   auto load_first = [&](Sm80TileCoord const& c) {
-    int const n_block_max = key_range(c).n_block_max;
-    if (n_block_max <= 0) return;
+    Sm80KeyRange const keys = key_range(c);
+    if (keys.num_blocks() <= 0) return;
     load_Q(c);
-    if constexpr (Traits::kOverlapLoads) { load_K(c, kv_block(0, n_block_max)); }
+    if constexpr (Traits::kOverlapLoads) { load_K(c, keys.template block<Traits::kReverseKV>(0)); }
     cp_async_fence();
   };
 
@@ -213,14 +228,14 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // tile's last S = Q K^T is done, i.e. as soon as sQ and sK are free.
   auto run_tile = [&](Sm80TileCoord const& coord, int next_tile) {
     Sm80KeyRange const keys = key_range(coord);
-    int const n_block_max = keys.n_block_max;
+    int const num_blocks = keys.num_blocks();
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA,MMA_M,MMA_D)
     clear(acc_o);
     constexpr int kNRows = decltype(size<1>(acc_o))::value * 2;  // 2 rows per 16x8 tile
     OnlineSoftmax<kNRows, Traits::kLazyRescale> softmax;
 
     auto iteration = [&](int i, auto is_first) {
-      int const n_block = kv_block(i, n_block_max);
+      int const n_block = keys.template block<Traits::kReverseKV>(i);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
       clear(acc_s);
       if constexpr (Traits::kOverlapLoads) {
@@ -247,15 +262,15 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         // V_j has landed, and every warp has finished reading K_j (and, in the last
         // iteration, Q): sK (and sQ) may be refilled.
         __syncthreads();
-        if (i + 1 < n_block_max) {
-          load_K(coord, kv_block(i + 1, n_block_max));
+        if (i + 1 < num_blocks) {
+          load_K(coord, keys.template block<Traits::kReverseKV>(i + 1));
           cp_async_fence();
         }
       } else {
         __syncthreads();  // everyone has finished reading sK (and sQ in the last iteration)
       }
       if constexpr (Traits::kPersistent) {
-        if (i + 1 == n_block_max && next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
+        if (i + 1 == num_blocks && next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
       }
 
       if (n_block >= keys.n_block_mask_start) { apply_mask(acc_s, coord.m_block, n_block); }
@@ -266,10 +281,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       gemm_rs<kPrefetch>(acc_o, tOrP, tOrVt, tOsVt, tiled_mma, smem_tiled_copy_V, smem_thr_copy_V);
     };
 
-    if (n_block_max > 0) {
+    if (num_blocks > 0) {
       // The first iteration needs no rescale of O; peeling it keeps that branch out of the loop.
       iteration(0, cute::true_type{});
-      for (int i = 1; i < n_block_max; ++i) { iteration(i, cute::false_type{}); }
+      for (int i = 1; i < num_blocks; ++i) { iteration(i, cute::false_type{}); }
     } else {
       // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the
       // barrier orders the previous tile's reads of sO (persistent) before the writes below.
@@ -283,16 +298,34 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // --- Epilogue: O / l, to bf16/fp16, through shared memory to 16-byte global stores -------
     softmax.finalize(acc_o);
     int const num_rows = params.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
-    if (params.softmax_lse_ptr != nullptr) {
-      float* lse = params.softmax_lse_ptr +
-                   (index_t(coord.bidb) * params.nheads + coord.bidh) * params.seqlen_q + coord.m_block * kBlockM;
+    // Row offset of this tile's first row in the (batch, nheads, seqlen_q) LSE layout.
+    index_t const row_offset = (index_t(coord.bidb) * params.nheads + coord.bidh) * params.seqlen_q +
+                               coord.m_block * kBlockM;
+    auto store_lse = [&](float* lse) {
       CUTE_UNROLL
       for (int mi = 0; mi < kNRows; ++mi) {
         // The 4 threads of a quad hold one row; the one holding column 0 writes it.
         int const row = get<0>(tScS_rc(mi, 0));
         if (get<1>(tScS_rc(mi, 0)) == 0 && row < num_rows) { lse[row] = softmax.lse(mi, params.softmax_scale); }
       }
+    };
+    if (Traits::kSplitKV && params.num_splits > 1) {
+      // Split-KV: this split's O (fp32, normalised by its own row sums) and LSE go to the
+      // accumulators; the combine kernel weighs the splits by exp(lse_split - lse). fp32
+      // stores straight from the accumulator fragment: decode tiles hold a few rows only.
+      index_t const split_offset = index_t(coord.n_split) * params.batch * params.nheads * params.seqlen_q;
+      store_lse(params.lse_accum_ptr + split_offset + row_offset);
+      Tensor gOaccum = make_tensor(make_gmem_ptr(params.o_accum_ptr + (split_offset + row_offset) * kHeadDim),
+                                   Shape<Int<kBlockM>, Int<kHeadDim>>{}, Stride<Int<kHeadDim>, _1>{});  // (BLK_M,D)
+      Tensor tCgOaccum = thr_mma.partition_C(gOaccum);                                                  // (MMA,MMA_M,MMA_D)
+      Tensor tCcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));    // (MMA,MMA_M,MMA_D)
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_o); ++i) {
+        if (get<0>(tCcO(i)) < num_rows) tCgOaccum(i) = acc_o(i);
+      }
+      return;
     }
+    if (params.softmax_lse_ptr != nullptr) store_lse(params.softmax_lse_ptr + row_offset);
     Tensor rO = convert_type<Element>(acc_o);
     if constexpr (Traits::kDirectOStore) {
       // Each thread's accumulator holds pairs of adjacent columns: 4-byte stores.

@@ -56,6 +56,11 @@ struct Sm80FwdTraits {
   static constexpr bool kDirectOStore = kDirectOStore_;
   static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kLadderRung = kLadderRung_;
+  // Split-KV (FwdParams::num_splits) is compiled into non-persistent kernels only: its fp32
+  // epilogue pushed the persistent 128x128 d=128 kernel from 255 registers and no spills to
+  // 16 bytes of spills (ptxas, sm_90), and persistent blocks serve long query sequences,
+  // which fill the GPU without splitting.
+  static constexpr bool kSplitKV = !kPersistent_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "fwd_combine.h"
 #include "fwd_kernel_sm80.h"
 #include "kernel_registry.h"
 
@@ -47,21 +48,49 @@ int sm80_resident_blocks(int device) {
   return resident;
 }
 
+// Split-KV heuristic: how many parts to split each query tile's key blocks into. A grid
+// that fills the GPU at least 80% already gets no split (the combine pass and the fp32 O
+// traffic would be pure overhead); below that, enough splits to fill the resident block
+// slots once, with at least 4 key blocks a split to amortise its Q load and its fp32 O
+// store, and at most 128.
+template <class Traits>
+int sm80_num_splits(FwdParams const& params, int device) {
+  if constexpr (!Traits::kSplitKV) return 1;
+  long long const tiles =
+      (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
+  int const resident = sm80_resident_blocks<Traits>(device);
+  if (tiles * 5 >= (long long)resident * 4) return 1;
+  int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+  int const max_splits = std::min(128, n_blocks / 4);
+  int const wanted = int((resident + tiles - 1) / tiles);
+  return std::max(1, std::min(wanted, max_splits));
+}
+
 template <class Traits>
 void run_fwd_sm80(FwdParams const& params, cudaStream_t stream) {
+  if (params.num_splits > 1 && !Traits::kSplitKV) {
+    throw std::invalid_argument("num_splits: this config does not split keys (persistent); pass 1");
+  }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   int const resident_blocks = sm80_resident_blocks<Traits>(device);
-  long long const num_tiles =
-      (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
+  long long const num_tiles = (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) *
+                              params.nheads * params.batch * std::max(params.num_splits, 1);
   if (num_tiles > 0x7fffffffLL) {
     throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(Traits::kBlockM) +
-                                ") exceeds 2^31 - 1 tiles");
+                                ") * num_splits exceeds 2^31 - 1 tiles");
   }
   // Persistent: as many blocks as fit on the GPU at once, each looping over tiles.
   long long const num_blocks = Traits::kPersistent ? std::min<long long>(num_tiles, resident_blocks) : num_tiles;
   fwd_kernel_sm80<Traits><<<dim3(static_cast<unsigned>(num_blocks)), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
   check_cuda(cudaGetLastError(), "fwd_kernel_sm80 launch");
+  if (params.num_splits > 1) {
+    long long const rows = (long long)params.batch * params.nheads * params.seqlen_q;
+    long long const blocks = (rows + kCombineRowsPerBlock - 1) / kCombineRowsPerBlock;
+    fwd_combine_kernel<typename Traits::Element, Traits::kHeadDim>
+        <<<dim3(static_cast<unsigned>(blocks)), 32 * kCombineRowsPerBlock, 0, stream>>>(params);
+    check_cuda(cudaGetLastError(), "fwd_combine_kernel launch");
+  }
 }
 
 }  // namespace fa_cute

@@ -116,9 +116,10 @@ using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {ele
                              /*kPersistent=*/{persistent}, /*kDirectOStore=*/{direct_o_store},
                              /*kLazyRescale=*/{lazy_rescale}, /*kLadderRung=*/{ladder_rung}>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps},
                             Traits::kSmemSize, {dtype_enum},
-                            &run_fwd_sm80<Traits>, /*rung=*/{rung},
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/{rung},
                             "{description}");
 
 }}  // namespace fa_cute

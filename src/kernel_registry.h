@@ -23,6 +23,8 @@ char const* dtype_name(DType dtype);
 
 // Launches one compiled kernel on params; throws std::runtime_error on a CUDA error.
 using FwdLaunchFn = void (*)(FwdParams const& params, cudaStream_t stream);
+// The split-KV heuristic's number of splits for params on a device (1: no split).
+using FwdNumSplitsFn = int (*)(FwdParams const& params, int device);
 
 // One built kernel: a config (tile and family) instantiated for one dtype.
 struct FwdKernel {
@@ -35,6 +37,7 @@ struct FwdKernel {
   int smem_bytes;  // dynamic shared memory per block
   DType dtype;
   FwdLaunchFn launch;
+  FwdNumSplitsFn num_splits;
   int rung;                 // optimisation-ladder rung (docs/ladder.md), or -1 for a production config
   char const* description;  // one line: what this config is
 };

@@ -48,7 +48,8 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
                uintptr_t v, uintptr_t o, uintptr_t lse, int batch, int seqlen_q, int seqlen_k,
                int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
                Strides v_strides, Strides o_strides, double softmax_scale, bool is_causal,
-               int causal_offset, int device, uintptr_t stream_handle, bool timed) {
+               int causal_offset, int device, uintptr_t stream_handle, bool timed, int num_splits,
+               uintptr_t o_accum, uintptr_t lse_accum) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   require(head_dim == kernel.head_dim, "head_dim: config " + config + " is built for head dim " +
                                            std::to_string(kernel.head_dim) + ", got " +
@@ -59,6 +60,9 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   require(seqlen_k >= 1, "seqlen_k: must be >= 1, got " + std::to_string(seqlen_k));
   require(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
   require(lse % 4 == 0, "lse: data pointer must be 4-byte aligned");
+  require(num_splits >= 1, "num_splits: must be >= 1, got " + std::to_string(num_splits));
+  require(num_splits == 1 || (o_accum != 0 && lse_accum != 0 && o_accum % 4 == 0 && lse_accum % 4 == 0),
+          "num_splits > 1 needs 4-byte aligned fp32 o_accum and lse_accum buffers");
   check_operand("q", q, q_strides, kernel.block_m);
   check_operand("k", k, k_strides, kernel.block_n);
   check_operand("v", v, v_strides, kernel.block_n);
@@ -82,6 +86,9 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   params.head_dim = head_dim;
   params.is_causal = is_causal;
   params.causal_offset = causal_offset;
+  params.num_splits = num_splits;
+  params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
+  params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);
   params.softmax_scale = float(softmax_scale);
   params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
 
@@ -115,6 +122,24 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   cudaEventDestroy(stop);
   check_cuda(err, "timing events");
   return double(ms);
+}
+
+// The split-KV heuristic's choice for a problem (1: no split), so that the caller can size
+// the fp32 o_accum / lse_accum buffers that forward(num_splits > 1) needs.
+int num_splits(std::string const& config, std::string const& dtype, int batch, int seqlen_q,
+               int seqlen_k, int nheads, int nheads_k, bool is_causal, int device) {
+  FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
+  require(batch >= 1 && nheads >= 1 && nheads_k >= 1 && seqlen_q >= 1 && seqlen_k >= 1,
+          "batch, nheads, nheads_k, seqlen_q and seqlen_k must be >= 1");
+  FwdParams params{};
+  params.batch = batch;
+  params.seqlen_q = seqlen_q;
+  params.seqlen_k = seqlen_k;
+  params.nheads = nheads;
+  params.nheads_k = nheads_k;
+  params.is_causal = is_causal;
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  return kernel.num_splits(params, device);
 }
 
 py::list configs() {
@@ -161,7 +186,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
         py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
         py::arg("o_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
-        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("timed"));
+        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("timed"),
+        py::arg("num_splits") = 1, py::arg("o_accum") = 0, py::arg("lse_accum") = 0);
+  m.def("num_splits", &fa_cute::num_splits, py::arg("config"), py::arg("dtype"), py::arg("batch"),
+        py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
+        py::arg("is_causal"), py::arg("device"));
   m.def("configs", &fa_cute::configs);
   m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
         py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"));

@@ -212,6 +212,7 @@ int run(Options const& o) {
   params.seqlen_q = params.seqlen_k = o.seqlen;
   params.nheads = params.nheads_k = o.heads;
   params.head_dim = d;
+  params.num_splits = 1;
   params.softmax_scale = 1.0f / std::sqrt(float(d));
   params.softmax_scale_log2 = params.softmax_scale * 1.4426950408889634f;  // log2(e)
 

@@ -9,9 +9,10 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
                              /*kLazyRescale=*/false, /*kLadderRung=*/1>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder01_basic_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm80<Traits>, /*rung=*/1,
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/1,
                             "no swizzle, no load overlap, no register prefetch, keys forward");
 
 }  // namespace fa_cute

@@ -9,9 +9,10 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
                              /*kLazyRescale=*/false, /*kLadderRung=*/3>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder03_regprefetch_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm80<Traits>, /*rung=*/3,
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/3,
                             "+ ldmatrix of k-slice i+1 before MMAs of slice i");
 
 }  // namespace fa_cute

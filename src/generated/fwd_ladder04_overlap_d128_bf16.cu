@@ -9,9 +9,10 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
                              /*kLazyRescale=*/false, /*kLadderRung=*/4>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder04_overlap_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm80<Traits>, /*rung=*/4,
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/4,
                             "+ V_j / K_j+1 loads under the GEMMs (eager K/V)");
 
 }  // namespace fa_cute

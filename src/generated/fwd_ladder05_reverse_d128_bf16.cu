@@ -9,9 +9,10 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
                              /*kLazyRescale=*/false, /*kLadderRung=*/5>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder05_reverse_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm80<Traits>, /*rung=*/5,
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/5,
                             "+ key blocks visited last to first (does not pay on H100)");
 
 }  // namespace fa_cute

@@ -9,9 +9,10 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::half_t,
                              /*kPersistent=*/true, /*kDirectOStore=*/false,
                              /*kLazyRescale=*/true, /*kLadderRung=*/8>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder08_lazyrescale_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kFP16,
-                            &run_fwd_sm80<Traits>, /*rung=*/8,
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/8,
                             "rung 6 + O rescaled only when a row max grows by more than 2^8");
 
 }  // namespace fa_cute

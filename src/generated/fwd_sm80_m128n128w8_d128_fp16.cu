@@ -9,9 +9,10 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::half_t,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
                              /*kLazyRescale=*/false, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n128w8_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kFP16,
-                            &run_fwd_sm80<Traits>, /*rung=*/-1,
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/-1,
                             "128x128 tile, 8 warps");
 
 }  // namespace fa_cute

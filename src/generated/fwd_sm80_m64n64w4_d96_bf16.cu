@@ -9,9 +9,10 @@ using Traits = Sm80FwdTraits<96, 64, 64, 4, cute::bfloat16_t,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
                              /*kLazyRescale=*/false, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
+template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m64n64w4_d96", "sm80", 96, 64, 64, 4,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm80<Traits>, /*rung=*/-1,
+                            &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/-1,
                             "64x64 tile, 4 warps: short queries");
 
 }  // namespace fa_cute
