@@ -81,13 +81,15 @@ def test_plot_writes_a_png(tmp_path) -> None:
 
 
 def test_tune_table_marks_the_winner() -> None:
-    shapes = [dict(dtype="bf16", seqlen=1024, batch=16, nheads=16, head_dim=128, flops=int(1e12),
-                   candidates=["a", "b"], ms={"a": 2.0, "b": None}, winner="a"),
-              dict(dtype="bf16", seqlen=2048, batch=8, nheads=16, head_dim=128, flops=int(1e12),
-                   candidates=["a"], ms={"a": 4.0}, winner="a")]
+    shapes = [dict(dtype="bf16", causal=False, seqlen=1024, batch=16, nheads=16, head_dim=128,
+                   flops=int(1e12), candidates=["a", "b"], ms={"a": 2.0, "b": None}, winner="a"),
+              dict(dtype="bf16", causal=True, seqlen=2048, batch=8, nheads=16, head_dim=128,
+                   flops=int(1e12), candidates=["a"], ms={"a": 4.0}, winner="a")]
     rows = tune.render(shapes, ["a", "b"]).splitlines()[3:]
-    assert rows[0].split() == ["bf16", "1024", "16", "16", "2.000", "ms", "500.0", "*", "n/a", "a"]
-    assert rows[1].split() == ["bf16", "2048", "8", "16", "4.000", "ms", "250.0", "*", "-", "a"]
+    assert rows[0].split() == ["bf16", "full", "1024", "16", "16", "2.000", "ms", "500.0", "*",
+                               "n/a", "a"]
+    assert rows[1].split() == ["bf16", "causal", "2048", "8", "16", "4.000", "ms", "250.0", "*",
+                               "-", "a"]
 
 
 def test_progress_counter_without_tqdm(capsys) -> None:

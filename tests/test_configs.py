@@ -13,7 +13,7 @@ import fa_cute
 from fa_cute import _C
 
 KEYS = {"name", "family", "head_dim", "block_m", "block_n", "num_warps", "dtypes", "rung",
-        "description"}
+        "description", "smem_bytes"}
 
 
 def test_configs_describe_the_built_kernels() -> None:
@@ -29,6 +29,11 @@ def test_configs_describe_the_built_kernels() -> None:
         assert (c["rung"] is None) != c["name"].startswith("ladder"), c
         assert c["rung"] is None or (isinstance(c["rung"], int) and c["rung"] >= 1), c
         assert isinstance(c["description"], str) and c["description"], c
+        # At least a K and a V tile of 2-byte elements (a smaller number would let auto pick
+        # a config the GPU cannot hold), at most the 227 KiB a block of any GPU so far may
+        # opt in to (sm_90, sm_100).
+        assert isinstance(c["smem_bytes"], int), c
+        assert 2 * c["block_n"] * c["head_dim"] * 2 <= c["smem_bytes"] <= 227 * 1024, c
     names = [c["name"] for c in configs]
     assert len(set(names)) == len(names), names
     assert names == sorted(names), "configs() is sorted by name (docs/design.md)"
@@ -45,9 +50,10 @@ def test_configs_returns_a_copy() -> None:
 def test_default_config_is_built(cc) -> None:
     by_name = {c["name"]: c for c in fa_cute.configs()}
     for head_dim in sorted({c["head_dim"] for c in by_name.values()}):
-        for seqlen in (128, 1024, 4096, 16384):
-            name = _C.default_config(head_dim, seqlen, seqlen, *cc)
-            assert name in by_name, (head_dim, seqlen, cc, name)
+        for seqlen_q, seqlen_k in ((1, 4096), (4, 4096), (100, 100), (128, 128), (1024, 1024),
+                                   (4096, 4096), (16384, 16384), (16384, 1)):
+            name = _C.default_config(head_dim, seqlen_q, seqlen_k, *cc)
+            assert name in by_name, (head_dim, seqlen_q, seqlen_k, cc, name)
             assert by_name[name]["head_dim"] == head_dim, (head_dim, name)
             assert by_name[name]["rung"] is None, f"the heuristic picked ladder config {name}"
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fa_cute
-from fa_cute import _api, _C, _tuned, _tuning
+from fa_cute import _api, _C, _tuned, _tuning, tune
 
 GPU = "Fake GPU 80GB"
 CC = (9, 0)
@@ -127,19 +127,28 @@ def test_auto_with_a_corrupt_cache_still_resolves(cache_dir: Path) -> None:
 
 
 def _fake(name: str, rung=None, block: int = 64, dtypes=("bf16", "fp16"),
-          family: str = "sm80") -> dict:
+          family: str = "sm80", smem_bytes: int = 48 * 1024) -> dict:
     return dict(name=name, family=family, head_dim=128, block_m=block, block_n=block,
-                num_warps=4, dtypes=list(dtypes), rung=rung, description="fake")
+                num_warps=4, dtypes=list(dtypes), rung=rung, description="fake",
+                smem_bytes=smem_bytes)
+
+
+A100_SMEM = 163 * 1024  # shared_memory_per_block_optin of an A100
+BIG_SMEM = 192 * 1024   # more than an A100 holds, less than an H100 (227 KiB)
 
 
 @pytest.fixture
 def fake_build(monkeypatch: pytest.MonkeyPatch):
-    """Configs with known names; the heuristic always says "default_pick"."""
+    """Configs with known names; the heuristic says "default_pick" and records its calls."""
     fakes = [_fake("cache_pick"), _fake("table_pick"), _fake("default_pick"),
              _fake("ladder_pick", rung=1), _fake("big_blocks", block=256),
-             _fake("fp16_only", dtypes=("fp16",)), _fake("future_gpu", family="sm100")]
+             _fake("fp16_only", dtypes=("fp16",)), _fake("future_gpu", family="sm100"),
+             _fake("big_smem", smem_bytes=BIG_SMEM)]
+    calls = []
     monkeypatch.setattr(_api, "_CONFIGS", {c["name"]: c for c in fakes})
-    monkeypatch.setattr(_api, "_C", SimpleNamespace(default_config=lambda *_: "default_pick"))
+    monkeypatch.setattr(_api, "_C", SimpleNamespace(
+        default_config=lambda *args: calls.append(args) or "default_pick"))
+    return calls
 
 
 KEY_4096 = _tuning.key("bf16", 128, False, 4096)
@@ -155,9 +164,10 @@ KEY_4096 = _tuning.key("bf16", 128, False, 4096)
     ("not_built", "not_built_either", 4096, "default_pick"),
     ("ladder_pick", "ladder_pick", 4096, "default_pick"),  # ladder configs never
     ("big_blocks", "table_pick", 4096, "big_blocks"),
-    ("big_blocks", "table_pick", 3968, "table_pick"),      # 3968 % 256 != 0
+    ("big_blocks", "table_pick", 3968, "big_blocks"),      # any tile runs any seqlen
     ("fp16_only", None, 4096, "default_pick"),             # dtype bf16
     ("future_gpu", "table_pick", 4096, "table_pick"),      # family sm100 on a 9.0 GPU
+    ("big_smem", "table_pick", 4096, "big_smem"),          # fits the limit (None: unknown)
 ])
 def test_resolution_order(fake_build, monkeypatch: pytest.MonkeyPatch, cached, table,
                           seqlen: int, expected: str) -> None:
@@ -166,6 +176,69 @@ def test_resolution_order(fake_build, monkeypatch: pytest.MonkeyPatch, cached, t
     if table:
         monkeypatch.setitem(_tuned.TABLE, GPU, {KEY_4096: table})
     assert _api._auto_config(GPU, CC, "bf16", 128, seqlen)["name"] == expected
+
+
+@pytest.mark.parametrize("limit, expected", [(None, "big_smem"), (BIG_SMEM, "big_smem"),
+                                             (BIG_SMEM - 1, "table_pick"),
+                                             (A100_SMEM, "table_pick")])
+def test_picks_that_do_not_fit_the_shared_memory_are_skipped(
+        fake_build, monkeypatch: pytest.MonkeyPatch, limit, expected: str) -> None:
+    _tuning.write({GPU: {KEY_4096: "big_smem"}})
+    monkeypatch.setitem(_tuned.TABLE, GPU, {KEY_4096: "table_pick"})
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False, limit)["name"] == expected
+
+
+def test_a_heuristic_pick_that_does_not_fit_falls_back_to_the_largest_that_does(
+        fake_build, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_api._CONFIGS, "default_pick", _fake("default_pick", smem_bytes=BIG_SMEM))
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "default_pick"
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False,
+                             A100_SMEM)["name"] == "big_blocks"
+    # Nothing fits: the heuristic's pick, which the device check then refuses with the reason.
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False, 1024)["name"] == \
+        "default_pick"
+
+
+def test_the_heuristic_gets_the_exact_lengths(fake_build) -> None:
+    _api._auto_config(GPU, CC, "bf16", 128, 3, 4099, True)
+    _api._auto_config(GPU, CC, "fp16", 128, 1000)
+    assert fake_build == [(128, 3, 4099, *CC), (128, 1000, 1000, *CC)]
+
+
+def test_the_key_includes_causal(fake_build) -> None:
+    causal_key = _tuning.key("bf16", 128, True, 4096)
+    assert causal_key != KEY_4096
+    _tuning.write({GPU: {causal_key: "cache_pick", KEY_4096: "table_pick"}})
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, True)["name"] == "cache_pick"
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False)["name"] == "table_pick"
+    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "table_pick"
+
+
+def test_forward_resolves_with_the_launchs_causality_and_rows(
+        fake_build, monkeypatch: pytest.MonkeyPatch) -> None:
+    """forward's auto key is the launch's: causal as given unless the mask hides nothing,
+    seqlen_q as launched (a packed GQA decode runs nheads // nheads_k rows)."""
+    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
+    # CPU tensors resolve for the placeholder GPU "" (the device check would refuse them).
+    _tuning.write({"": {_tuning.key("bf16", 128, True, 4096): "cache_pick",
+                        _tuning.key("bf16", 128, False, 4096): "table_pick",
+                        _tuning.key("bf16", 128, True, 128): "big_blocks"}})
+
+    def resolve(seqlen_q: int, seqlen_k: int, nheads: int, nheads_k: int, causal: bool) -> str:
+        q = torch.empty(1, seqlen_q, nheads, 128, dtype=torch.bfloat16)
+        k = torch.empty(1, seqlen_k, nheads_k, 128, dtype=torch.bfloat16)
+        return fa_cute.resolve_config(q, k, k, causal=causal)
+
+    assert resolve(4096, 4096, 2, 2, True) == "cache_pick"
+    assert resolve(4096, 4096, 2, 2, False) == "table_pick"
+    assert resolve(2100, 300, 2, 1, True) == "cache_pick"    # bucket of seqlen_q, not seqlen_k
+    assert resolve(100, 4096, 2, 2, True) == "big_blocks"
+    assert not fake_build
+    # A decode: 8 rows of one K/V head, non-causal (one row aligned bottom-right sees every
+    # key), so not the causal-n128 entry but the heuristic, asked for 8 rows.
+    assert resolve(1, 4096, 8, 1, False) == "default_pick"
+    assert resolve(1, 4096, 8, 1, True) == "default_pick"
+    assert fake_build == [(128, 8, 4096, 8, 0)]
 
 
 def test_other_gpus_entries_are_not_used(fake_build) -> None:
@@ -191,10 +264,11 @@ def test_cache_is_read_once_per_process(fake_build, monkeypatch: pytest.MonkeyPa
 def test_auto_is_the_default_and_none_means_auto() -> None:
     for fn in (fa_cute.forward, fa_cute.forward_timed, fa_cute.resolve_config):
         assert inspect.signature(fn).parameters["config"].default == "auto", fn
+        assert inspect.signature(fn).parameters["causal"].default is False, fn
     seqlen = 1024
     q = torch.empty(1, seqlen, 1, HEAD_DIM, dtype=torch.bfloat16)
-    auto = _api._resolve_config("auto", q, HEAD_DIM, seqlen)
-    assert _api._resolve_config(None, q, HEAD_DIM, seqlen) is auto
+    auto = _api._resolve_config("auto", q, HEAD_DIM, False, seqlen, seqlen)
+    assert _api._resolve_config(None, q, HEAD_DIM, False, seqlen, seqlen) is auto
     assert auto["rung"] is None
     for config in ("auto", None):
         with pytest.raises(ValueError, match="q is on cpu"):
@@ -226,7 +300,8 @@ def test_tune_writes_the_cache_that_auto_uses(make_qkv, cache_dir: Path) -> None
         _tuning.key("bf16", HEAD_DIM, False, 256)]
     assert winner in {c["name"] for c in PRODUCTION}
     last = run.stdout.splitlines()[-1]  # the table's one row comes last
-    assert last.startswith(" bf16  256") and last.endswith(winner) and " *" in last, last
+    assert last.split()[:3] == ["bf16", "full", "256"], last
+    assert last.endswith(winner) and " *" in last, last
 
     q, k, v = make_qkv(2, 256, 3, HEAD_DIM, torch.bfloat16, "cuda")
     _api._forget_tuning()
@@ -235,16 +310,55 @@ def test_tune_writes_the_cache_that_auto_uses(make_qkv, cache_dir: Path) -> None
     assert torch.equal(fa_cute.forward(q, k, v, config="auto"), ref)
 
 
-@pytest.mark.parametrize("seqlen", [64, 192, 320, 4096])
-def test_auto_runs_every_seqlen_some_built_config_runs(seqlen: int) -> None:
-    """Without tuning entries, auto falls back from the heuristic's tile to the largest
-    built tile that divides seqlen, rather than refusing a shape a smaller tile runs."""
-    _api._forget_tuning()
-    pick = _api._auto_config(GPU, CC, "bf16", HEAD_DIM, seqlen)
-    runnable = [c for c in PRODUCTION if _api._tunable(c, "bf16", HEAD_DIM, seqlen, CC)]
-    if runnable:
-        assert pick["name"] in {c["name"] for c in runnable}
-        assert pick["block_m"] * pick["block_n"] == max(c["block_m"] * c["block_n"]
-                                                        for c in runnable)
-    else:
-        assert pick["name"] == _C.default_config(HEAD_DIM, seqlen, seqlen, *CC)
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(1, 1), (1, 4096), (64, 64), (100, 3),
+                                              (192, 192), (320, 320), (4096, 4096)])
+def test_auto_without_entries_is_the_heuristics_pick(seqlen_q: int, seqlen_k: int) -> None:
+    """Any tile runs any length, so without tuning entries auto is the heuristic, for every
+    built head dim (on a GPU with room for every config)."""
+    for head_dim in sorted({c["head_dim"] for c in PRODUCTION}):
+        pick = _api._auto_config(GPU, CC, "bf16", head_dim, seqlen_q, seqlen_k)
+        assert pick["name"] == _C.default_config(head_dim, seqlen_q, seqlen_k, *CC)
+        assert pick["rung"] is None and pick["head_dim"] == head_dim
+
+
+def test_tune_rejects_a_head_dim_that_is_not_built(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        tune.main(["--headdim", "24"])
+    assert exc.value.code == 2
+    built = ", ".join(map(str, sorted({c["head_dim"] for c in PRODUCTION})))
+    assert f"--headdim: 24 is not a built head dim; built: {built}" in capsys.readouterr().err
+
+
+def test_tune_causal_option() -> None:
+    assert tune.parse_args(["--causal", "false"]).causal == (False,)
+    assert tune.parse_args([]).causal == (False,)
+    assert tune.CAUSAL_CHOICES == {"false": (False,), "true": (True,), "both": (False, True)}
+
+
+@pytest.mark.parametrize("value", ["true", "both"])
+def test_tune_refuses_causal_until_timing_supports_it(value: str, capsys) -> None:
+    """fa_cute._timing times non-causal attention only (see the TODO in tune.parse_args):
+    tuning causal keys with non-causal timings would store wrong winners."""
+    with pytest.raises(SystemExit) as exc:
+        tune.parse_args(["--causal", value])
+    assert exc.value.code == 2
+    assert "causal tuning is not available yet" in capsys.readouterr().err
+
+
+def test_tune_rejects_other_causal_values(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        tune.parse_args(["--causal", "yes"])
+    assert exc.value.code == 2
+    assert "--causal: invalid choice: 'yes'" in capsys.readouterr().err
+
+
+def test_tune_table_shows_the_mask() -> None:
+    shapes = [dict(dtype="bf16", causal=causal, seqlen=1024, batch=16, nheads=16, head_dim=128,
+                   flops=tune.causal_flops(10**12, causal), candidates=["a", "b"],
+                   ms={"a": 1.0, "b": 2.0}, winner="a") for causal in (False, True)]
+    _, header, _, full, causal = tune.render(shapes, ["a", "b", "c"]).splitlines()
+    assert header.split()[:5] == ["dtype", "mask", "N", "B", "H"]
+    assert full.split() == ["bf16", "full", "1024", "16", "16", "1.000", "ms", "1000.0", "*",
+                            "2.000", "ms", "500.0", "-", "a"]
+    assert causal.split()[:9] == ["bf16", "causal", "1024", "16", "16", "1.000", "ms", "500.0",
+                                  "*"]

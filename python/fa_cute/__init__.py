@@ -1,6 +1,7 @@
 """fa_cute: a FlashAttention forward kernel for PyTorch, in CUDA C++ on CUTLASS CuTe.
 
     out = fa_cute.forward(q, k, v)   # q, k, v: (batch, seqlen, nheads, headdim) bf16/fp16
+    out = fa_cute.sdpa(q, k, v)      # torch SDPA's layout, (batch, nheads, seqlen, headdim)
 
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
 """
@@ -12,8 +13,8 @@ except ImportError as exc:
     raise ImportError("fa_cute needs PyTorch (>= 2.1, a CUDA build to run kernels); install "
                       "it first, e.g. `pip install torch`") from exc
 
-from ._api import _C, configs, forward, forward_timed, resolve_config  # noqa: E402
+from ._api import _C, configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
-__all__ = ["__version__", "configs", "forward", "forward_timed", "resolve_config"]
+__all__ = ["__version__", "configs", "forward", "forward_timed", "resolve_config", "sdpa"]

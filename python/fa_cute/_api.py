@@ -3,7 +3,7 @@
 
 Every check lives in `_validate`, ordered so that the device comes last: CPU tensors then
 reach every other check, which lets the tests exercise all of them on a machine with no GPU.
-Dtype problems raise TypeError, everything else ValueError; each message names the argument
+Type problems raise TypeError, everything else ValueError; each message names the argument
 and says what is allowed.
 """
 
@@ -13,7 +13,7 @@ import importlib.util
 import math
 import numbers
 import re
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -40,22 +40,56 @@ _MAX_TILE_OFFSET = 2**31
 
 # Compute capability used to pick the default config for tensors that are not on a GPU.
 # Such tensors are rejected by the final device check anyway; the placeholder only lets the
-# checks before it (seqlen against the config's block sizes) run on CPU tensors.
+# checks before it (the layout against the config's block sizes) run on CPU tensors.
 _PLACEHOLDER_CC = (8, 0)
 
 _CONFIGS: Dict[str, dict] = {c["name"]: c for c in _C.configs()}
 
+# The most rows any built tile holds: the bound for the in-tile offsets of a decode launch,
+# which is decided before its config is (the config depends on the launch's shape).
+_MAX_BLOCK_M = max(c["block_m"] for c in _CONFIGS.values())
+
+
+
+class _Names(NamedTuple):
+    """The arguments' names in messages: forward's or sdpa's (the same checks serve both)."""
+
+    q: str
+    k: str
+    v: str
+    causal: str
+    scale: str
+
+    @property
+    def kv(self) -> str:
+        return f"{self.k} and {self.v}"
+
+
+_FORWARD_NAMES = _Names("q", "k", "v", "causal", "softmax_scale")
+_SDPA_NAMES = _Names("query", "key", "value", "is_causal", "scale")
+
+Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
 
 class _Launch(NamedTuple):
-    """What `_validate` resolved: everything `_C.forward` needs besides the tensors."""
+    """What `_validate` resolved: everything `_C.forward` needs besides the tensors.
+
+    Sizes are those of the launch: a grouped-query decode (`packed`) runs as
+    nheads // nheads_k query rows of nheads_k heads (`_decode_gqa_views`).
+    """
 
     config: str
     dtype: str
     batch: int
-    seqlen: int
+    seqlen_q: int
+    seqlen_k: int
     nheads: int
+    nheads_k: int
     head_dim: int
     softmax_scale: float
+    is_causal: bool
+    causal_offset: int
+    packed: bool
 
 
 def configs() -> List[dict]:
@@ -63,120 +97,269 @@ def configs() -> List[dict]:
     return copy.deepcopy(list(_CONFIGS.values()))
 
 
-def resolve_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+def resolve_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                    config: Optional[str] = AUTO) -> str:
-    """The name of the config that `forward(q, k, v, config=config)` would run.
+    """The name of the config that `forward(q, k, v, causal=causal, config=config)` would run.
 
     With "auto" (or None): the pick of the tuning cache for this GPU and shape, else of the
     built-in table, else of the heuristic. The inputs are validated as `forward` does them,
     with the same errors, and nothing runs on the GPU.
     """
-    return _validate(q, k, v, None, config, None).config
+    return _validate(q, k, v, causal=causal, bottom_right=True, softmax_scale=None,
+                     config=config, out=None).config
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-            softmax_scale: Optional[float] = None, config: Optional[str] = AUTO,
-            out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Attention forward, softmax(q k^T * softmax_scale) v, non-causal.
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+            softmax_scale: Optional[float] = None, return_lse: bool = False,
+            config: Optional[str] = AUTO, out: Optional[torch.Tensor] = None) -> Result:
+    """Attention forward, softmax(q k^T * softmax_scale) v.
 
-    q, k, v: (batch, seqlen, nheads, headdim) bf16 or fp16 CUDA tensors of one device; any
-    strides whose last dim is contiguous, so (batch, nheads, seqlen, headdim) storage viewed
-    with `.transpose(1, 2)` works without a copy. softmax_scale defaults to 1/sqrt(headdim).
+    q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim);
+    bf16 or fp16 CUDA tensors of one device; any strides whose last dim is contiguous and
+    whose other strides are multiples of 16 bytes, so (batch, nheads, seqlen, headdim)
+    storage viewed with `.transpose(1, 2)` works without a copy. seqlen_q and seqlen_k are
+    independent (>= 1). nheads must be a multiple of nheads_k (grouped-query and multi-query
+    attention): query head h reads K/V head h // (nheads // nheads_k), without copies.
+
+    causal: query row i sees key j iff j <= i + seqlen_k - seqlen_q (bottom-right aligned,
+    as FlashAttention >= 2.1, the KV-cache convention; torch SDPA and `sdpa` align top-left,
+    which differs when seqlen_q != seqlen_k). Rows that see no key (seqlen_q > seqlen_k)
+    get output 0 and LSE -inf. softmax_scale defaults to 1/sqrt(headdim).
+
+    return_lse: also return the float32 log-sum-exp of each row's scaled scores (natural
+    log), a new contiguous (batch, nheads, seqlen_q) tensor, as `(out, lse)`.
+
     config names a kernel config from `configs()`, or is "auto" (the default; None means the
-    same): the config `python -m fa_cute.tune` measured fastest for this GPU, dtype, head dim
-    and seqlen bucket (its cache, then a built-in table), else the heuristic's pick; see
-    `resolve_config`. Nothing is tuned or timed here. out, if given, receives the result and
-    is returned; otherwise a new tensor with q's memory layout (contiguous if q is not dense)
-    is returned. The kernel runs on PyTorch's current stream of the tensors' device. There is
-    no autograd support.
+    same): the config `python -m fa_cute.tune` measured fastest for this GPU, dtype, head
+    dim, causality and seqlen_q bucket (its cache, then a built-in table), else the
+    heuristic's pick; see `resolve_config`. Nothing is tuned or timed here.
+
+    out, if given, receives the result and is returned (it may be q itself, not another
+    view overlapping q, k or v); otherwise a new tensor with q's memory layout (contiguous
+    if q is not dense) is returned. The kernel runs on PyTorch's current stream of the
+    tensors' device. There is no autograd support.
     """
-    return _run(q, k, v, softmax_scale, config, out, timed=False)[0]
+    return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
+                return_lse=return_lse, config=config, out=out, timed=False)[0]
 
 
-def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                  softmax_scale: Optional[float] = None, config: Optional[str] = AUTO,
-                  out: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, float]:
-    """Like `forward`, and also return the kernel's own time in milliseconds.
+def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                  softmax_scale: Optional[float] = None, return_lse: bool = False,
+                  config: Optional[str] = AUTO, out: Optional[torch.Tensor] = None
+                  ) -> Tuple[Result, float]:
+    """Like `forward`, and also return the kernel's own time in milliseconds:
+    `(result, ms)`, where result is what `forward` returns.
 
     The time comes from CUDA events recorded around the launch, and the call waits for the
     kernel to finish. An empty problem (batch or nheads 0) launches nothing and returns 0.0.
     """
-    return _run(q, k, v, softmax_scale, config, out, timed=True)
+    return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
+                return_lse=return_lse, config=config, out=out, timed=True)
 
 
-def _run(q, k, v, softmax_scale, config, out, timed: bool) -> Tuple[torch.Tensor, float]:
-    launch = _validate(q, k, v, softmax_scale, config, out)
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+         attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+         is_causal: bool = False, *, scale: Optional[float] = None,
+         enable_gqa: bool = False) -> torch.Tensor:
+    """A drop-in for `torch.nn.functional.scaled_dot_product_attention` on 4-D
+    (batch, nheads, seqlen, headdim) bf16/fp16 CUDA tensors.
+
+    Same semantics as torch's: is_causal is top-left aligned (query row i sees key j iff
+    j <= i, whatever the lengths; `forward` aligns bottom-right), scale defaults to
+    1/sqrt(headdim), and query heads that differ from key/value heads need
+    enable_gqa=True. What the kernel does not do is refused with a ValueError rather than
+    approximated: attn_mask (other than None), dropout_p != 0, tensors that are not 4-D,
+    scale <= 0. Returns a new contiguous (batch, nheads, seqlen_q, headdim) tensor. The
+    other rules (dtypes, strides, one device) are `forward`'s.
+    """
+    if attn_mask is not None:
+        raise ValueError("attn_mask must be None: fa_cute.sdpa supports no masks besides "
+                         "is_causal; use torch.nn.functional.scaled_dot_product_attention "
+                         "for masked attention")
+    if not isinstance(dropout_p, numbers.Real) or isinstance(dropout_p, bool):
+        raise TypeError(f"dropout_p must be a real number; got {type(dropout_p).__name__}")
+    if dropout_p != 0:
+        raise ValueError(f"dropout_p must be 0.0: fa_cute.sdpa has no dropout; got "
+                         f"{dropout_p}; use torch.nn.functional.scaled_dot_product_attention "
+                         "for dropout")
+    _check_flag("is_causal", is_causal)
+    _check_flag("enable_gqa", enable_gqa)
+    tensors = (query, key, value)
+    for name, t in zip(_SDPA_NAMES[:3], tensors):
+        _check_tensor(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, nheads, seqlen, headdim); got shape "
+                             f"{tuple(t.shape)}")
+    # The checks that `_validate` also makes, here in sdpa's layout, so that the messages
+    # show the shapes as the caller holds them.
+    if key.shape != value.shape:
+        raise ValueError(f"key and value must have the same shape; got key "
+                         f"{tuple(key.shape)} and value {tuple(value.shape)}")
+    if query.shape[1] != key.shape[1] and not enable_gqa:
+        raise ValueError(f"query has {query.shape[1]} heads but key and value have "
+                         f"{key.shape[1]}; pass enable_gqa=True for grouped-query attention "
+                         "(query heads a multiple of key/value heads)")
+    q, k, v = (t.transpose(1, 2) for t in tensors)
+    launch = _validate(q, k, v, causal=is_causal, bottom_right=False, softmax_scale=scale,
+                       config=AUTO, out=None, names=_SDPA_NAMES)
+    batch, nheads, seqlen_q, head_dim = query.shape
+    out = torch.empty((batch, nheads, seqlen_q, head_dim), dtype=query.dtype,
+                      device=query.device)
+    _launch(launch, q, k, v, out.transpose(1, 2), None, timed=False)
+    return out
+
+
+def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, config, out,
+         timed: bool) -> Tuple[Result, float]:
+    _check_flag("return_lse", return_lse)
+    launch = _validate(q, k, v, causal=causal, bottom_right=bottom_right,
+                       softmax_scale=softmax_scale, config=config, out=out)
     if out is None:
         out = torch.empty_like(q)
+    lse = None
+    if return_lse:
+        batch, seqlen_q, nheads, _ = q.shape
+        lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
+    ms = _launch(launch, q, k, v, out, lse, timed)
+    return ((out, lse) if return_lse else out), ms
+
+
+def _launch(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            out: torch.Tensor, lse: Optional[torch.Tensor], timed: bool) -> float:
+    """Call the kernel on validated tensors (nothing for an empty problem); its ms if timed.
+
+    lse, when given, is contiguous (batch, nheads, seqlen_q) float32; a packed decode
+    writes it as (batch, nheads_k, nheads // nheads_k), the same memory.
+    """
     if launch.batch == 0 or launch.nheads == 0:
-        return out, 0.0
+        return 0.0
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        ms = _C.forward(launch.config, launch.dtype,
-                        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                        launch.batch, launch.seqlen, launch.seqlen, launch.nheads, launch.nheads,
-                        launch.head_dim,
-                        _row_strides(q), _row_strides(k), _row_strides(v), _row_strides(out),
-                        launch.softmax_scale, q.device.index, stream, timed)
-    return out, ms
+        return _C.forward(*_kernel_args(launch, q, k, v, out, lse), q.device.index, stream,
+                          timed)
 
 
-def _validate(q, k, v, softmax_scale, config, out) -> _Launch:
+def _kernel_args(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 out: torch.Tensor, lse: Optional[torch.Tensor]) -> tuple:
+    """`_C.forward`'s arguments up to softmax_scale, is_causal and causal_offset (device,
+    stream and timed follow), in the contract's order; apart from `_launch` so that tests
+    can check them on CPU tensors."""
+    if launch.packed:
+        q, out = _decode_gqa_views(q, out, launch.nheads_k)
+    return (launch.config, launch.dtype,
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+            0 if lse is None else lse.data_ptr(),
+            launch.batch, launch.seqlen_q, launch.seqlen_k,
+            launch.nheads, launch.nheads_k, launch.head_dim,
+            _row_strides(q), _row_strides(k), _row_strides(v), _row_strides(out),
+            launch.softmax_scale, launch.is_causal, launch.causal_offset)
+
+
+def _decode_gqa_views(q: torch.Tensor, out: torch.Tensor, nheads_k: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """q and out of a one-row grouped-query decode, (batch, 1, nheads, headdim), viewed as
+    (batch, group, nheads_k, headdim) with group = nheads // nheads_k: row j of K/V head hk
+    is query head hk * group + j, the head that reads K/V head hk.
+
+    One query row per head would give each (batch, head) its own launch tile, nearly all
+    of it masked, and load every K/V head group times; as rows of one tile the group's
+    heads share each K/V load. The views alias q and out (no copies), and the LSE needs no
+    view: (batch, nheads_k, group) contiguous is (batch, nheads, 1) contiguous.
+    """
+    def view(t: torch.Tensor) -> torch.Tensor:
+        batch, _, nheads, head_dim = t.shape
+        group = nheads // nheads_k
+        return t.as_strided((batch, group, nheads_k, head_dim),
+                            (t.stride(0), t.stride(2), group * t.stride(2), t.stride(3)))
+
+    return view(q), view(out)
+
+
+def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
+              names: _Names = _FORWARD_NAMES) -> _Launch:
     """Check every argument, the device last; return what the launch needs.
 
-    Messages are built only when a check fails, so a valid call pays for comparisons alone.
+    bottom_right: forward's causal alignment, else sdpa's top-left. names: the arguments'
+    names in messages. Messages are built only when a check fails, so a valid call pays for
+    comparisons alone.
     """
-    inputs = [("q", q), ("k", k), ("v", v)]
+    q_name, k_name, v_name = names.q, names.k, names.v
+    _check_flag(names.causal, causal)
+    inputs = [(q_name, q), (k_name, k), (v_name, v)]
     for name, t in inputs:
         _check_tensor(name, t)
     if q.dtype not in _DTYPE_NAMES:
-        raise TypeError(f"q has dtype {q.dtype}; allowed: {_ALLOWED_DTYPES}")
+        raise TypeError(f"{q_name} has dtype {q.dtype}; allowed: {_ALLOWED_DTYPES}")
     for name, t in inputs[1:]:
         if t.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must "
-                            f"share one dtype ({_ALLOWED_DTYPES})")
+            raise TypeError(f"{name} has dtype {t.dtype} but {q_name} has {q.dtype}; "
+                            f"{q_name}, {k_name} and {v_name} must share one dtype "
+                            f"({_ALLOWED_DTYPES})")
     for name, t in inputs:
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (batch, seqlen, nheads, headdim); got shape "
                              f"{tuple(t.shape)}")
 
-    batch, seqlen, nheads, head_dim = q.shape
+    batch, seqlen_q, nheads, head_dim = q.shape
     if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape; got k {tuple(k.shape)} and v "
-                         f"{tuple(v.shape)}")
+        raise ValueError(f"{names.kv} must have the same shape; got {k_name} "
+                         f"{tuple(k.shape)} and {v_name} {tuple(v.shape)}")
+    _, seqlen_k, nheads_k, _ = k.shape
     if k.shape[0] != batch:
-        raise ValueError(f"batch of k and v ({k.shape[0]}) must equal batch of q ({batch})")
+        raise ValueError(f"batch of {names.kv} ({k.shape[0]}) must equal batch of {q_name} "
+                         f"({batch})")
     if k.shape[3] != head_dim:
-        raise ValueError(f"headdim of k and v ({k.shape[3]}) must equal headdim of q "
-                         f"({head_dim})")
-    if k.shape[2] != nheads:
-        raise ValueError(f"nheads of k and v ({k.shape[2]}) differs from nheads of q "
-                         f"({nheads}): multi-query / grouped-query attention is not yet "
-                         "supported")
-    if k.shape[1] != seqlen:
-        raise ValueError(f"seqlen of k and v ({k.shape[1]}) differs from seqlen of q "
-                         f"({seqlen}): different query and key lengths are not yet supported")
-    if seqlen < 1:
-        raise ValueError(f"seqlen (q.shape[1]) must be >= 1; got {seqlen}")
+        raise ValueError(f"headdim of {names.kv} ({k.shape[3]}) must equal headdim of "
+                         f"{q_name} ({head_dim})")
+    if seqlen_q < 1:
+        raise ValueError(f"seqlen of {q_name} must be >= 1; got {seqlen_q}")
+    if seqlen_k < 1:
+        raise ValueError(f"seqlen of {names.kv} must be >= 1; got {seqlen_k}")
+    # Only 0 is a multiple of 0: nheads_k 0 passes with nheads 0 alone (an empty problem).
+    if (nheads % nheads_k if nheads_k else nheads):
+        raise ValueError(f"nheads of {q_name} ({nheads}) must be a multiple of nheads of "
+                         f"{names.kv} ({nheads_k})")
 
-    cfg = _resolve_config(config, q, head_dim, seqlen)
-    for name, block in (("q", "block_m"), ("k and v", "block_n")):
-        if seqlen % cfg[block] != 0:
-            raise ValueError(f"seqlen of {name} ({seqlen}) must be a multiple of {cfg[block]} "
-                             f"({block} of config {cfg['name']}); a later release lifts this")
-    scale = _resolve_scale(softmax_scale, head_dim)
+    # A causal mask that hides nothing (row 0 already sees the last key: one query row
+    # aligned bottom-right, or one key aligned top-left) is launched as non-causal, which
+    # spares the masking and lets a decode step pack.
+    offset = seqlen_k - seqlen_q if bottom_right else 0
+    is_causal = causal and offset < seqlen_k - 1
+    packed = (seqlen_q == 1 and nheads > nheads_k and not is_causal and _packable(q)
+              and (out is None or _packable(out)))
+    launch_seqlen_q, launch_nheads = ((nheads // nheads_k, nheads_k) if packed
+                                      else (seqlen_q, nheads))
 
-    for name, t in inputs:
-        _check_layout(name, t, cfg["block_m"] if name == "q" else cfg["block_n"])
+    cfg = _resolve_config(config, q, head_dim, is_causal, launch_seqlen_q, seqlen_k, names)
+    scale = _resolve_scale(softmax_scale, head_dim, names.scale)
+
+    for (name, t), rows in zip(inputs, ("block_m", "block_n", "block_n")):
+        _check_layout(name, t, cfg[rows])
     if out is not None:
-        _check_out(out, q, k, v, cfg["block_m"])
+        _check_out(out, q, k, v, cfg["block_m"], names)
         inputs.append(("out", out))
-    _check_devices(inputs, cfg)
-    return _Launch(cfg["name"], _DTYPE_NAMES[q.dtype], batch, seqlen, nheads, head_dim, scale)
+    _check_devices(inputs, cfg, q_name)
+    return _Launch(cfg["name"], _DTYPE_NAMES[q.dtype], batch, launch_seqlen_q, seqlen_k,
+                   launch_nheads, nheads_k, head_dim, scale, is_causal,
+                   offset if is_causal else 0, packed)
 
 
-def _resolve_config(config, q: torch.Tensor, head_dim: int, seqlen: int) -> dict:
-    """The named config, or auto's pick for this shape and the tensors' GPU."""
+def _packable(t: torch.Tensor) -> bool:
+    """Whether `_decode_gqa_views` of t keeps the kernel's in-tile offsets 32-bit: its row
+    stride is t's head stride, bounded for the tallest tile (the config is not known yet).
+    Where it is not, the decode runs unpacked, whose single row needs no such bound."""
+    return t.stride(2) * _MAX_BLOCK_M < _MAX_TILE_OFFSET
+
+
+def _check_flag(name: str, value) -> None:
+    """A bool option, so that a mask tensor or a string passed by mistake fails loudly."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {type(value).__name__}")
+
+
+def _resolve_config(config, q: torch.Tensor, head_dim: int, causal: bool, seqlen_q: int,
+                    seqlen_k: int, names: _Names = _FORWARD_NAMES) -> dict:
+    """The named config, or auto's pick for this launch shape and the tensors' GPU."""
     if config is None:
         config = AUTO
     if not isinstance(config, str):
@@ -188,58 +371,77 @@ def _resolve_config(config, q: torch.Tensor, head_dim: int, seqlen: int) -> dict
                              f"{', '.join(_CONFIGS)}")
         cfg = _CONFIGS[config]
         if cfg["head_dim"] != head_dim:
-            raise ValueError(f"config {config!r} is for head_dim {cfg['head_dim']}, but q, k, v "
-                             f"have headdim {head_dim}")
+            raise ValueError(f"config {config!r} is for head_dim {cfg['head_dim']}, but "
+                             f"{names.q}, {names.k} and {names.v} have headdim {head_dim}")
         if _DTYPE_NAMES[q.dtype] not in cfg["dtypes"]:
             raise ValueError(f"config {config!r} supports dtypes {cfg['dtypes']}, not "
                              f"{q.dtype}")
         return cfg
     head_dims = sorted({c["head_dim"] for c in _CONFIGS.values()})
     if head_dim not in head_dims:
-        raise ValueError(f"headdim {head_dim} (q.shape[3]) is not supported; built head dims: "
-                         f"{', '.join(map(str, head_dims))}")
-    gpu, cc = _gpu(q.device.index) if q.is_cuda else ("", _PLACEHOLDER_CC)
-    return _auto_config(gpu, cc, _DTYPE_NAMES[q.dtype], head_dim, seqlen)
+        raise ValueError(f"headdim of {names.q} ({head_dim}) is not supported; built head "
+                         f"dims: {', '.join(map(str, head_dims))}")
+    if q.is_cuda:
+        (gpu, cc), smem = _gpu(q.device.index), _smem_limit(q.device.index)
+    else:
+        gpu, cc, smem = "", _PLACEHOLDER_CC, None
+    return _auto_config(gpu, cc, _DTYPE_NAMES[q.dtype], head_dim, seqlen_q, seqlen_k, causal,
+                        smem)
 
 
 @functools.lru_cache(maxsize=None)
 def _gpu(device_index: int) -> Tuple[str, Tuple[int, int]]:
     """(name, compute capability) of a GPU: the device part of auto's key, asked once."""
-    return (torch.cuda.get_device_name(device_index),
-            torch.cuda.get_device_capability(device_index))
+    props = torch.cuda.get_device_properties(device_index)
+    return props.name, (props.major, props.minor)
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_limit(device_index: int) -> Optional[int]:
+    """The most dynamic shared memory one block may opt in to on a GPU, in bytes; None where
+    this PyTorch does not report it (before 2.6), and then `_C` is the one to refuse a
+    config that needs more (its launch fails with an error naming the config)."""
+    return getattr(torch.cuda.get_device_properties(device_index),
+                   "shared_memory_per_block_optin", None)
 
 
 @functools.lru_cache(maxsize=1024)
-def _auto_config(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqlen: int) -> dict:
+def _auto_config(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqlen_q: int,
+                 seqlen_k: Optional[int] = None, causal: bool = False,
+                 smem_limit: Optional[int] = None) -> dict:
     """config="auto": the tuning cache's pick, else the built-in table's, else the heuristic's.
 
-    Memoized per exact seqlen, not per bucket, because a pick must also divide the seqlen
-    (a bucket's winner may not); after the first call of a shape the hot path pays one
-    dictionary lookup. A pick that is not built, is a ladder config or cannot run the
-    shape here (a stale cache, a table for another build) is passed over.
+    seqlen_k defaults to seqlen_q; smem_limit None means no limit is known. Memoized per
+    exact shape because the heuristic takes exact lengths; after the first call of a shape
+    the hot path pays one dictionary lookup. A pick that is not built, is a ladder config
+    or cannot run here (a stale cache, a table for another build or GPU) is passed over.
     """
-    key = _tuning.key(dtype, head_dim, False, seqlen)  # forward is non-causal
+    seqlen_k = seqlen_q if seqlen_k is None else seqlen_k
+    key = _tuning.key(dtype, head_dim, causal, seqlen_q)
     for name in (_tuning.cached_configs(gpu).get(key), _tuned.TABLE.get(gpu, {}).get(key)):
         cfg = _CONFIGS.get(name)
-        if cfg is not None and _tunable(cfg, dtype, head_dim, seqlen, cc):
+        if cfg is not None and _tunable(cfg, dtype, head_dim, cc, smem_limit):
             return cfg
-    default = _CONFIGS[_C.default_config(head_dim, seqlen, seqlen, cc[0], cc[1])]
-    if _tunable(default, dtype, head_dim, seqlen, cc):
+    default = _CONFIGS[_C.default_config(head_dim, seqlen_q, seqlen_k, cc[0], cc[1])]
+    if _tunable(default, dtype, head_dim, cc, smem_limit):
         return default
-    # The heuristic's tile does not divide seqlen: the largest built tile that does, so that
-    # auto runs every shape some config can run. If none can, the default's block sizes
-    # are what the validation error then asks for.
-    runnable = [c for c in _CONFIGS.values() if _tunable(c, dtype, head_dim, seqlen, cc)]
-    return max(runnable, key=lambda c: (c["block_m"] * c["block_n"], c["num_warps"]),
+    # The heuristic knows the compute capability, not this GPU's shared memory (or a build
+    # lacks its dtype): the largest tile that fits. If none does, the device check then
+    # refuses the default with the reason.
+    fitting = [c for c in _CONFIGS.values() if _tunable(c, dtype, head_dim, cc, smem_limit)]
+    return max(fitting, key=lambda c: (c["block_m"] * c["block_n"], c["num_warps"]),
                default=default)
 
 
-def _tunable(cfg: dict, dtype: str, head_dim: int, seqlen: int, cc: Tuple[int, int]) -> bool:
-    """Whether cfg is a production config (not a ladder rung) that runs this shape on a GPU
-    of compute capability cc: what auto may pick and `python -m fa_cute.tune` times."""
+def _tunable(cfg: dict, dtype: str, head_dim: int, cc: Tuple[int, int],
+             smem_limit: Optional[int] = None) -> bool:
+    """Whether cfg is a production config (not a ladder rung) for this head dim and dtype
+    that runs on a GPU of compute capability cc with smem_limit bytes of shared memory per
+    block (None: not known): what auto may pick and `python -m fa_cute.tune` times. Any
+    tile runs any seqlen (the kernel masks ragged tails)."""
     return (cfg["rung"] is None and cfg["head_dim"] == head_dim and dtype in cfg["dtypes"]
-            and seqlen % cfg["block_m"] == 0 and seqlen % cfg["block_n"] == 0
-            and _family_min_cc(cfg["family"]) <= cc)
+            and _family_min_cc(cfg["family"]) <= cc
+            and (smem_limit is None or cfg["smem_bytes"] <= smem_limit))
 
 
 def _forget_tuning() -> None:
@@ -249,49 +451,50 @@ def _forget_tuning() -> None:
     _auto_config.cache_clear()
 
 
-def _resolve_scale(softmax_scale, head_dim: int) -> float:
+def _resolve_scale(scale, head_dim: int, name: str = "softmax_scale") -> float:
     """1/sqrt(headdim) by default; otherwise a finite real number > 0.
 
     Zero and negative scales are refused: the kernel's online softmax takes each row's
     maximum of the unscaled scores, which is the row's maximum of the scaled ones only for
     a positive scale.
     """
-    if softmax_scale is None:
+    if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if not isinstance(softmax_scale, numbers.Real) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale must be a real number or None; got "
-                        f"{type(softmax_scale).__name__}")
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
+        raise TypeError(f"{name} must be a real number or None; got {type(scale).__name__}")
     try:
-        scale = float(softmax_scale)
+        value = float(scale)
     except OverflowError:  # an int beyond float range
-        scale = math.inf
-    if not (math.isfinite(scale) and scale > 0.0):
-        raise ValueError(f"softmax_scale must be a finite number > 0; got {softmax_scale}")
-    return scale
+        value = math.inf
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a finite number > 0; got {scale}")
+    return value
 
 
-def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int) -> None:
+def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int,
+               names: _Names = _FORWARD_NAMES) -> None:
     """out must look like q, have one memory location per element, and not alias k or v.
 
     Each thread block reads its own Q tile before it writes the same rows of O, so out may
     be q itself (same address and strides); any other overlap with q, and every overlap
     with k or v (read by all blocks while others write), would race.
     """
+    q_name = names.q
     _check_tensor("out", out)
     if out.dtype != q.dtype:
-        raise TypeError(f"out has dtype {out.dtype}; it must match q ({q.dtype})")
+        raise TypeError(f"out has dtype {out.dtype}; it must match {q_name} ({q.dtype})")
     if out.shape != q.shape:
-        raise ValueError(f"out has shape {tuple(out.shape)}; it must match q "
+        raise ValueError(f"out has shape {tuple(out.shape)}; it must match {q_name} "
                          f"{tuple(q.shape)}")
     _check_layout("out", out, block_rows)
     if _overlaps_itself(out):
         raise ValueError("out has elements that share memory (e.g. an expanded tensor); pass "
                          "a tensor with one memory location per element")
     is_q = out.data_ptr() == q.data_ptr() and out.stride() == q.stride()
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not (name == "q" and is_q) and _spans_overlap(out, t):
+    for name, t in ((q_name, q), (names.k, k), (names.v, v)):
+        if not (name == q_name and is_q) and _spans_overlap(out, t):
             raise ValueError(f"out overlaps the memory of {name}; pass a separate output "
-                             "tensor" + (" (or q itself)" if name == "q" else ""))
+                             "tensor" + (f" (or {q_name} itself)" if name == q_name else ""))
 
 
 def _check_layout(name: str, t: torch.Tensor, block_rows: int) -> None:
@@ -300,10 +503,10 @@ def _check_layout(name: str, t: torch.Tensor, block_rows: int) -> None:
     offsets need block_rows * seqlen stride below 2^31."""
     if t.stride(3) != 1:
         raise ValueError(f"{name} must have a contiguous last dim (headdim stride 1); got "
-                         f"strides {tuple(t.stride())}; call .contiguous() on it")
+                         f"strides {_strides_text(t)}; call .contiguous() on it")
     multiple = _ALIGN_BYTES // t.element_size()
     if any(s % multiple for s in _row_strides(t)):
-        raise ValueError(f"{name} has strides {tuple(t.stride())}; the batch, seqlen and nheads "
+        raise ValueError(f"{name} has strides {_strides_text(t)}; the batch, seqlen and nheads "
                          f"strides must be multiples of {multiple} elements ({_ALIGN_BYTES} "
                          f"bytes) for the kernel's {_ALIGN_BYTES}-byte loads; call "
                          ".contiguous() on it")
@@ -317,8 +520,17 @@ def _check_layout(name: str, t: torch.Tensor, block_rows: int) -> None:
                          f"uses {_ALIGN_BYTES}-byte loads); pass a copy made with .clone()")
 
 
-def _check_devices(tensors: Sequence[Tuple[str, torch.Tensor]], cfg: dict) -> None:
-    """All tensors on one CUDA device whose compute capability the config supports."""
+def _strides_text(t: torch.Tensor) -> str:
+    """Strides by dim name: sdpa validates transposed views of its arguments, so a bare
+    tuple would list them in an order its caller never saw."""
+    return ", ".join(f"{dim} {s}" for dim, s in zip(("batch", "seqlen", "nheads", "headdim"),
+                                                     t.stride()))
+
+
+def _check_devices(tensors: Sequence[Tuple[str, torch.Tensor]], cfg: dict,
+                   q_name: str = "q") -> None:
+    """All tensors on one CUDA device whose compute capability and shared memory the
+    config fits."""
     for name, t in tensors:
         if not t.is_cuda:
             raise ValueError(f"{name} is on {t.device}; fa_cute runs on CUDA tensors only "
@@ -326,13 +538,24 @@ def _check_devices(tensors: Sequence[Tuple[str, torch.Tensor]], cfg: dict) -> No
     device = tensors[0][1].device
     for name, t in tensors[1:]:
         if t.device != device:
-            raise ValueError(f"{name} is on {t.device} but q is on {device}; q, k, v and out "
-                             "must be on one CUDA device")
+            raise ValueError(f"{name} is on {t.device} but {q_name} is on {device}; all "
+                             "tensors must be on one CUDA device")
+    gpu, cc = _gpu(device.index)
+    _check_config_fits(cfg, f"{device} ({gpu})", cc, _smem_limit(device.index))
+
+
+def _check_config_fits(cfg: dict, where: str, cc: Tuple[int, int],
+                       smem_limit: Optional[int]) -> None:
+    """The GPU `where` (compute capability cc, smem_limit bytes of shared memory per block
+    or None where unknown) runs cfg's kernel family and holds its shared memory."""
     needed = _family_min_cc(cfg["family"])
-    cc = torch.cuda.get_device_capability(device)
     if cc < needed:
         raise ValueError(f"config {cfg['name']!r} needs a GPU of compute capability "
-                         f"{needed[0]}.{needed[1]} or newer; {device} has {cc[0]}.{cc[1]}")
+                         f"{needed[0]}.{needed[1]} or newer; {where} has {cc[0]}.{cc[1]}")
+    if smem_limit is not None and cfg["smem_bytes"] > smem_limit:
+        raise ValueError(f"config {cfg['name']!r} needs {cfg['smem_bytes']} bytes of shared "
+                         f"memory per block; {where} allows at most {smem_limit}; pick a config "
+                         "with smaller tiles, or config='auto'")
 
 
 def _family_min_cc(family: str) -> Tuple[int, int]:

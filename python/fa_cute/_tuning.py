@@ -37,15 +37,22 @@ def bucket(seqlen: int) -> int:
     [MIN_BUCKET, MAX_BUCKET]. One measurement then serves every seqlen down to half its
     bucket, on the assumption that the configs' ranking changes slowly with seqlen (each
     block's work grows linearly with it), and a full tuning run stays short: 10 buckets
-    per dtype and head dim."""
+    per dtype, head dim and causality."""
     if seqlen <= MIN_BUCKET:
         return MIN_BUCKET
     return min(1 << (seqlen - 1).bit_length(), MAX_BUCKET)
 
 
-def key(dtype: str, head_dim: int, causal: bool, seqlen: int) -> str:
-    """The shape key of a cache or table entry, e.g. 'bf16-d128-noncausal-n4096'."""
-    return f"{dtype}-d{head_dim}-{'causal' if causal else 'noncausal'}-n{bucket(seqlen)}"
+def key(dtype: str, head_dim: int, causal: bool, seqlen_q: int) -> str:
+    """The shape key of a cache or table entry, e.g. 'bf16-d128-noncausal-n4096'.
+
+    seqlen_q is the launch's query length (for a grouped-query decode, which runs the
+    query heads of a K/V head as rows, the group size). It sets how many query tiles fill
+    the GPU, while seqlen_k mostly scales each tile's work, so the key assumes the
+    configs' ranking follows seqlen_q (tuning times seqlen_k = seqlen_q). causal is the
+    launch's too: a mask that hides nothing runs, and is keyed, as non-causal.
+    """
+    return f"{dtype}-d{head_dim}-{'causal' if causal else 'noncausal'}-n{bucket(seqlen_q)}"
 
 
 def cache_path() -> Path:

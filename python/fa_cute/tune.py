@@ -3,11 +3,15 @@ print a table with each shape's winner marked (last), and write the winners to t
 cache, where `fa_cute.forward(..., config="auto")` finds them.
 
 Shapes are the benchmark's (B = 16384 / N, H = 2048 / d; `python -m fa_cute.bench`), timed
-the same way. A winner is stored under (GPU, dtype, head dim, non-causal, seqlen bucket),
-the bucket being the next power of two >= N clamped to [128, 65536]; where several seqlens
-asked for fall in one bucket, the largest one's winner is kept. Every config is checked
-against a float64 reference before it is timed. Tuning only ever happens here: forward
-reads the cache and never times anything itself.
+the same way, non-causal, causal (bottom-right, as `forward`; seqlen_q = seqlen_k = N, so
+also what `sdpa` runs) or both (--causal). A winner is stored under (GPU, dtype, head dim,
+causality, seqlen bucket), the bucket being the next power of two >= N clamped to
+[128, 65536]; where several seqlens asked for fall in one bucket, the largest one's winner
+is kept. Every config is checked against a float64 reference before it is timed. Tuning
+only ever happens here: forward reads the cache and never times anything itself.
+
+Not yet: causal tuning (--causal true or both) waits for the timing module to time causal
+attention, and is refused until then.
 """
 
 import argparse
@@ -24,6 +28,9 @@ from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, format_table
                              time_fa_cute)
 
 
+CAUSAL_CHOICES = {"false": (False,), "true": (True,), "both": (False, True)}
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fa_cute.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,9 +38,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--configs", type=lambda text: text.split(","), metavar="NAMES",
                    help="comma-separated production configs to choose from (default: every "
                         "built one that runs the shape)")
+    p.add_argument("--causal", choices=list(CAUSAL_CHOICES), default="false",
+                   help="tune non-causal attention (false), causal (true) or both "
+                        "(default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="time and print the table, but leave the cache as it is")
     args = p.parse_args(argv)
+    # TODO(causal timing): fa_cute._timing.time_fa_cute and check take no causal= yet; once
+    # they do, pass causal=s["causal"] to them in `tune` and `main` and drop this refusal.
+    if args.causal != "false":
+        p.error(f"--causal {args.causal}: causal tuning is not available yet (fa_cute._timing "
+                "times non-causal attention only); use --causal false")
+    args.causal = CAUSAL_CHOICES[args.causal]
+    head_dims = sorted({c["head_dim"] for c in fa_cute.configs() if c["rung"] is None})
+    if args.headdim not in head_dims:
+        p.error(f"--headdim: {args.headdim} is not a built head dim; built: "
+                f"{', '.join(map(str, head_dims))}")
     production = {c["name"] for c in fa_cute.configs() if c["rung"] is None}
     for name in args.configs or []:
         if name not in production:
@@ -78,7 +98,8 @@ def tune(shapes: List[Dict], l2_bytes: int, timer: Timer, rounds: int) -> None:
                               DTYPES[s["dtype"]], l2_bytes)
 
             def step(name: str, s: Dict = s) -> None:
-                bar.set_postfix_str(f"{s['dtype']} N={s['seqlen']} {name}")
+                bar.set_postfix_str(f"{s['dtype']} {mask_label(s['causal'])} N={s['seqlen']} "
+                                    f"{name}")
                 bar.update(1)
 
             s["ms"], s["not_run"] = interleaved_medians(
@@ -100,11 +121,22 @@ def render(shapes: List[Dict], configs: List[str]) -> str:
             return "n/a"
         return f"{ms:.3f} ms {tflops(s['flops'], ms):.1f}" + (" *" if name == s["winner"] else "")
 
-    header = ["dtype", "N", "B", "H"] + configs + ["winner"]
-    rows = [[s["dtype"], str(s["seqlen"]), str(s["batch"]), str(s["nheads"])]
+    header = ["dtype", "mask", "N", "B", "H"] + configs + ["winner"]
+    rows = [[s["dtype"], mask_label(s["causal"]), str(s["seqlen"]), str(s["batch"]),
+             str(s["nheads"])]
             + [cell(s, name) for name in configs] + [s["winner"] or "none"] for s in shapes]
-    return (f"ms and TFLOP/s per config, head dim {shapes[0]['head_dim']}, non-causal forward "
-            "(* = fastest)\n" + format_table(header, rows))
+    return (f"ms and TFLOP/s per config, head dim {shapes[0]['head_dim']}, forward "
+            "(* = fastest; causal TFLOP/s count the visible half of the scores)\n"
+            + format_table(header, rows))
+
+
+def mask_label(causal: bool) -> str:
+    return "causal" if causal else "full"
+
+
+def causal_flops(flops: int, causal: bool) -> int:
+    """FlashAttention's convention: a causal square problem does half the work."""
+    return flops // 2 if causal else flops
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -115,6 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
     gpu, cc = _api._gpu(device)
+    smem_limit = _api._smem_limit(device)
     timer_name, timer = make_timer(args.warmup, args.rep / args.rounds)
     print(banner(props, timer_name + f", median of {args.rounds} interleaved rounds"))
 
@@ -122,18 +155,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   and (args.configs is None or c["name"] in args.configs)]
     shapes = []
     for dtype in args.dtype:
-        for seqlen in sorted(set(args.seqlens)):  # ascending: a bucket keeps its largest N
-            batch, nheads, flops = problem(seqlen, args.headdim)
-            candidates = [c["name"] for c in production
-                          if _api._tunable(c, dtype, args.headdim, seqlen, cc)]
-            shapes.append(dict(dtype=dtype, seqlen=seqlen, batch=batch, nheads=nheads,
-                               head_dim=args.headdim, flops=flops, candidates=candidates,
-                               key=_tuning.key(dtype, args.headdim, False, seqlen), ms={},
-                               not_run={}, winner=None))
+        candidates = [c["name"] for c in production
+                      if _api._tunable(c, dtype, args.headdim, cc, smem_limit)]
+        for causal in args.causal:
+            for seqlen in sorted(set(args.seqlens)):  # ascending: a bucket keeps its largest N
+                batch, nheads, flops = problem(seqlen, args.headdim)
+                shapes.append(dict(dtype=dtype, causal=causal, seqlen=seqlen, batch=batch,
+                                   nheads=nheads, head_dim=args.headdim,
+                                   flops=causal_flops(flops, causal), candidates=candidates,
+                                   key=_tuning.key(dtype, args.headdim, causal, seqlen), ms={},
+                                   not_run={}, winner=None))
     columns = [c["name"] for c in production if any(c["name"] in s["candidates"] for s in shapes)]
     if not columns:
         print(f"fa_cute.tune: no config among {', '.join(c['name'] for c in production)} runs "
-              f"head dim {args.headdim} at seqlens {args.seqlens} on this GPU")
+              f"head dim {args.headdim} on this GPU (compute capability {cc[0]}.{cc[1]}"
+              + (f", {smem_limit} bytes of shared memory per block)" if smem_limit else ")"))
         return 2
     if not all(c["ok"] for c in run_checks(columns, args.headdim)):
         return 1
@@ -151,11 +187,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _api._forget_tuning()
         print(f"wrote {len(winners)} winners for {gpu} to {path}")
     for s in shapes:
+        where = f"{s['dtype']} {mask_label(s['causal'])} N={s['seqlen']}"
         for name, why in s["not_run"].items():
             if why:
-                print(f"{s['dtype']} N={s['seqlen']} {name}: n/a ({why})")
+                print(f"{where} {name}: n/a ({why})")
         if not s["candidates"]:
-            print(f"{s['dtype']} N={s['seqlen']}: no config to tune (none of them runs it)")
+            print(f"{where}: no config to tune (none of them runs it)")
     print(render(shapes, columns))
     return 0 if all(s["winner"] for s in shapes) else 1
 
