@@ -236,7 +236,26 @@ def _launch(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
         return _C.forward(*_kernel_args(launch, q, k, v, out, lse), q.device.index, stream,
-                          timed)
+                          timed, *_split_kv_buffers(launch, q.device))
+
+
+def _split_kv_buffers(launch: _Launch, device: torch.device) -> tuple:
+    """(num_splits, o_accum, lse_accum) for `_C.forward` when the kernel's split-KV
+    heuristic splits this launch (a decode step too small to fill the GPU), else ().
+
+    The fp32 buffers come from PyTorch's caching allocator on the current stream, so they
+    may be released as soon as the launch is queued: the next user of that memory is
+    ordered after the kernel on the same stream.
+    """
+    splits = _C.num_splits(launch.config, launch.dtype, launch.batch, launch.seqlen_q,
+                           launch.seqlen_k, launch.nheads, launch.nheads_k, launch.is_causal,
+                           device.index)
+    if splits <= 1:
+        return ()
+    rows = launch.batch * launch.nheads * launch.seqlen_q
+    o_accum = torch.empty((splits, rows, launch.head_dim), dtype=torch.float32, device=device)
+    lse_accum = torch.empty((splits, rows), dtype=torch.float32, device=device)
+    return splits, o_accum.data_ptr(), lse_accum.data_ptr()
 
 
 def _kernel_args(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
