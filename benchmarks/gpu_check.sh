@@ -2,21 +2,26 @@
 # Everything fa_cute needs checked on a GPU machine, in one call (the machine needs no
 # network): build and install from this checkout, report registers/stack/spills of every
 # kernel, print the GPU and the build, time the default kernel once from C++ (fwd_bench),
-# run the tests, run compute-sanitizer's memcheck, racecheck and synccheck on a small case,
-# then benchmark (its table is printed last).
+# run the tests, run compute-sanitizer's memcheck, racecheck and synccheck on small cases,
+# then benchmark (its tables are printed last).
 #
 #   bash benchmarks/gpu_check.sh
 #
 # Environment:
-#   FA_CUTE_WHEEL_DIR         folder holding nvidia_cutlass-*.whl (default: .whl in the repo)
-#   OUT                       folder for logs and bench.json (default: /tmp/fa_cute_check)
+#   FA_CUTE_WHEEL_DIR         folder holding nvidia_cutlass-*.whl, and hypothesis-*.whl with
+#                             sortedcontainers-*.whl for the tests (default: .whl in the repo)
+#   OUT                       folder for logs and bench*.json (default: /tmp/fa_cute_check)
 #   FA_CUTE_PIP_ARGS          extra arguments for the build's pip install, e.g.
 #                             "-Ccmake.define.FA_CUTE_ARCHS=90a" for a quicker build
 #   FA_CUTE_SKIP_BUILD=1      use the fa_cute already installed
 #   FA_CUTE_SKIP_TESTS=1      skip pytest
 #   FA_CUTE_SKIP_SANITIZERS=1 skip compute-sanitizer
 #   FA_CUTE_SKIP_BENCH=1      skip the benchmark
-#   FA_CUTE_BENCH_ARGS        extra arguments for python3 -m fa_cute.bench
+#   FA_CUTE_BENCH_SET         which benchmark tables (bf16 and fp16 each):
+#                             standard (default, a few minutes on an H100): d=64, 128 and
+#                               256, non-causal and causal, then a decode table at d=128;
+#                             quick: d=128 non-causal only
+#   FA_CUTE_BENCH_ARGS        extra arguments for every python3 -m fa_cute.bench run
 #
 # A failing build stops the script; any other failing step is reported, the remaining
 # steps still run, and the exit status is 1.
@@ -75,6 +80,10 @@ else
 fi
 
 if ! skipped FA_CUTE_SKIP_TESTS; then
+  step "install hypothesis from $WHEEL_DIR (the tests that draw random shapes)"
+  python3 -m pip install -q --no-index --find-links "$WHEEL_DIR" hypothesis \
+    || echo "hypothesis not installed: tests that use it skip or fail to import"
+
   step "pytest (from /tmp, so the installed fa_cute is the one imported)"
   (cd /tmp && python3 -m pytest -q -p no:cacheprovider "$REPO/tests" 2>&1 \
     | tee "$LOGS/pytest.log") || FAILED+=("pytest")
@@ -89,11 +98,26 @@ if ! skipped FA_CUTE_SKIP_SANITIZERS; then
   done
 fi
 
-if ! skipped FA_CUTE_SKIP_BENCH; then
-  step "python3 -m fa_cute.bench --dtype bf16,fp16 ${FA_CUTE_BENCH_ARGS:-}"
+bench() {  # bench NAME ARGS...: one benchmark run, its numbers in $LOGS/NAME.json
+  local name=$1
+  shift
+  step "python3 -m fa_cute.bench $* ${FA_CUTE_BENCH_ARGS:-}"
   # shellcheck disable=SC2086  # FA_CUTE_BENCH_ARGS is a list of words
-  (cd /tmp && python3 -m fa_cute.bench --dtype bf16,fp16 --json "$LOGS/bench.json" \
-    ${FA_CUTE_BENCH_ARGS:-}) || FAILED+=("bench")
+  (cd /tmp && python3 -m fa_cute.bench "$@" --json "$LOGS/$name.json" ${FA_CUTE_BENCH_ARGS:-}) \
+    || FAILED+=("$name")
+}
+
+if ! skipped FA_CUTE_SKIP_BENCH; then
+  case ${FA_CUTE_BENCH_SET:-standard} in
+    standard)
+      bench bench --dtype bf16,fp16 --headdim 64,128,256 --causal both
+      bench bench_decode --decode --dtype bf16,fp16 --headdim 128 ;;
+    quick)
+      bench bench --dtype bf16,fp16 ;;
+    *)
+      echo "FA_CUTE_BENCH_SET=${FA_CUTE_BENCH_SET}: expected standard or quick"
+      FAILED+=("bench") ;;
+  esac
 fi
 
 echo

@@ -1,11 +1,16 @@
 """A small fa_cute run for compute-sanitizer (memcheck, racecheck, synccheck).
 
-Every built config that runs on this GPU, in each of its dtypes, on B=1, H=2, N=256
-(rounded up to the config's blocks), with contiguous and (B, H, N, d)-transposed inputs.
-Each output is written over NaN and checked against the float64 reference; the reference
-is computed on the CPU so that the sanitizer sees few GPU kernels besides ours. PyTorch's
-caching allocator is switched off before torch loads: with it, tensors are slices of
-larger blocks and an out-of-bounds access into a neighbour goes unseen by memcheck.
+Every built config that runs on this GPU, in each of its dtypes, on four small cases:
+  - contiguous and (B, H, N, d)-transposed inputs, B=1, H=2, N=256, non-causal;
+  - causal-gqa-lse: bottom-right causal, seqlen_q=150 > seqlen_k=100 (50 rows that see no
+    key, ragged last tiles of q and k), 4 query heads on 2 K/V heads, LSE written;
+  - decode-gqa-lse: seqlen_q=1 against 1000 keys, 8 query heads on 2 K/V heads (packed as
+    rows of one tile; this small grid is split over keys and merged), LSE written.
+Each output is written over NaN and checked against the float64 reference (and the LSE
+against the reference LSE); the reference is computed on the CPU so that the sanitizer
+sees few GPU kernels besides ours. PyTorch's caching allocator is switched off before torch
+loads: with it, tensors are slices of larger blocks and an out-of-bounds access into a
+neighbour goes unseen by memcheck.
 
 Exits 1 if any output is wrong (or no config could run), 0 otherwise.
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_case.py
@@ -14,43 +19,69 @@ Exits 1 if any output is wrong (or no config could run), 0 otherwise.
 import math
 import os
 import sys
+from typing import NamedTuple
 
 os.environ.setdefault("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
 
 import torch  # noqa: E402  (after the allocator setting)
 
 import fa_cute  # noqa: E402
-from fa_cute._reference import attention_ref, check_close  # noqa: E402
+from fa_cute._reference import attention_ref, check_close, check_lse  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-BATCH, NHEADS, SEQLEN = 1, 2, 256
 
 
-def run_case(config: dict, dtype: torch.dtype, transposed: bool) -> str:
-    """'ok ...', 'skipped ...' (config not for this GPU) or 'FAILED ...'."""
-    unit = math.lcm(config["block_m"], config["block_n"])
-    seqlen = unit * math.ceil(SEQLEN / unit)
-    shape = (BATCH, seqlen, NHEADS, config["head_dim"])
-    q, k, v = (torch.randn(shape).to(dtype) for _ in range(3))
+class Case(NamedTuple):
+    seqlen_q: int
+    seqlen_k: int
+    nheads: int
+    nheads_k: int
+    causal: bool
+    transposed: bool
+    lse: bool
+
+
+CASES = {
+    "contiguous": Case(256, 256, 2, 2, causal=False, transposed=False, lse=False),
+    "bhnd-view": Case(256, 256, 2, 2, causal=False, transposed=True, lse=False),
+    "causal-gqa-lse": Case(150, 100, 4, 2, causal=True, transposed=False, lse=True),
+    "decode-gqa-lse": Case(1, 1000, 8, 2, causal=False, transposed=False, lse=True),
+}
+
+
+def to_gpu(t: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """t on the GPU, contiguous or as a .transpose(1, 2) view of (B, H, N, d) storage."""
     if transposed:
-        dev = [t.transpose(1, 2).contiguous().cuda().transpose(1, 2) for t in (q, k, v)]
-    else:
-        dev = [t.cuda() for t in (q, k, v)]
-    out = torch.full(shape, math.nan, dtype=dtype, device="cuda")
+        return t.transpose(1, 2).contiguous().cuda().transpose(1, 2)
+    return t.cuda()
+
+
+def run_case(config: dict, dtype: torch.dtype, case: Case) -> str:
+    """'ok ...', 'skipped ...' (config not for this GPU) or 'FAILED ...'."""
+    d = config["head_dim"]
+    q = torch.randn(1, case.seqlen_q, case.nheads, d).to(dtype)
+    k, v = (torch.randn(1, case.seqlen_k, case.nheads_k, d).to(dtype) for _ in range(2))
+    out = to_gpu(torch.full_like(q, math.nan), case.transposed)
     try:
-        fa_cute.forward(*dev, config=config["name"], out=out)
+        result = fa_cute.forward(*(to_gpu(t, case.transposed) for t in (q, k, v)),
+                                 causal=case.causal, return_lse=case.lse,
+                                 config=config["name"], out=out)
     except ValueError as exc:
-        if "needs a GPU of compute capability" in str(exc):
+        if "needs a GPU of compute capability" in str(exc) or "shared memory" in str(exc):
             return f"skipped ({exc})"
         raise
     torch.cuda.synchronize()
-    scale = 1.0 / math.sqrt(config["head_dim"])
+    scale = 1.0 / math.sqrt(d)
+    ref, ref_lse = attention_ref(q, k, v, scale, causal=case.causal, return_lse=True)
     try:
-        max_err, plain_err = check_close(out.cpu(), attention_ref(q, k, v, scale),
-                                         attention_ref(q, k, v, scale, upcast=False))
+        max_err, plain_err = check_close(out.cpu(), ref, attention_ref(
+            q, k, v, scale, upcast=False, causal=case.causal))
+        lse_note = ""
+        if case.lse:
+            lse_note = f", LSE error {check_lse(result[1].cpu(), ref_lse):.1e}"
     except AssertionError as exc:
         return f"FAILED: {exc}"
-    return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e})"
+    return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}{lse_note})"
 
 
 def main() -> int:
@@ -61,10 +92,9 @@ def main() -> int:
     results = []
     for config in fa_cute.configs():
         for dtype_name in config["dtypes"]:
-            for transposed in (False, True):
-                result = run_case(config, DTYPES[dtype_name], transposed)
-                layout = "bhnd-view" if transposed else "contiguous"
-                print(f"{config['name']} {dtype_name} {layout}: {result}", flush=True)
+            for name, case in CASES.items():
+                result = run_case(config, DTYPES[dtype_name], case)
+                print(f"{config['name']} {dtype_name} {name}: {result}", flush=True)
                 results.append(result)
     ran = [r for r in results if not r.startswith("skipped")]
     if not ran:

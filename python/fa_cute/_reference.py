@@ -1,16 +1,26 @@
-"""Reference attention and the accuracy rule shared by the tests, the benchmark and the
+"""Reference attention and the accuracy rules shared by the tests, the benchmark and the
 sanitizer case.
 
-The rule is FlashAttention's: a low-precision kernel is judged against the same attention
-computed plainly in the input dtype, both measured against a float64 reference. Our max abs
-error may be at most twice the plain computation's, plus a small absolute slack. That rule
-alone is loose when the plain computation is itself poor (large-magnitude inputs make the
-softmax peaky, and a bf16 softmax then errs by O(1)), so `check_close` also bounds the
-relative Frobenius error by a per-dtype tolerance that real kernels meet with margin
-(bf16 about 2e-3, fp16 about 3e-4 on random data).
+The output rule is FlashAttention's: a low-precision kernel is judged against the same
+attention computed plainly in the input dtype, both measured against a float64 reference.
+Our max abs error may be at most twice the plain computation's, plus a small absolute
+slack. That rule alone is loose when the plain computation is itself poor (large-magnitude
+inputs make the softmax peaky, and a bf16 softmax then errs by O(1)), so `check_close` also
+bounds the relative Frobenius error by a per-dtype tolerance that real kernels meet with
+margin (bf16 about 2e-3, fp16 about 3e-4 on random data).
+
+The log-sum-exp has no such plain counterpart (a bf16 LSE is far worse than any fp32
+kernel), so `check_lse` uses a fixed tolerance: the kernel computes it in fp32 from the
+same bf16/fp16 inputs the float64 reference reads, which leaves only fp32 rounding.
+
+Semantics follow docs/design.md: q (batch, seqlen_q, nheads, d), k and v
+(batch, seqlen_k, nheads_k, d); query head h reads K/V head h // (nheads // nheads_k); with
+causal, query row r sees key c iff c <= r + causal_offset; a row that sees no key has
+output 0 and LSE -inf.
 """
 
-from typing import Tuple
+import math
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -20,25 +30,82 @@ ABS_SLACK = 1e-5
 #: Bound on ||out - ref|| / ||ref|| per input dtype (about 5x what the kernel reaches).
 REL_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
+#: LSE tolerance: |lse - ref| <= LSE_ATOL + LSE_RTOL * |ref|. fp32 rounding of the row max
+#: and the row sum stays near 1e-5 on random data; the relative part covers the large
+#: scores of large-magnitude inputs, where fp32's spacing alone is 3e-5 at |lse| = 300.
+LSE_ATOL = 1e-4
+LSE_RTOL = 1e-5
+
+Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def bottom_right_offset(seqlen_q: int, seqlen_k: int) -> int:
+    """fa_cute.forward's causal offset (FlashAttention >= 2.1): the last query row sees every
+    key. torch SDPA's is_causal (and fa_cute.sdpa) is top-left, offset 0."""
+    return seqlen_k - seqlen_q
+
+
+def causal_mask(seqlen_q: int, seqlen_k: int, causal_offset: int,
+                device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """(seqlen_q, seqlen_k) bool, True where query row r may see key c: c <= r + offset."""
+    rows = torch.arange(seqlen_q, device=device)[:, None]
+    cols = torch.arange(seqlen_k, device=device)[None, :]
+    return cols <= rows + causal_offset
+
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float,
-                  upcast: bool = True) -> torch.Tensor:
-    """softmax(q k^T * scale) v for (batch, seqlen, nheads, headdim) tensors.
+                  upcast: bool = True, *, causal: bool = False,
+                  causal_offset: Optional[int] = None, return_lse: bool = False) -> Result:
+    """softmax(q k^T * scale) v for q (batch, seqlen_q, nheads, d) and k, v
+    (batch, seqlen_k, nheads_k, d), nheads a multiple of nheads_k; output shaped like q.
 
     upcast=True computes in float64 (the reference); upcast=False computes every step in the
-    input dtype, which is the "plain" attention the 2x rule compares against.
+    input dtype, which is the "plain" attention the 2x rule compares against. causal masks
+    keys c > r + causal_offset for query row r; causal_offset defaults to bottom-right
+    (seqlen_k - seqlen_q, what fa_cute.forward does); pass 0 for torch SDPA's top-left.
+    With return_lse, also returns the natural-log LSE of the scaled scores over the visible
+    keys, float64, shape (batch, nheads, seqlen_q); -inf for rows that see no key, whose
+    output is 0.
     """
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k, nheads_k = k.shape[1], k.shape[2]
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} differ")
+    if nheads % nheads_k:
+        raise ValueError(f"nheads of q ({nheads}) is not a multiple of nheads of k ({nheads_k})")
+    if causal_offset is not None and not causal:
+        raise ValueError("causal_offset is given but causal is False")
     if upcast:
         q, k, v = (t.to(torch.float64) for t in (q, k, v))
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * softmax_scale
+    # Query head h = j * group + i reads K/V head j: q's heads split as (j, i) meet K/V
+    # without copying K/V group times (a float64 KV cache of 16k keys is large already).
+    group = nheads // nheads_k
+    q = q.reshape(batch, seqlen_q, nheads_k, group, head_dim)
+    scores = torch.einsum("bqjid,bkjd->bjiqk", q, k).reshape(batch, nheads, seqlen_q, seqlen_k)
+    scores = scores * softmax_scale
+    empty_rows = None
+    if causal:
+        offset = bottom_right_offset(seqlen_q, seqlen_k) if causal_offset is None else causal_offset
+        visible = causal_mask(seqlen_q, seqlen_k, offset, scores.device)
+        scores = scores.masked_fill(~visible, -math.inf)
+        empty_rows = ~visible.any(dim=1)
     probs = torch.softmax(scores, dim=-1)
-    return torch.einsum("bhqk,bkhd->bqhd", probs, v)
+    if empty_rows is not None:
+        # softmax of an all -inf row is 0/0 = NaN; the contract says such a row is 0.
+        probs = probs.masked_fill(empty_rows[:, None], 0.0)
+    probs = probs.reshape(batch, nheads_k, group, seqlen_q, seqlen_k)
+    out = torch.einsum("bjiqk,bkjd->bqjid", probs, v).reshape(batch, seqlen_q, nheads, head_dim)
+    if not return_lse:
+        return out
+    return out, torch.logsumexp(scores, dim=-1).to(torch.float64)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64."""
-    diff = out.to(device=ref.device, dtype=torch.float64) - ref
-    return (diff.norm() / ref.norm()).item()
+    """||out - ref|| / ||ref|| in float64; ||out - ref|| itself where ref is all zeros (rows
+    that see no key), so that a zero output still scores 0 and a nonzero one fails."""
+    diff_norm = (out.to(device=ref.device, dtype=torch.float64) - ref).norm().item()
+    ref_norm = ref.norm().item()
+    return diff_norm / ref_norm if ref_norm > 0 else diff_norm
 
 
 def check_close(out: torch.Tensor, ref: torch.Tensor, plain: torch.Tensor,
@@ -56,8 +123,9 @@ def check_close(out: torch.Tensor, ref: torch.Tensor, plain: torch.Tensor,
         bad = (~torch.isfinite(out)).sum().item()
         raise AssertionError(f"output has {bad} NaN/inf elements")
     out64 = out.to(device=ref.device, dtype=torch.float64)
-    max_err = (out64 - ref).abs().max().item()
-    plain_err = (plain.to(device=ref.device, dtype=torch.float64) - ref).abs().max().item()
+    max_err = (out64 - ref).abs().max().item() if ref.numel() else 0.0
+    plain_err = ((plain.to(device=ref.device, dtype=torch.float64) - ref).abs().max().item()
+                 if ref.numel() else 0.0)
     bound = 2.0 * plain_err + slack
     if not max_err <= bound:
         raise AssertionError(f"max abs error {max_err:.3e} exceeds 2 x plain {out.dtype} error "
@@ -67,3 +135,40 @@ def check_close(out: torch.Tensor, ref: torch.Tensor, plain: torch.Tensor,
     if not rel <= rel_tol:
         raise AssertionError(f"relative error {rel:.3e} exceeds {rel_tol:g} for {out.dtype}")
     return max_err, plain_err
+
+
+def check_lse(lse: torch.Tensor, ref: torch.Tensor, atol: float = LSE_ATOL,
+              rtol: float = LSE_RTOL) -> float:
+    """Raise AssertionError unless `lse` matches the reference LSE; return the max abs error
+    over the finite entries.
+
+    lse: the kernel's (batch, nheads, seqlen_q) LSE; ref: attention_ref(...,
+    return_lse=True)[1]. Entries must be -inf exactly where the reference is -inf (rows
+    that see no key) and finite within atol + rtol * |ref| everywhere else; NaN and +inf
+    always fail.
+    """
+    if lse.shape != ref.shape:
+        raise AssertionError(f"LSE shape {tuple(lse.shape)}, expected {tuple(ref.shape)}")
+    lse64 = lse.to(device=ref.device, dtype=torch.float64)
+    if torch.isnan(lse64).any().item() or torch.isposinf(lse64).any().item():
+        bad = (torch.isnan(lse64) | torch.isposinf(lse64)).sum().item()
+        raise AssertionError(f"LSE has {bad} NaN/+inf entries")
+    ref_empty = torch.isneginf(ref)
+    mismatch = ref_empty != torch.isneginf(lse64)
+    if mismatch.any().item():
+        first = tuple(int(i) for i in mismatch.nonzero()[0])
+        raise AssertionError(
+            f"LSE is -inf at {int((~ref_empty & mismatch).sum())} entries that see keys and "
+            f"finite at {int((ref_empty & mismatch).sum())} that see none; first at (batch, "
+            f"head, row) {first}: {lse64[first].item()} vs reference {ref[first].item()}")
+    finite = ~ref_empty
+    if not finite.any().item():
+        return 0.0
+    err = (lse64[finite] - ref[finite]).abs()
+    excess = err - (atol + rtol * ref[finite].abs())
+    worst = int(excess.argmax())
+    if excess[worst].item() > 0:
+        raise AssertionError(f"LSE error {err[worst].item():.3e} at reference value "
+                             f"{ref[finite][worst].item():.4f} exceeds {atol:g} + {rtol:g} x "
+                             f"|reference|; max error {err.max().item():.3e}")
+    return err.max().item()

@@ -5,9 +5,12 @@ passes before it is timed, and the table format.
 
 Shapes follow FlashAttention's benchmark: batch * seqlen = 16384 tokens and
 nheads * headdim = 2048, so every seqlen moves the same number of bytes and only the
-attention's quadratic part grows. FLOPs = 4 * batch * nheads * seqlen^2 * headdim (two
-matrix products, non-causal). Inputs are (batch, nheads, seqlen, headdim) tensors, SDPA's
-layout; fa_cute reads them through `.transpose(1, 2)` views, without copies.
+attention's quadratic part grows. FLOPs = 4 * batch * nheads * seqlen_q * seqlen_k * headdim
+(two matrix products), halved when causal: FlashAttention's convention, which for
+seqlen_q == seqlen_k counts N^2 / 2 of the N (N + 1) / 2 visible scores. A decode step
+(one query row) is memory-bound and is measured in bytes instead: Q, K and V read once and
+O written once. Inputs are (batch, nheads, seqlen, headdim) tensors, SDPA's layout; fa_cute
+reads them through `.transpose(1, 2)` views, without copies.
 """
 
 import argparse
@@ -25,7 +28,10 @@ from fa_cute._reference import attention_ref, check_close
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TOKENS = 16384  # batch * seqlen
 WIDTH = 2048    # nheads * headdim
-CHECK_SHAPE = (2, 1024, 4)  # batch, seqlen, nheads of the correctness check
+#: batch, seqlen_q, seqlen_k, nheads, nheads_k of the correctness check
+CHECK_SHAPE = (2, 1024, 1024, 4, 4)
+#: --causal's choices: which masks to run
+CAUSAL_CHOICES = {"false": (False,), "true": (True,), "both": (False, True)}
 
 Timer = Callable[[Callable[[], object]], float]
 InputSet = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -44,14 +50,21 @@ def banner(props, timer_name: str) -> str:
             f"{build['cutlass_version']}, archs {build['archs']}); timing: {timer_name}")
 
 
-def add_shape_args(p: argparse.ArgumentParser, dtype_default: str) -> None:
-    """--seqlens, --headdim, --dtype, --warmup and --rep."""
-    def ints(text: str) -> List[int]:
-        try:
-            return [int(x) for x in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected integers like 1024,2048")
+def ints(text: str) -> List[int]:
+    """A comma-separated list of positive integers, for argparse."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers like 1024,2048")
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers >= 1")
+    return values
 
+
+def add_shape_args(p: argparse.ArgumentParser, dtype_default: str,
+                   headdim_list: bool = False) -> None:
+    """--seqlens, --headdim (one int, or with headdim_list a comma-separated list), --dtype,
+    --warmup, --rep and --rounds."""
     def dtypes(text: str) -> List[str]:
         names = text.split(",")
         for name in names:
@@ -61,7 +74,11 @@ def add_shape_args(p: argparse.ArgumentParser, dtype_default: str) -> None:
 
     p.add_argument("--seqlens", type=ints, default="1024,2048,4096,8192,16384",
                    help="comma-separated seqlens, one row each (default: %(default)s)")
-    p.add_argument("--headdim", type=int, default=128, help="head dim (default: 128)")
+    if headdim_list:
+        p.add_argument("--headdim", type=ints, default="128",
+                       help="comma-separated head dims, a table each (default: %(default)s)")
+    else:
+        p.add_argument("--headdim", type=int, default=128, help="head dim (default: 128)")
     p.add_argument("--dtype", type=dtypes, default=dtype_default,
                    help=f"bf16, fp16 or bf16,fp16 (default: {dtype_default})")
     p.add_argument("--warmup", type=float, default=25.0, help="warm-up per timing, ms")
@@ -115,14 +132,41 @@ def interleaved_medians(timings: Dict[str, Timing], rounds: int,
             why)
 
 
-def problem(seqlen: int, head_dim: int) -> Tuple[int, int, int]:
-    """(batch, nheads, FLOPs) of the benchmark shape for seqlen and head_dim."""
+def add_causal_arg(p: argparse.ArgumentParser) -> None:
+    """--causal false|true|both; the parsed value is a string, CAUSAL_CHOICES maps it."""
+    p.add_argument("--causal", choices=list(CAUSAL_CHOICES), default="false",
+                   help="non-causal (false), causal (true) or both, a table each; causal is "
+                        "bottom-right for fa_cute and top-left for SDPA, the same mask where "
+                        "seqlen_q == seqlen_k (default: %(default)s)")
+
+
+def attention_flops(batch: int, nheads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
+                    causal: bool = False) -> int:
+    """4 * B * H * seqlen_q * seqlen_k * d (QK^T and PV), halved when causal."""
+    flops = 4 * batch * nheads * seqlen_q * seqlen_k * head_dim
+    return flops // 2 if causal else flops
+
+
+def problem(seqlen: int, head_dim: int, causal: bool = False) -> Tuple[int, int, int]:
+    """(batch, nheads, FLOPs) of the benchmark shape for seqlen and head_dim; FLOPs halved
+    when causal."""
     batch, nheads = max(1, TOKENS // seqlen), max(1, WIDTH // head_dim)
-    return batch, nheads, 4 * batch * nheads * seqlen * seqlen * head_dim
+    return batch, nheads, attention_flops(batch, nheads, seqlen, seqlen, head_dim, causal)
+
+
+def decode_bytes(batch: int, nheads: int, nheads_k: int, seqlen_k: int, head_dim: int,
+                 itemsize: int) -> int:
+    """What one decode step must move at least: its query row and K/V cache read, its output
+    row written (K/V heads read once, however many query heads share them)."""
+    return (2 * batch * nheads * head_dim + 2 * batch * nheads_k * seqlen_k * head_dim) * itemsize
 
 
 def tflops(flops: int, ms: Optional[float]) -> Optional[float]:
     return None if ms is None else flops / (ms * 1e9)
+
+
+def gbps(nbytes: int, ms: Optional[float]) -> Optional[float]:
+    return None if ms is None else nbytes / (ms * 1e6)
 
 
 def make_timer(warmup_ms: float, rep_ms: float) -> Tuple[str, Timer]:
@@ -134,6 +178,11 @@ def make_timer(warmup_ms: float, rep_ms: float) -> Tuple[str, Timer]:
         return "CUDA events (median)", lambda fn: _event_median(fn, warmup_ms, rep_ms)
     return ("triton.testing.do_bench (median)",
             lambda fn: do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+#: GPU cycles of the spin before each timed call of the fallback timer (about 100 us), longer
+#: than fa_cute.forward's host-side validation and launch.
+_HOST_LEAD_CYCLES = 200_000
 
 
 def _event_median(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> float:
@@ -151,6 +200,10 @@ def _event_median(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> 
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(max(1, int(rep_ms / estimate)))]
     for s, e in events:
+        # A busy GPU lets the host queue fn before its start event runs; otherwise a kernel
+        # of a few microseconds (a decode step) would be timed with the host's launch
+        # overhead. Triton's do_bench gets the same from its L2 flush.
+        torch.cuda._sleep(_HOST_LEAD_CYCLES)
         s.record()
         fn()
         e.record()
@@ -159,14 +212,18 @@ def _event_median(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> 
 
 
 def input_sets(batch: int, nheads: int, seqlen: int, head_dim: int, dtype: torch.dtype,
-               l2_bytes: int) -> List[InputSet]:
-    """Random (batch, nheads, seqlen, head_dim) q, k, v; several sets when one set's
-    q + k + v + output fits in twice the L2 cache, so that cycling through them times
-    memory rather than the cache."""
-    set_bytes = 4 * batch * nheads * seqlen * head_dim * dtype.itemsize
+               l2_bytes: int, *, seqlen_k: Optional[int] = None,
+               nheads_k: Optional[int] = None) -> List[InputSet]:
+    """Random (batch, nheads, seqlen, head_dim) q and (batch, nheads_k, seqlen_k, head_dim)
+    k, v (by default as q); several sets when one set's q + k + v + output fits in twice
+    the L2 cache, so that cycling through them times memory rather than the cache."""
+    seqlen_k = seqlen if seqlen_k is None else seqlen_k
+    nheads_k = nheads if nheads_k is None else nheads_k
+    q_shape, kv_shape = (batch, nheads, seqlen, head_dim), (batch, nheads_k, seqlen_k, head_dim)
+    set_bytes = 2 * (math.prod(q_shape) + math.prod(kv_shape)) * dtype.itemsize
     count = 1 if set_bytes > 2 * l2_bytes else math.ceil(4 * l2_bytes / set_bytes)
-    shape = (batch, nheads, seqlen, head_dim)
-    return [tuple(torch.randn(shape, device="cuda", dtype=dtype) for _ in range(3))
+    return [tuple(torch.randn(shape, device="cuda", dtype=dtype)
+                  for shape in (q_shape, kv_shape, kv_shape))
             for _ in range(count)]
 
 
@@ -181,9 +238,22 @@ def fa_cute_bhnd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) ->
     return fa_cute.forward(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kwargs)
 
 
-def time_fa_cute(config: str, sets: List[InputSet], timer: Timer) -> Tuple[Optional[float], str]:
-    """(ms, "") or (None, why); a config that does not take the shape is not an error."""
-    fn = cycling(fa_cute_bhnd, sets, config=config)
+def resolve(config: str, dtype: torch.dtype, batch: int, nheads: int, seqlen_q: int,
+            nheads_k: int, seqlen_k: int, head_dim: int, causal: bool) -> str:
+    """The config fa_cute.forward(..., config=config) runs for this shape on the current GPU
+    (auto's pick, or config itself); ValueError for a config it cannot run. Nothing is
+    allocated: the tensors asked about are broadcast views of one row."""
+    row = torch.empty(head_dim, device="cuda", dtype=dtype)
+    q = row.expand(batch, seqlen_q, nheads, head_dim)
+    kv = row.expand(batch, seqlen_k, nheads_k, head_dim)
+    return fa_cute.resolve_config(q, kv, kv, causal=causal, config=config)
+
+
+def time_fa_cute(config: str, sets: List[InputSet], timer: Timer,
+                 causal: bool = False) -> Tuple[Optional[float], str]:
+    """(ms, "") or (None, why); a config that does not take the shape is not an error.
+    causal is bottom-right (fa_cute.forward's)."""
+    fn = cycling(fa_cute_bhnd, sets, config=config, causal=causal)
     try:
         fn()
         return timer(fn), ""
@@ -191,32 +261,41 @@ def time_fa_cute(config: str, sets: List[InputSet], timer: Timer) -> Tuple[Optio
         return None, str(exc)
 
 
-def check(config: str, head_dim: int) -> Dict:
-    """bf16 output of `config`, written over NaN, against the float64 reference."""
-    batch, seqlen, nheads = CHECK_SHAPE
-    q, k, v = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda").to(torch.bfloat16)
-               for _ in range(3))
+def check(config: str, head_dim: int, causal: bool = False,
+          shape: Tuple[int, int, int, int, int] = CHECK_SHAPE) -> Dict:
+    """bf16 output of `config`, written over NaN, against the float64 reference; shape is
+    (batch, seqlen_q, seqlen_k, nheads, nheads_k), causal bottom-right as forward's."""
+    batch, seqlen_q, seqlen_k, nheads, nheads_k = shape
+    q = torch.randn(batch, seqlen_q, nheads, head_dim, device="cuda").to(torch.bfloat16)
+    k, v = (torch.randn(batch, seqlen_k, nheads_k, head_dim, device="cuda").to(torch.bfloat16)
+            for _ in range(2))
     scale = 1.0 / math.sqrt(head_dim)
     out = torch.full_like(q, math.nan)
-    fa_cute.forward(q, k, v, config=config, out=out)
-    result = {"config": config, "shape": [batch, seqlen, nheads, head_dim]}
+    fa_cute.forward(q, k, v, causal=causal, config=config, out=out)
+    result = {"config": config, "causal": causal, "shape": [*shape, head_dim]}
     try:
-        max_err, plain_err = check_close(out, attention_ref(q, k, v, scale),
-                                         attention_ref(q, k, v, scale, upcast=False))
+        max_err, plain_err = check_close(
+            out, attention_ref(q, k, v, scale, causal=causal),
+            attention_ref(q, k, v, scale, upcast=False, causal=causal))
         result.update(ok=True, max_err=max_err, plain_err=plain_err)
     except AssertionError as exc:
         result.update(ok=False, error=str(exc))
     return result
 
 
-def run_checks(configs: Sequence[str], head_dim: int) -> List[Dict]:
-    """`check` each config and print its verdict; raises ValueError for a config that
-    cannot run the check (an unknown name, another head dim)."""
-    checks = [check(name, head_dim) for name in dict.fromkeys(configs)]
+def run_checks(configs: Sequence[str], head_dim: int, causal: Sequence[bool] = (False,),
+               shape: Tuple[int, int, int, int, int] = CHECK_SHAPE) -> List[Dict]:
+    """`check` each config with each causal flag and print its verdict; raises ValueError
+    for a config that cannot run the check (an unknown name, another head dim)."""
+    checks = [check(name, head_dim, c, shape) for name in dict.fromkeys(configs)
+              for c in causal]
     for c in checks:
         verdict = (f"max abs error {c['max_err']:.2e} (plain bf16: {c['plain_err']:.2e}), ok"
                    if c["ok"] else f"FAILED: {c['error']}")
-        print(f"check {c['config']}, bf16 {tuple(c['shape'])}: {verdict}")
+        batch, seqlen_q, seqlen_k, nheads, nheads_k, d = c["shape"]
+        print(f"check {c['config']}, bf16 {'causal' if c['causal'] else 'non-causal'}, "
+              f"B={batch} N_q={seqlen_q} N_k={seqlen_k} H={nheads} H_kv={nheads_k} d={d}: "
+              f"{verdict}")
     return checks
 
 

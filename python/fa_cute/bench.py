@@ -1,5 +1,6 @@
 """`python -m fa_cute.bench`: check fa_cute against a float64 reference, then time it next
-to PyTorch's scaled_dot_product_attention backends and print a TFLOP/s table (last).
+to PyTorch's scaled_dot_product_attention backends and print a TFLOP/s table per head dim
+and mask (last).
 
 The fa_cute column runs config="auto" (the tuning cache's pick, else the built-in table's,
 else the heuristic's; `python -m fa_cute.tune` fills the cache) unless --config names one.
@@ -9,16 +10,24 @@ pick, FLASH (FlashAttention-2) and CUDNN, each with its ratio to FLASH.
 Shapes follow FlashAttention's benchmark: batch * seqlen = 16384 tokens and
 nheads * headdim = 2048, so every row moves the same number of bytes and only the
 attention's quadratic part grows. FLOPs = 4 * batch * nheads * seqlen^2 * headdim (two
-matrix products, non-causal). fa_cute and SDPA read the same (batch, nheads, seqlen,
-headdim) tensors: fa_cute through `.transpose(1, 2)` views, without copies.
+matrix products), halved when causal (FlashAttention's convention). Causal is bottom-right
+for fa_cute and top-left for SDPA (is_causal=True), the same mask at seqlen_q == seqlen_k.
+fa_cute and SDPA read the same (batch, nheads, seqlen, headdim) tensors: fa_cute through
+`.transpose(1, 2)` views, without copies.
+
+--decode times one decode step instead (seqlen_q = 1 against a KV cache of each --seqlens
+length, --batch, --nheads query and --nheads-kv key/value heads; SDPA with enable_gqa) and
+reports microseconds and the memory bandwidth achieved: Q, K and V read once, O written once.
 """
 
 import argparse
 import functools
 import itertools
 import json
+import os
 import re
 import sys
+import textwrap
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -28,16 +37,21 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
 from fa_cute import _api, _C, _tuned, _tuning
-from fa_cute._timing import (DTYPES, TOKENS, WIDTH, Timer, add_shape_args, banner, cycling,
-                             interleaved_medians,
-                             format_table, input_sets, make_timer, no_gpu, problem, run_checks,
-                             tflops, time_fa_cute)
+from fa_cute._timing import (CAUSAL_CHOICES, DTYPES, TOKENS, WIDTH, Timer, add_causal_arg,
+                             add_shape_args, banner, cycling, decode_bytes, format_table, gbps,
+                             input_sets, interleaved_medians, make_timer, no_gpu, positive_int,
+                             problem, resolve, run_checks, tflops, time_fa_cute)
 
 SDPA_BACKENDS = {"FLASH": SDPBackend.FLASH_ATTENTION, "CUDNN": SDPBackend.CUDNN_ATTENTION,
                  "EFFICIENT": SDPBackend.EFFICIENT_ATTENTION}
 LADDER_SDPA = ["FLASH", "CUDNN"]  # --ladder's anchors: FlashAttention-2 and the fastest
+DECODE_SDPA = ["FLASH", "CUDNN"]
 LADDER_BUILD = ("pip install --no-build-isolation -Ccmake.define.FA_CUTE_LADDER=ON . "
                 "(add -Ccmake.define.FA_CUTE_CONFIGS=... to build fewer production configs)")
+#: --decode's default shape: a serving batch of a GQA model (Llama-3-8B's heads)
+DECODE_BATCH, DECODE_NHEADS, DECODE_NHEADS_KV = 16, 32, 8
+#: batch, seqlen_q, seqlen_k of the correctness check before a decode table
+DECODE_CHECK = (2, 1, 1000)
 
 Column = Tuple[str, str]  # (key in the records, header in the table and the plot)
 
@@ -45,7 +59,8 @@ Column = Tuple[str, str]  # (key in the records, header in the table and the plo
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fa_cute.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_shape_args(p, dtype_default="bf16")
+    add_shape_args(p, dtype_default="bf16", headdim_list=True)
+    add_causal_arg(p)
     p.add_argument("--config", help="time this config in the fa_cute column instead of "
                                     "auto's pick")
     columns = p.add_mutually_exclusive_group()
@@ -55,10 +70,39 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                          help="a column per optimisation-ladder rung (a build with "
                               "FA_CUTE_LADDER=ON), next to fa_cute, FLASH and CUDNN, with "
                               "ratios to FLASH")
+    p.add_argument("--decode", action="store_true",
+                   help="time a decode step (seqlen_q = 1, seqlen_k from --seqlens) in us and "
+                        "GB/s, next to FLASH and CUDNN")
+    p.add_argument("--batch", type=positive_int,
+                   help=f"--decode's batch (default: {DECODE_BATCH})")
+    p.add_argument("--nheads", type=positive_int,
+                   help=f"--decode's query heads (default: {DECODE_NHEADS})")
+    p.add_argument("--nheads-kv", type=positive_int,
+                   help=f"--decode's key/value heads (default: {DECODE_NHEADS_KV})")
     p.add_argument("--plot", metavar="FILE.png",
-                   help="draw TFLOP/s against N to FILE.png, a line per column (matplotlib)")
+                   help="draw TFLOP/s (GB/s with --decode) against N to FILE.png, a line per "
+                        "column; with several head dims or masks, FILE-d64-causal.png etc.")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    decode_shape = (args.batch, args.nheads, args.nheads_kv)
+    if args.decode:
+        if args.causal != "false":
+            p.error("--decode: one query row aligned bottom-right sees every key, so a decode "
+                    "step is timed non-causal (SDPA's top-left is_causal would hide all keys "
+                    "but the first); drop --causal")
+        if args.ladder:
+            p.error("--decode and --ladder: the ladder is timed on the forward table's shapes")
+        args.batch, args.nheads, args.nheads_kv = (
+            given or default for given, default
+            in zip(decode_shape, (DECODE_BATCH, DECODE_NHEADS, DECODE_NHEADS_KV)))
+        if args.nheads % args.nheads_kv:
+            p.error(f"--nheads {args.nheads} is not a multiple of --nheads-kv "
+                    f"{args.nheads_kv}")
+    elif any(x is not None for x in decode_shape):
+        p.error("--batch, --nheads and --nheads-kv set --decode's shape; the forward tables "
+                f"use B = {TOKENS} / N and H = {WIDTH} / d")
+    args.causal = CAUSAL_CHOICES[args.causal]
+    return args
 
 
 def ladder_configs(head_dim: int) -> List[dict]:
@@ -73,9 +117,10 @@ def rung_label(config: dict) -> str:
     return f"{config['rung']} " + re.sub(r"^ladder\d+_|_d\d+$", "", config["name"])
 
 
-def time_sdpa(backend: SDPBackend, sets, timer: Timer) -> Tuple[Optional[float], str]:
-    """(ms, "") or (None, why) when the backend cannot run this shape here."""
-    fn = cycling(F.scaled_dot_product_attention, sets)
+def time_sdpa(backend: SDPBackend, sets, timer: Timer, **kwargs) -> Tuple[Optional[float], str]:
+    """(ms, "") or (None, why) when the backend cannot run this shape here. kwargs go to
+    scaled_dot_product_attention (is_causal, enable_gqa)."""
+    fn = cycling(F.scaled_dot_product_attention, sets, **kwargs)
     try:
         with warnings.catch_warnings(), sdpa_kernel(backend):
             warnings.simplefilter("ignore")
@@ -87,22 +132,45 @@ def time_sdpa(backend: SDPBackend, sets, timer: Timer) -> Tuple[Optional[float],
 
 
 def time_row(dtype_name: str, seqlen: int, head_dim: int, configs: Dict[str, str],
-             sdpa: List[str], l2_bytes: int, timer: Timer, rounds: int) -> Dict:
+             sdpa: List[str], l2_bytes: int, timer: Timer, rounds: int,
+             causal: bool = False) -> Dict:
     """Time every column for one (dtype, seqlen) on shared inputs; ms and TFLOP/s per column.
 
     configs maps each fa_cute column to the config it runs; the "fa_cute" column's config
     is also recorded as the row's "config". Columns are timed interleaved (`rounds`).
     """
-    batch, nheads, flops = problem(seqlen, head_dim)
+    batch, nheads, flops = problem(seqlen, head_dim, causal)
     sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
-    timings = {column: functools.partial(time_fa_cute, config, sets, timer)
+    timings = {column: functools.partial(time_fa_cute, config, sets, timer, causal)
                for column, config in configs.items()}
-    timings.update({column: functools.partial(time_sdpa, SDPA_BACKENDS[column], sets, timer)
+    timings.update({column: functools.partial(time_sdpa, SDPA_BACKENDS[column], sets, timer,
+                                              is_causal=causal)
                     for column in sdpa})
     ms, why = interleaved_medians(timings, rounds)
-    return dict(dtype=dtype_name, seqlen=seqlen, batch=batch, nheads=nheads,
-                head_dim=head_dim, flops=flops, config=configs["fa_cute"],
+    return dict(kind="forward", dtype=dtype_name, seqlen=seqlen, batch=batch, nheads=nheads,
+                head_dim=head_dim, causal=causal, flops=flops, config=configs["fa_cute"],
                 input_sets=len(sets), ms=ms, tflops={c: tflops(flops, t) for c, t in ms.items()},
+                not_run={c: w for c, w in why.items() if w})
+
+
+def time_decode_row(dtype_name: str, seqlen_k: int, head_dim: int, batch: int, nheads: int,
+                    nheads_kv: int, configs: Dict[str, str], sdpa: List[str], l2_bytes: int,
+                    timer: Timer, rounds: int) -> Dict:
+    """Time one decode step (seqlen_q = 1) per column; ms and GB/s per column."""
+    dtype = DTYPES[dtype_name]
+    nbytes = decode_bytes(batch, nheads, nheads_kv, seqlen_k, head_dim, dtype.itemsize)
+    sets = input_sets(batch, nheads, 1, head_dim, dtype, l2_bytes, seqlen_k=seqlen_k,
+                      nheads_k=nheads_kv)
+    timings = {column: functools.partial(time_fa_cute, config, sets, timer)
+               for column, config in configs.items()}
+    timings.update({column: functools.partial(time_sdpa, SDPA_BACKENDS[column], sets, timer,
+                                              enable_gqa=nheads != nheads_kv)
+                    for column in sdpa})
+    ms, why = interleaved_medians(timings, rounds)
+    return dict(kind="decode", dtype=dtype_name, seqlen_q=1, seqlen_k=seqlen_k, batch=batch,
+                nheads=nheads, nheads_kv=nheads_kv, head_dim=head_dim, causal=False,
+                bytes=nbytes, config=configs["fa_cute"], input_sets=len(sets), ms=ms,
+                gbps={c: gbps(nbytes, t) for c, t in ms.items()},
                 not_run={c: w for c, w in why.items() if w})
 
 
@@ -121,19 +189,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("fa_cute.bench: --plot needs the Python package matplotlib, which is not "
                   "installed: pip install matplotlib")
             return 2
-    if args.ladder:
-        rungs = ladder_configs(args.headdim)
-        if not rungs:
-            print(f"fa_cute.bench: --ladder: this build holds no ladder config for head dim "
-                  f"{args.headdim}. The ladder is compiled only when asked: {LADDER_BUILD}")
+    built = sorted({c["head_dim"] for c in fa_cute.configs() if c["rung"] is None})
+    for d in args.headdim:
+        if d not in built:
+            print(f"fa_cute.bench: --headdim {d} is not built; built head dims: "
+                  f"{', '.join(map(str, built))}")
             return 2
-        extra = [(c["name"], rung_label(c)) for c in rungs]
-        sdpa = LADDER_SDPA
-    else:
-        rungs = []
-        extra = [(c["name"], c["name"]) for c in fa_cute.configs() if args.all_configs
-                 and c["rung"] is None and c["head_dim"] == args.headdim]
-        sdpa = list(SDPA_BACKENDS)
+    rungs = {d: ladder_configs(d) for d in args.headdim} if args.ladder else {}
+    for d, found in rungs.items():
+        if not found:
+            print(f"fa_cute.bench: --ladder: this build holds no ladder config for head dim "
+                  f"{d}. The ladder is compiled only when asked: {LADDER_BUILD}")
+            return 2
+    extra = {d: ([(c["name"], rung_label(c)) for c in rungs[d]] if args.ladder else
+                 [(c["name"], c["name"]) for c in fa_cute.configs() if args.all_configs
+                  and c["rung"] is None and c["head_dim"] == d])
+             for d in args.headdim}
+    sdpa = LADDER_SDPA if args.ladder else DECODE_SDPA if args.decode else list(SDPA_BACKENDS)
 
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
@@ -143,66 +215,131 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"config auto: {len(_tuning.cached_configs(gpu))} entries for this GPU in the tuning "
           f"cache {_tuning.cache_path()}, {len(_tuned.TABLE.get(gpu, {}))} in the built-in table")
 
+    groups = [(d, causal) for d in args.headdim for causal in args.causal]
     shapes = list(itertools.product(args.dtype, args.seqlens))
+    checks = []
     try:
-        picks = {(d, n): args.config or _api._auto_config(gpu, cc, d, args.headdim, n)["name"]
-                 for d, n in shapes}
-        checks = run_checks(list(picks.values()) + [key for key, _ in extra], args.headdim)
-    except ValueError as exc:  # an unknown --config, an unsupported --headdim
+        picks = {(d, causal, dtype, n): resolve(args.config or "auto", DTYPES[dtype],
+                                                *row_shape(args, n, d), d, causal)
+                 for (d, causal), (dtype, n) in itertools.product(groups, shapes)}
+        for d in args.headdim:
+            names = [p for (pd, _, _, _), p in picks.items() if pd == d]
+            names += [key for key, _ in extra[d]]
+            if args.decode:
+                checks += run_checks(names, d, shape=(*DECODE_CHECK, args.nheads,
+                                                      args.nheads_kv))
+            else:
+                checks += run_checks(names, d, causal=args.causal)
+    except ValueError as exc:  # an unknown --config, one for another head dim
         print(f"fa_cute.bench: {exc}")
         return 2
     if not all(c["ok"] for c in checks):
         return 1
 
-    records = [time_row(dtype_name, seqlen, args.headdim,
-                        {"fa_cute": picks[dtype_name, seqlen], **{k: k for k, _ in extra}},
-                        sdpa, props.L2_cache_size, timer, args.rounds)
-               for dtype_name, seqlen in shapes]
-    fa_columns = (extra + [("fa_cute", "fa_cute")] if args.ladder
-                  else [("fa_cute", "fa_cute")] + extra)
-    columns = fa_columns + [(c, c) for c in sdpa]
+    records = []
+    for (d, causal), (dtype, n) in itertools.product(groups, shapes):
+        configs = {"fa_cute": picks[d, causal, dtype, n], **{k: k for k, _ in extra[d]}}
+        if args.decode:
+            records.append(time_decode_row(dtype, n, d, args.batch, args.nheads,
+                                           args.nheads_kv, configs, sdpa,
+                                           props.L2_cache_size, timer, args.rounds))
+        else:
+            records.append(time_row(dtype, n, d, configs, sdpa, props.L2_cache_size, timer,
+                                    args.rounds, causal))
+    fa_columns = {d: (extra[d] + [("fa_cute", "fa_cute")] if args.ladder
+                      else [("fa_cute", "fa_cute")] + extra[d]) for d in args.headdim}
     if args.json:
+        columns = dict(c for d in args.headdim for c in fa_columns[d] + [(s, s) for s in sdpa])
         with open(args.json, "w") as f:
             json.dump(dict(gpu=props.name, compute_capability=list(cc), torch=torch.__version__,
                            fa_cute=fa_cute.__version__, build_info=_C.build_info(),
-                           timer=timer_name, checks=checks, columns=dict(columns),
+                           timer=timer_name, checks=checks, columns=columns,
                            rows=records), f, indent=2)
         print(f"wrote {args.json}")
+    tables = [([r for r in records if (r["head_dim"], r["causal"]) == group], group)
+              for group in groups]
     if pyplot is not None:
-        plot(pyplot, records, columns, args.plot, f"{props.name}, head dim {args.headdim}, "
-                                                  "non-causal forward")
-        print(f"wrote {args.plot}")
+        for rows, (d, causal) in tables:
+            path = plot_path(args.plot, d, causal, len(tables) > 1)
+            metric = "gbps" if args.decode else "tflops"
+            plot(pyplot, rows, fa_columns[d] + [(c, c) for c in sdpa], path,
+                 f"{props.name}, {table_title(rows)}", metric=metric)
+            print(f"wrote {path}")
     for r in records:
         for column, why in r["not_run"].items():
-            print(f"{r['dtype']} N={r['seqlen']} {column}: n/a ({why})")
-    for c in rungs:
-        print(f"rung {c['rung']} ({c['name']}): {c['description']}")
-    if args.ladder:
-        print(render_ladder(records, fa_columns, sdpa))
-    else:
-        print(render(records, [key for key, _ in fa_columns], sdpa))
+            print(f"{r['dtype']} {row_label(r)} {column}: n/a ({why})")
+    for d in rungs:
+        for c in rungs[d]:
+            print(f"rung {c['rung']} ({c['name']}): {c['description']}")
+    for rows, (d, _) in tables:
+        if args.decode:
+            print(render_decode(rows, [key for key, _ in fa_columns[d]], sdpa))
+        elif args.ladder:
+            print(render_ladder(rows, fa_columns[d], sdpa))
+        else:
+            print(render(rows, [key for key, _ in fa_columns[d]], sdpa))
     return 0
+
+
+def row_shape(args: argparse.Namespace, seqlen: int, head_dim: int
+              ) -> Tuple[int, int, int, int, int]:
+    """(batch, nheads, seqlen_q, nheads_k, seqlen_k) of a row: --decode's shape with a KV
+    cache of seqlen, else the forward benchmark's for seqlen and head_dim."""
+    if args.decode:
+        return args.batch, args.nheads, 1, args.nheads_kv, seqlen
+    batch, nheads, _ = problem(seqlen, head_dim)
+    return batch, nheads, seqlen, nheads, seqlen
+
+
+def plot_path(path: str, head_dim: int, causal: bool, several: bool) -> str:
+    """path itself for a single table, else path with '-d{head_dim}-{mask}' before the
+    extension, a file per table."""
+    if not several:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}-d{head_dim}-{'causal' if causal else 'noncausal'}{ext or '.png'}"
+
+
+def row_label(r: Dict) -> str:
+    """'N=4096 d=128 causal' or 'decode N_k=4096 d=128', for the n/a lines."""
+    if r.get("kind") == "decode":
+        return f"decode N_k={r['seqlen_k']} d={r['head_dim']}"
+    return (f"N={r['seqlen']} d={r['head_dim']} "
+            f"{'causal' if r.get('causal') else 'non-causal'}")
+
+
+def table_title(records: List[Dict]) -> str:
+    """What a table holds: head dim, mask, and how the FLOPs or bytes are counted."""
+    r = records[0]
+    if r.get("kind") == "decode":
+        return (f"decode (seqlen_q = 1), head dim {r['head_dim']}, B = {r['batch']}, "
+                f"H = {r['nheads']}, H_kv = {r['nheads_kv']}; GB/s count Q, K, V read and "
+                "O written once")
+    if r.get("causal"):
+        return (f"head dim {r['head_dim']}, causal forward (fa_cute bottom-right, SDPA "
+                "top-left: the same mask at N_q = N_k; FLOPs halved: 2*B*H*N^2*d)")
+    return f"head dim {r['head_dim']}, non-causal forward"
 
 
 def _num(x: Optional[float], fmt: str = ".1f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def _ratio(r: Dict, column: str, anchor: str) -> str:
-    a, b = r["tflops"][column], r["tflops"][anchor]
+def _ratio(r: Dict, column: str, anchor: str, metric: str = "tflops") -> str:
+    a, b = r[metric][column], r[metric][anchor]
     return "n/a" if a is None or b is None else f"{a / b:.2f}x"
 
 
 def render(records: List[Dict], fa_columns: List[str], sdpa: List[str]) -> str:
-    """The TFLOP/s table: one row per (dtype, seqlen), n/a where a column did not run."""
+    """The TFLOP/s table of one head dim and mask: one row per (dtype, seqlen), n/a where a
+    column did not run."""
     columns = fa_columns + sdpa
     header = ["dtype", "N", "B", "H"] + columns + ["fa/FLASH", "fa/CUDNN", "fa_cute config"]
     rows = [[r["dtype"], str(r["seqlen"]), str(r["batch"]), str(r["nheads"])]
             + [_num(r["tflops"][c]) for c in columns]
             + [_ratio(r, "fa_cute", "FLASH"), _ratio(r, "fa_cute", "CUDNN")]
             + [r["config"]] for r in records]
-    return f"TFLOP/s, head dim {records[0]['head_dim']}, non-causal forward\n" + \
-        format_table(header, rows)
+    return f"TFLOP/s, {table_title(records)}\n" + format_table(header, rows)
 
 
 def render_ladder(records: List[Dict], fa_columns: List[Column], sdpa: List[str]) -> str:
@@ -215,30 +352,46 @@ def render_ladder(records: List[Dict], fa_columns: List[Column], sdpa: List[str]
     header = ["dtype", "N"] + [label for _, label in fa_columns] + sdpa + ["fa_cute config"]
     rows = [[r["dtype"], str(r["seqlen"])] + [cell(r, key) for key, _ in fa_columns]
             + [_num(r["tflops"][c]) for c in sdpa] + [r["config"]] for r in records]
-    return (f"TFLOP/s (ratio to FLASH), head dim {records[0]['head_dim']}, non-causal forward, "
-            f"B = {TOKENS} / N, H = {WIDTH} / d\n"
+    return (f"TFLOP/s (ratio to FLASH), {table_title(records)}, B = {TOKENS} / N, H = {WIDTH} / d\n"
             + format_table(header, rows))
 
 
-def plot(pyplot, records: List[Dict], columns: List[Column], path: str, title: str) -> None:
-    """TFLOP/s against N, a line per column, one panel per dtype."""
+def render_decode(records: List[Dict], fa_columns: List[str], sdpa: List[str]) -> str:
+    """--decode's table: microseconds per column, then GB/s per column, then fa_cute's
+    speed relative to FLASH and CUDNN."""
+    columns = fa_columns + sdpa
+    header = (["dtype", "N_k"] + [f"{c} us" for c in columns] + [f"{c} GB/s" for c in columns]
+              + ["fa/FLASH", "fa/CUDNN", "fa_cute config"])
+    rows = [[r["dtype"], str(r["seqlen_k"])]
+            + [_num(None if r["ms"][c] is None else r["ms"][c] * 1e3) for c in columns]
+            + [_num(r["gbps"][c], ".0f") for c in columns]
+            + [_ratio(r, "fa_cute", "FLASH", "gbps"), _ratio(r, "fa_cute", "CUDNN", "gbps")]
+            + [r["config"]] for r in records]
+    return f"us and GB/s, {table_title(records)}\n" + format_table(header, rows)
+
+
+def plot(pyplot, records: List[Dict], columns: List[Column], path: str, title: str,
+         metric: str = "tflops") -> None:
+    """TFLOP/s (metric "tflops") or GB/s ("gbps") against N, a line per column, one panel
+    per dtype."""
+    xkey = "seqlen_k" if metric == "gbps" else "seqlen"
     dtypes = list(dict.fromkeys(r["dtype"] for r in records))
     fig, axes = pyplot.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 5), squeeze=False,
                                 sharey=True)
     for ax, dtype in zip(axes[0], dtypes):
         rows = [r for r in records if r["dtype"] == dtype]
         for key, label in columns:
-            points = [(r["seqlen"], r["tflops"][key]) for r in rows
-                      if r["tflops"][key] is not None]
+            points = [(r[xkey], r[metric][key]) for r in rows if r[metric][key] is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
-        seqlens = [r["seqlen"] for r in rows]
+        seqlens = [r[xkey] for r in rows]
         ax.set_xscale("log", base=2)
         ax.set_xticks(seqlens, [str(n) for n in seqlens])
-        ax.set(title=dtype, xlabel="N (seqlen)", ylabel="TFLOP/s", ylim=(0, None))
+        ax.set(title=dtype, xlabel="N_k (KV cache length)" if metric == "gbps" else "N (seqlen)",
+               ylabel="GB/s" if metric == "gbps" else "TFLOP/s", ylim=(0, None))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 70 * len(dtypes)))
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     pyplot.close(fig)

@@ -1,0 +1,61 @@
+"""What the attention GPU tests share (test_attention_grid_gpu.py and
+test_attention_random_gpu.py): the dtypes and head dims, inputs with a NaN-filled output,
+and the check of one forward call (output by the 2x rule, LSE) against the float64
+reference. Not a test module itself."""
+
+import math
+from typing import Optional, Tuple
+
+import pytest
+import torch
+
+import fa_cute
+from fa_cute._reference import attention_ref, check_close, check_lse
+
+DEVICE = "cuda"
+DTYPES = [torch.bfloat16, torch.float16]
+DTYPE_IDS = ["bf16", "fp16"]
+HEAD_DIMS = [64, 96, 128, 192, 256]
+PRODUCTION_CONFIGS = [c for c in fa_cute.configs() if c["rung"] is None]
+BUILT_HEAD_DIMS = sorted({c["head_dim"] for c in PRODUCTION_CONFIGS})
+
+
+def require_head_dim(head_dim: int) -> None:
+    """A build with FA_CUTE_CONFIGS holds only some head dims; the others cannot run."""
+    if head_dim not in BUILT_HEAD_DIMS:
+        pytest.skip(f"head dim {head_dim} is not in this build (built: {BUILT_HEAD_DIMS})")
+
+
+def make_inputs(batch: int, seqlen_q: int, seqlen_k: int, nheads: int, nheads_k: int,
+                head_dim: int, dtype: torch.dtype, layout: str = "bnhd"
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q, k, v and a NaN-filled out, each (batch, seqlen, heads, head_dim); layout
+    "bhnd" holds each in (batch, heads, seqlen, head_dim) storage viewed with
+    .transpose(1, 2), the way SDPA users hold them."""
+    def tensor(seqlen: int, heads: int, fill: Optional[float] = None) -> torch.Tensor:
+        shape = ((batch, seqlen, heads, head_dim) if layout == "bnhd"
+                 else (batch, heads, seqlen, head_dim))
+        t = (torch.randn(shape, device=DEVICE).to(dtype) if fill is None
+             else torch.full(shape, fill, device=DEVICE, dtype=dtype))
+        return t if layout == "bnhd" else t.transpose(1, 2)
+
+    return (tensor(seqlen_q, nheads), tensor(seqlen_k, nheads_k), tensor(seqlen_k, nheads_k),
+            tensor(seqlen_q, nheads, math.nan))
+
+
+def check_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  causal: bool, config: str = "auto") -> torch.Tensor:
+    """forward(..., return_lse=True) into out, then the output by the 2x rule and the LSE
+    against the float64 reference (bottom-right causal, as forward). Returns the LSE."""
+    result, lse = fa_cute.forward(q, k, v, causal=causal, return_lse=True, config=config,
+                                  out=out)
+    assert result is out
+    batch, seqlen_q, nheads, head_dim = q.shape
+    assert lse.shape == (batch, nheads, seqlen_q)
+    assert lse.dtype == torch.float32 and lse.is_contiguous() and lse.device == q.device
+    scale = 1.0 / math.sqrt(head_dim)
+    ref, ref_lse = attention_ref(q, k, v, scale, causal=causal, return_lse=True)
+    plain = attention_ref(q, k, v, scale, upcast=False, causal=causal)
+    check_close(out, ref, plain)
+    check_lse(lse, ref_lse)
+    return lse
