@@ -335,14 +335,10 @@ def test_tune_causal_option() -> None:
     assert tune.CAUSAL_CHOICES == {"false": (False,), "true": (True,), "both": (False, True)}
 
 
-@pytest.mark.parametrize("value", ["true", "both"])
-def test_tune_refuses_causal_until_timing_supports_it(value: str, capsys) -> None:
-    """fa_cute._timing times non-causal attention only (see the TODO in tune.parse_args):
-    tuning causal keys with non-causal timings would store wrong winners."""
-    with pytest.raises(SystemExit) as exc:
-        tune.parse_args(["--causal", value])
-    assert exc.value.code == 2
-    assert "causal tuning is not available yet" in capsys.readouterr().err
+@pytest.mark.parametrize("value, expected", [("false", [False]), ("true", [True]),
+                                             ("both", [False, True])])
+def test_tune_causal_option(value: str, expected) -> None:
+    assert list(tune.parse_args(["--causal", value]).causal) == expected
 
 
 def test_tune_rejects_other_causal_values(capsys) -> None:

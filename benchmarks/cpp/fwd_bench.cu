@@ -43,13 +43,14 @@ struct Options {
   int heads = 16;
   int iters = 20;
   int warmup = 5;
+  bool causal = false;
   bool list = false;
 };
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::fprintf(stderr,
                "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
-               "[--batch B] [--seqlen N] [--heads H] [--iters I] [--warmup W]\n",
+               "[--batch B] [--seqlen N] [--heads H] [--causal 0|1] [--iters I] [--warmup W]\n",
                message.c_str());
   std::exit(2);
 }
@@ -80,6 +81,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--heads") o.heads = positive_int("--heads", value);
     else if (flag == "--iters") o.iters = positive_int("--iters", value);
     else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
+    else if (flag == "--causal" && (std::string(value) == "0" || std::string(value) == "1")) o.causal = value[0] == '1';
     else usage_error("unknown option " + flag);
   }
   if (o.dtype != "bf16" && o.dtype != "fp16") usage_error("--dtype: bf16 or fp16, got " + o.dtype);
@@ -213,6 +215,8 @@ int run(Options const& o) {
   params.nheads = params.nheads_k = o.heads;
   params.head_dim = d;
   params.num_splits = 1;
+  params.is_causal = o.causal;
+  params.causal_offset = 0;  // seqlen_q == seqlen_k: both alignments agree
   params.softmax_scale = 1.0f / std::sqrt(float(d));
   params.softmax_scale_log2 = params.softmax_scale * 1.4426950408889634f;  // log2(e)
 
@@ -245,10 +249,11 @@ int run(Options const& o) {
 
   std::nth_element(ms.begin(), ms.begin() + o.iters / 2, ms.end());
   double const median = ms[o.iters / 2];
-  double const flops = 4.0 * o.batch * o.heads * double(o.seqlen) * o.seqlen * d;
-  std::printf("%s (%s) on %s: %s B=%d N=%d H=%d d=%d: %.4f ms (median of %d), %.1f TFLOP/s\n",
+  // METHOD.md's convention: causal counts half the FLOPs of the full product.
+  double const flops = (o.causal ? 2.0 : 4.0) * o.batch * o.heads * double(o.seqlen) * o.seqlen * d;
+  std::printf("%s (%s) on %s: %s B=%d N=%d H=%d d=%d%s: %.4f ms (median of %d), %.1f TFLOP/s\n",
               kernel.config, kernel.description, props.name, o.dtype.c_str(), o.batch, o.seqlen,
-              o.heads, d, median, o.iters, flops / (median * 1e9));
+              o.heads, d, o.causal ? " causal" : "", median, o.iters, flops / (median * 1e9));
   return 0;
 }
 

@@ -44,11 +44,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="time and print the table, but leave the cache as it is")
     args = p.parse_args(argv)
-    # TODO(causal timing): fa_cute._timing.time_fa_cute and check take no causal= yet; once
-    # they do, pass causal=s["causal"] to them in `tune` and `main` and drop this refusal.
-    if args.causal != "false":
-        p.error(f"--causal {args.causal}: causal tuning is not available yet (fa_cute._timing "
-                "times non-causal attention only); use --causal false")
     args.causal = CAUSAL_CHOICES[args.causal]
     head_dims = sorted({c["head_dim"] for c in fa_cute.configs() if c["rung"] is None})
     if args.headdim not in head_dims:
@@ -103,7 +98,7 @@ def tune(shapes: List[Dict], l2_bytes: int, timer: Timer, rounds: int) -> None:
                 bar.update(1)
 
             s["ms"], s["not_run"] = interleaved_medians(
-                {name: functools.partial(time_fa_cute, name, sets, timer)
+                {name: functools.partial(time_fa_cute, name, sets, timer, causal=s["causal"])
                  for name in s["candidates"]}, rounds, step)
             timed = {n: t for n, t in s["ms"].items() if t is not None}
             s["winner"] = min(timed, key=timed.get) if timed else None
@@ -171,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"head dim {args.headdim} on this GPU (compute capability {cc[0]}.{cc[1]}"
               + (f", {smem_limit} bytes of shared memory per block)" if smem_limit else ")"))
         return 2
-    if not all(c["ok"] for c in run_checks(columns, args.headdim)):
+    if not all(c["ok"] for c in run_checks(columns, args.headdim,
+                                           causal=sorted({s["causal"] for s in shapes}))):
         return 1
 
     tune(shapes, props.L2_cache_size, timer, args.rounds)
