@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Registers, stack frame and spills of every kernel in a build log made with ptxas -v
-(FA_CUTE_PTXAS_VERBOSE, on by default); exit status 1 if any kernel spills.
+(FA_CUTE_PTXAS_VERBOSE, on by default); exit status 1 if any kernel spills, except the
+general (masking) variant of the sm80 kernel within GENERAL_SPILL_BUDGET.
 
     python3 benchmarks/ptxas_report.py BUILD_LOG
 
@@ -10,6 +11,15 @@ production config compiled for sm_90), so a spill fails both, not only the GPU r
 import re
 import subprocess
 import sys
+
+# fwd_kernel_sm80<Traits, kMaskFree=false>: the variant with row predication and masking,
+# which runs causal and ragged launches. Its three copies of the loop body (first block,
+# unmasked, masked) need more than 255 registers in the 128-row tiles; ptxas spills 80-84
+# bytes there, 3-6 local loads/stores in a main-loop iteration of 1300-1500 instructions
+# (sm_90 SASS, docs/perf-notes.md v4). The mask-free variant, which runs every even
+# non-causal launch, and every other kernel must not spill at all.
+GENERAL_SPILL_BUDGET = 128  # bytes of spill stores
+GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*Lb0EEEvNS_9FwdParamsE$")
 
 
 def parse(log: str) -> list:
@@ -51,8 +61,11 @@ def main() -> int:
               f"spill st/ld {k.get('spill_st', '?')}/{k.get('spill_ld', '?')}  "
               f"{name.replace('fa_cute::', '').replace('cutlass::', '')[:120]}")
     spilling = [k for k in kernels if k.get("spill_st") or k.get("spill_ld")]
-    print(f"{len(kernels)} kernels, {len(spilling)} with spills")
-    return 1 if spilling else 0
+    allowed = [k for k in spilling if GENERAL_KERNEL.search(k["name"])
+               and k.get("spill_st", 0) <= GENERAL_SPILL_BUDGET]
+    print(f"{len(kernels)} kernels, {len(spilling)} with spills, {len(allowed)} of them general "
+          f"(masking) sm80 kernels within the {GENERAL_SPILL_BUDGET}-byte budget")
+    return 1 if len(spilling) > len(allowed) else 0
 
 
 if __name__ == "__main__":

@@ -9,11 +9,15 @@
 
 namespace fa_cute {
 
-// Which (query block, head, batch) a tile is. Tiles are numbered with the query block
-// fastest, so that consecutive tiles (run at the same time by neighbouring blocks) share
-// one head's K and V and hit in L2; a flat numbering also means no grid dimension limit
-// applies to batch * heads. Causal: the query blocks of a head go last to first, so the
-// blocks with the most keys start first and the short ones fill the tail of the grid.
+// Which (query block, head, batch, key split) a tile is. Non-causal tiles are numbered with
+// the query block fastest, so that consecutive tiles (run at the same time by neighbouring
+// blocks) share one head's K and V and hit in L2. Causal tiles differ in work (a tile's
+// key blocks grow with its query block), so they are numbered longest first across all
+// heads: query block slowest, last to first. Launched in that order, and in the persistent
+// loop's zigzag, the long tiles start first and the short ones fill the tail (a static
+// round-robin over head-major tiles had given some blocks 3x the work of others at
+// N=16384: 0.68x FlashAttention-2 there). A flat numbering also means no grid dimension
+// limit applies to batch * heads.
 struct Sm80TileCoord {
   int m_block;
   int bidh;
@@ -22,9 +26,15 @@ struct Sm80TileCoord {
   int n_split;  // which part of the key blocks (split-KV); 0 without
 
   __device__ Sm80TileCoord(int tile, int num_m_blocks, FwdParams const& params) {
-    m_block = tile % num_m_blocks;
-    if (params.is_causal) m_block = num_m_blocks - 1 - m_block;
-    int const bh = tile / num_m_blocks;
+    int bh;  // (split, batch, head), head fastest
+    if (params.is_causal) {
+      int const num_bh = params.nheads * params.batch * max(params.num_splits, 1);
+      m_block = num_m_blocks - 1 - tile / num_bh;
+      bh = tile % num_bh;
+    } else {
+      m_block = tile % num_m_blocks;
+      bh = tile / num_m_blocks;
+    }
     bidh = bh % params.nheads;
     int const split_b = bh / params.nheads;
     bidb = split_b % params.batch;
@@ -83,7 +93,14 @@ struct Sm80KeyRange {
 // the stores of O and the LSE skip rows past seqlen_q. Causal masking and the seqlen_k
 // mask are applied only to the key blocks that need them (Sm80KeyRange), at run time: a
 // uniform branch, so one compiled kernel serves causal and not, even and ragged.
-template <class Traits>
+//
+// kMaskFree: the launch has no ragged tile and no causal mask (non-causal, seqlen_q a
+// multiple of kBlockM, seqlen_k of kBlockN), so the kernel holds no masking or row
+// predication code at all. Measured on the H100 (d=128, 128x128 persistent, fwd_bench):
+// the general kernel runs such shapes 4-5% slower (325 against 340 TFLOP/s at N=4096),
+// though its extra code never executes there: its register allocation and schedule of the
+// main loop are worse.
+template <class Traits, bool kMaskFree>
 __global__ void __launch_bounds__(Traits::kNThreads)
     fwd_kernel_sm80(__grid_constant__ FwdParams const params) {
   using namespace cute;
@@ -95,7 +112,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
 
   int const tidx = threadIdx.x;
   int const num_m_blocks = (params.seqlen_q + kBlockM - 1) / kBlockM;
-  int const num_tiles = num_m_blocks * params.nheads * params.batch;
+  int const num_tiles = num_m_blocks * params.nheads * params.batch * max(params.num_splits, 1);
 
   // --- Global tiles -------------------------------------------------------------------------
   // Tile base pointers are computed in 64 bits (tensors beyond 2^31 elements); offsets
@@ -146,25 +163,26 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   Tensor tQsQ = gmem_thr_copy_QKV.partition_D(sQ);  // (CPY,CPY_M,CPY_D)
   Tensor tKsK = gmem_thr_copy_QKV.partition_D(sK);  // (CPY,CPY_N,CPY_D)
   Tensor tVsV = gmem_thr_copy_QKV.partition_D(sV);  // (CPY,CPY_N,CPY_D)
-  // Tile coordinates of each thread's copies: which rows a ragged tile must skip.
-  Tensor tQcQ = gmem_thr_copy_QKV.partition_S(make_identity_tensor(TileQ{}));     // (CPY,CPY_M,CPY_D)
-  Tensor tKVcKV = gmem_thr_copy_QKV.partition_S(make_identity_tensor(TileKV{}));  // (CPY,CPY_N,CPY_D)
   // Whole tiles take the unpredicated copy; only a ragged last tile pays for row checks.
-  auto load_rows = [&](auto const& src, auto& dst, auto const& coords, int num_rows, int tile_rows) {
-    if (num_rows >= tile_rows) {
+  // Coordinate tensors (identity tensors partitioned like the data) are made where they
+  // are used, never kept across the main loop: every register there is taken.
+  auto load_rows = [&](auto const& src, auto& dst, auto tile_shape, int num_rows) {
+    constexpr int tile_rows = decltype(size<0>(tile_shape))::value;
+    if (kMaskFree || num_rows >= tile_rows) {
       copy(gmem_tiled_copy_QKV, src, dst);
     } else {
-      copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy_QKV, src, dst, coords, num_rows);
+      copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy_QKV, src, dst,
+                                        gmem_thr_copy_QKV.partition_S(make_identity_tensor(tile_shape)), num_rows);
     }
   };
   auto load_Q = [&](Sm80TileCoord const& c) {
-    load_rows(gmem_thr_copy_QKV.partition_S(gQ(c)), tQsQ, tQcQ, params.seqlen_q - c.m_block * kBlockM, kBlockM);
+    load_rows(gmem_thr_copy_QKV.partition_S(gQ(c)), tQsQ, TileQ{}, params.seqlen_q - c.m_block * kBlockM);
   };
   auto load_K = [&](Sm80TileCoord const& c, int n) {
-    load_rows(gmem_thr_copy_QKV.partition_S(gK(c, n)), tKsK, tKVcKV, params.seqlen_k - n * kBlockN, kBlockN);
+    load_rows(gmem_thr_copy_QKV.partition_S(gK(c, n)), tKsK, TileKV{}, params.seqlen_k - n * kBlockN);
   };
   auto load_V = [&](Sm80TileCoord const& c, int n) {
-    load_rows(gmem_thr_copy_QKV.partition_S(gV(c, n)), tVsV, tKVcKV, params.seqlen_k - n * kBlockN, kBlockN);
+    load_rows(gmem_thr_copy_QKV.partition_S(gV(c, n)), tVsV, TileKV{}, params.seqlen_k - n * kBlockN);
   };
   // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
   // nothing for a tile that sees no key.
@@ -199,17 +217,19 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   typename Traits::GmemTiledCopyO gmem_tiled_copy_O;
   auto gmem_thr_copy_O = gmem_tiled_copy_O.get_thread_slice(tidx);
   Tensor tOsO = gmem_thr_copy_O.partition_S(sO);  // (CPY,CPY_M,CPY_D)
-  Tensor tOcO = gmem_thr_copy_O.partition_D(make_identity_tensor(TileQ{}));  // (CPY,CPY_M,CPY_D)
 
   // (row, column) in the tile of each accumulator element of S, viewed as rows x columns
   // like the softmax views it; O's rows are the same rows.
-  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));  // (MMA,MMA_M,MMA_N)
-  Tensor tScS_rc = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));                  // (M,N)
+  auto score_coords = [&]() {
+    Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));  // (MMA,MMA_M,MMA_N)
+    return make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));                           // (M,N)
+  };
 
   // -inf for the scores of key block n_block that row r may not see: columns at or past
   // seqlen_k, and causal ones past r + causal_offset.
   auto apply_mask = [&](auto& acc_s, int m_block, int n_block) {
     Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
+    Tensor tScS_rc = score_coords();                                                // (M,N)
     int const col_end = params.seqlen_k - n_block * kBlockN;
     int const diagonal = m_block * kBlockM + params.causal_offset - n_block * kBlockN;
     CUTE_UNROLL
@@ -226,7 +246,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // One tile: the main loop over key blocks, then O / l through shared memory to global,
   // and the LSE. next_tile >= 0 (persistent blocks): its Q and first K are loaded once this
   // tile's last S = Q K^T is done, i.e. as soon as sQ and sK are free.
-  auto run_tile = [&](Sm80TileCoord const& coord, int next_tile) {
+  auto run_tile = [&](Sm80TileCoord const& coord, int next_tile) __attribute__((always_inline)) {
     Sm80KeyRange const keys = key_range(coord);
     int const num_blocks = keys.num_blocks();
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA,MMA_M,MMA_D)
@@ -234,7 +254,12 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     constexpr int kNRows = decltype(size<1>(acc_o))::value * 2;  // 2 rows per 16x8 tile
     OnlineSoftmax<kNRows, Traits::kLazyRescale> softmax;
 
-    auto iteration = [&](int i, auto is_first) {
+    // is_first: no previous block, so nothing to rescale. is_masked: the block needs the
+    // seqlen_k or causal mask. Both are compile-time, so that the loop over the blocks that
+    // need neither (all but one or two per tile) holds no masking code: with the mask as a
+    // run-time branch in the one loop, the persistent d=128 kernel went from 233 to 255
+    // registers and lost 10% (fwd_bench, H100, N=4096: 304 against 340 TFLOP/s).
+    auto iteration = [&](int i, auto is_first, auto is_masked) __attribute__((always_inline)) {
       int const n_block = keys.template block<Traits::kReverseKV>(i);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
       clear(acc_s);
@@ -273,7 +298,11 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         if (i + 1 == num_blocks && next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
       }
 
-      if (n_block >= keys.n_block_mask_start) { apply_mask(acc_s, coord.m_block, n_block); }
+      if constexpr (cute::is_same_v<decltype(is_masked), bool>) {
+        if (is_masked) { apply_mask(acc_s, coord.m_block, n_block); }
+      } else if constexpr (decltype(is_masked)::value) {
+        apply_mask(acc_s, coord.m_block, n_block);
+      }
       softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
 
       Tensor rP = convert_type<Element>(acc_s);
@@ -282,9 +311,28 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     };
 
     if (num_blocks > 0) {
-      // The first iteration needs no rescale of O; peeling it keeps that branch out of the loop.
-      iteration(0, cute::true_type{});
-      for (int i = 1; i < num_blocks; ++i) { iteration(i, cute::false_type{}); }
+      // The first iteration needs no rescale of O; peeling it keeps that branch out of the
+      // loops. Masked blocks are the last ones visited in forward order, the first in reverse.
+      using cute::false_type;
+      using cute::true_type;
+      // The first iteration tests the mask at run time: one copy of the loop body fewer,
+      // outside the loops.
+      if constexpr (kMaskFree) {
+        iteration(0, true_type{}, false_type{});
+        for (int i = 1; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}); }
+      } else if constexpr (!Traits::kReverseKV) {
+        int const n_unmasked = max(0, min(keys.n_block_mask_start - keys.n_block_min, num_blocks));
+        iteration(0, true_type{}, n_unmasked == 0);
+        int i = 1;
+        for (; i < n_unmasked; ++i) { iteration(i, false_type{}, false_type{}); }
+        for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}); }
+      } else {
+        int const n_masked = max(0, min(keys.n_block_max - keys.n_block_mask_start, num_blocks));
+        iteration(0, true_type{}, n_masked > 0);
+        int i = 1;
+        for (; i < n_masked; ++i) { iteration(i, false_type{}, true_type{}); }
+        for (; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}); }
+      }
     } else {
       // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the
       // barrier orders the previous tile's reads of sO (persistent) before the writes below.
@@ -302,6 +350,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     index_t const row_offset = (index_t(coord.bidb) * params.nheads + coord.bidh) * params.seqlen_q +
                                coord.m_block * kBlockM;
     auto store_lse = [&](float* lse) {
+      Tensor tScS_rc = score_coords();  // (M,N)
       CUTE_UNROLL
       for (int mi = 0; mi < kNRows; ++mi) {
         // The 4 threads of a quad hold one row; the one holding column 0 writes it.
@@ -331,7 +380,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       // Each thread's accumulator holds pairs of adjacent columns: 4-byte stores.
       Tensor tCgO = thr_mma.partition_C(gO(coord));                                          // (MMA,MMA_M,MMA_D)
       Tensor tCcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));  // (MMA,MMA_M,MMA_D)
-      if (num_rows >= kBlockM) {
+      if (kMaskFree || num_rows >= kBlockM) {
         copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, rO, tCgO);
       } else {
         CUTE_UNROLL
@@ -348,23 +397,30 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       Tensor tOgO = gmem_thr_copy_O.partition_D(gO(coord));
       Tensor tOrO = make_tensor<Element>(shape(tOgO));
       copy(gmem_tiled_copy_O, tOsO, tOrO);
-      if (num_rows >= kBlockM) {
+      if (kMaskFree || num_rows >= kBlockM) {
         copy(gmem_tiled_copy_O, tOrO, tOgO);
       } else {
-        copy_rows</*kZeroFillRest=*/false>(gmem_tiled_copy_O, tOrO, tOgO, tOcO, num_rows);
+        copy_rows</*kZeroFillRest=*/false>(gmem_tiled_copy_O, tOrO, tOgO,
+                                           gmem_thr_copy_O.partition_D(make_identity_tensor(TileQ{})), num_rows);
       }
     }
   };
 
-  int tile = blockIdx.x;
-  load_first(Sm80TileCoord(tile, num_m_blocks, params));
+  load_first(Sm80TileCoord(blockIdx.x, num_m_blocks, params));
   if constexpr (Traits::kPersistent) {
-    for (; tile < num_tiles; tile += gridDim.x) {
-      int const next = tile + int(gridDim.x);
+    // Round r gives block b tile r * G + b, or r * G + (G - 1 - b) in odd rounds (G blocks):
+    // with tiles numbered longest first (causal), the block that got a round's shortest
+    // tile gets the next round's longest.
+    int const num_blocks = gridDim.x;
+    auto round_tile = [&](int round) {
+      return round * num_blocks + (round % 2 == 0 ? int(blockIdx.x) : num_blocks - 1 - int(blockIdx.x));
+    };
+    for (int round = 0, tile = blockIdx.x; tile < num_tiles; tile = round_tile(++round)) {
+      int const next = round_tile(round + 1);
       run_tile(Sm80TileCoord(tile, num_m_blocks, params), next < num_tiles ? next : -1);
     }
   } else {
-    run_tile(Sm80TileCoord(tile, num_m_blocks, params), -1);
+    run_tile(Sm80TileCoord(blockIdx.x, num_m_blocks, params), -1);
   }
 }
 

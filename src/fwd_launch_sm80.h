@@ -10,13 +10,14 @@
 #include "fwd_combine.h"
 #include "fwd_kernel_sm80.h"
 #include "kernel_registry.h"
+#include "static_switch.h"
 
 namespace fa_cute {
 
 // What a launch of one kernel needs to know about a device, asked of the runtime once per
 // (kernel, device): the attribute and occupancy queries cost microseconds, as much as a
 // whole decode-sized kernel.
-template <class Traits>
+template <class Traits, bool kMaskFree>
 int sm80_resident_blocks(int device) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};  // 0: not asked yet
@@ -24,7 +25,7 @@ int sm80_resident_blocks(int device) {
     int const known = cached[device].load(std::memory_order_relaxed);
     if (known > 0) return known;
   }
-  auto kernel = &fwd_kernel_sm80<Traits>;
+  auto kernel = &fwd_kernel_sm80<Traits, kMaskFree>;
   constexpr int kSmemSize = Traits::kSmemSize;
   int smem_optin = 0, num_sms = 0, blocks_per_sm = 0;
   check_cuda(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
@@ -48,6 +49,12 @@ int sm80_resident_blocks(int device) {
   return resident;
 }
 
+// Whether a launch runs the kernel without masking code (fwd_kernel_sm80's kMaskFree).
+template <class Traits>
+bool sm80_mask_free(FwdParams const& params) {
+  return !params.is_causal && params.seqlen_q % Traits::kBlockM == 0 && params.seqlen_k % Traits::kBlockN == 0;
+}
+
 // Split-KV heuristic: how many parts to split each query tile's key blocks into. A grid
 // that fills the GPU at least 80% already gets no split (the combine pass and the fp32 O
 // traffic would be pure overhead); below that, enough splits to fill the resident block
@@ -58,7 +65,9 @@ int sm80_num_splits(FwdParams const& params, int device) {
   if constexpr (!Traits::kSplitKV) return 1;
   long long const tiles =
       (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
-  int const resident = sm80_resident_blocks<Traits>(device);
+  bool const mask_free = sm80_mask_free<Traits>(params);
+  int const resident = mask_free ? sm80_resident_blocks<Traits, true>(device)
+                                 : sm80_resident_blocks<Traits, false>(device);
   if (tiles * 5 >= (long long)resident * 4) return 1;
   int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
   int const max_splits = std::min(128, n_blocks / 4);
@@ -73,16 +82,20 @@ void run_fwd_sm80(FwdParams const& params, cudaStream_t stream) {
   }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  int const resident_blocks = sm80_resident_blocks<Traits>(device);
   long long const num_tiles = (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) *
                               params.nheads * params.batch * std::max(params.num_splits, 1);
   if (num_tiles > 0x7fffffffLL) {
     throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(Traits::kBlockM) +
                                 ") * num_splits exceeds 2^31 - 1 tiles");
   }
-  // Persistent: as many blocks as fit on the GPU at once, each looping over tiles.
-  long long const num_blocks = Traits::kPersistent ? std::min<long long>(num_tiles, resident_blocks) : num_tiles;
-  fwd_kernel_sm80<Traits><<<dim3(static_cast<unsigned>(num_blocks)), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
+  bool const mask_free = sm80_mask_free<Traits>(params);
+  FA_CUTE_BOOL_SWITCH(mask_free, kMaskFree, [&] {
+    // Persistent: as many blocks as fit on the GPU at once, each looping over tiles.
+    long long const resident_blocks = sm80_resident_blocks<Traits, kMaskFree>(device);
+    long long const num_blocks = Traits::kPersistent ? std::min(num_tiles, resident_blocks) : num_tiles;
+    fwd_kernel_sm80<Traits, kMaskFree>
+        <<<dim3(static_cast<unsigned>(num_blocks)), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
+  });
   check_cuda(cudaGetLastError(), "fwd_kernel_sm80 launch");
   if (params.num_splits > 1) {
     long long const rows = (long long)params.batch * params.nheads * params.seqlen_q;
