@@ -9,6 +9,13 @@
 
 namespace fa_cute {
 
+// What masking a launch needs (fwd_kernel_sm80's kMaskMode; sm80_mask_mode chooses).
+enum class FwdMaskMode {
+  kNone,        // non-causal, seqlen_q % kBlockM == 0 and seqlen_k % kBlockN == 0
+  kCausalEven,  // causal, same lengths rule
+  kGeneral,     // anything else: ragged tiles, causal or not
+};
+
 // Which (query block, head, batch, key split) a tile is. Non-causal tiles are numbered with
 // the query block fastest, so that consecutive tiles (run at the same time by neighbouring
 // blocks) share one head's K and V and hit in L2. Causal tiles differ in work (a tile's
@@ -94,13 +101,17 @@ struct Sm80KeyRange {
 // mask are applied only to the key blocks that need them (Sm80KeyRange), at run time: a
 // uniform branch, so one compiled kernel serves causal and not, even and ragged.
 //
-// kMaskFree: the launch has no ragged tile and no causal mask (non-causal, seqlen_q a
-// multiple of kBlockM, seqlen_k of kBlockN), so the kernel holds no masking or row
-// predication code at all. Measured on the H100 (d=128, 128x128 persistent, fwd_bench):
-// the general kernel runs such shapes 4-5% slower (325 against 340 TFLOP/s at N=4096),
-// though its extra code never executes there: its register allocation and schedule of the
-// main loop are worse.
-template <class Traits, bool kMaskFree>
+// kMaskMode (FwdMaskMode) compiles out what a launch does not need: kNone (non-causal,
+// seqlen_q a multiple of kBlockM and seqlen_k of kBlockN) holds no masking or row
+// predication code at all; kCausalEven masks the diagonal blocks but predicates no rows;
+// kGeneral handles ragged tiles, causal or not. Measured on the H100 (d=128, 128x128
+// persistent, fwd_bench): the general kernel runs even non-causal shapes 4-5% slower (325
+// against 340 TFLOP/s at N=4096), though its extra code never executes there: ptxas gives
+// its main loop a worse register allocation and schedule.
+template <class Traits, FwdMaskMode kMaskMode>
+// __launch_bounds__ asks for no more than one resident block: forcing 3 blocks per SM on
+// the 64-row decode tile (168 registers) made decode 4-8% slower (fwd_bench, H100, packed
+// GQA decode B=16 H_kv=8 g=4, N_k 1024-16384).
 __global__ void __launch_bounds__(Traits::kNThreads)
     fwd_kernel_sm80(__grid_constant__ FwdParams const params) {
   using namespace cute;
@@ -109,6 +120,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr bool kPrefetch = Traits::kRegPrefetch;
+  constexpr bool kEven = kMaskMode != FwdMaskMode::kGeneral;  // no ragged tile: no row predication
 
   int const tidx = threadIdx.x;
   int const num_m_blocks = (params.seqlen_q + kBlockM - 1) / kBlockM;
@@ -168,7 +180,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // are used, never kept across the main loop: every register there is taken.
   auto load_rows = [&](auto const& src, auto& dst, auto tile_shape, int num_rows) {
     constexpr int tile_rows = decltype(size<0>(tile_shape))::value;
-    if (kMaskFree || num_rows >= tile_rows) {
+    if (kEven || num_rows >= tile_rows) {
       copy(gmem_tiled_copy_QKV, src, dst);
     } else {
       copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy_QKV, src, dst,
@@ -230,12 +242,14 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   auto apply_mask = [&](auto& acc_s, int m_block, int n_block) {
     Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
     Tensor tScS_rc = score_coords();                                                // (M,N)
-    int const col_end = params.seqlen_k - n_block * kBlockN;
+    // Even launches have no column past seqlen_k; kCausalEven is causal by construction.
+    int const col_end = kEven ? kBlockN : params.seqlen_k - n_block * kBlockN;
+    bool const is_causal = kMaskMode == FwdMaskMode::kCausalEven || params.is_causal;
     int const diagonal = m_block * kBlockM + params.causal_offset - n_block * kBlockN;
     CUTE_UNROLL
     for (int mi = 0; mi < size<0>(scores); ++mi) {
       int const row = get<0>(tScS_rc(mi, 0));
-      int const limit = params.is_causal ? min(col_end, row + diagonal + 1) : col_end;
+      int const limit = is_causal ? min(col_end, row + diagonal + 1) : col_end;
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(scores); ++ni) {
         if (get<1>(tScS_rc(mi, ni)) >= limit) scores(mi, ni) = -INFINITY;
@@ -317,7 +331,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       using cute::true_type;
       // The first iteration tests the mask at run time: one copy of the loop body fewer,
       // outside the loops.
-      if constexpr (kMaskFree) {
+      if constexpr (kMaskMode == FwdMaskMode::kNone) {
         iteration(0, true_type{}, false_type{});
         for (int i = 1; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}); }
       } else if constexpr (!Traits::kReverseKV) {
@@ -380,7 +394,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       // Each thread's accumulator holds pairs of adjacent columns: 4-byte stores.
       Tensor tCgO = thr_mma.partition_C(gO(coord));                                          // (MMA,MMA_M,MMA_D)
       Tensor tCcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));  // (MMA,MMA_M,MMA_D)
-      if (kMaskFree || num_rows >= kBlockM) {
+      if (kEven || num_rows >= kBlockM) {
         copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, rO, tCgO);
       } else {
         CUTE_UNROLL
@@ -397,7 +411,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       Tensor tOgO = gmem_thr_copy_O.partition_D(gO(coord));
       Tensor tOrO = make_tensor<Element>(shape(tOgO));
       copy(gmem_tiled_copy_O, tOsO, tOrO);
-      if (kMaskFree || num_rows >= kBlockM) {
+      if (kEven || num_rows >= kBlockM) {
         copy(gmem_tiled_copy_O, tOrO, tOgO);
       } else {
         copy_rows</*kZeroFillRest=*/false>(gmem_tiled_copy_O, tOrO, tOgO,

@@ -17,7 +17,7 @@ namespace fa_cute {
 // What a launch of one kernel needs to know about a device, asked of the runtime once per
 // (kernel, device): the attribute and occupancy queries cost microseconds, as much as a
 // whole decode-sized kernel.
-template <class Traits, bool kMaskFree>
+template <class Traits, FwdMaskMode kMaskMode>
 int sm80_resident_blocks(int device) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};  // 0: not asked yet
@@ -25,7 +25,7 @@ int sm80_resident_blocks(int device) {
     int const known = cached[device].load(std::memory_order_relaxed);
     if (known > 0) return known;
   }
-  auto kernel = &fwd_kernel_sm80<Traits, kMaskFree>;
+  auto kernel = &fwd_kernel_sm80<Traits, kMaskMode>;
   constexpr int kSmemSize = Traits::kSmemSize;
   int smem_optin = 0, num_sms = 0, blocks_per_sm = 0;
   check_cuda(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
@@ -49,10 +49,12 @@ int sm80_resident_blocks(int device) {
   return resident;
 }
 
-// Whether a launch runs the kernel without masking code (fwd_kernel_sm80's kMaskFree).
+// The masking a launch needs (fwd_kernel_sm80's kMaskMode).
 template <class Traits>
-bool sm80_mask_free(FwdParams const& params) {
-  return !params.is_causal && params.seqlen_q % Traits::kBlockM == 0 && params.seqlen_k % Traits::kBlockN == 0;
+FwdMaskMode sm80_mask_mode(FwdParams const& params) {
+  bool const even = params.seqlen_q % Traits::kBlockM == 0 && params.seqlen_k % Traits::kBlockN == 0;
+  if (!even) return FwdMaskMode::kGeneral;
+  return params.is_causal ? FwdMaskMode::kCausalEven : FwdMaskMode::kNone;
 }
 
 // Split-KV heuristic: how many parts to split each query tile's key blocks into. A grid
@@ -65,9 +67,9 @@ int sm80_num_splits(FwdParams const& params, int device) {
   if constexpr (!Traits::kSplitKV) return 1;
   long long const tiles =
       (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
-  bool const mask_free = sm80_mask_free<Traits>(params);
-  int const resident = mask_free ? sm80_resident_blocks<Traits, true>(device)
-                                 : sm80_resident_blocks<Traits, false>(device);
+  int const resident = FA_CUTE_MASK_MODE_SWITCH(sm80_mask_mode<Traits>(params), kMaskMode, [&] {
+    return sm80_resident_blocks<Traits, kMaskMode>(device);
+  });
   if (tiles * 5 >= (long long)resident * 4) return 1;
   int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
   int const max_splits = std::min(128, n_blocks / 4);
@@ -88,12 +90,11 @@ void run_fwd_sm80(FwdParams const& params, cudaStream_t stream) {
     throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(Traits::kBlockM) +
                                 ") * num_splits exceeds 2^31 - 1 tiles");
   }
-  bool const mask_free = sm80_mask_free<Traits>(params);
-  FA_CUTE_BOOL_SWITCH(mask_free, kMaskFree, [&] {
+  FA_CUTE_MASK_MODE_SWITCH(sm80_mask_mode<Traits>(params), kMaskMode, [&] {
     // Persistent: as many blocks as fit on the GPU at once, each looping over tiles.
-    long long const resident_blocks = sm80_resident_blocks<Traits, kMaskFree>(device);
+    long long const resident_blocks = sm80_resident_blocks<Traits, kMaskMode>(device);
     long long const num_blocks = Traits::kPersistent ? std::min(num_tiles, resident_blocks) : num_tiles;
-    fwd_kernel_sm80<Traits, kMaskFree>
+    fwd_kernel_sm80<Traits, kMaskMode>
         <<<dim3(static_cast<unsigned>(num_blocks)), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
   });
   check_cuda(cudaGetLastError(), "fwd_kernel_sm80 launch");

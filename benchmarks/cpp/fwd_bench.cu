@@ -40,6 +40,7 @@ struct Options {
   std::string dtype = "bf16";
   int batch = 0;  // 0: 16384 / seqlen
   int seqlen = 4096;
+  int seqlen_q = 0;  // 0: seqlen (--seqlen-q sets a shorter query, e.g. a packed decode step)
   int heads = 16;
   int iters = 20;
   int warmup = 5;
@@ -50,7 +51,7 @@ struct Options {
 [[noreturn]] void usage_error(std::string const& message) {
   std::fprintf(stderr,
                "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
-               "[--batch B] [--seqlen N] [--heads H] [--causal 0|1] [--iters I] [--warmup W]\n",
+               "[--batch B] [--seqlen N] [--seqlen-q NQ] [--heads H] [--causal 0|1] [--iters I] [--warmup W]\n",
                message.c_str());
   std::exit(2);
 }
@@ -78,6 +79,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--dtype") o.dtype = value;
     else if (flag == "--batch") o.batch = positive_int("--batch", value);
     else if (flag == "--seqlen") o.seqlen = positive_int("--seqlen", value);
+    else if (flag == "--seqlen-q") o.seqlen_q = positive_int("--seqlen-q", value);
     else if (flag == "--heads") o.heads = positive_int("--heads", value);
     else if (flag == "--iters") o.iters = positive_int("--iters", value);
     else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
@@ -86,6 +88,7 @@ Options parse(int argc, char** argv) {
   }
   if (o.dtype != "bf16" && o.dtype != "fp16") usage_error("--dtype: bf16 or fp16, got " + o.dtype);
   if (o.batch == 0) o.batch = std::max(1, 16384 / o.seqlen);
+  if (o.seqlen_q == 0) o.seqlen_q = o.seqlen;
   return o;
 }
 
@@ -189,7 +192,8 @@ int run(Options const& o) {
   fa_cute::FwdKernel const& kernel = pick_kernel(o, props.major, props.minor);
   int const d = kernel.head_dim;
 
-  int64_t const n = int64_t(o.batch) * o.seqlen * o.heads * d;  // elements per tensor
+  int64_t const n = int64_t(o.batch) * o.seqlen * o.heads * d;  // elements of K (and V)
+  int64_t const n_q = int64_t(o.batch) * o.seqlen_q * o.heads * d;  // elements of Q (and O)
   size_t const bytes = size_t(n) * 2;                             // bf16 and fp16: 2 bytes
   void* buffers[4] = {};                                          // q, k, v, o
   for (void*& b : buffers) check_cuda(cudaMalloc(&b, bytes), "cudaMalloc(q/k/v/o)");
@@ -206,17 +210,28 @@ int run(Options const& o) {
   params.v_ptr = buffers[2];
   params.o_ptr = buffers[3];
   fa_cute::index_t const row = int64_t(o.heads) * d, batch_stride = row * o.seqlen;
-  params.q_batch_stride = params.k_batch_stride = params.v_batch_stride = params.o_batch_stride =
-      batch_stride;
+  params.k_batch_stride = params.v_batch_stride = batch_stride;
+  params.q_batch_stride = params.o_batch_stride = row * o.seqlen_q;
   params.q_row_stride = params.k_row_stride = params.v_row_stride = params.o_row_stride = row;
   params.q_head_stride = params.k_head_stride = params.v_head_stride = params.o_head_stride = d;
   params.batch = o.batch;
-  params.seqlen_q = params.seqlen_k = o.seqlen;
+  params.seqlen_q = o.seqlen_q;
+  params.seqlen_k = o.seqlen;
   params.nheads = params.nheads_k = o.heads;
   params.head_dim = d;
   params.num_splits = 1;
   params.is_causal = o.causal;
-  params.causal_offset = 0;  // seqlen_q == seqlen_k: both alignments agree
+  params.causal_offset = o.seqlen - o.seqlen_q;  // bottom-right, as fa_cute.forward
+  // Split-KV as the Python layer does it: the kernel's heuristic, fp32 buffers.
+  params.num_splits = kernel.num_splits(params, device);
+  float* accum[2] = {};
+  if (params.num_splits > 1) {
+    size_t const rows = size_t(params.num_splits) * o.batch * o.heads * o.seqlen_q;
+    check_cuda(cudaMalloc(&accum[0], rows * d * sizeof(float)), "cudaMalloc(o_accum)");
+    check_cuda(cudaMalloc(&accum[1], rows * sizeof(float)), "cudaMalloc(lse_accum)");
+  }
+  params.o_accum_ptr = accum[0];
+  params.lse_accum_ptr = accum[1];
   params.softmax_scale = 1.0f / std::sqrt(float(d));
   params.softmax_scale_log2 = params.softmax_scale * 1.4426950408889634f;  // log2(e)
 
@@ -224,7 +239,7 @@ int run(Options const& o) {
   for (int i = 0; i < o.warmup; ++i) kernel.launch(params, stream);  // checks its launch
   check_cuda(cudaStreamSynchronize(stream), "warm-up launches");
   unsigned long long const unwritten =
-      bf16 ? nonfinite<__nv_bfloat16>(buffers[3], n) : nonfinite<__half>(buffers[3], n);
+      bf16 ? nonfinite<__nv_bfloat16>(buffers[3], n_q) : nonfinite<__half>(buffers[3], n_q);
   if (unwritten != 0) {
     std::fprintf(stderr, "fwd_bench: %s wrote no finite value to %llu of %lld output elements\n",
                  kernel.config, unwritten, static_cast<long long>(n));
@@ -246,14 +261,18 @@ int run(Options const& o) {
   }
   for (cudaEvent_t e : events) check_cuda(cudaEventDestroy(e), "cudaEventDestroy");
   for (void* b : buffers) check_cuda(cudaFree(b), "cudaFree");
+  for (float* b : accum) check_cuda(cudaFree(b), "cudaFree");
 
   std::nth_element(ms.begin(), ms.begin() + o.iters / 2, ms.end());
   double const median = ms[o.iters / 2];
   // METHOD.md's convention: causal counts half the FLOPs of the full product.
-  double const flops = (o.causal ? 2.0 : 4.0) * o.batch * o.heads * double(o.seqlen) * o.seqlen * d;
-  std::printf("%s (%s) on %s: %s B=%d N=%d H=%d d=%d%s: %.4f ms (median of %d), %.1f TFLOP/s\n",
-              kernel.config, kernel.description, props.name, o.dtype.c_str(), o.batch, o.seqlen,
-              o.heads, d, o.causal ? " causal" : "", median, o.iters, flops / (median * 1e9));
+  double const flops = (o.causal ? 2.0 : 4.0) * o.batch * o.heads * double(o.seqlen_q) * o.seqlen * d;
+  double const moved = 2.0 * (2.0 * n + 2.0 * n_q);  // bytes: K, V read; Q read, O written
+  std::printf("%s (%s) on %s: %s B=%d Nq=%d Nk=%d H=%d d=%d%s splits=%d: %.4f ms (median of %d), "
+              "%.1f TFLOP/s, %.0f GB/s\n",
+              kernel.config, kernel.description, props.name, o.dtype.c_str(), o.batch, o.seqlen_q,
+              o.seqlen, o.heads, d, o.causal ? " causal" : "", params.num_splits, median, o.iters,
+              flops / (median * 1e9), moved / (median * 1e6));
   return 0;
 }
 

@@ -233,28 +233,48 @@ def _launch(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     if launch.batch == 0 or launch.nheads == 0:
         return 0.0
-    with torch.cuda.device(q.device):
-        stream = torch.cuda.current_stream(q.device).cuda_stream
-        return _C.forward(*_kernel_args(launch, q, k, v, out, lse), q.device.index, stream,
-                          timed, *_split_kv_buffers(launch, q.device))
+    # Entering torch.cuda.device costs microseconds, as much as a decode step's kernel:
+    # only when the tensors are not on the current device.
+    device = q.device
+    if device.index == torch.cuda.current_device():
+        return _launch_on_current_device(launch, q, k, v, out, lse, timed)
+    with torch.cuda.device(device):
+        return _launch_on_current_device(launch, q, k, v, out, lse, timed)
 
 
-def _split_kv_buffers(launch: _Launch, device: torch.device) -> tuple:
-    """(num_splits, o_accum, lse_accum) for `_C.forward` when the kernel's split-KV
-    heuristic splits this launch (a decode step too small to fill the GPU), else ().
+def _launch_on_current_device(launch: _Launch, q: torch.Tensor, k: torch.Tensor,
+                              v: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
+                              timed: bool) -> float:
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    # The split buffers must stay referenced until the launch is queued (then the caching
+    # allocator orders their reuse after the kernel on this stream).
+    buffers = _split_kv_buffers(launch, q.device)
+    return _C.forward(*_kernel_args(launch, q, k, v, out, lse), q.device.index, stream,
+                      timed, *_split_kv_args(buffers))
 
-    The fp32 buffers come from PyTorch's caching allocator on the current stream, so they
-    may be released as soon as the launch is queued: the next user of that memory is
-    ordered after the kernel on the same stream.
-    """
+
+def _split_kv_buffers(launch: _Launch, device: torch.device
+                      ) -> Optional[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """(num_splits, o_accum, lse_accum) when the kernel's split-KV heuristic splits this
+    launch (a decode step too small to fill the GPU), else None: fp32 buffers from
+    PyTorch's caching allocator on the current stream."""
     splits = _C.num_splits(launch.config, launch.dtype, launch.batch, launch.seqlen_q,
                            launch.seqlen_k, launch.nheads, launch.nheads_k, launch.is_causal,
                            device.index)
     if splits <= 1:
-        return ()
+        return None
+    # One allocation for both: (splits, rows, head_dim) O, then (splits, rows) LSE.
     rows = launch.batch * launch.nheads * launch.seqlen_q
-    o_accum = torch.empty((splits, rows, launch.head_dim), dtype=torch.float32, device=device)
-    lse_accum = torch.empty((splits, rows), dtype=torch.float32, device=device)
+    o_size = splits * rows * launch.head_dim
+    accum = torch.empty(o_size + splits * rows, dtype=torch.float32, device=device)
+    return splits, accum[:o_size], accum[o_size:]
+
+
+def _split_kv_args(buffers: Optional[Tuple[int, torch.Tensor, torch.Tensor]]) -> tuple:
+    """`_C.forward`'s trailing (num_splits, o_accum, lse_accum), or () for no split."""
+    if buffers is None:
+        return ()
+    splits, o_accum, lse_accum = buffers
     return splits, o_accum.data_ptr(), lse_accum.data_ptr()
 
 
