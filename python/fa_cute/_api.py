@@ -200,8 +200,8 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          f"{key.shape[1]}; pass enable_gqa=True for grouped-query attention "
                          "(query heads a multiple of key/value heads)")
     q, k, v = (t.transpose(1, 2) for t in tensors)
-    launch = _validate(q, k, v, causal=is_causal, bottom_right=False, softmax_scale=scale,
-                       config=AUTO, out=None, names=_SDPA_NAMES)
+    launch = _validate_cached(q, k, v, causal=is_causal, bottom_right=False,
+                              softmax_scale=scale, config=AUTO, out=None, names=_SDPA_NAMES)
     batch, nheads, seqlen_q, head_dim = query.shape
     out = torch.empty((batch, nheads, seqlen_q, head_dim), dtype=query.dtype,
                       device=query.device)
@@ -212,8 +212,8 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, config, out,
          timed: bool) -> Tuple[Result, float]:
     _check_flag("return_lse", return_lse)
-    launch = _validate(q, k, v, causal=causal, bottom_right=bottom_right,
-                       softmax_scale=softmax_scale, config=config, out=out)
+    launch = _validate_cached(q, k, v, causal=causal, bottom_right=bottom_right,
+                              softmax_scale=softmax_scale, config=config, out=out)
     if out is None:
         out = torch.empty_like(q)
     lse = None
@@ -258,9 +258,7 @@ def _split_kv_buffers(launch: _Launch, device: torch.device
     """(num_splits, o_accum, lse_accum) when the kernel's split-KV heuristic splits this
     launch (a decode step too small to fill the GPU), else None: fp32 buffers from
     PyTorch's caching allocator on the current stream."""
-    splits = _C.num_splits(launch.config, launch.dtype, launch.batch, launch.seqlen_q,
-                           launch.seqlen_k, launch.nheads, launch.nheads_k, launch.is_causal,
-                           device.index)
+    splits = _num_splits(launch, device.index)
     if splits <= 1:
         return None
     # One allocation for both: (splits, rows, head_dim) O, then (splits, rows) LSE.
@@ -268,6 +266,15 @@ def _split_kv_buffers(launch: _Launch, device: torch.device
     o_size = splits * rows * launch.head_dim
     accum = torch.empty(o_size + splits * rows, dtype=torch.float32, device=device)
     return splits, accum[:o_size], accum[o_size:]
+
+
+@functools.lru_cache(maxsize=1024)
+def _num_splits(launch: _Launch, device_index: int) -> int:
+    """The kernel's split-KV heuristic for a launch; it depends on nothing else (the GPU's
+    resident block slots are fixed), so it is asked once per shape."""
+    return _C.num_splits(launch.config, launch.dtype, launch.batch, launch.seqlen_q,
+                         launch.seqlen_k, launch.nheads, launch.nheads_k, launch.is_causal,
+                         device_index)
 
 
 def _split_kv_args(buffers: Optional[Tuple[int, torch.Tensor, torch.Tensor]]) -> tuple:
@@ -312,6 +319,56 @@ def _decode_gqa_views(q: torch.Tensor, out: torch.Tensor, nheads_k: int
                             (t.stride(0), t.stride(2), group * t.stride(2), t.stride(3)))
 
     return view(q), view(out)
+
+
+# Launches that passed `_validate`, by everything the checks read (see `_launch_key`): a
+# decode step in a serving loop repeats one shape thousands of times, and the checks cost
+# about 60 us of Python per call on an H100 host, more than the step's kernel (FLASH's
+# whole SDPA call costs 18 us). Bounded: cleared when full.
+_VALIDATED: Dict[tuple, _Launch] = {}
+_VALIDATED_MAX = 1024
+
+
+def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> Optional[tuple]:
+    """What `_validate` depends on when out is None, or None where a key cannot stand in
+    for the checks (not all tensors, or not on a GPU: errors are never cached).
+
+    Tensor types, layouts, dtypes, shapes, strides, devices and 16-byte alignment of the
+    data pointers; the flags and the scale with their types (a bool scale is an error, an
+    int one is not); the config name; the argument names of the messages.
+    """
+    tensors = (q, k, v)
+    if not all(type(t) is torch.Tensor and t.is_cuda for t in tensors):
+        return None
+    # Only hashable values of the allowed types make a key; anything else goes to the
+    # checks, whose error names the argument.
+    if type(causal) is not bool or not (config is None or type(config) is str) or not (
+            softmax_scale is None or type(softmax_scale) in (int, float)):
+        return None
+    return (tuple((t.dtype, t.shape, t.stride(), t.device, t.layout,
+                   t.data_ptr() % _ALIGN_BYTES) for t in tensors),
+            type(causal), causal, bottom_right, type(softmax_scale), softmax_scale,
+            type(config), config, names)
+
+
+def _validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
+                     names: "_Names" = None) -> _Launch:
+    """`_validate`, answered from `_VALIDATED` for a shape seen before (out=None only: an
+    output tensor brings aliasing checks that depend on exact addresses)."""
+    names = _FORWARD_NAMES if names is None else names
+    key = None
+    if out is None:
+        key = _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names)
+        launch = _VALIDATED.get(key) if key is not None else None
+        if launch is not None:
+            return launch
+    launch = _validate(q, k, v, causal=causal, bottom_right=bottom_right,
+                       softmax_scale=softmax_scale, config=config, out=out, names=names)
+    if key is not None:
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.clear()
+        _VALIDATED[key] = launch
+    return launch
 
 
 def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
@@ -488,6 +545,7 @@ def _forget_tuning() -> None:
     written, or FA_CUTE_CACHE_DIR changed, in this process."""
     _tuning.forget()
     _auto_config.cache_clear()
+    _VALIDATED.clear()  # auto's picks are part of the validated launches
 
 
 def _resolve_scale(scale, head_dim: int, name: str = "softmax_scale") -> float:
