@@ -337,7 +337,7 @@ def test_tune_causal_option() -> None:
 
 @pytest.mark.parametrize("value, expected", [("false", [False]), ("true", [True]),
                                              ("both", [False, True])])
-def test_tune_causal_option(value: str, expected) -> None:
+def test_tune_causal_values(value: str, expected) -> None:
     assert list(tune.parse_args(["--causal", value]).causal) == expected
 
 
