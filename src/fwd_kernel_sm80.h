@@ -121,6 +121,14 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr bool kPrefetch = Traits::kRegPrefetch;
   constexpr bool kEven = kMaskMode != FwdMaskMode::kGeneral;  // no ragged tile: no row predication
+  // A flag that is a run-time bool or a compile-time cute::true_type / false_type.
+  auto flag = [](auto f) -> bool {
+    if constexpr (cute::is_same_v<decltype(f), bool>) {
+      return f;
+    } else {
+      return decltype(f)::value;
+    }
+  };
 
   int const tidx = threadIdx.x;
   int const num_m_blocks = (params.seqlen_q + kBlockM - 1) / kBlockM;
@@ -273,7 +281,11 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // need neither (all but one or two per tile) holds no masking code: with the mask as a
     // run-time branch in the one loop, the persistent d=128 kernel went from 233 to 255
     // registers and lost 10% (fwd_bench, H100, N=4096: 304 against 340 TFLOP/s).
-    auto iteration = [&](int i, auto is_first, auto is_masked) __attribute__((always_inline)) {
+    // is_last: no next key block; the persistent next tile's first loads go here. A
+    // compile-time flag outside the first iteration, so that the loop over the middle
+    // blocks neither tests it nor keeps the next tile's number in a register (ptxas had
+    // rematerialised it, 10-15 integer instructions in every iteration).
+    auto iteration = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
       int const n_block = keys.template block<Traits::kReverseKV>(i);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
       clear(acc_s);
@@ -301,7 +313,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         // V_j has landed, and every warp has finished reading K_j (and, in the last
         // iteration, Q): sK (and sQ) may be refilled.
         __syncthreads();
-        if (i + 1 < num_blocks) {
+        if (!flag(is_last)) {
           load_K(coord, keys.template block<Traits::kReverseKV>(i + 1));
           cp_async_fence();
         }
@@ -309,14 +321,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         __syncthreads();  // everyone has finished reading sK (and sQ in the last iteration)
       }
       if constexpr (Traits::kPersistent) {
-        if (i + 1 == num_blocks && next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
+        if (flag(is_last) && next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
       }
 
-      if constexpr (cute::is_same_v<decltype(is_masked), bool>) {
-        if (is_masked) { apply_mask(acc_s, coord.m_block, n_block); }
-      } else if constexpr (decltype(is_masked)::value) {
-        apply_mask(acc_s, coord.m_block, n_block);
-      }
+      if (flag(is_masked)) { apply_mask(acc_s, coord.m_block, n_block); }
       softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
 
       Tensor rP = convert_type<Element>(acc_s);
@@ -329,23 +337,34 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       // loops. Masked blocks are the last ones visited in forward order, the first in reverse.
       using cute::false_type;
       using cute::true_type;
-      // The first iteration tests the mask at run time: one copy of the loop body fewer,
-      // outside the loops.
+      // The first and the last iteration test the mask at run time (and the first whether
+      // it is also the last): fewer copies of the loop body, outside the loops.
+      int const last = num_blocks - 1;
       if constexpr (kMaskMode == FwdMaskMode::kNone) {
-        iteration(0, true_type{}, false_type{});
-        for (int i = 1; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}); }
-      } else if constexpr (!Traits::kReverseKV) {
-        int const n_unmasked = max(0, min(keys.n_block_mask_start - keys.n_block_min, num_blocks));
-        iteration(0, true_type{}, n_unmasked == 0);
-        int i = 1;
-        for (; i < n_unmasked; ++i) { iteration(i, false_type{}, false_type{}); }
-        for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}); }
+        iteration(0, true_type{}, false_type{}, last == 0);
+        if (last > 0) {
+          for (int i = 1; i < last; ++i) { iteration(i, false_type{}, false_type{}, false_type{}); }
+          iteration(last, false_type{}, false_type{}, true_type{});
+        }
       } else {
-        int const n_masked = max(0, min(keys.n_block_max - keys.n_block_mask_start, num_blocks));
-        iteration(0, true_type{}, n_masked > 0);
-        int i = 1;
-        for (; i < n_masked; ++i) { iteration(i, false_type{}, true_type{}); }
-        for (; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}); }
+        // Whether the i-th block visited needs a mask: the last ones visited in forward
+        // order, the first ones in reverse.
+        int const n_first = Traits::kReverseKV
+                                ? max(0, min(keys.n_block_max - keys.n_block_mask_start, num_blocks))
+                                : max(0, min(keys.n_block_mask_start - keys.n_block_min, num_blocks));
+        auto masked = [&](int i) { return Traits::kReverseKV ? i < n_first : i >= n_first; };
+        iteration(0, true_type{}, masked(0), last == 0);
+        if (last > 0) {
+          int i = 1;
+          if constexpr (!Traits::kReverseKV) {
+            for (; i < min(n_first, last); ++i) { iteration(i, false_type{}, false_type{}, false_type{}); }
+            for (; i < last; ++i) { iteration(i, false_type{}, true_type{}, false_type{}); }
+          } else {
+            for (; i < min(n_first, last); ++i) { iteration(i, false_type{}, true_type{}, false_type{}); }
+            for (; i < last; ++i) { iteration(i, false_type{}, false_type{}, false_type{}); }
+          }
+          iteration(last, false_type{}, masked(last), true_type{});
+        }
       }
     } else {
       // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the
