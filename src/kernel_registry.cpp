@@ -56,12 +56,12 @@ FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype) {
 }
 
 std::string default_fwd_config(int head_dim, int seqlen_q, int /*seqlen_k*/, int cc_major,
-                               int /*cc_minor*/) {
+                               int /*cc_minor*/, bool causal) {
   if (cc_major < 8) {
     throw std::invalid_argument("device: compute capability " + std::to_string(cc_major) +
                                 ".x is not supported; fa_cute needs sm_80 or newer");
   }
-  std::string const preferred = sm80_config_name(head_dim, sm80_fwd_tile(head_dim, seqlen_q));
+  std::string const preferred = sm80_config_name(head_dim, sm80_fwd_tile(head_dim, seqlen_q, causal));
   for (FwdKernel const& k : fwd_kernels()) {
     if (preferred == k.config) return k.config;
   }

@@ -58,7 +58,8 @@ std::string sm80_config_name(int head_dim, FwdTile const& tile);
 
 // The config the built-in heuristic picks (the tile function of tile_size.h); throws
 // std::invalid_argument when no built config serves head_dim.
-std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor);
+std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor,
+                               bool causal = false);
 
 }  // namespace fa_cute
 

@@ -193,6 +193,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("is_causal"), py::arg("device"));
   m.def("configs", &fa_cute::configs);
   m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
-        py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"));
+        py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
   m.def("build_info", &fa_cute::build_info);
 }

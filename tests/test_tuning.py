@@ -202,7 +202,7 @@ def test_a_heuristic_pick_that_does_not_fit_falls_back_to_the_largest_that_does(
 def test_the_heuristic_gets_the_exact_lengths(fake_build) -> None:
     _api._auto_config(GPU, CC, "bf16", 128, 3, 4099, True)
     _api._auto_config(GPU, CC, "fp16", 128, 1000)
-    assert fake_build == [(128, 3, 4099, *CC), (128, 1000, 1000, *CC)]
+    assert fake_build == [(128, 3, 4099, *CC, True), (128, 1000, 1000, *CC, False)]
 
 
 def test_the_key_includes_causal(fake_build) -> None:
@@ -238,7 +238,7 @@ def test_forward_resolves_with_the_launchs_causality_and_rows(
     # key), so not the causal-n128 entry but the heuristic, asked for 8 rows.
     assert resolve(1, 4096, 8, 1, False) == "default_pick"
     assert resolve(1, 4096, 8, 1, True) == "default_pick"
-    assert fake_build == [(128, 8, 4096, 8, 0)]
+    assert fake_build == [(128, 8, 4096, 8, 0, False)]
 
 
 def test_other_gpus_entries_are_not_used(fake_build) -> None:
@@ -316,8 +316,9 @@ def test_auto_without_entries_is_the_heuristics_pick(seqlen_q: int, seqlen_k: in
     """Any tile runs any length, so without tuning entries auto is the heuristic, for every
     built head dim (on a GPU with room for every config)."""
     for head_dim in sorted({c["head_dim"] for c in PRODUCTION}):
-        pick = _api._auto_config(GPU, CC, "bf16", head_dim, seqlen_q, seqlen_k)
-        assert pick["name"] == _C.default_config(head_dim, seqlen_q, seqlen_k, *CC)
+        for causal in (False, True):
+            pick = _api._auto_config(GPU, CC, "bf16", head_dim, seqlen_q, seqlen_k, causal)
+            assert pick["name"] == _C.default_config(head_dim, seqlen_q, seqlen_k, *CC, causal)
         assert pick["rung"] is None and pick["head_dim"] == head_dim
 
 

@@ -518,7 +518,7 @@ def _auto_config(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqle
         cfg = _CONFIGS.get(name)
         if cfg is not None and _tunable(cfg, dtype, head_dim, cc, smem_limit):
             return cfg
-    default = _CONFIGS[_C.default_config(head_dim, seqlen_q, seqlen_k, cc[0], cc[1])]
+    default = _CONFIGS[_C.default_config(head_dim, seqlen_q, seqlen_k, cc[0], cc[1], causal)]
     if _tunable(default, dtype, head_dim, cc, smem_limit):
         return default
     # The heuristic knows the compute capability, not this GPU's shared memory (or a build

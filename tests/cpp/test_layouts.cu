@@ -147,6 +147,12 @@ void check_registry() {
              fa_cute::sm80_config_name(128, fa_cute::FwdTile{128, 128, 8, true}) == "sm80p_m128n128w8_d128",
          "config naming differs from src/generate_kernels.py");
   // The heuristic's tile (tile_size.h) is what the default build compiles and picks.
+  // Causal tiles differ in length: the heuristic leaves them to the hardware's block
+  // scheduler (non-persistent), and short queries to the 64-row tile.
+  EXPECT(!fa_cute::sm80_fwd_tile(128, 4096, true).persistent && fa_cute::sm80_fwd_tile(128, 4096, false).persistent,
+         "causal d=128 must not be persistent, non-causal must");
+  EXPECT(fa_cute::sm80_fwd_tile(128, 1).block_m == 64, "seqlen_q 1 must take the 64-row tile");
+  EXPECT(fa_cute::sm80_fwd_tile(100, 4096).block_m == 0, "head dim 100 has no tile");
   std::string const expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128, 4096));
   std::string const picked = fa_cute::default_fwd_config(128, 4096, 4096, 9, 0);
   EXPECT(names.count(picked) == 1, "default config %s is not registered", picked.c_str());
