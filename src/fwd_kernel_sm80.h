@@ -281,10 +281,11 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // need neither (all but one or two per tile) holds no masking code: with the mask as a
     // run-time branch in the one loop, the persistent d=128 kernel went from 233 to 255
     // registers and lost 10% (fwd_bench, H100, N=4096: 304 against 340 TFLOP/s).
-    // is_last: no next key block; the persistent next tile's first loads go here. A
-    // compile-time flag outside the first iteration, so that the loop over the middle
-    // blocks neither tests it nor keeps the next tile's number in a register (ptxas had
-    // rematerialised it, 10-15 integer instructions in every iteration).
+    // is_last: no next key block; the persistent next tile's first loads go here. In
+    // persistent mask-free kernels a compile-time flag outside the first iteration, so
+    // that the loop over the middle blocks neither tests it nor keeps the next tile's
+    // number in a register (ptxas had rematerialised it: 10-15 integer instructions in
+    // every iteration, 3% at N=4096).
     auto iteration = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
       int const n_block = keys.template block<Traits::kReverseKV>(i);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
@@ -337,33 +338,35 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       // loops. Masked blocks are the last ones visited in forward order, the first in reverse.
       using cute::false_type;
       using cute::true_type;
-      // The first and the last iteration test the mask at run time (and the first whether
-      // it is also the last): fewer copies of the loop body, outside the loops.
+      // The first iteration tests the mask at run time: one copy of the loop body fewer,
+      // outside the loops. Persistent mask-free kernels also peel the last iteration (see
+      // is_last); elsewhere that extra copy of the body made ptxas spill (up to 156 B in
+      // the masking variants, 72 B in d=256 64-row tiles), so there is_last is a run-time
+      // test.
       int const last = num_blocks - 1;
-      if constexpr (kMaskMode == FwdMaskMode::kNone) {
+      if constexpr (kMaskMode == FwdMaskMode::kNone && Traits::kPersistent) {
         iteration(0, true_type{}, false_type{}, last == 0);
         if (last > 0) {
           for (int i = 1; i < last; ++i) { iteration(i, false_type{}, false_type{}, false_type{}); }
           iteration(last, false_type{}, false_type{}, true_type{});
         }
+      } else if constexpr (kMaskMode == FwdMaskMode::kNone) {
+        iteration(0, true_type{}, false_type{}, last == 0);
+        for (int i = 1; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
       } else {
-        // Whether the i-th block visited needs a mask: the last ones visited in forward
-        // order, the first ones in reverse.
+        // The blocks that need a mask: the last ones visited in forward order, the first
+        // ones in reverse.
         int const n_first = Traits::kReverseKV
                                 ? max(0, min(keys.n_block_max - keys.n_block_mask_start, num_blocks))
                                 : max(0, min(keys.n_block_mask_start - keys.n_block_min, num_blocks));
-        auto masked = [&](int i) { return Traits::kReverseKV ? i < n_first : i >= n_first; };
-        iteration(0, true_type{}, masked(0), last == 0);
-        if (last > 0) {
-          int i = 1;
-          if constexpr (!Traits::kReverseKV) {
-            for (; i < min(n_first, last); ++i) { iteration(i, false_type{}, false_type{}, false_type{}); }
-            for (; i < last; ++i) { iteration(i, false_type{}, true_type{}, false_type{}); }
-          } else {
-            for (; i < min(n_first, last); ++i) { iteration(i, false_type{}, true_type{}, false_type{}); }
-            for (; i < last; ++i) { iteration(i, false_type{}, false_type{}, false_type{}); }
-          }
-          iteration(last, false_type{}, masked(last), true_type{});
+        iteration(0, true_type{}, Traits::kReverseKV ? n_first > 0 : n_first == 0, last == 0);
+        int i = 1;
+        if constexpr (!Traits::kReverseKV) {
+          for (; i < n_first; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+          for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+        } else {
+          for (; i < n_first; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+          for (; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
         }
       }
     } else {
