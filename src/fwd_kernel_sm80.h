@@ -98,8 +98,8 @@ struct Sm80KeyRange {
 // Any seqlen_q and seqlen_k: the last query tile and the last key block may be ragged.
 // Their loads are predicated per row (rows past the end are zero-filled, never read) and
 // the stores of O and the LSE skip rows past seqlen_q. Causal masking and the seqlen_k
-// mask are applied only to the key blocks that need them (Sm80KeyRange), at run time: a
-// uniform branch, so one compiled kernel serves causal and not, even and ragged.
+// mask are applied only to the key blocks that need them (Sm80KeyRange): those blocks run
+// in their own loop, whose copy of the body holds the mask.
 //
 // kMaskMode (FwdMaskMode) compiles out what a launch does not need: kNone (non-causal,
 // seqlen_q a multiple of kBlockM and seqlen_k of kBlockN) holds no masking or row
