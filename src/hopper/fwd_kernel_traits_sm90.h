@@ -1,0 +1,204 @@
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/copy_atom.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+
+#include <cutlass/numeric_types.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+namespace fa_cute {
+
+// The GMMA shared-memory atom for a buffer whose contiguous dimension holds kRowBytes bytes:
+// the widest swizzle whose 8-row pattern period (32/64/128 bytes per row) divides a row.
+// wgmma and TMA both read the swizzle mode from the descriptor, so the same atom serves
+// both; a wider swizzle spreads an 8-row phase over more banks. kMajor names the MMA
+// mode that is contiguous in memory: K for Q and K (d contiguous), MN for an operand
+// whose M or N mode is contiguous.
+template <class Element, int kRowBytes, cute::GMMA::Major kMajor>
+CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
+  namespace GMMA = cute::GMMA;
+  if constexpr (kRowBytes % 128 == 0) {
+    return GMMA::Layout_SW128_Atom<Element, kMajor>{};
+  } else if constexpr (kRowBytes % 64 == 0) {
+    return GMMA::Layout_SW64_Atom<Element, kMajor>{};
+  } else if constexpr (kRowBytes % 32 == 0) {
+    return GMMA::Layout_SW32_Atom<Element, kMajor>{};
+  } else {
+    return GMMA::Layout_INTER_Atom<Element, kMajor>{};
+  }
+}
+
+// Everything the Hopper (sm_90a) warp-specialised forward kernel needs, derived from six
+// numbers (docs/hopper-plan.md secs. 2-3):
+//   kHeadDim        head dimension d (K of S = Q K^T, N of O = P V)
+//   kBlockM         query rows per CTA; each consumer warpgroup owns 64 of them (one wgmma
+//                   M=64 atom), so its softmax never exchanges data with another warpgroup
+//   kBlockN         key/value rows per pipeline stage; also the N of the S wgmma atom
+//   kNumConsumerWG  consumer warpgroups (2, or 3 at d<=96); one producer warpgroup more
+//   Element         cute::bfloat16_t or cute::half_t (accumulation and softmax are fp32)
+//   kStages         K and V pipeline stages in shared memory
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNumConsumerWG_, class Element_, int kStages_ = 2>
+struct Sm90FwdTraits {
+  using Element = Element_;
+  using ElementAccum = float;
+
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kNumConsumerWG = kNumConsumerWG_;
+  static constexpr int kStages = kStages_;
+
+  static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
+                "Element must be bf16 or fp16");
+  static_assert(kNumConsumerWG >= 1 && kNumConsumerWG <= 3,
+                "1-3 consumer warpgroups: 4 warpgroups in all is the 512-thread CTA limit");
+  static_assert(kBlockM == 64 * kNumConsumerWG, "each consumer warpgroup owns one 64-row wgmma atom of S and O");
+  static_assert(kHeadDim % 16 == 0, "d is the K of S = Q K^T, consumed in 16-wide wgmma k-blocks");
+  static_assert(kBlockN % 16 == 0, "kBlockN is the K of O = P V, consumed in 16-wide wgmma k-blocks");
+  static_assert(kHeadDim <= 256 && kBlockN <= 256,
+                "wgmma N is at most 256 (d for P V, kBlockN for Q K^T); TMA box dims are at most 256");
+  static_assert(kStages >= 2, "one stage loads while the other is consumed");
+
+  // --- Threads and registers -------------------------------------------------------------------
+  // Warpgroup 0 is the producer (one elected thread of warp 0 issues TMA); warpgroups
+  // 1..kNumConsumerWG run the wgmmas and the softmax.
+  static constexpr int kNumThreadsPerWG = 128;
+  static constexpr int kNumProducerThreads = kNumThreadsPerWG;
+  static constexpr int kNumConsumerThreads = kNumThreadsPerWG * kNumConsumerWG;
+  static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
+  // setmaxnreg budgets (per thread): the producer needs almost none, the consumers hold S,
+  // P and O. A request the 64K-register file cannot grant is never granted: the warpgroup
+  // hangs in setmaxnreg, so the sum is checked here.
+  static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : 24;
+  static constexpr int kConsumerRegs = kNumConsumerWG == 3 ? 160 : 240;
+  static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 && kConsumerRegs <= 256,
+                "setmaxnreg takes multiples of 8 in [24, 256]");
+  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <= 64 * 1024,
+                "register budgets exceed the 64K-entry register file: setmaxnreg would hang");
+
+  // --- MMA ----------------------------------------------------------------------------------
+  // S = Q K^T: both operands in shared memory (SS), both K-major (d is contiguous in Q and
+  // K). O += P V: P from registers (RS, which requires a K-major A), V read as the B
+  // operand (N=d, K=kBlockN) whose contiguous mode is d, i.e. MN-major: wgmma transposes
+  // it while reading, so no ldmatrix.trans and no transpose pass.
+  using TileShapeQK = cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>;   // (BLK_M,BLK_N,D)
+  using TileShapePV = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>, cute::Int<kBlockN>>;   // (BLK_M,D,BLK_N)
+  using MmaOpQK = decltype(cute::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeQK,
+                                                      cute::GMMA::Major::K, cute::GMMA::Major::K>());
+  using MmaOpPV = decltype(cute::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapePV,
+                                                      cute::GMMA::Major::K, cute::GMMA::Major::MN>());
+  // The selectors fall back silently to the largest atom N dividing the tile; N = 80, 112,
+  // 144, 176 (and every other multiple of 8 that is not 2^k or 3*2^k) exist only under
+  // -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED. A smaller atom would issue several narrow
+  // wgmmas per k-block, each re-reading the A operand.
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpQK>::Shape_MNK{}) == kBlockN,
+                "S wgmma atom N != kBlockN: compile with -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED");
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpPV>::Shape_MNK{}) == kHeadDim,
+                "O wgmma atom N != d: compile with -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED");
+  // Consumer warpgroups tiled along M only: each owns whole rows of S (softmax stays inside
+  // the warpgroup) and reads the same K/V stage.
+  using AtomLayoutMNK = cute::Layout<cute::Shape<cute::Int<kNumConsumerWG>, cute::_1, cute::_1>>;
+  using TiledMmaQK = decltype(cute::make_tiled_mma(MmaOpQK{}, AtomLayoutMNK{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(MmaOpPV{}, AtomLayoutMNK{}));
+  static_assert(cute::size(TiledMmaQK{}) == kNumConsumerThreads && cute::size(TiledMmaPV{}) == kNumConsumerThreads,
+                "the tiled MMAs must span exactly the consumer threads");
+
+  // --- Shared memory --------------------------------------------------------------------------
+  // Q, K and V rows are d elements contiguous (as in global memory, so TMA copies rows
+  // without reordering). V uses K's layout: (BLK_N, D) with d contiguous is the same bytes
+  // as the MN-major (D, BLK_N) B operand that O += P V reads, so SmemLayoutVt is only a
+  // transposed view of it.
+  static constexpr int kRowBytes = kHeadDim * int(sizeof(Element));
+  using SmemLayoutAtomQKV = decltype(gmma_smem_atom<Element, kRowBytes, cute::GMMA::Major::K>());
+  using SmemLayoutQ = decltype(cute::tile_to_shape(
+      SmemLayoutAtomQKV{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));                  // (BLK_M,D)
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      SmemLayoutAtomQKV{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));  // (BLK_N,D,STAGE)
+  using SmemLayoutV = SmemLayoutK;                                                                     // (BLK_N,D,STAGE)
+  using SmemLayoutVt = decltype(cute::composition(
+      SmemLayoutV{}, cute::make_ordered_layout(
+                         cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+                         cute::Step<cute::_2, cute::_1, cute::_3>{})));                              // (D,BLK_N,STAGE)
+  // O is staged in Q's space before its store: in a non-persistent CTA Q is dead once the
+  // last S wgmma has retired. (Persistent rungs load the next Q early and alias O with a
+  // V stage instead, plan sec. 2.)
+  using SmemLayoutO = SmemLayoutQ;                                                                     // (BLK_M,D)
+
+  // Swizzled buffers are 1024-byte aligned: the SW128 pattern repeats every 8 rows x 128 B,
+  // and TMA and wgmma apply it to absolute address bits, so a buffer must start on a period
+  // boundary for every writer and reader to see the same arrangement. The kernel declares
+  // its dynamic shared memory __align__(1024) for the same reason.
+  static constexpr int kSmemAlign = 1024;
+  struct SharedStorage {
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, kSmemAlign> smem_q;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
+    // mbarriers: full/empty per stage for K and V, one transaction barrier for Q.
+    typename cutlass::PipelineTmaAsync<kStages>::SharedStorage pipeline_k;
+    typename cutlass::PipelineTmaAsync<kStages>::SharedStorage pipeline_v;
+    cutlass::arch::ClusterTransactionBarrier barrier_q;
+  };
+  static constexpr int kSmemSize = int(sizeof(SharedStorage));
+  static_assert(kSmemSize <= 232448, "tile does not fit sm90 shared memory (227 KiB per CTA)");
+
+  // Bytes one TMA stage delivers: the mbarrier's expected transaction count. A box that
+  // overhangs the tensor's end is zero-filled and still credits all of them.
+  static constexpr int kTmaTransactionBytesQ = kBlockM * kHeadDim * int(sizeof(Element));
+  static constexpr int kTmaTransactionBytesK = kBlockN * kHeadDim * int(sizeof(Element));
+  static constexpr int kTmaTransactionBytesV = kTmaTransactionBytesK;
+
+  // --- TMA ------------------------------------------------------------------------------------
+  // Global tensors as (seqlen, d, head, batch) with d contiguous. Batch and head are TMA
+  // dimensions of their own, so a tile overhanging one sequence's end reads zeros, never
+  // the next sequence. Strides are 64-bit (a batch stride can exceed 2^31 elements).
+  using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;                   // (seqlen,d,head,batch)
+  using StrideQKV = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
+  using GmemTensorQKV = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<Element const*>(nullptr)),
+                                                   ShapeQKV{}, StrideQKV{}));
+  using GmemTensorO = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<Element*>(nullptr)),
+                                                 ShapeQKV{}, StrideQKV{}));
+  // The box is one smem tile (one stage for K and V); the descriptor is built on the host
+  // per call and passed as a __grid_constant__ parameter.
+  using TmaLoadQ = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensorQKV{}, SmemLayoutQ{}));
+  using TmaLoadK = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensorQKV{},
+                                                cute::take<0, 2>(SmemLayoutK{})));
+  using TmaLoadV = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensorQKV{},
+                                                cute::take<0, 2>(SmemLayoutV{})));
+  using TmaStoreO = decltype(cute::make_tma_copy(cute::SM90_TMA_STORE{}, GmemTensorO{}, SmemLayoutO{}));
+};
+
+// The sm90 wgmma accumulator gives each thread values ((2 columns, 2 rows, N/8 column
+// groups), MMA_M, MMA_N) (CLayout_64xN: rows 16*warp + lane/4 + 8*v1, columns
+// 8*v2 + 2*(lane%4) + v0). Softmax works on rows: view it as ((2 rows, MMA_M),
+// (2 columns, N/8, MMA_N)).
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_rowcol_sm90(Layout const& acc) {
+  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
+  static_assert(decltype(cute::rank<0>(acc))::value == 3, "expects the sm90 ((2,2,N/8)) value mode");
+  return cute::make_layout(cute::make_layout(cute::get<0, 1>(acc), cute::get<1>(acc)),
+                           cute::make_layout(cute::get<0, 0>(acc), cute::get<0, 2>(acc), cute::get<2>(acc)));
+}
+
+// The RS wgmma's register A operand (ALayout_64x16) holds per thread ((2 k, 2 rows,
+// 2 k-halves), MMA_M, MMA_K): the strides of CLayout_64x16. So the accumulator values of
+// columns 16i..16i+15 (v2 in {2i, 2i+1}) are already k-block i of P as the A operand of
+// O += P V: a relabelling, no data movement.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_as_a_operand_sm90(Layout const& acc) {
+  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
+  static_assert(decltype(cute::rank<0>(acc))::value == 3, "expects the sm90 ((2,2,N/8)) value mode");
+  static_assert(decltype(cute::size<0, 2>(acc))::value % 2 == 0, "N/8 column groups must pair up into K=16 blocks");
+  auto v2 = cute::logical_divide(cute::get<0, 2>(acc), cute::_2{});                  // (2,N/16)
+  return cute::make_layout(cute::make_layout(cute::get<0, 0>(acc), cute::get<0, 1>(acc), cute::get<0>(v2)),
+                           cute::get<1>(acc), cute::make_layout(cute::get<1>(v2), cute::get<2>(acc)));
+}
+
+}  // namespace fa_cute

@@ -1,0 +1,201 @@
+// Host-side checks of the Hopper kernel's traits (src/hopper/fwd_kernel_traits_sm90.h):
+// shared-memory budget, the wgmma accumulator's coordinates against the formula of
+// docs/hopper-plan.md sec. 4, the accumulator -> A-operand relabelling that feeds P to the
+// RS wgmma, and the GMMA descriptors the smem layouts produce. A wrong answer here would
+// show up on the GPU as wrong rows of O or a silently slower atom; no GPU is needed.
+
+#include <cstdio>
+#include <set>
+#include <string>
+#include <utility>
+
+#include <cute/tensor.hpp>
+
+#include "hopper/fwd_kernel_traits_sm90.h"
+
+using namespace cute;
+
+static int g_passed = 0;
+static int g_failed = 0;
+
+#define EXPECT(cond, ...)                                             \
+  do {                                                                \
+    if (cond) {                                                       \
+      ++g_passed;                                                     \
+    } else {                                                          \
+      ++g_failed;                                                     \
+      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
+      std::printf(__VA_ARGS__);                                       \
+      std::printf("\n");                                              \
+    }                                                                 \
+  } while (0)
+
+// Every thread's S accumulator element (v0, v1, v2) must sit at
+//   row = 64*wg + 16*warp_in_wg + lane/4 + 8*v1,  col = 8*v2 + 2*(lane%4) + v0
+// (plan sec. 4), the row/column view must name the same coordinates, and the consumer
+// threads together must cover the (BLK_M, BLK_N) tile exactly once.
+template <class Traits>
+void check_accumulator_coords(char const* what) {
+  constexpr int M = Traits::kBlockM, N = Traits::kBlockN;
+  typename Traits::TiledMmaQK tiled_mma;
+  Tensor coords = make_identity_tensor(Shape<Int<M>, Int<N>>{});
+  int bad_formula = 0, bad_rowcol = 0, bad_shape = 0;
+  std::set<std::pair<int, int>> covered;
+  for (int t = 0; t < Traits::kNumConsumerThreads; ++t) {
+    int const wg = t / 128, warp = (t % 128) / 32, lane = t % 32;
+    Tensor tC = tiled_mma.get_thread_slice(t).partition_C(coords);  // ((2,2,N/8),MMA_M,MMA_N) of (m,n)
+    bad_shape += int(size<0, 0>(tC)) != 2 || int(size<0, 1>(tC)) != 2 || int(size<0, 2>(tC)) != N / 8 ||
+                 int(size<1>(tC)) != 1 || int(size<2>(tC)) != 1;
+    for (int v0 = 0; v0 < 2; ++v0)
+      for (int v1 = 0; v1 < 2; ++v1)
+        for (int v2 = 0; v2 < N / 8; ++v2) {
+          auto mn = tC(make_coord(v0, v1, v2), 0, 0);
+          int const row = 64 * wg + 16 * warp + lane / 4 + 8 * v1;
+          int const col = 8 * v2 + 2 * (lane % 4) + v0;
+          bad_formula += int(get<0>(mn)) != row || int(get<1>(mn)) != col;
+          covered.insert({int(get<0>(mn)), int(get<1>(mn))});
+        }
+    Tensor rc = make_tensor(tC.data(), fa_cute::acc_layout_rowcol_sm90(tC.layout()));
+    bad_shape += int(size<0>(rc)) != 2 || int(size<1>(rc)) != N / 4;
+    for (int mi = 0; mi < size<0>(rc); ++mi)
+      for (int ni = 0; ni < size<1>(rc); ++ni) {
+        auto mn = rc(mi, ni);
+        int const row = 64 * wg + 16 * warp + lane / 4 + 8 * mi;
+        int const col = 8 * (ni / 2) + 2 * (lane % 4) + ni % 2;
+        bad_rowcol += int(get<0>(mn)) != row || int(get<1>(mn)) != col;
+      }
+  }
+  EXPECT(bad_shape == 0, "%s: %d threads with an unexpected accumulator shape", what, bad_shape);
+  EXPECT(bad_formula == 0, "%s: %d accumulator elements off the sec. 4 formula", what, bad_formula);
+  EXPECT(bad_rowcol == 0, "%s: %d row/column-view elements off their softmax row or column", what, bad_rowcol);
+  EXPECT(int(covered.size()) == M * N, "%s: accumulators cover %d of %d elements of S", what, int(covered.size()),
+         M * N);
+}
+
+// P keeps S's accumulator registers; relabelled as the A operand of O += P V, each value
+// must carry exactly the (row, k) coordinate the RS wgmma expects there.
+template <class Traits>
+void check_p_as_a_operand(char const* what) {
+  constexpr int M = Traits::kBlockM, N = Traits::kBlockN;
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  Tensor coords = make_identity_tensor(Shape<Int<M>, Int<N>>{});
+  int bad = 0, bad_size = 0;
+  for (int t = 0; t < Traits::kNumConsumerThreads; ++t) {
+    Tensor tC = mma_qk.get_thread_slice(t).partition_C(coords);  // S as the accumulator: (m, n)
+    Tensor tA = mma_pv.get_thread_slice(t).partition_A(coords);  // P as the A operand: (m, k=n)
+    Tensor p_as_a = make_tensor(tC.data(), fa_cute::acc_layout_as_a_operand_sm90(tC.layout()));
+    if (size(tA) != size(p_as_a) || size<2>(tA) != size<2>(p_as_a)) {
+      ++bad_size;
+      continue;
+    }
+    for (int i = 0; i < size(tA); ++i) bad += !(tA(i) == p_as_a(i));
+  }
+  EXPECT(bad_size == 0, "%s: %d threads whose P fragment and A fragment differ in shape", what, bad_size);
+  EXPECT(bad == 0, "%s: %d elements of P misplaced as the A operand", what, bad);
+}
+
+// The layout must be a bijection onto [0, cosize) (no two elements share smem), and
+// 16-byte chunks of a row must stay contiguous (TMA and wgmma swizzle 16-byte units).
+template <class Traits, class SmemLayout>
+void check_smem_layout(char const* what) {
+  constexpr int kElemsPer16B = 16 / sizeof(typename Traits::Element);
+  SmemLayout layout;
+  std::set<int> seen;
+  for (int i = 0; i < size(layout); ++i) seen.insert(layout(i));
+  EXPECT(int(seen.size()) == int(size(layout)) && *seen.rbegin() == int(size(layout)) - 1,
+         "%s: not a bijection (%d distinct of %d)", what, int(seen.size()), int(size(layout)));
+  // Rank 2 (Q) or 3 (K/V: stages); every stage is checked.
+  auto at = [&](int r, int c, int s) {
+    if constexpr (decltype(rank(layout))::value == 3) {
+      return int(layout(r, c, s));
+    } else {
+      return int(layout(r, c));
+    }
+  };
+  int stages = 1;
+  if constexpr (decltype(rank(layout))::value == 3) stages = size<2>(layout);
+  int split = 0;
+  for (int s = 0; s < stages; ++s)
+    for (int r = 0; r < size<0>(layout); ++r)
+      for (int c = 0; c < size<1>(layout); c += kElemsPer16B) {
+        int const base = at(r, c, s);
+        split += base % kElemsPer16B != 0;
+        for (int i = 1; i < kElemsPer16B; ++i) split += at(r, c + i, s) != base + i;
+      }
+  EXPECT(split == 0, "%s: %d split 16-byte chunks", what, split);
+}
+
+template <class Traits>
+void check_vt_is_transpose(char const* what) {
+  typename Traits::SmemLayoutV v;
+  typename Traits::SmemLayoutVt vt;
+  int bad = 0;
+  for (int s = 0; s < Traits::kStages; ++s)
+    for (int n = 0; n < Traits::kBlockN; ++n)
+      for (int d = 0; d < Traits::kHeadDim; ++d) bad += int(vt(d, n, s)) != int(v(n, d, s));
+  EXPECT(bad == 0, "%s: V^T view differs from V at %d elements", what, bad);
+}
+
+// The wgmma descriptors the kernel builds from the smem layouts (partition_fragment_A/B):
+// make_gmma_desc static_asserts that a layout is one GMMA can describe (checked by
+// deducing the fragment types here, without building them: the start address needs a
+// real shared-memory pointer), and takes the descriptor's swizzle mode from the layout,
+// which must be the one chosen for the row width. One descriptor per 16-wide k-block.
+template <class Traits>
+void check_gmma_descriptors(char const* what, GMMA::LayoutType expected) {
+  using Element = typename Traits::Element;
+  Tensor sQ = make_tensor(make_smem_ptr(static_cast<Element*>(nullptr)), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(static_cast<Element*>(nullptr)), typename Traits::SmemLayoutK{});
+  Tensor sVt = make_tensor(make_smem_ptr(static_cast<Element*>(nullptr)), typename Traits::SmemLayoutVt{});
+  auto thr_qk = typename Traits::TiledMmaQK{}.get_thread_slice(0);
+  auto thr_pv = typename Traits::TiledMmaPV{}.get_thread_slice(0);
+  using FragQ = decltype(thr_qk.partition_fragment_A(sQ).layout());
+  using FragK = decltype(thr_qk.partition_fragment_B(sK(_, _, 0)).layout());
+  using FragVt = decltype(thr_pv.partition_fragment_B(sVt(_, _, 0)).layout());
+  int const kq = size<2>(FragQ{}), kk = size<2>(FragK{}), kv = size<2>(FragVt{});
+  EXPECT(kq == Traits::kHeadDim / 16 && kk == Traits::kHeadDim / 16 && kv == Traits::kBlockN / 16,
+         "%s: k-blocks Q %d K %d V^T %d", what, kq, kk, kv);
+  auto type_of = [](auto const& s) { return int(GMMA::layout_type(recast<uint128_t const>(s))); };
+  int const tq = type_of(sQ), tk = type_of(sK(_, _, 0)), tv = type_of(sVt(_, _, 0));
+  EXPECT(tq == int(expected) && tk == int(expected) && tv == int(expected),
+         "%s: descriptor layout types Q %d K %d V^T %d, expected %d", what, tq, tk, tv, int(expected));
+}
+
+template <int kHeadDim, int kBlockM, int kBlockN, int kNumWG, class Element>
+void check_traits(char const* what, GMMA::LayoutType swizzle) {
+  using Traits = fa_cute::Sm90FwdTraits<kHeadDim, kBlockM, kBlockN, kNumWG, Element>;
+  std::string const w(what);
+  // Q + K and V stages, each rounded to the 1024-byte alignment, plus the mbarriers.
+  int const tiles = (kBlockM + 2 * 2 * kBlockN) * kHeadDim * int(sizeof(Element));
+  EXPECT(Traits::kSmemSize <= 232448 && Traits::kSmemSize >= tiles && Traits::kSmemSize <= tiles + 4 * 1024,
+         "%s: smem %d B for %d B of tiles (limit 232448)", what, Traits::kSmemSize, tiles);
+  EXPECT(Traits::kNumThreads == 128 * (kNumWG + 1) &&
+             128 * Traits::kProducerRegs + 128 * kNumWG * Traits::kConsumerRegs <= 65536,
+         "%s: %d threads, registers %d/%d", what, Traits::kNumThreads, Traits::kProducerRegs,
+         Traits::kConsumerRegs);
+  check_accumulator_coords<Traits>(what);
+  check_p_as_a_operand<Traits>(what);
+  check_smem_layout<Traits, typename Traits::SmemLayoutQ>((w + " Q").c_str());
+  check_smem_layout<Traits, typename Traits::SmemLayoutK>((w + " K/V").c_str());
+  check_vt_is_transpose<Traits>(what);
+  check_gmma_descriptors<Traits>(what, swizzle);
+}
+
+int main() {
+  // The plan's tiles (sec. 2) for d = 64, 128, 256, with 2 consumer warpgroups, and
+  // the step-1 tile; d=96 for the 64-byte swizzle; 3 warpgroups for the d=64 tile.
+  check_traits<64, 128, 128, 2, cute::bfloat16_t>("d64 m128n128 bf16", GMMA::LayoutType::B128);
+  check_traits<64, 192, 128, 3, cute::half_t>("d64 m192n128 wg3 fp16", GMMA::LayoutType::B128);
+  check_traits<96, 128, 144, 2, cute::bfloat16_t>("d96 m128n144 bf16", GMMA::LayoutType::B64);
+  check_traits<128, 128, 128, 2, cute::bfloat16_t>("d128 m128n128 bf16", GMMA::LayoutType::B128);
+  check_traits<128, 128, 176, 2, cute::half_t>("d128 m128n176 fp16", GMMA::LayoutType::B128);
+  check_traits<192, 128, 112, 2, cute::bfloat16_t>("d192 m128n112 bf16", GMMA::LayoutType::B128);
+  check_traits<256, 128, 80, 2, cute::bfloat16_t>("d256 m128n80 bf16", GMMA::LayoutType::B128);
+  // The TMA copy types must instantiate (descriptors are built on the host per call).
+  using T = fa_cute::Sm90FwdTraits<128, 128, 176, 2, cute::bfloat16_t>;
+  EXPECT(sizeof(T::TmaLoadQ) > 0 && sizeof(T::TmaLoadK) > 0 && sizeof(T::TmaLoadV) > 0 && sizeof(T::TmaStoreO) > 0,
+         "TMA copy types");
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
