@@ -44,6 +44,24 @@ void check_operand(char const* name, uintptr_t ptr, Strides const& s, int max_bl
               " elements (in-tile offsets are 32-bit)");
 }
 
+// The problem's sizes in FwdParams, checked as the kernels rely on them: what forward and
+// num_splits share.
+FwdParams problem_params(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k,
+                         bool is_causal) {
+  require(batch >= 1 && nheads >= 1 && nheads_k >= 1, "batch, nheads and nheads_k must be >= 1");
+  require(nheads % nheads_k == 0, "nheads must be a multiple of nheads_k");
+  require(seqlen_q >= 1, "seqlen_q: must be >= 1, got " + std::to_string(seqlen_q));
+  require(seqlen_k >= 1, "seqlen_k: must be >= 1, got " + std::to_string(seqlen_k));
+  FwdParams params{};
+  params.batch = batch;
+  params.seqlen_q = seqlen_q;
+  params.seqlen_k = seqlen_k;
+  params.nheads = nheads;
+  params.nheads_k = nheads_k;
+  params.is_causal = is_causal;
+  return params;
+}
+
 double forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k,
                uintptr_t v, uintptr_t o, uintptr_t lse, int batch, int seqlen_q, int seqlen_k,
                int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
@@ -54,10 +72,7 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   require(head_dim == kernel.head_dim, "head_dim: config " + config + " is built for head dim " +
                                            std::to_string(kernel.head_dim) + ", got " +
                                            std::to_string(head_dim));
-  require(batch >= 1 && nheads >= 1 && nheads_k >= 1, "batch, nheads and nheads_k must be >= 1");
-  require(nheads % nheads_k == 0, "nheads must be a multiple of nheads_k");
-  require(seqlen_q >= 1, "seqlen_q: must be >= 1, got " + std::to_string(seqlen_q));
-  require(seqlen_k >= 1, "seqlen_k: must be >= 1, got " + std::to_string(seqlen_k));
+  FwdParams params = problem_params(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   require(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
   require(lse % 4 == 0, "lse: data pointer must be 4-byte aligned");
   require(num_splits >= 1, "num_splits: must be >= 1, got " + std::to_string(num_splits));
@@ -68,7 +83,6 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   check_operand("v", v, v_strides, kernel.block_n);
   check_operand("out", o, o_strides, kernel.block_m);
 
-  FwdParams params{};
   params.q_ptr = reinterpret_cast<void const*>(q);
   params.k_ptr = reinterpret_cast<void const*>(k);
   params.v_ptr = reinterpret_cast<void const*>(v);
@@ -78,13 +92,7 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   std::tie(params.k_batch_stride, params.k_row_stride, params.k_head_stride) = k_strides;
   std::tie(params.v_batch_stride, params.v_row_stride, params.v_head_stride) = v_strides;
   std::tie(params.o_batch_stride, params.o_row_stride, params.o_head_stride) = o_strides;
-  params.batch = batch;
-  params.seqlen_q = seqlen_q;
-  params.seqlen_k = seqlen_k;
-  params.nheads = nheads;
-  params.nheads_k = nheads_k;
   params.head_dim = head_dim;
-  params.is_causal = is_causal;
   params.causal_offset = causal_offset;
   params.num_splits = num_splits;
   params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
@@ -129,15 +137,7 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
 int num_splits(std::string const& config, std::string const& dtype, int batch, int seqlen_q,
                int seqlen_k, int nheads, int nheads_k, bool is_causal, int device) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
-  require(batch >= 1 && nheads >= 1 && nheads_k >= 1 && seqlen_q >= 1 && seqlen_k >= 1,
-          "batch, nheads, nheads_k, seqlen_q and seqlen_k must be >= 1");
-  FwdParams params{};
-  params.batch = batch;
-  params.seqlen_q = seqlen_q;
-  params.seqlen_k = seqlen_k;
-  params.nheads = nheads;
-  params.nheads_k = nheads_k;
-  params.is_causal = is_causal;
+  FwdParams const params = problem_params(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   return kernel.num_splits(params, device);
 }

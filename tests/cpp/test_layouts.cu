@@ -9,26 +9,12 @@
 #include <cute/tensor.hpp>
 
 #include "cute_utils.h"
+#include "expect.h"
 #include "fwd_kernel_traits.h"
 #include "kernel_registry.h"
 #include "tile_size.h"
 
 using namespace cute;
-
-static int g_passed = 0;
-static int g_failed = 0;
-
-#define EXPECT(cond, ...)                                     \
-  do {                                                        \
-    if (cond) {                                               \
-      ++g_passed;                                             \
-    } else {                                                  \
-      ++g_failed;                                             \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                               \
-      std::printf("\n");                                      \
-    }                                                         \
-  } while (0)
 
 // ldmatrix moves 8 rows x 16 bytes per phase. Conflict-free means the 8 addresses fall in
 // 8 distinct 16-byte bank groups (32 banks x 4 bytes = 8 groups of 16 bytes).
@@ -184,6 +170,5 @@ int main() {
   check_traits<64, 128, 64, 4, cute::bfloat16_t>("d64 m128n64w4 bf16");
   check_traits<96, 64, 64, 4, cute::half_t>("d96 m64n64w4 fp16");
   check_registry();
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return expect_summary();
 }

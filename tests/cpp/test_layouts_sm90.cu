@@ -11,24 +11,10 @@
 
 #include <cute/tensor.hpp>
 
+#include "expect.h"
 #include "hopper/fwd_kernel_traits_sm90.h"
 
 using namespace cute;
-
-static int g_passed = 0;
-static int g_failed = 0;
-
-#define EXPECT(cond, ...)                                             \
-  do {                                                                \
-    if (cond) {                                                       \
-      ++g_passed;                                                     \
-    } else {                                                          \
-      ++g_failed;                                                     \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
-      std::printf(__VA_ARGS__);                                       \
-      std::printf("\n");                                              \
-    }                                                                 \
-  } while (0)
 
 // Every thread's S accumulator element (v0, v1, v2) must sit at
 //   row = 64*wg + 16*warp_in_wg + lane/4 + 8*v1,  col = 8*v2 + 2*(lane%4) + v0
@@ -196,6 +182,5 @@ int main() {
   using T = fa_cute::Sm90FwdTraits<128, 128, 176, 2, cute::bfloat16_t>;
   EXPECT(sizeof(T::TmaLoadQ) > 0 && sizeof(T::TmaLoadK) > 0 && sizeof(T::TmaLoadV) > 0 && sizeof(T::TmaStoreO) > 0,
          "TMA copy types");
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return expect_summary();
 }
