@@ -16,13 +16,22 @@ __forceinline__ __device__ float exp2_approx(float x) {
 }
 
 // The SM80 16x8 accumulator gives each thread values ((2 columns, 2 rows), MMA_M, MMA_N).
-// Softmax works on rows, so view it as ((2 rows, MMA_M), (2 columns, MMA_N)).
+// Softmax works on rows, so view it as ((2 rows, MMA_M), (2 columns, MMA_N)). The sm90
+// wgmma accumulator (value mode of rank 3) goes to acc_layout_rowcol_sm90: the softmax
+// and the masks are written once for both.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_rowcol_sm90(Layout const& acc);
+
 template <class Layout>
 CUTE_HOST_DEVICE constexpr auto acc_layout_rowcol(Layout const& acc) {
   static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
-  static_assert(decltype(cute::rank<0>(acc))::value == 2, "expects the SM80 ((2,2)) value mode");
-  return cute::make_layout(cute::make_layout(cute::get<0, 1>(acc), cute::get<1>(acc)),
-                           cute::make_layout(cute::get<0, 0>(acc), cute::get<2>(acc)));
+  if constexpr (decltype(cute::rank<0>(acc))::value == 3) {
+    return acc_layout_rowcol_sm90(acc);
+  } else {
+    static_assert(decltype(cute::rank<0>(acc))::value == 2, "expects the SM80 ((2,2)) value mode");
+    return cute::make_layout(cute::make_layout(cute::get<0, 1>(acc), cute::get<1>(acc)),
+                             cute::make_layout(cute::get<0, 0>(acc), cute::get<2>(acc)));
+  }
 }
 
 // An SM80 16x8x16 A operand holds per thread ((2 k, 2 rows, 2 k-halves), MMA_M, MMA_K).
@@ -38,13 +47,43 @@ CUTE_HOST_DEVICE constexpr auto acc_layout_as_a_operand(Layout const& acc) {
       cute::get<1>(l), cute::get<2, 1>(l));
 }
 
+// The sm90 wgmma accumulator gives each thread values ((2 columns, 2 rows, N/8 column
+// groups), MMA_M, MMA_N) (CLayout_64xN: rows 16*warp + lane/4 + 8*v1, columns
+// 8*v2 + 2*(lane%4) + v0). Softmax works on rows: view it as ((2 rows, MMA_M),
+// (2 columns, N/8, MMA_N)).
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_rowcol_sm90(Layout const& acc) {
+  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
+  static_assert(decltype(cute::rank<0>(acc))::value == 3, "expects the sm90 ((2,2,N/8)) value mode");
+  return cute::make_layout(cute::make_layout(cute::get<0, 1>(acc), cute::get<1>(acc)),
+                           cute::make_layout(cute::get<0, 0>(acc), cute::get<0, 2>(acc), cute::get<2>(acc)));
+}
+
+// The RS wgmma's register A operand (ALayout_64x16) holds per thread ((2 k, 2 rows,
+// 2 k-halves), MMA_M, MMA_K): the strides of CLayout_64x16. So the accumulator values of
+// columns 16i..16i+15 (v2 in {2i, 2i+1}) are already k-block i of P as the A operand of
+// O += P V: a relabelling, no data movement.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_as_a_operand_sm90(Layout const& acc) {
+  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
+  static_assert(decltype(cute::rank<0>(acc))::value == 3, "expects the sm90 ((2,2,N/8)) value mode");
+  static_assert(decltype(cute::size<0, 2>(acc))::value % 2 == 0, "N/8 column groups must pair up into K=16 blocks");
+  auto v2 = cute::logical_divide(cute::get<0, 2>(acc), cute::_2{});                  // (2,N/16)
+  return cute::make_layout(cute::make_layout(cute::get<0, 0>(acc), cute::get<0, 1>(acc), cute::get<0>(v2)),
+                           cute::get<1>(acc), cute::make_layout(cute::get<1>(v2), cute::get<2>(acc)));
+}
+
+// An owning register tensor of tensor's layout holding its values converted to To (packed
+// conversions: cvt.rn.bf16x2.f32 for fp32 -> bf16).
 template <class To, class Engine, class Layout>
 __forceinline__ __device__ auto convert_type(cute::Tensor<Engine, Layout> const& tensor) {
   using From = typename Engine::value_type;
   constexpr int kNumel = decltype(cute::size(tensor))::value;
   cutlass::NumericArrayConverter<To, From, kNumel> convert;
-  auto frag = convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(tensor.data()));
-  return cute::make_tensor(cute::make_rmem_ptr<To>(&frag), tensor.layout());
+  auto out = cute::make_tensor<To>(tensor.layout());
+  *reinterpret_cast<cutlass::Array<To, kNumel>*>(out.data()) =
+      convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(tensor.data()));
+  return out;
 }
 
 // Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,

@@ -5,87 +5,10 @@
 #include "cute_utils.h"
 #include "flash_params.h"
 #include "fwd_kernel_traits.h"
+#include "fwd_tile_coord.h"
 #include "softmax.h"
 
 namespace fa_cute {
-
-// What masking a launch needs (fwd_kernel_sm80's kMaskMode; sm80_mask_mode chooses).
-enum class FwdMaskMode {
-  kNone,        // non-causal, seqlen_q % kBlockM == 0 and seqlen_k % kBlockN == 0
-  kCausalEven,  // causal, same lengths rule
-  kGeneral,     // anything else: ragged tiles, causal or not
-};
-
-// Which (query block, head, batch, key split) a tile is. Non-causal tiles are numbered with
-// the query block fastest, so that consecutive tiles (run at the same time by neighbouring
-// blocks) share one head's K and V and hit in L2. Causal tiles differ in work (a tile's
-// key blocks grow with its query block), so they are numbered longest first across all
-// heads: query block slowest, last to first. Launched in that order, and in the persistent
-// loop's zigzag, the long tiles start first and the short ones fill the tail (a static
-// round-robin over head-major tiles had given some blocks 3x the work of others at
-// N=16384: 0.68x FlashAttention-2 there). A flat numbering also means no grid dimension
-// limit applies to batch * heads.
-struct Sm80TileCoord {
-  int m_block;
-  int bidh;
-  int bidb;
-  int bidh_k;
-  int n_split;  // which part of the key blocks (split-KV); 0 without
-
-  __device__ Sm80TileCoord(int tile, int num_m_blocks, FwdParams const& params) {
-    int bh;  // (split, batch, head), head fastest
-    if (params.is_causal) {
-      int const num_bh = params.nheads * params.batch * max(params.num_splits, 1);
-      m_block = num_m_blocks - 1 - tile / num_bh;
-      bh = tile % num_bh;
-    } else {
-      m_block = tile % num_m_blocks;
-      bh = tile / num_m_blocks;
-    }
-    bidh = bh % params.nheads;
-    int const split_b = bh / params.nheads;
-    bidb = split_b % params.batch;
-    n_split = split_b / params.batch;
-    bidh_k = bidh / (params.nheads / params.nheads_k);
-  }
-};
-
-// The key blocks a query tile visits, [n_block_min, n_block_max), and the first of them
-// that needs a mask: the one holding column seqlen_k (a ragged tail) or, causal, the first
-// with a column past the diagonal of the tile's first row. Blocks before it run without
-// masking work. Split-KV: split s takes the s-th of num_splits equal runs of the blocks.
-// n_block_min >= n_block_max: no row of the tile sees a key (causal with seqlen_q >
-// seqlen_k), or the split has no blocks.
-struct Sm80KeyRange {
-  int n_block_min;
-  int n_block_max;
-  int n_block_mask_start;
-
-  template <int kBlockM, int kBlockN, bool kSplitKV>
-  __device__ static Sm80KeyRange of(Sm80TileCoord const& c, FwdParams const& params) {
-    int n_block_max = (params.seqlen_k + kBlockN - 1) / kBlockN;
-    int n_block_mask_start = params.seqlen_k / kBlockN;
-    if (params.is_causal) {
-      int const row_first = c.m_block * kBlockM;
-      int const row_last = min(row_first + kBlockM, params.seqlen_q) - 1;
-      // Row r sees columns c <= r + causal_offset.
-      n_block_max = min(n_block_max, floor_div(row_last + params.causal_offset, kBlockN) + 1);
-      n_block_mask_start = min(n_block_mask_start, max(0, floor_div(row_first + params.causal_offset + 1, kBlockN)));
-    }
-    int n_block_min = 0;
-    if (kSplitKV && params.num_splits > 1) {
-      int const per_split = (max(n_block_max, 0) + params.num_splits - 1) / params.num_splits;
-      n_block_min = c.n_split * per_split;
-      n_block_max = min(n_block_max, n_block_min + per_split);
-    }
-    return {n_block_min, n_block_max, n_block_mask_start};
-  }
-
-  __device__ int num_blocks() const { return n_block_max - n_block_min; }
-  // The i-th key block visited.
-  template <bool kReverse>
-  __device__ int block(int i) const { return kReverse ? n_block_max - 1 - i : n_block_min + i; }
-};
 
 // FlashAttention-2 forward on sm80 instructions. A tile is a (kBlockM x d) block of O for
 // one (batch, head): its Q tile stays in shared memory while K and V stream through in
@@ -98,7 +21,7 @@ struct Sm80KeyRange {
 // Any seqlen_q and seqlen_k: the last query tile and the last key block may be ragged.
 // Their loads are predicated per row (rows past the end are zero-filled, never read) and
 // the stores of O and the LSE skip rows past seqlen_q. Causal masking and the seqlen_k
-// mask are applied only to the key blocks that need them (Sm80KeyRange): those blocks run
+// mask are applied only to the key blocks that need them (FwdKeyRange): those blocks run
 // in their own loop, whose copy of the body holds the mask.
 //
 // kMaskMode (FwdMaskMode) compiles out what a launch does not need: kNone (non-causal,
@@ -144,27 +67,27 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   };
   using TileQ = Shape<Int<kBlockM>, Int<kHeadDim>>;
   using TileKV = Shape<Int<kBlockN>, Int<kHeadDim>>;
-  auto gQ = [&](Sm80TileCoord const& c) {  // (BLK_M,D)
+  auto gQ = [&](FwdTileCoord const& c) {  // (BLK_M,D)
     return row_tile(static_cast<Element const*>(params.q_ptr),
                     c.bidb * params.q_batch_stride + c.bidh * params.q_head_stride,
                     c.m_block * kBlockM, params.q_row_stride, TileQ{});
   };
-  auto gK = [&](Sm80TileCoord const& c, int n_block) {  // (BLK_N,D)
+  auto gK = [&](FwdTileCoord const& c, int n_block) {  // (BLK_N,D)
     return row_tile(static_cast<Element const*>(params.k_ptr),
                     c.bidb * params.k_batch_stride + c.bidh_k * params.k_head_stride,
                     n_block * kBlockN, params.k_row_stride, TileKV{});
   };
-  auto gV = [&](Sm80TileCoord const& c, int n_block) {  // (BLK_N,D)
+  auto gV = [&](FwdTileCoord const& c, int n_block) {  // (BLK_N,D)
     return row_tile(static_cast<Element const*>(params.v_ptr),
                     c.bidb * params.v_batch_stride + c.bidh_k * params.v_head_stride,
                     n_block * kBlockN, params.v_row_stride, TileKV{});
   };
-  auto gO = [&](Sm80TileCoord const& c) {  // (BLK_M,D)
+  auto gO = [&](FwdTileCoord const& c) {  // (BLK_M,D)
     return row_tile(static_cast<Element*>(params.o_ptr),
                     c.bidb * params.o_batch_stride + c.bidh * params.o_head_stride,
                     c.m_block * kBlockM, params.o_row_stride, TileQ{});
   };
-  auto key_range = [&](Sm80TileCoord const& c) { return Sm80KeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, params); };
+  auto key_range = [&](FwdTileCoord const& c) { return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, params); };
 
   // --- Shared tensors ---------------------------------------------------------------------
   extern __shared__ __align__(128) char smem[];
@@ -195,19 +118,19 @@ __global__ void __launch_bounds__(Traits::kNThreads)
                                         gmem_thr_copy_QKV.partition_S(make_identity_tensor(tile_shape)), num_rows);
     }
   };
-  auto load_Q = [&](Sm80TileCoord const& c) {
+  auto load_Q = [&](FwdTileCoord const& c) {
     load_rows(gmem_thr_copy_QKV.partition_S(gQ(c)), tQsQ, TileQ{}, params.seqlen_q - c.m_block * kBlockM);
   };
-  auto load_K = [&](Sm80TileCoord const& c, int n) {
+  auto load_K = [&](FwdTileCoord const& c, int n) {
     load_rows(gmem_thr_copy_QKV.partition_S(gK(c, n)), tKsK, TileKV{}, params.seqlen_k - n * kBlockN);
   };
-  auto load_V = [&](Sm80TileCoord const& c, int n) {
+  auto load_V = [&](FwdTileCoord const& c, int n) {
     load_rows(gmem_thr_copy_QKV.partition_S(gV(c, n)), tVsV, TileKV{}, params.seqlen_k - n * kBlockN);
   };
   // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
   // nothing for a tile that sees no key.
-  auto load_first = [&](Sm80TileCoord const& c) {
-    Sm80KeyRange const keys = key_range(c);
+  auto load_first = [&](FwdTileCoord const& c) {
+    FwdKeyRange const keys = key_range(c);
     if (keys.num_blocks() <= 0) return;
     load_Q(c);
     if constexpr (Traits::kOverlapLoads) { load_K(c, keys.template block<Traits::kReverseKV>(0)); }
@@ -247,29 +170,19 @@ __global__ void __launch_bounds__(Traits::kNThreads)
 
   // -inf for the scores of key block n_block that row r may not see: columns at or past
   // seqlen_k, and causal ones past r + causal_offset.
-  auto apply_mask = [&](auto& acc_s, int m_block, int n_block) {
-    Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
-    Tensor tScS_rc = score_coords();                                                // (M,N)
+  auto mask_scores = [&](auto& acc_s, int m_block, int n_block) {
     // Even launches have no column past seqlen_k; kCausalEven is causal by construction.
-    int const col_end = kEven ? kBlockN : params.seqlen_k - n_block * kBlockN;
-    bool const is_causal = kMaskMode == FwdMaskMode::kCausalEven || params.is_causal;
-    int const diagonal = m_block * kBlockM + params.causal_offset - n_block * kBlockN;
-    CUTE_UNROLL
-    for (int mi = 0; mi < size<0>(scores); ++mi) {
-      int const row = get<0>(tScS_rc(mi, 0));
-      int const limit = is_causal ? min(col_end, row + diagonal + 1) : col_end;
-      CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(scores); ++ni) {
-        if (get<1>(tScS_rc(mi, ni)) >= limit) scores(mi, ni) = -INFINITY;
-      }
-    }
+    apply_mask(make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout())), score_coords(),
+               kEven ? kBlockN : params.seqlen_k - n_block * kBlockN,
+               kMaskMode == FwdMaskMode::kCausalEven || params.is_causal,
+               m_block * kBlockM + params.causal_offset - n_block * kBlockN);
   };
 
   // One tile: the main loop over key blocks, then O / l through shared memory to global,
   // and the LSE. next_tile >= 0 (persistent blocks): its Q and first K are loaded once this
   // tile's last S = Q K^T is done, i.e. as soon as sQ and sK are free.
-  auto run_tile = [&](Sm80TileCoord const& coord, int next_tile) __attribute__((always_inline)) {
-    Sm80KeyRange const keys = key_range(coord);
+  auto run_tile = [&](FwdTileCoord const& coord, int next_tile) __attribute__((always_inline)) {
+    FwdKeyRange const keys = key_range(coord);
     int const num_blocks = keys.num_blocks();
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA,MMA_M,MMA_D)
     clear(acc_o);
@@ -322,10 +235,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         __syncthreads();  // everyone has finished reading sK (and sQ in the last iteration)
       }
       if constexpr (Traits::kPersistent) {
-        if (flag(is_last) && next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
+        if (flag(is_last) && next_tile >= 0) { load_first(FwdTileCoord(next_tile, num_m_blocks, params)); }
       }
 
-      if (flag(is_masked)) { apply_mask(acc_s, coord.m_block, n_block); }
+      if (flag(is_masked)) { mask_scores(acc_s, coord.m_block, n_block); }
       softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
 
       Tensor rP = convert_type<Element>(acc_s);
@@ -375,7 +288,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       softmax.reset();
       __syncthreads();
       if constexpr (Traits::kPersistent) {
-        if (next_tile >= 0) { load_first(Sm80TileCoord(next_tile, num_m_blocks, params)); }
+        if (next_tile >= 0) { load_first(FwdTileCoord(next_tile, num_m_blocks, params)); }
       }
     }
 
@@ -442,7 +355,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     }
   };
 
-  load_first(Sm80TileCoord(blockIdx.x, num_m_blocks, params));
+  load_first(FwdTileCoord(blockIdx.x, num_m_blocks, params));
   if constexpr (Traits::kPersistent) {
     // Round r gives block b tile r * G + b, or r * G + (G - 1 - b) in odd rounds (G blocks):
     // with tiles numbered longest first (causal), the block that got a round's shortest
@@ -453,10 +366,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     };
     for (int round = 0, tile = blockIdx.x; tile < num_tiles; tile = round_tile(++round)) {
       int const next = round_tile(round + 1);
-      run_tile(Sm80TileCoord(tile, num_m_blocks, params), next < num_tiles ? next : -1);
+      run_tile(FwdTileCoord(tile, num_m_blocks, params), next < num_tiles ? next : -1);
     }
   } else {
-    run_tile(Sm80TileCoord(blockIdx.x, num_m_blocks, params), -1);
+    run_tile(FwdTileCoord(blockIdx.x, num_m_blocks, params), -1);
   }
 }
 

@@ -26,6 +26,24 @@ def require_head_dim(head_dim: int) -> None:
         pytest.skip(f"head dim {head_dim} is not in this build (built: {BUILT_HEAD_DIMS})")
 
 
+KERNEL_FAMILIES = ["sm80", "sm90a"]  # the Ampere-style kernel, the Hopper kernel
+
+
+def family_config(family: str, head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> str:
+    """The config of kernel `family` that serves these shapes: for sm80 the heuristic's
+    pick on an sm80 GPU (whatever the dispatcher prefers on this one), for sm90a the built
+    Hopper config of the head dim. Skips where this GPU or build has no such kernel."""
+    props = torch.cuda.get_device_properties(DEVICE)
+    if family == "sm80":
+        return fa_cute._C.default_config(head_dim, seqlen_q, seqlen_k, 8, 0, causal)
+    if (props.major, props.minor) != (9, 0):
+        pytest.skip(f"{family} kernels run on compute capability 9.0 only")
+    names = [c["name"] for c in PRODUCTION_CONFIGS if c["family"] == family and c["head_dim"] == head_dim]
+    if not names:
+        pytest.skip(f"no {family} config for head dim {head_dim} in this build")
+    return names[0]
+
+
 def make_inputs(batch: int, seqlen_q: int, seqlen_k: int, nheads: int, nheads_k: int,
                 head_dim: int, dtype: torch.dtype, layout: str = "bnhd"
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,7 +9,6 @@ Skipped where PyTorch sees no CUDA GPU.
 
 import math
 import re
-from typing import Tuple
 
 import pytest
 import torch
@@ -17,10 +16,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
+from fa_cute import _api
 from fa_cute._reference import attention_ref, check_close
 
-from attention_cases import (DEVICE, DTYPE_IDS, DTYPES, HEAD_DIMS, PRODUCTION_CONFIGS,
-                             check_forward, make_inputs, require_head_dim)
+from attention_cases import (DEVICE, DTYPE_IDS, DTYPES, HEAD_DIMS, KERNEL_FAMILIES,
+                             PRODUCTION_CONFIGS, check_forward, family_config, make_inputs,
+                             require_head_dim)
 
 pytestmark = pytest.mark.cuda
 
@@ -43,11 +44,14 @@ def batch_for(seqlen_q: int, seqlen_k: int) -> int:
 @pytest.mark.parametrize("seqlen_q, seqlen_k", SEQLENS, ids=[f"{q}x{k}" for q, k in SEQLENS])
 @pytest.mark.parametrize("head_dim", HEAD_DIMS, ids=[f"d{d}" for d in HEAD_DIMS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_grid(dtype, head_dim, seqlen_q, seqlen_k, causal, nheads, nheads_k) -> None:
+@pytest.mark.parametrize("family", KERNEL_FAMILIES)
+def test_grid(family, dtype, head_dim, seqlen_q, seqlen_k, causal, nheads, nheads_k) -> None:
+    """Each kernel family over the whole grid (the dispatcher's pick may be either)."""
     require_head_dim(head_dim)
+    config = family_config(family, head_dim, seqlen_q, seqlen_k, causal)
     q, k, v, out = make_inputs(batch_for(seqlen_q, seqlen_k), seqlen_q, seqlen_k, nheads,
                                nheads_k, head_dim, dtype)
-    check_forward(q, k, v, out, causal)
+    check_forward(q, k, v, out, causal, config=config)
 
 
 EMPTY_ROWS = [(2, 1), (129, 128), (300, 1), (333, 17), (1000, 113)]
@@ -139,11 +143,6 @@ def test_sdpa_matches_torch(dtype, head_dim, seqlen_q, seqlen_k, causal, nheads,
     check_close(out, ref, plain.transpose(1, 2))
 
 
-def _family_min_cc(family: str) -> Tuple[int, int]:
-    major, minor = re.fullmatch(r"sm(\d+)(\d)a?", family).groups()
-    return int(major), int(minor)
-
-
 CONFIG_SHAPES = [(257, 190, True, (8, 2)), (190, 257, False, (4, 4)), (1, 700, False, (8, 1)),
                  (64, 64, True, (4, 1))]  # seqlen_q, seqlen_k, causal, (nheads, nheads_k)
 
@@ -160,7 +159,7 @@ def test_every_config(config, dtype) -> None:
         pytest.skip(f"{name} is built without {dtype}")
     props = torch.cuda.get_device_properties(DEVICE)
     smem_limit = getattr(props, "shared_memory_per_block_optin", None)
-    too_old = (props.major, props.minor) < _family_min_cc(config["family"])
+    too_old = not _api._family_runs_on(config["family"], (props.major, props.minor))
     too_big = smem_limit is not None and config["smem_bytes"] > smem_limit
     for seqlen_q, seqlen_k, causal, (nheads, nheads_k) in CONFIG_SHAPES:
         q, k, v, out = make_inputs(2, seqlen_q, seqlen_k, nheads, nheads_k,

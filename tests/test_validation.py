@@ -463,9 +463,17 @@ def test_config_fits_the_gpu() -> None:
     with pytest.raises(ValueError, match=rf"config '{cfg['name']}' needs 196608 bytes of shared "
                                          r"memory per block; cuda:0 \(A\) allows at most 167936"):
         _api._check_config_fits(cfg, "cuda:0 (A)", (8, 0), 167936)
-    with pytest.raises(ValueError, match=r"needs a GPU of compute capability 9\.0 or newer; "
+    with pytest.raises(ValueError, match=r"needs a GPU of compute capability 9\.0 exactly; "
                                          r"cuda:1 \(B\) has 8\.6"):
         _api._check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (8, 6), None)
+    # sm_90a code (wgmma, TMA) runs on 9.0 only, not on newer GPUs.
+    _api._check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (9, 0), None)
+    with pytest.raises(ValueError, match=r"needs a GPU of compute capability 9\.0 exactly; "
+                                         r"cuda:1 \(B\) has 10\.0"):
+        _api._check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (10, 0), None)
+    with pytest.raises(ValueError, match=r"needs a GPU of compute capability 8\.0 or newer; "
+                                         r"cuda:1 \(B\) has 7\.5"):
+        _api._check_config_fits(cfg, "cuda:1 (B)", (7, 5), None)
 
 
 # fa_cute.sdpa: torch's signature and semantics, or a ValueError/TypeError that says why not.

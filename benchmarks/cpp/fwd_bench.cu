@@ -2,9 +2,12 @@
 // Compute (the CMake target `profile`) and cuobjdump see our kernel and nothing else.
 //
 //   fwd_bench --list
-//   fwd_bench [--config NAME] [--dtype bf16|fp16] [--batch B] [--seqlen N] [--heads H]
-//             [--iters I] [--warmup W]
+//   fwd_bench [--config NAME] [--dtype bf16|fp16] [--batch B] [--seqlen N] [--seqlen-q NQ]
+//             [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] [--warmup W] [--check REF]
 //
+// --check REF also runs config REF once on the same inputs and compares O and the LSE
+// element by element (a new kernel against one the pytest grid has verified), failing
+// when they differ by more than the rounding of one bf16/fp16 ulp-sized step allows.
 // Inputs are (B, N, H, d) contiguous bf16/fp16 tensors filled on the device with hashed
 // random values in (-1, 1), never zeros (zeros hide indexing bugs and can run faster than
 // real data). The output is poisoned with NaN first and checked afterwards: every element
@@ -42,6 +45,8 @@ struct Options {
   int seqlen = 4096;
   int seqlen_q = 0;  // 0: seqlen (--seqlen-q sets a shorter query, e.g. a packed decode step)
   int heads = 16;
+  int heads_k = 0;  // 0: heads (GQA: heads % heads_k == 0)
+  std::string check;  // reference config for --check
   int iters = 20;
   int warmup = 5;
   bool causal = false;
@@ -51,7 +56,8 @@ struct Options {
 [[noreturn]] void usage_error(std::string const& message) {
   std::fprintf(stderr,
                "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
-               "[--batch B] [--seqlen N] [--seqlen-q NQ] [--heads H] [--causal 0|1] [--iters I] [--warmup W]\n",
+               "[--batch B] [--seqlen N] [--seqlen-q NQ] [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] "
+               "[--warmup W] [--check REF]\n",
                message.c_str());
   std::exit(2);
 }
@@ -81,6 +87,8 @@ Options parse(int argc, char** argv) {
     else if (flag == "--seqlen") o.seqlen = positive_int("--seqlen", value);
     else if (flag == "--seqlen-q") o.seqlen_q = positive_int("--seqlen-q", value);
     else if (flag == "--heads") o.heads = positive_int("--heads", value);
+    else if (flag == "--heads-k") o.heads_k = positive_int("--heads-k", value);
+    else if (flag == "--check") o.check = value;
     else if (flag == "--iters") o.iters = positive_int("--iters", value);
     else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
     else if (flag == "--causal" && (std::string(value) == "0" || std::string(value) == "1")) o.causal = value[0] == '1';
@@ -89,6 +97,8 @@ Options parse(int argc, char** argv) {
   if (o.dtype != "bf16" && o.dtype != "fp16") usage_error("--dtype: bf16 or fp16, got " + o.dtype);
   if (o.batch == 0) o.batch = std::max(1, 16384 / o.seqlen);
   if (o.seqlen_q == 0) o.seqlen_q = o.seqlen;
+  if (o.heads_k == 0) o.heads_k = o.heads;
+  if (o.heads % o.heads_k != 0) usage_error("--heads-k must divide --heads");
   return o;
 }
 
@@ -184,6 +194,63 @@ fa_cute::FwdKernel const& pick_kernel(Options const& o, int cc_major, int cc_min
       dtype);
 }
 
+template <class T>
+__global__ void max_abs_diff(T const* a, T const* b, int64_t n, unsigned int* result) {
+  float local = 0.f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float const x = float(a[i]), y = float(b[i]);
+    // -inf == -inf (an LSE row that sees no key) is a match; a NaN anywhere is not.
+    float const diff = x == y ? 0.f : fabsf(x - y);
+    local = fmaxf(local, diff != diff ? INFINITY : diff);
+  }
+  atomicMax(result, __float_as_uint(local));  // non-negative floats order like their bits
+}
+
+template <class T>
+float max_diff(void const* a, void const* b, int64_t n) {
+  unsigned int* result = nullptr;
+  check_cuda(cudaMalloc(&result, sizeof(*result)), "cudaMalloc(result)");
+  check_cuda(cudaMemset(result, 0, sizeof(*result)), "cudaMemset(result)");
+  max_abs_diff<<<kBlocks, kThreads>>>(static_cast<T const*>(a), static_cast<T const*>(b), n, result);
+  check_cuda(cudaGetLastError(), "max_abs_diff launch");
+  unsigned int host = 0;
+  check_cuda(cudaMemcpy(&host, result, sizeof(host), cudaMemcpyDeviceToHost), "cudaMemcpy(result)");
+  check_cuda(cudaFree(result), "cudaFree(result)");
+  float value;
+  std::memcpy(&value, &host, sizeof(value));
+  return value;
+}
+
+// Runs config ref_name on params' inputs into fresh O and LSE buffers and compares them
+// with what `kernel` wrote. Both kernels round P to bf16/fp16 before P V, at different
+// points of their online softmax, so O may differ by a few ulps of its dtype (|O| < 1:
+// inputs in (-1, 1)); the LSE is fp32 on both sides.
+int compare_with(std::string const& ref_name, fa_cute::FwdKernel const& kernel, fa_cute::FwdParams params,
+                 int64_t n_q, int64_t n_rows) {
+  fa_cute::FwdKernel const& ref = fa_cute::find_fwd_kernel(ref_name, kernel.dtype);
+  void* o_ref = nullptr;
+  float* lse_ref = nullptr;
+  check_cuda(cudaMalloc(&o_ref, size_t(n_q) * 2), "cudaMalloc(o_ref)");
+  check_cuda(cudaMalloc(&lse_ref, size_t(n_rows) * sizeof(float)), "cudaMalloc(lse_ref)");
+  void* const o = params.o_ptr;
+  float* const lse = params.softmax_lse_ptr;
+  params.o_ptr = o_ref;
+  params.softmax_lse_ptr = lse_ref;
+  params.num_splits = 1;  // compare the plain kernels
+  ref.launch(params, nullptr);
+  check_cuda(cudaDeviceSynchronize(), "reference launch");
+  bool const bf16 = kernel.dtype == fa_cute::DType::kBF16;
+  float const o_diff = bf16 ? max_diff<__nv_bfloat16>(o, o_ref, n_q) : max_diff<__half>(o, o_ref, n_q);
+  float const lse_diff = max_diff<float>(lse, lse_ref, n_rows);
+  check_cuda(cudaFree(o_ref), "cudaFree(o_ref)");
+  check_cuda(cudaFree(lse_ref), "cudaFree(lse_ref)");
+  float const o_tol = bf16 ? 1.6e-2f : 2e-3f, lse_tol = 1e-3f;
+  bool const ok = o_diff <= o_tol && lse_diff <= lse_tol;
+  std::printf("check %s against %s: max |dO| %.3g (tol %.3g), max |dLSE| %.3g (tol %.3g): %s\n", kernel.config,
+              ref.config, o_diff, o_tol, lse_diff, lse_tol, ok ? "ok" : "MISMATCH");
+  return ok ? 0 : 1;
+}
+
 int run(Options const& o) {
   int device = 0;
   cudaDeviceProp props{};
@@ -192,32 +259,38 @@ int run(Options const& o) {
   fa_cute::FwdKernel const& kernel = pick_kernel(o, props.major, props.minor);
   int const d = kernel.head_dim;
 
-  int64_t const n = int64_t(o.batch) * o.seqlen * o.heads * d;  // elements of K (and V)
+  int64_t const n = int64_t(o.batch) * o.seqlen * o.heads_k * d;  // elements of K (and V)
   int64_t const n_q = int64_t(o.batch) * o.seqlen_q * o.heads * d;  // elements of Q (and O)
-  size_t const bytes = size_t(n) * 2;                             // bf16 and fp16: 2 bytes
-  void* buffers[4] = {};                                          // q, k, v, o
-  for (void*& b : buffers) check_cuda(cudaMalloc(&b, bytes), "cudaMalloc(q/k/v/o)");
+  void* buffers[4] = {};                                            // q, k, v, o
+  int64_t const elements[4] = {n_q, n, n, n_q};
+  for (int i = 0; i < 4; ++i) check_cuda(cudaMalloc(&buffers[i], size_t(elements[i]) * 2), "cudaMalloc(q/k/v/o)");
   bool const bf16 = kernel.dtype == fa_cute::DType::kBF16;
   for (int i = 0; i < 3; ++i) {
-    if (bf16) fill<__nv_bfloat16>(buffers[i], n, i + 1);
-    else fill<__half>(buffers[i], n, i + 1);
+    if (bf16) fill<__nv_bfloat16>(buffers[i], elements[i], i + 1);
+    else fill<__half>(buffers[i], elements[i], i + 1);
   }
-  check_cuda(cudaMemset(buffers[3], 0xff, bytes), "cudaMemset(o, NaN)");  // 0xffff: NaN
+  check_cuda(cudaMemset(buffers[3], 0xff, size_t(n_q) * 2), "cudaMemset(o, NaN)");  // 0xffff: NaN
+  int64_t const n_rows = int64_t(o.batch) * o.heads * o.seqlen_q;
+  float* lse = nullptr;
+  check_cuda(cudaMalloc(&lse, size_t(n_rows) * sizeof(float)), "cudaMalloc(lse)");
 
   fa_cute::FwdParams params{};
   params.q_ptr = buffers[0];
   params.k_ptr = buffers[1];
   params.v_ptr = buffers[2];
   params.o_ptr = buffers[3];
-  fa_cute::index_t const row = int64_t(o.heads) * d, batch_stride = row * o.seqlen;
-  params.k_batch_stride = params.v_batch_stride = batch_stride;
+  params.softmax_lse_ptr = lse;
+  fa_cute::index_t const row = int64_t(o.heads) * d, row_k = int64_t(o.heads_k) * d;
+  params.k_batch_stride = params.v_batch_stride = row_k * o.seqlen;
   params.q_batch_stride = params.o_batch_stride = row * o.seqlen_q;
-  params.q_row_stride = params.k_row_stride = params.v_row_stride = params.o_row_stride = row;
+  params.q_row_stride = params.o_row_stride = row;
+  params.k_row_stride = params.v_row_stride = row_k;
   params.q_head_stride = params.k_head_stride = params.v_head_stride = params.o_head_stride = d;
   params.batch = o.batch;
   params.seqlen_q = o.seqlen_q;
   params.seqlen_k = o.seqlen;
-  params.nheads = params.nheads_k = o.heads;
+  params.nheads = o.heads;
+  params.nheads_k = o.heads_k;
   params.head_dim = d;
   params.num_splits = 1;
   params.is_causal = o.causal;
@@ -242,8 +315,12 @@ int run(Options const& o) {
       bf16 ? nonfinite<__nv_bfloat16>(buffers[3], n_q) : nonfinite<__half>(buffers[3], n_q);
   if (unwritten != 0) {
     std::fprintf(stderr, "fwd_bench: %s wrote no finite value to %llu of %lld output elements\n",
-                 kernel.config, unwritten, static_cast<long long>(n));
+                 kernel.config, unwritten, static_cast<long long>(n_q));
     return 1;
+  }
+  if (!o.check.empty()) {
+    int const rc = compare_with(o.check, kernel, params, n_q, n_rows);
+    if (rc != 0) return rc;
   }
 
   std::vector<cudaEvent_t> events(2 * o.iters);
@@ -262,16 +339,17 @@ int run(Options const& o) {
   for (cudaEvent_t e : events) check_cuda(cudaEventDestroy(e), "cudaEventDestroy");
   for (void* b : buffers) check_cuda(cudaFree(b), "cudaFree");
   for (float* b : accum) check_cuda(cudaFree(b), "cudaFree");
+  check_cuda(cudaFree(lse), "cudaFree(lse)");
 
   std::nth_element(ms.begin(), ms.begin() + o.iters / 2, ms.end());
   double const median = ms[o.iters / 2];
   // METHOD.md's convention: causal counts half the FLOPs of the full product.
   double const flops = (o.causal ? 2.0 : 4.0) * o.batch * o.heads * double(o.seqlen_q) * o.seqlen * d;
   double const moved = 2.0 * (2.0 * n + 2.0 * n_q);  // bytes: K, V read; Q read, O written
-  std::printf("%s (%s) on %s: %s B=%d Nq=%d Nk=%d H=%d d=%d%s splits=%d: %.4f ms (median of %d), "
+  std::printf("%s (%s) on %s: %s B=%d Nq=%d Nk=%d H=%d Hk=%d d=%d%s splits=%d: %.4f ms (median of %d), "
               "%.1f TFLOP/s, %.0f GB/s\n",
               kernel.config, kernel.description, props.name, o.dtype.c_str(), o.batch, o.seqlen_q,
-              o.seqlen, o.heads, d, o.causal ? " causal" : "", params.num_splits, median, o.iters,
+              o.seqlen, o.heads, o.heads_k, d, o.causal ? " causal" : "", params.num_splits, median, o.iters,
               flops / (median * 1e9), moved / (median * 1e6));
   return 0;
 }

@@ -536,7 +536,7 @@ def _tunable(cfg: dict, dtype: str, head_dim: int, cc: Tuple[int, int],
     block (None: not known): what auto may pick and `python -m fa_cute.tune` times. Any
     tile runs any seqlen (the kernel masks ragged tails)."""
     return (cfg["rung"] is None and cfg["head_dim"] == head_dim and dtype in cfg["dtypes"]
-            and _family_min_cc(cfg["family"]) <= cc
+            and _family_runs_on(cfg["family"], cc)
             and (smem_limit is None or cfg["smem_bytes"] <= smem_limit))
 
 
@@ -645,22 +645,30 @@ def _check_config_fits(cfg: dict, where: str, cc: Tuple[int, int],
                        smem_limit: Optional[int]) -> None:
     """The GPU `where` (compute capability cc, smem_limit bytes of shared memory per block
     or None where unknown) runs cfg's kernel family and holds its shared memory."""
-    needed = _family_min_cc(cfg["family"])
-    if cc < needed:
+    if not _family_runs_on(cfg["family"], cc):
+        needed, exact = _family_cc(cfg["family"])
+        rule = "exactly" if exact else "or newer"
         raise ValueError(f"config {cfg['name']!r} needs a GPU of compute capability "
-                         f"{needed[0]}.{needed[1]} or newer; {where} has {cc[0]}.{cc[1]}")
+                         f"{needed[0]}.{needed[1]} {rule}; {where} has {cc[0]}.{cc[1]}")
     if smem_limit is not None and cfg["smem_bytes"] > smem_limit:
         raise ValueError(f"config {cfg['name']!r} needs {cfg['smem_bytes']} bytes of shared "
                          f"memory per block; {where} allows at most {smem_limit}; pick a config "
                          "with smaller tiles, or config='auto'")
 
 
-def _family_min_cc(family: str) -> Tuple[int, int]:
-    """'sm80' -> (8, 0): the oldest GPU a kernel family runs on."""
-    match = re.fullmatch(r"sm(\d+)(\d)a?", family)
+def _family_cc(family: str) -> Tuple[Tuple[int, int], bool]:
+    """'sm80' -> ((8, 0), False): runs on 8.0 and newer. 'sm90a' -> ((9, 0), True): code
+    for an arch-specific target (wgmma, TMA, setmaxnreg) runs on that compute capability
+    only."""
+    match = re.fullmatch(r"sm(\d+)(\d)(a?)", family)
     if match is None:
         raise RuntimeError(f"fa_cute._C reports an unknown kernel family {family!r}")
-    return int(match.group(1)), int(match.group(2))
+    return (int(match.group(1)), int(match.group(2))), match.group(3) == "a"
+
+
+def _family_runs_on(family: str, cc: Tuple[int, int]) -> bool:
+    needed, exact = _family_cc(family)
+    return cc == needed if exact else cc >= needed
 
 
 def _row_strides(t: torch.Tensor) -> Tuple[int, int, int]:

@@ -11,8 +11,11 @@
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 
+#include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_types.h>
-#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "cute_utils.h"
+#include "hopper/pipeline_sm90.h"
 
 namespace fa_cute {
 
@@ -142,10 +145,11 @@ struct Sm90FwdTraits {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
     // mbarriers: full/empty per stage for K and V, one transaction barrier for Q.
-    typename cutlass::PipelineTmaAsync<kStages>::SharedStorage pipeline_k;
-    typename cutlass::PipelineTmaAsync<kStages>::SharedStorage pipeline_v;
+    typename Sm90TmaPipeline<kStages, kNumConsumerWG>::SharedStorage pipeline_k;
+    typename Sm90TmaPipeline<kStages, kNumConsumerWG>::SharedStorage pipeline_v;
     cutlass::arch::ClusterTransactionBarrier barrier_q;
   };
+  using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
   static_assert(kSmemSize <= 232448, "tile does not fit sm90 shared memory (227 KiB per CTA)");
 
@@ -174,31 +178,5 @@ struct Sm90FwdTraits {
                                                 cute::take<0, 2>(SmemLayoutV{})));
   using TmaStoreO = decltype(cute::make_tma_copy(cute::SM90_TMA_STORE{}, GmemTensorO{}, SmemLayoutO{}));
 };
-
-// The sm90 wgmma accumulator gives each thread values ((2 columns, 2 rows, N/8 column
-// groups), MMA_M, MMA_N) (CLayout_64xN: rows 16*warp + lane/4 + 8*v1, columns
-// 8*v2 + 2*(lane%4) + v0). Softmax works on rows: view it as ((2 rows, MMA_M),
-// (2 columns, N/8, MMA_N)).
-template <class Layout>
-CUTE_HOST_DEVICE constexpr auto acc_layout_rowcol_sm90(Layout const& acc) {
-  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
-  static_assert(decltype(cute::rank<0>(acc))::value == 3, "expects the sm90 ((2,2,N/8)) value mode");
-  return cute::make_layout(cute::make_layout(cute::get<0, 1>(acc), cute::get<1>(acc)),
-                           cute::make_layout(cute::get<0, 0>(acc), cute::get<0, 2>(acc), cute::get<2>(acc)));
-}
-
-// The RS wgmma's register A operand (ALayout_64x16) holds per thread ((2 k, 2 rows,
-// 2 k-halves), MMA_M, MMA_K): the strides of CLayout_64x16. So the accumulator values of
-// columns 16i..16i+15 (v2 in {2i, 2i+1}) are already k-block i of P as the A operand of
-// O += P V: a relabelling, no data movement.
-template <class Layout>
-CUTE_HOST_DEVICE constexpr auto acc_layout_as_a_operand_sm90(Layout const& acc) {
-  static_assert(decltype(cute::rank(acc))::value == 3, "expects (MMA, MMA_M, MMA_N)");
-  static_assert(decltype(cute::rank<0>(acc))::value == 3, "expects the sm90 ((2,2,N/8)) value mode");
-  static_assert(decltype(cute::size<0, 2>(acc))::value % 2 == 0, "N/8 column groups must pair up into K=16 blocks");
-  auto v2 = cute::logical_divide(cute::get<0, 2>(acc), cute::_2{});                  // (2,N/16)
-  return cute::make_layout(cute::make_layout(cute::get<0, 0>(acc), cute::get<0, 1>(acc), cute::get<0>(v2)),
-                           cute::get<1>(acc), cute::make_layout(cute::get<1>(v2), cute::get<2>(acc)));
-}
 
 }  // namespace fa_cute

@@ -1,0 +1,113 @@
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "cute_utils.h"
+#include "flash_params.h"
+
+// Which tile a thread block works on and which key blocks it visits: shared by the
+// sm80-instruction kernel and the Hopper kernel, so both walk tiles, causal bounds and
+// split-KV ranges identically.
+
+namespace fa_cute {
+
+// What masking a launch needs (fwd_kernel_sm80's kMaskMode; sm80_mask_mode chooses).
+enum class FwdMaskMode {
+  kNone,        // non-causal, seqlen_q % kBlockM == 0 and seqlen_k % kBlockN == 0
+  kCausalEven,  // causal, same lengths rule
+  kGeneral,     // anything else: ragged tiles, causal or not
+};
+
+// Which (query block, head, batch, key split) a tile is. Non-causal tiles are numbered with
+// the query block fastest, so that consecutive tiles (run at the same time by neighbouring
+// blocks) share one head's K and V and hit in L2. Causal tiles differ in work (a tile's
+// key blocks grow with its query block), so they are numbered longest first across all
+// heads: query block slowest, last to first. Launched in that order, and in the persistent
+// loop's zigzag, the long tiles start first and the short ones fill the tail (a static
+// round-robin over head-major tiles had given some blocks 3x the work of others at
+// N=16384: 0.68x FlashAttention-2 there). A flat numbering also means no grid dimension
+// limit applies to batch * heads.
+struct FwdTileCoord {
+  int m_block;
+  int bidh;
+  int bidb;
+  int bidh_k;
+  int n_split;  // which part of the key blocks (split-KV); 0 without
+
+  __device__ FwdTileCoord(int tile, int num_m_blocks, FwdParams const& params) {
+    int bh;  // (split, batch, head), head fastest
+    if (params.is_causal) {
+      int const num_bh = params.nheads * params.batch * max(params.num_splits, 1);
+      m_block = num_m_blocks - 1 - tile / num_bh;
+      bh = tile % num_bh;
+    } else {
+      m_block = tile % num_m_blocks;
+      bh = tile / num_m_blocks;
+    }
+    bidh = bh % params.nheads;
+    int const split_b = bh / params.nheads;
+    bidb = split_b % params.batch;
+    n_split = split_b / params.batch;
+    bidh_k = bidh / (params.nheads / params.nheads_k);
+  }
+};
+
+// The key blocks a query tile visits, [n_block_min, n_block_max), and the first of them
+// that needs a mask: the one holding column seqlen_k (a ragged tail) or, causal, the first
+// with a column past the diagonal of the tile's first row. Blocks before it run without
+// masking work. Split-KV: split s takes the s-th of num_splits equal runs of the blocks.
+// n_block_min >= n_block_max: no row of the tile sees a key (causal with seqlen_q >
+// seqlen_k), or the split has no blocks.
+struct FwdKeyRange {
+  int n_block_min;
+  int n_block_max;
+  int n_block_mask_start;
+
+  template <int kBlockM, int kBlockN, bool kSplitKV>
+  __device__ static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params) {
+    int n_block_max = (params.seqlen_k + kBlockN - 1) / kBlockN;
+    int n_block_mask_start = params.seqlen_k / kBlockN;
+    if (params.is_causal) {
+      int const row_first = c.m_block * kBlockM;
+      int const row_last = min(row_first + kBlockM, params.seqlen_q) - 1;
+      // Row r sees columns c <= r + causal_offset.
+      n_block_max = min(n_block_max, floor_div(row_last + params.causal_offset, kBlockN) + 1);
+      n_block_mask_start = min(n_block_mask_start, max(0, floor_div(row_first + params.causal_offset + 1, kBlockN)));
+    }
+    int n_block_min = 0;
+    if (kSplitKV && params.num_splits > 1) {
+      int const per_split = (max(n_block_max, 0) + params.num_splits - 1) / params.num_splits;
+      n_block_min = c.n_split * per_split;
+      n_block_max = min(n_block_max, n_block_min + per_split);
+    }
+    return {n_block_min, n_block_max, n_block_mask_start};
+  }
+
+  __device__ int num_blocks() const { return n_block_max - n_block_min; }
+  // The i-th key block visited.
+  template <bool kReverse>
+  __device__ int block(int i) const { return kReverse ? n_block_max - 1 - i : n_block_min + i; }
+};
+
+// -inf for the scores that a row may not see: columns at or past col_end (the ragged tail of
+// seqlen_k) and, with is_causal, columns past row + diagonal. scores and coords are the
+// accumulator and the same partition of an identity tensor, both viewed as rows x columns
+// (acc_layout_rowcol); a row's columns are tested against one limit.
+template <class TensorS, class TensorC>
+__forceinline__ __device__ void apply_mask(TensorS&& scores, TensorC const& coords, int col_end, bool is_causal,
+                                           int diagonal) {
+  using namespace cute;
+  CUTE_STATIC_ASSERT_V(rank(scores) == Int<2>{});
+  CUTE_STATIC_ASSERT_V(size(scores) == size(coords));
+  CUTE_UNROLL
+  for (int mi = 0; mi < size<0>(scores); ++mi) {
+    int const row = get<0>(coords(mi, 0));
+    int const limit = is_causal ? min(col_end, row + diagonal + 1) : col_end;
+    CUTE_UNROLL
+    for (int ni = 0; ni < size<1>(scores); ++ni) {
+      if (get<1>(coords(mi, ni)) >= limit) scores(mi, ni) = -INFINITY;
+    }
+  }
+}
+
+}  // namespace fa_cute
