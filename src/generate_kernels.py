@@ -112,6 +112,11 @@ class Sm90Config(NamedTuple):
     block_n: int
     description: str
     stages: int = 2
+    intra_wg_overlap: bool = True
+    ping_pong: bool = False
+    persistent: bool = False
+    rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
+    slug: str = ""              # ladder rung's short name
 
     @property
     def num_consumer_wg(self) -> int:
@@ -123,13 +128,46 @@ class Sm90Config(NamedTuple):
 
     @property
     def name(self) -> str:
-        return f"sm90_m{self.block_m}n{self.block_n}_d{self.head_dim}"
+        if self.rung is not None:
+            return f"ladder{self.rung:02d}_sm90{self.slug}_d{self.head_dim}"
+        family = "sm90p" if self.persistent else "sm90"
+        return f"{family}_m{self.block_m}n{self.block_n}_d{self.head_dim}"
 
 
 # The Hopper kernel's configs (docs/hopper-plan.md); the default per head dim is chosen in
 # src/tile_size.h (sm90_fwd_tile).
+_SM90_DESCRIPTION = "TMA + wgmma, warp-specialised, intra-warpgroup overlap, 2 K/V stages"
 SM90_CONFIGS = [
-    Sm90Config(128, 128, 128, "TMA + wgmma, producer warpgroup + 2 consumer warpgroups, 2 K/V stages"),
+    Sm90Config(64, 128, 128, _SM90_DESCRIPTION),
+    Sm90Config(64, 128, 192, _SM90_DESCRIPTION),
+    Sm90Config(96, 128, 128, _SM90_DESCRIPTION),
+    Sm90Config(128, 128, 128, _SM90_DESCRIPTION),
+    Sm90Config(128, 128, 128, _SM90_DESCRIPTION + ", persistent", persistent=True),
+    Sm90Config(128, 128, 176, _SM90_DESCRIPTION),
+    Sm90Config(128, 128, 176, _SM90_DESCRIPTION + ", persistent (O staged in Q's space)", persistent=True),
+    # d=192 and 256: O holds 96 / 128 fp32 registers a thread, so S gets fewer columns;
+    # FlashAttention-3's tiles (hopper/tile_size.h), within 227 KiB of shared memory.
+    Sm90Config(192, 128, 112, _SM90_DESCRIPTION),
+    Sm90Config(256, 128, 80, _SM90_DESCRIPTION),
+]
+
+# The Hopper kernel's steps (docs/ladder.md), rungs 9 on, at d=128.
+_SM90_LADDER_TILE = dict(head_dim=128, block_m=128, block_n=128)
+SM90_LADDER_CONFIGS = [
+    Sm90Config(**_SM90_LADDER_TILE, rung=9, slug="ws", intra_wg_overlap=False,
+               description="TMA + wgmma, producer warpgroup (setmaxnreg 24) + 2 consumer warpgroups (240)"),
+    Sm90Config(**_SM90_LADDER_TILE, rung=10, slug="pingpong", intra_wg_overlap=False, ping_pong=True,
+               description="rung 9 + consumer warpgroups take turns issuing GEMMs"),
+    Sm90Config(**_SM90_LADDER_TILE, rung=11, slug="overlap",
+               description="rung 9 + softmax of block j under P V of block j-1"),
+    Sm90Config(**_SM90_LADDER_TILE, rung=12, slug="both", ping_pong=True,
+               description="rung 11 + ping-pong"),
+    Sm90Config(128, 128, 176, rung=13, slug="n176", ping_pong=True,
+               description="rung 12 with 176-key blocks"),
+    Sm90Config(**_SM90_LADDER_TILE, rung=14, slug="persistent", persistent=True,
+               description="rung 11 + persistent CTAs, next tile's Q/K/V loads under the epilogue"),
+    Sm90Config(**_SM90_LADDER_TILE, rung=15, slug="persistpp", persistent=True, ping_pong=True,
+               description="rung 14 + ping-pong"),
 ]
 
 SM90_TEMPLATE = """\
@@ -139,11 +177,12 @@ SM90_TEMPLATE = """\
 namespace fa_cute {{
 
 using Traits = Sm90FwdTraits<{head_dim}, {block_m}, {block_n}, /*kNumConsumerWG=*/{num_consumer_wg}, {element},
-                             /*kStages=*/{stages}>;
+                             /*kStages=*/{stages}, /*kIntraWGOverlap=*/{intra_wg_overlap},
+                             /*kPingPong=*/{ping_pong}, /*kPersistent=*/{persistent}>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm90a", {head_dim}, {block_m}, {block_n}, {num_warps},
                             Traits::kSmemSize, {dtype_enum},
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/-1,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/{rung},
                             "{description}");
 
 }}  // namespace fa_cute
@@ -187,11 +226,15 @@ def expected_files() -> dict[str, str]:
         for dtype, (element, dtype_enum) in DTYPES.items():
             files[f"fwd_{cfg.name}_{dtype}.cu"] = TEMPLATE.format(
                 name=cfg.name, element=element, dtype_enum=dtype_enum, **fields)
-    for cfg in SM90_CONFIGS:
+    for cfg in SM90_CONFIGS + SM90_LADDER_CONFIGS:
+        fields = cfg._asdict()
+        for knob in ("intra_wg_overlap", "ping_pong", "persistent"):
+            fields[knob] = _cpp_bool(fields[knob])
+        fields["rung"] = -1 if cfg.rung is None else cfg.rung
         for dtype, (element, dtype_enum) in DTYPES.items():
             files[f"fwd_{cfg.name}_{dtype}.cu"] = SM90_TEMPLATE.format(
                 name=cfg.name, element=element, dtype_enum=dtype_enum, num_consumer_wg=cfg.num_consumer_wg,
-                num_warps=cfg.num_warps, **cfg._asdict())
+                num_warps=cfg.num_warps, **fields)
     return files
 
 

@@ -17,6 +17,10 @@ std::string sm80_config_name(int head_dim, FwdTile const& tile) {
          std::to_string(tile.num_warps) + "_d" + std::to_string(head_dim);
 }
 
+std::string sm90_config_name(int head_dim, FwdTile const& tile) {
+  return std::string(tile.persistent ? "sm90p" : "sm90") + "_m" + std::to_string(tile.block_m) + "n" + std::to_string(tile.block_n) + "_d" + std::to_string(head_dim);
+}
+
 namespace {
 // Function-local static: registration runs during static initialisation of other
 // translation units, whose order relative to this one is unspecified.
@@ -56,19 +60,34 @@ FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype) {
 }
 
 std::string default_fwd_config(int head_dim, int seqlen_q, int /*seqlen_k*/, int cc_major,
-                               int /*cc_minor*/, bool causal) {
+                               int cc_minor, bool causal) {
   if (cc_major < 8) {
     throw std::invalid_argument("device: compute capability " + std::to_string(cc_major) +
                                 ".x is not supported; fa_cute needs sm_80 or newer");
   }
-  std::string const preferred = sm80_config_name(head_dim, sm80_fwd_tile(head_dim, seqlen_q, causal));
-  for (FwdKernel const& k : fwd_kernels()) {
-    if (preferred == k.config) return k.config;
+  auto built = [](std::string const& name) {
+    for (FwdKernel const& k : fwd_kernels()) {
+      if (name == k.config) return true;
+    }
+    return false;
+  };
+  // The Hopper kernel (sm_90a code: compute capability 9.0 exactly) for every length but
+  // short queries: it has no split-KV, which decode needs to fill the GPU.
+  if (cc_major == 9 && cc_minor == 0 && seqlen_q > kSm80ShortQueryRows) {
+    std::string const hopper = sm90_config_name(head_dim, sm90_fwd_tile(head_dim, causal));
+    if (built(hopper)) return hopper;
   }
-  // The heuristic's tile was not built (FA_CUTE_CONFIGS): any built production config for
-  // the head dim.
+  std::string const preferred = sm80_config_name(head_dim, sm80_fwd_tile(head_dim, seqlen_q, causal));
+  if (built(preferred)) return preferred;
+  // The heuristic's tile was not built (FA_CUTE_CONFIGS): any built production sm80
+  // config for the head dim (it runs on every GPU fa_cute supports).
   for (FwdKernel const& k : fwd_kernels()) {
-    if (k.rung < 0 && k.head_dim == head_dim) return k.config;
+    if (k.rung < 0 && k.head_dim == head_dim && std::strcmp(k.family, "sm80") == 0) return k.config;
+  }
+  if (cc_major == 9 && cc_minor == 0) {
+    for (FwdKernel const& k : fwd_kernels()) {
+      if (k.rung < 0 && k.head_dim == head_dim) return k.config;
+    }
   }
   std::set<int> head_dims;
   for (FwdKernel const& k : fwd_kernels()) head_dims.insert(k.head_dim);

@@ -29,7 +29,7 @@ using FwdNumSplitsFn = int (*)(FwdParams const& params, int device);
 // One built kernel: a config (tile and family) instantiated for one dtype.
 struct FwdKernel {
   char const* config;  // e.g. "sm80_m128n64w4_d128"
-  char const* family;  // "sm80": runs on sm_80 and later
+  char const* family;  // "sm80": runs on sm_80 and later; "sm90a": on sm_90 (9.0) only
   int head_dim;
   int block_m;
   int block_n;
@@ -55,6 +55,9 @@ FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype);
 
 // The name src/generate_kernels.py gives the sm80 config of this tile.
 std::string sm80_config_name(int head_dim, FwdTile const& tile);
+
+// The name src/generate_kernels.py gives the sm90 (Hopper) config of this tile.
+std::string sm90_config_name(int head_dim, FwdTile const& tile);
 
 // The config the built-in heuristic picks (the tile function of tile_size.h); throws
 // std::invalid_argument when no built config serves head_dim.

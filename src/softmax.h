@@ -40,15 +40,8 @@ struct OnlineSoftmax {
     using namespace cute;
     Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
     Tensor out = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));      // (M,D)
-    static_assert(decltype(size<0>(scores))::value == kNRows, "row count mismatch");
     float block_max[kNRows];
-    CUTE_UNROLL
-    for (int mi = 0; mi < kNRows; ++mi) {
-      block_max[mi] = scores(mi, 0);
-      CUTE_UNROLL
-      for (int ni = 1; ni < size<1>(scores); ++ni) { block_max[mi] = fmaxf(block_max[mi], scores(mi, ni)); }
-      block_max[mi] = quad_allreduce(block_max[mi], [](float a, float b) { return fmaxf(a, b); });
-    }
+    row_max_of(scores, block_max);
     if constexpr (kIsFirst) {
       CUTE_UNROLL
       for (int mi = 0; mi < kNRows; ++mi) {
@@ -79,6 +72,66 @@ struct OnlineSoftmax {
         }
       }
     }
+    exponentiate(scores, scale_log2);
+  }
+
+  // update() for kernels that rescale O later, because a wgmma still accumulates into it
+  // (the Hopper kernel's P V of the previous block runs under this block's softmax).
+  // Returns each row's factor for rescale_o(); the row sums are rescaled here.
+  template <bool kIsFirst, class TensorS>
+  __forceinline__ __device__ cute::array<float, kNRows> update_scores(TensorS& acc_s, float scale_log2) {
+    using namespace cute;
+    Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
+    float block_max[kNRows];
+    row_max_of(scores, block_max);
+    cute::array<float, kNRows> correction;
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      if constexpr (kIsFirst) {
+        row_max[mi] = block_max[mi];
+        row_sum[mi] = 0.f;
+        correction[mi] = 1.f;
+      } else {
+        float const prev_max = row_max[mi];
+        float const new_max = fmaxf(prev_max, block_max[mi]);
+        row_max[mi] = new_max;
+        correction[mi] = exp2_approx(prev_max * scale_log2 - scaled_max(new_max, scale_log2));
+        row_sum[mi] *= correction[mi];
+      }
+    }
+    exponentiate(scores, scale_log2);
+    return correction;
+  }
+
+  template <class TensorO>
+  __forceinline__ __device__ static void rescale_o(TensorO& acc_o, cute::array<float, kNRows> const& correction) {
+    using namespace cute;
+    Tensor out = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (M,D)
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      CUTE_UNROLL
+      for (int di = 0; di < size<1>(out); ++di) { out(mi, di) *= correction[mi]; }
+    }
+  }
+
+  // Each row's maximum over a block of scores (M,N), reduced over the quad that holds the row.
+  template <class TensorS>
+  __forceinline__ __device__ static void row_max_of(TensorS const& scores, float (&block_max)[kNRows]) {
+    using namespace cute;
+    static_assert(decltype(size<0>(scores))::value == kNRows, "row count mismatch");
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      block_max[mi] = scores(mi, 0);
+      CUTE_UNROLL
+      for (int ni = 1; ni < size<1>(scores); ++ni) { block_max[mi] = fmaxf(block_max[mi], scores(mi, ni)); }
+      block_max[mi] = quad_allreduce(block_max[mi], [](float a, float b) { return fmaxf(a, b); });
+    }
+  }
+
+  // P = exp(S * scale - m) in place against the current row maxima, added to the row sums.
+  template <class TensorS>
+  __forceinline__ __device__ void exponentiate(TensorS& scores, float scale_log2) {
+    using namespace cute;
     CUTE_UNROLL
     for (int mi = 0; mi < kNRows; ++mi) {
       float const max_scaled = scaled_max(row_max[mi], scale_log2);

@@ -105,11 +105,21 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def ladder_configs(head_dim: int) -> List[dict]:
-    """The built ladder configs for head_dim, in rung order."""
+def ladder_configs(head_dim: int, cc: Tuple[int, int]) -> List[dict]:
+    """The built ladder configs for head_dim that a GPU of compute capability cc runs, in
+    rung order (the Hopper kernel's rungs need 9.0)."""
     return sorted((c for c in fa_cute.configs()
-                   if c["rung"] is not None and c["head_dim"] == head_dim),
+                   if c["rung"] is not None and c["head_dim"] == head_dim
+                   and _api._family_runs_on(c["family"], cc)),
                   key=lambda c: c["rung"])
+
+
+AMPERE_COLUMN = "sm80"  # the Ampere-style kernel's default, where auto picks another kernel
+
+
+def ampere_config(head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> str:
+    """The config the dispatcher would pick on an sm80 GPU: the Ampere-style kernel."""
+    return _C.default_config(head_dim, seqlen_q, seqlen_k, 8, 0, causal)
 
 
 def rung_label(config: dict) -> str:
@@ -195,7 +205,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fa_cute.bench: --headdim {d} is not built; built head dims: "
                   f"{', '.join(map(str, built))}")
             return 2
-    rungs = {d: ladder_configs(d) for d in args.headdim} if args.ladder else {}
+    device = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(device)
+    gpu, cc = _api._gpu(device)
+    rungs = {d: ladder_configs(d, cc) for d in args.headdim} if args.ladder else {}
     for d, found in rungs.items():
         if not found:
             print(f"fa_cute.bench: --ladder: this build holds no ladder config for head dim "
@@ -203,13 +216,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
     extra = {d: ([(c["name"], rung_label(c)) for c in rungs[d]] if args.ladder else
                  [(c["name"], c["name"]) for c in fa_cute.configs() if args.all_configs
-                  and c["rung"] is None and c["head_dim"] == d])
+                  and c["rung"] is None and c["head_dim"] == d
+                  and _api._family_runs_on(c["family"], cc)])
              for d in args.headdim}
     sdpa = LADDER_SDPA if args.ladder else DECODE_SDPA if args.decode else list(SDPA_BACKENDS)
 
-    device = torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(device)
-    gpu, cc = _api._gpu(device)
     timer_name, timer = make_timer(args.warmup, args.rep / args.rounds)
     print(banner(props, timer_name + f", median of {args.rounds} interleaved rounds"))
     print(f"config auto: {len(_tuning.cached_configs(gpu))} entries for this GPU in the tuning "
@@ -233,12 +244,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:  # an unknown --config, one for another head dim
         print(f"fa_cute.bench: {exc}")
         return 2
+    # Where auto picks another kernel (the Hopper one), the Ampere-style kernel's default
+    # gets a column of its own in the forward tables.
+    ampere = {d: (not args.ladder and not args.decode and not args.all_configs and any(
+        configs_by_name()[p]["family"] != "sm80" for (pd, _, _, _), p in picks.items() if pd == d))
+        for d in args.headdim}
+    for d in args.headdim:
+        if ampere[d]:
+            checks += run_checks([ampere_config(d, n, n, causal) for causal in args.causal
+                                  for n in args.seqlens], d, causal=args.causal)
     if not all(c["ok"] for c in checks):
         return 1
 
     records = []
     for (d, causal), (dtype, n) in itertools.product(groups, shapes):
         configs = {"fa_cute": picks[d, causal, dtype, n], **{k: k for k, _ in extra[d]}}
+        if ampere[d]:
+            configs[AMPERE_COLUMN] = ampere_config(d, n, n, causal)
         if args.decode:
             records.append(time_decode_row(dtype, n, d, args.batch, args.nheads,
                                            args.nheads_kv, configs, sdpa,
@@ -247,7 +269,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             records.append(time_row(dtype, n, d, configs, sdpa, props.L2_cache_size, timer,
                                     args.rounds, causal))
     fa_columns = {d: (extra[d] + [("fa_cute", "fa_cute")] if args.ladder
-                      else [("fa_cute", "fa_cute")] + extra[d]) for d in args.headdim}
+                      else [("fa_cute", "fa_cute")] + extra[d]
+                      + ([(AMPERE_COLUMN, AMPERE_COLUMN)] if ampere[d] else []))
+                  for d in args.headdim}
     if args.json:
         columns = dict(c for d in args.headdim for c in fa_columns[d] + [(s, s) for s in sdpa])
         with open(args.json, "w") as f:
@@ -279,6 +303,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print(render(rows, [key for key, _ in fa_columns[d]], sdpa))
     return 0
+
+
+def configs_by_name() -> Dict[str, dict]:
+    return {c["name"]: c for c in fa_cute.configs()}
 
 
 def row_shape(args: argparse.Namespace, seqlen: int, head_dim: int

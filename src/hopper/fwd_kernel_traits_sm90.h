@@ -48,7 +48,15 @@ CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
 //   kNumConsumerWG  consumer warpgroups (2, or 3 at d<=96); one producer warpgroup more
 //   Element         cute::bfloat16_t or cute::half_t (accumulation and softmax are fp32)
 //   kStages         K and V pipeline stages in shared memory
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNumConsumerWG_, class Element_, int kStages_ = 2>
+// and the overlap knobs (docs/hopper-plan.md sec. 5; each a rung of the ladder):
+//   kIntraWGOverlap a warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} together and
+//                   runs the softmax of block j while the second GEMM still computes
+//   kPingPong       the 2 consumer warpgroups take turns issuing their GEMMs (named
+//                   barriers), so that one's softmax runs under the other's GEMMs
+//   kPersistent     one CTA per SM loops over tiles: the next tile's first K/V (and Q,
+//                   where O has a buffer of its own) load under this tile's epilogue
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNumConsumerWG_, class Element_, int kStages_ = 2,
+          bool kIntraWGOverlap_ = true, bool kPingPong_ = false, bool kPersistent_ = false>
 struct Sm90FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -58,6 +66,9 @@ struct Sm90FwdTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kNumConsumerWG = kNumConsumerWG_;
   static constexpr int kStages = kStages_;
+  static constexpr bool kIntraWGOverlap = kIntraWGOverlap_;
+  static constexpr bool kPingPong = kPingPong_;
+  static constexpr bool kPersistent = kPersistent_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
@@ -69,6 +80,7 @@ struct Sm90FwdTraits {
   static_assert(kHeadDim <= 256 && kBlockN <= 256,
                 "wgmma N is at most 256 (d for P V, kBlockN for Q K^T); TMA box dims are at most 256");
   static_assert(kStages >= 2, "one stage loads while the other is consumed");
+  static_assert(!kPingPong || kNumConsumerWG == 2, "ping-pong alternates between exactly 2 consumer warpgroups");
 
   // --- Threads and registers -------------------------------------------------------------------
   // Warpgroup 0 is the producer (one elected thread of warp 0 issues TMA); warpgroups
@@ -130,9 +142,6 @@ struct Sm90FwdTraits {
       SmemLayoutV{}, cute::make_ordered_layout(
                          cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
                          cute::Step<cute::_2, cute::_1, cute::_3>{})));                              // (D,BLK_N,STAGE)
-  // O is staged in Q's space before its store: in a non-persistent CTA Q is dead once the
-  // last S wgmma has retired. (Persistent rungs load the next Q early and alias O with a
-  // V stage instead, plan sec. 2.)
   using SmemLayoutO = SmemLayoutQ;                                                                     // (BLK_M,D)
 
   // Swizzled buffers are 1024-byte aligned: the SW128 pattern repeats every 8 rows x 128 B,
@@ -140,16 +149,26 @@ struct Sm90FwdTraits {
   // boundary for every writer and reader to see the same arrangement. The kernel declares
   // its dynamic shared memory __align__(1024) for the same reason.
   static constexpr int kSmemAlign = 1024;
-  struct SharedStorage {
+  using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
+  struct SharedStorageBase {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, kSmemAlign> smem_q;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
-    // mbarriers: full/empty per stage for K and V, one transaction barrier for Q.
-    typename Sm90TmaPipeline<kStages, kNumConsumerWG>::SharedStorage pipeline_k;
-    typename Sm90TmaPipeline<kStages, kNumConsumerWG>::SharedStorage pipeline_v;
-    cutlass::arch::ClusterTransactionBarrier barrier_q;
+    typename Pipeline::SharedStorage pipeline_k;
+    typename Pipeline::SharedStorage pipeline_v;
+    // Q: loaded (transaction barrier) and free for the next tile's Q.
+    cutlass::arch::ClusterTransactionBarrier barrier_q_full;
+    cutlass::arch::ClusterBarrier barrier_q_empty;
   };
-  using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
+  struct SharedStorageWithO : SharedStorageBase {
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutO>, kSmemAlign> smem_o;
+  };
+  // O is staged for its TMA store in Q's space, unless a persistent CTA has room for a
+  // buffer of its own: then the next tile's Q loads under this tile's last P V and
+  // epilogue instead of after the store. In Q's space, each consumer warpgroup writes only
+  // its own rows, whose Q only its own (retired) S wgmmas read.
+  static constexpr bool kOAliasesQ = !kPersistent || sizeof(SharedStorageWithO) > 232448;
+  using SharedStorage = cute::conditional_t<kOAliasesQ, SharedStorageBase, SharedStorageWithO>;
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
   static_assert(kSmemSize <= 232448, "tile does not fit sm90 shared memory (227 KiB per CTA)");
 

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
@@ -45,12 +46,16 @@ auto sm90_gmem_tensor(char const* name, Ptr* ptr, int seqlen, int head_dim, int 
                                  legal("batch", batch_stride, batch)));
 }
 
-// Opts the kernel into its dynamic shared memory, once per (kernel, device).
+// Opts the kernel into its dynamic shared memory, once per (kernel, device); returns the
+// device's SM count (a persistent grid's size).
 template <class Traits, bool kCausal>
-void sm90_prepare_device(int device) {
+int sm90_prepare_device(int device) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<bool> prepared[kMaxDevices] = {};
-  if (device >= 0 && device < kMaxDevices && prepared[device].load(std::memory_order_relaxed)) return;
+  static std::atomic<int> num_sms[kMaxDevices] = {};  // 0: not prepared yet
+  if (device >= 0 && device < kMaxDevices) {
+    int const known = num_sms[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
   int smem_optin = 0;
   check_cuda(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
              "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
@@ -62,7 +67,11 @@ void sm90_prepare_device(int device) {
   check_cuda(cudaFuncSetAttribute(&fwd_kernel_sm90<Traits, kCausal>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Traits::kSmemSize),
              "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  if (device >= 0 && device < kMaxDevices) prepared[device].store(true, std::memory_order_relaxed);
+  int sms = 0;
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+             "cudaDeviceGetAttribute(MultiProcessorCount)");
+  if (device >= 0 && device < kMaxDevices) num_sms[device].store(sms, std::memory_order_relaxed);
+  return sms;
 }
 
 template <class Traits>
@@ -102,8 +111,10 @@ void run_fwd_sm90(FwdParams const& params, cudaStream_t stream) {
       make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{}),
   };
   FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
-    sm90_prepare_device<Traits, kCausal>(device);
-    fwd_kernel_sm90<Traits, kCausal><<<dim3(static_cast<unsigned>(num_tiles)), Traits::kNumThreads,
+    // Persistent: one CTA per SM (shared memory admits no second), each looping over tiles.
+    long long const num_sms = sm90_prepare_device<Traits, kCausal>(device);
+    long long const grid = Traits::kPersistent ? std::min(num_tiles, num_sms) : num_tiles;
+    fwd_kernel_sm90<Traits, kCausal><<<dim3(static_cast<unsigned>(grid)), Traits::kNumThreads,
                                        Traits::kSmemSize, stream>>>(kernel_params);
   });
   check_cuda(cudaGetLastError(), "fwd_kernel_sm90 launch");

@@ -139,12 +139,28 @@ void check_registry() {
          "causal d=128 must not be persistent, non-causal must");
   EXPECT(fa_cute::sm80_fwd_tile(128, 1).block_m == 64, "seqlen_q 1 must take the 64-row tile");
   EXPECT(fa_cute::sm80_fwd_tile(100, 4096).block_m == 0, "head dim 100 has no tile");
-  std::string const expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128, 4096));
+  EXPECT(fa_cute::sm90_config_name(128, fa_cute::FwdTile{128, 176, 12, false}) == "sm90_m128n176_d128",
+         "sm90 config naming differs from src/generate_kernels.py");
+  // On an H100 (9.0) the Hopper tile where built, else the sm80 one; on 8.0 and 10.0
+  // (sm_90a code runs on 9.0 only) the sm80 tile; short queries (decode) on the sm80
+  // kernel's split-KV path everywhere.
+  std::string const sm80_expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128, 4096));
+  std::string const sm90_expected = fa_cute::sm90_config_name(128, fa_cute::sm90_fwd_tile(128));
   std::string const picked = fa_cute::default_fwd_config(128, 4096, 4096, 9, 0);
   EXPECT(names.count(picked) == 1, "default config %s is not registered", picked.c_str());
+  std::string const expected = names.count(sm90_expected) ? sm90_expected : sm80_expected;
   if (names.count(expected)) {
-    EXPECT(picked == expected, "default config %s, tile function says %s", picked.c_str(), expected.c_str());
+    EXPECT(picked == expected, "default config %s on 9.0, tile functions say %s", picked.c_str(), expected.c_str());
   }
+  if (names.count(sm80_expected)) {
+    for (int major : {8, 10}) {
+      std::string const other = fa_cute::default_fwd_config(128, 4096, 4096, major, 0);
+      EXPECT(other == sm80_expected, "default config %s on %d.0, expected %s", other.c_str(), major,
+             sm80_expected.c_str());
+    }
+  }
+  std::string const decode = fa_cute::default_fwd_config(128, 1, 4096, 9, 0);
+  EXPECT(decode.rfind("sm80", 0) == 0, "decode on 9.0 picked %s, not an sm80 (split-KV) config", decode.c_str());
   bool threw = false;
   try {
     fa_cute::default_fwd_config(100, 128, 128, 9, 0);
