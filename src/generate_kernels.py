@@ -115,6 +115,7 @@ class Sm90Config(NamedTuple):
     intra_wg_overlap: bool = True
     ping_pong: bool = False
     persistent: bool = False
+    lazy_rescale: bool = False
     rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
     slug: str = ""              # ladder rung's short name
 
@@ -136,19 +137,22 @@ class Sm90Config(NamedTuple):
 
 # The Hopper kernel's configs (docs/hopper-plan.md); the default per head dim is chosen in
 # src/tile_size.h (sm90_fwd_tile).
-_SM90_DESCRIPTION = "TMA + wgmma, warp-specialised, intra-warpgroup overlap, 2 K/V stages"
+# Every production config has what paid on the ladder (docs/ladder.md, rungs 9-17):
+# intra-warpgroup overlap, ping-pong, lazy rescale; persistent unless named sm90_.
+_SM90_DESCRIPTION = "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale"
+_P = dict(ping_pong=True, persistent=True, lazy_rescale=True)
 SM90_CONFIGS = [
-    Sm90Config(64, 128, 128, _SM90_DESCRIPTION),
-    Sm90Config(64, 128, 192, _SM90_DESCRIPTION),
-    Sm90Config(96, 128, 128, _SM90_DESCRIPTION),
-    Sm90Config(128, 128, 128, _SM90_DESCRIPTION),
-    Sm90Config(128, 128, 128, _SM90_DESCRIPTION + ", persistent", persistent=True),
-    Sm90Config(128, 128, 176, _SM90_DESCRIPTION),
-    Sm90Config(128, 128, 176, _SM90_DESCRIPTION + ", persistent (O staged in Q's space)", persistent=True),
-    # d=192 and 256: O holds 96 / 128 fp32 registers a thread, so S gets fewer columns;
-    # FlashAttention-3's tiles (hopper/tile_size.h), within 227 KiB of shared memory.
-    Sm90Config(192, 128, 112, _SM90_DESCRIPTION),
-    Sm90Config(256, 128, 80, _SM90_DESCRIPTION),
+    Sm90Config(64, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(64, 128, 192, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(96, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(128, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(128, 128, 176, _SM90_DESCRIPTION + ", 176-key blocks", ping_pong=True, lazy_rescale=True),
+    # d=192 and 256: O holds 96 / 128 fp32 registers a thread, so S gets fewer columns.
+    # d=192 takes FlashAttention-3's 112; at d=256 its 80 spills 120 B in our kernel (S_j,
+    # P_{j-1} and O live together under the overlap: 40 + 20 + 128 registers), 64 does not.
+    # O is staged in Q's space: no room for a buffer of its own next to 2 K/V stages.
+    Sm90Config(192, 128, 112, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(256, 128, 64, _SM90_DESCRIPTION + ", persistent", **_P),
 ]
 
 # The Hopper kernel's steps (docs/ladder.md), rungs 9 on, at d=128.
@@ -168,6 +172,10 @@ SM90_LADDER_CONFIGS = [
                description="rung 11 + persistent CTAs, next tile's Q/K/V loads under the epilogue"),
     Sm90Config(**_SM90_LADDER_TILE, rung=15, slug="persistpp", persistent=True, ping_pong=True,
                description="rung 14 + ping-pong"),
+    Sm90Config(**_SM90_LADDER_TILE, rung=16, slug="lazy", persistent=True, ping_pong=True, lazy_rescale=True,
+               description="rung 15 + O rescaled only when a row max grows by more than 2^8"),
+    Sm90Config(**_SM90_LADDER_TILE, rung=17, slug="stages3", persistent=True, ping_pong=True, stages=3,
+               description="rung 15 with 3 K/V stages (O staged in Q's space)"),
 ]
 
 SM90_TEMPLATE = """\
@@ -178,7 +186,8 @@ namespace fa_cute {{
 
 using Traits = Sm90FwdTraits<{head_dim}, {block_m}, {block_n}, /*kNumConsumerWG=*/{num_consumer_wg}, {element},
                              /*kStages=*/{stages}, /*kIntraWGOverlap=*/{intra_wg_overlap},
-                             /*kPingPong=*/{ping_pong}, /*kPersistent=*/{persistent}>;
+                             /*kPingPong=*/{ping_pong}, /*kPersistent=*/{persistent},
+                             /*kLazyRescale=*/{lazy_rescale}>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm90a", {head_dim}, {block_m}, {block_n}, {num_warps},
                             Traits::kSmemSize, {dtype_enum},
@@ -228,7 +237,7 @@ def expected_files() -> dict[str, str]:
                 name=cfg.name, element=element, dtype_enum=dtype_enum, **fields)
     for cfg in SM90_CONFIGS + SM90_LADDER_CONFIGS:
         fields = cfg._asdict()
-        for knob in ("intra_wg_overlap", "ping_pong", "persistent"):
+        for knob in ("intra_wg_overlap", "ping_pong", "persistent", "lazy_rescale"):
             fields[knob] = _cpp_bool(fields[knob])
         fields["rung"] = -1 if cfg.rung is None else cfg.rung
         for dtype, (element, dtype_enum) in DTYPES.items():

@@ -49,17 +49,7 @@ struct OnlineSoftmax {
         row_sum[mi] = 0.f;
       }
     } else {
-      bool rescale = true;
-      if constexpr (kLazyRescale) {
-        bool grown = false;
-        CUTE_UNROLL
-        for (int mi = 0; mi < kNRows; ++mi) {
-          // -inf - -inf is NaN and compares false: a row that has seen only -inf stays put.
-          grown |= (block_max[mi] - row_max[mi]) * scale_log2 > kLazyRescaleLog2;
-        }
-        rescale = __any_sync(0xffffffff, grown);  // warp-uniform: no divergence
-      }
-      if (rescale) {
+      if (!kLazyRescale || must_rescale(block_max, scale_log2)) {
         CUTE_UNROLL
         for (int mi = 0; mi < kNRows; ++mi) {
           float const prev_max = row_max[mi];
@@ -75,32 +65,53 @@ struct OnlineSoftmax {
     exponentiate(scores, scale_log2);
   }
 
+  // The factors rescale_o() multiplies O's rows by; with kLazyRescale, rescale is false
+  // (warp-uniform) when every factor is 1 because no row's maximum moved.
+  struct Correction {
+    cute::array<float, kNRows> factor;
+    bool rescale;
+  };
+
   // update() for kernels that rescale O later, because a wgmma still accumulates into it
   // (the Hopper kernel's P V of the previous block runs under this block's softmax).
-  // Returns each row's factor for rescale_o(); the row sums are rescaled here.
+  // The row sums are rescaled here; O by rescale_o(correction.factor).
   template <bool kIsFirst, class TensorS>
-  __forceinline__ __device__ cute::array<float, kNRows> update_scores(TensorS& acc_s, float scale_log2) {
+  __forceinline__ __device__ Correction update_scores(TensorS& acc_s, float scale_log2) {
     using namespace cute;
     Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
     float block_max[kNRows];
     row_max_of(scores, block_max);
-    cute::array<float, kNRows> correction;
+    Correction correction;
+    correction.rescale = !kIsFirst;
+    if constexpr (kLazyRescale && !kIsFirst) correction.rescale = must_rescale(block_max, scale_log2);
     CUTE_UNROLL
     for (int mi = 0; mi < kNRows; ++mi) {
       if constexpr (kIsFirst) {
         row_max[mi] = block_max[mi];
         row_sum[mi] = 0.f;
-        correction[mi] = 1.f;
+        correction.factor[mi] = 1.f;
       } else {
         float const prev_max = row_max[mi];
-        float const new_max = fmaxf(prev_max, block_max[mi]);
+        float const new_max = correction.rescale ? fmaxf(prev_max, block_max[mi]) : prev_max;
         row_max[mi] = new_max;
-        correction[mi] = exp2_approx(prev_max * scale_log2 - scaled_max(new_max, scale_log2));
-        row_sum[mi] *= correction[mi];
+        correction.factor[mi] = exp2_approx(prev_max * scale_log2 - scaled_max(new_max, scale_log2));
+        row_sum[mi] *= correction.factor[mi];
       }
     }
     exponentiate(scores, scale_log2);
     return correction;
+  }
+
+  // kLazyRescale: whether any row of the warp saw its maximum grow by more than
+  // kLazyRescaleLog2 (log2 units); warp-uniform, so no divergence.
+  __forceinline__ __device__ bool must_rescale(float const (&block_max)[kNRows], float scale_log2) const {
+    bool grown = false;
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      // -inf - -inf is NaN and compares false: a row that has seen only -inf stays put.
+      grown |= (block_max[mi] - row_max[mi]) * scale_log2 > kLazyRescaleLog2;
+    }
+    return __any_sync(0xffffffff, grown);
   }
 
   template <class TensorO>

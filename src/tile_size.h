@@ -47,21 +47,24 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 // Default tile of the Hopper kernel (TMA + wgmma, src/hopper/; docs/hopper-plan.md sec. 2):
 // 128 query rows, one 64-row wgmma atom per consumer warpgroup; block_n is the key block,
 // which is also the N of the S = Q K^T wgmma. num_warps counts the producer warpgroup.
-// Shared memory: Q + 2 stages of K and V. Registers per consumer thread (240 after
-// setmaxnreg): S block_n/2, P block_n/4 (bf16x2), O d/2.
-//   d=64:  128x192 (S 96 + P 48 + O 32): TODO measure against 128x128.
-//   d=96:  128x128.
-//   d=128: 128x176 (FlashAttention-3's tile: 208 KiB): TODO measured reason.
-//   d=192: 128x112 (O 96 registers; 216 KiB).
-//   d=256: 128x80 (O 128 registers; 224 KiB of the 227 KiB).
+// Shared memory: Q + 2 stages of K and V (+ O where persistent and there is room).
+// Registers per consumer thread (240 after setmaxnreg): S block_n/2, P block_n/4, O d/2.
+// Measured on the H100 (fwd_bench, d=128, bf16; docs/perf-notes.md v5-v6):
+//   d=128 non-causal: 128x128 persistent with ping-pong (ladder rung 15) 679-685 TFLOP/s
+//     at N=4096-16384, 597 at 1024; 128x176 as FlashAttention-3 picks it ran 2-6% slower
+//     with ping-pong and 7% slower without.
+//   d=128 causal: 128x176 non-persistent with ping-pong led at N >= 4096 (541-682); the
+//     persistent tile lost 8% at N=8192 to a static tile order, since zigzagged.
+//   d=64: 128x192 (S 96 + P 48 + O 32 registers), d=96: 128x128; d=192: 128x112 (O 96
+//     registers; 216 KiB, FlashAttention-3's); d=256: 128x64 (O 128 registers; 192 KiB;
+//     FlashAttention-3's 128x80 spills 120 B in our kernel): not tuned yet.
 constexpr FwdTile sm90_fwd_tile(int head_dim, bool causal = false) {
-  (void)causal;
   switch (head_dim) {
-    case 64: return FwdTile{128, 192, 12, false};
-    case 96: return FwdTile{128, 128, 12, false};
-    case 128: return FwdTile{128, 176, 12, false};
-    case 192: return FwdTile{128, 112, 12, false};
-    case 256: return FwdTile{128, 80, 12, false};
+    case 64: return FwdTile{128, 192, 12, true};
+    case 96: return FwdTile{128, 128, 12, true};
+    case 128: return causal ? FwdTile{128, 176, 12, false} : FwdTile{128, 128, 12, true};
+    case 192: return FwdTile{128, 112, 12, true};
+    case 256: return FwdTile{128, 64, 12, true};
     default: return FwdTile{0, 0, 0, false};
   }
 }

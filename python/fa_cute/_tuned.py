@@ -5,25 +5,17 @@ from `_tuning.key`, GPU names from `torch.cuda.get_device_name`), so an entry is
 from the cache that `python -m fa_cute.tune` writes on that GPU. An entry whose config is
 not in the build, or cannot run the shape, is skipped and the next source decides.
 
-H100 entries: `python -m fa_cute.tune --dtype bf16,fp16` (3 interleaved rounds, medians) on
-an NVIDIA H100 80GB HBM3, 2026-11-27 (docs/perf-notes.md, "v2"). The persistent tile wins
-everywhere but fp16 N=4096, where the non-persistent one led by 3% in that run; the two are
-within run-to-run spread of each other at N >= 4096.
+H100 entries: the Hopper kernel's persistent 128x128 tile, which led every other Hopper
+variant and the sm80 kernel's best (`sm80p_m128n128w8_d128`, the pick of the issue-3 table,
+which it beats by 1.6-2.0x) at every N from 512 to 16384, bf16, d=128, non-causal
+(`.bin/s90c.sh`-style fwd_bench runs, interleaved, 2 rounds; docs/perf-notes.md v6). The
+heuristic (src/tile_size.h) picks the same; the table pins it against a rebuilt default.
 """
 
 from typing import Dict
 
 TABLE: Dict[str, Dict[str, str]] = {
     "NVIDIA H100 80GB HBM3": {
-        "bf16-d128-noncausal-n1024": "sm80p_m128n128w8_d128",
-        "bf16-d128-noncausal-n2048": "sm80p_m128n128w8_d128",
-        "bf16-d128-noncausal-n4096": "sm80p_m128n128w8_d128",
-        "bf16-d128-noncausal-n8192": "sm80p_m128n128w8_d128",
-        "bf16-d128-noncausal-n16384": "sm80p_m128n128w8_d128",
-        "fp16-d128-noncausal-n1024": "sm80p_m128n128w8_d128",
-        "fp16-d128-noncausal-n2048": "sm80p_m128n128w8_d128",
-        "fp16-d128-noncausal-n4096": "sm80_m128n128w8_d128",
-        "fp16-d128-noncausal-n8192": "sm80p_m128n128w8_d128",
-        "fp16-d128-noncausal-n16384": "sm80p_m128n128w8_d128",
+        f"bf16-d128-noncausal-n{n}": "sm90p_m128n128_d128" for n in (1024, 2048, 4096, 8192, 16384)
     },
 }

@@ -5,7 +5,8 @@ namespace fa_cute {
 
 using Traits = Sm90FwdTraits<128, 128, 176, /*kNumConsumerWG=*/2, cute::half_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
-                             /*kPingPong=*/true, /*kPersistent=*/false>;
+                             /*kPingPong=*/true, /*kPersistent=*/false,
+                             /*kLazyRescale=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder13_sm90n176_d128", "sm90a", 128, 128, 176, 12,
                             Traits::kSmemSize, DType::kFP16,

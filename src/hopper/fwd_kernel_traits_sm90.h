@@ -55,8 +55,11 @@ CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
 //                   barriers), so that one's softmax runs under the other's GEMMs
 //   kPersistent     one CTA per SM loops over tiles: the next tile's first K/V (and Q,
 //                   where O has a buffer of its own) load under this tile's epilogue
+//   kLazyRescale    O is rescaled only when a row maximum of the warp grew by more than
+//                   2^8 (OnlineSoftmax; exact, the sums use the same stale maxima)
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNumConsumerWG_, class Element_, int kStages_ = 2,
-          bool kIntraWGOverlap_ = true, bool kPingPong_ = false, bool kPersistent_ = false>
+          bool kIntraWGOverlap_ = true, bool kPingPong_ = false, bool kPersistent_ = false,
+          bool kLazyRescale_ = false>
 struct Sm90FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -69,6 +72,7 @@ struct Sm90FwdTraits {
   static constexpr bool kIntraWGOverlap = kIntraWGOverlap_;
   static constexpr bool kPingPong = kPingPong_;
   static constexpr bool kPersistent = kPersistent_;
+  static constexpr bool kLazyRescale = kLazyRescale_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");

@@ -5,11 +5,12 @@ namespace fa_cute {
 
 using Traits = Sm90FwdTraits<128, 128, 128, /*kNumConsumerWG=*/2, cute::bfloat16_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
-                             /*kPingPong=*/false, /*kPersistent=*/false>;
+                             /*kPingPong=*/true, /*kPersistent=*/true,
+                             /*kLazyRescale=*/true>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
-FA_CUTE_REGISTER_FWD_KERNEL("sm90_m128n128_d128", "sm90a", 128, 128, 128, 12,
+FA_CUTE_REGISTER_FWD_KERNEL("ladder16_sm90lazy_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/-1,
-                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, 2 K/V stages");
+                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/16,
+                            "rung 15 + O rescaled only when a row max grows by more than 2^8");
 
 }  // namespace fa_cute

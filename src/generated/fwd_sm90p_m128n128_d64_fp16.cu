@@ -3,13 +3,14 @@
 
 namespace fa_cute {
 
-using Traits = Sm90FwdTraits<96, 128, 128, /*kNumConsumerWG=*/2, cute::half_t,
+using Traits = Sm90FwdTraits<64, 128, 128, /*kNumConsumerWG=*/2, cute::half_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
-                             /*kPingPong=*/false, /*kPersistent=*/false>;
+                             /*kPingPong=*/true, /*kPersistent=*/true,
+                             /*kLazyRescale=*/true>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
-FA_CUTE_REGISTER_FWD_KERNEL("sm90_m128n128_d96", "sm90a", 96, 128, 128, 12,
+FA_CUTE_REGISTER_FWD_KERNEL("sm90p_m128n128_d64", "sm90a", 64, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/-1,
-                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, 2 K/V stages");
+                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, persistent");
 
 }  // namespace fa_cute

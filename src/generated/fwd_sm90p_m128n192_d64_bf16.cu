@@ -3,13 +3,14 @@
 
 namespace fa_cute {
 
-using Traits = Sm90FwdTraits<128, 128, 176, /*kNumConsumerWG=*/2, cute::bfloat16_t,
+using Traits = Sm90FwdTraits<64, 128, 192, /*kNumConsumerWG=*/2, cute::bfloat16_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
-                             /*kPingPong=*/false, /*kPersistent=*/true>;
+                             /*kPingPong=*/true, /*kPersistent=*/true,
+                             /*kLazyRescale=*/true>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
-FA_CUTE_REGISTER_FWD_KERNEL("sm90p_m128n176_d128", "sm90a", 128, 128, 176, 12,
+FA_CUTE_REGISTER_FWD_KERNEL("sm90p_m128n192_d64", "sm90a", 64, 128, 192, 12,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/-1,
-                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, 2 K/V stages, persistent (O staged in Q's space)");
+                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, persistent");
 
 }  // namespace fa_cute
