@@ -170,7 +170,8 @@ void check_traits(char const* what, GMMA::LayoutType swizzle) {
 
 int main() {
   // The plan's tiles (sec. 2) for d = 64, 128, 256, with 2 consumer warpgroups, and
-  // the step-1 tile; d=96 for the 64-byte swizzle; 3 warpgroups for the d=64 tile.
+  // the built tiles (src/generate_kernels.py); d=96 for the 64-byte swizzle; 3
+  // warpgroups for the d=64 tile.
   check_traits<64, 128, 128, 2, cute::bfloat16_t>("d64 m128n128 bf16", GMMA::LayoutType::B128);
   check_traits<64, 192, 128, 3, cute::half_t>("d64 m192n128 wg3 fp16", GMMA::LayoutType::B128);
   check_traits<96, 128, 144, 2, cute::bfloat16_t>("d96 m128n144 bf16", GMMA::LayoutType::B64);
@@ -178,6 +179,9 @@ int main() {
   check_traits<128, 128, 176, 2, cute::half_t>("d128 m128n176 fp16", GMMA::LayoutType::B128);
   check_traits<192, 128, 112, 2, cute::bfloat16_t>("d192 m128n112 bf16", GMMA::LayoutType::B128);
   check_traits<256, 128, 80, 2, cute::bfloat16_t>("d256 m128n80 bf16", GMMA::LayoutType::B128);
+  check_traits<64, 128, 192, 2, cute::bfloat16_t>("d64 m128n192 bf16", GMMA::LayoutType::B128);
+  check_traits<96, 128, 128, 2, cute::half_t>("d96 m128n128 fp16", GMMA::LayoutType::B64);
+  check_traits<256, 128, 64, 2, cute::bfloat16_t>("d256 m128n64 bf16", GMMA::LayoutType::B128);
   // The TMA copy types must instantiate (descriptors are built on the host per call).
   using T = fa_cute::Sm90FwdTraits<128, 128, 176, 2, cute::bfloat16_t>;
   EXPECT(sizeof(T::TmaLoadQ) > 0 && sizeof(T::TmaLoadK) > 0 && sizeof(T::TmaLoadV) > 0 && sizeof(T::TmaStoreO) > 0,
