@@ -54,6 +54,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   };
 
   int const tidx = threadIdx.x;
+  // Compile-time where the mask mode decides it (kNone: never causal; kCausalEven: always).
+  bool const is_causal = kMaskMode == FwdMaskMode::kGeneral ? params.is_causal : kMaskMode == FwdMaskMode::kCausalEven;
   int const num_m_blocks = (params.seqlen_q + kBlockM - 1) / kBlockM;
   int const num_tiles = num_m_blocks * params.nheads * params.batch * max(params.num_splits, 1);
 
@@ -174,7 +176,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // Even launches have no column past seqlen_k; kCausalEven is causal by construction.
     apply_mask(make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout())), score_coords(),
                kEven ? kBlockN : params.seqlen_k - n_block * kBlockN,
-               kMaskMode == FwdMaskMode::kCausalEven || params.is_causal,
+               is_causal,
                m_block * kBlockM + params.causal_offset - n_block * kBlockN);
   };
 
@@ -235,7 +237,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         __syncthreads();  // everyone has finished reading sK (and sQ in the last iteration)
       }
       if constexpr (Traits::kPersistent) {
-        if (flag(is_last) && next_tile >= 0) { load_first(FwdTileCoord(next_tile, num_m_blocks, params)); }
+        if (flag(is_last) && next_tile >= 0) { load_first(FwdTileCoord(next_tile, num_m_blocks, params, is_causal)); }
       }
 
       if (flag(is_masked)) { mask_scores(acc_s, coord.m_block, n_block); }
@@ -288,7 +290,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       softmax.reset();
       __syncthreads();
       if constexpr (Traits::kPersistent) {
-        if (next_tile >= 0) { load_first(FwdTileCoord(next_tile, num_m_blocks, params)); }
+        if (next_tile >= 0) { load_first(FwdTileCoord(next_tile, num_m_blocks, params, is_causal)); }
       }
     }
 
@@ -355,7 +357,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     }
   };
 
-  load_first(FwdTileCoord(blockIdx.x, num_m_blocks, params));
+  load_first(FwdTileCoord(blockIdx.x, num_m_blocks, params, is_causal));
   if constexpr (Traits::kPersistent) {
     // Round r gives block b tile r * G + b, or r * G + (G - 1 - b) in odd rounds (G blocks):
     // with tiles numbered longest first (causal), the block that got a round's shortest
@@ -366,10 +368,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     };
     for (int round = 0, tile = blockIdx.x; tile < num_tiles; tile = round_tile(++round)) {
       int const next = round_tile(round + 1);
-      run_tile(FwdTileCoord(tile, num_m_blocks, params), next < num_tiles ? next : -1);
+      run_tile(FwdTileCoord(tile, num_m_blocks, params, is_causal), next < num_tiles ? next : -1);
     }
   } else {
-    run_tile(FwdTileCoord(blockIdx.x, num_m_blocks, params), -1);
+    run_tile(FwdTileCoord(blockIdx.x, num_m_blocks, params, is_causal), -1);
   }
 }
 

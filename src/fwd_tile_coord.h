@@ -39,9 +39,12 @@ struct FwdTileCoord {
   int bidh_k;
   int n_split;  // which part of the key blocks (split-KV); 0 without
 
-  __device__ FwdTileCoord(int tile, int num_m_blocks, FwdParams const& params) {
+  // is_causal: params.is_causal, passed separately so that a kernel that knows it at
+  // compile time drops the other numbering (the causal one's 64-bit section arithmetic
+  // made the sm80 persistent kernel spill 24 B in its non-causal variant).
+  __device__ FwdTileCoord(int tile, int num_m_blocks, FwdParams const& params, bool is_causal) {
     int bh;  // (split, batch, head), head fastest
-    if (params.is_causal) {
+    if (is_causal) {
       int const num_bh = params.nheads * params.batch * max(params.num_splits, 1);
       // K and V of one query head (bf16/fp16); GQA heads share them, so this overcounts.
       long long const kv_bytes = 4ll * params.seqlen_k * params.head_dim;

@@ -93,6 +93,25 @@ def test_non_contiguous(make_qkv, dtype, layout) -> None:
     assert torch.equal(result, contiguous)
 
 
+def test_expanded_kv_and_the_hopper_kernel(make_qkv) -> None:
+    """TMA cannot broadcast: auto sends an expanded K/V to the sm80 kernel; naming a Hopper
+    config for it is refused with the argument and the way out."""
+    hopper = [c["name"] for c in fa_cute.configs()
+              if c["family"] == "sm90a" and c["rung"] is None and c["head_dim"] == HEAD_DIM]
+    if not hopper or torch.cuda.get_device_capability(DEVICE) != (9, 0):
+        pytest.skip("needs a built Hopper config and a compute capability 9.0 GPU")
+    shape = (2, 256, 4, HEAD_DIM)
+    q, _, _ = make_qkv(*shape, torch.bfloat16, DEVICE)
+    k, v = (torch.randn(2, 256, 1, HEAD_DIM, device=DEVICE).to(torch.bfloat16).expand(shape)
+            for _ in range(2))
+    assert fa_cute.resolve_config(q, k, v).startswith("sm80")
+    assert_matches_reference(fa_cute.forward(q, k, v), q, k, v)
+    with pytest.raises(ValueError, match=r"k has stride 0 in its nheads dim .*TMA.*\.contiguous\(\)"):
+        fa_cute.forward(q, k, v, config=hopper[0])
+    assert_matches_reference(fa_cute.forward(q, k.contiguous(), v.contiguous(), config=hopper[0]),
+                             q, k, v)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("magnitude, offset", [(10.0, 0.0), (30.0, 0.0), (1.0, 4.0), (8.0, -3.0)],
                          ids=["x10", "x30", "offset+4", "x8-offset-3"])

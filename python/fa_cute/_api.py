@@ -428,6 +428,17 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
 
     cfg = _resolve_config(config, q, head_dim, is_causal, launch_seqlen_q, seqlen_k, names)
     scale = _resolve_scale(softmax_scale, head_dim, names.scale)
+    if cfg["family"] == "sm90a":
+        # TMA (the Hopper kernel's loads) cannot broadcast: an expanded tensor (stride 0 in
+        # a dim of size > 1) goes to the sm80 kernel, which reads it row by row.
+        broadcast = next((name for name, t in inputs if _broadcast_dim(t) is not None), None)
+        if broadcast is not None:
+            if config not in (None, AUTO):
+                raise ValueError(
+                    f"{broadcast} has stride 0 in its {_broadcast_dim(dict(inputs)[broadcast])} "
+                    f"dim (an expanded tensor); config {cfg['name']!r} loads with TMA, which "
+                    f"cannot broadcast: call .contiguous() on it, or use config='auto'")
+            cfg = _CONFIGS[_C.default_config(head_dim, launch_seqlen_q, seqlen_k, 8, 0, is_causal)]
 
     for (name, t), rows in zip(inputs, ("block_m", "block_n", "block_n")):
         _check_layout(name, t, cfg[rows])
@@ -438,6 +449,14 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
     return _Launch(cfg["name"], _DTYPE_NAMES[q.dtype], batch, launch_seqlen_q, seqlen_k,
                    launch_nheads, nheads_k, head_dim, scale, is_causal,
                    offset if is_causal else 0, packed)
+
+
+def _broadcast_dim(t: torch.Tensor) -> Optional[str]:
+    """The name of t's first dim of size > 1 with stride 0, or None."""
+    for dim, n, s in zip(("batch", "seqlen", "nheads", "headdim"), t.shape, t.stride()):
+        if n > 1 and s == 0:
+            return dim
+    return None
 
 
 def _packable(t: torch.Tensor) -> bool:

@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     PipelineState st = Pipeline::producer_start_state();
     int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
     for (int round = 0, tile = round_tile(0); tile < num_tiles; tile = round_tile(++round)) {
-      FwdTileCoord const coord(tile, num_m_blocks, p);
+      FwdTileCoord const coord(tile, num_m_blocks, p, kCausal);
       FwdKeyRange const keys = key_range(coord);
       if (keys.num_blocks() <= 0) continue;  // a tile that sees no key loads nothing
       Tensor gQ = local_tile(mQ(_, _, coord.bidh, coord.bidb), Shape<Int<kBlockM>, Int<kHeadDim>>{},
@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   PipelineState st;
   int q_iter = 0;
   for (int round = 0, tile = round_tile(0); tile < num_tiles; tile = round_tile(++round)) {
-    FwdTileCoord const coord(tile, num_m_blocks, p);
+    FwdTileCoord const coord(tile, num_m_blocks, p, kCausal);
     FwdKeyRange const keys = key_range(coord);
     int const num_blocks = keys.num_blocks();
     int const num_rows = p.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
