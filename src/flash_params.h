@@ -35,6 +35,9 @@ struct FwdParams {
   // aligns the mask bottom-right (FlashAttention >= 2.1), 0 top-left (torch SDPA).
   bool is_causal;
   int causal_offset;
+  // (batch, head) pairs per L2 section of the causal tile order (FwdTileCoord); set by
+  // the launchers from the sizes (causal_section()), not by callers.
+  int causal_section;
 
   // Split-KV: with num_splits > 1 the key blocks of each query tile are divided among
   // num_splits thread blocks (a decode step has too few query tiles to fill the GPU). Each

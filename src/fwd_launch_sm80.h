@@ -78,7 +78,9 @@ int sm80_num_splits(FwdParams const& params, int device) {
 }
 
 template <class Traits>
-void run_fwd_sm80(FwdParams const& params, cudaStream_t stream) {
+void run_fwd_sm80(FwdParams const& problem, cudaStream_t stream) {
+  FwdParams params = problem;
+  params.causal_section = causal_section(params);
   if (params.num_splits > 1 && !Traits::kSplitKV) {
     throw std::invalid_argument("num_splits: this config does not split keys (persistent); pass 1");
   }

@@ -32,6 +32,17 @@ enum class FwdMaskMode {
 // A flat numbering also means no grid dimension limit applies to batch * heads.
 constexpr long long kCausalSectionL2Bytes = 32ll << 20;
 
+// (batch, head) pairs per L2 section of the causal tile order; the launchers store it in
+// FwdParams::causal_section, so that kernels do no 64-bit arithmetic for it (computed per
+// tile, it made the d=256 Hopper kernel spill).
+inline int causal_section(FwdParams const& params) {
+  long long const num_bh = (long long)params.nheads * params.batch * (params.num_splits > 1 ? params.num_splits : 1);
+  // K and V of one query head (bf16/fp16); GQA heads share them, so this overcounts.
+  long long const kv_bytes = 4ll * params.seqlen_k * params.head_dim;
+  long long const section = kCausalSectionL2Bytes / (kv_bytes > 0 ? kv_bytes : 1);
+  return int(section < 1 ? 1 : section < num_bh ? section : num_bh);
+}
+
 struct FwdTileCoord {
   int m_block;
   int bidh;
@@ -46,9 +57,7 @@ struct FwdTileCoord {
     int bh;  // (split, batch, head), head fastest
     if (is_causal) {
       int const num_bh = params.nheads * params.batch * max(params.num_splits, 1);
-      // K and V of one query head (bf16/fp16); GQA heads share them, so this overcounts.
-      long long const kv_bytes = 4ll * params.seqlen_k * params.head_dim;
-      int const section = int(max(1ll, min((long long)num_bh, kCausalSectionL2Bytes / max(kv_bytes, 1ll))));
+      int const section = params.causal_section;
       int const tiles_per_section = section * num_m_blocks;
       int const s = tile / tiles_per_section;
       int const within = tile - s * tiles_per_section;

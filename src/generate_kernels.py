@@ -150,9 +150,13 @@ SM90_CONFIGS = [
     # d=192 and 256: O holds 96 / 128 fp32 registers a thread, so S gets fewer columns.
     # d=192 takes FlashAttention-3's 112; at d=256 its 80 spills 120 B in our kernel (S_j,
     # P_{j-1} and O live together under the overlap: 40 + 20 + 128 registers), 64 does not.
-    # O is staged in Q's space: no room for a buffer of its own next to 2 K/V stages.
-    Sm90Config(192, 128, 112, _SM90_DESCRIPTION + ", persistent", **_P),
-    Sm90Config(256, 128, 64, _SM90_DESCRIPTION + ", persistent", **_P),
+    # O is staged in Q's space: no room for a buffer of its own next to 2 K/V stages. No
+    # ping-pong (as FlashAttention-3 above d=128): with it the causal d=256 kernel spills
+    # 48 B, and a P V of 128 columns leaves less softmax to hide.
+    Sm90Config(192, 128, 112, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
+               persistent=True, lazy_rescale=True),
+    Sm90Config(256, 128, 64, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
+               persistent=True, lazy_rescale=True),
 ]
 
 # The Hopper kernel's steps (docs/ladder.md), rungs 9 on, at d=128.

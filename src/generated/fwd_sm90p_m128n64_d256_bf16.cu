@@ -5,12 +5,12 @@ namespace fa_cute {
 
 using Traits = Sm90FwdTraits<256, 128, 64, /*kNumConsumerWG=*/2, cute::bfloat16_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
-                             /*kPingPong=*/true, /*kPersistent=*/true,
+                             /*kPingPong=*/false, /*kPersistent=*/true,
                              /*kLazyRescale=*/true>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_FWD_KERNEL("sm90p_m128n64_d256", "sm90a", 256, 128, 64, 12,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/-1,
-                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, persistent");
+                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, lazy rescale, persistent");
 
 }  // namespace fa_cute

@@ -75,7 +75,9 @@ int sm90_prepare_device(int device) {
 }
 
 template <class Traits>
-void run_fwd_sm90(FwdParams const& params, cudaStream_t stream) {
+void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
+  FwdParams params = problem;
+  params.causal_section = causal_section(params);
   using namespace cute;
   using Element = typename Traits::Element;
   if (params.num_splits > 1) {
