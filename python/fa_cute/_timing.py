@@ -241,11 +241,12 @@ def fa_cute_bhnd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) ->
 def resolve(config: str, dtype: torch.dtype, batch: int, nheads: int, seqlen_q: int,
             nheads_k: int, seqlen_k: int, head_dim: int, causal: bool) -> str:
     """The config fa_cute.forward(..., config=config) runs for this shape on the current GPU
-    (auto's pick, or config itself); ValueError for a config it cannot run. Nothing is
-    allocated: the tensors asked about are broadcast views of one row."""
-    row = torch.empty(head_dim, device="cuda", dtype=dtype)
-    q = row.expand(batch, seqlen_q, nheads, head_dim)
-    kv = row.expand(batch, seqlen_k, nheads_k, head_dim)
+    (auto's pick, or config itself); ValueError for a config it cannot run. Asked about
+    dense tensors of the benchmark's layout: auto's pick depends on strides (an expanded
+    tensor, stride 0, cannot take the Hopper kernel's TMA loads), so broadcast views of one
+    row would not do. Nothing is written; K and V share one allocation."""
+    q = torch.empty(batch, nheads, seqlen_q, head_dim, device="cuda", dtype=dtype).transpose(1, 2)
+    kv = torch.empty(batch, nheads_k, seqlen_k, head_dim, device="cuda", dtype=dtype).transpose(1, 2)
     return fa_cute.resolve_config(q, kv, kv, causal=causal, config=config)
 
 
