@@ -14,6 +14,10 @@
 // must have been written with a finite value. At the default B = 16384 / N, H = 16, d = 128
 // each tensor is 64 MiB, beyond an H100's 50 MiB L2, so repeated runs time memory, not cache.
 // Prints the median of I per-launch CUDA-event times and TFLOP/s = 4 B H N^2 d / time.
+// These are burst timings (W + I launches, tens of ms): a kernel that draws the GPU's full
+// power (the Hopper kernel, ~700 W on an H100) runs ~10% slower once the power cap lowers
+// the clock. Use them to compare kernels with each other; compare with other libraries
+// through `python -m fa_cute.bench` (sustained do_bench timing, docs/perf-notes.md v7).
 
 #include <algorithm>
 #include <cmath>
