@@ -268,6 +268,22 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   };
 
   PipelineState st;
+  // S = Q K^T of the block in stage st with nothing else in flight: issued on this
+  // warpgroup's turn, waited for, its K stage handed back.
+  auto compute_s = [&](AccS& acc_s) {
+    turn_sync();
+    issue_qk(acc_s, st);
+    turn_pass();
+    wgmma_wait<0>(acc_s);
+    pipe_k.consumer_release(st);
+  };
+  // Every S wgmma of the tile has retired: with its own sO, the next tile's Q may load
+  // under the last P V and the epilogue (with sO in sQ, the O store releases it).
+  auto release_q = [&] {
+    if constexpr (!Traits::kOAliasesQ) {
+      if (tidx % 128 == 0) storage.barrier_q_empty.arrive();
+    }
+  };
   int q_iter = 0;
   for (int round = 0, tile = round_tile(0); tile < num_tiles; tile = round_tile(++round)) {
     FwdTileCoord const coord(tile, num_m_blocks, p, kCausal);
@@ -295,11 +311,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         // against the maxima P_{j-1} was computed with, so the order stays exact.
         {
           AccS acc_s;
-          turn_sync();
-          issue_qk(acc_s, st);
-          turn_pass();
-          wgmma_wait<0>(acc_s);
-          pipe_k.consumer_release(st);
+          compute_s(acc_s);
           if (n_masked > 0) mask(acc_s, keys.template block</*kReverse=*/true>(0));
           softmax.template update_scores</*kIsFirst=*/true>(acc_s, p.softmax_scale_log2);
           store_p(acc_s);
@@ -326,11 +338,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         int i = 1;
         for (; i < n_masked; ++i) { step(i, true_type{}); }
         for (; i < num_blocks; ++i) { step(i, false_type{}); }
-        // Every S wgmma of the tile has retired: with its own sO, the next tile's Q may
-        // load under the last P V and the epilogue.
-        if constexpr (!Traits::kOAliasesQ) {
-          if (tidx % 128 == 0) storage.barrier_q_empty.arrive();
-        }
+        release_q();
         issue_pv(acc_o, st_v);
         wgmma_wait<0>(acc_o, tOrP);
         pipe_v.consumer_release(st_v);
@@ -338,11 +346,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         // One block at a time: S_j, its softmax, then P_j V_j.
         auto step = [&](int i, auto is_first, auto is_masked) __attribute__((always_inline)) {
           AccS acc_s;
-          turn_sync();
-          issue_qk(acc_s, st);
-          turn_pass();
-          wgmma_wait<0>(acc_s);
-          pipe_k.consumer_release(st);
+          compute_s(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
           softmax.template update<decltype(is_first)::value>(acc_s, acc_o, p.softmax_scale_log2);
           store_p(acc_s);
@@ -359,9 +363,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         int i = 1;
         for (; i < n_masked; ++i) { step(i, false_type{}, true_type{}); }
         for (; i < num_blocks; ++i) { step(i, false_type{}, false_type{}); }
-        if constexpr (!Traits::kOAliasesQ) {
-          if (tidx % 128 == 0) storage.barrier_q_empty.arrive();
-        }
+        release_q();
       }
     } else {
       softmax.reset();  // no row sees a key: O = 0, LSE = -inf
