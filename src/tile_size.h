@@ -49,20 +49,24 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 // which is also the N of the S = Q K^T wgmma. num_warps counts the producer warpgroup.
 // Shared memory: Q + 2 stages of K and V (+ O where persistent and there is room).
 // Registers per consumer thread (240 after setmaxnreg): S block_n/2, P block_n/4, O d/2.
-// Measured on the H100 (fwd_bench, d=128, bf16; docs/perf-notes.md v5-v6):
-//   d=128 non-causal: 128x128 persistent with ping-pong (ladder rung 15) 679-685 TFLOP/s
-//     at N=4096-16384, 597 at 1024; 128x176 as FlashAttention-3 picks it ran 2-6% slower
-//     with ping-pong and 7% slower without.
-//   d=128 causal: 128x176 non-persistent with ping-pong led at N >= 4096 (541-682); the
-//     persistent tile lost 8% at N=8192 to a static tile order, since zigzagged.
+// Measured on the H100 (d=128, bf16; docs/perf-notes.md v5-v7):
+//   d=128 non-causal: 128x128 persistent with ping-pong and lazy rescale (ladder rung 16)
+//     led every other Hopper variant at every N (fwd_bench, 610-709 TFLOP/s in bursts);
+//     128x176 as FlashAttention-3 picks it ran 2-6% slower with ping-pong, 7% without.
+//   d=128 causal: 128x176 non-persistent from seqlen_q 4096 (532 / 589 / 618 against
+//     482 / 510 / 526 persistent at N = 4096 / 8192 / 16384, sustained: the hardware's
+//     block scheduler balances tiles of unequal length better than the static zigzag);
+//     128x128 persistent up to 2048 (260 / 360 against 193 / 321 at N = 512 / 1024, equal
+//     at 2048: short tiles gain most from the next tile's loads under this one's epilogue).
 //   d=64: 128x192 (S 96 + P 48 + O 32 registers), d=96: 128x128; d=192: 128x112 (O 96
 //     registers; 216 KiB, FlashAttention-3's); d=256: 128x64 (O 128 registers; 192 KiB;
 //     FlashAttention-3's 128x80 spills 120 B in our kernel): not tuned yet.
-constexpr FwdTile sm90_fwd_tile(int head_dim, bool causal = false) {
+constexpr FwdTile sm90_fwd_tile(int head_dim, int seqlen_q, bool causal = false) {
   switch (head_dim) {
     case 64: return FwdTile{128, 192, 12, true};
     case 96: return FwdTile{128, 128, 12, true};
-    case 128: return causal ? FwdTile{128, 176, 12, false} : FwdTile{128, 128, 12, true};
+    case 128:
+      return causal && seqlen_q > 2048 ? FwdTile{128, 176, 12, false} : FwdTile{128, 128, 12, true};
     case 192: return FwdTile{128, 112, 12, true};
     case 256: return FwdTile{128, 64, 12, true};
     default: return FwdTile{0, 0, 0, false};

@@ -145,7 +145,7 @@ void check_registry() {
   // (sm_90a code runs on 9.0 only) the sm80 tile; short queries (decode) on the sm80
   // kernel's split-KV path everywhere.
   std::string const sm80_expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128, 4096));
-  std::string const sm90_expected = fa_cute::sm90_config_name(128, fa_cute::sm90_fwd_tile(128));
+  std::string const sm90_expected = fa_cute::sm90_config_name(128, fa_cute::sm90_fwd_tile(128, 4096));
   std::string const picked = fa_cute::default_fwd_config(128, 4096, 4096, 9, 0);
   EXPECT(names.count(picked) == 1, "default config %s is not registered", picked.c_str());
   std::string const expected = names.count(sm90_expected) ? sm90_expected : sm80_expected;
