@@ -72,7 +72,11 @@ __forceinline__ __device__ void wgmma_wait(Tensors&... tensors) {
 }
 
 // FlashAttention forward on Hopper: TMA loads, wgmma, warp specialisation.
-// One CTA computes one (kBlockM x d) tile of O for one (batch, head). Warpgroup 0 is the
+// A CTA computes (kBlockM x d) tiles of O for one (batch, head) each: one tile, or with
+// Traits::kPersistent one CTA per SM loops over tiles in a zigzag order, its producer
+// running ahead into the next tile's loads while the consumers finish this one. The
+// overlaps are knobs of the traits (kIntraWGOverlap, kPingPong, kLazyRescale; ladder
+// rungs 9-17, docs/ladder.md). Warpgroup 0 is the
 // producer: after giving up most of its registers (setmaxnreg) one thread issues the TMA
 // loads of Q and of the K and V blocks into a kStages-deep ring on mbarriers
 // (Sm90TmaPipeline). The consumer warpgroups own 64 query rows each: S = Q K^T with both
