@@ -456,6 +456,18 @@ def test_empty_problem_launches_nothing(no_device_check, monkeypatch: pytest.Mon
     assert out.shape == (batch, nheads, 1, HEAD_DIM)
 
 
+def test_broadcast_dim_names_the_expanded_dim() -> None:
+    """What sends a tensor away from the Hopper kernel (TMA cannot broadcast): a stride-0
+    dim of size > 1, not a size-1 dim whatever its stride."""
+    dense = torch.zeros(2, 8, 4, 64)
+    assert _api._broadcast_dim(dense) is None
+    assert _api._broadcast_dim(dense[:, :, :1]) is None  # size-1 head dim
+    assert _api._broadcast_dim(torch.zeros(2, 8, 1, 64).expand(2, 8, 4, 64)) == "nheads"
+    assert _api._broadcast_dim(torch.zeros(1, 8, 4, 64).expand(3, 8, 4, 64)) == "batch"
+    assert _api._broadcast_dim(torch.zeros(2, 1, 4, 64).expand(2, 8, 4, 64)) == "seqlen"
+    assert _api._broadcast_dim(torch.zeros(1, 1, 1, 64).expand(1, 1, 1, 64)) is None
+
+
 def test_config_fits_the_gpu() -> None:
     cfg = dict(SAME_HEAD_DIM[0], smem_bytes=196608, family="sm80")
     _api._check_config_fits(cfg, "cuda:0 (A)", (8, 0), 196608)
