@@ -53,15 +53,16 @@ struct FwdTileCoord {
   // is_causal: params.is_causal, passed separately so that a kernel that knows it at
   // compile time drops the other numbering (the causal one's 64-bit section arithmetic
   // made the sm80 persistent kernel spill 24 B in its non-causal variant).
-  __device__ FwdTileCoord(int tile, int num_m_blocks, FwdParams const& params, bool is_causal) {
+  // Host and device: tests/cpp/test_layouts.cu proves the numbering a bijection.
+  CUTE_HOST_DEVICE FwdTileCoord(int tile, int num_m_blocks, FwdParams const& params, bool is_causal) {
     int bh;  // (split, batch, head), head fastest
     if (is_causal) {
-      int const num_bh = params.nheads * params.batch * max(params.num_splits, 1);
+      int const num_bh = params.nheads * params.batch * cute::max(params.num_splits, 1);
       int const section = params.causal_section;
       int const tiles_per_section = section * num_m_blocks;
       int const s = tile / tiles_per_section;
       int const within = tile - s * tiles_per_section;
-      int const count = min(section, num_bh - s * section);  // the last section may be smaller
+      int const count = cute::min(section, num_bh - s * section);  // the last section may be smaller
       m_block = num_m_blocks - 1 - within / count;
       bh = s * section + within % count;
     } else {

@@ -11,6 +11,7 @@
 #include "cute_utils.h"
 #include "expect.h"
 #include "fwd_kernel_traits.h"
+#include "fwd_tile_coord.h"
 #include "kernel_registry.h"
 #include "tile_size.h"
 
@@ -119,6 +120,47 @@ void check_traits(char const* what) {
   check_fragment_views<Traits>(what);
 }
 
+// Every tile number names a distinct (query block, head, batch, split), all of them are
+// named, and causal tiles run longest first within each L2 section: in a section the query
+// block never grows with the tile number, and a section's (batch, head) pairs stay within
+// causal_section() of each other.
+void check_tile_order(int batch, int nheads, int nheads_k, int num_splits, int seqlen_q, int seqlen_k,
+                      int head_dim, bool causal, int block_m) {
+  fa_cute::FwdParams params{};
+  params.batch = batch;
+  params.nheads = nheads;
+  params.nheads_k = nheads_k;
+  params.num_splits = num_splits;
+  params.seqlen_q = seqlen_q;
+  params.seqlen_k = seqlen_k;
+  params.head_dim = head_dim;
+  params.is_causal = causal;
+  params.causal_section = fa_cute::causal_section(params);
+  int const num_m = (seqlen_q + block_m - 1) / block_m;
+  int const num_bh = nheads * batch * num_splits;
+  int const num_tiles = num_m * num_bh;
+  std::set<long long> seen;
+  int bad = 0, order = 0;
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    fa_cute::FwdTileCoord const c(tile, num_m, params, causal);
+    bad += c.m_block < 0 || c.m_block >= num_m || c.bidh < 0 || c.bidh >= nheads || c.bidb < 0 ||
+           c.bidb >= batch || c.n_split < 0 || c.n_split >= num_splits ||
+           c.bidh_k != c.bidh / (nheads / nheads_k);
+    seen.insert(((long long)(c.n_split * batch + c.bidb) * nheads + c.bidh) * num_m + c.m_block);
+    if (causal && tile > 0) {
+      fa_cute::FwdTileCoord const prev(tile - 1, num_m, params, causal);
+      int const section_tiles = params.causal_section * num_m;
+      bool const same_section = tile / section_tiles == (tile - 1) / section_tiles;
+      order += same_section && c.m_block > prev.m_block;
+    }
+  }
+  EXPECT(bad == 0 && int(seen.size()) == num_tiles && order == 0,
+         "tile order B=%d H=%d/%d splits=%d Nq=%d Nk=%d d=%d causal=%d: %d out of range, %d of %d distinct, "
+         "%d order violations (section %d pairs)",
+         batch, nheads, nheads_k, num_splits, seqlen_q, seqlen_k, head_dim, int(causal), bad, int(seen.size()),
+         num_tiles, order, params.causal_section);
+}
+
 void check_registry() {
   auto const& kernels = fa_cute::fwd_kernels();
   EXPECT(!kernels.empty(), "no kernel registered");
@@ -185,6 +227,16 @@ int main() {
   check_traits<128, 128, 64, 4, cute::bfloat16_t>("m128n64w4 bf16");
   check_traits<64, 128, 64, 4, cute::bfloat16_t>("d64 m128n64w4 bf16");
   check_traits<96, 64, 64, 4, cute::half_t>("d96 m64n64w4 fp16");
+  // Sections of 1, a few and all (batch, head) pairs, a last section smaller than the
+  // others, GQA, split-KV, one tile.
+  for (bool causal : {false, true}) {
+    check_tile_order(4, 16, 16, 1, 4096, 4096, 128, causal, 128);
+    check_tile_order(1, 16, 16, 1, 16384, 16384, 128, causal, 128);
+    check_tile_order(16, 16, 4, 1, 1024, 1024, 128, causal, 128);
+    check_tile_order(3, 7, 7, 1, 1000, 70000, 256, causal, 128);
+    check_tile_order(2, 8, 2, 5, 64, 3000, 64, causal, 64);
+    check_tile_order(1, 1, 1, 1, 1, 1, 64, causal, 64);
+  }
   check_registry();
   return expect_summary();
 }
