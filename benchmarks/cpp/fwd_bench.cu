@@ -3,7 +3,8 @@
 //
 //   fwd_bench --list
 //   fwd_bench [--config NAME] [--dtype bf16|fp16] [--batch B] [--seqlen N] [--seqlen-q NQ]
-//             [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] [--warmup W] [--check REF]
+//             [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] [--warmup W]
+//             [--warmup-ms T] [--check REF]
 //
 // --check REF also runs config REF once on the same inputs and compares O and the LSE
 // element by element (a new kernel against one the pytest grid has verified), failing
@@ -14,10 +15,12 @@
 // must have been written with a finite value. At the default B = 16384 / N, H = 16, d = 128
 // each tensor is 64 MiB, beyond an H100's 50 MiB L2, so repeated runs time memory, not cache.
 // Prints the median of I per-launch CUDA-event times and TFLOP/s = 4 B H N^2 d / time.
-// These are burst timings (W + I launches, tens of ms): a kernel that draws the GPU's full
-// power (the Hopper kernel, ~700 W on an H100) runs ~10% slower once the power cap lowers
-// the clock. Use them to compare kernels with each other; compare with other libraries
-// through `python -m fa_cute.bench` (sustained do_bench timing, docs/perf-notes.md v7).
+// By default these are burst timings (W + I launches, tens of ms): a kernel that draws the
+// GPU's full power (the Hopper kernel, ~700 W on an H100) runs ~10% slower once the power
+// cap lowers the clock. --warmup-ms T keeps launching (after the W warm-up launches) until
+// T ms of GPU time have passed, so that the timed launches see the sustained state (300 ms
+// settles an H100; docs/perf-notes.md v7). Compare with other libraries through
+// `python -m fa_cute.bench` (sustained do_bench timing).
 
 #include <algorithm>
 #include <cmath>
@@ -53,6 +56,7 @@ struct Options {
   std::string check;  // reference config for --check
   int iters = 20;
   int warmup = 5;
+  int warmup_ms = 0;  // > 0: keep warming up until this much GPU time has passed
   bool causal = false;
   bool list = false;
 };
@@ -61,7 +65,7 @@ struct Options {
   std::fprintf(stderr,
                "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
                "[--batch B] [--seqlen N] [--seqlen-q NQ] [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] "
-               "[--warmup W] [--check REF]\n",
+               "[--warmup W] [--warmup-ms T] [--check REF]\n",
                message.c_str());
   std::exit(2);
 }
@@ -95,6 +99,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--check") o.check = value;
     else if (flag == "--iters") o.iters = positive_int("--iters", value);
     else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
+    else if (flag == "--warmup-ms") o.warmup_ms = positive_int("--warmup-ms", value);
     else if (flag == "--causal" && (std::string(value) == "0" || std::string(value) == "1")) o.causal = value[0] == '1';
     else usage_error("unknown option " + flag);
   }
@@ -255,6 +260,22 @@ int compare_with(std::string const& ref_name, fa_cute::FwdKernel const& kernel, 
   return ok ? 0 : 1;
 }
 
+// Launches the kernel in batches of 10 until ms milliseconds of GPU time have passed.
+void warm_up_for(int ms, fa_cute::FwdKernel const& kernel, fa_cute::FwdParams const& params, cudaStream_t stream) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
+  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
+  check_cuda(cudaEventRecord(start, stream), "cudaEventRecord");
+  for (float elapsed = 0.f; elapsed < float(ms);) {
+    for (int i = 0; i < 10; ++i) kernel.launch(params, stream);
+    check_cuda(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check_cuda(cudaEventSynchronize(stop), "warm-up launches");
+    check_cuda(cudaEventElapsedTime(&elapsed, start, stop), "cudaEventElapsedTime");
+  }
+  check_cuda(cudaEventDestroy(start), "cudaEventDestroy");
+  check_cuda(cudaEventDestroy(stop), "cudaEventDestroy");
+}
+
 int run(Options const& o) {
   int device = 0;
   cudaDeviceProp props{};
@@ -314,6 +335,7 @@ int run(Options const& o) {
 
   cudaStream_t const stream = nullptr;
   for (int i = 0; i < o.warmup; ++i) kernel.launch(params, stream);  // checks its launch
+  if (o.warmup_ms > 0) warm_up_for(o.warmup_ms, kernel, params, stream);
   check_cuda(cudaStreamSynchronize(stream), "warm-up launches");
   unsigned long long const unwritten =
       bf16 ? nonfinite<__nv_bfloat16>(buffers[3], n_q) : nonfinite<__half>(buffers[3], n_q);
