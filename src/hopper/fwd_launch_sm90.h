@@ -16,8 +16,9 @@
 
 namespace fa_cute {
 
-// The Hopper kernel never splits keys: its tiles fill the GPU from a few hundred query
-// rows on, and decode-sized launches go to the sm80 kernel's split-KV path.
+// The Hopper kernel does not split keys: the dispatcher sends short queries (decode,
+// seqlen_q <= 64), whose few tiles cannot fill the GPU, to the sm80 kernel's split-KV
+// path. A long query with few (batch, head) pairs still runs unsplit here (not measured).
 inline int sm90_num_splits(FwdParams const& /*params*/, int /*device*/) { return 1; }
 
 // A (seqlen, d, heads, batch) view of one of Q, K, V, O for make_tma_copy. TMA requires
