@@ -1,7 +1,6 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -14,39 +13,22 @@
 
 namespace fa_cute {
 
-// What a launch of one kernel needs to know about a device, asked of the runtime once per
-// (kernel, device): the attribute and occupancy queries cost microseconds, as much as a
-// whole decode-sized kernel.
+// The blocks of this kernel that the device holds at once, asked of the runtime once per
+// (kernel, device); the first call also opts the kernel into its shared memory.
 template <class Traits, FwdMaskMode kMaskMode>
 int sm80_resident_blocks(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices] = {};  // 0: not asked yet
-  if (device >= 0 && device < kMaxDevices) {
-    int const known = cached[device].load(std::memory_order_relaxed);
-    if (known > 0) return known;
-  }
-  auto kernel = &fwd_kernel_sm80<Traits, kMaskMode>;
-  constexpr int kSmemSize = Traits::kSmemSize;
-  int smem_optin = 0, num_sms = 0, blocks_per_sm = 0;
-  check_cuda(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-  if (kSmemSize > smem_optin) {
-    throw std::invalid_argument("config: this kernel needs " + std::to_string(kSmemSize / 1024) +
-                                " KiB of shared memory per block; this GPU allows " +
-                                std::to_string(smem_optin / 1024) + " KiB: choose a smaller config");
-  }
-  // Above 48 KiB a block's dynamic shared memory must be opted into, per device.
-  if constexpr (kSmemSize >= 48 * 1024) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemSize),
-               "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  }
-  check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
-             "cudaDeviceGetAttribute(MultiProcessorCount)");
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, Traits::kNThreads, kSmemSize),
-             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  int const resident = num_sms * std::max(blocks_per_sm, 1);
-  if (device >= 0 && device < kMaxDevices) cached[device].store(resident, std::memory_order_relaxed);
-  return resident;
+  static PerDeviceCache cache;
+  return cache.get(device, [&] {
+    auto kernel = &fwd_kernel_sm80<Traits, kMaskMode>;
+    opt_in_dynamic_smem(kernel, Traits::kSmemSize, device);
+    int num_sms = 0, blocks_per_sm = 0;
+    check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute(MultiProcessorCount)");
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, Traits::kNThreads,
+                                                             Traits::kSmemSize),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return num_sms * std::max(blocks_per_sm, 1);
+  });
 }
 
 // The masking a launch needs (fwd_kernel_sm80's kMaskMode).

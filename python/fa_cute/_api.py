@@ -431,11 +431,12 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
     if cfg["family"] == "sm90a":
         # TMA (the Hopper kernel's loads) cannot broadcast: an expanded tensor (stride 0 in
         # a dim of size > 1) goes to the sm80 kernel, which reads it row by row.
-        broadcast = next((name for name, t in inputs if _broadcast_dim(t) is not None), None)
+        broadcast = next(((name, dim) for name, t in inputs
+                          if (dim := _broadcast_dim(t)) is not None), None)
         if broadcast is not None:
             if config not in (None, AUTO):
                 raise ValueError(
-                    f"{broadcast} has stride 0 in its {_broadcast_dim(dict(inputs)[broadcast])} "
+                    f"{broadcast[0]} has stride 0 in its {broadcast[1]} "
                     f"dim (an expanded tensor); config {cfg['name']!r} loads with TMA, which "
                     f"cannot broadcast: call .contiguous() on it, or use config='auto'")
             cfg = _CONFIGS[_C.default_config(head_dim, launch_seqlen_q, seqlen_k, 8, 0, is_causal)]

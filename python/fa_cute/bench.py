@@ -246,8 +246,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     # Where auto picks another kernel (the Hopper one), the Ampere-style kernel's default
     # gets a column of its own in the forward tables.
+    families = {c["name"]: c["family"] for c in fa_cute.configs()}
     ampere = {d: (not args.ladder and not args.decode and not args.all_configs and any(
-        configs_by_name()[p]["family"] != "sm80" for (pd, _, _, _), p in picks.items() if pd == d))
+        families[p] != "sm80" for (pd, _, _, _), p in picks.items() if pd == d))
         for d in args.headdim}
     for d in args.headdim:
         if ampere[d]:
@@ -303,10 +304,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print(render(rows, [key for key, _ in fa_columns[d]], sdpa))
     return 0
-
-
-def configs_by_name() -> Dict[str, dict]:
-    return {c["name"]: c for c in fa_cute.configs()}
 
 
 def row_shape(args: argparse.Namespace, seqlen: int, head_dim: int

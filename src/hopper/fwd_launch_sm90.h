@@ -1,7 +1,6 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -47,32 +46,18 @@ auto sm90_gmem_tensor(char const* name, Ptr* ptr, int seqlen, int head_dim, int 
                                  legal("batch", batch_stride, batch)));
 }
 
-// Opts the kernel into its dynamic shared memory, once per (kernel, device); returns the
-// device's SM count (a persistent grid's size).
+// The device's SM count (a persistent grid's size), asked of the runtime once per
+// (kernel, device); the first call also opts the kernel into its shared memory.
 template <class Traits, bool kCausal>
 int sm90_prepare_device(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> num_sms[kMaxDevices] = {};  // 0: not prepared yet
-  if (device >= 0 && device < kMaxDevices) {
-    int const known = num_sms[device].load(std::memory_order_relaxed);
-    if (known > 0) return known;
-  }
-  int smem_optin = 0;
-  check_cuda(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-  if (Traits::kSmemSize > smem_optin) {
-    throw std::invalid_argument("config: this kernel needs " + std::to_string(Traits::kSmemSize / 1024) +
-                                " KiB of shared memory per block; this GPU allows " +
-                                std::to_string(smem_optin / 1024) + " KiB");
-  }
-  check_cuda(cudaFuncSetAttribute(&fwd_kernel_sm90<Traits, kCausal>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  Traits::kSmemSize),
-             "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  int sms = 0;
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-             "cudaDeviceGetAttribute(MultiProcessorCount)");
-  if (device >= 0 && device < kMaxDevices) num_sms[device].store(sms, std::memory_order_relaxed);
-  return sms;
+  static PerDeviceCache cache;
+  return cache.get(device, [&] {
+    opt_in_dynamic_smem(&fwd_kernel_sm90<Traits, kCausal>, Traits::kSmemSize, device);
+    int num_sms = 0;
+    check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute(MultiProcessorCount)");
+    return num_sms;
+  });
 }
 
 template <class Traits>
