@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <cuda_runtime_api.h>
+
 #include <cute/tensor.hpp>
 
 #include "flash_params.h"
@@ -57,6 +59,16 @@ __global__ void __launch_bounds__(32 * kCombineRowsPerBlock)
   CUTE_UNROLL
   for (int c = 0; c < kColsPerLane; ++c) out[c] = Element(acc[c]);
   if (params.softmax_lse_ptr != nullptr && lane == 0) params.softmax_lse_ptr[row] = lse;
+}
+
+// Launches the merge of params.num_splits partial results into params.o_ptr (and
+// params.softmax_lse_ptr); both kernels' split-KV paths end with it.
+template <class Element, int kHeadDim>
+void launch_fwd_combine(FwdParams const& params, cudaStream_t stream) {
+  long long const rows = (long long)params.batch * params.nheads * params.seqlen_q;
+  long long const blocks = (rows + kCombineRowsPerBlock - 1) / kCombineRowsPerBlock;
+  fwd_combine_kernel<Element, kHeadDim>
+      <<<dim3(static_cast<unsigned>(blocks)), 32 * kCombineRowsPerBlock, 0, stream>>>(params);
 }
 
 }  // namespace fa_cute

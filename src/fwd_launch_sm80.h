@@ -83,10 +83,7 @@ void run_fwd_sm80(FwdParams const& problem, cudaStream_t stream) {
   });
   check_cuda(cudaGetLastError(), "fwd_kernel_sm80 launch");
   if (params.num_splits > 1) {
-    long long const rows = (long long)params.batch * params.nheads * params.seqlen_q;
-    long long const blocks = (rows + kCombineRowsPerBlock - 1) / kCombineRowsPerBlock;
-    fwd_combine_kernel<typename Traits::Element, Traits::kHeadDim>
-        <<<dim3(static_cast<unsigned>(blocks)), 32 * kCombineRowsPerBlock, 0, stream>>>(params);
+    launch_fwd_combine<typename Traits::Element, Traits::kHeadDim>(params, stream);
     check_cuda(cudaGetLastError(), "fwd_combine_kernel launch");
   }
 }

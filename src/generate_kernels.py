@@ -116,6 +116,7 @@ class Sm90Config(NamedTuple):
     ping_pong: bool = False
     persistent: bool = False
     lazy_rescale: bool = False
+    split_kv: bool = False
     rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
     slug: str = ""              # ladder rung's short name
 
@@ -141,22 +142,39 @@ class Sm90Config(NamedTuple):
 # intra-warpgroup overlap, ping-pong, lazy rescale; persistent unless named sm90_.
 _SM90_DESCRIPTION = "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale"
 _P = dict(ping_pong=True, persistent=True, lazy_rescale=True)
+_DECODE_DESCRIPTION = "TMA + wgmma, short queries: 1 consumer warpgroup, split-KV, deep K/V pipeline"
+_D = dict(lazy_rescale=True, split_kv=True)
 SM90_CONFIGS = [
-    Sm90Config(64, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
+    # d=64 and d=96: 3 consumer warpgroups (setmaxnreg 160 each). At d=64 the softmax takes
+    # as long as the GEMMs, and a third warpgroup gives it more to hide under: +7-22% over
+    # 2 warpgroups with 128x192 (sustained, H100; docs/perf-notes.md v8). Registers: S 56 +
+    # P 28 + O 32 at d=64 with 112-key blocks (with 128, FlashAttention-3's, ptxas spills
+    # 4 bytes), S 48 + P 24 + O 48 at d=96 with 96.
     Sm90Config(64, 128, 192, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(64, 192, 112, _SM90_DESCRIPTION + ", 3 consumer warpgroups, persistent", **_P),
+    Sm90Config(64, 192, 112, _SM90_DESCRIPTION + ", 3 consumer warpgroups", ping_pong=True, lazy_rescale=True),
     Sm90Config(96, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(96, 192, 96, _SM90_DESCRIPTION + ", 3 consumer warpgroups, persistent", **_P),
     Sm90Config(128, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
     Sm90Config(128, 128, 176, _SM90_DESCRIPTION + ", 176-key blocks", ping_pong=True, lazy_rescale=True),
     # d=192 and 256: O holds 96 / 128 fp32 registers a thread, so S gets fewer columns.
     # d=192 takes FlashAttention-3's 112; at d=256 its 80 spills 120 B in our kernel (S_j,
     # P_{j-1} and O live together under the overlap: 40 + 20 + 128 registers), 64 does not.
-    # O is staged in Q's space: no room for a buffer of its own next to 2 K/V stages. No
-    # ping-pong (as FlashAttention-3 above d=128): with it the causal d=256 kernel spills
+    # No ping-pong (as FlashAttention-3 above d=128): with it the causal d=256 kernel spills
     # 48 B, and a P V of 128 columns leaves less softmax to hide.
     Sm90Config(192, 128, 112, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
                persistent=True, lazy_rescale=True),
+    Sm90Config(192, 128, 112, _SM90_DESCRIPTION.replace(", ping-pong", ""), lazy_rescale=True),
     Sm90Config(256, 128, 64, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
                persistent=True, lazy_rescale=True),
+    Sm90Config(256, 128, 64, _SM90_DESCRIPTION.replace(", ping-pong", ""), lazy_rescale=True),
+    # Short queries (decode): 64 rows, one consumer warpgroup, split-KV; a memory-bound
+    # stream of K and V, so as many stages as shared memory holds (136-224 KiB).
+    Sm90Config(64, 64, 128, _DECODE_DESCRIPTION, stages=4, **_D),
+    Sm90Config(96, 64, 128, _DECODE_DESCRIPTION, stages=3, **_D),
+    Sm90Config(128, 64, 128, _DECODE_DESCRIPTION, stages=3, **_D),
+    Sm90Config(192, 64, 64, _DECODE_DESCRIPTION, stages=3, **_D),
+    Sm90Config(256, 64, 64, _DECODE_DESCRIPTION, stages=3, **_D),
 ]
 
 # The Hopper kernel's steps (docs/ladder.md), rungs 9 on, at d=128.
@@ -191,11 +209,12 @@ namespace fa_cute {{
 using Traits = Sm90FwdTraits<{head_dim}, {block_m}, {block_n}, /*kNumConsumerWG=*/{num_consumer_wg}, {element},
                              /*kStages=*/{stages}, /*kIntraWGOverlap=*/{intra_wg_overlap},
                              /*kPingPong=*/{ping_pong}, /*kPersistent=*/{persistent},
-                             /*kLazyRescale=*/{lazy_rescale}>;
+                             /*kLazyRescale=*/{lazy_rescale}, /*kSplitKV=*/{split_kv}>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm90a", {head_dim}, {block_m}, {block_n}, {num_warps},
                             Traits::kSmemSize, {dtype_enum},
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/{rung},
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/{rung},
                             "{description}");
 
 }}  // namespace fa_cute
@@ -241,7 +260,7 @@ def expected_files() -> dict[str, str]:
                 name=cfg.name, element=element, dtype_enum=dtype_enum, **fields)
     for cfg in SM90_CONFIGS + SM90_LADDER_CONFIGS:
         fields = cfg._asdict()
-        for knob in ("intra_wg_overlap", "ping_pong", "persistent", "lazy_rescale"):
+        for knob in ("intra_wg_overlap", "ping_pong", "persistent", "lazy_rescale", "split_kv"):
             fields[knob] = _cpp_bool(fields[knob])
         fields["rung"] = -1 if cfg.rung is None else cfg.rung
         for dtype, (element, dtype_enum) in DTYPES.items():

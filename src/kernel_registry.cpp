@@ -71,9 +71,8 @@ std::string default_fwd_config(int head_dim, int seqlen_q, int /*seqlen_k*/, int
     }
     return false;
   };
-  // The Hopper kernel (sm_90a code: compute capability 9.0 exactly) for every length but
-  // short queries: it has no split-KV, which decode needs to fill the GPU.
-  if (cc_major == 9 && cc_minor == 0 && seqlen_q > kSm80ShortQueryRows) {
+  // The Hopper kernel (sm_90a code: compute capability 9.0 exactly) for every length.
+  if (cc_major == 9 && cc_minor == 0) {
     std::string const hopper = sm90_config_name(head_dim, sm90_fwd_tile(head_dim, seqlen_q, causal));
     if (built(hopper)) return hopper;
   }

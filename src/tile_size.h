@@ -14,8 +14,9 @@ struct FwdTile {
 };
 
 // Query lengths up to this many rows (decode, speculative decode, GQA-packed decode) take
-// the 64-row tile: a 128-row tile would compute mostly rows that do not exist.
-constexpr int kSm80ShortQueryRows = 64;
+// a 64-row tile with split-KV in both kernels: a 128-row tile would compute mostly rows
+// that do not exist, and batch x heads tiles alone leave most SMs idle.
+constexpr int kShortQueryRows = 64;
 
 // Default tile of the sm80-instruction kernel (mma.sync + ldmatrix + cp.async).
 // Warps split the query rows, 16 each, so each warp's softmax needs no other warp's data.
@@ -38,17 +39,18 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
   if (head_dim != 64 && head_dim != 96 && head_dim != 128 && head_dim != 192 && head_dim != 256) {
     return FwdTile{0, 0, 0, false};
   }
-  if (seqlen_q <= kSm80ShortQueryRows) return FwdTile{64, 64, 4, false};
+  if (seqlen_q <= kShortQueryRows) return FwdTile{64, 64, 4, false};
   if (head_dim <= 128) return FwdTile{128, 128, 8, !causal};
   if (head_dim == 192) return FwdTile{128, 64, 8, !causal};
   return FwdTile{128, 64, 8, false};
 }
 
 // Default tile of the Hopper kernel (TMA + wgmma, src/hopper/; docs/hopper-plan.md sec. 2):
-// 128 query rows, one 64-row wgmma atom per consumer warpgroup; block_n is the key block,
-// which is also the N of the S = Q K^T wgmma. num_warps counts the producer warpgroup.
-// Shared memory: Q + 2 stages of K and V (+ O where persistent and there is room).
-// Registers per consumer thread (240 after setmaxnreg): S block_n/2, P block_n/4, O d/2.
+// 64 query rows per consumer warpgroup (one wgmma atom), 2 or 3 of them (1 for short
+// queries); block_n is the key block, which is also the N of the S = Q K^T wgmma.
+// num_warps counts the producer warpgroup. Shared memory: Q + 2 stages of K and V (+ O
+// where persistent and there is room). Registers per consumer thread (setmaxnreg 240
+// with 1-2 consumer warpgroups, 160 with 3): S block_n/2, P block_n/4, O d/2.
 // Measured on the H100 (d=128, bf16; docs/perf-notes.md v5-v7):
 //   d=128 non-causal: 128x128 persistent with ping-pong and lazy rescale (ladder rung 16)
 //     led every other Hopper variant at every N (fwd_bench, 610-709 TFLOP/s in bursts);
@@ -58,17 +60,34 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 //     block scheduler balances tiles of unequal length better than the static zigzag);
 //     128x128 persistent up to 2048 (260 / 360 against 193 / 321 at N = 512 / 1024, equal
 //     at 2048: short tiles gain most from the next tile's loads under this one's epilogue).
-//   d=64: 128x192 (S 96 + P 48 + O 32 registers), d=96: 128x128; d=192: 128x112 (O 96
-//     registers; 216 KiB, FlashAttention-3's); d=256: 128x64 (O 128 registers; 192 KiB;
-//     FlashAttention-3's 128x80 spills 120 B in our kernel): not tuned yet.
+//   d=64: 192x112, 3 consumer warpgroups (+7-22% over 2 warpgroups with 128x192, whose
+//     softmax took as long as the GEMMs); persistent, but causal from seqlen_q 8192 not
+//     (479 / 511 against 461 / 498 at N = 8192 / 16384; 351 / 407 against 325 / 395
+//     at 2048 / 4096).
+//   d=96: 192x96, 3 consumer warpgroups, persistent (562-632 against 501-556 TFLOP/s
+//     for 128x128 at N >= 2048), but 128x128 up to seqlen_q 512 (396 against 360).
+//   d=192: 128x112 (O 96 registers; FlashAttention-3's); causal not persistent (485 /
+//     654 / 731 against 471 / 599 / 495 at N = 2048 / 8192 / 16384), non-causal equal.
+//   d=256: 128x64 (O 128 registers; FlashAttention-3's 128x80 spills 120 B in our
+//     kernel), not persistent: 594-777 against 577-697 non-causal, 404-708 against
+//     337-506 causal at N = 1024-16384 (at 512 within 2-4% either way). Not profiled;
+//     one difference: a persistent CTA stages O in Q's space here (no room for its own
+//     next to 2 K/V stages of 32 KiB), so the next tile's Q load waits for the O store.
+//   Short queries (decode): 64 rows, one consumer warpgroup, split-KV, and 3-4 K/V stages
+//     (the generator's configs): a decode step streams K and V once and is bound by
+//     memory bandwidth, so what counts is bytes in flight per SM, 136-224 KiB here against
+//     the sm80 kernel's one 16 KiB cp.async at a time per block.
 constexpr FwdTile sm90_fwd_tile(int head_dim, int seqlen_q, bool causal = false) {
+  if (seqlen_q <= kShortQueryRows) {
+    return FwdTile{64, head_dim <= 128 ? 128 : 64, 8, false};
+  }
   switch (head_dim) {
-    case 64: return FwdTile{128, 192, 12, true};
-    case 96: return FwdTile{128, 128, 12, true};
+    case 64: return FwdTile{192, 112, 16, !(causal && seqlen_q > 4096)};
+    case 96: return seqlen_q <= 512 ? FwdTile{128, 128, 12, true} : FwdTile{192, 96, 16, true};
     case 128:
       return causal && seqlen_q > 2048 ? FwdTile{128, 176, 12, false} : FwdTile{128, 128, 12, true};
-    case 192: return FwdTile{128, 112, 12, true};
-    case 256: return FwdTile{128, 64, 12, true};
+    case 192: return FwdTile{128, 112, 12, !causal};
+    case 256: return FwdTile{128, 64, 12, false};
     default: return FwdTile{0, 0, 0, false};
   }
 }

@@ -89,15 +89,24 @@ DECODE_HEADS = [(4, 4), (8, 2), (8, 1), (32, 8)]
 @pytest.mark.parametrize("seqlen_k", [1, 4097, 16384])
 @pytest.mark.parametrize("head_dim", [64, 128, 256], ids=["d64", "d128", "d256"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_decode(dtype, head_dim, seqlen_k, nheads, nheads_k, layout) -> None:
+@pytest.mark.parametrize("family", KERNEL_FAMILIES)
+def test_decode(family, dtype, head_dim, seqlen_k, nheads, nheads_k, layout) -> None:
     """One query row per head (a decode step) against a KV cache, the GQA heads packed as
-    rows of one tile. Bottom-right causal hides no key from the single row, so it must give
-    the same bits as non-causal."""
+    rows of one tile, on each kernel family's short-query config: split-KV where the
+    (batch, head) tiles cannot fill the GPU (3 x 4 here), with splits that get no key
+    block at 4097 keys. Bottom-right causal hides no key from the single row, so it must
+    give the same bits as non-causal."""
     require_head_dim(head_dim)
+    config = family_config(family, head_dim, 1, seqlen_k, False)
     q, k, v, out = make_inputs(3, 1, seqlen_k, nheads, nheads_k, head_dim, dtype, layout)
-    lse = check_forward(q, k, v, out, causal=False)
+    lse = check_forward(q, k, v, out, causal=False, config=config)
     assert lse.shape == (3, nheads, 1)
-    causal_out, causal_lse = fa_cute.forward(q, k, v, causal=True, return_lse=True)
+    if seqlen_k == 16384:  # the split path is what this case is for
+        rows, heads = (nheads // nheads_k, nheads_k) if nheads > nheads_k else (1, nheads)
+        splits = fa_cute._C.num_splits(config, DTYPE_IDS[DTYPES.index(dtype)], 3, rows, seqlen_k,
+                                       heads, nheads_k, False, torch.cuda.current_device())
+        assert splits > 1, f"{config} did not split the keys of {3 * heads} tiles"
+    causal_out, causal_lse = fa_cute.forward(q, k, v, causal=True, return_lse=True, config=config)
     assert torch.equal(causal_out, out)
     assert torch.equal(causal_lse, lse)
 

@@ -6,11 +6,12 @@ namespace fa_cute {
 using Traits = Sm90FwdTraits<128, 128, 128, /*kNumConsumerWG=*/2, cute::bfloat16_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/false,
                              /*kPingPong=*/false, /*kPersistent=*/false,
-                             /*kLazyRescale=*/false>;
+                             /*kLazyRescale=*/false, /*kSplitKV=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder09_sm90ws_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/9,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/9,
                             "TMA + wgmma, producer warpgroup (setmaxnreg 24) + 2 consumer warpgroups (240)");
 
 }  // namespace fa_cute

@@ -6,11 +6,12 @@ namespace fa_cute {
 using Traits = Sm90FwdTraits<128, 128, 128, /*kNumConsumerWG=*/2, cute::half_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
                              /*kPingPong=*/false, /*kPersistent=*/false,
-                             /*kLazyRescale=*/false>;
+                             /*kLazyRescale=*/false, /*kSplitKV=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder11_sm90overlap_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/11,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/11,
                             "rung 9 + softmax of block j under P V of block j-1");
 
 }  // namespace fa_cute

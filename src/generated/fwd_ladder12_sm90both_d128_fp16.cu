@@ -6,11 +6,12 @@ namespace fa_cute {
 using Traits = Sm90FwdTraits<128, 128, 128, /*kNumConsumerWG=*/2, cute::half_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
                              /*kPingPong=*/true, /*kPersistent=*/false,
-                             /*kLazyRescale=*/false>;
+                             /*kLazyRescale=*/false, /*kSplitKV=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder12_sm90both_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/12,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/12,
                             "rung 11 + ping-pong");
 
 }  // namespace fa_cute

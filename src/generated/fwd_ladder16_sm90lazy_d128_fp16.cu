@@ -6,11 +6,12 @@ namespace fa_cute {
 using Traits = Sm90FwdTraits<128, 128, 128, /*kNumConsumerWG=*/2, cute::half_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
                              /*kPingPong=*/true, /*kPersistent=*/true,
-                             /*kLazyRescale=*/true>;
+                             /*kLazyRescale=*/true, /*kSplitKV=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder16_sm90lazy_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/16,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/16,
                             "rung 15 + O rescaled only when a row max grows by more than 2^8");
 
 }  // namespace fa_cute

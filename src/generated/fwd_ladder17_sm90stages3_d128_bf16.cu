@@ -6,11 +6,12 @@ namespace fa_cute {
 using Traits = Sm90FwdTraits<128, 128, 128, /*kNumConsumerWG=*/2, cute::bfloat16_t,
                              /*kStages=*/3, /*kIntraWGOverlap=*/true,
                              /*kPingPong=*/true, /*kPersistent=*/true,
-                             /*kLazyRescale=*/false>;
+                             /*kLazyRescale=*/false, /*kSplitKV=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder17_sm90stages3_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/17,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/17,
                             "rung 15 with 3 K/V stages (O staged in Q's space)");
 
 }  // namespace fa_cute

@@ -6,11 +6,12 @@ namespace fa_cute {
 using Traits = Sm90FwdTraits<128, 128, 176, /*kNumConsumerWG=*/2, cute::half_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
                              /*kPingPong=*/true, /*kPersistent=*/false,
-                             /*kLazyRescale=*/true>;
+                             /*kLazyRescale=*/true, /*kSplitKV=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm90_m128n176_d128", "sm90a", 128, 128, 176, 12,
                             Traits::kSmemSize, DType::kFP16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/-1,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/-1,
                             "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, 176-key blocks");
 
 }  // namespace fa_cute

@@ -6,11 +6,12 @@ namespace fa_cute {
 using Traits = Sm90FwdTraits<96, 128, 128, /*kNumConsumerWG=*/2, cute::bfloat16_t,
                              /*kStages=*/2, /*kIntraWGOverlap=*/true,
                              /*kPingPong=*/true, /*kPersistent=*/true,
-                             /*kLazyRescale=*/true>;
+                             /*kLazyRescale=*/true, /*kSplitKV=*/false>;
 template void run_fwd_sm90<Traits>(FwdParams const&, cudaStream_t);
+template int sm90_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm90p_m128n128_d96", "sm90a", 96, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
-                            &run_fwd_sm90<Traits>, &sm90_num_splits, /*rung=*/-1,
+                            &run_fwd_sm90<Traits>, &sm90_num_splits<Traits>, /*rung=*/-1,
                             "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, persistent");
 
 }  // namespace fa_cute

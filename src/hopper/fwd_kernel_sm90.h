@@ -31,7 +31,7 @@ struct Sm90FwdParams {
 // CUTLASS's own.
 enum class Sm90Barrier : uint32_t {
   kOStaged = 0,  // every consumer thread has written its rows of O to shared memory
-  kWgTurn0 = 1,  // ping-pong: consumer warpgroup w may issue its GEMMs (ids 1 and 2)
+  kWgTurn0 = 1,  // ping-pong: consumer warpgroup w may issue its GEMMs (ids 1 to kNumConsumerWG)
 };
 
 // One batch of wgmmas, acc (+)= A B over the k-blocks of the operands: fences keep the
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   Tensor sO = make_tensor(make_smem_ptr(smem_o), typename Traits::SmemLayoutO{});                 // (BLK_M,D)
 
   int const num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
-  int const num_tiles = num_m_blocks * p.nheads * p.batch;
+  int const num_tiles = num_m_blocks * p.nheads * p.batch * (Traits::kSplitKV ? max(p.num_splits, 1) : 1);
   // Persistent: in round r CTA b takes tile r * G + b, or r * G + (G - 1 - b) in odd
   // rounds (G CTAs, one per SM). Causal tiles are numbered longest first (FwdTileCoord):
   // a plain stride would give CTA 0 the longest tile of every round, about 12% more work
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
   };
   auto key_range = [&](FwdTileCoord const& c) {
-    return FwdKeyRange::of<kBlockM, kBlockN, /*kSplitKV=*/false>(c, p);
+    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, p);
   };
 
   Pipeline pipe_k{storage.pipeline_k};
@@ -240,10 +240,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   };
 
   // Ping-pong: warpgroup w issues its GEMMs only on its turn (named barrier kWgTurn0 + w,
-  // 256 threads: its own 128 syncing, the other's 128 arriving) and hands the turn over as
-  // soon as they are issued. The tensor cores run the two batches in issue order, so one
-  // warpgroup's GEMMs overlap the other's softmax instead of competing with them. Both
-  // warpgroups of a CTA take the same number of turns per tile.
+  // 256 threads: its own 128 syncing, the previous warpgroup's 128 arriving) and hands the
+  // turn to warpgroup w + 1 (round robin) as soon as they are issued. The tensor cores run
+  // the batches in issue order, so one warpgroup's GEMMs overlap the others' softmax
+  // instead of competing with them. All warpgroups of a CTA take the same number of turns
+  // per tile.
+  constexpr int kNumWG = Traits::kNumConsumerWG;
   int const wg = tidx / 128;
   auto turn_sync = [&] {
     if constexpr (Traits::kPingPong) {
@@ -252,11 +254,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   };
   auto turn_pass = [&] {
     if constexpr (Traits::kPingPong) {
-      cutlass::arch::NamedBarrier::arrive(2 * 128, static_cast<uint32_t>(Sm90Barrier::kWgTurn0) + 1 - wg);
+      cutlass::arch::NamedBarrier::arrive(2 * 128, static_cast<uint32_t>(Sm90Barrier::kWgTurn0) + (wg + 1) % kNumWG);
     }
   };
   if constexpr (Traits::kPingPong) {
-    if (wg == 1) {  // warpgroup 0 takes the first turn
+    if (wg == kNumWG - 1) {  // warpgroup 0 takes the first turn
       cutlass::arch::NamedBarrier::arrive(2 * 128, static_cast<uint32_t>(Sm90Barrier::kWgTurn0));
     }
   }
@@ -375,9 +377,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
     // --- Epilogue: O / l and the LSE -------------------------------------------------------
     softmax.finalize(acc_o);
-    if (p.softmax_lse_ptr != nullptr) {
-      float* lse = p.softmax_lse_ptr + (index_t(coord.bidb) * p.nheads + coord.bidh) * p.seqlen_q +
-                   coord.m_block * kBlockM;
+    // Row offset of this tile's first row in the (batch, nheads, seqlen_q) LSE layout.
+    index_t const row_offset = (index_t(coord.bidb) * p.nheads + coord.bidh) * p.seqlen_q + coord.m_block * kBlockM;
+    auto store_lse = [&](float* lse) {
       Tensor tScS_rc = score_coords();  // (M,N)
       CUTE_UNROLL
       for (int mi = 0; mi < kNRows; ++mi) {
@@ -385,7 +387,27 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         int const row = get<0>(tScS_rc(mi, 0));
         if (get<1>(tScS_rc(mi, 0)) == 0 && row < num_rows) { lse[row] = softmax.lse(mi, p.softmax_scale); }
       }
+    };
+    if constexpr (Traits::kSplitKV) {
+      if (p.num_splits > 1) {
+        // This split's O (fp32, normalised by its own row sums) and LSE go to the
+        // accumulators, for fwd_combine_kernel to weigh by exp(lse_split - lse); a split
+        // with no key block writes O = 0 and LSE = -inf. Stores straight from the
+        // accumulator fragment: split tiles are decode tiles of a few rows.
+        index_t const split_offset = index_t(coord.n_split) * p.batch * p.nheads * p.seqlen_q;
+        store_lse(p.lse_accum_ptr + split_offset + row_offset);
+        Tensor gOaccum = make_tensor(make_gmem_ptr(p.o_accum_ptr + (split_offset + row_offset) * kHeadDim),
+                                     Shape<Int<kBlockM>, Int<kHeadDim>>{}, Stride<Int<kHeadDim>, _1>{});  // (BLK_M,D)
+        Tensor tOgOaccum = thr_mma_pv.partition_C(gOaccum);                                               // (MMA,MMA_M,MMA_D)
+        Tensor tOcO = thr_mma_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));  // (MMA,MMA_M,MMA_D)
+        CUTE_UNROLL
+        for (int i = 0; i < size(acc_o); ++i) {
+          if (get<0>(tOcO(i)) < num_rows) tOgOaccum(i) = acc_o(i);
+        }
+        continue;
+      }
     }
+    if (p.softmax_lse_ptr != nullptr) store_lse(p.softmax_lse_ptr + row_offset);
     if (num_blocks <= 0) {
       // A tile that sees no key: zeros straight to global memory. sO may be sQ, which the
       // producer may already be refilling for the next tile; nothing waits on this tile.

@@ -45,21 +45,25 @@ CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
 //   kBlockM         query rows per CTA; each consumer warpgroup owns 64 of them (one wgmma
 //                   M=64 atom), so its softmax never exchanges data with another warpgroup
 //   kBlockN         key/value rows per pipeline stage; also the N of the S wgmma atom
-//   kNumConsumerWG  consumer warpgroups (2, or 3 at d<=96); one producer warpgroup more
+//   kNumConsumerWG  consumer warpgroups (1 for short queries, 2, or 3 at d=64); one
+//                   producer warpgroup more
 //   Element         cute::bfloat16_t or cute::half_t (accumulation and softmax are fp32)
 //   kStages         K and V pipeline stages in shared memory
 // and the overlap knobs (docs/hopper-plan.md sec. 5; each a rung of the ladder):
 //   kIntraWGOverlap a warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} together and
 //                   runs the softmax of block j while the second GEMM still computes
-//   kPingPong       the 2 consumer warpgroups take turns issuing their GEMMs (named
-//                   barriers), so that one's softmax runs under the other's GEMMs
+//   kPingPong       the consumer warpgroups take turns issuing their GEMMs (named
+//                   barriers, round robin), so that one's softmax runs under the others' GEMMs
 //   kPersistent     one CTA per SM loops over tiles: the next tile's first K/V (and Q,
 //                   where O has a buffer of its own) load under this tile's epilogue
 //   kLazyRescale    O is rescaled only when a row maximum of the warp grew by more than
 //                   2^8 (OnlineSoftmax; exact, the sums use the same stale maxima)
+//   kSplitKV        FwdParams::num_splits > 1 divides each tile's key blocks among CTAs,
+//                   which write fp32 partial O and LSE for fwd_combine_kernel (decode:
+//                   batch x heads tiles alone leave most SMs idle)
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNumConsumerWG_, class Element_, int kStages_ = 2,
           bool kIntraWGOverlap_ = true, bool kPingPong_ = false, bool kPersistent_ = false,
-          bool kLazyRescale_ = false>
+          bool kLazyRescale_ = false, bool kSplitKV_ = false>
 struct Sm90FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -73,6 +77,7 @@ struct Sm90FwdTraits {
   static constexpr bool kPingPong = kPingPong_;
   static constexpr bool kPersistent = kPersistent_;
   static constexpr bool kLazyRescale = kLazyRescale_;
+  static constexpr bool kSplitKV = kSplitKV_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
@@ -84,7 +89,8 @@ struct Sm90FwdTraits {
   static_assert(kHeadDim <= 256 && kBlockN <= 256,
                 "wgmma N is at most 256 (d for P V, kBlockN for Q K^T); TMA box dims are at most 256");
   static_assert(kStages >= 2, "one stage loads while the other is consumed");
-  static_assert(!kPingPong || kNumConsumerWG == 2, "ping-pong alternates between exactly 2 consumer warpgroups");
+  static_assert(!kPingPong || kNumConsumerWG >= 2, "ping-pong needs at least 2 consumer warpgroups to alternate");
+  static_assert(!kSplitKV || !kPersistent, "split-KV tiles are one CTA each (a persistent CTA serves long queries)");
 
   // --- Threads and registers -------------------------------------------------------------------
   // Warpgroup 0 is the producer (one elected thread of warp 0 issues TMA); warpgroups

@@ -9,16 +9,12 @@
 
 #include <cute/tensor.hpp>
 
+#include "fwd_combine.h"
 #include "hopper/fwd_kernel_sm90.h"
 #include "kernel_registry.h"
 #include "static_switch.h"
 
 namespace fa_cute {
-
-// The Hopper kernel does not split keys: the dispatcher sends short queries (decode,
-// seqlen_q <= 64), whose few tiles cannot fill the GPU, to the sm80 kernel's split-KV
-// path. A long query with few (batch, head) pairs still runs unsplit here (not measured).
-inline int sm90_num_splits(FwdParams const& /*params*/, int /*device*/) { return 1; }
 
 // A (seqlen, d, heads, batch) view of one of Q, K, V, O for make_tma_copy. TMA requires
 // 16-byte aligned bases and strides that are multiples of 16 bytes below 2^40; a failed
@@ -60,14 +56,38 @@ int sm90_prepare_device(int device) {
   });
 }
 
+// Split-KV heuristic of the short-query configs (Traits::kSplitKV): how many parts to
+// split each query tile's key blocks into. These CTAs fill an SM each (shared memory), so
+// a grid of at least 80% of the SMs is not split (the fp32 partial O and the combine
+// pass would be pure overhead); below that, as many splits as fit the SMs in one wave
+// (rounded down: a second wave would double the time), with at least 4 key blocks a split
+// to amortise its Q load, its pipeline fill and its fp32 O store, and at most 128.
+template <class Traits>
+int sm90_num_splits(FwdParams const& params, int device) {
+  if constexpr (!Traits::kSplitKV) {
+    return 1;
+  } else {
+    long long const tiles =
+        (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
+    int const num_sms = FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
+      return sm90_prepare_device<Traits, kCausal>(device);
+    });
+    if (tiles * 5 >= (long long)num_sms * 4) return 1;
+    int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+    int const max_splits = std::min(128, n_blocks / 4);
+    int const wanted = int(num_sms / tiles);
+    return std::max(1, std::min(wanted, max_splits));
+  }
+}
+
 template <class Traits>
 void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
   FwdParams params = problem;
   params.causal_section = causal_section(params);
   using namespace cute;
   using Element = typename Traits::Element;
-  if (params.num_splits > 1) {
-    throw std::invalid_argument("num_splits: the sm90 kernel does not split keys; pass 1");
+  if (params.num_splits > 1 && !Traits::kSplitKV) {
+    throw std::invalid_argument("num_splits: this config does not split keys; pass 1");
   }
   if (params.head_dim != Traits::kHeadDim) {
     throw std::invalid_argument("head_dim: this config is built for d=" + std::to_string(Traits::kHeadDim) +
@@ -75,11 +95,11 @@ void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
   }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  long long const num_tiles =
-      (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
+  long long const num_tiles = (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) *
+                              params.nheads * params.batch * std::max(params.num_splits, 1);
   if (num_tiles > 0x7fffffffLL) {
     throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(Traits::kBlockM) +
-                                ") exceeds 2^31 - 1 tiles");
+                                ") * num_splits exceeds 2^31 - 1 tiles");
   }
   int const d = params.head_dim;
   auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
@@ -106,6 +126,10 @@ void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
                                        Traits::kSmemSize, stream>>>(kernel_params);
   });
   check_cuda(cudaGetLastError(), "fwd_kernel_sm90 launch");
+  if (params.num_splits > 1) {
+    launch_fwd_combine<Element, Traits::kHeadDim>(params, stream);
+    check_cuda(cudaGetLastError(), "fwd_combine_kernel launch");
+  }
 }
 
 }  // namespace fa_cute

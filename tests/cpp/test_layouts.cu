@@ -184,8 +184,8 @@ void check_registry() {
   EXPECT(fa_cute::sm90_config_name(128, fa_cute::FwdTile{128, 176, 12, false}) == "sm90_m128n176_d128",
          "sm90 config naming differs from src/generate_kernels.py");
   // On an H100 (9.0) the Hopper tile where built, else the sm80 one; on 8.0 and 10.0
-  // (sm_90a code runs on 9.0 only) the sm80 tile; short queries (decode) on the sm80
-  // kernel's split-KV path everywhere.
+  // (sm_90a code runs on 9.0 only) the sm80 tile; short queries (decode) on a split-KV
+  // config of the same kernel family.
   std::string const sm80_expected = fa_cute::sm80_config_name(128, fa_cute::sm80_fwd_tile(128, 4096));
   std::string const sm90_expected = fa_cute::sm90_config_name(128, fa_cute::sm90_fwd_tile(128, 4096));
   std::string const picked = fa_cute::default_fwd_config(128, 4096, 4096, 9, 0);
@@ -202,7 +202,12 @@ void check_registry() {
     }
   }
   std::string const decode = fa_cute::default_fwd_config(128, 1, 4096, 9, 0);
-  EXPECT(decode.rfind("sm80", 0) == 0, "decode on 9.0 picked %s, not an sm80 (split-KV) config", decode.c_str());
+  std::string const sm90_decode = fa_cute::sm90_config_name(128, fa_cute::sm90_fwd_tile(128, 1));
+  EXPECT(sm90_decode == "sm90_m64n128_d128", "the sm90 decode tile is %s", sm90_decode.c_str());
+  EXPECT(names.count(sm90_decode) ? decode == sm90_decode : decode.rfind("sm80", 0) == 0,
+         "decode on 9.0 picked %s", decode.c_str());
+  EXPECT(fa_cute::sm90_fwd_tile(64, 4096).block_m == 192 && fa_cute::sm90_fwd_tile(64, 4096).num_warps == 16,
+         "d=64 takes 3 consumer warpgroups (192 rows, 16 warps with the producer)");
   bool threw = false;
   try {
     fa_cute::default_fwd_config(100, 128, 128, 9, 0);

@@ -170,10 +170,13 @@ void check_traits(char const* what, GMMA::LayoutType swizzle) {
 
 int main() {
   // The plan's tiles (sec. 2) for d = 64, 128, 256, with 2 consumer warpgroups, and
-  // the built tiles (src/generate_kernels.py); d=96 for the 64-byte swizzle; 3
-  // warpgroups for the d=64 tile.
+  // the built tiles (src/generate_kernels.py): 3 consumer warpgroups at d = 64 and 96,
+  // 1 for short queries; d=96 for the 64-byte swizzle.
   check_traits<64, 128, 128, 2, cute::bfloat16_t>("d64 m128n128 bf16", GMMA::LayoutType::B128);
-  check_traits<64, 192, 128, 3, cute::half_t>("d64 m192n128 wg3 fp16", GMMA::LayoutType::B128);
+  check_traits<64, 192, 112, 3, cute::half_t>("d64 m192n112 wg3 fp16", GMMA::LayoutType::B128);
+  check_traits<96, 192, 96, 3, cute::bfloat16_t>("d96 m192n96 wg3 bf16", GMMA::LayoutType::B64);
+  check_traits<128, 64, 128, 1, cute::bfloat16_t>("d128 m64n128 wg1 bf16", GMMA::LayoutType::B128);
+  check_traits<256, 64, 64, 1, cute::half_t>("d256 m64n64 wg1 fp16", GMMA::LayoutType::B128);
   check_traits<96, 128, 144, 2, cute::bfloat16_t>("d96 m128n144 bf16", GMMA::LayoutType::B64);
   check_traits<128, 128, 128, 2, cute::bfloat16_t>("d128 m128n128 bf16", GMMA::LayoutType::B128);
   check_traits<128, 128, 176, 2, cute::half_t>("d128 m128n176 fp16", GMMA::LayoutType::B128);
