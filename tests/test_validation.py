@@ -408,7 +408,8 @@ def test_decode_not_packed(no_device_check, case: str) -> None:
     q = randn(BATCH, seqlen_q, nheads, HEAD_DIM)
     kvs = kv(BATCH, 16, nheads_k, HEAD_DIM)
     if case == "huge-head-stride":
-        stride = 2**31 // _api._MAX_BLOCK_M
+        # The smallest 16-byte multiple whose packed offsets pass 2^31 in the tallest tile.
+        stride = -(-2**31 // (8 * _api._MAX_BLOCK_M)) * 8
         q = torch.empty_strided((BATCH, 1, nheads, HEAD_DIM), (nheads * stride, 8, stride, 1),
                                 dtype=BF16, device="meta")
         kvs = {n: torch.empty((BATCH, 16, nheads_k, HEAD_DIM), dtype=BF16, device="meta")
