@@ -16,6 +16,9 @@
 #   FA_CUTE_SKIP_BUILD=1      use the fa_cute already installed
 #   FA_CUTE_SKIP_TESTS=1      skip pytest
 #   FA_CUTE_SKIP_SANITIZERS=1 skip compute-sanitizer
+#   FA_CUTE_SANITIZERS        which compute-sanitizer tools (default: memcheck racecheck
+#                             synccheck); with every config built, racecheck alone takes
+#                             minutes, so a call with a time limit may split them
 #   FA_CUTE_SKIP_BENCH=1      skip the benchmark
 #   FA_CUTE_BENCH_SET         which benchmark tables (bf16 and fp16 each):
 #                             standard (default, a few minutes on an H100): d=64, 128 and
@@ -90,7 +93,7 @@ if ! skipped FA_CUTE_SKIP_TESTS; then
 fi
 
 if ! skipped FA_CUTE_SKIP_SANITIZERS; then
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${FA_CUTE_SANITIZERS:-memcheck racecheck synccheck}; do
     step "compute-sanitizer --tool $tool (log: $LOGS/sanitizer_$tool.log)"
     compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 \
       python3 benchmarks/sanitize_case.py 2>&1 | tee "$LOGS/sanitizer_$tool.log" \
