@@ -59,13 +59,17 @@ struct Options {
   int warmup_ms = 0;  // > 0: keep warming up until this much GPU time has passed
   bool causal = false;
   bool list = false;
+  // Memory order of Q, K, V and O: "bshd" (FlashAttention's (batch, seqlen, heads, d)) or
+  // "bhnd" ((batch, heads, seqlen, d) storage, as SDPA users and python -m fa_cute.bench
+  // hold them): the same bytes, visited in a different order by the tiles running at once.
+  std::string layout = "bshd";
 };
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::fprintf(stderr,
                "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
                "[--batch B] [--seqlen N] [--seqlen-q NQ] [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] "
-               "[--warmup W] [--warmup-ms T] [--check REF]\n",
+               "[--warmup W] [--warmup-ms T] [--check REF] [--layout bshd|bhnd]\n",
                message.c_str());
   std::exit(2);
 }
@@ -97,6 +101,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--heads") o.heads = positive_int("--heads", value);
     else if (flag == "--heads-k") o.heads_k = positive_int("--heads-k", value);
     else if (flag == "--check") o.check = value;
+    else if (flag == "--layout") o.layout = value;
     else if (flag == "--iters") o.iters = positive_int("--iters", value);
     else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
     else if (flag == "--warmup-ms") o.warmup_ms = positive_int("--warmup-ms", value);
@@ -104,6 +109,7 @@ Options parse(int argc, char** argv) {
     else usage_error("unknown option " + flag);
   }
   if (o.dtype != "bf16" && o.dtype != "fp16") usage_error("--dtype: bf16 or fp16, got " + o.dtype);
+  if (o.layout != "bshd" && o.layout != "bhnd") usage_error("--layout: bshd or bhnd, got " + o.layout);
   if (o.batch == 0) o.batch = std::max(1, 16384 / o.seqlen);
   if (o.seqlen_q == 0) o.seqlen_q = o.seqlen;
   if (o.heads_k == 0) o.heads_k = o.heads;
@@ -308,9 +314,15 @@ int run(Options const& o) {
   fa_cute::index_t const row = int64_t(o.heads) * d, row_k = int64_t(o.heads_k) * d;
   params.k_batch_stride = params.v_batch_stride = row_k * o.seqlen;
   params.q_batch_stride = params.o_batch_stride = row * o.seqlen_q;
-  params.q_row_stride = params.o_row_stride = row;
-  params.k_row_stride = params.v_row_stride = row_k;
-  params.q_head_stride = params.k_head_stride = params.v_head_stride = params.o_head_stride = d;
+  if (o.layout == "bshd") {
+    params.q_row_stride = params.o_row_stride = row;
+    params.k_row_stride = params.v_row_stride = row_k;
+    params.q_head_stride = params.k_head_stride = params.v_head_stride = params.o_head_stride = d;
+  } else {
+    params.q_row_stride = params.o_row_stride = params.k_row_stride = params.v_row_stride = d;
+    params.q_head_stride = params.o_head_stride = int64_t(o.seqlen_q) * d;
+    params.k_head_stride = params.v_head_stride = int64_t(o.seqlen) * d;
+  }
   params.batch = o.batch;
   params.seqlen_q = o.seqlen_q;
   params.seqlen_k = o.seqlen;
@@ -372,10 +384,10 @@ int run(Options const& o) {
   // METHOD.md's convention: causal counts half the FLOPs of the full product.
   double const flops = (o.causal ? 2.0 : 4.0) * o.batch * o.heads * double(o.seqlen_q) * o.seqlen * d;
   double const moved = 2.0 * (2.0 * n + 2.0 * n_q);  // bytes: K, V read; Q read, O written
-  std::printf("%s (%s) on %s: %s B=%d Nq=%d Nk=%d H=%d Hk=%d d=%d%s splits=%d: %.4f ms (median of %d), "
+  std::printf("%s (%s) on %s: %s %s B=%d Nq=%d Nk=%d H=%d Hk=%d d=%d%s splits=%d: %.4f ms (median of %d), "
               "%.1f TFLOP/s, %.0f GB/s\n",
-              kernel.config, kernel.description, props.name, o.dtype.c_str(), o.batch, o.seqlen_q,
-              o.seqlen, o.heads, o.heads_k, d, o.causal ? " causal" : "", params.num_splits, median, o.iters,
+              kernel.config, kernel.description, props.name, o.dtype.c_str(), o.layout.c_str(), o.batch,
+              o.seqlen_q, o.seqlen, o.heads, o.heads_k, d, o.causal ? " causal" : "", params.num_splits, median, o.iters,
               flops / (median * 1e9), moved / (median * 1e6));
   return 0;
 }
