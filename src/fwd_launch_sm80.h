@@ -52,7 +52,7 @@ int sm80_num_splits(FwdParams const& params, int device) {
   int const resident = FA_CUTE_MASK_MODE_SWITCH(sm80_mask_mode<Traits>(params), kMaskMode, [&] {
     return sm80_resident_blocks<Traits, kMaskMode>(device);
   });
-  if (tiles * 5 >= (long long)resident * 4) return 1;
+  if (tiles <= 0 || tiles * 5 >= (long long)resident * 4) return 1;
   int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
   int const max_splits = std::min(128, n_blocks / 4);
   int const wanted = int((resident + tiles - 1) / tiles);

@@ -59,7 +59,7 @@ FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype) {
                               dtype_name(dtype) + "; built configs: " + built_config_names());
 }
 
-std::string default_fwd_config(int head_dim, int seqlen_q, int /*seqlen_k*/, int cc_major,
+std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major,
                                int cc_minor, bool causal) {
   if (cc_major < 8) {
     throw std::invalid_argument("device: compute capability " + std::to_string(cc_major) +
@@ -71,8 +71,10 @@ std::string default_fwd_config(int head_dim, int seqlen_q, int /*seqlen_k*/, int
     }
     return false;
   };
-  // The Hopper kernel (sm_90a code: compute capability 9.0 exactly) for every length.
-  if (cc_major == 9 && cc_minor == 0) {
+  // The Hopper kernel (sm_90a code: compute capability 9.0 exactly), but for short queries
+  // against few keys (kSm90ShortQueryMinKeys).
+  bool const short_and_few_keys = seqlen_q <= kShortQueryRows && seqlen_k < kSm90ShortQueryMinKeys;
+  if (cc_major == 9 && cc_minor == 0 && !short_and_few_keys) {
     std::string const hopper = sm90_config_name(head_dim, sm90_fwd_tile(head_dim, seqlen_q, causal));
     if (built(hopper)) return hopper;
   }

@@ -48,8 +48,8 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 // Default tile of the Hopper kernel (TMA + wgmma, src/hopper/; docs/hopper-plan.md sec. 2):
 // 64 query rows per consumer warpgroup (one wgmma atom), 2 or 3 of them (1 for short
 // queries); block_n is the key block, which is also the N of the S = Q K^T wgmma.
-// num_warps counts the producer warpgroup. Shared memory: Q + 2 stages of K and V (+ O
-// where persistent and there is room). Registers per consumer thread (setmaxnreg 240
+// num_warps counts the producer warpgroup. Shared memory: Q + 2 stages of K and V (3-4
+// for short queries) + O where persistent and there is room. Registers per consumer thread (setmaxnreg 240
 // with 1-2 consumer warpgroups, 160 with 3): S block_n/2, P block_n/4, O d/2.
 // Measured on the H100 (d=128, bf16; docs/perf-notes.md v5-v7):
 //   d=128 non-causal: 128x128 persistent with ping-pong and lazy rescale (ladder rung 16)
@@ -61,9 +61,9 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 //     128x128 persistent up to 2048 (260 / 360 against 193 / 321 at N = 512 / 1024, equal
 //     at 2048: short tiles gain most from the next tile's loads under this one's epilogue).
 //   d=64: 192x112, 3 consumer warpgroups (+7-22% over 2 warpgroups with 128x192, whose
-//     softmax took as long as the GEMMs); persistent, but causal from seqlen_q 8192 not
+//     softmax took as long as the GEMMs); persistent, but causal above seqlen_q 4096 not
 //     (479 / 511 against 461 / 498 at N = 8192 / 16384; 351 / 407 against 325 / 395
-//     at 2048 / 4096).
+//     at 2048 / 4096; lengths between 4096 and 8192 not measured).
 //   d=96: 192x96, 3 consumer warpgroups, persistent (562-632 against 501-556 TFLOP/s
 //     for 128x128 at N >= 2048), but 128x128 up to seqlen_q 512 (396 against 360).
 //   d=192: 128x112 (O 96 registers; FlashAttention-3's); causal not persistent (485 /
@@ -77,7 +77,42 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 //     (the generator's configs): a decode step streams K and V once and is bound by
 //     memory bandwidth, so what counts is bytes in flight per SM, 136-224 KiB here against
 //     the sm80 kernel's one 16 KiB cp.async at a time per block.
+// On 9.0 the Hopper short-query tile needs keys to stream: it holds a whole SM (shared
+// memory), so a grid of many tiles with few keys each pays its setup per tile. fwd_bench,
+// bf16, d=128, seqlen_q 64: B=256, H=16 with 64 keys took 146 us against 99 for the sm80
+// 64x64 tile (2+ blocks per SM); with 1024 keys (B=64, 32 rows) both 0.19 ms; 4096 keys
+// and 512 tiles 369 against 363; few tiles with long keys favour it by 20-37%. Between 64
+// and 512 keys with many tiles is not measured.
+constexpr int kSm90ShortQueryMinKeys = 512;
+
+// Split-KV parts for a grid of `tiles` query tiles on `slots` concurrent CTAs, each tile
+// with n_blocks key blocks: FlashAttention-2's wave-efficiency rule. For each split count
+// s (at least 4 key blocks a split, to amortise its Q load, pipeline fill and fp32 O
+// store; at most 128), the efficiency is tiles*s over the slots of the waves it takes;
+// the smallest s within 85% of the best wins. Measured on the Hopper short-query tile
+// (fwd_bench, GQA decode, N_k = 16384; slots = 132): 32 tiles -> 4 (100 us; 1 split 140,
+// 16 splits 110), 80 tiles -> 3 (237 us against 257 unsplit), 128 tiles -> 1 (356 us; 2
+// splits 366).
+constexpr int split_kv_count(long long tiles, int slots, int n_blocks) {
+  int const max_splits = n_blocks / 4 < 128 ? n_blocks / 4 : 128;
+  if (tiles <= 0 || slots <= 0 || max_splits <= 1) return 1;
+  auto efficiency = [&](int s) {
+    long long const ctas = tiles * s;
+    long long const waves = (ctas + slots - 1) / slots;
+    return double(ctas) / double(waves * slots);
+  };
+  double best = 0.0;
+  for (int s = 1; s <= max_splits; ++s) best = efficiency(s) > best ? efficiency(s) : best;
+  for (int s = 1; s <= max_splits; ++s) {
+    if (efficiency(s) >= 0.85 * best) return s;
+  }
+  return 1;
+}
+
 constexpr FwdTile sm90_fwd_tile(int head_dim, int seqlen_q, bool causal = false) {
+  if (head_dim != 64 && head_dim != 96 && head_dim != 128 && head_dim != 192 && head_dim != 256) {
+    return FwdTile{0, 0, 0, false};
+  }
   if (seqlen_q <= kShortQueryRows) {
     return FwdTile{64, head_dim <= 128 ? 128 : 64, 8, false};
   }

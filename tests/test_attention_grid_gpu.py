@@ -93,11 +93,11 @@ DECODE_HEADS = [(4, 4), (8, 2), (8, 1), (32, 8)]
 def test_decode(family, dtype, head_dim, seqlen_k, nheads, nheads_k, layout) -> None:
     """One query row per head (a decode step) against a KV cache, the GQA heads packed as
     rows of one tile, on each kernel family's short-query config: split-KV where the
-    (batch, head) tiles cannot fill the GPU (3 x 4 here), with splits that get no key
-    block at 4097 keys. Bottom-right causal hides no key from the single row, so it must
-    give the same bits as non-causal."""
+    (batch, head) tiles cannot fill the GPU (3 x 1 to 3 x 8 here), with splits that get no
+    key block at 4097 keys. Bottom-right causal hides no key from the single row, so the
+    API runs it as non-causal: the same bits."""
     require_head_dim(head_dim)
-    config = family_config(family, head_dim, 1, seqlen_k, False)
+    config = short_query_config(family, head_dim, seqlen_k)
     q, k, v, out = make_inputs(3, 1, seqlen_k, nheads, nheads_k, head_dim, dtype, layout)
     lse = check_forward(q, k, v, out, causal=False, config=config)
     assert lse.shape == (3, nheads, 1)
@@ -109,6 +109,41 @@ def test_decode(family, dtype, head_dim, seqlen_k, nheads, nheads_k, layout) -> 
     causal_out, causal_lse = fa_cute.forward(q, k, v, causal=True, return_lse=True, config=config)
     assert torch.equal(causal_out, out)
     assert torch.equal(causal_lse, lse)
+
+
+def short_query_config(family: str, head_dim: int, seqlen_k: int) -> str:
+    """The family's split-KV short-query config (the heuristic's pick for seqlen_q <= 64 on a
+    GPU of the family); skips where this build or GPU lacks it."""
+    config = family_config(family, head_dim, 1, seqlen_k, False)
+    cc = (8, 0) if family == "sm80" else (9, 0)
+    if config != fa_cute._C.default_config(head_dim, 1, seqlen_k, *cc, False):
+        pytest.skip(f"the {family} short-query config for head dim {head_dim} is not built")
+    return config
+
+
+SHORT_QUERIES = [(2, 8192, 1, 4, 1), (16, 8190, 2, 4, 4), (64, 4100, 1, 8, 2), (40, 30, 2, 4, 2)]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("seqlen_q, seqlen_k, batch, nheads, nheads_k", SHORT_QUERIES,
+                         ids=[f"{q}x{k}" for q, k, *_ in SHORT_QUERIES])
+@pytest.mark.parametrize("head_dim", [64, 128, 256], ids=["d64", "d128", "d256"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("family", KERNEL_FAMILIES)
+def test_short_queries_split(family, dtype, head_dim, seqlen_q, seqlen_k, batch, nheads,
+                             nheads_k, causal) -> None:
+    """Several query rows (speculative decode, a short chunk) on the short-query config with
+    few tiles, so the keys are split: causal bottom-right puts the diagonal in the last
+    split's blocks (ragged seqlen_k too); 40 x 30 causal has rows that see no key."""
+    require_head_dim(head_dim)
+    config = short_query_config(family, head_dim, seqlen_k)
+    q, k, v, out = make_inputs(batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype)
+    if seqlen_k >= 4096:
+        splits = fa_cute._C.num_splits(config, DTYPE_IDS[DTYPES.index(dtype)], batch, seqlen_q,
+                                       seqlen_k, nheads, nheads_k, causal,
+                                       torch.cuda.current_device())
+        assert splits > 1, f"{config} did not split the keys of {batch * nheads} tiles"
+    check_forward(q, k, v, out, causal, config=config)
 
 
 def sdpa_float64(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs

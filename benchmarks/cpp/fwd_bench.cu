@@ -57,6 +57,7 @@ struct Options {
   int iters = 20;
   int warmup = 5;
   int warmup_ms = 0;  // > 0: keep warming up until this much GPU time has passed
+  int splits = 0;     // > 0: split-KV parts instead of the kernel's heuristic
   bool causal = false;
   bool list = false;
   // Memory order of Q, K, V and O: "bshd" (FlashAttention's (batch, seqlen, heads, d)) or
@@ -69,7 +70,7 @@ struct Options {
   std::fprintf(stderr,
                "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
                "[--batch B] [--seqlen N] [--seqlen-q NQ] [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] "
-               "[--warmup W] [--warmup-ms T] [--check REF] [--layout bshd|bhnd]\n",
+               "[--warmup W] [--warmup-ms T] [--check REF] [--layout bshd|bhnd] [--splits S]\n",
                message.c_str());
   std::exit(2);
 }
@@ -102,6 +103,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--heads-k") o.heads_k = positive_int("--heads-k", value);
     else if (flag == "--check") o.check = value;
     else if (flag == "--layout") o.layout = value;
+    else if (flag == "--splits") o.splits = positive_int("--splits", value);
     else if (flag == "--iters") o.iters = positive_int("--iters", value);
     else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
     else if (flag == "--warmup-ms") o.warmup_ms = positive_int("--warmup-ms", value);
@@ -332,8 +334,8 @@ int run(Options const& o) {
   params.num_splits = 1;
   params.is_causal = o.causal;
   params.causal_offset = o.seqlen - o.seqlen_q;  // bottom-right, as fa_cute.forward
-  // Split-KV as the Python layer does it: the kernel's heuristic, fp32 buffers.
-  params.num_splits = kernel.num_splits(params, device);
+  // Split-KV as the Python layer does it: the kernel's heuristic (or --splits), fp32 buffers.
+  params.num_splits = o.splits > 0 ? o.splits : kernel.num_splits(params, device);
   float* accum[2] = {};
   if (params.num_splits > 1) {
     size_t const rows = size_t(params.num_splits) * o.batch * o.heads * o.seqlen_q;

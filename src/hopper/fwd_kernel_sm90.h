@@ -87,6 +87,9 @@ __forceinline__ __device__ void wgmma_wait(Tensors&... tensors) {
 // holds no masking code. Ragged tiles need no predication on loads: TMA zero-fills rows
 // past a sequence's end (batch and head are TMA dimensions of their own) and clips the
 // O store; the masks still set the zero-filled keys' scores to -inf.
+// Traits::kSplitKV with params.num_splits > 1 (short queries): a CTA visits one split's
+// share of the tile's key blocks and writes its O in fp32, normalised by its own row sums,
+// with its LSE, by plain masked stores; fwd_combine_kernel merges the splits.
 // kCausal: bottom-right causal masking (issue 4's semantics, params.causal_offset).
 template <class Traits, bool kCausal>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
@@ -404,6 +407,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         for (int i = 0; i < size(acc_o); ++i) {
           if (get<0>(tOcO(i)) < num_rows) tOgOaccum(i) = acc_o(i);
         }
+        // Neither the Q-empty arrival nor ++q_iter: a split CTA has one tile (split-KV
+        // traits are never persistent, a static_assert of the traits), so no next Q waits.
         continue;
       }
     }

@@ -45,8 +45,8 @@ CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
 //   kBlockM         query rows per CTA; each consumer warpgroup owns 64 of them (one wgmma
 //                   M=64 atom), so its softmax never exchanges data with another warpgroup
 //   kBlockN         key/value rows per pipeline stage; also the N of the S wgmma atom
-//   kNumConsumerWG  consumer warpgroups (1 for short queries, 2, or 3 at d=64); one
-//                   producer warpgroup more
+//   kNumConsumerWG  consumer warpgroups (1 for short queries, 2, or 3 at d=64 and 96);
+//                   one producer warpgroup more
 //   Element         cute::bfloat16_t or cute::half_t (accumulation and softmax are fp32)
 //   kStages         K and V pipeline stages in shared memory
 // and the overlap knobs (docs/hopper-plan.md sec. 5; each a rung of the ladder):

@@ -56,12 +56,8 @@ int sm90_prepare_device(int device) {
   });
 }
 
-// Split-KV heuristic of the short-query configs (Traits::kSplitKV): how many parts to
-// split each query tile's key blocks into. These CTAs fill an SM each (shared memory), so
-// a grid of at least 80% of the SMs is not split (the fp32 partial O and the combine
-// pass would be pure overhead); below that, as many splits as fit the SMs in one wave
-// (rounded down: a second wave would double the time), with at least 4 key blocks a split
-// to amortise its Q load, its pipeline fill and its fp32 O store, and at most 128.
+// Split-KV heuristic of the short-query configs (Traits::kSplitKV): split_kv_count
+// (tile_size.h) with one CTA per SM (their shared memory admits no second).
 template <class Traits>
 int sm90_num_splits(FwdParams const& params, int device) {
   if constexpr (!Traits::kSplitKV) {
@@ -72,11 +68,7 @@ int sm90_num_splits(FwdParams const& params, int device) {
     int const num_sms = FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
       return sm90_prepare_device<Traits, kCausal>(device);
     });
-    if (tiles * 5 >= (long long)num_sms * 4) return 1;
-    int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-    int const max_splits = std::min(128, n_blocks / 4);
-    int const wanted = int(num_sms / tiles);
-    return std::max(1, std::min(wanted, max_splits));
+    return split_kv_count(tiles, num_sms, (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN);
   }
 }
 

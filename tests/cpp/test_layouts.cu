@@ -180,7 +180,9 @@ void check_registry() {
   EXPECT(!fa_cute::sm80_fwd_tile(128, 4096, true).persistent && fa_cute::sm80_fwd_tile(128, 4096, false).persistent,
          "causal d=128 must not be persistent, non-causal must");
   EXPECT(fa_cute::sm80_fwd_tile(128, 1).block_m == 64, "seqlen_q 1 must take the 64-row tile");
-  EXPECT(fa_cute::sm80_fwd_tile(100, 4096).block_m == 0, "head dim 100 has no tile");
+  EXPECT(fa_cute::sm80_fwd_tile(100, 4096).block_m == 0 && fa_cute::sm80_fwd_tile(100, 1).block_m == 0 &&
+             fa_cute::sm90_fwd_tile(100, 4096).block_m == 0 && fa_cute::sm90_fwd_tile(100, 1).block_m == 0,
+         "head dim 100 has no tile, short queries included");
   EXPECT(fa_cute::sm90_config_name(128, fa_cute::FwdTile{128, 176, 12, false}) == "sm90_m128n176_d128",
          "sm90 config naming differs from src/generate_kernels.py");
   // On an H100 (9.0) the Hopper tile where built, else the sm80 one; on 8.0 and 10.0
@@ -206,6 +208,19 @@ void check_registry() {
   EXPECT(sm90_decode == "sm90_m64n128_d128", "the sm90 decode tile is %s", sm90_decode.c_str());
   EXPECT(names.count(sm90_decode) ? decode == sm90_decode : decode.rfind("sm80", 0) == 0,
          "decode on 9.0 picked %s", decode.c_str());
+  // Short queries against few keys stay on the sm80 tile (kSm90ShortQueryMinKeys).
+  std::string const few_keys = fa_cute::default_fwd_config(128, 64, 64, 9, 0);
+  EXPECT(few_keys.rfind("sm80", 0) == 0 || !names.count(sm80_expected), "seqlen 64 x 64 on 9.0 picked %s",
+         few_keys.c_str());
+  // The split rule at the measured points (tile_size.h) and its bounds.
+  EXPECT(fa_cute::split_kv_count(32, 132, 128) == 4 && fa_cute::split_kv_count(80, 132, 128) == 3 &&
+             fa_cute::split_kv_count(128, 132, 128) == 1,
+         "split_kv_count: 32 / 80 / 128 tiles on 132 SMs split %d / %d / %d ways, measured best 4 / 3 / 1",
+         fa_cute::split_kv_count(32, 132, 128), fa_cute::split_kv_count(80, 132, 128),
+         fa_cute::split_kv_count(128, 132, 128));
+  EXPECT(fa_cute::split_kv_count(1, 132, 8) == 2 && fa_cute::split_kv_count(1, 132, 7) == 1 &&
+             fa_cute::split_kv_count(1, 132, 100000) <= 128 && fa_cute::split_kv_count(0, 132, 128) == 1,
+         "split_kv_count bounds: at least 4 key blocks a split, at most 128 splits, no tiles no split");
   EXPECT(fa_cute::sm90_fwd_tile(64, 4096).block_m == 192 && fa_cute::sm90_fwd_tile(64, 4096).num_warps == 16,
          "d=64 takes 3 consumer warpgroups (192 rows, 16 warps with the producer)");
   bool threw = false;
