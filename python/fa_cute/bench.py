@@ -245,15 +245,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fa_cute.bench: {exc}")
         return 2
     # Where auto picks another kernel (the Hopper one), the Ampere-style kernel's default
-    # gets a column of its own in the forward tables.
+    # gets a column of its own in the forward and decode tables.
     families = {c["name"]: c["family"] for c in fa_cute.configs()}
-    ampere = {d: (not args.ladder and not args.decode and not args.all_configs and any(
+    ampere = {d: (not args.ladder and not args.all_configs and any(
         families[p] != "sm80" for (pd, _, _, _), p in picks.items() if pd == d))
         for d in args.headdim}
+
+    def ampere_pick(d: int, n: int, causal: bool) -> str:
+        """The Ampere-style column's config for a row (a decode row: one query row)."""
+        return ampere_config(d, 1, n, False) if args.decode else ampere_config(d, n, n, causal)
+
     for d in args.headdim:
         if ampere[d]:
-            checks += run_checks([ampere_config(d, n, n, causal) for causal in args.causal
-                                  for n in args.seqlens], d, causal=args.causal)
+            names = sorted({ampere_pick(d, n, causal) for causal in args.causal
+                            for n in args.seqlens})
+            if args.decode:
+                checks += run_checks(names, d, shape=(*DECODE_CHECK, args.nheads,
+                                                      args.nheads_kv))
+            else:
+                checks += run_checks(names, d, causal=args.causal)
     if not all(c["ok"] for c in checks):
         return 1
 
@@ -261,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for (d, causal), (dtype, n) in itertools.product(groups, shapes):
         configs = {"fa_cute": picks[d, causal, dtype, n], **{k: k for k, _ in extra[d]}}
         if ampere[d]:
-            configs[AMPERE_COLUMN] = ampere_config(d, n, n, causal)
+            configs[AMPERE_COLUMN] = ampere_pick(d, n, causal)
         if args.decode:
             records.append(time_decode_row(dtype, n, d, args.batch, args.nheads,
                                            args.nheads_kv, configs, sdpa,
