@@ -118,9 +118,11 @@ void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
                                        Traits::kSmemSize, stream>>>(kernel_params);
   });
   check_cuda(cudaGetLastError(), "fwd_kernel_sm90 launch");
-  if (params.num_splits > 1) {
-    launch_fwd_combine<Element, Traits::kHeadDim>(params, stream);
-    check_cuda(cudaGetLastError(), "fwd_combine_kernel launch");
+  if constexpr (Traits::kSplitKV) {  // only these instantiate the combine kernel
+    if (params.num_splits > 1) {
+      launch_fwd_combine<Element, Traits::kHeadDim>(params, stream);
+      check_cuda(cudaGetLastError(), "fwd_combine_kernel launch");
+    }
   }
 }
 
