@@ -4,6 +4,7 @@
 
 #include "cute_utils.h"
 #include "flash_params.h"
+#include "fwd_combine.h"
 #include "fwd_kernel_traits.h"
 #include "fwd_tile_coord.h"
 #include "softmax.h"
@@ -311,18 +312,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     };
     if (Traits::kSplitKV && params.num_splits > 1) {
       // Split-KV: this split's O (fp32, normalised by its own row sums) and LSE go to the
-      // accumulators; the combine kernel weighs the splits by exp(lse_split - lse). fp32
-      // stores straight from the accumulator fragment: decode tiles hold a few rows only.
-      index_t const split_offset = index_t(coord.n_split) * params.batch * params.nheads * params.seqlen_q;
-      store_lse(params.lse_accum_ptr + split_offset + row_offset);
-      Tensor gOaccum = make_tensor(make_gmem_ptr(params.o_accum_ptr + (split_offset + row_offset) * kHeadDim),
-                                   Shape<Int<kBlockM>, Int<kHeadDim>>{}, Stride<Int<kHeadDim>, _1>{});  // (BLK_M,D)
-      Tensor tCgOaccum = thr_mma.partition_C(gOaccum);                                                  // (MMA,MMA_M,MMA_D)
-      Tensor tCcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));    // (MMA,MMA_M,MMA_D)
-      CUTE_UNROLL
-      for (int i = 0; i < size(acc_o); ++i) {
-        if (get<0>(tCcO(i)) < num_rows) tCgOaccum(i) = acc_o(i);
-      }
+      // accumulators; the combine kernel weighs the splits by exp(lse_split - lse).
+      index_t const split_row = split_row_offset(params, coord.n_split, row_offset);
+      store_lse(params.lse_accum_ptr + split_row);
+      store_split_o<kBlockM, kHeadDim>(params.o_accum_ptr + split_row * kHeadDim, thr_mma, acc_o, num_rows);
       return;
     }
     if (params.softmax_lse_ptr != nullptr) store_lse(params.softmax_lse_ptr + row_offset);

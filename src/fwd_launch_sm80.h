@@ -47,8 +47,7 @@ FwdMaskMode sm80_mask_mode(FwdParams const& params) {
 template <class Traits>
 int sm80_num_splits(FwdParams const& params, int device) {
   if constexpr (!Traits::kSplitKV) return 1;
-  long long const tiles =
-      (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
+  long long const tiles = fwd_query_tiles(params, Traits::kBlockM);
   int const resident = FA_CUTE_MASK_MODE_SWITCH(sm80_mask_mode<Traits>(params), kMaskMode, [&] {
     return sm80_resident_blocks<Traits, kMaskMode>(device);
   });
@@ -68,12 +67,7 @@ void run_fwd_sm80(FwdParams const& problem, cudaStream_t stream) {
   }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  long long const num_tiles = (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) *
-                              params.nheads * params.batch * std::max(params.num_splits, 1);
-  if (num_tiles > 0x7fffffffLL) {
-    throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(Traits::kBlockM) +
-                                ") * num_splits exceeds 2^31 - 1 tiles");
-  }
+  long long const num_tiles = fwd_launch_tiles(params, Traits::kBlockM);
   FA_CUTE_MASK_MODE_SWITCH(sm80_mask_mode<Traits>(params), kMaskMode, [&] {
     // Persistent: as many blocks as fit on the GPU at once, each looping over tiles.
     long long const resident_blocks = sm80_resident_blocks<Traits, kMaskMode>(device);

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <stdexcept>
+#include <string>
+
 #include <cute/tensor.hpp>
 
 #include "cute_utils.h"
@@ -41,6 +44,23 @@ inline int causal_section(FwdParams const& params) {
   long long const kv_bytes = 4ll * params.seqlen_k * params.head_dim;
   long long const section = kCausalSectionL2Bytes / (kv_bytes > 0 ? kv_bytes : 1);
   return int(section < 1 ? 1 : section < num_bh ? section : num_bh);
+}
+
+// Query tiles of a launch, batch x heads x query blocks of kBlockM rows: what the split-KV
+// heuristics spread over the GPU.
+inline long long fwd_query_tiles(FwdParams const& params, int block_m) {
+  return (long long)((params.seqlen_q + block_m - 1) / block_m) * params.nheads * params.batch;
+}
+
+// Thread-block tiles of a launch, each query tile once per key split. The kernels number
+// them in int, so a launch past 2^31 - 1 is refused here.
+inline long long fwd_launch_tiles(FwdParams const& params, int block_m) {
+  long long const tiles = fwd_query_tiles(params, block_m) * (params.num_splits > 1 ? params.num_splits : 1);
+  if (tiles > 0x7fffffffLL) {
+    throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(block_m) +
+                                ") * num_splits exceeds 2^31 - 1 tiles");
+  }
+  return tiles;
 }
 
 struct FwdTileCoord {

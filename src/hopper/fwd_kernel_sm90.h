@@ -8,6 +8,7 @@
 
 #include "cute_utils.h"
 #include "flash_params.h"
+#include "fwd_combine.h"
 #include "fwd_tile_coord.h"
 #include "hopper/fwd_kernel_traits_sm90.h"
 #include "softmax.h"
@@ -395,18 +396,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       if (p.num_splits > 1) {
         // This split's O (fp32, normalised by its own row sums) and LSE go to the
         // accumulators, for fwd_combine_kernel to weigh by exp(lse_split - lse); a split
-        // with no key block writes O = 0 and LSE = -inf. Stores straight from the
-        // accumulator fragment: split tiles are decode tiles of a few rows.
-        index_t const split_offset = index_t(coord.n_split) * p.batch * p.nheads * p.seqlen_q;
-        store_lse(p.lse_accum_ptr + split_offset + row_offset);
-        Tensor gOaccum = make_tensor(make_gmem_ptr(p.o_accum_ptr + (split_offset + row_offset) * kHeadDim),
-                                     Shape<Int<kBlockM>, Int<kHeadDim>>{}, Stride<Int<kHeadDim>, _1>{});  // (BLK_M,D)
-        Tensor tOgOaccum = thr_mma_pv.partition_C(gOaccum);                                               // (MMA,MMA_M,MMA_D)
-        Tensor tOcO = thr_mma_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));  // (MMA,MMA_M,MMA_D)
-        CUTE_UNROLL
-        for (int i = 0; i < size(acc_o); ++i) {
-          if (get<0>(tOcO(i)) < num_rows) tOgOaccum(i) = acc_o(i);
-        }
+        // with no key block writes O = 0 and LSE = -inf.
+        index_t const split_row = split_row_offset(p, coord.n_split, row_offset);
+        store_lse(p.lse_accum_ptr + split_row);
+        store_split_o<kBlockM, kHeadDim>(p.o_accum_ptr + split_row * kHeadDim, thr_mma_pv, acc_o, num_rows);
         // Neither the Q-empty arrival nor ++q_iter: a split CTA has one tile (split-KV
         // traits are never persistent, a static_assert of the traits), so no next Q waits.
         continue;

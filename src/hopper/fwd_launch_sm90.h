@@ -63,8 +63,7 @@ int sm90_num_splits(FwdParams const& params, int device) {
   if constexpr (!Traits::kSplitKV) {
     return 1;
   } else {
-    long long const tiles =
-        (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * params.nheads * params.batch;
+    long long const tiles = fwd_query_tiles(params, Traits::kBlockM);
     int const num_sms = FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
       return sm90_prepare_device<Traits, kCausal>(device);
     });
@@ -87,12 +86,7 @@ void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
   }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  long long const num_tiles = (long long)((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) *
-                              params.nheads * params.batch * std::max(params.num_splits, 1);
-  if (num_tiles > 0x7fffffffLL) {
-    throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(Traits::kBlockM) +
-                                ") * num_splits exceeds 2^31 - 1 tiles");
-  }
+  long long const num_tiles = fwd_launch_tiles(params, Traits::kBlockM);
   int const d = params.head_dim;
   auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
                                       params.q_row_stride, params.q_head_stride, params.q_batch_stride);
