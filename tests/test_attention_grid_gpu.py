@@ -101,11 +101,9 @@ def test_decode(family, dtype, head_dim, seqlen_k, nheads, nheads_k, layout) -> 
     q, k, v, out = make_inputs(3, 1, seqlen_k, nheads, nheads_k, head_dim, dtype, layout)
     lse = check_forward(q, k, v, out, causal=False, config=config)
     assert lse.shape == (3, nheads, 1)
-    if seqlen_k == 16384:  # the split path is what this case is for
+    if seqlen_k == 16384:  # the split path is what this case is for; as launched, packed
         rows, heads = (nheads // nheads_k, nheads_k) if nheads > nheads_k else (1, nheads)
-        splits = fa_cute._C.num_splits(config, DTYPE_IDS[DTYPES.index(dtype)], 3, rows, seqlen_k,
-                                       heads, nheads_k, False, torch.cuda.current_device())
-        assert splits > 1, f"{config} did not split the keys of {3 * heads} tiles"
+        assert_splits(config, dtype, 3, rows, seqlen_k, heads, nheads_k, False)
     causal_out, causal_lse = fa_cute.forward(q, k, v, causal=True, return_lse=True, config=config)
     assert torch.equal(causal_out, out)
     assert torch.equal(causal_lse, lse)
@@ -119,6 +117,15 @@ def short_query_config(family: str, head_dim: int, seqlen_k: int) -> str:
     if config != fa_cute._C.default_config(head_dim, 1, seqlen_k, *cc, False):
         pytest.skip(f"the {family} short-query config for head dim {head_dim} is not built")
     return config
+
+
+def assert_splits(config: str, dtype: torch.dtype, batch: int, seqlen_q: int, seqlen_k: int,
+                  nheads: int, nheads_k: int, causal: bool) -> None:
+    """The split-KV heuristic splits this launch's keys: the split path is under test."""
+    splits = fa_cute._C.num_splits(config, DTYPE_IDS[DTYPES.index(dtype)], batch, seqlen_q,
+                                   seqlen_k, nheads, nheads_k, causal,
+                                   torch.cuda.current_device())
+    assert splits > 1, f"{config} did not split the keys of {batch * nheads} query tiles"
 
 
 SHORT_QUERIES = [(2, 8192, 1, 4, 1), (16, 8190, 2, 4, 4), (64, 4100, 1, 8, 2), (40, 30, 2, 4, 2)]
@@ -139,10 +146,7 @@ def test_short_queries_split(family, dtype, head_dim, seqlen_q, seqlen_k, batch,
     config = short_query_config(family, head_dim, seqlen_k)
     q, k, v, out = make_inputs(batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype)
     if seqlen_k >= 4096:
-        splits = fa_cute._C.num_splits(config, DTYPE_IDS[DTYPES.index(dtype)], batch, seqlen_q,
-                                       seqlen_k, nheads, nheads_k, causal,
-                                       torch.cuda.current_device())
-        assert splits > 1, f"{config} did not split the keys of {batch * nheads} tiles"
+        assert_splits(config, dtype, batch, seqlen_q, seqlen_k, nheads, nheads_k, causal)
     check_forward(q, k, v, out, causal, config=config)
 
 
