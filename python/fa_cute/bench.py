@@ -229,6 +229,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     groups = [(d, causal) for d in args.headdim for causal in args.causal]
     shapes = list(itertools.product(args.dtype, args.seqlens))
     checks = []
+
+    def check_configs(names: List[str], d: int) -> List[Dict]:
+        """run_checks on the benchmark's own kind of problem: a decode step or a forward."""
+        if args.decode:
+            return run_checks(names, d, shape=(*DECODE_CHECK, args.nheads, args.nheads_kv))
+        return run_checks(names, d, causal=args.causal)
+
     try:
         picks = {(d, causal, dtype, n): resolve(args.config or "auto", DTYPES[dtype],
                                                 *row_shape(args, n, d), d, causal)
@@ -236,11 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for d in args.headdim:
             names = [p for (pd, _, _, _), p in picks.items() if pd == d]
             names += [key for key, _ in extra[d]]
-            if args.decode:
-                checks += run_checks(names, d, shape=(*DECODE_CHECK, args.nheads,
-                                                      args.nheads_kv))
-            else:
-                checks += run_checks(names, d, causal=args.causal)
+            checks += check_configs(names, d)
     except ValueError as exc:  # an unknown --config, one for another head dim
         print(f"fa_cute.bench: {exc}")
         return 2
@@ -257,13 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for d in args.headdim:
         if ampere[d]:
-            names = sorted({ampere_pick(d, n, causal) for causal in args.causal
-                            for n in args.seqlens})
-            if args.decode:
-                checks += run_checks(names, d, shape=(*DECODE_CHECK, args.nheads,
-                                                      args.nheads_kv))
-            else:
-                checks += run_checks(names, d, causal=args.causal)
+            checks += check_configs([ampere_pick(d, n, causal) for causal in args.causal
+                                     for n in args.seqlens], d)
     if not all(c["ok"] for c in checks):
         return 1
 
