@@ -102,7 +102,10 @@ constexpr int split_kv_count(long long tiles, int slots, int n_blocks) {
     return double(ctas) / double(waves * slots);
   };
   double best = 0.0;
-  for (int s = 1; s <= max_splits; ++s) best = efficiency(s) > best ? efficiency(s) : best;
+  for (int s = 1; s <= max_splits; ++s) {
+    double const e = efficiency(s);
+    if (e > best) best = e;
+  }
   for (int s = 1; s <= max_splits; ++s) {
     if (efficiency(s) >= 0.85 * best) return s;
   }
