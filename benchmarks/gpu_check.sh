@@ -88,7 +88,7 @@ if ! skipped FA_CUTE_SKIP_TESTS; then
     || echo "hypothesis not installed: tests that use it skip or fail to import"
 
   step "pytest (from /tmp, so the installed fa_cute is the one imported)"
-  (cd /tmp && python3 -m pytest -q -p no:cacheprovider "$REPO/tests" 2>&1 \
+  (cd /tmp && python3 -m pytest -q -rs -p no:cacheprovider "$REPO/tests" 2>&1 \
     | tee "$LOGS/pytest.log") || FAILED+=("pytest")
 fi
 
