@@ -14,7 +14,8 @@
 // real data). The output is poisoned with NaN first and checked afterwards: every element
 // must have been written with a finite value. At the default B = 16384 / N, H = 16, d = 128
 // each tensor is 64 MiB, beyond an H100's 50 MiB L2, so repeated runs time memory, not cache.
-// Prints the median of I per-launch CUDA-event times and TFLOP/s = 4 B H N^2 d / time.
+// Prints the median of I per-launch CUDA-event times and TFLOP/s = 4 B H N^2 d / time, then
+// the time per launch of I launches issued back to back and the host time to issue one.
 // By default these are burst timings (W + I launches, tens of ms): a kernel that draws the
 // GPU's full power (the Hopper kernel, ~700 W on an H100) runs ~10% slower once the power
 // cap lowers the clock. --warmup-ms T keeps launching (after the W warm-up launches) until
@@ -23,6 +24,7 @@
 // `python -m fa_cute.bench` (sustained do_bench timing).
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -376,6 +378,18 @@ int run(Options const& o) {
     check_cuda(cudaEventElapsedTime(&ms[i], events[2 * i], events[2 * i + 1]),
                "cudaEventElapsedTime");
   }
+  // The same launches back to back between two events, as do_bench and a model's step issue
+  // them: where a launch's host work (argument checks, TMA descriptors) outlasts its kernel,
+  // the GPU waits on the host, and the per-launch time above counts host plus GPU time.
+  auto const host_start = std::chrono::steady_clock::now();
+  check_cuda(cudaEventRecord(events[0], stream), "cudaEventRecord");
+  for (int i = 0; i < o.iters; ++i) kernel.launch(params, stream);
+  check_cuda(cudaEventRecord(events[1], stream), "cudaEventRecord");
+  double const host_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start).count() / o.iters;
+  check_cuda(cudaEventSynchronize(events[1]), "back-to-back launches");
+  float back_to_back_ms = 0.f;
+  check_cuda(cudaEventElapsedTime(&back_to_back_ms, events[0], events[1]), "cudaEventElapsedTime");
   for (cudaEvent_t e : events) check_cuda(cudaEventDestroy(e), "cudaEventDestroy");
   for (void* b : buffers) check_cuda(cudaFree(b), "cudaFree");
   for (float* b : accum) check_cuda(cudaFree(b), "cudaFree");
@@ -391,6 +405,8 @@ int run(Options const& o) {
               kernel.config, kernel.description, props.name, o.dtype.c_str(), o.layout.c_str(), o.batch,
               o.seqlen_q, o.seqlen, o.heads, o.heads_k, d, o.causal ? " causal" : "", params.num_splits, median, o.iters,
               flops / (median * 1e9), moved / (median * 1e6));
+  std::printf("back to back: %.2f us per launch; the host takes %.2f us to issue one\n",
+              1e3 * back_to_back_ms / o.iters, host_us);
   return 0;
 }
 
