@@ -105,7 +105,7 @@ __forceinline__ __device__ void convert_type_into(TensorS const& src, TensorD& d
 
 // Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
 // whose numerators go negative when seqlen_q > seqlen_k.
-__forceinline__ __device__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
+CUTE_HOST_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 
 // Copies the rows of a thread's (CPY, CPY_ROWS, CPY_D) copy partition whose tile row (from
 // `coords`, the same partition of an identity tensor) is below num_rows: a ragged tail tile,

@@ -352,13 +352,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
 
   load_first(FwdTileCoord(blockIdx.x, num_m_blocks, params, is_causal));
   if constexpr (Traits::kPersistent) {
-    // Round r gives block b tile r * G + b, or r * G + (G - 1 - b) in odd rounds (G blocks):
-    // with tiles numbered longest first (causal), the block that got a round's shortest
-    // tile gets the next round's longest.
-    int const num_blocks = gridDim.x;
-    auto round_tile = [&](int round) {
-      return round * num_blocks + (round % 2 == 0 ? int(blockIdx.x) : num_blocks - 1 - int(blockIdx.x));
-    };
+    // The zigzag of persistent_tile over the G resident blocks.
+    auto round_tile = [&](int round) { return persistent_tile(round, int(blockIdx.x), int(gridDim.x)); };
     for (int round = 0, tile = blockIdx.x; tile < num_tiles; tile = round_tile(++round)) {
       int const next = round_tile(round + 1);
       run_tile(FwdTileCoord(tile, num_m_blocks, params, is_causal), next < num_tiles ? next : -1);

@@ -72,6 +72,10 @@ void run_fwd_sm80(FwdParams const& problem, cudaStream_t stream) {
     // Persistent: as many blocks as fit on the GPU at once, each looping over tiles.
     long long const resident_blocks = sm80_resident_blocks<Traits, kMaskMode>(device);
     long long const num_blocks = Traits::kPersistent ? std::min(num_tiles, resident_blocks) : num_tiles;
+    if (Traits::kPersistent && params.is_causal) {  // the section that deals these tiles most evenly
+      params.causal_section =
+          persistent_causal_section<Traits::kBlockM, Traits::kBlockN>(params, static_cast<int>(num_blocks));
+    }
     fwd_kernel_sm80<Traits, kMaskMode>
         <<<dim3(static_cast<unsigned>(num_blocks)), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
   });

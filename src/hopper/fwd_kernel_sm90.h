@@ -125,17 +125,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   int const num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   int const num_tiles = num_m_blocks * p.nheads * p.batch * (Traits::kSplitKV ? max(p.num_splits, 1) : 1);
-  // Persistent: in round r CTA b takes tile r * G + b, or r * G + (G - 1 - b) in odd
-  // rounds (G CTAs, one per SM). Causal tiles are numbered longest first (FwdTileCoord):
-  // a plain stride would give CTA 0 the longest tile of every round, about 12% more work
-  // than CTA G - 1 at N=8192 (measured: persistent causal 568 against 621 TFLOP/s
-  // non-persistent); the zigzag pairs each round's longest with the next one's shortest.
+  // Persistent: the zigzag of persistent_tile (G CTAs, one per SM). Causal tiles are
+  // numbered longest first (FwdTileCoord): a plain stride would give CTA 0 the longest tile
+  // of every round, about 12% more work than CTA G - 1 at N=8192 (measured: persistent
+  // causal 568 against 621 TFLOP/s non-persistent). How evenly the zigzag deals the tiles
+  // also depends on the L2 section, which the launcher picks for it.
   auto round_tile = [&](int round) {
     if constexpr (!Traits::kPersistent) {
       return round == 0 ? int(blockIdx.x) : num_tiles;
     } else {
-      int const g = gridDim.x;
-      return round * g + (round % 2 == 0 ? int(blockIdx.x) : g - 1 - int(blockIdx.x));
+      return persistent_tile(round, int(blockIdx.x), int(gridDim.x));
     }
   };
   auto key_range = [&](FwdTileCoord const& c) {

@@ -108,6 +108,10 @@ void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
     // Persistent: one CTA per SM (shared memory admits no second), each looping over tiles.
     long long const num_sms = sm90_prepare_device<Traits, kCausal>(device);
     long long const grid = Traits::kPersistent ? std::min(num_tiles, num_sms) : num_tiles;
+    if (Traits::kPersistent && kCausal) {  // the section that deals this grid's tiles most evenly
+      kernel_params.fwd.causal_section =
+          persistent_causal_section<Traits::kBlockM, Traits::kBlockN>(params, static_cast<int>(grid));
+    }
     fwd_kernel_sm90<Traits, kCausal><<<dim3(static_cast<unsigned>(grid)), Traits::kNumThreads,
                                        Traits::kSmemSize, stream>>>(kernel_params);
   });

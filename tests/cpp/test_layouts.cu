@@ -125,7 +125,7 @@ void check_traits(char const* what) {
 // block never grows with the tile number, and a section's (batch, head) pairs stay within
 // causal_section() of each other.
 void check_tile_order(int batch, int nheads, int nheads_k, int num_splits, int seqlen_q, int seqlen_k,
-                      int head_dim, bool causal, int block_m) {
+                      int head_dim, bool causal, int block_m, int section = 0) {
   fa_cute::FwdParams params{};
   params.batch = batch;
   params.nheads = nheads;
@@ -135,7 +135,7 @@ void check_tile_order(int batch, int nheads, int nheads_k, int num_splits, int s
   params.seqlen_k = seqlen_k;
   params.head_dim = head_dim;
   params.is_causal = causal;
-  params.causal_section = fa_cute::causal_section(params);
+  params.causal_section = section > 0 ? section : fa_cute::causal_section(params);
   int const num_m = (seqlen_q + block_m - 1) / block_m;
   int const num_bh = nheads * batch * num_splits;
   int const num_tiles = num_m * num_bh;
@@ -159,6 +159,35 @@ void check_tile_order(int batch, int nheads, int nheads_k, int num_splits, int s
          "%d order violations (section %d pairs)",
          batch, nheads, nheads_k, num_splits, seqlen_q, seqlen_k, head_dim, int(causal), bad, int(seen.size()),
          num_tiles, order, params.causal_section);
+}
+
+// persistent_causal_section deals a persistent grid's causal tiles evenly: the busiest CTA
+// within 5% of the mean work where the L2 bound's own section gives 1.2x or more (d=128,
+// 128x128, 132 CTAs, B = 16384/N, H = 16), never a section past the bound, and never a
+// busier CTA than the bound's section.
+template <int kBlockM, int kBlockN>
+void check_persistent_balance(int seqlen, int nheads, int head_dim, int grid, double max_ratio) {
+  fa_cute::FwdParams params{};
+  params.batch = 16384 / seqlen;
+  params.nheads = params.nheads_k = nheads;
+  params.num_splits = 1;
+  params.seqlen_q = params.seqlen_k = seqlen;
+  params.head_dim = head_dim;
+  params.is_causal = true;
+  int const bound = fa_cute::causal_section(params);
+  params.causal_section = bound;
+  auto const at_bound = fa_cute::persistent_causal_load<kBlockM, kBlockN>(params, grid);
+  int const section = fa_cute::persistent_causal_section<kBlockM, kBlockN>(params, grid);
+  params.causal_section = section;
+  auto const picked = fa_cute::persistent_causal_load<kBlockM, kBlockN>(params, grid);
+  double const ratio = double(picked.busiest) * grid / double(picked.total);
+  EXPECT(section >= 1 && section <= bound && picked.busiest <= at_bound.busiest && ratio <= max_ratio &&
+             picked.total == at_bound.total,
+         "persistent causal section N=%d H=%d d=%d %dx%d on %d CTAs: picked %d (bound %d), busiest/mean %.3f "
+         "(bound's %.3f), total %lld vs %lld",
+         seqlen, nheads, head_dim, kBlockM, kBlockN, grid, section, bound, ratio,
+         double(at_bound.busiest) * grid / double(at_bound.total), picked.total, at_bound.total);
+  check_tile_order(params.batch, nheads, nheads, 1, seqlen, seqlen, head_dim, true, kBlockM, section);
 }
 
 void check_registry() {
@@ -256,6 +285,14 @@ int main() {
     check_tile_order(3, 7, 7, 1, 1000, 70000, 256, causal, 128);
     check_tile_order(2, 8, 2, 5, 64, 3000, 64, causal, 64);
     check_tile_order(1, 1, 1, 1, 1, 1, 64, causal, 64);
+  }
+  check_tile_order(16, 16, 4, 1, 1024, 1024, 128, true, 128, 3);
+  check_tile_order(3, 7, 7, 1, 1000, 70000, 256, true, 128, 5);
+  for (int n : {512, 1024, 2048, 4096}) {
+    check_persistent_balance<128, 128>(n, 16, 128, 132, 1.05);
+    check_persistent_balance<192, 112>(n, 32, 64, 132, 1.05);
+    check_persistent_balance<192, 96>(n, 21, 96, 132, 1.07);
+    check_persistent_balance<128, 128>(n, 16, 128, 264, 1.08);  // the sm80 kernel, 2 blocks per SM
   }
   check_registry();
   return expect_summary();
