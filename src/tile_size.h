@@ -55,11 +55,13 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 //   d=128 non-causal: 128x128 persistent with ping-pong and lazy rescale (ladder rung 16)
 //     led every other Hopper variant at every N (fwd_bench, 610-709 TFLOP/s in bursts);
 //     128x176 as FlashAttention-3 picks it ran 2-6% slower with ping-pong, 7% without.
-//   d=128 causal: 128x176 non-persistent from seqlen_q 4096 (532 / 589 / 618 against
-//     482 / 510 / 526 persistent at N = 4096 / 8192 / 16384, sustained: the hardware's
-//     block scheduler balances tiles of unequal length better than the static zigzag);
-//     128x128 persistent up to 2048 (260 / 360 against 193 / 321 at N = 512 / 1024, equal
-//     at 2048: short tiles gain most from the next tile's loads under this one's epilogue).
+//   d=128 causal: 128x128 persistent up to seqlen_q 8192, 128x176 non-persistent above.
+//     Since the persistent launch picks its L2 section for an even static schedule
+//     (persistent_causal_section, fwd_tile_coord.h), 128x128 persistent ran 551-580 / 592-594
+//     against 517-522 / 573-584 TFLOP/s for 128x176 at N = 4096 / 8192, but 562-570 against
+//     638-645 at 16384 (fwd_bench, sustained, perf-notes v9; 8192 to 16384 not measured).
+//     At N = 512 / 1024 it had beaten 128x176 before (260 / 360 against 193 / 321): short
+//     tiles gain most from the next tile's loads under this one's epilogue.
 //   d=64: 192x112, 3 consumer warpgroups (+7-22% over 2 warpgroups with 128x192, whose
 //     softmax took as long as the GEMMs); persistent, but causal above seqlen_q 4096 not
 //     (479 / 511 against 461 / 498 at N = 8192 / 16384; 351 / 407 against 325 / 395
@@ -123,7 +125,7 @@ constexpr FwdTile sm90_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
     case 64: return FwdTile{192, 112, 16, !(causal && seqlen_q > 4096)};
     case 96: return seqlen_q <= 512 ? FwdTile{128, 128, 12, true} : FwdTile{192, 96, 16, true};
     case 128:
-      return causal && seqlen_q > 2048 ? FwdTile{128, 176, 12, false} : FwdTile{128, 128, 12, true};
+      return causal && seqlen_q > 8192 ? FwdTile{128, 176, 12, false} : FwdTile{128, 128, 12, true};
     case 192: return FwdTile{128, 112, 12, !causal};
     case 256: return FwdTile{128, 64, 12, false};
     default: return FwdTile{0, 0, 0, false};
