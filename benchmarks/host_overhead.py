@@ -1,0 +1,66 @@
+"""Where a small forward call's time goes (needs a CUDA GPU): host microseconds of each piece
+of fa_cute.forward for a GQA decode step, then the time per call of eager calls issued back
+to back, of CUDA-graph replays and of SDPA's cuDNN and FLASH backends (docs/perf-notes.md v9).
+
+    python3 benchmarks/host_overhead.py
+"""
+import time, torch, torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+import fa_cute
+from fa_cute import _api, _C
+
+def host_us(fn, n=2000):
+    for _ in range(50): fn()
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(n): fn()
+    cpu = (time.perf_counter() - t) / n * 1e6
+    torch.cuda.synchronize()
+    return cpu
+
+def gpu_us(fn, n=1000):
+    for _ in range(50): fn()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(); s.record()
+    for _ in range(n): fn()
+    e.record(); e.synchronize()
+    return s.elapsed_time(e) / n * 1e3
+
+for nk in (512, 4096):
+    b, h, hk, d = 16, 32, 8, 128
+    q = torch.randn(b, 1, h, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(b, nk, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    fwd = lambda: fa_cute.forward(q, k, v)
+    launch = _api._validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None, config="auto", out=None)
+    out = torch.empty_like(q)
+    buffers = _api._split_kv_buffers(launch, q.device)
+    stream = torch.cuda.current_stream().cuda_stream
+    args = (*_api._kernel_args(launch, q, k, v, out, None), q.device.index, stream, False, *_api._split_kv_args(buffers))
+    print(f"decode B={b} H={h} H_kv={hk} d={d} N_k={nk}: config {launch.config}, splits {buffers[0] if buffers else 1}")
+    pieces = {
+        "forward (whole call)": fwd,
+        "_validate_cached": lambda: _api._validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None, config="auto", out=None),
+        "torch.empty_like(q)": lambda: torch.empty_like(q),
+        "current_stream().cuda_stream": lambda: torch.cuda.current_stream(q.device).cuda_stream,
+        "_split_kv_buffers": lambda: _api._split_kv_buffers(launch, q.device),
+        "_kernel_args": lambda: _api._kernel_args(launch, q, k, v, out, None),
+        "_C.forward (prepared args)": lambda: _C.forward(*args),
+    }
+    for name, fn in pieces.items():
+        print(f"  host {name:32s} {host_us(fn):7.2f} us")
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s): fwd()
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g): go = fwd()
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    def sdpa(be):
+        def f():
+            with sdpa_kernel(be):
+                return F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
+        return f
+    for name, fn in (("fa_cute eager", fwd), ("fa_cute graph replay", g.replay), ("_C.forward alone", lambda: _C.forward(*args)),
+                     ("SDPA cuDNN eager", sdpa(SDPBackend.CUDNN_ATTENTION)), ("SDPA FLASH eager", sdpa(SDPBackend.FLASH_ATTENTION))):
+        try:
+            print(f"  back-to-back {name:24s} {gpu_us(fn):7.2f} us per call (host {host_us(fn, 500):6.2f})")
+        except Exception as exc:
+            print(f"  {name}: {type(exc).__name__}: {str(exc)[:100]}")
