@@ -247,23 +247,10 @@ def _launch(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return _launch_on_current_device(launch, q, k, v, out, lse, timed)
 
 
-# PyTorch's raw lookup of the current stream returns the cudaStream_t as an int without
-# building a torch.cuda.Stream (`current_stream().cuda_stream` took 3.3 us of a 38 us
-# decode call's host time on the H100 machine, perf-notes v9). It is private API, so the
-# public call stays as the fallback.
-_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def _current_raw_stream(device_index: int) -> int:
-    if _RAW_STREAM is not None:
-        return _RAW_STREAM(device_index)
-    return torch.cuda.current_stream(device_index).cuda_stream
-
-
 def _launch_on_current_device(launch: _Launch, q: torch.Tensor, k: torch.Tensor,
                               v: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
                               timed: bool) -> float:
-    stream = _current_raw_stream(q.device.index)
+    stream = torch.cuda.current_stream(q.device).cuda_stream
     # The split buffers must stay referenced until the launch is queued (then the caching
     # allocator orders their reuse after the kernel on this stream).
     buffers = _split_kv_buffers(launch, q.device)
