@@ -35,6 +35,7 @@ class Sm80Config(NamedTuple):
     persistent: bool = False
     direct_o_store: bool = False
     lazy_rescale: bool = False
+    ping_pong: bool = False
     rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
     slug: str = ""              # ladder rung's short name
 
@@ -42,7 +43,7 @@ class Sm80Config(NamedTuple):
     def name(self) -> str:
         if self.rung is not None:
             return f"ladder{self.rung:02d}_{self.slug}_d{self.head_dim}"
-        family = "sm80p" if self.persistent else "sm80"
+        family = "sm80p" if self.persistent else "sm80pp" if self.ping_pong else "sm80"
         return f"{family}_m{self.block_m}n{self.block_n}w{self.num_warps}_d{self.head_dim}"
 
 
@@ -57,7 +58,11 @@ SM80_CONFIGS = [
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps, persistent: next tile's Q/K load under this tile's O store",
                reverse_kv=False, persistent=True),
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
+    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps in two groups taking turns at the tensor cores (ping-pong)",
+               reverse_kv=False, ping_pong=True),
     Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
+    Sm80Config(128, 128, 64, 4, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM", reverse_kv=False),
+    Sm80Config(128, 256, 64, 8, "256x64 tile, 8 warps (32 rows each), persistent", reverse_kv=False, persistent=True),
     # Not built: 64x128 with 4 warps (S alone is 128 registers: 88 B of spills).
     # 64 query rows: short queries (decode) and 2 blocks per SM.
     Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: short queries, 2 blocks per SM", reverse_kv=False),
@@ -230,7 +235,8 @@ using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {ele
                              /*kSwizzle=*/{swizzle}, /*kOverlapLoads=*/{overlap_loads},
                              /*kRegPrefetch=*/{reg_prefetch}, /*kReverseKV=*/{reverse_kv},
                              /*kPersistent=*/{persistent}, /*kDirectOStore=*/{direct_o_store},
-                             /*kLazyRescale=*/{lazy_rescale}, /*kLadderRung=*/{ladder_rung}>;
+                             /*kLazyRescale=*/{lazy_rescale}, /*kPingPong=*/{ping_pong},
+                             /*kLadderRung=*/{ladder_rung}>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps},
@@ -251,7 +257,7 @@ def expected_files() -> dict[str, str]:
     for cfg in SM80_CONFIGS + LADDER_CONFIGS:
         fields = cfg._asdict()
         for knob in ("swizzle", "overlap_loads", "reg_prefetch", "reverse_kv", "persistent", "direct_o_store",
-                     "lazy_rescale"):
+                     "lazy_rescale", "ping_pong"):
             fields[knob] = _cpp_bool(fields[knob])
         fields["rung"] = -1 if cfg.rung is None else cfg.rung
         fields["ladder_rung"] = 0 if cfg.rung is None else cfg.rung

@@ -4,7 +4,7 @@
 //   fwd_bench --list
 //   fwd_bench [--config NAME] [--dtype bf16|fp16] [--batch B] [--seqlen N] [--seqlen-q NQ]
 //             [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] [--warmup W]
-//             [--warmup-ms T] [--check REF]
+//             [--warmup-ms T] [--check REF] [--layout bshd|bhnd] [--splits S] [--flush-l2 MIB]
 //
 // --check REF also runs config REF once on the same inputs and compares O and the LSE
 // element by element (a new kernel against one the pytest grid has verified), failing
@@ -20,7 +20,9 @@
 // GPU's full power (the Hopper kernel, ~700 W on an H100) runs ~10% slower once the power
 // cap lowers the clock. --warmup-ms T keeps launching (after the W warm-up launches) until
 // T ms of GPU time have passed, so that the timed launches see the sustained state (300 ms
-// settles an H100; docs/perf-notes.md v7). Compare with other libraries through
+// settles an H100; docs/perf-notes.md v7). --flush-l2 MIB overwrites a MIB-sized buffer
+// before each timed launch, as triton.testing.do_bench does: cold L2, and a memory-bound
+// kernel between launches. Compare with other libraries through
 // `python -m fa_cute.bench` (sustained do_bench timing).
 
 #include <algorithm>
@@ -60,6 +62,7 @@ struct Options {
   int warmup = 5;
   int warmup_ms = 0;  // > 0: keep warming up until this much GPU time has passed
   int splits = 0;     // > 0: split-KV parts instead of the kernel's heuristic
+  int flush_mb = 0;   // > 0: overwrite this many MiB before each timed launch (do_bench's L2 flush)
   bool causal = false;
   bool list = false;
   // Memory order of Q, K, V and O: "bshd" (FlashAttention's (batch, seqlen, heads, d)) or
@@ -72,7 +75,7 @@ struct Options {
   std::fprintf(stderr,
                "fwd_bench: %s\nusage: fwd_bench --list | [--config NAME] [--dtype bf16|fp16] "
                "[--batch B] [--seqlen N] [--seqlen-q NQ] [--heads H] [--heads-k HK] [--causal 0|1] [--iters I] "
-               "[--warmup W] [--warmup-ms T] [--check REF] [--layout bshd|bhnd] [--splits S]\n",
+               "[--warmup W] [--warmup-ms T] [--check REF] [--layout bshd|bhnd] [--splits S] [--flush-l2 MIB]\n",
                message.c_str());
   std::exit(2);
 }
@@ -106,6 +109,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--check") o.check = value;
     else if (flag == "--layout") o.layout = value;
     else if (flag == "--splits") o.splits = positive_int("--splits", value);
+    else if (flag == "--flush-l2") o.flush_mb = positive_int("--flush-l2", value);
     else if (flag == "--iters") o.iters = positive_int("--iters", value);
     else if (flag == "--warmup") o.warmup = positive_int("--warmup", value);
     else if (flag == "--warmup-ms") o.warmup_ms = positive_int("--warmup-ms", value);
@@ -367,7 +371,13 @@ int run(Options const& o) {
 
   std::vector<cudaEvent_t> events(2 * o.iters);
   for (cudaEvent_t& e : events) check_cuda(cudaEventCreate(&e), "cudaEventCreate");
+  // --flush-l2: each timed launch starts with a cold L2 and after a memory-bound kernel,
+  // as under triton.testing.do_bench (python -m fa_cute.bench).
+  void* flush = nullptr;
+  size_t const flush_bytes = size_t(o.flush_mb) << 20;
+  if (flush_bytes > 0) check_cuda(cudaMalloc(&flush, flush_bytes), "cudaMalloc(flush)");
   for (int i = 0; i < o.iters; ++i) {
+    if (flush != nullptr) check_cuda(cudaMemsetAsync(flush, 0, flush_bytes, stream), "cudaMemsetAsync(flush)");
     check_cuda(cudaEventRecord(events[2 * i], stream), "cudaEventRecord");
     kernel.launch(params, stream);
     check_cuda(cudaEventRecord(events[2 * i + 1], stream), "cudaEventRecord");
@@ -391,6 +401,7 @@ int run(Options const& o) {
   float back_to_back_ms = 0.f;
   check_cuda(cudaEventElapsedTime(&back_to_back_ms, events[0], events[1]), "cudaEventElapsedTime");
   for (cudaEvent_t e : events) check_cuda(cudaEventDestroy(e), "cudaEventDestroy");
+  if (flush != nullptr) check_cuda(cudaFree(flush), "cudaFree(flush)");
   for (void* b : buffers) check_cuda(cudaFree(b), "cudaFree");
   for (float* b : accum) check_cuda(cudaFree(b), "cudaFree");
   check_cuda(cudaFree(lse), "cudaFree(lse)");
