@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Registers, stack frame and spills of every kernel in a build log made with ptxas -v
 (FA_CUTE_PTXAS_VERBOSE, on by default); exit status 1 if any kernel spills, except the
-general (masking) variant of the sm80 kernel within GENERAL_SPILL_BUDGET, or if ptxas
+general (masking) variants of the sm80 kernel within GENERAL_SPILL_BUDGET and the sm80
+kernel's 4-warp 128x64 tiles within FOUR_WARP_SPILL_BUDGET, or if ptxas
 warns that it ignored setmaxnreg or serialised wgmma (the Hopper kernel's C75xx warnings:
 C7508 setmaxnreg ignored, C7509-C7515 wgmma serialised; docs/hopper-plan.md sec. 9).
 
@@ -23,6 +24,15 @@ import sys
 # not spill at all.
 GENERAL_SPILL_BUDGET = 128  # bytes of spill stores
 GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*FwdMaskModeE[12]EEEvNS_9FwdParamsE$")
+# fwd_kernel_sm80<Sm80FwdTraits<d, 128, 64, 4, ...>, any mask mode>, d <= 128: the default
+# tile at d = 64-128 (src/tile_size.h). 4 warps of 32 rows hold O (d/2 registers a
+# thread) and S (64) and leave ptxas short of registers: it spills 80 B at d=128 in the
+# mask-free variant, up to 220 B in the masking ones (sm_90). Measured on the H100 the
+# tile still runs 4-17% faster than the spill-free 8-warp 128x128 tile, because its
+# 2 blocks per SM and halved ldmatrix traffic outweigh a dozen local loads and stores per
+# main-loop iteration of ~900 instructions (docs/perf-notes.md v10).
+FOUR_WARP_SPILL_BUDGET = 256  # bytes of spill stores
+FOUR_WARP_KERNEL = re.compile(r"fwd_kernel_sm80INS_13Sm80FwdTraitsILi(64|96|128)ELi128ELi64ELi4E")
 
 
 def parse(log: str) -> list:
@@ -72,10 +82,15 @@ def main() -> int:
               f"spill st/ld {k.get('spill_st', '?')}/{k.get('spill_ld', '?')}  "
               f"{name.replace('fa_cute::', '').replace('cutlass::', '')[:120]}")
     spilling = [k for k in kernels if k.get("spill_st") or k.get("spill_ld")]
-    allowed = [k for k in spilling if GENERAL_KERNEL.search(k["name"])
-               and k.get("spill_st", 0) <= GENERAL_SPILL_BUDGET]
-    print(f"{len(kernels)} kernels, {len(spilling)} with spills, {len(allowed)} of them masking "
-          f"sm80 kernels within the {GENERAL_SPILL_BUDGET}-byte budget")
+    def allowed_spill(k: dict) -> bool:
+        if FOUR_WARP_KERNEL.search(k["name"]):
+            return k.get("spill_st", 0) <= FOUR_WARP_SPILL_BUDGET
+        return bool(GENERAL_KERNEL.search(k["name"])) and k.get("spill_st", 0) <= GENERAL_SPILL_BUDGET
+
+    allowed = [k for k in spilling if allowed_spill(k)]
+    print(f"{len(kernels)} kernels, {len(spilling)} with spills, {len(allowed)} of them within "
+          f"their budgets (sm80 masking variants {GENERAL_SPILL_BUDGET} B, 4-warp 128x64 tiles "
+          f"{FOUR_WARP_SPILL_BUDGET} B)")
     return 1 if len(spilling) > len(allowed) or warnings else 0
 
 

@@ -103,17 +103,6 @@ __forceinline__ __device__ void convert_type_into(TensorS const& src, TensorD& d
       convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(src.data()));
 }
 
-// Named barriers: bar.sync waits for num_threads arrivals at barrier id (id 0 is
-// __syncthreads), bar.arrive counts one without waiting. Both order the caller's earlier
-// shared-memory accesses before the waiters' later ones. CUTLASS's NamedBarrier compiles
-// to a trap below sm_90, and the sm80-instruction kernel runs on every arch.
-__forceinline__ __device__ void named_barrier_sync(int id, int num_threads) {
-  asm volatile("bar.sync %0, %1;" : : "r"(id), "r"(num_threads) : "memory");
-}
-__forceinline__ __device__ void named_barrier_arrive(int id, int num_threads) {
-  asm volatile("bar.arrive %0, %1;" : : "r"(id), "r"(num_threads) : "memory");
-}
-
 // Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
 // whose numerators go negative when seqlen_q > seqlen_k.
 CUTE_HOST_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }

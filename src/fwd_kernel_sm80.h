@@ -32,9 +32,6 @@ namespace fa_cute {
 // persistent, fwd_bench): the general kernel runs even non-causal shapes 4-5% slower (325
 // against 340 TFLOP/s at N=4096), though its extra code never executes there: ptxas gives
 // its main loop a worse register allocation and schedule.
-// Ping-pong (Traits::kPingPong): named barriers kBarrierTurn0 + g open warp group g's turn.
-constexpr int kBarrierTurn0 = 1;
-
 template <class Traits, FwdMaskMode kMaskMode>
 // __launch_bounds__ asks for no more than one resident block: forcing 3 blocks per SM on
 // the 64-row decode tile (168 registers) made decode 4-8% slower (fwd_bench, H100, packed
@@ -96,55 +93,42 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   auto key_range = [&](FwdTileCoord const& c) { return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, params); };
 
   // --- Shared tensors ---------------------------------------------------------------------
-  // K and V have Traits::kKVStages buffers each (2 with ping-pong); sK and sV are stage 0,
-  // kv_stage() offsets a view of them to another stage.
   extern __shared__ __align__(128) char smem[];
   Tensor sQ = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(smem)),
-                          typename Traits::SmemLayoutQ{});                                  // (BLK_M,D)
-  Tensor sK = make_tensor(sQ.data() + size(sQ), typename Traits::SmemLayoutKV{});            // (BLK_N,D)
-  Tensor sV = make_tensor(sK.data() + Traits::kKVStages * size(sK), typename Traits::SmemLayoutKV{});  // (BLK_N,D)
-  Tensor sVt = make_tensor(sV.data(), typename Traits::SmemLayoutVt{});                      // (D,BLK_N)
-  Tensor sVtNoSwizzle = make_tensor(sV.data(), typename Traits::SmemLayoutVtNoSwizzle{});    // (D,BLK_N)
-  Tensor sO = make_tensor(Traits::kPersistent && !Traits::kDirectOStore ? sV.data() + Traits::kKVStages * size(sV)
-                                                                        : sQ.data(),
-                          typename Traits::SmemLayoutO{});                                  // (BLK_M,D)
-  // A partition of a stage-0 K or V buffer moved to stage st: stages are whole swizzle
-  // periods apart, so the same layout holds.
-  auto kv_stage = [&](auto const& t, int st) { return make_tensor(t.data() + st * size(sK), t.layout()); };
+                          typename Traits::SmemLayoutQ{});                               // (BLK_M,D)
+  Tensor sK = make_tensor(sQ.data() + size(sQ), typename Traits::SmemLayoutKV{});         // (BLK_N,D)
+  Tensor sV = make_tensor(sK.data() + size(sK), typename Traits::SmemLayoutKV{});         // (BLK_N,D)
+  Tensor sVt = make_tensor(sV.data(), typename Traits::SmemLayoutVt{});                   // (D,BLK_N)
+  Tensor sVtNoSwizzle = make_tensor(sV.data(), typename Traits::SmemLayoutVtNoSwizzle{}); // (D,BLK_N)
+  Tensor sO = make_tensor(Traits::kPersistent && !Traits::kDirectOStore ? sV.data() + size(sV) : sQ.data(),
+                          typename Traits::SmemLayoutO{});                               // (BLK_M,D)
 
   // --- Global -> shared copies (cp.async, 16 bytes) --------------------------------------------
-  typename Traits::GmemTiledCopyQ gmem_tiled_copy_Q;
-  auto gmem_thr_copy_Q = gmem_tiled_copy_Q.get_thread_slice(tidx);
-  typename Traits::GmemTiledCopyKV gmem_tiled_copy_KV;
-  auto gmem_thr_copy_KV = gmem_tiled_copy_KV.get_thread_slice(tidx % Traits::kLoadThreadsKV);
-  Tensor tQsQ = gmem_thr_copy_Q.partition_D(sQ);    // (CPY,CPY_M,CPY_D)
-  Tensor tKsK0 = gmem_thr_copy_Q.partition_D(sK);   // (CPY,CPY_N,CPY_D)  a tile's first K block
-  Tensor tKsK = gmem_thr_copy_KV.partition_D(sK);   // (CPY,CPY_N,CPY_D)
-  Tensor tVsV = gmem_thr_copy_KV.partition_D(sV);   // (CPY,CPY_N,CPY_D)
+  typename Traits::GmemTiledCopyQKV gmem_tiled_copy_QKV;
+  auto gmem_thr_copy_QKV = gmem_tiled_copy_QKV.get_thread_slice(tidx);
+  Tensor tQsQ = gmem_thr_copy_QKV.partition_D(sQ);  // (CPY,CPY_M,CPY_D)
+  Tensor tKsK = gmem_thr_copy_QKV.partition_D(sK);  // (CPY,CPY_N,CPY_D)
+  Tensor tVsV = gmem_thr_copy_QKV.partition_D(sV);  // (CPY,CPY_N,CPY_D)
   // Whole tiles take the unpredicated copy; only a ragged last tile pays for row checks.
   // Coordinate tensors (identity tensors partitioned like the data) are made where they
   // are used, never kept across the main loop: every register there is taken.
-  auto load_rows = [&](auto const& tiled_copy, auto const& thr_copy, auto const& src, auto&& dst,
-                       auto tile_shape, int num_rows) {
+  auto load_rows = [&](auto const& src, auto& dst, auto tile_shape, int num_rows) {
     constexpr int tile_rows = decltype(size<0>(tile_shape))::value;
     if (kEven || num_rows >= tile_rows) {
-      copy(tiled_copy, src, dst);
+      copy(gmem_tiled_copy_QKV, src, dst);
     } else {
-      copy_rows</*kZeroFillRest=*/true>(tiled_copy, src, dst, thr_copy.partition_S(make_identity_tensor(tile_shape)),
-                                        num_rows);
+      copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy_QKV, src, dst,
+                                        gmem_thr_copy_QKV.partition_S(make_identity_tensor(tile_shape)), num_rows);
     }
   };
   auto load_Q = [&](FwdTileCoord const& c) {
-    load_rows(gmem_tiled_copy_Q, gmem_thr_copy_Q, gmem_thr_copy_Q.partition_S(gQ(c)), tQsQ, TileQ{},
-              params.seqlen_q - c.m_block * kBlockM);
+    load_rows(gmem_thr_copy_QKV.partition_S(gQ(c)), tQsQ, TileQ{}, params.seqlen_q - c.m_block * kBlockM);
   };
-  auto load_K = [&](FwdTileCoord const& c, int n, int st = 0) {
-    load_rows(gmem_tiled_copy_KV, gmem_thr_copy_KV, gmem_thr_copy_KV.partition_S(gK(c, n)), kv_stage(tKsK, st),
-              TileKV{}, params.seqlen_k - n * kBlockN);
+  auto load_K = [&](FwdTileCoord const& c, int n) {
+    load_rows(gmem_thr_copy_QKV.partition_S(gK(c, n)), tKsK, TileKV{}, params.seqlen_k - n * kBlockN);
   };
-  auto load_V = [&](FwdTileCoord const& c, int n, int st = 0) {
-    load_rows(gmem_tiled_copy_KV, gmem_thr_copy_KV, gmem_thr_copy_KV.partition_S(gV(c, n)), kv_stage(tVsV, st),
-              TileKV{}, params.seqlen_k - n * kBlockN);
+  auto load_V = [&](FwdTileCoord const& c, int n) {
+    load_rows(gmem_thr_copy_QKV.partition_S(gV(c, n)), tVsV, TileKV{}, params.seqlen_k - n * kBlockN);
   };
   // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
   // nothing for a tile that sees no key.
@@ -152,11 +136,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     FwdKeyRange const keys = key_range(c);
     if (keys.num_blocks() <= 0) return;
     load_Q(c);
-    if constexpr (Traits::kOverlapLoads) {
-      int const n = keys.template block<Traits::kReverseKV>(0);
-      load_rows(gmem_tiled_copy_Q, gmem_thr_copy_Q, gmem_thr_copy_Q.partition_S(gK(c, n)), tKsK0, TileKV{},
-                params.seqlen_k - n * kBlockN);
-    }
+    if constexpr (Traits::kOverlapLoads) { load_K(c, keys.template block<Traits::kReverseKV>(0)); }
     cp_async_fence();
   };
 
@@ -222,33 +202,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // that the loop over the middle blocks neither tests it nor keeps the next tile's
     // number in a register (ptxas had rematerialised it: 10-15 integer instructions in
     // every iteration, 3% at N=4096).
-    // The three steps of a key block, in kv stage st: S = Q K^T, the softmax (P in
-    // registers, O rescaled), O += P V.
-    auto compute_scores = [&](auto& acc_s, int st) __attribute__((always_inline)) {
-      gemm_ss<kPrefetch>(acc_s, tSrQ, tSrK, tSsQ, kv_stage(tSsK, st), tiled_mma, smem_tiled_copy_Q,
-                         smem_tiled_copy_K, smem_thr_copy_Q, smem_thr_copy_K);
-    };
-    auto compute_p = [&](auto& acc_s, int n_block, auto is_first, auto is_masked) __attribute__((always_inline)) {
-      if (flag(is_masked)) { mask_scores(acc_s, coord.m_block, n_block); }
-      softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
-      return convert_type<Element>(acc_s);
-    };
-    auto accumulate_o = [&](auto const& rP, int st) __attribute__((always_inline)) {
-      Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA,MMA_M,MMA_N/2)
-      gemm_rs<kPrefetch>(acc_o, tOrP, tOrVt, kv_stage(tOsVt, st), tiled_mma, smem_tiled_copy_V, smem_thr_copy_V);
-    };
-
-    // is_first: no previous block, so nothing to rescale. is_masked: the block needs the
-    // seqlen_k or causal mask. Both are compile-time, so that the loop over the blocks that
-    // need neither (all but one or two per tile) holds no masking code: with the mask as a
-    // run-time branch in the one loop, the persistent d=128 kernel went from 233 to 255
-    // registers and lost 10% (fwd_bench, H100, N=4096: 304 against 340 TFLOP/s).
-    // is_last: no next key block; the persistent next tile's first loads go here. In
-    // persistent mask-free kernels a compile-time flag outside the first iteration, so
-    // that the loop over the middle blocks neither tests it nor keeps the next tile's
-    // number in a register (ptxas had rematerialised it: 10-15 integer instructions in
-    // every iteration, 3% at N=4096).
-    auto iteration_block_sync = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
+    auto iteration = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
       int const n_block = keys.template block<Traits::kReverseKV>(i);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
       clear(acc_s);
@@ -268,7 +222,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         __syncthreads();
       }
 
-      compute_scores(acc_s, 0);
+      gemm_ss<kPrefetch>(acc_s, tSrQ, tSrK, tSsQ, tSsK, tiled_mma, smem_tiled_copy_Q,
+                         smem_tiled_copy_K, smem_thr_copy_Q, smem_thr_copy_K);
 
       if constexpr (Traits::kOverlapLoads) {
         cp_async_wait<0>();
@@ -286,60 +241,12 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         if (flag(is_last) && next_tile >= 0) { load_first(FwdTileCoord(next_tile, num_m_blocks, params, is_causal)); }
       }
 
-      accumulate_o(compute_p(acc_s, n_block, is_first, is_masked), 0);
-    };
+      if (flag(is_masked)) { mask_scores(acc_s, coord.m_block, n_block); }
+      softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
 
-    // Ping-pong (Traits::kPingPong). With the block-wide barriers above, every warp
-    // leaves each barrier at the same time, so all of them run their softmax at once and
-    // the tensor cores idle meanwhile. Here the warps form two groups that take turns: a
-    // turn is one group's O += P_{j-1} V_{j-1} and S_j = Q K_j^T, issued back to back, and
-    // the other group runs its softmax during it. Group g's turn opens at named barrier
-    // kBarrierTurn0 + g (256 threads: g's own 128 syncing, the other group's 128
-    // arriving as they hand the turn over). Each group computes exactly what it computed
-    // before, in the same order; only the waits moved.
-    // Loads: group 0 alone, at the start of its turn j (the one that reads V_{j-1} and
-    // K_j), brings K_{j+1} and V_j into their stages (2 of each). Those stages last held
-    // K_{j-1} and V_{j-2}, which both groups finished in their turns j-1: group 1's turn
-    // j-1 ended before group 0's turn j opened. Group 0 waits for its copies just before
-    // a turn opens, so the data its turn reads is complete, and visible to group 1, whose
-    // turn opens only after group 0's has ended.
-    int const group = tidx / Traits::kLoadThreadsKV;
-    auto turn_open = [&] { named_barrier_sync(kBarrierTurn0 + group, Traits::kNThreads); };
-    auto turn_pass = [&] { named_barrier_arrive(kBarrierTurn0 + 1 - group, Traits::kNThreads); };
-    auto load_for_turn = [&](int j) {  // group 0, as turn j opens: K_{j+1} and V_j
-      if (group != 0) return;
-      if (j + 1 < num_blocks) load_K(coord, keys.template block<Traits::kReverseKV>(j + 1), (j + 1) % 2);
-      if (j < num_blocks) load_V(coord, keys.template block<Traits::kReverseKV>(j), j % 2);
-      cp_async_fence();
-    };
-    auto iteration_ping_pong = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
-      int const n_block = keys.template block<Traits::kReverseKV>(i);
-      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
-      clear(acc_s);
-      if (flag(is_first)) {
-        cp_async_wait<0>();
-        __syncthreads();  // the tile's Q and first K, loaded by all threads
-        if (group == 1) turn_pass();  // group 0 takes the first turn
-        turn_open();
-        load_for_turn(0);
-      }
-      compute_scores(acc_s, i % 2);
-      turn_pass();
-      auto rP = compute_p(acc_s, n_block, is_first, is_masked);
-      if (group == 0) cp_async_wait<0>();  // K_{i+1} and V_i, asked for when turn i opened
-      turn_open();
-      load_for_turn(i + 1);
-      accumulate_o(rP, i % 2);
-      // The last turn is P V alone. Group 1 hands nothing over after it: group 0 takes no
-      // further turn in this tile, and an unmatched arrival would open its next one early.
-      if (flag(is_last) && group == 0) turn_pass();
-    };
-    auto iteration = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
-      if constexpr (Traits::kPingPong) {
-        iteration_ping_pong(i, is_first, is_masked, is_last);
-      } else {
-        iteration_block_sync(i, is_first, is_masked, is_last);
-      }
+      Tensor rP = convert_type<Element>(acc_s);
+      Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA,MMA_M,MMA_N/2)
+      gemm_rs<kPrefetch>(acc_o, tOrP, tOrVt, tOsVt, tiled_mma, smem_tiled_copy_V, smem_thr_copy_V);
     };
 
     if (num_blocks > 0) {

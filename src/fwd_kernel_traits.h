@@ -32,17 +32,13 @@ namespace fa_cute {
 //                     barrier and, in persistent blocks, 32 KiB of its own shared memory)
 //   kLazyRescale      skip rescaling O while no row max of the warp grew by more than 2^8
 //                     (src/softmax.h)
-//   kPingPong         the warps form two groups that take turns at the tensor cores: one
-//                     group's GEMMs (P_{j-1} V_{j-1} and S_j = Q K_j^T) run while the other
-//                     computes its softmax. K and V get 2 stages each, loaded by the first
-//                     group only; named barriers replace the block-wide ones (fwd_kernel_sm80.h)
 //   kLadderRung       0 in production configs; a ladder rung's number makes its kernel a type
 //                     of its own even where its knobs equal a production config's, so every
 //                     generated translation unit holds the only instantiation of its kernel
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element_,
           bool kSwizzle_ = true, bool kOverlapLoads_ = true, bool kRegPrefetch_ = true,
           bool kReverseKV_ = true, bool kPersistent_ = false, bool kDirectOStore_ = false,
-          bool kLazyRescale_ = false, bool kPingPong_ = false, int kLadderRung_ = 0>
+          bool kLazyRescale_ = false, int kLadderRung_ = 0>
 struct Sm80FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -59,10 +55,6 @@ struct Sm80FwdTraits {
   static constexpr bool kPersistent = kPersistent_;
   static constexpr bool kDirectOStore = kDirectOStore_;
   static constexpr bool kLazyRescale = kLazyRescale_;
-  static constexpr bool kPingPong = kPingPong_;
-  // Ping-pong: the leading group (warps 0 .. kNWarps/2 - 1) loads K and V, 2 stages of each.
-  static constexpr int kKVStages = kPingPong ? 2 : 1;
-  static constexpr int kLoadThreadsKV = kPingPong ? kNThreads / 2 : kNThreads;
   static constexpr int kLadderRung = kLadderRung_;
   // Split-KV (FwdParams::num_splits) is compiled into non-persistent kernels only: its fp32
   // epilogue pushed the persistent 128x128 d=128 kernel from 255 registers and no spills to
@@ -75,8 +67,6 @@ struct Sm80FwdTraits {
   static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32 (16-byte loads, 16-wide MMA K)");
   static_assert(kBlockM % (16 * kNWarps) == 0, "each warp owns whole 16-row MMA slices of the Q tile");
   static_assert(kBlockN % 16 == 0, "P.V consumes kBlockN in 16-wide MMA K steps");
-  static_assert(!kPingPong || (kNWarps % 2 == 0 && kOverlapLoads && !kPersistent),
-                "ping-pong needs two equal warp groups and the overlapped loads; not persistent");
 
   // --- MMA ----------------------------------------------------------------------------------
   using MmaAtom = cute::conditional_t<cute::is_same_v<Element, cute::bfloat16_t>,
@@ -117,7 +107,7 @@ struct Sm80FwdTraits {
   static constexpr int kSmemQSize = int(cute::cosize(SmemLayoutQ{})) * int(sizeof(Element));
   static constexpr int kSmemKVSize = int(cute::cosize(SmemLayoutKV{})) * int(sizeof(Element));
   static constexpr int kSmemSize =
-      (kPersistent && !kDirectOStore ? 2 : 1) * kSmemQSize + 2 * kKVStages * kSmemKVSize;
+      (kPersistent && !kDirectOStore ? 2 : 1) * kSmemQSize + 2 * kSmemKVSize;
   static_assert(kSmemSize <= 227 * 1024, "tile does not fit the largest shared memory (sm90: 227 KiB)");
 
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;
@@ -131,23 +121,17 @@ struct Sm80FwdTraits {
   static constexpr int kGmemElemsPerLoad = int(sizeof(cute::uint128_t) / sizeof(Element));
   static constexpr int kGmemThreadsPerRow = kBlockKSmem / kGmemElemsPerLoad;
   static_assert(kNThreads % kGmemThreadsPerRow == 0, "threads must tile whole rows");
-  template <int kThreads>
   using GmemLayoutAtom = cute::Layout<
-      cute::Shape<cute::Int<kThreads / kGmemThreadsPerRow>, cute::Int<kGmemThreadsPerRow>>,
+      cute::Shape<cute::Int<kNThreads / kGmemThreadsPerRow>, cute::Int<kGmemThreadsPerRow>>,
       cute::Stride<cute::Int<kGmemThreadsPerRow>, cute::_1>>;
-  template <int kThreads>
-  using GmemTiledCopyAsync = decltype(cute::make_tiled_copy(
+  using GmemTiledCopyQKV = decltype(cute::make_tiled_copy(
       cute::Copy_Atom<cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>, Element>{},
-      GmemLayoutAtom<kThreads>{}, cute::Layout<cute::Shape<cute::_1, cute::Int<kGmemElemsPerLoad>>>{}));
-  // Q and a tile's first K block: all threads. K and V in the main loop: all threads, or the
-  // leading group alone (ping-pong).
-  using GmemTiledCopyQ = GmemTiledCopyAsync<kNThreads>;
-  using GmemTiledCopyKV = GmemTiledCopyAsync<kLoadThreadsKV>;
+      GmemLayoutAtom{}, cute::Layout<cute::Shape<cute::_1, cute::Int<kGmemElemsPerLoad>>>{}));
   using GmemTiledCopyO = decltype(cute::make_tiled_copy(
       cute::Copy_Atom<cute::UniversalCopy<cute::uint128_t>, Element>{},
-      GmemLayoutAtom<kNThreads>{}, cute::Layout<cute::Shape<cute::_1, cute::Int<kGmemElemsPerLoad>>>{}));
+      GmemLayoutAtom{}, cute::Layout<cute::Shape<cute::_1, cute::Int<kGmemElemsPerLoad>>>{}));
   static_assert(kBlockM % (kNThreads / kGmemThreadsPerRow) == 0, "Q/O tile rows must tile the copy");
-  static_assert(kBlockN % (kLoadThreadsKV / kGmemThreadsPerRow) == 0, "K/V tile rows must tile the copy");
+  static_assert(kBlockN % (kNThreads / kGmemThreadsPerRow) == 0, "K/V tile rows must tile the copy");
 };
 
 }  // namespace fa_cute

@@ -35,7 +35,6 @@ class Sm80Config(NamedTuple):
     persistent: bool = False
     direct_o_store: bool = False
     lazy_rescale: bool = False
-    ping_pong: bool = False
     rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
     slug: str = ""              # ladder rung's short name
 
@@ -43,33 +42,36 @@ class Sm80Config(NamedTuple):
     def name(self) -> str:
         if self.rung is not None:
             return f"ladder{self.rung:02d}_{self.slug}_d{self.head_dim}"
-        family = "sm80p" if self.persistent else "sm80pp" if self.ping_pong else "sm80"
+        family = "sm80p" if self.persistent else "sm80"
         return f"{family}_m{self.block_m}n{self.block_n}w{self.num_warps}_d{self.head_dim}"
 
 
 # Production configs of the sm80-instruction kernel. The default per head dim is chosen in
 # src/tile_size.h (sm80_fwd_tile); the auto-tuner picks among all of these.
 SM80_CONFIGS = [
-    # d=128: 128 Q rows, 8 warps (16 rows each): 233-255 registers, no spills. The same tile
-    # with 4 warps (FlashAttention-2's choice on sm80/sm90) needs 255 registers and spills
-    # (docs/perf-notes.md), so it is not built. Key blocks are visited first to last: on
-    # the H100 the reverse order (ladder rung 5) measured 1-3% slower at every length. The
-    # lazy O rescale (ladder rung 8) measured neutral (-0.6% on average), so it stays off.
+    # d=128. The default (src/tile_size.h) is FlashAttention-2's tile: 128 Q rows, 4 warps
+    # of 32 rows, 64-key blocks, 2 blocks per SM. It needs 255 registers and spills (80 B
+    # mask-free, sm_90; benchmarks/ptxas_report.py allows it) yet measured 3-9% faster on
+    # the H100 than the spill-free 8-warp tiles below (16 rows a warp, 233-255 registers,
+    # one block per SM), which read twice the shared memory per MMA (docs/perf-notes.md
+    # v10). Key blocks are visited first to last: on the H100 the reverse order (ladder
+    # rung 5) measured 1-3% slower at every length. The lazy O rescale (ladder rung 8)
+    # measured neutral (-0.6% on average), so it stays off.
+    Sm80Config(128, 128, 64, 4, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM", reverse_kv=False),
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps, persistent: next tile's Q/K load under this tile's O store",
                reverse_kv=False, persistent=True),
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
-    Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps in two groups taking turns at the tensor cores (ping-pong)",
-               reverse_kv=False, ping_pong=True),
     Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
-    Sm80Config(128, 128, 64, 4, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM", reverse_kv=False),
-    Sm80Config(128, 256, 64, 8, "256x64 tile, 8 warps (32 rows each), persistent", reverse_kv=False, persistent=True),
     # Not built: 64x128 with 4 warps (S alone is 128 registers: 88 B of spills).
     # 64 query rows: short queries (decode) and 2 blocks per SM.
     Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: short queries, 2 blocks per SM", reverse_kv=False),
-    # d=64 and d=96: the d=128 tiles; O is smaller, S the same.
+    # d=64 and d=96: the d=128 tiles; O is smaller, S the same. The 4-warp tile measured
+    # 11-17% (d=64) and 7-16% (d=96) faster than the 8-warp ones; it spills 0 / 16 B.
+    Sm80Config(64, 128, 64, 4, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM", reverse_kv=False),
     Sm80Config(64, 128, 128, 8, "128x128 tile, 8 warps, persistent", reverse_kv=False, persistent=True),
     Sm80Config(64, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
     Sm80Config(64, 64, 64, 4, "64x64 tile, 4 warps: short queries", reverse_kv=False),
+    Sm80Config(96, 128, 64, 4, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM", reverse_kv=False),
     Sm80Config(96, 128, 128, 8, "128x128 tile, 8 warps, persistent", reverse_kv=False, persistent=True),
     Sm80Config(96, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
     Sm80Config(96, 64, 64, 4, "64x64 tile, 4 warps: short queries", reverse_kv=False),
@@ -235,8 +237,7 @@ using Traits = Sm80FwdTraits<{head_dim}, {block_m}, {block_n}, {num_warps}, {ele
                              /*kSwizzle=*/{swizzle}, /*kOverlapLoads=*/{overlap_loads},
                              /*kRegPrefetch=*/{reg_prefetch}, /*kReverseKV=*/{reverse_kv},
                              /*kPersistent=*/{persistent}, /*kDirectOStore=*/{direct_o_store},
-                             /*kLazyRescale=*/{lazy_rescale}, /*kPingPong=*/{ping_pong},
-                             /*kLadderRung=*/{ladder_rung}>;
+                             /*kLazyRescale=*/{lazy_rescale}, /*kLadderRung=*/{ladder_rung}>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "sm80", {head_dim}, {block_m}, {block_n}, {num_warps},
@@ -257,7 +258,7 @@ def expected_files() -> dict[str, str]:
     for cfg in SM80_CONFIGS + LADDER_CONFIGS:
         fields = cfg._asdict()
         for knob in ("swizzle", "overlap_loads", "reg_prefetch", "reverse_kv", "persistent", "direct_o_store",
-                     "lazy_rescale", "ping_pong"):
+                     "lazy_rescale"):
             fields[knob] = _cpp_bool(fields[knob])
         fields["rung"] = -1 if cfg.rung is None else cfg.rung
         fields["ladder_rung"] = 0 if cfg.rung is None else cfg.rung

@@ -19,18 +19,26 @@ struct FwdTile {
 constexpr int kShortQueryRows = 64;
 
 // Default tile of the sm80-instruction kernel (mma.sync + ldmatrix + cp.async).
-// Warps split the query rows, 16 each, so each warp's softmax needs no other warp's data.
-// d=128: 128 Q rows with 8 warps and 128-row K/V blocks. FlashAttention-2 uses 128x64
-// with 4 warps here; with our CuTe code that tile needs 255 registers and spills (ptxas,
-// sm_80 and sm_90), while 8 warps hold half the O accumulator each (64 fp32 registers)
-// and fit in 233. 233 registers x 256 threads leave room for one block per SM, so nothing
-// hides a block's first loads and last stores: persistent blocks do, measured +3-4% at
-// N=1024-2048 on the H100 and equal beyond (docs/perf-notes.md). Shared memory:
-// Q + K + V + O = 128 KiB.
-// d=64 and d=96: the same 128x128 tile; O needs 32 or 48 registers a thread.
-// d=192 and d=256: O alone needs 96 or 128 registers a thread, so K/V blocks shrink to 64
-// rows (S: 32 registers), as in FlashAttention-2. d=256 is not persistent by default: its
-// separate O buffer would raise shared memory from 128 to 192 KiB, beyond an A100's 163.
+// Warps split the query rows, so each warp's softmax needs no other warp's data.
+// d=64, 96, 128: 128 Q rows with 4 warps of 32 rows each and 64-row K/V blocks
+// (FlashAttention-2's tile). Each K or V fragment a warp reads by ldmatrix feeds two
+// 16-row MMA tiles instead of one: 0.31 ldmatrix.x4 per MMA against 0.53 with 8 warps of
+// 16 rows, whose ldmatrix and cp.async traffic is ~87% of an SM's 128 B/clk of shared
+// memory at 350 TFLOP/s. 255 registers x 128 threads and 64 KiB of shared memory leave 2
+// blocks per SM, so one block's softmax and first loads run under the other's MMAs and
+// no persistent loop is needed. The price: O (d/2 fp32 registers a thread at d=128, 128)
+// and S (64) leave ptxas short, and it spills 80 B at d=128 in the mask-free variant,
+// 16 B at d=96, none at d=64 (benchmarks/ptxas_report.py allows this tile's spills).
+// Measured on the H100 (fwd_bench sustained, bhnd, N=1024-16384, docs/perf-notes.md v10),
+// against the 128x128 8-warp tiles that it replaces (spill-free): d=128 +3-8% non-causal
+// and +6-9% causal, d=96 +7-16%, d=64 +11-17%; 1.04-1.13x FlashAttention-2 at d=128.
+// Putting the 8 warps of a 128x128 tile in two groups that take turns at the tensor cores
+// (ping-pong, as the Hopper kernel does) measured 3-4% slower: it does not cut the
+// shared-memory traffic.
+// d=192 and d=256: O alone needs 96 or 128 registers a thread with 16-row warps, so
+// 8 warps and 64-row K/V blocks (S: 32 registers), as in FlashAttention-2. d=256 is not
+// persistent by default: its separate O buffer would raise shared memory from 128 to
+// 192 KiB, beyond an A100's 163.
 // Causal: not persistent. Causal tiles differ in length, and the hardware's block
 // scheduler balances them better than the persistent loop's static zigzag: fwd_bench,
 // H100, d=128, bf16: 287 against 276 TFLOP/s at N=2048, 329 against 319-323 at 4096, 361
@@ -40,7 +48,7 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
     return FwdTile{0, 0, 0, false};
   }
   if (seqlen_q <= kShortQueryRows) return FwdTile{64, 64, 4, false};
-  if (head_dim <= 128) return FwdTile{128, 128, 8, !causal};
+  if (head_dim <= 128) return FwdTile{128, 64, 4, false};
   if (head_dim == 192) return FwdTile{128, 64, 8, !causal};
   return FwdTile{128, 64, 8, false};
 }

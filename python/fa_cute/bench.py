@@ -5,7 +5,8 @@ and mask (last).
 The fa_cute column runs config="auto" (the tuning cache's pick, else the built-in table's,
 else the heuristic's; `python -m fa_cute.tune` fills the cache) unless --config names one.
 --ladder instead times every optimisation-ladder rung that the build holds next to auto's
-pick, FLASH (FlashAttention-2) and CUDNN, each with its ratio to FLASH.
+pick (and, where that is the Hopper kernel, the Ampere-style kernel's default), FLASH
+(FlashAttention-2) and CUDNN, each with its ratio to FLASH.
 
 Shapes follow FlashAttention's benchmark: batch * seqlen = 16384 tokens and
 nheads * headdim = 2048, so every row moves the same number of bytes and only the
@@ -250,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Where auto picks another kernel (the Hopper one), the Ampere-style kernel's default
     # gets a column of its own in the forward and decode tables.
     families = {c["name"]: c["family"] for c in fa_cute.configs()}
-    ampere = {d: (not args.ladder and not args.all_configs and any(
+    ampere = {d: (not args.all_configs and any(
         families[p] != "sm80" for (pd, _, _, _), p in picks.items() if pd == d))
         for d in args.headdim}
 
@@ -277,9 +278,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             records.append(time_row(dtype, n, d, configs, sdpa, props.L2_cache_size, timer,
                                     args.rounds, causal))
-    fa_columns = {d: (extra[d] + [("fa_cute", "fa_cute")] if args.ladder
-                      else [("fa_cute", "fa_cute")] + extra[d]
-                      + ([(AMPERE_COLUMN, AMPERE_COLUMN)] if ampere[d] else []))
+    ampere_column = {d: [(AMPERE_COLUMN, AMPERE_COLUMN)] if ampere[d] else [] for d in args.headdim}
+    fa_columns = {d: (extra[d] + ampere_column[d] + [("fa_cute", "fa_cute")] if args.ladder
+                      else [("fa_cute", "fa_cute")] + extra[d] + ampere_column[d])
                   for d in args.headdim}
     if args.json:
         columns = dict(c for d in args.headdim for c in fa_columns[d] + [(s, s) for s in sdpa])

@@ -7,8 +7,7 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::bfloat16_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/true,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/false, /*kPingPong=*/false,
-                             /*kLadderRung=*/5>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/5>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder05_reverse_d128", "sm80", 128, 128, 128, 8,

@@ -7,8 +7,7 @@ using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::half_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/false,
                              /*kPersistent=*/true, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/false, /*kPingPong=*/false,
-                             /*kLadderRung=*/6>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/6>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder06_persistent_d128", "sm80", 128, 128, 128, 8,

@@ -7,8 +7,7 @@ using Traits = Sm80FwdTraits<64, 128, 128, 8, cute::half_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/false,
                              /*kPersistent=*/true, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/false, /*kPingPong=*/false,
-                             /*kLadderRung=*/0>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80p_m128n128w8_d64", "sm80", 64, 128, 128, 8,

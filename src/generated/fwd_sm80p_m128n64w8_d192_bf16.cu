@@ -7,8 +7,7 @@ using Traits = Sm80FwdTraits<192, 128, 64, 8, cute::bfloat16_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/false,
                              /*kPersistent=*/true, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/false, /*kPingPong=*/false,
-                             /*kLadderRung=*/0>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80p_m128n64w8_d192", "sm80", 192, 128, 64, 8,

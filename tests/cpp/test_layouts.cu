@@ -205,9 +205,12 @@ void check_registry() {
          "config naming differs from src/generate_kernels.py");
   // The heuristic's tile (tile_size.h) is what the default build compiles and picks.
   // Causal tiles differ in length: the heuristic leaves them to the hardware's block
-  // scheduler (non-persistent), and short queries to the 64-row tile.
-  EXPECT(!fa_cute::sm80_fwd_tile(128, 4096, true).persistent && fa_cute::sm80_fwd_tile(128, 4096, false).persistent,
-         "causal d=128 must not be persistent, non-causal must");
+  // scheduler (non-persistent), and short queries to the 64-row tile. d=192 non-causal
+  // tiles persist; d <= 128 takes 4 warps, whose 2 blocks per SM need no persistent loop.
+  EXPECT(!fa_cute::sm80_fwd_tile(192, 4096, true).persistent && fa_cute::sm80_fwd_tile(192, 4096, false).persistent,
+         "causal d=192 must not be persistent, non-causal must");
+  EXPECT(fa_cute::sm80_fwd_tile(128, 4096).num_warps == 4 && !fa_cute::sm80_fwd_tile(128, 4096).persistent,
+         "d=128 takes the 4-warp 128x64 tile, not persistent");
   EXPECT(fa_cute::sm80_fwd_tile(128, 1).block_m == 64, "seqlen_q 1 must take the 64-row tile");
   EXPECT(fa_cute::sm80_fwd_tile(100, 4096).block_m == 0 && fa_cute::sm80_fwd_tile(100, 1).block_m == 0 &&
              fa_cute::sm90_fwd_tile(100, 4096).block_m == 0 && fa_cute::sm90_fwd_tile(100, 1).block_m == 0,

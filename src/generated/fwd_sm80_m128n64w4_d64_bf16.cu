@@ -3,17 +3,16 @@
 
 namespace fa_cute {
 
-using Traits = Sm80FwdTraits<128, 256, 64, 8, cute::half_t,
+using Traits = Sm80FwdTraits<64, 128, 64, 4, cute::bfloat16_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/false,
-                             /*kPersistent=*/true, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/false, /*kPingPong=*/false,
-                             /*kLadderRung=*/0>;
+                             /*kPersistent=*/false, /*kDirectOStore=*/false,
+                             /*kLazyRescale=*/false, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
-FA_CUTE_REGISTER_FWD_KERNEL("sm80p_m256n64w8_d128", "sm80", 128, 256, 64, 8,
-                            Traits::kSmemSize, DType::kFP16,
+FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n64w4_d64", "sm80", 64, 128, 64, 4,
+                            Traits::kSmemSize, DType::kBF16,
                             &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/-1,
-                            "256x64 tile, 8 warps (32 rows each), persistent");
+                            "128x64 tile, 4 warps (32 rows each): 2 blocks per SM");
 
 }  // namespace fa_cute

@@ -3,17 +3,16 @@
 
 namespace fa_cute {
 
-using Traits = Sm80FwdTraits<128, 128, 128, 8, cute::half_t,
+using Traits = Sm80FwdTraits<96, 128, 64, 4, cute::bfloat16_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/false,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/false, /*kPingPong=*/true,
-                             /*kLadderRung=*/0>;
+                             /*kLazyRescale=*/false, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
-FA_CUTE_REGISTER_FWD_KERNEL("sm80pp_m128n128w8_d128", "sm80", 128, 128, 128, 8,
-                            Traits::kSmemSize, DType::kFP16,
+FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n64w4_d96", "sm80", 96, 128, 64, 4,
+                            Traits::kSmemSize, DType::kBF16,
                             &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/-1,
-                            "128x128 tile, 8 warps in two groups taking turns at the tensor cores (ping-pong)");
+                            "128x64 tile, 4 warps (32 rows each): 2 blocks per SM");
 
 }  // namespace fa_cute
