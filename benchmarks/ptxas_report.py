@@ -26,8 +26,9 @@ GENERAL_SPILL_BUDGET = 128  # bytes of spill stores
 GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*FwdMaskModeE[12]EEEvNS_9FwdParamsE$")
 # fwd_kernel_sm80<Sm80FwdTraits<d, 128, 64, 4, ...>, any mask mode>, d <= 128: the default
 # tile at d = 64-128 (src/tile_size.h). 4 warps of 32 rows hold O (d/2 registers a
-# thread) and S (64) and leave ptxas short of registers: it spills 80 B at d=128 in the
-# mask-free variant, up to 220 B in the masking ones (sm_90). Measured on the H100 the
+# thread) and S (64) and leave ptxas short of registers: it spills 72 B at d=128 in the
+# mask-free variant, up to 108 B in the masking ones (sm_90; 220 B before the lazy O
+# rescale, 228 B for d=96 on sm_80 without it). Measured on the H100 the
 # tile still runs 4-17% faster than the spill-free 8-warp 128x128 tile, because its
 # 2 blocks per SM and halved ldmatrix traffic outweigh a dozen local loads and stores per
 # main-loop iteration of ~900 instructions (docs/perf-notes.md v10).

@@ -32,6 +32,8 @@ constexpr int kShortQueryRows = 64;
 // Measured on the H100 (fwd_bench sustained, bhnd, N=1024-16384, docs/perf-notes.md v10),
 // against the 128x128 8-warp tiles that it replaces (spill-free): d=128 +3-8% non-causal
 // and +6-9% causal, d=96 +7-16%, d=64 +11-17%; 1.04-1.13x FlashAttention-2 at d=128.
+// The lazy O rescale is on at d=96 and 128 (src/generate_kernels.py: +0-5%, since each
+// thread rescales 128 O registers per 64 keys), off at d=64 (-1 to -2%).
 // Putting the 8 warps of a 128x128 tile in two groups that take turns at the tensor cores
 // (ping-pong, as the Hopper kernel does) measured 3-4% slower: it does not cut the
 // shared-memory traffic.

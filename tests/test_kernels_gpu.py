@@ -68,15 +68,10 @@ def test_offsets_beyond_2_pow_31_elements(make_qkv) -> None:
                 attention_ref(*dense, scale, upcast=False))
 
 
-def test_auto_picks_a_tile_that_divides_seqlen(make_qkv) -> None:
-    """seqlen 192 is not a multiple of the default 128-row tile; auto must run a built tile
-    that divides it (64x64 in the full build) rather than refuse the shape."""
+def test_auto_runs_a_seqlen_that_no_tile_divides(make_qkv) -> None:
+    """seqlen 192 is not a multiple of the default 128-row tile: auto's pick runs it (its
+    last query tile and key block ragged, row-predicated), whatever tiles the build holds."""
     q, k, v = make_qkv(2, 192, 3, 128, torch.bfloat16, "cuda")
-    if not any(192 % c["block_m"] == 0 and 192 % c["block_n"] == 0 and c["rung"] is None
-               for c in CONFIGS):
-        with pytest.raises(ValueError, match="multiple of"):
-            fa_cute.forward(q, k, v)
-        return
     out = fa_cute.forward(q, k, v)
     scale = 1.0 / math.sqrt(128)
     check_close(out, attention_ref(q, k, v, scale), attention_ref(q, k, v, scale, upcast=False))

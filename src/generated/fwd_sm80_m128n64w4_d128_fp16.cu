@@ -7,12 +7,12 @@ using Traits = Sm80FwdTraits<128, 128, 64, 4, cute::half_t,
                              /*kSwizzle=*/true, /*kOverlapLoads=*/true,
                              /*kRegPrefetch=*/true, /*kReverseKV=*/false,
                              /*kPersistent=*/false, /*kDirectOStore=*/false,
-                             /*kLazyRescale=*/false, /*kLadderRung=*/0>;
+                             /*kLazyRescale=*/true, /*kLadderRung=*/0>;
 template void run_fwd_sm80<Traits>(FwdParams const&, cudaStream_t);
 template int sm80_num_splits<Traits>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n64w4_d128", "sm80", 128, 128, 64, 4,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd_sm80<Traits>, &sm80_num_splits<Traits>, /*rung=*/-1,
-                            "128x64 tile, 4 warps (32 rows each): 2 blocks per SM");
+                            "128x64 tile, 4 warps (32 rows each): 2 blocks per SM, lazy O rescale");
 
 }  // namespace fa_cute
