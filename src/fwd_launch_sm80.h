@@ -61,7 +61,6 @@ int sm80_num_splits(FwdParams const& params, int device) {
 template <class Traits>
 void run_fwd_sm80(FwdParams const& problem, cudaStream_t stream) {
   FwdParams params = problem;
-  params.causal_section = causal_section(params);
   if (params.num_splits > 1 && !Traits::kSplitKV) {
     throw std::invalid_argument("num_splits: this config does not split keys (persistent); pass 1");
   }
@@ -72,10 +71,8 @@ void run_fwd_sm80(FwdParams const& problem, cudaStream_t stream) {
     // Persistent: as many blocks as fit on the GPU at once, each looping over tiles.
     long long const resident_blocks = sm80_resident_blocks<Traits, kMaskMode>(device);
     long long const num_blocks = Traits::kPersistent ? std::min(num_tiles, resident_blocks) : num_tiles;
-    if (Traits::kPersistent && params.is_causal) {  // the section that deals these tiles most evenly
-      params.causal_section =
-          persistent_causal_section<Traits::kBlockM, Traits::kBlockN>(params, static_cast<int>(num_blocks));
-    }
+    params.causal_section =
+        launch_causal_section<Traits::kBlockM, Traits::kBlockN>(params, Traits::kPersistent, static_cast<int>(num_blocks));
     fwd_kernel_sm80<Traits, kMaskMode>
         <<<dim3(static_cast<unsigned>(num_blocks)), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
   });

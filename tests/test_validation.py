@@ -353,6 +353,9 @@ def test_decode_gqa_views(nheads: int, nheads_k: int, layout: str) -> None:
     for view, t in ((q_view, q), (out_view, out)):
         assert view.shape == (3, group, nheads_k, HEAD_DIM)
         assert view.stride() == (t.stride(0), t.stride(2), group * t.stride(2), 1)
+        # What the launch passes for the view, computed without building it.
+        assert _api._launch_strides(t, True, nheads_k) == _api._row_strides(view)
+        assert _api._launch_strides(t, False, nheads_k) == _api._row_strides(t)
         assert view.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
         for b in range(3):
             for j in range(group):

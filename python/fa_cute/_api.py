@@ -90,6 +90,11 @@ class _Launch(NamedTuple):
     is_causal: bool
     causal_offset: int
     packed: bool
+    # (batch, seqlen, nheads) element strides of q, k and v as launched (`_launch_strides`):
+    # the validation cache keys on the strides, so they are computed once per shape.
+    q_strides: Tuple[int, int, int]
+    k_strides: Tuple[int, int, int]
+    v_strides: Tuple[int, int, int]
 
 
 def configs() -> List[dict]:
@@ -290,14 +295,15 @@ def _kernel_args(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     """`_C.forward`'s arguments up to softmax_scale, is_causal and causal_offset (device,
     stream and timed follow), in the contract's order; apart from `_launch` so that tests
     can check them on CPU tensors."""
-    if launch.packed:
-        q, out = _decode_gqa_views(q, out, launch.nheads_k)
+    # A packed decode's views (`_decode_gqa_views`) start where q and out do: only their
+    # strides differ, and those of q, k and v come with the launch.
     return (launch.config, launch.dtype,
             q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
             0 if lse is None else lse.data_ptr(),
             launch.batch, launch.seqlen_q, launch.seqlen_k,
             launch.nheads, launch.nheads_k, launch.head_dim,
-            _row_strides(q), _row_strides(k), _row_strides(v), _row_strides(out),
+            launch.q_strides, launch.k_strides, launch.v_strides,
+            _launch_strides(out, launch.packed, launch.nheads_k),
             launch.softmax_scale, launch.is_causal, launch.causal_offset)
 
 
@@ -314,11 +320,25 @@ def _decode_gqa_views(q: torch.Tensor, out: torch.Tensor, nheads_k: int
     """
     def view(t: torch.Tensor) -> torch.Tensor:
         batch, _, nheads, head_dim = t.shape
-        group = nheads // nheads_k
-        return t.as_strided((batch, group, nheads_k, head_dim),
-                            (t.stride(0), t.stride(2), group * t.stride(2), t.stride(3)))
+        return t.as_strided((batch, nheads // nheads_k, nheads_k, head_dim),
+                            _packed_strides(t, nheads_k))
 
     return view(q), view(out)
+
+
+def _packed_strides(t: torch.Tensor, nheads_k: int) -> Tuple[int, int, int, int]:
+    """The strides of `_decode_gqa_views`' view of t: (batch, group, nheads_k, headdim)."""
+    s = t.stride()
+    return (s[0], s[2], t.shape[2] // nheads_k * s[2], s[3])
+
+
+def _launch_strides(t: torch.Tensor, packed: bool, nheads_k: int) -> Tuple[int, int, int]:
+    """`_row_strides` of t as launched: of its `_decode_gqa_views` view where the decode is
+    packed, computed without building the view (as_strided costs microseconds a call)."""
+    if not packed:
+        return _row_strides(t)
+    batch, _, nheads, _ = t.shape
+    return _kernel_strides((batch, nheads // nheads_k, nheads_k), _packed_strides(t, nheads_k))
 
 
 # Launches that passed `_validate`, by everything the checks read (see `_launch_key`): a
@@ -449,7 +469,8 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
     _check_devices(inputs, cfg, q_name)
     return _Launch(cfg["name"], _DTYPE_NAMES[q.dtype], batch, launch_seqlen_q, seqlen_k,
                    launch_nheads, nheads_k, head_dim, scale, is_causal,
-                   offset if is_causal else 0, packed)
+                   offset if is_causal else 0, packed, _launch_strides(q, packed, nheads_k),
+                   _row_strides(k), _row_strides(v))
 
 
 def _broadcast_dim(t: torch.Tensor) -> Optional[str]:
@@ -698,7 +719,13 @@ def _row_strides(t: torch.Tensor) -> Tuple[int, int, int]:
     contiguous whatever that stride is, so it must neither fail the alignment check (the
     advice ".contiguous()" would not change it) nor reach the kernel.
     """
-    return tuple(s if n > 1 else 0 for n, s in zip(t.shape[:3], t.stride()[:3]))
+    return _kernel_strides(t.shape, t.stride())
+
+
+def _kernel_strides(shape: Sequence[int], stride: Sequence[int]) -> Tuple[int, int, int]:
+    """`_row_strides` from a shape and strides (written out: this runs on every call)."""
+    return (stride[0] if shape[0] > 1 else 0, stride[1] if shape[1] > 1 else 0,
+            stride[2] if shape[2] > 1 else 0)
 
 
 def _overlaps_itself(t: torch.Tensor) -> bool:

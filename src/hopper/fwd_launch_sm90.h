@@ -74,7 +74,6 @@ int sm90_num_splits(FwdParams const& params, int device) {
 template <class Traits>
 void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
   FwdParams params = problem;
-  params.causal_section = causal_section(params);
   using namespace cute;
   using Element = typename Traits::Element;
   if (params.num_splits > 1 && !Traits::kSplitKV) {
@@ -108,10 +107,8 @@ void run_fwd_sm90(FwdParams const& problem, cudaStream_t stream) {
     // Persistent: one CTA per SM (shared memory admits no second), each looping over tiles.
     long long const num_sms = sm90_prepare_device<Traits, kCausal>(device);
     long long const grid = Traits::kPersistent ? std::min(num_tiles, num_sms) : num_tiles;
-    if (Traits::kPersistent && kCausal) {  // the section that deals this grid's tiles most evenly
-      kernel_params.fwd.causal_section =
-          persistent_causal_section<Traits::kBlockM, Traits::kBlockN>(params, static_cast<int>(grid));
-    }
+    kernel_params.fwd.causal_section =
+        launch_causal_section<Traits::kBlockM, Traits::kBlockN>(params, Traits::kPersistent, static_cast<int>(grid));
     fwd_kernel_sm90<Traits, kCausal><<<dim3(static_cast<unsigned>(grid)), Traits::kNumThreads,
                                        Traits::kSmemSize, stream>>>(kernel_params);
   });

@@ -188,6 +188,16 @@ void check_persistent_balance(int seqlen, int nheads, int head_dim, int grid, do
          seqlen, nheads, head_dim, kBlockM, kBlockN, grid, section, bound, ratio,
          double(at_bound.busiest) * grid / double(at_bound.total), picked.total, at_bound.total);
   check_tile_order(params.batch, nheads, nheads, 1, seqlen, seqlen, head_dim, true, kBlockM, section);
+  // The folded count (one period of sections and zigzag rounds, times its repeats) equals
+  // dealing every tile, at the picked section and at a few others.
+  for (int s : {section, 1, 3, bound}) {
+    params.causal_section = s;
+    auto const folded = fa_cute::persistent_causal_load<kBlockM, kBlockN>(params, grid);
+    auto const every = fa_cute::persistent_causal_load<kBlockM, kBlockN>(params, grid, /*fold=*/false);
+    EXPECT(folded.busiest == every.busiest && folded.total == every.total,
+           "folded load N=%d H=%d d=%d section %d grid %d: busiest %lld vs %lld, total %lld vs %lld", seqlen, nheads,
+           head_dim, s, grid, folded.busiest, every.busiest, folded.total, every.total);
+  }
 }
 
 void check_registry() {
@@ -297,6 +307,7 @@ int main() {
     check_persistent_balance<192, 96>(n, 21, 96, 132, 1.07);
     check_persistent_balance<128, 128>(n, 16, 128, 264, 1.08);  // the sm80 kernel, 2 blocks per SM
   }
+  check_persistent_balance<128, 128>(1000, 48, 128, 132, 1.05);  // a ragged last tile, 3 heads' partial section
   check_registry();
   return expect_summary();
 }
