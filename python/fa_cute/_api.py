@@ -247,10 +247,25 @@ def _launch(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return _launch_on_current_device(launch, q, k, v, out, lse, timed)
 
 
+# PyTorch's current-stream handle for a device index, without building a torch.cuda.Stream
+# object: torch.cuda.current_stream(device).cuda_stream costs 3-6 us of host time a call on
+# an H100 host (benchmarks/host_overhead.py), a fifth of a decode step's Python. The
+# private binding is used where this PyTorch has it (tests/test_forward_gpu.py checks that
+# it names the stream torch.cuda.current_stream does, inside torch.cuda.stream too).
+_raw_current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _current_stream(device_index: int) -> int:
+    """The handle (cudaStream_t as an int) of the current CUDA stream of a device."""
+    if _raw_current_stream is not None:
+        return _raw_current_stream(device_index)
+    return torch.cuda.current_stream(device_index).cuda_stream
+
+
 def _launch_on_current_device(launch: _Launch, q: torch.Tensor, k: torch.Tensor,
                               v: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
                               timed: bool) -> float:
-    stream = torch.cuda.current_stream(q.device).cuda_stream
+    stream = _current_stream(q.device.index)
     # The split buffers must stay referenced until the launch is queued (then the caching
     # allocator orders their reuse after the kernel on this stream).
     buffers = _split_kv_buffers(launch, q.device)
