@@ -21,7 +21,7 @@ import sys
 # registers in the 128-row tiles; ptxas spills 68-84 bytes there, 3-6 local loads/stores
 # in a main-loop iteration of 1300-1500 instructions (sm_90 SASS, docs/perf-notes.md v4).
 # The kNone variant, which runs every even non-causal launch, and every other kernel must
-# not spill at all.
+# not spill at all, but for the 4-warp tiles below.
 GENERAL_SPILL_BUDGET = 128  # bytes of spill stores
 GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*FwdMaskModeE[12]EEEvNS_9FwdParamsE$")
 # fwd_kernel_sm80<Sm80FwdTraits<d, 128, 64, 4, ...>, any mask mode>, d <= 128: the default

@@ -249,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fa_cute.bench: {exc}")
         return 2
     # Where auto picks another kernel (the Hopper one), the Ampere-style kernel's default
-    # gets a column of its own in the forward and decode tables.
+    # gets a column of its own in the forward, decode and ladder tables.
     families = {c["name"]: c["family"] for c in fa_cute.configs()}
     ampere = {d: (not args.all_configs and any(
         families[p] != "sm80" for (pd, _, _, _), p in picks.items() if pd == d))
