@@ -341,7 +341,7 @@ def test_causal_alignment(no_device_check, seqlen_q: int, seqlen_k: int, causal:
 
 @pytest.mark.parametrize("nheads, nheads_k", [(8, 2), (8, 1), (6, 3)])
 @pytest.mark.parametrize("layout", ["bnhd", "bhnd"])
-def test_decode_gqa_views(nheads: int, nheads_k: int, layout: str) -> None:
+def test_decode_gqa_packed_views(nheads: int, nheads_k: int, layout: str) -> None:
     """Row j of K/V head hk in the views is query head hk * group + j, the same memory."""
     group = nheads // nheads_k
     if layout == "bnhd":
@@ -349,7 +349,8 @@ def test_decode_gqa_views(nheads: int, nheads_k: int, layout: str) -> None:
     else:  # SDPA's (batch, nheads, 1, headdim), and out a slice of a wider buffer
         q = randn(3, nheads, 1, HEAD_DIM).transpose(1, 2)
         out = randn(3, 1, nheads + 2, HEAD_DIM)[:, :, 1:nheads + 1]
-    q_view, out_view = _api._decode_gqa_views(q, out, nheads_k)
+    q_view, out_view = (t.as_strided((3, group, nheads_k, HEAD_DIM), _api._packed_strides(t, nheads_k))
+                        for t in (q, out))
     for view, t in ((q_view, q), (out_view, out)):
         assert view.shape == (3, group, nheads_k, HEAD_DIM)
         assert view.stride() == (t.stride(0), t.stride(2), group * t.stride(2), 1)

@@ -75,7 +75,7 @@ class _Launch(NamedTuple):
     """What `_validate` resolved: everything `_C.forward` needs besides the tensors.
 
     Sizes are those of the launch: a grouped-query decode (`packed`) runs as
-    nheads // nheads_k query rows of nheads_k heads (`_decode_gqa_views`).
+    nheads // nheads_k query rows of nheads_k heads (`_packed_strides`).
     """
 
     config: str
@@ -310,8 +310,8 @@ def _kernel_args(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     """`_C.forward`'s arguments up to softmax_scale, is_causal and causal_offset (device,
     stream and timed follow), in the contract's order; apart from `_launch` so that tests
     can check them on CPU tensors."""
-    # A packed decode's views (`_decode_gqa_views`) start where q and out do: only their
-    # strides differ, and those of q, k and v come with the launch.
+    # A packed decode's views of q and out (`_packed_strides`) start where q and out do:
+    # only their strides differ, and those of q, k and v come with the launch.
     return (launch.config, launch.dtype,
             q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
             0 if lse is None else lse.data_ptr(),
@@ -322,33 +322,23 @@ def _kernel_args(launch: _Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
             launch.softmax_scale, launch.is_causal, launch.causal_offset)
 
 
-def _decode_gqa_views(q: torch.Tensor, out: torch.Tensor, nheads_k: int
-                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """q and out of a one-row grouped-query decode, (batch, 1, nheads, headdim), viewed as
-    (batch, group, nheads_k, headdim) with group = nheads // nheads_k: row j of K/V head hk
-    is query head hk * group + j, the head that reads K/V head hk.
+def _packed_strides(t: torch.Tensor, nheads_k: int) -> Tuple[int, int, int, int]:
+    """Strides that view q or out of a one-row grouped-query decode, (batch, 1, nheads,
+    headdim), as (batch, group, nheads_k, headdim) with group = nheads // nheads_k: row j of
+    K/V head hk is query head hk * group + j, the head that reads K/V head hk.
 
     One query row per head would give each (batch, head) its own launch tile, nearly all
     of it masked, and load every K/V head group times; as rows of one tile the group's
-    heads share each K/V load. The views alias q and out (no copies), and the LSE needs no
-    view: (batch, nheads_k, group) contiguous is (batch, nheads, 1) contiguous.
+    heads share each K/V load. The view aliases q and out (no copies; the launch passes
+    only its strides, `_launch_strides`), and the LSE needs none: (batch, nheads_k, group)
+    contiguous is (batch, nheads, 1) contiguous.
     """
-    def view(t: torch.Tensor) -> torch.Tensor:
-        batch, _, nheads, head_dim = t.shape
-        return t.as_strided((batch, nheads // nheads_k, nheads_k, head_dim),
-                            _packed_strides(t, nheads_k))
-
-    return view(q), view(out)
-
-
-def _packed_strides(t: torch.Tensor, nheads_k: int) -> Tuple[int, int, int, int]:
-    """The strides of `_decode_gqa_views`' view of t: (batch, group, nheads_k, headdim)."""
     s = t.stride()
     return (s[0], s[2], t.shape[2] // nheads_k * s[2], s[3])
 
 
 def _launch_strides(t: torch.Tensor, packed: bool, nheads_k: int) -> Tuple[int, int, int]:
-    """`_row_strides` of t as launched: of its `_decode_gqa_views` view where the decode is
+    """`_row_strides` of t as launched: of its `_packed_strides` view where the decode is
     packed, computed without building the view (as_strided costs microseconds a call)."""
     if not packed:
         return _row_strides(t)
@@ -497,7 +487,7 @@ def _broadcast_dim(t: torch.Tensor) -> Optional[str]:
 
 
 def _packable(t: torch.Tensor) -> bool:
-    """Whether `_decode_gqa_views` of t keeps the kernel's in-tile offsets 32-bit: its row
+    """Whether the `_packed_strides` view of t keeps the kernel's in-tile offsets 32-bit: its row
     stride is t's head stride, bounded for the tallest tile (the config is not known yet).
     Where it is not, the decode runs unpacked, whose single row needs no such bound."""
     return t.stride(2) * _MAX_BLOCK_M < _MAX_TILE_OFFSET
