@@ -24,8 +24,11 @@ __forceinline__ __device__ float quad_allreduce(float x, Op op) {
 // max has grown by more than kLazyRescaleLog2 in log2 units (FlashAttention-4's trick):
 // P then reaches at most 2^kLazyRescaleLog2 = 256, harmless for fp32 sums and for P in
 // bf16/fp16, and the 2 x 64 FMULs per thread per key block that rescale O and the row sum
-// are skipped in all but the first few blocks of typical rows. Exact either way: the final
-// division uses the row sum accumulated against the same maxima.
+// are skipped in all but the first few blocks of typical rows. Stale maxima cost no
+// accuracy: the final division uses the row sum accumulated against the same maxima as O.
+// What must hold is that a row whose max did not move is scaled by exactly 1
+// (correction_factor): a factor off by one rounding error, applied once per key block,
+// compounds over a long row (docs/design.md, "The rescale factor").
 template <int kNRows, bool kLazyRescale>
 struct OnlineSoftmax {
   static constexpr float kLazyRescaleLog2 = 8.f;
@@ -55,7 +58,7 @@ struct OnlineSoftmax {
           float const prev_max = row_max[mi];
           float const new_max = fmaxf(prev_max, block_max[mi]);
           row_max[mi] = new_max;
-          float const correction = exp2_approx(prev_max * scale_log2 - scaled_max(new_max, scale_log2));
+          float const correction = correction_factor(prev_max, new_max, scale_log2);
           row_sum[mi] *= correction;
           CUTE_UNROLL
           for (int di = 0; di < size<1>(out); ++di) { out(mi, di) *= correction; }
@@ -90,12 +93,14 @@ struct OnlineSoftmax {
         row_max[mi] = block_max[mi];
         row_sum[mi] = 0.f;
         correction.factor[mi] = 1.f;
-      } else {
+      } else if (correction.rescale) {
         float const prev_max = row_max[mi];
-        float const new_max = correction.rescale ? fmaxf(prev_max, block_max[mi]) : prev_max;
+        float const new_max = fmaxf(prev_max, block_max[mi]);
         row_max[mi] = new_max;
-        correction.factor[mi] = exp2_approx(prev_max * scale_log2 - scaled_max(new_max, scale_log2));
+        correction.factor[mi] = correction_factor(prev_max, new_max, scale_log2);
         row_sum[mi] *= correction.factor[mi];
+      } else {
+        correction.factor[mi] = 1.f;  // kLazyRescale kept the stale maxima: nothing to scale
       }
     }
     exponentiate(scores, scale_log2);
@@ -173,6 +178,17 @@ struct OnlineSoftmax {
   __forceinline__ __device__ float lse(int mi, float scale) const {
     float const sum = row_sum[mi];
     return sum == 0.f ? -INFINITY : row_max[mi] * scale + logf(sum);
+  }
+
+  // exp((prev_max - new_max) * scale), by which a row's sum and O shrink when its max grows
+  // from prev_max to new_max (>= prev_max). From the difference, as FlashAttention-2 does:
+  // prev_max * s - round(prev_max * s), which an FFMA forms from the product form
+  // exp2(prev_max * s - new_max * s), is one rounding error of the product instead of 0,
+  // so an unchanged max scaled by it drifts block after block. The select also gives 1 for
+  // a row with no key yet (both -inf, whose difference is NaN); a row that sees its first
+  // key (prev_max -inf) gets exp2(-inf) = 0.
+  __forceinline__ __device__ static float correction_factor(float prev_max, float new_max, float scale_log2) {
+    return new_max == prev_max ? 1.f : exp2_approx((prev_max - new_max) * scale_log2);
   }
 
   // A row that has seen only -inf keeps max -inf; using 0 then gives exp2(-inf) = 0 instead
