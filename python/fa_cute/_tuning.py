@@ -10,13 +10,30 @@ Readers never lock: writers replace the file atomically (`os.replace` of a finis
 file in the same folder), so a reader sees the old file or the new one, never half of one.
 Writers serialise on an `fcntl.flock` of `<file>.lock` and re-read the file under it, so
 two tuning runs at once merge their entries instead of the last one erasing the first's.
-A cache that cannot be read or parsed is ignored with a warning: a tuning cache must never
-be the reason an attention call fails.
+Writing therefore needs POSIX (`fcntl` is imported by `write` alone, so that `import
+fa_cute` and reading work everywhere); without it `write` raises OSError.
+
+A tuning cache must never be the reason an attention call fails or hangs. The reader opens
+the path without blocking and reads it only if the open descriptor is a regular file (so a
+FIFO, a device, a directory or a symlink to one is refused, with no race between a check
+and the open), at most `MAX_BYTES` of it. Anything else that goes wrong while reading or
+parsing (an OSError, bytes that are not UTF-8, invalid or too deeply nested JSON, JSON of
+another shape, running out of memory) is the same: the cache is ignored with one
+RuntimeWarning that names the path, the reason and the fix, and the process goes on with
+an empty cache: later lookups neither read again nor warn again until `forget`, after which
+the next lookup reads the (perhaps repaired) file afresh. A missing file is an empty cache,
+without a warning.
+
+`write` merges into what the file holds; a file that cannot be used is warned about as
+above and replaced. A path (or lock file) that is there but not a regular file is refused
+with an OSError instead, the file left as it is: it is not a cache that a tuning run wrote,
+so replacing it would discard something that is not ours.
 """
 
-import fcntl
 import json
 import os
+import stat
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,6 +45,20 @@ Entries = Dict[str, Dict[str, str]]  # gpu name -> key -> config name
 
 MIN_BUCKET, MAX_BUCKET = 128, 65536
 _VERSION = _C.build_info()["version"]
+
+# The most bytes of the cache file that are read. An entry is about 60 bytes and a full
+# tuning run stores on the order of a hundred per GPU (10 seqlen buckets per dtype, head
+# dim and causality), so a real cache is a few KiB; 1 MiB holds more than a hundred fully
+# tuned GPUs. A larger file is not a cache we wrote, and reading it all would cost the
+# first auto call time and memory.
+MAX_BYTES = 1 << 20
+
+# How the cache and its lock file are opened: read-only and without blocking (a FIFO with
+# no writer opens at once, where a plain open waits for one), not leaking the descriptor
+# into a child; O_BINARY keeps Windows from translating line ends. Flags a platform lacks
+# are 0.
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
 
 _loaded: Optional[Entries] = None  # the cache as read once per process (see `forget`)
 
@@ -65,35 +96,61 @@ def cache_path() -> Path:
 
 
 def cached_configs(gpu: str) -> Dict[str, str]:
-    """This GPU's entries of the cache, read from disk at most once per process."""
+    """This GPU's entries of the cache, read from disk at most once per process (a cache
+    that was ignored with a warning counts as read, and empty)."""
     global _loaded
     if _loaded is None:
-        _loaded = _read(cache_path())
+        try:
+            path = cache_path()
+        except RuntimeError as exc:  # Path.home() where neither HOME nor passwd names one
+            _warn(f"fa_cute: no tuning cache is used: its folder is unknown ({exc}); set "
+                  "FA_CUTE_CACHE_DIR")
+            _loaded = {}
+        else:
+            _loaded = _read(path)
     return _loaded.get(gpu, {})
 
 
 def write(entries: Entries) -> Path:
     """Merge entries into the cache file (theirs win over what the file holds); return it.
 
-    Raises OSError when the folder or file cannot be written.
+    A cache file that cannot be used is replaced (after the reader's warning). Raises
+    OSError when the folder or file cannot be written, when the path or its lock file is
+    there but is not a regular file (a FIFO, a device, a directory, or a symlink to one),
+    and where the platform has no `fcntl` to lock with.
     """
     global _loaded
+    try:
+        import fcntl
+    except ImportError:
+        raise OSError(f"fa_cute: writing the tuning cache needs fcntl.flock (POSIX), which "
+                      f"this platform ({sys.platform}) lacks") from None
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        merged = _read(path)
+    # Read-only is enough for flock, and unlike open(..., "a") it never waits for a reader
+    # where the lock file is a FIFO.
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        lock = _open_regular(lock_path, _OPEN_FLAGS | os.O_CREAT)
+    except _NotRegular as exc:
+        raise OSError(f"fa_cute: the tuning cache's lock file {lock_path} {exc}; remove "
+                      "it") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the descriptor closes
+        merged = _read(path, refuse_special=True)
         for gpu, picks in entries.items():
             merged.setdefault(gpu, {}).update(picks)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(merged, f, indent=1, sort_keys=True)
                 f.write("\n")
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
+    finally:
+        os.close(lock)
     _loaded = merged
     return path
 
@@ -105,27 +162,109 @@ def forget() -> None:
     _loaded = None
 
 
-def _read(path: Path) -> Entries:
-    """The cache's entries; {} when the file is missing, and {} with a warning when it
-    cannot be read or is not `{gpu: {key: config}}` JSON."""
+class _NotRegular(OSError):
+    """The path is there but is not a regular file."""
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """A descriptor of path opened with flags (which must not block), or _NotRegular.
+
+    The type is checked on the open descriptor, so nothing can swap the file between the
+    check and the open."""
+    fd = os.open(path, flags, 0o666)
     try:
-        text = path.read_text()
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegular(f"is not a regular file but {_kind(mode)}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), f"of mode {mode:o}")
+
+
+def _read(path: Path, refuse_special: bool = False) -> Entries:
+    """The cache's entries; {} when the file is missing, and {} with one warning when it
+    cannot be used for any reason. refuse_special (for `write`): raise OSError for a path
+    that is not a regular file, which `write` must not replace."""
+    try:
+        return _load(path)
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        return _ignored(path, f"cannot be read ({exc})")
+    except _NotRegular as exc:
+        if refuse_special:
+            raise OSError(f"fa_cute: the tuning cache {path} {exc}; remove it, or set "
+                          "FA_CUTE_CACHE_DIR to another folder") from None
+        return _ignored(path, str(exc), "remove it (then `python -m fa_cute.tune` writes a "
+                                        "new one), or set FA_CUTE_CACHE_DIR elsewhere")
+    # Any failure at all, not a list of the expected ones: the cache is optional, and an
+    # exception let through would fail every attention call of the process.
+    except Exception as exc:  # noqa: BLE001
+        return _ignored(path, _reason(exc),
+                        "`python -m fa_cute.tune` rewrites it, or delete the file")
+
+
+class _Unusable(Exception):
+    """The file was read but is not a cache; the message says why."""
+
+
+def _load(path: Path) -> Entries:
+    """The cache's entries, or an exception: FileNotFoundError, _NotRegular, _Unusable, or
+    whatever reading, decoding and parsing raised."""
+    fd = _open_regular(path, _OPEN_FLAGS)
     try:
-        entries = json.loads(text)
-    except ValueError as exc:
-        return _ignored(path, f"is not valid JSON ({exc})")
+        chunks, size = [], 0
+        while size <= MAX_BYTES:  # one byte past the limit tells a larger file apart
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:
+        raise _Unusable(f"is larger than {MAX_BYTES >> 20} MiB, which no tuning cache is")
+    entries = json.loads(b"".join(chunks).decode("utf-8"))
     if not (isinstance(entries, dict) and all(
             isinstance(picks, dict) and all(isinstance(v, str) for v in picks.values())
             for picks in entries.values())):
-        return _ignored(path, "is not a JSON object of {gpu_name: {key: config_name}}")
+        raise _Unusable("is not a JSON object of {gpu_name: {key: config_name}}")
     return entries
 
 
-def _ignored(path: Path, why: str) -> Entries:
-    warnings.warn(f"fa_cute: ignoring the tuning cache {path}: it {why}; "
-                  "`python -m fa_cute.tune` rewrites it", RuntimeWarning, stacklevel=3)
+def _reason(exc: Exception) -> str:
+    """What went wrong, as the end of "the tuning cache <path> ..."."""
+    if isinstance(exc, _Unusable):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"is not UTF-8 text ({exc})"
+    if isinstance(exc, ValueError):
+        return f"is not valid JSON ({exc})"
+    if isinstance(exc, RecursionError):
+        return "nests too deeply to parse"
+    if isinstance(exc, MemoryError):
+        return "does not fit in memory"
+    return f"cannot be parsed ({type(exc).__name__}: {exc})"
+
+
+def _ignored(path: Path, why: str, fix: str) -> Entries:
+    _warn(f"fa_cute: ignoring the tuning cache {path}: it {why}; {fix}")
     return {}
+
+
+def _warn(message: str) -> None:
+    """A RuntimeWarning attributed to the first caller outside fa_cute where Python can
+    (3.12+), so that it points at the user's attention call rather than at this module."""
+    if sys.version_info >= (3, 12):
+        package = os.path.dirname(__file__)
+        warnings.warn(message, RuntimeWarning, skip_file_prefixes=(package,))
+    else:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
