@@ -20,7 +20,7 @@ output 0 and LSE -inf.
 """
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -172,3 +172,75 @@ def check_lse(lse: torch.Tensor, ref: torch.Tensor, atol: float = LSE_ATOL,
                              f"{ref[finite][worst].item():.4f} exceeds {atol:g} + {rtol:g} x "
                              f"|reference|; max error {err.max().item():.3e}")
     return err.max().item()
+
+
+#: Scaled logit of the attention-sink key of `long_inputs(kind="sink-*")`: e^12 (160k) is
+#: about the total weight of 131k ordinary keys (131k x e^1 for logits ~ N(0, 2)), so the
+#: sink and the rest both matter, and every key block after the sink's keeps the row max.
+SINK_LOGIT = 12.0
+
+
+def long_inputs(batch: int, seqlen_q: int, seqlen_k: int, nheads: int, nheads_k: int,
+                head_dim: int, dtype: torch.dtype, device: Union[str, torch.device], kind: str
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q, k, v (batch, seqlen, heads, head_dim) for long-sequence accuracy checks.
+
+    kind "magM" (e.g. "mag6"): q, k ~ N(0, 1) * M, v ~ N(0, 1): logits ~ N(0, M^4), a peaky
+    softmax whose row max is found early and then rarely moves. "sink-first" and
+    "sink-last": M = 1 plus a shared direction u, in q with weight sqrt(head_dim) and in
+    key 0 (first) or key seqlen_k - 1 (last) with weight SINK_LOGIT, so that every query
+    row gives that key a logit of about SINK_LOGIT (an attention sink). The kernels visit a
+    tile's key blocks last to first, so "sink-last" sets the row max in the first block
+    visited and keeps it for every later one: the case where a per-block rescale factor
+    that is not exactly 1 compounds the most.
+    """
+    if kind.startswith("mag"):
+        mag, sink = float(kind[3:]), None
+    elif kind in ("sink-first", "sink-last"):
+        mag, sink = 1.0, 0 if kind == "sink-first" else seqlen_k - 1
+    else:
+        raise ValueError(f"kind: 'magM', 'sink-first' or 'sink-last'; got {kind!r}")
+
+    def randn(seqlen: int, heads: int, scale: float) -> torch.Tensor:
+        return torch.randn(batch, seqlen, heads, head_dim, device=device) * scale
+
+    q, k, v = randn(seqlen_q, nheads, mag), randn(seqlen_k, nheads_k, mag), randn(seqlen_k, nheads_k, 1.0)
+    if sink is not None:
+        u = torch.nn.functional.normalize(torch.randn(head_dim, device=device), dim=0)
+        q += math.sqrt(head_dim) * u
+        k[:, sink] = SINK_LOGIT * u
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def row_references(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice,
+                   heads: Sequence[int], *, causal: bool = False,
+                   softmax_scale: Optional[float] = None
+                   ) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(head, float64 reference, plain reference, float64 LSE) of forward's result on some
+    query rows of some heads only, where the reference of the whole problem would not fit
+    (131k keys): each head reads its own K/V head (GQA); causal is bottom-right, as forward.
+    The references are shaped (batch, rows, 1, head_dim) and (batch, 1, rows)."""
+    seqlen_q, nheads, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    seqlen_k, group = k.shape[1], nheads // k.shape[2]
+    scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
+    offset = seqlen_k - seqlen_q + range(seqlen_q)[rows].start if causal else None
+    for h in heads:
+        sub = (q[:, rows, h:h + 1], k[:, :, h // group:h // group + 1],
+               v[:, :, h // group:h // group + 1])
+        ref, ref_lse = attention_ref(*sub, scale, causal=causal, causal_offset=offset,
+                                     return_lse=True)
+        yield h, ref, attention_ref(*sub, scale, upcast=False, causal=causal,
+                                    causal_offset=offset), ref_lse
+
+
+def check_rows(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, rows: slice, heads: Sequence[int], *, causal: bool = False
+               ) -> Tuple[float, float]:
+    """`check_close` and `check_lse` of forward's out and LSE (default scale) on the rows
+    and heads of `row_references`; returns the largest (max abs output error, max abs LSE
+    error) over them."""
+    out_err = lse_err = 0.0
+    for h, ref, plain, ref_lse in row_references(q, k, v, rows, heads, causal=causal):
+        out_err = max(out_err, check_close(out[:, rows, h:h + 1], ref, plain)[0])
+        lse_err = max(lse_err, check_lse(lse[:, h:h + 1, rows], ref_lse))
+    return out_err, lse_err
