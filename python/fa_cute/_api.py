@@ -204,7 +204,14 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         raise ValueError(f"query has {query.shape[1]} heads but key and value have "
                          f"{key.shape[1]}; pass enable_gqa=True for grouped-query attention "
                          "(query heads a multiple of key/value heads)")
-    q, k, v = (t.transpose(1, 2) for t in tensors)
+    try:
+        q, k, v = tuple(t.transpose(1, 2) for t in tensors)
+    except RuntimeError:
+        # PyTorch refuses to view a tensor beyond its storage (one freed under it, as FSDP
+        # does): say which argument, at no cost to calls that pass.
+        for name, t in zip(_SDPA_NAMES[:3], tensors):
+            _check_memory(name, t)
+        raise
     launch = _validate_cached(q, k, v, causal=is_causal, bottom_right=False,
                               softmax_scale=scale, config=AUTO, out=None, names=_SDPA_NAMES)
     batch, nheads, seqlen_q, head_dim = query.shape
@@ -349,8 +356,10 @@ def _launch_strides(t: torch.Tensor, packed: bool, nheads_k: int) -> Tuple[int, 
 # Launches that passed `_validate`, by everything the checks read (see `_launch_key`): a
 # decode step in a serving loop repeats one shape thousands of times, and the checks cost
 # about 60 us of Python per call on an H100 host, more than the step's kernel (FLASH's
-# whole SDPA call costs 18 us). Bounded: cleared when full.
-_VALIDATED: Dict[tuple, _Launch] = {}
+# whole SDPA call costs 18 us). Bounded: cleared when full. Each entry is
+# (launch, element size, q's, k's and v's `_extent_bytes`): what a hit needs to ask whether
+# each storage still holds its tensor (`_validate_cached`).
+_VALIDATED: Dict[tuple, Tuple[_Launch, int, int, int, int]] = {}
 _VALIDATED_MAX = 1024
 
 
@@ -358,9 +367,10 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
     """What `_validate` depends on when out is None, or None where a key cannot stand in
     for the checks (not all tensors, or not on a GPU: errors are never cached).
 
-    Tensor types, layouts, dtypes, shapes, strides, devices and 16-byte alignment of the
-    data pointers; the flags and the scale with their types (a bool scale is an error, an
-    int one is not); the config name; the argument names of the messages.
+    Tensor types, layouts, dtypes, shapes, strides, devices, negation bits and 16-byte
+    alignment of the data pointers; the flags and the scale with their types (a bool scale
+    is an error, an int one is not); the config name; the argument names of the messages.
+    Not the storages' sizes: `_validate_cached` checks those on every call.
     """
     tensors = (q, k, v)
     if not all(type(t) is torch.Tensor and t.is_cuda for t in tensors):
@@ -370,10 +380,15 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
     if type(causal) is not bool or not (config is None or type(config) is str) or not (
             softmax_scale is None or type(softmax_scale) in (int, float)):
         return None
-    return (tuple((t.dtype, t.shape, t.stride(), t.device, t.layout,
-                   t.data_ptr() % _ALIGN_BYTES) for t in tensors),
-            type(causal), causal, bottom_right, type(softmax_scale), softmax_scale,
-            type(config), config, names)
+    try:
+        tensor_keys = tuple((t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
+                             t.data_ptr() % _ALIGN_BYTES) for t in tensors)
+    except RuntimeError:
+        # A sparse tensor has no data_ptr(), a nested one no shape: the checks name them.
+        # (Free where nothing raises, unlike asking each tensor's layout first.)
+        return None
+    return (tensor_keys, type(causal), causal, bottom_right, type(softmax_scale),
+            softmax_scale, type(config), config, names)
 
 
 def _validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
@@ -384,15 +399,25 @@ def _validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, conf
     key = None
     if out is None:
         key = _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names)
-        launch = _VALIDATED.get(key) if key is not None else None
-        if launch is not None:
-            return launch
+        hit = _VALIDATED.get(key) if key is not None else None
+        if hit is not None:
+            # A storage can be freed or shrunk under a tensor of a cached shape (FSDP's
+            # resize_(0)), and keying on storage sizes and offsets would miss on every step
+            # of a window sliding through a fixed buffer: each call asks whether its
+            # storages still hold q, k and v. One that does not goes to `_validate`, which
+            # names it.
+            launch, size, q_end, k_end, v_end = hit
+            if (q.storage_offset() * size + q_end <= q.untyped_storage().nbytes()
+                    and k.storage_offset() * size + k_end <= k.untyped_storage().nbytes()
+                    and v.storage_offset() * size + v_end <= v.untyped_storage().nbytes()):
+                return launch
     launch = _validate(q, k, v, causal=causal, bottom_right=bottom_right,
                        softmax_scale=softmax_scale, config=config, out=out, names=names)
     if key is not None:
         if len(_VALIDATED) >= _VALIDATED_MAX:
             _VALIDATED.clear()
-        _VALIDATED[key] = launch
+        _VALIDATED[key] = (launch, q.element_size(), _extent_bytes(q), _extent_bytes(k),
+                           _extent_bytes(v))
     return launch
 
 
@@ -420,6 +445,11 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (batch, seqlen, nheads, headdim); got shape "
                              f"{tuple(t.shape)}")
+        _check_memory(name, t)
+    if out is not None:
+        # Before the packing decision reads out's strides: a bad out gets the same error
+        # whatever the shapes.
+        _check_out_like_q(out, q, q_name)
 
     batch, seqlen_q, nheads, head_dim = q.shape
     if k.shape != v.shape:
@@ -614,21 +644,28 @@ def _resolve_scale(scale, head_dim: int, name: str = "softmax_scale") -> float:
     return value
 
 
-def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int,
-               names: _Names = _FORWARD_NAMES) -> None:
-    """out must look like q, have one memory location per element, and not alias k or v.
-
-    Each thread block reads its own Q tile before it writes the same rows of O, so out may
-    be q itself (same address and strides); any other overlap with q, and every overlap
-    with k or v (read by all blocks while others write), would race.
-    """
-    q_name = names.q
+def _check_out_like_q(out, q: torch.Tensor, q_name: str) -> None:
+    """out is a tensor of q's dtype and shape whose memory holds it: what `_check_out` then
+    takes for granted."""
     _check_tensor("out", out)
     if out.dtype != q.dtype:
         raise TypeError(f"out has dtype {out.dtype}; it must match {q_name} ({q.dtype})")
     if out.shape != q.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}; it must match {q_name} "
                          f"{tuple(q.shape)}")
+    _check_memory("out", out)
+
+
+def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int,
+               names: _Names = _FORWARD_NAMES) -> None:
+    """out (already `_check_out_like_q`) must have one memory location per element, and not
+    alias k or v.
+
+    Each thread block reads its own Q tile before it writes the same rows of O, so out may
+    be q itself (same address and strides); any other overlap with q, and every overlap
+    with k or v (read by all blocks while others write), would race.
+    """
+    q_name = names.q
     _check_layout("out", out, block_rows)
     if _overlaps_itself(out):
         raise ValueError("out has elements that share memory (e.g. an expanded tensor); pass "
@@ -762,9 +799,36 @@ def _spans_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
+def _extent_bytes(t: torch.Tensor) -> int:
+    """The bytes t's elements span from its first: 0 for an empty tensor."""
+    if t.numel() == 0:
+        return 0
+    last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return (last + 1) * t.element_size()
+
+
+def _check_memory(name: str, t: torch.Tensor) -> None:
+    """t's values are what the kernel reads at t.data_ptr(): its storage holds every element
+    (a storage freed with .untyped_storage().resize_(0), as FSDP does to sharded parameters,
+    holds none: the kernel would read freed memory) and no lazy negation is pending (a
+    `_neg_view` negates on read in PyTorch's kernels only). Conjugate views are complex,
+    which the dtype check refuses first."""
+    if t.is_neg():
+        raise ValueError(f"{name} is a negated view (is_neg() is True), whose values the kernel "
+                         "would read un-negated; call .resolve_neg() on it")
+    end = t.storage_offset() * t.element_size() + _extent_bytes(t)
+    if t.numel() and end > t.untyped_storage().nbytes():
+        raise ValueError(f"{name} reaches byte {end} of its storage, which holds "
+                         f"{t.untyped_storage().nbytes()} bytes (a storage freed with "
+                         ".untyped_storage().resize_(0), as FSDP does, holds 0); pass a tensor "
+                         "whose storage holds all its elements")
+
+
 def _check_tensor(name: str, t) -> None:
     """A strided torch.Tensor: the kernel needs data_ptr() and strides."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) torch.Tensor; got layout {t.layout}")
+    if t.is_nested:  # a nested tensor of strided layout has neither shape nor strides
+        raise TypeError(f"{name} must be a dense (strided) torch.Tensor; got a nested tensor")
