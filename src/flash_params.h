@@ -10,6 +10,18 @@ namespace fa_cute {
 // addresses correctly; the last (head) dim is always contiguous.
 using index_t = int64_t;
 
+// What the kernels' 32-bit index arithmetic has room for; _C refuses larger problems
+// (src/launch_checks.cpp) and _C.limits() reports these to Python. Row, key, block and
+// tile indices are int. Every such expression (a length plus a block minus 1, a row plus
+// causal_offset plus a block) adds at most a few terms each below kMaxSeqlen + 256, so
+// they stay below 2^31; at 2^31 - kBlockN + 1 keys the key-block count wrapped negative
+// and every row came back O = 0, LSE = -inf. |causal_offset| is bounded by kMaxSeqlen too.
+constexpr int kMaxSeqlen = 1 << 29;
+// Thread-block tiles of one launch (batch x heads x query blocks x key splits). The
+// persistent loops look up to two rounds of the grid ahead of the current tile, so the
+// count leaves that much below 2^31.
+constexpr long long kMaxLaunchTiles = 1ll << 30;
+
 // Everything a forward kernel needs, filled by the host from plain integers: no torch.
 struct FwdParams {
   void const* __restrict__ q_ptr;

@@ -43,7 +43,7 @@ FwdMaskMode sm80_mask_mode(FwdParams const& params) {
 // that fills the GPU at least 80% already gets no split (the combine pass and the fp32 O
 // traffic would be pure overhead); below that, enough splits to fill the resident block
 // slots once, with at least 4 key blocks a split to amortise its Q load and its fp32 O
-// store, and at most 128.
+// store, and at most kMaxSplits.
 template <class Traits>
 int sm80_num_splits(FwdParams const& params, int device) {
   if constexpr (!Traits::kSplitKV) return 1;
@@ -53,7 +53,7 @@ int sm80_num_splits(FwdParams const& params, int device) {
   });
   if (tiles <= 0 || tiles * 5 >= (long long)resident * 4) return 1;
   int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-  int const max_splits = std::min(128, n_blocks / 4);
+  int const max_splits = std::min(kMaxSplits, n_blocks / 4);
   int const wanted = int((resident + tiles - 1) / tiles);
   return std::max(1, std::min(wanted, max_splits));
 }

@@ -59,12 +59,12 @@ inline long long fwd_query_tiles(FwdParams const& params, int block_m) {
 }
 
 // Thread-block tiles of a launch, each query tile once per key split. The kernels number
-// them in int, so a launch past 2^31 - 1 is refused here.
+// them in int, so a launch past kMaxLaunchTiles is refused here.
 inline long long fwd_launch_tiles(FwdParams const& params, int block_m) {
   long long const tiles = fwd_query_tiles(params, block_m) * (params.num_splits > 1 ? params.num_splits : 1);
-  if (tiles > 0x7fffffffLL) {
+  if (tiles > kMaxLaunchTiles) {
     throw std::invalid_argument("batch * nheads * ceil(seqlen_q / " + std::to_string(block_m) +
-                                ") * num_splits exceeds 2^31 - 1 tiles");
+                                ") * num_splits exceeds " + std::to_string(kMaxLaunchTiles) + " tiles");
   }
   return tiles;
 }

@@ -1,8 +1,9 @@
 // fa_cute._C: the kernels behind plain integers (pointers, sizes, strides, a stream
 // handle). No libtorch: python/fa_cute fills these from torch tensors, so one build
-// serves any PyTorch version. Checks here repeat what the kernels rely on, as a second
-// line of defence behind python/fa_cute's validation; std::invalid_argument becomes
-// ValueError in Python, std::runtime_error RuntimeError.
+// serves any PyTorch version. Every entry point checks on its own what the kernels rely on
+// (src/launch_checks.h), as a second line of defence behind python/fa_cute's validation
+// and the only one for a direct caller; std::invalid_argument becomes ValueError in
+// Python, std::runtime_error RuntimeError.
 
 #include <cstdint>
 #include <stdexcept>
@@ -15,6 +16,8 @@
 
 #include "flash_params.h"
 #include "kernel_registry.h"
+#include "launch_checks.h"
+#include "tile_size.h"
 
 namespace py = pybind11;
 
@@ -23,35 +26,17 @@ namespace {
 
 using Strides = std::tuple<int64_t, int64_t, int64_t>;  // (batch, seq, head), in elements
 
-void require(bool ok, std::string const& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
 DType parse_dtype(std::string const& dtype) {
   if (dtype == "bf16") return DType::kBF16;
   if (dtype == "fp16") return DType::kFP16;
   throw std::invalid_argument("dtype: '" + dtype + "' is not supported; allowed: bf16, fp16");
 }
 
-void check_operand(char const* name, uintptr_t ptr, Strides const& s, int max_block_rows) {
-  std::string const n(name);
-  require(ptr % 16 == 0, n + ": data pointer must be 16-byte aligned (16-byte vector loads)");
-  auto const [b, r, h] = s;
-  require(b % 8 == 0 && r % 8 == 0 && h % 8 == 0,
-          n + ": batch, seqlen and head strides must be multiples of 8 elements (16-byte vector loads)");
-  require(r >= 0 && r * int64_t(max_block_rows) < (int64_t(1) << 31),
-          n + ": seqlen stride must be below 2^31 / " + std::to_string(max_block_rows) +
-              " elements (in-tile offsets are 32-bit)");
-}
-
 // The problem's sizes in FwdParams, checked as the kernels rely on them: what forward and
 // num_splits share.
 FwdParams problem_params(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k,
                          bool is_causal) {
-  require(batch >= 1 && nheads >= 1 && nheads_k >= 1, "batch, nheads and nheads_k must be >= 1");
-  require(nheads % nheads_k == 0, "nheads must be a multiple of nheads_k");
-  require(seqlen_q >= 1, "seqlen_q: must be >= 1, got " + std::to_string(seqlen_q));
-  require(seqlen_k >= 1, "seqlen_k: must be >= 1, got " + std::to_string(seqlen_k));
+  check_problem_sizes(batch, seqlen_q, seqlen_k, nheads, nheads_k);
   FwdParams params{};
   params.batch = batch;
   params.seqlen_q = seqlen_q;
@@ -69,20 +54,8 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
                int causal_offset, int device, uintptr_t stream_handle, bool timed, int num_splits,
                uintptr_t o_accum, uintptr_t lse_accum) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
-  require(head_dim == kernel.head_dim, "head_dim: config " + config + " is built for head dim " +
-                                           std::to_string(kernel.head_dim) + ", got " +
-                                           std::to_string(head_dim));
   FwdParams params = problem_params(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
-  require(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
-  require(lse % 4 == 0, "lse: data pointer must be 4-byte aligned");
-  require(num_splits >= 1, "num_splits: must be >= 1, got " + std::to_string(num_splits));
-  require(num_splits == 1 || (o_accum != 0 && lse_accum != 0 && o_accum % 4 == 0 && lse_accum % 4 == 0),
-          "num_splits > 1 needs 4-byte aligned fp32 o_accum and lse_accum buffers");
-  check_operand("q", q, q_strides, kernel.block_m);
-  check_operand("k", k, k_strides, kernel.block_n);
-  check_operand("v", v, v_strides, kernel.block_n);
-  check_operand("out", o, o_strides, kernel.block_m);
-
+  FA_CUTE_REQUIRE(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
   params.q_ptr = reinterpret_cast<void const*>(q);
   params.k_ptr = reinterpret_cast<void const*>(k);
   params.v_ptr = reinterpret_cast<void const*>(v);
@@ -100,8 +73,14 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   params.softmax_scale = float(softmax_scale);
   params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
 
+  // Integers first (CI, with no GPU, reaches every one of them), then the runtime and the
+  // driver: the device, the stream handle, the pointers' allocations.
+  ForwardExtents const extents = check_forward_args(kernel, params, device);
+  check_stream_handle(stream_handle);
+  check_device(device);
   // This module links its own (static) CUDA runtime; select the caller's device in it.
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  check_forward_memory(extents, device);
   auto const stream = reinterpret_cast<cudaStream_t>(stream_handle);
 
   py::gil_scoped_release release;
@@ -138,6 +117,8 @@ int num_splits(std::string const& config, std::string const& dtype, int batch, i
                int seqlen_k, int nheads, int nheads_k, bool is_causal, int device) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   FwdParams const params = problem_params(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
+  FA_CUTE_REQUIRE(device >= 0, "device: must be a CUDA device index >= 0, got " + std::to_string(device));
+  check_device(device);
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   return kernel.num_splits(params, device);
 }
@@ -164,6 +145,18 @@ py::list configs() {
     }
     current["dtypes"].cast<py::list>().append(dtype_name(k.dtype));
   }
+  return out;
+}
+
+// The bounds _C.forward enforces, for the Python layer to check against (one source of
+// truth: src/flash_params.h, src/tile_size.h, src/launch_checks.h).
+py::dict limits() {
+  py::dict out;
+  out["max_seqlen"] = kMaxSeqlen;
+  out["max_causal_offset"] = kMaxSeqlen;
+  out["max_splits"] = kMaxSplits;
+  out["max_tiles"] = kMaxLaunchTiles;
+  out["max_extent_bytes"] = kMaxExtentBytes;
   return out;
 }
 
@@ -195,4 +188,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
         py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
   m.def("build_info", &fa_cute::build_info);
+  m.def("limits", &fa_cute::limits);
 }

@@ -13,6 +13,10 @@ struct FwdTile {
   bool persistent;  // blocks loop over tiles, loading the next tile's Q/K under the O store
 };
 
+// Key splits of one launch at most, FlashAttention-2's cap: each split adds an fp32 O and
+// LSE per query row that the combine pass reads back.
+constexpr int kMaxSplits = 128;
+
 // Query lengths up to this many rows (decode, speculative decode, GQA-packed decode) take
 // a 64-row tile with split-KV in both kernels: a 128-row tile would compute mostly rows
 // that do not exist, and batch x heads tiles alone leave most SMs idle.
@@ -106,7 +110,7 @@ constexpr int kSm90ShortQueryMinKeys = 512;
 // 16 splits 110), 80 tiles -> 3 (237 us against 257 unsplit), 128 tiles -> 1 (356 us; 2
 // splits 366).
 constexpr int split_kv_count(long long tiles, int slots, int n_blocks) {
-  int const max_splits = n_blocks / 4 < 128 ? n_blocks / 4 : 128;
+  int const max_splits = n_blocks / 4 < kMaxSplits ? n_blocks / 4 : kMaxSplits;
   if (tiles <= 0 || slots <= 0 || max_splits <= 1) return 1;
   auto efficiency = [&](int s) {
     long long const ctas = tiles * s;

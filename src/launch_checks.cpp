@@ -1,0 +1,195 @@
+#include "launch_checks.h"
+
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime_api.h>
+
+#include "tile_size.h"
+
+namespace fa_cute {
+namespace {
+
+using u128 = unsigned __int128;
+
+std::string str(long long value) { return std::to_string(value); }
+
+// The size of every bf16 / fp16 element.
+constexpr uint64_t kElementBytes = 2;
+
+// A (batch, seqlen, heads, head_dim) operand: its pointer and strides as the kernels use
+// them, and its extent in bytes. Tiles are loaded as 16-byte vectors (cp.async, ldmatrix,
+// TMA), and in-tile row offsets are 32-bit (the kernels' row_tile).
+OperandExtent check_operand(char const* name, uintptr_t ptr, int batch, int seqlen, int heads, int head_dim,
+                            index_t batch_stride, index_t row_stride, index_t head_stride, int block_rows) {
+  auto const n = [&] { return std::string(name); };
+  FA_CUTE_REQUIRE(ptr != 0, n() + ": the data pointer is null");
+  FA_CUTE_REQUIRE(ptr % 16 == 0, n() + ": data pointer must be 16-byte aligned (16-byte vector loads)");
+  FA_CUTE_REQUIRE(batch_stride >= 0 && row_stride >= 0 && head_stride >= 0,
+          n() + ": batch, seqlen and head strides must be >= 0, got (" + str(batch_stride) + ", " + str(row_stride) +
+              ", " + str(head_stride) + ")");
+  FA_CUTE_REQUIRE(batch_stride % 8 == 0 && row_stride % 8 == 0 && head_stride % 8 == 0,
+          n() + ": batch, seqlen and head strides must be multiples of 8 elements (16-byte vector loads)");
+  FA_CUTE_REQUIRE(row_stride <= ((int64_t(1) << 31) - 1) / block_rows,
+          n() + ": seqlen stride must be below 2^31 / " + std::to_string(block_rows) +
+              " elements (in-tile offsets are 32-bit)");
+  // Each stride is below 2^63 and each size below 2^31: the 128-bit sum cannot wrap.
+  u128 const elements = u128(batch - 1) * uint64_t(batch_stride) + u128(seqlen - 1) * uint64_t(row_stride) +
+                        u128(heads - 1) * uint64_t(head_stride) + uint64_t(head_dim);
+  u128 const bytes = elements * kElementBytes;
+  FA_CUTE_REQUIRE(bytes <= kMaxExtentBytes && u128(ptr) + bytes <= UINTPTR_MAX,
+          n() + ": sizes and strides address more than 2^48 bytes or past the end of the address space");
+  return {name, ptr, uint64_t(bytes)};
+}
+
+// A contiguous fp32 buffer of `count` elements (lse, o_accum, lse_accum).
+OperandExtent check_fp32_buffer(char const* name, uintptr_t ptr, u128 count) {
+  auto const n = [&] { return std::string(name); };
+  FA_CUTE_REQUIRE(ptr % 4 == 0, n() + ": data pointer must be 4-byte aligned (fp32)");
+  u128 const bytes = count * 4;
+  FA_CUTE_REQUIRE(bytes <= kMaxExtentBytes && u128(ptr) + bytes <= UINTPTR_MAX,
+          n() + ": the buffer would address more than 2^48 bytes or past the end of the address space");
+  return {name, ptr, uint64_t(bytes)};
+}
+
+}  // namespace
+
+void check_problem_sizes(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k) {
+  FA_CUTE_REQUIRE(batch >= 1, "batch: must be >= 1, got " + str(batch));
+  FA_CUTE_REQUIRE(nheads >= 1, "nheads: must be >= 1, got " + str(nheads));
+  FA_CUTE_REQUIRE(nheads_k >= 1, "nheads_k: must be >= 1, got " + str(nheads_k));
+  FA_CUTE_REQUIRE(nheads % nheads_k == 0, "nheads must be a multiple of nheads_k");
+  FA_CUTE_REQUIRE(seqlen_q >= 1 && seqlen_q <= kMaxSeqlen,
+          "seqlen_q: must be in [1, " + str(kMaxSeqlen) + "] (limits()['max_seqlen']), got " + str(seqlen_q));
+  FA_CUTE_REQUIRE(seqlen_k >= 1 && seqlen_k <= kMaxSeqlen,
+          "seqlen_k: must be in [1, " + str(kMaxSeqlen) + "] (limits()['max_seqlen']), got " + str(seqlen_k));
+  // The tile count of the unsplit launch; the split one is checked with num_splits.
+  long long const rows = (long long)batch * nheads;
+  FA_CUTE_REQUIRE(rows <= kMaxLaunchTiles, "batch * nheads must be <= " + str(kMaxLaunchTiles) + " (tiles are numbered in int)");
+}
+
+ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, int device) {
+  check_problem_sizes(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_k);
+  FA_CUTE_REQUIRE(p.head_dim == kernel.head_dim, std::string("head_dim: config ") + kernel.config + " is built for head dim " +
+                                             str(kernel.head_dim) + ", got " + str(p.head_dim));
+  FA_CUTE_REQUIRE(p.causal_offset >= -kMaxSeqlen && p.causal_offset <= kMaxSeqlen,
+          "causal_offset: must be in [-" + str(kMaxSeqlen) + ", " + str(kMaxSeqlen) + "], got " + str(p.causal_offset));
+  int const key_blocks = (p.seqlen_k + kernel.block_n - 1) / kernel.block_n;  // seqlen_k <= kMaxSeqlen: no wrap
+  int const max_splits = key_blocks < kMaxSplits ? key_blocks : kMaxSplits;
+  FA_CUTE_REQUIRE(p.num_splits >= 1 && p.num_splits <= max_splits,
+          "num_splits: must be in [1, " + str(max_splits) + "] (at most " + str(kMaxSplits) + " and at most the " +
+              str(key_blocks) + " key blocks of " + str(kernel.block_n) + "), got " + str(p.num_splits));
+  long long const query_tiles = (long long)((p.seqlen_q + kernel.block_m - 1) / kernel.block_m) * p.nheads * p.batch;
+  FA_CUTE_REQUIRE(query_tiles * p.num_splits <= kMaxLaunchTiles,
+          "batch * nheads * ceil(seqlen_q / " + str(kernel.block_m) + ") * num_splits must be <= " +
+              str(kMaxLaunchTiles) + " (tiles are numbered in int)");
+  u128 const rows = u128(p.batch) * p.nheads * p.seqlen_q;
+  // The combine kernel takes a few rows per block in one grid dimension.
+  FA_CUTE_REQUIRE(p.num_splits == 1 || rows <= u128(kMaxLaunchTiles),
+          "batch * nheads * seqlen_q must be <= " + str(kMaxLaunchTiles) + " with num_splits > 1");
+  FA_CUTE_REQUIRE(p.num_splits == 1 || (p.o_accum_ptr != nullptr && p.lse_accum_ptr != nullptr),
+          "num_splits > 1 needs non-null fp32 o_accum and lse_accum buffers");
+  FA_CUTE_REQUIRE(device >= 0, "device: must be a CUDA device index >= 0, got " + str(device));
+
+  auto const ptr = [](void const* x) { return reinterpret_cast<uintptr_t>(x); };
+  ForwardExtents extents{
+      check_operand("q", ptr(p.q_ptr), p.batch, p.seqlen_q, p.nheads, p.head_dim, p.q_batch_stride, p.q_row_stride,
+                    p.q_head_stride, kernel.block_m),
+      check_operand("k", ptr(p.k_ptr), p.batch, p.seqlen_k, p.nheads_k, p.head_dim, p.k_batch_stride, p.k_row_stride,
+                    p.k_head_stride, kernel.block_n),
+      check_operand("v", ptr(p.v_ptr), p.batch, p.seqlen_k, p.nheads_k, p.head_dim, p.v_batch_stride, p.v_row_stride,
+                    p.v_head_stride, kernel.block_n),
+      check_operand("out", ptr(p.o_ptr), p.batch, p.seqlen_q, p.nheads, p.head_dim, p.o_batch_stride, p.o_row_stride,
+                    p.o_head_stride, kernel.block_m),
+      check_fp32_buffer("lse", ptr(p.softmax_lse_ptr), rows),
+      OperandExtent{"o_accum", 0, 0},
+      OperandExtent{"lse_accum", 0, 0},
+  };
+  if (p.num_splits > 1) {
+    extents[5] = check_fp32_buffer("o_accum", ptr(p.o_accum_ptr), rows * p.num_splits * p.head_dim);
+    extents[6] = check_fp32_buffer("lse_accum", ptr(p.lse_accum_ptr), rows * p.num_splits);
+  }
+  return extents;
+}
+
+void check_device(int device) {
+  // The runtime fixes the device count at its initialisation (CUDA_VISIBLE_DEVICES).
+  static std::atomic<int> known_count{-1};
+  int count = known_count.load(std::memory_order_relaxed);
+  if (count < 0) {
+    check_cuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    known_count.store(count, std::memory_order_relaxed);
+  }
+  FA_CUTE_REQUIRE(device >= 0 && device < count,
+          "device: must be in [0, " + str(count) + ") (the CUDA devices visible), got " + str(device));
+}
+
+void check_stream_handle(uintptr_t stream) {
+  // 0, 1 and 2 are the legacy default, cudaStreamLegacy and cudaStreamPerThread. Any other
+  // handle is the address of the driver's stream object, which the driver allocates with
+  // at least 8-byte alignment in user space (below 2^57 even with 5-level paging). No
+  // check can do more without dereferencing the handle (cudaStreamQuery, cuStreamGetCtx
+  // do), which a garbage value would turn into a crash: a well-aligned garbage handle still
+  // reaches the launch.
+  FA_CUTE_REQUIRE(stream <= 2 || (stream % 8 == 0 && stream < (uintptr_t(1) << 57)),
+          "stream: " + std::to_string(stream) +
+              " is not a CUDA stream handle (0, 1, 2 or an 8-byte aligned user-space address)");
+}
+
+namespace {
+// cuPointerGetAttributes from the driver that the runtime loaded: the module links no
+// libcuda, so that it imports on machines without a driver (CI).
+PFN_cuPointerGetAttributes_v7000 pointer_get_attributes() {
+  static PFN_cuPointerGetAttributes_v7000 const fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+    cudaError_t const err = cudaGetDriverEntryPointByVersion("cuPointerGetAttributes", &f, 7000, cudaEnableDefault, &status);
+#else
+    cudaError_t const err = cudaGetDriverEntryPoint("cuPointerGetAttributes", &f, cudaEnableDefault, &status);
+#endif
+    check_cuda(err, "cudaGetDriverEntryPoint(cuPointerGetAttributes)");
+    if (status != cudaDriverEntryPointSuccess || f == nullptr) {
+      throw std::runtime_error("fa_cute: the CUDA driver has no cuPointerGetAttributes");
+    }
+    return reinterpret_cast<PFN_cuPointerGetAttributes_v7000>(f);
+  }();
+  return fn;
+}
+}  // namespace
+
+void check_forward_memory(ForwardExtents const& extents, int device) {
+  auto const get = pointer_get_attributes();
+  for (OperandExtent const& e : extents) {
+    if (e.ptr == 0) continue;  // lse, o_accum, lse_accum not used; q, k, v, out were checked non-null
+    auto const n = [&] { return std::string(e.name); };
+    unsigned int memory_type = 0;
+    int ordinal = -1;
+    CUdeviceptr start = 0;
+    size_t size = 0;
+    CUpointer_attribute attributes[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                        CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+    void* data[] = {&memory_type, &ordinal, &start, &size};
+    // A pointer that no CUDA allocation holds gets null attributes and CUDA_SUCCESS.
+    CUresult const result = get(4, attributes, data, CUdeviceptr(e.ptr));
+    FA_CUTE_REQUIRE(result == CUDA_SUCCESS,
+            n() + ": cuPointerGetAttributes failed with CUresult " + std::to_string(int(result)) + " on this pointer");
+    FA_CUTE_REQUIRE(size > 0 && (memory_type == CU_MEMORYTYPE_DEVICE || memory_type == CU_MEMORYTYPE_UNIFIED),
+            n() + ": the data pointer is not in a CUDA device allocation");
+    FA_CUTE_REQUIRE(memory_type != CU_MEMORYTYPE_DEVICE || ordinal == device,
+            n() + ": the data pointer is memory of device " + std::to_string(ordinal) + ", not of device " +
+                std::to_string(device));
+    // For virtual-memory mappings (cuMemMap; PyTorch's expandable segments) the range is
+    // the reserved address range, which may hold several mapped chunks.
+    FA_CUTE_REQUIRE(e.ptr >= start && e.ptr - start + e.bytes <= size,
+                    n() + ": its sizes and strides address " + std::to_string(e.bytes) +
+                        " bytes from the data pointer, past the end of its allocation (" +
+                        std::to_string(start + size - e.ptr) + " bytes from it)");
+  }
+}
+
+}  // namespace fa_cute

@@ -1,0 +1,59 @@
+#pragma once
+
+// Host-only checks of what fa_cute._C receives from its caller (plain integers), so that a
+// nonsense call raises std::invalid_argument (ValueError) instead of launching a kernel on
+// it. Pure-integer checks come first and need no GPU; the device count, the stream handle
+// and the pointers' allocations are checked after them, against the CUDA runtime and driver.
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "flash_params.h"
+#include "kernel_registry.h"
+
+// Throws std::invalid_argument(message) unless cond; the message is built only then (the
+// checks run on every call, whose host time is a decode step's budget).
+#define FA_CUTE_REQUIRE(cond, message)                  \
+  do {                                                  \
+    if (!(cond)) throw std::invalid_argument(message); \
+  } while (0)
+
+namespace fa_cute {
+
+// Bytes that one operand may address at most: no GPU's virtual address space is larger
+// (49 bits on Hopper), so a larger extent is nonsense, and 128-bit products below it fit.
+constexpr uint64_t kMaxExtentBytes = uint64_t(1) << 48;
+
+// One buffer a forward call reads or writes: [ptr, ptr + bytes). ptr 0: not used.
+struct OperandExtent {
+  char const* name;
+  uintptr_t ptr;
+  uint64_t bytes;
+};
+
+// q, k, v, out, lse, o_accum, lse_accum.
+using ForwardExtents = std::array<OperandExtent, 7>;
+
+// batch, nheads, nheads_k, seqlen_q, seqlen_k: what forward and num_splits share.
+void check_problem_sizes(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k);
+
+// Everything about a forward call that integers alone decide (the problem sizes first):
+// pointers non-null and aligned, strides, the config's head dim, causal_offset,
+// num_splits, the int32 headroom of tiles and grids, and each operand's extent in bytes,
+// which it returns for check_forward_memory.
+ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& params, int device);
+
+// device < the number of CUDA devices (the count is asked once); a failed query throws
+// std::runtime_error with the CUDA error, as the launch would have.
+void check_device(int device);
+
+// Rejects a stream handle that cannot be a CUDA stream without dereferencing it.
+void check_stream_handle(uintptr_t stream);
+
+// Each used operand's whole extent lies in one CUDA allocation of device memory on device
+// (the driver's cuPointerGetAttributes, one call per operand). Needs the device current.
+void check_forward_memory(ForwardExtents const& extents, int device);
+
+}  // namespace fa_cute

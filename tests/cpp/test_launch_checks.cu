@@ -1,0 +1,139 @@
+// Host-side checks of src/launch_checks: the integer checks that _C runs before any CUDA
+// call accept a valid problem and refuse nonsense, and at the limits they admit
+// (flash_params.h) the kernels' int32 key-block arithmetic equals its 64-bit value.
+
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+#include "expect.h"
+#include "fwd_tile_coord.h"
+#include "kernel_registry.h"
+#include "launch_checks.h"
+#include "tile_size.h"
+
+using namespace fa_cute;
+
+namespace {
+
+FwdKernel const kKernel{"test_m128n64_d128", "sm80", 128, 128, 64, 4, 0, DType::kBF16, nullptr, nullptr, -1, ""};
+
+FwdParams valid_params() {
+  FwdParams p{};
+  p.batch = 2;
+  p.seqlen_q = 100;
+  p.seqlen_k = 300;
+  p.nheads = 4;
+  p.nheads_k = 2;
+  p.head_dim = 128;
+  p.q_ptr = reinterpret_cast<void const*>(uintptr_t(0x7e0000000000));
+  p.k_ptr = reinterpret_cast<void const*>(uintptr_t(0x7e0100000000));
+  p.v_ptr = reinterpret_cast<void const*>(uintptr_t(0x7e0200000000));
+  p.o_ptr = reinterpret_cast<void*>(uintptr_t(0x7e0300000000));
+  p.q_batch_stride = p.o_batch_stride = 100 * 4 * 128;
+  p.q_row_stride = p.o_row_stride = 4 * 128;
+  p.q_head_stride = p.o_head_stride = 128;
+  p.k_batch_stride = p.v_batch_stride = 300 * 2 * 128;
+  p.k_row_stride = p.v_row_stride = 2 * 128;
+  p.k_head_stride = p.v_head_stride = 128;
+  p.num_splits = 1;
+  return p;
+}
+
+// Whether check_forward_args refuses p with std::invalid_argument whose message holds `what`.
+bool refuses(FwdParams const& p, char const* what, int device = 0) {
+  try {
+    check_forward_args(kKernel, p, device);
+  } catch (std::invalid_argument const& e) {
+    if (std::string(e.what()).find(what) != std::string::npos) return true;
+    std::printf("  message without '%s': %s\n", what, e.what());
+  }
+  return false;
+}
+
+void check_valid_and_nonsense() {
+  FwdParams const valid = valid_params();
+  ForwardExtents const extents = check_forward_args(kKernel, valid, 0);
+  // q: (batch-1)*batch_stride + (seqlen-1)*row_stride + (heads-1)*head_stride + d elements.
+  EXPECT(extents[0].bytes == 2ull * (51200 + 99 * 512 + 3 * 128 + 128), "q extent %llu",
+         (unsigned long long)extents[0].bytes);
+  EXPECT(extents[4].ptr == 0 && extents[5].ptr == 0, "unused lse / o_accum in the extents");
+
+  auto with = [&](auto change) {
+    FwdParams p = valid;
+    change(p);
+    return p;
+  };
+  EXPECT(refuses(with([](FwdParams& p) { p.q_ptr = nullptr; }), "q: the data pointer is null"), "null q");
+  EXPECT(refuses(with([](FwdParams& p) { p.k_batch_stride = -8; }), "k: batch, seqlen and head strides must be >= 0"),
+         "negative k batch stride");
+  EXPECT(refuses(with([](FwdParams& p) { p.seqlen_k = kMaxSeqlen + 1; }), "seqlen_k"), "seqlen_k past the limit");
+  EXPECT(refuses(with([](FwdParams& p) {
+                   p.seqlen_k = 0x7fffffff - 63;  // wrapped the key-block count before issue 13
+                   p.k_row_stride = p.k_batch_stride = p.v_row_stride = p.v_batch_stride = 0;
+                 }),
+                 "seqlen_k"),
+         "seqlen_k of the wrap");
+  EXPECT(refuses(with([](FwdParams& p) { p.causal_offset = kMaxSeqlen + 1; }), "causal_offset"), "causal_offset");
+  EXPECT(refuses(with([](FwdParams& p) { p.num_splits = kMaxSplits + 1; }), "num_splits"), "num_splits > 128");
+  EXPECT(refuses(with([](FwdParams& p) { p.num_splits = 6; }), "num_splits"), "num_splits > the 5 key blocks");
+  EXPECT(refuses(with([](FwdParams& p) { p.num_splits = 2; }), "o_accum"), "splits without buffers");
+  EXPECT(refuses(with([](FwdParams& p) { p.head_dim = 64; }), "head_dim"), "head_dim of another config");
+  EXPECT(refuses(with([](FwdParams& p) { p.v_batch_stride = int64_t(1) << 47; }), "v: sizes and strides"),
+         "v extent past 2^48 bytes");
+  EXPECT(refuses(valid, "device", -1), "negative device");
+  bool stream_refused = false;
+  try {
+    check_stream_handle(12345);
+  } catch (std::invalid_argument const&) {
+    stream_refused = true;
+  }
+  EXPECT(stream_refused, "an odd stream handle");
+}
+
+// At the extreme lengths and offsets the checks admit, FwdKeyRange's int arithmetic equals
+// the same formulas in 64 bits for every query tile position that matters.
+template <int kBlockM, int kBlockN>
+void check_key_range_headroom() {
+  auto floor_div64 = [](long long a, long long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  int const lengths[] = {1, kBlockN - 1, kMaxSeqlen - 1, kMaxSeqlen};
+  int const offsets[] = {-kMaxSeqlen, -1, 0, kMaxSeqlen - 1, kMaxSeqlen};
+  int bad = 0;
+  for (int seqlen_q : lengths) {
+    for (int seqlen_k : lengths) {
+      for (int offset : offsets) {
+        FwdParams p{};
+        p.batch = p.nheads = p.nheads_k = 1;
+        p.seqlen_q = seqlen_q;
+        p.seqlen_k = seqlen_k;
+        p.is_causal = true;
+        p.causal_offset = offset;
+        p.num_splits = 1;
+        int const num_m_blocks = (seqlen_q + kBlockM - 1) / kBlockM;
+        for (int m_block : {0, num_m_blocks - 1}) {
+          FwdTileCoord const coord(m_block, num_m_blocks, p, /*is_causal=*/false);  // tile m_block: that query block
+          FwdKeyRange const r = FwdKeyRange::of<kBlockM, kBlockN, false>(coord, p);
+          long long const row_first = (long long)m_block * kBlockM;
+          long long const row_last = std::min<long long>(row_first + kBlockM, seqlen_q) - 1;
+          long long max_ref = ((long long)seqlen_k + kBlockN - 1) / kBlockN;
+          max_ref = std::min(max_ref, floor_div64(row_last + offset, kBlockN) + 1);
+          long long mask_ref = std::min<long long>(seqlen_k / kBlockN,
+                                                   std::max<long long>(0, floor_div64(row_first + offset + 1, kBlockN)));
+          bad += r.n_block_max != max_ref || r.n_block_mask_start != mask_ref;
+        }
+      }
+    }
+  }
+  EXPECT(bad == 0, "%dx%d: %d key ranges differ from 64-bit arithmetic at the limits", kBlockM, kBlockN, bad);
+}
+
+}  // namespace
+
+int main() {
+  check_valid_and_nonsense();
+  check_key_range_headroom<128, 64>();
+  check_key_range_headroom<64, 128>();
+  check_key_range_headroom<128, 176>();
+  check_key_range_headroom<192, 112>();
+  return expect_summary();
+}
