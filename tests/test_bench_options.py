@@ -111,3 +111,35 @@ def test_decode_plot_writes_a_png(tmp_path) -> None:
     bench.plot(pyplot, records, [("fa_cute", "fa_cute"), ("FLASH", "FLASH")], str(path), "t",
                metric="gbps")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_unwritable_output_fails_before_the_run(option, tmp_path, capsys) -> None:
+    path = tmp_path / "no_such_dir" / "out.png"
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args([option, str(path)])
+    assert exc.value.code == 2
+    assert f"{option}: cannot write {path}: No such file or directory" in capsys.readouterr().err
+
+
+def test_plot_paths_of_every_table_are_checked(tmp_path, capsys) -> None:
+    blocked = tmp_path / "b-d128-causal.png"
+    blocked.mkdir()  # a directory where the causal table's plot would go
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--causal", "both", "--plot", str(tmp_path / "b.png")])
+    assert f"--plot: cannot write {blocked}" in capsys.readouterr().err
+
+
+def test_output_check_leaves_files_as_they_were(tmp_path) -> None:
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    old.write_text("previous run")
+    bench.parse_args(["--json", str(new)])
+    bench.parse_args(["--json", str(old)])
+    assert not new.exists()  # created by the check, then removed
+    assert old.read_text() == "previous run"  # replaced only when the run writes it
+
+
+def test_progress_goes_to_stderr(capsys) -> None:
+    _timing.progress("[1/2] bf16 N=1024 d=128 non-causal")
+    out, err = capsys.readouterr()
+    assert out == "" and err == "[1/2] bf16 N=1024 d=128 non-causal\n"

@@ -99,3 +99,50 @@ def test_progress_counter_without_tqdm(capsys) -> None:
         counter.update(1)
     counter.close()
     assert capsys.readouterr().err == "[1/2] first\n[2/2] second\n"
+
+
+def test_info_help_and_unknown_options() -> None:
+    run = subprocess.run([sys.executable, "-m", "fa_cute.info", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: python -m fa_cute.info")
+    assert "configs built" not in run.stdout  # --help answers instead of running the report
+    run = subprocess.run([sys.executable, "-m", "fa_cute.info", "--no-such-option"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "unrecognized arguments" in run.stderr
+
+
+def _built_head_dims(monkeypatch, head_dims) -> None:
+    """Make fa_cute.configs() report a production config per head dim, whatever was built."""
+    fake = [dict(name=f"sm80_m128n64w4_d{d}", family="sm80", head_dim=d, rung=None)
+            for d in head_dims]
+    monkeypatch.setattr(tune.fa_cute, "configs", lambda: fake)
+
+
+def test_tune_takes_head_dim_lists_as_bench_does(monkeypatch) -> None:
+    _built_head_dims(monkeypatch, [64, 128, 256])
+    args = tune.parse_args(["--headdim", "64,128", "--seqlens", "1024,4096", "--dtype", "bf16"])
+    assert args.headdim == [64, 128] and args.seqlens == [1024, 4096] and args.dtype == ["bf16"]
+    assert bench.parse_args(["--headdim", "64,128"]).headdim == args.headdim
+    assert tune.parse_args([]).headdim == [128]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--headdim", "64,96"], "--headdim: 96 is not a built head dim; built: 64, 128"),
+    (["--headdim", "64,abc"], "expected integers like"),
+    (["--headdim", "0"], "expected integers >= 1"),
+])
+def test_tune_head_dim_errors(argv, message, monkeypatch, capsys) -> None:
+    _built_head_dims(monkeypatch, [64, 128])
+    with pytest.raises(SystemExit) as exc:
+        tune.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tune_renders_a_table_per_head_dim() -> None:
+    shapes = [dict(dtype="bf16", causal=False, seqlen=1024, batch=16, nheads=2048 // d,
+                   head_dim=d, flops=int(1e12), candidates=["a"], ms={"a": 1.0}, winner="a")
+              for d in (64, 128)]
+    assert "head dim 64," in tune.render(shapes[:1], ["a"])
+    assert "head dim 128," in tune.render(shapes[1:], ["a"])

@@ -7,11 +7,11 @@ See README.md for what is supported and `python -m fa_cute.info` for what this b
 """
 
 try:
-    import torch  # noqa: F401  (a run-time requirement that pip does not install: see below)
+    import torch  # noqa: F401
 except ImportError as exc:
-    # Not a dependency in pyproject.toml: pip would replace a user's CUDA build of torch.
-    raise ImportError("fa_cute needs PyTorch (>= 2.1, a CUDA build to run kernels); install "
-                      "it first, e.g. `pip install torch`") from exc
+    # pip installs torch with fa_cute (a dependency); this is for a build used without pip.
+    raise ImportError("fa_cute needs PyTorch (>= 2.1, a CUDA build to run kernels): "
+                      "pip install torch") from exc
 
 from ._api import _C, configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
 

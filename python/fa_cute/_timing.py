@@ -16,8 +16,10 @@ reads them through `.transpose(1, 2)` views, without copies.
 import argparse
 import itertools
 import math
+import os
 import random
 import statistics
+import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -61,10 +63,9 @@ def ints(text: str) -> List[int]:
     return values
 
 
-def add_shape_args(p: argparse.ArgumentParser, dtype_default: str,
-                   headdim_list: bool = False) -> None:
-    """--seqlens, --headdim (one int, or with headdim_list a comma-separated list), --dtype,
-    --warmup, --rep and --rounds."""
+def add_shape_args(p: argparse.ArgumentParser, dtype_default: str) -> None:
+    """--seqlens, --headdim and --dtype (each a comma-separated list), --warmup, --rep and
+    --rounds: the same options, parsed the same way, for bench and tune."""
     def dtypes(text: str) -> List[str]:
         names = text.split(",")
         for name in names:
@@ -74,11 +75,8 @@ def add_shape_args(p: argparse.ArgumentParser, dtype_default: str,
 
     p.add_argument("--seqlens", type=ints, default="1024,2048,4096,8192,16384",
                    help="comma-separated seqlens, one row each (default: %(default)s)")
-    if headdim_list:
-        p.add_argument("--headdim", type=ints, default="128",
-                       help="comma-separated head dims, a table each (default: %(default)s)")
-    else:
-        p.add_argument("--headdim", type=int, default=128, help="head dim (default: 128)")
+    p.add_argument("--headdim", type=ints, default="128",
+                   help="comma-separated head dims, a table each (default: %(default)s)")
     p.add_argument("--dtype", type=dtypes, default=dtype_default,
                    help=f"bf16, fp16 or bf16,fp16 (default: {dtype_default})")
     p.add_argument("--warmup", type=float, default=25.0, help="warm-up per timing, ms")
@@ -94,6 +92,26 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
     return value
+
+
+def unwritable(path: str) -> Optional[str]:
+    """Why path cannot be written (None if it can), found before a run that writes it only at
+    its end: opened for appending, which creates it, and removed again if it was new, so an
+    existing file keeps its contents until the run replaces them."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    if not existed:
+        os.remove(path)
+    return None
+
+
+def progress(text: str) -> None:
+    """One line on stderr, so that stdout keeps only the report."""
+    print(text, file=sys.stderr, flush=True)
 
 
 Timing = Callable[[], Tuple[Optional[float], str]]

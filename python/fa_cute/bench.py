@@ -41,7 +41,8 @@ from fa_cute import _api, _C, _tuned, _tuning
 from fa_cute._timing import (CAUSAL_CHOICES, DTYPES, TOKENS, WIDTH, Timer, add_causal_arg,
                              add_shape_args, banner, cycling, decode_bytes, format_table, gbps,
                              input_sets, interleaved_medians, make_timer, no_gpu, positive_int,
-                             problem, resolve, run_checks, tflops, time_fa_cute)
+                             problem, progress, resolve, run_checks, tflops, time_fa_cute,
+                             unwritable)
 
 SDPA_BACKENDS = {"FLASH": SDPBackend.FLASH_ATTENTION, "CUDNN": SDPBackend.CUDNN_ATTENTION,
                  "EFFICIENT": SDPBackend.EFFICIENT_ATTENTION}
@@ -60,7 +61,7 @@ Column = Tuple[str, str]  # (key in the records, header in the table and the plo
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fa_cute.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_shape_args(p, dtype_default="bf16", headdim_list=True)
+    add_shape_args(p, dtype_default="bf16")
     add_causal_arg(p)
     p.add_argument("--config", help="time this config in the fa_cute column instead of "
                                     "auto's pick")
@@ -103,6 +104,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         p.error("--batch, --nheads and --nheads-kv set --decode's shape; the forward tables "
                 f"use B = {TOKENS} / N and H = {WIDTH} / d")
     args.causal = CAUSAL_CHOICES[args.causal]
+    # Both files are written after every table is timed: a path that cannot be written must
+    # fail now, not after the run.
+    outputs = [("--json", args.json)] if args.json else []
+    if args.plot:
+        groups = [(d, causal) for d in args.headdim for causal in args.causal]
+        outputs += [("--plot", plot_path(args.plot, d, causal, len(groups) > 1))
+                    for d, causal in groups]
+    for option, path in outputs:
+        why = unwritable(path)
+        if why:
+            p.error(f"{option}: cannot write {why}")
     return args
 
 
@@ -267,7 +279,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
     records = []
-    for (d, causal), (dtype, n) in itertools.product(groups, shapes):
+    row_keys = list(itertools.product(groups, shapes))
+    for i, ((d, causal), (dtype, n)) in enumerate(row_keys, start=1):
+        progress(f"[{i}/{len(row_keys)}] {dtype} "
+                 + (f"decode N_k={n} d={d}" if args.decode else
+                    f"N={n} d={d} {'causal' if causal else 'non-causal'}"))
         configs = {"fa_cute": picks[d, causal, dtype, n], **{k: k for k, _ in extra[d]}}
         if ampere[d]:
             configs[AMPERE_COLUMN] = ampere_pick(d, n, causal)

@@ -1,6 +1,7 @@
 """`python -m fa_cute.tune`: time every production config that can run each shape asked for,
-print a table with each shape's winner marked (last), and write the winners to the tuning
-cache, where `fa_cute.forward(..., config="auto")` finds them.
+print a table per head dim with each shape's winner marked (last), and write the winners to
+the tuning cache, where `fa_cute.forward(..., config="auto")` finds them. --seqlens, --headdim
+and --dtype take comma-separated lists, as in `python -m fa_cute.bench`.
 
 Shapes are the benchmark's (B = 16384 / N, H = 2048 / d; `python -m fa_cute.bench`), timed
 the same way, non-causal, causal (bottom-right, as `forward`; seqlen_q = seqlen_k = N, so
@@ -46,9 +47,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.causal = CAUSAL_CHOICES[args.causal]
     head_dims = sorted({c["head_dim"] for c in fa_cute.configs() if c["rung"] is None})
-    if args.headdim not in head_dims:
-        p.error(f"--headdim: {args.headdim} is not a built head dim; built: "
-                f"{', '.join(map(str, head_dims))}")
+    for d in args.headdim:
+        if d not in head_dims:
+            p.error(f"--headdim: {d} is not a built head dim; built: "
+                    f"{', '.join(map(str, head_dims))}")
     production = {c["name"] for c in fa_cute.configs() if c["rung"] is None}
     for name in args.configs or []:
         if name not in production:
@@ -93,8 +95,8 @@ def tune(shapes: List[Dict], l2_bytes: int, timer: Timer, rounds: int) -> None:
                               DTYPES[s["dtype"]], l2_bytes)
 
             def step(name: str, s: Dict = s) -> None:
-                bar.set_postfix_str(f"{s['dtype']} {mask_label(s['causal'])} N={s['seqlen']} "
-                                    f"{name}")
+                bar.set_postfix_str(f"{s['dtype']} d={s['head_dim']} {mask_label(s['causal'])} "
+                                    f"N={s['seqlen']} {name}")
                 bar.update(1)
 
             s["ms"], s["not_run"] = interleaved_medians(
@@ -149,25 +151,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     production = [c for c in fa_cute.configs() if c["rung"] is None
                   and (args.configs is None or c["name"] in args.configs)]
     shapes = []
-    for dtype in args.dtype:
-        candidates = [c["name"] for c in production
-                      if _api._tunable(c, dtype, args.headdim, cc, smem_limit)]
-        for causal in args.causal:
-            for seqlen in sorted(set(args.seqlens)):  # ascending: a bucket keeps its largest N
-                batch, nheads, flops = problem(seqlen, args.headdim)
-                shapes.append(dict(dtype=dtype, causal=causal, seqlen=seqlen, batch=batch,
-                                   nheads=nheads, head_dim=args.headdim,
-                                   flops=causal_flops(flops, causal), candidates=candidates,
-                                   key=_tuning.key(dtype, args.headdim, causal, seqlen), ms={},
-                                   not_run={}, winner=None))
-    columns = [c["name"] for c in production if any(c["name"] in s["candidates"] for s in shapes)]
-    if not columns:
-        print(f"fa_cute.tune: no config among {', '.join(c['name'] for c in production)} runs "
-              f"head dim {args.headdim} on this GPU (compute capability {cc[0]}.{cc[1]}"
-              + (f", {smem_limit} bytes of shared memory per block)" if smem_limit else ")"))
-        return 2
-    if not all(c["ok"] for c in run_checks(columns, args.headdim,
-                                           causal=sorted({s["causal"] for s in shapes}))):
+    for head_dim in args.headdim:
+        for dtype in args.dtype:
+            candidates = [c["name"] for c in production
+                          if _api._tunable(c, dtype, head_dim, cc, smem_limit)]
+            for causal in args.causal:
+                for seqlen in sorted(set(args.seqlens)):  # ascending: a bucket keeps its largest N
+                    batch, nheads, flops = problem(seqlen, head_dim)
+                    shapes.append(dict(dtype=dtype, causal=causal, seqlen=seqlen, batch=batch,
+                                       nheads=nheads, head_dim=head_dim,
+                                       flops=causal_flops(flops, causal), candidates=candidates,
+                                       key=_tuning.key(dtype, head_dim, causal, seqlen), ms={},
+                                       not_run={}, winner=None))
+    columns = {d: [c["name"] for c in production
+                   if any(c["name"] in s["candidates"] for s in shapes if s["head_dim"] == d)]
+               for d in args.headdim}
+    for d, names in columns.items():
+        if not names:
+            print(f"fa_cute.tune: no config among {', '.join(c['name'] for c in production)} "
+                  f"runs head dim {d} on this GPU (compute capability {cc[0]}.{cc[1]}"
+                  + (f", {smem_limit} bytes of shared memory per block)" if smem_limit else ")"))
+            return 2
+    masks = sorted({s["causal"] for s in shapes})
+    checks = [c for d, names in columns.items() for c in run_checks(names, d, causal=masks)]
+    if not all(c["ok"] for c in checks):
         return 1
 
     tune(shapes, props.L2_cache_size, timer, args.rounds)
@@ -183,13 +190,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _api._forget_tuning()
         print(f"wrote {len(winners)} winners for {gpu} to {path}")
     for s in shapes:
-        where = f"{s['dtype']} {mask_label(s['causal'])} N={s['seqlen']}"
+        where = f"{s['dtype']} d={s['head_dim']} {mask_label(s['causal'])} N={s['seqlen']}"
         for name, why in s["not_run"].items():
             if why:
                 print(f"{where} {name}: n/a ({why})")
         if not s["candidates"]:
             print(f"{where}: no config to tune (none of them runs it)")
-    print(render(shapes, columns))
+    for d, names in columns.items():
+        print(render([s for s in shapes if s["head_dim"] == d], names))
     return 0 if all(s["winner"] for s in shapes) else 1
 
 
