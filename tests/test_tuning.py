@@ -1,13 +1,17 @@
 """config="auto" and the tuning cache (fa_cute._tuning, fa_cute._tuned): keys and buckets, the
-cache file (round trip, concurrent writers, corrupt files), the resolution order, and
-`python -m fa_cute.tune` end to end. All but the last test run anywhere (no GPU)."""
+cache file (round trip, concurrent writers; unusable files: corrupt, too large or too deep,
+a FIFO, a device or a directory, which readers ignore once with one warning and writers
+replace or refuse), the resolution order, and `python -m fa_cute.tune` end to end. All but
+the last test run anywhere (no GPU)."""
 
 import inspect
 import json
 import multiprocessing
 import os
+import stat
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -90,40 +94,187 @@ def test_concurrent_writers_keep_every_entry(cache_dir: Path) -> None:
     assert not list(cache_dir.glob("*.tmp")), "a temp file was left behind"
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"GPU": ["a"]}', '{"GPU": {"k": 1}}',
-                                     b"\xff\xfe", "directory"])
-def test_corrupt_cache_is_ignored_with_one_warning(cache_dir: Path, content) -> None:
+def _write_sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)  # sparse: no disk space, and reads as zeros
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+needs_dev_zero = pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+
+# name -> (how to make the unusable cache at a path, what the warning says about it)
+BAD_CACHES = {
+    "deeply nested": (lambda p: p.write_text("[" * 100_000), "nests too deeply"),
+    "larger than the limit": (lambda p: _write_sparse(p, _tuning.MAX_BYTES + 1),
+                              "larger than 1 MiB"),
+    "FIFO": (os.mkfifo, "not a regular file but a FIFO"),
+    "symlink to /dev/zero": (lambda p: p.symlink_to("/dev/zero"),
+                             "not a regular file but a character device"),
+    "directory": (Path.mkdir, "not a regular file but a directory"),
+    "invalid UTF-8": (lambda p: p.write_bytes(b'{"\xff": {}}'), "not UTF-8 text"),
+    "not JSON": (lambda p: p.write_text("{not json"), "not valid JSON"),
+    "a list": (lambda p: p.write_text("[1, 2]"), "not a JSON object of"),
+    "a gpu's list": (lambda p: p.write_text('{"GPU": ["a"]}'), "not a JSON object of"),
+    "a number for a config": (lambda p: p.write_text('{"GPU": {"k": 1}}'),
+                              "not a JSON object of"),
+}
+MARKS = {"FIFO": needs_fifo, "symlink to /dev/zero": needs_dev_zero}
+BAD_CACHE_PARAMS = [pytest.param(name, marks=MARKS.get(name, ()), id=name) for name in BAD_CACHES]
+
+
+def _promptly(fn, path: Path, timeout: float = 60.0):
+    """fn(), run in a thread so that a regression that blocks (opening a FIFO that waits for
+    its other end) fails the test instead of hanging the run."""
+    outcome = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if stat.S_ISFIFO(os.lstat(path).st_mode):
+            # Opening both ends at once never blocks, and lets the stuck open return.
+            os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+        pytest.fail(f"{fn} did not return within {timeout} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("bad", BAD_CACHE_PARAMS)
+def test_an_unusable_cache_is_ignored_once_with_one_warning(
+        fake_build, monkeypatch: pytest.MonkeyPatch, cache_dir: Path, bad: str) -> None:
+    """One warning naming the path, the reason and the fix; then the cache counts as read and
+    empty (later lookups and auto resolutions work and do not warn), until `forget` makes the
+    next lookup read the repaired file."""
+    make, reason = BAD_CACHES[bad]
     path = _tuning.cache_path()
     cache_dir.mkdir()
-    if content == "directory":
-        path.mkdir()
-    elif isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content)
-    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache .*fa_cute.tune"):
+    make(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _promptly(lambda: _tuning.cached_configs(GPU), path) == {}
+    assert [w.category for w in caught] == [RuntimeWarning], [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert f"ignoring the tuning cache {path}: it " in message and reason in message, message
+    assert "`python -m fa_cute.tune`" in message
+    assert "delete the file" in message or "remove it" in message
+
+    q = torch.empty(1, 4096, 2, 128, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _tuning.cached_configs(GPU) == {}
+        with pytest.raises(ValueError, match="q is on cpu"):  # past auto, at the device check
+            fa_cute.forward(q, q, q, config="auto")
+        monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
+        assert fa_cute.resolve_config(q, q, q, config="auto") == "default_pick"
+
+    _remove(path)
+    path.write_text(json.dumps({GPU: {"k": "a"}, "": {KEY_4096: "cache_pick"}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _tuning.cached_configs(GPU) == {}  # still what was read
+        _tuning.forget()
+        assert _tuning.cached_configs(GPU) == {"k": "a"}
+        _api._forget_tuning()
+        assert fa_cute.resolve_config(q, q, q, config="auto") == "cache_pick"
+
+
+def test_the_size_limit_is_inclusive(cache_dir: Path) -> None:
+    cache_dir.mkdir()
+    text = json.dumps({GPU: {"k": "a"}})
+    _tuning.cache_path().write_text(text + " " * (_tuning.MAX_BYTES - len(text)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _tuning.cached_configs(GPU) == {"k": "a"}
+
+
+def test_an_unknown_cache_folder_is_an_empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    for var in ("FA_CUTE_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    with pytest.warns(RuntimeWarning, match="no tuning cache is used.*FA_CUTE_CACHE_DIR"):
         assert _tuning.cached_configs(GPU) == {}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _tuning.cached_configs(GPU) == {}  # read once: no second warning
+        assert _tuning.cached_configs(GPU) == {}
 
 
-def test_write_replaces_a_corrupt_cache(cache_dir: Path) -> None:
+@pytest.mark.parametrize("bad", ["deeply nested", "larger than the limit", "invalid UTF-8",
+                                 "not JSON", "a gpu's list"])
+def test_write_replaces_an_unusable_cache(cache_dir: Path, bad: str) -> None:
+    make, reason = BAD_CACHES[bad]
     cache_dir.mkdir()
-    _tuning.cache_path().write_text("{not json")
-    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache"):
+    make(_tuning.cache_path())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         _tuning.write({GPU: {"k": "a"}})
+    assert len(caught) == 1 and reason in str(caught[0].message), [str(w.message) for w in caught]
     assert json.loads(_tuning.cache_path().read_text()) == {GPU: {"k": "a"}}
+    assert _tuning.cached_configs(GPU) == {"k": "a"}
 
 
-def test_auto_with_a_corrupt_cache_still_resolves(cache_dir: Path) -> None:
+@pytest.mark.parametrize("bad, kind", [
+    pytest.param("FIFO", stat.S_ISFIFO, marks=needs_fifo, id="FIFO"),
+    pytest.param("symlink to /dev/zero", stat.S_ISLNK, marks=needs_dev_zero, id="/dev/zero"),
+    pytest.param("directory", stat.S_ISDIR, id="directory")])
+def test_write_refuses_a_cache_path_that_is_not_a_regular_file(cache_dir: Path, bad: str,
+                                                               kind) -> None:
+    """Such a path is not a cache that a tuning run wrote: write leaves it as it is."""
+    make, reason = BAD_CACHES[bad]
+    path = _tuning.cache_path()
     cache_dir.mkdir()
-    _tuning.cache_path().write_text("{not json")
-    q = torch.empty(1, 1024, 1, HEAD_DIM, dtype=torch.bfloat16)
-    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache"):
-        assert _api._auto_config(GPU, CC, "bf16", HEAD_DIM, 1024)["rung"] is None
-    with pytest.raises(ValueError, match="q is on cpu"):
-        fa_cute.forward(q, q, q)
+    make(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(OSError, match=f"tuning cache {path} is {reason}; remove it"):
+            _promptly(lambda: _tuning.write({GPU: {"k": "a"}}), path)
+    assert kind(os.lstat(path).st_mode)
+    assert sorted(p.name for p in cache_dir.iterdir()) == [path.name, path.name + ".lock"]
+
+
+@needs_fifo
+def test_write_refuses_a_lock_file_that_is_not_a_regular_file(cache_dir: Path) -> None:
+    path = _tuning.cache_path()
+    lock = path.with_name(path.name + ".lock")
+    cache_dir.mkdir()
+    os.mkfifo(lock)
+    with pytest.raises(OSError, match=f"lock file {lock} is not a regular file but a FIFO"):
+        _promptly(lambda: _tuning.write({GPU: {"k": "a"}}), lock)
+    assert not path.exists()
+
+
+def test_reading_works_without_fcntl_and_writing_says_why_not(cache_dir: Path) -> None:
+    """Windows has no fcntl: `import fa_cute` and config="auto" still work there."""
+    _tuning.write({GPU: {"k": "a"}})
+    script = ("import sys; sys.modules['fcntl'] = None\n"
+              "import fa_cute\n"
+              "from fa_cute import _tuning\n"
+              f"assert _tuning.cached_configs({GPU!r}) == {{'k': 'a'}}\n"
+              "try:\n"
+              "    _tuning.write({'g': {'k': 'b'}})\n"
+              "except OSError as exc:\n"
+              "    print(exc)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, FA_CUTE_CACHE_DIR=str(cache_dir)))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "writing the tuning cache needs fcntl.flock (POSIX)" in run.stdout, run.stdout
+    assert json.loads(_tuning.cache_path().read_text()) == {GPU: {"k": "a"}}
 
 
 def _fake(name: str, rung=None, block: int = 64, dtypes=("bf16", "fp16"),
