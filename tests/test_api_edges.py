@@ -245,3 +245,65 @@ def test_cache_hits_a_window_sliding_through_one_buffer(cached: Dict[str, int]) 
     buf_k.untyped_storage().resize_(buf_k.untyped_storage().nbytes() // 2)
     with pytest.raises(ValueError, match=r"^k reaches byte \d+ of its storage"):
         validate_cached(q, k, buf_v[:, :SEQ_K])
+
+
+# Sizes beyond what the kernels take: stride-0 expanded tensors, so no memory.
+
+LIMITS = fa_cute._C.limits()
+MAX_LEN = LIMITS["max_seqlen"]
+
+
+def expanded(*shape: int) -> torch.Tensor:
+    return torch.zeros(1, 1, 1, shape[3], dtype=BF16).expand(shape)
+
+
+@pytest.mark.parametrize("what, q_shape, kv_shape, n", [
+    ("batch of q", (MAX_LEN + 1, 1, 1, HEAD_DIM), (MAX_LEN + 1, 4, 1, HEAD_DIM), MAX_LEN + 1),
+    ("seqlen of q", (1, 2**31, 1, HEAD_DIM), (1, 4, 1, HEAD_DIM), 2**31),
+    ("seqlen of k and v", (1, 4, 1, HEAD_DIM), (1, MAX_LEN + 1, 1, HEAD_DIM), MAX_LEN + 1),
+    ("nheads of q", (1, 4, 2**32, HEAD_DIM), (1, 4, 1, HEAD_DIM), 2**32),
+    # An empty problem (batch 0) launches nothing, but reaches _C's config heuristic.
+    ("nheads of q", (0, 4, 2**31, HEAD_DIM), (0, 4, 2**31, HEAD_DIM), 2**31),
+])
+def test_lengths_beyond_the_kernels_are_refused(what: str, q_shape, kv_shape, n: int) -> None:
+    """Past 2^31 pybind11 used to refuse the call with a dump of _C's signature."""
+    with pytest.raises(ValueError, match=rf"^{what} is {n}; at most {MAX_LEN} is supported "
+                                         r"\(the kernels index in 32 bits: "
+                                         r"fa_cute\._C\.limits\(\)\['max_seqlen'\]\)$"):
+        fa_cute.forward(expanded(*q_shape), expanded(*kv_shape), expanded(*kv_shape))
+
+
+def test_nheads_of_kv_beyond_the_kernels_is_refused() -> None:
+    """q's heads at the bound, k's and v's past it: named as such, before the rule that q's
+    be a multiple of theirs."""
+    q = torch.empty_strided((1, 1, MAX_LEN, HEAD_DIM), (0, 0, 0, 1), dtype=BF16, device="meta")
+    kv = torch.empty_strided((1, 1, MAX_LEN + 1, HEAD_DIM), (0, 0, 0, 1), dtype=BF16,
+                             device="meta")
+    with pytest.raises(ValueError, match=rf"^nheads of k and v is {MAX_LEN + 1}; at most "
+                                         rf"{MAX_LEN} is supported"):
+        fa_cute.forward(q, kv, kv)
+
+
+def test_batch_times_nheads_beyond_the_tiles_is_refused() -> None:
+    max_tiles = LIMITS["max_tiles"]
+    batch = max_tiles // 64 + 1
+    q = expanded(batch, 1, 64, HEAD_DIM)
+    with pytest.raises(ValueError, match=rf"^batch \* nheads of q is {batch} \* 64 = "
+                                         rf"{batch * 64}; at most {max_tiles} is supported"):
+        fa_cute.forward(q, expanded(batch, 4, 8, HEAD_DIM), expanded(batch, 4, 8, HEAD_DIM))
+
+
+def test_lengths_at_the_bound_pass_to_the_device_check() -> None:
+    q = expanded(1, MAX_LEN, 2, HEAD_DIM)
+    kv = expanded(1, MAX_LEN, 1, HEAD_DIM)
+    with pytest.raises(ValueError, match=r"^q is on cpu"):
+        fa_cute.forward(q, kv, kv, causal=True)
+    with pytest.raises(ValueError, match=r"^query is on cpu"):
+        fa_cute.sdpa(q.transpose(1, 2), kv.transpose(1, 2), kv.transpose(1, 2), enable_gqa=True)
+
+
+def test_sdpa_names_its_huge_length() -> None:
+    query = expanded(1, 2, 2**31, HEAD_DIM)  # sdpa's (batch, nheads, seqlen, headdim)
+    key = expanded(1, 2, 4, HEAD_DIM)
+    with pytest.raises(ValueError, match=r"^seqlen of query is 2147483648; at most"):
+        fa_cute.sdpa(query, key, key)

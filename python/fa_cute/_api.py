@@ -38,6 +38,10 @@ _ALIGN_BYTES = 16
 # The kernel addresses a tile's rows with 32-bit offsets.
 _MAX_TILE_OFFSET = 2**31
 
+# The bounds of what the kernels take, from the build itself (src/flash_params.h): lengths
+# ("max_seqlen") and thread-block tiles of one launch ("max_tiles"), numbered in int.
+_LIMITS: Dict[str, int] = _C.limits()
+
 # Compute capability used to pick the default config for tensors that are not on a GPU.
 # Such tensors are rejected by the final device check anyway; the placeholder only lets the
 # checks before it (the layout against the config's block sizes) run on CPU tensors.
@@ -466,6 +470,20 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
         raise ValueError(f"seqlen of {q_name} must be >= 1; got {seqlen_q}")
     if seqlen_k < 1:
         raise ValueError(f"seqlen of {names.kv} must be >= 1; got {seqlen_k}")
+    # The kernels take these sizes as 32-bit ints (beyond them pybind11 refuses the call with
+    # a dump of its signature) and index within them in 32 bits. Heads count as lengths too:
+    # a grouped-query decode launches nheads // nheads_k as its query length.
+    max_len = _LIMITS["max_seqlen"]
+    for what, n in ((f"batch of {q_name}", batch), (f"seqlen of {q_name}", seqlen_q),
+                    (f"seqlen of {names.kv}", seqlen_k), (f"nheads of {q_name}", nheads),
+                    (f"nheads of {names.kv}", nheads_k)):
+        if n > max_len:
+            raise ValueError(f"{what} is {n}; at most {max_len} is supported (the kernels "
+                             "index in 32 bits: fa_cute._C.limits()['max_seqlen'])")
+    if batch * nheads > _LIMITS["max_tiles"]:
+        raise ValueError(f"batch * nheads of {q_name} is {batch} * {nheads} = {batch * nheads}; "
+                         f"at most {_LIMITS['max_tiles']} is supported (the kernels number "
+                         "their tiles in 32 bits: fa_cute._C.limits()['max_tiles'])")
     # Only 0 is a multiple of 0: nheads_k 0 passes with nheads 0 alone (an empty problem).
     if (nheads % nheads_k if nheads_k else nheads):
         raise ValueError(f"nheads of {q_name} ({nheads}) must be a multiple of nheads of "
