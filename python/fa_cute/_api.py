@@ -376,8 +376,10 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
     is an error, an int one is not); the config name; the argument names of the messages.
     Not the storages' sizes: `_validate_cached` checks those on every call.
     """
-    tensors = (q, k, v)
-    if not all(type(t) is torch.Tensor and t.is_cuda for t in tensors):
+    # Written out for q, k and v rather than looped over: generators cost about as much
+    # as the three tensors' is_neg() (this runs on every call).
+    if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor
+            and q.is_cuda and k.is_cuda and v.is_cuda):
         return None
     # Only hashable values of the allowed types make a key; anything else goes to the
     # checks, whose error names the argument.
@@ -385,14 +387,18 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
             softmax_scale is None or type(softmax_scale) in (int, float)):
         return None
     try:
-        tensor_keys = tuple((t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
-                             t.data_ptr() % _ALIGN_BYTES) for t in tensors)
+        return ((q.dtype, q.shape, q.stride(), q.device, q.layout, q.is_neg(),
+                 q.data_ptr() % _ALIGN_BYTES),
+                (k.dtype, k.shape, k.stride(), k.device, k.layout, k.is_neg(),
+                 k.data_ptr() % _ALIGN_BYTES),
+                (v.dtype, v.shape, v.stride(), v.device, v.layout, v.is_neg(),
+                 v.data_ptr() % _ALIGN_BYTES),
+                type(causal), causal, bottom_right, type(softmax_scale), softmax_scale,
+                type(config), config, names)
     except RuntimeError:
         # A sparse tensor has no data_ptr(), a nested one no shape: the checks name them.
         # (Free where nothing raises, unlike asking each tensor's layout first.)
         return None
-    return (tensor_keys, type(causal), causal, bottom_right, type(softmax_scale),
-            softmax_scale, type(config), config, names)
 
 
 def _validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
