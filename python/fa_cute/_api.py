@@ -145,7 +145,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
 
     out, if given, receives the result and is returned (it may be q itself, not another
     view overlapping q, k or v); otherwise a new tensor with q's memory layout (contiguous
-    if q is not dense) is returned. The kernel runs on PyTorch's current stream of the
+    if q is not dense) is returned. No tensor may be a negated view (`.resolve_neg()` it)
+    or lack its memory (a storage freed with `.untyped_storage().resize_(0)`); batch,
+    seqlens and head counts are bounded by `fa_cute._C.limits()`. The kernel runs on PyTorch's current stream of the
     tensors' device. There is no autograd support.
     """
     return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
@@ -376,8 +378,9 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
     is an error, an int one is not); the config name; the argument names of the messages.
     Not the storages' sizes: `_validate_cached` checks those on every call.
     """
-    # Written out for q, k and v rather than looped over: generators cost about as much
-    # as the three tensors' is_neg() (this runs on every call).
+    # Written out for q, k and v rather than looped over: the generators cost about 0.7 us
+    # a call on a 2-core CPU VM, most of what the is_neg() here and the storage checks of a
+    # hit added (benchmarks/cache_hit_cpu.py).
     if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor
             and q.is_cuda and k.is_cuda and v.is_cuda):
         return None
@@ -480,12 +483,13 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
     # a dump of its signature) and index within them in 32 bits. Heads count as lengths too:
     # a grouped-query decode launches nheads // nheads_k as its query length.
     max_len = _LIMITS["max_seqlen"]
-    for what, n in ((f"batch of {q_name}", batch), (f"seqlen of {q_name}", seqlen_q),
-                    (f"seqlen of {names.kv}", seqlen_k), (f"nheads of {q_name}", nheads),
-                    (f"nheads of {names.kv}", nheads_k)):
+    for dim, of_q, n in (("batch", True, batch), ("seqlen", True, seqlen_q),
+                         ("seqlen", False, seqlen_k), ("nheads", True, nheads),
+                         ("nheads", False, nheads_k)):
         if n > max_len:
-            raise ValueError(f"{what} is {n}; at most {max_len} is supported (the kernels "
-                             "index in 32 bits: fa_cute._C.limits()['max_seqlen'])")
+            raise ValueError(f"{dim} of {q_name if of_q else names.kv} is {n}; at most "
+                             f"{max_len} is supported (the kernels index in 32 bits: "
+                             "fa_cute._C.limits()['max_seqlen'])")
     if batch * nheads > _LIMITS["max_tiles"]:
         raise ValueError(f"batch * nheads of {q_name} is {batch} * {nheads} = {batch * nheads}; "
                          f"at most {_LIMITS['max_tiles']} is supported (the kernels number "
