@@ -106,6 +106,9 @@ def spoil_tensor(data: st.DataObject, name: str, t: torch.Tensor, spoiled: Spoil
     """t (valid) spoiled in some ways, or t itself; each spoiling recorded under name."""
     kinds = data.draw(st.lists(st.sampled_from(SPOILINGS), max_size=2, unique=True),
                       label=f"{name} spoilings")
+    # A strided last dim or a misaligned start is undone by a later spoiling that copies the
+    # values into new memory: whether the layout ends up invalid is decided by the last one.
+    bad_layout = False
     for kind in sorted(kinds, key=SPOILINGS.index):
         # Those that copy the values need a tensor that is not huge (expanded) or meta.
         copyable = t.numel() <= 1 << 22 and t.device.type != "meta"
@@ -141,10 +144,12 @@ def spoil_tensor(data: st.DataObject, name: str, t: torch.Tensor, spoiled: Spoil
             spoiled.add(name, False)
         elif kind == "last_dim_strided" and t.dim() >= 1 and copyable:
             t = torch.cat([t, t], dim=-1)[..., ::2]
-            spoiled.add(name, t.shape[-1] > 1 and t.numel() > 0)
+            bad_layout = t.shape[-1] > 1 and t.numel() > 0
+            spoiled.add(name, False)
         elif kind == "padded_rows" and t.dim() >= 1 and t.shape[-1] >= 1 and copyable:
             pad = data.draw(st.sampled_from([1, 3, 4, 8]), label=f"{name} pad")
             t = torch.cat([t, t[..., :1].expand(*t.shape[:-1], pad)], dim=-1)[..., :t.shape[-1]]
+            bad_layout = False
             spoiled.add(name, False)
         elif kind == "misaligned" and t.numel() > 0 and copyable:
             offset = data.draw(st.integers(1, 7), label=f"{name} offset")
@@ -152,7 +157,8 @@ def spoil_tensor(data: st.DataObject, name: str, t: torch.Tensor, spoiled: Spoil
             t = buf[offset:offset + t.numel()].view(t.shape)
             # 1 to 7 elements of 2 bytes past a 16-byte boundary; any other dtype or dim
             # count is refused anyway.
-            spoiled.add(name, True)
+            bad_layout = True
+            spoiled.add(name, False)
         elif kind == "odd_strides" and t.dim() >= 1:
             strides = data.draw(st.lists(st.integers(0, 200), min_size=t.dim(), max_size=t.dim()),
                                 label=f"{name} strides")
@@ -160,6 +166,7 @@ def spoil_tensor(data: st.DataObject, name: str, t: torch.Tensor, spoiled: Spoil
             if extent <= 1 << 24:
                 t = torch.zeros(extent, dtype=t.dtype, device=t.device).as_strided(t.shape,
                                                                                    strides)
+                bad_layout = False
                 spoiled.add(name, False)
         elif kind == "expand" and t.dim() >= 1 and t.numel() > 0:
             dim = data.draw(st.integers(0, t.dim() - 1), label=f"{name} expanded dim")
@@ -177,7 +184,10 @@ def spoil_tensor(data: st.DataObject, name: str, t: torch.Tensor, spoiled: Spoil
             spoiled.add(name, True)
         elif kind == "meta" and t.layout == torch.strided:
             t = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            bad_layout = bad_layout and t.dim() >= 1 and t.stride(-1) != 1  # no data_ptr to misalign
             spoiled.add(name, False)
+    if bad_layout:
+        spoiled.add(name, True)
     return t
 
 
