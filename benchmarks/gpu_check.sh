@@ -12,7 +12,8 @@
 #                             sortedcontainers-*.whl for the tests (default: .whl in the repo)
 #   OUT                       folder for logs and bench*.json (default: /tmp/fa_cute_check)
 #   FA_CUTE_PIP_ARGS          extra arguments for the build's pip install, e.g.
-#                             "-Ccmake.define.FA_CUTE_ARCHS=90a" for a quicker build
+#                             "-Ccmake.define.FA_CUTE_ARCHS=80;90a" (default: the GPU
+#                             present, 90a on an H100) or "-Ccmake.define.FA_CUTE_LADDER=ON"
 #   FA_CUTE_SKIP_BUILD=1      use the fa_cute already installed
 #   FA_CUTE_SKIP_TESTS=1      skip pytest
 #   FA_CUTE_SKIP_SANITIZERS=1 skip compute-sanitizer
