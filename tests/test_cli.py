@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from fa_cute import bench, tune
+import fa_cute
+from fa_cute import _C, bench, info, tune
 
 RECORDS = [dict(dtype=dtype, seqlen=n, batch=16384 // n, nheads=16, head_dim=128,
                 config="sm80_m128n128w8_d128",
@@ -146,3 +147,15 @@ def test_tune_renders_a_table_per_head_dim() -> None:
               for d in (64, 128)]
     assert "head dim 64," in tune.render(shapes[:1], ["a"])
     assert "head dim 128," in tune.render(shapes[1:], ["a"])
+
+
+def test_info_reports_the_build_and_its_licences() -> None:
+    text = info.describe()
+    assert f"configs built ({len(fa_cute.configs())}" in text
+    assert "license files: " in text
+    record = info.build_record()  # empty where the install carries no fa_cute_build.json
+    if record:
+        assert ",".join(record["archs"]) == _C.build_info()["archs"]
+        assert sorted(record["configs"]) == sorted(c["name"] for c in fa_cute.configs())
+    for path in info.license_files():
+        assert os.path.basename(path) in ("LICENSE", "LICENSE-CUTLASS.txt")
