@@ -4,7 +4,14 @@
 Every check lives in `_validate`, ordered so that the device comes last: CPU tensors then
 reach every other check, which lets the tests exercise all of them on a machine with no GPU.
 Type problems raise TypeError, everything else ValueError; each message names the argument
-and says what is allowed.
+and says what is allowed. One exception: inputs that require grad while grad mode is on raise
+NotImplementedError (`_check_no_grad`): the values are valid and the same call works under
+torch.no_grad(); what is missing is the backward, which the training issue adds.
+
+Under torch.compile the entry points call registered custom ops (`fa_cute::forward`,
+`fa_cute::forward_out`, `fa_cute::sdpa`, end of this file) whose real implementations are
+the eager code below, so the tuning cache and `_C` are read when the compiled graph runs,
+never while it is traced; eager calls skip the dispatcher.
 """
 
 import copy
@@ -148,8 +155,18 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     if q is not dense) is returned. No tensor may be a negated view (`.resolve_neg()` it)
     or lack its memory (a storage freed with `.untyped_storage().resize_(0)`); batch,
     seqlens and head counts are bounded by `fa_cute._C.limits()`. The kernel runs on PyTorch's current stream of the
-    tensors' device. There is no autograd support.
+    tensors' device.
+
+    There is no backward yet: with grad mode on, a q, k or v that requires grad raises
+    NotImplementedError (run under torch.no_grad() or torch.inference_mode(), pass
+    .detach()ed tensors, or train with torch's own SDPA). Under torch.compile the call
+    becomes the custom op fa_cute::forward (fa_cute::forward_out with out=), which
+    fullgraph=True traces; its arguments are then checked when the compiled graph runs.
     """
+    if _is_compiling() and _OPS:
+        return _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out)
+    if _grad_mode():
+        _check_no_grad(q, k, v, _FORWARD_NAMES, "forward")
     return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
                 return_lse=return_lse, config=config, out=out, timed=False)[0]
 
@@ -163,7 +180,11 @@ def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
 
     The time comes from CUDA events recorded around the launch, and the call waits for the
     kernel to finish. An empty problem (batch or nheads 0) launches nothing and returns 0.0.
+    Inputs that require grad are refused as in `forward`. Eager only: under torch.compile
+    use `forward` (a timing that synchronizes has no place in a graph).
     """
+    if _grad_mode():
+        _check_no_grad(q, k, v, _FORWARD_NAMES, "forward_timed")
     return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
                 return_lse=return_lse, config=config, out=out, timed=True)
 
@@ -181,7 +202,8 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     enable_gqa=True. What the kernel does not do is refused with a ValueError rather than
     approximated: attn_mask (other than None), dropout_p != 0, tensors that are not 4-D,
     scale <= 0. Returns a new contiguous (batch, nheads, seqlen_q, headdim) tensor. The
-    other rules (dtypes, strides, one device) are `forward`'s.
+    other rules (dtypes, strides, one device, no inputs that require grad, the custom op
+    fa_cute::sdpa under torch.compile) are `forward`'s.
     """
     if attn_mask is not None:
         raise ValueError("attn_mask must be None: fa_cute.sdpa supports no masks besides "
@@ -209,7 +231,20 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if query.shape[1] != key.shape[1] and not enable_gqa:
         raise ValueError(f"query has {query.shape[1]} heads but key and value have "
                          f"{key.shape[1]}; pass enable_gqa=True for grouped-query attention "
-                         "(query heads a multiple of key/value heads)")
+                         "(query heads a multiple of key/value heads)"
+                         + _layout_hint(_SDPA_NAMES, query.shape[2], key.shape[2]))
+    if _is_compiling() and _OPS:
+        # The checks above read flags and shapes only, which tracing turns into guards.
+        return _OPS["sdpa"](query, key, value, is_causal, _scale_arg(scale, "scale"))
+    if _grad_mode():
+        _check_no_grad(query, key, value, _SDPA_NAMES, "sdpa")
+    return _sdpa_run(query, key, value, is_causal, scale)
+
+
+def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,
+              scale) -> torch.Tensor:
+    """sdpa after its own checks: validate the transposed views, launch, return the output."""
+    tensors = (query, key, value)
     try:
         q, k, v = tuple(t.transpose(1, 2) for t in tensors)
     except RuntimeError:
@@ -225,6 +260,29 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       device=query.device)
     _launch(launch, q, k, v, out.transpose(1, 2), None, timed=False)
     return out
+
+
+# Whether autograd would record an op now: False under torch.no_grad() and
+# torch.inference_mode(). Asked first, so that inference pays for one call.
+_grad_mode = torch.is_grad_enabled
+
+
+def _check_no_grad(q, k, v, names: "_Names", api: str) -> None:
+    """In grad mode, refuse inputs that require grad: the output would have no grad_fn, and
+    training code would run on without training what produced q, k and v. Arguments that
+    are not tensors are left to the type checks that follow, which name them."""
+    try:
+        if not (q.requires_grad or k.requires_grad or v.requires_grad):
+            return
+    except AttributeError:
+        pass
+    for name, t in zip(names[:3], (q, k, v)):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise NotImplementedError(
+                f"{name} requires grad, but fa_cute.{api} has no backward yet (its output "
+                "would carry no gradient to it): call it under torch.no_grad() or "
+                "torch.inference_mode(), pass .detach()ed tensors, or use "
+                "torch.nn.functional.scaled_dot_product_attention for training")
 
 
 def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, config, out,
@@ -497,7 +555,8 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
     # Only 0 is a multiple of 0: nheads_k 0 passes with nheads 0 alone (an empty problem).
     if (nheads % nheads_k if nheads_k else nheads):
         raise ValueError(f"nheads of {q_name} ({nheads}) must be a multiple of nheads of "
-                         f"{names.kv} ({nheads_k})")
+                         f"{names.kv} ({nheads_k})"
+                         + _layout_hint(names, seqlen_q, seqlen_k))
 
     # A causal mask that hides nothing (row 0 already sees the last key: one query row
     # aligned bottom-right, or one key aligned top-left) is launched as non-causal, which
@@ -536,6 +595,23 @@ def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out
                    _row_strides(k), _row_strides(v))
 
 
+def _layout_hint(names: _Names, other_nheads: int, other_nheads_k: int) -> str:
+    """A clause for a heads mismatch that the other layout would not have (other_nheads and
+    other_nheads_k: the sizes the heads would have if dims 1 and 2 were swapped): SDPA's
+    (batch, nheads, seqlen, headdim) tensors passed to forward, or FlashAttention's
+    (batch, seqlen, nheads, headdim) passed to sdpa. Built on the error path only."""
+    if not (other_nheads_k and other_nheads % other_nheads_k == 0):
+        return ""
+    if names is _SDPA_NAMES:
+        return ("; if query, key and value are (batch, seqlen, nheads, headdim) tensors "
+                "(FlashAttention's layout), call fa_cute.forward on them, or pass "
+                ".transpose(1, 2) views to sdpa, which takes (batch, nheads, seqlen, headdim)")
+    return (f"; if {names.q}, {names.k} and {names.v} are (batch, nheads, seqlen, headdim) "
+            f"tensors (torch SDPA's layout), pass {names.q}.transpose(1, 2), "
+            f"{names.k}.transpose(1, 2) and {names.v}.transpose(1, 2) (views, no copies) or "
+            "call fa_cute.sdpa: forward takes (batch, seqlen, nheads, headdim)")
+
+
 def _broadcast_dim(t: torch.Tensor) -> Optional[str]:
     """The name of t's first dim of size > 1 with stride 0, or None."""
     for dim, n, s in zip(("batch", "seqlen", "nheads", "headdim"), t.shape, t.stride()):
@@ -562,9 +638,7 @@ def _resolve_config(config, q: torch.Tensor, head_dim: int, causal: bool, seqlen
     """The named config, or auto's pick for this launch shape and the tensors' GPU."""
     if config is None:
         config = AUTO
-    if not isinstance(config, str):
-        raise TypeError(f"config must be a config name (str), 'auto' or None; got "
-                        f"{type(config).__name__}")
+    _check_config_type(config)
     if config != AUTO:
         if config not in _CONFIGS:
             raise ValueError(f"config {config!r} is not built; built configs: "
@@ -587,6 +661,12 @@ def _resolve_config(config, q: torch.Tensor, head_dim: int, causal: bool, seqlen
         gpu, cc, smem = "", _PLACEHOLDER_CC, None
     return _auto_config(gpu, cc, _DTYPE_NAMES[q.dtype], head_dim, seqlen_q, seqlen_k, causal,
                         smem)
+
+
+def _check_config_type(config) -> None:
+    if not (config is None or isinstance(config, str)):
+        raise TypeError(f"config must be a config name (str), 'auto' or None; got "
+                        f"{type(config).__name__}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -661,6 +741,14 @@ def _resolve_scale(scale, head_dim: int, name: str = "softmax_scale") -> float:
     """
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
+    return _scale_arg(scale, name)
+
+
+def _scale_arg(scale, name: str) -> Optional[float]:
+    """`_resolve_scale`'s checks of a given scale, as a float (None stays None): what the
+    custom ops take, checked before tracing hands them a float."""
+    if scale is None:
+        return None
     if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
         raise TypeError(f"{name} must be a real number or None; got {type(scale).__name__}")
     try:
@@ -860,3 +948,89 @@ def _check_tensor(name: str, t) -> None:
         raise TypeError(f"{name} must be a dense (strided) torch.Tensor; got layout {t.layout}")
     if t.is_nested:  # a nested tensor of strided layout has neither shape nor strides
         raise TypeError(f"{name} must be a dense (strided) torch.Tensor; got a nested tensor")
+
+
+# torch.compile. Dynamo cannot trace the eager path (it opens the tuning cache and calls
+# `_C`), so under compilation the entry points call custom ops: opaque to the tracer, shaped
+# by their fake implementations, and run eagerly, with every check, when the graph runs.
+# Eager calls do not go through them: the dispatcher would add microseconds to a decode
+# step whose host time is ~22 us. A functional op returns new tensors; an op that writes
+# `out` must say it mutates it, so `out=` has an op of its own. Custom ops cannot return
+# None: without return_lse the LSE slot holds an empty tensor.
+
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
+def _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out) -> Result:
+    """forward while torch.compile traces it: the checks of plain Python values here (the
+    tracer folds them), the tensor checks in the op's implementation when the graph runs."""
+    _check_flag("causal", causal)
+    _check_flag("return_lse", return_lse)
+    if _grad_mode():
+        _check_no_grad(q, k, v, _FORWARD_NAMES, "forward")
+    scale = _scale_arg(softmax_scale, "softmax_scale")
+    _check_config_type(config)
+    if out is None:
+        result, lse = _OPS["forward"](q, k, v, causal, scale, return_lse, config)
+    else:
+        lse = _OPS["forward_out"](q, k, v, out, causal, scale, return_lse, config)
+        result = out
+    return (result, lse) if return_lse else result
+
+
+def _lse_like(q: torch.Tensor, return_lse: bool) -> torch.Tensor:
+    """The LSE the ops return: (batch, nheads, seqlen_q) float32 as `_run` allocates it, or
+    an empty placeholder without return_lse (or for a q that validation will refuse)."""
+    if return_lse and q.dim() == 4:
+        batch, seqlen_q, nheads, _ = q.shape
+        return q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+    return q.new_empty((0,), dtype=torch.float32)
+
+
+def _register_ops() -> Dict[str, object]:
+    """The custom ops by name; none before PyTorch 2.4 (no torch.library.custom_op), where a
+    compiled caller graph-breaks at fa_cute's call instead."""
+    custom_op = getattr(torch.library, "custom_op", None)
+    if custom_op is None:
+        return {}
+    Tensor = torch.Tensor
+
+    @custom_op("fa_cute::forward", mutates_args=())
+    def forward_op(q: Tensor, k: Tensor, v: Tensor, causal: bool,
+                   softmax_scale: Optional[float], return_lse: bool,
+                   config: Optional[str]) -> Tuple[Tensor, Tensor]:
+        result, _ = _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
+                         return_lse=return_lse, config=config, out=None, timed=False)
+        return result if return_lse else (result, _lse_like(q, False))
+
+    @forward_op.register_fake
+    def _(q, k, v, causal, softmax_scale, return_lse, config):
+        # empty_like keeps q's layout (contiguous if q is not dense), as `_run`'s does.
+        return torch.empty_like(q), _lse_like(q, return_lse)
+
+    @custom_op("fa_cute::forward_out", mutates_args=("out",))
+    def forward_out_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, causal: bool,
+                       softmax_scale: Optional[float], return_lse: bool,
+                       config: Optional[str]) -> Tensor:
+        result, _ = _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
+                         return_lse=return_lse, config=config, out=out, timed=False)
+        return result[1] if return_lse else _lse_like(q, False)
+
+    @forward_out_op.register_fake
+    def _(q, k, v, out, causal, softmax_scale, return_lse, config):
+        return _lse_like(q, return_lse)
+
+    @custom_op("fa_cute::sdpa", mutates_args=())
+    def sdpa_op(query: Tensor, key: Tensor, value: Tensor, is_causal: bool,
+                scale: Optional[float]) -> Tensor:
+        return _sdpa_run(query, key, value, is_causal, scale)
+
+    @sdpa_op.register_fake
+    def _(query, key, value, is_causal, scale):
+        # sdpa's output is a new contiguous (batch, nheads, seqlen_q, headdim) tensor.
+        return query.new_empty(query.shape)
+
+    return {"forward": forward_op, "forward_out": forward_out_op, "sdpa": sdpa_op}
+
+
+_OPS: Dict[str, object] = _register_ops()
