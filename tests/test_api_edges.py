@@ -186,6 +186,7 @@ def cached(monkeypatch: pytest.MonkeyPatch) -> Dict[str, int]:
     monkeypatch.setattr(_api, "_smem_limit", lambda index: None)
     monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
     monkeypatch.setattr(_api, "_VALIDATED", {})
+    monkeypatch.setattr(_api, "_PLANS", {})
     counts = {"checks": 0}
     validate = _api._validate
 

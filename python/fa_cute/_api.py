@@ -420,7 +420,7 @@ def _launch_strides(t: torch.Tensor, packed: bool, nheads_k: int) -> Tuple[int, 
 # Launches that passed `_validate`, by everything the checks read (see `_launch_key`): a
 # decode step in a serving loop repeats one shape thousands of times, and the checks cost
 # about 60 us of Python per call on an H100 host, more than the step's kernel (FLASH's
-# whole SDPA call costs 18 us). Bounded: cleared when full. Each entry is
+# whole SDPA call costs 18 us). Bounded: the oldest entry goes when full. Each entry is
 # (launch, element size, q's, k's and v's `_extent_bytes`): what a hit needs to ask whether
 # each storage still holds its tensor (`_validate_cached`).
 _VALIDATED: Dict[tuple, Tuple[_Launch, int, int, int, int]] = {}
@@ -471,6 +471,8 @@ def _validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, conf
     if out is None:
         key = _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names)
         hit = _VALIDATED.get(key) if key is not None else None
+        if hit is None and key is not None:
+            hit = _plan_hit(key, q, k, v, causal, bottom_right, config, names)
         if hit is not None:
             # A storage can be freed or shrunk under a tensor of a cached shape (FSDP's
             # resize_(0)), and keying on storage sizes and offsets would miss on every step
@@ -485,11 +487,101 @@ def _validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, conf
     launch = _validate(q, k, v, causal=causal, bottom_right=bottom_right,
                        softmax_scale=softmax_scale, config=config, out=out, names=names)
     if key is not None:
-        if len(_VALIDATED) >= _VALIDATED_MAX:
-            _VALIDATED.clear()
-        _VALIDATED[key] = (launch, q.element_size(), _extent_bytes(q), _extent_bytes(k),
-                           _extent_bytes(v))
+        entry = (launch, q.element_size(), _extent_bytes(q), _extent_bytes(k), _extent_bytes(v))
+        _remember(key, entry)
+        # A plan needs k's seqlen stride to be read (`_row_strides` zeroes a length-1 dim's)
+        # and auto's pick to be the config launched (not the sm80 fallback for a tensor
+        # that TMA cannot broadcast, whose choice `_plan_hit` does not redo).
+        pick = _resolve_config(config, q, launch.head_dim, launch.is_causal, launch.seqlen_q,
+                               launch.seqlen_k, names)["name"]
+        if launch.seqlen_k > 1 and pick == launch.config:
+            if len(_PLANS) >= _VALIDATED_MAX:
+                _PLANS.clear()
+            _PLANS[_plan_key(key)] = (entry, _heuristic_part(config, q, launch))
     return launch
+
+
+def _heuristic_part(config, q: torch.Tensor, launch: _Launch) -> Optional[tuple]:
+    """What of auto's pick for this launch depends on seqlen_k: None where it does not (a
+    named config, or a pick of the tuning cache or table, which key on seqlen_q); else the
+    heuristic's arguments but seqlen_k, with its answer: (compute capability, answer). Its
+    answer alone decides the rest of `_auto_config`, given the same device and dtype."""
+    if not (config is None or config == AUTO):
+        return None
+    gpu, cc, smem = _device_part(q)
+    if _tuned_pick(gpu, cc, launch.dtype, launch.head_dim, launch.seqlen_q, launch.is_causal,
+                   smem) is not None:
+        return None
+    return cc, _C.default_config(launch.head_dim, launch.seqlen_q, launch.seqlen_k, cc[0], cc[1],
+                                 launch.is_causal)
+
+
+def _remember(key: tuple, entry: tuple) -> None:
+    """Add a validated launch, dropping the oldest when full: a growing KV cache adds one a
+    step, and clearing all would make every other shape pay its checks again."""
+    if len(_VALIDATED) >= _VALIDATED_MAX:
+        del _VALIDATED[next(iter(_VALIDATED))]
+    _VALIDATED[key] = entry
+
+
+# Launch plans by everything `_launch_key` holds but the seqlen of k and v: a decode loop
+# over a growing KV cache (`k_cache[:, :n]`) has a new shape every step, and validating
+# each in full would cost ~60 us of Python a step. Each value is (the `_VALIDATED` entry
+# of a length validated in full, `_heuristic_part`); `_plan_hit` redoes, for a new length,
+# what depends on it.
+_PLANS: Dict[tuple, Tuple[tuple, Optional[tuple]]] = {}
+
+# The fields of `_Launch` that a new KV length changes.
+_SEQLEN_K = _Launch._fields.index("seqlen_k")
+_CAUSAL_OFFSET = _Launch._fields.index("causal_offset")
+
+
+def _plan_key(key: tuple) -> tuple:
+    """`_launch_key`'s key with k's and v's seqlen left out (their shapes' dim 1)."""
+    k_part, v_part = key[1], key[2]
+    return (key[0], (k_part[0], k_part[1][0], k_part[1][2:]) + k_part[2:],
+            (v_part[0], v_part[1][0], v_part[1][2:]) + v_part[2:]) + key[3:]
+
+
+def _plan_hit(key: tuple, q, k, v, causal: bool, bottom_right: bool, config,
+              names: _Names) -> Optional[tuple]:
+    """The `_VALIDATED` entry for a seqlen_k that a plan of this key (`_PLANS`) covers, added
+    to `_VALIDATED`; None where there is no plan or the length changes more than its own
+    fields, and `_validate` must decide.
+
+    What `_validate` reads of seqlen_k: k's and v's lengths equal, >= 1 and within the
+    kernels' bound; the causal flag launched (a mask that hides nothing runs non-causal)
+    and with it the packing and the launch's query length; auto's pick (the heuristic takes
+    seqlen_k); the causal offset; the storage extents (the caller checks those). The plan's
+    strides and layout checks hold for every length > 1. Everything else is in the key.
+    """
+    plan = _PLANS.get(_plan_key(key))
+    if plan is None:
+        return None
+    (template, size, q_end, k_end, v_end), heuristic = plan
+    seqlen_k = k.shape[1]
+    if not (1 < seqlen_k <= _LIMITS["max_seqlen"] and v.shape[1] == seqlen_k):
+        return None
+    offset = seqlen_k - q.shape[1] if bottom_right else 0
+    is_causal = causal and offset < seqlen_k - 1
+    if is_causal != template.is_causal:
+        return None
+    if heuristic is not None:
+        cc, answer = heuristic
+        if _C.default_config(template.head_dim, template.seqlen_q, seqlen_k, cc[0], cc[1],
+                             is_causal) != answer:
+            return None
+    # Written out rather than with _replace and `_extent_bytes` (each ~1 us on a 2-core VM):
+    # only the seqlen dim differs from the plan's, so each extent moves by whole seqlen
+    # strides (`_row_strides`, the real ones for lengths > 1); an empty K/V stays empty.
+    launch = _Launch._make(template[:_SEQLEN_K] + (seqlen_k,)
+                           + template[_SEQLEN_K + 1:_CAUSAL_OFFSET]
+                           + (offset if is_causal else 0,) + template[_CAUSAL_OFFSET + 1:])
+    grown = (seqlen_k - template.seqlen_k) * size
+    entry = (launch, size, q_end, k_end and k_end + grown * template.k_strides[1],
+             v_end and v_end + grown * template.v_strides[1])
+    _remember(key, entry)
+    return entry
 
 
 def _validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
@@ -655,12 +747,17 @@ def _resolve_config(config, q: torch.Tensor, head_dim: int, causal: bool, seqlen
     if head_dim not in head_dims:
         raise ValueError(f"headdim of {names.q} ({head_dim}) is not supported; built head "
                          f"dims: {', '.join(map(str, head_dims))}")
-    if q.is_cuda:
-        (gpu, cc), smem = _gpu(q.device.index), _smem_limit(q.device.index)
-    else:
-        gpu, cc, smem = "", _PLACEHOLDER_CC, None
+    gpu, cc, smem = _device_part(q)
     return _auto_config(gpu, cc, _DTYPE_NAMES[q.dtype], head_dim, seqlen_q, seqlen_k, causal,
                         smem)
+
+
+def _device_part(q: torch.Tensor) -> Tuple[str, Tuple[int, int], Optional[int]]:
+    """(GPU name, compute capability, shared memory limit) of auto's pick for q's device."""
+    if q.is_cuda:
+        (gpu, cc), smem = _gpu(q.device.index), _smem_limit(q.device.index)
+        return gpu, cc, smem
+    return "", _PLACEHOLDER_CC, None
 
 
 def _check_config_type(config) -> None:
@@ -697,11 +794,9 @@ def _auto_config(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqle
     or cannot run here (a stale cache, a table for another build or GPU) is passed over.
     """
     seqlen_k = seqlen_q if seqlen_k is None else seqlen_k
-    key = _tuning.key(dtype, head_dim, causal, seqlen_q)
-    for name in (_tuning.cached_configs(gpu).get(key), _tuned.TABLE.get(gpu, {}).get(key)):
-        cfg = _CONFIGS.get(name)
-        if cfg is not None and _tunable(cfg, dtype, head_dim, cc, smem_limit):
-            return cfg
+    tuned = _tuned_pick(gpu, cc, dtype, head_dim, seqlen_q, causal, smem_limit)
+    if tuned is not None:
+        return tuned
     default = _CONFIGS[_C.default_config(head_dim, seqlen_q, seqlen_k, cc[0], cc[1], causal)]
     if _tunable(default, dtype, head_dim, cc, smem_limit):
         return default
@@ -711,6 +806,18 @@ def _auto_config(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqle
     fitting = [c for c in _CONFIGS.values() if _tunable(c, dtype, head_dim, cc, smem_limit)]
     return max(fitting, key=lambda c: (c["block_m"] * c["block_n"], c["num_warps"]),
                default=default)
+
+
+def _tuned_pick(gpu: str, cc: Tuple[int, int], dtype: str, head_dim: int, seqlen_q: int,
+                causal: bool, smem_limit: Optional[int]) -> Optional[dict]:
+    """The tuning cache's pick, else the built-in table's, if usable here; None otherwise.
+    Neither depends on seqlen_k (`_plan_hit` relies on it)."""
+    key = _tuning.key(dtype, head_dim, causal, seqlen_q)
+    for name in (_tuning.cached_configs(gpu).get(key), _tuned.TABLE.get(gpu, {}).get(key)):
+        cfg = _CONFIGS.get(name)
+        if cfg is not None and _tunable(cfg, dtype, head_dim, cc, smem_limit):
+            return cfg
+    return None
 
 
 def _tunable(cfg: dict, dtype: str, head_dim: int, cc: Tuple[int, int],
@@ -729,7 +836,8 @@ def _forget_tuning() -> None:
     written, or FA_CUTE_CACHE_DIR changed, in this process."""
     _tuning.forget()
     _auto_config.cache_clear()
-    _VALIDATED.clear()  # auto's picks are part of the validated launches
+    _VALIDATED.clear()  # auto's picks are part of the validated launches and plans
+    _PLANS.clear()
 
 
 def _resolve_scale(scale, head_dim: int, name: str = "softmax_scale") -> float:
