@@ -64,3 +64,31 @@ for nk in (512, 4096):
             print(f"  back-to-back {name:24s} {gpu_us(fn):7.2f} us per call (host {host_us(fn, 500):6.2f})")
         except Exception as exc:
             print(f"  {name}: {type(exc).__name__}: {str(exc)[:100]}")
+
+# The README's decode loop: one query row per sequence against a preallocated KV cache that
+# grows a key a step (k_cache[:, :n]), against the same call at a fixed n. Each new n is a
+# new shape: it is answered from the launch plan of its first length (_api._PLANS), not
+# validated in full. Host us per call issued back to back, slicing included as in a loop.
+b, h, hk, d, cap = 16, 32, 8, 128, 8192
+k_cache, v_cache = (torch.randn(b, cap, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+q1 = torch.randn(b, 1, h, d, device="cuda", dtype=torch.bfloat16)
+for start in (512, 4096):
+    def fixed():
+        return fa_cute.forward(q1, k_cache[:, :start], v_cache[:, :start])
+
+    lengths = iter(range(start, cap))  # host_us makes 50 + 1000 calls: 1050 new lengths
+
+    def grow():
+        n = next(lengths)
+        return fa_cute.forward(q1, k_cache[:, :n], v_cache[:, :n])
+
+    misses = []
+    validate = _api._validate
+    _api._validate = lambda *a, **kw: misses.append(1) or validate(*a, **kw)
+    try:
+        t_grow = host_us(grow, 1000)
+    finally:
+        _api._validate = validate
+    print(f"README decode loop B={b} H={h} H_kv={hk} d={d} from N_k={start}: host us per call, "
+          f"fixed n {host_us(fixed, 1000):.2f}, growing n {t_grow:.2f} "
+          f"({len(misses)} full validations in 1050 lengths)")

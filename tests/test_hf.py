@@ -1,0 +1,152 @@
+"""fa_cute.hf (issue 14): registration with transformers, and what attention_forward refuses,
+on CPU; a small randomly initialised Llama against transformers' SDPA on a GPU. Skipped
+without transformers."""
+
+import pytest
+import torch
+
+import fa_cute
+from fa_cute import hf
+
+transformers = pytest.importorskip("transformers")
+
+# The brief's Llama (hidden 256, 8 heads) has head dim 32, which no kernel is built for: the
+# config names a built one (64 where built), its q/k/v projections sized to match.
+BUILT = sorted({c["head_dim"] for c in fa_cute.configs()})
+HEAD_DIM = 64 if 64 in BUILT else BUILT[0]
+
+
+def llama_config(**changes):
+    args = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
+                head_dim=HEAD_DIM, num_hidden_layers=2, intermediate_size=512,
+                vocab_size=1000)
+    args.update(changes)
+    return transformers.LlamaConfig(**args)
+
+
+def bhsd(batch=2, heads=8, seqlen=5):
+    return torch.randn(batch, heads, seqlen, HEAD_DIM).to(torch.bfloat16)
+
+
+def test_register_adds_the_attention_and_its_mask() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    assert hf.register() == "fa_cute"
+    assert AttentionInterface._global_mapping["fa_cute"] is hf.attention_forward
+    assert AttentionMaskInterface._global_mapping["fa_cute"] is flash_attention_mask
+
+
+def test_import_fa_cute_does_not_import_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, fa_cute, fa_cute.hf; assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(attention_mask=torch.ones(2, 5, dtype=torch.bool)), r"^attention_mask: .*padding"),
+    (dict(dropout=0.1), r"^dropout must be 0\.0: .*model\.eval\(\)"),
+    (dict(sliding_window=4096), r"^sliding_window must be None: .*sliding-window"),
+    (dict(softcap=30.0), r"^softcap must be None: .*softcapping"),
+    (dict(s_aux=torch.zeros(8)), r"^s_aux must be None: .*sinks"),
+    (dict(position_bias=torch.zeros(1, 8, 5, 5)), r"^position_bias must be None"),
+    (dict(output_attentions=True), r"^output_attentions must be False"),
+], ids=["mask", "dropout", "sliding-window", "softcap", "sinks", "position-bias",
+        "output-attentions"])
+def test_unsupported_features_are_refused(kwargs, pattern: str) -> None:
+    args = dict(attention_mask=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        hf.attention_forward(torch.nn.Module(), bhsd(), bhsd(heads=2), bhsd(heads=2), **args)
+
+
+def test_a_supported_call_reaches_fa_cute() -> None:
+    """GQA in transformers' layout goes through as views; on CPU the device check ends it."""
+    with pytest.raises(ValueError, match="CUDA tensors only"):
+        hf.attention_forward(torch.nn.Module(), bhsd(), bhsd(heads=2), bhsd(heads=2), None,
+                             scaling=0.1, sliding_window=None, softcap=None)
+
+
+def test_model_padding_is_refused() -> None:
+    """A padded batch gets its mask through the registered mask function, and is refused
+    (not ignored) before anything else."""
+    hf.register()
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(llama_config()).to(torch.bfloat16).eval()
+    model.set_attn_implementation("fa_cute")
+    ids = torch.randint(0, 1000, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match=r"^attention_mask: .*padding"):
+            model(ids, attention_mask=mask)
+        with pytest.raises(ValueError, match="CUDA tensors only"):
+            model(ids, attention_mask=torch.ones_like(mask))
+
+
+def test_model_in_grad_mode_is_refused() -> None:
+    hf.register()
+    model = transformers.LlamaForCausalLM(llama_config()).to(torch.bfloat16)
+    model.set_attn_implementation("fa_cute")
+    with pytest.raises(NotImplementedError, match=r"requires grad, .*torch\.no_grad\(\)"):
+        model(torch.randint(0, 1000, (1, 4)))
+
+
+# On a GPU ------------------------------------------------------------------------------------
+
+def _logits(model, prefill: torch.Tensor, steps: torch.Tensor):
+    """Logits of a prefill and of each cached decode step (fixed tokens, so that every
+    implementation sees the same inputs)."""
+    out = model(prefill, use_cache=True)
+    logits, cache = [out.logits[:, -1]], out.past_key_values
+    for i in range(steps.shape[1]):
+        out = model(steps[:, i:i + 1], past_key_values=cache, use_cache=True)
+        logits.append(out.logits[:, -1])
+        cache = out.past_key_values
+    return torch.stack(logits).float()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("prefill_len", [1, 37, 300])
+def test_llama_logits_match_sdpa(prefill_len: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logits of prefill and 4 cached decode steps on attn_implementation="fa_cute" against
+    "sdpa", within twice the difference between PyTorch's own FLASH and CUDNN (else
+    EFFICIENT) SDPA backends on the same model and inputs (twice: FlashAttention's 2x rule,
+    as the kernel tests use), with a floor of 1e-3 of the logits' magnitude."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    hf.register()
+    torch.manual_seed(0)
+    config = llama_config(attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    prefill = torch.randint(0, 1000, (2, prefill_len), device="cuda")
+    steps = torch.randint(0, 1000, (2, 4), device="cuda")
+    with torch.inference_mode():
+        ref = _logits(model, prefill, steps)
+        # Some backends refuse enable_gqa=True: for the peers' difference transformers
+        # repeats K/V heads instead (the same attention), so that each backend runs.
+        import transformers.integrations.sdpa_attention as sdpa_attention
+
+        monkeypatch.setattr(sdpa_attention, "use_gqa_in_sdpa", lambda *args: False)
+        by_backend = {}
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                        SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+            if len(by_backend) == 2:
+                break
+            try:
+                with sdpa_kernel(backend):
+                    by_backend[backend] = _logits(model, prefill, steps)
+            except RuntimeError:  # a backend that does not take these shapes
+                continue
+        monkeypatch.undo()
+        assert len(by_backend) >= 2, f"SDPA backends that ran: {list(by_backend)}"
+        flash, other = list(by_backend.values())[:2]
+        peer_diff = (flash - other).abs().max().item()
+        model.set_attn_implementation("fa_cute")
+        got = _logits(model, prefill, steps)
+    floor = 1e-3 * ref.abs().max().item()
+    diff = (got - ref).abs().max().item()
+    assert torch.isfinite(got).all()
+    assert diff <= max(2 * peer_diff, floor), (diff, peer_diff, floor, list(by_backend))
