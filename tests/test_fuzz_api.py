@@ -254,6 +254,10 @@ def draw_out(data: st.DataObject, q: Any, k: Any, device: str, spoiled: Spoiled)
     if kind == "none" or not isinstance(q, torch.Tensor) or q.layout != torch.strided:
         return None
     if kind == "q":
+        # out is q: whatever spoiled q may be refused under out's name too (an expanded q
+        # is an out whose elements share memory).
+        if "q" in spoiled.definite | spoiled.maybe:
+            spoiled.add("out", False)
         return q
     if kind == "k":
         # Overlapping memory, unless k (spoiled itself) is empty.
