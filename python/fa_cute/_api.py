@@ -536,9 +536,12 @@ _SEQLEN_K = _Launch._fields.index("seqlen_k")
 _CAUSAL_OFFSET = _Launch._fields.index("causal_offset")
 
 
-def _plan_key(key: tuple) -> tuple:
-    """`_launch_key`'s key with k's and v's seqlen left out (their shapes' dim 1)."""
+def _plan_key(key: tuple) -> Optional[tuple]:
+    """`_launch_key`'s key with k's and v's seqlen left out (their shapes' dim 1); None
+    where k or v is not 4-D (no plan covers it: `_validate` names the argument)."""
     k_part, v_part = key[1], key[2]
+    if len(k_part[1]) != 4 or len(v_part[1]) != 4:
+        return None
     return (key[0], (k_part[0], k_part[1][0], k_part[1][2:]) + k_part[2:],
             (v_part[0], v_part[1][0], v_part[1][2:]) + v_part[2:]) + key[3:]
 
@@ -555,7 +558,8 @@ def _plan_hit(key: tuple, q, k, v, causal: bool, bottom_right: bool, config,
     seqlen_k); the causal offset; the storage extents (the caller checks those). The plan's
     strides and layout checks hold for every length > 1. Everything else is in the key.
     """
-    plan = _PLANS.get(_plan_key(key))
+    plan_key = _plan_key(key)
+    plan = _PLANS.get(plan_key) if plan_key is not None else None
     if plan is None:
         return None
     (template, size, q_end, k_end, v_end), heuristic = plan
