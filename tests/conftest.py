@@ -5,7 +5,7 @@ everything else runs anywhere.
 """
 
 import zlib
-from typing import Callable, Tuple
+from typing import Callable, List, Tuple
 
 import pytest
 import torch
@@ -68,3 +68,34 @@ def random_qkv(batch: int, seqlen: int, nheads: int, head_dim: int, dtype: torch
 def make_qkv() -> Callable[..., Tensors]:
     """`random_qkv`, as a fixture so that test modules need not import conftest."""
     return random_qkv
+
+
+@pytest.fixture
+def validations(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    """The seqlen_k of each full validation (`_api._validate` called by `_validate_cached`),
+    on fresh validated-launch and launch-plan caches."""
+    from fa_cute import _api
+
+    monkeypatch.setattr(_api, "_VALIDATED", {})
+    monkeypatch.setattr(_api, "_PLANS", {})
+    seen: List[int] = []
+    validate = _api._validate
+
+    def counting(q, k, v, **kwargs):
+        seen.append(k.shape[1])
+        return validate(q, k, v, **kwargs)
+
+    monkeypatch.setattr(_api, "_validate", counting)
+    return seen
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors pose as CUDA ones to the validation caches, which key CUDA tensors only:
+    is_cuda True, a fake sm80 GPU for auto's pick, no device check."""
+    from fa_cute import _api
+
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(_api, "_gpu", lambda index: ("fake GPU", (8, 0)))
+    monkeypatch.setattr(_api, "_smem_limit", lambda index: None)
+    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)

@@ -7,7 +7,7 @@ The device is checked last, so a CPU call that passes every other check fails wi
 """
 
 import math
-from typing import Callable, Dict
+from typing import Callable, List
 
 import pytest
 import torch
@@ -179,23 +179,10 @@ def test_conj_views_are_complex_and_refused_by_dtype(name: str) -> None:
 # shape is answered from the cache, as it would be on a GPU.
 
 @pytest.fixture
-def cached(monkeypatch: pytest.MonkeyPatch) -> Dict[str, int]:
-    """Counts of `_validate` calls under `_validate_cached` ("checks"), on a fresh cache."""
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    monkeypatch.setattr(_api, "_gpu", lambda index: ("fake GPU", (8, 0)))
-    monkeypatch.setattr(_api, "_smem_limit", lambda index: None)
-    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
-    monkeypatch.setattr(_api, "_VALIDATED", {})
-    monkeypatch.setattr(_api, "_PLANS", {})
-    counts = {"checks": 0}
-    validate = _api._validate
-
-    def counting(*args, **kwargs):
-        counts["checks"] += 1
-        return validate(*args, **kwargs)
-
-    monkeypatch.setattr(_api, "_validate", counting)
-    return counts
+def cached(fake_cuda, validations: List[int]) -> List[int]:
+    """The full validations under `_validate_cached` (conftest's `validations`), on fresh
+    caches, with CPU tensors posing as CUDA ones (conftest's `fake_cuda`)."""
+    return validations
 
 
 def validate_cached(q, k, v) -> _api._Launch:
@@ -203,17 +190,17 @@ def validate_cached(q, k, v) -> _api._Launch:
                                  config="auto", out=None)
 
 
-def test_cache_answers_a_repeated_shape(cached: Dict[str, int]) -> None:
+def test_cache_answers_a_repeated_shape(cached: List[int]) -> None:
     """The premise of the tests below: a second call of a shape skips the checks."""
     first = validate_cached(*qkv(DECODE_Q, DECODE_KV))
     again = validate_cached(*qkv(DECODE_Q, DECODE_KV))
     assert again == first and first.packed
-    assert cached["checks"] == 1 and len(_api._VALIDATED) == 1
+    assert len(cached) == 1 and len(_api._VALIDATED) == 1
 
 
 @pytest.mark.parametrize("name", ["q", "k", "v"])
 @pytest.mark.parametrize("how", ["freed", "shrunk"])
-def test_cache_hit_still_checks_the_storage(cached: Dict[str, int], name: str, how: str) -> None:
+def test_cache_hit_still_checks_the_storage(cached: List[int], name: str, how: str) -> None:
     """The key holds data_ptr() % 16, which is 0 for a freed tensor: a hit must not skip
     the storage check."""
     validate_cached(*qkv(DECODE_Q, DECODE_KV))
@@ -222,18 +209,18 @@ def test_cache_hit_still_checks_the_storage(cached: Dict[str, int], name: str, h
     storage.resize_(0 if how == "freed" else storage.nbytes() - 16)
     with pytest.raises(ValueError, match=rf"^{name} reaches byte \d+ of its storage"):
         validate_cached(**tensors)
-    assert cached["checks"] == 2
+    assert len(cached) == 2
 
 
-def test_cache_hit_still_refuses_a_neg_view(cached: Dict[str, int]) -> None:
+def test_cache_hit_still_refuses_a_neg_view(cached: List[int]) -> None:
     q, k, v = qkv(DECODE_Q, DECODE_KV)
     validate_cached(q, k, v)
     with pytest.raises(ValueError, match=r"^k is a negated view"):
         validate_cached(q, k._neg_view(), v)
-    assert cached["checks"] == 2
+    assert len(cached) == 2
 
 
-def test_cache_hits_a_window_sliding_through_one_buffer(cached: Dict[str, int]) -> None:
+def test_cache_hits_a_window_sliding_through_one_buffer(cached: List[int]) -> None:
     """The storage check is per call, not in the key: a fixed-length window moving through a
     fixed buffer (a ring KV cache) keeps hitting, and a window past the buffer's end (its
     storage shrunk under it) does not."""
@@ -241,7 +228,7 @@ def test_cache_hits_a_window_sliding_through_one_buffer(cached: Dict[str, int]) 
     q = randn(*DECODE_Q)
     for start in range(0, 3 * SEQ_K, 8):
         validate_cached(q, buf_k[:, start:start + SEQ_K], buf_v[:, start:start + SEQ_K])
-    assert cached["checks"] == 1
+    assert len(cached) == 1
     k = buf_k[:, -SEQ_K:]
     buf_k.untyped_storage().resize_(buf_k.untyped_storage().nbytes() // 2)
     with pytest.raises(ValueError, match=r"^k reaches byte \d+ of its storage"):

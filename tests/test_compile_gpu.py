@@ -110,19 +110,9 @@ def test_requires_grad_is_refused_on_cuda(api: str) -> None:
 
 
 @pytest.fixture
-def checks(monkeypatch: pytest.MonkeyPatch) -> List[int]:
-    """The KV length of each full validation, on fresh caches."""
-    monkeypatch.setattr(_api, "_VALIDATED", {})
-    monkeypatch.setattr(_api, "_PLANS", {})
-    seen: List[int] = []
-    validate = _api._validate
-
-    def counting(q, k, v, **kwargs):
-        seen.append(k.shape[1])
-        return validate(q, k, v, **kwargs)
-
-    monkeypatch.setattr(_api, "_validate", counting)
-    return seen
+def checks(validations: List[int]) -> List[int]:
+    """The KV length of each full validation, on fresh caches (conftest's `validations`)."""
+    return validations
 
 
 @pytest.mark.parametrize("seqlen_q, causal", [(1, False), (1, True), (4, True)])

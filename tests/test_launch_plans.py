@@ -17,29 +17,16 @@ from fa_cute import _api
 HEAD_DIM = fa_cute.configs()[0]["head_dim"]
 BF16 = torch.bfloat16
 B, HK, CAPACITY = 2, 2, 400
+FULL_VALIDATE = _api._validate  # the checks themselves, uncounted by the `checks` fixture
 
 
 @pytest.fixture
-def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[int]]:
-    """The seqlen_k of each full validation under `_validate_cached`, on fresh caches."""
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    monkeypatch.setattr(_api, "_gpu", lambda index: ("fake GPU", (8, 0)))
-    monkeypatch.setattr(_api, "_smem_limit", lambda index: None)
-    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
-    monkeypatch.setattr(_api, "_VALIDATED", {})
-    monkeypatch.setattr(_api, "_PLANS", {})
-    seen: List[int] = []
-    validate = _api._validate
-
-    def counting(q, k, v, **kwargs):
-        seen.append(k.shape[1])
-        return validate(q, k, v, **kwargs)
-
-    monkeypatch.setattr(_api, "_validate", counting)
-    monkeypatch.setattr(_api, "_full_validate", validate, raising=False)
+def checks(fake_cuda, validations) -> Iterator[List[int]]:
+    """The seqlen_k of each full validation under `_validate_cached`, on fresh caches, with
+    CPU tensors posing as CUDA ones (conftest's `fake_cuda`)."""
     # Tests change auto's inputs (the heuristic, the tuned pick): no pick outlives them.
     _api._auto_config.cache_clear()
-    yield seen
+    yield validations
     _api._auto_config.cache_clear()
 
 
@@ -52,7 +39,7 @@ def both(q, k, v, **kwargs):
     """(`_validate_cached`'s launch, `_validate`'s own for the same call)."""
     args = dict(causal=False, bottom_right=True, softmax_scale=None, config="auto", out=None)
     args.update(kwargs)
-    return (_api._validate_cached(q, k, v, **args), _api._full_validate(q, k, v, **args))
+    return (_api._validate_cached(q, k, v, **args), FULL_VALIDATE(q, k, v, **args))
 
 
 @pytest.mark.parametrize("seqlen_q, nheads, causal", [
