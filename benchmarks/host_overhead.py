@@ -1,6 +1,7 @@
 """Where a small forward call's time goes (needs a CUDA GPU): host microseconds of each piece
 of fa_cute.forward for a GQA decode step, then the time per call of eager calls issued back
-to back, of CUDA-graph replays and of SDPA's cuDNN and FLASH backends (docs/perf-notes.md v9).
+to back, of CUDA-graph replays and of SDPA's cuDNN and FLASH backends (docs/perf-notes.md,
+Host time of a call).
 
     python3 benchmarks/host_overhead.py
 """

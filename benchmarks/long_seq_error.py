@@ -1,4 +1,5 @@
-"""Accuracy on long sequences, per kernel family: the table of issue 13 (docs/perf-notes.md).
+"""Accuracy on long sequences, per kernel family: the table of issue 13
+(docs/perf-notes.md, Hopper kernel, open leads).
 
 For each kernel family's default config, dtype and input kind (`fa_cute._reference.long_inputs`):
 4096 query rows of 16 heads against 131,072 keys at d = 128 (enough query tiles that no

@@ -6,7 +6,7 @@ stall samples go (by reason, by opcode, the top SASS lines) and the executed-ins
     ncu --import prof.ncu-rep --page source --csv --print-source sass > prof.sass.csv
     python3 benchmarks/ncu_summary.py prof.sass.csv [more.csv ...]
 
-docs/perf-notes.md v9 compares fa_cute's kernels with cuDNN's this way (ncu has no host
+docs/perf-history.md v9 compares fa_cute's kernels with cuDNN's this way (ncu has no host
 side on the CPU-only build machine, so run this next to ncu).
 """
 

@@ -19,7 +19,7 @@ import sys
 # masking (and, kGeneral, row predication), which run causal and ragged launches. Their
 # three copies of the loop body (first block, unmasked, masked) need more than 255
 # registers in the 128-row tiles; ptxas spills 68-84 bytes there, 3-6 local loads/stores
-# in a main-loop iteration of 1300-1500 instructions (sm_90 SASS, docs/perf-notes.md v4).
+# in a main-loop iteration of 1300-1500 instructions (sm_90 SASS, docs/perf-history.md v4).
 # The kNone variant, which runs every even non-causal launch, and every other kernel must
 # not spill at all, but for the 4-warp tiles below.
 GENERAL_SPILL_BUDGET = 128  # bytes of spill stores
@@ -31,7 +31,8 @@ GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*FwdMaskModeE[12]EEEvNS_9FwdParams
 # rescale, 228 B for d=96 on sm_80 without it). Measured on the H100 the
 # tile still runs 4-17% faster than the spill-free 8-warp 128x128 tile, because its
 # 2 blocks per SM and halved ldmatrix traffic outweigh a dozen local loads and stores per
-# main-loop iteration of ~900 instructions (docs/perf-notes.md v10).
+# main-loop iteration of ~900 instructions (docs/perf-notes.md, Ampere-style kernel,
+# tile choices).
 FOUR_WARP_SPILL_BUDGET = 256  # bytes of spill stores
 FOUR_WARP_KERNEL = re.compile(r"fwd_kernel_sm80INS_13Sm80FwdTraitsILi(64|96|128)ELi128ELi64ELi4E")
 

@@ -20,7 +20,7 @@
 // GPU's full power (the Hopper kernel, ~700 W on an H100) runs ~10% slower once the power
 // cap lowers the clock. --warmup-ms T keeps launching (after the W warm-up launches) until
 // T ms of GPU time have passed, so that the timed launches see the sustained state (300 ms
-// settles an H100; docs/perf-notes.md v7). --flush-l2 MIB overwrites a MIB-sized buffer
+// settles an H100; docs/perf-notes.md, How the numbers are taken). --flush-l2 MIB overwrites a MIB-sized buffer
 // before each timed launch, as triton.testing.do_bench does: cold L2, and a memory-bound
 // kernel between launches. Compare with other libraries through
 // `python -m fa_cute.bench` (sustained do_bench timing).
@@ -408,7 +408,7 @@ int run(Options const& o) {
 
   std::nth_element(ms.begin(), ms.begin() + o.iters / 2, ms.end());
   double const median = ms[o.iters / 2];
-  // METHOD.md's convention: causal counts half the FLOPs of the full product.
+  // As fa_cute.bench and the docs' tables count: causal counts half the FLOPs of the full product.
   double const flops = (o.causal ? 2.0 : 4.0) * o.batch * o.heads * double(o.seqlen_q) * o.seqlen * d;
   double const moved = 2.0 * (2.0 * n + 2.0 * n_q);  // bytes: K, V read; Q read, O written
   std::printf("%s (%s) on %s: %s %s B=%d Nq=%d Nk=%d H=%d Hk=%d d=%d%s splits=%d: %.4f ms (median of %d), "
