@@ -88,8 +88,8 @@ __forceinline__ __device__ auto convert_type(cute::Tensor<Engine, Layout> const&
 
 // dst = src converted to dst's element type, storage slot by storage slot: for a dst that
 // is a relabelled view of src's layout (P as the A operand of a wgmma), where an
-// element-wise copy would shuffle 16-bit halves of registers (PRMT/LOP3, measured 10% of
-// the Hopper kernel at d=128).
+// element-wise copy would shuffle 16-bit halves of registers (PRMT/LOP3; what that cost:
+// docs/perf-history.md v6).
 template <class TensorS, class TensorD>
 __forceinline__ __device__ void convert_type_into(TensorS const& src, TensorD& dst) {
   using From = typename TensorS::value_type;

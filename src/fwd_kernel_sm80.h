@@ -28,14 +28,12 @@ namespace fa_cute {
 // kMaskMode (FwdMaskMode) compiles out what a launch does not need: kNone (non-causal,
 // seqlen_q a multiple of kBlockM and seqlen_k of kBlockN) holds no masking or row
 // predication code at all; kCausalEven masks the diagonal blocks but predicates no rows;
-// kGeneral handles ragged tiles, causal or not. Measured on the H100 (d=128, 128x128
-// persistent, fwd_bench): the general kernel runs even non-causal shapes 4-5% slower (325
-// against 340 TFLOP/s at N=4096), though its extra code never executes there: ptxas gives
-// its main loop a worse register allocation and schedule.
+// kGeneral handles ragged tiles, causal or not. The general kernel runs even non-causal
+// shapes slower, though its extra code never executes there: ptxas gives its main loop a
+// worse register allocation and schedule (docs/perf-notes.md, Ampere-style kernel: tile choices).
 template <class Traits, FwdMaskMode kMaskMode>
 // __launch_bounds__ asks for no more than one resident block: forcing 3 blocks per SM on
-// the 64-row decode tile (168 registers) made decode 4-8% slower (fwd_bench, H100, packed
-// GQA decode B=16 H_kv=8 g=4, N_k 1024-16384).
+// the 64-row decode tile (168 registers) made decode slower (docs/perf-notes.md, Ampere-style kernel: tile choices).
 __global__ void __launch_bounds__(Traits::kNThreads)
     fwd_kernel_sm80(__grid_constant__ FwdParams const params) {
   using namespace cute;
@@ -195,13 +193,13 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // is_first: no previous block, so nothing to rescale. is_masked: the block needs the
     // seqlen_k or causal mask. Both are compile-time, so that the loop over the blocks that
     // need neither (all but one or two per tile) holds no masking code: with the mask as a
-    // run-time branch in the one loop, the persistent d=128 kernel went from 233 to 255
-    // registers and lost 10% (fwd_bench, H100, N=4096: 304 against 340 TFLOP/s).
+    // run-time branch in the one loop, the persistent d=128 kernel ran out of registers and
+    // lost speed (docs/perf-notes.md, Ampere-style kernel: tile choices).
     // is_last: no next key block; the persistent next tile's first loads go here. In
     // persistent mask-free kernels a compile-time flag outside the first iteration, so
     // that the loop over the middle blocks neither tests it nor keeps the next tile's
     // number in a register (ptxas had rematerialised it: 10-15 integer instructions in
-    // every iteration, 3% at N=4096).
+    // every iteration; docs/perf-history.md v4).
     auto iteration = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
       int const n_block = keys.template block<Traits::kReverseKV>(i);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
@@ -256,8 +254,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       using cute::true_type;
       // The first iteration tests the mask at run time: one copy of the loop body fewer,
       // outside the loops. Persistent mask-free kernels also peel the last iteration (see
-      // is_last); elsewhere that extra copy of the body made ptxas spill (up to 156 B in
-      // the masking variants, 72 B in d=256 64-row tiles), so there is_last is a run-time
+      // is_last); elsewhere that extra copy of the body made ptxas spill (in the masking
+      // variants and the d=256 64-row tiles), so there is_last is a run-time
       // test.
       int const last = num_blocks - 1;
       if constexpr (kMaskMode == FwdMaskMode::kNone && Traits::kPersistent) {

@@ -57,8 +57,7 @@ struct Sm80FwdTraits {
   static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kLadderRung = kLadderRung_;
   // Split-KV (FwdParams::num_splits) is compiled into non-persistent kernels only: its fp32
-  // epilogue pushed the persistent 128x128 d=128 kernel from 255 registers and no spills to
-  // 16 bytes of spills (ptxas, sm_90), and persistent blocks serve long query sequences,
+  // epilogue made the persistent 128x128 d=128 kernel spill (ptxas, sm_90), and persistent blocks serve long query sequences,
   // which fill the GPU without splitting.
   static constexpr bool kSplitKV = !kPersistent_;
 

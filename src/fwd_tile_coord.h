@@ -78,7 +78,7 @@ struct FwdTileCoord {
 
   // is_causal: params.is_causal, passed separately so that a kernel that knows it at
   // compile time drops the other numbering (the causal one's 64-bit section arithmetic
-  // made the sm80 persistent kernel spill 24 B in its non-causal variant).
+  // made the sm80 persistent kernel spill in its non-causal variant).
   // Host and device: tests/cpp/test_layouts.cu proves the numbering a bijection.
   CUTE_HOST_DEVICE FwdTileCoord(int tile, int num_m_blocks, FwdParams const& params, bool is_causal) {
     int bh;  // (split, batch, head), head fastest
@@ -196,13 +196,12 @@ PersistentLoad persistent_causal_load(FwdParams const& params, int grid, bool fo
 // Pairs per L2 section of a persistent causal launch. Any section within causal_section's
 // L2 bound keeps the concurrent tiles' K and V in L2, but sections differ in how the static
 // schedule (persistent_tile) deals tiles of unequal length to the CTAs: with the bound's own
-// section the busiest CTA of a d=128 128x128 launch has 1.21x (N=1024) to 1.27x (N=4096)
-// the mean work, with 4 MiB sections 1.03x. Measured (fwd_bench, H100, causal, bf16,
-// B=16384/N, H=16; sections of 32 / 16 / 8 / 4 MiB): 357 / 312 / 309 / 387 TFLOP/s at
-// N=1024, 432 / 370 / 371 / 482 at N=2048, the order the busiest CTA's work predicts. So
+// section the busiest CTA of a d=128 128x128 launch gets well over the mean work, with
+// 4 MiB sections about the mean; the measured speed per section size follows the busiest
+// CTA's work, not the L2 footprint (docs/perf-notes.md, Hopper kernel: tile choices; docs/perf-history.md v9). So
 // this picks, among sections up to the bound, the smallest whose busiest CTA is within 1% of
 // the least busy choice. It runs on the host once per shape (a per-instantiation cache),
-// under 1 ms for launches of up to ~50k tiles, ~0.1-0.2 us for a cached shape.
+// and stays cheap: one repeating period of the deal is simulated and multiplied.
 template <int kBlockM, int kBlockN>
 int persistent_causal_section(FwdParams const& problem, int grid) {
   int const bound = causal_section(problem);

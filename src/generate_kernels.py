@@ -50,27 +50,26 @@ class Sm80Config(NamedTuple):
 # src/tile_size.h (sm80_fwd_tile); the auto-tuner picks among all of these.
 SM80_CONFIGS = [
     # d=128. The default (src/tile_size.h) is FlashAttention-2's tile: 128 Q rows, 4 warps
-    # of 32 rows, 64-key blocks, 2 blocks per SM. It needs 255 registers and spills (80 B
-    # mask-free, sm_90; benchmarks/ptxas_report.py allows it) yet measured 3-9% faster on
-    # the H100 than the spill-free 8-warp tiles below (16 rows a warp, 233-255 registers,
-    # one block per SM), which read twice the shared memory per MMA (docs/perf-notes.md
-    # v10). Key blocks are visited first to last: on the H100 the reverse order (ladder
-    # rung 5) measured 1-3% slower at every length. The lazy O rescale (ladder rung 8)
-    # measured neutral on the 8-warp tile (-0.6% on average), whose threads rescale 64 O
-    # registers per 128 keys; the 4-warp tile's rescale 128 per 64 keys (0.55 FMUL per
-    # MMA against 0.27), and there it measured +0-5% at d=128 and +4% at d=96, so it is on
-    # (-1 to -2% at d=64, where it stays off; sustained fwd_bench, H100, bf16).
+    # of 32 rows, 64-key blocks, 2 blocks per SM. It needs 255 registers and spills
+    # (benchmarks/ptxas_report.py allows it) yet measured faster on the H100 than the
+    # spill-free 8-warp tiles below (16 rows a warp, one block per SM), which read twice the
+    # shared memory per MMA. Key blocks are visited first to last: on the H100 the reverse
+    # order (ladder rung 5) measured slower at every length. The lazy O rescale (ladder
+    # rung 8) measured neutral on the 8-warp tile, whose threads rescale 64 O registers per
+    # 128 keys; the 4-warp tile's rescale 128 per 64 keys (twice the FMULs per MMA), and
+    # there it pays at d=96 and 128, so it is on (off at d=64, where it lost). Numbers:
+    # docs/perf-notes.md, Ampere-style kernel: tile choices.
     Sm80Config(128, 128, 64, 4, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM, lazy O rescale",
                reverse_kv=False, lazy_rescale=True),
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps, persistent: next tile's Q/K load under this tile's O store",
                reverse_kv=False, persistent=True),
     Sm80Config(128, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
     Sm80Config(128, 128, 64, 8, "128x64 tile, 8 warps", reverse_kv=False),
-    # Not built: 64x128 with 4 warps (S alone is 128 registers: 88 B of spills).
+    # Not built: 64x128 with 4 warps (S alone is 128 registers: it spills).
     # 64 query rows: short queries (decode) and 2 blocks per SM.
     Sm80Config(128, 64, 64, 4, "64x64 tile, 4 warps: short queries, 2 blocks per SM", reverse_kv=False),
     # d=64 and d=96: the d=128 tiles; O is smaller, S the same. The 4-warp tile measured
-    # 11-17% (d=64) and 7-16% (d=96) faster than the 8-warp ones; it spills 0 / 16 B.
+    # faster than the 8-warp ones here too, with fewer spills (docs/perf-notes.md, Ampere-style kernel: tile choices).
     Sm80Config(64, 128, 64, 4, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM", reverse_kv=False),
     Sm80Config(64, 128, 128, 8, "128x128 tile, 8 warps, persistent", reverse_kv=False, persistent=True),
     Sm80Config(64, 128, 128, 8, "128x128 tile, 8 warps", reverse_kv=False),
@@ -101,7 +100,7 @@ LADDER_CONFIGS = [
     Sm80Config(**_LADDER_TILE, rung=3, slug="regprefetch", description="+ ldmatrix of k-slice i+1 before MMAs of slice i",
                overlap_loads=False, reverse_kv=False),
     # Register prefetch comes before load overlap: the reverse order's intermediate rung
-    # (overlap without prefetch) needs 255 registers and spills 4 B on sm_90.
+    # (overlap without prefetch) needs 255 registers and spills on sm_90.
     Sm80Config(**_LADDER_TILE, rung=4, slug="overlap", description="+ V_j / K_j+1 loads under the GEMMs (eager K/V)",
                reverse_kv=False),
     Sm80Config(**_LADDER_TILE, rung=5, slug="reverse", description="+ key blocks visited last to first (does not pay on H100)"),
@@ -158,10 +157,10 @@ _DECODE_DESCRIPTION = "TMA + wgmma, short queries: 1 consumer warpgroup, split-K
 _D = dict(lazy_rescale=True, split_kv=True)
 SM90_CONFIGS = [
     # d=64 and d=96: 3 consumer warpgroups (setmaxnreg 160 each). At d=64 the softmax takes
-    # as long as the GEMMs, and a third warpgroup gives it more to hide under: +7-22% over
-    # 2 warpgroups with 128x192 (sustained, H100; docs/perf-notes.md v8). Registers: S 56 +
-    # P 28 + O 32 at d=64 with 112-key blocks (with 128, FlashAttention-3's, ptxas spills
-    # 4 bytes), S 48 + P 24 + O 48 at d=96 with 96.
+    # as long as the GEMMs, and a third warpgroup gives it more to hide under (faster than
+    # 2 warpgroups with 128x192: docs/perf-notes.md, Hopper kernel: tile choices). Registers: S 56 +
+    # P 28 + O 32 at d=64 with 112-key blocks (with 128, FlashAttention-3's, ptxas spills),
+    # S 48 + P 24 + O 48 at d=96 with 96.
     Sm90Config(64, 128, 192, _SM90_DESCRIPTION + ", persistent", **_P),
     Sm90Config(64, 192, 112, _SM90_DESCRIPTION + ", 3 consumer warpgroups, persistent", **_P),
     Sm90Config(64, 192, 112, _SM90_DESCRIPTION + ", 3 consumer warpgroups", ping_pong=True, lazy_rescale=True),
@@ -170,10 +169,10 @@ SM90_CONFIGS = [
     Sm90Config(128, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
     Sm90Config(128, 128, 176, _SM90_DESCRIPTION + ", 176-key blocks", ping_pong=True, lazy_rescale=True),
     # d=192 and 256: O holds 96 / 128 fp32 registers a thread, so S gets fewer columns.
-    # d=192 takes FlashAttention-3's 112; at d=256 its 80 spills 120 B in our kernel (S_j,
+    # d=192 takes FlashAttention-3's 112; at d=256 its 80 spills in our kernel (S_j,
     # P_{j-1} and O live together under the overlap: 40 + 20 + 128 registers), 64 does not.
-    # No ping-pong (as FlashAttention-3 above d=128): with it the causal d=256 kernel spills
-    # 48 B, and a P V of 128 columns leaves less softmax to hide.
+    # No ping-pong (as FlashAttention-3 above d=128): with it the causal d=256 kernel spills,
+    # and a P V of 128 columns leaves less softmax to hide.
     Sm90Config(192, 128, 112, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
                persistent=True, lazy_rescale=True),
     Sm90Config(192, 128, 112, _SM90_DESCRIPTION.replace(", ping-pong", ""), lazy_rescale=True),

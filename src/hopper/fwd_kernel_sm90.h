@@ -91,7 +91,7 @@ __forceinline__ __device__ void wgmma_wait(Tensors&... tensors) {
 // Traits::kSplitKV with params.num_splits > 1 (short queries): a CTA visits one split's
 // share of the tile's key blocks and writes its O in fp32, normalised by its own row sums,
 // with its LSE, by plain masked stores; fwd_combine_kernel merges the splits.
-// kCausal: bottom-right causal masking (issue 4's semantics, params.causal_offset).
+// kCausal: bottom-right causal masking (docs/design.md, Causal alignment; params.causal_offset).
 template <class Traits, bool kCausal>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fwd_kernel_sm90(__grid_constant__ Sm90FwdParams<Traits> const params) {
@@ -127,8 +127,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   int const num_tiles = num_m_blocks * p.nheads * p.batch * (Traits::kSplitKV ? max(p.num_splits, 1) : 1);
   // Persistent: the zigzag of persistent_tile (G CTAs, one per SM). Causal tiles are
   // numbered longest first (FwdTileCoord): a plain stride would give CTA 0 the longest tile
-  // of every round, about 12% more work than CTA G - 1 at N=8192 (measured: persistent
-  // causal 568 against 621 TFLOP/s non-persistent). How evenly the zigzag deals the tiles
+  // of every round, more work than CTA G - 1 (docs/perf-notes.md, Hopper kernel: tile choices). How evenly the zigzag deals the tiles
   // also depends on the L2 section, which the launcher picks for it.
   auto round_tile = [&](int round) {
     if constexpr (!Traits::kPersistent) {
