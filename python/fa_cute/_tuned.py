@@ -8,7 +8,7 @@ not in the build, or cannot run the shape, is skipped and the next source decide
 H100 entries: the Hopper kernel's persistent 128x128 tile, which led every other Hopper
 variant and the sm80 kernel's best (`sm80p_m128n128w8_d128`, the pick of the issue-3 table,
 which it beats by 1.6-2.0x) at every N from 512 to 16384, bf16, d=128, non-causal
-(`.bin/s90c.sh`-style fwd_bench runs, interleaved, 2 rounds; docs/perf-notes.md v6). The
+(fwd_bench runs, interleaved, 2 rounds; docs/perf-history.md v6). The
 heuristic (src/tile_size.h) picks the same; the table pins it against a rebuilt default.
 """
 
