@@ -4,7 +4,7 @@ parsing and errors, FLOP and byte counts, the tables' titles and cells, the plot
 
 import pytest
 
-from fa_cute import _timing, bench
+from fa_cute import _fa4, _timing, bench
 
 
 def test_flops_halved_when_causal() -> None:
@@ -70,7 +70,7 @@ def test_causal_table_says_how_flops_are_counted() -> None:
                                          ["FLASH", "CUDNN"]).splitlines()
     assert title == ("TFLOP/s, head dim 64, causal forward (fa_cute bottom-right, SDPA "
                      "top-left: the same mask at N_q = N_k; FLOPs halved: 2*B*H*N^2*d)")
-    assert row.split() == ["bf16", "2048", "8", "16", "200.0", "250.0", "n/a", "0.80x", "n/a",
+    assert row.split() == ["bf16", "2048", "8", "16", "200.0", "250.0", "n/a", "n/a", "0.80x",
                            "sm80_m128n64w4_d64"]
     title = bench.render([_forward_record(False)], ["fa_cute"], ["FLASH"]).splitlines()[0]
     assert title == "TFLOP/s, head dim 64, non-causal forward"
@@ -86,10 +86,10 @@ def test_decode_table() -> None:
     assert title.startswith("us and GB/s, decode (seqlen_q = 1), head dim 128, B = 16, H = 32, "
                             "H_kv = 8")
     assert header.split() == ["dtype", "N_k", "fa_cute", "us", "FLASH", "us", "CUDNN", "us",
-                              "fa_cute", "GB/s", "FLASH", "GB/s", "CUDNN", "GB/s", "fa/FLASH",
-                              "fa/CUDNN", "fa_cute", "config"]
+                              "fa_cute", "GB/s", "FLASH", "GB/s", "CUDNN", "GB/s", "fa/CUDNN",
+                              "fa/FLASH", "fa_cute", "config"]
     assert row.split() == ["fp16", "4096", "500.0", "625.0", "n/a", "2000", "1600", "n/a",
-                           "1.25x", "n/a", "sm80_m64n64w4_d128"]
+                           "n/a", "1.25x", "sm80_m64n64w4_d128"]
     assert bench.row_label(record) == "decode N_k=4096 d=128"
     assert bench.row_label(_forward_record(True)) == "N=2048 d=64 causal"
 
@@ -143,3 +143,175 @@ def test_progress_goes_to_stderr(capsys) -> None:
     _timing.progress("[1/2] bf16 N=1024 d=128 non-causal")
     out, err = capsys.readouterr()
     assert out == "" and err == "[1/2] bf16 N=1024 d=128 non-causal\n"
+
+
+# FlashAttention-4's column. A fake `flash_attn.cute` in a site dir stands in for FA4 (whose
+# kernels need a GPU): it records each call and answers by the float64 reference on the CPU.
+FAKE_FA4 = '''
+import torch
+from fa_cute._reference import attention_ref
+
+MODE = "ok"  # "ok", "ignore_causal" (a wrong causal result), "raise", "out_only"
+calls = []
+
+
+def flash_attn_func(q, k, v, qv=None, gather_kv_indices=None, softmax_scale=None,
+                    causal=False, **kwargs):
+    calls.append(dict(q=q, k=k, v=v, softmax_scale=softmax_scale, causal=causal, kwargs=kwargs))
+    if MODE == "raise":
+        raise AssertionError("(head_dim, head_dim_v)=(24, 24) is not supported\\nmore")
+    out = attention_ref(q, k, v, softmax_scale, causal=causal and MODE != "ignore_causal")
+    out = out.to(q.dtype)
+    return out if MODE == "out_only" else (out, None)
+'''
+
+
+@pytest.fixture
+def fake_fa4(tmp_path, monkeypatch):
+    """(site dir holding the fake FA4, a function returning the imported fake module); sys.path
+    and the imported modules are restored afterwards."""
+    import sys
+
+    package = tmp_path / "fa4site" / "flash_attn" / "cute"
+    package.mkdir(parents=True)  # no flash_attn/__init__.py: a namespace package, as FA4's wheel
+    (package / "__init__.py").write_text(FAKE_FA4)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv(_fa4.ENV, raising=False)
+    yield str(tmp_path / "fa4site"), lambda: sys.modules["flash_attn.cute"]
+    for name in ("flash_attn.cute", "flash_attn"):
+        sys.modules.pop(name, None)
+
+
+def test_fa4_site_option_and_environment(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv(_fa4.ENV, raising=False)
+    assert bench.parse_args([]).fa4_site is None
+    assert bench.parse_args(["--fa4-site", str(tmp_path)]).fa4_site == str(tmp_path)
+    monkeypatch.setenv(_fa4.ENV, str(tmp_path))
+    assert bench.parse_args([]).fa4_site == str(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert bench.parse_args(["--fa4-site", str(other)]).fa4_site == str(other)  # option wins
+    for argv, env, named in ((["--fa4-site", str(tmp_path / "nope")], str(tmp_path), "--fa4-site"),
+                             ([], str(tmp_path / "nope"), _fa4.ENV)):
+        monkeypatch.setenv(_fa4.ENV, env)
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(argv)
+        assert exc.value.code == 2
+        assert f"{named} {tmp_path / 'nope'}: not a directory" in capsys.readouterr().err
+
+
+def test_fa4_found_in_a_site_dir_and_called_in_its_layout(fake_fa4) -> None:
+    import torch
+
+    site_dir, module = fake_fa4
+    func, why = _fa4.load(site_dir)
+    assert why == "" and func is module().flash_attn_func
+    q = torch.randn(2, 4, 16, 8, dtype=torch.bfloat16)  # the benchmark's (b, h, n, d)
+    k, v = torch.randn(2, 2, 32, 8, dtype=torch.bfloat16), torch.randn(2, 2, 32, 8).bfloat16()
+    out = _fa4.call(func, q, k, v, causal=True)
+    (c,) = module().calls
+    # FA4 gets (b, n, h, d) views of the same memory, K/V with their own (GQA) head count
+    for given, seen in ((q, c["q"]), (k, c["k"]), (v, c["v"])):
+        assert seen.shape == given.transpose(1, 2).shape
+        assert seen.data_ptr() == given.data_ptr() and seen.stride() == given.transpose(1, 2).stride()
+    assert c["softmax_scale"] == pytest.approx(8 ** -0.5) and c["causal"] is True
+    assert c["kwargs"] == {}
+    assert out.shape == (2, 16, 4, 8)  # out of (out, lse)
+    module().MODE = "out_only"  # a release that returns out alone
+    assert _fa4.call(func, q, k, v).shape == (2, 16, 4, 8)
+
+
+def test_fa4_check_marks_a_wrong_result(fake_fa4) -> None:
+    site_dir, module = fake_fa4
+    func, _ = _fa4.load(site_dir)
+    shape = (1, 64, 64, 4, 2)
+    c = _fa4.check(func, 32, True, "bf16", shape, device="cpu")
+    assert c["ok"] and not c["wrong"] and c["max_err"] <= 2 * c["plain_err"] + 1e-5
+    assert _fa4.verdict(c).startswith("check FA4, bf16 causal, B=1 N_q=64 N_k=64 H=4 H_kv=2 d=32: "
+                                      "max abs error")
+    module().MODE = "ignore_causal"
+    c = _fa4.check(func, 32, True, "fp16", shape, device="cpu")
+    assert not c["ok"] and c["wrong"] and c["error"].startswith("wrong result: ")
+    module().MODE = "raise"
+    c = _fa4.check(func, 32, False, "bf16", shape, device="cpu")
+    assert not c["ok"] and not c["wrong"]
+    assert c["error"] == "raised AssertionError: (head_dim, head_dim_v)=(24, 24) is not supported"
+    assert _fa4.verdict(c).endswith(": FAILED: " + c["error"])
+
+
+def test_fa4_timing_failure_leaves_the_cell_empty(fake_fa4) -> None:
+    import torch
+
+    site_dir, module = fake_fa4
+    func, _ = _fa4.load(site_dir)
+    module().MODE = "raise"
+    sets = [tuple(torch.randn(1, 2, 8, 32).bfloat16() for _ in range(3))]
+    assert _fa4.time_fa4(func, sets, lambda fn: 1.0) == (
+        None, "AssertionError: (head_dim, head_dim_v)=(24, 24) is not supported")
+
+
+def test_find_fa4_checks_each_table_and_dtype(fake_fa4, monkeypatch, capsys) -> None:
+    import functools
+
+    site_dir, module = fake_fa4
+    monkeypatch.setattr(_fa4, "check", functools.partial(_fa4.check, device="cpu"))
+    monkeypatch.setattr(bench, "CHECK_SHAPE", (1, 64, 64, 4, 4))  # small, for the CPU
+    args = bench.parse_args(["--fa4-site", site_dir, "--dtype", "bf16,fp16"])
+    module_loaded = _fa4.load(site_dir)[0]
+    module().MODE = "ignore_causal"  # right without a mask, wrong with one
+    func, skip, checks = bench.find_fa4(args, [(64, False), (64, True), (12, False)])
+    assert func is module_loaded
+    assert [(c["shape"][-1], c["causal"], c["dtype"], c["ok"]) for c in checks] == [
+        (64, False, "bf16", True), (64, False, "fp16", True),
+        (64, True, "bf16", False), (64, True, "fp16", False)]
+    assert set(skip) == {(64, True, "bf16"), (64, True, "fp16"), (12, False, "bf16"),
+                         (12, False, "fp16")}
+    assert skip[64, True, "bf16"][1] is True  # wrong: its cells say so
+    assert skip[12, False, "bf16"] == ("FA4 takes head dims 8 to 256 in multiples of 8, not 12",
+                                       False)
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("FA4: flash-attn-4 ")
+    assert sum(line.startswith("check FA4, ") for line in out.splitlines()) == 4
+    assert "FA4 fp16 d=64 causal: not timed (wrong): wrong result: " in err
+    assert "FA4 bf16 d=12 non-causal: not timed (-): FA4 takes head dims" in err
+
+
+def test_without_fa4_no_column(monkeypatch, capsys) -> None:
+    import sys
+
+    monkeypatch.delenv(_fa4.ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # as if not installed
+    func, why = _fa4.load(None)
+    assert func is None and why.startswith("ModuleNotFoundError: ")
+    assert bench.find_fa4(bench.parse_args([]), [(128, False)]) == (None, {}, [])
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("fa_cute.bench: no FA4 column: flash_attn.cute does not "
+                                        "import (ModuleNotFoundError")
+    # the tables keep their columns: no FA4, no fa/FA4
+    header = bench.render([_forward_record(False)], ["fa_cute"], ["FLASH", "CUDNN"]).splitlines()[1]
+    assert header.split() == ["dtype", "N", "B", "H", "fa_cute", "FLASH", "CUDNN", "fa/CUDNN",
+                              "fa/FLASH", "fa_cute", "config"]
+
+
+def test_tables_with_fa4() -> None:
+    timed = _forward_record(False)
+    timed["tflops"] = dict(timed["tflops"], CUDNN=400.0, FA4=250.0)
+    failed = dict(_forward_record(False), seqlen=4096, tflops=dict(timed["tflops"], FA4=None))
+    wrong = dict(_forward_record(False), seqlen=8192, ms={}, not_run={}, tflops=dict(timed["tflops"]))
+    bench.not_timed(wrong, "FA4", "wrong result: ...", True)
+    assert wrong["not_run"] == {"FA4": "wrong result: ..."} and wrong["tflops"]["FA4"] is None
+    _, header, _, *rows = bench.render([timed, failed, wrong], ["fa_cute"],
+                                       ["FLASH", "CUDNN", "FA4"]).splitlines()
+    assert header.split() == ["dtype", "N", "B", "H", "fa_cute", "FLASH", "CUDNN", "FA4",
+                              "fa/CUDNN", "fa/FA4", "fa/FLASH", "fa_cute", "config"]
+    assert rows[0].split()[4:11] == ["200.0", "250.0", "400.0", "250.0", "0.50x", "0.80x", "0.80x"]
+    assert rows[1].split()[7:11] == ["-", "0.50x", "n/a", "0.80x"]
+    assert rows[2].split()[7:11] == ["wrong", "0.50x", "n/a", "0.80x"]
+    record = dict(kind="decode", dtype="bf16", seqlen_k=4096, batch=16, nheads=32, nheads_kv=8,
+                  head_dim=128, config="c", not_run={},
+                  ms={"fa_cute": 0.5, "CUDNN": 0.4, "FA4": 0.25},
+                  gbps={"fa_cute": 2000.0, "CUDNN": 2500.0, "FA4": 4000.0})
+    header, _, row = bench.render_decode([record], ["fa_cute"], ["CUDNN", "FA4"]).splitlines()[1:]
+    assert header.split()[-4:] == ["fa/CUDNN", "fa/FA4", "fa_cute", "config"]
+    assert row.split() == ["bf16", "4096", "500.0", "400.0", "250.0", "2000", "2500", "4000",
+                           "0.80x", "0.50x", "c"]

@@ -16,6 +16,12 @@ for fa_cute and top-left for SDPA (is_causal=True), the same mask at seqlen_q ==
 fa_cute and SDPA read the same (batch, nheads, seqlen, headdim) tensors: fa_cute through
 `.transpose(1, 2)` views, without copies.
 
+FlashAttention-4 (flash-attn-4, CuTe DSL) gets a column "FA4" where `flash_attn.cute`
+imports, from the normal path or from --fa4-site DIR / $FA_CUTE_FA4_SITE (added with
+site.addsitedir first): checked against the float64 reference once per table and dtype,
+then timed on the same (batch, seqlen, nheads, headdim) views as fa_cute. A cell it cannot
+run shows "-" (one stderr line says why), and "wrong" where its check failed.
+
 --decode times one decode step instead (seqlen_q = 1 against a KV cache of each --seqlens
 length, --batch, --nheads query and --nheads-kv key/value heads; SDPA with enable_gqa) and
 reports microseconds and the memory bandwidth achieved: Q, K and V read once, O written once.
@@ -37,8 +43,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
-from fa_cute import _api, _C, _tuned, _tuning
-from fa_cute._timing import (CAUSAL_CHOICES, DTYPES, TOKENS, WIDTH, Timer, add_causal_arg,
+from fa_cute import _api, _C, _fa4, _tuned, _tuning
+from fa_cute._timing import (CAUSAL_CHOICES, CHECK_SHAPE, DTYPES, TOKENS, WIDTH, Timer, add_causal_arg,
                              add_shape_args, banner, cycling, decode_bytes, format_table, gbps,
                              input_sets, interleaved_medians, make_timer, no_gpu, positive_int,
                              problem, progress, resolve, run_checks, tflops, time_fa_cute,
@@ -48,6 +54,8 @@ SDPA_BACKENDS = {"FLASH": SDPBackend.FLASH_ATTENTION, "CUDNN": SDPBackend.CUDNN_
                  "EFFICIENT": SDPBackend.EFFICIENT_ATTENTION}
 LADDER_SDPA = ["FLASH", "CUDNN"]  # --ladder's anchors: FlashAttention-2 and the fastest
 DECODE_SDPA = ["FLASH", "CUDNN"]
+#: the ratio columns, fastest peer first: cuDNN, then FA4 (where present), then FA2
+RATIO_ANCHORS = ["CUDNN", _fa4.COLUMN, "FLASH"]
 LADDER_BUILD = ("pip install --no-build-isolation -Ccmake.define.FA_CUTE_LADDER=ON . "
                 "(add -Ccmake.define.FA_CUTE_CONFIGS=... to build fewer production configs)")
 #: --decode's default shape: a serving batch of a GQA model (Llama-3-8B's heads)
@@ -85,7 +93,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="draw TFLOP/s (GB/s with --decode) against N to FILE.png, a line per "
                         "column; with several head dims or masks, FILE-d64-causal.png etc.")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    p.add_argument("--fa4-site", metavar="DIR",
+                   help="a site dir holding FlashAttention-4 (flash_attn/cute), added with "
+                        f"site.addsitedir before importing it (default: ${_fa4.ENV}, else the "
+                        "normal import path); without FA4 there is no FA4 column")
     args = p.parse_args(argv)
+    option = "--fa4-site"
+    if args.fa4_site is None and os.environ.get(_fa4.ENV):
+        option, args.fa4_site = _fa4.ENV, os.environ[_fa4.ENV]
+    if args.fa4_site is not None and not os.path.isdir(args.fa4_site):
+        p.error(f"{option} {args.fa4_site}: not a directory ({_fa4.HOW})")
     decode_shape = (args.batch, args.nheads, args.nheads_kv)
     if args.decode:
         if args.causal != "false":
@@ -156,11 +173,12 @@ def time_sdpa(backend: SDPBackend, sets, timer: Timer, **kwargs) -> Tuple[Option
 
 def time_row(dtype_name: str, seqlen: int, head_dim: int, configs: Dict[str, str],
              sdpa: List[str], l2_bytes: int, timer: Timer, rounds: int,
-             causal: bool = False) -> Dict:
+             causal: bool = False, fa4: Optional[_fa4.Func] = None) -> Dict:
     """Time every column for one (dtype, seqlen) on shared inputs; ms and TFLOP/s per column.
 
     configs maps each fa_cute column to the config it runs; the "fa_cute" column's config
-    is also recorded as the row's "config". Columns are timed interleaved (`rounds`).
+    is also recorded as the row's "config". fa4, when given, is FA4's flash_attn_func, timed
+    as column "FA4". Columns are timed interleaved (`rounds`).
     """
     batch, nheads, flops = problem(seqlen, head_dim, causal)
     sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
@@ -169,6 +187,8 @@ def time_row(dtype_name: str, seqlen: int, head_dim: int, configs: Dict[str, str
     timings.update({column: functools.partial(time_sdpa, SDPA_BACKENDS[column], sets, timer,
                                               is_causal=causal)
                     for column in sdpa})
+    if fa4 is not None:
+        timings[_fa4.COLUMN] = functools.partial(_fa4.time_fa4, fa4, sets, timer, causal)
     ms, why = interleaved_medians(timings, rounds)
     return dict(kind="forward", dtype=dtype_name, seqlen=seqlen, batch=batch, nheads=nheads,
                 head_dim=head_dim, causal=causal, flops=flops, config=configs["fa_cute"],
@@ -178,8 +198,9 @@ def time_row(dtype_name: str, seqlen: int, head_dim: int, configs: Dict[str, str
 
 def time_decode_row(dtype_name: str, seqlen_k: int, head_dim: int, batch: int, nheads: int,
                     nheads_kv: int, configs: Dict[str, str], sdpa: List[str], l2_bytes: int,
-                    timer: Timer, rounds: int) -> Dict:
-    """Time one decode step (seqlen_q = 1) per column; ms and GB/s per column."""
+                    timer: Timer, rounds: int, fa4: Optional[_fa4.Func] = None) -> Dict:
+    """Time one decode step (seqlen_q = 1) per column; ms and GB/s per column. fa4 as in
+    time_row (FA4 reads K/V heads shared by query heads itself, as fa_cute does)."""
     dtype = DTYPES[dtype_name]
     nbytes = decode_bytes(batch, nheads, nheads_kv, seqlen_k, head_dim, dtype.itemsize)
     sets = input_sets(batch, nheads, 1, head_dim, dtype, l2_bytes, seqlen_k=seqlen_k,
@@ -189,6 +210,8 @@ def time_decode_row(dtype_name: str, seqlen_k: int, head_dim: int, batch: int, n
     timings.update({column: functools.partial(time_sdpa, SDPA_BACKENDS[column], sets, timer,
                                               enable_gqa=nheads != nheads_kv)
                     for column in sdpa})
+    if fa4 is not None:
+        timings[_fa4.COLUMN] = functools.partial(_fa4.time_fa4, fa4, sets, timer)
     ms, why = interleaved_medians(timings, rounds)
     return dict(kind="decode", dtype=dtype_name, seqlen_q=1, seqlen_k=seqlen_k, batch=batch,
                 nheads=nheads, nheads_kv=nheads_kv, head_dim=head_dim, causal=False,
@@ -277,6 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      for n in args.seqlens], d)
     if not all(c["ok"] for c in checks):
         return 1
+    fa4, fa4_skip, fa4_checks = find_fa4(args, groups)
+    anchors = sdpa + ([_fa4.COLUMN] if fa4 else [])
 
     records = []
     row_keys = list(itertools.product(groups, shapes))
@@ -287,23 +312,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configs = {"fa_cute": picks[d, causal, dtype, n], **{k: k for k, _ in extra[d]}}
         if ampere[d]:
             configs[AMPERE_COLUMN] = ampere_pick(d, n, causal)
+        fa4_why = fa4_skip.get((d, causal, dtype))
+        row_fa4 = fa4 if fa4_why is None else None
         if args.decode:
             records.append(time_decode_row(dtype, n, d, args.batch, args.nheads,
                                            args.nheads_kv, configs, sdpa,
-                                           props.L2_cache_size, timer, args.rounds))
+                                           props.L2_cache_size, timer, args.rounds, row_fa4))
         else:
             records.append(time_row(dtype, n, d, configs, sdpa, props.L2_cache_size, timer,
-                                    args.rounds, causal))
+                                    args.rounds, causal, row_fa4))
+        if fa4_why:
+            not_timed(records[-1], _fa4.COLUMN, *fa4_why)
+        elif _fa4.COLUMN in records[-1]["not_run"]:
+            progress(f"{_fa4.COLUMN} {dtype} {row_label(records[-1])}: -, "
+                     f"{records[-1]['not_run'][_fa4.COLUMN]}")
     ampere_column = {d: [(AMPERE_COLUMN, AMPERE_COLUMN)] if ampere[d] else [] for d in args.headdim}
     fa_columns = {d: (extra[d] + ampere_column[d] + [("fa_cute", "fa_cute")] if args.ladder
                       else [("fa_cute", "fa_cute")] + extra[d] + ampere_column[d])
                   for d in args.headdim}
     if args.json:
-        columns = dict(c for d in args.headdim for c in fa_columns[d] + [(s, s) for s in sdpa])
+        columns = dict(c for d in args.headdim for c in fa_columns[d] + [(s, s) for s in anchors])
         with open(args.json, "w") as f:
             json.dump(dict(gpu=props.name, compute_capability=list(cc), torch=torch.__version__,
                            fa_cute=fa_cute.__version__, build_info=_C.build_info(),
                            timer=timer_name, checks=checks, columns=columns,
+                           fa4=dict(version=_fa4.version(), site=args.fa4_site,
+                                    checks=fa4_checks) if fa4 else None,
                            rows=records), f, indent=2)
         print(f"wrote {args.json}")
     tables = [([r for r in records if (r["head_dim"], r["causal"]) == group], group)
@@ -312,23 +346,68 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for rows, (d, causal) in tables:
             path = plot_path(args.plot, d, causal, len(tables) > 1)
             metric = "gbps" if args.decode else "tflops"
-            plot(pyplot, rows, fa_columns[d] + [(c, c) for c in sdpa], path,
+            plot(pyplot, rows, fa_columns[d] + [(c, c) for c in anchors], path,
                  f"{props.name}, {table_title(rows)}", metric=metric)
             print(f"wrote {path}")
     for r in records:
         for column, why in r["not_run"].items():
+            if column == _fa4.COLUMN:
+                continue  # said on stderr as it happened
             print(f"{r['dtype']} {row_label(r)} {column}: n/a ({why})")
     for d in rungs:
         for c in rungs[d]:
             print(f"rung {c['rung']} ({c['name']}): {c['description']}")
     for rows, (d, _) in tables:
         if args.decode:
-            print(render_decode(rows, [key for key, _ in fa_columns[d]], sdpa))
+            print(render_decode(rows, [key for key, _ in fa_columns[d]], anchors))
         elif args.ladder:
-            print(render_ladder(rows, fa_columns[d], sdpa))
+            print(render_ladder(rows, fa_columns[d], anchors))
         else:
-            print(render(rows, [key for key, _ in fa_columns[d]], sdpa))
+            print(render(rows, [key for key, _ in fa_columns[d]], anchors))
     return 0
+
+
+FA4Skip = Dict[Tuple[int, bool, str], Tuple[str, bool]]
+
+
+def find_fa4(args: argparse.Namespace, groups: List[Tuple[int, bool]]
+             ) -> Tuple[Optional[_fa4.Func], FA4Skip, List[Dict]]:
+    """FA4's flash_attn_func (None where it does not import: no FA4 column), the tables and
+    dtypes it is not timed on ((head_dim, causal, dtype) -> (why, wrong result)), and its
+    checks. A check per table and dtype, since FA4 compiles a kernel for each, on the shape
+    of fa_cute's checks, before anything is timed; FA4 failing one never fails the run."""
+    func, why = _fa4.load(args.fa4_site)
+    if func is None:
+        progress(f"fa_cute.bench: no {_fa4.COLUMN} column: flash_attn.cute does not import "
+                 f"({why}); to add it: {_fa4.HOW}")
+        return None, {}, []
+    where = getattr(sys.modules.get(func.__module__), "__file__", func.__module__)
+    print(f"{_fa4.COLUMN}: flash-attn-4 {_fa4.version() or '(version unknown)'}, {where}")
+    shape = (*DECODE_CHECK, args.nheads, args.nheads_kv) if args.decode else CHECK_SHAPE
+    skip: FA4Skip = {}
+    checks = []
+    for (d, causal), dtype in itertools.product(groups, args.dtype):
+        why, wrong = _fa4.unsupported(dtype, d), False
+        if why is None:
+            c = _fa4.check(func, d, causal, dtype, shape)
+            print(_fa4.verdict(c))
+            checks.append(c)
+            why, wrong = c.get("error"), c["wrong"]
+        if why:
+            skip[d, causal, dtype] = why, wrong
+            progress(f"{_fa4.COLUMN} {dtype} d={d} {'causal' if causal else 'non-causal'}: "
+                     f"not timed ({'wrong' if wrong else '-'}): {why}")
+    return func, skip, checks
+
+
+def not_timed(record: Dict, column: str, why: str, wrong: bool) -> None:
+    """Enter a column that was not timed for this row: None, the reason, and "wrong" as its
+    cell where its result failed the check."""
+    metric = "gbps" if record["kind"] == "decode" else "tflops"
+    record["ms"][column] = record[metric][column] = None
+    record["not_run"][column] = why
+    if wrong:
+        record["wrong"] = [column]
 
 
 def row_shape(args: argparse.Namespace, seqlen: int, head_dim: int
@@ -371,23 +450,42 @@ def table_title(records: List[Dict]) -> str:
     return f"head dim {r['head_dim']}, non-causal forward"
 
 
-def _num(x: Optional[float], fmt: str = ".1f") -> str:
-    return "n/a" if x is None else format(x, fmt)
+def _num(x: Optional[float], fmt: str = ".1f", missing: str = "n/a") -> str:
+    return missing if x is None else format(x, fmt)
+
+
+def _missing(r: Dict, column: str) -> str:
+    """An empty cell: "wrong" where the column's result failed its check, "-" for FA4 (an
+    optional peer), "n/a" for the others."""
+    if column in r.get("wrong", ()):
+        return "wrong"
+    return "-" if column == _fa4.COLUMN else "n/a"
+
+
+def _cell(r: Dict, column: str, metric: str = "tflops", fmt: str = ".1f") -> str:
+    return _num(r[metric].get(column), fmt, _missing(r, column))
 
 
 def _ratio(r: Dict, column: str, anchor: str, metric: str = "tflops") -> str:
-    a, b = r[metric][column], r[metric][anchor]
+    a, b = r[metric].get(column), r[metric].get(anchor)
     return "n/a" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def ratio_anchors(anchors: List[str]) -> List[str]:
+    """The anchors that get a ratio column, in RATIO_ANCHORS' order (cuDNN first)."""
+    return [a for a in RATIO_ANCHORS if a in anchors]
 
 
 def render(records: List[Dict], fa_columns: List[str], sdpa: List[str]) -> str:
     """The TFLOP/s table of one head dim and mask: one row per (dtype, seqlen), n/a where a
-    column did not run."""
+    column did not run. sdpa: the anchor columns (SDPA's backends, then FA4 where present)."""
     columns = fa_columns + sdpa
-    header = ["dtype", "N", "B", "H"] + columns + ["fa/FLASH", "fa/CUDNN", "fa_cute config"]
+    ratios = ratio_anchors(sdpa)
+    header = (["dtype", "N", "B", "H"] + columns + [f"fa/{a}" for a in ratios]
+              + ["fa_cute config"])
     rows = [[r["dtype"], str(r["seqlen"]), str(r["batch"]), str(r["nheads"])]
-            + [_num(r["tflops"][c]) for c in columns]
-            + [_ratio(r, "fa_cute", "FLASH"), _ratio(r, "fa_cute", "CUDNN")]
+            + [_cell(r, c) for c in columns]
+            + [_ratio(r, "fa_cute", a) for a in ratios]
             + [r["config"]] for r in records]
     return f"TFLOP/s, {table_title(records)}\n" + format_table(header, rows)
 
@@ -401,22 +499,25 @@ def render_ladder(records: List[Dict], fa_columns: List[Column], sdpa: List[str]
 
     header = ["dtype", "N"] + [label for _, label in fa_columns] + sdpa + ["fa_cute config"]
     rows = [[r["dtype"], str(r["seqlen"])] + [cell(r, key) for key, _ in fa_columns]
-            + [_num(r["tflops"][c]) for c in sdpa] + [r["config"]] for r in records]
+            + [_cell(r, c) for c in sdpa] + [r["config"]] for r in records]
     return (f"TFLOP/s (ratio to FLASH), {table_title(records)}, B = {TOKENS} / N, H = {WIDTH} / d\n"
             + format_table(header, rows))
 
 
 def render_decode(records: List[Dict], fa_columns: List[str], sdpa: List[str]) -> str:
     """--decode's table: microseconds per column, then GB/s per column, then fa_cute's
-    speed relative to FLASH and CUDNN."""
+    speed relative to CUDNN, FA4 (where present) and FLASH."""
     columns = fa_columns + sdpa
+    ratios = ratio_anchors(sdpa)
     header = (["dtype", "N_k"] + [f"{c} us" for c in columns] + [f"{c} GB/s" for c in columns]
-              + ["fa/FLASH", "fa/CUDNN", "fa_cute config"])
+              + [f"fa/{a}" for a in ratios] + ["fa_cute config"])
+    us = [dict(r, us={c: None if t is None else t * 1e3 for c, t in r["ms"].items()})
+          for r in records]
     rows = [[r["dtype"], str(r["seqlen_k"])]
-            + [_num(None if r["ms"][c] is None else r["ms"][c] * 1e3) for c in columns]
-            + [_num(r["gbps"][c], ".0f") for c in columns]
-            + [_ratio(r, "fa_cute", "FLASH", "gbps"), _ratio(r, "fa_cute", "CUDNN", "gbps")]
-            + [r["config"]] for r in records]
+            + [_cell(r, c, "us") for c in columns]
+            + [_cell(r, c, "gbps", ".0f") for c in columns]
+            + [_ratio(r, "fa_cute", a, "gbps") for a in ratios]
+            + [r["config"]] for r in us]
     return f"us and GB/s, {table_title(records)}\n" + format_table(header, rows)
 
 
