@@ -26,6 +26,11 @@
 #                               256, non-causal and causal, then a decode table at d=128;
 #                             quick: d=128 non-causal only
 #   FA_CUTE_BENCH_ARGS        extra arguments for every python3 -m fa_cute.bench run
+#   FA_CUTE_FA4_SITE          site dir holding FlashAttention-4, passed to every bench run
+#                             as --fa4-site (an FA4 column next to FLASH and CUDNN); e.g.
+#                             /tmp/fa4site after `bash ../shared/tools/fa4-wheels.sh stash
+#                             DIR` (each half) and `... install`. Unset: FA4 only if
+#                             flash_attn.cute imports anyway
 #
 # A failing build stops the script; any other failing step is reported, the remaining
 # steps still run, and the exit status is 1.
@@ -105,6 +110,10 @@ fi
 bench() {  # bench NAME ARGS...: one benchmark run, its numbers in $LOGS/NAME.json
   local name=$1
   shift
+  if [[ -n ${FA_CUTE_FA4_SITE:-} ]]; then
+    # on the command line, so the log shows it; absolute, since bench runs from /tmp
+    set -- "$@" --fa4-site "$(realpath -m "$FA_CUTE_FA4_SITE")"
+  fi
   step "python3 -m fa_cute.bench $* ${FA_CUTE_BENCH_ARGS:-}"
   # shellcheck disable=SC2086  # FA_CUTE_BENCH_ARGS is a list of words
   (cd /tmp && python3 -m fa_cute.bench "$@" --json "$LOGS/$name.json" ${FA_CUTE_BENCH_ARGS:-}) \
