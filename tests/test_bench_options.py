@@ -213,7 +213,8 @@ def test_fa4_found_in_a_site_dir_and_called_in_its_layout(fake_fa4) -> None:
     # FA4 gets (b, n, h, d) views of the same memory, K/V with their own (GQA) head count
     for given, seen in ((q, c["q"]), (k, c["k"]), (v, c["v"])):
         assert seen.shape == given.transpose(1, 2).shape
-        assert seen.data_ptr() == given.data_ptr() and seen.stride() == given.transpose(1, 2).stride()
+        assert seen.data_ptr() == given.data_ptr()
+        assert seen.stride() == given.transpose(1, 2).stride()
     assert c["softmax_scale"] == pytest.approx(8 ** -0.5) and c["causal"] is True
     assert c["kwargs"] == {}
     assert out.shape == (2, 16, 4, 8)  # out of (out, lse)
@@ -297,7 +298,8 @@ def test_tables_with_fa4() -> None:
     timed = _forward_record(False)
     timed["tflops"] = dict(timed["tflops"], CUDNN=400.0, FA4=250.0)
     failed = dict(_forward_record(False), seqlen=4096, tflops=dict(timed["tflops"], FA4=None))
-    wrong = dict(_forward_record(False), seqlen=8192, ms={}, not_run={}, tflops=dict(timed["tflops"]))
+    wrong = dict(_forward_record(False), seqlen=8192, ms={}, not_run={},
+                 tflops=dict(timed["tflops"]))
     bench.not_timed(wrong, "FA4", "wrong result: ...", True)
     assert wrong["not_run"] == {"FA4": "wrong result: ..."} and wrong["tflops"]["FA4"] is None
     _, header, _, *rows = bench.render([timed, failed, wrong], ["fa_cute"],

@@ -44,11 +44,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
 from fa_cute import _api, _C, _fa4, _tuned, _tuning
-from fa_cute._timing import (CAUSAL_CHOICES, CHECK_SHAPE, DTYPES, TOKENS, WIDTH, Timer, add_causal_arg,
-                             add_shape_args, banner, cycling, decode_bytes, format_table, gbps,
-                             input_sets, interleaved_medians, make_timer, no_gpu, positive_int,
-                             problem, progress, resolve, run_checks, tflops, time_fa_cute,
-                             unwritable)
+from fa_cute._timing import (CAUSAL_CHOICES, CHECK_SHAPE, DTYPES, TOKENS, WIDTH, Timer,
+                             add_causal_arg, add_shape_args, banner, cycling, decode_bytes,
+                             format_table, gbps, input_sets, interleaved_medians, make_timer,
+                             no_gpu, positive_int, problem, progress, resolve, run_checks, tflops,
+                             time_fa_cute, unwritable)
 
 SDPA_BACKENDS = {"FLASH": SDPBackend.FLASH_ATTENTION, "CUDNN": SDPBackend.CUDNN_ATTENTION,
                  "EFFICIENT": SDPBackend.EFFICIENT_ATTENTION}
@@ -331,7 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       else [("fa_cute", "fa_cute")] + extra[d] + ampere_column[d])
                   for d in args.headdim}
     if args.json:
-        columns = dict(c for d in args.headdim for c in fa_columns[d] + [(s, s) for s in anchors])
+        columns = dict(c for d in args.headdim
+                       for c in fa_columns[d] + [(a, a) for a in anchors])
         with open(args.json, "w") as f:
             json.dump(dict(gpu=props.name, compute_capability=list(cc), torch=torch.__version__,
                            fa_cute=fa_cute.__version__, build_info=_C.build_info(),
