@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "launch_checks.h"
 #include "tile_size.h"
 
 namespace fa_cute {
@@ -61,10 +62,7 @@ FwdKernel const& find_fwd_kernel(std::string const& config, DType dtype) {
 
 std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major,
                                int cc_minor, bool causal) {
-  if (seqlen_q < 1 || seqlen_q > kMaxSeqlen || seqlen_k < 1 || seqlen_k > kMaxSeqlen) {
-    throw std::invalid_argument("seqlen_q, seqlen_k: must be in [1, " + std::to_string(kMaxSeqlen) + "], got " +
-                                std::to_string(seqlen_q) + ", " + std::to_string(seqlen_k));
-  }
+  check_seqlens(seqlen_q, seqlen_k);
   if (cc_minor < 0 || cc_minor > 9) {
     throw std::invalid_argument("cc_minor: a compute capability's minor version is in [0, 9], got " +
                                 std::to_string(cc_minor));

@@ -58,15 +58,19 @@ OperandExtent check_fp32_buffer(char const* name, uintptr_t ptr, u128 count) {
 
 }  // namespace
 
+void check_seqlens(int seqlen_q, int seqlen_k) {
+  FA_CUTE_REQUIRE(seqlen_q >= 1 && seqlen_q <= kMaxSeqlen,
+          "seqlen_q: must be in [1, " + str(kMaxSeqlen) + "] (limits()['max_seqlen']), got " + str(seqlen_q));
+  FA_CUTE_REQUIRE(seqlen_k >= 1 && seqlen_k <= kMaxSeqlen,
+          "seqlen_k: must be in [1, " + str(kMaxSeqlen) + "] (limits()['max_seqlen']), got " + str(seqlen_k));
+}
+
 void check_problem_sizes(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k) {
   FA_CUTE_REQUIRE(batch >= 1, "batch: must be >= 1, got " + str(batch));
   FA_CUTE_REQUIRE(nheads >= 1, "nheads: must be >= 1, got " + str(nheads));
   FA_CUTE_REQUIRE(nheads_k >= 1, "nheads_k: must be >= 1, got " + str(nheads_k));
   FA_CUTE_REQUIRE(nheads % nheads_k == 0, "nheads must be a multiple of nheads_k");
-  FA_CUTE_REQUIRE(seqlen_q >= 1 && seqlen_q <= kMaxSeqlen,
-          "seqlen_q: must be in [1, " + str(kMaxSeqlen) + "] (limits()['max_seqlen']), got " + str(seqlen_q));
-  FA_CUTE_REQUIRE(seqlen_k >= 1 && seqlen_k <= kMaxSeqlen,
-          "seqlen_k: must be in [1, " + str(kMaxSeqlen) + "] (limits()['max_seqlen']), got " + str(seqlen_k));
+  check_seqlens(seqlen_q, seqlen_k);
   // The tile count of the unsplit launch; the split one is checked with num_splits.
   long long const rows = (long long)batch * nheads;
   FA_CUTE_REQUIRE(rows <= kMaxLaunchTiles, "batch * nheads must be <= " + str(kMaxLaunchTiles) + " (tiles are numbered in int)");

@@ -36,6 +36,9 @@ struct OperandExtent {
 // q, k, v, out, lse, o_accum, lse_accum.
 using ForwardExtents = std::array<OperandExtent, 7>;
 
+// seqlen_q and seqlen_k in [1, kMaxSeqlen]: what every entry point that takes lengths shares.
+void check_seqlens(int seqlen_q, int seqlen_k);
+
 // batch, nheads, nheads_k, seqlen_q, seqlen_k: what forward and num_splits share.
 void check_problem_sizes(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k);
 
