@@ -1018,13 +1018,8 @@ def _spans_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the byte ranges [first element, last element] of a and b intersect."""
     if a.numel() == 0 or b.numel() == 0:
         return False
-
-    def span(t: torch.Tensor) -> Tuple[int, int]:
-        last = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
-
-    (a0, a1), (b0, b1) = span(a), span(b)
-    return a0 < b1 and b0 < a1
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + _extent_bytes(b) and b0 < a0 + _extent_bytes(a)
 
 
 def _extent_bytes(t: torch.Tensor) -> int:
