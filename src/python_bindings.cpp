@@ -14,7 +14,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "cuda_check.h"
 #include "flash_params.h"
+#include "fwd_heuristic.h"
 #include "kernel_registry.h"
 #include "launch_checks.h"
 #include "tile_size.h"

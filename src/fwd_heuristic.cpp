@@ -1,0 +1,177 @@
+#include "fwd_heuristic.h"
+
+#include <cstring>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+#include "flash_params.h"
+#include "fwd_config.h"
+#include "generated/config_table.h"
+#include "kernel_registry.h"
+#include "launch_checks.h"
+#include "tile_size.h"
+
+namespace fa_cute {
+
+namespace {
+
+// --- Every tile the heuristic can pick is a production config, checked at compile time -----
+// A tile function of tile_size.h returning a tile that src/generate_kernels.py does not
+// build would make default_fwd_config fall back to another config at run time; here it
+// fails the build instead, whose error names the family, head dim, seqlen_q and causal flag
+// of the first such tile (CheckTileHasConfig's template arguments).
+
+using TileFn = FwdTile (*)(int head_dim, int seqlen_q, bool causal);
+
+constexpr int kHeadDims[] = {64, 96, 128, 192, 256};
+
+// seqlen_q from 1 to 20000 (every length to 1024, then a prime step) and each branch
+// boundary of the tile functions on both sides, up to the longest length _C accepts.
+constexpr int kSeqlenBoundaries[] = {kShortQueryRows, kShortQueryRows + 1, 512, 513, 4096, 4097,
+                                     8192, 8193, kMaxSeqlen};
+constexpr int kDenseSeqlenEnd = 1024;
+constexpr int kSeqlenEnd = 20000;
+constexpr int kSeqlenStep = 61;
+
+struct MissingTile {
+  int head_dim;  // 0: none missing
+  int seqlen_q;
+  bool causal;
+};
+
+constexpr bool is_checked_head_dim(int head_dim) {
+  for (int d : kHeadDims) {
+    if (d == head_dim) return true;
+  }
+  return false;
+}
+
+constexpr MissingTile first_tile_without_config(FwdFamily family, TileFn tile_fn) {
+  for (int head_dim : kHeadDims) {
+    for (bool causal : {false, true}) {
+      auto has_config = [&](int seqlen_q) {
+        return find_fwd_config(kProductionConfigs, family, head_dim, tile_fn(head_dim, seqlen_q, causal)) != nullptr;
+      };
+      for (int s = 1; s <= kSeqlenEnd; s += s < kDenseSeqlenEnd ? 1 : kSeqlenStep) {
+        if (!has_config(s)) return MissingTile{head_dim, s, causal};
+      }
+      for (int s : kSeqlenBoundaries) {
+        if (!has_config(s)) return MissingTile{head_dim, s, causal};
+      }
+    }
+  }
+  return MissingTile{0, 0, false};
+}
+
+// A head dim outside kHeadDims for which the tile function has a tile: the sweep above would
+// not see its tiles.
+constexpr int first_unchecked_head_dim(TileFn tile_fn) {
+  for (int head_dim = 1; head_dim <= 1024; ++head_dim) {
+    if (is_checked_head_dim(head_dim)) continue;
+    for (int s : kSeqlenBoundaries) {
+      if (tile_fn(head_dim, s, false).block_m != 0 || tile_fn(head_dim, s, true).block_m != 0) return head_dim;
+    }
+  }
+  return 0;
+}
+
+template <FwdFamily kFamily, int kHeadDim, int kSeqlenQ, bool kCausal>
+struct CheckTileHasConfig {
+  static_assert(kHeadDim == 0,
+                "the tile function of src/tile_size.h for this family picks, at this (head_dim, "
+                "seqlen_q, causal), a tile that no production config of src/generate_kernels.py "
+                "has: add the config there (and rerun it) or change the tile function");
+  static constexpr bool kOk = true;
+};
+
+template <int kHeadDim>
+struct CheckHeadDimIsSwept {
+  static_assert(kHeadDim == 0,
+                "a tile function of src/tile_size.h has tiles for this head dim: add it to kHeadDims "
+                "so that its tiles are checked against the production configs");
+  static constexpr bool kOk = true;
+};
+
+constexpr MissingTile kSm80Missing = first_tile_without_config(FwdFamily::kSm80, &sm80_fwd_tile);
+constexpr MissingTile kSm90Missing = first_tile_without_config(FwdFamily::kSm90a, &sm90_fwd_tile);
+static_assert(CheckTileHasConfig<FwdFamily::kSm80, kSm80Missing.head_dim, kSm80Missing.seqlen_q,
+                                 kSm80Missing.causal>::kOk);
+static_assert(CheckTileHasConfig<FwdFamily::kSm90a, kSm90Missing.head_dim, kSm90Missing.seqlen_q,
+                                 kSm90Missing.causal>::kOk);
+static_assert(CheckHeadDimIsSwept<first_unchecked_head_dim(&sm80_fwd_tile)>::kOk);
+static_assert(CheckHeadDimIsSwept<first_unchecked_head_dim(&sm90_fwd_tile)>::kOk);
+
+// --- Names ---------------------------------------------------------------------------------
+
+std::string config_name(FwdFamily family, int head_dim, FwdTile const& tile) {
+  if (FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile)) return config->name;
+  throw std::invalid_argument(
+      std::string("tile: no production ") + family_name(family) + " config has head_dim " +
+      std::to_string(head_dim) + " and the tile block_m " + std::to_string(tile.block_m) + ", block_n " +
+      std::to_string(tile.block_n) + ", num_warps " + std::to_string(tile.num_warps) + ", " +
+      (tile.persistent ? "persistent" : "not persistent") +
+      "; the production configs are those of src/generate_kernels.py (_C.configs() lists the built ones)");
+}
+
+bool is_built(char const* config) {
+  for (FwdKernel const& k : fwd_kernels()) {
+    if (std::strcmp(config, k.config) == 0) return true;
+  }
+  return false;
+}
+
+// The built production config of the heuristic's tile, or nullptr: the tile functions have
+// no tile for an unsupported head dim, and FA_CUTE_CONFIGS may leave the tile's config out.
+char const* built_config_of(FwdFamily family, int head_dim, FwdTile const& tile) {
+  FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile);
+  return config != nullptr && is_built(config->name) ? config->name : nullptr;
+}
+
+}  // namespace
+
+std::string sm80_config_name(int head_dim, FwdTile const& tile) { return config_name(FwdFamily::kSm80, head_dim, tile); }
+
+std::string sm90_config_name(int head_dim, FwdTile const& tile) { return config_name(FwdFamily::kSm90a, head_dim, tile); }
+
+std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major,
+                               int cc_minor, bool causal) {
+  check_seqlens(seqlen_q, seqlen_k);
+  if (cc_minor < 0 || cc_minor > 9) {
+    throw std::invalid_argument("cc_minor: a compute capability's minor version is in [0, 9], got " +
+                                std::to_string(cc_minor));
+  }
+  if (cc_major < 8) {
+    throw std::invalid_argument("device: compute capability " + std::to_string(cc_major) +
+                                ".x is not supported; fa_cute needs sm_80 or newer");
+  }
+  // The Hopper kernel (sm_90a code: compute capability 9.0 exactly), but for short queries
+  // against few keys (kSm90ShortQueryMinKeys).
+  bool const short_and_few_keys = seqlen_q <= kShortQueryRows && seqlen_k < kSm90ShortQueryMinKeys;
+  if (cc_major == 9 && cc_minor == 0 && !short_and_few_keys) {
+    if (char const* hopper = built_config_of(FwdFamily::kSm90a, head_dim, sm90_fwd_tile(head_dim, seqlen_q, causal))) {
+      return hopper;
+    }
+  }
+  if (char const* preferred = built_config_of(FwdFamily::kSm80, head_dim, sm80_fwd_tile(head_dim, seqlen_q, causal))) {
+    return preferred;
+  }
+  // The heuristic's tile was not built (FA_CUTE_CONFIGS): any built production sm80
+  // config for the head dim (it runs on every GPU fa_cute supports).
+  for (FwdKernel const& k : fwd_kernels()) {
+    if (k.rung < 0 && k.head_dim == head_dim && std::strcmp(k.family, family_name(FwdFamily::kSm80)) == 0) return k.config;
+  }
+  if (cc_major == 9 && cc_minor == 0) {
+    for (FwdKernel const& k : fwd_kernels()) {
+      if (k.rung < 0 && k.head_dim == head_dim) return k.config;
+    }
+  }
+  std::set<int> head_dims;
+  for (FwdKernel const& k : fwd_kernels()) head_dims.insert(k.head_dim);
+  std::string dims;
+  for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  throw std::invalid_argument("head_dim: " + std::to_string(head_dim) +
+                              " is not supported; supported head dims: " + dims);
+}
+
+}  // namespace fa_cute

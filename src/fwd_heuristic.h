@@ -1,0 +1,25 @@
+#pragma once
+
+// The built-in config heuristic: which built config serves a problem on a GPU, by the tile
+// functions of tile_size.h and the production config table (generated/config_table.h).
+// Host-only.
+
+#include <string>
+
+#include "tile_size.h"
+
+namespace fa_cute {
+
+// The production sm80 config with this tile at head_dim, as src/generate_kernels.py names it
+// (generated/config_table.h); throws std::invalid_argument when there is none.
+std::string sm80_config_name(int head_dim, FwdTile const& tile);
+
+// The production sm90a (Hopper) config with this tile at head_dim, as above.
+std::string sm90_config_name(int head_dim, FwdTile const& tile);
+
+// The config the built-in heuristic picks (the tile functions of tile_size.h); throws
+// std::invalid_argument when no built config serves head_dim.
+std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor,
+                               bool causal = false);
+
+}  // namespace fa_cute
