@@ -3,49 +3,27 @@ commit (default af2755c, before issue 14's grad check, compile ops and launch pl
 GQA decode step with a repeated shape and with a KV cache that grows a key a call
 (`k_cache[:, :n]`, the README's decode loop).
 
-Both versions of `_api.py` are loaded from source as modules of their own, with `.is_cuda`
-read as `.is_cpu` (an attribute of the same cost) so that CPU tensors take the cached
-paths, the device check off, `_launch` a no-op and no custom ops registered (eager calls do
-not use them). Rounds alternate the versions; each cell is the minimum. The growing loop
-cycles through more lengths than `_VALIDATED` holds, so no call repeats a cached shape.
+Both versions of the Python layer are loaded from source as packages of their own
+(benchmarks/api_versions.py: `.is_cuda` read as `.is_cpu` so that CPU tensors take the
+cached paths, the device check off, the launch a no-op, no custom ops registered; eager
+calls do not use them). Rounds alternate the versions; each cell is the minimum. The growing
+loop cycles through more lengths than the validated-launch cache holds, so no call repeats a
+cached shape.
 
     python3 benchmarks/host_cpu.py [COMMIT] [ROUNDS]
 """
-import functools
-import pathlib
-import subprocess
 import sys
 import timeit
-import types
 
 import torch
 
-import fa_cute  # noqa: F401  (the package whose _C both versions import)
-
-API = "python/fa_cute/_api.py"
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def load(src: str, name: str) -> types.ModuleType:
-    src = src.replace(".is_cuda", ".is_cpu").replace(
-        "_OPS: Dict[str, object] = _register_ops()", "_OPS: Dict[str, object] = {}")
-    module = types.ModuleType(f"fa_cute.{name}")
-    module.__package__ = "fa_cute"
-    exec(compile(src, f"<{name}>", "exec"), module.__dict__)
-    module._check_devices = lambda *args, **kwargs: None
-    module._launch = lambda *args, **kwargs: 0.0
-    # auto's device part, memoized as the real ones are.
-    module._gpu = functools.lru_cache(None)(lambda index: ("fake GPU", (8, 0)))
-    module._smem_limit = functools.lru_cache(None)(lambda index: None)
-    return module
+from api_versions import Version
 
 
 def main() -> None:
     commit = sys.argv[1] if len(sys.argv) > 1 else "af2755c"
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    versions = {commit: load(subprocess.check_output(
-                    ["git", "-C", str(ROOT), "show", f"{commit}:{API}"], text=True), "old"),
-                "tree": load((ROOT / API).read_text(), "tree")}
+    versions = {commit: Version(commit, "old").api, "tree": Version(None, "tree").api}
     bf16 = torch.bfloat16
     q = torch.randn(2, 1, 8, 128).to(bf16)
     k_cache, v_cache = (torch.randn(2, 4096, 2, 128).to(bf16) for _ in range(2))

@@ -8,7 +8,7 @@ Host time of a call).
 import time, torch, torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 import fa_cute
-from fa_cute import _api, _C
+from fa_cute import _C, _cache, _launch, _validate
 
 def host_us(fn, n=2000):
     for _ in range(50): fn()
@@ -31,19 +31,19 @@ for nk in (512, 4096):
     q = torch.randn(b, 1, h, d, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(b, nk, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     fwd = lambda: fa_cute.forward(q, k, v)
-    launch = _api._validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None, config="auto", out=None)
+    launch = _cache.validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None, config="auto", out=None)
     out = torch.empty_like(q)
-    buffers = _api._split_kv_buffers(launch, q.device)
+    buffers = _launch.split_kv_buffers(launch, q.device)
     stream = torch.cuda.current_stream().cuda_stream
-    args = (*_api._kernel_args(launch, q, k, v, out, None), q.device.index, stream, False, *_api._split_kv_args(buffers))
+    args = (*_launch.kernel_args(launch, q, k, v, out, None), q.device.index, stream, False, *_launch.split_kv_args(buffers))
     print(f"decode B={b} H={h} H_kv={hk} d={d} N_k={nk}: config {launch.config}, splits {buffers[0] if buffers else 1}")
     pieces = {
         "forward (whole call)": fwd,
-        "_validate_cached": lambda: _api._validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None, config="auto", out=None),
+        "validate_cached": lambda: _cache.validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None, config="auto", out=None),
         "torch.empty_like(q)": lambda: torch.empty_like(q),
         "current_stream().cuda_stream": lambda: torch.cuda.current_stream(q.device).cuda_stream,
-        "_split_kv_buffers": lambda: _api._split_kv_buffers(launch, q.device),
-        "_kernel_args": lambda: _api._kernel_args(launch, q, k, v, out, None),
+        "split_kv_buffers": lambda: _launch.split_kv_buffers(launch, q.device),
+        "kernel_args": lambda: _launch.kernel_args(launch, q, k, v, out, None),
         "_C.forward (prepared args)": lambda: _C.forward(*args),
     }
     for name, fn in pieces.items():
@@ -68,7 +68,7 @@ for nk in (512, 4096):
 
 # The README's decode loop: one query row per sequence against a preallocated KV cache that
 # grows a key a step (k_cache[:, :n]), against the same call at a fixed n. Each new n is a
-# new shape: it is answered from the launch plan of its first length (_api._PLANS), not
+# new shape: it is answered from the launch plan of its first length (_cache.PLANS), not
 # validated in full. Host us per call issued back to back, slicing included as in a loop.
 b, h, hk, d, cap = 16, 32, 8, 128, 8192
 k_cache, v_cache = (torch.randn(b, cap, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -84,12 +84,12 @@ for start in (512, 4096):
         return fa_cute.forward(q1, k_cache[:, :n], v_cache[:, :n])
 
     misses = []
-    validate = _api._validate
-    _api._validate = lambda *a, **kw: misses.append(1) or validate(*a, **kw)
+    validate = _validate.validate
+    _cache.validate = lambda *a, **kw: misses.append(1) or validate(*a, **kw)
     try:
         t_grow = host_us(grow, 1000)
     finally:
-        _api._validate = validate
+        _cache.validate = validate
     print(f"README decode loop B={b} H={h} H_kv={hk} d={d} from N_k={start}: host us per call, "
           f"fixed n {host_us(fixed, 1000):.2f}, growing n {t_grow:.2f} "
           f"({len(misses)} full validations in 1050 lengths)")

@@ -28,13 +28,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
 def _empty_tuning_cache(tmp_path_factory: pytest.TempPathFactory):
     """config="auto" reads an empty tuning cache in every test, never the user's own (whose
     picks would make results depend on the machine), and no test writes the user's."""
-    from fa_cute import _api
+    from fa_cute import _cache
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FA_CUTE_CACHE_DIR", str(tmp_path_factory.mktemp("fa_cute_cache")))
-        _api._forget_tuning()
+        _cache.forget_tuning()
         yield
-    _api._forget_tuning()
+    _cache.forget_tuning()
 
 
 @pytest.fixture(autouse=True)
@@ -72,20 +72,20 @@ def make_qkv() -> Callable[..., Tensors]:
 
 @pytest.fixture
 def validations(monkeypatch: pytest.MonkeyPatch) -> List[int]:
-    """The seqlen_k of each full validation (`_api._validate` called by `_validate_cached`),
-    on fresh validated-launch and launch-plan caches."""
-    from fa_cute import _api
+    """The seqlen_k of each full validation (`_validate.validate` called by
+    `_cache.validate_cached`), on fresh validated-launch and launch-plan caches."""
+    from fa_cute import _cache, _validate
 
-    monkeypatch.setattr(_api, "_VALIDATED", {})
-    monkeypatch.setattr(_api, "_PLANS", {})
+    monkeypatch.setattr(_cache, "VALIDATED", {})
+    monkeypatch.setattr(_cache, "PLANS", {})
     seen: List[int] = []
-    validate = _api._validate
+    validate = _validate.validate
 
     def counting(q, k, v, **kwargs):
         seen.append(k.shape[1])
         return validate(q, k, v, **kwargs)
 
-    monkeypatch.setattr(_api, "_validate", counting)
+    monkeypatch.setattr(_cache, "validate", counting)
     return seen
 
 
@@ -93,9 +93,9 @@ def validations(monkeypatch: pytest.MonkeyPatch) -> List[int]:
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     """CPU tensors pose as CUDA ones to the validation caches, which key CUDA tensors only:
     is_cuda True, a fake sm80 GPU for auto's pick, no device check."""
-    from fa_cute import _api
+    from fa_cute import _configs, _validate
 
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    monkeypatch.setattr(_api, "_gpu", lambda index: ("fake GPU", (8, 0)))
-    monkeypatch.setattr(_api, "_smem_limit", lambda index: None)
-    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_configs, "gpu_of", lambda index: ("fake GPU", (8, 0)))
+    monkeypatch.setattr(_configs, "smem_limit_of", lambda index: None)
+    monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fa_cute
-from fa_cute import _api
+from fa_cute import _cache, _launch
 
 CONFIGS = fa_cute.configs()
 HEAD_DIM = CONFIGS[0]["head_dim"]
@@ -180,14 +180,14 @@ def test_conj_views_are_complex_and_refused_by_dtype(name: str) -> None:
 
 @pytest.fixture
 def cached(fake_cuda, validations: List[int]) -> List[int]:
-    """The full validations under `_validate_cached` (conftest's `validations`), on fresh
+    """The full validations under `_cache.validate_cached` (conftest's `validations`), on fresh
     caches, with CPU tensors posing as CUDA ones (conftest's `fake_cuda`)."""
     return validations
 
 
-def validate_cached(q, k, v) -> _api._Launch:
-    return _api._validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None,
-                                 config="auto", out=None)
+def validate_cached(q, k, v) -> _launch.Launch:
+    return _cache.validate_cached(q, k, v, causal=False, bottom_right=True, softmax_scale=None,
+                                  config="auto", out=None)
 
 
 def test_cache_answers_a_repeated_shape(cached: List[int]) -> None:
@@ -195,7 +195,7 @@ def test_cache_answers_a_repeated_shape(cached: List[int]) -> None:
     first = validate_cached(*qkv(DECODE_Q, DECODE_KV))
     again = validate_cached(*qkv(DECODE_Q, DECODE_KV))
     assert again == first and first.packed
-    assert len(cached) == 1 and len(_api._VALIDATED) == 1
+    assert len(cached) == 1 and len(_cache.VALIDATED) == 1
 
 
 @pytest.mark.parametrize("name", ["q", "k", "v"])

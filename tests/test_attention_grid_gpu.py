@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
-from fa_cute import _api
+from fa_cute import _configs
 from fa_cute._reference import attention_ref, check_close, check_lse
 
 from attention_cases import (DEVICE, DTYPE_IDS, DTYPES, HEAD_DIMS, KERNEL_FAMILIES,
@@ -249,7 +249,7 @@ def test_every_config(config, dtype) -> None:
         pytest.skip(f"{name} is built without {dtype}")
     props = torch.cuda.get_device_properties(DEVICE)
     smem_limit = getattr(props, "shared_memory_per_block_optin", None)
-    too_old = not _api._family_runs_on(config["family"], (props.major, props.minor))
+    too_old = not _configs.family_runs_on(config["family"], (props.major, props.minor))
     too_big = smem_limit is not None and config["smem_bytes"] > smem_limit
     for seqlen_q, seqlen_k, causal, (nheads, nheads_k) in CONFIG_SHAPES:
         q, k, v, out = make_inputs(2, seqlen_q, seqlen_k, nheads, nheads_k,

@@ -93,8 +93,9 @@ def test_tune_table_marks_the_winner() -> None:
                                "-", "a"]
 
 
-def test_progress_counter_without_tqdm(capsys) -> None:
-    counter = tune._Counter(2)
+def test_progress_counter_without_tqdm(capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed
+    counter = tune.progress_bar(2)
     for step in ("first", "second"):
         counter.set_postfix_str(step)
         counter.update(1)

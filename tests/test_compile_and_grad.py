@@ -17,13 +17,13 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fa_cute
-from fa_cute import _api
+from fa_cute import _api, _cache, _configs, _launch, _validate
 from fa_cute._reference import attention_ref
 
 HEAD_DIM = fa_cute.configs()[0]["head_dim"]
 BF16 = torch.bfloat16
 
-needs_ops = pytest.mark.skipif(not _api._OPS, reason="torch.library.custom_op needs PyTorch 2.4")
+needs_ops = pytest.mark.skipif(not _api.OPS, reason="torch.library.custom_op needs PyTorch 2.4")
 
 
 def randn(*shape: int) -> torch.Tensor:
@@ -120,10 +120,10 @@ def test_no_hint_where_the_other_layout_fails_too() -> None:
 # torch.compile ------------------------------------------------------------------------------
 
 @pytest.fixture
-def cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> List[_api._Launch]:
+def cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> List[_launch.Launch]:
     """The kernel's results computed on CPU (float64 reference, cast), launches recorded."""
-    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
-    launches: List[_api._Launch] = []
+    monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)
+    launches: List[_launch.Launch] = []
 
     def launch(launch, q, k, v, out, lse, timed):
         launches.append(launch)
@@ -135,7 +135,7 @@ def cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> List[_api._Launch]:
             lse.copy_(l.reshape(lse.shape))
         return 0.0
 
-    monkeypatch.setattr(_api, "_launch", launch)
+    monkeypatch.setattr(_api, "launch_kernel", launch)
     return launches
 
 
@@ -174,7 +174,7 @@ def test_compiled_forward_keeps_qs_layout(cpu_kernel) -> None:
     assert torch.equal(out, fa_cute.forward(q, k, v))
     with FakeTensorMode() as mode:
         fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
-        fake_out, fake_lse = _api._OPS["forward"](fq, fk, fv, False, None, True, None)
+        fake_out, fake_lse = _api.OPS["forward"](fq, fk, fv, False, None, True, None)
     real_out, real_lse = fa_cute.forward(q, k, v, return_lse=True)
     assert fake_out.stride() == real_out.stride() == q.stride()
     assert (fake_lse.shape, fake_lse.stride(), fake_lse.dtype) == \
@@ -240,13 +240,14 @@ def test_trace_reads_no_tuning_cache(cpu_kernel, monkeypatch: pytest.MonkeyPatch
     """config="auto" is resolved where the op runs: while the graph is traced nothing asks
     auto's pick (the tuning cache, `_C.default_config`)."""
     picks: List[bool] = []
-    resolve = _api._resolve_config
+    resolve = _configs.pick_config
 
     def recording(*args, **kwargs):
         picks.append(torch.compiler.is_compiling())
         return resolve(*args, **kwargs)
 
-    monkeypatch.setattr(_api, "_resolve_config", recording)
+    monkeypatch.setattr(_validate, "pick_config", recording)
+    monkeypatch.setattr(_cache, "pick_config", recording)
     q, k, v = qkv()
     compiled(lambda q, k, v: fa_cute.forward(q, k, v, causal=True))(q, k, v)
     assert picks == [False]
@@ -303,7 +304,7 @@ def test_opcheck_forward_out(cpu_kernel) -> None:
 
 def test_eager_calls_skip_the_ops(cpu_kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     """Eager calls run the implementation directly: no dispatcher on the hot path."""
-    monkeypatch.setattr(_api, "_OPS", {name: None for name in ("forward", "forward_out",
+    monkeypatch.setattr(_api, "OPS", {name: None for name in ("forward", "forward_out",
                                                               "sdpa")})
     q, k, v = qkv()
     fa_cute.forward(q, k, v)

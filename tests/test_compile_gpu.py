@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fa_cute
-from fa_cute import _api
+from fa_cute import _cache
 from fa_cute._reference import attention_ref, check_close
 
 pytestmark = pytest.mark.cuda
@@ -129,7 +129,7 @@ def test_growing_cache_hits_its_plan_and_stays_correct(checks: List[int], seqlen
         ref = attention_ref(q, k, v, 128 ** -0.5, causal=causal)
         plain = attention_ref(q, k, v, 128 ** -0.5, upcast=False, causal=causal)
         check_close(out, ref, plain)
-    launches = [entry[0] for entry in _api._VALIDATED.values()]
+    launches = [entry[0] for entry in _cache.VALIDATED.values()]
     assert sorted(launch.seqlen_k for launch in launches) == list(range(500, 531))
     # One full validation per config auto picked over these lengths, at its first length.
     configs = {launch.config for launch in launches}

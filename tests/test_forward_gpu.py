@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fa_cute
-from fa_cute import _C, _api
+from fa_cute import _C, _launch
 from fa_cute._reference import attention_ref, check_close
 
 pytestmark = pytest.mark.cuda
@@ -179,11 +179,12 @@ def test_current_stream_handle() -> None:
     has it) is the one torch.cuda.current_stream names: the default stream, a side stream
     inside torch.cuda.stream, and the default again after it."""
     dev = torch.cuda.current_device()
-    assert _api._current_stream(dev) == torch.cuda.current_stream(dev).cuda_stream
+    assert _launch.current_stream(dev) == torch.cuda.current_stream(dev).cuda_stream
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
-        assert _api._current_stream(dev) == side.cuda_stream != torch.cuda.default_stream(dev).cuda_stream
-    assert _api._current_stream(dev) == torch.cuda.current_stream(dev).cuda_stream
+        assert (_launch.current_stream(dev) == side.cuda_stream
+                != torch.cuda.default_stream(dev).cuda_stream)
+    assert _launch.current_stream(dev) == torch.cuda.current_stream(dev).cuda_stream
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -1,11 +1,11 @@
-"""The validated-launch cache (`_api._VALIDATED`): a repeated shape skips the Python checks,
+"""The validated-launch cache (`_cache.VALIDATED`): a repeated shape skips the Python checks,
 but never an input that the checks would refuse, and never a stale auto pick."""
 
 import pytest
 import torch
 
 import fa_cute
-from fa_cute import _api
+from fa_cute import _cache
 from fa_cute._reference import attention_ref, check_close
 
 pytestmark = pytest.mark.cuda
@@ -20,18 +20,18 @@ def _qkv(shape=(2, 1, 8, 128), seqlen_k=300, nheads_k=2):
 
 
 def test_repeated_shape_hits_the_cache_and_stays_correct() -> None:
-    _api._VALIDATED.clear()
+    _cache.VALIDATED.clear()
     for _ in range(3):
         q, k, v = _qkv()  # fresh inputs, same shape and strides
         out = fa_cute.forward(q, k, v)
         ref = attention_ref(q, k, v, q.shape[-1] ** -0.5)
         plain = attention_ref(q, k, v, q.shape[-1] ** -0.5, upcast=False)
         check_close(out, ref, plain)
-    assert len(_api._VALIDATED) == 1
+    assert len(_cache.VALIDATED) == 1
 
 
 def test_misaligned_input_of_a_cached_shape_is_still_refused() -> None:
-    _api._VALIDATED.clear()
+    _cache.VALIDATED.clear()
     q, k, v = _qkv()
     fa_cute.forward(q, k, v)
     # Same shape and strides, data 2 bytes past a 16-byte boundary.
@@ -55,6 +55,6 @@ def test_bad_flags_are_refused_even_after_a_cached_call() -> None:
 def test_forget_tuning_clears_the_cache() -> None:
     q, k, v = _qkv()
     fa_cute.forward(q, k, v)
-    assert _api._VALIDATED
-    _api._forget_tuning()
-    assert not _api._VALIDATED
+    assert _cache.VALIDATED
+    _cache.forget_tuning()
+    assert not _cache.VALIDATED

@@ -14,13 +14,12 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import fa_cute
-from fa_cute import _api, _C, _tuned, _tuning, tune
+from fa_cute import _C, _cache, _configs, _tuned, _tuning, _validate, tune
 
 GPU = "Fake GPU 80GB"
 CC = (9, 0)
@@ -33,9 +32,9 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty cache folder of this test's own, and auto state read afresh from it."""
     folder = tmp_path / "cache"
     monkeypatch.setenv("FA_CUTE_CACHE_DIR", str(folder))
-    _api._forget_tuning()
+    _cache.forget_tuning()
     yield folder
-    _api._forget_tuning()
+    _cache.forget_tuning()
 
 
 @pytest.mark.parametrize("seqlen, bucket", [(1, 128), (128, 128), (129, 256), (1000, 1024),
@@ -178,7 +177,7 @@ def test_an_unusable_cache_is_ignored_once_with_one_warning(
         assert _tuning.cached_configs(GPU) == {}
         with pytest.raises(ValueError, match="q is on cpu"):  # past auto, at the device check
             fa_cute.forward(q, q, q, config="auto")
-        monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
+        monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)
         assert fa_cute.resolve_config(q, q, q, config="auto") == "default_pick"
 
     _remove(path)
@@ -188,7 +187,7 @@ def test_an_unusable_cache_is_ignored_once_with_one_warning(
         assert _tuning.cached_configs(GPU) == {}  # still what was read
         _tuning.forget()
         assert _tuning.cached_configs(GPU) == {"k": "a"}
-        _api._forget_tuning()
+        _cache.forget_tuning()
         assert fa_cute.resolve_config(q, q, q, config="auto") == "cache_pick"
 
 
@@ -296,9 +295,8 @@ def fake_build(monkeypatch: pytest.MonkeyPatch):
              _fake("fp16_only", dtypes=("fp16",)), _fake("future_gpu", family="sm100"),
              _fake("big_smem", smem_bytes=BIG_SMEM)]
     calls = []
-    monkeypatch.setattr(_api, "_CONFIGS", {c["name"]: c for c in fakes})
-    monkeypatch.setattr(_api, "_C", SimpleNamespace(
-        default_config=lambda *args: calls.append(args) or "default_pick"))
+    monkeypatch.setattr(_configs, "CONFIGS", {c["name"]: c for c in fakes})
+    monkeypatch.setattr(_C, "default_config", lambda *args: calls.append(args) or "default_pick")
     return calls
 
 
@@ -326,7 +324,7 @@ def test_resolution_order(fake_build, monkeypatch: pytest.MonkeyPatch, cached, t
         _tuning.write({GPU: {KEY_4096: cached}, "Other GPU": {KEY_4096: "table_pick"}})
     if table:
         monkeypatch.setitem(_tuned.TABLE, GPU, {KEY_4096: table})
-    assert _api._auto_config(GPU, CC, "bf16", 128, seqlen)["name"] == expected
+    assert _configs.auto_config(GPU, CC, "bf16", 128, seqlen)["name"] == expected
 
 
 @pytest.mark.parametrize("limit, expected", [(None, "big_smem"), (BIG_SMEM, "big_smem"),
@@ -336,23 +334,24 @@ def test_picks_that_do_not_fit_the_shared_memory_are_skipped(
         fake_build, monkeypatch: pytest.MonkeyPatch, limit, expected: str) -> None:
     _tuning.write({GPU: {KEY_4096: "big_smem"}})
     monkeypatch.setitem(_tuned.TABLE, GPU, {KEY_4096: "table_pick"})
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False, limit)["name"] == expected
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096, 4096, False, limit)["name"] == expected
 
 
 def test_a_heuristic_pick_that_does_not_fit_falls_back_to_the_largest_that_does(
         fake_build, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(_api._CONFIGS, "default_pick", _fake("default_pick", smem_bytes=BIG_SMEM))
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "default_pick"
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False,
-                             A100_SMEM)["name"] == "big_blocks"
+    monkeypatch.setitem(_configs.CONFIGS, "default_pick",
+                        _fake("default_pick", smem_bytes=BIG_SMEM))
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "default_pick"
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096, 4096, False,
+                                A100_SMEM)["name"] == "big_blocks"
     # Nothing fits: the heuristic's pick, which the device check then refuses with the reason.
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False, 1024)["name"] == \
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096, 4096, False, 1024)["name"] == \
         "default_pick"
 
 
 def test_the_heuristic_gets_the_exact_lengths(fake_build) -> None:
-    _api._auto_config(GPU, CC, "bf16", 128, 3, 4099, True)
-    _api._auto_config(GPU, CC, "fp16", 128, 1000)
+    _configs.auto_config(GPU, CC, "bf16", 128, 3, 4099, True)
+    _configs.auto_config(GPU, CC, "fp16", 128, 1000)
     assert fake_build == [(128, 3, 4099, *CC, True), (128, 1000, 1000, *CC, False)]
 
 
@@ -360,16 +359,16 @@ def test_the_key_includes_causal(fake_build) -> None:
     causal_key = _tuning.key("bf16", 128, True, 4096)
     assert causal_key != KEY_4096
     _tuning.write({GPU: {causal_key: "cache_pick", KEY_4096: "table_pick"}})
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, True)["name"] == "cache_pick"
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096, 4096, False)["name"] == "table_pick"
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "table_pick"
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096, 4096, True)["name"] == "cache_pick"
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096, 4096, False)["name"] == "table_pick"
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "table_pick"
 
 
 def test_forward_resolves_with_the_launchs_causality_and_rows(
         fake_build, monkeypatch: pytest.MonkeyPatch) -> None:
     """forward's auto key is the launch's: causal as given unless the mask hides nothing,
     seqlen_q as launched (a packed GQA decode runs nheads // nheads_k rows)."""
-    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)
     # CPU tensors resolve for the placeholder GPU "" (the device check would refuse them).
     _tuning.write({"": {_tuning.key("bf16", 128, True, 4096): "cache_pick",
                         _tuning.key("bf16", 128, False, 4096): "table_pick",
@@ -394,22 +393,22 @@ def test_forward_resolves_with_the_launchs_causality_and_rows(
 
 def test_other_gpus_entries_are_not_used(fake_build) -> None:
     _tuning.write({"Other GPU": {KEY_4096: "cache_pick"}})
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "default_pick"
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "default_pick"
 
 
 def test_cache_is_read_once_per_process(fake_build, monkeypatch: pytest.MonkeyPatch) -> None:
     _tuning.write({GPU: {KEY_4096: "cache_pick"}})
-    _api._forget_tuning()
+    _cache.forget_tuning()
     reads = []
-    read = _tuning._read
-    monkeypatch.setattr(_tuning, "_read", lambda path: reads.append(path) or read(path))
+    read = _tuning.read
+    monkeypatch.setattr(_tuning, "read", lambda path: reads.append(path) or read(path))
     for seqlen in range(2112, 4097, 64):
-        assert _api._auto_config(GPU, CC, "bf16", 128, seqlen)["name"] == "cache_pick"
+        assert _configs.auto_config(GPU, CC, "bf16", 128, seqlen)["name"] == "cache_pick"
     assert len(reads) == 1
     _tuning.cache_path().write_text(json.dumps({GPU: {KEY_4096: "table_pick"}}))
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "cache_pick"  # memoized
-    _api._forget_tuning()
-    assert _api._auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "table_pick"
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "cache_pick"  # memoized
+    _cache.forget_tuning()
+    assert _configs.auto_config(GPU, CC, "bf16", 128, 4096)["name"] == "table_pick"
 
 
 def test_auto_is_the_default_and_none_means_auto() -> None:
@@ -418,8 +417,9 @@ def test_auto_is_the_default_and_none_means_auto() -> None:
         assert inspect.signature(fn).parameters["causal"].default is False, fn
     seqlen = 1024
     q = torch.empty(1, seqlen, 1, HEAD_DIM, dtype=torch.bfloat16)
-    auto = _api._resolve_config("auto", q, HEAD_DIM, False, seqlen, seqlen)
-    assert _api._resolve_config(None, q, HEAD_DIM, False, seqlen, seqlen) is auto
+    names = _validate.FORWARD_NAMES
+    auto = _configs.pick_config("auto", q, HEAD_DIM, False, seqlen, seqlen, names)
+    assert _configs.pick_config(None, q, HEAD_DIM, False, seqlen, seqlen, names) is auto
     assert auto["rung"] is None
     for config in ("auto", None):
         with pytest.raises(ValueError, match="q is on cpu"):
@@ -455,7 +455,7 @@ def test_tune_writes_the_cache_that_auto_uses(make_qkv, cache_dir: Path) -> None
     assert last.endswith(winner) and " *" in last, last
 
     q, k, v = make_qkv(2, 256, 3, HEAD_DIM, torch.bfloat16, "cuda")
-    _api._forget_tuning()
+    _cache.forget_tuning()
     assert fa_cute.resolve_config(q, k, v) == winner
     ref = fa_cute.forward(q, k, v, config=winner)
     assert torch.equal(fa_cute.forward(q, k, v, config="auto"), ref)
@@ -468,7 +468,7 @@ def test_auto_without_entries_is_the_heuristics_pick(seqlen_q: int, seqlen_k: in
     built head dim (on a GPU with room for every config)."""
     for head_dim in sorted({c["head_dim"] for c in PRODUCTION}):
         for causal in (False, True):
-            pick = _api._auto_config(GPU, CC, "bf16", head_dim, seqlen_q, seqlen_k, causal)
+            pick = _configs.auto_config(GPU, CC, "bf16", head_dim, seqlen_q, seqlen_k, causal)
             assert pick["name"] == _C.default_config(head_dim, seqlen_q, seqlen_k, *CC, causal)
         assert pick["rung"] is None and pick["head_dim"] == head_dim
 

@@ -4,7 +4,7 @@ kernel, on CPU tensors (runs anywhere, GPU or not).
 The device is checked last, so CPU tensors reach every other check; a CPU call that passes
 them all must fail on the device alone, with a ValueError that mentions CUDA. Tests of what
 a valid call launches switch that last check off (`no_device_check`) and read the launch
-(`_api._validate`, `_api._kernel_args`) instead of running it.
+(`_validate.validate`, `_launch.kernel_args`) instead of running it.
 """
 
 import inspect
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fa_cute
-from fa_cute import _api
+from fa_cute import _C, _api, _configs, _launch, _validate
 
 CONFIGS = fa_cute.configs()
 HEAD_DIM = CONFIGS[0]["head_dim"]
@@ -295,7 +295,7 @@ FORWARD_PARAMS = ["config", "dtype", "q", "k", "v", "o", "lse", "batch", "seqlen
 
 @pytest.fixture
 def no_device_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_api, "_check_devices", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)
 
 
 @pytest.fixture
@@ -304,17 +304,17 @@ def launches(no_device_check, monkeypatch: pytest.MonkeyPatch) -> List[Dict]:
     calls: List[Dict] = []
 
     def record(launch, q, k, v, out, lse, timed):
-        calls.append(dict(zip(FORWARD_PARAMS, _api._kernel_args(launch, q, k, v, out, lse)),
+        calls.append(dict(zip(FORWARD_PARAMS, _launch.kernel_args(launch, q, k, v, out, lse)),
                           launch=launch, out_tensor=out, lse_tensor=lse, timed=timed))
         return 1.5
 
-    monkeypatch.setattr(_api, "_launch", record)
+    monkeypatch.setattr(_api, "launch_kernel", record)
     return calls
 
 
 def validate(q, k, v, *, causal=False, bottom_right=True, out=None, config="auto"):
-    return _api._validate(q, k, v, causal=causal, bottom_right=bottom_right, softmax_scale=None,
-                          config=config, out=out)
+    return _validate.validate(q, k, v, causal=causal, bottom_right=bottom_right,
+                              softmax_scale=None, config=config, out=out)
 
 
 @pytest.mark.parametrize("seqlen_q, seqlen_k, causal, bottom_right, is_causal, offset", [
@@ -349,14 +349,14 @@ def test_decode_gqa_packed_views(nheads: int, nheads_k: int, layout: str) -> Non
     else:  # SDPA's (batch, nheads, 1, headdim), and out a slice of a wider buffer
         q = randn(3, nheads, 1, HEAD_DIM).transpose(1, 2)
         out = randn(3, 1, nheads + 2, HEAD_DIM)[:, :, 1:nheads + 1]
-    q_view, out_view = (t.as_strided((3, group, nheads_k, HEAD_DIM), _api._packed_strides(t, nheads_k))
-                        for t in (q, out))
+    q_view, out_view = (t.as_strided((3, group, nheads_k, HEAD_DIM),
+                                     _launch.packed_strides(t, nheads_k)) for t in (q, out))
     for view, t in ((q_view, q), (out_view, out)):
         assert view.shape == (3, group, nheads_k, HEAD_DIM)
         assert view.stride() == (t.stride(0), t.stride(2), group * t.stride(2), 1)
         # What the launch passes for the view, computed without building it.
-        assert _api._launch_strides(t, True, nheads_k) == _api._row_strides(view)
-        assert _api._launch_strides(t, False, nheads_k) == _api._row_strides(t)
+        assert _launch.launch_strides(t, True, nheads_k) == _launch.row_strides(view)
+        assert _launch.launch_strides(t, False, nheads_k) == _launch.row_strides(t)
         assert view.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
         for b in range(3):
             for j in range(group):
@@ -413,7 +413,7 @@ def test_decode_not_packed(no_device_check, case: str) -> None:
     kvs = kv(BATCH, 16, nheads_k, HEAD_DIM)
     if case == "huge-head-stride":
         # The smallest 16-byte multiple whose packed offsets pass 2^31 in the tallest tile.
-        stride = -(-2**31 // (8 * _api._MAX_BLOCK_M)) * 8
+        stride = -(-2**31 // (8 * _configs.MAX_BLOCK_M)) * 8
         q = torch.empty_strided((BATCH, 1, nheads, HEAD_DIM), (nheads * stride, 8, stride, 1),
                                 dtype=BF16, device="meta")
         kvs = {n: torch.empty((BATCH, 16, nheads_k, HEAD_DIM), dtype=BF16, device="meta")
@@ -442,7 +442,7 @@ def test_return_lse_with_out_allocates_lse(launches: List[Dict]) -> None:
     (out, lse), ms = fa_cute.forward_timed(*args(q=q).values(), return_lse=True, out=given)
     assert out is given and ms == 1.5 and launches[0]["timed"]
     assert lse.shape == (BATCH, HEADS, SEQ) and lse.dtype == torch.float32 and lse.is_contiguous()
-    assert not _api._spans_overlap(lse, given) and launches[0]["lse"] == lse.data_ptr()
+    assert not _validate.spans_overlap(lse, given) and launches[0]["lse"] == lse.data_ptr()
     assert fa_cute.forward(*args(q=q).values(), out=given) is given  # no LSE: just out
     assert launches[1]["lse"] == 0 and not launches[1]["timed"]
 
@@ -450,7 +450,7 @@ def test_return_lse_with_out_allocates_lse(launches: List[Dict]) -> None:
 @pytest.mark.parametrize("batch, nheads, nheads_k", [(0, 4, 2), (2, 0, 2), (2, 0, 0)])
 def test_empty_problem_launches_nothing(no_device_check, monkeypatch: pytest.MonkeyPatch,
                                         batch: int, nheads: int, nheads_k: int) -> None:
-    monkeypatch.setattr(_api._C, "forward", None, raising=False)  # a call would fail
+    monkeypatch.setattr(_C, "forward", None, raising=False)  # a call would fail
     q = randn(batch, 1, nheads, HEAD_DIM)
     (out, lse), ms = fa_cute.forward_timed(q, **kv(batch, 5, nheads_k, HEAD_DIM), return_lse=True)
     assert out.shape == q.shape and out.dtype == q.dtype and ms == 0.0
@@ -465,32 +465,32 @@ def test_broadcast_dim_names_the_expanded_dim() -> None:
     """What sends a tensor away from the Hopper kernel (TMA cannot broadcast): a stride-0
     dim of size > 1, not a size-1 dim whatever its stride."""
     dense = torch.zeros(2, 8, 4, 64)
-    assert _api._broadcast_dim(dense) is None
-    assert _api._broadcast_dim(dense[:, :, :1]) is None  # size-1 head dim
-    assert _api._broadcast_dim(torch.zeros(2, 8, 1, 64).expand(2, 8, 4, 64)) == "nheads"
-    assert _api._broadcast_dim(torch.zeros(1, 8, 4, 64).expand(3, 8, 4, 64)) == "batch"
-    assert _api._broadcast_dim(torch.zeros(2, 1, 4, 64).expand(2, 8, 4, 64)) == "seqlen"
-    assert _api._broadcast_dim(torch.zeros(1, 1, 1, 64).expand(1, 1, 1, 64)) is None
+    assert _validate.broadcast_dim(dense) is None
+    assert _validate.broadcast_dim(dense[:, :, :1]) is None  # size-1 head dim
+    assert _validate.broadcast_dim(torch.zeros(2, 8, 1, 64).expand(2, 8, 4, 64)) == "nheads"
+    assert _validate.broadcast_dim(torch.zeros(1, 8, 4, 64).expand(3, 8, 4, 64)) == "batch"
+    assert _validate.broadcast_dim(torch.zeros(2, 1, 4, 64).expand(2, 8, 4, 64)) == "seqlen"
+    assert _validate.broadcast_dim(torch.zeros(1, 1, 1, 64).expand(1, 1, 1, 64)) is None
 
 
 def test_config_fits_the_gpu() -> None:
     cfg = dict(SAME_HEAD_DIM[0], smem_bytes=196608, family="sm80")
-    _api._check_config_fits(cfg, "cuda:0 (A)", (8, 0), 196608)
-    _api._check_config_fits(cfg, "cuda:0 (A)", (8, 0), None)  # a torch that does not say
+    _configs.check_config_fits(cfg, "cuda:0 (A)", (8, 0), 196608)
+    _configs.check_config_fits(cfg, "cuda:0 (A)", (8, 0), None)  # a torch that does not say
     with pytest.raises(ValueError, match=rf"config '{cfg['name']}' needs 196608 bytes of shared "
                                          r"memory per block; cuda:0 \(A\) allows at most 167936"):
-        _api._check_config_fits(cfg, "cuda:0 (A)", (8, 0), 167936)
+        _configs.check_config_fits(cfg, "cuda:0 (A)", (8, 0), 167936)
     with pytest.raises(ValueError, match=r"needs a GPU of compute capability 9\.0 exactly; "
                                          r"cuda:1 \(B\) has 8\.6"):
-        _api._check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (8, 6), None)
+        _configs.check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (8, 6), None)
     # sm_90a code (wgmma, TMA) runs on 9.0 only, not on newer GPUs.
-    _api._check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (9, 0), None)
+    _configs.check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (9, 0), None)
     with pytest.raises(ValueError, match=r"needs a GPU of compute capability 9\.0 exactly; "
                                          r"cuda:1 \(B\) has 10\.0"):
-        _api._check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (10, 0), None)
+        _configs.check_config_fits(dict(cfg, family="sm90a"), "cuda:1 (B)", (10, 0), None)
     with pytest.raises(ValueError, match=r"needs a GPU of compute capability 8\.0 or newer; "
                                          r"cuda:1 \(B\) has 7\.5"):
-        _api._check_config_fits(cfg, "cuda:1 (B)", (7, 5), None)
+        _configs.check_config_fits(cfg, "cuda:1 (B)", (7, 5), None)
 
 
 # fa_cute.sdpa: torch's signature and semantics, or a ValueError/TypeError that says why not.

@@ -13,7 +13,8 @@ except ImportError as exc:
     raise ImportError("fa_cute needs PyTorch (>= 2.1, a CUDA build to run kernels): "
                       "pip install torch") from exc
 
-from ._api import _C, configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
+from ._api import configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
+from . import _C  # noqa: E402  (after _api, whose import explains a missing build)
 
 __version__: str = _C.build_info()["version"]
 

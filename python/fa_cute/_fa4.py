@@ -21,6 +21,9 @@ import torch
 from fa_cute._reference import attention_ref, check_close
 from fa_cute._timing import DTYPES, cycling
 
+__all__ = ["COLUMN", "ENV", "Func", "HOW", "call", "check", "first_line", "load", "time_fa4",
+           "unsupported", "verdict", "version"]
+
 COLUMN = "FA4"
 ENV = "FA_CUTE_FA4_SITE"
 #: how FA4 is brought to a machine without network (README, "Checking on a GPU machine")

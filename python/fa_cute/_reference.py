@@ -24,6 +24,10 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
+__all__ = ["ABS_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT", "attention_ref",
+           "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
+           "long_inputs", "relative_error", "row_references"]
+
 #: Absolute slack added to twice the plain error, so that exact-zero plain errors still pass.
 ABS_SLACK = 1e-5
 

@@ -27,6 +27,12 @@ import torch
 import fa_cute
 from fa_cute._reference import attention_ref, check_close
 
+__all__ = ["CAUSAL_CHOICES", "CHECK_SHAPE", "DTYPES", "InputSet", "TOKENS", "Timer", "Timing",
+           "WIDTH", "add_causal_arg", "add_shape_args", "attention_flops", "banner", "check",
+           "cycling", "decode_bytes", "fa_cute_bhnd", "format_table", "gbps", "input_sets",
+           "interleaved_medians", "ints", "make_timer", "no_gpu", "positive_int", "problem",
+           "progress", "resolve", "run_checks", "tflops", "time_fa_cute", "unwritable"]
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TOKENS = 16384  # batch * seqlen
 WIDTH = 2048    # nheads * headdim

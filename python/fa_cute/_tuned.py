@@ -14,6 +14,8 @@ heuristic (src/tile_size.h) picks the same; the table pins it against a rebuilt 
 
 from typing import Dict
 
+__all__ = ["TABLE"]
+
 TABLE: Dict[str, Dict[str, str]] = {
     "NVIDIA H100 80GB HBM3": {
         f"bf16-d128-noncausal-n{n}": "sm90p_m128n128_d128" for n in (1024, 2048, 4096, 8192, 16384)

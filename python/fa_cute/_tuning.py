@@ -41,6 +41,9 @@ from typing import Dict, Optional
 
 from . import _C
 
+__all__ = ["Entries", "MAX_BUCKET", "MAX_BYTES", "MIN_BUCKET", "bucket", "cache_path",
+           "cached_configs", "forget", "key", "read", "write"]
+
 Entries = Dict[str, Dict[str, str]]  # gpu name -> key -> config name
 
 MIN_BUCKET, MAX_BUCKET = 128, 65536
@@ -107,7 +110,7 @@ def cached_configs(gpu: str) -> Dict[str, str]:
                   "FA_CUTE_CACHE_DIR")
             _loaded = {}
         else:
-            _loaded = _read(path)
+            _loaded = read(path)
     return _loaded.get(gpu, {})
 
 
@@ -137,7 +140,7 @@ def write(entries: Entries) -> Path:
                       "it") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the descriptor closes
-        merged = _read(path, refuse_special=True)
+        merged = read(path, refuse_special=True)
         for gpu, picks in entries.items():
             merged.setdefault(gpu, {}).update(picks)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -189,7 +192,7 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), f"of mode {mode:o}")
 
 
-def _read(path: Path, refuse_special: bool = False) -> Entries:
+def read(path: Path, refuse_special: bool = False) -> Entries:
     """The cache's entries; {} when the file is missing, and {} with one warning when it
     cannot be used for any reason. refuse_special (for `write`): raise OSError for a path
     that is not a regular file, which `write` must not replace."""

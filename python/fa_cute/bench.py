@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
-from fa_cute import _api, _C, _fa4, _tuned, _tuning
+from fa_cute import _C, _configs, _fa4, _tuned, _tuning
 from fa_cute._timing import (CAUSAL_CHOICES, CHECK_SHAPE, DTYPES, TOKENS, WIDTH, Timer,
                              add_causal_arg, add_shape_args, banner, cycling, decode_bytes,
                              format_table, gbps, input_sets, interleaved_medians, make_timer,
@@ -140,7 +140,7 @@ def ladder_configs(head_dim: int, cc: Tuple[int, int]) -> List[dict]:
     rung order (the Hopper kernel's rungs need 9.0)."""
     return sorted((c for c in fa_cute.configs()
                    if c["rung"] is not None and c["head_dim"] == head_dim
-                   and _api._family_runs_on(c["family"], cc)),
+                   and _configs.family_runs_on(c["family"], cc)),
                   key=lambda c: c["rung"])
 
 
@@ -243,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
-    gpu, cc = _api._gpu(device)
+    gpu, cc = _configs.gpu_of(device)
     rungs = {d: ladder_configs(d, cc) for d in args.headdim} if args.ladder else {}
     for d, found in rungs.items():
         if not found:
@@ -253,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra = {d: ([(c["name"], rung_label(c)) for c in rungs[d]] if args.ladder else
                  [(c["name"], c["name"]) for c in fa_cute.configs() if args.all_configs
                   and c["rung"] is None and c["head_dim"] == d
-                  and _api._family_runs_on(c["family"], cc)])
+                  and _configs.family_runs_on(c["family"], cc)])
              for d in args.headdim}
     sdpa = LADDER_SDPA if args.ladder else DECODE_SDPA if args.decode else list(SDPA_BACKENDS)
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 import fa_cute
-from fa_cute import _api, _tuning
+from fa_cute import _cache, _configs, _tuning
 from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, format_table, input_sets,
                              interleaved_medians, make_timer, no_gpu, problem, run_checks, tflops,
                              time_fa_cute)
@@ -143,8 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
-    gpu, cc = _api._gpu(device)
-    smem_limit = _api._smem_limit(device)
+    gpu, cc = _configs.gpu_of(device)
+    smem_limit = _configs.smem_limit_of(device)
     timer_name, timer = make_timer(args.warmup, args.rep / args.rounds)
     print(banner(props, timer_name + f", median of {args.rounds} interleaved rounds"))
 
@@ -154,7 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for head_dim in args.headdim:
         for dtype in args.dtype:
             candidates = [c["name"] for c in production
-                          if _api._tunable(c, dtype, head_dim, cc, smem_limit)]
+                          if _configs.tunable(c, dtype, head_dim, cc, smem_limit)]
             for causal in args.causal:
                 for seqlen in sorted(set(args.seqlens)):  # ascending: a bucket keeps its largest N
                     batch, nheads, flops = problem(seqlen, head_dim)
@@ -187,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as exc:
             print(f"fa_cute.tune: cannot write the tuning cache: {exc}")
             return 1
-        _api._forget_tuning()
+        _cache.forget_tuning()
         print(f"wrote {len(winners)} winners for {gpu} to {path}")
     for s in shapes:
         where = f"{s['dtype']} d={s['head_dim']} {mask_label(s['causal'])} N={s['seqlen']}"
