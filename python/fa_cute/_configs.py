@@ -17,9 +17,8 @@ import torch
 from . import _C, _tuned, _tuning
 
 __all__ = ["AUTO", "CONFIGS", "DTYPE_NAMES", "MAX_BLOCK_M", "auto_config", "check_config_fits",
-           "check_config_type", "configs", "device_part", "family_runs_on", "gpu_of",
-           "heuristic_part", "pick_config", "sm80_default", "smem_limit_of", "tunable",
-           "tuned_pick"]
+           "check_config_type", "configs", "family_runs_on", "gpu_of", "heuristic_part",
+           "pick_config", "sm80_default", "smem_limit_of", "tunable", "tuned_pick"]
 
 # config="auto" (or None): the tuning cache, else the built-in table, else the heuristic.
 AUTO = "auto"
@@ -69,7 +68,7 @@ def pick_config(config, q: torch.Tensor, head_dim: int, causal: bool, seqlen_q: 
     if head_dim not in head_dims:
         raise ValueError(f"headdim of {names.q} ({head_dim}) is not supported; built head "
                          f"dims: {', '.join(map(str, head_dims))}")
-    gpu, cc, smem = device_part(q)
+    gpu, cc, smem = _device_part(q)
     return auto_config(gpu, cc, DTYPE_NAMES[q.dtype], head_dim, seqlen_q, seqlen_k, causal, smem)
 
 
@@ -79,7 +78,7 @@ def sm80_default(head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> d
     return CONFIGS[_C.default_config(head_dim, seqlen_q, seqlen_k, 8, 0, causal)]
 
 
-def device_part(q: torch.Tensor) -> Tuple[str, Tuple[int, int], Optional[int]]:
+def _device_part(q: torch.Tensor) -> Tuple[str, Tuple[int, int], Optional[int]]:
     """(GPU name, compute capability, shared memory limit) of auto's pick for q's device."""
     if q.is_cuda:
         (gpu, cc), smem = gpu_of(q.device.index), smem_limit_of(q.device.index)
@@ -155,7 +154,7 @@ def heuristic_part(config, q: torch.Tensor, launch) -> Optional[tuple]:
     device and dtype."""
     if not (config is None or config == AUTO):
         return None
-    gpu, cc, smem = device_part(q)
+    gpu, cc, smem = _device_part(q)
     if tuned_pick(gpu, cc, launch.dtype, launch.head_dim, launch.seqlen_q, launch.is_causal,
                   smem) is not None:
         return None
