@@ -16,7 +16,9 @@ enum class FwdFamily {
 
 // The family as the registry (FwdKernel::family), CMake and _C.configs() spell it: the keys
 // of src/generate_kernels.py's FAMILIES, which generated/config_table.h checks this against.
-constexpr char const* family_name(FwdFamily family) { return family == FwdFamily::kSm80 ? "sm80" : "sm90a"; }
+constexpr char const* family_name(FwdFamily family) {
+  return family == FwdFamily::kSm80 ? "sm80" : "sm90a";
+}
 
 constexpr bool str_equal(char const* a, char const* b) {
   while (*a != '\0' && *a == *b) {
@@ -42,10 +44,12 @@ constexpr bool same_tile(FwdTile const& a, FwdTile const& b) {
 // The config of `table` with this family, head dim and tile, or nullptr. A template over the
 // table so that this header does not depend on the generated one.
 template <int N>
-constexpr FwdConfig const* find_fwd_config(FwdConfig const (&table)[N], FwdFamily family, int head_dim,
-                                           FwdTile const& tile) {
+constexpr FwdConfig const* find_fwd_config(FwdConfig const (&table)[N], FwdFamily family,
+                                           int head_dim, FwdTile const& tile) {
   for (FwdConfig const& config : table) {
-    if (config.family == family && config.head_dim == head_dim && same_tile(config.tile, tile)) return &config;
+    if (config.family == family && config.head_dim == head_dim && same_tile(config.tile, tile)) {
+      return &config;
+    }
   }
   return nullptr;
 }

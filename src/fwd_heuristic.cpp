@@ -51,7 +51,8 @@ constexpr MissingTile first_tile_without_config(FwdFamily family, TileFn tile_fn
   for (int head_dim : kHeadDims) {
     for (bool causal : {false, true}) {
       auto has_config = [&](int seqlen_q) {
-        return find_fwd_config(kProductionConfigs, family, head_dim, tile_fn(head_dim, seqlen_q, causal)) != nullptr;
+        FwdTile const tile = tile_fn(head_dim, seqlen_q, causal);
+        return find_fwd_config(kProductionConfigs, family, head_dim, tile) != nullptr;
       };
       for (int s = 1; s <= kSeqlenEnd; s += s < kDenseSeqlenEnd ? 1 : kSeqlenStep) {
         if (!has_config(s)) return MissingTile{head_dim, s, causal};
@@ -70,7 +71,9 @@ constexpr int first_unchecked_head_dim(TileFn tile_fn) {
   for (int head_dim = 1; head_dim <= 1024; ++head_dim) {
     if (is_checked_head_dim(head_dim)) continue;
     for (int s : kSeqlenBoundaries) {
-      if (tile_fn(head_dim, s, false).block_m != 0 || tile_fn(head_dim, s, true).block_m != 0) return head_dim;
+      if (tile_fn(head_dim, s, false).block_m != 0 || tile_fn(head_dim, s, true).block_m != 0) {
+        return head_dim;
+      }
     }
   }
   return 0;
@@ -88,8 +91,8 @@ struct CheckTileHasConfig {
 template <int kHeadDim>
 struct CheckHeadDimIsSwept {
   static_assert(kHeadDim == 0,
-                "a tile function of src/tile_size.h has tiles for this head dim: add it to kHeadDims "
-                "so that its tiles are checked against the production configs");
+                "a tile function of src/tile_size.h has tiles for this head dim: add it to "
+                "kHeadDims so that its tiles are checked against the production configs");
   static constexpr bool kOk = true;
 };
 
@@ -105,13 +108,16 @@ static_assert(CheckHeadDimIsSwept<first_unchecked_head_dim(&sm90_fwd_tile)>::kOk
 // --- Names ---------------------------------------------------------------------------------
 
 std::string config_name(FwdFamily family, int head_dim, FwdTile const& tile) {
-  if (FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile)) return config->name;
+  if (FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile)) {
+    return config->name;
+  }
   throw std::invalid_argument(
       std::string("tile: no production ") + family_name(family) + " config has head_dim " +
-      std::to_string(head_dim) + " and the tile block_m " + std::to_string(tile.block_m) + ", block_n " +
-      std::to_string(tile.block_n) + ", num_warps " + std::to_string(tile.num_warps) + ", " +
-      (tile.persistent ? "persistent" : "not persistent") +
-      "; the production configs are those of src/generate_kernels.py (_C.configs() lists the built ones)");
+      std::to_string(head_dim) + " and the tile block_m " + std::to_string(tile.block_m) +
+      ", block_n " + std::to_string(tile.block_n) + ", num_warps " + std::to_string(tile.num_warps) +
+      ", " + (tile.persistent ? "persistent" : "not persistent") +
+      "; the production configs are those of src/generate_kernels.py (_C.configs() lists the "
+      "built ones)");
 }
 
 bool is_built(char const* config) {
@@ -130,9 +136,13 @@ char const* built_config_of(FwdFamily family, int head_dim, FwdTile const& tile)
 
 }  // namespace
 
-std::string sm80_config_name(int head_dim, FwdTile const& tile) { return config_name(FwdFamily::kSm80, head_dim, tile); }
+std::string sm80_config_name(int head_dim, FwdTile const& tile) {
+  return config_name(FwdFamily::kSm80, head_dim, tile);
+}
 
-std::string sm90_config_name(int head_dim, FwdTile const& tile) { return config_name(FwdFamily::kSm90a, head_dim, tile); }
+std::string sm90_config_name(int head_dim, FwdTile const& tile) {
+  return config_name(FwdFamily::kSm90a, head_dim, tile);
+}
 
 std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major,
                                int cc_minor, bool causal) {
@@ -149,17 +159,16 @@ std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_
   // against few keys (kSm90ShortQueryMinKeys).
   bool const short_and_few_keys = seqlen_q <= kShortQueryRows && seqlen_k < kSm90ShortQueryMinKeys;
   if (cc_major == 9 && cc_minor == 0 && !short_and_few_keys) {
-    if (char const* hopper = built_config_of(FwdFamily::kSm90a, head_dim, sm90_fwd_tile(head_dim, seqlen_q, causal))) {
-      return hopper;
-    }
+    FwdTile const hopper_tile = sm90_fwd_tile(head_dim, seqlen_q, causal);
+    if (char const* hopper = built_config_of(FwdFamily::kSm90a, head_dim, hopper_tile)) return hopper;
   }
-  if (char const* preferred = built_config_of(FwdFamily::kSm80, head_dim, sm80_fwd_tile(head_dim, seqlen_q, causal))) {
-    return preferred;
-  }
+  FwdTile const tile = sm80_fwd_tile(head_dim, seqlen_q, causal);
+  if (char const* preferred = built_config_of(FwdFamily::kSm80, head_dim, tile)) return preferred;
   // The heuristic's tile was not built (FA_CUTE_CONFIGS): any built production sm80
   // config for the head dim (it runs on every GPU fa_cute supports).
   for (FwdKernel const& k : fwd_kernels()) {
-    if (k.rung < 0 && k.head_dim == head_dim && std::strcmp(k.family, family_name(FwdFamily::kSm80)) == 0) return k.config;
+    bool const sm80 = std::strcmp(k.family, family_name(FwdFamily::kSm80)) == 0;
+    if (k.rung < 0 && k.head_dim == head_dim && sm80) return k.config;
   }
   if (cc_major == 9 && cc_minor == 0) {
     for (FwdKernel const& k : fwd_kernels()) {

@@ -48,7 +48,8 @@ FAMILIES = {
     "sm90a": dict(
         include="hopper/fwd_launch_sm90.h",
         traits="Sm90FwdTraits",
-        traits_args=("{head_dim}, {block_m}, {block_n}, /*kNumConsumerWG=*/{num_consumer_wg}, {element}",
+        traits_args=("{head_dim}, {block_m}, {block_n}, /*kNumConsumerWG=*/{num_consumer_wg}, "
+                     "{element}",
                      "/*kStages=*/{stages}, /*kIntraWGOverlap=*/{intra_wg_overlap}",
                      "/*kPingPong=*/{ping_pong}, /*kPersistent=*/{persistent}",
                      "/*kLazyRescale=*/{lazy_rescale}, /*kSplitKV=*/{split_kv}"),
@@ -325,7 +326,8 @@ def kernel_file(cfg: Config, dtype: str) -> str:
 
 def configs_cmake() -> str:
     configs = sorted(ALL_CONFIGS, key=lambda c: c.name)
-    lines = [CMAKE_HEADER + f"set(FA_CUTE_GENERATED_DTYPES {' '.join(DTYPES)})", "set(FA_CUTE_GENERATED_CONFIGS"]
+    lines = [CMAKE_HEADER + f"set(FA_CUTE_GENERATED_DTYPES {' '.join(DTYPES)})",
+             "set(FA_CUTE_GENERATED_CONFIGS"]
     lines += [f"  {cfg.name}" for cfg in configs]
     lines.append(")")
     for cfg in configs:
@@ -338,27 +340,32 @@ def configs_cmake() -> str:
 
 def config_table_h() -> str:
     rows = [f'    {{"{cfg.name}", {FAMILIES[cfg.family]["enum"]}, {cfg.head_dim}, '
-            f"FwdTile{{{cfg.block_m}, {cfg.block_n}, {cfg.num_warps}, {_cpp_bool(cfg.persistent)}}}}},"
+            f"FwdTile{{{cfg.block_m}, {cfg.block_n}, {cfg.num_warps}, "
+            f"{_cpp_bool(cfg.persistent)}}}}},"
             for cfg in ALL_CONFIGS if cfg.rung is None]
     family_checks = [f'static_assert(str_equal(family_name({family["enum"]}), "{key}"),\n'
-                     f'              "family_name (src/fwd_config.h) must spell each family as src/generate_kernels.py does");'
+                     '              "family_name (src/fwd_config.h) must spell each family as "\n'
+                     '              "src/generate_kernels.py does");'
                      for key, family in FAMILIES.items()]
     return TABLE_TEMPLATE.format(family_checks="\n".join(family_checks), rows="\n".join(rows))
 
 
 def check_tables() -> None:
-    """Config names are unique: a name is a file name, a CMake variable and a registry key,
-    and a production config's name stands for its (family, head_dim, tile) in the table."""
+    """Config names are unique: a name is a file name, a CMake variable and a registry key.
+    A production config's name is derived from its family and tile, so two production configs
+    of one tile, which the table lookup could not tell apart, are refused here too."""
     seen = {}
     for cfg in ALL_CONFIGS:
         if cfg.name in seen:
-            raise SystemExit(f"generate_kernels.py: two configs are named {cfg.name}: {seen[cfg.name]} and {cfg}")
+            raise SystemExit(f"generate_kernels.py: two configs are named {cfg.name}: "
+                             f"{seen[cfg.name]} and {cfg}")
         seen[cfg.name] = cfg
 
 
 def expected_files() -> dict[str, str]:
     check_tables()
-    files = {kernel_file_name(cfg, dtype): kernel_file(cfg, dtype) for cfg in ALL_CONFIGS for dtype in DTYPES}
+    files = {kernel_file_name(cfg, dtype): kernel_file(cfg, dtype)
+             for cfg in ALL_CONFIGS for dtype in DTYPES}
     files["configs.cmake"] = configs_cmake()
     files["config_table.h"] = config_table_h()
     return files
@@ -369,7 +376,8 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only check that src/generated/ is current")
     args = parser.parse_args()
     files = expected_files()
-    present = {p.name: p.read_text() for p in OUT_DIR.iterdir() if p.is_file()} if OUT_DIR.exists() else {}
+    present = ({p.name: p.read_text() for p in OUT_DIR.iterdir() if p.is_file()}
+               if OUT_DIR.exists() else {})
     if args.check:
         stale = sorted(n for n in files if present.get(n) != files[n])
         extra = sorted(set(present) - set(files))

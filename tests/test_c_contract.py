@@ -45,7 +45,8 @@ def bound_signatures() -> Dict[str, str]:
 
 def documented_dict(function: str) -> dict:
     """The first `{...}` shown in the bullet of `_C.<function>()`."""
-    bullet = re.search(r"^- `_C\.%s\(\)`(.*?)(?=^- |\Z)" % function, contract_section(), re.S | re.M)
+    bullet = re.search(r"^- `_C\.%s\(\)`(.*?)(?=^- |\Z)" % function, contract_section(),
+                       re.S | re.M)
     assert bullet, f"the `_C` contract has no bullet '- `_C.{function}()`'"
     literal = re.search(r"`(\{.*?\})`", bullet.group(1), re.S)
     assert literal, f"the bullet of _C.{function}() shows no dict"

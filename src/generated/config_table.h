@@ -8,9 +8,11 @@
 namespace fa_cute {
 
 static_assert(str_equal(family_name(FwdFamily::kSm80), "sm80"),
-              "family_name (src/fwd_config.h) must spell each family as src/generate_kernels.py does");
+              "family_name (src/fwd_config.h) must spell each family as "
+              "src/generate_kernels.py does");
 static_assert(str_equal(family_name(FwdFamily::kSm90a), "sm90a"),
-              "family_name (src/fwd_config.h) must spell each family as src/generate_kernels.py does");
+              "family_name (src/fwd_config.h) must spell each family as "
+              "src/generate_kernels.py does");
 
 inline constexpr FwdConfig kProductionConfigs[] = {
     {"sm80_m128n64w4_d128", FwdFamily::kSm80, 128, FwdTile{128, 64, 4, false}},

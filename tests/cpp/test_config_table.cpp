@@ -20,11 +20,13 @@ namespace {
 
 void check_table() {
   for (FwdConfig const& config : kProductionConfigs) {
-    FwdConfig const* found = find_fwd_config(kProductionConfigs, config.family, config.head_dim, config.tile);
+    FwdConfig const* found =
+        find_fwd_config(kProductionConfigs, config.family, config.head_dim, config.tile);
     EXPECT(found == &config, "%s: its family, head dim and tile find %s", config.name,
            found != nullptr ? found->name : "nothing");
-    std::string const name = config.family == FwdFamily::kSm80 ? sm80_config_name(config.head_dim, config.tile)
-                                                                : sm90_config_name(config.head_dim, config.tile);
+    std::string const name = config.family == FwdFamily::kSm80
+                                 ? sm80_config_name(config.head_dim, config.tile)
+                                 : sm90_config_name(config.head_dim, config.tile);
     EXPECT(name == config.name, "%s is named %s by its tile", config.name, name.c_str());
   }
 }
@@ -39,11 +41,12 @@ void check_registry_agrees() {
     }
     EXPECT(entry != nullptr, "built production config %s is not in the table", kernel.config);
     if (entry == nullptr) continue;
-    EXPECT(std::strcmp(family_name(entry->family), kernel.family) == 0 && entry->head_dim == kernel.head_dim &&
-               entry->tile.block_m == kernel.block_m && entry->tile.block_n == kernel.block_n &&
-               entry->tile.num_warps == kernel.num_warps,
-           "%s: registered as family %s, d=%d, %dx%d with %d warps; the table differs", kernel.config, kernel.family,
-           kernel.head_dim, kernel.block_m, kernel.block_n, kernel.num_warps);
+    EXPECT(std::strcmp(family_name(entry->family), kernel.family) == 0 &&
+               entry->head_dim == kernel.head_dim && entry->tile.block_m == kernel.block_m &&
+               entry->tile.block_n == kernel.block_n && entry->tile.num_warps == kernel.num_warps,
+           "%s: registered as family %s, d=%d, %dx%d with %d warps; the table differs",
+           kernel.config, kernel.family, kernel.head_dim, kernel.block_m, kernel.block_n,
+           kernel.num_warps);
   }
 }
 
@@ -56,7 +59,8 @@ void check_unknown_tile_is_refused() {
     } catch (std::invalid_argument const& e) {
       message = e.what();
     }
-    EXPECT(message.rfind("tile: ", 0) == 0 && message.find(sm80 ? "sm80" : "sm90a") != std::string::npos &&
+    EXPECT(message.rfind("tile: ", 0) == 0 &&
+               message.find(sm80 ? "sm80" : "sm90a") != std::string::npos &&
                message.find("block_n 96") != std::string::npos,
            "an unknown %s tile: '%s'", sm80 ? "sm80" : "sm90a", message.c_str());
   }
