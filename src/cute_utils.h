@@ -103,6 +103,17 @@ __forceinline__ __device__ void convert_type_into(TensorS const& src, TensorD& d
       convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(src.data()));
 }
 
+// A (rows, cols) tile of a row-major global tensor whose first row is row0, at
+// base + offset. The tile's base pointer is computed in 64 bits (tensors beyond 2^31
+// elements); offsets inside the tile use a 32-bit row stride (the host checks
+// row_stride * block < 2^31): holding 64-bit in-tile offsets for every copy spilled
+// registers in the sm80 kernel's 128-row tiles.
+template <class T, class TileShape>
+__forceinline__ __device__ auto gmem_row_tile(T* base, int64_t offset, int row0, int64_t row_stride, TileShape tile_shape) {
+  using namespace cute;
+  return make_tensor(make_gmem_ptr(base + offset + row0 * row_stride), tile_shape, make_stride(int(row_stride), _1{}));
+}
+
 // Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
 // whose numerators go negative when seqlen_q > seqlen_k.
 CUTE_HOST_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }

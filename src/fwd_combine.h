@@ -13,30 +13,6 @@ namespace fa_cute {
 // Rows of the combine kernel per 128-thread block: one warp per query row.
 constexpr int kCombineRowsPerBlock = 4;
 
-// Where split n_split of a tile whose first row is row_offset (in the (batch, nheads,
-// seqlen_q) layout) keeps its rows of lse_accum, and, times head_dim, of o_accum.
-__forceinline__ __device__ index_t split_row_offset(FwdParams const& params, int n_split, index_t row_offset) {
-  return index_t(n_split) * params.batch * params.nheads * params.seqlen_q + row_offset;
-}
-
-// One split's O (fp32, normalised by its own row sums) from a thread's accumulator
-// fragment of the (kBlockM, kHeadDim) tile at o_accum (row-major), rows below num_rows.
-// Plain stores straight from registers: split tiles are decode tiles of a few rows.
-template <int kBlockM, int kHeadDim, class ThrMma, class TensorO>
-__forceinline__ __device__ void store_split_o(float* o_accum, ThrMma const& thr_mma, TensorO const& acc_o,
-                                              int num_rows) {
-  using namespace cute;
-  Tensor gOaccum = make_tensor(make_gmem_ptr(o_accum), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                               Stride<Int<kHeadDim>, _1>{});                                      // (BLK_M,D)
-  Tensor tOgOaccum = thr_mma.partition_C(gOaccum);                                                // (MMA,MMA_M,MMA_D)
-  Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));  // (MMA,MMA_M,MMA_D)
-  CUTE_STATIC_ASSERT_V(size(tOgOaccum) == size(acc_o));
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc_o); ++i) {
-    if (get<0>(tOcO(i)) < num_rows) tOgOaccum(i) = acc_o(i);
-  }
-}
-
 // Split-KV merge: each split s wrote, for every query row, its O_s normalised by its own
 // row sum and lse_s = log of that sum (FwdParams). The row's softmax over all keys is then
 //   lse = log sum_s exp(lse_s),   O = sum_s exp(lse_s - lse) O_s,

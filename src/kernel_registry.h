@@ -10,10 +10,8 @@
 
 #include "flash_params.h"
 
-// Not used here: the launchers (fwd_launch_sm80.h, hopper/fwd_launch_sm90.h) and the C++
-// tests and benchmark reach check_cuda, PerDeviceCache, opt_in_dynamic_smem (cuda_check.h),
-// FwdTile, kMaxSplits (tile_size.h) and default_fwd_config (fwd_heuristic.h) through this
-// header; these includes go once they include what they use.
+// Not used here: the C++ tests and benchmark reach check_cuda (cuda_check.h), FwdTile,
+// kMaxSplits (tile_size.h) and default_fwd_config (fwd_heuristic.h) through this header.
 #include "cuda_check.h"
 #include "fwd_heuristic.h"
 #include "tile_size.h"

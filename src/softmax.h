@@ -36,38 +36,6 @@ struct OnlineSoftmax {
   float row_max[kNRows];
   float row_sum[kNRows];  // this thread's partial sum; the quad reduces it in finalize()
 
-  // acc_s: scores S = Q K^T of one key block, overwritten with P = exp(S*scale - m) (unnormalised).
-  // kIsFirst: no previous block, so nothing to rescale.
-  template <bool kIsFirst, class TensorS, class TensorO>
-  __forceinline__ __device__ void update(TensorS& acc_s, TensorO& acc_o, float scale_log2) {
-    using namespace cute;
-    Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
-    Tensor out = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));      // (M,D)
-    float block_max[kNRows];
-    row_max_of(scores, block_max);
-    if constexpr (kIsFirst) {
-      CUTE_UNROLL
-      for (int mi = 0; mi < kNRows; ++mi) {
-        row_max[mi] = block_max[mi];
-        row_sum[mi] = 0.f;
-      }
-    } else {
-      if (!kLazyRescale || must_rescale(block_max, scale_log2)) {
-        CUTE_UNROLL
-        for (int mi = 0; mi < kNRows; ++mi) {
-          float const prev_max = row_max[mi];
-          float const new_max = fmaxf(prev_max, block_max[mi]);
-          row_max[mi] = new_max;
-          float const correction = correction_factor(prev_max, new_max, scale_log2);
-          row_sum[mi] *= correction;
-          CUTE_UNROLL
-          for (int di = 0; di < size<1>(out); ++di) { out(mi, di) *= correction; }
-        }
-      }
-    }
-    exponentiate(scores, scale_log2);
-  }
-
   // The factors rescale_o() multiplies O's rows by; with kLazyRescale, rescale is false
   // (warp-uniform) when every factor is 1 because no row's maximum moved.
   struct Correction {
@@ -75,11 +43,29 @@ struct OnlineSoftmax {
     bool rescale;
   };
 
-  // update() for kernels that rescale O later, because a wgmma still accumulates into it
-  // (the Hopper kernel's P V of the previous block runs under this block's softmax).
-  // The row sums are rescaled here; O by rescale_o(correction.factor).
+  // One step over a key block, for kernels whose O accumulator is free: acc_s, the scores
+  // S = Q K^T, is overwritten with P = exp(S*scale - m) (unnormalised), and O and the row
+  // sums are rescaled to the new maxima. kIsFirst: no previous block, nothing to rescale.
+  template <bool kIsFirst, class TensorS, class TensorO>
+  __forceinline__ __device__ void update(TensorS& acc_s, TensorO& acc_o, float scale_log2) {
+    update_scores<kIsFirst>(acc_s, scale_log2, [&](Correction const& c) {
+      if (!kIsFirst && c.rescale) rescale_o(acc_o, c.factor);
+    });
+  }
+
+  // The same step for kernels that rescale O later, because a wgmma still accumulates into
+  // it (the Hopper kernel's P V of the previous block runs under this block's softmax): the
+  // row sums are rescaled here, O by rescale_o(correction.factor).
   template <bool kIsFirst, class TensorS>
   __forceinline__ __device__ Correction update_scores(TensorS& acc_s, float scale_log2) {
+    return update_scores<kIsFirst>(acc_s, scale_log2, [](Correction const&) {});
+  }
+
+  // The step itself: new maxima and correction factors, then on_correction (which rescales
+  // O where the caller can), then P. O is rescaled before the exponentials, as the row
+  // sums are, so a kernel that rescales O here keeps the factors live only that long.
+  template <bool kIsFirst, class TensorS, class OnCorrection>
+  __forceinline__ __device__ Correction update_scores(TensorS& acc_s, float scale_log2, OnCorrection&& on_correction) {
     using namespace cute;
     Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
     float block_max[kNRows];
@@ -103,6 +89,7 @@ struct OnlineSoftmax {
         correction.factor[mi] = 1.f;  // kLazyRescale kept the stale maxima: nothing to scale
       }
     }
+    on_correction(correction);
     exponentiate(scores, scale_log2);
     return correction;
   }

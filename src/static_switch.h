@@ -8,8 +8,8 @@
 //   FA_CUTE_BOOL_SWITCH(cond, kName, [&] { launch<kName>(...); });
 //   FA_CUTE_MASK_MODE_SWITCH(mode, kMode, [&] { launch<kMode>(...); });
 //
-// Used by: run_fwd_sm80 and sm80_num_splits (the FwdMaskMode of fwd_kernel_sm80: 3
-// kernels per config and dtype).
+// Used by: Sm80FwdLaunch::dispatch (the FwdMaskMode of fwd_kernel_sm80: 3
+// kernels per config and dtype) and Sm90FwdLaunch::dispatch (causal or not).
 
 #define FA_CUTE_BOOL_SWITCH(COND, CONST_NAME, ...) \
   [&] {                                            \

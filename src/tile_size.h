@@ -56,7 +56,7 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
   return FwdTile{128, 64, 8, false};
 }
 
-// Default tile of the Hopper kernel (TMA + wgmma, src/hopper/; docs/hopper-plan.md sec. 2):
+// Default tile of the Hopper kernel (TMA + wgmma, src/sm90/; docs/hopper-plan.md sec. 2):
 // 64 query rows per consumer warpgroup (one wgmma atom), 2 or 3 of them (1 for short
 // queries); block_n is the key block, which is also the N of the S = Q K^T wgmma.
 // num_warps counts the producer warpgroup. Shared memory: Q + 2 stages of K and V (3-4
@@ -69,7 +69,7 @@ constexpr FwdTile sm80_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 //     ran slower, with ping-pong or without.
 //   d=128 causal: 128x128 persistent up to seqlen_q 8192, 128x176 non-persistent above.
 //     Since the persistent launch picks its L2 section for an even static schedule
-//     (persistent_causal_section, fwd_tile_coord.h), 128x128 persistent beat 128x176 at
+//     (persistent_causal_section, tile_scheduler_host.h), 128x128 persistent beat 128x176 at
 //     N = 4096 and 8192 but lost at 16384 (8192 to 16384 not measured). Short tiles gain
 //     most from the next tile's loads under this one's epilogue.
 //   d=64: 192x112, 3 consumer warpgroups (2 warpgroups with 128x192 spent as long in the

@@ -7,7 +7,8 @@
 #include <string>
 
 #include "expect.h"
-#include "fwd_tile_coord.h"
+#include "block_info.h"
+#include "tile_scheduler_host.h"
 #include "kernel_registry.h"
 #include "launch_checks.h"
 #include "tile_size.h"

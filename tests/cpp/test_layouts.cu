@@ -10,8 +10,8 @@
 
 #include "cute_utils.h"
 #include "expect.h"
-#include "fwd_kernel_traits.h"
-#include "fwd_tile_coord.h"
+#include "sm80/kernel_traits_sm80.h"
+#include "tile_scheduler_host.h"
 #include "kernel_registry.h"
 #include "tile_size.h"
 

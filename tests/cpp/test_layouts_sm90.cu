@@ -1,4 +1,4 @@
-// Host-side checks of the Hopper kernel's traits (src/hopper/fwd_kernel_traits_sm90.h):
+// Host-side checks of the Hopper kernel's traits (src/sm90/kernel_traits_sm90.h):
 // shared-memory budget, the wgmma accumulator's coordinates against the formula of
 // docs/hopper-plan.md sec. 4, the accumulator -> A-operand relabelling that feeds P to the
 // RS wgmma, and the GMMA descriptors the smem layouts produce. A wrong answer here would
@@ -12,7 +12,7 @@
 #include <cute/tensor.hpp>
 
 #include "expect.h"
-#include "hopper/fwd_kernel_traits_sm90.h"
+#include "sm90/kernel_traits_sm90.h"
 
 using namespace cute;
 

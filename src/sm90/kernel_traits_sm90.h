@@ -15,7 +15,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "cute_utils.h"
-#include "hopper/pipeline_sm90.h"
+#include "sm90/pipeline_sm90.h"
 
 namespace fa_cute {
 

@@ -1,0 +1,113 @@
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "cute_utils.h"
+#include "flash_params.h"
+#include "tile_scheduler.h"
+
+// Which keys a query tile sees and which of its scores are masked, for both kernel
+// families: the key blocks a tile visits (the causal bound, the split-KV share), the first
+// block that needs a mask, and the masks themselves (the ragged tail of seqlen_k, the
+// bottom-right causal diagonal of docs/design.md). The key range is also computed on the
+// host (the persistent schedule search counts the blocks each tile visits).
+
+namespace fa_cute {
+
+// What masking a launch needs (fwd_kernel_sm80's kMaskMode; Sm80FwdLaunch chooses).
+enum class FwdMaskMode {
+  kNone,        // non-causal, seqlen_q % kBlockM == 0 and seqlen_k % kBlockN == 0
+  kCausalEven,  // causal, same lengths rule
+  kGeneral,     // anything else: ragged tiles, causal or not
+};
+
+// The key blocks a query tile visits, [n_block_min, n_block_max), and the first of them
+// that needs a mask: the one holding column seqlen_k (a ragged tail) or, causal, the first
+// with a column past the diagonal of the tile's first row. Blocks before it run without
+// masking work. Split-KV: split s takes the s-th of num_splits equal runs of the blocks.
+// n_block_min >= n_block_max: no row of the tile sees a key (causal with seqlen_q >
+// seqlen_k), or the split has no blocks.
+struct FwdKeyRange {
+  int n_block_min;
+  int n_block_max;
+  int n_block_mask_start;
+
+  template <int kBlockM, int kBlockN, bool kSplitKV>
+  CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params) {
+    int n_block_max = (params.seqlen_k + kBlockN - 1) / kBlockN;
+    int n_block_mask_start = params.seqlen_k / kBlockN;
+    if (params.is_causal) {
+      int const row_first = c.m_block * kBlockM;
+      int const row_last = cute::min(row_first + kBlockM, params.seqlen_q) - 1;
+      // Row r sees columns c <= r + causal_offset.
+      n_block_max = cute::min(n_block_max, floor_div(row_last + params.causal_offset, kBlockN) + 1);
+      n_block_mask_start =
+          cute::min(n_block_mask_start, cute::max(0, floor_div(row_first + params.causal_offset + 1, kBlockN)));
+    }
+    int n_block_min = 0;
+    if (kSplitKV && params.num_splits > 1) {
+      int const per_split = (cute::max(n_block_max, 0) + params.num_splits - 1) / params.num_splits;
+      n_block_min = c.n_split * per_split;
+      n_block_max = cute::min(n_block_max, n_block_min + per_split);
+    }
+    return {n_block_min, n_block_max, n_block_mask_start};
+  }
+
+  CUTE_HOST_DEVICE int num_blocks() const { return n_block_max - n_block_min; }
+
+  // The i-th key block visited.
+  template <bool kReverse>
+  CUTE_DEVICE int block(int i) const { return kReverse ? n_block_max - 1 - i : n_block_min + i; }
+
+  // Visited first to last: how many blocks come before the first one that needs a mask.
+  CUTE_DEVICE int num_unmasked_first() const {
+    return cute::max(0, cute::min(n_block_mask_start - n_block_min, num_blocks()));
+  }
+  // Visited last to first: how many blocks at the start need a mask.
+  CUTE_DEVICE int num_masked_first_reversed() const {
+    return cute::max(0, cute::min(n_block_max - n_block_mask_start, num_blocks()));
+  }
+};
+
+// (row, column) in the (kBlockM, kBlockN) tile of each of a thread's accumulator elements
+// of S, viewed as rows x columns like the softmax views them (acc_layout_rowcol).
+template <int kBlockM, int kBlockN, class ThrMma>
+CUTE_DEVICE auto score_coords(ThrMma const& thr_mma) {
+  using namespace cute;
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));  // (MMA,MMA_M,MMA_N)
+  return make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));                           // (M,N)
+}
+
+// -inf for the scores that a row may not see: columns at or past col_end (the ragged tail of
+// seqlen_k) and, with is_causal, columns past row + diagonal. scores and coords are the
+// accumulator and the same partition of an identity tensor, both viewed as rows x columns;
+// a row's columns are tested against one limit.
+template <class TensorS, class TensorC>
+CUTE_DEVICE void apply_mask(TensorS&& scores, TensorC const& coords, int col_end, bool is_causal, int diagonal) {
+  using namespace cute;
+  CUTE_STATIC_ASSERT_V(rank(scores) == Int<2>{});
+  CUTE_STATIC_ASSERT_V(size(scores) == size(coords));
+  CUTE_UNROLL
+  for (int mi = 0; mi < size<0>(scores); ++mi) {
+    int const row = get<0>(coords(mi, 0));
+    int const limit = is_causal ? min(col_end, row + diagonal + 1) : col_end;
+    CUTE_UNROLL
+    for (int ni = 0; ni < size<1>(scores); ++ni) {
+      if (get<1>(coords(mi, ni)) >= limit) scores(mi, ni) = -INFINITY;
+    }
+  }
+}
+
+// The masks of key block n_block for query block m_block on one thread's scores acc_s (an
+// MMA accumulator of the (kBlockM, kBlockN) tile). kKeysEven: seqlen_k is a multiple of
+// kBlockN, so no column needs the tail mask.
+template <int kBlockM, int kBlockN, bool kKeysEven, class TensorS, class ThrMma>
+CUTE_DEVICE void mask_scores(TensorS& acc_s, ThrMma const& thr_mma, FwdParams const& params, int m_block, int n_block,
+                             bool is_causal) {
+  using namespace cute;
+  apply_mask(make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout())), score_coords<kBlockM, kBlockN>(thr_mma),
+             kKeysEven ? kBlockN : params.seqlen_k - n_block * kBlockN, is_causal,
+             m_block * kBlockM + params.causal_offset - n_block * kBlockN);
+}
+
+}  // namespace fa_cute

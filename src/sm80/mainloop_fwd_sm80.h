@@ -1,0 +1,271 @@
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "block_info.h"
+#include "cute_utils.h"
+#include "flash_params.h"
+#include "sm80/kernel_traits_sm80.h"
+#include "softmax.h"
+#include "tile_scheduler.h"
+
+namespace fa_cute {
+
+// The main loop of the sm80-instruction kernel (FlashAttention-2's): for one query tile,
+// S = Q K_j^T and O += P_j V_j over its key blocks, with the online softmax between them.
+// Every thread both loads and computes. The Q tile stays in shared memory while K and V
+// stream through in kBlockN-row blocks by cp.async: while the tensor cores compute
+// S = Q K_j^T the copy engine brings V_j, and while they compute O += P_j V_j it brings the
+// next K (Traits::kOverlapLoads). Operands go from shared memory to registers by ldmatrix
+// (V transposed on the way), the MMAs are mma.sync.
+//
+// Loads of a ragged tile (the last query tile, the last key block) are predicated per row:
+// rows past the end are zero-filled, never read. kMaskMode compiles out what a launch does
+// not need (FwdMaskMode): kNone holds no masking or row predication code at all,
+// kCausalEven masks the diagonal blocks but predicates no rows, kGeneral handles ragged
+// tiles, causal or not. The causal and seqlen_k masks run only in the key blocks that need
+// them (FwdKeyRange), in a loop of their own whose copy of the body holds the mask.
+template <class Traits, FwdMaskMode kMaskMode>
+struct Sm80FwdMainloop {
+  using Element = typename Traits::Element;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr bool kEven = kMaskMode != FwdMaskMode::kGeneral;  // no ragged tile: no row predication
+
+  // What the host passes: the problem itself (cp.async needs no descriptors).
+  using Arguments = FwdParams;
+  using Params = FwdParams;
+  static Params to_underlying_arguments(Arguments const& args) { return args; }
+
+  // Q, then one K and one V block (row-major tiles, swizzled: Traits::SmemLayoutQ/KV).
+  struct SharedStorage {
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>> smem_q;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>> smem_k;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>> smem_v;
+  };
+
+  using TileQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>;
+  using TileKV = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>;
+  using TiledMma = typename Traits::TiledMma;
+  using ThrMma = decltype(TiledMma{}.get_thread_slice(0));
+  using SmemTiledCopyQ = decltype(cute::make_tiled_copy_A(typename Traits::SmemCopyAtom{}, TiledMma{}));
+  using SmemTiledCopyK = decltype(cute::make_tiled_copy_B(typename Traits::SmemCopyAtom{}, TiledMma{}));
+  using SmemTiledCopyV = decltype(cute::make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, TiledMma{}));
+  using GmemTiledCopyQKV = typename Traits::GmemTiledCopyQKV;
+
+  Params const& params;
+  bool const is_causal;
+  // Shared tiles and this thread's pieces of them: the global -> shared copies (cp.async,
+  // 16 bytes), the MMA operand fragments and the shared -> register copies (ldmatrix).
+  decltype(cute::make_tensor(cute::make_smem_ptr(static_cast<Element*>(nullptr)),
+                             typename Traits::SmemLayoutQ{})) sQ;                        // (BLK_M,D)
+  decltype(cute::make_tensor(cute::make_smem_ptr(static_cast<Element*>(nullptr)),
+                             typename Traits::SmemLayoutKV{})) sK;                       // (BLK_N,D)
+  decltype(cute::make_tensor(cute::make_smem_ptr(static_cast<Element*>(nullptr)),
+                             typename Traits::SmemLayoutKV{})) sV;                       // (BLK_N,D)
+  GmemTiledCopyQKV gmem_tiled_copy_QKV;
+  decltype(GmemTiledCopyQKV{}.get_thread_slice(0)) gmem_thr_copy_QKV;
+  TiledMma tiled_mma;
+  ThrMma thr_mma;
+  SmemTiledCopyQ smem_tiled_copy_Q;
+  SmemTiledCopyK smem_tiled_copy_K;
+  SmemTiledCopyV smem_tiled_copy_V;
+
+  CUTE_DEVICE Sm80FwdMainloop(Params const& params_, bool is_causal_, SharedStorage& storage, int tidx)
+      : params(params_),
+        is_causal(is_causal_),
+        sQ(cute::make_tensor(cute::make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{})),
+        sK(cute::make_tensor(cute::make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutKV{})),
+        sV(cute::make_tensor(cute::make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutKV{})),
+        gmem_thr_copy_QKV(gmem_tiled_copy_QKV.get_thread_slice(tidx)),
+        thr_mma(tiled_mma.get_thread_slice(tidx)),
+        smem_tiled_copy_Q(cute::make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma)),
+        smem_tiled_copy_K(cute::make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma)),
+        smem_tiled_copy_V(cute::make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma)) {}
+
+  CUTE_DEVICE FwdKeyRange key_range(FwdTileCoord const& c) const {
+    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, params);
+  }
+
+  // --- Load ---------------------------------------------------------------------------------
+  // Global tiles: gmem_row_tile (64-bit base, 32-bit in-tile offsets).
+  CUTE_DEVICE auto gQ(FwdTileCoord const& c) const {  // (BLK_M,D)
+    return gmem_row_tile(static_cast<Element const*>(params.q_ptr), c.bidb * params.q_batch_stride + c.bidh * params.q_head_stride,
+                    c.m_block * kBlockM, params.q_row_stride, TileQ{});
+  }
+  CUTE_DEVICE auto gK(FwdTileCoord const& c, int n_block) const {  // (BLK_N,D)
+    return gmem_row_tile(static_cast<Element const*>(params.k_ptr),
+                    c.bidb * params.k_batch_stride + c.bidh_k * params.k_head_stride, n_block * kBlockN,
+                    params.k_row_stride, TileKV{});
+  }
+  CUTE_DEVICE auto gV(FwdTileCoord const& c, int n_block) const {  // (BLK_N,D)
+    return gmem_row_tile(static_cast<Element const*>(params.v_ptr),
+                    c.bidb * params.v_batch_stride + c.bidh_k * params.v_head_stride, n_block * kBlockN,
+                    params.v_row_stride, TileKV{});
+  }
+
+  // Whole tiles take the unpredicated copy; only a ragged last tile pays for row checks.
+  // Coordinate tensors (identity tensors partitioned like the data) are made where they
+  // are used, never kept across the main loop: every register there is taken.
+  template <class TensorG, class TensorS, class TileShape>
+  CUTE_DEVICE void load_rows(TensorG const& gX, TensorS const& sX, TileShape tile_shape, int num_rows) {
+    using namespace cute;
+    constexpr int tile_rows = decltype(size<0>(tile_shape))::value;
+    Tensor src = gmem_thr_copy_QKV.partition_S(gX);  // (CPY,CPY_ROWS,CPY_D)
+    Tensor dst = gmem_thr_copy_QKV.partition_D(sX);  // (CPY,CPY_ROWS,CPY_D)
+    if (kEven || num_rows >= tile_rows) {
+      copy(gmem_tiled_copy_QKV, src, dst);
+    } else {
+      copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy_QKV, src, dst,
+                                        gmem_thr_copy_QKV.partition_S(make_identity_tensor(tile_shape)), num_rows);
+    }
+  }
+  CUTE_DEVICE void load_q(FwdTileCoord const& c) { load_rows(gQ(c), sQ, TileQ{}, params.seqlen_q - c.m_block * kBlockM); }
+  CUTE_DEVICE void load_k(FwdTileCoord const& c, int n) { load_rows(gK(c, n), sK, TileKV{}, params.seqlen_k - n * kBlockN); }
+  CUTE_DEVICE void load_v(FwdTileCoord const& c, int n) { load_rows(gV(c, n), sV, TileKV{}, params.seqlen_k - n * kBlockN); }
+
+  // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
+  // nothing for a tile that sees no key.
+  CUTE_DEVICE void load_first(FwdTileCoord const& c) {
+    FwdKeyRange const keys = key_range(c);
+    if (keys.num_blocks() <= 0) return;
+    load_q(c);
+    if constexpr (Traits::kOverlapLoads) { load_k(c, keys.template block<Traits::kReverseKV>(0)); }
+    cute::cp_async_fence();
+  }
+
+  // --- MMA ----------------------------------------------------------------------------------
+  // One tile: the main loop over its key blocks into acc_o and softmax (cleared by the
+  // caller), whose Q and first K load_first has issued. on_last_s() runs once the tile's
+  // last S = Q K^T is computed (sQ and sK are free): a persistent block loads its next
+  // tile's Q and first K there, under this tile's last P V and its epilogue; it also runs
+  // for a tile that sees no key, after a barrier that orders the previous tile's reads of
+  // shared memory before the loads.
+  template <class TensorO, class Softmax, class OnLastS>
+  CUTE_DEVICE void mma(FwdTileCoord const& coord, TensorO& acc_o, Softmax& softmax, OnLastS&& on_last_s) {
+    using namespace cute;
+    constexpr bool kPrefetch = Traits::kRegPrefetch;
+    // A flag that is a run-time bool or a compile-time cute::true_type / false_type.
+    auto flag = [](auto f) -> bool {
+      if constexpr (cute::is_same_v<decltype(f), bool>) {
+        return f;
+      } else {
+        return decltype(f)::value;
+      }
+    };
+    FwdKeyRange const keys = key_range(coord);
+    int const num_blocks = keys.num_blocks();
+
+    Tensor tSrQ = thr_mma.partition_fragment_A(sQ);  // (MMA,MMA_M,MMA_D)
+    Tensor tSrK = thr_mma.partition_fragment_B(sK);  // (MMA,MMA_N,MMA_D)
+    Tensor sVtNoSwizzle = make_tensor(sV.data(), typename Traits::SmemLayoutVtNoSwizzle{});  // (D,BLK_N)
+    Tensor tOrVt = thr_mma.partition_fragment_B(sVtNoSwizzle);                              // (MMA,MMA_D,MMA_N)
+    auto smem_thr_copy_Q = smem_tiled_copy_Q.get_thread_slice(threadIdx.x);
+    auto smem_thr_copy_K = smem_tiled_copy_K.get_thread_slice(threadIdx.x);
+    auto smem_thr_copy_V = smem_tiled_copy_V.get_thread_slice(threadIdx.x);
+    Tensor tSsQ = smem_thr_copy_Q.partition_S(sQ);
+    Tensor tSsK = smem_thr_copy_K.partition_S(sK);
+    Tensor tOsVt = smem_thr_copy_V.partition_S(make_tensor(sV.data(), typename Traits::SmemLayoutVt{}));
+
+    // is_first: no previous block, so nothing to rescale. is_masked: the block needs the
+    // seqlen_k or causal mask. Both are compile-time, so that the loop over the blocks that
+    // need neither (all but one or two per tile) holds no masking code: with the mask as a
+    // run-time branch in the one loop, the persistent d=128 kernel ran out of registers and
+    // lost speed (docs/perf-notes.md, Ampere-style kernel: tile choices).
+    // is_last: no next key block; on_last_s goes here. In persistent mask-free kernels a
+    // compile-time flag outside the first iteration, so that the loop over the middle
+    // blocks neither tests it nor keeps the next tile's number in a register (ptxas had
+    // rematerialised it in every iteration; docs/perf-history.md v4).
+    auto iteration = [&](int i, auto is_first, auto is_masked, auto is_last) __attribute__((always_inline)) {
+      int const n_block = keys.template block<Traits::kReverseKV>(i);
+      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA,MMA_M,MMA_N)
+      clear(acc_s);
+      if constexpr (Traits::kOverlapLoads) {
+        cp_async_wait<0>();
+        // K_j has landed, and every warp has finished reading V_{j-1}: sV may be refilled.
+        __syncthreads();
+        load_v(coord, n_block);
+        cp_async_fence();
+      } else {
+        // Every warp has finished with sK and sV; load both and wait: no overlap.
+        __syncthreads();
+        load_k(coord, n_block);
+        load_v(coord, n_block);
+        cp_async_fence();
+        cp_async_wait<0>();
+        __syncthreads();
+      }
+
+      gemm_ss<kPrefetch>(acc_s, tSrQ, tSrK, tSsQ, tSsK, tiled_mma, smem_tiled_copy_Q, smem_tiled_copy_K,
+                         smem_thr_copy_Q, smem_thr_copy_K);
+
+      if constexpr (Traits::kOverlapLoads) {
+        cp_async_wait<0>();
+        // V_j has landed, and every warp has finished reading K_j (and, in the last
+        // iteration, Q): sK (and sQ) may be refilled.
+        __syncthreads();
+        if (!flag(is_last)) {
+          load_k(coord, keys.template block<Traits::kReverseKV>(i + 1));
+          cp_async_fence();
+        }
+      } else {
+        __syncthreads();  // everyone has finished reading sK (and sQ in the last iteration)
+      }
+      if (flag(is_last)) on_last_s();
+
+      if (flag(is_masked)) {
+        mask_scores<kBlockM, kBlockN, kEven>(acc_s, thr_mma, params, coord.m_block, n_block, is_causal);
+      }
+      softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
+
+      Tensor rP = convert_type<Element>(acc_s);
+      Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));  // (MMA,MMA_M,MMA_N/2)
+      gemm_rs<kPrefetch>(acc_o, tOrP, tOrVt, tOsVt, tiled_mma, smem_tiled_copy_V, smem_thr_copy_V);
+    };
+
+    if (num_blocks > 0) {
+      // The first iteration needs no rescale of O; peeling it keeps that branch out of the
+      // loops. It tests the mask at run time: one copy of the loop body fewer, outside the
+      // loops. Persistent mask-free kernels also peel the last iteration (see is_last);
+      // elsewhere that extra copy of the body made ptxas spill (in the masking variants
+      // and the d=256 64-row tiles), so there is_last is a run-time test.
+      using cute::false_type;
+      using cute::true_type;
+      int const last = num_blocks - 1;
+      if constexpr (kMaskMode == FwdMaskMode::kNone && Traits::kPersistent) {
+        iteration(0, true_type{}, false_type{}, last == 0);
+        if (last > 0) {
+          for (int i = 1; i < last; ++i) { iteration(i, false_type{}, false_type{}, false_type{}); }
+          iteration(last, false_type{}, false_type{}, true_type{});
+        }
+      } else if constexpr (kMaskMode == FwdMaskMode::kNone) {
+        iteration(0, true_type{}, false_type{}, last == 0);
+        for (int i = 1; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+      } else if constexpr (!Traits::kReverseKV) {
+        // The blocks that need a mask are the last ones visited.
+        int const n_unmasked = keys.num_unmasked_first();
+        iteration(0, true_type{}, n_unmasked == 0, last == 0);
+        int i = 1;
+        for (; i < n_unmasked; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+        for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+      } else {
+        // Visited last to first, the blocks that need a mask come first.
+        int const n_masked = keys.num_masked_first_reversed();
+        iteration(0, true_type{}, n_masked > 0, last == 0);
+        int i = 1;
+        for (; i < n_masked; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+        for (; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+      }
+    } else {
+      // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the
+      // barrier orders the previous tile's reads of shared memory (its sO, persistent)
+      // before the epilogue's writes and the next tile's loads.
+      softmax.reset();
+      __syncthreads();
+      on_last_s();
+    }
+  }
+};
+
+}  // namespace fa_cute

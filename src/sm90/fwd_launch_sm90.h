@@ -1,0 +1,106 @@
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include <cuda_runtime_api.h>
+
+#include <cute/tensor.hpp>
+
+#include "cuda_check.h"
+#include "flash_params.h"
+#include "fwd_launch.h"
+#include "sm90/fwd_kernel_sm90.h"
+#include "static_switch.h"
+
+namespace fa_cute {
+
+// A (seqlen, d, heads, batch) view of one of Q, K, V, O for make_tma_copy. TMA requires
+// 16-byte aligned bases and strides that are multiples of 16 bytes below 2^40; a failed
+// descriptor encode only prints under NDEBUG (cute/atom/copy_traits_sm90_tma.hpp), so the
+// rules are checked here and broken ones thrown. The Python layer passes stride 0 for a
+// dim of size 1 (it never enters an address); TMA is given d instead, any legal value.
+template <class Element, class Ptr>
+auto sm90_gmem_tensor(char const* name, Ptr* ptr, int seqlen, int head_dim, int heads, int batch,
+                      index_t row_stride, index_t head_stride, index_t batch_stride) {
+  using namespace cute;
+  auto legal = [&](char const* what, index_t stride, int extent) -> int64_t {
+    if (extent <= 1) return head_dim;
+    int64_t const bytes = stride * int64_t(sizeof(Element));
+    if (stride <= 0 || bytes % 16 != 0 || bytes >= (int64_t(1) << 40)) {
+      throw std::invalid_argument(std::string(name) + ": the " + what + " stride " + std::to_string(stride) +
+                                  " is not a positive multiple of 16 bytes below 2^40 (TMA's rule)");
+    }
+    return stride;
+  };
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) {
+    throw std::invalid_argument(std::string(name) + ": the data pointer is not 16-byte aligned (TMA's rule)");
+  }
+  return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)), make_shape(seqlen, head_dim, heads, batch),
+                     make_stride(legal("seqlen", row_stride, seqlen), _1{}, legal("head", head_stride, heads),
+                                 legal("batch", batch_stride, batch)));
+}
+
+// How the Hopper kernel is launched (the policy of run_fwd, fwd_launch.h): a variant per
+// causal flag, one CTA per SM (its shared memory admits no second), the TMA descriptors
+// built per call. Host only.
+template <class Traits_>
+struct Sm90FwdLaunch {
+  using Traits = Traits_;
+  using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
+  static constexpr char const* kName = "fwd_kernel_sm90 launch";
+
+  template <bool kCausal>
+  using Variant = std::integral_constant<bool, kCausal>;
+
+  template <class F>
+  static auto dispatch(FwdParams const& params, F&& f) {
+    return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] { return f(Variant<kCausal>{}); });
+  }
+
+  // The device's SM count, asked of the runtime once per (kernel, device); the first call
+  // also opts the kernel into its shared memory.
+  template <class V>
+  static int slots(int device) {
+    static PerDeviceCache cache;
+    return cache.get(device, [&] {
+      opt_in_dynamic_smem(&fwd_kernel_sm90<Traits, V::value>, Traits::kSmemSize, device);
+      int num_sms = 0;
+      check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
+                 "cudaDeviceGetAttribute(MultiProcessorCount)");
+      return num_sms;
+    });
+  }
+
+  // The problem plus the TMA descriptors of Q, K, V (the main loop's) and O (the epilogue's).
+  template <class V>
+  static Sm90FwdKernelParams<Traits, V::value> to_underlying_arguments(FwdParams const& params) {
+    using namespace cute;
+    using Element = typename Traits::Element;
+    int const d = params.head_dim;
+    auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
+                                        params.q_row_stride, params.q_head_stride, params.q_batch_stride);
+    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
+                                        params.k_row_stride, params.k_head_stride, params.k_batch_stride);
+    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
+                                        params.v_row_stride, params.v_head_stride, params.v_batch_stride);
+    auto mO_const = sm90_gmem_tensor<Element>("out", params.o_ptr, params.seqlen_q, d, params.nheads, params.batch,
+                                              params.o_row_stride, params.o_head_stride, params.o_batch_stride);
+    auto mO = make_tensor(make_gmem_ptr(static_cast<Element*>(params.o_ptr)), mO_const.layout());
+    return {params,
+            {make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{}),
+             make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{})),
+             make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutV{}))},
+            {make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{})}};
+  }
+
+  template <class V>
+  static void launch(Sm90FwdKernelParams<Traits, V::value> const& args, long long grid, cudaStream_t stream) {
+    fwd_kernel_sm90<Traits, V::value>
+        <<<dim3(static_cast<unsigned>(grid)), Traits::kNumThreads, Traits::kSmemSize, stream>>>(args);
+  }
+};
+
+}  // namespace fa_cute

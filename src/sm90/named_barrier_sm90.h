@@ -1,0 +1,15 @@
+#pragma once
+
+#include <cstdint>
+
+namespace fa_cute {
+
+// Named barriers of the Hopper kernel's consumer warpgroups. CUTLASS's NamedBarrier adds
+// its reserved count (8) to these ids, so they never collide with __syncthreads (hardware
+// id 0) or CUTLASS's own.
+enum class Sm90Barrier : uint32_t {
+  kOStaged = 0,  // every consumer thread has written its rows of O to shared memory
+  kWgTurn0 = 1,  // ping-pong: consumer warpgroup w may issue its GEMMs (ids 1 to kNumConsumerWG)
+};
+
+}  // namespace fa_cute
