@@ -41,6 +41,22 @@ def standard_cells(seqlens: List[int]) -> List[Tuple[str, Cell, str]]:
     return cells
 
 
+def sm80_cells() -> List[Tuple[str, Cell, str]]:
+    """Cells of the sm80-instruction kernel, which the heuristic does not pick on a Hopper
+    GPU: its default tile at d = 64 and 128 (N = 4096, non-causal and causal, bf16) and its
+    short-query tile on the packed GQA decode (split-KV), by config name."""
+    cells = []
+    for d, causal in itertools.product((64, 128), (0, 1)):
+        cells.append((f"bf16 d{d} {'causal' if causal else 'full'} N=4096 sm80",
+                      ("--config", f"sm80_m128n64w4_d{d}", "--dtype", "bf16", "--seqlen", "4096",
+                       "--heads", str(2048 // d), "--causal", str(causal)), "TFLOP/s"))
+    for n in (4096, 65536):
+        cells.append((f"bf16 decode gqa4 N_k={n} sm80",
+                      ("--config", "sm80_m64n64w4_d128", "--dtype", "bf16", "--batch", "16", "--seqlen",
+                       str(n), "--seqlen-q", "4", "--heads", "8", "--heads-k", "8"), "GB/s"))
+    return cells
+
+
 def run(binary: str, cell: Cell, args: argparse.Namespace) -> Tuple[float, float]:
     """(TFLOP/s, GB/s) of one fwd_bench run."""
     cmd = [binary, *cell, "--layout", "bhnd", "--warmup-ms", str(args.warmup_ms),
@@ -62,8 +78,11 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--slower", type=float, default=0.02, help="flag B / A below 1 - this")
     p.add_argument("--json", help="write every run's numbers to this file")
+    p.add_argument("--sm80", action="store_true",
+                   help="also time the sm80-instruction kernel's default tiles by config name (both builds "
+                        "must hold sm80_m128n64w4_d64/_d128 and sm80_m64n64w4_d128)")
     args = p.parse_args()
-    cells = standard_cells([int(n) for n in args.seqlens.split(",")])
+    cells = standard_cells([int(n) for n in args.seqlens.split(",")]) + (sm80_cells() if args.sm80 else [])
     runs: Dict[Tuple[str, str], List[float]] = {}
     rng = random.Random(0)
     for r in range(args.rounds):
