@@ -1,8 +1,12 @@
 #pragma once
 
-// Tile sizes: the one place where a kernel's (block M, block N, warps) is chosen. The
-// generated instantiations and the host's default-config heuristic both call this, so a
-// kernel is never built with a tile that the dispatcher does not pick, and vice versa.
+// Default tiles: the one place where the built-in heuristic chooses a kernel's (block M,
+// block N, warps, persistent) for a problem. Which configs are built is the config table
+// of src/generate_kernels.py, which does not call these functions; the heuristic
+// (default_fwd_config, src/fwd_heuristic.cpp) does, and names the tile by that table
+// (src/generated/config_table.h). static_asserts in fwd_heuristic.cpp fail the build if
+// these functions can return a tile that is not a production config there; the table
+// also holds configs these functions never pick (for config= and the auto-tuner).
 
 namespace fa_cute {
 

@@ -56,6 +56,7 @@ struct Sm80FwdMainloop {
 
   Params const& params;
   bool const is_causal;
+  int const tidx;
   // Shared tiles and this thread's pieces of them: the global -> shared copies (cp.async,
   // 16 bytes), the MMA operand fragments and the shared -> register copies (ldmatrix).
   decltype(cute::make_tensor(cute::make_smem_ptr(static_cast<Element*>(nullptr)),
@@ -72,14 +73,15 @@ struct Sm80FwdMainloop {
   SmemTiledCopyK smem_tiled_copy_K;
   SmemTiledCopyV smem_tiled_copy_V;
 
-  CUTE_DEVICE Sm80FwdMainloop(Params const& params_, bool is_causal_, SharedStorage& storage, int tidx)
+  CUTE_DEVICE Sm80FwdMainloop(Params const& params_, bool is_causal_, SharedStorage& storage, int tidx_)
       : params(params_),
         is_causal(is_causal_),
+        tidx(tidx_),
         sQ(cute::make_tensor(cute::make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{})),
         sK(cute::make_tensor(cute::make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutKV{})),
         sV(cute::make_tensor(cute::make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutKV{})),
-        gmem_thr_copy_QKV(gmem_tiled_copy_QKV.get_thread_slice(tidx)),
-        thr_mma(tiled_mma.get_thread_slice(tidx)),
+        gmem_thr_copy_QKV(gmem_tiled_copy_QKV.get_thread_slice(tidx_)),
+        thr_mma(tiled_mma.get_thread_slice(tidx_)),
         smem_tiled_copy_Q(cute::make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma)),
         smem_tiled_copy_K(cute::make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma)),
         smem_tiled_copy_V(cute::make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma)) {}
@@ -161,9 +163,9 @@ struct Sm80FwdMainloop {
     Tensor tSrK = thr_mma.partition_fragment_B(sK);  // (MMA,MMA_N,MMA_D)
     Tensor sVtNoSwizzle = make_tensor(sV.data(), typename Traits::SmemLayoutVtNoSwizzle{});  // (D,BLK_N)
     Tensor tOrVt = thr_mma.partition_fragment_B(sVtNoSwizzle);                              // (MMA,MMA_D,MMA_N)
-    auto smem_thr_copy_Q = smem_tiled_copy_Q.get_thread_slice(threadIdx.x);
-    auto smem_thr_copy_K = smem_tiled_copy_K.get_thread_slice(threadIdx.x);
-    auto smem_thr_copy_V = smem_tiled_copy_V.get_thread_slice(threadIdx.x);
+    auto smem_thr_copy_Q = smem_tiled_copy_Q.get_thread_slice(tidx);
+    auto smem_thr_copy_K = smem_tiled_copy_K.get_thread_slice(tidx);
+    auto smem_thr_copy_V = smem_tiled_copy_V.get_thread_slice(tidx);
     Tensor tSsQ = smem_thr_copy_Q.partition_S(sQ);
     Tensor tSsK = smem_thr_copy_K.partition_S(sK);
     Tensor tOsVt = smem_thr_copy_V.partition_S(make_tensor(sV.data(), typename Traits::SmemLayoutVt{}));
