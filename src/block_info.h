@@ -69,6 +69,37 @@ struct FwdKeyRange {
   }
 };
 
+// The backward kernel's inverse of FwdKeyRange: the query blocks that see key block n_block,
+// [m_block_min, m_block_max). Without is_causal every query block. With it, row r sees key
+// c iff c <= r + causal_offset, so the rows that see any key of the block are those from
+// n_block * kBlockN - causal_offset on (the block's first key is the one they see first),
+// and the range starts at the query block holding that row; empty when that row is past
+// seqlen_q. Exact: every block in the range has a row below seqlen_q that sees a key of
+// the block, no block outside has one (tests/cpp/test_bwd.cu, against brute force).
+struct BwdQueryRange {
+  int m_block_min;
+  int m_block_max;
+
+  template <int kBlockM, int kBlockN>
+  CUTE_HOST_DEVICE static BwdQueryRange of(int n_block, int seqlen_q, bool is_causal, int causal_offset) {
+    int const m_block_max = (seqlen_q + kBlockM - 1) / kBlockM;
+    if (!is_causal) return {0, m_block_max};
+    int const first_row = n_block * kBlockN - causal_offset;  // |terms| <= 2^29 + a block: no wrap
+    if (first_row >= seqlen_q) return {m_block_max, m_block_max};
+    return {cute::max(0, floor_div(first_row, kBlockM)), m_block_max};
+  }
+
+  CUTE_HOST_DEVICE int num_blocks() const { return m_block_max - m_block_min; }
+
+  // Whether the (m_block, n_block) tile of scores needs a mask: a key past seqlen_k in the
+  // block, or, causal, a key past the diagonal of the tile's first row.
+  template <int kBlockM, int kBlockN>
+  CUTE_HOST_DEVICE static bool needs_mask(int m_block, int n_block, int seqlen_k, bool is_causal, int causal_offset) {
+    int const key_end = (n_block + 1) * kBlockN;
+    return key_end > seqlen_k || (is_causal && key_end - 1 > m_block * kBlockM + causal_offset);
+  }
+};
+
 // (row, column) in the (kBlockM, kBlockN) tile of each of a thread's accumulator elements
 // of S, viewed as rows x columns like the softmax views them (acc_layout_rowcol).
 template <int kBlockM, int kBlockN, class ThrMma>

@@ -1,0 +1,42 @@
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+#include "bwd_params.h"
+#include "bwd_prepost.h"
+#include "cuda_check.h"
+
+// The one launch template of the backward: preprocess (D, zeroed dq_accum), the family's
+// main kernel, postprocess (dq). A family supplies a launch policy (sm80/bwd_launch_sm80.h)
+// with
+//   Traits                          kHeadDim, kBlockM, kBlockN, kNThreads, Element
+//   kName                           the main kernel's name, for error messages
+//   launch(params, device, stream)  the main kernel's launch (opts into shared memory)
+// Host only. Not deterministic: dQ is summed by fp32 atomics in arbitrary order.
+
+namespace fa_cute {
+
+template <class Launch>
+void run_bwd(BwdParams const& params, cudaStream_t stream) {
+  using Traits = typename Launch::Traits;
+  using Element = typename Traits::Element;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  if (params.head_dim != kHeadDim) {
+    throw std::invalid_argument("head_dim: this config is built for d=" + std::to_string(kHeadDim) + ", got " +
+                                std::to_string(params.head_dim));
+  }
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  using Rows = BwdRowKernel<Element, kHeadDim>;
+  bwd_preprocess_kernel<Element, kHeadDim><<<Rows::grid(params), Rows::kNThreads, 0, stream>>>(params);
+  check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
+  Launch::launch(params, device, stream);
+  check_cuda(cudaGetLastError(), Launch::kName);
+  bwd_postprocess_kernel<Element, kHeadDim><<<Rows::grid(params), Rows::kNThreads, 0, stream>>>(params);
+  check_cuda(cudaGetLastError(), "bwd_postprocess_kernel launch");
+}
+
+}  // namespace fa_cute

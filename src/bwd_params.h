@@ -1,0 +1,57 @@
+#pragma once
+
+#include <cstdint>
+
+#include "flash_params.h"
+
+namespace fa_cute {
+
+// Everything the backward kernels need (preprocess, main, postprocess), filled by the host
+// from plain integers: no torch. Element strides are 64-bit, (batch, row, head), the last
+// dim contiguous; the fp32 buffers are contiguous.
+struct BwdParams {
+  // Inputs (bf16/fp16): q, out, dout (batch, seqlen_q, nheads, d); k, v (batch, seqlen_k,
+  // nheads_k, d); lse fp32 (batch, nheads, seqlen_q), the forward's natural-log LSE of the
+  // scaled scores (-inf for a row that sees no key).
+  void const* __restrict__ q_ptr;
+  void const* __restrict__ k_ptr;
+  void const* __restrict__ v_ptr;
+  void const* __restrict__ o_ptr;
+  void const* __restrict__ do_ptr;
+  float const* __restrict__ lse_ptr;
+  // Outputs: dq (like q), dk and dv (like k), in the input dtype.
+  void* __restrict__ dq_ptr;
+  void* __restrict__ dk_ptr;
+  void* __restrict__ dv_ptr;
+  // Work buffers, fp32, contiguous, allocated by the caller: dq_accum (batch, nheads,
+  // seqlen_q, d), zeroed by the preprocess kernel, summed into by the main kernel's
+  // atomics; softmax_d (batch, nheads, seqlen_q), D = rowsum(dO * O), written by the
+  // preprocess kernel.
+  float* __restrict__ dq_accum_ptr;
+  float* __restrict__ softmax_d_ptr;
+
+  index_t q_batch_stride, q_row_stride, q_head_stride;
+  index_t k_batch_stride, k_row_stride, k_head_stride;
+  index_t v_batch_stride, v_row_stride, v_head_stride;
+  index_t o_batch_stride, o_row_stride, o_head_stride;
+  index_t do_batch_stride, do_row_stride, do_head_stride;
+  index_t dq_batch_stride, dq_row_stride, dq_head_stride;
+  index_t dk_batch_stride, dk_row_stride, dk_head_stride;
+  index_t dv_batch_stride, dv_row_stride, dv_head_stride;
+
+  int batch;
+  int seqlen_q;
+  int seqlen_k;
+  int nheads;
+  int nheads_k;  // nheads % nheads_k == 0; K/V head hk serves query heads hk*g .. hk*g+g-1
+  int head_dim;
+
+  // With is_causal, query row r sees key c iff c <= r + causal_offset (as FwdParams).
+  bool is_causal;
+  int causal_offset;
+
+  float softmax_scale;       // the forward's scale of Q K^T
+  float softmax_scale_log2;  // softmax_scale * log2(e)
+};
+
+}  // namespace fa_cute

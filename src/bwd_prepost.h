@@ -1,0 +1,108 @@
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+
+#include <cutlass/array.h>
+#include <cutlass/numeric_conversion.h>
+
+#include "bwd_params.h"
+
+// The backward's two row-wise kernels around the main kernel, shared by every family:
+//   preprocess:  D[b,h,i] = sum_c dO[b,i,h,c] * O[b,i,h,c] (fp32) into softmax_d, and
+//                dq_accum[b,h,i,:] = 0;
+//   postprocess: dq[b,i,h,:] = dq_accum[b,h,i,:] * softmax_scale in the input dtype.
+// A row of d elements is handled by d/8 threads of 16-byte (8-element) accesses; rows are
+// numbered (b, h, i) as in softmax_d and dq_accum, and a grid-stride loop covers any count.
+
+namespace fa_cute {
+
+template <class Element, int kHeadDim>
+struct BwdRowKernel {
+  static constexpr int kNThreads = 128;
+  static constexpr int kThreadsPerRow = kHeadDim / 8;
+  static constexpr int kRowsPerBlock = kNThreads / kThreadsPerRow;
+  static_assert(kHeadDim % 8 == 0 && 32 % kThreadsPerRow == 0, "a row's threads must be within one warp");
+  using Vec = cutlass::Array<Element, 8>;
+  using VecF = cutlass::Array<float, 8>;
+
+  // This thread's row (b, h, i) and the 8 elements of it it handles, or false.
+  struct Row {
+    int64_t index;  // (b * nheads + h) * seqlen_q + i
+    int b, h, i;
+    int col;        // first of its 8 columns
+  };
+  CUTE_DEVICE static Row row_of(int64_t first_row, BwdParams const& params) {
+    Row r;
+    r.index = first_row + threadIdx.x / kThreadsPerRow;
+    r.col = (threadIdx.x % kThreadsPerRow) * 8;
+    int64_t const bh = r.index / params.seqlen_q;
+    r.i = int(r.index - bh * params.seqlen_q);
+    r.h = int(bh % params.nheads);
+    r.b = int(bh / params.nheads);
+    return r;
+  }
+  CUTE_HOST_DEVICE static int64_t num_rows(BwdParams const& params) {
+    return int64_t(params.batch) * params.nheads * params.seqlen_q;
+  }
+  template <class T>
+  CUTE_DEVICE static T const* at(void const* ptr, Row const& r, index_t bs, index_t rs, index_t hs) {
+    return static_cast<T const*>(ptr) + r.b * bs + r.i * rs + r.h * hs + r.col;
+  }
+  // Blocks to launch: enough for the rows, at most 2^20 (the loop covers the rest).
+  static unsigned grid(BwdParams const& params) {
+    int64_t const blocks = (num_rows(params) + kRowsPerBlock - 1) / kRowsPerBlock;
+    return unsigned(blocks < (int64_t(1) << 20) ? blocks : (int64_t(1) << 20));
+  }
+};
+
+template <class Element, int kHeadDim>
+__global__ void __launch_bounds__(128) bwd_preprocess_kernel(__grid_constant__ BwdParams const params) {
+  using K = BwdRowKernel<Element, kHeadDim>;
+  int64_t const rows = K::num_rows(params);
+  cutlass::NumericArrayConverter<float, Element, 8> to_float;
+  // The loop bound is uniform in the block: every lane reaches the shuffles.
+  for (int64_t first = int64_t(blockIdx.x) * K::kRowsPerBlock; first < rows;
+       first += int64_t(gridDim.x) * K::kRowsPerBlock) {
+    typename K::Row const r = K::row_of(first, params);
+    bool const valid = r.index < rows;
+    float dot = 0.f;
+    if (valid) {
+      auto const o = to_float(*reinterpret_cast<typename K::Vec const*>(
+          K::template at<Element>(params.o_ptr, r, params.o_batch_stride, params.o_row_stride, params.o_head_stride)));
+      auto const d_o = to_float(*reinterpret_cast<typename K::Vec const*>(K::template at<Element>(
+          params.do_ptr, r, params.do_batch_stride, params.do_row_stride, params.do_head_stride)));
+      CUTE_UNROLL
+      for (int c = 0; c < 8; ++c) dot += o[c] * d_o[c];
+      float4* acc = reinterpret_cast<float4*>(params.dq_accum_ptr + r.index * kHeadDim + r.col);
+      acc[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+      acc[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    CUTE_UNROLL
+    for (int offset = K::kThreadsPerRow / 2; offset > 0; offset /= 2) {
+      dot += __shfl_xor_sync(0xffffffff, dot, offset);
+    }
+    if (valid && r.col == 0) params.softmax_d_ptr[r.index] = dot;
+  }
+}
+
+template <class Element, int kHeadDim>
+__global__ void __launch_bounds__(128) bwd_postprocess_kernel(__grid_constant__ BwdParams const params) {
+  using K = BwdRowKernel<Element, kHeadDim>;
+  int64_t const rows = K::num_rows(params);
+  cutlass::NumericArrayConverter<Element, float, 8> to_element;
+  for (int64_t first = int64_t(blockIdx.x) * K::kRowsPerBlock; first < rows;
+       first += int64_t(gridDim.x) * K::kRowsPerBlock) {
+    typename K::Row const r = K::row_of(first, params);
+    if (r.index >= rows) continue;
+    typename K::VecF acc = *reinterpret_cast<typename K::VecF const*>(params.dq_accum_ptr + r.index * kHeadDim + r.col);
+    CUTE_UNROLL
+    for (int c = 0; c < 8; ++c) acc[c] *= params.softmax_scale;
+    auto* dq = const_cast<Element*>(
+        K::template at<Element>(params.dq_ptr, r, params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride));
+    *reinterpret_cast<typename K::Vec*>(dq) = to_element(acc);
+  }
+}
+
+}  // namespace fa_cute

@@ -1,0 +1,289 @@
+#pragma once
+
+#include <cmath>
+
+#include <cute/tensor.hpp>
+
+#include "block_info.h"
+#include "bwd_params.h"
+#include "cute_utils.h"
+#include "sm80/kernel_traits_bwd_sm80.h"
+
+namespace fa_cute {
+
+// FlashAttention-2's backward on sm80 instructions (cp.async, ldmatrix, mma.sync): one CTA
+// per (key block n_block of kBlockN rows, K/V head hk, batch b). It loads K_j and V_j once,
+// then for each query head h of hk's group (GQA/MQA: dK and dV of the group are summed in
+// registers) and each query block m that sees key block j (BwdQueryRange):
+//   S  = Q_m K_j^T                                  acc_s  (TiledMmaSdP)
+//   P  = exp(S * scale - lse) = exp2(S * scale_log2 - lse * log2 e), masked entries 0
+//   dP = dO_m V_j^T                                 acc_dp (TiledMmaSdP)
+//   dS = P * (dP - D), D = rowsum(dO * O) from the preprocess kernel
+//   dV += P^T dO_m,  dK += dS^T Q_m                 acc_dv, acc_dk (TiledMmadKV)
+//   dQ_m += dS K_j: acc_dq (TiledMmadQ) added to the fp32 dq_accum by atomics
+// and at the end stores dK * scale and dV in the input dtype. Every step waits for its
+// loads (no overlap): the simple, first version.
+//
+// Ragged tiles: rows of Q/dO past seqlen_q and of K/V past seqlen_k are zero-filled in
+// shared memory (copy_rows), never read from global memory. A query row past seqlen_q, or
+// one whose LSE is -inf (it sees no key), takes LSE = +inf: its P is exp2(-inf) = 0, not the
+// NaN of -inf - (-inf); then dS = 0 too. Keys past seqlen_k and, causal, past the diagonal
+// are masked to S = -inf, so P = dS = 0 there. Stores skip rows past the ends.
+template <class Traits>
+struct Sm80BwdMainloop {
+  using Element = typename Traits::Element;
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>> smem_q;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>> smem_do;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>> smem_k;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>> smem_v;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutPdS>> smem_p;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutPdS>> smem_ds;
+  };
+  static_assert(int(sizeof(SharedStorage)) == Traits::kSmemSize, "the traits' shared memory size is the kernel's");
+};
+
+// Which (key block, K/V head, batch) tile blockIdx.x is: key block fastest, so that
+// neighbouring CTAs read the same Q and dO (L2), and under causal masking the key blocks
+// with the most query blocks (the first ones) start first.
+struct BwdTileCoord {
+  int n_block;
+  int bidh_k;
+  int bidb;
+
+  CUTE_HOST_DEVICE BwdTileCoord(int tile, int num_n_blocks, int nheads_k) {
+    n_block = tile % num_n_blocks;
+    int const bh = tile / num_n_blocks;
+    bidh_k = bh % nheads_k;
+    bidb = bh / nheads_k;
+  }
+};
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_constant__ BwdParams const params) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  using TileQ = Shape<Int<kBlockM>, Int<kHeadDim>>;   // Q, dO, dQ
+  using TileKV = Shape<Int<kBlockN>, Int<kHeadDim>>;  // K, V, dK, dV
+  using TileS = Shape<Int<kBlockM>, Int<kBlockN>>;    // S, P, dP, dS
+  int const tidx = threadIdx.x;
+
+  int const num_n_blocks = (params.seqlen_k + kBlockN - 1) / kBlockN;
+  BwdTileCoord const coord(int(blockIdx.x), num_n_blocks, params.nheads_k);
+  int const n_block = coord.n_block;
+  int const group = params.nheads / params.nheads_k;
+  BwdQueryRange const queries =
+      BwdQueryRange::of<kBlockM, kBlockN>(n_block, params.seqlen_q, params.is_causal, params.causal_offset);
+
+  extern __shared__ __align__(128) char smem[];
+  auto& storage = *reinterpret_cast<typename Sm80BwdMainloop<Traits>::SharedStorage*>(smem);
+  Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{});      // (BLK_M,D)
+  Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data()), typename Traits::SmemLayoutQ{});    // (BLK_M,D)
+  Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutKV{});     // (BLK_N,D)
+  Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutKV{});     // (BLK_N,D)
+  Tensor sP = make_tensor(make_smem_ptr(storage.smem_p.data()), typename Traits::SmemLayoutPdS{});    // (BLK_M,BLK_N)
+  Tensor sdS = make_tensor(make_smem_ptr(storage.smem_ds.data()), typename Traits::SmemLayoutPdS{});  // (BLK_M,BLK_N)
+  // Transposed views of the same memory, with and without the swizzle (the register
+  // fragments take the unswizzled shape, the ldmatrix.trans copies the swizzled layout).
+  Tensor sQt = make_tensor(sQ.data(), typename Traits::SmemLayoutQt{});                // (D,BLK_M)
+  Tensor sdOt = make_tensor(sdO.data(), typename Traits::SmemLayoutQt{});              // (D,BLK_M)
+  Tensor sKt = make_tensor(sK.data(), typename Traits::SmemLayoutKt{});                // (D,BLK_N)
+  Tensor sPt = make_tensor(sP.data(), typename Traits::SmemLayoutPdSt{});              // (BLK_N,BLK_M)
+  Tensor sdSt = make_tensor(sdS.data(), typename Traits::SmemLayoutPdSt{});            // (BLK_N,BLK_M)
+  Tensor sQtNoSwizzle = make_tensor(sQ.data(), typename Traits::SmemLayoutQtNoSwizzle{});
+  Tensor sKtNoSwizzle = make_tensor(sK.data(), typename Traits::SmemLayoutKtNoSwizzle{});
+  Tensor sPtNoSwizzle = make_tensor(sP.data(), typename Traits::SmemLayoutPdStNoSwizzle{});
+
+  // --- Loads: cp.async, 16 bytes; rows past the length zero-filled, never read ------------
+  typename Traits::GmemTiledCopyQKV gmem_tiled_copy;
+  auto gmem_thr_copy = gmem_tiled_copy.get_thread_slice(tidx);
+  auto load_tile = [&](auto const& gX, auto& sX, auto tile_shape, int num_rows) {
+    copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy, gmem_thr_copy.partition_S(gX), gmem_thr_copy.partition_D(sX),
+                                      gmem_thr_copy.partition_S(make_identity_tensor(tile_shape)), num_rows);
+  };
+  int const key_rows = params.seqlen_k - n_block * kBlockN;  // keys of this block below seqlen_k (may exceed kBlockN)
+  load_tile(gmem_row_tile(static_cast<Element const*>(params.k_ptr),
+                          coord.bidb * params.k_batch_stride + coord.bidh_k * params.k_head_stride, n_block * kBlockN,
+                          params.k_row_stride, TileKV{}),
+            sK, TileKV{}, key_rows);
+  load_tile(gmem_row_tile(static_cast<Element const*>(params.v_ptr),
+                          coord.bidb * params.v_batch_stride + coord.bidh_k * params.v_head_stride, n_block * kBlockN,
+                          params.v_row_stride, TileKV{}),
+            sV, TileKV{}, key_rows);
+  cp_async_fence();
+
+  // --- MMAs, their operand fragments and ldmatrix copies ------------------------------------
+  typename Traits::TiledMmaSdP mma_sdp;
+  typename Traits::TiledMmadKV mma_dkv;
+  typename Traits::TiledMmadQ mma_dq;
+  auto thr_sdp = mma_sdp.get_thread_slice(tidx);
+  auto thr_dkv = mma_dkv.get_thread_slice(tidx);
+  auto thr_dq = mma_dq.get_thread_slice(tidx);
+  using AtomN = typename Traits::SmemCopyAtom;            // ldmatrix: operand stored K-contiguous
+  using AtomT = typename Traits::SmemCopyAtomTransposed;  // ldmatrix.trans: operand stored M/N-contiguous
+  // S and dP: A = Q / dO (BLK_M,D), B = K / V (BLK_N,D), both K-contiguous.
+  auto copy_sdp_a = make_tiled_copy_A(AtomN{}, mma_sdp);
+  auto copy_sdp_b = make_tiled_copy_B(AtomN{}, mma_sdp);
+  auto thr_copy_sdp_a = copy_sdp_a.get_thread_slice(tidx);
+  auto thr_copy_sdp_b = copy_sdp_b.get_thread_slice(tidx);
+  // dV and dK: A = P^T / dS^T (BLK_N,BLK_M), B = dO^T / Q^T (D,BLK_M): views of row-major
+  // tiles, so both transposed.
+  auto copy_dkv_a = make_tiled_copy_A(AtomT{}, mma_dkv);
+  auto copy_dkv_b = make_tiled_copy_B(AtomT{}, mma_dkv);
+  auto thr_copy_dkv_a = copy_dkv_a.get_thread_slice(tidx);
+  auto thr_copy_dkv_b = copy_dkv_b.get_thread_slice(tidx);
+  // dQ: A = dS (BLK_M,BLK_N) K-contiguous, B = K^T (D,BLK_N) transposed.
+  auto copy_dq_a = make_tiled_copy_A(AtomN{}, mma_dq);
+  auto copy_dq_b = make_tiled_copy_B(AtomT{}, mma_dq);
+  auto thr_copy_dq_a = copy_dq_a.get_thread_slice(tidx);
+  auto thr_copy_dq_b = copy_dq_b.get_thread_slice(tidx);
+
+  Tensor acc_dk = partition_fragment_C(mma_dkv, TileKV{});  // (MMA,MMA_N,MMA_D): sum over heads and query blocks
+  Tensor acc_dv = partition_fragment_C(mma_dkv, TileKV{});  // (MMA,MMA_N,MMA_D)
+  clear(acc_dk);
+  clear(acc_dv);
+
+  // (row, column) in the (BLK_M,BLK_N) tile of each of this thread's S / dP values, viewed
+  // as rows x columns (acc_layout_rowcol).
+  Tensor coords_s = score_coords<kBlockM, kBlockN>(thr_sdp);
+  float const lse_log2e = float(M_LOG2E);
+
+  for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
+    int const bidh = coord.bidh_k * group + h_in_group;
+    int64_t const row_base = (int64_t(coord.bidb) * params.nheads + bidh) * params.seqlen_q;  // of lse, D, dq_accum
+    for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block) {
+      int const query_rows = params.seqlen_q - m_block * kBlockM;
+      // Every warp has finished reading the previous block's sQ, sdO, sP, sdS.
+      __syncthreads();
+      load_tile(gmem_row_tile(static_cast<Element const*>(params.q_ptr),
+                              coord.bidb * params.q_batch_stride + bidh * params.q_head_stride, m_block * kBlockM,
+                              params.q_row_stride, TileQ{}),
+                sQ, TileQ{}, query_rows);
+      load_tile(gmem_row_tile(static_cast<Element const*>(params.do_ptr),
+                              coord.bidb * params.do_batch_stride + bidh * params.do_head_stride, m_block * kBlockM,
+                              params.do_row_stride, TileQ{}),
+                sdO, TileQ{}, query_rows);
+      cp_async_fence();
+      cp_async_wait<0>();  // Q_m, dO_m (and, the first time, K_j, V_j) have landed
+      __syncthreads();
+
+      // S = Q K^T and dP = dO V^T.
+      Tensor acc_s = partition_fragment_C(mma_sdp, TileS{});  // (MMA,MMA_M,MMA_N)
+      clear(acc_s);
+      {
+        Tensor tSrQ = thr_sdp.partition_fragment_A(sQ);  // (MMA,MMA_M,MMA_D)
+        Tensor tSrK = thr_sdp.partition_fragment_B(sK);  // (MMA,MMA_N,MMA_D)
+        gemm_ss<true>(acc_s, tSrQ, tSrK, thr_copy_sdp_a.partition_S(sQ), thr_copy_sdp_b.partition_S(sK), mma_sdp,
+                      copy_sdp_a, copy_sdp_b, thr_copy_sdp_a, thr_copy_sdp_b);
+      }
+      Tensor acc_dp = partition_fragment_C(mma_sdp, TileS{});  // (MMA,MMA_M,MMA_N)
+      clear(acc_dp);
+      {
+        Tensor tdPrdO = thr_sdp.partition_fragment_A(sdO);  // (MMA,MMA_M,MMA_D)
+        Tensor tdPrV = thr_sdp.partition_fragment_B(sV);    // (MMA,MMA_N,MMA_D)
+        gemm_ss<true>(acc_dp, tdPrdO, tdPrV, thr_copy_sdp_a.partition_S(sdO), thr_copy_sdp_b.partition_S(sV), mma_sdp,
+                      copy_sdp_a, copy_sdp_b, thr_copy_sdp_a, thr_copy_sdp_b);
+      }
+
+      // P and dS, row by row (rows x columns views of the accumulators).
+      Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (ROWS,COLS): S, then P
+      Tensor dp = make_tensor(acc_dp.data(), acc_layout_rowcol(acc_dp.layout()));    // (ROWS,COLS): dP, then dS
+      if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, n_block, params.seqlen_k, params.is_causal,
+                                                        params.causal_offset)) {
+        apply_mask(scores, coords_s, params.seqlen_k - n_block * kBlockN, params.is_causal,
+                   m_block * kBlockM + params.causal_offset - n_block * kBlockN);
+      }
+      CUTE_UNROLL
+      for (int mi = 0; mi < size<0>(scores); ++mi) {
+        int const row = get<0>(coords_s(mi, 0));  // in the tile
+        // +inf for rows past seqlen_q and rows that see no key (LSE -inf): P = 0 there.
+        float lse_scaled = INFINITY;
+        float d = 0.f;
+        if (row < query_rows) {
+          int64_t const r = row_base + m_block * kBlockM + row;
+          float const lse = params.lse_ptr[r];
+          lse_scaled = lse == -INFINITY ? INFINITY : lse * lse_log2e;
+          d = params.softmax_d_ptr[r];
+        }
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(scores); ++ni) {
+          float const p = exp2_approx(scores(mi, ni) * params.softmax_scale_log2 - lse_scaled);
+          scores(mi, ni) = p;
+          dp(mi, ni) = p * (dp(mi, ni) - d);
+        }
+      }
+
+      // P and dS to shared memory, in the input dtype: the dK/dV GEMMs read them transposed,
+      // the dQ GEMM reads dS as it is.
+      {
+        Tensor rP = convert_type<Element>(acc_s);
+        Tensor rdS = convert_type<Element>(acc_dp);
+        auto copy_pds = make_tiled_copy_C(typename Traits::SmemCopyAtomPdS{}, mma_sdp);
+        auto thr_copy_pds = copy_pds.get_thread_slice(tidx);
+        copy(copy_pds, thr_copy_pds.retile_S(rP), thr_copy_pds.partition_D(sP));
+        copy(copy_pds, thr_copy_pds.retile_S(rdS), thr_copy_pds.partition_D(sdS));
+      }
+      __syncthreads();
+
+      // dV += P^T dO and dK += dS^T Q.
+      {
+        Tensor tdVrPt = thr_dkv.partition_fragment_A(sPtNoSwizzle);   // (MMA,MMA_N,MMA_M)
+        Tensor tdVrdOt = thr_dkv.partition_fragment_B(sQtNoSwizzle);  // (MMA,MMA_D,MMA_M)
+        gemm_ss<true>(acc_dv, tdVrPt, tdVrdOt, thr_copy_dkv_a.partition_S(sPt), thr_copy_dkv_b.partition_S(sdOt),
+                      mma_dkv, copy_dkv_a, copy_dkv_b, thr_copy_dkv_a, thr_copy_dkv_b);
+      }
+      {
+        Tensor tdKrdSt = thr_dkv.partition_fragment_A(sPtNoSwizzle);  // (MMA,MMA_N,MMA_M)
+        Tensor tdKrQt = thr_dkv.partition_fragment_B(sQtNoSwizzle);   // (MMA,MMA_D,MMA_M)
+        gemm_ss<true>(acc_dk, tdKrdSt, tdKrQt, thr_copy_dkv_a.partition_S(sdSt), thr_copy_dkv_b.partition_S(sQt),
+                      mma_dkv, copy_dkv_a, copy_dkv_b, thr_copy_dkv_a, thr_copy_dkv_b);
+      }
+
+      // dQ_m += dS K, into the fp32 dq_accum (batch, nheads, seqlen_q, d) by atomics (red.global.add.f32).
+      {
+        Tensor acc_dq = partition_fragment_C(mma_dq, TileQ{});  // (MMA,MMA_M,MMA_D)
+        clear(acc_dq);
+        Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);          // (MMA,MMA_M,MMA_N)
+        Tensor tdQrKt = thr_dq.partition_fragment_B(sKtNoSwizzle);  // (MMA,MMA_D,MMA_N)
+        gemm_ss<true>(acc_dq, tdQrdS, tdQrKt, thr_copy_dq_a.partition_S(sdS), thr_copy_dq_b.partition_S(sKt), mma_dq,
+                      copy_dq_a, copy_dq_b, thr_copy_dq_a, thr_copy_dq_b);
+        Tensor gdQaccum = make_tensor(make_gmem_ptr(params.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim),
+                                      TileQ{}, make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
+        Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);
+        Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(TileQ{}));
+        CUTE_UNROLL
+        for (int i = 0; i < size(acc_dq); ++i) {
+          if (get<0>(tdQcdQ(i)) < query_rows) atomicAdd(&tdQgdQ(i), acc_dq(i));
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();  // a tile that no query sees loaded K and V for nothing
+
+  // --- Epilogue: dK * scale and dV in the input dtype, rows below seqlen_k ----------------
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= params.softmax_scale;
+  Tensor tdKVcdKV = thr_dkv.partition_C(make_identity_tensor(TileKV{}));
+  auto store = [&](auto const& acc, void* ptr, index_t batch_stride, index_t row_stride, index_t head_stride) {
+    Tensor r = convert_type<Element>(acc);
+    Tensor g = thr_dkv.partition_C(gmem_row_tile(static_cast<Element*>(ptr),
+                                                 coord.bidb * batch_stride + coord.bidh_k * head_stride,
+                                                 n_block * kBlockN, row_stride, TileKV{}));
+    if (key_rows >= kBlockN) {
+      copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, r, g);  // pairs of adjacent columns
+    } else {
+      CUTE_UNROLL
+      for (int i = 0; i < size(r); ++i) {
+        if (get<0>(tdKVcdKV(i)) < key_rows) g(i) = r(i);
+      }
+    }
+  };
+  store(acc_dk, params.dk_ptr, params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride);
+  store(acc_dv, params.dv_ptr, params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride);
+}
+
+}  // namespace fa_cute
