@@ -109,7 +109,8 @@ __forceinline__ __device__ void convert_type_into(TensorS const& src, TensorD& d
 // row_stride * block < 2^31): holding 64-bit in-tile offsets for every copy spilled
 // registers in the sm80 kernel's 128-row tiles.
 template <class T, class TileShape>
-__forceinline__ __device__ auto gmem_row_tile(T* base, int64_t offset, int row0, int64_t row_stride, TileShape tile_shape) {
+__forceinline__ __device__ auto gmem_row_tile(T* base, int64_t offset, int row0, int64_t row_stride,
+                                              TileShape tile_shape) {
   using namespace cute;
   return make_tensor(make_gmem_ptr(base + offset + row0 * row_stride), tile_shape, make_stride(int(row_stride), _1{}));
 }

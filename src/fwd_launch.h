@@ -8,6 +8,7 @@
 #include "cuda_check.h"
 #include "flash_params.h"
 #include "fwd_combine.h"
+#include "tile_scheduler.h"
 #include "tile_scheduler_host.h"
 #include "tile_size.h"
 
@@ -16,7 +17,6 @@
 //   Traits                              the kernel's traits (kBlockM, kBlockN, kHeadDim,
 //                                       kPersistent, kSplitKV, Element)
 //   kName                               the kernel's name, for error messages
-//   Scheduler                           its FwdTileScheduler (grid_size)
 //   dispatch(params, f)                 calls f(variant) with the compiled variant the
 //                                       launch needs (mask mode, causal) as a type, and
 //                                       returns what f returns
@@ -64,7 +64,8 @@ void run_fwd(FwdParams const& problem, cudaStream_t stream) {
   long long const num_tiles = fwd_launch_tiles(params, Traits::kBlockM);
   Launch::dispatch(params, [&](auto variant) {
     using Variant = decltype(variant);
-    long long const grid = Launch::Scheduler::grid_size(num_tiles, Launch::template slots<Variant>(device));
+    using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
+    long long const grid = Scheduler::grid_size(num_tiles, Launch::template slots<Variant>(device));
     params.causal_section =
         launch_causal_section<Traits::kBlockM, Traits::kBlockN>(params, Traits::kPersistent, static_cast<int>(grid));
     Launch::template launch<Variant>(Launch::template to_underlying_arguments<Variant>(params), grid, stream);

@@ -21,11 +21,7 @@ namespace fa_cute {
 template <class Traits_>
 struct Sm80FwdLaunch {
   using Traits = Traits_;
-  using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
   static constexpr char const* kName = "fwd_kernel_sm80 launch";
-
-  template <FwdMaskMode kMaskMode>
-  using Variant = std::integral_constant<FwdMaskMode, kMaskMode>;
 
   // The masking a launch needs (fwd_kernel_sm80's kMaskMode).
   static FwdMaskMode mask_mode(FwdParams const& params) {
@@ -36,7 +32,9 @@ struct Sm80FwdLaunch {
 
   template <class F>
   static auto dispatch(FwdParams const& params, F&& f) {
-    return FA_CUTE_MASK_MODE_SWITCH(mask_mode(params), kMaskMode, [&] { return f(Variant<kMaskMode>{}); });
+    return FA_CUTE_MASK_MODE_SWITCH(mask_mode(params), kMaskMode, [&] {
+      return f(std::integral_constant<FwdMaskMode, kMaskMode>{});
+    });
   }
 
   // The blocks of this kernel that the device holds at once, asked of the runtime once per

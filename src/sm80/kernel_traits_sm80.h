@@ -8,6 +8,8 @@
 
 #include <cutlass/numeric_types.h>
 
+#include "kernel_traits.h"
+
 namespace fa_cute {
 
 // Everything the sm80-instruction forward kernel needs, derived from five numbers.
@@ -39,30 +41,28 @@ template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element
           bool kSwizzle_ = true, bool kOverlapLoads_ = true, bool kRegPrefetch_ = true,
           bool kReverseKV_ = true, bool kPersistent_ = false, bool kDirectOStore_ = false,
           bool kLazyRescale_ = false, int kLadderRung_ = 0>
-struct Sm80FwdTraits {
-  using Element = Element_;
-  using ElementAccum = float;
+struct Sm80FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kPersistent_, kLazyRescale_> {
+  using Base = FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kPersistent_, kLazyRescale_>;
+  using typename Base::Element;
+  using Base::kBlockM;
+  using Base::kBlockN;
+  using Base::kHeadDim;
+  using Base::kLazyRescale;
+  using Base::kPersistent;
 
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = kBlockM_;
-  static constexpr int kBlockN = kBlockN_;
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr bool kSwizzle = kSwizzle_;
   static constexpr bool kOverlapLoads = kOverlapLoads_;
   static constexpr bool kRegPrefetch = kRegPrefetch_;
   static constexpr bool kReverseKV = kReverseKV_;
-  static constexpr bool kPersistent = kPersistent_;
   static constexpr bool kDirectOStore = kDirectOStore_;
-  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr int kLadderRung = kLadderRung_;
   // Split-KV (FwdParams::num_splits) is compiled into non-persistent kernels only: its fp32
   // epilogue made the persistent 128x128 d=128 kernel spill (ptxas, sm_90), and persistent blocks serve long query sequences,
   // which fill the GPU without splitting.
   static constexpr bool kSplitKV = !kPersistent_;
 
-  static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
-                "Element must be bf16 or fp16");
   static_assert(kHeadDim % 32 == 0, "head dim must be a multiple of 32 (16-byte loads, 16-wide MMA K)");
   static_assert(kBlockM % (16 * kNWarps) == 0, "each warp owns whole 16-row MMA slices of the Q tile");
   static_assert(kBlockN % 16 == 0, "P.V consumes kBlockN in 16-wide MMA K steps");

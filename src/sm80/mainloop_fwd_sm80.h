@@ -93,18 +93,19 @@ struct Sm80FwdMainloop {
   // --- Load ---------------------------------------------------------------------------------
   // Global tiles: gmem_row_tile (64-bit base, 32-bit in-tile offsets).
   CUTE_DEVICE auto gQ(FwdTileCoord const& c) const {  // (BLK_M,D)
-    return gmem_row_tile(static_cast<Element const*>(params.q_ptr), c.bidb * params.q_batch_stride + c.bidh * params.q_head_stride,
-                    c.m_block * kBlockM, params.q_row_stride, TileQ{});
+    return gmem_row_tile(static_cast<Element const*>(params.q_ptr),
+                         c.bidb * params.q_batch_stride + c.bidh * params.q_head_stride, c.m_block * kBlockM,
+                         params.q_row_stride, TileQ{});
   }
   CUTE_DEVICE auto gK(FwdTileCoord const& c, int n_block) const {  // (BLK_N,D)
     return gmem_row_tile(static_cast<Element const*>(params.k_ptr),
-                    c.bidb * params.k_batch_stride + c.bidh_k * params.k_head_stride, n_block * kBlockN,
-                    params.k_row_stride, TileKV{});
+                         c.bidb * params.k_batch_stride + c.bidh_k * params.k_head_stride, n_block * kBlockN,
+                         params.k_row_stride, TileKV{});
   }
   CUTE_DEVICE auto gV(FwdTileCoord const& c, int n_block) const {  // (BLK_N,D)
     return gmem_row_tile(static_cast<Element const*>(params.v_ptr),
-                    c.bidb * params.v_batch_stride + c.bidh_k * params.v_head_stride, n_block * kBlockN,
-                    params.v_row_stride, TileKV{});
+                         c.bidb * params.v_batch_stride + c.bidh_k * params.v_head_stride, n_block * kBlockN,
+                         params.v_row_stride, TileKV{});
   }
 
   // Whole tiles take the unpredicated copy; only a ragged last tile pays for row checks.
@@ -123,9 +124,15 @@ struct Sm80FwdMainloop {
                                         gmem_thr_copy_QKV.partition_S(make_identity_tensor(tile_shape)), num_rows);
     }
   }
-  CUTE_DEVICE void load_q(FwdTileCoord const& c) { load_rows(gQ(c), sQ, TileQ{}, params.seqlen_q - c.m_block * kBlockM); }
-  CUTE_DEVICE void load_k(FwdTileCoord const& c, int n) { load_rows(gK(c, n), sK, TileKV{}, params.seqlen_k - n * kBlockN); }
-  CUTE_DEVICE void load_v(FwdTileCoord const& c, int n) { load_rows(gV(c, n), sV, TileKV{}, params.seqlen_k - n * kBlockN); }
+  CUTE_DEVICE void load_q(FwdTileCoord const& c) {
+    load_rows(gQ(c), sQ, TileQ{}, params.seqlen_q - c.m_block * kBlockM);
+  }
+  CUTE_DEVICE void load_k(FwdTileCoord const& c, int n) {
+    load_rows(gK(c, n), sK, TileKV{}, params.seqlen_k - n * kBlockN);
+  }
+  CUTE_DEVICE void load_v(FwdTileCoord const& c, int n) {
+    load_rows(gV(c, n), sV, TileKV{}, params.seqlen_k - n * kBlockN);
+  }
 
   // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
   // nothing for a tile that sees no key.

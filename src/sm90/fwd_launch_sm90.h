@@ -49,15 +49,12 @@ auto sm90_gmem_tensor(char const* name, Ptr* ptr, int seqlen, int head_dim, int 
 template <class Traits_>
 struct Sm90FwdLaunch {
   using Traits = Traits_;
-  using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
   static constexpr char const* kName = "fwd_kernel_sm90 launch";
-
-  template <bool kCausal>
-  using Variant = std::integral_constant<bool, kCausal>;
 
   template <class F>
   static auto dispatch(FwdParams const& params, F&& f) {
-    return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] { return f(Variant<kCausal>{}); });
+    return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal,
+                               [&] { return f(std::integral_constant<bool, kCausal>{}); });
   }
 
   // The device's SM count, asked of the runtime once per (kernel, device); the first call

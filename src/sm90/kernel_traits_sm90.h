@@ -15,6 +15,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "cute_utils.h"
+#include "kernel_traits.h"
 #include "sm90/pipeline_sm90.h"
 
 namespace fa_cute {
@@ -64,23 +65,22 @@ CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNumConsumerWG_, class Element_, int kStages_ = 2,
           bool kIntraWGOverlap_ = true, bool kPingPong_ = false, bool kPersistent_ = false,
           bool kLazyRescale_ = false, bool kSplitKV_ = false>
-struct Sm90FwdTraits {
-  using Element = Element_;
-  using ElementAccum = float;
+struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kPersistent_, kLazyRescale_> {
+  using Base = FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kPersistent_, kLazyRescale_>;
+  using typename Base::Element;
+  using typename Base::ElementAccum;
+  using Base::kBlockM;
+  using Base::kBlockN;
+  using Base::kHeadDim;
+  using Base::kLazyRescale;
+  using Base::kPersistent;
 
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = kBlockM_;
-  static constexpr int kBlockN = kBlockN_;
   static constexpr int kNumConsumerWG = kNumConsumerWG_;
   static constexpr int kStages = kStages_;
   static constexpr bool kIntraWGOverlap = kIntraWGOverlap_;
   static constexpr bool kPingPong = kPingPong_;
-  static constexpr bool kPersistent = kPersistent_;
-  static constexpr bool kLazyRescale = kLazyRescale_;
   static constexpr bool kSplitKV = kSplitKV_;
 
-  static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
-                "Element must be bf16 or fp16");
   static_assert(kNumConsumerWG >= 1 && kNumConsumerWG <= 3,
                 "1-3 consumer warpgroups: 4 warpgroups in all is the 512-thread CTA limit");
   static_assert(kBlockM == 64 * kNumConsumerWG, "each consumer warpgroup owns one 64-row wgmma atom of S and O");

@@ -1,0 +1,29 @@
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include <cutlass/numeric_types.h>
+
+namespace fa_cute {
+
+// What every forward kernel's traits start from, whatever the family: the tile (query rows
+// kBlockM, key rows kBlockN, head dim kHeadDim), the element type (bf16 or fp16; the
+// accumulators and the softmax are fp32), and the two knobs the shared pieces read
+// (the tile scheduler: kPersistent; the softmax: kLazyRescale). Sm80FwdTraits and
+// Sm90FwdTraits derive from it and add what their instructions need.
+template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, bool kPersistent_, bool kLazyRescale_>
+struct FwdTraitsBase {
+  using Element = Element_;
+  using ElementAccum = float;
+
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr bool kPersistent = kPersistent_;
+  static constexpr bool kLazyRescale = kLazyRescale_;
+
+  static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
+                "Element must be bf16 or fp16");
+};
+
+}  // namespace fa_cute
