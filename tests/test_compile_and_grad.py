@@ -1,7 +1,8 @@
-"""Issue 14 on CPU: inputs that require grad are refused (no backward yet), torch.compile
-traces forward and sdpa as custom ops (fullgraph=True) whose fake implementations give the
-real outputs' shapes, dtypes and strides, and SDPA-layout tensors passed to forward get a
-layout hint.
+"""Issue 14 on CPU: torch.compile traces forward and sdpa as custom ops (fullgraph=True) whose
+fake implementations give the real outputs' shapes, dtypes and strides, inputs that require
+grad go where gradients are recorded (or are refused where they cannot be: forward_timed,
+a build without a backward kernel), and SDPA-layout tensors passed to forward get a layout
+hint. tests/test_backward.py tests the gradients themselves.
 
 Without a GPU the kernel cannot run, so the compile tests stand a CPU computation in for
 it (`cpu_kernel`: the float64 reference written into the output, as the kernel would write
@@ -17,7 +18,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fa_cute
-from fa_cute import _api, _cache, _configs, _launch, _validate
+from fa_cute import _C, _api, _cache, _configs, _launch, _validate
 from fa_cute._reference import attention_ref
 
 HEAD_DIM = fa_cute.configs()[0]["head_dim"]
@@ -46,16 +47,31 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize("api", CALLS)
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_requires_grad_is_refused(api: str, which: int) -> None:
-    call, names = CALLS[api]
+def test_forward_timed_refuses_requires_grad(which: int) -> None:
+    """forward_timed records no gradient: refused, not silently detached."""
+    tensors = list(qkv())
+    tensors[which].requires_grad_()
+    name = "qkv"[which]
+    with pytest.raises(NotImplementedError,
+                       match=rf"^{name} requires grad, but fa_cute\.forward_timed records no "
+                             r"gradient .*fa_cute\.forward to train.*torch\.no_grad\(\)"):
+        fa_cute.forward_timed(*tensors)
+
+
+@pytest.mark.parametrize("api", ["forward", "sdpa"])
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_requires_grad_without_a_backward_kernel_is_refused(
+        api: str, which: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build of _C without the backward: the forward refuses inputs that require grad
+    before it runs, instead of returning an output whose backward would fail."""
+    monkeypatch.delattr(_C, "backward", raising=False)
+    call, _ = CALLS[api]
     tensors = list(qkv())
     tensors[which].requires_grad_()
     with pytest.raises(NotImplementedError,
-                       match=rf"^{names[which]} requires grad, but fa_cute\.{api} has no "
-                             r"backward yet .*torch\.no_grad\(\).*\.detach\(\).*"
-                             r"scaled_dot_product_attention"):
+                       match=r"^this build of fa_cute\._C has no backward kernel .*"
+                             r"torch\.no_grad\(\).*scaled_dot_product_attention"):
         call(*tensors)
 
 
@@ -220,11 +236,13 @@ def test_compiled_call_validates_when_it_runs() -> None:
 
 
 @needs_ops
-def test_compiled_call_refuses_requires_grad() -> None:
-    """Dynamo wraps the error (fullgraph=True) in a RuntimeError that quotes it."""
+def test_compiled_call_without_a_backward_kernel_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused while traced (the op's autograd setup asks for the backward); Dynamo wraps
+    the error (fullgraph=True) in an exception that quotes it."""
+    monkeypatch.delattr(_C, "backward", raising=False)
     q, k, v = qkv()
-    with pytest.raises(RuntimeError, match=r"q requires grad, but fa_cute\.forward has no "
-                                           "backward yet"):
+    with pytest.raises(Exception, match=r"this build of fa_cute\._C has no backward kernel"):
         compiled(lambda q, k, v: fa_cute.forward(q, k, v))(q.requires_grad_(), k, v)
 
 
@@ -273,17 +291,26 @@ def test_fake_impls_on_fake_cuda_tensors(layout: str) -> None:
         assert torch.ops.fa_cute.forward(q, k, k, False, None, False, None)[1].numel() == 0
         assert torch.ops.fa_cute.forward_out(q, k, k, torch.empty_like(q), False, 0.5, True,
                                              "auto").shape == (2, 8, 100)
-        s = torch.ops.fa_cute.sdpa(q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2),
-                                   False, None)
+        s, s_lse = torch.ops.fa_cute.sdpa(q.transpose(1, 2), k.transpose(1, 2),
+                                          k.transpose(1, 2), False, None, True)
         assert s.shape == (2, 8, 100, HEAD_DIM) and s.is_contiguous() and s.device == q.device
+        assert (s_lse.shape, s_lse.stride(), s_lse.dtype) == \
+            ((2, 8, 100), (800, 100, 1), torch.float32)
+        assert torch.ops.fa_cute.sdpa(q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2),
+                                      False, None, False)[1].numel() == 0
+        dq, dk, dv = torch.ops.fa_cute.backward(q, q, k, k, q, lse, True, None, False, True)
+        for grad, like in ((dq, q), (dk, k), (dv, k)):
+            assert (grad.shape, grad.stride(), grad.dtype, grad.device) == \
+                (like.shape, like.stride(), like.dtype, like.device)
 
 
 @needs_ops
 @pytest.mark.parametrize("op, args", [
     ("forward", (False, None, False, None)),
     ("forward", (True, 0.25, True, "auto")),
-    ("sdpa", (True, None)),
-], ids=["forward", "forward-causal-lse", "sdpa"])
+    ("sdpa", (True, None, False)),
+    ("sdpa", (False, 0.5, True)),
+], ids=["forward", "forward-causal-lse", "sdpa", "sdpa-lse"])
 def test_opcheck(cpu_kernel, op: str, args) -> None:
     """torch.library.opcheck: schema, fake against real (on the CPU stand-in), AOT dispatch."""
     q, k, v = qkv()

@@ -86,12 +86,24 @@ def test_model_padding_is_refused() -> None:
             model(ids, attention_mask=torch.ones_like(mask))
 
 
-def test_model_in_grad_mode_is_refused() -> None:
+def test_model_in_grad_mode_goes_to_the_differentiable_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training through the model: without a backward kernel the forward refuses before it
+    runs; with one (a stand-in here) the call reaches fa_cute's checks (on CPU the device
+    check ends it)."""
+    from fa_cute import _C
+
     hf.register()
     model = transformers.LlamaForCausalLM(llama_config()).to(torch.bfloat16)
     model.set_attn_implementation("fa_cute")
-    with pytest.raises(NotImplementedError, match=r"requires grad, .*torch\.no_grad\(\)"):
-        model(torch.randint(0, 1000, (1, 4)))
+    ids = torch.randint(0, 1000, (1, 4))
+    monkeypatch.delattr(_C, "backward", raising=False)
+    with pytest.raises(NotImplementedError, match=r"no backward kernel .*torch\.no_grad\(\)"):
+        model(ids)
+    monkeypatch.setattr(_C, "backward", lambda *args: None, raising=False)
+    monkeypatch.setattr(_C, "default_backward_config", lambda *args: "bwd", raising=False)
+    with pytest.raises(ValueError, match="CUDA tensors only"):
+        model(ids)
 
 
 # On a GPU ------------------------------------------------------------------------------------

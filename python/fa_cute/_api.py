@@ -1,20 +1,28 @@
-"""The user API (`forward`, `forward_timed`, `sdpa`, `resolve_config`, `configs`) and the
-torch.library custom ops that torch.compile traces in their place.
+"""The user API (`forward`, `forward_timed`, `sdpa`, `backward`, `resolve_config`, `configs`)
+and the torch.library custom ops that torch.compile traces in their place.
 
 A call validates its arguments (`_validate`), or finds them validated before (`_cache`),
 resolving the config as it goes (`_configs`), and launches the kernel on PyTorch's current
 stream (`_launch`), turning torch tensors into the integers of the `_C` contract
 (docs/design.md).
 
+Gradients: with grad mode on and q, k or v requiring grad, `forward` and `sdpa` run through
+`_Attention` (a torch.autograd.Function): its forward also computes the LSE and saves q, k,
+v, out and the LSE, its backward calls `_backward.run_backward` (the `_C.backward` kernel).
+Calls that record no gradient take the path they took before, at the same host cost.
+
 Under torch.compile the entry points call registered custom ops (`fa_cute::forward`,
 `fa_cute::forward_out`, `fa_cute::sdpa`, end of this file) whose real implementations are
 the eager code below, so the tuning cache and `_C` are read when the compiled graph runs,
-never while it is traced; eager calls skip the dispatcher.
+never while it is traced; eager calls skip the dispatcher. `fa_cute::forward` and
+`fa_cute::sdpa` have their autograd registered (torch.library.register_autograd), whose
+backward formula calls the op `fa_cute::backward`, so a compiled training step traces with
+no graph break.
 """
 
 import importlib.util
 import numbers
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -25,14 +33,16 @@ if importlib.util.find_spec(f"{__package__}._C") is None:
         "pip install --no-deps nvidia-cutlass==4.2.0.0 && pip install --no-build-isolation .` "
         "(see README.md)")
 # The modules below import _C: after the check that explains a missing build.
+from ._backward import check_backward_supported, run_backward  # noqa: E402
 from ._cache import validate_cached  # noqa: E402
 from ._configs import AUTO, check_config_type, configs  # noqa: E402
 from ._launch import launch_kernel  # noqa: E402
-from ._validate import (FORWARD_NAMES, SDPA_NAMES, check_flag, check_memory,  # noqa: E402
-                        check_no_grad, check_tensor, grad_mode, layout_hint, scale_arg,
-                        validate)
+from ._launch import ALIGN_BYTES  # noqa: E402
+from ._validate import (FORWARD_NAMES, SDPA_NAMES, Names, check_flag,  # noqa: E402
+                        check_memory, check_no_grad, check_tensor, grad_mode, layout_hint,
+                        requires_grad, scale_arg, validate)
 
-__all__ = ["OPS", "configs", "forward", "forward_timed", "resolve_config", "sdpa"]
+__all__ = ["OPS", "backward", "configs", "forward", "forward_timed", "resolve_config", "sdpa"]
 
 Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -81,16 +91,18 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     seqlens and head counts are bounded by `fa_cute._C.limits()`. The kernel runs on
     PyTorch's current stream of the tensors' device.
 
-    There is no backward yet: with grad mode on, a q, k or v that requires grad raises
-    NotImplementedError (run under torch.no_grad() or torch.inference_mode(), pass
-    .detach()ed tensors, or train with torch's own SDPA). Under torch.compile the call
-    becomes the custom op fa_cute::forward (fa_cute::forward_out with out=), which
-    fullgraph=True traces; its arguments are then checked when the compiled graph runs.
+    Gradients: with grad mode on and q, k or v requiring grad, the output has a grad_fn
+    whose backward is `backward` (the LSE is computed and saved for it; a returned LSE is
+    not differentiable). Where this build or GPU has no backward kernel for the head dim,
+    such a call raises before the forward runs; `out=` is refused with them (autograd
+    cannot record into a given tensor). Under torch.compile the call becomes the custom op
+    fa_cute::forward (fa_cute::forward_out with out=), which fullgraph=True traces, a
+    training step included; its arguments are then checked when the compiled graph runs.
     """
     if _is_compiling() and OPS:
         return _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out)
-    if grad_mode():
-        check_no_grad(q, k, v, FORWARD_NAMES, "forward")
+    if grad_mode() and requires_grad(q, k, v):
+        return _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out)
     return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
                 return_lse=return_lse, config=config, out=out, timed=False)[0]
 
@@ -104,8 +116,9 @@ def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
 
     The time comes from CUDA events recorded around the launch, and the call waits for the
     kernel to finish. An empty problem (batch or nheads 0) launches nothing and returns 0.0.
-    Inputs that require grad are refused as in `forward`. Eager only: under torch.compile
-    use `forward` (a timing that synchronizes has no place in a graph).
+    It records no gradient: with grad mode on, inputs that require grad raise
+    NotImplementedError (train with `forward`). Eager only: under torch.compile use
+    `forward` (a timing that synchronizes has no place in a graph).
     """
     if grad_mode():
         check_no_grad(q, k, v, FORWARD_NAMES, "forward_timed")
@@ -126,8 +139,8 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     enable_gqa=True. What the kernel does not do is refused with a ValueError rather than
     approximated: attn_mask (other than None), dropout_p != 0, tensors that are not 4-D,
     scale <= 0. Returns a new contiguous (batch, nheads, seqlen_q, headdim) tensor. The
-    other rules (dtypes, strides, one device, no inputs that require grad, the custom op
-    fa_cute::sdpa under torch.compile) are `forward`'s.
+    other rules (dtypes, strides, one device, gradients, the custom op fa_cute::sdpa under
+    torch.compile) are `forward`'s; the backward keeps sdpa's top-left alignment.
     """
     if attn_mask is not None:
         raise ValueError("attn_mask must be None: fa_cute.sdpa supports no masks besides "
@@ -158,16 +171,58 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          "(query heads a multiple of key/value heads)"
                          + layout_hint(SDPA_NAMES, query.shape[2], key.shape[2]))
     if _is_compiling() and OPS:
-        # The checks above read flags and shapes only, which tracing turns into guards.
-        return OPS["sdpa"](query, key, value, is_causal, scale_arg(scale, "scale"))
-    if grad_mode():
-        check_no_grad(query, key, value, SDPA_NAMES, "sdpa")
-    return _sdpa_run(query, key, value, is_causal, scale)
+        # The checks above read flags and shapes only, which tracing turns into guards. With
+        # gradients the op also returns the LSE, which its backward needs.
+        needs_grad = grad_mode() and requires_grad(query, key, value)
+        return OPS["sdpa"](query, key, value, is_causal, scale_arg(scale, "scale"),
+                           needs_grad)[0]
+    if grad_mode() and requires_grad(query, key, value):
+        check_backward_supported(query, key, value, SDPA_NAMES)
+        return _Attention.apply(query, key, value, _Spec(is_causal, scale, None, True))[0]
+    return _sdpa_run(query, key, value, is_causal, scale)[0]
+
+
+def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             out: torch.Tensor, lse: torch.Tensor, *, causal: bool = False,
+             softmax_scale: Optional[float] = None, deterministic: bool = False,
+             dq: Optional[torch.Tensor] = None, dk: Optional[torch.Tensor] = None,
+             dv: Optional[torch.Tensor] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention backward: the gradients (dq, dk, dv) of `forward(q, k, v, causal=causal,
+    softmax_scale=softmax_scale)` for the output gradient dout.
+
+    q, k, v, causal and softmax_scale as `forward` (layouts, GQA/MQA, bottom-right causal
+    alignment); out and dout are q's dtype and shape, lse the float32 contiguous
+    (batch, nheads, seqlen_q) natural-log LSE (`forward(..., return_lse=True)`). Nothing
+    requires out and lse to come from one forward call: the LSE and output merged from
+    several partial attentions (split keys) work, as the kernel only reads them. dk and dv
+    are summed over the query heads that share each K/V head. Rows that see no key get
+    zero gradients.
+
+    The backward kernels take head dims 64 and 128 (`fa_cute._C.default_backward_config`
+    says what this build and GPU take); other head dims raise ValueError. deterministic=True
+    raises NotImplementedError: dq is summed with atomic adds, whose order varies between
+    runs. dq, dk, dv, if given, receive the gradients and are returned (each of its input's
+    dtype and shape, aliasing no other tensor); otherwise new tensors laid out like q, k and
+    v are. The kernel runs on PyTorch's current stream. Under torch.compile the call becomes
+    the custom op fa_cute::backward (given dq, dk, dv receive a copy of its results).
+    """
+    if _is_compiling() and OPS:
+        check_flag("causal", causal)
+        check_flag("deterministic", deterministic)
+        grads = OPS["backward"](dout, q, k, v, out, lse, causal,
+                                scale_arg(softmax_scale, "softmax_scale"), deterministic, True)
+        return tuple(g if buf is None else buf.copy_(g) for g, buf in zip(grads, (dq, dk, dv)))
+    return run_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=True,
+                        softmax_scale=softmax_scale, deterministic=deterministic, dq=dq, dk=dk,
+                        dv=dv)
 
 
 def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,
-              scale) -> torch.Tensor:
-    """sdpa after its own checks: validate the transposed views, launch, return the output."""
+              scale, return_lse: bool = False
+              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """sdpa after its own checks: validate the transposed views, launch; return the output
+    and, with return_lse, the LSE (else None)."""
     tensors = (query, key, value)
     try:
         q, k, v = tuple(t.transpose(1, 2) for t in tensors)
@@ -182,8 +237,11 @@ def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_ca
     batch, nheads, seqlen_q, head_dim = query.shape
     out = torch.empty((batch, nheads, seqlen_q, head_dim), dtype=query.dtype,
                       device=query.device)
-    launch_kernel(launch, q, k, v, out.transpose(1, 2), None, timed=False)
-    return out
+    lse = None
+    if return_lse:
+        lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
+    launch_kernel(launch, q, k, v, out.transpose(1, 2), lse, timed=False)
+    return out, lse
 
 
 def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, config, out,
@@ -199,6 +257,102 @@ def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, conf
         lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
     ms = launch_kernel(launch, q, k, v, out, lse, timed)
     return ((out, lse) if return_lse else out), ms
+
+
+# Gradients ----------------------------------------------------------------------------------
+
+class _Spec(NamedTuple):
+    """What a recorded attention call's backward needs besides its tensors."""
+
+    causal: bool
+    softmax_scale: Optional[float]
+    config: Optional[str]
+    sdpa: bool  # sdpa's (batch, nheads, seqlen, headdim) layout and top-left alignment
+
+
+_OUT_WITH_GRAD = ("out must be None when q, k or v requires grad in grad mode: autograd "
+                  "records the output the call allocates, not one written into a given "
+                  "tensor; drop out=, or call under torch.no_grad()")
+
+
+def _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out) -> Result:
+    """forward when it records gradients: the backward's support is checked first, so that
+    a call whose gradients could not be computed fails before the forward runs."""
+    check_flag("return_lse", return_lse)
+    if out is not None:
+        raise ValueError(_OUT_WITH_GRAD)
+    check_backward_supported(q, k, v, FORWARD_NAMES)
+    result, lse = _Attention.apply(q, k, v, _Spec(causal, softmax_scale, config, False))
+    return (result, lse) if return_lse else result
+
+
+class _Attention(torch.autograd.Function):
+    """Eager attention that records its backward: the forward keeps the LSE (returned, not
+    differentiable) and saves what the backward kernel reads."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, spec: _Spec):
+        if spec.sdpa:
+            out, lse = _sdpa_run(q, k, v, spec.causal, spec.softmax_scale, return_lse=True)
+        else:
+            (out, lse), _ = _run(q, k, v, causal=spec.causal, bottom_right=True,
+                                 softmax_scale=spec.softmax_scale, return_lse=True,
+                                 config=spec.config, out=None, timed=False)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        ctx.spec = spec
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        spec = ctx.spec
+        grads = _grads(dout, *ctx.saved_tensors, spec.causal, spec.softmax_scale, spec.sdpa,
+                       ctx.needs_input_grad, _eager_backward)
+        return (*grads, None)
+
+
+def _eager_backward(dout, q, k, v, out, lse, causal, softmax_scale, bottom_right: bool,
+                    names: Names):
+    return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=causal,
+                        bottom_right=bottom_right, softmax_scale=softmax_scale,
+                        deterministic=False, dq=None, dk=None, dv=None, names=names)
+
+
+def _grads(dout, q, k, v, out, lse, causal, softmax_scale, sdpa: bool, needs_input_grad,
+           run) -> Tuple[Optional[torch.Tensor], ...]:
+    """(dq, dk, dv) of a recorded call through `run` (the eager backward, or the op
+    fa_cute::backward under torch.compile), None for an input that needs none.
+
+    sdpa's tensors are viewed in forward's layout (the kernel's) and its gradients viewed
+    back; its alignment is top-left. `run` makes dout fit the kernel (`_kernel_ready`),
+    where it holds real tensors.
+    """
+    if lse.dim() != 3:
+        raise RuntimeError("the backward needs the forward's LSE: the custom op was called "
+                           "with return_lse=False on inputs that require grad; pass True "
+                           "(fa_cute.forward and fa_cute.sdpa do)")
+    if sdpa:
+        dout, q, k, v, out = (t.transpose(1, 2) for t in (dout, q, k, v, out))
+    grads = run(dout, q, k, v, out, lse, causal, softmax_scale, not sdpa,
+                SDPA_NAMES if sdpa else FORWARD_NAMES)
+    if sdpa:
+        grads = tuple(g.transpose(1, 2) for g in grads)
+    return tuple(g if needed else None for g, needed in zip(grads, needs_input_grad))
+
+
+def _kernel_ready(dout):
+    """The gradient autograd hands over, which may be laid out in any way (an expanded
+    tensor, for a loss that sums the output): as it is where the kernel reads it so
+    (contiguous last dim, 16-byte aligned strides and start), else a contiguous copy. A
+    dout that is not a 4-D tensor is left to the backward's checks."""
+    if not (isinstance(dout, torch.Tensor) and dout.dim() == 4):
+        return dout
+    multiple = ALIGN_BYTES // dout.element_size()
+    if (dout.stride(3) == 1 and dout.stride(0) % multiple == 0
+            and dout.stride(1) % multiple == 0 and dout.stride(2) % multiple == 0
+            and dout.data_ptr() % ALIGN_BYTES == 0):
+        return dout
+    return dout.contiguous()
 
 
 # torch.compile. Dynamo cannot trace the eager path (it opens the tuning cache and calls
@@ -217,12 +371,14 @@ def _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out) -> 
     tracer folds them), the tensor checks in the op's implementation when the graph runs."""
     check_flag("causal", causal)
     check_flag("return_lse", return_lse)
-    if grad_mode():
-        check_no_grad(q, k, v, FORWARD_NAMES, "forward")
+    needs_grad = grad_mode() and requires_grad(q, k, v)
     scale = scale_arg(softmax_scale, "softmax_scale")
     check_config_type(config)
     if out is None:
-        result, lse = OPS["forward"](q, k, v, causal, scale, return_lse, config)
+        # With gradients the op computes the LSE its backward needs, returned or not.
+        result, lse = OPS["forward"](q, k, v, causal, scale, return_lse or needs_grad, config)
+    elif needs_grad:
+        raise ValueError(_OUT_WITH_GRAD)
     else:
         lse = OPS["forward_out"](q, k, v, out, causal, scale, return_lse, config)
         result = out
@@ -273,15 +429,59 @@ def _register_ops() -> Dict[str, object]:
 
     @custom_op("fa_cute::sdpa", mutates_args=())
     def sdpa_op(query: Tensor, key: Tensor, value: Tensor, is_causal: bool,
-                scale: Optional[float]) -> Tensor:
-        return _sdpa_run(query, key, value, is_causal, scale)
+                scale: Optional[float], return_lse: bool) -> Tuple[Tensor, Tensor]:
+        out, lse = _sdpa_run(query, key, value, is_causal, scale, return_lse)
+        return out, (lse if return_lse else _lse_like(query, False))
 
     @sdpa_op.register_fake
-    def _(query, key, value, is_causal, scale):
-        # sdpa's output is a new contiguous (batch, nheads, seqlen_q, headdim) tensor.
-        return query.new_empty(query.shape)
+    def _(query, key, value, is_causal, scale, return_lse):
+        # sdpa's output is a new contiguous (batch, nheads, seqlen_q, headdim) tensor; its
+        # LSE is (batch, nheads, seqlen_q), which is _lse_like's shape of the transposed q.
+        lse = _lse_like(query.transpose(1, 2) if query.dim() == 4 else query, return_lse)
+        return query.new_empty(query.shape), lse
 
-    return {"forward": forward_op, "forward_out": forward_out_op, "sdpa": sdpa_op}
+    @custom_op("fa_cute::backward", mutates_args=())
+    def backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                    causal: bool, softmax_scale: Optional[float], deterministic: bool,
+                    bottom_right: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        # dout as autograd hands it over (the op is the backward formula's under
+        # torch.compile): made to fit the kernel here, where the tensors are real.
+        return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
+                            softmax_scale=softmax_scale, deterministic=deterministic,
+                            dq=None, dk=None, dv=None)
+
+    @backward_op.register_fake
+    def _(dout, q, k, v, out, lse, causal, softmax_scale, deterministic, bottom_right):
+        # run_backward allocates each gradient with torch.empty_like of its input.
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def traced_backward(dout, q, k, v, out, lse, causal, softmax_scale, bottom_right, names):
+        return backward_op(dout, q, k, v, out, lse, causal, softmax_scale, False, bottom_right)
+
+    def setup_context(ctx, inputs, output, sdpa: bool) -> None:
+        q, k, v, causal, softmax_scale = inputs[:5]
+        # Here, not in the traced entry points: Dynamo cannot trace a call into _C, while
+        # this runs as plain Python (when AOTAutograd traces the graph, or per eager call).
+        check_backward_supported(q, k, v, SDPA_NAMES if sdpa else FORWARD_NAMES)
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        ctx.spec = _Spec(causal, softmax_scale, None, sdpa)
+
+    def grads(ctx, dout, _dlse):
+        spec = ctx.spec
+        return (*_grads(dout, *ctx.saved_tensors, spec.causal, spec.softmax_scale, spec.sdpa,
+                        ctx.needs_input_grad[:3], traced_backward),
+                *(None,) * (len(ctx.needs_input_grad) - 3))
+
+    forward_op.register_autograd(
+        grads, setup_context=lambda ctx, inputs, output: setup_context(ctx, inputs, output,
+                                                                         False))
+    sdpa_op.register_autograd(
+        grads, setup_context=lambda ctx, inputs, output: setup_context(ctx, inputs, output,
+                                                                         True))
+    return {"forward": forward_op, "forward_out": forward_out_op, "sdpa": sdpa_op,
+            "backward": backward_op}
 
 
 OPS: Dict[str, object] = _register_ops()

@@ -16,9 +16,10 @@ import torch
 
 from . import _C, _tuned, _tuning
 
-__all__ = ["AUTO", "CONFIGS", "DTYPE_NAMES", "MAX_BLOCK_M", "auto_config", "check_config_fits",
-           "check_config_type", "configs", "family_runs_on", "gpu_of", "heuristic_part",
-           "pick_config", "sm80_default", "smem_limit_of", "tunable", "tuned_pick"]
+__all__ = ["AUTO", "CONFIGS", "DTYPE_NAMES", "MAX_BLOCK_M", "PLACEHOLDER_CC", "auto_config",
+           "check_config_fits", "check_config_type", "configs", "family_runs_on", "gpu_of",
+           "heuristic_part", "pick_config", "sm80_default", "smem_limit_of", "tunable",
+           "tuned_pick"]
 
 # config="auto" (or None): the tuning cache, else the built-in table, else the heuristic.
 AUTO = "auto"
@@ -32,10 +33,11 @@ CONFIGS: Dict[str, dict] = {c["name"]: c for c in _C.configs()}
 # which is decided before its config is (the config depends on the launch's shape).
 MAX_BLOCK_M = max(c["block_m"] for c in CONFIGS.values())
 
-# Compute capability used to pick the default config for tensors that are not on a GPU.
-# Such tensors are rejected by the final device check anyway; the placeholder only lets the
-# checks before it (the layout against the config's block sizes) run on CPU tensors.
-_PLACEHOLDER_CC = (8, 0)
+# Compute capability used to pick the default config (forward or backward) for tensors that
+# are not on a GPU. Such tensors are rejected by the final device check anyway; the
+# placeholder only lets the checks before it (the layout against the config's block sizes,
+# whether a backward kernel exists for the head dim) run on CPU tensors.
+PLACEHOLDER_CC = (8, 0)
 
 
 def configs() -> List[dict]:
@@ -83,7 +85,7 @@ def _device_part(q: torch.Tensor) -> Tuple[str, Tuple[int, int], Optional[int]]:
     if q.is_cuda:
         (gpu, cc), smem = gpu_of(q.device.index), smem_limit_of(q.device.index)
         return gpu, cc, smem
-    return "", _PLACEHOLDER_CC, None
+    return "", PLACEHOLDER_CC, None
 
 
 def check_config_type(config) -> None:

@@ -1,17 +1,19 @@
 """Input validation: every check of `forward`'s and `sdpa`'s arguments, and `validate`, which
-runs them and resolves what the launch needs (`_launch.Launch`).
+runs them and resolves what the launch needs (`_launch.Launch`). The checks of q, k and v
+alone (`check_inputs`, `check_shapes`) and of one tensor's layout are shared with the
+backward's validation (`_backward`).
 
 The checks are ordered so that the device comes last: CPU tensors then reach every other
 check, which lets the tests exercise all of them on a machine with no GPU. Type problems
 raise TypeError, everything else ValueError; each message names the argument and says what
-is allowed. One exception: inputs that require grad while grad mode is on raise
-NotImplementedError (`check_no_grad`): the values are valid and the same call works under
-torch.no_grad(); what is missing is the backward, which the training issue adds.
+is allowed. One exception: `forward_timed` with inputs that require grad while grad mode
+is on raises NotImplementedError (`check_no_grad`): the values are valid, and `forward`
+takes them.
 """
 
 import math
 import numbers
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,11 +23,13 @@ from ._configs import (AUTO, DTYPE_NAMES, check_config_fits, gpu_of, pick_config
 from ._launch import (ALIGN_BYTES, MAX_TILE_OFFSET, Launch, launch_strides, packable,
                       row_strides)
 
-__all__ = ["FORWARD_NAMES", "LIMITS", "Names", "SDPA_NAMES", "broadcast_dim", "check_devices",
-           "check_flag", "check_memory", "check_no_grad", "check_tensor", "extent_bytes",
-           "grad_mode", "layout_hint", "resolve_scale", "scale_arg", "spans_overlap", "validate"]
+__all__ = ["ALLOWED_DTYPES", "FORWARD_NAMES", "LIMITS", "Names", "SDPA_NAMES", "broadcast_dim",
+           "check_devices", "check_flag", "check_inputs", "check_layout", "check_memory",
+           "check_no_grad", "check_shapes", "check_tensor", "extent_bytes", "grad_mode",
+           "layout_hint", "overlaps_itself", "requires_grad", "resolve_scale", "scale_arg",
+           "spans_overlap", "validate"]
 
-_ALLOWED_DTYPES = "torch.bfloat16 or torch.float16"
+ALLOWED_DTYPES = "torch.bfloat16 or torch.float16"
 
 # The bounds of what the kernels take, from the build itself (src/flash_params.h): lengths
 # ("max_seqlen") and thread-block tiles of one launch ("max_tiles"), numbered in int.
@@ -54,22 +58,28 @@ SDPA_NAMES = Names("query", "key", "value", "is_causal", "scale")
 grad_mode = torch.is_grad_enabled
 
 
-def check_no_grad(q, k, v, names: Names, api: str) -> None:
-    """In grad mode, refuse inputs that require grad: the output would have no grad_fn, and
-    training code would run on without training what produced q, k and v. Arguments that
-    are not tensors are left to the type checks that follow, which name them."""
+def requires_grad(q, k, v) -> bool:
+    """Whether q, k or v requires grad (asked in grad mode only). Arguments that are not
+    tensors count as not requiring it: the type checks that follow name them."""
     try:
-        if not (q.requires_grad or k.requires_grad or v.requires_grad):
-            return
+        return q.requires_grad or k.requires_grad or v.requires_grad
     except AttributeError:
-        pass
+        return any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))
+
+
+def check_no_grad(q, k, v, names: Names, api: str) -> None:
+    """In grad mode, refuse inputs that require grad for an entry point that records no
+    gradient (`forward_timed`): its output would have no grad_fn, and training code would
+    run on without training what produced q, k and v."""
+    if not requires_grad(q, k, v):
+        return
     for name, t in zip(names[:3], (q, k, v)):
         if isinstance(t, torch.Tensor) and t.requires_grad:
             raise NotImplementedError(
-                f"{name} requires grad, but fa_cute.{api} has no backward yet (its output "
-                "would carry no gradient to it): call it under torch.no_grad() or "
-                "torch.inference_mode(), pass .detach()ed tensors, or use "
-                "torch.nn.functional.scaled_dot_product_attention for training")
+                f"{name} requires grad, but fa_cute.{api} records no gradient (it times the "
+                "forward kernel alone): call fa_cute.forward to train, or call "
+                f"{api} under torch.no_grad() or torch.inference_mode(), or pass .detach()ed "
+                "tensors")
 
 
 def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
@@ -80,28 +90,79 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
     names in messages. Messages are built only when a check fails, so a valid call pays for
     comparisons alone.
     """
-    q_name, k_name, v_name = names.q, names.k, names.v
+    q_name = names.q
     check_flag(names.causal, causal)
-    inputs = [(q_name, q), (k_name, k), (v_name, v)]
+    inputs = check_inputs(q, k, v, names)
+    if out is not None:
+        # Before the packing decision reads out's strides: a bad out gets the same error
+        # whatever the shapes.
+        _check_out_like_q(out, q, q_name)
+    batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
+
+    # A causal mask that hides nothing (row 0 already sees the last key: one query row
+    # aligned bottom-right, or one key aligned top-left) is launched as non-causal, which
+    # spares the masking and lets a decode step pack.
+    offset = seqlen_k - seqlen_q if bottom_right else 0
+    is_causal = causal and offset < seqlen_k - 1
+    packed = (seqlen_q == 1 and nheads > nheads_k and not is_causal and packable(q)
+              and (out is None or packable(out)))
+    launch_seqlen_q, launch_nheads = ((nheads // nheads_k, nheads_k) if packed
+                                      else (seqlen_q, nheads))
+
+    cfg = pick_config(config, q, head_dim, is_causal, launch_seqlen_q, seqlen_k, names)
+    scale = resolve_scale(softmax_scale, head_dim, names.scale)
+    if cfg["family"] == "sm90a":
+        # TMA (the Hopper kernel's loads) cannot broadcast: an expanded tensor (stride 0 in
+        # a dim of size > 1) goes to the sm80 kernel, which reads it row by row.
+        broadcast = next(((name, dim) for name, t in inputs
+                          if (dim := broadcast_dim(t)) is not None), None)
+        if broadcast is not None:
+            if config not in (None, AUTO):
+                raise ValueError(
+                    f"{broadcast[0]} has stride 0 in its {broadcast[1]} "
+                    f"dim (an expanded tensor); config {cfg['name']!r} loads with TMA, which "
+                    f"cannot broadcast: call .contiguous() on it, or use config='auto'")
+            cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal)
+
+    for (name, t), rows in zip(inputs, ("block_m", "block_n", "block_n")):
+        check_layout(name, t, cfg[rows])
+    if out is not None:
+        _check_out(out, q, k, v, cfg["block_m"], names)
+        inputs.append(("out", out))
+    check_devices(inputs, cfg, q_name)
+    return Launch(cfg["name"], DTYPE_NAMES[q.dtype], batch, launch_seqlen_q, seqlen_k,
+                  launch_nheads, nheads_k, head_dim, scale, is_causal,
+                  offset if is_causal else 0, packed, launch_strides(q, packed, nheads_k),
+                  row_strides(k), row_strides(v))
+
+
+def check_inputs(q, k, v, names: Names) -> List[Tuple[str, torch.Tensor]]:
+    """q, k and v are 4-D strided tensors of one allowed dtype whose storages hold them;
+    returns them by name, in order."""
+    q_name = names.q
+    inputs = [(q_name, q), (names.k, k), (names.v, v)]
     for name, t in inputs:
         check_tensor(name, t)
     if q.dtype not in DTYPE_NAMES:
-        raise TypeError(f"{q_name} has dtype {q.dtype}; allowed: {_ALLOWED_DTYPES}")
+        raise TypeError(f"{q_name} has dtype {q.dtype}; allowed: {ALLOWED_DTYPES}")
     for name, t in inputs[1:]:
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but {q_name} has {q.dtype}; "
-                            f"{q_name}, {k_name} and {v_name} must share one dtype "
-                            f"({_ALLOWED_DTYPES})")
+                            f"{q_name}, {names.k} and {names.v} must share one dtype "
+                            f"({ALLOWED_DTYPES})")
     for name, t in inputs:
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (batch, seqlen, nheads, headdim); got shape "
                              f"{tuple(t.shape)}")
         check_memory(name, t)
-    if out is not None:
-        # Before the packing decision reads out's strides: a bad out gets the same error
-        # whatever the shapes.
-        _check_out_like_q(out, q, q_name)
+    return inputs
 
+
+def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 names: Names) -> Tuple[int, int, int, int, int, int]:
+    """The shapes of q, k and v (`check_inputs` passed) agree and are within the kernels'
+    bounds; returns (batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim)."""
+    q_name, k_name, v_name = names.q, names.k, names.v
     batch, seqlen_q, nheads, head_dim = q.shape
     if k.shape != v.shape:
         raise ValueError(f"{names.kv} must have the same shape; got {k_name} "
@@ -137,42 +198,7 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
         raise ValueError(f"nheads of {q_name} ({nheads}) must be a multiple of nheads of "
                          f"{names.kv} ({nheads_k})"
                          + layout_hint(names, seqlen_q, seqlen_k))
-
-    # A causal mask that hides nothing (row 0 already sees the last key: one query row
-    # aligned bottom-right, or one key aligned top-left) is launched as non-causal, which
-    # spares the masking and lets a decode step pack.
-    offset = seqlen_k - seqlen_q if bottom_right else 0
-    is_causal = causal and offset < seqlen_k - 1
-    packed = (seqlen_q == 1 and nheads > nheads_k and not is_causal and packable(q)
-              and (out is None or packable(out)))
-    launch_seqlen_q, launch_nheads = ((nheads // nheads_k, nheads_k) if packed
-                                      else (seqlen_q, nheads))
-
-    cfg = pick_config(config, q, head_dim, is_causal, launch_seqlen_q, seqlen_k, names)
-    scale = resolve_scale(softmax_scale, head_dim, names.scale)
-    if cfg["family"] == "sm90a":
-        # TMA (the Hopper kernel's loads) cannot broadcast: an expanded tensor (stride 0 in
-        # a dim of size > 1) goes to the sm80 kernel, which reads it row by row.
-        broadcast = next(((name, dim) for name, t in inputs
-                          if (dim := broadcast_dim(t)) is not None), None)
-        if broadcast is not None:
-            if config not in (None, AUTO):
-                raise ValueError(
-                    f"{broadcast[0]} has stride 0 in its {broadcast[1]} "
-                    f"dim (an expanded tensor); config {cfg['name']!r} loads with TMA, which "
-                    f"cannot broadcast: call .contiguous() on it, or use config='auto'")
-            cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal)
-
-    for (name, t), rows in zip(inputs, ("block_m", "block_n", "block_n")):
-        _check_layout(name, t, cfg[rows])
-    if out is not None:
-        _check_out(out, q, k, v, cfg["block_m"], names)
-        inputs.append(("out", out))
-    check_devices(inputs, cfg, q_name)
-    return Launch(cfg["name"], DTYPE_NAMES[q.dtype], batch, launch_seqlen_q, seqlen_k,
-                  launch_nheads, nheads_k, head_dim, scale, is_causal,
-                  offset if is_causal else 0, packed, launch_strides(q, packed, nheads_k),
-                  row_strides(k), row_strides(v))
+    return batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim
 
 
 def layout_hint(names: Names, other_nheads: int, other_nheads_k: int) -> str:
@@ -256,8 +282,8 @@ def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_row
     with k or v (read by all blocks while others write), would race.
     """
     q_name = names.q
-    _check_layout("out", out, block_rows)
-    if _overlaps_itself(out):
+    check_layout("out", out, block_rows)
+    if overlaps_itself(out):
         raise ValueError("out has elements that share memory (e.g. an expanded tensor); pass "
                          "a tensor with one memory location per element")
     is_q = out.data_ptr() == q.data_ptr() and out.stride() == q.stride()
@@ -267,7 +293,7 @@ def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_row
                              "tensor" + (f" (or {q_name} itself)" if name == q_name else ""))
 
 
-def _check_layout(name: str, t: torch.Tensor, block_rows: int) -> None:
+def check_layout(name: str, t: torch.Tensor, block_rows: int) -> None:
     """The kernel's 16-byte loads need a contiguous last dim, batch/seqlen/nheads strides
     that are whole multiples of 16 bytes, and a 16-byte aligned start; its 32-bit in-tile
     offsets need block_rows * seqlen stride below 2^31."""
@@ -297,10 +323,10 @@ def _strides_text(t: torch.Tensor) -> str:
                                                     t.stride()))
 
 
-def check_devices(tensors: Sequence[Tuple[str, torch.Tensor]], cfg: dict,
+def check_devices(tensors: Sequence[Tuple[str, torch.Tensor]], cfg: Optional[dict],
                   q_name: str = "q") -> None:
     """All tensors on one CUDA device whose compute capability and shared memory the
-    config fits."""
+    config fits (cfg None: a config `_C.configs()` does not describe, which `_C` checks)."""
     for name, t in tensors:
         if not t.is_cuda:
             raise ValueError(f"{name} is on {t.device}; fa_cute runs on CUDA tensors only "
@@ -310,11 +336,13 @@ def check_devices(tensors: Sequence[Tuple[str, torch.Tensor]], cfg: dict,
         if t.device != device:
             raise ValueError(f"{name} is on {t.device} but {q_name} is on {device}; all "
                              "tensors must be on one CUDA device")
+    if cfg is None:
+        return
     gpu, cc = gpu_of(device.index)
     check_config_fits(cfg, f"{device} ({gpu})", cc, smem_limit_of(device.index))
 
 
-def _overlaps_itself(t: torch.Tensor) -> bool:
+def overlaps_itself(t: torch.Tensor) -> bool:
     """Whether two elements of t may share memory (stride 0, or interleaved dims).
 
     Conservative: sorted by stride, each dim must step past everything the smaller dims

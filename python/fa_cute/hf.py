@@ -16,7 +16,7 @@ its own, an implementation gets no mask at all, and padding would be ignored sil
 Supported: prefill (causal, aligned bottom-right, so a prefill chunk after cached tokens
 sees them all) and decode with a cache whose keys are all valid (DynamicCache, the
 default), grouped-query and multi-query heads (no K/V copies), bf16/fp16 on CUDA, inference
-(fa_cute has no backward yet: run under torch.no_grad() or torch.inference_mode()).
+and training (gradients through `fa_cute.forward`, for the head dims its backward takes).
 Refused with an error naming what to change: padding (an attention_mask with zeros, or a
 StaticCache, whose unfilled slots are masked), dropout in training, sliding windows, logit
 softcapping, attention sinks (s_aux), position biases, output_attentions=True.

@@ -1,0 +1,207 @@
+"""The backward: the checks of `fa_cute.backward`'s arguments (`validate_backward`), the
+backward kernel's config for a GPU (`backward_config`; `check_backward_supported` asks it
+when a forward records gradients, so that an unsupported case fails before the forward
+runs, not in the backward pass), and the `_C.backward` call on PyTorch's current stream
+with the fp32 work buffers it takes (`run_backward`).
+
+Messages follow `_validate`'s rules: TypeError for types, ValueError for the rest, each
+naming the argument and what is allowed, the device checked last.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+
+from . import _C
+from ._configs import CONFIGS, DTYPE_NAMES, PLACEHOLDER_CC, gpu_of
+from ._launch import current_stream, row_strides
+from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, check_devices, check_flag,
+                        check_inputs, check_layout, check_memory, check_shapes, check_tensor,
+                        overlaps_itself, resolve_scale, spans_overlap)
+
+__all__ = ["BackwardLaunch", "backward_config", "backward_kernel_args",
+           "check_backward_supported", "has_backward", "run_backward", "validate_backward"]
+
+# The tallest tile of the backward kernels (src/sm80/kernel_traits_bwd_sm80.h: 64 or 128
+# query or key rows): the bound of the layout check's 32-bit in-tile offsets. `_C`
+# re-checks against the config it launches.
+_BLOCK_ROWS = 128
+
+_TRAIN_ELSEWHERE = ("run it under torch.no_grad() or torch.inference_mode(), pass "
+                    ".detach()ed tensors, or train with "
+                    "torch.nn.functional.scaled_dot_product_attention")
+
+
+class BackwardLaunch(NamedTuple):
+    """What `validate_backward` resolved: everything `_C.backward` needs besides the tensors."""
+
+    config: str
+    dtype: str
+    batch: int
+    seqlen_q: int
+    seqlen_k: int
+    nheads: int
+    nheads_k: int
+    head_dim: int
+    softmax_scale: float
+    is_causal: bool
+    causal_offset: int
+
+
+def has_backward() -> bool:
+    """Whether this build of `_C` has the backward kernel."""
+    return hasattr(_C, "backward")
+
+
+def backward_config(q: torch.Tensor, q_name: str = "q") -> str:
+    """The backward kernel's config for q's head dim on q's GPU (for a tensor elsewhere, on a
+    placeholder GPU: the device check refuses it later). NotImplementedError where this
+    build has no backward; ValueError naming the head dim where no kernel takes it."""
+    if not has_backward():
+        raise NotImplementedError(
+            "this build of fa_cute._C has no backward kernel (fa_cute.backward, and gradients "
+            "through fa_cute.forward and fa_cute.sdpa, need one): rebuild fa_cute from a "
+            f"source tree that has it, or {_TRAIN_ELSEWHERE}")
+    head_dim = q.shape[-1]
+    if q.is_cuda:
+        gpu, cc = gpu_of(q.device.index)
+        where = f" on {q.device} ({gpu}, compute capability {cc[0]}.{cc[1]})"
+    else:
+        cc, where = PLACEHOLDER_CC, ""
+    try:
+        return _C.default_backward_config(head_dim, cc[0], cc[1])
+    except ValueError as exc:
+        raise ValueError(f"headdim of {q_name} ({head_dim}) has no backward kernel{where} "
+                         f"({exc}); {_TRAIN_ELSEWHERE}") from None
+
+
+def check_backward_supported(q, k, v, names: Names) -> None:
+    """At forward time, with grad mode on and q, k or v requiring grad: the backward must
+    exist for these inputs (`backward_config`), or the forward raises before it runs. A q
+    that is not a 4-D tensor is left to the forward's checks, which name it."""
+    if isinstance(q, torch.Tensor) and q.dim() == 4:
+        backward_config(q, names.q)
+
+
+def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
+                      deterministic, dq, dk, dv, names: Names = FORWARD_NAMES
+                      ) -> BackwardLaunch:
+    """Check every argument of the backward, the device last; return what the launch needs.
+
+    bottom_right: forward's causal alignment, else sdpa's top-left. names: q's, k's, v's,
+    causal's and the scale's names in messages (forward's or sdpa's).
+    """
+    check_flag(names.causal, causal)
+    check_flag("deterministic", deterministic)
+    if deterministic:
+        raise NotImplementedError(
+            "deterministic=True is not supported yet: the backward kernel sums each dq row "
+            "over key blocks with atomic adds, in an order that varies from run to run; pass "
+            "deterministic=False")
+    inputs = check_inputs(q, k, v, names)
+    for name, t in (("out", out), ("dout", dout)):
+        _check_like(name, t, q, names.q)
+    _check_lse(lse, q, names.q)
+    batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
+    config = backward_config(q, names.q)
+    scale = resolve_scale(softmax_scale, head_dim, names.scale)
+    tensors = inputs + [("out", out), ("dout", dout)]
+    for name, t in tensors:
+        check_layout(name, t, _BLOCK_ROWS)
+    tensors.append(("lse", lse))
+    buffers = []
+    for name, t, like, like_name in (("dq", dq, q, names.q), ("dk", dk, k, names.k),
+                                     ("dv", dv, v, names.v)):
+        if t is not None:
+            _check_like(name, t, like, like_name)
+            check_layout(name, t, _BLOCK_ROWS)
+            if overlaps_itself(t):
+                raise ValueError(f"{name} has elements that share memory (e.g. an expanded "
+                                 "tensor); pass a tensor with one memory location per element")
+            for other, u in tensors + buffers:
+                if spans_overlap(t, u):
+                    raise ValueError(f"{name} overlaps the memory of {other}; pass a separate "
+                                     "tensor")
+            buffers.append((name, t))
+    check_devices(tensors + buffers, CONFIGS.get(config), names.q)
+    offset = seqlen_k - seqlen_q if bottom_right else 0
+    # As the forward launches it: a mask that hides nothing runs non-causal.
+    is_causal = causal and offset < seqlen_k - 1
+    return BackwardLaunch(config, DTYPE_NAMES[q.dtype], batch, seqlen_q, seqlen_k, nheads,
+                          nheads_k, head_dim, scale, is_causal, offset if is_causal else 0)
+
+
+def _check_like(name: str, t, like: torch.Tensor, like_name: str) -> None:
+    """t is a tensor of like's dtype and shape whose storage holds it."""
+    check_tensor(name, t)
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}; it must match {like_name} ({like.dtype}, "
+                        f"one of {ALLOWED_DTYPES})")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; it must match {like_name} "
+                         f"{tuple(like.shape)}")
+    check_memory(name, t)
+
+
+def _check_lse(lse, q: torch.Tensor, q_name: str) -> None:
+    """lse is the forward's: contiguous float32 (batch, nheads, seqlen_q)."""
+    check_tensor("lse", lse)
+    if lse.dtype != torch.float32:
+        raise TypeError(f"lse has dtype {lse.dtype}; it must be torch.float32 (the forward's "
+                        "return_lse=True output)")
+    batch, seqlen_q, nheads, _ = q.shape
+    if lse.shape != (batch, nheads, seqlen_q):
+        raise ValueError(f"lse has shape {tuple(lse.shape)}; it must be (batch, nheads, "
+                         f"seqlen_q) of {q_name}: {(batch, nheads, seqlen_q)}")
+    check_memory("lse", lse)
+    if not lse.is_contiguous():
+        raise ValueError(f"lse must be contiguous; got strides {lse.stride()}; call "
+                         ".contiguous() on it")
+
+
+def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
+                 deterministic, dq: Optional[torch.Tensor], dk: Optional[torch.Tensor],
+                 dv: Optional[torch.Tensor], names: Names = FORWARD_NAMES
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate, allocate the gradients not given (laid out like q, k and v: torch.empty_like)
+    and launch the backward on PyTorch's current stream; returns (dq, dk, dv)."""
+    launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
+                               softmax_scale=softmax_scale, deterministic=deterministic,
+                               dq=dq, dk=dk, dv=dv, names=names)
+    dq = torch.empty_like(q) if dq is None else dq
+    dk = torch.empty_like(k) if dk is None else dk
+    dv = torch.empty_like(v) if dv is None else dv
+    if launch.batch and launch.nheads:
+        device = q.device
+        if device.index == torch.cuda.current_device():
+            _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv)
+        else:
+            with torch.cuda.device(device):
+                _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv)
+    return dq, dk, dv
+
+
+def _launch_backward(launch: BackwardLaunch, dout, q, k, v, out, lse, dq, dk, dv) -> None:
+    # One fp32 allocation for both work buffers, from PyTorch's caching allocator on the
+    # current stream (which orders their reuse after the kernel): dq_accum (batch, nheads,
+    # seqlen_q, head_dim), then softmax_d (batch, nheads, seqlen_q).
+    rows = launch.batch * launch.nheads * launch.seqlen_q
+    work = torch.empty(rows * (launch.head_dim + 1), dtype=torch.float32, device=q.device)
+    dq_accum, softmax_d = work[:rows * launch.head_dim], work[rows * launch.head_dim:]
+    _C.backward(*backward_kernel_args(launch, dout, q, k, v, out, lse, dq, dk, dv, dq_accum,
+                                      softmax_d), q.device.index, current_stream(q.device.index))
+
+
+def backward_kernel_args(launch: BackwardLaunch, dout, q, k, v, out, lse, dq, dk, dv,
+                         dq_accum: torch.Tensor, softmax_d: torch.Tensor) -> tuple:
+    """`_C.backward`'s arguments up to causal_offset (device and stream follow), in the
+    contract's order; apart from the launch so that tests can check them on CPU tensors."""
+    return (launch.config, launch.dtype,
+            dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+            lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+            dq_accum.data_ptr(), softmax_d.data_ptr(),
+            launch.batch, launch.seqlen_q, launch.seqlen_k, launch.nheads, launch.nheads_k,
+            launch.head_dim,
+            row_strides(q), row_strides(k), row_strides(v), row_strides(out), row_strides(dout),
+            row_strides(dq), row_strides(dk), row_strides(dv),
+            launch.softmax_scale, launch.is_causal, launch.causal_offset)
