@@ -99,3 +99,28 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_configs, "gpu_of", lambda index: ("fake GPU", (8, 0)))
     monkeypatch.setattr(_configs, "smem_limit_of", lambda index: None)
     monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def reference_forward(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The forward kernel's results computed on CPU (the float64 reference written into the
+    output and LSE, as the kernel would write them), without the device check; returns the
+    launches (`_launch.Launch`) in order."""
+    from fa_cute import _api, _validate
+    from fa_cute._reference import attention_ref
+
+    monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)
+    launches = []
+
+    def launch(launch, q, k, v, out, lse, timed):
+        launches.append(launch)
+        o, l = attention_ref(q, k, v, launch.softmax_scale, causal=launch.is_causal,
+                             causal_offset=launch.causal_offset if launch.is_causal else None,
+                             return_lse=True)
+        out.copy_(o)
+        if lse is not None:
+            lse.copy_(l.reshape(lse.shape))
+        return 0.0
+
+    monkeypatch.setattr(_api, "launch_kernel", launch)
+    return launches

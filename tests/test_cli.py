@@ -11,6 +11,7 @@ import torch
 
 import fa_cute
 from fa_cute import _C, bench, info, tune
+from fa_cute._backward import BACKWARD_CONFIGS
 
 RECORDS = [dict(dtype=dtype, seqlen=n, batch=16384 // n, nheads=16, head_dim=128,
                 config="sm80_m128n128w8_d128",
@@ -153,10 +154,12 @@ def test_tune_renders_a_table_per_head_dim() -> None:
 def test_info_reports_the_build_and_its_licences() -> None:
     text = info.describe()
     assert f"configs built ({len(fa_cute.configs())}" in text
+    assert f"backward configs built ({len(BACKWARD_CONFIGS)})" in text
     assert "license files: " in text
     record = info.build_record()  # empty where the install carries no fa_cute_build.json
     if record:
         assert ",".join(record["archs"]) == _C.build_info()["archs"]
-        assert sorted(record["configs"]) == sorted(c["name"] for c in fa_cute.configs())
+        built = [c["name"] for c in fa_cute.configs()] + list(BACKWARD_CONFIGS)
+        assert sorted(record["configs"]) == sorted(built)
     for path in info.license_files():
         assert os.path.basename(path) in ("LICENSE", "LICENSE-CUTLASS.txt")

@@ -1,7 +1,8 @@
-"""fa_cute: a FlashAttention forward kernel for PyTorch, in CUDA C++ on CUTLASS CuTe.
+"""fa_cute: FlashAttention kernels (forward, backward) for PyTorch, in CUDA C++ on CUTLASS CuTe.
 
     out = fa_cute.forward(q, k, v)   # q, k, v: (batch, seqlen, nheads, headdim) bf16/fp16
     out = fa_cute.sdpa(q, k, v)      # torch SDPA's layout, (batch, nheads, seqlen, headdim)
+    out.sum().backward()             # gradients, for inputs that require grad
 
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
 """
@@ -13,9 +14,10 @@ except ImportError as exc:
     raise ImportError("fa_cute needs PyTorch (>= 2.1, a CUDA build to run kernels): "
                       "pip install torch") from exc
 
-from ._api import configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
+from ._api import backward, configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
 from . import _C  # noqa: E402  (after _api, whose import explains a missing build)
 
 __version__: str = _C.build_info()["version"]
 
-__all__ = ["__version__", "configs", "forward", "forward_timed", "resolve_config", "sdpa"]
+__all__ = ["__version__", "backward", "configs", "forward", "forward_timed", "resolve_config",
+           "sdpa"]

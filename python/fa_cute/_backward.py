@@ -8,44 +8,32 @@ Messages follow `_validate`'s rules: TypeError for types, ValueError for the res
 naming the argument and what is allowed, the device checked last.
 """
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from . import _C
-from ._configs import CONFIGS, DTYPE_NAMES, PLACEHOLDER_CC, gpu_of
-from ._launch import current_stream, row_strides
+from ._configs import DTYPE_NAMES, PLACEHOLDER_CC, gpu_of
+from ._launch import Launch, current_stream, row_strides
 from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, check_devices, check_flag,
                         check_inputs, check_layout, check_memory, check_shapes, check_tensor,
                         overlaps_itself, resolve_scale, spans_overlap)
 
-__all__ = ["BackwardLaunch", "backward_config", "backward_kernel_args",
+__all__ = ["BACKWARD_CONFIGS", "backward_config", "backward_kernel_args",
            "check_backward_supported", "has_backward", "run_backward", "validate_backward"]
 
-# The tallest tile of the backward kernels (src/sm80/kernel_traits_bwd_sm80.h: 64 or 128
-# query or key rows): the bound of the layout check's 32-bit in-tile offsets. `_C`
+# The backward configs this build holds, by name (none in a build without the backward).
+BACKWARD_CONFIGS = {c["name"]: c for c in getattr(_C, "backward_configs", list)()}
+
+# The tallest tile of the backward kernels (64 or 128 query or key rows): the bound of the
+# layout check's 32-bit in-tile offsets where the config's tile is not known. `_C`
 # re-checks against the config it launches.
-_BLOCK_ROWS = 128
+_BLOCK_ROWS = max((max(c["block_m"], c["block_n"]) for c in BACKWARD_CONFIGS.values()),
+                  default=128)
 
 _TRAIN_ELSEWHERE = ("run it under torch.no_grad() or torch.inference_mode(), pass "
                     ".detach()ed tensors, or train with "
                     "torch.nn.functional.scaled_dot_product_attention")
-
-
-class BackwardLaunch(NamedTuple):
-    """What `validate_backward` resolved: everything `_C.backward` needs besides the tensors."""
-
-    config: str
-    dtype: str
-    batch: int
-    seqlen_q: int
-    seqlen_k: int
-    nheads: int
-    nheads_k: int
-    head_dim: int
-    softmax_scale: float
-    is_causal: bool
-    causal_offset: int
 
 
 def has_backward() -> bool:
@@ -84,8 +72,7 @@ def check_backward_supported(q, k, v, names: Names) -> None:
 
 
 def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
-                      deterministic, dq, dk, dv, names: Names = FORWARD_NAMES
-                      ) -> BackwardLaunch:
+                      deterministic, dq, dk, dv, names: Names = FORWARD_NAMES) -> Launch:
     """Check every argument of the backward, the device last; return what the launch needs.
 
     bottom_right: forward's causal alignment, else sdpa's top-left. names: q's, k's, v's,
@@ -99,10 +86,10 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
             "over key blocks with atomic adds, in an order that varies from run to run; pass "
             "deterministic=False")
     inputs = check_inputs(q, k, v, names)
+    batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
     for name, t in (("out", out), ("dout", dout)):
         _check_like(name, t, q, names.q)
     _check_lse(lse, q, names.q)
-    batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
     config = backward_config(q, names.q)
     scale = resolve_scale(softmax_scale, head_dim, names.scale)
     tensors = inputs + [("out", out), ("dout", dout)]
@@ -123,12 +110,14 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
                     raise ValueError(f"{name} overlaps the memory of {other}; pass a separate "
                                      "tensor")
             buffers.append((name, t))
-    check_devices(tensors + buffers, CONFIGS.get(config), names.q)
+    check_devices(tensors + buffers, BACKWARD_CONFIGS.get(config), names.q)
     offset = seqlen_k - seqlen_q if bottom_right else 0
     # As the forward launches it: a mask that hides nothing runs non-causal.
     is_causal = causal and offset < seqlen_k - 1
-    return BackwardLaunch(config, DTYPE_NAMES[q.dtype], batch, seqlen_q, seqlen_k, nheads,
-                          nheads_k, head_dim, scale, is_causal, offset if is_causal else 0)
+    # Forward's launch type, never packed: the backward runs every query row as its own.
+    return Launch(config, DTYPE_NAMES[q.dtype], batch, seqlen_q, seqlen_k, nheads, nheads_k,
+                  head_dim, scale, is_causal, offset if is_causal else 0, False,
+                  row_strides(q), row_strides(k), row_strides(v))
 
 
 def _check_like(name: str, t, like: torch.Tensor, like_name: str) -> None:
@@ -181,7 +170,7 @@ def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax
     return dq, dk, dv
 
 
-def _launch_backward(launch: BackwardLaunch, dout, q, k, v, out, lse, dq, dk, dv) -> None:
+def _launch_backward(launch: Launch, dout, q, k, v, out, lse, dq, dk, dv) -> None:
     # One fp32 allocation for both work buffers, from PyTorch's caching allocator on the
     # current stream (which orders their reuse after the kernel): dq_accum (batch, nheads,
     # seqlen_q, head_dim), then softmax_d (batch, nheads, seqlen_q).
@@ -192,7 +181,7 @@ def _launch_backward(launch: BackwardLaunch, dout, q, k, v, out, lse, dq, dk, dv
                                       softmax_d), q.device.index, current_stream(q.device.index))
 
 
-def backward_kernel_args(launch: BackwardLaunch, dout, q, k, v, out, lse, dq, dk, dv,
+def backward_kernel_args(launch: Launch, dout, q, k, v, out, lse, dq, dk, dv,
                          dq_accum: torch.Tensor, softmax_d: torch.Tensor) -> tuple:
     """`_C.backward`'s arguments up to causal_offset (device and stream follow), in the
     contract's order; apart from the launch so that tests can check them on CPU tensors."""
@@ -202,6 +191,7 @@ def backward_kernel_args(launch: BackwardLaunch, dout, q, k, v, out, lse, dq, dk
             dq_accum.data_ptr(), softmax_d.data_ptr(),
             launch.batch, launch.seqlen_q, launch.seqlen_k, launch.nheads, launch.nheads_k,
             launch.head_dim,
-            row_strides(q), row_strides(k), row_strides(v), row_strides(out), row_strides(dout),
+            launch.q_strides, launch.k_strides, launch.v_strides, row_strides(out),
+            row_strides(dout),
             row_strides(dq), row_strides(dk), row_strides(dv),
             launch.softmax_scale, launch.is_causal, launch.causal_offset)

@@ -24,8 +24,8 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["ABS_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT", "attention_ref",
-           "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
+__all__ = ["ABS_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
+           "attention_grads_ref", "attention_ref", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
            "long_inputs", "relative_error", "row_references"]
 
 #: Absolute slack added to twice the plain error, so that exact-zero plain errors still pass.
@@ -93,6 +93,11 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
         visible = causal_mask(seqlen_q, seqlen_k, offset, scores.device)
         scores = scores.masked_fill(~visible, -math.inf)
         empty_rows = ~visible.any(dim=1)
+    lse_scores = scores
+    if empty_rows is not None:
+        # A finite row in place of all -inf, its probabilities zeroed below: the same output,
+        # and a gradient of 0 for the row instead of softmax's NaN.
+        scores = scores.masked_fill(empty_rows[:, None], 0.0)
     probs = torch.softmax(scores, dim=-1)
     if empty_rows is not None:
         # softmax of an all -inf row is 0/0 = NaN; the contract says such a row is 0.
@@ -101,7 +106,23 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     out = torch.einsum("bjiqk,bkjd->bqjid", probs, v).reshape(batch, seqlen_q, nheads, head_dim)
     if not return_lse:
         return out
-    return out, torch.logsumexp(scores, dim=-1).to(torch.float64)
+    return out, torch.logsumexp(lse_scores, dim=-1).to(torch.float64)
+
+
+def attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
+                        softmax_scale: float, upcast: bool = True, *, causal: bool = False,
+                        causal_offset: Optional[int] = None
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of `attention_ref` for the output gradient dout, by autograd through it:
+    in float64 (upcast=True, the reference) or in the input dtype (upcast=False, the plain
+    computation of the 2x rule). Rows that see no key get zero gradients; dk and dv are
+    summed over the query heads of each K/V head."""
+    dtype = torch.float64 if upcast else q.dtype
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    with torch.enable_grad():
+        out = attention_ref(*leaves, softmax_scale, upcast=False, causal=causal,
+                            causal_offset=causal_offset)
+        return torch.autograd.grad(out, leaves, dout.to(dtype))
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

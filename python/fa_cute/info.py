@@ -14,6 +14,7 @@ import torch
 
 import fa_cute
 from fa_cute import _C
+from fa_cute._backward import BACKWARD_CONFIGS
 
 
 def _distribution() -> Optional[importlib.metadata.Distribution]:
@@ -54,6 +55,12 @@ def describe() -> str:
         + (f", dtypes {','.join(record['dtypes'])}" if record.get("dtypes") else "") + "):",
     ]
     for c in configs:
+        lines.append(f"  {c['name']}: family {c['family']}, head_dim {c['head_dim']}, "
+                     f"block {c['block_m']}x{c['block_n']}, {c['num_warps']} warps, "
+                     f"dtypes {','.join(c['dtypes'])}")
+    backward = list(BACKWARD_CONFIGS.values())
+    lines.append(f"backward configs built ({len(backward)}):")
+    for c in backward:
         lines.append(f"  {c['name']}: family {c['family']}, head_dim {c['head_dim']}, "
                      f"block {c['block_m']}x{c['block_n']}, {c['num_warps']} warps, "
                      f"dtypes {','.join(c['dtypes'])}")
