@@ -196,4 +196,58 @@ void check_forward_memory(ForwardExtents const& extents, int device) {
   }
 }
 
+BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& p, int device) {
+  check_problem_sizes(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_k);
+  FA_CUTE_REQUIRE(p.head_dim == kernel.head_dim, std::string("head_dim: backward config ") + kernel.config +
+                                                     " is built for head dim " + str(kernel.head_dim) + ", got " +
+                                                     str(p.head_dim));
+  FA_CUTE_REQUIRE(p.causal_offset >= -kMaxSeqlen && p.causal_offset <= kMaxSeqlen,
+          "causal_offset: must be in [-" + str(kMaxSeqlen) + ", " + str(kMaxSeqlen) + "], got " + str(p.causal_offset));
+  long long const key_tiles = (long long)((p.seqlen_k + kernel.block_n - 1) / kernel.block_n) * p.nheads_k * p.batch;
+  FA_CUTE_REQUIRE(key_tiles <= kMaxLaunchTiles, "batch * nheads_k * ceil(seqlen_k / " + str(kernel.block_n) +
+                                                    ") must be <= " + str(kMaxLaunchTiles) +
+                                                    " (tiles are numbered in int)");
+  FA_CUTE_REQUIRE(device >= 0, "device: must be a CUDA device index >= 0, got " + str(device));
+  auto const ptr = [](void const* x) { return reinterpret_cast<uintptr_t>(x); };
+  u128 const rows = u128(p.batch) * p.nheads * p.seqlen_q;
+  auto const fp32 = [&](char const* name, void const* x, u128 count, unsigned align) {
+    FA_CUTE_REQUIRE(x != nullptr, std::string(name) + ": the data pointer is null");
+    FA_CUTE_REQUIRE(ptr(x) % align == 0, std::string(name) + ": data pointer must be " + str(align) + "-byte aligned");
+    return check_fp32_buffer(name, ptr(x), count);
+  };
+  // A (batch, seqlen, heads, d) operand of the queries' or the keys' sizes. block_rows: the
+  // rows of the tiles the main kernel loads or stores (32-bit in-tile offsets); out and dq
+  // are read and written row by row with 64-bit offsets (1).
+  auto const operand = [&](char const* name, void const* x, bool keys, index_t batch_stride, index_t row_stride,
+                           index_t head_stride, int block_rows) {
+    return check_operand(name, ptr(x), p.batch, keys ? p.seqlen_k : p.seqlen_q, keys ? p.nheads_k : p.nheads,
+                         p.head_dim, batch_stride, row_stride, head_stride, block_rows);
+  };
+  int const bm = kernel.block_m, bn = kernel.block_n;
+  return BackwardExtents{
+      operand("q", p.q_ptr, false, p.q_batch_stride, p.q_row_stride, p.q_head_stride, bm),
+      operand("k", p.k_ptr, true, p.k_batch_stride, p.k_row_stride, p.k_head_stride, bn),
+      operand("v", p.v_ptr, true, p.v_batch_stride, p.v_row_stride, p.v_head_stride, bn),
+      operand("out", p.o_ptr, false, p.o_batch_stride, p.o_row_stride, p.o_head_stride, 1),
+      operand("dout", p.do_ptr, false, p.do_batch_stride, p.do_row_stride, p.do_head_stride, bm),
+      fp32("lse", p.lse_ptr, rows, 4),
+      operand("dq", p.dq_ptr, false, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, 1),
+      operand("dk", p.dk_ptr, true, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, bn),
+      operand("dv", p.dv_ptr, true, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, bn),
+      fp32("dq_accum", p.dq_accum_ptr, rows * p.head_dim, 16),
+      fp32("softmax_d", p.softmax_d_ptr, rows, 4),
+  };
+}
+
+void check_backward_memory(BackwardExtents const& extents, int device) {
+  // In pieces of check_forward_memory's size; unused slots (ptr 0) are skipped there.
+  for (size_t first = 0; first < extents.size(); first += ForwardExtents().size()) {
+    ForwardExtents piece{};
+    for (size_t i = 0; i < piece.size(); ++i) {
+      piece[i] = first + i < extents.size() ? extents[first + i] : OperandExtent{"", 0, 0};
+    }
+    check_forward_memory(piece, device);
+  }
+}
+
 }  // namespace fa_cute

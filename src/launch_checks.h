@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "bwd_params.h"
+#include "bwd_registry.h"
 #include "flash_params.h"
 #include "kernel_registry.h"
 
@@ -58,5 +60,18 @@ void check_stream_handle(uintptr_t stream);
 // Each used operand's whole extent lies in one CUDA allocation of device memory on device
 // (the driver's cuPointerGetAttributes, one call per operand). Needs the device current.
 void check_forward_memory(ForwardExtents const& extents, int device);
+
+// --- Backward ------------------------------------------------------------------------------
+// q, k, v, out, dout, lse, dq, dk, dv, dq_accum, softmax_d.
+using BackwardExtents = std::array<OperandExtent, 11>;
+
+// Everything about a backward call that integers alone decide, as check_forward_args: the
+// problem sizes, the config's head dim, causal_offset, the main kernel's CTA count, every
+// pointer non-null and aligned (dq_accum 16 bytes: the preprocess kernel zeroes it in 16-byte
+// stores), strides, and each operand's extent, which it returns for check_backward_memory.
+BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& params, int device);
+
+// check_forward_memory's test for each backward operand.
+void check_backward_memory(BackwardExtents const& extents, int device);
 
 }  // namespace fa_cute

@@ -14,6 +14,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bwd_params.h"
+#include "bwd_registry.h"
 #include "cuda_check.h"
 #include "flash_params.h"
 #include "fwd_heuristic.h"
@@ -125,6 +127,83 @@ int num_splits(std::string const& config, std::string const& dtype, int batch, i
   return kernel.num_splits(params, device);
 }
 
+// The backward of attention: dq, dk, dv from dout, the forward's q, k, v, out and lse, through
+// the caller's fp32 work buffers dq_accum (batch, nheads, seqlen_q, head_dim) and softmax_d
+// (batch, nheads, seqlen_q), both contiguous (src/bwd_launch.h: preprocess, main kernel,
+// postprocess). Checked as forward is.
+void backward(std::string const& config, std::string const& dtype, uintptr_t dout, uintptr_t q, uintptr_t k,
+              uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+              uintptr_t dq_accum, uintptr_t softmax_d, int batch, int seqlen_q, int seqlen_k, int nheads,
+              int nheads_k, int head_dim, Strides q_strides, Strides k_strides, Strides v_strides,
+              Strides o_strides, Strides do_strides, Strides dq_strides, Strides dk_strides,
+              Strides dv_strides, double softmax_scale, bool is_causal, int causal_offset, int device,
+              uintptr_t stream_handle) {
+  BwdKernel const& kernel = find_bwd_kernel(config, parse_dtype(dtype));
+  check_problem_sizes(batch, seqlen_q, seqlen_k, nheads, nheads_k);
+  FA_CUTE_REQUIRE(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
+  BwdParams params{};
+  params.q_ptr = reinterpret_cast<void const*>(q);
+  params.k_ptr = reinterpret_cast<void const*>(k);
+  params.v_ptr = reinterpret_cast<void const*>(v);
+  params.o_ptr = reinterpret_cast<void const*>(out);
+  params.do_ptr = reinterpret_cast<void const*>(dout);
+  params.lse_ptr = reinterpret_cast<float const*>(lse);
+  params.dq_ptr = reinterpret_cast<void*>(dq);
+  params.dk_ptr = reinterpret_cast<void*>(dk);
+  params.dv_ptr = reinterpret_cast<void*>(dv);
+  params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
+  params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
+  std::tie(params.q_batch_stride, params.q_row_stride, params.q_head_stride) = q_strides;
+  std::tie(params.k_batch_stride, params.k_row_stride, params.k_head_stride) = k_strides;
+  std::tie(params.v_batch_stride, params.v_row_stride, params.v_head_stride) = v_strides;
+  std::tie(params.o_batch_stride, params.o_row_stride, params.o_head_stride) = o_strides;
+  std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
+  std::tie(params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride) = dq_strides;
+  std::tie(params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride) = dk_strides;
+  std::tie(params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride) = dv_strides;
+  params.batch = batch;
+  params.seqlen_q = seqlen_q;
+  params.seqlen_k = seqlen_k;
+  params.nheads = nheads;
+  params.nheads_k = nheads_k;
+  params.head_dim = head_dim;
+  params.is_causal = is_causal;
+  params.causal_offset = causal_offset;
+  params.softmax_scale = float(softmax_scale);
+  params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
+
+  // Integers first, then the runtime and the driver, as forward.
+  BackwardExtents const extents = check_backward_args(kernel, params, device);
+  check_stream_handle(stream_handle);
+  check_device(device);
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  check_backward_memory(extents, device);
+  py::gil_scoped_release release;
+  kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
+}
+
+// The built backward configs, sorted by name, one dict each (as configs() for forward ones).
+py::list backward_configs() {
+  py::list out;
+  for (BwdKernel const& k : bwd_kernels()) {  // sorted by (config, dtype)
+    if (out.size() == 0 || out[out.size() - 1]["name"].cast<std::string>() != k.config) {
+      py::dict entry;
+      entry["name"] = k.config;
+      entry["family"] = k.family;
+      entry["head_dim"] = k.head_dim;
+      entry["block_m"] = k.block_m;
+      entry["block_n"] = k.block_n;
+      entry["num_warps"] = k.num_warps;
+      entry["smem_bytes"] = k.smem_bytes;
+      entry["description"] = k.description;
+      entry["dtypes"] = py::list();
+      out.append(entry);
+    }
+    out[out.size() - 1]["dtypes"].cast<py::list>().append(dtype_name(k.dtype));
+  }
+  return out;
+}
+
 py::list configs() {
   py::list out;
   py::dict current;
@@ -189,6 +268,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("configs", &fa_cute::configs);
   m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
         py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
+  m.def("backward", &fa_cute::backward, py::arg("config"), py::arg("dtype"), py::arg("dout"), py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
+        py::arg("dq_accum"), py::arg("softmax_d"), py::arg("batch"), py::arg("seqlen_q"), py::arg("seqlen_k"),
+        py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"),
+        py::arg("v_strides"), py::arg("o_strides"), py::arg("do_strides"), py::arg("dq_strides"),
+        py::arg("dk_strides"), py::arg("dv_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
+        py::arg("causal_offset"), py::arg("device"), py::arg("stream"));
+  m.def("backward_configs", &fa_cute::backward_configs);
+  m.def("default_backward_config", &fa_cute::default_bwd_config, py::arg("head_dim"), py::arg("cc_major"),
+        py::arg("cc_minor"));
   m.def("build_info", &fa_cute::build_info);
   m.def("limits", &fa_cute::limits);
 }

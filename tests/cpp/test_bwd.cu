@@ -1,0 +1,108 @@
+// Host-side checks of the backward's index math (no GPU): the query blocks a key block
+// visits (BwdQueryRange) and which tiles need a mask, against brute force over every
+// (row, key) pair; the traits' transposed shared-memory views; that every thread's
+// accumulator fragment of each of the three GEMMs tiles its output exactly once; and the
+// backward config table against the registered kernels.
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <cute/tensor.hpp>
+
+#include "block_info.h"
+#include "bwd_registry.h"
+#include "expect.h"
+#include "generated/bwd_config_table.h"
+#include "sm80/kernel_traits_bwd_sm80.h"
+
+using namespace cute;
+
+template <int kBlockM, int kBlockN>
+void check_query_range(int seqlen_q, int seqlen_k, bool causal, int offset) {
+  int const num_n = (seqlen_k + kBlockN - 1) / kBlockN;
+  int const num_m = (seqlen_q + kBlockM - 1) / kBlockM;
+  for (int n = 0; n < num_n; ++n) {
+    auto const range = fa_cute::BwdQueryRange::of<kBlockM, kBlockN>(n, seqlen_q, causal, offset);
+    for (int m = 0; m < num_m; ++m) {
+      bool sees = false, masked = false;
+      for (int r = m * kBlockM; r < (m + 1) * kBlockM; ++r) {
+        for (int c = n * kBlockN; c < (n + 1) * kBlockN; ++c) {
+          bool const visible = r < seqlen_q && c < seqlen_k && (!causal || c <= r + offset);
+          sees |= visible;
+          // A pair of the tile that must come out 0 although both indices could be real.
+          masked |= r < seqlen_q && !visible;
+        }
+      }
+      bool const in_range = m >= range.m_block_min && m < range.m_block_max;
+      EXPECT(in_range == sees, "q=%d k=%d causal=%d offset=%d n=%d m=%d: range [%d,%d)", seqlen_q, seqlen_k, causal,
+             offset, n, m, range.m_block_min, range.m_block_max);
+      if (in_range && masked) {
+        EXPECT((fa_cute::BwdQueryRange::needs_mask<kBlockM, kBlockN>(m, n, seqlen_k, causal, offset)),
+               "q=%d k=%d causal=%d offset=%d n=%d m=%d: needs a mask", seqlen_q, seqlen_k, causal, offset, n, m);
+      }
+    }
+  }
+}
+
+// X^T(j, i) is X(i, j), the same shared-memory offset.
+template <class Layout, class LayoutT>
+void check_transposed(char const* what) {
+  Layout x;
+  LayoutT xt;
+  int bad = 0;
+  for (int i = 0; i < size<0>(x); ++i)
+    for (int j = 0; j < size<1>(x); ++j) bad += x(i, j) != xt(j, i);
+  EXPECT(bad == 0 && size<0>(x) == size<1>(xt) && size<1>(x) == size<0>(xt), "%s: %d offsets differ", what, bad);
+}
+
+// Every element of the (M, N) output is held by exactly one (thread, value) of tiled_mma's
+// accumulator partition.
+template <class TiledMma, int M, int N>
+void check_covers(char const* what, int num_threads) {
+  std::vector<int> hits(M * N, 0);
+  for (int t = 0; t < num_threads; ++t) {
+    auto coords = TiledMma{}.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<M>, Int<N>>{}));
+    for (int i = 0; i < size(coords); ++i) ++hits[get<0>(coords(i)) * N + get<1>(coords(i))];
+  }
+  int bad = 0;
+  for (int h : hits) bad += h != 1;
+  EXPECT(bad == 0, "%s: %d of %d elements not held exactly once", what, bad, M * N);
+}
+
+template <int kHeadDim, class Element>
+void check_traits(char const* what) {
+  using T = fa_cute::Sm80BwdTraits<kHeadDim, 64, 128, 8, 2, 4, 2, Element>;
+  std::printf("%s: %d bytes of shared memory\n", what, T::kSmemSize);
+  check_transposed<typename T::SmemLayoutQ, typename T::SmemLayoutQt>("Q^T");
+  check_transposed<typename T::SmemLayoutKV, typename T::SmemLayoutKt>("K^T");
+  check_transposed<typename T::SmemLayoutPdS, typename T::SmemLayoutPdSt>("P^T");
+  check_covers<typename T::TiledMmaSdP, 64, 128>("S/dP", T::kNThreads);
+  check_covers<typename T::TiledMmadKV, 128, kHeadDim>("dK/dV", T::kNThreads);
+  check_covers<typename T::TiledMmadQ, 64, kHeadDim>("dQ", T::kNThreads);
+  // Registers a thread keeps across the loop: dK and dV accumulators.
+  constexpr int acc = decltype(size(partition_fragment_C(typename T::TiledMmadKV{}, Shape<_128, Int<kHeadDim>>{})))::value;
+  EXPECT(acc * T::kNThreads == 128 * kHeadDim, "%s: dK fragment %d", what, acc);
+}
+
+int main() {
+  for (bool causal : {false, true}) {
+    for (int sq : {1, 5, 63, 64, 65, 128, 200, 333}) {
+      for (int sk : {1, 7, 127, 128, 129, 300}) {
+        for (int offset : {sk - sq, 0, -70, 90}) check_query_range<64, 128>(sq, sk, causal, offset);
+      }
+    }
+  }
+  check_traits<64, cute::bfloat16_t>("bwd d64 bf16");
+  check_traits<128, cute::half_t>("bwd d128 fp16");
+  // Every registered backward kernel is in the generated table with its tile.
+  for (auto const& k : fa_cute::bwd_kernels()) {
+    bool found = false;
+    for (auto const& c : fa_cute::kBwdConfigs) {
+      found |= std::string(c.name) == k.config && c.head_dim == k.head_dim && c.block_m == k.block_m &&
+               c.block_n == k.block_n && c.num_warps == k.num_warps;
+    }
+    EXPECT(found, "%s is registered but not in generated/bwd_config_table.h", k.config);
+  }
+  return expect_summary();
+}
