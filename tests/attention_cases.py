@@ -1,10 +1,11 @@
 """What the attention GPU tests share (test_attention_grid_gpu.py and
 test_attention_random_gpu.py): the dtypes and head dims, inputs with a NaN-filled output,
 and the check of one forward call (output by the 2x rule, LSE) against the float64
-reference. Not a test module itself."""
+reference; the toy model the training tests (test_backward.py, test_backward_gpu.py) train.
+Not a test module itself."""
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 import torch
@@ -79,3 +80,48 @@ def check_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
     check_close(out, ref, plain)
     check_lse(lse, ref_lse)
     return lse
+
+
+class ToyModel(torch.nn.Module):
+    """Residual causal self-attention layers over (batch, seqlen, width) inputs, heads of 128,
+    their attention `attention(q, k, v)` on (batch, nheads, seqlen, 128) tensors (torch
+    SDPA's signature), so that one model trains on fa_cute and on torch SDPA."""
+
+    def __init__(self, attention, width: int, layers: int = 2,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.attention, self.heads, self.dtype = attention, width // 128, dtype
+        self.qkv = torch.nn.ModuleList(torch.nn.Linear(width, 3 * width).to(dtype)
+                                       for _ in range(layers))
+        self.proj = torch.nn.ModuleList(torch.nn.Linear(width, width).to(dtype)
+                                        for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        for qkv, proj in zip(self.qkv, self.proj):
+            b, n, width = x.shape
+            q, k, v = qkv(x).view(b, n, 3, self.heads, 128).permute(2, 0, 3, 1, 4)
+            x = x + proj(self.attention(q, k, v).transpose(1, 2).reshape(b, n, width))
+        return x
+
+
+def training_losses(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
+                    optimizer: torch.optim.Optimizer, steps: int,
+                    autocast: Optional[torch.dtype] = None) -> List[float]:
+    """The mean-square losses of `steps` optimizer steps of model(x) towards target."""
+    losses = []
+    for _ in range(steps):
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            loss = (model(x).float() - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def check_training_matches(ours: List[float], theirs: List[float], rel_tol: float) -> None:
+    """Both losses fall, and agree step by step within rel_tol."""
+    assert ours[-1] < ours[0] and theirs[-1] < theirs[0], (ours, theirs)
+    assert all(math.isclose(a, b, rel_tol=rel_tol) for a, b in zip(ours, theirs)), \
+        (ours, theirs)

@@ -11,7 +11,6 @@ tests/test_backward_gpu.py runs the real kernels.
 """
 
 import ctypes
-import math
 from typing import Dict, List
 
 import pytest
@@ -20,6 +19,8 @@ import torch
 import fa_cute
 from fa_cute import _C, _api, _backward, _validate
 from fa_cute._reference import attention_grads_ref, attention_ref, causal_mask
+
+from attention_cases import ToyModel, check_training_matches, training_losses
 
 BF16 = torch.bfloat16
 D = 128  # the head dim the CPU build's forward config takes
@@ -467,44 +468,15 @@ def test_two_layer_toy_model_trains(kernels) -> None:
     torch SDPA (float64 stand-ins on both sides, so the losses agree closely)."""
     def run(attention) -> List[float]:
         torch.manual_seed(1)
-        model = _ToyModel(attention)
-        x = torch.randn(2, 16, 256)
-        target = torch.randn(2, 16, 256)
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        losses = []
-        for _ in range(4):
-            loss = (model(x).float() - target).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses
+        model = ToyModel(attention, 256, dtype=BF16)
+        x, target = torch.randn(2, 16, 256), torch.randn(2, 16, 256)
+        return training_losses(model, x, target, torch.optim.SGD(model.parameters(), lr=0.5),
+                               steps=4)
 
     ours = run(lambda q, k, v: fa_cute.sdpa(q, k, v, is_causal=True))
     theirs = run(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
         q, k, v, is_causal=True))
-    assert ours[-1] < ours[0] and theirs[-1] < theirs[0]
-    assert all(math.isclose(a, b, rel_tol=2e-2) for a, b in zip(ours, theirs)), (ours, theirs)
-
-
-class _ToyModel(torch.nn.Module):
-    """Two causal self-attention layers, 2 heads of 128, bf16 projections."""
-
-    def __init__(self, attention) -> None:
-        super().__init__()
-        self.attention = attention
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(256, 3 * 256).to(BF16)
-                                          for _ in range(2))
-        self.outs = torch.nn.ModuleList(torch.nn.Linear(256, 256).to(BF16) for _ in range(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(BF16)
-        for qkv, proj in zip(self.layers, self.outs):
-            b, n, _ = x.shape
-            q, k, v = qkv(x).view(b, n, 3, 2, D).permute(2, 0, 3, 1, 4)
-            a = self.attention(q, k, v).transpose(1, 2).reshape(b, n, 256)
-            x = x + proj(a)
-        return x
+    check_training_matches(ours, theirs, rel_tol=2e-2)
 
 
 # torch.compile ------------------------------------------------------------------------------------

@@ -1,0 +1,245 @@
+"""Issue 16 on a GPU: gradients of the backward kernel against a float64 reference under
+FlashAttention's rule (our max abs error at most twice the plain computation's in the input
+dtype, plus a small slack), through `fa_cute.backward`, `forward` and `sdpa`; a compiled
+training step equal to eager; a CUDA-graph-captured forward and backward; a toy model
+trained on fa_cute against the same model on torch SDPA; opcheck of the ops.
+tests/test_backward.py tests the plumbing on CPU.
+"""
+
+from typing import List
+
+import pytest
+import torch
+
+import fa_cute
+from fa_cute import _C
+from fa_cute._reference import ABS_SLACK, attention_grads_ref
+
+from attention_cases import ToyModel, check_training_matches, training_losses
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not hasattr(_C, "backward"),
+                       reason="this build of fa_cute._C has no backward kernel (_C.backward)"),
+]
+
+HEAD_DIMS = [64, 128]
+DTYPES = [torch.bfloat16, torch.float16]
+
+
+def _built(head_dim: int) -> bool:
+    """Whether this build runs both the forward and the backward of a head dim here."""
+    if head_dim not in {c["head_dim"] for c in fa_cute.configs()}:
+        return False
+    major, minor = torch.cuda.get_device_capability()
+    try:
+        _C.default_backward_config(head_dim, major, minor)
+    except ValueError:
+        return False
+    return True
+
+
+def needs_head_dim(head_dim: int) -> None:
+    if not _built(head_dim):
+        pytest.skip(f"head dim {head_dim}: no forward or backward config built for this GPU")
+
+
+def make(batch, seqlen, heads, head_dim, dtype, grad=True) -> torch.Tensor:
+    return torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=dtype,
+                       requires_grad=grad)
+
+
+def check_grads(got, q, k, v, dout, scale, *, causal, causal_offset=None) -> List[float]:
+    """Each gradient within twice the plain (input-dtype) computation's max abs error
+    against the float64 reference, plus ABS_SLACK relative to the gradient's size."""
+    ref = attention_grads_ref(q, k, v, dout, scale, causal=causal, causal_offset=causal_offset)
+    plain = attention_grads_ref(q, k, v, dout, scale, upcast=False, causal=causal,
+                                causal_offset=causal_offset)
+    errors = []
+    for name, g, r, p in zip(("dq", "dk", "dv"), got, ref, plain):
+        assert g.shape == r.shape and g.dtype == q.dtype, name
+        assert torch.isfinite(g).all(), f"{name} has NaN/inf"
+        err = (g.double() - r).abs().max().item()
+        plain_err = (p.double() - r).abs().max().item()
+        bound = 2 * plain_err + ABS_SLACK * max(1.0, r.abs().max().item())
+        assert err <= bound, f"{name}: max abs error {err:.3e} > 2 x plain {plain_err:.3e} + slack"
+        errors.append(err)
+    return errors
+
+
+SHAPES = {
+    # batch, seqlen_q, seqlen_k, nheads, nheads_k
+    "mha-square": (2, 128, 128, 4, 4),
+    "gqa-ragged": (2, 113, 1000, 8, 2),
+    "mqa": (1, 17, 300, 6, 1),
+    "one-row": (3, 1, 17, 4, 2),
+    "one-key": (2, 17, 1, 4, 4),
+    "no-key-rows": (2, 1000, 113, 4, 2),  # causal: the first 887 rows see no key
+    "odd": (1, 17, 17, 2, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_the_reference(shape, causal, head_dim, dtype) -> None:
+    needs_head_dim(head_dim)
+    batch, seqlen_q, seqlen_k, nheads, nheads_k = SHAPES[shape]
+    q = make(batch, seqlen_q, nheads, head_dim, dtype, grad=False)
+    k, v = (make(batch, seqlen_k, nheads_k, head_dim, dtype, grad=False) for _ in range(2))
+    dout = make(batch, seqlen_q, nheads, head_dim, dtype, grad=False)
+    out, lse = fa_cute.forward(q, k, v, causal=causal, return_lse=True)
+    got = fa_cute.backward(dout, q, k, v, out, lse, causal=causal)
+    check_grads(got, q, k, v, dout, head_dim ** -0.5, causal=causal)
+    if causal and seqlen_q > seqlen_k:
+        assert not got[0][:, :seqlen_q - seqlen_k].any(), "rows that see no key: dq must be 0"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_gradients_in_sdpa_layout(causal, head_dim, dtype) -> None:
+    """Autograd through forward on (batch, nheads, seqlen, headdim) storage viewed with
+    .transpose(1, 2), a loss that is not a plain sum."""
+    needs_head_dim(head_dim)
+
+    def leaf(seqlen, heads):
+        return torch.randn(2, heads, seqlen, head_dim, device="cuda",
+                           dtype=dtype).transpose(1, 2).requires_grad_()
+
+    q, k, v = leaf(300, 8), leaf(517, 2), leaf(517, 2)
+    out = fa_cute.forward(q, k, v, causal=causal)
+    weight = torch.randn_like(out)
+    (out * weight).float().sum().backward()
+    check_grads((q.grad, k.grad, v.grad), q, k, v, weight, head_dim ** -0.5, causal=causal)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("lengths", [(256, 256), (100, 300), (300, 100)])
+def test_sdpa_gradients_top_left(is_causal, lengths) -> None:
+    needs_head_dim(128)
+    seqlen_q, seqlen_k = lengths
+    query = torch.randn(2, 8, seqlen_q, 128, device="cuda", dtype=torch.bfloat16,
+                        requires_grad=True)
+    key, value = (torch.randn(2, 2, seqlen_k, 128, device="cuda", dtype=torch.bfloat16,
+                              requires_grad=True) for _ in range(2))
+    out = fa_cute.sdpa(query, key, value, is_causal=is_causal, enable_gqa=True)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    got = tuple(t.grad.transpose(1, 2) for t in (query, key, value))
+    check_grads(got, *(t.transpose(1, 2) for t in (query, key, value)), dout.transpose(1, 2),
+                128 ** -0.5, causal=is_causal, causal_offset=0 if is_causal else None)
+
+
+def test_only_requested_gradients() -> None:
+    needs_head_dim(128)
+    q = make(2, 64, 4, 128, torch.bfloat16)
+    k, v = make(2, 64, 4, 128, torch.bfloat16, grad=False), make(2, 64, 4, 128, torch.bfloat16)
+    fa_cute.forward(q, k, v).float().sum().backward()
+    assert q.grad is not None and k.grad is None and v.grad is not None
+
+
+def test_unsupported_head_dim_fails_before_the_forward() -> None:
+    for head_dim in (96, 192, 256):
+        if _built(head_dim):
+            continue
+        q = make(1, 16, 2, head_dim, torch.bfloat16)
+        with pytest.raises(ValueError, match=rf"headdim of q \({head_dim}\)"):
+            fa_cute.forward(q, q, q)
+
+
+def test_deterministic_is_refused() -> None:
+    needs_head_dim(128)
+    q = make(1, 16, 2, 128, torch.bfloat16, grad=False)
+    out, lse = fa_cute.forward(q, q, q, return_lse=True)
+    with pytest.raises(NotImplementedError, match="deterministic=True is not supported"):
+        fa_cute.backward(out, q, q, q, out, lse, deterministic=True)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_training_step_matches_eager(backend: str) -> None:
+    needs_head_dim(128)
+    torch._dynamo.reset()
+
+    def step(q, k, v):
+        out = fa_cute.forward(q, k, v, causal=True)
+        return (out.float() * out.float()).mean()
+
+    q = make(2, 300, 8, 128, torch.bfloat16)
+    k, v = make(2, 517, 2, 128, torch.bfloat16), make(2, 517, 2, 128, torch.bfloat16)
+    step(q, k, v).backward()
+    eager = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    torch.compile(step, fullgraph=True, backend=backend)(q, k, v).backward()
+    for a, t in zip(eager, (q, k, v)):
+        # dq is summed with atomic adds in any order: equal up to that rounding.
+        torch.testing.assert_close(t.grad, a, atol=2e-2 * a.abs().max().item(), rtol=0)
+
+
+def test_cuda_graph_captures_forward_and_backward() -> None:
+    needs_head_dim(128)
+    q = make(2, 256, 4, 128, torch.bfloat16)
+    k, v = make(2, 256, 4, 128, torch.bfloat16), make(2, 256, 4, 128, torch.bfloat16)
+    dout = torch.randn(2, 256, 4, 128, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        out = fa_cute.forward(q, k, v, causal=True)
+        return torch.autograd.grad(out, (q, k, v), dout)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up: validation caches, allocator pools
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    with torch.no_grad():
+        for t in (q, k, v):
+            t.copy_(torch.randn_like(t))
+        dout.copy_(torch.randn_like(dout))
+    graph.replay()
+    torch.cuda.synchronize()
+    check_grads(captured, q.detach(), k.detach(), v.detach(), dout, 128 ** -0.5, causal=True)
+
+
+def test_toy_model_trains_like_torch_sdpa() -> None:
+    """Two causal attention layers, trained a few steps from the same weights and data on
+    fa_cute.sdpa and on torch's SDPA: both losses fall, and stay close step by step."""
+    needs_head_dim(128)
+
+    def train(attention) -> List[float]:
+        torch.manual_seed(0)
+        model = ToyModel(attention, 512).cuda()
+        x, target = (torch.randn(4, 256, 512, device="cuda") for _ in range(2))
+        return training_losses(model, x, target, torch.optim.AdamW(model.parameters(), lr=1e-3),
+                               steps=8, autocast=torch.bfloat16)
+
+    ours = train(lambda q, k, v: fa_cute.sdpa(q, k, v, is_causal=True))
+    theirs = train(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True))
+    check_training_matches(ours, theirs, rel_tol=1e-2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_opcheck(causal: bool) -> None:
+    needs_head_dim(128)
+    q = make(2, 100, 8, 128, torch.bfloat16)
+    k, v = make(2, 300, 2, 128, torch.bfloat16), make(2, 300, 2, 128, torch.bfloat16)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor",
+             "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.fa_cute.forward.default,
+                          (q, k, v, causal, None, True, None), test_utils=utils)
+    torch.library.opcheck(torch.ops.fa_cute.sdpa.default,
+                          (*(t.transpose(1, 2) for t in (q, k, v)), causal, None, True),
+                          test_utils=utils)
+    with torch.no_grad():
+        out, lse = fa_cute.forward(q, k, v, causal=causal, return_lse=True)
+    torch.library.opcheck(torch.ops.fa_cute.backward.default,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse,
+                           causal, None, False, True),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
