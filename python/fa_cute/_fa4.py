@@ -19,10 +19,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from fa_cute._reference import attention_ref, check_close
-from fa_cute._timing import DTYPES, cycling
+from fa_cute._timing import DTYPES, Forward, cycling, first_line
 
-__all__ = ["COLUMN", "ENV", "Func", "HOW", "call", "check", "first_line", "load", "time_fa4",
-           "unsupported", "verdict", "version"]
+__all__ = ["COLUMN", "ENV", "Func", "HOW", "bhnd_forward", "call", "check", "first_line", "load",
+           "time_fa4", "unsupported", "verdict", "version"]
 
 COLUMN = "FA4"
 ENV = "FA_CUTE_FA4_SITE"
@@ -66,6 +66,12 @@ def call(func: Func, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return result[0] if isinstance(result, tuple) else result
 
 
+def bhnd_forward(func: Func, causal: bool = False) -> Forward:
+    """FA4 as a differentiable attention in the benchmark's layout, both ways (its gradients
+    by autograd through FA4's own backward), for `bench --bwd` and `--fwdbwd`."""
+    return lambda q, k, v: call(func, q, k, v, causal).transpose(1, 2)
+
+
 def time_fa4(func: Func, sets: List[Tuple[torch.Tensor, ...]], timer: Callable,
          causal: bool = False) -> Tuple[Optional[float], str]:
     """(ms, "") or (None, why): any exception (FA4 asserts its limits, and its compiler
@@ -77,11 +83,6 @@ def time_fa4(func: Func, sets: List[Tuple[torch.Tensor, ...]], timer: Callable,
         return timer(fn), ""
     except Exception as exc:
         return None, first_line(exc)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def check(func: Func, head_dim: int, causal: bool, dtype_name: str,

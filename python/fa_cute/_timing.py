@@ -14,6 +14,7 @@ reads them through `.transpose(1, 2)` views, without copies.
 """
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
@@ -25,13 +26,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import fa_cute
-from fa_cute._reference import attention_ref, check_close
+from fa_cute._backward import backward_kernel_args, validate_backward
+from fa_cute._launch import current_stream
+from fa_cute._reference import attention_grads_ref, attention_ref, check_close
 
-__all__ = ["CAUSAL_CHOICES", "CHECK_SHAPE", "DTYPES", "InputSet", "TOKENS", "Timer", "Timing",
-           "WIDTH", "add_causal_arg", "add_shape_args", "attention_flops", "banner", "check",
-           "cycling", "decode_bytes", "fa_cute_bhnd", "format_table", "gbps", "input_sets",
-           "interleaved_medians", "ints", "make_timer", "no_gpu", "positive_int", "problem",
-           "progress", "resolve", "run_checks", "tflops", "time_fa_cute", "unwritable"]
+__all__ = ["CAUSAL_CHOICES", "CHECK_SHAPE", "DTYPES", "GRAD_PASSES", "Forward", "GradFn",
+           "InputSet", "TOKENS", "Timer", "Timing", "WIDTH", "add_causal_arg", "add_shape_args",
+           "attention_flops", "autograd_grads", "banner", "check", "check_grads",
+           "config_grads", "cycling", "decode_bytes", "fa_cute_bhnd", "fa_cute_grads",
+           "first_line", "format_table", "gbps", "grad_verdict", "input_sets",
+           "interleaved_medians", "ints", "make_timer", "no_gpu", "pass_flops", "positive_int",
+           "problem", "progress", "resolve", "run_checks", "tflops", "time_fa_cute",
+           "time_grad_pass", "unwritable"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TOKENS = 16384  # batch * seqlen
@@ -329,3 +335,161 @@ def format_table(header: List[str], rows: List[List[str]]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# The backward and forward+backward passes (`bench --bwd`, `--fwdbwd`, `tune --bwd`).
+
+#: FLOPs of each timed pass per forward FLOP. The backward runs five matrix products of the
+#: forward's size (QK^T recomputed, dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q) against
+#: the forward's two: 2.5x, FlashAttention's convention; forward + backward: 3.5x.
+GRAD_PASSES = {"bwd": (5, 2), "fwdbwd": (7, 2)}
+
+#: attention on (batch, nheads, seqlen, headdim) q, k, v, returning that layout too
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: (dq, dk, dv) for (batch, nheads, seqlen, headdim) q, k, v and dout, in that layout
+GradFn = Callable[..., Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def pass_flops(flops: int, grad_pass: str) -> int:
+    """The FLOPs of grad_pass ("bwd" or "fwdbwd") for a forward of `flops` FLOPs."""
+    num, den = GRAD_PASSES[grad_pass]
+    return flops * num // den
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _bnhd(*tensors: torch.Tensor) -> List[torch.Tensor]:
+    """fa_cute's (batch, seqlen, nheads, headdim) views of SDPA-layout tensors, and back."""
+    return [t.transpose(1, 2) for t in tensors]
+
+
+def fa_cute_grads(q, k, v, dout, causal: bool = False):
+    """fa_cute.backward's gradients, after one forward for the out and LSE it reads."""
+    out, lse = fa_cute_bhnd(q, k, v, causal=causal, return_lse=True)
+    return _bnhd(*fa_cute.backward(*_bnhd(dout, q, k, v), out, lse, causal=causal))
+
+
+def _backward_launch(config: str, q, k, v, dout, causal: bool):
+    """A no-argument call of the backward kernel `config` on one forward's out and LSE: the
+    raw `_C.backward` with fa_cute.backward's validation and work buffers, the config
+    swapped in, since fa_cute.backward has no config argument (tune times every one)."""
+    q, k, v, dout = _bnhd(q, k, v, dout)
+    out, lse = fa_cute.forward(q, k, v, causal=causal, return_lse=True)
+    launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=True,
+                               softmax_scale=None, deterministic=False, dq=None, dk=None,
+                               dv=None)
+    grads = [torch.empty_like(t) for t in (q, k, v)]
+    rows = launch.batch * launch.nheads * launch.seqlen_q
+    # dq_accum (rows x head_dim) then softmax_d (rows), fp32, as the backward allocates them
+    work = torch.empty(rows * (launch.head_dim + 1), dtype=torch.float32, device=q.device)
+    args = backward_kernel_args(launch, dout, q, k, v, out, lse, *grads,
+                                work[:rows * launch.head_dim], work[rows * launch.head_dim:])
+    args = (config,) + args[1:]
+    stream = current_stream(q.device.index)
+
+    def run():
+        fa_cute._C.backward(*args, q.device.index, stream)
+        return grads
+    return run
+
+
+def config_grads(config: str) -> GradFn:
+    """The gradients of backward config `config` (SDPA layout), for its check."""
+    def grads(q, k, v, dout, causal: bool = False):
+        return _bnhd(*_backward_launch(config, q, k, v, dout, causal)())
+    return grads
+
+
+def autograd_grads(forward: Forward) -> GradFn:
+    """The gradients of `forward` by autograd, for a check."""
+    def grads(q, k, v, dout, causal: bool = False):
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        return torch.autograd.grad(forward(*leaves), leaves, dout)
+    return grads
+
+
+def check_grads(name: str, grad_fn: GradFn, head_dim: int, causal: bool = False,
+                dtype_name: str = "bf16",
+                shape: Tuple[int, int, int, int, int] = CHECK_SHAPE) -> Dict:
+    """dq, dk, dv of grad_fn against the float64 reference by the forward's rule
+    (check_close: at most twice the plain computation's error, plus slack); shape is
+    (batch, seqlen_q, seqlen_k, nheads, nheads_k), causal bottom-right. ok False with the
+    reason where a gradient is wrong (wrong True) or grad_fn raised ValueError,
+    NotImplementedError or RuntimeError (wrong False: it cannot run, e.g. no backward for
+    this head dim)."""
+    batch, seqlen_q, seqlen_k, nheads, nheads_k = shape
+    result = {"config": name, "causal": causal, "dtype": dtype_name, "shape": [*shape, head_dim]}
+    dtype = DTYPES[dtype_name]
+    q = torch.randn(batch, nheads, seqlen_q, head_dim, device="cuda").to(dtype)
+    k, v = (torch.randn(batch, nheads_k, seqlen_k, head_dim, device="cuda").to(dtype)
+            for _ in range(2))
+    dout = torch.randn_like(q)
+    try:
+        got = grad_fn(q, k, v, dout, causal=causal)
+    except (ValueError, NotImplementedError, RuntimeError) as exc:
+        return dict(result, ok=False, wrong=False, error=first_line(exc))
+    ref_args = (*_bnhd(q, k, v, dout), 1.0 / math.sqrt(head_dim))
+    ref = attention_grads_ref(*ref_args, causal=causal)
+    plain = attention_grads_ref(*ref_args, upcast=False, causal=causal)
+    errors = []
+    for grad, g, r, p in zip(("dq", "dk", "dv"), _bnhd(*got), ref, plain):
+        try:
+            errors.append(check_close(g, r, p))
+        except AssertionError as exc:
+            return dict(result, ok=False, wrong=True, error=f"{grad}: {exc}")
+    return dict(result, ok=True, wrong=False, max_err=max(e for e, _ in errors),
+                plain_err=max(p for _, p in errors))
+
+
+def grad_verdict(c: Dict) -> str:
+    """A gradient check's line, worded as run_checks' lines."""
+    batch, seqlen_q, seqlen_k, nheads, nheads_k, d = c["shape"]
+    result = (f"max abs error {c['max_err']:.2e} (plain {c['dtype']}: {c['plain_err']:.2e}), ok"
+              if c["ok"] else f"FAILED: {c['error']}")
+    return (f"check gradients {c['config']}, {c['dtype']} "
+            f"{'causal' if c['causal'] else 'non-causal'}, B={batch} N_q={seqlen_q} "
+            f"N_k={seqlen_k} H={nheads} H_kv={nheads_k} d={d}: {result}")
+
+
+def _grad_step(forward: Optional[Forward], q, k, v, causal: bool, grad_pass: str,
+               config: Optional[str]) -> Callable[[], object]:
+    """One timed call on one input set. The backward alone: fa_cute's kernel on a forward's
+    saved out and LSE (forward None: fa_cute.backward; config: that backward config), or
+    autograd.grad through a graph recorded once and retained, so that only the backward's
+    kernels run in the timed call. Forward + backward: a recorded forward and its grad."""
+    dout = torch.randn_like(q)
+    if forward is None:
+        if config is not None:
+            return _backward_launch(config, q, k, v, dout, causal)
+        out, lse = fa_cute_bhnd(q, k, v, causal=causal, return_lse=True)
+        args = (*_bnhd(dout, q, k, v), out, lse)
+        return lambda: fa_cute.backward(*args, causal=causal)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    if grad_pass == "fwdbwd":
+        return lambda: torch.autograd.grad(forward(*leaves), leaves, dout)
+    out = forward(*leaves)
+    return lambda: torch.autograd.grad(out, leaves, dout, retain_graph=True)
+
+
+def time_grad_pass(forward: Optional[Forward], sets: List[InputSet], timer: Timer,
+                   causal: bool = False, grad_pass: str = "bwd", config: Optional[str] = None,
+                   context: Callable[[], contextlib.AbstractContextManager] =
+                   contextlib.nullcontext,
+                   errors: Tuple[type, ...] = (ValueError, NotImplementedError, RuntimeError)
+                   ) -> Tuple[Optional[float], str]:
+    """(ms, "") or (None, why) of grad_pass ("bwd", "fwdbwd") cycling over the input sets;
+    see _grad_step for forward and config. context wraps the whole (SDPA's backend choice);
+    an exception of `errors` leaves the cell empty (FA4's column passes Exception)."""
+    try:
+        with context():
+            steps = itertools.cycle([_grad_step(forward, q, k, v, causal, grad_pass, config)
+                                     for q, k, v in sets])
+            fn = lambda: next(steps)()  # noqa: E731
+            fn()  # first call outside the timing: FA4 compiles, autograd warms up
+            torch.cuda.synchronize()
+            return timer(fn), ""
+    except errors as exc:
+        return None, first_line(exc)

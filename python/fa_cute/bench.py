@@ -22,12 +22,20 @@ site.addsitedir first): checked against the float64 reference once per table and
 then timed on the same (batch, seqlen, nheads, headdim) views as fa_cute. A cell it cannot
 run shows "-" (one stderr line says why), and "wrong" where its check failed.
 
+--bwd times the backward alone instead: fa_cute.backward on a forward's saved output and LSE
+(the forward runs once, outside the timing), SDPA's backends and FA4 by torch.autograd.grad
+on a graph recorded once and retained; FLOPs 2.5x the forward's (five matrix products to its
+two). --fwdbwd times a forward and its backward together (3.5x the forward's FLOPs). Each
+column's gradients are checked against the float64 reference once per table and dtype
+first. Where fa_cute has no backward (a head dim or build without one) its cells show "-".
+
 --decode times one decode step instead (seqlen_q = 1 against a KV cache of each --seqlens
 length, --batch, --nheads query and --nheads-kv key/value heads; SDPA with enable_gqa) and
 reports microseconds and the memory bandwidth achieved: Q, K and V read once, O written once.
 """
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -44,11 +52,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
 from fa_cute import _C, _configs, _fa4, _tuned, _tuning
-from fa_cute._timing import (CAUSAL_CHOICES, CHECK_SHAPE, DTYPES, TOKENS, WIDTH, Timer,
-                             add_causal_arg, add_shape_args, banner, cycling, decode_bytes,
-                             format_table, gbps, input_sets, interleaved_medians, make_timer,
-                             no_gpu, positive_int, problem, progress, resolve, run_checks, tflops,
-                             time_fa_cute, unwritable)
+from fa_cute._timing import (CAUSAL_CHOICES, CHECK_SHAPE, DTYPES, TOKENS, WIDTH, Forward,
+                             Timer, add_causal_arg, add_shape_args, autograd_grads, banner,
+                             check_grads, cycling, decode_bytes, fa_cute_bhnd, fa_cute_grads,
+                             format_table, gbps, grad_verdict, input_sets, interleaved_medians,
+                             make_timer, no_gpu, pass_flops, positive_int, problem, progress,
+                             resolve, run_checks, tflops, time_fa_cute, time_grad_pass,
+                             unwritable)
 
 SDPA_BACKENDS = {"FLASH": SDPBackend.FLASH_ATTENTION, "CUDNN": SDPBackend.CUDNN_ATTENTION,
                  "EFFICIENT": SDPBackend.EFFICIENT_ATTENTION}
@@ -80,6 +90,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                          help="a column per optimisation-ladder rung (a build with "
                               "FA_CUTE_LADDER=ON), next to fa_cute, FLASH and CUDNN, with "
                               "ratios to FLASH")
+    grads = p.add_mutually_exclusive_group()
+    grads.add_argument("--bwd", dest="grad_pass", action="store_const", const="bwd",
+                       help="time the backward alone (on a saved forward), FLOPs 2.5x the "
+                            "forward's")
+    grads.add_argument("--fwdbwd", dest="grad_pass", action="store_const", const="fwdbwd",
+                       help="time a forward and its backward together, FLOPs 3.5x the "
+                            "forward's")
     p.add_argument("--decode", action="store_true",
                    help="time a decode step (seqlen_q = 1, seqlen_k from --seqlens) in us and "
                         "GB/s, next to FLASH and CUDNN")
@@ -104,6 +121,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.fa4_site is not None and not os.path.isdir(args.fa4_site):
         p.error(f"{option} {args.fa4_site}: not a directory ({_fa4.HOW})")
     decode_shape = (args.batch, args.nheads, args.nheads_kv)
+    if args.grad_pass:
+        given = [option for option, on in (("--decode", args.decode), ("--ladder", args.ladder),
+                                           ("--all-configs", args.all_configs),
+                                           ("--config", args.config)) if on]
+        if given:
+            p.error(f"--{args.grad_pass} times fa_cute.backward with the backward config it "
+                    f"picks (`python -m fa_cute.tune --bwd` tunes it); drop {given[0]}")
     if args.decode:
         if args.causal != "false":
             p.error("--decode: one query row aligned bottom-right sees every key, so a decode "
@@ -259,6 +283,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     timer_name, timer = make_timer(args.warmup, args.rep / args.rounds)
     print(banner(props, timer_name + f", median of {args.rounds} interleaved rounds"))
+    if args.grad_pass:
+        return grad_main(args, props, cc, timer_name, timer, pyplot)
     print(f"config auto: {len(_tuning.cached_configs(gpu))} entries for this GPU in the tuning "
           f"cache {_tuning.cache_path()}, {len(_tuned.TABLE.get(gpu, {}))} in the built-in table")
 
@@ -368,6 +394,151 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+#: the columns of --bwd and --fwdbwd: fa_cute, then SDPA's backends (each has a backward)
+GRAD_SDPA = list(SDPA_BACKENDS)
+
+
+def grad_forwards(causal: bool) -> Dict[str, Forward]:
+    """fa_cute's and each SDPA backend's attention in the benchmark's layout, recording
+    gradients; SDPA's backend is chosen by the sdpa_kernel context around each use."""
+    forwards = {"fa_cute": lambda q, k, v: fa_cute_bhnd(q, k, v, causal=causal).transpose(1, 2)}
+    forwards.update({c: functools.partial(F.scaled_dot_product_attention, is_causal=causal)
+                     for c in GRAD_SDPA})
+    return forwards
+
+
+def sdpa_context(column: str):
+    """The context a column's forward runs in: SDPA's backend for SDPA's columns, with its
+    warnings (a backend refusing a shape) silenced, as time_sdpa does."""
+    if column not in SDPA_BACKENDS:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(sdpa_kernel(SDPA_BACKENDS[column]))
+    return stack
+
+
+def grad_checks(d: int, causal: bool, dtype: str, fa4: Optional[_fa4.Func]) -> List[Dict]:
+    """Each column's gradients against the float64 reference, once per table and dtype:
+    fa_cute.backward's, SDPA's backends' and FA4's (by autograd)."""
+    checks = [check_grads("fa_cute", fa_cute_grads, d, causal, dtype)]
+    forwards = grad_forwards(causal)
+    for column in GRAD_SDPA:
+        with sdpa_context(column):
+            checks.append(check_grads(column, autograd_grads(forwards[column]), d, causal,
+                                      dtype))
+    if fa4 is not None and _fa4.unsupported(dtype, d) is None:
+        try:
+            checks.append(check_grads(_fa4.COLUMN, autograd_grads(_fa4.bhnd_forward(fa4, causal)),
+                                      d, causal, dtype))
+        except Exception as exc:  # FA4's compiler raises its own types
+            checks.append(dict(config=_fa4.COLUMN, causal=causal, dtype=dtype, ok=False,
+                               wrong=False, error=_fa4.first_line(exc),
+                               shape=[*CHECK_SHAPE, d]))
+    for c in checks:
+        print(grad_verdict(c))
+    return checks
+
+
+def time_grad_row(grad_pass: str, dtype_name: str, seqlen: int, head_dim: int, causal: bool,
+                  columns: List[str], l2_bytes: int, timer: Timer, rounds: int,
+                  fa4: Optional[_fa4.Func] = None) -> Dict:
+    """Time grad_pass ("bwd", "fwdbwd") of every column for one (dtype, seqlen), interleaved;
+    ms and TFLOP/s per column, as time_row's record with kind "backward" or "fwdbwd"."""
+    batch, nheads, fwd_flops = problem(seqlen, head_dim, causal)
+    flops = pass_flops(fwd_flops, grad_pass)
+    sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
+    forwards = grad_forwards(causal)
+    if grad_pass == "bwd":
+        forwards["fa_cute"] = None  # fa_cute.backward itself, on the saved out and LSE
+    timings = {c: functools.partial(time_grad_pass, forwards[c], sets, timer, causal, grad_pass,
+                                    context=functools.partial(sdpa_context, c))
+               for c in columns if c in forwards}
+    if fa4 is not None:
+        timings[_fa4.COLUMN] = functools.partial(
+            time_grad_pass, _fa4.bhnd_forward(fa4, causal), sets, timer, causal, grad_pass,
+            errors=(Exception,))
+    ms, why = interleaved_medians(timings, rounds)
+    return dict(kind="fwdbwd" if grad_pass == "fwdbwd" else "backward", dtype=dtype_name,
+                seqlen=seqlen, batch=batch, nheads=nheads, head_dim=head_dim, causal=causal,
+                flops=flops, config=backward_config_name(head_dim), input_sets=len(sets), ms=ms,
+                tflops={c: tflops(flops, t) for c, t in ms.items()},
+                not_run={c: w for c, w in why.items() if w})
+
+
+def backward_config_name(head_dim: int) -> str:
+    """The backward config fa_cute runs for head_dim on this GPU, "-" where there is none."""
+    try:
+        return _C.default_backward_config(head_dim, *_configs.gpu_of(
+            torch.cuda.current_device())[1])
+    except (AttributeError, ValueError):  # a build without the backward; a head dim
+        return "-"
+
+
+def grad_main(args: argparse.Namespace, props, cc: Tuple[int, int], timer_name: str,
+              timer: Timer, pyplot) -> int:
+    """--bwd and --fwdbwd: gradient checks per table and dtype, then a TFLOP/s table per head
+    dim and mask. A column whose check could not run (fa_cute without a backward for the
+    head dim, a backend refusing it) is not timed and shows "-"; a wrong one fails the run
+    (fa_cute, SDPA) or shows "wrong" (FA4, an optional peer)."""
+    func, fa4_why = _fa4.load(args.fa4_site)
+    if func is None:
+        progress(f"fa_cute.bench: no {_fa4.COLUMN} column: flash_attn.cute does not import "
+                 f"({fa4_why}); to add it: {_fa4.HOW}")
+    groups = [(d, causal) for d in args.headdim for causal in args.causal]
+    checks, skip = [], {}
+    for (d, causal), dtype in itertools.product(groups, args.dtype):
+        for c in grad_checks(d, causal, dtype, func):
+            checks.append(c)
+            if c["ok"]:
+                continue
+            if c["wrong"] and c["config"] != _fa4.COLUMN:
+                print(f"fa_cute.bench: {c['config']}'s gradients are wrong; nothing is timed")
+                return 1
+            skip[d, causal, dtype, c["config"]] = c["error"], c["wrong"]
+            progress(f"{c['config']} {dtype} d={d} {'causal' if causal else 'non-causal'}: not "
+                     f"timed ({'wrong' if c['wrong'] else '-'}): {c['error']}")
+    columns = ["fa_cute"] + GRAD_SDPA + ([_fa4.COLUMN] if func is not None else [])
+    records = []
+    row_keys = list(itertools.product(groups, itertools.product(args.dtype, args.seqlens)))
+    for i, ((d, causal), (dtype, n)) in enumerate(row_keys, start=1):
+        progress(f"[{i}/{len(row_keys)}] {dtype} {args.grad_pass} N={n} d={d} "
+                 f"{'causal' if causal else 'non-causal'}")
+        timed = [c for c in columns if (d, causal, dtype, c) not in skip]
+        row_fa4 = func if _fa4.COLUMN in timed else None
+        record = time_grad_row(args.grad_pass, dtype, n, d, causal, timed, props.L2_cache_size,
+                               timer, args.rounds, row_fa4)
+        for c in columns:
+            if c not in timed:
+                not_timed(record, c, *skip[d, causal, dtype, c])
+        records.append(record)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(gpu=props.name, compute_capability=list(cc), torch=torch.__version__,
+                           fa_cute=fa_cute.__version__, build_info=_C.build_info(),
+                           timer=timer_name, grad_pass=args.grad_pass, checks=checks,
+                           columns={c: c for c in columns},
+                           fa4=dict(version=_fa4.version(), site=args.fa4_site)
+                           if func is not None else None, rows=records), f, indent=2)
+        print(f"wrote {args.json}")
+    tables = [([r for r in records if (r["head_dim"], r["causal"]) == group], group)
+              for group in groups]
+    for rows, (d, causal) in tables:
+        if pyplot is not None:
+            path = plot_path(args.plot, d, causal, len(tables) > 1)
+            plot(pyplot, rows, [(c, c) for c in columns], path,
+                 f"{props.name}, {table_title(rows)}")
+            print(f"wrote {path}")
+    for r in records:
+        for column, why in r["not_run"].items():
+            if (r["head_dim"], r["causal"], r["dtype"], column) not in skip:
+                print(f"{r['dtype']} {row_label(r)} {column}: n/a ({why})")
+    for rows, _ in tables:
+        print(render(rows, ["fa_cute"], columns[1:]))
+    return 0
+
+
 FA4Skip = Dict[Tuple[int, bool, str], Tuple[str, bool]]
 
 
@@ -408,7 +579,9 @@ def not_timed(record: Dict, column: str, why: str, wrong: bool) -> None:
     record["ms"][column] = record[metric][column] = None
     record["not_run"][column] = why
     if wrong:
-        record["wrong"] = [column]
+        record["wrong"] = record.get("wrong", []) + [column]
+    else:
+        record["dash"] = record.get("dash", []) + [column]
 
 
 def row_shape(args: argparse.Namespace, seqlen: int, head_dim: int
@@ -445,6 +618,15 @@ def table_title(records: List[Dict]) -> str:
         return (f"decode (seqlen_q = 1), head dim {r['head_dim']}, B = {r['batch']}, "
                 f"H = {r['nheads']}, H_kv = {r['nheads_kv']}; GB/s count Q, K, V read and "
                 "O written once")
+    if r.get("kind") in ("backward", "fwdbwd"):
+        factor = "2.5" if r["kind"] == "backward" else "3.5"
+        name = "backward" if r["kind"] == "backward" else "forward+backward"
+        if r.get("causal"):
+            return (f"head dim {r['head_dim']}, causal {name} (fa_cute bottom-right, SDPA "
+                    f"top-left: the same mask at N_q = N_k; FLOPs {factor}x the forward's, "
+                    f"halved: {factor}*2*B*H*N^2*d)")
+        return (f"head dim {r['head_dim']}, non-causal {name} (FLOPs {factor}x the forward's: "
+                f"{factor}*4*B*H*N^2*d)")
     if r.get("causal"):
         return (f"head dim {r['head_dim']}, causal forward (fa_cute bottom-right, SDPA "
                 "top-left: the same mask at N_q = N_k; FLOPs halved: 2*B*H*N^2*d)")
@@ -460,7 +642,7 @@ def _missing(r: Dict, column: str) -> str:
     optional peer), "n/a" for the others."""
     if column in r.get("wrong", ()):
         return "wrong"
-    return "-" if column == _fa4.COLUMN else "n/a"
+    return "-" if column == _fa4.COLUMN or column in r.get("dash", ()) else "n/a"
 
 
 def _cell(r: Dict, column: str, metric: str = "tflops", fmt: str = ".1f") -> str:
