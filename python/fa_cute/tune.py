@@ -13,6 +13,12 @@ only ever happens here: forward reads the cache and never times anything itself.
 
 --causal true (or both) times causal attention (bottom-right, as forward runs it) and fills
 the causal keys.
+
+--bwd tunes the backward instead: every built backward config (`_C.backward_configs()`) that
+runs the head dim and dtype on this GPU is checked (gradients against float64) and timed on
+a forward's saved output and LSE, and each shape's winner is stored under
+`backward_key(...)`, 'bwd-' + the forward's key ('bwd-bf16-d128-noncausal-n4096'), which no
+forward key (they start with the dtype) can equal; --configs then names backward configs.
 """
 
 import argparse
@@ -23,10 +29,29 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 import fa_cute
-from fa_cute import _cache, _configs, _tuning
-from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, format_table, input_sets,
-                             interleaved_medians, make_timer, no_gpu, problem, run_checks, tflops,
-                             time_fa_cute)
+from fa_cute import _C, _cache, _configs, _tuning
+from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, check_grads, config_grads,
+                             format_table, grad_verdict, input_sets, interleaved_medians,
+                             make_timer, no_gpu, pass_flops, problem, run_checks, tflops,
+                             time_fa_cute, time_grad_pass)
+
+__all__ = ["BACKWARD_PREFIX", "CAUSAL_CHOICES", "backward_configs", "backward_key",
+           "causal_flops", "main", "mask_label", "parse_args", "progress_bar", "render", "tune"]
+
+#: what a backward winner's cache key starts with; forward keys start with a dtype
+BACKWARD_PREFIX = "bwd-"
+
+
+def backward_key(dtype: str, head_dim: int, causal: bool, seqlen_q: int) -> str:
+    """The cache key of a backward winner: BACKWARD_PREFIX + the forward's key, so that the
+    two never collide and the backward's entries share the forward's buckets."""
+    return BACKWARD_PREFIX + _tuning.key(dtype, head_dim, causal, seqlen_q)
+
+
+def backward_configs() -> List[dict]:
+    """The built backward configs (none in a build without the backward), shaped like
+    forward configs for `_configs.tunable` (never a ladder rung)."""
+    return [dict(c, rung=None) for c in getattr(_C, "backward_configs", list)()]
 
 
 CAUSAL_CHOICES = {"false": (False,), "true": (True,), "both": (False, True)}
@@ -42,6 +67,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--causal", choices=list(CAUSAL_CHOICES), default="false",
                    help="tune non-causal attention (false), causal (true) or both "
                         "(default: %(default)s)")
+    p.add_argument("--bwd", action="store_true",
+                   help="tune the backward's configs (cache keys 'bwd-...') instead of the "
+                        "forward's")
     p.add_argument("--dry-run", action="store_true",
                    help="time and print the table, but leave the cache as it is")
     args = p.parse_args(argv)
@@ -51,6 +79,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         if d not in head_dims:
             p.error(f"--headdim: {d} is not a built head dim; built: "
                     f"{', '.join(map(str, head_dims))}")
+    if args.bwd:
+        production = {c["name"] for c in backward_configs()}
+        if not production:
+            p.error("--bwd: this build of fa_cute._C has no backward configs")
+        for name in args.configs or []:
+            if name not in production:
+                p.error(f"--configs: {name!r} is not a built backward config (--bwd); built: "
+                        f"{', '.join(sorted(production))}")
+        return args
     production = {c["name"] for c in fa_cute.configs() if c["rung"] is None}
     for name in args.configs or []:
         if name not in production:
@@ -85,9 +122,11 @@ def progress_bar(total: int):
     return tqdm(total=total, unit="timing", file=sys.stderr)
 
 
-def tune(shapes: List[Dict], l2_bytes: int, timer: Timer, rounds: int) -> None:
+def tune(shapes: List[Dict], l2_bytes: int, timer: Timer, rounds: int,
+         backward: bool = False) -> None:
     """Time each shape's candidate configs (interleaved rounds, medians); fill each shape's
-    "ms", "not_run" and "winner"."""
+    "ms", "not_run" and "winner". backward: the candidates are backward configs, each timed
+    as the backward kernel alone on a forward's saved output and LSE."""
     bar = progress_bar(rounds * sum(len(s["candidates"]) for s in shapes))
     try:
         for s in shapes:
@@ -99,16 +138,22 @@ def tune(shapes: List[Dict], l2_bytes: int, timer: Timer, rounds: int) -> None:
                                     f"N={s['seqlen']} {name}")
                 bar.update(1)
 
-            s["ms"], s["not_run"] = interleaved_medians(
-                {name: functools.partial(time_fa_cute, name, sets, timer, causal=s["causal"])
-                 for name in s["candidates"]}, rounds, step)
+            if backward:
+                timings = {name: functools.partial(time_grad_pass, None, sets, timer,
+                                                   s["causal"], config=name)
+                           for name in s["candidates"]}
+            else:
+                timings = {name: functools.partial(time_fa_cute, name, sets, timer,
+                                                   causal=s["causal"])
+                           for name in s["candidates"]}
+            s["ms"], s["not_run"] = interleaved_medians(timings, rounds, step)
             timed = {n: t for n, t in s["ms"].items() if t is not None}
             s["winner"] = min(timed, key=timed.get) if timed else None
     finally:
         bar.close()
 
 
-def render(shapes: List[Dict], configs: List[str]) -> str:
+def render(shapes: List[Dict], configs: List[str], kind: str = "forward") -> str:
     """ms and TFLOP/s per config and shape, '*' on the winner, '-' where it cannot run."""
     def cell(s: Dict, name: str) -> str:
         if name not in s["candidates"]:
@@ -122,7 +167,8 @@ def render(shapes: List[Dict], configs: List[str]) -> str:
     rows = [[s["dtype"], mask_label(s["causal"]), str(s["seqlen"]), str(s["batch"]),
              str(s["nheads"])]
             + [cell(s, name) for name in configs] + [s["winner"] or "none"] for s in shapes]
-    return (f"ms and TFLOP/s per config, head dim {shapes[0]['head_dim']}, forward "
+    backward = " (FLOPs 2.5x the forward's)" if kind == "backward" else ""
+    return (f"ms and TFLOP/s per config, head dim {shapes[0]['head_dim']}, {kind}{backward} "
             "(* = fastest; causal TFLOP/s count the visible half of the scores)\n"
             + format_table(header, rows))
 
@@ -148,8 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     timer_name, timer = make_timer(args.warmup, args.rep / args.rounds)
     print(banner(props, timer_name + f", median of {args.rounds} interleaved rounds"))
 
-    production = [c for c in fa_cute.configs() if c["rung"] is None
-                  and (args.configs is None or c["name"] in args.configs)]
+    kind = "backward" if args.bwd else "forward"
+    production = [c for c in (backward_configs() if args.bwd else fa_cute.configs())
+                  if c["rung"] is None and (args.configs is None or c["name"] in args.configs)]
     shapes = []
     for head_dim in args.headdim:
         for dtype in args.dtype:
@@ -157,12 +204,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           if _configs.tunable(c, dtype, head_dim, cc, smem_limit)]
             for causal in args.causal:
                 for seqlen in sorted(set(args.seqlens)):  # ascending: a bucket keeps its largest N
-                    batch, nheads, flops = problem(seqlen, head_dim)
+                    batch, nheads, flops = problem(seqlen, head_dim, causal)
+                    key = (backward_key if args.bwd else _tuning.key)(dtype, head_dim, causal,
+                                                                      seqlen)
                     shapes.append(dict(dtype=dtype, causal=causal, seqlen=seqlen, batch=batch,
                                        nheads=nheads, head_dim=head_dim,
-                                       flops=causal_flops(flops, causal), candidates=candidates,
-                                       key=_tuning.key(dtype, head_dim, causal, seqlen), ms={},
-                                       not_run={}, winner=None))
+                                       flops=pass_flops(flops, "bwd") if args.bwd else flops,
+                                       candidates=candidates, key=key, ms={}, not_run={},
+                                       winner=None))
     columns = {d: [c["name"] for c in production
                    if any(c["name"] in s["candidates"] for s in shapes if s["head_dim"] == d)]
                for d in args.headdim}
@@ -173,11 +222,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + (f", {smem_limit} bytes of shared memory per block)" if smem_limit else ")"))
             return 2
     masks = sorted({s["causal"] for s in shapes})
-    checks = [c for d, names in columns.items() for c in run_checks(names, d, causal=masks)]
+    if args.bwd:
+        checks = [check_grads(name, config_grads(name), d, causal, dtype)
+                  for d, names in columns.items() for name in names for causal in masks
+                  for dtype in args.dtype
+                  if any(name in s["candidates"] for s in shapes
+                         if (s["head_dim"], s["dtype"]) == (d, dtype))]
+        for c in checks:
+            print(grad_verdict(c))
+    else:
+        checks = [c for d, names in columns.items() for c in run_checks(names, d, causal=masks)]
     if not all(c["ok"] for c in checks):
         return 1
 
-    tune(shapes, props.L2_cache_size, timer, args.rounds)
+    tune(shapes, props.L2_cache_size, timer, args.rounds, backward=args.bwd)
     winners = {s["key"]: s["winner"] for s in shapes if s["winner"]}
     if args.dry_run:
         print(f"--dry-run: the cache {_tuning.cache_path()} is left as it is")
@@ -197,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not s["candidates"]:
             print(f"{where}: no config to tune (none of them runs it)")
     for d, names in columns.items():
-        print(render([s for s in shapes if s["head_dim"] == d], names))
+        print(render([s for s in shapes if s["head_dim"] == d], names, kind))
     return 0 if all(s["winner"] for s in shapes) else 1
 
 
