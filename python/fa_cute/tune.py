@@ -35,9 +35,6 @@ from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, check_grads,
                              make_timer, no_gpu, pass_flops, problem, run_checks, tflops,
                              time_fa_cute, time_grad_pass)
 
-__all__ = ["BACKWARD_PREFIX", "CAUSAL_CHOICES", "backward_configs", "backward_key",
-           "causal_flops", "main", "mask_label", "parse_args", "progress_bar", "render", "tune"]
-
 #: what a backward winner's cache key starts with; forward keys start with a dtype
 BACKWARD_PREFIX = "bwd-"
 
