@@ -3,6 +3,7 @@
     out = fa_cute.forward(q, k, v)   # q, k, v: (batch, seqlen, nheads, headdim) bf16/fp16
     out = fa_cute.sdpa(q, k, v)      # torch SDPA's layout, (batch, nheads, seqlen, headdim)
     out.sum().backward()             # gradients, for inputs that require grad
+    fa_cute.activate()               # torch SDPA's flash backend on CUDA runs fa_cute
 
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
 """
@@ -16,8 +17,9 @@ except ImportError as exc:
 
 from ._api import backward, configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
 from . import _C  # noqa: E402  (after _api, whose import explains a missing build)
+from ._sdpa_backend import activate, activated, deactivate, is_active  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
-__all__ = ["__version__", "backward", "configs", "forward", "forward_timed", "resolve_config",
-           "sdpa"]
+__all__ = ["__version__", "activate", "activated", "backward", "configs", "deactivate",
+           "forward", "forward_timed", "is_active", "resolve_config", "sdpa"]

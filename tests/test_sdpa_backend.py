@@ -1,0 +1,312 @@
+"""fa_cute as PyTorch's flash SDPA kernel (`fa_cute.activate`).
+
+On CPU the dispatcher mechanics run for real on the CPU key: a stand-in for PyTorch's own
+kernels (float64 attention, registered for CPU, which has none of these ops) is the
+"previous kernel", and fa_cute's side (`forward_lse`, `backward_grads`) is replaced by
+recording float64 versions. So routing, fallback, the op's outputs, autograd through aten's
+derivative formula and restoring are checked without a GPU. The GPU tests (skipped without
+CUDA) run F.scaled_dot_product_attention under the flash backend against fa_cute.sdpa,
+float64 and PyTorch's kernel.
+"""
+
+import math
+from typing import Dict, List
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fa_cute
+from fa_cute import _sdpa_backend
+from fa_cute._backward import has_backward
+from fa_cute._sdpa_backend import (BACKWARD_OP, CALLS, FORWARD_OP, backward_refusal,
+                                   forward_refusal)
+
+BF16 = torch.bfloat16
+flash_sdpa = torch.ops.aten._scaled_dot_product_flash_attention.default
+
+
+def _attention64(q, k, v, is_causal, scale):
+    """float64 attention in SDPA's layout, top-left causal: (out, lse)."""
+    q, k, v = (t.double() for t in (q, k, v))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ k.transpose(-1, -2) * scale
+    if is_causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), -math.inf)
+    lse = s.logsumexp(-1)
+    return (s - lse[..., None]).exp() @ v, lse
+
+
+def _grads64(dout, q, k, v, is_causal, scale):
+    """(dq, dk, dv) of `_attention64` in closed form: the stand-in kernels run below
+    autograd, where nothing they compute is recorded."""
+    dout, q, k, v = (t.detach().double() for t in (dout, q, k, v))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out, lse = _attention64(q, k, v, is_causal, scale)
+    s = q @ k.transpose(-1, -2) * scale
+    if is_causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), -math.inf)
+    p = (s - lse[..., None]).exp()
+    ds = p * (dout @ v.transpose(-1, -2) - (dout * out).sum(-1, keepdim=True))
+    return ds @ k * scale, ds.transpose(-1, -2) @ q * scale, p.transpose(-1, -2) @ dout
+
+
+@pytest.fixture
+def torch_kernels():
+    """A stand-in for PyTorch's CPU kernels of the two ops, counting its calls."""
+    calls: Dict[str, int] = {"forward": 0, "backward": 0}
+
+    def forward(q, k, v, dropout_p=0.0, is_causal=False, return_debug_mask=False, *,
+                scale=None):
+        calls["forward"] += 1
+        out, lse = _attention64(q, k, v, is_causal, scale)
+        empty = torch.empty(0, dtype=torch.uint64)
+        return (out.to(q.dtype), lse.float(), None, None, q.shape[2], k.shape[2], empty,
+                empty, q.new_empty((0,)))
+
+    def backward(dout, q, k, v, out, lse, cq, ck, mq, mk, dropout_p, is_causal, seed, offset,
+                 *, scale=None):
+        calls["backward"] += 1
+        return tuple(g.to(q.dtype) for g in _grads64(dout, q, k, v, is_causal, scale))
+
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl(FORWARD_OP.split("::")[1], forward, "CPU")
+    lib.impl(BACKWARD_OP.split("::")[1], backward, "CPU")
+    yield calls
+    fa_cute.deactivate()
+    lib._destroy()
+
+
+@pytest.fixture
+def fa_cute_side(monkeypatch) -> List[str]:
+    """fa_cute's forward and backward (SDPA layout) as float64 on CPU, recording calls."""
+    called: List[str] = []
+
+    def forward_lse(q, k, v, is_causal, scale):
+        called.append("forward")
+        out, lse = _attention64(q, k, v, is_causal, scale)
+        return out.to(q.dtype), lse.float()
+
+    def backward_grads(dout, q, k, v, out, lse, is_causal, scale):
+        called.append("backward")
+        return tuple(g.to(q.dtype) for g in _grads64(dout, q, k, v, is_causal, scale))
+
+    monkeypatch.setattr(_sdpa_backend, "forward_lse", forward_lse)
+    monkeypatch.setattr(_sdpa_backend, "backward_grads", backward_grads)
+    return called
+
+
+def _qkv(nq=33, nk=47, d=128, dtype=BF16, requires_grad=True):
+    shapes = ((2, 3, nq, d), (2, 3, nk, d), (2, 3, nk, d))
+    return tuple(torch.randn(s, dtype=dtype).requires_grad_(requires_grad) for s in shapes)
+
+
+def test_activate_is_idempotent_and_deactivate_restores():
+    assert not fa_cute.is_active()
+    had_cuda = torch._C._dispatch_has_kernel_for_dispatch_key(FORWARD_OP, "CUDA")
+    fa_cute.activate()
+    fa_cute.activate()
+    assert fa_cute.is_active()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(FORWARD_OP, "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(BACKWARD_OP, "CUDA")
+    fa_cute.deactivate()
+    fa_cute.deactivate()
+    assert not fa_cute.is_active()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(FORWARD_OP, "CUDA") == had_cuda
+    with fa_cute.activated():
+        assert fa_cute.is_active()
+        with fa_cute.activated():
+            pass
+        assert fa_cute.is_active()
+    assert not fa_cute.is_active()
+
+
+def test_activation_leaves_cpu_sdpa_alone():
+    q, k, v = (t.detach() for t in _qkv(d=64, dtype=torch.float32))
+    before = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with fa_cute.activated():
+        after = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.equal(before, after)
+
+
+@pytest.mark.skipif(not hasattr(torch.nn.attention, "register_flash_attention_impl"),
+                    reason="PyTorch has no flash-attention registry")
+def test_torch_registry_activates_and_restores():
+    attention = torch.nn.attention
+    assert "fa_cute" in attention.list_flash_attention_impls()
+    attention.activate_flash_attention_impl("fa_cute")
+    try:
+        assert fa_cute.is_active()
+        assert attention.current_flash_attention_impl() == "fa_cute"
+    finally:
+        attention.restore_flash_attention_impl()
+    assert not fa_cute.is_active()
+
+
+def test_refusals():
+    q, k, v = _qkv(requires_grad=False)
+    assert forward_refusal(q, k, v, 0.0, False) is None
+    assert "dropout" in forward_refusal(q, k, v, 0.1, False)
+    assert "debug" in forward_refusal(q, k, v, 0.0, True)
+    assert "bfloat16" in forward_refusal(q.float(), k.float(), v.float(), 0.0, False)
+    assert "bfloat16" in forward_refusal(q, k.half(), v.half(), 0.0, False)
+    assert "head count" in forward_refusal(q, k[:, :1], v[:, :1], 0.0, False)
+    assert "4-D" in forward_refusal(q[0], k[0], v[0], 0.0, False)
+    assert "head dim" in forward_refusal(q[..., :96], k[..., :96], v[..., :96], 0.0, False)
+    assert "one shape" in forward_refusal(q, k, v[..., :64], 0.0, False)
+    out, lse = q.clone(), torch.zeros(q.shape[:3])
+    assert "dropout" in backward_refusal(q, q, k, v, out, lse, 0.5)
+    assert "logsumexp" in backward_refusal(q, q, k, v, out, lse[..., :1], 0.0)
+    assert "logsumexp" in backward_refusal(q, q, k, v, out, lse.double(), 0.0)
+    # This build's backward takes d=128 (the CPU tensors' placeholder GPU), not 96.
+    assert backward_refusal(q, q, k, v, out, lse, 0.0) is None
+    assert "head dim" in backward_refusal(*(t[..., :96] for t in (q, q, k, v, out)), lse, 0.0)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_op_and_its_gradients_reach_fa_cute(torch_kernels, fa_cute_side, is_causal):
+    q, k, v = _qkv()
+    start = dict(CALLS)
+    fa_cute.activate("CPU")
+    result = flash_sdpa(q, k, v, is_causal=is_causal, scale=0.3)
+    out, lse = result[0], result[1]
+    assert result[4:6] == (q.shape[2], k.shape[2])
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    assert fa_cute_side == ["forward", "backward"]
+    assert torch_kernels == {"forward": 0, "backward": 0}
+    assert CALLS["forward"] == start["forward"] + 1
+    assert CALLS["backward"] == start["backward"] + 1
+    ref_out, ref_lse = _attention64(q, k, v, is_causal, 0.3)
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-4, rtol=1e-4)
+    leaves = tuple(t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = torch.autograd.grad(_attention64(*leaves, is_causal, 0.3)[0], leaves,
+                                   dout.double())
+    for got, want in zip((q.grad, k.grad, v.grad), expected):
+        torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
+
+    fa_cute.deactivate()
+    flash_sdpa(q, k, v, is_causal=is_causal)
+    assert fa_cute_side == ["forward", "backward"]
+    assert torch_kernels["forward"] == 1
+
+
+def test_unsupported_inputs_fall_back(torch_kernels, fa_cute_side):
+    start = dict(CALLS)
+    fa_cute.activate("CPU")
+    q, k, v = _qkv(d=96)
+    out = flash_sdpa(q, k, v, is_causal=True)[0]
+    out.sum().backward()
+    # d=96 has no forward here; dropout goes to PyTorch's kernel in both passes.
+    q, k, v = _qkv()
+    flash_sdpa(q, k, v, 0.25)[0].sum().backward()
+    assert fa_cute_side == []
+    assert torch_kernels == {"forward": 2, "backward": 1 + 1}
+    assert CALLS["forward_fallback"] == start["forward_fallback"] + 2
+    assert CALLS["backward_fallback"] == start["backward_fallback"] + 2
+
+
+def test_inputs_fa_cute_checks_refuse_fall_back(torch_kernels):
+    """CPU tensors pass the refusal functions (dtype, shapes) but not fa_cute's own checks
+    (the device): the real forward_lse raises ValueError, and the call falls back."""
+    fa_cute.activate("CPU")
+    q, k, v = _qkv(requires_grad=False)
+    flash_sdpa(q, k, v)
+    assert torch_kernels["forward"] == 1
+
+
+# GPU ---------------------------------------------------------------------------------------
+
+def _gpu_qkv(nq, nk, d, requires_grad=True):
+    shapes = ((2, 4, nq, d), (2, 4, nk, d), (2, 4, nk, d))
+    return tuple(torch.randn(s, dtype=BF16, device="cuda").requires_grad_(requires_grad)
+                 for s in shapes)
+
+
+def _flash(q, k, v, **kwargs):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def _within_2x(got, ref64, baseline):
+    """FlashAttention's rule: the error against float64 at most twice PyTorch's bf16 one."""
+    err = (got.double() - ref64).abs().max().item()
+    base = (baseline.double() - ref64).abs().max().item()
+    assert err <= 2 * base + 1e-5, (err, base)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("nq,nk", [(128, 128), (77, 200), (200, 77)])
+def test_gpu_sdpa_flash_backend_runs_fa_cute(is_causal, nq, nk):
+    if not has_backward():
+        pytest.skip("this build has no backward kernel")
+    q, k, v = _gpu_qkv(nq, nk, 128)
+    dout = torch.randn(2, 4, nq, 128, dtype=BF16, device="cuda")
+    torch_out = _flash(q, k, v, is_causal=is_causal)
+    torch_grads = torch.autograd.grad(torch_out, (q, k, v), dout)
+    start = dict(CALLS)
+    with fa_cute.activated():
+        out = _flash(q, k, v, is_causal=is_causal)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+    assert CALLS["forward"] == start["forward"] + 1
+    assert CALLS["backward"] == start["backward"] + 1
+    ours = fa_cute.sdpa(q, k, v, is_causal=is_causal)
+    our_grads = torch.autograd.grad(ours, (q, k, v), dout)
+    torch.testing.assert_close(out, ours, atol=0, rtol=0)
+    for g, g_ours in zip(grads, our_grads):
+        torch.testing.assert_close(g, g_ours, atol=2e-2, rtol=2e-2)
+    ref = _attention64(q, k, v, is_causal, None)[0]
+    _within_2x(out, ref, torch_out)
+    for g, g_ref, g_torch in zip(grads, _grads64(dout, q, k, v, is_causal, None),
+                                 torch_grads):
+        _within_2x(g, g_ref, g_torch)
+    # Deactivated, the same call runs PyTorch's kernel again.
+    _flash(q, k, v, is_causal=is_causal)
+    assert CALLS["forward"] == start["forward"] + 1
+
+
+@pytest.mark.cuda
+def test_gpu_fallbacks_equal_pytorch():
+    q, k, v = _gpu_qkv(100, 100, 96)
+    dout = torch.randn_like(q)
+    torch_out = _flash(q, k, v, is_causal=True)
+    torch_grads = torch.autograd.grad(torch_out, (q, k, v), dout)
+    start = dict(CALLS)
+    with fa_cute.activated():
+        out = _flash(q, k, v, is_causal=True)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        torch.manual_seed(0)
+        dropped = _flash(q, k, v, dropout_p=0.5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropped, _flash(q, k, v, dropout_p=0.5), atol=0, rtol=0)
+    assert CALLS["backward"] == start["backward"]
+    assert CALLS["backward_fallback"] == start["backward_fallback"] + 1
+    assert CALLS["forward_fallback"] >= start["forward_fallback"] + 1
+    torch.testing.assert_close(out, torch_out, atol=2e-2, rtol=2e-2)
+    for g, g_torch in zip(grads, torch_grads):
+        torch.testing.assert_close(g, g_torch, atol=0, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_gpu_compiled_step_reaches_fa_cute(backend):
+    if not has_backward():
+        pytest.skip("this build has no backward kernel")
+    q, k, v = _gpu_qkv(256, 256, 128)
+
+    def step(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).float().square().sum()
+
+    eager_grads = torch.autograd.grad(step(q, k, v), (q, k, v))
+    torch._dynamo.reset()
+    start = dict(CALLS)
+    with fa_cute.activated():
+        loss = torch.compile(step, backend=backend, fullgraph=True)(q, k, v)
+        grads = torch.autograd.grad(loss, (q, k, v))
+    torch._dynamo.reset()
+    assert CALLS["forward"] > start["forward"] and CALLS["backward"] > start["backward"]
+    for g, g_eager in zip(grads, eager_grads):
+        torch.testing.assert_close(g, g_eager, atol=5e-2, rtol=5e-2)
