@@ -1,0 +1,278 @@
+"""Train a small GPT on fa_cute's attention and on PyTorch's SDPA (issue 16, item 3).
+
+A decoder-only transformer (default: 4 layers, width 512, 8 heads of 64, seqlen 1024, a
+vocabulary of 8192) is trained for --steps steps on a synthetic corpus that this script
+generates: a random first-order Markov chain in which each token has four possible
+successors, so that the loss falls from ln(vocab) towards the chain's entropy (below
+ln 4, printed as the loss floor) as the model learns the table. The corpus and the initial weights come from
+--seed alone, so every --attn backend sees the same data and starts from the same model.
+
+Attention is `fa_cute.sdpa(q, k, v, is_causal=True)` on (batch, nheads, seqlen, headdim)
+tensors for --attn fa_cute, and torch's scaled_dot_product_attention for the others (sdpa:
+PyTorch's choice of backend; sdpa-flash, sdpa-cudnn: that backend alone). Steps run under
+bf16 autocast; --compile compiles the model with torch.compile(fullgraph=True).
+
+Printed: the loss every --log-every steps, then the median step time (CUDA events, after
+--warmup-steps steps), tokens/s and peak memory; --json FILE writes them. --compare trains
+fa_cute and then sdpa from the same seed and reports the relative loss difference at every
+--log-every'th step, failing (exit 1) where the largest exceeds --tolerance (1%).
+
+    python benchmarks/train_gpt.py --attn fa_cute --steps 200
+    python benchmarks/train_gpt.py --compare --steps 200 --json gpt.json
+    python benchmarks/train_gpt.py --device cpu --attn sdpa --layers 1 --width 64 --heads 2 \\
+        --seq 64 --vocab 256 --batch 2 --steps 3     # a CPU smoke run (sdpa only)
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ATTENTION = ("fa_cute", "sdpa", "sdpa-flash", "sdpa-cudnn")
+#: the SDPA backend each --attn pins (None: PyTorch picks)
+SDPA_BACKEND = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
+#: successors per token in the Markov chain: few enough that the chain is learnable in a few
+#: hundred steps, more than one so that the loss has a floor above zero (ln 4 at most)
+SUCCESSORS = 4
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--attn", choices=ATTENTION, default="fa_cute")
+    p.add_argument("--compare", action="store_true",
+                   help="train with fa_cute, then sdpa, from the same seed; compare losses")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="--compare's largest allowed relative loss difference")
+    p.add_argument("--compile", action="store_true", help="torch.compile(fullgraph=True)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--warmup-steps", type=int, default=10,
+                   help="steps left out of the step time (compilation, allocator warm-up)")
+    p.add_argument("--json", metavar="FILE", help="write the results to FILE")
+    args = p.parse_args(argv)
+    for name in ("layers", "width", "heads", "seq", "vocab", "batch", "steps", "log_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.width % args.heads:
+        p.error(f"--width {args.width} is not a multiple of --heads {args.heads}")
+    if args.vocab < SUCCESSORS:
+        p.error(f"--vocab must be >= {SUCCESSORS}")
+    on_cuda = torch.device(args.device).type == "cuda"
+    if (args.compare or args.attn != "sdpa") and not on_cuda:
+        p.error("fa_cute and SDPA's pinned backends (and so --compare) need --device cuda; "
+                "on the CPU use --attn sdpa")
+    if on_cuda and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu --attn sdpa")
+    return args
+
+
+def markov_batches(steps: int, batch: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
+    """(steps, batch, seq + 1) tokens of a random Markov chain: each token's SUCCESSORS
+    successors and their probabilities are drawn once from seed, and so is every sequence.
+    Made on the CPU by one generator, so that the data is the same on every device."""
+    gen = torch.Generator().manual_seed(seed)
+    successors = torch.randint(vocab, (vocab, SUCCESSORS), generator=gen)
+    probs = torch.softmax(2 * torch.randn(vocab, SUCCESSORS, generator=gen), dim=-1)
+    tokens = torch.empty(steps * batch, seq + 1, dtype=torch.long)
+    tokens[:, 0] = torch.randint(vocab, (steps * batch,), generator=gen)
+    for i in range(seq):
+        pick = torch.multinomial(probs[tokens[:, i]], 1, generator=gen).squeeze(1)
+        tokens[:, i + 1] = successors[tokens[:, i], pick]
+    return tokens.view(steps, batch, seq + 1)
+
+
+def chain_entropy(vocab: int, seed: int) -> float:
+    """The loss floor (nats): the mean entropy of a token's successor distribution."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.randint(vocab, (vocab, SUCCESSORS), generator=gen)  # as markov_batches draws
+    probs = torch.softmax(2 * torch.randn(vocab, SUCCESSORS, generator=gen), dim=-1)
+    return float(-(probs * probs.log()).sum(-1).mean())
+
+
+def attention_of(name: str) -> Attention:
+    if name == "fa_cute":
+        import fa_cute
+
+        return lambda q, k, v: fa_cute.sdpa(q, k, v, is_causal=True)
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, attention: Attention) -> None:
+        super().__init__()
+        self.heads, self.attention = heads, attention
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, width = x.shape
+        # (batch, seq, 3, heads, d) -> three (batch, heads, seq, d) views: SDPA's layout
+        q, k, v = self.qkv(self.ln1(x)).view(batch, seq, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = self.attention(q, k, v).transpose(1, 2).reshape(batch, seq, width)
+        x = x + self.proj(y)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, seq: int, width: int, heads: int, layers: int,
+                 attention: Attention) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(seq, width)
+        self.blocks = nn.ModuleList(Block(width, heads, attention) for _ in range(layers))
+        self.ln = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.tok.weight  # tied, as GPT-2
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # GPT-2's init, residual projections scaled down by depth
+                std = 0.02 / math.sqrt(2 * layers) if name.endswith(("proj.weight", "2.weight")) \
+                    else 0.02
+                nn.init.normal_(p, std=std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln(x))
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+class StepTimer:
+    """Per-step wall time: CUDA events on a GPU (the GPU's time, not the host's), else
+    time.perf_counter."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda, self.pairs, self.times = device.type == "cuda", [], []
+
+    @contextlib.contextmanager
+    def step(self):
+        if self.cuda:
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            yield
+            end.record()
+            self.pairs.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.times.append((time.perf_counter() - t0) * 1e3)
+
+    def ms(self) -> List[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [s.elapsed_time(e) for s, e in self.pairs]
+        return self.times
+
+
+def train(args: argparse.Namespace, attn: str, data: torch.Tensor) -> Dict:
+    """Train one model with attention `attn`; its losses, step times and memory."""
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)  # the same initial weights for every backend
+    model = GPT(args.vocab, args.seq, args.width, args.heads, args.layers,
+                attention_of(attn)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    run_model = torch.compile(model, fullgraph=True) if args.compile else model
+    backend = SDPA_BACKEND.get(attn)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = StepTimer(device)
+    losses = []
+    for step in range(args.steps):
+        batch = data[step].to(device, non_blocking=True)
+        with timer.step():
+            # the forward picks SDPA's backend; autograd then runs that backend's backward
+            with sdpa_kernel(backend) if backend else contextlib.nullcontext(), \
+                    torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = run_model(batch[:, :-1], batch[:, 1:])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        if step % args.log_every == 0 or step == args.steps - 1:
+            print(f"{attn} step {step}: loss {loss.item():.4f}", flush=True)
+    times = timer.ms()[args.warmup_steps:] or timer.ms()[-1:]
+    step_ms = statistics.median(times)
+    return dict(attn=attn, losses=[float(x) for x in losses], step_ms=step_ms,
+                timed_steps=len(times), tokens_per_s=args.batch * args.seq / (step_ms / 1e3),
+                peak_memory_bytes=(torch.cuda.max_memory_allocated(device)
+                                   if device.type == "cuda" else None))
+
+
+def compare(a: Dict, b: Dict, every: int) -> Dict:
+    """Relative loss difference |a - b| / |b| at steps 0, every, 2 * every, ...: the same
+    data and initial weights, so two correct attentions differ only by rounding."""
+    steps = list(range(0, len(a["losses"]), every))
+    rel = [abs(a["losses"][s] - b["losses"][s]) / abs(b["losses"][s]) for s in steps]
+    return dict(steps=steps, rel_diff=rel, max_rel_diff=max(rel))
+
+
+def report(r: Dict) -> None:
+    memory = ("n/a" if r["peak_memory_bytes"] is None
+              else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB")
+    print(f"{r['attn']}: final loss {r['losses'][-1]:.4f}, step {r['step_ms']:.2f} ms (median "
+          f"of {r['timed_steps']}), {r['tokens_per_s']:.0f} tokens/s, peak memory {memory}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    data = markov_batches(args.steps, args.batch, args.seq, args.vocab, args.seed)
+    floor = chain_entropy(args.vocab, args.seed)
+    print(f"GPT: {args.layers} layers, width {args.width}, {args.heads} heads, seq {args.seq}, "
+          f"vocab {args.vocab}, batch {args.batch}, {args.steps} steps, bf16 autocast"
+          f"{', compiled' if args.compile else ''}; corpus: Markov chain (loss floor "
+          f"{floor:.3f} nats, start ln(vocab) = {math.log(args.vocab):.3f})")
+    runs = [train(args, attn, data) for attn in
+            (("fa_cute", "sdpa") if args.compare else (args.attn,))]
+    for r in runs:
+        report(r)
+    result = dict(config={k: v for k, v in vars(args).items() if k != "json"},
+                  loss_floor=floor, torch=torch.__version__,
+                  gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                  runs=runs)
+    status = 0
+    if args.compare:
+        c = compare(runs[0], runs[1], args.log_every)
+        result["compare"] = c
+        for s, d in zip(c["steps"], c["rel_diff"]):
+            print(f"step {s}: fa_cute {runs[0]['losses'][s]:.4f}, sdpa {runs[1]['losses'][s]:.4f}, "
+                  f"relative difference {d:.2e}")
+        ok = c["max_rel_diff"] <= args.tolerance
+        print(f"max relative loss difference {c['max_rel_diff']:.2e}: "
+              f"{'within' if ok else 'OVER'} {args.tolerance:.0%}")
+        status = 0 if ok else 1
+    if not all(math.isfinite(x) for r in runs for x in r["losses"]):
+        print("a loss is not finite")
+        status = 1
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
