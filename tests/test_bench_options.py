@@ -3,6 +3,7 @@ parsing and errors, FLOP and byte counts, the tables' titles and cells, the plot
 (tests/test_cli.py covers the options that predate these.)"""
 
 import pytest
+import torch
 
 from fa_cute import _fa4, _timing, bench
 
@@ -317,3 +318,128 @@ def test_tables_with_fa4() -> None:
     assert header.split()[-4:] == ["fa/CUDNN", "fa/FA4", "fa_cute", "config"]
     assert row.split() == ["bf16", "4096", "500.0", "400.0", "250.0", "2000", "2500", "4000",
                            "0.80x", "0.50x", "c"]
+
+
+# --bwd and --fwdbwd (issue 16, item 3)
+
+def test_parse_grad_passes() -> None:
+    assert bench.parse_args(["--bwd"]).grad_pass == "bwd"
+    assert bench.parse_args(["--fwdbwd", "--causal", "both"]).grad_pass == "fwdbwd"
+    assert bench.parse_args([]).grad_pass is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bwd", "--fwdbwd"], "not allowed with argument"),
+    (["--bwd", "--decode"], "drop --decode"),
+    (["--fwdbwd", "--ladder"], "drop --ladder"),
+    (["--bwd", "--all-configs"], "drop --all-configs"),
+    (["--bwd", "--config", "sm80_m128n64w4_d128"], "drop --config"),
+])
+def test_grad_pass_option_errors(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_backward_flops() -> None:
+    _, _, flops = _timing.problem(4096, 128)
+    assert _timing.pass_flops(flops, "bwd") == 10 * 4 * 16 * 4096**2 * 128  # 2.5 x 4BHN^2d
+    assert _timing.pass_flops(flops, "fwdbwd") == 14 * 4 * 16 * 4096**2 * 128
+    _, _, causal = _timing.problem(4096, 128, causal=True)
+    assert _timing.pass_flops(causal, "bwd") == _timing.pass_flops(flops, "bwd") // 2
+
+
+def _backward_record(causal: bool = False) -> dict:
+    return dict(kind="backward", dtype="bf16", seqlen=4096, batch=4, nheads=16, head_dim=128,
+                causal=causal, config="bwd_sm80_m64n128w8_d128",
+                ms={"fa_cute": 1.0, "FLASH": 1.0, "CUDNN": 0.8, "EFFICIENT": None},
+                tflops={"fa_cute": 300.0, "FLASH": 300.0, "CUDNN": 375.0, "EFFICIENT": None},
+                not_run={"EFFICIENT": "no kernel"})
+
+
+def test_backward_table() -> None:
+    title, header, _, row = bench.render([_backward_record()], ["fa_cute"],
+                                         ["FLASH", "CUDNN", "EFFICIENT"]).splitlines()
+    assert title == ("TFLOP/s, head dim 128, non-causal backward (FLOPs 2.5x the forward's: "
+                     "2.5*4*B*H*N^2*d)")
+    assert row.split() == ["bf16", "4096", "4", "16", "300.0", "300.0", "375.0", "n/a",
+                           "0.80x", "1.00x", "bwd_sm80_m64n128w8_d128"]
+    title = bench.table_title([dict(_backward_record(True), kind="fwdbwd")])
+    assert "causal forward+backward" in title and "3.5x" in title and "halved" in title
+
+
+def _fake_forward(q, k, v, *, causal=False, return_lse=False, **kwargs):
+    """fa_cute.forward by the float64 reference, on any device, (b, n, h, d) layout."""
+    from fa_cute._reference import attention_ref
+
+    out, lse = attention_ref(q, k, v, q.shape[-1] ** -0.5, causal=causal, return_lse=True)
+    out = out.to(q.dtype)
+    return (out, lse.float()) if return_lse else out
+
+
+@pytest.fixture
+def fa_cute_without_backward(monkeypatch):
+    """fa_cute as a build or head dim without the backward kernel: the forward runs (by the
+    reference, on the CPU), fa_cute.backward raises as backward_config does."""
+    def backward(*args, **kwargs):
+        raise NotImplementedError("this build of fa_cute._C has no backward kernel")
+
+    monkeypatch.setattr(_timing.fa_cute, "forward", _fake_forward)
+    monkeypatch.setattr(_timing.fa_cute, "backward", backward)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+
+
+SMALL = (1, 32, 32, 2, 2)
+
+
+def test_fa_cute_without_backward_gets_dashes(fa_cute_without_backward, capsys) -> None:
+    check = _timing.check_grads("fa_cute", _timing.fa_cute_grads, 64, dtype_name="bf16",
+                                shape=SMALL, device="cpu")
+    assert not check["ok"] and not check["wrong"]
+    assert check["error"].startswith("NotImplementedError: this build")
+    skip, wrong = bench.grad_skips([check])
+    assert wrong is None and skip == {(64, False, "bf16", "fa_cute"): (check["error"], False)}
+    assert capsys.readouterr().err.count("\n") == 1  # one stderr line says why
+    record = _backward_record()
+    bench.not_timed(record, "fa_cute", check["error"], False)
+    row = bench.render([record], ["fa_cute"], ["FLASH"]).splitlines()[-1].split()
+    assert row[4:7] == ["-", "300.0", "n/a"]  # fa_cute, FLASH, fa/FLASH
+    sets = [tuple(torch.randn(1, 2, 32, 64, dtype=torch.bfloat16) for _ in range(3))]
+    ms, why = _timing.time_grad_pass(None, sets, lambda fn: 1.0)
+    assert ms is None and why.startswith("NotImplementedError")
+
+
+def test_gradient_check_passes_right_and_catches_wrong_gradients() -> None:
+    def sdpa(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    right = _timing.check_grads("math", _timing.autograd_grads(sdpa), 64, shape=SMALL,
+                                device="cpu")
+    assert right["ok"], right
+    wrong = _timing.check_grads("x1.1", _timing.autograd_grads(lambda *t: 1.1 * sdpa(*t)), 64,
+                                shape=SMALL, device="cpu")
+    assert not wrong["ok"] and wrong["wrong"] and wrong["error"].startswith("dq")
+    assert bench.grad_skips([right, wrong]) == ({}, "x1.1")
+    assert "FAILED: dq" in _timing.grad_verdict(wrong)
+
+
+def test_backward_timing_leaves_the_forward_out(monkeypatch) -> None:
+    """--bwd times autograd.grad on a graph recorded once per input set; --fwdbwd reruns
+    the forward in every timed call."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    calls = []
+
+    def forward(q, k, v):
+        calls.append(1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    def timer(fn):
+        before = len(calls)
+        for _ in range(4):
+            fn()
+        return float(len(calls) - before)
+
+    sets = [tuple(torch.randn(1, 2, 16, 32) for _ in range(3)) for _ in range(2)]
+    assert _timing.time_grad_pass(forward, sets, timer, grad_pass="bwd") == (0.0, "")
+    assert len(calls) == 2  # one forward per input set, before the timing
+    assert _timing.time_grad_pass(forward, sets, timer, grad_pass="fwdbwd") == (4.0, "")

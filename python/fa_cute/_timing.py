@@ -413,7 +413,8 @@ def autograd_grads(forward: Forward) -> GradFn:
 
 def check_grads(name: str, grad_fn: GradFn, head_dim: int, causal: bool = False,
                 dtype_name: str = "bf16",
-                shape: Tuple[int, int, int, int, int] = CHECK_SHAPE) -> Dict:
+                shape: Tuple[int, int, int, int, int] = CHECK_SHAPE,
+                device: str = "cuda") -> Dict:
     """dq, dk, dv of grad_fn against the float64 reference by the forward's rule
     (check_close: at most twice the plain computation's error, plus slack); shape is
     (batch, seqlen_q, seqlen_k, nheads, nheads_k), causal bottom-right. ok False with the
@@ -423,8 +424,8 @@ def check_grads(name: str, grad_fn: GradFn, head_dim: int, causal: bool = False,
     batch, seqlen_q, seqlen_k, nheads, nheads_k = shape
     result = {"config": name, "causal": causal, "dtype": dtype_name, "shape": [*shape, head_dim]}
     dtype = DTYPES[dtype_name]
-    q = torch.randn(batch, nheads, seqlen_q, head_dim, device="cuda").to(dtype)
-    k, v = (torch.randn(batch, nheads_k, seqlen_k, head_dim, device="cuda").to(dtype)
+    q = torch.randn(batch, nheads, seqlen_q, head_dim, device=device).to(dtype)
+    k, v = (torch.randn(batch, nheads_k, seqlen_k, head_dim, device=device).to(dtype)
             for _ in range(2))
     dout = torch.randn_like(q)
     try:

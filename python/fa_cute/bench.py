@@ -419,19 +419,20 @@ def sdpa_context(column: str):
     return stack
 
 
-def grad_checks(d: int, causal: bool, dtype: str, fa4: Optional[_fa4.Func]) -> List[Dict]:
+def grad_checks(d: int, causal: bool, dtype: str, fa4: Optional[_fa4.Func],
+                device: str = "cuda") -> List[Dict]:
     """Each column's gradients against the float64 reference, once per table and dtype:
-    fa_cute.backward's, SDPA's backends' and FA4's (by autograd)."""
-    checks = [check_grads("fa_cute", fa_cute_grads, d, causal, dtype)]
+    fa_cute.backward's, SDPA's backends' and FA4's (by autograd). device: for tests."""
+    checks = [check_grads("fa_cute", fa_cute_grads, d, causal, dtype, device=device)]
     forwards = grad_forwards(causal)
     for column in GRAD_SDPA:
         with sdpa_context(column):
             checks.append(check_grads(column, autograd_grads(forwards[column]), d, causal,
-                                      dtype))
+                                      dtype, device=device))
     if fa4 is not None and _fa4.unsupported(dtype, d) is None:
         try:
             checks.append(check_grads(_fa4.COLUMN, autograd_grads(_fa4.bhnd_forward(fa4, causal)),
-                                      d, causal, dtype))
+                                      d, causal, dtype, device=device))
         except Exception as exc:  # FA4's compiler raises its own types
             checks.append(dict(config=_fa4.COLUMN, causal=causal, dtype=dtype, ok=False,
                                wrong=False, error=_fa4.first_line(exc),
@@ -439,6 +440,27 @@ def grad_checks(d: int, causal: bool, dtype: str, fa4: Optional[_fa4.Func]) -> L
     for c in checks:
         print(grad_verdict(c))
     return checks
+
+
+GradSkip = Dict[Tuple[int, bool, str, str], Tuple[str, bool]]
+
+
+def grad_skips(checks: List[Dict]) -> Tuple[GradSkip, Optional[str]]:
+    """From the gradient checks: the columns not to time per table and dtype
+    ((head_dim, causal, dtype, column) -> (why, wrong result)), each said in one stderr line,
+    and the first column other than FA4 whose gradients were wrong (None: none), which
+    fails the run as a wrong forward does."""
+    skip: GradSkip = {}
+    for c in checks:
+        if c["ok"]:
+            continue
+        if c["wrong"] and c["config"] != _fa4.COLUMN:
+            return skip, c["config"]
+        d, causal = c["shape"][-1], c["causal"]
+        skip[d, causal, c["dtype"], c["config"]] = c["error"], c["wrong"]
+        progress(f"{c['config']} {c['dtype']} d={d} {'causal' if causal else 'non-causal'}: "
+                 f"not timed ({'wrong' if c['wrong'] else '-'}): {c['error']}")
+    return skip, None
 
 
 def time_grad_row(grad_pass: str, dtype_name: str, seqlen: int, head_dim: int, causal: bool,
@@ -487,18 +509,12 @@ def grad_main(args: argparse.Namespace, props, cc: Tuple[int, int], timer_name: 
         progress(f"fa_cute.bench: no {_fa4.COLUMN} column: flash_attn.cute does not import "
                  f"({fa4_why}); to add it: {_fa4.HOW}")
     groups = [(d, causal) for d in args.headdim for causal in args.causal]
-    checks, skip = [], {}
-    for (d, causal), dtype in itertools.product(groups, args.dtype):
-        for c in grad_checks(d, causal, dtype, func):
-            checks.append(c)
-            if c["ok"]:
-                continue
-            if c["wrong"] and c["config"] != _fa4.COLUMN:
-                print(f"fa_cute.bench: {c['config']}'s gradients are wrong; nothing is timed")
-                return 1
-            skip[d, causal, dtype, c["config"]] = c["error"], c["wrong"]
-            progress(f"{c['config']} {dtype} d={d} {'causal' if causal else 'non-causal'}: not "
-                     f"timed ({'wrong' if c['wrong'] else '-'}): {c['error']}")
+    checks = [c for (d, causal), dtype in itertools.product(groups, args.dtype)
+              for c in grad_checks(d, causal, dtype, func)]
+    skip, wrong = grad_skips(checks)
+    if wrong:
+        print(f"fa_cute.bench: {wrong}'s gradients are wrong; nothing is timed")
+        return 1
     columns = ["fa_cute"] + GRAD_SDPA + ([_fa4.COLUMN] if func is not None else [])
     records = []
     row_keys = list(itertools.product(groups, itertools.product(args.dtype, args.seqlens)))
