@@ -163,3 +163,49 @@ def test_info_reports_the_build_and_its_licences() -> None:
         assert sorted(record["configs"]) == sorted(built)
     for path in info.license_files():
         assert os.path.basename(path) in ("LICENSE", "LICENSE-CUTLASS.txt")
+
+
+# tune --bwd (issue 16, item 3)
+
+def test_tune_bwd_options(monkeypatch, capsys) -> None:
+    fake = [dict(name="bwd_sm80_m64n128w8_d128", family="sm80", head_dim=128, block_m=64,
+                 block_n=128, num_warps=8, smem_bytes=131072, dtypes=["bf16", "fp16"])]
+    monkeypatch.setattr(tune, "backward_configs", lambda: [dict(c, rung=None) for c in fake])
+    args = tune.parse_args(["--bwd", "--configs", "bwd_sm80_m64n128w8_d128"])
+    assert args.bwd and args.configs == ["bwd_sm80_m64n128w8_d128"]
+    assert not tune.parse_args([]).bwd
+    forward = next(c["name"] for c in fa_cute.configs() if c["rung"] is None)
+    with pytest.raises(SystemExit) as exc:
+        tune.parse_args(["--bwd", "--configs", forward])  # a forward config is not a candidate
+    assert exc.value.code == 2
+    assert f"--configs: {forward!r} is not a built backward config" in capsys.readouterr().err
+    monkeypatch.setattr(tune, "backward_configs", list)
+    with pytest.raises(SystemExit):
+        tune.parse_args(["--bwd"])
+    assert "has no backward configs" in capsys.readouterr().err
+
+
+def test_tune_bwd_candidates_are_the_built_backward_configs() -> None:
+    names = [c["name"] for c in tune.backward_configs()]
+    assert names == [c["name"] for c in getattr(_C, "backward_configs", list)()]
+    assert all(c["rung"] is None for c in tune.backward_configs())
+
+
+def test_backward_keys_cannot_collide_with_forward_keys() -> None:
+    from fa_cute import _tuning
+
+    key = tune.backward_key("bf16", 128, True, 3000)
+    assert key == "bwd-" + _tuning.key("bf16", 128, True, 3000) == "bwd-bf16-d128-causal-n4096"
+    shapes = [(dtype, d, causal, n) for dtype in ("bf16", "fp16") for d in (64, 128)
+              for causal in (False, True) for n in (1, 128, 4096, 65536, 10**6)]
+    forward_keys = {_tuning.key(*shape) for shape in shapes}
+    backward_keys = {tune.backward_key(*shape) for shape in shapes}
+    assert len(backward_keys) == len(forward_keys) and not backward_keys & forward_keys
+
+
+def test_tune_bwd_table_says_backward() -> None:
+    shapes = [dict(dtype="bf16", causal=False, seqlen=1024, batch=16, nheads=16, head_dim=128,
+                   flops=int(2.5e12), candidates=["b"], ms={"b": 5.0}, winner="b")]
+    title = tune.render(shapes, ["b"], "backward").splitlines()[0]
+    assert "head dim 128, backward (FLOPs 2.5x the forward's)" in title
+    assert "500.0 *" in tune.render(shapes, ["b"], "backward")
