@@ -4,8 +4,9 @@ A decoder-only transformer (default: 4 layers, width 512, 8 heads of 64, seqlen 
 vocabulary of 8192) is trained for --steps steps on a synthetic corpus that this script
 generates: a random first-order Markov chain in which each token has four possible
 successors, so that the loss falls from ln(vocab) towards the chain's entropy (below
-ln 4, printed as the loss floor) as the model learns the table. The corpus and the initial weights come from
---seed alone, so every --attn backend sees the same data and starts from the same model.
+ln 4, printed as the loss floor) as the model learns the table. The corpus and the initial
+weights come from --seed alone, so every --attn backend sees the same data and starts from
+the same model.
 
 Attention is `fa_cute.sdpa(q, k, v, is_causal=True)` on (batch, nheads, seqlen, headdim)
 tensors for --attn fa_cute, and torch's scaled_dot_product_attention for the others (sdpa:

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from fa_cute._reference import attention_ref, check_close
-from fa_cute._timing import DTYPES, Forward, cycling, first_line
+from fa_cute._timing import Forward, check_inputs, cycling, first_line
 
 __all__ = ["COLUMN", "ENV", "Func", "HOW", "bhnd_forward", "call", "check", "first_line", "load",
            "time_fa4", "unsupported", "verdict", "version"]
@@ -91,12 +91,8 @@ def check(func: Func, head_dim: int, causal: bool, dtype_name: str,
     (batch, seqlen_q, seqlen_k, nheads, nheads_k) in the benchmark's layout; a dict like
     _timing.check's: ok False with the reason where FA4 raised, and wrong True as well where
     it returned a wrong result."""
-    batch, seqlen_q, seqlen_k, nheads, nheads_k = shape
     result = {"config": COLUMN, "causal": causal, "dtype": dtype_name, "shape": [*shape, head_dim]}
-    dtype = DTYPES[dtype_name]
-    q = torch.randn(batch, nheads, seqlen_q, head_dim, device=device).to(dtype)
-    k, v = (torch.randn(batch, nheads_k, seqlen_k, head_dim, device=device).to(dtype)
-            for _ in range(2))
+    q, k, v = check_inputs(shape, head_dim, dtype_name, device)
     try:
         out = call(func, q, k, v, causal)
     except Exception as exc:

@@ -33,6 +33,7 @@ from fa_cute._reference import attention_grads_ref, attention_ref, check_close
 __all__ = ["CAUSAL_CHOICES", "CHECK_SHAPE", "DTYPES", "GRAD_PASSES", "Forward", "GradFn",
            "InputSet", "TOKENS", "Timer", "Timing", "WIDTH", "add_causal_arg", "add_shape_args",
            "attention_flops", "autograd_grads", "banner", "check", "check_grads",
+           "check_inputs",
            "config_grads", "cycling", "decode_bytes", "fa_cute_bhnd", "fa_cute_grads",
            "first_line", "format_table", "gbps", "grad_verdict", "input_sets",
            "interleaved_medians", "ints", "make_timer", "no_gpu", "pass_flops", "positive_int",
@@ -411,6 +412,16 @@ def autograd_grads(forward: Forward) -> GradFn:
     return grads
 
 
+def check_inputs(shape: Tuple[int, int, int, int, int], head_dim: int, dtype_name: str,
+                 device: str = "cuda") -> List[torch.Tensor]:
+    """Random q, k, v of a check in the benchmark's layout, for shape (batch, seqlen_q,
+    seqlen_k, nheads, nheads_k): drawn in float32 and rounded, as the forward's check does."""
+    batch, seqlen_q, seqlen_k, nheads, nheads_k = shape
+    dtype = DTYPES[dtype_name]
+    return [torch.randn(batch, heads, seqlen, head_dim, device=device).to(dtype)
+            for heads, seqlen in ((nheads, seqlen_q), (nheads_k, seqlen_k), (nheads_k, seqlen_k))]
+
+
 def check_grads(name: str, grad_fn: GradFn, head_dim: int, causal: bool = False,
                 dtype_name: str = "bf16",
                 shape: Tuple[int, int, int, int, int] = CHECK_SHAPE,
@@ -421,12 +432,8 @@ def check_grads(name: str, grad_fn: GradFn, head_dim: int, causal: bool = False,
     reason where a gradient is wrong (wrong True) or grad_fn raised ValueError,
     NotImplementedError or RuntimeError (wrong False: it cannot run, e.g. no backward for
     this head dim)."""
-    batch, seqlen_q, seqlen_k, nheads, nheads_k = shape
     result = {"config": name, "causal": causal, "dtype": dtype_name, "shape": [*shape, head_dim]}
-    dtype = DTYPES[dtype_name]
-    q = torch.randn(batch, nheads, seqlen_q, head_dim, device=device).to(dtype)
-    k, v = (torch.randn(batch, nheads_k, seqlen_k, head_dim, device=device).to(dtype)
-            for _ in range(2))
+    q, k, v = check_inputs(shape, head_dim, dtype_name, device)
     dout = torch.randn_like(q)
     try:
         got = grad_fn(q, k, v, dout, causal=causal)
