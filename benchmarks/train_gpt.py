@@ -195,6 +195,10 @@ def train(args: argparse.Namespace, attn: str, data: torch.Tensor) -> Dict:
     model = GPT(args.vocab, args.seq, args.width, args.heads, args.layers,
                 attention_of(attn)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.compile:
+        # --compare compiles the same GPT.forward twice: a fresh cache keeps the second run
+        # from reusing the first's graph (with the other attention baked in)
+        torch._dynamo.reset()
     run_model = torch.compile(model, fullgraph=True) if args.compile else model
     backend = SDPA_BACKEND.get(attn)
     if device.type == "cuda":

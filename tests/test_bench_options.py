@@ -444,3 +444,17 @@ def test_backward_timing_leaves_the_forward_out(monkeypatch) -> None:
     assert _timing.time_grad_pass(forward, sets, timer, grad_pass="bwd") == (0.0, "")
     assert len(calls) == 2  # one forward per input set, before the timing
     assert _timing.time_grad_pass(forward, sets, timer, grad_pass="fwdbwd") == (4.0, "")
+
+
+def test_grad_checks_cover_every_column(fa_cute_without_backward, capsys) -> None:
+    """One check per column (fa_cute, SDPA's backends, FA4) per table; a column that cannot
+    run is left out of the timing with a '-', FA4 on a head dim it does not take too."""
+    def fa4(*args, **kwargs):
+        raise AssertionError("FA4 is not called for a head dim it does not take")
+
+    checks = bench.grad_checks(4, True, "bf16", fa4, SMALL, device="cpu")
+    assert [c["config"] for c in checks] == ["fa_cute", *bench.GRAD_SDPA, _fa4.COLUMN]
+    assert "head dims 8 to 256" in checks[-1]["error"] and not checks[-1]["wrong"]
+    skip, wrong = bench.grad_skips(checks)
+    assert wrong is None and {(4, True, "bf16", "fa_cute"), (4, True, "bf16", "FA4")} <= set(skip)
+    assert capsys.readouterr().out.count("check gradients") == len(checks)

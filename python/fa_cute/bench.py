@@ -420,23 +420,28 @@ def sdpa_context(column: str):
 
 
 def grad_checks(d: int, causal: bool, dtype: str, fa4: Optional[_fa4.Func],
+                shape: Tuple[int, int, int, int, int] = CHECK_SHAPE,
                 device: str = "cuda") -> List[Dict]:
     """Each column's gradients against the float64 reference, once per table and dtype:
-    fa_cute.backward's, SDPA's backends' and FA4's (by autograd). device: for tests."""
-    checks = [check_grads("fa_cute", fa_cute_grads, d, causal, dtype, device=device)]
+    fa_cute.backward's, SDPA's backends' and FA4's (by autograd); shape as check_grads'.
+    device: for tests."""
+    checks = [check_grads("fa_cute", fa_cute_grads, d, causal, dtype, shape, device)]
     forwards = grad_forwards(causal)
     for column in GRAD_SDPA:
         with sdpa_context(column):
             checks.append(check_grads(column, autograd_grads(forwards[column]), d, causal,
-                                      dtype, device=device))
-    if fa4 is not None and _fa4.unsupported(dtype, d) is None:
+                                      dtype, shape, device))
+    unsupported = _fa4.unsupported(dtype, d) if fa4 is not None else None
+    if unsupported:  # not checked, and so not timed: a check that did not run
+        checks.append(dict(config=_fa4.COLUMN, causal=causal, dtype=dtype, ok=False,
+                           wrong=False, error=unsupported, shape=[*shape, d]))
+    elif fa4 is not None:
         try:
             checks.append(check_grads(_fa4.COLUMN, autograd_grads(_fa4.bhnd_forward(fa4, causal)),
-                                      d, causal, dtype, device=device))
+                                      d, causal, dtype, shape, device))
         except Exception as exc:  # FA4's compiler raises its own types
             checks.append(dict(config=_fa4.COLUMN, causal=causal, dtype=dtype, ok=False,
-                               wrong=False, error=_fa4.first_line(exc),
-                               shape=[*CHECK_SHAPE, d]))
+                               wrong=False, error=_fa4.first_line(exc), shape=[*shape, d]))
     for c in checks:
         print(grad_verdict(c))
     return checks
