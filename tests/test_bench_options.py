@@ -1,6 +1,10 @@
-"""`python -m fa_cute.bench`'s causal, multi-head-dim and decode options without a GPU: option
-parsing and errors, FLOP and byte counts, the tables' titles and cells, the plot's files.
-(tests/test_cli.py covers the options that predate these.)"""
+"""`python -m fa_cute.bench`'s causal, multi-head-dim, decode, --bwd and --fwdbwd options
+without a GPU: option parsing and errors, FLOP and byte counts, the tables' titles and cells,
+the plot's files, the gradient check and the backward's timing on fakes; --bwd and --fwdbwd
+end to end on a GPU (skipped without one). (tests/test_cli.py covers the options that
+predate these.)"""
+
+import json
 
 import pytest
 import torch
@@ -458,3 +462,25 @@ def test_grad_checks_cover_every_column(fa_cute_without_backward, capsys) -> Non
     skip, wrong = bench.grad_skips(checks)
     assert wrong is None and {(4, True, "bf16", "fa_cute"), (4, True, "bf16", "FA4")} <= set(skip)
     assert capsys.readouterr().out.count("check gradients") == len(checks)
+
+
+def _has_backward(head_dim: int) -> bool:
+    return any(c["head_dim"] == head_dim for c in getattr(fa_cute._C, "backward_configs", list)())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("option, kind", [("--bwd", "backward"), ("--fwdbwd", "fwdbwd")])
+def test_grad_pass_tables_on_a_gpu(option, kind, tmp_path) -> None:
+    path = tmp_path / "grad.json"
+    argv = [option, "--seqlens", "1024", "--causal", "both", "--warmup", "5", "--rep", "10",
+            "--json", str(path)]
+    assert bench.main(argv) == 0
+    result = json.loads(path.read_text())
+    assert result["grad_pass"] == option[2:] and len(result["rows"]) == 2
+    for r in result["rows"]:
+        assert r["kind"] == kind and r["tflops"]["FLASH"] > 0
+        if _has_backward(128):
+            assert r["tflops"]["fa_cute"] > 0
+        else:
+            assert r["tflops"]["fa_cute"] is None and "fa_cute" in r["dash"]

@@ -209,3 +209,16 @@ def test_tune_bwd_table_says_backward() -> None:
     title = tune.render(shapes, ["b"], "backward").splitlines()[0]
     assert "head dim 128, backward (FLOPs 2.5x the forward's)" in title
     assert "500.0 *" in tune.render(shapes, ["b"], "backward")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not tune.backward_configs(),
+                    reason="needs a CUDA GPU and a build with the backward")
+def test_tune_bwd_on_a_gpu(capsys) -> None:
+    d = tune.backward_configs()[0]["head_dim"]
+    argv = ["--bwd", "--dry-run", "--headdim", str(d), "--seqlens", "1024", "--dtype", "bf16",
+            "--causal", "both", "--warmup", "5", "--rep", "10"]
+    assert tune.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "check gradients" in out and "FAILED" not in out
+    assert f"head dim {d}, backward" in out
