@@ -11,13 +11,14 @@ tests/test_backward_gpu.py runs the real kernels.
 """
 
 import ctypes
+from types import SimpleNamespace
 from typing import Dict, List
 
 import pytest
 import torch
 
 import fa_cute
-from fa_cute import _C, _api, _backward, _validate
+from fa_cute import _C, _api, _backward, _tuning, _validate
 from fa_cute._reference import attention_grads_ref, attention_ref, causal_mask
 
 from attention_cases import ToyModel, check_training_matches, training_losses
@@ -557,3 +558,26 @@ def test_op_called_without_lse_says_so(kernels) -> None:
     out, _ = torch.ops.fa_cute.forward(q, k, v, False, None, False, None)
     with pytest.raises(RuntimeError, match=r"needs the forward's LSE: .*return_lse=False"):
         out.float().sum().backward()
+
+
+def test_backward_config_takes_the_tuned_winner(monkeypatch):
+    """With a winner that `python -m fa_cute.tune --bwd` cached for the shape, the backward
+    runs it where it fits the GPU; a winner this GPU cannot run, or none, gives the
+    default. (A stand-in CUDA tensor: only the attributes backward_config reads.)"""
+    tuned = {"name": "bwd_tuned", "head_dim": 128, "dtypes": ["bf16"], "family": "sm80",
+             "smem_bytes": 64 << 10}
+    monkeypatch.setattr(_backward, "has_backward", lambda: True)
+    monkeypatch.setattr(_backward, "BACKWARD_CONFIGS", {"bwd_tuned": tuned})
+    monkeypatch.setattr(_backward, "gpu_of", lambda index: ("Some GPU", (9, 0)))
+    monkeypatch.setattr(_backward, "smem_limit_of", lambda index: 227 << 10)
+    monkeypatch.setattr(_C, "default_backward_config", lambda d, major, minor: "default",
+                        raising=False)
+    entries = {_tuning.backward_key("bf16", 128, True, 4096): "bwd_tuned"}
+    monkeypatch.setattr(_tuning, "cached_configs", lambda gpu: entries)
+    q = SimpleNamespace(shape=(1, 4096, 8, 128), is_cuda=True, device=SimpleNamespace(index=0),
+                        dtype=torch.bfloat16)
+    assert _backward.backward_config(q, causal=True, seqlen_q=4096) == "bwd_tuned"
+    assert _backward.backward_config(q, causal=False, seqlen_q=4096) == "default"
+    assert _backward.backward_config(q) == "default"
+    monkeypatch.setattr(_backward, "smem_limit_of", lambda index: 48 << 10)
+    assert _backward.backward_config(q, causal=True, seqlen_q=4096) == "default"

@@ -12,8 +12,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _C
-from ._configs import DTYPE_NAMES, PLACEHOLDER_CC, gpu_of
+from . import _C, _tuning
+from ._configs import DTYPE_NAMES, PLACEHOLDER_CC, family_runs_on, gpu_of, smem_limit_of
 from ._launch import Launch, current_stream, row_strides
 from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, check_devices, check_flag,
                         check_inputs, check_layout, check_memory, check_shapes, check_tensor,
@@ -41,10 +41,13 @@ def has_backward() -> bool:
     return hasattr(_C, "backward")
 
 
-def backward_config(q: torch.Tensor, q_name: str = "q") -> str:
+def backward_config(q: torch.Tensor, q_name: str = "q", causal: bool = False,
+                    seqlen_q: Optional[int] = None) -> str:
     """The backward kernel's config for q's head dim on q's GPU (for a tensor elsewhere, on a
-    placeholder GPU: the device check refuses it later). NotImplementedError where this
-    build has no backward; ValueError naming the head dim where no kernel takes it."""
+    placeholder GPU: the device check refuses it later): with seqlen_q, the winner that
+    `python -m fa_cute.tune --bwd` cached for the shape where it runs here, else
+    `_C.default_backward_config`'s. NotImplementedError where this build has no backward;
+    ValueError naming the head dim where no kernel takes it."""
     if not has_backward():
         raise NotImplementedError(
             "this build of fa_cute._C has no backward kernel (fa_cute.backward, and gradients "
@@ -54,6 +57,16 @@ def backward_config(q: torch.Tensor, q_name: str = "q") -> str:
     if q.is_cuda:
         gpu, cc = gpu_of(q.device.index)
         where = f" on {q.device} ({gpu}, compute capability {cc[0]}.{cc[1]})"
+        if seqlen_q is not None and q.dtype in DTYPE_NAMES:
+            dtype = DTYPE_NAMES[q.dtype]
+            tuned = _tuning.cached_configs(gpu).get(
+                _tuning.backward_key(dtype, head_dim, causal, seqlen_q))
+            cfg = BACKWARD_CONFIGS.get(tuned)
+            limit = smem_limit_of(q.device.index)
+            if (cfg and cfg["head_dim"] == head_dim and dtype in cfg["dtypes"]
+                    and family_runs_on(cfg["family"], cc)
+                    and (limit is None or cfg["smem_bytes"] <= limit)):
+                return cfg["name"]
     else:
         cc, where = PLACEHOLDER_CC, ""
     try:
@@ -90,7 +103,10 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
     for name, t in (("out", out), ("dout", dout)):
         _check_like(name, t, q, names.q)
     _check_lse(lse, q, names.q)
-    config = backward_config(q, names.q)
+    offset = seqlen_k - seqlen_q if bottom_right else 0
+    # As the forward launches it: a mask that hides nothing runs non-causal.
+    is_causal = causal and offset < seqlen_k - 1
+    config = backward_config(q, names.q, causal=is_causal, seqlen_q=seqlen_q)
     scale = resolve_scale(softmax_scale, head_dim, names.scale)
     tensors = inputs + [("out", out), ("dout", dout)]
     for name, t in tensors:
@@ -111,9 +127,6 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
                                      "tensor")
             buffers.append((name, t))
     check_devices(tensors + buffers, BACKWARD_CONFIGS.get(config), names.q)
-    offset = seqlen_k - seqlen_q if bottom_right else 0
-    # As the forward launches it: a mask that hides nothing runs non-causal.
-    is_causal = causal and offset < seqlen_k - 1
     # Forward's launch type, never packed: the backward runs every query row as its own.
     return Launch(config, DTYPE_NAMES[q.dtype], batch, seqlen_q, seqlen_k, nheads, nheads_k,
                   head_dim, scale, is_causal, offset if is_causal else 0, False,

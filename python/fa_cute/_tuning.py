@@ -41,8 +41,8 @@ from typing import Dict, Optional
 
 from . import _C
 
-__all__ = ["Entries", "MAX_BUCKET", "MAX_BYTES", "MIN_BUCKET", "bucket", "cache_path",
-           "cached_configs", "forget", "key", "read", "write"]
+__all__ = ["BACKWARD_PREFIX", "Entries", "MAX_BUCKET", "MAX_BYTES", "MIN_BUCKET", "backward_key",
+           "bucket", "cache_path", "cached_configs", "forget", "key", "read", "write"]
 
 Entries = Dict[str, Dict[str, str]]  # gpu name -> key -> config name
 
@@ -87,6 +87,16 @@ def key(dtype: str, head_dim: int, causal: bool, seqlen_q: int) -> str:
     launch's too: a mask that hides nothing runs, and is keyed, as non-causal.
     """
     return f"{dtype}-d{head_dim}-{'causal' if causal else 'noncausal'}-n{bucket(seqlen_q)}"
+
+
+#: what a backward winner's cache key starts with; forward keys start with a dtype
+BACKWARD_PREFIX = "bwd-"
+
+
+def backward_key(dtype: str, head_dim: int, causal: bool, seqlen_q: int) -> str:
+    """The cache key of a backward winner (`python -m fa_cute.tune --bwd`): BACKWARD_PREFIX
+    + the forward's key, so that the two never collide and share the forward's buckets."""
+    return BACKWARD_PREFIX + key(dtype, head_dim, causal, seqlen_q)
 
 
 def cache_path() -> Path:

@@ -35,14 +35,8 @@ from fa_cute._timing import (DTYPES, Timer, add_shape_args, banner, check_grads,
                              make_timer, no_gpu, pass_flops, problem, run_checks, tflops,
                              time_fa_cute, time_grad_pass)
 
-#: what a backward winner's cache key starts with; forward keys start with a dtype
-BACKWARD_PREFIX = "bwd-"
-
-
-def backward_key(dtype: str, head_dim: int, causal: bool, seqlen_q: int) -> str:
-    """The cache key of a backward winner: BACKWARD_PREFIX + the forward's key, so that the
-    two never collide and the backward's entries share the forward's buckets."""
-    return BACKWARD_PREFIX + _tuning.key(dtype, head_dim, causal, seqlen_q)
+BACKWARD_PREFIX = _tuning.BACKWARD_PREFIX
+backward_key = _tuning.backward_key
 
 
 def backward_configs() -> List[dict]:
