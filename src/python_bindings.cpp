@@ -36,12 +36,12 @@ DType parse_dtype(std::string const& dtype) {
   throw std::invalid_argument("dtype: '" + dtype + "' is not supported; allowed: bf16, fp16");
 }
 
-// The problem's sizes in FwdParams, checked as the kernels rely on them: what forward and
-// num_splits share.
-FwdParams problem_params(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k,
-                         bool is_causal) {
+// The problem's sizes in FwdParams or BwdParams (the same field names), checked as the
+// kernels rely on them: what forward, num_splits and backward share.
+template <class Params>
+Params problem_params(int batch, int seqlen_q, int seqlen_k, int nheads, int nheads_k, bool is_causal) {
   check_problem_sizes(batch, seqlen_q, seqlen_k, nheads, nheads_k);
-  FwdParams params{};
+  Params params{};
   params.batch = batch;
   params.seqlen_q = seqlen_q;
   params.seqlen_k = seqlen_k;
@@ -51,6 +51,36 @@ FwdParams problem_params(int batch, int seqlen_q, int seqlen_k, int nheads, int 
   return params;
 }
 
+// q, k, v and out: their pointers and (batch, row, head) strides, and the softmax scale, in
+// FwdParams or BwdParams.
+template <class Params>
+void set_attention_operands(Params& params, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o,
+                            Strides q_strides, Strides k_strides, Strides v_strides, Strides o_strides,
+                            double softmax_scale) {
+  FA_CUTE_REQUIRE(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
+  params.q_ptr = reinterpret_cast<void const*>(q);
+  params.k_ptr = reinterpret_cast<void const*>(k);
+  params.v_ptr = reinterpret_cast<void const*>(v);
+  params.o_ptr = reinterpret_cast<decltype(params.o_ptr)>(o);
+  std::tie(params.q_batch_stride, params.q_row_stride, params.q_head_stride) = q_strides;
+  std::tie(params.k_batch_stride, params.k_row_stride, params.k_head_stride) = k_strides;
+  std::tie(params.v_batch_stride, params.v_row_stride, params.v_head_stride) = v_strides;
+  std::tie(params.o_batch_stride, params.o_row_stride, params.o_head_stride) = o_strides;
+  params.softmax_scale = float(softmax_scale);
+  params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
+}
+
+// After the integer checks (CI, with no GPU, reaches every one of them): the runtime and the
+// driver, i.e. the stream handle, the device (selected in this module's own static CUDA
+// runtime) and the pointers' allocations.
+template <class Extents, class CheckMemory>
+void check_runtime(Extents const& extents, int device, uintptr_t stream_handle, CheckMemory&& check_memory) {
+  check_stream_handle(stream_handle);
+  check_device(device);
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  check_memory(extents, device);
+}
+
 double forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k,
                uintptr_t v, uintptr_t o, uintptr_t lse, int batch, int seqlen_q, int seqlen_k,
                int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
@@ -58,33 +88,17 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
                int causal_offset, int device, uintptr_t stream_handle, bool timed, int num_splits,
                uintptr_t o_accum, uintptr_t lse_accum) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
-  FwdParams params = problem_params(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
-  FA_CUTE_REQUIRE(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
-  params.q_ptr = reinterpret_cast<void const*>(q);
-  params.k_ptr = reinterpret_cast<void const*>(k);
-  params.v_ptr = reinterpret_cast<void const*>(v);
-  params.o_ptr = reinterpret_cast<void*>(o);
+  FwdParams params = problem_params<FwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
+  set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
   params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
-  std::tie(params.q_batch_stride, params.q_row_stride, params.q_head_stride) = q_strides;
-  std::tie(params.k_batch_stride, params.k_row_stride, params.k_head_stride) = k_strides;
-  std::tie(params.v_batch_stride, params.v_row_stride, params.v_head_stride) = v_strides;
-  std::tie(params.o_batch_stride, params.o_row_stride, params.o_head_stride) = o_strides;
   params.head_dim = head_dim;
   params.causal_offset = causal_offset;
   params.num_splits = num_splits;
   params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
   params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);
-  params.softmax_scale = float(softmax_scale);
-  params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
 
-  // Integers first (CI, with no GPU, reaches every one of them), then the runtime and the
-  // driver: the device, the stream handle, the pointers' allocations.
   ForwardExtents const extents = check_forward_args(kernel, params, device);
-  check_stream_handle(stream_handle);
-  check_device(device);
-  // This module links its own (static) CUDA runtime; select the caller's device in it.
-  check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  check_forward_memory(extents, device);
+  check_runtime(extents, device, stream_handle, check_forward_memory);
   auto const stream = reinterpret_cast<cudaStream_t>(stream_handle);
 
   py::gil_scoped_release release;
@@ -120,7 +134,7 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
 int num_splits(std::string const& config, std::string const& dtype, int batch, int seqlen_q,
                int seqlen_k, int nheads, int nheads_k, bool is_causal, int device) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
-  FwdParams const params = problem_params(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
+  FwdParams const params = problem_params<FwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   FA_CUTE_REQUIRE(device >= 0, "device: must be a CUDA device index >= 0, got " + std::to_string(device));
   check_device(device);
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
@@ -139,13 +153,8 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
               Strides dv_strides, double softmax_scale, bool is_causal, int causal_offset, int device,
               uintptr_t stream_handle) {
   BwdKernel const& kernel = find_bwd_kernel(config, parse_dtype(dtype));
-  check_problem_sizes(batch, seqlen_q, seqlen_k, nheads, nheads_k);
-  FA_CUTE_REQUIRE(softmax_scale > 0.0 && softmax_scale < 1e30, "softmax_scale: must be a finite positive number");
-  BwdParams params{};
-  params.q_ptr = reinterpret_cast<void const*>(q);
-  params.k_ptr = reinterpret_cast<void const*>(k);
-  params.v_ptr = reinterpret_cast<void const*>(v);
-  params.o_ptr = reinterpret_cast<void const*>(out);
+  BwdParams params = problem_params<BwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
+  set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
   params.do_ptr = reinterpret_cast<void const*>(dout);
   params.lse_ptr = reinterpret_cast<float const*>(lse);
   params.dq_ptr = reinterpret_cast<void*>(dq);
@@ -153,31 +162,15 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
   params.dv_ptr = reinterpret_cast<void*>(dv);
   params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
   params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
-  std::tie(params.q_batch_stride, params.q_row_stride, params.q_head_stride) = q_strides;
-  std::tie(params.k_batch_stride, params.k_row_stride, params.k_head_stride) = k_strides;
-  std::tie(params.v_batch_stride, params.v_row_stride, params.v_head_stride) = v_strides;
-  std::tie(params.o_batch_stride, params.o_row_stride, params.o_head_stride) = o_strides;
   std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
   std::tie(params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride) = dq_strides;
   std::tie(params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride) = dk_strides;
   std::tie(params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride) = dv_strides;
-  params.batch = batch;
-  params.seqlen_q = seqlen_q;
-  params.seqlen_k = seqlen_k;
-  params.nheads = nheads;
-  params.nheads_k = nheads_k;
   params.head_dim = head_dim;
-  params.is_causal = is_causal;
   params.causal_offset = causal_offset;
-  params.softmax_scale = float(softmax_scale);
-  params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
 
-  // Integers first, then the runtime and the driver, as forward.
   BackwardExtents const extents = check_backward_args(kernel, params, device);
-  check_stream_handle(stream_handle);
-  check_device(device);
-  check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  check_backward_memory(extents, device);
+  check_runtime(extents, device, stream_handle, check_backward_memory);
   py::gil_scoped_release release;
   kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
 }
