@@ -175,33 +175,15 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
   kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
 }
 
-// The built backward configs, sorted by name, one dict each (as configs() for forward ones).
-py::list backward_configs() {
-  py::list out;
-  for (BwdKernel const& k : bwd_kernels()) {  // sorted by (config, dtype)
-    if (out.size() == 0 || out[out.size() - 1]["name"].cast<std::string>() != k.config) {
-      py::dict entry;
-      entry["name"] = k.config;
-      entry["family"] = k.family;
-      entry["head_dim"] = k.head_dim;
-      entry["block_m"] = k.block_m;
-      entry["block_n"] = k.block_n;
-      entry["num_warps"] = k.num_warps;
-      entry["smem_bytes"] = k.smem_bytes;
-      entry["description"] = k.description;
-      entry["dtypes"] = py::list();
-      out.append(entry);
-    }
-    out[out.size() - 1]["dtypes"].cast<py::list>().append(dtype_name(k.dtype));
-  }
-  return out;
-}
-
-py::list configs() {
+// One dict per built config, in the registry's order (sorted by (config, dtype)): its tile,
+// extra(entry, kernel)'s fields, its description and the dtypes built. What configs() and
+// backward_configs() share.
+template <class Kernel, class Extra>
+py::list config_dicts(std::vector<Kernel> const& kernels, Extra&& extra) {
   py::list out;
   py::dict current;
   std::string current_name;
-  for (FwdKernel const& k : fwd_kernels()) {  // sorted by (config, dtype)
+  for (Kernel const& k : kernels) {
     if (current_name != k.config) {
       current = py::dict();
       current_name = k.config;
@@ -212,7 +194,7 @@ py::list configs() {
       current["block_n"] = k.block_n;
       current["num_warps"] = k.num_warps;
       current["smem_bytes"] = k.smem_bytes;
-      current["rung"] = k.rung < 0 ? py::object(py::none()) : py::object(py::int_(k.rung));
+      extra(current, k);
       current["description"] = k.description;
       current["dtypes"] = py::list();
       out.append(current);
@@ -220,6 +202,17 @@ py::list configs() {
     current["dtypes"].cast<py::list>().append(dtype_name(k.dtype));
   }
   return out;
+}
+
+// The built backward configs, one dict each (as configs() for forward ones, without a rung).
+py::list backward_configs() {
+  return config_dicts(bwd_kernels(), [](py::dict&, BwdKernel const&) {});
+}
+
+py::list configs() {
+  return config_dicts(fwd_kernels(), [](py::dict& entry, FwdKernel const& k) {
+    entry["rung"] = k.rung < 0 ? py::object(py::none()) : py::object(py::int_(k.rung));
+  });
 }
 
 // The bounds _C.forward enforces, for the Python layer to check against (one source of
