@@ -6,6 +6,9 @@ Every built config that runs on this GPU, in each of its dtypes, on four small c
     key, ragged last tiles of q and k), 4 query heads on 2 K/V heads, LSE written;
   - decode-gqa-lse: seqlen_q=1 against 1000 keys, 8 query heads on 2 K/V heads (packed as
     rows of one tile; this small grid is split over keys and merged), LSE written.
+Then, for every head dim with a built backward config, in each dtype, the first three cases
+(decode aside): fa_cute.backward (its default config for this GPU) into NaN-filled dq, dk, dv, each checked against the float64 reference
+gradients under the same 2x rule.
 Each output is written over NaN and checked against the float64 reference (and the LSE
 against the reference LSE); the reference is computed on the CPU so that the sanitizer
 sees few GPU kernels besides ours. PyTorch's caching allocator is switched off before torch
@@ -26,7 +29,9 @@ os.environ.setdefault("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")
 import torch  # noqa: E402  (after the allocator setting)
 
 import fa_cute  # noqa: E402
-from fa_cute._reference import attention_ref, check_close, check_lse  # noqa: E402
+from fa_cute import _C  # noqa: E402
+from fa_cute._reference import (ABS_SLACK, attention_grads_ref, attention_ref, check_close,  # noqa: E402
+                                check_lse)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,6 +89,32 @@ def run_case(config: dict, dtype: torch.dtype, case: Case) -> str:
     return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}{lse_note})"
 
 
+def run_backward_case(d: int, dtype: torch.dtype, case: Case) -> str:
+    """'ok ...', 'skipped ...' or 'FAILED ...' for the backward of head dim d on one case."""
+    q, dout = (torch.randn(1, case.seqlen_q, case.nheads, d).to(dtype) for _ in range(2))
+    k, v = (torch.randn(1, case.seqlen_k, case.nheads_k, d).to(dtype) for _ in range(2))
+    gq, gk, gv, gdout = (to_gpu(t, case.transposed) for t in (q, k, v, dout))
+    try:
+        out, lse = fa_cute.forward(gq, gk, gv, causal=case.causal, return_lse=True)
+    except ValueError as exc:
+        return f"skipped (no forward for this head dim: {exc})"
+    grads = [to_gpu(torch.full_like(t, math.nan), case.transposed) for t in (q, k, v)]
+    fa_cute.backward(gdout, gq, gk, gv, out, lse, causal=case.causal, dq=grads[0],
+                     dk=grads[1], dv=grads[2])
+    torch.cuda.synchronize()
+    scale = 1.0 / math.sqrt(d)
+    ref = attention_grads_ref(q, k, v, dout, scale, causal=case.causal)
+    plain = attention_grads_ref(q, k, v, dout, scale, upcast=False, causal=case.causal)
+    notes = []
+    for name, g, r, p in zip(("dq", "dk", "dv"), grads, ref, plain):
+        err = (g.cpu().double() - r).abs().max().item()  # NaN where a gradient was not written
+        plain_err = (p.double() - r).abs().max().item()
+        if not err <= 2 * plain_err + ABS_SLACK * max(1.0, r.abs().max().item()):
+            return f"FAILED {name}: max abs error {err:.2e} > 2 x plain {plain_err:.2e} + slack"
+        notes.append(f"{name} {err:.1e}/{plain_err:.1e}")
+    return "ok (max abs error / plain: " + ", ".join(notes) + ")"
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("sanitize_case.py needs a CUDA GPU; none is visible to PyTorch.")
@@ -95,6 +126,15 @@ def main() -> int:
             for name, case in CASES.items():
                 result = run_case(config, DTYPES[dtype_name], case)
                 print(f"{config['name']} {dtype_name} {name}: {result}", flush=True)
+                results.append(result)
+    if hasattr(_C, "backward_configs"):
+        dims = sorted({(c["head_dim"], t) for c in _C.backward_configs() for t in c["dtypes"]})
+        for d, dtype_name in dims:
+            for name, case in CASES.items():
+                if case.seqlen_q == 1:
+                    continue
+                result = run_backward_case(d, DTYPES[dtype_name], case)
+                print(f"backward d={d} {dtype_name} {name}: {result}", flush=True)
                 results.append(result)
     ran = [r for r in results if not r.startswith("skipped")]
     if not ran:
