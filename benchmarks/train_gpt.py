@@ -10,16 +10,21 @@ the same model.
 
 Attention is `fa_cute.sdpa(q, k, v, is_causal=True)` on (batch, nheads, seqlen, headdim)
 tensors for --attn fa_cute, and torch's scaled_dot_product_attention for the others (sdpa:
-PyTorch's choice of backend; sdpa-flash, sdpa-cudnn: that backend alone). Steps run under
-bf16 autocast; --compile compiles the model with torch.compile(fullgraph=True).
+PyTorch's choice of backend; sdpa-flash, sdpa-cudnn: that backend alone; fa_cute-activate:
+the flash backend, unchanged model code, with `fa_cute.activate()` in force for the run, so
+that PyTorch's flash ops run fa_cute's kernels. That run fails unless fa_cute ran at least
+one forward and one backward, counted by fa_cute's CALLS, and it deactivates after). Steps
+run under bf16 autocast; --compile compiles the model with torch.compile(fullgraph=True).
 
 Printed: the loss every --log-every steps, then the median step time (CUDA events, after
---warmup-steps steps), tokens/s and peak memory; --json FILE writes them. --compare trains
-fa_cute and then sdpa from the same seed and reports the relative loss difference at every
---log-every'th step, failing (exit 1) where the largest exceeds --tolerance (1%).
+--warmup-steps steps), tokens/s and peak memory; --json FILE writes them. --compare A,B
+(default fa_cute,sdpa) trains A and then B from the same seed and reports the relative loss
+difference |A - B| / |B| at every --log-every'th step, failing (exit 1) where the largest
+exceeds --tolerance (1%); the worst step and both runs' losses are printed either way.
 
     python benchmarks/train_gpt.py --attn fa_cute --steps 200
     python benchmarks/train_gpt.py --compare --steps 200 --json gpt.json
+    python benchmarks/train_gpt.py --compare fa_cute-activate,sdpa-flash --compile --steps 200
     python benchmarks/train_gpt.py --device cpu --attn sdpa --layers 1 --width 64 --heads 2 \\
         --seq 64 --vocab 256 --batch 2 --steps 3     # a CPU smoke run (sdpa only)
 """
@@ -38,9 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-ATTENTION = ("fa_cute", "sdpa", "sdpa-flash", "sdpa-cudnn")
-#: the SDPA backend each --attn pins (None: PyTorch picks)
-SDPA_BACKEND = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
+ATTENTION = ("fa_cute", "fa_cute-activate", "sdpa", "sdpa-flash", "sdpa-cudnn")
+#: the SDPA backend each --attn pins (None: PyTorch picks); fa_cute-activate pins flash, the
+#: backend whose ops `fa_cute.activate()` takes over
+SDPA_BACKEND = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+                "fa_cute-activate": SDPBackend.FLASH_ATTENTION}
+#: --compare without a value: the comparison issue 16 asks for
+DEFAULT_COMPARE = ("fa_cute", "sdpa")
 #: successors per token in the Markov chain: few enough that the chain is learnable in a few
 #: hundred steps, more than one so that the loss has a floor above zero (ln 4 at most)
 SUCCESSORS = 4
@@ -52,8 +61,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attn", choices=ATTENTION, default="fa_cute")
-    p.add_argument("--compare", action="store_true",
-                   help="train with fa_cute, then sdpa, from the same seed; compare losses")
+    p.add_argument("--compare", nargs="?", const=",".join(DEFAULT_COMPARE), metavar="A,B",
+                   help="train with A, then B (two --attn choices; default "
+                        f"{','.join(DEFAULT_COMPARE)}), from the same seed; compare losses")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="--compare's largest allowed relative loss difference")
     p.add_argument("--compile", action="store_true", help="torch.compile(fullgraph=True)")
@@ -79,8 +89,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--width {args.width} is not a multiple of --heads {args.heads}")
     if args.vocab < SUCCESSORS:
         p.error(f"--vocab must be >= {SUCCESSORS}")
+    if args.compare is not None:
+        modes = tuple(m.strip() for m in args.compare.split(","))
+        bad = [m for m in modes if m not in ATTENTION]
+        if len(modes) != 2 or bad:
+            p.error(f"--compare takes two of {', '.join(ATTENTION)} joined by a comma "
+                    f"(e.g. {','.join(DEFAULT_COMPARE)}); got {args.compare!r}")
+        args.compare = modes
+    modes = args.compare or (args.attn,)
     on_cuda = torch.device(args.device).type == "cuda"
-    if (args.compare or args.attn != "sdpa") and not on_cuda:
+    if any(m != "sdpa" for m in modes) and not on_cuda:
         p.error("fa_cute and SDPA's pinned backends (and so --compare) need --device cuda; "
                 "on the CPU use --attn sdpa")
     if on_cuda and not torch.cuda.is_available():
@@ -111,7 +129,33 @@ def chain_entropy(vocab: int, seed: int) -> float:
     return float(-(probs * probs.log()).sum(-1).mean())
 
 
+#: torch._fused_sdp_choice's numbers (SDPBackend's values)
+SDPA_CHOICES = {-1: "ERROR", 0: "MATH", 1: "FLASH_ATTENTION", 2: "EFFICIENT_ATTENTION",
+                3: "CUDNN_ATTENTION", 4: "OVERRIDEABLE"}
+
+
+def sdpa_choice(args: argparse.Namespace, attn: str) -> Optional[str]:
+    """The backend PyTorch's scaled_dot_product_attention picks for the model's attention
+    (bf16, causal, requires grad) under `attn`'s backend setting; None for --attn fa_cute
+    or where PyTorch does not say. On an H100 with a recent cuDNN, --attn sdpa is cuDNN's
+    kernel, not FlashAttention-2's (check_prefer_cudnn_attention)."""
+    if attn == "fa_cute":
+        return None
+    device = torch.device(args.device)
+    shape = (args.batch, args.heads, args.seq, args.width // args.heads)
+    q, k, v = (torch.empty(shape, device=device, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    backend = SDPA_BACKEND.get(attn)
+    try:
+        with sdpa_kernel(backend) if backend else contextlib.nullcontext():
+            return SDPA_CHOICES.get(int(torch._fused_sdp_choice(q, k, v, is_causal=True)))
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
 def attention_of(name: str) -> Attention:
+    """The model's attention: fa_cute.sdpa for "fa_cute"; for every other mode, fa_cute-activate
+    included, torch's scaled_dot_product_attention (the backend is chosen around the step)."""
     if name == "fa_cute":
         import fa_cute
 
@@ -206,6 +250,62 @@ def train(args: argparse.Namespace, attn: str, data: torch.Tensor) -> Dict:
         torch.cuda.reset_peak_memory_stats(device)
     timer = StepTimer(device)
     losses = []
+    choice = sdpa_choice(args, attn)
+    if choice is not None:
+        print(f"{attn}: scaled_dot_product_attention runs {choice}", flush=True)
+    with _activated(attn) as calls:
+        _train_steps(args, attn, data, device, run_model, opt, backend, timer, losses)
+    if calls is not None:
+        check_activated_calls(calls, args.steps)
+    times = timer.ms()[args.warmup_steps:] or timer.ms()[-1:]
+    step_ms = statistics.median(times)
+    return dict(attn=attn, losses=[float(x) for x in losses], step_ms=step_ms,
+                timed_steps=len(times), tokens_per_s=args.batch * args.seq / (step_ms / 1e3),
+                peak_memory_bytes=(torch.cuda.max_memory_allocated(device)
+                                   if device.type == "cuda" else None),
+                fa_cute_calls=calls, sdpa_backend=choice)
+
+
+@contextlib.contextmanager
+def _activated(attn: str):
+    """For fa_cute-activate, `fa_cute.activate()` for the run (deactivated after, also on an
+    error), yielding a dict that receives how many calls fa_cute ran and handed back; for
+    the other modes, None and nothing else."""
+    if attn != "fa_cute-activate":
+        yield None
+        return
+    import fa_cute
+    from fa_cute._sdpa_backend import CALLS
+
+    if fa_cute.is_active():
+        raise RuntimeError("fa_cute.activate() is already in force; --attn fa_cute-activate "
+                           "activates and deactivates it itself")
+    start, calls = dict(CALLS), {}
+    with fa_cute.activated():
+        try:
+            yield calls
+        finally:
+            calls.update({k: CALLS[k] - start[k] for k in CALLS})
+
+
+def check_activated_calls(calls: Dict[str, int], steps: int) -> None:
+    """fa_cute-activate must have run fa_cute's kernels, forward and backward, and not
+    PyTorch's: a count of 0, or any call handed back, means the model did not train on
+    fa_cute (PyTorch chose another backend, or fa_cute refused the inputs)."""
+    print(f"fa_cute-activate: fa_cute ran {calls['forward']} forward and {calls['backward']} "
+          f"backward calls, handed {calls['forward_fallback']} and "
+          f"{calls['backward_fallback']} to PyTorch's kernel", flush=True)
+    if calls["forward"] < steps or calls["backward"] < steps:
+        raise RuntimeError(f"fa_cute-activate: fa_cute ran {calls['forward']} forward and "
+                           f"{calls['backward']} backward calls in {steps} steps (at least "
+                           f"one of each per step expected): the model did not reach "
+                           f"fa_cute; {calls}")
+    if calls["forward_fallback"] or calls["backward_fallback"]:
+        raise RuntimeError(f"fa_cute-activate: some attention calls went to PyTorch's kernel "
+                           f"instead of fa_cute's: {calls}")
+
+
+def _train_steps(args, attn, data, device, run_model, opt, backend, timer, losses) -> None:
     for step in range(args.steps):
         batch = data[step].to(device, non_blocking=True)
         with timer.step():
@@ -219,20 +319,29 @@ def train(args: argparse.Namespace, attn: str, data: torch.Tensor) -> Dict:
         losses.append(loss.detach())
         if step % args.log_every == 0 or step == args.steps - 1:
             print(f"{attn} step {step}: loss {loss.item():.4f}", flush=True)
-    times = timer.ms()[args.warmup_steps:] or timer.ms()[-1:]
-    step_ms = statistics.median(times)
-    return dict(attn=attn, losses=[float(x) for x in losses], step_ms=step_ms,
-                timed_steps=len(times), tokens_per_s=args.batch * args.seq / (step_ms / 1e3),
-                peak_memory_bytes=(torch.cuda.max_memory_allocated(device)
-                                   if device.type == "cuda" else None))
 
 
 def compare(a: Dict, b: Dict, every: int) -> Dict:
     """Relative loss difference |a - b| / |b| at steps 0, every, 2 * every, ...: the same
-    data and initial weights, so two correct attentions differ only by rounding."""
+    data and initial weights, so two correct attentions differ only by rounding. Also the
+    step of the largest (worst_step) and both runs' losses at the compared steps."""
     steps = list(range(0, len(a["losses"]), every))
     rel = [abs(a["losses"][s] - b["losses"][s]) / abs(b["losses"][s]) for s in steps]
-    return dict(steps=steps, rel_diff=rel, max_rel_diff=max(rel))
+    worst = max(range(len(steps)), key=rel.__getitem__)
+    return dict(steps=steps, rel_diff=rel, max_rel_diff=rel[worst], worst_step=steps[worst],
+                names=[a["attn"], b["attn"]], losses=[[a["losses"][s] for s in steps],
+                                                      [b["losses"][s] for s in steps]])
+
+
+def compare_table(c: Dict) -> str:
+    """compare()'s result as lines: each compared step's two losses and their relative
+    difference, the worst step marked."""
+    a, b = c["names"]
+    lines = [f"{'step':>6} {a:>16} {b:>16} {'rel diff':>10}"]
+    for s, la, lb, d in zip(c["steps"], *c["losses"], c["rel_diff"]):
+        mark = "  <- worst" if s == c["worst_step"] else ""
+        lines.append(f"{s:>6} {la:>16.5f} {lb:>16.5f} {d:>10.2e}{mark}")
+    return "\n".join(lines)
 
 
 def report(r: Dict) -> None:
@@ -250,8 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"vocab {args.vocab}, batch {args.batch}, {args.steps} steps, bf16 autocast"
           f"{', compiled' if args.compile else ''}; corpus: Markov chain (loss floor "
           f"{floor:.3f} nats, start ln(vocab) = {math.log(args.vocab):.3f})")
-    runs = [train(args, attn, data) for attn in
-            (("fa_cute", "sdpa") if args.compare else (args.attn,))]
+    runs = [train(args, attn, data) for attn in (args.compare or (args.attn,))]
     for r in runs:
         report(r)
     result = dict(config={k: v for k, v in vars(args).items() if k != "json"},
@@ -262,12 +370,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.compare:
         c = compare(runs[0], runs[1], args.log_every)
         result["compare"] = c
-        for s, d in zip(c["steps"], c["rel_diff"]):
-            print(f"step {s}: fa_cute {runs[0]['losses'][s]:.4f}, sdpa {runs[1]['losses'][s]:.4f}, "
-                  f"relative difference {d:.2e}")
+        print(compare_table(c))
         ok = c["max_rel_diff"] <= args.tolerance
-        print(f"max relative loss difference {c['max_rel_diff']:.2e}: "
-              f"{'within' if ok else 'OVER'} {args.tolerance:.0%}")
+        print(f"max relative loss difference {c['max_rel_diff']:.2e} at step "
+              f"{c['worst_step']}: {'within' if ok else 'OVER'} {args.tolerance:.0%}")
         status = 0 if ok else 1
     if not all(math.isfinite(x) for r in runs for x in r["losses"]):
         print("a loss is not finite")

@@ -15,7 +15,9 @@
 //   Traits                          kHeadDim, kBlockM, kBlockN, kNThreads, Element
 //   kName                           the main kernel's name, for error messages
 //   launch(params, device, stream)  the main kernel's launch (opts into shared memory)
-// Host only. Not deterministic: dQ is summed by fp32 atomics in arbitrary order.
+// Host only. dQ is summed by fp32 atomics: in arbitrary order, unless
+// params.dq_semaphore_ptr is set (deterministic, bwd_dq_order.h: the preprocess kernel
+// zeroes the counters, the main kernel adds in key-block order).
 
 namespace fa_cute {
 
@@ -27,6 +29,10 @@ void run_bwd(BwdParams const& params, cudaStream_t stream) {
   if (params.head_dim != kHeadDim) {
     throw std::invalid_argument("head_dim: this config is built for d=" + std::to_string(kHeadDim) + ", got " +
                                 std::to_string(params.head_dim));
+  }
+  if (params.dq_semaphore_ptr != nullptr && params.dq_semaphore_block_m != Traits::kBlockM) {
+    throw std::invalid_argument("dq_semaphore_block_m: this config steps over " + std::to_string(Traits::kBlockM) +
+                                " query rows, got " + std::to_string(params.dq_semaphore_block_m));
   }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");

@@ -29,6 +29,14 @@ struct BwdParams {
   // preprocess kernel.
   float* __restrict__ dq_accum_ptr;
   float* __restrict__ softmax_d_ptr;
+  // deterministic=True: int32 counters (batch, nheads, ceil(seqlen_q / dq_semaphore_block_m)),
+  // contiguous, one per query block of each (batch, query head), zeroed by the preprocess
+  // kernel; the main kernel adds each dQ block's contributions in a fixed order, key block
+  // 0 first (bwd_dq_order.h). nullptr: not deterministic, the dQ adds are unordered atomics
+  // and the kernels pay nothing for the option. dq_semaphore_block_m: the main kernel's
+  // query block (kBlockM; run_bwd checks it), read only with a semaphore.
+  int* dq_semaphore_ptr;
+  int dq_semaphore_block_m;
 
   index_t q_batch_stride, q_row_stride, q_head_stride;
   index_t k_batch_stride, k_row_stride, k_head_stride;

@@ -7,11 +7,13 @@
 #include <cutlass/array.h>
 #include <cutlass/numeric_conversion.h>
 
+#include "bwd_dq_order.h"
 #include "bwd_params.h"
 
 // The backward's two row-wise kernels around the main kernel, shared by every family:
-//   preprocess:  D[b,h,i] = sum_c dO[b,i,h,c] * O[b,i,h,c] (fp32) into softmax_d, and
-//                dq_accum[b,h,i,:] = 0;
+//   preprocess:  D[b,h,i] = sum_c dO[b,i,h,c] * O[b,i,h,c] (fp32) into softmax_d,
+//                dq_accum[b,h,i,:] = 0, and with a dq_semaphore (deterministic) its
+//                counter of (b, h, i / dq_semaphore_block_m) = 0 (bwd_dq_order.h);
 //   postprocess: dq[b,i,h,:] = dq_accum[b,h,i,:] * softmax_scale in the input dtype.
 // A row of d elements is handled by d/8 threads of 16-byte (8-element) accesses; rows are
 // numbered (b, h, i) as in softmax_d and dq_accum, and a grid-stride loop covers any count.
@@ -21,9 +23,17 @@ namespace fa_cute {
 template <class Element, int kHeadDim>
 struct BwdRowKernel {
   static constexpr int kNThreads = 128;
-  static constexpr int kThreadsPerRow = kHeadDim / 8;
+  // d/8 threads carry a row's columns; a row takes the next power of two of threads (the
+  // shuffle reduction's group: 16 for d = 96, 32 for d = 192), the extra ones take no row.
+  static constexpr int kThreadsUsed = kHeadDim / 8;
+  static constexpr int pow2_at_least(int n) {
+    int p = 1;
+    while (p < n) p *= 2;
+    return p;
+  }
+  static constexpr int kThreadsPerRow = pow2_at_least(kThreadsUsed);
   static constexpr int kRowsPerBlock = kNThreads / kThreadsPerRow;
-  static_assert(kHeadDim % 8 == 0 && 32 % kThreadsPerRow == 0, "a row's threads must be within one warp");
+  static_assert(kHeadDim % 8 == 0 && kThreadsPerRow <= 32, "a row's threads must be within one warp (d <= 256)");
   using Vec = cutlass::Array<Element, 8>;
   using VecF = cutlass::Array<float, 8>;
 
@@ -35,8 +45,9 @@ struct BwdRowKernel {
   };
   CUTE_DEVICE static Row row_of(int64_t first_row, BwdParams const& params) {
     Row r;
-    r.index = first_row + threadIdx.x / kThreadsPerRow;
     r.col = (threadIdx.x % kThreadsPerRow) * 8;
+    // A padding thread (r.col >= kHeadDim) takes an index past every row: no row's work.
+    r.index = r.col < kHeadDim ? first_row + threadIdx.x / kThreadsPerRow : INT64_MAX;
     int64_t const bh = r.index / params.seqlen_q;
     r.i = int(r.index - bh * params.seqlen_q);
     r.h = int(bh % params.nheads);
@@ -78,6 +89,12 @@ __global__ void __launch_bounds__(128) bwd_preprocess_kernel(__grid_constant__ B
       float4* acc = reinterpret_cast<float4*>(params.dq_accum_ptr + r.index * kHeadDim + r.col);
       acc[0] = make_float4(0.f, 0.f, 0.f, 0.f);
       acc[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+      // Deterministic: the first row of each query block zeroes the block's counter.
+      if (params.dq_semaphore_ptr != nullptr && r.col == 0 && r.i % params.dq_semaphore_block_m == 0) {
+        int const num_m_blocks = (params.seqlen_q + params.dq_semaphore_block_m - 1) / params.dq_semaphore_block_m;
+        params.dq_semaphore_ptr[dq_semaphore_index(r.b, r.h, r.i / params.dq_semaphore_block_m, params.nheads,
+                                                   num_m_blocks)] = 0;
+      }
     }
     CUTE_UNROLL
     for (int offset = K::kThreadsPerRow / 2; offset > 0; offset /= 2) {

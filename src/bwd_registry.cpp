@@ -21,6 +21,13 @@ bool bwd_before(BwdKernel const& a, BwdKernel const& b) {
   return order != 0 ? order < 0 : a.dtype < b.dtype;
 }
 
+// Whether a family's kernels run on a GPU of compute capability cc_major.cc_minor: sm90a
+// code (wgmma, setmaxnreg) only on 9.0, the sm80-instruction kernels on every 8.0+ GPU.
+bool bwd_family_runs_on(char const* family, int cc_major, int cc_minor) {
+  if (std::strcmp(family, "sm90a") == 0) return cc_major == 9 && cc_minor == 0;
+  return cc_major >= 8;
+}
+
 std::string built_bwd_names() {
   std::string names;
   char const* last = "";
@@ -61,13 +68,15 @@ std::string default_bwd_config(int head_dim, int cc_major, int cc_minor) {
     if (config.head_dim != head_dim) continue;
     supported = true;
     for (BwdKernel const& k : bwd_kernels()) {
-      if (config.name == std::string(k.config)) return k.config;
+      if (config.name == std::string(k.config) && bwd_family_runs_on(k.family, cc_major, cc_minor)) return k.config;
     }
   }
   std::string dims;
   for (BwdConfig const& config : kBwdConfigs) dims += (dims.empty() ? "" : ", ") + std::to_string(config.head_dim);
   throw std::invalid_argument("head_dim: " + std::to_string(head_dim) +
-                              (supported ? " has no backward config in this build (built: " + built_bwd_names() + ")"
+                              (supported ? " has no backward config in this build for compute capability " +
+                                               std::to_string(cc_major) + "." + std::to_string(cc_minor) +
+                                               " (built: " + built_bwd_names() + ")"
                                          : " is not supported by the backward (supported: " + dims + ")"));
 }
 

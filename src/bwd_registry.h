@@ -22,7 +22,7 @@ using BwdLaunchFn = void (*)(BwdParams const& params, cudaStream_t stream);
 // One built backward kernel: a config (tile and family) instantiated for one dtype.
 struct BwdKernel {
   char const* config;  // e.g. "bwd_sm80_m64n128w8_d128"
-  char const* family;  // "sm80": runs on sm_80 and later
+  char const* family;  // "sm80": runs on sm_80 and later; "sm90a": on sm_90 (9.0) only
   int head_dim;
   int block_m;         // query rows per inner step
   int block_n;         // key rows per CTA
@@ -42,7 +42,8 @@ std::vector<BwdKernel> const& bwd_kernels();
 BwdKernel const& find_bwd_kernel(std::string const& config, DType dtype);
 
 // The backward config for head_dim on a GPU of compute capability cc_major.cc_minor: the
-// first built config of that head dim in the generated table (generated/bwd_config_table.h);
+// first built config of that head dim in the generated table (generated/bwd_config_table.h)
+// whose family runs there (sm90a: 9.0 only; sm80: 8.0 and newer);
 // throws std::invalid_argument when none is built or the GPU is older than sm_80.
 std::string default_bwd_config(int head_dim, int cc_major, int cc_minor);
 

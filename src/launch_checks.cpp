@@ -236,6 +236,11 @@ BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& p,
       operand("dv", p.dv_ptr, true, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, bn),
       fp32("dq_accum", p.dq_accum_ptr, rows * p.head_dim, 16),
       fp32("softmax_d", p.softmax_d_ptr, rows, 4),
+      // Optional (deterministic): int32 counters, 4-byte elements as the fp32 buffers.
+      p.dq_semaphore_ptr == nullptr
+          ? OperandExtent{"dq_semaphore", 0, 0}
+          : check_fp32_buffer("dq_semaphore", ptr(p.dq_semaphore_ptr),
+                              u128(p.batch) * p.nheads * ((p.seqlen_q + bm - 1) / bm)),
   };
 }
 

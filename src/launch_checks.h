@@ -62,13 +62,15 @@ void check_stream_handle(uintptr_t stream);
 void check_forward_memory(ForwardExtents const& extents, int device);
 
 // --- Backward ------------------------------------------------------------------------------
-// q, k, v, out, dout, lse, dq, dk, dv, dq_accum, softmax_d.
-using BackwardExtents = std::array<OperandExtent, 11>;
+// q, k, v, out, dout, lse, dq, dk, dv, dq_accum, softmax_d, dq_semaphore (ptr 0 without).
+using BackwardExtents = std::array<OperandExtent, 12>;
 
 // Everything about a backward call that integers alone decide, as check_forward_args: the
 // problem sizes, the config's head dim, causal_offset, the main kernel's CTA count, every
 // pointer non-null and aligned (dq_accum 16 bytes: the preprocess kernel zeroes it in 16-byte
-// stores), strides, and each operand's extent, which it returns for check_backward_memory.
+// stores), strides, and each operand's extent, which it returns for check_backward_memory;
+// dq_semaphore only when set (deterministic): 4-byte aligned, batch * nheads *
+// ceil(seqlen_q / block_m) int32.
 BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& params, int device);
 
 // check_forward_memory's test for each backward operand.

@@ -144,14 +144,15 @@ int num_splits(std::string const& config, std::string const& dtype, int batch, i
 // The backward of attention: dq, dk, dv from dout, the forward's q, k, v, out and lse, through
 // the caller's fp32 work buffers dq_accum (batch, nheads, seqlen_q, head_dim) and softmax_d
 // (batch, nheads, seqlen_q), both contiguous (src/bwd_launch.h: preprocess, main kernel,
-// postprocess). Checked as forward is.
+// postprocess). dq_semaphore (0: none): deterministic dQ, the caller's int32 buffer
+// (batch, nheads, ceil(seqlen_q / block_m)) (src/bwd_dq_order.h). Checked as forward is.
 void backward(std::string const& config, std::string const& dtype, uintptr_t dout, uintptr_t q, uintptr_t k,
               uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
               uintptr_t dq_accum, uintptr_t softmax_d, int batch, int seqlen_q, int seqlen_k, int nheads,
               int nheads_k, int head_dim, Strides q_strides, Strides k_strides, Strides v_strides,
               Strides o_strides, Strides do_strides, Strides dq_strides, Strides dk_strides,
               Strides dv_strides, double softmax_scale, bool is_causal, int causal_offset, int device,
-              uintptr_t stream_handle) {
+              uintptr_t stream_handle, uintptr_t dq_semaphore) {
   BwdKernel const& kernel = find_bwd_kernel(config, parse_dtype(dtype));
   BwdParams params = problem_params<BwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
@@ -162,6 +163,8 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
   params.dv_ptr = reinterpret_cast<void*>(dv);
   params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
   params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
+  params.dq_semaphore_ptr = reinterpret_cast<int*>(dq_semaphore);  // 0: not deterministic
+  params.dq_semaphore_block_m = kernel.block_m;
   std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
   std::tie(params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride) = dq_strides;
   std::tie(params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride) = dk_strides;
@@ -260,7 +263,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"),
         py::arg("v_strides"), py::arg("o_strides"), py::arg("do_strides"), py::arg("dq_strides"),
         py::arg("dk_strides"), py::arg("dv_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
-        py::arg("causal_offset"), py::arg("device"), py::arg("stream"));
+        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("dq_semaphore") = 0);
   m.def("backward_configs", &fa_cute::backward_configs);
   m.def("default_backward_config", &fa_cute::default_bwd_config, py::arg("head_dim"), py::arg("cc_major"),
         py::arg("cc_minor"));

@@ -47,7 +47,7 @@ def _fake_backward(calls: List[Dict]):
     def backward(config, dtype, dout, q, k, v, out, lse, dq, dk, dv, dq_accum, softmax_d, batch,
                  seqlen_q, seqlen_k, nheads, nheads_k, head_dim, q_strides, k_strides, v_strides,
                  o_strides, do_strides, dq_strides, dk_strides, dv_strides, softmax_scale,
-                 is_causal, causal_offset, device, stream):
+                 is_causal, causal_offset, device, stream, dq_semaphore=0):
         calls.append(dict(locals()))
         dt = dtypes[dtype]
 
@@ -94,6 +94,11 @@ def backward_c(monkeypatch: pytest.MonkeyPatch) -> List[Dict]:
     calls: List[Dict] = []
     monkeypatch.setattr(_C, "backward", _fake_backward(calls), raising=False)
     monkeypatch.setattr(_C, "default_backward_config", _default_backward_config, raising=False)
+    # The stand-in configs' tiles (deterministic=True sizes its counters by block_m).
+    monkeypatch.setattr(_backward, "BACKWARD_CONFIGS", dict(
+        _backward.BACKWARD_CONFIGS, **{f"bwd_d{d}": dict(name=f"bwd_d{d}", family="sm80", head_dim=d,
+                                                          block_m=64, block_n=128)
+                                        for d in BACKWARD_HEAD_DIMS}))
     monkeypatch.setattr(_backward, "check_devices", lambda *args, **kwargs: None)
     monkeypatch.setattr(_backward, "current_stream", lambda index: 0)
     # CPU tensors have device index None: the launch then needs no device switch.
@@ -176,9 +181,6 @@ BAD_ARGUMENTS = {
     "causal": ("causal", 1, TypeError, r"^causal must be True or False; got int"),
     "deterministic-type": ("deterministic", "yes", TypeError,
                            r"^deterministic must be True or False; got str"),
-    "deterministic": ("deterministic", True, NotImplementedError,
-                      r"^deterministic=True is not supported yet: .*atomic adds.*"
-                      r"deterministic=False"),
     "scale": ("softmax_scale", -1.0, ValueError,
               r"^softmax_scale must be a finite number > 0; got -1\.0"),
     "dq-type": ("dq", "buffer", TypeError, r"^dq must be a torch\.Tensor; got str"),
@@ -581,3 +583,96 @@ def test_backward_config_takes_the_tuned_winner(monkeypatch):
     assert _backward.backward_config(q) == "default"
     monkeypatch.setattr(_backward, "smem_limit_of", lambda index: 48 << 10)
     assert _backward.backward_config(q, causal=True, seqlen_q=4096) == "default"
+
+
+# deterministic=True ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_deterministic_passes_the_counters(backward_c, causal: bool) -> None:
+    """deterministic=True: the same gradients, and `_C.backward` gets the int32 counters
+    (batch, nheads, ceil(seqlen_q / block_m)) right after softmax_d in the one work
+    allocation; without it, no counters (dq_semaphore 0)."""
+    dout, q, k, v, out, lse = inputs(batch=2, seqlen_q=130, seqlen_k=9, nheads=4, nheads_k=2,
+                                     causal=causal)
+    ref = attention_grads_ref(q, k, v, dout, D ** -0.5, causal=causal)
+    assert_grads_close(fa_cute.backward(dout, q, k, v, out, lse, causal=causal), ref)
+    assert backward_c[-1]["dq_semaphore"] == 0
+    got = fa_cute.backward(dout, q, k, v, out, lse, causal=causal, deterministic=True)
+    assert_grads_close(got, ref)
+    call = backward_c[-1]
+    rows = 2 * 4 * 130
+    assert call["softmax_d"] - call["dq_accum"] == rows * D * 4
+    assert call["dq_semaphore"] == call["softmax_d"] + rows * 4
+    assert call["dq_semaphore"] % 4 == 0
+
+
+def test_work_buffers_sizes(backward_c) -> None:
+    """backward_work_buffers: dq_accum, softmax_d and (deterministic) the counters, views of
+    one allocation in that order; the counters sized by the config's block_m."""
+    dout, q, k, v, out, lse = inputs(batch=2, seqlen_q=130, seqlen_k=9, nheads=4, nheads_k=2)
+    launch = _backward.validate_backward(dout, q, k, v, out, lse, causal=False,
+                                         bottom_right=True, softmax_scale=None,
+                                         deterministic=True, dq=None, dk=None, dv=None)
+    assert _backward.dq_semaphore_count(launch.config, 2, 4, 130) == 2 * 4 * 3
+    dq_accum, softmax_d, sem = _backward.backward_work_buffers(launch, q.device, True)
+    assert dq_accum.dtype == softmax_d.dtype == torch.float32 and sem.dtype == torch.int32
+    assert (dq_accum.numel(), softmax_d.numel(), sem.numel()) == (2 * 4 * 130 * D, 2 * 4 * 130,
+                                                                   2 * 4 * 3)
+    assert dq_accum.untyped_storage().data_ptr() == sem.untyped_storage().data_ptr()
+    assert softmax_d.data_ptr() == dq_accum.data_ptr() + dq_accum.numel() * 4
+    assert sem.data_ptr() == softmax_d.data_ptr() + softmax_d.numel() * 4
+    assert _backward.semaphore_arg(sem) == {"dq_semaphore": sem.data_ptr()}
+    dq_accum, softmax_d, sem = _backward.backward_work_buffers(launch, q.device, False)
+    assert sem is None and _backward.semaphore_arg(sem) == {}
+    assert dq_accum.untyped_storage().nbytes() == 2 * 4 * 130 * (D + 1) * 4
+
+
+def test_deterministic_must_be_a_bool(backward_c) -> None:
+    with pytest.raises(TypeError, match=r"^deterministic must be True or False; got int"):
+        fa_cute.backward(*inputs(), deterministic=1)
+    assert backward_c == []
+
+
+@needs_ops
+def test_backward_op_passes_deterministic_on(backward_c) -> None:
+    """The op fa_cute::backward (torch.compile's path of fa_cute.backward) hands its
+    deterministic argument to the launch."""
+    dout, q, k, v, out, lse = inputs(causal=True)
+    for deterministic in (False, True):
+        torch.ops.fa_cute.backward(dout, q, k, v, out, lse, True, None, deterministic, True)
+        assert (backward_c[-1]["dq_semaphore"] != 0) == deterministic
+
+
+def test_deterministic_takes_a_family_that_has_it(backward_c, monkeypatch) -> None:
+    """Where the pick is a config without a deterministic mode (the Hopper kernel's family),
+    deterministic=True runs the sm80 config of the head dim (the default for compute
+    capability 8.0); naming such a config with deterministic=True is refused."""
+    monkeypatch.setitem(_backward.BACKWARD_CONFIGS, "bwd_hopper_d128",
+                        dict(name="bwd_hopper_d128", family="sm90a", head_dim=D, block_m=64,
+                             block_n=128, dtypes=["bf16", "fp16"]))
+    monkeypatch.setattr(_backward, "backward_config", lambda *a, **k: "bwd_hopper_d128")
+    dout, q, k, v, out, lse = inputs()
+    launch = _backward.validate_backward(dout, q, k, v, out, lse, causal=False,
+                                         bottom_right=True, softmax_scale=None,
+                                         deterministic=False, dq=None, dk=None, dv=None)
+    assert launch.config == "bwd_hopper_d128"
+    launch = _backward.validate_backward(dout, q, k, v, out, lse, causal=False,
+                                         bottom_right=True, softmax_scale=None,
+                                         deterministic=True, dq=None, dk=None, dv=None)
+    assert launch.config == "bwd_d128"
+    if "config" in _backward.validate_backward.__code__.co_varnames:
+        with pytest.raises(ValueError, match=r"^config 'bwd_hopper_d128' has no deterministic"):
+            _backward.validate_backward(dout, q, k, v, out, lse, causal=False, bottom_right=True,
+                                        softmax_scale=None, deterministic=True, dq=None,
+                                        dk=None, dv=None, config="bwd_hopper_d128")
+
+
+def test_bench_deterministic_option(capsys) -> None:
+    """`python -m fa_cute.bench --bwd --deterministic`: fa_cute's column runs the
+    deterministic backward; without --bwd the option is refused."""
+    from fa_cute import bench
+    assert bench.parse_args(["--bwd", "--deterministic"]).deterministic
+    assert not bench.parse_args(["--bwd"]).deterministic
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--deterministic"])
+    assert "add --bwd" in capsys.readouterr().err

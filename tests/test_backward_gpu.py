@@ -13,7 +13,8 @@ import torch
 
 import fa_cute
 from fa_cute import _C
-from fa_cute._reference import ABS_SLACK, attention_grads_ref
+from fa_cute._configs import check_config_fits, smem_limit_of
+from fa_cute._reference import ABS_SLACK, attention_grads_ref, attention_ref
 
 from attention_cases import ToyModel, check_training_matches, training_losses
 
@@ -51,17 +52,20 @@ def make(batch, seqlen, heads, head_dim, dtype, grad=True) -> torch.Tensor:
 
 def check_grads(got, q, k, v, dout, scale, *, causal, causal_offset=None) -> List[float]:
     """Each gradient within twice the plain (input-dtype) computation's max abs error
-    against the float64 reference, plus ABS_SLACK relative to the gradient's size."""
+    against the float64 reference, plus ABS_SLACK relative to the gradients' size: the
+    largest of the three, since a gradient that is exactly zero (dq and dk with one key:
+    dS = dP - D = 0) still gets fp32 cancellation noise from terms of that size."""
     ref = attention_grads_ref(q, k, v, dout, scale, causal=causal, causal_offset=causal_offset)
     plain = attention_grads_ref(q, k, v, dout, scale, upcast=False, causal=causal,
                                 causal_offset=causal_offset)
     errors = []
+    scale_of_grads = max(1.0, *(r.abs().max().item() for r in ref))
     for name, g, r, p in zip(("dq", "dk", "dv"), got, ref, plain):
         assert g.shape == r.shape and g.dtype == q.dtype, name
         assert torch.isfinite(g).all(), f"{name} has NaN/inf"
         err = (g.double() - r).abs().max().item()
         plain_err = (p.double() - r).abs().max().item()
-        bound = 2 * plain_err + ABS_SLACK * max(1.0, r.abs().max().item())
+        bound = 2 * plain_err + ABS_SLACK * scale_of_grads
         assert err <= bound, f"{name}: max abs error {err:.3e} > 2 x plain {plain_err:.3e} + slack"
         errors.append(err)
     return errors
@@ -92,6 +96,91 @@ def test_backward_matches_the_reference(shape, causal, head_dim, dtype) -> None:
     out, lse = fa_cute.forward(q, k, v, causal=causal, return_lse=True)
     got = fa_cute.backward(dout, q, k, v, out, lse, causal=causal)
     check_grads(got, q, k, v, dout, head_dim ** -0.5, causal=causal)
+    if causal and seqlen_q > seqlen_k:
+        assert not got[0][:, :seqlen_q - seqlen_k].any(), "rows that see no key: dq must be 0"
+
+
+# Every backward config of the build, run by name --------------------------------------------
+#
+# The issue's matrix: dtype x head dim x causal x MHA/GQA/MQA x (seqlen_q, seqlen_k) x layout,
+# on every kernel family. Taken from `_C.backward_configs()` at collection, so new configs
+# (the Hopper family's bwd_sm90_*, more sm80 tiles) are picked up without editing this file.
+# Sampled, not the full product: for each config, every combination of its dtypes, causal,
+# head layout (MHA/GQA/MQA) and memory layout, each with a seqlen pair taken in turn from
+# SEQLEN_PAIRS (so every pair and every listed length appears for every config); and for
+# the head-dim-128 configs, the whole pair list for both causal values in bf16.
+# out and lse come from the float64 reference (the backward reads only them), so a head
+# dim with a backward config and no forward one is tested too.
+
+BACKWARD_CONFIGS = getattr(_C, "backward_configs", list)()
+SEQLEN_PAIRS = [(1, 1), (17, 17), (113, 113), (239, 239), (799, 799), (1024, 1024),
+                (4224, 4224), (1, 239), (239, 1), (17, 1024), (1024, 17), (113, 799),
+                (799, 113), (239, 4224), (4224, 113)]
+HEAD_LAYOUTS = {"mha": (4, 4), "gqa": (6, 2), "mqa": (3, 1)}
+MEMORY_LAYOUTS = ("contiguous", "transposed")
+DTYPE_OF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SWEEP_HEAD_DIM = 128
+
+
+def matrix_cases(configs=BACKWARD_CONFIGS) -> list:
+    """pytest params (config, dtype, causal, heads, layout, (seqlen_q, seqlen_k)); its
+    coverage is checked on CPU in tests/test_backward_config.py."""
+    cases = []
+    for n, cfg in enumerate(configs):
+        combos = [(dtype, causal, heads, layout) for dtype in cfg["dtypes"]
+                  for causal in (False, True) for heads in HEAD_LAYOUTS
+                  for layout in MEMORY_LAYOUTS]
+        # Rotated per config, so that the long pairs meet other combinations in each.
+        pairs = [SEQLEN_PAIRS[(i + 5 * n) % len(SEQLEN_PAIRS)] for i in range(len(combos))]
+        if len(combos) < len(SEQLEN_PAIRS):  # a config of one dtype: still every pair
+            combos += combos[:len(SEQLEN_PAIRS) - len(combos)]
+            pairs = [SEQLEN_PAIRS[(i + 5 * n) % len(SEQLEN_PAIRS)] for i in range(len(combos))]
+        rows = [(cfg["name"], *combo, pair) for combo, pair in zip(combos, pairs)]
+        if cfg["head_dim"] == SWEEP_HEAD_DIM:
+            dtype = "bf16" if "bf16" in cfg["dtypes"] else cfg["dtypes"][0]
+            rows += [(cfg["name"], dtype, causal, "gqa", "contiguous", pair)
+                     for causal in (False, True) for pair in SEQLEN_PAIRS]
+        for row in dict.fromkeys(rows):  # in order, without repeats
+            name, dtype, causal, heads, layout, (sq, sk) = row
+            cases.append(pytest.param(*row, id=f"{name}-{dtype}-{'causal' if causal else 'full'}"
+                                              f"-{heads}-{sq}x{sk}-{layout}"))
+    return cases
+
+
+def _config_runs_here(cfg: dict) -> None:
+    major, minor = torch.cuda.get_device_capability()
+    try:
+        check_config_fits(cfg, "this GPU", (major, minor),
+                          smem_limit_of(torch.cuda.current_device()))
+    except ValueError as exc:
+        pytest.skip(str(exc))
+
+
+def _laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """t (batch, seqlen, heads, d) as given, or copied into (batch, heads, seqlen, d)
+    storage viewed with .transpose(1, 2) (SDPA users' layout)."""
+    if layout == "contiguous":
+        return t.contiguous()
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("config, dtype_name, causal, heads, layout, lengths", matrix_cases())
+def test_each_backward_config(config, dtype_name, causal, heads, layout, lengths) -> None:
+    cfg = next(c for c in BACKWARD_CONFIGS if c["name"] == config)
+    _config_runs_here(cfg)
+    dtype, head_dim = DTYPE_OF[dtype_name], cfg["head_dim"]
+    (seqlen_q, seqlen_k), (nheads, nheads_k) = lengths, HEAD_LAYOUTS[heads]
+    batch = 2 if max(lengths) <= 1024 else 1
+    q = _laid_out(make(batch, seqlen_q, nheads, head_dim, dtype, grad=False), layout)
+    k, v = (_laid_out(make(batch, seqlen_k, nheads_k, head_dim, dtype, grad=False), layout)
+            for _ in range(2))
+    dout = _laid_out(make(batch, seqlen_q, nheads, head_dim, dtype, grad=False), layout)
+    scale = head_dim ** -0.5
+    out64, lse = attention_ref(q, k, v, scale, causal=causal, return_lse=True)
+    out = _laid_out(out64.to(dtype), layout)
+    got = fa_cute.backward(dout, q, k, v, out, lse.float().contiguous(), causal=causal,
+                           config=config)
+    check_grads(got, q, k, v, dout, scale, causal=causal)
     if causal and seqlen_q > seqlen_k:
         assert not got[0][:, :seqlen_q - seqlen_k].any(), "rows that see no key: dq must be 0"
 
@@ -147,14 +236,6 @@ def test_unsupported_head_dim_fails_before_the_forward() -> None:
         q = make(1, 16, 2, head_dim, torch.bfloat16)
         with pytest.raises(ValueError, match=rf"headdim of q \({head_dim}\)"):
             fa_cute.forward(q, q, q)
-
-
-def test_deterministic_is_refused() -> None:
-    needs_head_dim(128)
-    q = make(1, 16, 2, 128, torch.bfloat16, grad=False)
-    out, lse = fa_cute.forward(q, q, q, return_lse=True)
-    with pytest.raises(NotImplementedError, match="deterministic=True is not supported"):
-        fa_cute.backward(out, q, q, q, out, lse, deterministic=True)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

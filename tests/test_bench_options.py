@@ -484,3 +484,97 @@ def test_grad_pass_tables_on_a_gpu(option, kind, tmp_path) -> None:
             assert r["tflops"]["fa_cute"] > 0
         else:
             assert r["tflops"]["fa_cute"] is None and "fa_cute" in r["dash"]
+        if kind == "fwdbwd":
+            # at least the gradients (the size of q, k and v) beyond the inputs
+            grads_mib = 3 * r["batch"] * r["nheads"] * 1024 * 128 * 2 / 2**20
+            for c in ("FLASH", "CUDNN") + (("fa_cute",) if _has_backward(128) else ()):
+                assert r["peak_mib"][c] >= grads_mib, (c, r["peak_mib"])
+        else:
+            assert "peak_mib" not in r
+
+
+# --fwdbwd's peak-memory table -----------------------------------------------------------------
+
+def _fwdbwd_record() -> dict:
+    return dict(_backward_record(), kind="fwdbwd",
+                peak_mib={"fa_cute": 96.0, "FLASH": 120.0, "CUDNN": 128.4, "EFFICIENT": None})
+
+
+def test_memory_table() -> None:
+    columns = ["fa_cute", "FLASH", "CUDNN", "EFFICIENT"]
+    title, header, rule, row = bench.render_memory([_fwdbwd_record()], columns).splitlines()
+    assert title.startswith("peak memory (MiB) of one forward+backward beyond q, k, v and "
+                            "dout, head dim 128, non-causal forward+backward")
+    assert header.split() == ["dtype", "N", "B", "H", "fa_cute", "FLASH", "CUDNN",
+                              "EFFICIENT", "fa/CUDNN", "fa/FLASH"]
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert row.split() == ["bf16", "4096", "4", "16", "96", "120", "128", "n/a", "0.75x",
+                           "0.80x"]
+    # a column the row never ran (not_timed's dash), and fa_cute without a number
+    record = dict(_fwdbwd_record(), peak_mib={"FLASH": 120.0}, dash=["fa_cute"])
+    row = bench.render_memory([record], ["fa_cute", "FLASH"]).splitlines()[-1].split()
+    assert row == ["bf16", "4096", "4", "16", "-", "120", "n/a"]
+
+
+class _FakeCuda:
+    """torch.cuda's four memory functions over a counter that steps allocate from."""
+
+    def __init__(self) -> None:
+        self.allocated, self.peak, self.calls = 0, 0, []
+
+    def synchronize(self) -> None:
+        self.calls.append("synchronize")
+
+    def reset_peak_memory_stats(self) -> None:
+        self.calls.append("reset")
+        self.peak = self.allocated
+
+    def memory_allocated(self) -> int:
+        return self.allocated
+
+    def max_memory_allocated(self) -> int:
+        return self.peak
+
+    def allocate(self, nbytes: int) -> None:
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+
+
+def test_peak_memory_counts_the_second_call_beyond_what_was_there() -> None:
+    cuda = _FakeCuda()
+    cuda.allocate(500 * 2**20)  # the inputs
+    sizes = iter([64 * 2**20, 3 * 2**20])  # a warm-up that allocates a workspace once
+
+    def step():
+        extra = next(sizes) + 2 * 2**20  # a transient buffer, freed before returning
+        cuda.allocate(extra)
+        cuda.allocate(-2 * 2**20)
+        return extra
+
+    assert bench.peak_memory_mib(step, cuda) == pytest.approx(5.0)
+    assert cuda.calls == ["synchronize", "reset", "synchronize"]
+
+
+def test_fwdbwd_peak_runs_forward_and_backward_in_the_context() -> None:
+    cuda, seen = _FakeCuda(), []
+
+    class Context:
+        def __enter__(self):
+            seen.append("enter")
+
+        def __exit__(self, *exc):
+            seen.append("exit")
+
+    def forward(q, k, v):
+        seen.append(q.requires_grad and k.requires_grad and v.requires_grad)
+        cuda.allocate(2**20)
+        return (q * k).sum(-1, keepdim=True) * v
+
+    q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+    assert bench.fwdbwd_peak_mib(forward, (q, k, v), Context(), cuda) == pytest.approx(1.0)
+    assert seen == ["enter", True, True, "exit"] and not q.requires_grad
+
+    def refusing(q, k, v):
+        raise RuntimeError("no kernel for these inputs")
+
+    assert bench.fwdbwd_peak_mib(refusing, (q, k, v), Context(), cuda) is None

@@ -32,7 +32,7 @@ def _attention64(q, k, v, is_causal, scale):
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = q @ k.transpose(-1, -2) * scale
     if is_causal:
-        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), -math.inf)
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), -math.inf)
     lse = s.logsumexp(-1)
     return (s - lse[..., None]).exp() @ v, lse
 
@@ -45,7 +45,7 @@ def _grads64(dout, q, k, v, is_causal, scale):
     out, lse = _attention64(q, k, v, is_causal, scale)
     s = q @ k.transpose(-1, -2) * scale
     if is_causal:
-        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), -math.inf)
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), -math.inf)
     p = (s - lse[..., None]).exp()
     ds = p * (dout @ v.transpose(-1, -2) - (dout * out).sum(-1, keepdim=True))
     return ds @ k * scale, ds.transpose(-1, -2) @ q * scale, p.transpose(-1, -2) @ dout
@@ -216,6 +216,43 @@ def test_inputs_fa_cute_checks_refuse_fall_back(torch_kernels):
     assert torch_kernels["forward"] == 1
 
 
+def test_activation_over_another_python_kernel_and_back(torch_kernels):
+    """fa_cute overrides a kernel another Python Library registered for the key (the
+    fixture's here; FlashAttention-4's on CUDA), and deactivate() puts that kernel back:
+    PyTorch 2.9 to 2.12 refuse such an override unless told `allow_override=True`."""
+    q, k, v = _qkv(requires_grad=False)
+    for _ in range(2):
+        fa_cute.activate("CPU")
+        assert fa_cute.is_active()
+        flash_sdpa(q, k, v)  # CPU tensors: fa_cute's checks refuse, the fixture's kernel runs
+        fa_cute.deactivate()
+        flash_sdpa(q, k, v)
+    assert torch_kernels["forward"] == 4
+
+
+def test_failed_activation_registers_nothing(torch_kernels, fa_cute_side, monkeypatch):
+    """A backward registration that fails takes the forward one back with it: nothing of
+    fa_cute's stays in force, and a later activate() works."""
+    real_impl = torch.library.Library.impl
+
+    def impl(self, op_name, *args, **kwargs):
+        if op_name == BACKWARD_OP.split("::")[1]:
+            raise RuntimeError("refused for the test")
+        return real_impl(self, op_name, *args, **kwargs)
+
+    monkeypatch.setattr(torch.library.Library, "impl", impl)
+    with pytest.raises(RuntimeError, match="refused for the test"):
+        fa_cute.activate("CPU")
+    monkeypatch.setattr(torch.library.Library, "impl", real_impl)
+    assert not fa_cute.is_active()
+    q, k, v = _qkv(requires_grad=False)
+    flash_sdpa(q, k, v)
+    assert fa_cute_side == [] and torch_kernels["forward"] == 1
+    fa_cute.activate("CPU")
+    flash_sdpa(q, k, v)
+    assert fa_cute_side == ["forward"] and torch_kernels["forward"] == 1
+
+
 # GPU ---------------------------------------------------------------------------------------
 
 def _gpu_qkv(nq, nk, d, requires_grad=True):
@@ -224,17 +261,25 @@ def _gpu_qkv(nq, nk, d, requires_grad=True):
                  for s in shapes)
 
 
-def _flash(q, k, v, **kwargs):
+def _flash_only():
+    """SDPA's flash backend alone: the one whose ops fa_cute.activate() takes over. Pinned,
+    since PyTorch's own order puts cuDNN first on sm90/sm100 with a recent cuDNN
+    (check_prefer_cudnn_attention: torch 2.11's CUDA 13 wheels on an H100), where an
+    unpinned call never reaches the flash ops."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+    return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+
+
+def _flash(q, k, v, **kwargs):
+    with _flash_only():
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
-def _within_2x(got, ref64, baseline):
+def _within_2x(got, ref64, baseline, name="out"):
     """FlashAttention's rule: the error against float64 at most twice PyTorch's bf16 one."""
     err = (got.double() - ref64).abs().max().item()
     base = (baseline.double() - ref64).abs().max().item()
-    assert err <= 2 * base + 1e-5, (err, base)
+    assert err <= 2 * base + 1e-5, f"{name}: max abs error {err:.3e} > 2 x PyTorch's {base:.3e}"
 
 
 @pytest.mark.cuda
@@ -251,18 +296,20 @@ def test_gpu_sdpa_flash_backend_runs_fa_cute(is_causal, nq, nk):
     with fa_cute.activated():
         out = _flash(q, k, v, is_causal=is_causal)
         grads = torch.autograd.grad(out, (q, k, v), dout)
-    assert CALLS["forward"] == start["forward"] + 1
-    assert CALLS["backward"] == start["backward"] + 1
+    calls = {key: CALLS[key] - start[key] for key in CALLS}
+    assert calls == {"forward": 1, "backward": 1, "forward_fallback": 0,
+                     "backward_fallback": 0}, calls
     ours = fa_cute.sdpa(q, k, v, is_causal=is_causal)
     our_grads = torch.autograd.grad(ours, (q, k, v), dout)
-    torch.testing.assert_close(out, ours, atol=0, rtol=0)
-    for g, g_ours in zip(grads, our_grads):
-        torch.testing.assert_close(g, g_ours, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out, ours, atol=0, rtol=0, msg=lambda m: f"out vs sdpa: {m}")
+    for name, g, g_ours in zip(("dq", "dk", "dv"), grads, our_grads):
+        torch.testing.assert_close(g, g_ours, atol=2e-2, rtol=2e-2,
+                                   msg=lambda m, name=name: f"{name} vs fa_cute.sdpa's: {m}")
     ref = _attention64(q, k, v, is_causal, None)[0]
-    _within_2x(out, ref, torch_out)
-    for g, g_ref, g_torch in zip(grads, _grads64(dout, q, k, v, is_causal, None),
-                                 torch_grads):
-        _within_2x(g, g_ref, g_torch)
+    _within_2x(out, ref, torch_out, "out")
+    for name, g, g_ref, g_torch in zip(("dq", "dk", "dv"), grads,
+                                       _grads64(dout, q, k, v, is_causal, None), torch_grads):
+        _within_2x(g, g_ref, g_torch, name)
     # Deactivated, the same call runs PyTorch's kernel again.
     _flash(q, k, v, is_causal=is_causal)
     assert CALLS["forward"] == start["forward"] + 1
@@ -300,13 +347,15 @@ def test_gpu_compiled_step_reaches_fa_cute(backend):
     def step(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True).float().square().sum()
 
-    eager_grads = torch.autograd.grad(step(q, k, v), (q, k, v))
+    with _flash_only():
+        eager_grads = torch.autograd.grad(step(q, k, v), (q, k, v))
     torch._dynamo.reset()
     start = dict(CALLS)
-    with fa_cute.activated():
+    with fa_cute.activated(), _flash_only():
         loss = torch.compile(step, backend=backend, fullgraph=True)(q, k, v)
         grads = torch.autograd.grad(loss, (q, k, v))
     torch._dynamo.reset()
-    assert CALLS["forward"] > start["forward"] and CALLS["backward"] > start["backward"]
+    calls = {key: CALLS[key] - start[key] for key in CALLS}
+    assert calls["forward"] > 0 and calls["backward"] > 0, calls
     for g, g_eager in zip(grads, eager_grads):
         torch.testing.assert_close(g, g_eager, atol=5e-2, rtol=5e-2)

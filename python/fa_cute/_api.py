@@ -186,7 +186,7 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
              out: torch.Tensor, lse: torch.Tensor, *, causal: bool = False,
              softmax_scale: Optional[float] = None, deterministic: bool = False,
              dq: Optional[torch.Tensor] = None, dk: Optional[torch.Tensor] = None,
-             dv: Optional[torch.Tensor] = None
+             dv: Optional[torch.Tensor] = None, config: Optional[str] = AUTO
              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention backward: the gradients (dq, dk, dv) of `forward(q, k, v, causal=causal,
     softmax_scale=softmax_scale)` for the output gradient dout.
@@ -200,14 +200,28 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     zero gradients.
 
     The backward kernels take head dims 64 and 128 (`fa_cute._C.default_backward_config`
-    says what this build and GPU take); other head dims raise ValueError. deterministic=True
-    raises NotImplementedError: dq is summed with atomic adds, whose order varies between
-    runs. dq, dk, dv, if given, receive the gradients and are returned (each of its input's
+    says what this build and GPU take); other head dims raise ValueError. dq is summed over
+    key blocks with fp32 atomic adds, whose order varies between runs (the last bits of dq
+    may differ); deterministic=True fixes that order (key block 0 first, for every query
+    block), so that two runs on the same inputs and GPU give bitwise-equal dq, dk and dv
+    (dk and dv are deterministic either way), at some speed cost: each key block's CTA waits
+    for the one before it at each query block, and the call allocates batch * nheads *
+    ceil(seqlen_q / block_m) int32 counters more. dq, dk, dv, if given, receive the gradients and are returned (each of its input's
     dtype and shape, aliasing no other tensor); otherwise new tensors laid out like q, k and
     v are. The kernel runs on PyTorch's current stream. Under torch.compile the call becomes
     the custom op fa_cute::backward (given dq, dk, dv receive a copy of its results).
+
+    config names a backward config of this build (`fa_cute._C.backward_configs()`: name,
+    family, head_dim, dtypes) to run, for tests and benchmarks of one kernel; "auto" (the
+    default; None means the same) picks as gradients through `forward` do. A config for
+    another head dim or dtype, or one q's GPU does not run, raises ValueError; under
+    torch.compile only "auto" is taken.
     """
     if _is_compiling() and OPS:
+        check_config_type(config)
+        if config not in (None, AUTO):
+            raise ValueError(f"config {config!r}: under torch.compile fa_cute.backward takes "
+                             "config='auto' only; name a config in eager mode")
         check_flag("causal", causal)
         check_flag("deterministic", deterministic)
         grads = OPS["backward"](dout, q, k, v, out, lse, causal,
@@ -215,7 +229,7 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         return tuple(g if buf is None else buf.copy_(g) for g, buf in zip(grads, (dq, dk, dv)))
     return run_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=True,
                         softmax_scale=softmax_scale, deterministic=deterministic, dq=dq, dk=dk,
-                        dv=dv)
+                        dv=dv, config=config)
 
 
 def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,

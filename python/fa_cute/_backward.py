@@ -2,7 +2,8 @@
 backward kernel's config for a GPU (`backward_config`; `check_backward_supported` asks it
 when a forward records gradients, so that an unsupported case fails before the forward
 runs, not in the backward pass), and the `_C.backward` call on PyTorch's current stream
-with the fp32 work buffers it takes (`run_backward`).
+with the work buffers it takes (`run_backward`; `backward_work_buffers` sizes them, with
+deterministic=True's dq_semaphore counters).
 
 Messages follow `_validate`'s rules: TypeError for types, ValueError for the rest, each
 naming the argument and what is allowed, the device checked last.
@@ -13,14 +14,17 @@ from typing import Optional, Tuple
 import torch
 
 from . import _C, _tuning
-from ._configs import DTYPE_NAMES, PLACEHOLDER_CC, family_runs_on, gpu_of, smem_limit_of
+from ._configs import (AUTO, DTYPE_NAMES, PLACEHOLDER_CC, check_config_type, family_runs_on,
+                       gpu_of, smem_limit_of)
 from ._launch import Launch, current_stream, row_strides
-from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, check_devices, check_flag,
-                        check_inputs, check_layout, check_memory, check_shapes, check_tensor,
-                        overlaps_itself, resolve_scale, spans_overlap)
+from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, broadcast_dim, check_devices,
+                        check_flag, check_inputs, check_layout, check_memory, check_shapes,
+                        check_tensor, overlaps_itself, resolve_scale, spans_overlap)
 
-__all__ = ["BACKWARD_CONFIGS", "backward_config", "backward_kernel_args",
-           "check_backward_supported", "has_backward", "run_backward", "validate_backward"]
+__all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
+           "named_backward_config", "backward_work_buffers", "check_backward_supported",
+           "deterministic_config", "dq_semaphore_count", "has_backward", "run_backward",
+           "semaphore_arg", "validate_backward"]
 
 # The backward configs this build holds, by name (none in a build without the backward).
 BACKWARD_CONFIGS = {c["name"]: c for c in getattr(_C, "backward_configs", list)()}
@@ -76,6 +80,49 @@ def backward_config(q: torch.Tensor, q_name: str = "q", causal: bool = False,
                          f"({exc}); {_TRAIN_ELSEWHERE}") from None
 
 
+def named_backward_config(config, q: torch.Tensor, q_name: str = "q") -> str:
+    """The backward config `config` names, checked against this build and q (head dim,
+    dtype); None or "auto" give `backward_config`'s pick instead (the caller's). Whether
+    q's GPU runs it is `check_devices`'s to say, the device being checked last."""
+    check_config_type(config)
+    if not has_backward():
+        backward_config(q, q_name)  # raises: no backward in this build
+    if config not in BACKWARD_CONFIGS:
+        raise ValueError(f"config {config!r} is not a backward config of this build; built: "
+                         f"{', '.join(BACKWARD_CONFIGS) or 'none'}, or 'auto'")
+    cfg = BACKWARD_CONFIGS[config]
+    if cfg["head_dim"] != q.shape[-1]:
+        raise ValueError(f"config {config!r} is for head_dim {cfg['head_dim']}, but {q_name} "
+                         f"has headdim {q.shape[-1]}")
+    if q.dtype in DTYPE_NAMES and DTYPE_NAMES[q.dtype] not in cfg["dtypes"]:
+        raise ValueError(f"config {config!r} supports dtypes {cfg['dtypes']}, not {q.dtype}")
+    return config
+
+
+# The backward families whose kernels take `_C.backward`'s dq_semaphore (deterministic=True,
+# src/bwd_dq_order.h); the Hopper kernel (sm90a) refuses it for now.
+DETERMINISTIC_FAMILIES = ("sm80",)
+
+
+def deterministic_config(config: str, q: torch.Tensor, q_name: str = "q") -> str:
+    """`config` (backward_config's pick) where its family has a deterministic mode, else the
+    default config of a family that has one for q's head dim: the sm80 kernel, which runs on
+    every GPU the backward supports (`_C.default_backward_config` for compute capability
+    8.0, whose shared memory every later GPU has)."""
+    cfg = BACKWARD_CONFIGS.get(config)
+    if cfg is None or cfg["family"] in DETERMINISTIC_FAMILIES:
+        return config
+    try:
+        fallback = _C.default_backward_config(q.shape[-1], 8, 0)
+    except ValueError:
+        fallback = None
+    if BACKWARD_CONFIGS.get(fallback, {}).get("family") not in DETERMINISTIC_FAMILIES:
+        raise ValueError(f"headdim of {q_name} ({q.shape[-1]}): no backward config of this "
+                         "build has a deterministic mode (families with one: "
+                         f"{', '.join(DETERMINISTIC_FAMILIES)}); pass deterministic=False")
+    return fallback
+
+
 def check_backward_supported(q, k, v, names: Names) -> None:
     """At forward time, with grad mode on and q, k or v requiring grad: the backward must
     exist for these inputs (`backward_config`), or the forward raises before it runs. A q
@@ -85,19 +132,16 @@ def check_backward_supported(q, k, v, names: Names) -> None:
 
 
 def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
-                      deterministic, dq, dk, dv, names: Names = FORWARD_NAMES) -> Launch:
+                      deterministic, dq, dk, dv, names: Names = FORWARD_NAMES,
+                      config: Optional[str] = AUTO) -> Launch:
     """Check every argument of the backward, the device last; return what the launch needs.
 
     bottom_right: forward's causal alignment, else sdpa's top-left. names: q's, k's, v's,
-    causal's and the scale's names in messages (forward's or sdpa's).
+    causal's and the scale's names in messages (forward's or sdpa's). config: a backward
+    config's name (`_C.backward_configs()`), or "auto"/None for `backward_config`'s pick.
     """
     check_flag(names.causal, causal)
     check_flag("deterministic", deterministic)
-    if deterministic:
-        raise NotImplementedError(
-            "deterministic=True is not supported yet: the backward kernel sums each dq row "
-            "over key blocks with atomic adds, in an order that varies from run to run; pass "
-            "deterministic=False")
     inputs = check_inputs(q, k, v, names)
     batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
     for name, t in (("out", out), ("dout", dout)):
@@ -106,7 +150,19 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
     offset = seqlen_k - seqlen_q if bottom_right else 0
     # As the forward launches it: a mask that hides nothing runs non-causal.
     is_causal = causal and offset < seqlen_k - 1
-    config = backward_config(q, names.q, causal=is_causal, seqlen_q=seqlen_q)
+    auto = config is None or config == AUTO
+    if auto:
+        config = backward_config(q, names.q, causal=is_causal, seqlen_q=seqlen_q)
+        if deterministic:
+            config = deterministic_config(config, q, names.q)
+    else:
+        config = named_backward_config(config, q, names.q)
+        if deterministic and BACKWARD_CONFIGS[config]["family"] not in DETERMINISTIC_FAMILIES:
+            raise ValueError(f"config {config!r} has no deterministic mode (families with one: "
+                             f"{', '.join(DETERMINISTIC_FAMILIES)}); pass deterministic=False "
+                             "or another config")
+    if BACKWARD_CONFIGS.get(config, {}).get("family") == "sm90a":
+        config = _tma_loadable_config(config, auto, inputs + [("dout", dout)], head_dim)
     scale = resolve_scale(softmax_scale, head_dim, names.scale)
     tensors = inputs + [("out", out), ("dout", dout)]
     for name, t in tensors:
@@ -131,6 +187,30 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
     return Launch(config, DTYPE_NAMES[q.dtype], batch, seqlen_q, seqlen_k, nheads, nheads_k,
                   head_dim, scale, is_causal, offset if is_causal else 0, False,
                   row_strides(q), row_strides(k), row_strides(v))
+
+
+def _tma_loadable_config(config: str, auto: bool, loaded, head_dim: int) -> str:
+    """`config` (a Hopper one) where TMA can load each of `loaded` ((name, tensor) pairs: q,
+    k, v, dout), else, for "auto", the sm80 kernel's default, which reads rows one by one:
+    TMA cannot broadcast an expanded tensor (stride 0 in a dim of size > 1), and `_C` would
+    refuse it (the forward's rule, `_validate.validate_forward`)."""
+    broadcast = next(((name, dim) for name, t in loaded
+                      if (dim := broadcast_dim(t)) is not None), None)
+    if broadcast is None:
+        return config
+    if not auto:
+        raise ValueError(f"{broadcast[0]} has stride 0 in its {broadcast[1]} dim (an expanded "
+                         f"tensor); backward config {config!r} loads with TMA, which cannot "
+                         "broadcast: call .contiguous() on it, or use config='auto'")
+    try:
+        fallback = _C.default_backward_config(head_dim, 8, 0)
+    except ValueError:
+        fallback = None
+    if BACKWARD_CONFIGS.get(fallback, {}).get("family") != "sm80":
+        raise ValueError(f"{broadcast[0]} has stride 0 in its {broadcast[1]} dim (an expanded "
+                         "tensor), which the Hopper backward's TMA cannot load, and this build "
+                         "has no sm80 backward config for it: call .contiguous() on it")
+    return fallback
 
 
 def _check_like(name: str, t, like: torch.Tensor, like_name: str) -> None:
@@ -163,35 +243,69 @@ def _check_lse(lse, q: torch.Tensor, q_name: str) -> None:
 
 def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
                  deterministic, dq: Optional[torch.Tensor], dk: Optional[torch.Tensor],
-                 dv: Optional[torch.Tensor], names: Names = FORWARD_NAMES
+                 dv: Optional[torch.Tensor], names: Names = FORWARD_NAMES,
+                 config: Optional[str] = AUTO
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate, allocate the gradients not given (laid out like q, k and v: torch.empty_like)
-    and launch the backward on PyTorch's current stream; returns (dq, dk, dv)."""
+    and launch the backward (config: a backward config's name, or "auto") on PyTorch's
+    current stream; returns (dq, dk, dv)."""
     launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
                                softmax_scale=softmax_scale, deterministic=deterministic,
-                               dq=dq, dk=dk, dv=dv, names=names)
+                               dq=dq, dk=dk, dv=dv, names=names, config=config)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv
     if launch.batch and launch.nheads:
         device = q.device
         if device.index == torch.cuda.current_device():
-            _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv)
+            _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic)
         else:
             with torch.cuda.device(device):
-                _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv)
+                _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic)
     return dq, dk, dv
 
 
-def _launch_backward(launch: Launch, dout, q, k, v, out, lse, dq, dk, dv) -> None:
-    # One fp32 allocation for both work buffers, from PyTorch's caching allocator on the
-    # current stream (which orders their reuse after the kernel): dq_accum (batch, nheads,
-    # seqlen_q, head_dim), then softmax_d (batch, nheads, seqlen_q).
+def dq_semaphore_count(config: str, batch: int, nheads: int, seqlen_q: int) -> int:
+    """The int32 counters of deterministic=True for backward config `config`: one per query
+    block of each (batch, query head), batch * nheads * ceil(seqlen_q / block_m)
+    (src/bwd_dq_order.h)."""
+    block_m = BACKWARD_CONFIGS[config]["block_m"]
+    return batch * nheads * -(-seqlen_q // block_m)
+
+
+def backward_work_buffers(launch: Launch, device: torch.device, deterministic: bool,
+                          config: Optional[str] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """`_C.backward`'s work buffers for launch (with backward config `config`, default the
+    launch's): (dq_accum, softmax_d, dq_semaphore), the last None unless deterministic.
+
+    One allocation from PyTorch's caching allocator on the current stream (which orders its
+    reuse after the kernels), uninitialised (the preprocess kernel zeroes / fills all three):
+    dq_accum fp32 (batch, nheads, seqlen_q, head_dim) first (16-byte aligned), then
+    softmax_d fp32 (batch, nheads, seqlen_q), then, deterministic, dq_semaphore int32
+    (batch, nheads, ceil(seqlen_q / block_m)). `run_backward` and the timing code
+    (`fa_cute._timing`) both allocate through here."""
     rows = launch.batch * launch.nheads * launch.seqlen_q
-    work = torch.empty(rows * (launch.head_dim + 1), dtype=torch.float32, device=q.device)
-    dq_accum, softmax_d = work[:rows * launch.head_dim], work[rows * launch.head_dim:]
+    accum = rows * launch.head_dim
+    counters = (dq_semaphore_count(config or launch.config, launch.batch, launch.nheads,
+                                   launch.seqlen_q) if deterministic else 0)
+    work = torch.empty(accum + rows + counters, dtype=torch.float32, device=device)
+    dq_semaphore = work[accum + rows:].view(torch.int32) if deterministic else None
+    return work[:accum], work[accum:accum + rows], dq_semaphore
+
+
+def _launch_backward(launch: Launch, dout, q, k, v, out, lse, dq, dk, dv,
+                     deterministic: bool) -> None:
+    dq_accum, softmax_d, dq_semaphore = backward_work_buffers(launch, q.device, deterministic)
     _C.backward(*backward_kernel_args(launch, dout, q, k, v, out, lse, dq, dk, dv, dq_accum,
-                                      softmax_d), q.device.index, current_stream(q.device.index))
+                                      softmax_d), q.device.index, current_stream(q.device.index),
+                **semaphore_arg(dq_semaphore))
+
+
+def semaphore_arg(dq_semaphore: Optional[torch.Tensor]) -> dict:
+    """`_C.backward`'s dq_semaphore keyword: the counters' address, or nothing (0, not
+    deterministic)."""
+    return {} if dq_semaphore is None else {"dq_semaphore": dq_semaphore.data_ptr()}
 
 
 def backward_kernel_args(launch: Launch, dout, q, k, v, out, lse, dq, dk, dv,

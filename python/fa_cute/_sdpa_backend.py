@@ -19,6 +19,7 @@ register_flash_attention_impl`), fa_cute is registered in it under "fa_cute", so
 """
 
 import contextlib
+import inspect
 from typing import Dict, Iterator, Optional
 
 import torch
@@ -61,12 +62,19 @@ class _Active:
         self.previous = {op: _kernel_or_none(op, dispatch_key) for op in (FORWARD_OP,
                                                                            BACKWARD_OP)}
         self.library = torch.library.Library("aten", "IMPL")
-        self.library.impl(FORWARD_OP.split("::")[1], self._forward, dispatch_key,
-                          with_keyset=True)
-        self.library.impl(BACKWARD_OP.split("::")[1], self._backward, dispatch_key,
-                          with_keyset=True)
+        try:
+            for op, kernel in ((FORWARD_OP, self._forward), (BACKWARD_OP, self._backward)):
+                self.library.impl(op.split("::")[1], kernel, dispatch_key, with_keyset=True,
+                                  **_OVERRIDE)
+        except BaseException:
+            # Half registered (the backward refused): take the forward back too, so that
+            # nothing of fa_cute's stays in force after activate() raised.
+            self.library._destroy()
+            raise
 
     def remove(self) -> None:
+        """Unregister fa_cute's kernels: the dispatcher's table for the key is computed
+        again from the registrations left, which puts the previous kernel back."""
         self.library._destroy()
 
     def _fallback(self, op: str, keyset, *args, **kwargs):
@@ -114,6 +122,15 @@ class _Active:
 
 
 _ACTIVE: Optional[_Active] = None
+
+# `Library.impl` refuses, unless told `allow_override=True`, a kernel for an op and key that
+# another Python Library already overrides (PyTorch 2.9 to 2.12 default to refusing; 2.13
+# defaults to allowing). fa_cute wraps the kernel it replaces (kept by `get_kernel` and
+# called for the inputs fa_cute does not take), so overriding is what it means to do. A
+# PyTorch whose `impl` has no such flag keeps its own behaviour.
+_OVERRIDE = ({"allow_override": True}
+             if "allow_override" in inspect.signature(torch.library.Library.impl).parameters
+             else {})
 
 
 def _kernel_or_none(op: str, dispatch_key: str):

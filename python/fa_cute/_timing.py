@@ -26,7 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import fa_cute
-from fa_cute._backward import backward_kernel_args, validate_backward
+from fa_cute._backward import (backward_kernel_args, backward_work_buffers, semaphore_arg,
+                               validate_backward)
 from fa_cute._launch import current_stream
 from fa_cute._reference import attention_grads_ref, attention_ref, check_close
 
@@ -373,26 +374,26 @@ def fa_cute_grads(q, k, v, dout, causal: bool = False):
     return _bnhd(*fa_cute.backward(*_bnhd(dout, q, k, v), out, lse, causal=causal))
 
 
-def _backward_launch(config: str, q, k, v, dout, causal: bool):
+def _backward_launch(config: str, q, k, v, dout, causal: bool, deterministic: bool = False):
     """A no-argument call of the backward kernel `config` on one forward's out and LSE: the
-    raw `_C.backward` with fa_cute.backward's validation and work buffers, the config
-    swapped in, since fa_cute.backward has no config argument (tune times every one)."""
+    raw `_C.backward` with fa_cute.backward's validation and work buffers
+    (`backward_work_buffers`, sized for `config`), the config swapped in, since
+    fa_cute.backward has no config argument (tune times every one)."""
     q, k, v, dout = _bnhd(q, k, v, dout)
     out, lse = fa_cute.forward(q, k, v, causal=causal, return_lse=True)
     launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=True,
-                               softmax_scale=None, deterministic=False, dq=None, dk=None,
-                               dv=None)
+                               softmax_scale=None, deterministic=deterministic, dq=None,
+                               dk=None, dv=None)
     grads = [torch.empty_like(t) for t in (q, k, v)]
-    rows = launch.batch * launch.nheads * launch.seqlen_q
-    # dq_accum (rows x head_dim) then softmax_d (rows), fp32, as the backward allocates them
-    work = torch.empty(rows * (launch.head_dim + 1), dtype=torch.float32, device=q.device)
-    args = backward_kernel_args(launch, dout, q, k, v, out, lse, *grads,
-                                work[:rows * launch.head_dim], work[rows * launch.head_dim:])
+    dq_accum, softmax_d, dq_semaphore = backward_work_buffers(launch, q.device, deterministic,
+                                                              config=config)
+    args = backward_kernel_args(launch, dout, q, k, v, out, lse, *grads, dq_accum, softmax_d)
     args = (config,) + args[1:]
     stream = current_stream(q.device.index)
+    semaphore = semaphore_arg(dq_semaphore)
 
     def run():
-        fa_cute._C.backward(*args, q.device.index, stream)
+        fa_cute._C.backward(*args, q.device.index, stream, **semaphore)
         return grads
     return run
 
@@ -463,18 +464,19 @@ def grad_verdict(c: Dict) -> str:
 
 
 def _grad_step(forward: Optional[Forward], q, k, v, causal: bool, grad_pass: str,
-               config: Optional[str]) -> Callable[[], object]:
+               config: Optional[str], deterministic: bool = False) -> Callable[[], object]:
     """One timed call on one input set. The backward alone: fa_cute's kernel on a forward's
-    saved out and LSE (forward None: fa_cute.backward; config: that backward config), or
-    autograd.grad through a graph recorded once and retained, so that only the backward's
-    kernels run in the timed call. Forward + backward: a recorded forward and its grad."""
+    saved out and LSE (forward None: fa_cute.backward, with `deterministic`; config: that
+    backward config), or autograd.grad through a graph recorded once and retained, so that
+    only the backward's kernels run in the timed call. Forward + backward: a recorded
+    forward and its grad."""
     dout = torch.randn_like(q)
     if forward is None:
         if config is not None:
-            return _backward_launch(config, q, k, v, dout, causal)
+            return _backward_launch(config, q, k, v, dout, causal, deterministic)
         out, lse = fa_cute_bhnd(q, k, v, causal=causal, return_lse=True)
         args = (*_bnhd(dout, q, k, v), out, lse)
-        return lambda: fa_cute.backward(*args, causal=causal)
+        return lambda: fa_cute.backward(*args, causal=causal, deterministic=deterministic)
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     if grad_pass == "fwdbwd":
         return lambda: torch.autograd.grad(forward(*leaves), leaves, dout)
@@ -486,14 +488,16 @@ def time_grad_pass(forward: Optional[Forward], sets: List[InputSet], timer: Time
                    causal: bool = False, grad_pass: str = "bwd", config: Optional[str] = None,
                    context: Callable[[], contextlib.AbstractContextManager] =
                    contextlib.nullcontext,
-                   errors: Tuple[type, ...] = (ValueError, NotImplementedError, RuntimeError)
-                   ) -> Tuple[Optional[float], str]:
+                   errors: Tuple[type, ...] = (ValueError, NotImplementedError, RuntimeError),
+                   deterministic: bool = False) -> Tuple[Optional[float], str]:
     """(ms, "") or (None, why) of grad_pass ("bwd", "fwdbwd") cycling over the input sets;
-    see _grad_step for forward and config. context wraps the whole (SDPA's backend choice);
-    an exception of `errors` leaves the cell empty (FA4's column passes Exception)."""
+    see _grad_step for forward, config and deterministic. context wraps the whole (SDPA's
+    backend choice); an exception of `errors` leaves the cell empty (FA4's column passes
+    Exception)."""
     try:
         with context():
-            steps = itertools.cycle([_grad_step(forward, q, k, v, causal, grad_pass, config)
+            steps = itertools.cycle([_grad_step(forward, q, k, v, causal, grad_pass, config,
+                                                deterministic)
                                      for q, k, v in sets])
             fn = lambda: next(steps)()  # noqa: E731
             fn()  # first call outside the timing: FA4 compiles, autograd warms up

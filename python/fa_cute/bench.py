@@ -25,8 +25,12 @@ run shows "-" (one stderr line says why), and "wrong" where its check failed.
 --bwd times the backward alone instead: fa_cute.backward on a forward's saved output and LSE
 (the forward runs once, outside the timing), SDPA's backends and FA4 by torch.autograd.grad
 on a graph recorded once and retained; FLOPs 2.5x the forward's (five matrix products to its
-two). --fwdbwd times a forward and its backward together (3.5x the forward's FLOPs). Each
-column's gradients are checked against the float64 reference once per table and dtype
+two); with --deterministic, fa_cute's column runs fa_cute.backward(deterministic=True)
+(compare with a run without it). --fwdbwd times a forward and its backward together (3.5x the forward's FLOPs), and
+prints a second table per head dim and mask: each column's peak memory (MiB) in one forward
+and backward, beyond its inputs (torch.cuda.max_memory_allocated over the call, less what
+was allocated before it: q, k, v and dout; so the output, LSE, gradients, work buffers and
+a backend's workspace count), after one warm-up call. Each column's gradients are checked against the float64 reference once per table and dtype
 first. Where fa_cute has no backward (a head dim or build without one) its cells show "-".
 
 --decode times one decode step instead (seqlen_q = 1 against a KV cache of each --seqlens
@@ -97,6 +101,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     grads.add_argument("--fwdbwd", dest="grad_pass", action="store_const", const="fwdbwd",
                        help="time a forward and its backward together, FLOPs 3.5x the "
                             "forward's")
+    p.add_argument("--deterministic", action="store_true",
+                   help="with --bwd: fa_cute's column runs fa_cute.backward(deterministic=True) "
+                        "(dq summed in a fixed order; compare with a run without it)")
     p.add_argument("--decode", action="store_true",
                    help="time a decode step (seqlen_q = 1, seqlen_k from --seqlens) in us and "
                         "GB/s, next to FLASH and CUDNN")
@@ -128,6 +135,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         if given:
             p.error(f"--{args.grad_pass} times fa_cute.backward with the backward config it "
                     f"picks (`python -m fa_cute.tune --bwd` tunes it); drop {given[0]}")
+    if args.deterministic and args.grad_pass != "bwd":
+        p.error("--deterministic times fa_cute.backward(deterministic=True): add --bwd")
     if args.decode:
         if args.causal != "false":
             p.error("--decode: one query row aligned bottom-right sees every key, so a decode "
@@ -470,9 +479,10 @@ def grad_skips(checks: List[Dict]) -> Tuple[GradSkip, Optional[str]]:
 
 def time_grad_row(grad_pass: str, dtype_name: str, seqlen: int, head_dim: int, causal: bool,
                   columns: List[str], l2_bytes: int, timer: Timer, rounds: int,
-                  fa4: Optional[_fa4.Func] = None) -> Dict:
+                  fa4: Optional[_fa4.Func] = None, deterministic: bool = False) -> Dict:
     """Time grad_pass ("bwd", "fwdbwd") of every column for one (dtype, seqlen), interleaved;
-    ms and TFLOP/s per column, as time_row's record with kind "backward" or "fwdbwd"."""
+    ms and TFLOP/s per column, as time_row's record with kind "backward" or "fwdbwd".
+    deterministic (--bwd): fa_cute's column runs fa_cute.backward(deterministic=True)."""
     batch, nheads, fwd_flops = problem(seqlen, head_dim, causal)
     flops = pass_flops(fwd_flops, grad_pass)
     sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
@@ -480,18 +490,57 @@ def time_grad_row(grad_pass: str, dtype_name: str, seqlen: int, head_dim: int, c
     if grad_pass == "bwd":
         forwards["fa_cute"] = None  # fa_cute.backward itself, on the saved out and LSE
     timings = {c: functools.partial(time_grad_pass, forwards[c], sets, timer, causal, grad_pass,
-                                    context=functools.partial(sdpa_context, c))
+                                    context=functools.partial(sdpa_context, c),
+                                    deterministic=deterministic and c == "fa_cute")
                for c in columns if c in forwards}
     if fa4 is not None:
         timings[_fa4.COLUMN] = functools.partial(
             time_grad_pass, _fa4.bhnd_forward(fa4, causal), sets, timer, causal, grad_pass,
             errors=(Exception,))
     ms, why = interleaved_medians(timings, rounds)
-    return dict(kind="fwdbwd" if grad_pass == "fwdbwd" else "backward", dtype=dtype_name,
-                seqlen=seqlen, batch=batch, nheads=nheads, head_dim=head_dim, causal=causal,
-                flops=flops, config=backward_config_name(head_dim), input_sets=len(sets), ms=ms,
-                tflops={c: tflops(flops, t) for c, t in ms.items()},
-                not_run={c: w for c, w in why.items() if w})
+    record = dict(kind="fwdbwd" if grad_pass == "fwdbwd" else "backward", dtype=dtype_name,
+                  seqlen=seqlen, batch=batch, nheads=nheads, head_dim=head_dim, causal=causal,
+                  flops=flops, config=backward_config_name(head_dim), input_sets=len(sets),
+                  deterministic=deterministic, ms=ms,
+                  tflops={c: tflops(flops, t) for c, t in ms.items()},
+                  not_run={c: w for c, w in why.items() if w})
+    if grad_pass == "fwdbwd":
+        if fa4 is not None:
+            forwards[_fa4.COLUMN] = _fa4.bhnd_forward(fa4, causal)
+        record["peak_mib"] = {c: fwdbwd_peak_mib(forwards[c], sets[0], sdpa_context(c))
+                              if ms.get(c) is not None else None
+                              for c in columns if c in forwards}
+    return record
+
+
+def peak_memory_mib(step, cuda=torch.cuda) -> float:
+    """MiB that `step()` allocates at its peak beyond what was allocated before it:
+    max_memory_allocated over a second call, less memory_allocated before it (the first
+    call is a warm-up: one-time workspaces, FA4's compilation). cuda: torch.cuda, or a
+    stand-in with its four functions (tests)."""
+    step()
+    cuda.synchronize()
+    cuda.reset_peak_memory_stats()
+    base = cuda.memory_allocated()
+    result = step()
+    cuda.synchronize()
+    peak = cuda.max_memory_allocated() - base
+    del result
+    return peak / 2**20
+
+
+def fwdbwd_peak_mib(forward: Forward, inputs, context, cuda=torch.cuda) -> Optional[float]:
+    """The peak memory (MiB) of one forward and backward (torch.autograd.grad of the output)
+    of `forward` on inputs (q, k, v), in `context` (SDPA's backend), beyond the inputs and
+    dout; None where the column raises (its timing then failed too)."""
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    dout = torch.randn_like(leaves[0])
+    try:
+        with context:
+            return peak_memory_mib(lambda: torch.autograd.grad(forward(*leaves), leaves, dout),
+                                   cuda)
+    except Exception:  # noqa: BLE001 - as the timing's errors: the cell shows n/a
+        return None
 
 
 def backward_config_name(head_dim: int) -> str:
@@ -529,7 +578,7 @@ def grad_main(args: argparse.Namespace, props, cc: Tuple[int, int], timer_name: 
         timed = [c for c in columns if (d, causal, dtype, c) not in skip]
         row_fa4 = func if _fa4.COLUMN in timed else None
         record = time_grad_row(args.grad_pass, dtype, n, d, causal, timed, props.L2_cache_size,
-                               timer, args.rounds, row_fa4)
+                               timer, args.rounds, row_fa4, args.deterministic)
         for c in columns:
             if c not in timed:
                 not_timed(record, c, *skip[d, causal, dtype, c])
@@ -557,7 +606,21 @@ def grad_main(args: argparse.Namespace, props, cc: Tuple[int, int], timer_name: 
                 print(f"{r['dtype']} {row_label(r)} {column}: n/a ({why})")
     for rows, _ in tables:
         print(render(rows, ["fa_cute"], columns[1:]))
+        if args.grad_pass == "fwdbwd":
+            print(render_memory(rows, columns))
     return 0
+
+
+def render_memory(records: List[Dict], columns: List[str]) -> str:
+    """--fwdbwd's peak-memory table of one head dim and mask: MiB per column (n/a where the
+    column did not run), then fa_cute's memory relative to cuDNN's and FLASH's."""
+    anchors = [a for a in ("CUDNN", "FLASH") if a in columns]
+    header = ["dtype", "N", "B", "H"] + columns + [f"fa/{a}" for a in anchors]
+    rows = [[r["dtype"], str(r["seqlen"]), str(r["batch"]), str(r["nheads"])]
+            + [_cell(r, c, "peak_mib", ".0f") for c in columns]
+            + [_ratio(r, "fa_cute", a, "peak_mib") for a in anchors] for r in records]
+    return (f"peak memory (MiB) of one forward+backward beyond q, k, v and dout, "
+            f"{table_title(records)}\n" + format_table(header, rows))
 
 
 FA4Skip = Dict[Tuple[int, bool, str], Tuple[str, bool]]

@@ -6,7 +6,7 @@ namespace fa_cute {
 
 using Traits = Sm80BwdTraits<64, 64, 128, 8,
                              /*kAtomMSdP=*/2, /*kAtomNdKV=*/4, /*kAtomMdQ=*/2,
-                             cute::half_t>;
+                             cute::half_t, /*kStages=*/2>;
 using Launch = Sm80BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm80_m64n128w8_d64", "sm80", 64, 64, 128, 8,

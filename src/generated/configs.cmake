@@ -6,8 +6,14 @@
 #   FA_CUTE_CONFIG_<name>_KIND        fwd (a forward kernel) or bwd (a backward kernel)
 set(FA_CUTE_GENERATED_DTYPES bf16 fp16)
 set(FA_CUTE_GENERATED_CONFIGS
+  bwd_sm80_m128n128w8_d64
+  bwd_sm80_m32n64w8_d256
   bwd_sm80_m64n128w8_d128
   bwd_sm80_m64n128w8_d64
+  bwd_sm80_m64n128w8_d96
+  bwd_sm80_m64n64w8_d192
+  bwd_sm90_m64n128_d128
+  bwd_sm90_m64n128_d64
   ladder01_basic_d128
   ladder02_swizzle_d128
   ladder03_regprefetch_d128
@@ -61,6 +67,16 @@ set(FA_CUTE_GENERATED_CONFIGS
   sm90p_m192n112_d64
   sm90p_m192n96_d96
 )
+set(FA_CUTE_CONFIG_bwd_sm80_m128n128w8_d64_FAMILY sm80)
+set(FA_CUTE_CONFIG_bwd_sm80_m128n128w8_d64_LADDER OFF)
+set(FA_CUTE_CONFIG_bwd_sm80_m128n128w8_d64_TU_bf16 bwd_sm80_m128n128w8_d64_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m128n128w8_d64_TU_fp16 bwd_sm80_m128n128w8_d64_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m128n128w8_d64_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm80_m32n64w8_d256_FAMILY sm80)
+set(FA_CUTE_CONFIG_bwd_sm80_m32n64w8_d256_LADDER OFF)
+set(FA_CUTE_CONFIG_bwd_sm80_m32n64w8_d256_TU_bf16 bwd_sm80_m32n64w8_d256_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m32n64w8_d256_TU_fp16 bwd_sm80_m32n64w8_d256_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m32n64w8_d256_KIND bwd)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d128_FAMILY sm80)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d128_LADDER OFF)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d128_TU_bf16 bwd_sm80_m64n128w8_d128_bf16.cu)
@@ -71,6 +87,26 @@ set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d64_LADDER OFF)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d64_TU_bf16 bwd_sm80_m64n128w8_d64_bf16.cu)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d64_TU_fp16 bwd_sm80_m64n128w8_d64_fp16.cu)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d64_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d96_FAMILY sm80)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d96_LADDER OFF)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d96_TU_bf16 bwd_sm80_m64n128w8_d96_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d96_TU_fp16 bwd_sm80_m64n128w8_d96_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n128w8_d96_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_FAMILY sm80)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_LADDER OFF)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_TU_bf16 bwd_sm80_m64n64w8_d192_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_TU_fp16 bwd_sm80_m64n64w8_d192_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_FAMILY sm90a)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_LADDER OFF)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_TU_bf16 bwd_sm90_m64n128_d128_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_TU_fp16 bwd_sm90_m64n128_d128_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d64_FAMILY sm90a)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d64_LADDER OFF)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d64_TU_bf16 bwd_sm90_m64n128_d64_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d64_TU_fp16 bwd_sm90_m64n128_d64_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d64_KIND bwd)
 set(FA_CUTE_CONFIG_ladder01_basic_d128_FAMILY sm80)
 set(FA_CUTE_CONFIG_ladder01_basic_d128_LADDER ON)
 set(FA_CUTE_CONFIG_ladder01_basic_d128_TU_bf16 fwd_ladder01_basic_d128_bf16.cu)

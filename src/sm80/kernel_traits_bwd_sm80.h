@@ -25,9 +25,11 @@ namespace fa_cute {
 // GEMMs read them transposed (ldmatrix.trans of the (kBlockN, kBlockM) view), dQ reads dS
 // as it is. The transposed B operands (dO^T, Q^T, K^T) are views of the row-major tiles, as
 // the forward's V^T is. Shared memory and global copies reuse the forward's traits
-// (Sm80FwdTraits: the swizzled 64-element row atom, cp.async of 16 bytes).
+// (Sm80FwdTraits: the swizzled 64-element row atom, or 32 for d = 96; cp.async of 16 bytes).
+// kStages (1 or 2): buffers of Q and dO (and of the block's LSE and D rows); with 2 the next
+// query block's loads are in flight while this one computes (mainloop_bwd_sm80.h).
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP_, int kAtomNdKV_, int kAtomMdQ_,
-          class Element_>
+          class Element_, int kStages_ = 2>
 struct Sm80BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -40,6 +42,7 @@ struct Sm80BwdTraits {
   static constexpr int kAtomMSdP = kAtomMSdP_;
   static constexpr int kAtomNdKV = kAtomNdKV_;
   static constexpr int kAtomMdQ = kAtomMdQ_;
+  static constexpr int kStages = kStages_;
 
   // The forward's traits of the same head dim, threads and key block, for what does not
   // depend on the query tile: the MMA atom, the swizzled shared-memory atom, the K/V tile
@@ -48,7 +51,10 @@ struct Sm80BwdTraits {
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "the backward is built for d = 64 and 128");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "the backward is built for d = 32k <= 256 (64, 96, 128, 192, 256)");
+  static_assert(kStages == 1 || kStages == 2, "Q/dO are single- or double-buffered");
+  // The LSE and D rows of a query block are loaded by one thread each (2 * kBlockM threads).
+  static_assert(2 * kBlockM <= kNThreads, "a query block's LSE and D rows need a thread each");
   static_assert(kNWarps % kAtomMSdP == 0 && kNWarps % kAtomNdKV == 0 && kNWarps % kAtomMdQ == 0,
                 "each warp layout must use every warp");
   // Every GEMM's tile must be a whole number of its warp layout's (16*WM) x (16*WN) tiles.
@@ -74,9 +80,12 @@ struct Sm80BwdTraits {
   using SmemLayoutQ = decltype(cute::tile_to_shape(
       SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));  // (BLK_M,D): Q and dO
   using SmemLayoutKV = typename Base::SmemLayoutKV;  // (BLK_N,D): K and V
-  // P and dS: (BLK_M,BLK_N) row-major in the same swizzled 64-column atoms.
+  // P and dS: (BLK_M,BLK_N) row-major in swizzled 64-column atoms (Swizzle<3,3,3>, as the
+  // forward's for d % 64 == 0, whatever d is: kBlockN is a multiple of 64).
+  using SmemLayoutAtomPdS = decltype(cute::composition(
+      cute::Swizzle<3, 3, 3>{}, cute::Layout<cute::Shape<cute::_8, cute::_64>, cute::Stride<cute::_64, cute::_1>>{}));
   using SmemLayoutPdS = decltype(cute::tile_to_shape(
-      SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>>{}));
+      SmemLayoutAtomPdS{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>>{}));
   // Transposed views (the same memory): X^T(j, i) = X(i, j), for ldmatrix.trans.
   template <class Layout, int kRows, int kCols>
   using Transposed = decltype(cute::composition(
@@ -91,9 +100,26 @@ struct Sm80BwdTraits {
   static constexpr int kSmemQSize = int(cute::cosize(SmemLayoutQ{})) * int(sizeof(Element));
   static constexpr int kSmemKVSize = int(cute::cosize(SmemLayoutKV{})) * int(sizeof(Element));
   static constexpr int kSmemPdSSize = int(cute::cosize(SmemLayoutPdS{})) * int(sizeof(Element));
-  // Q, dO, K, V, P, dS.
-  static constexpr int kSmemSize = 2 * kSmemQSize + 2 * kSmemKVSize + 2 * kSmemPdSSize;
-  static_assert(kSmemSize <= 163 * 1024, "tile does not fit an A100's shared memory (163 KiB)");
+  static constexpr int kSmemLseSize = kBlockM * int(sizeof(float));  // a block's LSE (or D) rows
+  // kStages x (Q, dO, LSE, D), K, V, P, dS. The launch checks the device's opt-in limit
+  // (opt_in_dynamic_smem: 227 KiB on H100, 163 KiB on A100, 99 KiB on sm_86/89).
+  static constexpr int kSmemSize =
+      kStages * (2 * kSmemQSize + 2 * kSmemLseSize) + 2 * kSmemKVSize + 2 * kSmemPdSSize;
+  static_assert(kSmemSize <= 227 * 1024, "tile does not fit the largest shared memory (sm90: 227 KiB)");
+
+  // Register double-buffering of the MMA operands (gemm_ss<kPrefetch>: k-slice i+1's
+  // ldmatrix before slice i's MMAs) holds a second slice of fragments. Where the fp32
+  // accumulators live across a GEMM are many (S, dP, dK, dV during S and dP; dK, dV during
+  // their own GEMMs), ptxas spilled; there it is off (8 warps: the other warp of each
+  // scheduler covers the ldmatrix latency). The thresholds are where ptxas (sm_80 and sm_90,
+  // CUDA 13.0) stopped spilling for the BWD_CONFIGS tiles, all of which run at 243-255
+  // registers: a new tile needs its ptxas report checked.
+  static constexpr int kAccRegsSdP = (2 * kBlockM * kBlockN + 2 * kBlockN * kHeadDim) / kNThreads;
+  static constexpr int kAccRegsdKV = 2 * kBlockN * kHeadDim / kNThreads;
+  static constexpr bool kPrefetchSdP = kAccRegsSdP < 160;
+  static constexpr bool kPrefetchdKV = kAccRegsdKV < 96;
+  static constexpr int kAccRegsdQ = (2 * kBlockN * kHeadDim + kBlockM * kHeadDim) / kNThreads;  // dK, dV, dQ
+  static constexpr bool kPrefetchdQ = kAccRegsdQ < 144;
 
   using SmemCopyAtom = typename Base::SmemCopyAtom;                      // ldmatrix
   using SmemCopyAtomTransposed = typename Base::SmemCopyAtomTransposed;  // ldmatrix.trans

@@ -5,6 +5,7 @@
 #include <cute/tensor.hpp>
 
 #include "block_info.h"
+#include "bwd_dq_order.h"
 #include "bwd_params.h"
 #include "cute_utils.h"
 #include "sm80/kernel_traits_bwd_sm80.h"
@@ -14,35 +15,61 @@ namespace fa_cute {
 // FlashAttention-2's backward on sm80 instructions (cp.async, ldmatrix, mma.sync): one CTA
 // per (key block n_block of kBlockN rows, K/V head hk, batch b). It loads K_j and V_j once,
 // then for each query head h of hk's group (GQA/MQA: dK and dV of the group are summed in
-// registers) and each query block m that sees key block j (BwdQueryRange):
+// registers) and each query block m that sees key block j (BwdQueryRange), one iteration
+// of a single loop over the (h, m) pairs:
 //   S  = Q_m K_j^T                                  acc_s  (TiledMmaSdP)
 //   P  = exp(S * scale - lse) = exp2(S * scale_log2 - lse * log2 e), masked entries 0
 //   dP = dO_m V_j^T                                 acc_dp (TiledMmaSdP)
 //   dS = P * (dP - D), D = rowsum(dO * O) from the preprocess kernel
 //   dV += P^T dO_m,  dK += dS^T Q_m                 acc_dv, acc_dk (TiledMmadKV)
-//   dQ_m += dS K_j: acc_dq (TiledMmadQ) added to the fp32 dq_accum by atomics
-// and at the end stores dK * scale and dV in the input dtype. Every step waits for its
-// loads (no overlap): the simple, first version.
+//   dQ_m += dS K_j: acc_dq (TiledMmadQ) added to the fp32 dq_accum by atomics (in key
+//                   block order when deterministic: bwd_dq_order.h)
+// and at the end stores dK * scale and dV in the input dtype.
+//
+// Pipeline. Q_m, dO_m and the block's LSE and D rows (fp32, 4-byte cp.async into shared
+// memory: no registers held across the iteration) form one cp.async group, "block m's
+// loads". With Traits::kStages == 2 they are double-buffered: iteration i
+//   barrier A   cp_async_wait<0> + __syncthreads: block i's loads (issued one iteration
+//               earlier; the first with K and V) have landed, and every warp has finished
+//               iteration i-1 (its reads of the other stage, of sP and of sdS)
+//   issue block i+1's loads into the other stage (in flight during all of iteration i)
+//   S, dP (ldmatrix of Q, dO, K, V), P and dS to shared memory
+//   barrier B   __syncthreads: sP and sdS are complete
+//   dV, dK, dQ (+ atomics)
+// Two barriers per iteration. With kStages == 1 (the tiles whose second stage does not fit)
+// block i+1's loads are issued after dV and dK, behind a third barrier, and overlap the dQ
+// GEMM and its atomics.
 //
 // Ragged tiles: rows of Q/dO past seqlen_q and of K/V past seqlen_k are zero-filled in
 // shared memory (copy_rows), never read from global memory. A query row past seqlen_q, or
 // one whose LSE is -inf (it sees no key), takes LSE = +inf: its P is exp2(-inf) = 0, not the
-// NaN of -inf - (-inf); then dS = 0 too. Keys past seqlen_k and, causal, past the diagonal
-// are masked to S = -inf, so P = dS = 0 there. Stores skip rows past the ends.
+// NaN of -inf - (-inf); then dS = 0 too. (Their LSE/D slots in shared memory are not loaded;
+// the row test comes first.) Keys past seqlen_k and, causal, past the diagonal are masked to
+// S = -inf, so P = dS = 0 there. Stores skip rows past the ends.
 template <class Traits>
 struct Sm80BwdMainloop {
   using Element = typename Traits::Element;
+  static constexpr int kStages = Traits::kStages;
 
   struct SharedStorage {
-    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>> smem_q;
-    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>> smem_do;
+    cute::array_aligned<Element, kStages * cute::cosize_v<typename Traits::SmemLayoutQ>> smem_q;   // stage s at s * cosize
+    cute::array_aligned<Element, kStages * cute::cosize_v<typename Traits::SmemLayoutQ>> smem_do;  // stage s at s * cosize
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>> smem_k;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>> smem_v;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutPdS>> smem_p;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutPdS>> smem_ds;
+    cute::array_aligned<float, kStages * Traits::kBlockM> smem_lse;   // the block's LSE rows, natural log
+    cute::array_aligned<float, kStages * Traits::kBlockM> smem_dsum;  // the block's D rows
   };
   static_assert(int(sizeof(SharedStorage)) == Traits::kSmemSize, "the traits' shared memory size is the kernel's");
 };
+
+// cp.async of one 4-byte word (the LSE and D rows of a query block), cached in L1: a row's
+// value is read by every CTA of the row's head.
+__forceinline__ __device__ void cp_async_4(float* smem_dst, float const* gmem_src) {
+  uint32_t const dst = cute::cast_smem_ptr_to_uint(smem_dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem_src));
+}
 
 // Which (key block, K/V head, batch) tile blockIdx.x is: key block fastest, so that
 // neighbouring CTAs read the same Q and dO (L2), and under causal masking the key blocks
@@ -67,6 +94,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kStages = Traits::kStages;
+  constexpr int kQElems = int(cosize_v<typename Traits::SmemLayoutQ>);  // one stage of Q or dO
   using TileQ = Shape<Int<kBlockM>, Int<kHeadDim>>;   // Q, dO, dQ
   using TileKV = Shape<Int<kBlockN>, Int<kHeadDim>>;  // K, V, dK, dV
   using TileS = Shape<Int<kBlockM>, Int<kBlockN>>;    // S, P, dP, dS
@@ -74,27 +103,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
 
   int const num_n_blocks = (params.seqlen_k + kBlockN - 1) / kBlockN;
   BwdTileCoord const coord(int(blockIdx.x), num_n_blocks, params.nheads_k);
-  int const n_block = coord.n_block;
+  int const n_block = dq_order_n_block(params, coord.n_block, num_n_blocks);  // deterministic causal: descending
   int const group = params.nheads / params.nheads_k;
   BwdQueryRange const queries =
       BwdQueryRange::of<kBlockM, kBlockN>(n_block, params.seqlen_q, params.is_causal, params.causal_offset);
 
   extern __shared__ __align__(128) char smem[];
   auto& storage = *reinterpret_cast<typename Sm80BwdMainloop<Traits>::SharedStorage*>(smem);
-  Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{});      // (BLK_M,D)
-  Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data()), typename Traits::SmemLayoutQ{});    // (BLK_M,D)
   Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutKV{});     // (BLK_N,D)
   Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutKV{});     // (BLK_N,D)
   Tensor sP = make_tensor(make_smem_ptr(storage.smem_p.data()), typename Traits::SmemLayoutPdS{});    // (BLK_M,BLK_N)
   Tensor sdS = make_tensor(make_smem_ptr(storage.smem_ds.data()), typename Traits::SmemLayoutPdS{});  // (BLK_M,BLK_N)
   // Transposed views of the same memory, with and without the swizzle (the register
   // fragments take the unswizzled shape, the ldmatrix.trans copies the swizzled layout).
-  Tensor sQt = make_tensor(sQ.data(), typename Traits::SmemLayoutQt{});                // (D,BLK_M)
-  Tensor sdOt = make_tensor(sdO.data(), typename Traits::SmemLayoutQt{});              // (D,BLK_M)
   Tensor sKt = make_tensor(sK.data(), typename Traits::SmemLayoutKt{});                // (D,BLK_N)
   Tensor sPt = make_tensor(sP.data(), typename Traits::SmemLayoutPdSt{});              // (BLK_N,BLK_M)
   Tensor sdSt = make_tensor(sdS.data(), typename Traits::SmemLayoutPdSt{});            // (BLK_N,BLK_M)
-  Tensor sQtNoSwizzle = make_tensor(sQ.data(), typename Traits::SmemLayoutQtNoSwizzle{});
   Tensor sKtNoSwizzle = make_tensor(sK.data(), typename Traits::SmemLayoutKtNoSwizzle{});
   Tensor sPtNoSwizzle = make_tensor(sP.data(), typename Traits::SmemLayoutPdStNoSwizzle{});
 
@@ -114,7 +138,32 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
                           coord.bidb * params.v_batch_stride + coord.bidh_k * params.v_head_stride, n_block * kBlockN,
                           params.v_row_stride, TileKV{}),
             sV, TileKV{}, key_rows);
-  cp_async_fence();
+  // Block m of head h_in_group into stage `stage`: Q_m, dO_m, and the LSE and D of its rows
+  // below seqlen_q (threads 0..kBlockM-1 the LSE, the next kBlockM the D), then one fence.
+  auto load_query_block = [&](int h_in_group, int m_block, int stage) {
+    int const bidh = coord.bidh_k * group + h_in_group;
+    int const query_rows = params.seqlen_q - m_block * kBlockM;
+    Tensor sQ_s = make_tensor(make_smem_ptr(storage.smem_q.data() + stage * kQElems), typename Traits::SmemLayoutQ{});
+    Tensor sdO_s = make_tensor(make_smem_ptr(storage.smem_do.data() + stage * kQElems), typename Traits::SmemLayoutQ{});
+    load_tile(gmem_row_tile(static_cast<Element const*>(params.q_ptr),
+                            coord.bidb * params.q_batch_stride + bidh * params.q_head_stride, m_block * kBlockM,
+                            params.q_row_stride, TileQ{}),
+              sQ_s, TileQ{}, query_rows);
+    load_tile(gmem_row_tile(static_cast<Element const*>(params.do_ptr),
+                            coord.bidb * params.do_batch_stride + bidh * params.do_head_stride, m_block * kBlockM,
+                            params.do_row_stride, TileQ{}),
+              sdO_s, TileQ{}, query_rows);
+    if (tidx < 2 * kBlockM) {
+      int const row = tidx % kBlockM;
+      if (row < query_rows) {
+        int64_t const r = (int64_t(coord.bidb) * params.nheads + bidh) * params.seqlen_q + m_block * kBlockM + row;
+        bool const is_lse = tidx < kBlockM;
+        cp_async_4((is_lse ? storage.smem_lse.data() : storage.smem_dsum.data()) + stage * kBlockM + row,
+                   (is_lse ? params.lse_ptr : static_cast<float const*>(params.softmax_d_ptr)) + r);
+      }
+    }
+    cp_async_fence();
+  };
 
   // --- MMAs, their operand fragments and ldmatrix copies ------------------------------------
   typename Traits::TiledMmaSdP mma_sdp;
@@ -152,24 +201,41 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
   Tensor coords_s = score_coords<kBlockM, kBlockN>(thr_sdp);
   float const lse_log2e = float(M_LOG2E);
 
-  for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
-    int const bidh = coord.bidh_k * group + h_in_group;
-    int64_t const row_base = (int64_t(coord.bidb) * params.nheads + bidh) * params.seqlen_q;  // of lse, D, dq_accum
-    for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block) {
+  // One iteration per (query head of the group, query block): h_in_group outer, m_block
+  // inner, as the two nested loops of the simple version; block i+1's loads are issued
+  // while block i computes.
+  int const num_m_blocks = queries.num_blocks();
+  int const num_iters = num_m_blocks > 0 ? group * num_m_blocks : 0;
+  if (num_iters > 0) load_query_block(0, queries.m_block_min, 0);
+  int cur_h = 0;
+  int cur_m = queries.m_block_min;
+  // The block after (h, m), as (h, m) = (head, block) is advanced at the end of an
+  // iteration; computed where needed rather than held through the iteration (registers).
+  auto load_next_query_block = [&](int h, int m, int stage) {
+    bool const wrap = m + 1 == queries.m_block_max;
+    load_query_block(wrap ? h + 1 : h, wrap ? queries.m_block_min : m + 1, stage);
+  };
+  for (int it = 0; it < num_iters; ++it) {
+    int const stage = kStages == 2 ? (it & 1) : 0;
+    bool const has_next = it + 1 < num_iters;  // uniform in the CTA
+    {
+      int const m_block = cur_m;
       int const query_rows = params.seqlen_q - m_block * kBlockM;
-      // Every warp has finished reading the previous block's sQ, sdO, sP, sdS.
+      Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data() + stage * kQElems),
+                              typename Traits::SmemLayoutQ{});  // (BLK_M,D)
+      Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data() + stage * kQElems),
+                               typename Traits::SmemLayoutQ{});  // (BLK_M,D)
+      Tensor sQt = make_tensor(sQ.data(), typename Traits::SmemLayoutQt{});    // (D,BLK_M)
+      Tensor sdOt = make_tensor(sdO.data(), typename Traits::SmemLayoutQt{});  // (D,BLK_M)
+      Tensor sQtNoSwizzle = make_tensor(sQ.data(), typename Traits::SmemLayoutQtNoSwizzle{});
+
+      // Barrier A: this block's loads (and, the first time, K_j and V_j) have landed, and
+      // every warp has finished the previous iteration (its reads of the other stage, sP, sdS).
+      cp_async_wait<0>();
       __syncthreads();
-      load_tile(gmem_row_tile(static_cast<Element const*>(params.q_ptr),
-                              coord.bidb * params.q_batch_stride + bidh * params.q_head_stride, m_block * kBlockM,
-                              params.q_row_stride, TileQ{}),
-                sQ, TileQ{}, query_rows);
-      load_tile(gmem_row_tile(static_cast<Element const*>(params.do_ptr),
-                              coord.bidb * params.do_batch_stride + bidh * params.do_head_stride, m_block * kBlockM,
-                              params.do_row_stride, TileQ{}),
-                sdO, TileQ{}, query_rows);
-      cp_async_fence();
-      cp_async_wait<0>();  // Q_m, dO_m (and, the first time, K_j, V_j) have landed
-      __syncthreads();
+      if constexpr (kStages == 2) {
+        if (has_next) load_next_query_block(cur_h, cur_m, stage ^ 1);
+      }
 
       // S = Q K^T and dP = dO V^T.
       Tensor acc_s = partition_fragment_C(mma_sdp, TileS{});  // (MMA,MMA_M,MMA_N)
@@ -177,7 +243,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
       {
         Tensor tSrQ = thr_sdp.partition_fragment_A(sQ);  // (MMA,MMA_M,MMA_D)
         Tensor tSrK = thr_sdp.partition_fragment_B(sK);  // (MMA,MMA_N,MMA_D)
-        gemm_ss<true>(acc_s, tSrQ, tSrK, thr_copy_sdp_a.partition_S(sQ), thr_copy_sdp_b.partition_S(sK), mma_sdp,
+        gemm_ss<Traits::kPrefetchSdP>(acc_s, tSrQ, tSrK, thr_copy_sdp_a.partition_S(sQ), thr_copy_sdp_b.partition_S(sK), mma_sdp,
                       copy_sdp_a, copy_sdp_b, thr_copy_sdp_a, thr_copy_sdp_b);
       }
       Tensor acc_dp = partition_fragment_C(mma_sdp, TileS{});  // (MMA,MMA_M,MMA_N)
@@ -185,7 +251,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
       {
         Tensor tdPrdO = thr_sdp.partition_fragment_A(sdO);  // (MMA,MMA_M,MMA_D)
         Tensor tdPrV = thr_sdp.partition_fragment_B(sV);    // (MMA,MMA_N,MMA_D)
-        gemm_ss<true>(acc_dp, tdPrdO, tdPrV, thr_copy_sdp_a.partition_S(sdO), thr_copy_sdp_b.partition_S(sV), mma_sdp,
+        gemm_ss<Traits::kPrefetchSdP>(acc_dp, tdPrdO, tdPrV, thr_copy_sdp_a.partition_S(sdO), thr_copy_sdp_b.partition_S(sV), mma_sdp,
                       copy_sdp_a, copy_sdp_b, thr_copy_sdp_a, thr_copy_sdp_b);
       }
 
@@ -204,10 +270,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         float lse_scaled = INFINITY;
         float d = 0.f;
         if (row < query_rows) {
-          int64_t const r = row_base + m_block * kBlockM + row;
-          float const lse = params.lse_ptr[r];
+          float const lse = storage.smem_lse[stage * kBlockM + row];
           lse_scaled = lse == -INFINITY ? INFINITY : lse * lse_log2e;
-          d = params.softmax_d_ptr[r];
+          d = storage.smem_dsum[stage * kBlockM + row];
         }
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(scores); ++ni) {
@@ -227,21 +292,33 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         copy(copy_pds, thr_copy_pds.retile_S(rP), thr_copy_pds.partition_D(sP));
         copy(copy_pds, thr_copy_pds.retile_S(rdS), thr_copy_pds.partition_D(sdS));
       }
+      // Barrier B: sP and sdS are complete.
       __syncthreads();
 
       // dV += P^T dO and dK += dS^T Q.
       {
         Tensor tdVrPt = thr_dkv.partition_fragment_A(sPtNoSwizzle);   // (MMA,MMA_N,MMA_M)
         Tensor tdVrdOt = thr_dkv.partition_fragment_B(sQtNoSwizzle);  // (MMA,MMA_D,MMA_M)
-        gemm_ss<true>(acc_dv, tdVrPt, tdVrdOt, thr_copy_dkv_a.partition_S(sPt), thr_copy_dkv_b.partition_S(sdOt),
-                      mma_dkv, copy_dkv_a, copy_dkv_b, thr_copy_dkv_a, thr_copy_dkv_b);
+        gemm_ss<Traits::kPrefetchdKV>(acc_dv, tdVrPt, tdVrdOt, thr_copy_dkv_a.partition_S(sPt),
+                                      thr_copy_dkv_b.partition_S(sdOt), mma_dkv, copy_dkv_a, copy_dkv_b,
+                                      thr_copy_dkv_a, thr_copy_dkv_b);
       }
       {
         Tensor tdKrdSt = thr_dkv.partition_fragment_A(sPtNoSwizzle);  // (MMA,MMA_N,MMA_M)
         Tensor tdKrQt = thr_dkv.partition_fragment_B(sQtNoSwizzle);   // (MMA,MMA_D,MMA_M)
-        gemm_ss<true>(acc_dk, tdKrdSt, tdKrQt, thr_copy_dkv_a.partition_S(sdSt), thr_copy_dkv_b.partition_S(sQt),
-                      mma_dkv, copy_dkv_a, copy_dkv_b, thr_copy_dkv_a, thr_copy_dkv_b);
+        gemm_ss<Traits::kPrefetchdKV>(acc_dk, tdKrdSt, tdKrQt, thr_copy_dkv_a.partition_S(sdSt),
+                                      thr_copy_dkv_b.partition_S(sQt), mma_dkv, copy_dkv_a, copy_dkv_b,
+                                      thr_copy_dkv_a, thr_copy_dkv_b);
       }
+      if constexpr (kStages == 1) {
+        // One stage: every warp is done with sQ and sdO; the next block's loads overlap dQ.
+        if (has_next) {
+          __syncthreads();
+          load_next_query_block(cur_h, cur_m, 0);
+        }
+      }
+      int const bidh = coord.bidh_k * group + cur_h;
+      int64_t const row_base = (int64_t(coord.bidb) * params.nheads + bidh) * params.seqlen_q;  // of dq_accum
 
       // dQ_m += dS K, into the fp32 dq_accum (batch, nheads, seqlen_q, d) by atomics (red.global.add.f32).
       {
@@ -249,17 +326,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         clear(acc_dq);
         Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);          // (MMA,MMA_M,MMA_N)
         Tensor tdQrKt = thr_dq.partition_fragment_B(sKtNoSwizzle);  // (MMA,MMA_D,MMA_N)
-        gemm_ss<true>(acc_dq, tdQrdS, tdQrKt, thr_copy_dq_a.partition_S(sdS), thr_copy_dq_b.partition_S(sKt), mma_dq,
+        gemm_ss<Traits::kPrefetchdQ>(acc_dq, tdQrdS, tdQrKt, thr_copy_dq_a.partition_S(sdS), thr_copy_dq_b.partition_S(sKt), mma_dq,
                       copy_dq_a, copy_dq_b, thr_copy_dq_a, thr_copy_dq_b);
         Tensor gdQaccum = make_tensor(make_gmem_ptr(params.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim),
                                       TileQ{}, make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
         Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);
         Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(TileQ{}));
-        CUTE_UNROLL
-        for (int i = 0; i < size(acc_dq); ++i) {
-          if (get<0>(tdQcdQ(i)) < query_rows) atomicAdd(&tdQgdQ(i), acc_dq(i));
-        }
+        // deterministic (params.dq_semaphore_ptr): in key block order (bwd_dq_order.h).
+        add_dq_in_order<kBlockM, kBlockN>(params, coord.bidb, bidh, m_block, n_block, [&] {
+          CUTE_UNROLL
+          for (int i = 0; i < size(acc_dq); ++i) {
+            if (get<0>(tdQcdQ(i)) < query_rows) atomicAdd(&tdQgdQ(i), acc_dq(i));
+          }
+        });
       }
+    }
+    if (++cur_m == queries.m_block_max) {
+      cur_m = queries.m_block_min;
+      ++cur_h;
     }
   }
   cp_async_wait<0>();  // a tile that no query sees loaded K and V for nothing

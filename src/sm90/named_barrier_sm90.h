@@ -12,4 +12,10 @@ enum class Sm90Barrier : uint32_t {
   kWgTurn0 = 1,  // ping-pong: consumer warpgroup w may issue its GEMMs (ids 1 to kNumConsumerWG)
 };
 
+// Named barriers of the Hopper backward kernel's consumer warpgroups (a kernel of its own:
+// the ids may repeat the forward's).
+enum class Sm90BwdBarrier : uint32_t {
+  kdSStored = 0,  // both consumer warpgroups have written their keys' columns of dS (and the next step's LSE, D)
+};
+
 }  // namespace fa_cute

@@ -11,6 +11,7 @@
 #include <cute/tensor.hpp>
 
 #include "block_info.h"
+#include "bwd_dq_order.h"
 #include "bwd_registry.h"
 #include "expect.h"
 #include "generated/bwd_config_table.h"
@@ -41,6 +42,56 @@ void check_query_range(int seqlen_q, int seqlen_k, bool causal, int offset) {
         EXPECT((fa_cute::BwdQueryRange::needs_mask<kBlockM, kBlockN>(m, n, seqlen_k, causal, offset)),
                "q=%d k=%d causal=%d offset=%d n=%d m=%d: needs a mask", seqlen_q, seqlen_k, causal, offset, n, m);
       }
+    }
+  }
+}
+
+// The deterministic dQ order (bwd_dq_order.h): at each query block the key blocks that
+// visit it (BwdQueryRange) are 0 .. dq_last_n_block, their turns are 0 .. count - 1 once
+// each, and a key block only ever waits for key blocks whose CTAs come earlier in the grid
+// (dq_order_n_block): the no-deadlock rule.
+template <int kBlockM, int kBlockN>
+void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset) {
+  int const num_n = (seqlen_k + kBlockN - 1) / kBlockN;
+  int const num_m = (seqlen_q + kBlockM - 1) / kBlockM;
+  fa_cute::BwdParams p{};
+  int dummy = 0;
+  p.dq_semaphore_ptr = &dummy;
+  p.seqlen_q = seqlen_q;
+  p.seqlen_k = seqlen_k;
+  p.is_causal = causal;
+  p.causal_offset = offset;
+  std::vector<int> tile_of(num_n, -1);  // the CTA position (within its (batch, K/V head)) of each key block
+  for (int t = 0; t < num_n; ++t) {
+    int const n = fa_cute::dq_order_n_block(p, t, num_n);
+    EXPECT(n >= 0 && n < num_n && tile_of[n] < 0, "q=%d k=%d causal=%d offset=%d: tile %d takes key block %d twice",
+           seqlen_q, seqlen_k, causal, offset, t, n);
+    if (n >= 0 && n < num_n) tile_of[n] = t;
+  }
+  for (int m = 0; m < num_m; ++m) {
+    int const last = fa_cute::dq_last_n_block<kBlockM, kBlockN>(p, m);
+    std::vector<int> by_turn(num_n + 1, -1);
+    int count = 0;
+    for (int n = 0; n < num_n; ++n) {
+      auto const range = fa_cute::BwdQueryRange::of<kBlockM, kBlockN>(n, seqlen_q, causal, offset);
+      if (m < range.m_block_min || m >= range.m_block_max) {
+        EXPECT(n > last, "q=%d k=%d causal=%d offset=%d m=%d: key block %d <= last %d skips it", seqlen_q, seqlen_k,
+               causal, offset, m, n, last);
+        continue;
+      }
+      ++count;
+      int const turn = fa_cute::dq_turn<kBlockM, kBlockN>(p, n, m);
+      EXPECT(n <= last && turn >= 0 && turn < num_n && by_turn[turn] < 0,
+             "q=%d k=%d causal=%d offset=%d m=%d n=%d: turn %d (last %d)", seqlen_q, seqlen_k, causal, offset, m, n,
+             turn, last);
+      if (turn >= 0 && turn < num_n) by_turn[turn] = n;
+    }
+    EXPECT(count == last + 1, "q=%d k=%d causal=%d offset=%d m=%d: %d key blocks, last %d", seqlen_q, seqlen_k,
+           causal, offset, m, count, last);
+    for (int t = 1; t < count; ++t) {
+      EXPECT(by_turn[t - 1] >= 0 && by_turn[t] >= 0 && tile_of[by_turn[t - 1]] < tile_of[by_turn[t]],
+             "q=%d k=%d causal=%d offset=%d m=%d: turn %d's CTA is not before turn %d's", seqlen_q, seqlen_k, causal,
+             offset, m, t - 1, t);
     }
   }
 }
@@ -89,7 +140,11 @@ int main() {
   for (bool causal : {false, true}) {
     for (int sq : {1, 5, 63, 64, 65, 128, 200, 333}) {
       for (int sk : {1, 7, 127, 128, 129, 300}) {
-        for (int offset : {sk - sq, 0, -70, 90}) check_query_range<64, 128>(sq, sk, causal, offset);
+        for (int offset : {sk - sq, 0, -70, 90, -400, 500}) {
+          check_query_range<64, 128>(sq, sk, causal, offset);
+          check_dq_order<64, 128>(sq, sk, causal, offset);
+          check_dq_order<128, 64>(sq, sk, causal, offset);
+        }
       }
     }
   }

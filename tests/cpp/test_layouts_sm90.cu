@@ -12,6 +12,7 @@
 #include <cute/tensor.hpp>
 
 #include "expect.h"
+#include "sm90/kernel_traits_bwd_sm90.h"
 #include "sm90/kernel_traits_sm90.h"
 
 using namespace cute;
@@ -168,7 +169,69 @@ void check_traits(char const* what, GMMA::LayoutType swizzle) {
   check_gmma_descriptors<Traits>(what, swizzle);
 }
 
+// The Hopper backward (src/sm90/kernel_traits_bwd_sm90.h): the S^T accumulator relabelled as
+// the dK/dV wgmma's register A operand must hold, in each of its slots, the (key, query)
+// element that operand expects there (per thread, both warpgroups); S^T and dQ must be
+// covered once, dQ's d columns split by warpgroup with value pairs on adjacent columns
+// (the float2 atomics); and the transposed views must name the same bytes.
+template <int D, class Element>
+void check_bwd_traits(char const* what) {
+  using T = fa_cute::Sm90BwdTraits<D, 64, 128, Element>;
+  using TileSt = Shape<_128, _64>;  // (keys, queries)
+  typename T::TiledMmaSdP mma_sdp;
+  typename T::TiledMmadKV mma_dkv;
+  typename T::TiledMmadQ mma_dq;
+  auto const acc_layout = decltype(partition_fragment_C(mma_sdp, TileSt{})){}.layout();
+  auto const a_layout = fa_cute::acc_layout_as_a_operand_sm90(acc_layout);
+  int bad_a = 0, bad_dq = 0, bad_views = 0;
+  std::set<std::pair<int, int>> covered_s, covered_dq;
+  for (int t = 0; t < T::kNumConsumerThreads; ++t) {
+    Tensor cS = mma_sdp.get_thread_slice(t).partition_C(make_identity_tensor(TileSt{}));  // accumulator (key, query)
+    Tensor cA = mma_dkv.get_thread_slice(t).partition_A(make_identity_tensor(TileSt{}));  // A operand (key, query)
+    std::pair<int, int> by_slot[decltype(size(acc_layout))::value];
+    for (int k = 0; k < size(cS); ++k) {
+      by_slot[acc_layout(k)] = {int(get<0>(cS(k))), int(get<1>(cS(k)))};
+      covered_s.insert(by_slot[acc_layout(k)]);
+    }
+    bad_a += int(size(cA)) != int(size(cS));
+    for (int v = 0; v < size<0>(cA); ++v)
+      for (int m = 0; m < size<1>(cA); ++m)
+        for (int kb = 0; kb < size<2>(cA); ++kb) {
+          auto const held = by_slot[a_layout(v, m, kb)];
+          bad_a += held.first != int(get<0>(cA(v, m, kb))) || held.second != int(get<1>(cA(v, m, kb)));
+        }
+    Tensor cdQ = mma_dq.get_thread_slice(t).partition_C(make_identity_tensor(Shape<_64, Int<D>>{}));
+    for (int i = 0; i < size(cdQ); ++i) {
+      covered_dq.insert({int(get<0>(cdQ(i))), int(get<1>(cdQ(i)))});
+      bad_dq += int(get<1>(cdQ(i))) / (D / 2) != t / 128;
+      if (i % 2 == 1) bad_dq += get<0>(cdQ(i)) != get<0>(cdQ(i - 1)) || get<1>(cdQ(i)) != get<1>(cdQ(i - 1)) + 1;
+    }
+  }
+  typename T::SmemLayoutQ q;
+  typename T::SmemLayoutQt qt;
+  typename T::SmemLayoutK k;
+  typename T::SmemLayoutKt kt;
+  typename T::SmemLayoutdS ds;
+  typename T::SmemLayoutdSt dst;
+  for (int s = 0; s < 2; ++s)
+    for (int r = 0; r < 64; ++r) {
+      for (int c = 0; c < D; ++c) bad_views += q(r, c, s) != qt(c, r, s);
+      for (int c = 0; c < 128; ++c) bad_views += ds(r, c, s) != dst(c, r, s);
+    }
+  for (int r = 0; r < 128; ++r)
+    for (int c = 0; c < D; ++c) bad_views += k(r, c) != kt(c, r);
+  EXPECT(bad_a == 0, "%s: %d register A-operand slots of P^T/dS^T hold the wrong (key, query)", what, bad_a);
+  EXPECT(covered_s.size() == 128u * 64u, "%s: S^T covered %zu of %d elements", what, covered_s.size(), 128 * 64);
+  EXPECT(bad_dq == 0 && covered_dq.size() == 64u * D, "%s: dQ split or value pairs wrong (%d), covered %zu", what,
+         bad_dq, covered_dq.size());
+  EXPECT(bad_views == 0, "%s: %d transposed-view elements differ", what, bad_views);
+  EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
+  EXPECT(sizeof(typename T::TmaLoadQdO) > 0 && sizeof(typename T::TmaLoadKV) > 0, "%s: TMA copy types", what);
+}
+
 int main() {
+  check_bwd_traits<64, cute::bfloat16_t>("bwd d64 bf16");
+  check_bwd_traits<128, cute::half_t>("bwd d128 fp16");
   // The plan's tiles (sec. 2) for d = 64, 128, 256, with 2 consumer warpgroups, and
   // the built tiles (src/generate_kernels.py): 3 consumer warpgroups at d = 64 and 96,
   // 1 for short queries; d=96 for the 64-byte swizzle.

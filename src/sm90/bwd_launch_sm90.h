@@ -1,0 +1,68 @@
+#pragma once
+
+#include <stdexcept>
+
+#include <cuda_runtime_api.h>
+
+#include <cute/tensor.hpp>
+
+#include "bwd_launch.h"
+#include "bwd_params.h"
+#include "cuda_check.h"
+#include "sm90/bwd_kernel_sm90.h"
+#include "sm90/fwd_launch_sm90.h"  // sm90_gmem_tensor: the TMA views and their checks
+
+namespace fa_cute {
+
+// How the Hopper backward kernel is launched (the policy of run_bwd, bwd_launch.h): one
+// CTA per (key block, K/V head, batch), a flat grid (BwdTileCoord) as the sm80 kernel's,
+// the TMA descriptors of Q, dO, K and V built per call. A tensor TMA cannot load (a base
+// or stride not a multiple of 16 bytes) throws std::invalid_argument naming it, before
+// the main kernel is launched. Host only.
+template <class Traits_>
+struct Sm90BwdLaunch {
+  using Traits = Traits_;
+  static constexpr char const* kName = "bwd_kernel_sm90 launch";
+
+  // CTAs of a launch (the host checks it is at most kMaxLaunchTiles).
+  static long long num_tiles(BwdParams const& params) {
+    long long const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+    return n_blocks * params.nheads_k * params.batch;
+  }
+
+  static Sm90BwdKernelParams<Traits> to_underlying_arguments(BwdParams const& params) {
+    using namespace cute;
+    using Element = typename Traits::Element;
+    if (params.dq_semaphore_ptr != nullptr) {
+      throw std::invalid_argument(
+          "dq_semaphore: the Hopper backward (bwd_kernel_sm90) has no deterministic mode; use an sm80 config");
+    }
+    int const d = params.head_dim;
+    auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
+                                        params.q_row_stride, params.q_head_stride, params.q_batch_stride);
+    auto mdO = sm90_gmem_tensor<Element>("dout", params.do_ptr, params.seqlen_q, d, params.nheads, params.batch,
+                                         params.do_row_stride, params.do_head_stride, params.do_batch_stride);
+    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
+                                        params.k_row_stride, params.k_head_stride, params.k_batch_stride);
+    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
+                                        params.v_row_stride, params.v_head_stride, params.v_batch_stride);
+    auto const smem_q = take<0, 2>(typename Traits::SmemLayoutQ{});  // one stage
+    return {params,
+            {make_tma_copy(SM90_TMA_LOAD{}, mQ, smem_q), make_tma_copy(SM90_TMA_LOAD{}, mdO, smem_q),
+             make_tma_copy(SM90_TMA_LOAD{}, mK, typename Traits::SmemLayoutK{}),
+             make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutV{})}};
+  }
+
+  static void launch(BwdParams const& params, int device, cudaStream_t stream) {
+    auto const args = to_underlying_arguments(params);
+    auto kernel = &bwd_kernel_sm90<Traits>;
+    static PerDeviceCache opted_in;  // the shared-memory opt-in, once per device
+    opted_in.get(device, [&] {
+      opt_in_dynamic_smem(kernel, Traits::kSmemSize, device);
+      return 1;
+    });
+    kernel<<<dim3(static_cast<unsigned>(num_tiles(params))), Traits::kNumThreads, Traits::kSmemSize, stream>>>(args);
+  }
+};
+
+}  // namespace fa_cute

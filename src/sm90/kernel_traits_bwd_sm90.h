@@ -1,0 +1,175 @@
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/copy_atom.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_types.h>
+
+#include "sm90/kernel_traits_sm90.h"
+#include "sm90/pipeline_sm90.h"
+
+namespace fa_cute {
+
+// Everything the Hopper (sm_90a) warp-specialised backward kernel needs, from its tile:
+// one CTA per (key block of kBlockN keys, K/V head, batch) keeps K_j and V_j in shared
+// memory (one TMA load) and loops over the query blocks of kBlockM rows that see them,
+// Q_m and dO_m streamed by TMA through a kStages-deep ring. Warpgroup 0 is the producer,
+// warpgroups 1 and 2 the consumers; consumer warpgroup w owns keys 64w..64w+63 of the
+// block. Per query block five wgmma GEMMs, fp32 accumulation, the scores computed
+// transposed (FlashAttention-3's SdP_swapAB) so that P^T and dS^T come out of the
+// accumulators already as the register A operand of the dV and dK GEMMs:
+//   S^T  = K Q^T      (M = keys, N = kBlockM, K = d)   SS, both K-major     TiledMmaSdP (2,1,1)
+//   dP^T = V dO^T     (same)                           SS, both K-major     TiledMmaSdP
+//   dV  += P^T dO     (M = keys, N = d, K = kBlockM)   RS, B MN-major       TiledMmadKV (2,1,1)
+//   dK  += dS^T Q     (same)                           RS, B MN-major       TiledMmadKV
+//   dQ    = dS K      (M = kBlockM, N = d, K = keys)   SS, A and B MN-major TiledMmadQ (1,2,1)
+// dQ needs all 128 keys of dS, so dS goes through shared memory, and its d columns are
+// split between the two consumer warpgroups.
+template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2>
+struct Sm90BwdTraits {
+  using Element = Element_;
+  using ElementAccum = float;
+
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kNumConsumerWG = 2;
+
+  static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
+                "Element must be bf16 or fp16");
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "the Hopper backward is built for d = 64 and 128");
+  static_assert(kBlockN == 64 * kNumConsumerWG, "each consumer warpgroup owns one 64-key wgmma atom of S^T");
+  static_assert(kBlockM == 64,
+                "kBlockM is the N of S^T and the M of dQ = dS K (one 64-row wgmma atom, shared by both "
+                "warpgroups), and one 128-byte row of dS's MN-major swizzle atom");
+  static_assert(kStages >= 2, "one Q/dO stage loads while the other is consumed");
+
+  // --- Threads and registers -------------------------------------------------------------------
+  // Warpgroup 0: warp 0 issues TMA (one thread); warpgroups 1 and 2 run the GEMMs (and
+  // stage LSE and D of the next step in shared memory). The consumers hold dK and
+  // dV (d/2 + d/2 fp32 per thread) across the whole loop, plus S^T, dP^T and dQ.
+  static constexpr int kNumThreadsPerWG = 128;
+  static constexpr int kNumProducerThreads = kNumThreadsPerWG;
+  static constexpr int kNumConsumerThreads = kNumThreadsPerWG * kNumConsumerWG;
+  static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
+  static constexpr int kNThreads = kNumThreads;  // run_bwd's name
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <= 64 * 1024,
+                "register budgets exceed the 64K-entry register file: setmaxnreg would hang");
+  static_assert(2 * kBlockM <= kNumConsumerThreads, "one consumer thread stages each LSE and each D of a step");
+
+  // --- MMA ----------------------------------------------------------------------------------
+  using TileShapeSdP = cute::Shape<cute::_64, cute::Int<kBlockM>, cute::Int<kHeadDim>>;   // (64 keys,BLK_M,D)
+  using TileShapedKV = cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockM>>;   // (64 keys,D,BLK_M)
+  using TileShapedQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim / kNumConsumerWG>,
+                                  cute::Int<kBlockN>>;                                     // (BLK_M,D/2,BLK_N)
+  using MmaOpSdP = decltype(cute::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeSdP,
+                                                       cute::GMMA::Major::K, cute::GMMA::Major::K>());
+  // The register A operand of an RS wgmma must be K-major (the accumulator layout is);
+  // dO and Q are read as (N = d, K = queries) with d contiguous: MN-major, wgmma
+  // transposes them while reading.
+  using MmaOpdKV = decltype(cute::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapedKV,
+                                                       cute::GMMA::Major::K, cute::GMMA::Major::MN>());
+  // dS is stored queries-contiguous (each thread's dS^T accumulator pairs are adjacent
+  // queries: 32-bit stores), so A is MN-major; K is read as (N = d, K = keys): MN-major.
+  // 16-bit types may have either operand MN-major in an SS wgmma.
+  using MmaOpdQ = decltype(cute::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapedQ,
+                                                      cute::GMMA::Major::MN, cute::GMMA::Major::MN>());
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpSdP>::Shape_MNK{}) == kBlockM, "S^T atom N");
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdKV>::Shape_MNK{}) == kHeadDim, "dK/dV atom N");
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdQ>::Shape_MNK{}) == kHeadDim / kNumConsumerWG,
+                "dQ atom N");
+  // The warpgroups split the keys (M) of S^T, dP^T, dK, dV and the d columns (N) of dQ.
+  using TiledMmaSdP = decltype(cute::make_tiled_mma(MmaOpSdP{}, cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using TiledMmadKV = decltype(cute::make_tiled_mma(MmaOpdKV{}, cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using TiledMmadQ = decltype(cute::make_tiled_mma(MmaOpdQ{}, cute::Layout<cute::Shape<cute::_1, cute::_2, cute::_1>>{}));
+  static_assert(cute::size(TiledMmaSdP{}) == kNumConsumerThreads && cute::size(TiledMmadKV{}) == kNumConsumerThreads &&
+                    cute::size(TiledMmadQ{}) == kNumConsumerThreads,
+                "the tiled MMAs must span exactly the consumer threads");
+
+  // --- Shared memory --------------------------------------------------------------------------
+  // Q, dO (BLK_M,D,STAGE) and K, V (BLK_N,D) keep global memory's row order (d contiguous,
+  // so TMA copies rows as they are). Q and dO take the widest swizzle their rows admit.
+  // K's swizzle atom is at most d/2 wide: dQ = dS K reads K MN-major (N = d) split in d
+  // halves between the warpgroups, and an MN-major wgmma descriptor must start on a
+  // swizzle-atom column boundary (d = 64: SW64, two 32-column atoms per row).
+  using SmemLayoutAtomQ = decltype(gmma_smem_atom<Element, kHeadDim * int(sizeof(Element)), cute::GMMA::Major::K>());
+  using SmemLayoutAtomK =
+      decltype(gmma_smem_atom<Element, kHeadDim / kNumConsumerWG * int(sizeof(Element)), cute::GMMA::Major::K>());
+  using SmemLayoutQ = decltype(cute::tile_to_shape(
+      SmemLayoutAtomQ{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));  // (BLK_M,D,STAGE)
+  using SmemLayoutdO = SmemLayoutQ;                                                                     // (BLK_M,D,STAGE)
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      SmemLayoutAtomK{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>{}));                     // (BLK_N,D)
+  using SmemLayoutV = SmemLayoutK;                                                                      // (BLK_N,D)
+  // Transposed views of the same bytes (X^T(j, i) = X(i, j)): the MN-major B operands.
+  using SmemLayoutQt = decltype(cute::composition(
+      SmemLayoutQ{}, cute::make_ordered_layout(
+                         cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockM>, cute::Int<kStages>>{},
+                         cute::Step<cute::_2, cute::_1, cute::_3>{})));                               // (D,BLK_M,STAGE)
+  using SmemLayoutdOt = SmemLayoutQt;                                                                   // (D,BLK_M,STAGE)
+  using SmemLayoutKt = decltype(cute::composition(
+      SmemLayoutK{}, cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>{},
+                                               cute::Step<cute::_2, cute::_1>{})));                   // (D,BLK_N)
+  // dS (BLK_M,BLK_N,2), queries contiguous (MN-major for dQ's A operand): one 128-byte row
+  // of 64 queries per key. Two buffers: a warpgroup writes block m+1's dS while the other
+  // may still be reading block m's in its dQ wgmma; the dS barrier of block m+1 comes
+  // after both warpgroups retired block m's dQ, so buffer m % 2 is free again at m + 2.
+  using SmemLayoutAtomdS = decltype(gmma_smem_atom<Element, kBlockM * int(sizeof(Element)), cute::GMMA::Major::MN>());
+  using SmemLayoutdS = decltype(cute::tile_to_shape(
+      SmemLayoutAtomdS{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::_2>{}));          // (BLK_M,BLK_N,2)
+  using SmemLayoutdSt = decltype(cute::composition(
+      SmemLayoutdS{}, cute::make_ordered_layout(cute::Shape<cute::Int<kBlockN>, cute::Int<kBlockM>, cute::_2>{},
+                                                cute::Step<cute::_2, cute::_1, cute::_3>{})));        // (BLK_N,BLK_M,2)
+
+  // 1024-byte alignment: the swizzle patterns are applied to absolute address bits by TMA
+  // and wgmma, so each buffer starts on a pattern period (as the forward's).
+  static constexpr int kSmemAlign = 1024;
+  using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
+  struct SharedStorage {
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, kSmemAlign> smem_q;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutdO>, kSmemAlign> smem_do;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutdS>, kSmemAlign> smem_ds;
+    // Per query row of a step, double-buffered by step parity: LSE * log2(e) (+inf where P
+    // must be 0) and D, staged by the consumers themselves one step ahead.
+    cute::array_aligned<float, kBlockM * 2> smem_lse;
+    cute::array_aligned<float, kBlockM * 2> smem_d;
+    // Q_m and dO_m of a stage: full when the TMA bytes landed; empty when both consumer
+    // warpgroups retired its last wgmma.
+    typename Pipeline::SharedStorage pipeline_qdo;
+    cutlass::arch::ClusterTransactionBarrier barrier_kv;  // K and V landed (once)
+  };
+  static constexpr int kSmemSize = int(sizeof(SharedStorage));
+  static_assert(kSmemSize <= 232448, "tile does not fit sm90 shared memory (227 KiB per CTA)");
+
+  // Bytes a TMA stage delivers: the full barrier's expected transaction count. A box
+  // overhanging the tensor's end is zero-filled and still credits all of them.
+  static constexpr int kTmaTransactionBytesQdO = 2 * kBlockM * kHeadDim * int(sizeof(Element));
+  static constexpr int kTmaTransactionBytesKV = 2 * kBlockN * kHeadDim * int(sizeof(Element));
+
+  // --- TMA ------------------------------------------------------------------------------------
+  // Global tensors as (seqlen, d, head, batch), d contiguous, 64-bit strides (the forward's
+  // views: a tile overhanging one sequence reads zeros, never the next sequence).
+  using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;  // (seqlen,d,head,batch)
+  using StrideQKV = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
+  using GmemTensorQKV = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<Element const*>(nullptr)),
+                                                   ShapeQKV{}, StrideQKV{}));
+  using TmaLoadQdO = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensorQKV{},
+                                                  cute::take<0, 2>(SmemLayoutQ{})));
+  using TmaLoadKV = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensorQKV{}, SmemLayoutK{}));
+};
+
+}  // namespace fa_cute

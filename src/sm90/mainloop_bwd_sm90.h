@@ -1,0 +1,381 @@
+#pragma once
+
+#include <cmath>
+
+#include <cute/tensor.hpp>
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/cutlass.h>
+
+#include "block_info.h"
+#include "bwd_params.h"
+#include "cute_utils.h"
+#include "sm80/mainloop_bwd_sm80.h"  // BwdTileCoord: both backward families number their CTAs alike
+#include "sm90/kernel_traits_bwd_sm90.h"
+#include "sm90/mainloop_fwd_sm90.h"  // wgmma_gemm, wgmma_wait
+#include "sm90/named_barrier_sm90.h"
+
+namespace fa_cute {
+
+// The main loop of the Hopper backward kernel (semantics of Sm80BwdMainloop: same
+// dq_accum / softmax_d contract, same masks), in its roles:
+//   load (producer warp 0, one thread): K_j and V_j once (barrier_kv), then Q_m and dO_m
+//     of every (query head of the group, query block) into the kStages-deep ring;
+//   Consumer::mma (warpgroups 1 and 2, 64 keys each): per query block (and, one step
+//     ahead, the next block's 64 LSE * log2(e) and D into shared memory: load_row_stats)
+//     S^T = K Q^T, dP^T - D = V dO^T - D         (both issued, then waited in turn; the
+//                                                 dP^T accumulator starts at -D)
+//     P^T = exp2(S^T * scale_log2 - LSE), masked entries 0; dS^T = P^T (dP^T - D)
+//     dV += P^T dO, dK += dS^T Q                 (RS: P^T, dS^T straight from registers)
+//     dS^T -> shared memory as dS; both warpgroups' columns (and the next step's LSE and
+//       D) stored (named barrier);
+//       dV and dK retire, the Q/dO stage is released
+//     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by float2 atomics
+//   store_dkdv (consumers): dK * scale and dV in the input dtype.
+// The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
+// and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
+// past the causal diagonal are masked to S = -inf (P = dS = 0).
+template <class Traits>
+struct Sm90BwdMainloop {
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::Pipeline;
+  using PipelineState = typename Pipeline::State;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  using TileQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>;   // Q, dO, dQ
+  using TileKV = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>;  // K, V, dK, dV
+  using TileSt = cute::Shape<cute::Int<kBlockN>, cute::Int<kBlockM>>;   // S^T, P^T, dP^T, dS^T
+
+  // What the host passes (BwdParams) becomes the TMA descriptors of Q, dO, K and V (built
+  // on the host, Sm90BwdLaunch::to_underlying_arguments), kept in the kernel's
+  // __grid_constant__ parameter space where TMA instructions may address them.
+  using Arguments = BwdParams;
+  struct Params {
+    typename Traits::TmaLoadQdO tma_q;
+    typename Traits::TmaLoadQdO tma_do;
+    typename Traits::TmaLoadKV tma_k;
+    typename Traits::TmaLoadKV tma_v;
+  };
+  using SharedStorage = typename Traits::SharedStorage;
+
+  using TiledMmaSdP = typename Traits::TiledMmaSdP;
+  using TiledMmadKV = typename Traits::TiledMmadKV;
+  using TiledMmadQ = typename Traits::TiledMmadQ;
+  using AccS = decltype(cute::partition_fragment_C(TiledMmaSdP{}, TileSt{}));     // S^T, dP^T
+  using AccdKV = decltype(cute::partition_fragment_C(TiledMmadKV{}, TileKV{}));  // dK, dV
+  using AccdQ = decltype(cute::partition_fragment_C(TiledMmadQ{}, TileQ{}));     // dQ
+
+  BwdParams const& p;
+  Params const& mainloop_params;
+  SharedStorage& storage;
+  Pipeline pipe;
+  BwdTileCoord const coord;
+  BwdQueryRange const queries;
+  int const group;  // query heads per K/V head
+
+  CUTE_DEVICE Sm90BwdMainloop(BwdParams const& p_, Params const& mainloop_params_, SharedStorage& storage_,
+                              BwdTileCoord const& coord_)
+      : p(p_), mainloop_params(mainloop_params_), storage(storage_), pipe{storage_.pipeline_qdo}, coord(coord_),
+        queries(BwdQueryRange::of<kBlockM, kBlockN>(coord_.n_block, p_.seqlen_q, p_.is_causal, p_.causal_offset)),
+        group(p_.nheads / p_.nheads_k) {}
+
+  // (query head, query block) steps of this CTA: every role walks them in the same order.
+  CUTE_DEVICE int num_steps() const { return group * queries.num_blocks(); }
+
+  // One thread, before the CTA-wide barrier that publishes them.
+  CUTE_DEVICE void init_barriers() {
+    Pipeline::init(storage.pipeline_qdo);
+    storage.barrier_kv.init(1);
+  }
+
+  CUTE_DEVICE void prefetch_descriptors() const {
+    cute::prefetch_tma_descriptor(mainloop_params.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(mainloop_params.tma_do.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(mainloop_params.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(mainloop_params.tma_v.get_tma_descriptor());
+  }
+
+  // --- Load (producer warp 0, one thread) ---------------------------------------------------
+  // Nothing when no query sees the block: the consumers then wait on nothing either, and
+  // no TMA write is left in flight into the shared memory of an exited CTA.
+  CUTE_DEVICE void load() {
+    using namespace cute;
+    if (num_steps() <= 0) return;
+    Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutK{});     // (BLK_N,D)
+    Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutV{});     // (BLK_N,D)
+    Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{});     // (BLK_M,D,STAGE)
+    Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data()), typename Traits::SmemLayoutdO{});  // (BLK_M,D,STAGE)
+    auto const shape_q = make_shape(p.seqlen_q, p.head_dim, p.nheads, p.batch);
+    auto const shape_k = make_shape(p.seqlen_k, p.head_dim, p.nheads_k, p.batch);
+    Tensor mK = mainloop_params.tma_k.get_tma_tensor(shape_k);
+    Tensor mV = mainloop_params.tma_v.get_tma_tensor(shape_k);
+    Tensor gK = local_tile(mK(_, _, coord.bidh_k, coord.bidb), TileKV{}, make_coord(coord.n_block, _0{}));  // (BLK_N,D)
+    Tensor gV = local_tile(mV(_, _, coord.bidh_k, coord.bidb), TileKV{}, make_coord(coord.n_block, _0{}));  // (BLK_N,D)
+    auto [tKgK, tKsK] =
+        tma_partition(mainloop_params.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    auto [tVgV, tVsV] =
+        tma_partition(mainloop_params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+    // K and V are read by this CTA alone; Q and dO by every key block's CTA of the head.
+    storage.barrier_kv.arrive_and_expect_tx(Traits::kTmaTransactionBytesKV);
+    uint64_t& bar_kv = reinterpret_cast<uint64_t&>(storage.barrier_kv);
+    copy(mainloop_params.tma_k.with(bar_kv, 0, TMA::CacheHintSm90::EVICT_FIRST), tKgK, tKsK);
+    copy(mainloop_params.tma_v.with(bar_kv, 0, TMA::CacheHintSm90::EVICT_FIRST), tVgV, tVsV);
+
+    Tensor mQ = mainloop_params.tma_q.get_tma_tensor(shape_q);
+    Tensor mdO = mainloop_params.tma_do.get_tma_tensor(shape_q);
+    PipelineState st = Pipeline::producer_start_state();
+    for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
+      int const bidh = coord.bidh_k * group + h_in_group;
+      Tensor gQ = local_tile(mQ(_, _, bidh, coord.bidb), TileQ{}, make_coord(_, _0{}));    // (BLK_M,D,m)
+      Tensor gdO = local_tile(mdO(_, _, bidh, coord.bidb), TileQ{}, make_coord(_, _0{}));  // (BLK_M,D,m)
+      auto [tQgQ, tQsQ] =
+          tma_partition(mainloop_params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+      auto [tdOgdO, tdOsdO] = tma_partition(mainloop_params.tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO),
+                                            group_modes<0, 2>(gdO));
+      for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block) {
+        uint64_t& bar = pipe.producer_acquire(st, Traits::kTmaTransactionBytesQdO);
+        copy(mainloop_params.tma_q.with(bar, 0, TMA::CacheHintSm90::EVICT_LAST), tQgQ(_, m_block),
+             tQsQ(_, st.index));
+        copy(mainloop_params.tma_do.with(bar, 0, TMA::CacheHintSm90::EVICT_LAST), tdOgdO(_, m_block),
+             tdOsdO(_, st.index));
+        st.advance();
+      }
+    }
+  }
+
+  // --- LSE and D (consumers) ----------------------------------------------------------------
+  // Each consumer thread holds 16 query columns of S^T: their LSE and D in registers would
+  // cost 32 of the registers that dK and dV already crowd, so a step's 64 LSE * log2(e) and
+  // 64 D values are staged in shared memory. The consumers stage them one step ahead
+  // (threads 0-63 an LSE each, 64-127 a D), and the named barrier every step passes
+  // (kdSStored) orders those generic stores against the reads on either side of it.
+  struct RowStats {
+    float value;  // this thread's LSE * log2(e) or D, for the step it was loaded for
+  };
+  // Thread tidx's value of the step (h_in_group, m_block) from global memory (0 where the
+  // thread stages nothing). +inf LSE for rows past seqlen_q and rows that see no key: P = 0
+  // there, not the NaN of -inf - (-inf).
+  CUTE_DEVICE RowStats load_row_stats(int tidx, int h_in_group, int m_block) const {
+    int const r = tidx % kBlockM;
+    int const row = m_block * kBlockM + r;
+    int64_t const row_base = (int64_t(coord.bidb) * p.nheads + coord.bidh_k * group + h_in_group) * p.seqlen_q;
+    if (tidx < kBlockM) {
+      if (row >= p.seqlen_q) return {INFINITY};
+      float const lse = p.lse_ptr[row_base + row];
+      return {lse == -INFINITY ? INFINITY : lse * float(M_LOG2E)};
+    }
+    if (tidx < 2 * kBlockM && row < p.seqlen_q) return {p.softmax_d_ptr[row_base + row]};
+    return {0.f};
+  }
+  CUTE_DEVICE void store_row_stats(int tidx, RowStats stats, int slot) {
+    if (tidx < kBlockM) {
+      storage.smem_lse[slot * kBlockM + tidx] = stats.value;
+    } else if (tidx < 2 * kBlockM) {
+      storage.smem_d[slot * kBlockM + tidx - kBlockM] = stats.value;
+    }
+  }
+
+  // --- MMA (consumer warpgroups) --------------------------------------------------------------
+  struct Consumer {
+    Sm90BwdMainloop& mainloop;
+    int const tidx;  // among the consumer threads, 0..255
+    TiledMmaSdP tiled_mma_sdp;
+    TiledMmadKV tiled_mma_dkv;
+    TiledMmadQ tiled_mma_dq;
+
+    CUTE_DEVICE Consumer(Sm90BwdMainloop& mainloop_, int tidx_) : mainloop(mainloop_), tidx(tidx_) {}
+
+    // Every step of the CTA, summed into acc_dk and acc_dv (cleared by the caller).
+    CUTE_DEVICE void mma(AccdKV& acc_dk, AccdKV& acc_dv) {
+      using namespace cute;
+      BwdParams const& p = mainloop.p;
+      SharedStorage& storage = mainloop.storage;
+      BwdTileCoord const& coord = mainloop.coord;
+      if (mainloop.num_steps() <= 0) return;
+
+      Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutK{});      // (BLK_N,D)
+      Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutV{});      // (BLK_N,D)
+      Tensor sKt = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutKt{});    // (D,BLK_N)
+      Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{});      // (BLK_M,D,STAGE)
+      Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data()), typename Traits::SmemLayoutdO{});   // (BLK_M,D,STAGE)
+      Tensor sQt = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQt{});    // (D,BLK_M,STAGE)
+      Tensor sdOt = make_tensor(make_smem_ptr(storage.smem_do.data()), typename Traits::SmemLayoutdOt{}); // (D,BLK_M,STAGE)
+      Tensor sdS = make_tensor(make_smem_ptr(storage.smem_ds.data()), typename Traits::SmemLayoutdS{});   // (BLK_M,BLK_N,2)
+      Tensor sdSt = make_tensor(make_smem_ptr(storage.smem_ds.data()), typename Traits::SmemLayoutdSt{}); // (BLK_N,BLK_M,2)
+
+      auto thr_sdp = tiled_mma_sdp.get_thread_slice(tidx);
+      auto thr_dkv = tiled_mma_dkv.get_thread_slice(tidx);
+      auto thr_dq = tiled_mma_dq.get_thread_slice(tidx);
+      // Shared-memory operands are tensors of wgmma descriptors.
+      Tensor tSrK = thr_sdp.partition_fragment_A(sK);       // (MMA,MMA_N,MMA_D): this warpgroup's 64 keys
+      Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);       // (MMA,MMA_M,MMA_D,STAGE)
+      Tensor tdPrV = thr_sdp.partition_fragment_A(sV);      // (MMA,MMA_N,MMA_D)
+      Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);    // (MMA,MMA_M,MMA_D,STAGE)
+      Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);   // (MMA,MMA_D,MMA_M,STAGE)
+      Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);     // (MMA,MMA_D,MMA_M,STAGE)
+      Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);     // (MMA,MMA_M,MMA_N,2)
+      Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);     // (MMA,MMA_D,MMA_N): this warpgroup's d/2 columns
+      // Where this thread's dS^T accumulator values go in dS (its transposed view).
+      Tensor tdSsdS = thr_sdp.partition_C(sdSt);            // (MMA,MMA_N,MMA_M,2)
+      // (key, query) in the (BLK_N,BLK_M) tile of each S^T value, viewed as keys x queries.
+      Tensor cSt = thr_sdp.partition_C(make_identity_tensor(TileSt{}));                // (MMA,MMA_N,MMA_M)
+      Tensor coords = make_tensor(cSt.data(), acc_layout_rowcol(cSt.layout()));         // (KEYS,QUERIES)
+      Tensor cdQ = thr_dq.partition_C(make_identity_tensor(TileQ{}));                   // (MMA,MMA_M,MMA_D)
+
+      PipelineState st;  // consumers start at phase 0
+      int const m_block_min = mainloop.queries.m_block_min;
+      int const m_block_max = mainloop.queries.m_block_max;
+      // The first step's LSE and D, published by a first pass of the consumers' barrier.
+      mainloop.store_row_stats(tidx, mainloop.load_row_stats(tidx, 0, m_block_min), 0);
+      cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads,
+                                        static_cast<uint32_t>(Sm90BwdBarrier::kdSStored));
+      storage.barrier_kv.wait(0);
+      int step = 0;
+      for (int h_in_group = 0; h_in_group < mainloop.group; ++h_in_group) {
+        int const bidh = coord.bidh_k * mainloop.group + h_in_group;
+        int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.seqlen_q;  // of dq_accum
+        for (int m_block = m_block_min; m_block < m_block_max; ++m_block, ++step) {
+          // The next step's LSE and D, loaded now and stored before this step's barrier:
+          // the global loads' latency hides under this step's GEMMs.
+          bool const last_m = m_block + 1 == m_block_max;
+          int const next_h = last_m ? h_in_group + 1 : h_in_group;
+          bool const has_next = next_h < mainloop.group;
+          RowStats const next_stats =
+              has_next ? mainloop.load_row_stats(tidx, next_h, last_m ? m_block_min : m_block + 1) : RowStats{0.f};
+          mainloop.pipe.consumer_wait(st);
+          float const* lse_log2 = storage.smem_lse.data() + (step % 2) * kBlockM;
+          float const* dsum = storage.smem_d.data() + (step % 2) * kBlockM;
+
+          // S^T = K Q^T and dP^T - D = V dO^T - D, both in flight; P^T is computed while
+          // dP^T runs. The dP^T accumulator starts at -D (per query column) instead of 0: D
+          // is then consumed before the S^T and dP^T values are live together with dK and
+          // dV, where its 16 values a thread would not fit the consumers' 240 registers.
+          AccS acc_s;
+          wgmma_gemm</*kZeroInit=*/true>(tiled_mma_sdp, tSrK, tSrQ(_, _, _, st.index), acc_s);
+          AccS acc_dp;
+          Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (KEYS,QUERIES): S^T, then P^T
+          Tensor dp = make_tensor(acc_dp.data(), acc_layout_rowcol(acc_dp.layout()));    // (KEYS,QUERIES): dP^T - D, then dS^T
+          CUTE_UNROLL
+          for (int ni = 0; ni < size<1>(dp); ++ni) {
+            float const minus_d = -dsum[get<1>(coords(0, ni))];
+            CUTE_UNROLL
+            for (int mi = 0; mi < size<0>(dp); ++mi) dp(mi, ni) = minus_d;
+          }
+          wgmma_gemm</*kZeroInit=*/false>(tiled_mma_sdp, tdPrV, tdPrdO(_, _, _, st.index), acc_dp);
+          wgmma_wait<1>(acc_s);
+
+          if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, coord.n_block, p.seqlen_k, p.is_causal,
+                                                            p.causal_offset)) {
+            // In tile coordinates: key c is seen by query r iff c < key_end and, causal,
+            // c <= r + diagonal (the forward's rule, transposed).
+            int const key_end = p.seqlen_k - coord.n_block * kBlockN;
+            int const diagonal = m_block * kBlockM + p.causal_offset - coord.n_block * kBlockN;
+            CUTE_UNROLL
+            for (int mi = 0; mi < size<0>(scores); ++mi) {
+              int const key = get<0>(coords(mi, 0));
+              CUTE_UNROLL
+              for (int ni = 0; ni < size<1>(scores); ++ni) {
+                int const query = get<1>(coords(mi, ni));
+                if (key >= key_end || (p.is_causal && key > query + diagonal)) scores(mi, ni) = -INFINITY;
+              }
+            }
+          }
+          CUTE_UNROLL
+          for (int ni = 0; ni < size<1>(scores); ++ni) {
+            float const lse = lse_log2[get<1>(coords(0, ni))];
+            CUTE_UNROLL
+            for (int mi = 0; mi < size<0>(scores); ++mi) {
+              scores(mi, ni) = exp2_approx(scores(mi, ni) * p.softmax_scale_log2 - lse);
+            }
+          }
+          wgmma_wait<0>(acc_dp);
+          CUTE_UNROLL
+          for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * acc_dp(i);  // dS^T = P^T (dP^T - D)
+
+          // P^T and dS^T in the input dtype, as the RS wgmmas' A operand: the accumulator
+          // layout relabelled (acc_layout_as_a_operand_sm90), no data movement.
+          Tensor tdVrP = make_tensor<Element>(acc_layout_as_a_operand_sm90(acc_s.layout()));   // (MMA,MMA_N,MMA_M/16)
+          Tensor tdKrdS = make_tensor<Element>(acc_layout_as_a_operand_sm90(acc_dp.layout()));  // (MMA,MMA_N,MMA_M/16)
+          convert_type_into(acc_s, tdVrP);
+          convert_type_into(acc_dp, tdKrdS);
+          // dS^T into dS (buffer step % 2): the same registers seen in accumulator order;
+          // a thread's value pairs are adjacent queries, adjacent in dS.
+          copy(make_tensor(tdKrdS.data(), acc_dp.layout()), tdSsdS(_, _, _, step % 2));
+
+          // dV += P^T dO and dK += dS^T Q (dO, Q read MN-major through their transposed views).
+          wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
+          wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), acc_dk);
+
+          // The next step's LSE and D into the other slot: its last reads were the previous
+          // step's, before the previous barrier.
+          if (has_next) mainloop.store_row_stats(tidx, next_stats, (step + 1) % 2);
+          // dS written by generic stores is read by wgmma (the async proxy): each writer
+          // fences its stores into the async proxy, then both warpgroups meet, since dQ
+          // reads all 128 keys' columns.
+          cutlass::arch::fence_view_async_shared();
+          cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads,
+                                            static_cast<uint32_t>(Sm90BwdBarrier::kdSStored));
+          // dV and dK retire (mostly under the barrier) before dQ is issued: P^T and dS^T
+          // then leave the registers, which the dQ accumulator takes (the consumers' 240
+          // registers hold dK, dV and at most 64 more values in flight). Every wgmma
+          // reading this stage's Q and dO has retired: the stage goes back to the producers.
+          wgmma_wait<0>(acc_dv, acc_dk, tdVrP, tdKrdS);
+          mainloop.pipe.consumer_release(st);
+
+          // dQ_m = dS K, this warpgroup's d/2 columns.
+          AccdQ acc_dq;
+          Tensor tdQrdS_cur = tdQrdS(_, _, _, step % 2);
+          wgmma_gemm</*kZeroInit=*/true>(tiled_mma_dq, tdQrdS_cur, tdQrKt, acc_dq);
+          wgmma_wait<0>(acc_dq);
+
+          // dQ_m into the fp32 dq_accum (batch, nheads, seqlen_q, d): a thread's value pairs
+          // are adjacent columns, one 8-byte red.global.add.v2.f32 each (sm_90).
+          Tensor gdQaccum = make_tensor(make_gmem_ptr(p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim),
+                                        TileQ{}, make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
+          Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);                                 // (MMA,MMA_M,MMA_D)
+          static_assert(decltype(stride<0, 0>(tdQgdQ))::value == 1 && decltype(size<0, 0>(tdQgdQ))::value == 2,
+                        "value pairs of the dQ accumulator are adjacent columns");
+          CUTE_STATIC_ASSERT_V(size(tdQgdQ) == size(acc_dq));
+          int const query_rows = p.seqlen_q - m_block * kBlockM;
+          CUTE_UNROLL
+          for (int i = 0; i < size(acc_dq); i += 2) {
+            if (get<0>(cdQ(i)) < query_rows) {
+              atomicAdd(reinterpret_cast<float2*>(&tdQgdQ(i)), make_float2(acc_dq(i), acc_dq(i + 1)));
+            }
+          }
+          st.advance();
+        }
+      }
+    }
+  };
+
+  // --- Epilogue (consumers): dK * scale and dV in the input dtype, rows below seqlen_k ----
+  CUTE_DEVICE void store_dkdv(AccdKV& acc_dk, AccdKV const& acc_dv, int tidx) const {
+    using namespace cute;
+    TiledMmadKV tiled_mma_dkv;
+    auto thr_dkv = tiled_mma_dkv.get_thread_slice(tidx);
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= p.softmax_scale;
+    int const key_rows = p.seqlen_k - coord.n_block * kBlockN;  // may exceed kBlockN
+    Tensor cdKV = thr_dkv.partition_C(make_identity_tensor(TileKV{}));
+    auto store = [&](AccdKV const& acc, void* ptr, index_t batch_stride, index_t row_stride, index_t head_stride) {
+      Tensor r = convert_type<Element>(acc);
+      Tensor g = thr_dkv.partition_C(gmem_row_tile(static_cast<Element*>(ptr),
+                                                   coord.bidb * batch_stride + coord.bidh_k * head_stride,
+                                                   coord.n_block * kBlockN, row_stride, TileKV{}));
+      if (key_rows >= kBlockN) {
+        copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, r, g);  // pairs of adjacent columns
+      } else {
+        CUTE_UNROLL
+        for (int i = 0; i < size(r); ++i) {
+          if (get<0>(cdKV(i)) < key_rows) g(i) = r(i);
+        }
+      }
+    };
+    store(acc_dk, p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+    store(acc_dv, p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  }
+};
+
+}  // namespace fa_cute
