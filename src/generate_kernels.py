@@ -287,13 +287,22 @@ class Sm80BwdConfig(NamedTuple):
 class Sm90BwdConfig(NamedTuple):
     """A tile of the Hopper backward (Sm90BwdTraits, src/sm90/kernel_traits_bwd_sm90.h): one CTA
     per key block of block_n keys (a producer warpgroup and two consumer warpgroups of 64 keys
-    each: 12 warps), looping over query blocks of block_m rows; stages: Q/dO buffers."""
+    each: 12 warps), looping over query blocks of block_m rows; stages: Q/dO buffers (named
+    with an _s suffix when not 2); ds_stmatrix (_stsm): dS stored by stmatrix; dq_bulk (_dqbulk):
+    dQ added to dq_accum by TMA bulk reduce-adds from shared memory instead of atomics;
+    dp_early_init (_dpearly): dP^T's -D start written before S^T is issued, so that S^T and dP^T
+    run back to back; dq_overlap (_dqovl): the dQ wgmma issued behind dV and dK before they
+    retire (the traits' knobs kdSStmatrix, kdQBulkReduce, kdPEarlyInit, kdQOverlap)."""
 
     head_dim: int
     block_m: int
     block_n: int
     description: str
     stages: int = 2
+    ds_stmatrix: bool = False
+    dq_bulk: bool = False
+    dp_early_init: bool = False
+    dq_overlap: bool = False
 
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
     rung = None       # never a ladder rung
@@ -302,7 +311,10 @@ class Sm90BwdConfig(NamedTuple):
 
     @property
     def name(self) -> str:
-        return f"bwd_sm90_m{self.block_m}n{self.block_n}_d{self.head_dim}"
+        suffix = ("" if self.stages == 2 else f"_s{self.stages}") + ("_stsm" if self.ds_stmatrix else "") + \
+            ("_dqbulk" if self.dq_bulk else "") + ("_dpearly" if self.dp_early_init else "") + \
+            ("_dqovl" if self.dq_overlap else "")
+        return f"bwd_sm90_m{self.block_m}n{self.block_n}_d{self.head_dim}{suffix}"
 
 
 BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
@@ -310,7 +322,9 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 
 # The backward configs; per head dim the default (_C.default_backward_config) is the first
 # built one whose family runs on the GPU: the Hopper kernel (sm90a, compute capability 9.0
-# only) comes first, so an H100 takes it and other GPUs the sm80 rows after it.
+# only) comes first, so an H100 takes it and other GPUs the sm80 rows after it. The sm90 rows
+# that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix), built and
+# timed by name (`python -m fa_cute.bench --bwd --config NAME`), never a default while after it.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
 # an A100's 163 KiB, the d=64 64x128 one also within sm_86/89's 99 KiB:
@@ -320,10 +334,20 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 #         accumulators next to dK's and dV's 128 and spilled (ptxas, sm_80)
 BWD_CONFIGS = [
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma"),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, S^T and dP^T back to back, dQ "
+                  "issued behind dV and dK", dp_early_init=True, dq_overlap=True),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dpearly_dqovl, dS by stmatrix, dQ by "
+                  "TMA bulk reduce-add", ds_stmatrix=True, dq_bulk=True, dp_early_init=True, dq_overlap=True),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_stsm_dqbulk_dpearly_dqovl, 3 Q/dO "
+                  "stages", stages=3, ds_stmatrix=True, dq_bulk=True, dp_early_init=True, dq_overlap=True),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma"),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, S^T and dP^T back to back, dQ "
+                  "issued behind dV and dK", dp_early_init=True, dq_overlap=True),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dpearly_dqovl, dS by stmatrix, dQ by "
+                  "TMA bulk reduce-add", ds_stmatrix=True, dq_bulk=True, dp_early_init=True, dq_overlap=True),
     Sm80BwdConfig(128, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
@@ -355,7 +379,9 @@ SM90_BWD_KERNEL_TEMPLATE = """\
 
 namespace fa_cute {{
 
-using Traits = Sm90BwdTraits<{head_dim}, {block_m}, {block_n}, {element}, /*kStages=*/{stages}>;
+using Traits = Sm90BwdTraits<{head_dim}, {block_m}, {block_n}, {element}, /*kStages=*/{stages},
+                             /*kdSStmatrix=*/{ds_stmatrix}, /*kdQBulkReduce=*/{dq_bulk},
+                             /*kdPEarlyInit=*/{dp_early_init}, /*kdQOverlap=*/{dq_overlap}>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("{name}", "{family}", {head_dim}, {block_m}, {block_n}, {num_warps},
@@ -452,7 +478,8 @@ def kernel_file_name(cfg: Union[Config, BwdConfigType], dtype: str) -> str:
 def bwd_kernel_file(cfg: BwdConfigType, dtype: str) -> str:
     element, dtype_enum = DTYPES[dtype]
     template = SM90_BWD_KERNEL_TEMPLATE if isinstance(cfg, Sm90BwdConfig) else BWD_KERNEL_TEMPLATE
-    return template.format(**{**cfg._asdict(), "name": cfg.name, "family": cfg.family, "num_warps": cfg.num_warps,
+    fields = {k: _cpp_bool(v) if isinstance(v, bool) else v for k, v in cfg._asdict().items()}
+    return template.format(**{**fields, "name": cfg.name, "family": cfg.family, "num_warps": cfg.num_warps,
                               "element": element, "dtype_enum": dtype_enum})
 
 

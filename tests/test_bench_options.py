@@ -338,12 +338,39 @@ def test_parse_grad_passes() -> None:
     (["--bwd", "--decode"], "drop --decode"),
     (["--fwdbwd", "--ladder"], "drop --ladder"),
     (["--bwd", "--all-configs"], "drop --all-configs"),
-    (["--bwd", "--config", "sm80_m128n64w4_d128"], "drop --config"),
+    (["--fwdbwd", "--config", "bwd_sm80_m64n128w8_d128"], "drop --config"),
 ])
 def test_grad_pass_option_errors(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         bench.parse_args(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bwd_takes_a_backward_config(monkeypatch) -> None:
+    """--bwd --config NAME: fa_cute's column checks and times NAME (config_grads and
+    time_grad_pass's config), and its records name it."""
+    assert bench.parse_args(["--bwd", "--config", "bwd_sm80_m64n128w8_d128"]).config == \
+        "bwd_sm80_m64n128w8_d128"
+    checked = []
+    monkeypatch.setattr(bench, "config_grads", lambda config: checked.append(config) or "grads")
+    monkeypatch.setattr(bench, "check_grads",
+                        lambda column, fn, *a, **k: dict(config=column, fn=fn, ok=True))
+    monkeypatch.setattr(bench, "grad_verdict", lambda c: "")
+    checks = bench.grad_checks(64, False, "bf16", None, SMALL, device="cpu", config="NAME")
+    assert checked == ["NAME"] and checks[0] == dict(config="fa_cute", fn="grads", ok=True)
+    timed = {}
+
+    def time_grad_pass(forward, sets, timer, causal, grad_pass, **kwargs):
+        timed[kwargs["context"].args[0]] = kwargs["config"]
+        return 1.0, ""
+
+    monkeypatch.setattr(bench, "time_grad_pass", time_grad_pass)
+    monkeypatch.setattr(bench, "input_sets", lambda *a: [None])
+    monkeypatch.setattr(bench, "interleaved_medians",
+                        lambda timings, rounds: ({c: f()[0] for c, f in timings.items()}, {}))
+    record = bench.time_grad_row("bwd", "bf16", 1024, 64, False, ["fa_cute", "FLASH"], 0,
+                                 None, 1, config="NAME")
+    assert timed == {"fa_cute": "NAME", "FLASH": None} and record["config"] == "NAME"
 
 
 def test_backward_flops() -> None:

@@ -26,7 +26,8 @@ run shows "-" (one stderr line says why), and "wrong" where its check failed.
 (the forward runs once, outside the timing), SDPA's backends and FA4 by torch.autograd.grad
 on a graph recorded once and retained; FLOPs 2.5x the forward's (five matrix products to its
 two); with --deterministic, fa_cute's column runs fa_cute.backward(deterministic=True)
-(compare with a run without it). --fwdbwd times a forward and its backward together (3.5x the forward's FLOPs), and
+(compare with a run without it); with --config NAME, fa_cute's column checks and times the
+backward config NAME (its head dim's tables only). --fwdbwd times a forward and its backward together (3.5x the forward's FLOPs), and
 prints a second table per head dim and mask: each column's peak memory (MiB) in one forward
 and backward, beyond its inputs (torch.cuda.max_memory_allocated over the call, less what
 was allocated before it: q, k, v and dout; so the output, LSE, gradients, work buffers and
@@ -58,11 +59,11 @@ import fa_cute
 from fa_cute import _C, _configs, _fa4, _tuned, _tuning
 from fa_cute._timing import (CAUSAL_CHOICES, CHECK_SHAPE, DTYPES, TOKENS, WIDTH, Forward,
                              Timer, add_causal_arg, add_shape_args, autograd_grads, banner,
-                             check_grads, cycling, decode_bytes, fa_cute_bhnd, fa_cute_grads,
-                             format_table, gbps, grad_verdict, input_sets, interleaved_medians,
-                             make_timer, no_gpu, pass_flops, positive_int, problem, progress,
-                             resolve, run_checks, tflops, time_fa_cute, time_grad_pass,
-                             unwritable)
+                             check_grads, config_grads, cycling, decode_bytes, fa_cute_bhnd,
+                             fa_cute_grads, format_table, gbps, grad_verdict, input_sets,
+                             interleaved_medians, make_timer, no_gpu, pass_flops, positive_int,
+                             problem, progress, resolve, run_checks, tflops, time_fa_cute,
+                             time_grad_pass, unwritable)
 
 SDPA_BACKENDS = {"FLASH": SDPBackend.FLASH_ATTENTION, "CUDNN": SDPBackend.CUDNN_ATTENTION,
                  "EFFICIENT": SDPBackend.EFFICIENT_ATTENTION}
@@ -86,7 +87,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     add_shape_args(p, dtype_default="bf16")
     add_causal_arg(p)
     p.add_argument("--config", help="time this config in the fa_cute column instead of "
-                                    "auto's pick")
+                                    "auto's pick (with --bwd: a backward config)")
     columns = p.add_mutually_exclusive_group()
     columns.add_argument("--all-configs", action="store_true",
                          help="add a column per built production config")
@@ -131,10 +132,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.grad_pass:
         given = [option for option, on in (("--decode", args.decode), ("--ladder", args.ladder),
                                            ("--all-configs", args.all_configs),
-                                           ("--config", args.config)) if on]
+                                           ("--config", args.config and args.grad_pass != "bwd"))
+                 if on]
         if given:
             p.error(f"--{args.grad_pass} times fa_cute.backward with the backward config it "
-                    f"picks (`python -m fa_cute.tune --bwd` tunes it); drop {given[0]}")
+                    f"picks (`python -m fa_cute.tune --bwd` tunes it; --bwd takes --config); "
+                    f"drop {given[0]}")
     if args.deterministic and args.grad_pass != "bwd":
         p.error("--deterministic times fa_cute.backward(deterministic=True): add --bwd")
     if args.decode:
@@ -430,11 +433,12 @@ def sdpa_context(column: str):
 
 def grad_checks(d: int, causal: bool, dtype: str, fa4: Optional[_fa4.Func],
                 shape: Tuple[int, int, int, int, int] = CHECK_SHAPE,
-                device: str = "cuda") -> List[Dict]:
+                device: str = "cuda", config: Optional[str] = None) -> List[Dict]:
     """Each column's gradients against the float64 reference, once per table and dtype:
-    fa_cute.backward's, SDPA's backends' and FA4's (by autograd); shape as check_grads'.
-    device: for tests."""
-    checks = [check_grads("fa_cute", fa_cute_grads, d, causal, dtype, shape, device)]
+    fa_cute.backward's (config: that backward config's), SDPA's backends' and FA4's (by
+    autograd); shape as check_grads'. device: for tests."""
+    fa_cute_fn = config_grads(config) if config else fa_cute_grads
+    checks = [check_grads("fa_cute", fa_cute_fn, d, causal, dtype, shape, device)]
     forwards = grad_forwards(causal)
     for column in GRAD_SDPA:
         with sdpa_context(column):
@@ -479,10 +483,12 @@ def grad_skips(checks: List[Dict]) -> Tuple[GradSkip, Optional[str]]:
 
 def time_grad_row(grad_pass: str, dtype_name: str, seqlen: int, head_dim: int, causal: bool,
                   columns: List[str], l2_bytes: int, timer: Timer, rounds: int,
-                  fa4: Optional[_fa4.Func] = None, deterministic: bool = False) -> Dict:
+                  fa4: Optional[_fa4.Func] = None, deterministic: bool = False,
+                  config: Optional[str] = None) -> Dict:
     """Time grad_pass ("bwd", "fwdbwd") of every column for one (dtype, seqlen), interleaved;
     ms and TFLOP/s per column, as time_row's record with kind "backward" or "fwdbwd".
-    deterministic (--bwd): fa_cute's column runs fa_cute.backward(deterministic=True)."""
+    deterministic (--bwd): fa_cute's column runs fa_cute.backward(deterministic=True);
+    config (--bwd): fa_cute's column runs that backward config."""
     batch, nheads, fwd_flops = problem(seqlen, head_dim, causal)
     flops = pass_flops(fwd_flops, grad_pass)
     sets = input_sets(batch, nheads, seqlen, head_dim, DTYPES[dtype_name], l2_bytes)
@@ -491,7 +497,8 @@ def time_grad_row(grad_pass: str, dtype_name: str, seqlen: int, head_dim: int, c
         forwards["fa_cute"] = None  # fa_cute.backward itself, on the saved out and LSE
     timings = {c: functools.partial(time_grad_pass, forwards[c], sets, timer, causal, grad_pass,
                                     context=functools.partial(sdpa_context, c),
-                                    deterministic=deterministic and c == "fa_cute")
+                                    deterministic=deterministic and c == "fa_cute",
+                                    config=config if c == "fa_cute" else None)
                for c in columns if c in forwards}
     if fa4 is not None:
         timings[_fa4.COLUMN] = functools.partial(
@@ -500,7 +507,7 @@ def time_grad_row(grad_pass: str, dtype_name: str, seqlen: int, head_dim: int, c
     ms, why = interleaved_medians(timings, rounds)
     record = dict(kind="fwdbwd" if grad_pass == "fwdbwd" else "backward", dtype=dtype_name,
                   seqlen=seqlen, batch=batch, nheads=nheads, head_dim=head_dim, causal=causal,
-                  flops=flops, config=backward_config_name(head_dim), input_sets=len(sets),
+                  flops=flops, config=config or backward_config_name(head_dim), input_sets=len(sets),
                   deterministic=deterministic, ms=ms,
                   tflops={c: tflops(flops, t) for c, t in ms.items()},
                   not_run={c: w for c, w in why.items() if w})
@@ -562,9 +569,21 @@ def grad_main(args: argparse.Namespace, props, cc: Tuple[int, int], timer_name: 
     if func is None:
         progress(f"fa_cute.bench: no {_fa4.COLUMN} column: flash_attn.cute does not import "
                  f"({fa4_why}); to add it: {_fa4.HOW}")
-    groups = [(d, causal) for d in args.headdim for causal in args.causal]
+    head_dims = args.headdim
+    if args.config:
+        known = {c["name"]: c["head_dim"] for c in getattr(_C, "backward_configs", list)()}
+        if args.config not in known:
+            print(f"fa_cute.bench: --config {args.config}: not a backward config of this build "
+                  f"({', '.join(sorted(known)) or 'none'})")
+            return 2
+        head_dims = [d for d in head_dims if d == known[args.config]]
+        if not head_dims:
+            print(f"fa_cute.bench: --config {args.config} is a head dim {known[args.config]} "
+                  f"backward config; add --headdim {known[args.config]}")
+            return 2
+    groups = [(d, causal) for d in head_dims for causal in args.causal]
     checks = [c for (d, causal), dtype in itertools.product(groups, args.dtype)
-              for c in grad_checks(d, causal, dtype, func)]
+              for c in grad_checks(d, causal, dtype, func, config=args.config)]
     skip, wrong = grad_skips(checks)
     if wrong:
         print(f"fa_cute.bench: {wrong}'s gradients are wrong; nothing is timed")
@@ -578,7 +597,7 @@ def grad_main(args: argparse.Namespace, props, cc: Tuple[int, int], timer_name: 
         timed = [c for c in columns if (d, causal, dtype, c) not in skip]
         row_fa4 = func if _fa4.COLUMN in timed else None
         record = time_grad_row(args.grad_pass, dtype, n, d, causal, timed, props.L2_cache_size,
-                               timer, args.rounds, row_fa4, args.deterministic)
+                               timer, args.rounds, row_fa4, args.deterministic, args.config)
         for c in columns:
             if c not in timed:
                 not_timed(record, c, *skip[d, causal, dtype, c])

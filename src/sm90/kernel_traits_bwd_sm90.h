@@ -34,7 +34,26 @@ namespace fa_cute {
 //   dQ    = dS K      (M = kBlockM, N = d, K = keys)   SS, A and B MN-major TiledMmadQ (1,2,1)
 // dQ needs all 128 keys of dS, so dS goes through shared memory, and its d columns are
 // split between the two consumer warpgroups.
-template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2>
+// Knobs (both off: the first Hopper backward, unchanged):
+//   kdSStmatrix: dS^T goes to shared memory by stmatrix (16 bytes a thread per instruction,
+//     shared-memory addresses) instead of 32-bit stores through generic pointers.
+//   kdQBulkReduce: each warp stages its 16 rows x d/2 columns of dQ_m in shared memory and
+//     adds them to dq_accum with one TMA bulk reduce-add (cp.reduce.async.bulk .add.f32) per
+//     row, which runs in the async proxy while the warp goes on with the next step, instead
+//     of d/4 float2 atomics a thread issued by the load/store unit.
+//   kdPEarlyInit: dP^T's accumulator is set to -D before S^T is issued, not between the
+//     S^T and dP^T wgmma batches (where it makes ptxas retire S^T before issuing dP^T).
+//   kdQOverlap: the dQ wgmma is issued right after the dS barrier, behind dV and dK still
+//     in flight, instead of after they retire.
+template <bool kStaged, int kFloats>
+struct Sm90BwddQStaging {};  // nothing: an empty base, no shared memory
+template <int kFloats>
+struct Sm90BwddQStaging<true, kFloats> {
+  cute::array_aligned<float, kFloats, 128> smem_dq;
+};
+
+template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
+          bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -44,6 +63,10 @@ struct Sm90BwdTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   static constexpr int kNumConsumerWG = 2;
+  static constexpr bool kdSStmatrix = kdSStmatrix_;
+  static constexpr bool kdQBulkReduce = kdQBulkReduce_;
+  static constexpr bool kdPEarlyInit = kdPEarlyInit_;
+  static constexpr bool kdQOverlap = kdQOverlap_;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
@@ -133,11 +156,36 @@ struct Sm90BwdTraits {
       SmemLayoutdS{}, cute::make_ordered_layout(cute::Shape<cute::Int<kBlockN>, cute::Int<kBlockM>, cute::_2>{},
                                                 cute::Step<cute::_2, cute::_1, cute::_3>{})));        // (BLK_N,BLK_M,2)
 
+  // dQ staging (kdQBulkReduce): the dQ accumulator of a wgmma warpgroup gives warp w rows
+  // 16w..16w+15 and the warpgroup d/2 columns, so each warp owns a (16, d/2) block that maps
+  // to 16 contiguous runs of d/2 floats of dq_accum: one bulk reduce-add per row, issued by
+  // the warp itself (no cross-warp handshake). A row is padded by 16 bytes: a float2 store
+  // of the accumulator writes 8 rows x 32 bytes, which land on 8 distinct 16-byte bank
+  // offsets instead of one (2 wavefronts, the minimum for 256 bytes, instead of 8). Rows stay
+  // 16-byte aligned and whole multiples of 16 bytes, as the bulk copy requires.
+  static constexpr int kdQRowsPerWarp = 16;
+  static constexpr int kdQCols = kHeadDim / kNumConsumerWG;
+  static constexpr int kdQRowStride = kdQCols + 4;                           // floats
+  static constexpr int kdQWarpStride = kdQRowsPerWarp * kdQRowStride;        // floats
+  static constexpr int kdQWarpsPerWG = kNumThreadsPerWG / 32;
+  static_assert(kdQRowsPerWarp * kdQWarpsPerWG == kBlockM, "the warps of a warpgroup split dQ's kBlockM rows");
+  static_assert(kdQRowStride * 4 % 16 == 0 && kdQCols * 4 % 16 == 0, "bulk copies move 16-byte multiples");
+  // (row, column) of the (BLK_M,D) dQ tile -> float offset: row = 16 w + r, column = g d/2 + c
+  // (w: warp in its warpgroup, g: warpgroup) at ((g * 4 + w) * 16 + r) * stride + c.
+  using SmemLayoutdQ = cute::Layout<
+      cute::Shape<cute::Shape<cute::Int<kdQRowsPerWarp>, cute::Int<kdQWarpsPerWG>>,
+                  cute::Shape<cute::Int<kdQCols>, cute::Int<kNumConsumerWG>>>,
+      cute::Stride<cute::Stride<cute::Int<kdQRowStride>, cute::Int<kdQWarpStride>>,
+                   cute::Stride<cute::_1, cute::Int<kdQWarpStride * kdQWarpsPerWG>>>>;  // (BLK_M,D)
+  static constexpr int kSmemdQFloats = kdQWarpStride * kdQWarpsPerWG * kNumConsumerWG;
+
   // 1024-byte alignment: the swizzle patterns are applied to absolute address bits by TMA
   // and wgmma, so each buffer starts on a pattern period (as the forward's).
   static constexpr int kSmemAlign = 1024;
   using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
-  struct SharedStorage {
+  // The dQ staging, when on, is an (empty otherwise) base: first in the layout, its size
+  // a multiple of 1024 bytes at both head dims, so K keeps its alignment without padding.
+  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce, kSmemdQFloats> {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, kSmemAlign> smem_q;

@@ -32,6 +32,11 @@ namespace fa_cute {
 //       dV and dK retire, the Q/dO stage is released
 //     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by float2 atomics
 //   store_dkdv (consumers): dK * scale and dV in the input dtype.
+// The traits' knobs vary four of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
+// staged per warp in shared memory and added by TMA bulk reduce-adds that run on while
+// the next step computes (kdQBulkReduce, add_dq_bulk); the -D start of dP^T written before
+// S^T is issued, so that the two wgmma batches are issued back to back (kdPEarlyInit); the
+// dQ wgmma issued behind dV and dK before they retire (kdQOverlap).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
 // and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
 // past the causal diagonal are masked to S = -inf (P = dS = 0).
@@ -159,7 +164,10 @@ struct Sm90BwdMainloop {
   CUTE_DEVICE RowStats load_row_stats(int tidx, int h_in_group, int m_block) const {
     int const r = tidx % kBlockM;
     int const row = m_block * kBlockM + r;
-    int64_t const row_base = (int64_t(coord.bidb) * p.nheads + coord.bidh_k * group + h_in_group) * p.seqlen_q;
+    // (batch, head) in 32 bits (fewer than 2^31 heads in all), widened for the row offset:
+    // one register less live across the loop than a 64-bit (batch * nheads).
+    int const batch_head = coord.bidb * p.nheads + coord.bidh_k * group + h_in_group;
+    int64_t const row_base = int64_t(batch_head) * p.seqlen_q;
     if (tidx < kBlockM) {
       if (row >= p.seqlen_q) return {INFINITY};
       float const lse = p.lse_ptr[row_base + row];
@@ -173,6 +181,15 @@ struct Sm90BwdMainloop {
       storage.smem_lse[slot * kBlockM + tidx] = stats.value;
     } else if (tidx < 2 * kBlockM) {
       storage.smem_d[slot * kBlockM + tidx - kBlockM] = stats.value;
+    }
+  }
+
+  // The dQ staging rows (kdQBulkReduce; nullptr without them).
+  CUTE_DEVICE float* dq_staging() const {
+    if constexpr (Traits::kdQBulkReduce) {
+      return storage.smem_dq.data();
+    } else {
+      return nullptr;
     }
   }
 
@@ -218,10 +235,18 @@ struct Sm90BwdMainloop {
       Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);     // (MMA,MMA_D,MMA_N): this warpgroup's d/2 columns
       // Where this thread's dS^T accumulator values go in dS (its transposed view).
       Tensor tdSsdS = thr_sdp.partition_C(sdSt);            // (MMA,MMA_N,MMA_M,2)
+      // The same by stmatrix (kdSStmatrix): an 8x8 matrix row is 8 adjacent queries of one
+      // key, 16 contiguous bytes of dS (the swizzle permutes 16-byte chunks only).
+      auto smem_tiled_copy_dS = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, tiled_mma_sdp);
+      auto smem_thr_copy_dS = smem_tiled_copy_dS.get_thread_slice(tidx);
+      Tensor tdSsdS_stsm = smem_thr_copy_dS.partition_D(sdSt);  // (CPY,CPY_N,CPY_M,2)
       // (key, query) in the (BLK_N,BLK_M) tile of each S^T value, viewed as keys x queries.
       Tensor cSt = thr_sdp.partition_C(make_identity_tensor(TileSt{}));                // (MMA,MMA_N,MMA_M)
       Tensor coords = make_tensor(cSt.data(), acc_layout_rowcol(cSt.layout()));         // (KEYS,QUERIES)
       Tensor cdQ = thr_dq.partition_C(make_identity_tensor(TileQ{}));                   // (MMA,MMA_M,MMA_D)
+      // kdQBulkReduce: where this thread's dQ values are staged.
+      Tensor tdQsdQ = thr_dq.partition_C(make_tensor(make_smem_ptr(mainloop.dq_staging()),
+                                                     typename Traits::SmemLayoutdQ{}));  // (MMA,MMA_M,MMA_D)
 
       PipelineState st;  // consumers start at phase 0
       int const m_block_min = mainloop.queries.m_block_min;
@@ -251,17 +276,29 @@ struct Sm90BwdMainloop {
           // dP^T runs. The dP^T accumulator starts at -D (per query column) instead of 0: D
           // is then consumed before the S^T and dP^T values are live together with dK and
           // dV, where its 16 values a thread would not fit the consumers' 240 registers.
+          // kdPEarlyInit: the -D fill is written before S^T is issued, so that no ordinary
+          // register write separates the two wgmma batches (written between them, ptxas
+          // retires S^T before issuing dP^T: C7517, warpgroup.wait injected). The operand
+          // fence pins the fill there: each D feeds two accumulator registers, and the
+          // compiler would otherwise sink the copies to the dP^T issue.
           AccS acc_s;
-          wgmma_gemm</*kZeroInit=*/true>(tiled_mma_sdp, tSrK, tSrQ(_, _, _, st.index), acc_s);
           AccS acc_dp;
           Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (KEYS,QUERIES): S^T, then P^T
           Tensor dp = make_tensor(acc_dp.data(), acc_layout_rowcol(acc_dp.layout()));    // (KEYS,QUERIES): dP^T - D, then dS^T
-          CUTE_UNROLL
-          for (int ni = 0; ni < size<1>(dp); ++ni) {
-            float const minus_d = -dsum[get<1>(coords(0, ni))];
+          auto fill_minus_d = [&] {
             CUTE_UNROLL
-            for (int mi = 0; mi < size<0>(dp); ++mi) dp(mi, ni) = minus_d;
+            for (int ni = 0; ni < size<1>(dp); ++ni) {
+              float const minus_d = -dsum[get<1>(coords(0, ni))];
+              CUTE_UNROLL
+              for (int mi = 0; mi < size<0>(dp); ++mi) dp(mi, ni) = minus_d;
+            }
+          };
+          if constexpr (Traits::kdPEarlyInit) {
+            fill_minus_d();
+            warpgroup_fence_operand(acc_dp);
           }
+          wgmma_gemm</*kZeroInit=*/true>(tiled_mma_sdp, tSrK, tSrQ(_, _, _, st.index), acc_s);
+          if constexpr (!Traits::kdPEarlyInit) fill_minus_d();
           wgmma_gemm</*kZeroInit=*/false>(tiled_mma_sdp, tdPrV, tdPrdO(_, _, _, st.index), acc_dp);
           wgmma_wait<1>(acc_s);
 
@@ -301,7 +338,12 @@ struct Sm90BwdMainloop {
           convert_type_into(acc_dp, tdKrdS);
           // dS^T into dS (buffer step % 2): the same registers seen in accumulator order;
           // a thread's value pairs are adjacent queries, adjacent in dS.
-          copy(make_tensor(tdKrdS.data(), acc_dp.layout()), tdSsdS(_, _, _, step % 2));
+          if constexpr (Traits::kdSStmatrix) {
+            copy(smem_tiled_copy_dS, smem_thr_copy_dS.retile_S(make_tensor(tdKrdS.data(), acc_dp.layout())),
+                 tdSsdS_stsm(_, _, _, step % 2));
+          } else {
+            copy(make_tensor(tdKrdS.data(), acc_dp.layout()), tdSsdS(_, _, _, step % 2));
+          }
 
           // dV += P^T dO and dK += dS^T Q (dO, Q read MN-major through their transposed views).
           wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
@@ -320,34 +362,93 @@ struct Sm90BwdMainloop {
           // then leave the registers, which the dQ accumulator takes (the consumers' 240
           // registers hold dK, dV and at most 64 more values in flight). Every wgmma
           // reading this stage's Q and dO has retired: the stage goes back to the producers.
-          wgmma_wait<0>(acc_dv, acc_dk, tdVrP, tdKrdS);
-          mainloop.pipe.consumer_release(st);
-
-          // dQ_m = dS K, this warpgroup's d/2 columns.
+          // kdQOverlap: dQ_m = dS K (this warpgroup's d/2 columns) is issued first, queued
+          // behind dV and dK, so that the tensor cores do not drain between them; P^T and dS^T
+          // (bf16, 32 registers at d = 128) are then live next to the dQ accumulator.
           AccdQ acc_dq;
           Tensor tdQrdS_cur = tdQrdS(_, _, _, step % 2);
-          wgmma_gemm</*kZeroInit=*/true>(tiled_mma_dq, tdQrdS_cur, tdQrKt, acc_dq);
+          if constexpr (Traits::kdQOverlap) {
+            wgmma_gemm</*kZeroInit=*/true>(tiled_mma_dq, tdQrdS_cur, tdQrKt, acc_dq);
+            wgmma_wait<1>(acc_dv, acc_dk, tdVrP, tdKrdS);
+          } else {
+            wgmma_wait<0>(acc_dv, acc_dk, tdVrP, tdKrdS);
+          }
+          mainloop.pipe.consumer_release(st);
+          if constexpr (!Traits::kdQOverlap) {
+            wgmma_gemm</*kZeroInit=*/true>(tiled_mma_dq, tdQrdS_cur, tdQrKt, acc_dq);
+          }
           wgmma_wait<0>(acc_dq);
 
-          // dQ_m into the fp32 dq_accum (batch, nheads, seqlen_q, d): a thread's value pairs
-          // are adjacent columns, one 8-byte red.global.add.v2.f32 each (sm_90).
-          Tensor gdQaccum = make_tensor(make_gmem_ptr(p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim),
-                                        TileQ{}, make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
-          Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);                                 // (MMA,MMA_M,MMA_D)
-          static_assert(decltype(stride<0, 0>(tdQgdQ))::value == 1 && decltype(size<0, 0>(tdQgdQ))::value == 2,
-                        "value pairs of the dQ accumulator are adjacent columns");
-          CUTE_STATIC_ASSERT_V(size(tdQgdQ) == size(acc_dq));
           int const query_rows = p.seqlen_q - m_block * kBlockM;
-          CUTE_UNROLL
-          for (int i = 0; i < size(acc_dq); i += 2) {
-            if (get<0>(cdQ(i)) < query_rows) {
-              atomicAdd(reinterpret_cast<float2*>(&tdQgdQ(i)), make_float2(acc_dq(i), acc_dq(i + 1)));
+          float* const dq_accum_block = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
+          if constexpr (Traits::kdQBulkReduce) {
+            add_dq_bulk(acc_dq, tdQsdQ, dq_accum_block, query_rows);
+          } else {
+            // dQ_m into the fp32 dq_accum (batch, nheads, seqlen_q, d): a thread's value pairs
+            // are adjacent columns, one 8-byte red.global.add.v2.f32 each (sm_90).
+            Tensor gdQaccum = make_tensor(make_gmem_ptr(dq_accum_block), TileQ{},
+                                          make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
+            Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);                       // (MMA,MMA_M,MMA_D)
+            static_assert(decltype(stride<0, 0>(tdQgdQ))::value == 1 && decltype(size<0, 0>(tdQgdQ))::value == 2,
+                          "value pairs of the dQ accumulator are adjacent columns");
+            CUTE_STATIC_ASSERT_V(size(tdQgdQ) == size(acc_dq));
+            CUTE_UNROLL
+            for (int i = 0; i < size(acc_dq); i += 2) {
+              if (get<0>(cdQ(i)) < query_rows) {
+                atomicAdd(reinterpret_cast<float2*>(&tdQgdQ(i)), make_float2(acc_dq(i), acc_dq(i + 1)));
+              }
             }
           }
           st.advance();
         }
       }
+      // The CTA's shared memory must outlive the bulk reduces that read it, and their adds
+      // must be complete when the kernel ends (the dQ post-process reads dq_accum).
+      if constexpr (Traits::kdQBulkReduce) bulk_wait_all();
     }
+
+    // kdQBulkReduce: dQ_m of this warp (rows 16w..16w+15 of the block, this warpgroup's d/2
+    // columns) through its shared-memory staging rows into dq_accum, one bulk reduce-add per
+    // row below seqlen_q (lane r issues row r). The staging rows are the warp's own, so a warp
+    // barrier orders everything: the previous step's bulk reads before the overwrite, the
+    // stores (fenced into the async proxy, which the bulk copy reads through) before the issue.
+    template <class TensorS>
+    CUTE_DEVICE void add_dq_bulk(AccdQ const& acc_dq, TensorS const& tdQsdQ, float* dq_accum_block,
+                                 int query_rows) const {
+      using namespace cute;
+      static_assert(decltype(stride<0, 0>(tdQsdQ))::value == 1 && decltype(size<0, 0>(tdQsdQ))::value == 2,
+                    "value pairs of the dQ accumulator are adjacent columns");
+      CUTE_STATIC_ASSERT_V(size(tdQsdQ) == size(acc_dq));
+      int const lane = tidx % 32;
+      int const warp_in_wg = (tidx / 32) % Traits::kdQWarpsPerWG;
+      int const wg = tidx / Traits::kNumThreadsPerWG;
+      bool const issuer = lane < Traits::kdQRowsPerWarp;
+      if (issuer) bulk_wait_read();
+      __syncwarp();
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dq); i += 2) {
+        uint32_t const addr = cast_smem_ptr_to_uint(&tdQsdQ(i));
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(acc_dq(i)), "f"(acc_dq(i + 1)) : "memory");
+      }
+      cutlass::arch::fence_view_async_shared();
+      __syncwarp();
+      int const row = warp_in_wg * Traits::kdQRowsPerWarp + lane;
+      if (issuer) {
+        if (row < query_rows) {
+          float const* src = mainloop.dq_staging() +
+                             (wg * Traits::kdQWarpsPerWG + warp_in_wg) * Traits::kdQWarpStride + lane * Traits::kdQRowStride;
+          float* dst = dq_accum_block + row * kHeadDim + wg * Traits::kdQCols;
+          asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+                       ::"l"(dst), "r"(cast_smem_ptr_to_uint(src)), "r"(uint32_t(Traits::kdQCols * sizeof(float)))
+                       : "memory");
+        }
+        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+      }
+    }
+    // Until this thread's bulk copies have finished reading shared memory.
+    CUTE_DEVICE static void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+    // Until this thread's bulk copies have completed (their global writes too).
+    CUTE_DEVICE static void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
   };
 
   // --- Epilogue (consumers): dK * scale and dV in the input dtype, rows below seqlen_k ----

@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <cute/tensor.hpp>
 
@@ -229,7 +230,39 @@ void check_bwd_traits(char const* what) {
   EXPECT(sizeof(typename T::TmaLoadQdO) > 0 && sizeof(typename T::TmaLoadKV) > 0, "%s: TMA copy types", what);
 }
 
+// The Hopper backward's dQ staging (kdQBulkReduce): each dQ accumulator value of a thread
+// must land in its warp's own 16 staging rows (the warp alone issues their bulk
+// reduce-adds), at (row % 16, column % (d/2)) of them, every dQ element once.
+template <int D, class Element, int kStages>
+void check_bwd_dq_staging(char const* what) {
+  using T = fa_cute::Sm90BwdTraits<D, 64, 128, Element, kStages, /*kdSStmatrix=*/true, /*kdQBulkReduce=*/true,
+                                   /*kdPEarlyInit=*/true>;
+  typename T::TiledMmadQ mma_dq;
+  int bad = 0;
+  std::set<int> offsets;
+  std::vector<float> staging(T::kSmemdQFloats);
+  for (int t = 0; t < T::kNumConsumerThreads; ++t) {
+    auto thr = mma_dq.get_thread_slice(t);
+    Tensor cdQ = thr.partition_C(make_identity_tensor(Shape<_64, Int<D>>{}));
+    Tensor sdQ = thr.partition_C(make_tensor(staging.data(), typename T::SmemLayoutdQ{}));
+    int const warp = (t / 32) % 4, wg = t / 128;
+    for (int i = 0; i < size(cdQ); ++i) {
+      int const row = get<0>(cdQ(i)), col = get<1>(cdQ(i));
+      int const offset = int(&sdQ(i) - staging.data());
+      bad += row / T::kdQRowsPerWarp != warp || col / T::kdQCols != wg;
+      bad += offset != ((wg * 4 + warp) * T::kdQRowsPerWarp + row % T::kdQRowsPerWarp) * T::kdQRowStride +
+                           col % T::kdQCols;
+      offsets.insert(offset);
+    }
+  }
+  EXPECT(bad == 0 && offsets.size() == 64u * D, "%s: %d dQ values staged in the wrong place, %zu distinct", what, bad,
+         offsets.size());
+  EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
+}
+
 int main() {
+  check_bwd_dq_staging<64, cute::bfloat16_t, 3>("bwd d64 bf16 dQ staging, 3 stages");
+  check_bwd_dq_staging<128, cute::half_t, 2>("bwd d128 fp16 dQ staging");
   check_bwd_traits<64, cute::bfloat16_t>("bwd d64 bf16");
   check_bwd_traits<128, cute::half_t>("bwd d128 fp16");
   // The plan's tiles (sec. 2) for d = 64, 128, 256, with 2 consumer warpgroups, and
