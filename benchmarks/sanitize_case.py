@@ -16,12 +16,16 @@ sees few GPU kernels besides ours. PyTorch's caching allocator is switched off b
 loads: with it, tensors are slices of larger blocks and an out-of-bounds access into a
 neighbour goes unseen by memcheck.
 
+An optional argument, a regular expression, keeps only the configs (forward and backward)
+whose names it matches (re.search).
+
 Exits 1 if any output is wrong (or no config could run), 0 otherwise.
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_case.py
 """
 
 import math
 import os
+import re
 import sys
 from typing import NamedTuple
 
@@ -121,8 +125,9 @@ def main() -> int:
         print("sanitize_case.py needs a CUDA GPU; none is visible to PyTorch.")
         return 1
     torch.manual_seed(0)
+    wanted = re.compile(sys.argv[1] if len(sys.argv) > 1 else "")
     results = []
-    for config in fa_cute.configs():
+    for config in (c for c in fa_cute.configs() if wanted.search(c["name"])):
         for dtype_name in config["dtypes"]:
             for name, case in CASES.items():
                 result = run_case(config, DTYPES[dtype_name], case)
@@ -131,6 +136,8 @@ def main() -> int:
     if hasattr(_C, "backward_configs"):
         major, minor = torch.cuda.get_device_capability()
         for config in _C.backward_configs():
+            if not wanted.search(config["name"]):
+                continue
             if config["family"] == "sm90a" and (major, minor) != (9, 0):
                 continue
             for dtype_name in config["dtypes"]:
