@@ -1,12 +1,28 @@
 """Train a small GPT on fa_cute's attention and on PyTorch's SDPA (issue 16, item 3).
 
 A decoder-only transformer (default: 4 layers, width 512, 8 heads of 64, seqlen 1024, a
-vocabulary of 8192) is trained for --steps steps on a synthetic corpus that this script
-generates: a random first-order Markov chain in which each token has four possible
-successors, so that the loss falls from ln(vocab) towards the chain's entropy (below
-ln 4, printed as the loss floor) as the model learns the table. The corpus and the initial
-weights come from --seed alone, so every --attn backend sees the same data and starts from
-the same model.
+vocabulary of 8192) is trained for --steps (200) steps on a synthetic corpus that this
+script generates: a random first-order Markov chain in which each token has four possible
+successors, so that the loss falls from ln(vocab) towards the chain's entropy
+(below ln 4, printed as the loss floor) as the model learns the table. The corpus and the
+initial weights come from --seed alone, so every --attn backend sees the same data and
+starts from the same model.
+
+The schedule is chosen for --compare: AdamW at --lr (3e-4) after a linear warm-up of
+--lr-warmup (20) steps, then a cosine decay to --min-lr (0.1) of it at the last step, and
+the gradient's norm clipped to --grad-clip (1.0). A constant 1e-3 from the first step
+without clipping (this script's earlier defaults) leaves the model on a plateau near
+ln(vocab) from which it escapes suddenly (loss 7 to 1.5 within a few dozen steps), at a
+step that rounding decides: PyTorch's flash and cuDNN kernels then differed by 62% at
+step 140 on an H100, so the comparison measured chaos, not the kernels. With the warm-up,
+decay and clipping the loss falls smoothly, and two equivalent attentions that round
+differently stay within about 0.1% at every 10th step. Emulated on the CPU (PyTorch's SDPA
+on bf16 against softmax(QK^T)V written out in bf16 or fp32), 200 steps, the largest
+relative differences: the defaults' model (4 layers, width 512, 8 heads, vocab 8192) at
+seq 64: 6.6e-4 at lr 3e-4, but 5.5% at 5e-4 and 1.7% at 1e-3 (seq 128), all with this
+schedule; tests/test_train_gpt.py's GPU model: 1.4e-4 at 3e-4, 3e-4 to 5e-4 at 1e-3
+(1.1% with the earlier defaults); 4 layers of width 256, seq 256 at 1e-3: 1.3e-3 (18% earlier). Wider
+models need the lower --lr.
 
 Attention is `fa_cute.sdpa(q, k, v, is_causal=True)` on (batch, nheads, seqlen, headdim)
 tensors for --attn fa_cute, and torch's scaled_dot_product_attention for the others (sdpa:
@@ -14,7 +30,9 @@ PyTorch's choice of backend; sdpa-flash, sdpa-cudnn: that backend alone; fa_cute
 the flash backend, unchanged model code, with `fa_cute.activate()` in force for the run, so
 that PyTorch's flash ops run fa_cute's kernels. That run fails unless fa_cute ran at least
 one forward and one backward, counted by fa_cute's CALLS, and it deactivates after). Steps
-run under bf16 autocast; --compile compiles the model with torch.compile(fullgraph=True).
+run under bf16 autocast; --compile compiles the model with torch.compile(fullgraph=True),
+the compilation caches off, so that each run traces under its own SDPA backend setting
+(a cached graph from another backend's run would run that backend: `_fresh_compilation`).
 
 Printed: the loss every --log-every steps, then the median step time (CUDA events, after
 --warmup-steps steps), tokens/s and peak memory; --json FILE writes them. --compare A,B
@@ -74,8 +92,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--lr-warmup", type=int, default=20,
+                   help="steps of linear learning-rate warm-up (then cosine decay)")
+    p.add_argument("--min-lr", type=float, default=0.1,
+                   help="the cosine decay's final learning rate, as a fraction of --lr")
+    p.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the gradient's global norm to this (0: no clipping)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--warmup-steps", type=int, default=10,
@@ -85,6 +109,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name in ("layers", "width", "heads", "seq", "vocab", "batch", "steps", "log_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr_warmup < 0 or args.grad_clip < 0 or not 0 <= args.min_lr <= 1:
+        p.error("--lr-warmup and --grad-clip must be >= 0, --min-lr within [0, 1]")
     if args.width % args.heads:
         p.error(f"--width {args.width} is not a multiple of --heads {args.heads}")
     if args.vocab < SUCCESSORS:
@@ -253,7 +279,7 @@ def train(args: argparse.Namespace, attn: str, data: torch.Tensor) -> Dict:
     choice = sdpa_choice(args, attn)
     if choice is not None:
         print(f"{attn}: scaled_dot_product_attention runs {choice}", flush=True)
-    with _activated(attn) as calls:
+    with _activated(attn) as calls, _fresh_compilation(args.compile):
         _train_steps(args, attn, data, device, run_model, opt, backend, timer, losses)
     if calls is not None:
         check_activated_calls(calls, args.steps)
@@ -264,6 +290,32 @@ def train(args: argparse.Namespace, attn: str, data: torch.Tensor) -> Dict:
                 peak_memory_bytes=(torch.cuda.max_memory_allocated(device)
                                    if device.type == "cuda" else None),
                 fa_cute_calls=calls, sdpa_backend=choice)
+
+
+def _fresh_compilation(compiled: bool):
+    """For a compiled run, torch.compile's on-disk caches off (AOTAutograd's and Inductor's
+    FX graph cache), so that the run compiles under its own SDPA backend setting.
+
+    Which SDPA kernel a compiled model calls is decided when AOTAutograd traces it, from the
+    backend flags in force (the sdpa_kernel pin around the step); the caches key the graph
+    on dynamo's graph, which holds `scaled_dot_product_attention` itself, and on grad mode,
+    autocast and config, but not on those flags. All modes but fa_cute compile the same
+    graph, so a cached compilation from an earlier process (`--attn sdpa --compile`, or
+    `--compare fa_cute,sdpa --compile`: cuDNN's kernel on an H100 with torch 2.11) was
+    reused by a later fa_cute-activate or sdpa-flash run: cuDNN ran, the flash ops that
+    fa_cute.activate() takes over never did (0 calls, 0 handed back). In-process reuse is
+    `torch._dynamo.reset()`'s in train()."""
+    stack = contextlib.ExitStack()
+    if compiled:
+        import torch._functorch.config
+        import torch._inductor.config
+
+        for config, name, value in ((torch._inductor.config, "force_disable_caches", True),
+                                    (torch._inductor.config, "fx_graph_cache", False),
+                                    (torch._functorch.config, "enable_autograd_cache", False)):
+            if hasattr(config, name):
+                stack.enter_context(config.patch(**{name: value}))
+    return stack
 
 
 @contextlib.contextmanager
@@ -314,11 +366,26 @@ def _train_steps(args, attn, data, device, run_model, opt, backend, timer, losse
                     torch.autocast(device.type, dtype=torch.bfloat16):
                 loss = run_model(batch[:, :-1], batch[:, 1:])
             loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for group in opt.param_groups for p in group["params"]], args.grad_clip)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(args, step)
             opt.step()
             opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())
         if step % args.log_every == 0 or step == args.steps - 1:
             print(f"{attn} step {step}: loss {loss.item():.4f}", flush=True)
+
+
+def learning_rate(args: argparse.Namespace, step: int) -> float:
+    """--lr after a linear warm-up of --lr-warmup steps, then a cosine decay to
+    --min-lr * --lr at the last step."""
+    if step < args.lr_warmup:
+        return args.lr * (step + 1) / args.lr_warmup
+    progress = (step - args.lr_warmup) / max(1, args.steps - 1 - args.lr_warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return args.lr * (args.min_lr + (1 - args.min_lr) * cosine)
 
 
 def compare(a: Dict, b: Dict, every: int) -> Dict:
@@ -357,7 +424,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     floor = chain_entropy(args.vocab, args.seed)
     print(f"GPT: {args.layers} layers, width {args.width}, {args.heads} heads, seq {args.seq}, "
           f"vocab {args.vocab}, batch {args.batch}, {args.steps} steps, bf16 autocast"
-          f"{', compiled' if args.compile else ''}; corpus: Markov chain (loss floor "
+          f"{', compiled' if args.compile else ''}; lr {args.lr:g} (warm-up {args.lr_warmup}, "
+          f"cosine to {args.min_lr:g}x), grad clip {args.grad_clip:g}; corpus: Markov chain (loss floor "
           f"{floor:.3f} nats, start ln(vocab) = {math.log(args.vocab):.3f})")
     runs = [train(args, attn, data) for attn in (args.compare or (args.attn,))]
     for r in runs:

@@ -9,7 +9,9 @@ CUDA) run F.scaled_dot_product_attention under the flash backend against fa_cute
 float64 and PyTorch's kernel.
 """
 
+import contextlib
 import math
+import warnings
 from typing import Dict, List
 
 import pytest
@@ -18,7 +20,8 @@ import torch.nn.functional as F
 
 import fa_cute
 from fa_cute import _sdpa_backend
-from fa_cute._backward import has_backward
+from fa_cute._backward import BACKWARD_CONFIGS, has_backward
+from fa_cute._configs import CONFIGS
 from fa_cute._sdpa_backend import (BACKWARD_OP, CALLS, FORWARD_OP, backward_refusal,
                                    forward_refusal)
 
@@ -96,6 +99,19 @@ def fa_cute_side(monkeypatch) -> List[str]:
     return called
 
 
+# Head dims taken from this build, not assumed: which ones have kernels changes with the
+# build (the GPU build has forward kernels for 64 and 128, backward ones for 64 to 256).
+_FORWARD_DIMS = {c["head_dim"] for c in CONFIGS.values()}
+_BACKWARD_DIMS = {c["head_dim"] for c in BACKWARD_CONFIGS.values()}
+#: a head dim (a multiple of 8, as PyTorch's flash kernel takes) no fa_cute kernel supports
+NO_KERNEL_DIM = next(d for d in (80, 72, 88, 104, 40, 56, 120, 24)
+                     if d not in _FORWARD_DIMS | _BACKWARD_DIMS)
+#: a head dim PyTorch's flash kernel takes and fa_cute's forward does not (preferring one
+#: that has a backward kernel: its backward must fall back all the same)
+NO_FORWARD_DIM = next(d for d in sorted(_BACKWARD_DIMS - _FORWARD_DIMS) + [NO_KERNEL_DIM]
+                      if d <= 256 and d % 8 == 0)
+
+
 def _qkv(nq=33, nk=47, d=128, dtype=BF16, requires_grad=True):
     shapes = ((2, 3, nq, d), (2, 3, nk, d), (2, 3, nk, d))
     return tuple(torch.randn(s, dtype=dtype).requires_grad_(requires_grad) for s in shapes)
@@ -152,15 +168,36 @@ def test_refusals():
     assert "bfloat16" in forward_refusal(q, k.half(), v.half(), 0.0, False)
     assert "head count" in forward_refusal(q, k[:, :1], v[:, :1], 0.0, False)
     assert "4-D" in forward_refusal(q[0], k[0], v[0], 0.0, False)
-    assert "head dim" in forward_refusal(q[..., :96], k[..., :96], v[..., :96], 0.0, False)
+    d = NO_KERNEL_DIM
+    assert "head dim" in forward_refusal(q[..., :d], k[..., :d], v[..., :d], 0.0, False)
     assert "one shape" in forward_refusal(q, k, v[..., :64], 0.0, False)
     out, lse = q.clone(), torch.zeros(q.shape[:3])
     assert "dropout" in backward_refusal(q, q, k, v, out, lse, 0.5)
     assert "logsumexp" in backward_refusal(q, q, k, v, out, lse[..., :1], 0.0)
     assert "logsumexp" in backward_refusal(q, q, k, v, out, lse.double(), 0.0)
-    # This build's backward takes d=128 (the CPU tensors' placeholder GPU), not 96.
+    # This build's backward takes d=128 (the CPU tensors' placeholder GPU), not NO_KERNEL_DIM.
     assert backward_refusal(q, q, k, v, out, lse, 0.0) is None
-    assert "head dim" in backward_refusal(*(t[..., :96] for t in (q, q, k, v, out)), lse, 0.0)
+    assert "head dim" in backward_refusal(*(t[..., :d] for t in (q, q, k, v, out)), lse, 0.0)
+
+
+def test_backward_refuses_head_dims_without_a_forward(monkeypatch):
+    """A head dim with a backward kernel but no forward one (d=96, 192, 256 in the GPU
+    build): the forward ran PyTorch's kernel, and the backward is refused too."""
+    q, k, v = _qkv(requires_grad=False)
+    out, lse = q.clone(), torch.zeros(q.shape[:3])
+    assert backward_refusal(q, q, k, v, out, lse, 0.0) is None
+    monkeypatch.setattr(_sdpa_backend, "FORWARD_HEAD_DIMS", frozenset())
+    assert "forward" in backward_refusal(q, q, k, v, out, lse, 0.0)
+
+
+def test_forward_fallback_takes_the_backward_with_it(torch_kernels, fa_cute_side, monkeypatch):
+    """Through the dispatcher: no forward kernel for the head dim (patched away here), so
+    PyTorch's kernel runs both passes, not its forward and fa_cute's backward."""
+    monkeypatch.setattr(_sdpa_backend, "FORWARD_HEAD_DIMS", frozenset())
+    fa_cute.activate("CPU")
+    q, k, v = _qkv()
+    flash_sdpa(q, k, v, is_causal=True)[0].sum().backward()
+    assert fa_cute_side == [] and torch_kernels == {"forward": 1, "backward": 1}
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
@@ -195,10 +232,10 @@ def test_op_and_its_gradients_reach_fa_cute(torch_kernels, fa_cute_side, is_caus
 def test_unsupported_inputs_fall_back(torch_kernels, fa_cute_side):
     start = dict(CALLS)
     fa_cute.activate("CPU")
-    q, k, v = _qkv(d=96)
+    q, k, v = _qkv(d=NO_KERNEL_DIM)
     out = flash_sdpa(q, k, v, is_causal=True)[0]
     out.sum().backward()
-    # d=96 has no forward here; dropout goes to PyTorch's kernel in both passes.
+    # NO_KERNEL_DIM has no kernel; dropout goes to PyTorch's kernel in both passes.
     q, k, v = _qkv()
     flash_sdpa(q, k, v, 0.25)[0].sum().backward()
     assert fa_cute_side == []
@@ -290,6 +327,20 @@ def test_gpu_sdpa_flash_backend_runs_fa_cute(is_causal, nq, nk):
         pytest.skip("this build has no backward kernel")
     q, k, v = _gpu_qkv(nq, nk, 128)
     dout = torch.randn(2, 4, nq, 128, dtype=BF16, device="cuda")
+    if is_causal and nq != nk:
+        # PyTorch's flash backend refuses is_causal with seqlen_q != seqlen_k in its backend
+        # selection (check_flash_causal_non_square_seqlens: FA2 aligns such masks bottom-right,
+        # SDPA's is_causal is top-left), before any op is called: pinned to flash, SDPA raises
+        # "No available kernel", activated or not, and fa_cute is never reached. fa_cute
+        # cannot change PyTorch's selection; it must only not change the outcome.
+        start = dict(CALLS)
+        for activation in (contextlib.nullcontext(), fa_cute.activated()):
+            with activation, warnings.catch_warnings(), \
+                    pytest.raises(RuntimeError, match="No available kernel"):
+                warnings.simplefilter("ignore")  # the backends' reasons, as UserWarnings
+                _flash(q, k, v, is_causal=True)
+        assert CALLS == start
+        return
     torch_out = _flash(q, k, v, is_causal=is_causal)
     torch_grads = torch.autograd.grad(torch_out, (q, k, v), dout)
     start = dict(CALLS)
@@ -317,7 +368,9 @@ def test_gpu_sdpa_flash_backend_runs_fa_cute(is_causal, nq, nk):
 
 @pytest.mark.cuda
 def test_gpu_fallbacks_equal_pytorch():
-    q, k, v = _gpu_qkv(100, 100, 96)
+    # a head dim PyTorch's flash kernel takes and fa_cute's forward does not: both passes
+    # (the backward too, where fa_cute has a backward kernel for it) go to PyTorch's kernel
+    q, k, v = _gpu_qkv(100, 100, NO_FORWARD_DIM)
     dout = torch.randn_like(q)
     torch_out = _flash(q, k, v, is_causal=True)
     torch_grads = torch.autograd.grad(torch_out, (q, k, v), dout)

@@ -112,6 +112,66 @@ def test_cpu_compare_of_one_mode_with_itself(tmp_path, capsys) -> None:
     assert "max relative loss difference 0.00e+00 at step 0: within 1%" in out
 
 
+def test_learning_rate_warms_up_then_decays() -> None:
+    args = train_gpt.parse_args(["--device", "cpu", "--attn", "sdpa"])
+    assert (args.steps, args.lr, args.lr_warmup, args.min_lr, args.grad_clip) == \
+        (200, 3e-4, 20, 0.1, 1.0)
+    lrs = [train_gpt.learning_rate(args, s) for s in range(args.steps)]
+    assert lrs[0] == pytest.approx(3e-4 / 20) and lrs[19] == pytest.approx(3e-4)
+    assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))          # warm-up
+    assert all(a >= b for a, b in zip(lrs[19:], lrs[20:]))          # then decay only
+    assert lrs[-1] == pytest.approx(3e-5)                            # to --min-lr x --lr
+
+
+def _manual_attention(q, k, v):
+    """softmax(QK^T / sqrt(d)) V written out in bf16 (the scores rounded to bf16 too):
+    attention equivalent to SDPA's that rounds differently, a stand-in on the CPU for two
+    GPU kernels."""
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    n = q.shape[-2]
+    with torch.autocast("cpu", enabled=False):
+        s = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
+        return torch.softmax(s, -1).bfloat16() @ v
+
+
+def test_two_roundings_train_alike_on_the_cpu(monkeypatch) -> None:
+    """The defaults' schedule (warm-up, cosine decay, clipping) keeps two attentions that
+    round differently together while the loss falls: SDPA's CPU kernel against
+    `_manual_attention`, a tiny model at lr 1e-2 (max 2e-3 measured; the defaults' model at
+    seq 64: 6.6e-4)."""
+    argv = ["--device", "cpu", "--attn", "sdpa", "--steps", "60", "--lr", "1e-2"] + TINY
+    args = train_gpt.parse_args(argv)
+    data = train_gpt.markov_batches(60, 2, 16, 64, 0)
+    runs = []
+    for attention in (lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+            q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True), _manual_attention):
+        monkeypatch.setattr(train_gpt, "attention_of", lambda name, f=attention: f)
+        runs.append(train_gpt.train(args, "sdpa", data))
+    c = train_gpt.compare(runs[0], runs[1], 10)
+    assert runs[0]["losses"] != runs[1]["losses"]  # the roundings do differ
+    assert c["max_rel_diff"] < 5e-3, c
+    assert runs[1]["losses"][-1] < runs[1]["losses"][0] - 1
+
+
+def test_compiled_runs_compile_afresh() -> None:
+    """--compile turns torch.compile's caches off for the run (a graph cached by another
+    SDPA backend's run would call that backend's kernel), and back on after."""
+    import torch._functorch.config
+    import torch._inductor.config
+
+    before = (torch._inductor.config.force_disable_caches,
+              torch._functorch.config.enable_autograd_cache)
+    with train_gpt._fresh_compilation(True):
+        assert torch._inductor.config.force_disable_caches
+        assert not torch._functorch.config.enable_autograd_cache
+    assert (torch._inductor.config.force_disable_caches,
+            torch._functorch.config.enable_autograd_cache) == before
+    with train_gpt._fresh_compilation(False):
+        assert (torch._inductor.config.force_disable_caches,
+                torch._functorch.config.enable_autograd_cache) == before
+
+
 def test_activated_calls_are_checked() -> None:
     ok = dict(forward=6, backward=6, forward_fallback=0, backward_fallback=0)
     train_gpt.check_activated_calls(ok, 3)

@@ -31,9 +31,9 @@ from ._configs import AUTO, CONFIGS, DTYPE_NAMES
 from ._launch import launch_kernel
 from ._validate import SDPA_NAMES
 
-__all__ = ["BACKWARD_OP", "CALLS", "FORWARD_OP", "REGISTRY_NAME", "activate", "activated",
-           "backward_grads", "backward_refusal", "deactivate", "forward_lse", "forward_refusal",
-           "is_active"]
+__all__ = ["BACKWARD_OP", "CALLS", "FORWARD_HEAD_DIMS", "FORWARD_OP", "REGISTRY_NAME",
+           "activate", "activated", "backward_grads", "backward_refusal", "deactivate",
+           "forward_lse", "forward_refusal", "is_active"]
 
 FORWARD_OP = "aten::_scaled_dot_product_flash_attention"
 BACKWARD_OP = "aten::_scaled_dot_product_flash_attention_backward"
@@ -45,8 +45,9 @@ REGISTRY_NAME = "fa_cute"
 CALLS: Dict[str, int] = {"forward": 0, "backward": 0, "forward_fallback": 0,
                          "backward_fallback": 0}
 
-# The head dims fa_cute's forward kernels are built for.
-_FORWARD_HEAD_DIMS = frozenset(c["head_dim"] for c in CONFIGS.values())
+# The head dims fa_cute's forward kernels are built for (the backward takes no other: see
+# backward_refusal).
+FORWARD_HEAD_DIMS = frozenset(c["head_dim"] for c in CONFIGS.values())
 
 # Errors by which fa_cute's checks refuse inputs (strides, alignment, sizes): such a call
 # goes to the previous kernel instead, as one refused by the checks below does.
@@ -189,13 +190,15 @@ def forward_refusal(query, key, value, dropout_p: float, return_debug_mask: bool
         return "dropout_p > 0: fa_cute has no dropout"
     if return_debug_mask:
         return "return_debug_mask: fa_cute has no attention-weights output"
-    return _common_refusal(query, key, value, _FORWARD_HEAD_DIMS)
+    return _common_refusal(query, key, value, FORWARD_HEAD_DIMS)
 
 
 def backward_refusal(grad_out, query, key, value, out, logsumexp, dropout_p: float
                      ) -> Optional[str]:
     """Why fa_cute does not run this flash SDPA backward (None: it tries). Head dims are
-    those `_C.default_backward_config` takes for the tensors' GPU."""
+    those `_C.default_backward_config` takes for the tensors' GPU, and only those the
+    forward takes too: a head dim without a forward kernel ran PyTorch's forward, whose
+    backward then runs PyTorch's kernel as well (the two passes come from one provider)."""
     if dropout_p != 0:
         return "dropout_p > 0: fa_cute has no dropout"
     if not has_backward():
@@ -203,6 +206,9 @@ def backward_refusal(grad_out, query, key, value, out, logsumexp, dropout_p: flo
     refusal = _common_refusal(query, key, value, None)
     if refusal is not None:
         return refusal
+    if query.shape[3] not in FORWARD_HEAD_DIMS:
+        return (f"head dim {query.shape[3]} has no fa_cute forward kernel in this build: the "
+                "forward ran the previous kernel, and so does the backward")
     if grad_out.dtype != query.dtype or out.dtype != query.dtype:
         return "grad_out and out must have query's dtype"
     if logsumexp.dtype != torch.float32 or logsumexp.shape != query.shape[:3]:
