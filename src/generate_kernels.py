@@ -310,6 +310,13 @@ class Sm90BwdConfig(NamedTuple):
     num_warps = 12    # warpgroup 0 produces, 1 and 2 consume
 
     @property
+    def variant(self) -> bool:
+        """A knob set or a stage count other than 2: an A/B variant of the default kernel,
+        measured slower on an H100 (docs/perf-notes.md, Backward), so built only by name or
+        with FA_CUTE_LADDER=ON, never in the production set."""
+        return self.stages != 2 or self.ds_stmatrix or self.dq_bulk or self.dp_early_init or self.dq_overlap
+
+    @property
     def name(self) -> str:
         suffix = ("" if self.stages == 2 else f"_s{self.stages}") + ("_stsm" if self.ds_stmatrix else "") + \
             ("_dqbulk" if self.dq_bulk else "") + ("_dpearly" if self.dp_early_init else "") + \
@@ -323,8 +330,10 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 # The backward configs; per head dim the default (_C.default_backward_config) is the first
 # built one whose family runs on the GPU: the Hopper kernel (sm90a, compute capability 9.0
 # only) comes first, so an H100 takes it and other GPUs the sm80 rows after it. The sm90 rows
-# that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix), built and
-# timed by name (`python -m fa_cute.bench --bwd --config NAME`), never a default while after it.
+# that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix), none of
+# them faster on an H100 (docs/perf-notes.md, Backward): outside the production set, built by
+# name or with FA_CUTE_LADDER=ON and timed by name (`python -m fa_cute.bench --bwd --config
+# NAME`), never a default while after it.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
 # an A100's 163 KiB, the d=64 64x128 one also within sm_86/89's 99 KiB:
@@ -511,7 +520,8 @@ def configs_cmake() -> str:
     for cfg in configs:
         prefix = f"FA_CUTE_CONFIG_{cfg.name}"
         lines.append(f"set({prefix}_FAMILY {cfg.family})")
-        lines.append(f"set({prefix}_LADDER {'OFF' if cfg.rung is None else 'ON'})")
+        experimental = cfg.rung is not None or getattr(cfg, "variant", False)
+        lines.append(f"set({prefix}_LADDER {'ON' if experimental else 'OFF'})")
         lines += [f"set({prefix}_TU_{dtype} {kernel_file_name(cfg, dtype)})" for dtype in DTYPES]
         lines.append(f"set({prefix}_KIND {'bwd' if isinstance(cfg, (Sm80BwdConfig, Sm90BwdConfig)) else 'fwd'})")
     return "\n".join(lines) + "\n"
