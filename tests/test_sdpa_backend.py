@@ -164,6 +164,15 @@ def test_refusals():
     assert forward_refusal(q, k, v, 0.0, False) is None
     assert "dropout" in forward_refusal(q, k, v, 0.1, False)
     assert "debug" in forward_refusal(q, k, v, 0.0, True)
+    # causal with seqlen_q != seqlen_k stays PyTorch's (its kernel defines that alignment);
+    # square causal is fa_cute's
+    assert forward_refusal(k, k, v, 0.0, False, is_causal=True) is None
+    assert "alignment" in forward_refusal(q[:, :, :5], k, v, 0.0, False, is_causal=True)
+    assert forward_refusal(q[:, :, :5], k, v, 0.0, False) is None
+    out = q.clone()
+    lse = torch.zeros(q.shape[:3], dtype=torch.float32)
+    assert "alignment" in backward_refusal(q[:, :, :5], q[:, :, :5], k, v, out[:, :, :5],
+                                           lse[:, :, :5], 0.0, is_causal=True)
     assert "bfloat16" in forward_refusal(q.float(), k.float(), v.float(), 0.0, False)
     assert "bfloat16" in forward_refusal(q, k.half(), v.half(), 0.0, False)
     assert "head count" in forward_refusal(q, k[:, :1], v[:, :1], 0.0, False)
@@ -202,7 +211,8 @@ def test_forward_fallback_takes_the_backward_with_it(torch_kernels, fa_cute_side
 
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_op_and_its_gradients_reach_fa_cute(torch_kernels, fa_cute_side, is_causal):
-    q, k, v = _qkv()
+    # causal only square: non-square causal stays PyTorch's (test_refusals)
+    q, k, v = _qkv(nq=47) if is_causal else _qkv()
     start = dict(CALLS)
     fa_cute.activate("CPU")
     result = flash_sdpa(q, k, v, is_causal=is_causal, scale=0.3)

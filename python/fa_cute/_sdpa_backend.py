@@ -89,7 +89,8 @@ class _Active:
     def _forward(self, keyset, query, key, value, dropout_p=0.0, is_causal=False,
                  return_debug_mask=False, *, scale=None):
         args = (query, key, value, dropout_p, is_causal, return_debug_mask)
-        if forward_refusal(query, key, value, dropout_p, return_debug_mask) is None:
+        if forward_refusal(query, key, value, dropout_p, return_debug_mask,
+                           is_causal=is_causal) is None:
             try:
                 out, lse = forward_lse(query, key, value, is_causal, scale)
             except _REFUSALS:
@@ -110,7 +111,8 @@ class _Active:
                   *, scale=None):
         args = (grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_seq_k, max_q,
                 max_k, dropout_p, is_causal, philox_seed, philox_offset)
-        if backward_refusal(grad_out, query, key, value, out, logsumexp, dropout_p) is None:
+        if backward_refusal(grad_out, query, key, value, out, logsumexp, dropout_p,
+                            is_causal=is_causal) is None:
             try:
                 grads = backward_grads(grad_out, query, key, value, out, logsumexp,
                                         is_causal, scale)
@@ -182,10 +184,22 @@ def activated(dispatch_key: str = "CUDA") -> Iterator[None]:
             deactivate()
 
 
-def forward_refusal(query, key, value, dropout_p: float, return_debug_mask: bool
-                    ) -> Optional[str]:
+def _causal_refusal(query, key, is_causal: bool) -> Optional[str]:
+    """Causal with seqlen_q != seqlen_k: SDPA never sends it to the flash op (it refuses the
+    flash backend there), and a direct call of the op would get PyTorch's flash kernel's
+    alignment, which is not SDPA's top-left one that fa_cute follows here: left to PyTorch."""
+    if is_causal and query.shape[2] != key.shape[2]:
+        return ("causal with seqlen_q != seqlen_k: PyTorch's flash kernel defines that "
+                "alignment itself")
+    return None
+
+
+def forward_refusal(query, key, value, dropout_p: float, return_debug_mask: bool,
+                    is_causal: bool = False) -> Optional[str]:
     """Why fa_cute does not run this flash SDPA forward (None: it tries; its own checks
     may still refuse the layout). Reads dtypes, shapes and flags only."""
+    if _causal_refusal(query, key, is_causal) is not None:
+        return _causal_refusal(query, key, is_causal)
     if dropout_p != 0:
         return "dropout_p > 0: fa_cute has no dropout"
     if return_debug_mask:
@@ -193,12 +207,14 @@ def forward_refusal(query, key, value, dropout_p: float, return_debug_mask: bool
     return _common_refusal(query, key, value, FORWARD_HEAD_DIMS)
 
 
-def backward_refusal(grad_out, query, key, value, out, logsumexp, dropout_p: float
-                     ) -> Optional[str]:
+def backward_refusal(grad_out, query, key, value, out, logsumexp, dropout_p: float,
+                     is_causal: bool = False) -> Optional[str]:
     """Why fa_cute does not run this flash SDPA backward (None: it tries). Head dims are
     those `_C.default_backward_config` takes for the tensors' GPU, and only those the
     forward takes too: a head dim without a forward kernel ran PyTorch's forward, whose
     backward then runs PyTorch's kernel as well (the two passes come from one provider)."""
+    if _causal_refusal(query, key, is_causal) is not None:
+        return _causal_refusal(query, key, is_causal)
     if dropout_p != 0:
         return "dropout_p > 0: fa_cute has no dropout"
     if not has_backward():
