@@ -3,7 +3,8 @@
 (FA_CUTE_PTXAS_VERBOSE, on by default); exit status 1 if any kernel spills, except the
 general (masking) variants of the sm80 kernel within GENERAL_SPILL_BUDGET and the sm80
 kernel's 4-warp 128x64 tiles within FOUR_WARP_SPILL_BUDGET, or if ptxas
-warns that it ignored setmaxnreg or serialised wgmma (the Hopper kernel's C75xx warnings:
+warns that it ignored setmaxnreg or serialised wgmma (the Hopper kernel's C75xx warnings,
+but ALLOWED_HOPPER_WARNING's measured one:
 C7508 setmaxnreg ignored, C7509-C7515 wgmma serialised; docs/hopper-plan.md sec. 9).
 
     python3 benchmarks/ptxas_report.py BUILD_LOG
@@ -56,6 +57,10 @@ def parse(log: str) -> list:
 
 # ptxas's Hopper performance warnings: each one silently costs the kernel its overlap.
 HOPPER_WARNING = re.compile(r"(C75\d\d|setmaxnreg' ignored|wgmma.*serializ)", re.IGNORECASE)
+# Except one, measured: in the Hopper backward's default kernel ptxas injects a wgmma wait
+# between the S^T and dP^T batches (C7517); the variant without it (kdPEarlyInit, configs
+# *_dpearly*) was no faster on an H100 (docs/perf-notes.md, Backward, open leads).
+ALLOWED_HOPPER_WARNING = re.compile(r"C7517.*bwd_kernel_sm90")
 
 
 def demangle(names: list) -> list:
@@ -72,7 +77,8 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     log = open(sys.argv[1], errors="replace").read()
-    warnings = sorted({line.strip() for line in log.splitlines() if HOPPER_WARNING.search(line)})
+    warnings = sorted({line.strip() for line in log.splitlines()
+                       if HOPPER_WARNING.search(line) and not ALLOWED_HOPPER_WARNING.search(line)})
     for line in warnings:
         print(f"ptxas Hopper warning: {line}")
     kernels = parse(log)
