@@ -8,6 +8,7 @@
 #include "bwd_dq_order.h"
 #include "bwd_params.h"
 #include "cute_utils.h"
+#include "epilogue_bwd.h"
 #include "sm80/kernel_traits_bwd_sm80.h"
 
 namespace fa_cute {
@@ -349,25 +350,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
   cp_async_wait<0>();  // a tile that no query sees loaded K and V for nothing
 
   // --- Epilogue: dK * scale and dV in the input dtype, rows below seqlen_k ----------------
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= params.softmax_scale;
-  Tensor tdKVcdKV = thr_dkv.partition_C(make_identity_tensor(TileKV{}));
-  auto store = [&](auto const& acc, void* ptr, index_t batch_stride, index_t row_stride, index_t head_stride) {
-    Tensor r = convert_type<Element>(acc);
-    Tensor g = thr_dkv.partition_C(gmem_row_tile(static_cast<Element*>(ptr),
-                                                 coord.bidb * batch_stride + coord.bidh_k * head_stride,
-                                                 n_block * kBlockN, row_stride, TileKV{}));
-    if (key_rows >= kBlockN) {
-      copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, r, g);  // pairs of adjacent columns
-    } else {
-      CUTE_UNROLL
-      for (int i = 0; i < size(r); ++i) {
-        if (get<0>(tdKVcdKV(i)) < key_rows) g(i) = r(i);
-      }
-    }
-  };
-  store(acc_dk, params.dk_ptr, params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride);
-  store(acc_dv, params.dv_ptr, params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride);
+  store_dkdv<Element, kBlockN, kHeadDim>(params, thr_dkv, acc_dk, acc_dv, coord.bidb, coord.bidh_k, n_block);
 }
 
 }  // namespace fa_cute

@@ -10,6 +10,7 @@
 #include "block_info.h"
 #include "bwd_params.h"
 #include "cute_utils.h"
+#include "epilogue_bwd.h"
 #include "sm80/mainloop_bwd_sm80.h"  // BwdTileCoord: both backward families number their CTAs alike
 #include "sm90/kernel_traits_bwd_sm90.h"
 #include "sm90/mainloop_fwd_sm90.h"  // wgmma_gemm, wgmma_wait
@@ -453,29 +454,9 @@ struct Sm90BwdMainloop {
 
   // --- Epilogue (consumers): dK * scale and dV in the input dtype, rows below seqlen_k ----
   CUTE_DEVICE void store_dkdv(AccdKV& acc_dk, AccdKV const& acc_dv, int tidx) const {
-    using namespace cute;
     TiledMmadKV tiled_mma_dkv;
-    auto thr_dkv = tiled_mma_dkv.get_thread_slice(tidx);
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= p.softmax_scale;
-    int const key_rows = p.seqlen_k - coord.n_block * kBlockN;  // may exceed kBlockN
-    Tensor cdKV = thr_dkv.partition_C(make_identity_tensor(TileKV{}));
-    auto store = [&](AccdKV const& acc, void* ptr, index_t batch_stride, index_t row_stride, index_t head_stride) {
-      Tensor r = convert_type<Element>(acc);
-      Tensor g = thr_dkv.partition_C(gmem_row_tile(static_cast<Element*>(ptr),
-                                                   coord.bidb * batch_stride + coord.bidh_k * head_stride,
-                                                   coord.n_block * kBlockN, row_stride, TileKV{}));
-      if (key_rows >= kBlockN) {
-        copy(AutoVectorizingCopyWithAssumedAlignment<32>{}, r, g);  // pairs of adjacent columns
-      } else {
-        CUTE_UNROLL
-        for (int i = 0; i < size(r); ++i) {
-          if (get<0>(cdKV(i)) < key_rows) g(i) = r(i);
-        }
-      }
-    };
-    store(acc_dk, p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
-    store(acc_dv, p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+    fa_cute::store_dkdv<Element, kBlockN, kHeadDim>(p, tiled_mma_dkv.get_thread_slice(tidx), acc_dk, acc_dv,
+                                                    coord.bidb, coord.bidh_k, coord.n_block);
   }
 };
 
