@@ -14,12 +14,34 @@
 // with
 //   Traits                          kHeadDim, kBlockM, kBlockN, kNThreads, Element
 //   kName                           the main kernel's name, for error messages
-//   launch(params, device, stream)  the main kernel's launch (opts into shared memory)
+//   launch(params, device, stream)  the main kernel's launch: its arguments, then
+//                                   launch_bwd_kernel (the grid and shared-memory opt-in)
 // Host only. dQ is summed by fp32 atomics: in arbitrary order, unless
 // params.dq_semaphore_ptr is set (deterministic, bwd_dq_order.h: the preprocess kernel
 // zeroes the counters, the main kernel adds in key-block order).
 
 namespace fa_cute {
+
+// The grid of every family's main kernel: one CTA per (key block of kBlockN keys, K/V head,
+// batch), numbered by BwdTileCoord.
+template <int kBlockN>
+long long bwd_num_tiles(BwdParams const& params) {
+  long long const n_blocks = (params.seqlen_k + kBlockN - 1) / kBlockN;
+  return n_blocks * params.nheads_k * params.batch;
+}
+
+// A family's main kernel on that grid with its dynamic shared memory, after the shared-memory
+// opt-in (once per device and config: the cache is per Traits).
+template <class Traits, class Kernel, class Args>
+void launch_bwd_kernel(Kernel* kernel, Args const& args, BwdParams const& params, int device, cudaStream_t stream) {
+  static PerDeviceCache opted_in;
+  opted_in.get(device, [&] {
+    opt_in_dynamic_smem(kernel, Traits::kSmemSize, device);
+    return 1;
+  });
+  kernel<<<dim3(static_cast<unsigned>(bwd_num_tiles<Traits::kBlockN>(params))), Traits::kNThreads, Traits::kSmemSize,
+           stream>>>(args);
+}
 
 template <class Launch>
 void run_bwd(BwdParams const& params, cudaStream_t stream) {

@@ -18,20 +18,8 @@ struct Sm80BwdLaunch {
   using Traits = Traits_;
   static constexpr char const* kName = "bwd_kernel_sm80 launch";
 
-  // CTAs of a launch (the host checks it is at most kMaxLaunchTiles).
-  static long long num_tiles(BwdParams const& params) {
-    long long const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-    return n_blocks * params.nheads_k * params.batch;
-  }
-
   static void launch(BwdParams const& params, int device, cudaStream_t stream) {
-    auto kernel = &bwd_kernel_sm80<Traits>;
-    static PerDeviceCache opted_in;  // the shared-memory opt-in, once per device
-    opted_in.get(device, [&] {
-      opt_in_dynamic_smem(kernel, Traits::kSmemSize, device);
-      return 1;
-    });
-    kernel<<<dim3(static_cast<unsigned>(num_tiles(params))), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
+    launch_bwd_kernel<Traits>(&bwd_kernel_sm80<Traits>, params, params, device, stream);
   }
 };
 

@@ -24,12 +24,6 @@ struct Sm90BwdLaunch {
   using Traits = Traits_;
   static constexpr char const* kName = "bwd_kernel_sm90 launch";
 
-  // CTAs of a launch (the host checks it is at most kMaxLaunchTiles).
-  static long long num_tiles(BwdParams const& params) {
-    long long const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-    return n_blocks * params.nheads_k * params.batch;
-  }
-
   static Sm90BwdKernelParams<Traits> to_underlying_arguments(BwdParams const& params) {
     using namespace cute;
     using Element = typename Traits::Element;
@@ -54,14 +48,7 @@ struct Sm90BwdLaunch {
   }
 
   static void launch(BwdParams const& params, int device, cudaStream_t stream) {
-    auto const args = to_underlying_arguments(params);
-    auto kernel = &bwd_kernel_sm90<Traits>;
-    static PerDeviceCache opted_in;  // the shared-memory opt-in, once per device
-    opted_in.get(device, [&] {
-      opt_in_dynamic_smem(kernel, Traits::kSmemSize, device);
-      return 1;
-    });
-    kernel<<<dim3(static_cast<unsigned>(num_tiles(params))), Traits::kNumThreads, Traits::kSmemSize, stream>>>(args);
+    launch_bwd_kernel<Traits>(&bwd_kernel_sm90<Traits>, to_underlying_arguments(params), params, device, stream);
   }
 };
 
