@@ -93,3 +93,33 @@ for start in (512, 4096):
     print(f"README decode loop B={b} H={h} H_kv={hk} d={d} from N_k={start}: host us per call, "
           f"fixed n {host_us(fixed, 1000):.2f}, growing n {t_grow:.2f} "
           f"({len(misses)} full validations in 1050 lengths)")
+
+# The backward of a training step (the small GPT's attention: B=8, H=8, N=1024, d=64, causal):
+# host us per call of fa_cute.backward answered from the backward's validated-launch cache
+# (_cache.BACKWARD_VALIDATED), of the same call validated in full (a dq buffer given skips
+# the cache), of the whole autograd backward of fa_cute.sdpa, and of SDPA FLASH's and cuDNN's
+# autograd backward, issued back to back.
+from fa_cute import _backward
+b, h, n, d = 8, 8, 1024, 64
+q, k, v = (torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+out, lse = fa_cute.forward(q, k, v, causal=True, return_lse=True)
+dout, dq = torch.randn_like(out), torch.empty_like(q)
+print(f"backward B={b} H={h} N={n} d={d} causal: config "
+      f"{_backward.validate_backward_cached(dout, q, k, v, out, lse, causal=True, bottom_right=True, softmax_scale=None, deterministic=False).config}")
+qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
+ds = dout.transpose(1, 2)
+def autograd_bwd(fn):
+    o = fn()
+    return lambda: torch.autograd.grad(o, (qs, ks, vs), ds, retain_graph=True)
+def sdpa_fwd(be):
+    with sdpa_kernel(be):
+        return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+for name, fn in (("fa_cute.backward (cache hit)", lambda: fa_cute.backward(dout, q, k, v, out, lse, causal=True)),
+                 ("fa_cute.backward (full checks)", lambda: fa_cute.backward(dout, q, k, v, out, lse, causal=True, dq=dq)),
+                 ("fa_cute.sdpa autograd backward", autograd_bwd(lambda: fa_cute.sdpa(qs, ks, vs, is_causal=True))),
+                 ("SDPA FLASH autograd backward", autograd_bwd(lambda: sdpa_fwd(SDPBackend.FLASH_ATTENTION))),
+                 ("SDPA cuDNN autograd backward", autograd_bwd(lambda: sdpa_fwd(SDPBackend.CUDNN_ATTENTION)))):
+    try:
+        print(f"  {name:32s} host {host_us(fn, 300):7.2f} us, back-to-back {gpu_us(fn, 300):7.2f} us per call")
+    except Exception as exc:
+        print(f"  {name}: {type(exc).__name__}: {str(exc)[:100]}")

@@ -58,3 +58,53 @@ def test_forget_tuning_clears_the_cache() -> None:
     assert _cache.VALIDATED
     _cache.forget_tuning()
     assert not _cache.VALIDATED
+
+
+# The backward's cache (`_cache.BACKWARD_VALIDATED`): a training step repeats the step
+# before's shapes, layer by layer.
+
+def _backward_args(seqlen=200, d=64):
+    q, k, v = (torch.randn(2, seqlen, 4, d, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    out, lse = fa_cute.forward(q, k, v, causal=True, return_lse=True)
+    return torch.randn_like(out), q, k, v, out, lse
+
+
+def test_backward_repeats_hit_the_cache_and_stay_correct(monkeypatch) -> None:
+    from fa_cute import _backward
+
+    monkeypatch.setattr(_cache, "BACKWARD_VALIDATED", {})
+    full = []
+    validate = _backward.validate_backward
+    monkeypatch.setattr(_backward, "validate_backward",
+                        lambda *a, **kw: full.append(1) or validate(*a, **kw))
+    first = None
+    for _ in range(3):
+        args = _backward_args()  # fresh tensors, same shapes and strides
+        grads = fa_cute.backward(*args, causal=True)
+        ref = fa_cute.backward(*args, causal=True, dq=torch.empty_like(args[1]))  # full checks
+        for g, r in zip(grads, ref):
+            torch.testing.assert_close(g, r, rtol=0, atol=0)
+        first = first or grads
+    assert len(_cache.BACKWARD_VALIDATED) == 1
+    assert len(full) == 1 + 3  # one miss, then only the calls given a dq buffer
+    assert all(torch.isfinite(g).all() for g in first)
+
+
+def test_backward_cache_still_refuses_a_freed_storage_and_bad_flags() -> None:
+    dout, q, k, v, out, lse = _backward_args()
+    fa_cute.backward(dout, q, k, v, out, lse, causal=True)
+    with pytest.raises(TypeError, match="causal"):
+        fa_cute.backward(dout, q, k, v, out, lse, causal=1)
+    with pytest.raises(TypeError, match="deterministic"):
+        fa_cute.backward(dout, q, k, v, out, lse, causal=True, deterministic=None)
+    dout.untyped_storage().resize_(0)  # FSDP frees storages so
+    with pytest.raises(ValueError, match="dout reaches byte"):
+        fa_cute.backward(dout, q, k, v, out, lse, causal=True)
+
+
+def test_forget_tuning_clears_the_backward_cache() -> None:
+    fa_cute.backward(*_backward_args(), causal=True)
+    assert _cache.BACKWARD_VALIDATED
+    _cache.forget_tuning()
+    assert not _cache.BACKWARD_VALIDATED

@@ -13,18 +13,19 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _C, _tuning
+from . import _C, _cache, _tuning
 from ._configs import (AUTO, DTYPE_NAMES, PLACEHOLDER_CC, check_config_type, family_runs_on,
                        gpu_of, smem_limit_of)
-from ._launch import Launch, current_stream, row_strides
+from ._launch import ALIGN_BYTES, Launch, current_stream, row_strides
 from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, broadcast_dim, check_devices,
                         check_flag, check_inputs, check_layout, check_memory, check_shapes,
-                        check_tensor, overlaps_itself, resolve_scale, spans_overlap)
+                        check_tensor, extent_bytes, overlaps_itself, resolve_scale,
+                        spans_overlap)
 
 __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
            "named_backward_config", "backward_work_buffers", "check_backward_supported",
            "deterministic_config", "dq_semaphore_count", "has_backward", "run_backward",
-           "semaphore_arg", "validate_backward"]
+           "semaphore_arg", "validate_backward", "validate_backward_cached"]
 
 # The backward configs this build holds, by name (none in a build without the backward).
 BACKWARD_CONFIGS = {c["name"]: c for c in getattr(_C, "backward_configs", list)()}
@@ -189,6 +190,46 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
                   row_strides(q), row_strides(k), row_strides(v))
 
 
+def _tensor_key(t) -> tuple:
+    """What the backward's checks read of one tensor argument (`_cache._launch_key`'s
+    fields): raises AttributeError or RuntimeError for what is not a dense tensor."""
+    return (t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
+            t.data_ptr() % ALIGN_BYTES)
+
+
+def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: bool,
+                             softmax_scale, deterministic, names: Names = FORWARD_NAMES,
+                             config: Optional[str] = AUTO) -> Launch:
+    """`validate_backward` with no gradient buffers given, answered from
+    `_cache.BACKWARD_VALIDATED` for arguments seen before: a hit costs a key and a check that
+    each storage still holds its tensor (one freed under it goes to the full checks, which
+    name it). Errors are never cached; neither are calls with a tensor elsewhere than a GPU."""
+    key = None
+    tensors = (dout, q, k, v, out, lse)
+    if (all(type(t) is torch.Tensor and t.is_cuda for t in tensors)
+            and type(causal) is bool and type(deterministic) is bool
+            and (config is None or type(config) is str)
+            and (softmax_scale is None or type(softmax_scale) in (int, float))):
+        try:
+            key = (tuple(_tensor_key(t) for t in tensors), causal, bottom_right,
+                   type(softmax_scale), softmax_scale, deterministic, config, names)
+        except RuntimeError:  # a tensor without data_ptr(): the checks name it
+            key = None
+        hit = _cache.BACKWARD_VALIDATED.get(key) if key is not None else None
+        if hit is not None:
+            launch, extents = hit
+            if all(t.storage_offset() * size + end <= t.untyped_storage().nbytes()
+                   for t, (size, end) in zip(tensors, extents)):
+                return launch
+    launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
+                               softmax_scale=softmax_scale, deterministic=deterministic,
+                               dq=None, dk=None, dv=None, names=names, config=config)
+    if key is not None:
+        _cache.remember(_cache.BACKWARD_VALIDATED, key,
+                        (launch, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
+    return launch
+
+
 def _tma_loadable_config(config: str, auto: bool, loaded, head_dim: int) -> str:
     """`config` (a Hopper one) where TMA can load each of `loaded` ((name, tensor) pairs: q,
     k, v, dout), else, for "auto", the sm80 kernel's default, which reads rows one by one:
@@ -249,9 +290,15 @@ def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax
     """Validate, allocate the gradients not given (laid out like q, k and v: torch.empty_like)
     and launch the backward (config: a backward config's name, or "auto") on PyTorch's
     current stream; returns (dq, dk, dv)."""
-    launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
-                               softmax_scale=softmax_scale, deterministic=deterministic,
-                               dq=dq, dk=dk, dv=dv, names=names, config=config)
+    if dq is None and dk is None and dv is None:
+        launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
+                                          bottom_right=bottom_right, softmax_scale=softmax_scale,
+                                          deterministic=deterministic, names=names, config=config)
+    else:
+        launch = validate_backward(dout, q, k, v, out, lse, causal=causal,
+                                   bottom_right=bottom_right, softmax_scale=softmax_scale,
+                                   deterministic=deterministic, dq=dq, dk=dk, dv=dv, names=names,
+                                   config=config)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv

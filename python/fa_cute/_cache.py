@@ -16,7 +16,8 @@ from ._configs import auto_config, heuristic_part, pick_config
 from ._launch import ALIGN_BYTES, Launch
 from ._validate import FORWARD_NAMES, LIMITS, Names, extent_bytes, validate
 
-__all__ = ["PLANS", "VALIDATED", "VALIDATED_MAX", "forget_tuning", "plan_key", "validate_cached"]
+__all__ = ["BACKWARD_VALIDATED", "PLANS", "VALIDATED", "VALIDATED_MAX", "forget_tuning", "plan_key",
+           "remember", "validate_cached"]
 
 
 # Launches that passed `validate`, by everything the checks read (see `_launch_key`): a
@@ -27,6 +28,13 @@ __all__ = ["PLANS", "VALIDATED", "VALIDATED_MAX", "forget_tuning", "plan_key", "
 # each storage still holds its tensor (`validate_cached`).
 VALIDATED: Dict[tuple, Tuple[Launch, int, int, int, int]] = {}
 VALIDATED_MAX = 1024
+
+# The backward's launches that passed `_backward.validate_backward`, keyed as `VALIDATED`
+# (dout, q, k, v, out, lse and the flags; `_backward.validate_backward_cached`): a training
+# step calls the backward once per layer with the shapes of the step before, and its checks
+# cost ~200 us of Python a call on an H100 host, twice PyTorch's whole FLASH backward call.
+# Each value is (launch, (element size, `extent_bytes`) of dout, q, k, v, out and lse).
+BACKWARD_VALIDATED: Dict[tuple, Tuple[Launch, Tuple[Tuple[int, int], ...]]] = {}
 
 
 def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> Optional[tuple]:
@@ -90,7 +98,7 @@ def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, confi
                       softmax_scale=softmax_scale, config=config, out=out, names=names)
     if key is not None:
         entry = (launch, q.element_size(), extent_bytes(q), extent_bytes(k), extent_bytes(v))
-        _remember(key, entry)
+        remember(VALIDATED, key, entry)
         # A plan needs k's seqlen stride to be read (`row_strides` zeroes a length-1 dim's)
         # and auto's pick to be the config launched (not the sm80 fallback for a tensor
         # that TMA cannot broadcast, whose choice `_plan_hit` does not redo).
@@ -103,12 +111,12 @@ def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, confi
     return launch
 
 
-def _remember(key: tuple, entry: tuple) -> None:
-    """Add a validated launch, dropping the oldest when full: a growing KV cache adds one a
-    step, and clearing all would make every other shape pay its checks again."""
-    if len(VALIDATED) >= VALIDATED_MAX:
-        del VALIDATED[next(iter(VALIDATED))]
-    VALIDATED[key] = entry
+def remember(cache: Dict[tuple, tuple], key: tuple, entry: tuple) -> None:
+    """Add a validated launch to `cache`, dropping the oldest when full: a growing KV cache
+    adds one a step, and clearing all would make every other shape pay its checks again."""
+    if len(cache) >= VALIDATED_MAX:
+        del cache[next(iter(cache))]
+    cache[key] = entry
 
 
 # Launch plans by everything `_launch_key` holds but the seqlen of k and v: a decode loop
@@ -171,7 +179,7 @@ def _plan_hit(key: tuple, q, k, v, causal: bool, bottom_right: bool, config,
     grown = (seqlen_k - template.seqlen_k) * size
     entry = (launch, size, q_end, k_end and k_end + grown * template.k_strides[1],
              v_end and v_end + grown * template.v_strides[1])
-    _remember(key, entry)
+    remember(VALIDATED, key, entry)
     return entry
 
 
@@ -181,4 +189,5 @@ def forget_tuning() -> None:
     _tuning.forget()
     auto_config.cache_clear()
     VALIDATED.clear()  # auto's picks are part of the validated launches and plans
+    BACKWARD_VALIDATED.clear()
     PLANS.clear()

@@ -45,6 +45,11 @@ namespace fa_cute {
 //     S^T and dP^T wgmma batches (where it makes ptxas retire S^T before issuing dP^T).
 //   kdQOverlap: the dQ wgmma is issued right after the dS barrier, behind dV and dK still
 //     in flight, instead of after they retire.
+//   kdQPerWG: each consumer warpgroup computes dQ_m over its own 64 keys and all d columns
+//     (dQ_m = dS[:, keys of w] K[keys of w, :]) and adds it to dq_accum itself: no dS
+//     column of the other warpgroup is read, so the warpgroups meet at no barrier and drift
+//     apart (each stages its own LSE and D behind a barrier of its 128 threads), one's
+//     softmax and atomics overlapping the other's GEMMs, at twice the atomics per step.
 template <bool kStaged, int kFloats>
 struct Sm90BwddQStaging {};  // nothing: an empty base, no shared memory
 template <int kFloats>
@@ -53,7 +58,7 @@ struct Sm90BwddQStaging<true, kFloats> {
 };
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
-          bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false>
+          bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -67,6 +72,8 @@ struct Sm90BwdTraits {
   static constexpr bool kdQBulkReduce = kdQBulkReduce_;
   static constexpr bool kdPEarlyInit = kdPEarlyInit_;
   static constexpr bool kdQOverlap = kdQOverlap_;
+  static constexpr bool kdQPerWG = kdQPerWG_;
+  static_assert(!(kdQPerWG && kdQBulkReduce), "the dQ staging rows are laid out for the d/2 split of dQ");
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
@@ -90,13 +97,20 @@ struct Sm90BwdTraits {
   static constexpr int kConsumerRegs = 240;
   static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <= 64 * 1024,
                 "register budgets exceed the 64K-entry register file: setmaxnreg would hang");
-  static_assert(2 * kBlockM <= kNumConsumerThreads, "one consumer thread stages each LSE and each D of a step");
+  static_assert(2 * kBlockM <= (kdQPerWG ? kNumThreadsPerWG : kNumConsumerThreads),
+                "one consumer thread (of the warpgroup, kdQPerWG) stages each LSE and each D of a step");
 
   // --- MMA ----------------------------------------------------------------------------------
   using TileShapeSdP = cute::Shape<cute::_64, cute::Int<kBlockM>, cute::Int<kHeadDim>>;   // (64 keys,BLK_M,D)
   using TileShapedKV = cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockM>>;   // (64 keys,D,BLK_M)
-  using TileShapedQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim / kNumConsumerWG>,
-                                  cute::Int<kBlockN>>;                                     // (BLK_M,D/2,BLK_N)
+  // dQ's tile per warpgroup: d/2 columns over all keys, or (kdQPerWG) all d columns over
+  // the warpgroup's 64 keys.
+  static constexpr int kdQColsPerWG = kdQPerWG ? kHeadDim : kHeadDim / kNumConsumerWG;
+  static constexpr int kdQKeysPerWG = kdQPerWG ? kBlockN / kNumConsumerWG : kBlockN;
+  using TileShapedQ = cute::Shape<cute::Int<kBlockM>, cute::Int<kdQColsPerWG>,
+                                  cute::Int<kdQKeysPerWG>>;                                // (BLK_M,D/2,BLK_N) or (BLK_M,D,64)
+  // The threads of one dQ GEMM: both consumer warpgroups, or each its own.
+  static constexpr int kNumdQThreads = kdQPerWG ? kNumThreadsPerWG : kNumConsumerThreads;
   using MmaOpSdP = decltype(cute::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeSdP,
                                                        cute::GMMA::Major::K, cute::GMMA::Major::K>());
   // The register A operand of an RS wgmma must be K-major (the accumulator layout is);
@@ -111,15 +125,16 @@ struct Sm90BwdTraits {
                                                       cute::GMMA::Major::MN, cute::GMMA::Major::MN>());
   static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpSdP>::Shape_MNK{}) == kBlockM, "S^T atom N");
   static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdKV>::Shape_MNK{}) == kHeadDim, "dK/dV atom N");
-  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdQ>::Shape_MNK{}) == kHeadDim / kNumConsumerWG,
-                "dQ atom N");
-  // The warpgroups split the keys (M) of S^T, dP^T, dK, dV and the d columns (N) of dQ.
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdQ>::Shape_MNK{}) == kdQColsPerWG, "dQ atom N");
+  // The warpgroups split the keys (M) of S^T, dP^T, dK, dV and the d columns (N) of dQ
+  // (kdQPerWG: the keys (K) of dQ, each warpgroup a TiledMmadQ of its own).
   using TiledMmaSdP = decltype(cute::make_tiled_mma(MmaOpSdP{}, cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
   using TiledMmadKV = decltype(cute::make_tiled_mma(MmaOpdKV{}, cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-  using TiledMmadQ = decltype(cute::make_tiled_mma(MmaOpdQ{}, cute::Layout<cute::Shape<cute::_1, cute::_2, cute::_1>>{}));
+  using TiledMmadQ = decltype(cute::make_tiled_mma(
+      MmaOpdQ{}, cute::Layout<cute::Shape<cute::_1, cute::Int<kNumdQThreads / kNumThreadsPerWG>, cute::_1>>{}));
   static_assert(cute::size(TiledMmaSdP{}) == kNumConsumerThreads && cute::size(TiledMmadKV{}) == kNumConsumerThreads &&
-                    cute::size(TiledMmadQ{}) == kNumConsumerThreads,
-                "the tiled MMAs must span exactly the consumer threads");
+                    cute::size(TiledMmadQ{}) == kNumdQThreads,
+                "the tiled MMAs must span exactly the consumer threads (dQ: those of one GEMM)");
 
   // --- Shared memory --------------------------------------------------------------------------
   // Q, dO (BLK_M,D,STAGE) and K, V (BLK_N,D) keep global memory's row order (d contiguous,
@@ -182,6 +197,7 @@ struct Sm90BwdTraits {
   // 1024-byte alignment: the swizzle patterns are applied to absolute address bits by TMA
   // and wgmma, so each buffer starts on a pattern period (as the forward's).
   static constexpr int kSmemAlign = 1024;
+  static constexpr int kNumRowStatCopies = kdQPerWG ? kNumConsumerWG : 1;
   using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
   // The dQ staging, when on, is an (empty otherwise) base: first in the layout, its size
   // a multiple of 1024 bytes at both head dims, so K keeps its alignment without padding.
@@ -192,9 +208,10 @@ struct Sm90BwdTraits {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutdO>, kSmemAlign> smem_do;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutdS>, kSmemAlign> smem_ds;
     // Per query row of a step, double-buffered by step parity: LSE * log2(e) (+inf where P
-    // must be 0) and D, staged by the consumers themselves one step ahead.
-    cute::array_aligned<float, kBlockM * 2> smem_lse;
-    cute::array_aligned<float, kBlockM * 2> smem_d;
+    // must be 0) and D, staged by the consumers themselves one step ahead (kdQPerWG: a copy
+    // per warpgroup, which runs steps at its own pace).
+    cute::array_aligned<float, kBlockM * 2 * kNumRowStatCopies> smem_lse;
+    cute::array_aligned<float, kBlockM * 2 * kNumRowStatCopies> smem_d;
     // Q_m and dO_m of a stage: full when the TMA bytes landed; empty when both consumer
     // warpgroups retired its last wgmma.
     typename Pipeline::SharedStorage pipeline_qdo;

@@ -37,7 +37,8 @@ namespace fa_cute {
 // staged per warp in shared memory and added by TMA bulk reduce-adds that run on while
 // the next step computes (kdQBulkReduce, add_dq_bulk); the -D start of dP^T written before
 // S^T is issued, so that the two wgmma batches are issued back to back (kdPEarlyInit); the
-// dQ wgmma issued behind dV and dK before they retire (kdQOverlap).
+// dQ wgmma issued behind dV and dK before they retire (kdQOverlap); each warpgroup computing
+// dQ_m over its own 64 keys, with barriers of its own (kdQPerWG).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
 // and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
 // past the causal diagonal are masked to S = -inf (P = dS = 0).
@@ -162,6 +163,7 @@ struct Sm90BwdMainloop {
   // Thread tidx's value of the step (h_in_group, m_block) from global memory (0 where the
   // thread stages nothing). +inf LSE for rows past seqlen_q and rows that see no key: P = 0
   // there, not the NaN of -inf - (-inf).
+  // kdQPerWG: tidx counts the threads of one warpgroup, each of which stages its own copy.
   CUTE_DEVICE RowStats load_row_stats(int tidx, int h_in_group, int m_block) const {
     int const r = tidx % kBlockM;
     int const row = m_block * kBlockM + r;
@@ -177,6 +179,7 @@ struct Sm90BwdMainloop {
     if (tidx < 2 * kBlockM && row < p.seqlen_q) return {p.softmax_d_ptr[row_base + row]};
     return {0.f};
   }
+  // slot: the step's parity, plus 2 w for warpgroup w's copy (kdQPerWG).
   CUTE_DEVICE void store_row_stats(int tidx, RowStats stats, int slot) {
     if (tidx < kBlockM) {
       storage.smem_lse[slot * kBlockM + tidx] = stats.value;
@@ -202,7 +205,26 @@ struct Sm90BwdMainloop {
     TiledMmadKV tiled_mma_dkv;
     TiledMmadQ tiled_mma_dq;
 
-    CUTE_DEVICE Consumer(Sm90BwdMainloop& mainloop_, int tidx_) : mainloop(mainloop_), tidx(tidx_) {}
+    // kdQPerWG: the warpgroup, its threads 0..127, whose dQ GEMM, LSE/D copy and barrier
+    // are its own; otherwise both warpgroups share them (wg 0, stats_tidx = tidx).
+    int const wg;
+    int const stats_tidx;
+
+    CUTE_DEVICE Consumer(Sm90BwdMainloop& mainloop_, int tidx_)
+        : mainloop(mainloop_), tidx(tidx_), wg(Traits::kdQPerWG ? tidx_ / Traits::kNumThreadsPerWG : 0),
+          stats_tidx(Traits::kdQPerWG ? tidx_ % Traits::kNumThreadsPerWG : tidx_) {}
+
+    // The barrier that orders a step's dS (and the next step's LSE and D) between its
+    // writers and its readers: both consumer warpgroups', or (kdQPerWG) this one's.
+    CUTE_DEVICE void sync_ds_stored() const {
+      if constexpr (Traits::kdQPerWG) {
+        cutlass::arch::NamedBarrier::sync(Traits::kNumThreadsPerWG,
+                                          static_cast<uint32_t>(Sm90BwdBarrier::kdSStoredWg0) + wg);
+      } else {
+        cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads,
+                                          static_cast<uint32_t>(Sm90BwdBarrier::kdSStored));
+      }
+    }
 
     // Every step of the CTA, summed into acc_dk and acc_dv (cleared by the caller).
     CUTE_DEVICE void mma(AccdKV& acc_dk, AccdKV& acc_dv) {
@@ -224,7 +246,7 @@ struct Sm90BwdMainloop {
 
       auto thr_sdp = tiled_mma_sdp.get_thread_slice(tidx);
       auto thr_dkv = tiled_mma_dkv.get_thread_slice(tidx);
-      auto thr_dq = tiled_mma_dq.get_thread_slice(tidx);
+      auto thr_dq = tiled_mma_dq.get_thread_slice(Traits::kdQPerWG ? stats_tidx : tidx);
       // Shared-memory operands are tensors of wgmma descriptors.
       Tensor tSrK = thr_sdp.partition_fragment_A(sK);       // (MMA,MMA_N,MMA_D): this warpgroup's 64 keys
       Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);       // (MMA,MMA_M,MMA_D,STAGE)
@@ -232,8 +254,14 @@ struct Sm90BwdMainloop {
       Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);    // (MMA,MMA_M,MMA_D,STAGE)
       Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);   // (MMA,MMA_D,MMA_M,STAGE)
       Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);     // (MMA,MMA_D,MMA_M,STAGE)
-      Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);     // (MMA,MMA_M,MMA_N,2)
-      Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);     // (MMA,MMA_D,MMA_N): this warpgroup's d/2 columns
+      // dQ's operands: dS and K^T over all keys (this warpgroup's d/2 columns), or (kdQPerWG)
+      // over this warpgroup's 64 keys (all d columns); 64 keys of dS and K are 8 KiB (K at
+      // d = 64: 4 KiB) in, a whole number of swizzle periods.
+      using dQKeys = Int<Traits::kdQKeysPerWG>;
+      Tensor sdS_dq = local_tile(sdS, Shape<Int<kBlockM>, dQKeys, _2>{}, make_coord(_0{}, wg, _0{}));  // (BLK_M,KEYS,2)
+      Tensor sKt_dq = local_tile(sKt, Shape<Int<kHeadDim>, dQKeys>{}, make_coord(_0{}, wg));           // (D,KEYS)
+      Tensor tdQrdS = thr_dq.partition_fragment_A(sdS_dq);  // (MMA,MMA_M,MMA_KEYS,2)
+      Tensor tdQrKt = thr_dq.partition_fragment_B(sKt_dq);  // (MMA,MMA_D,MMA_KEYS)
       // Where this thread's dS^T accumulator values go in dS (its transposed view).
       Tensor tdSsdS = thr_sdp.partition_C(sdSt);            // (MMA,MMA_N,MMA_M,2)
       // The same by stmatrix (kdSStmatrix): an 8x8 matrix row is 8 adjacent queries of one
@@ -253,9 +281,8 @@ struct Sm90BwdMainloop {
       int const m_block_min = mainloop.queries.m_block_min;
       int const m_block_max = mainloop.queries.m_block_max;
       // The first step's LSE and D, published by a first pass of the consumers' barrier.
-      mainloop.store_row_stats(tidx, mainloop.load_row_stats(tidx, 0, m_block_min), 0);
-      cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads,
-                                        static_cast<uint32_t>(Sm90BwdBarrier::kdSStored));
+      mainloop.store_row_stats(stats_tidx, mainloop.load_row_stats(stats_tidx, 0, m_block_min), 2 * wg);
+      sync_ds_stored();
       storage.barrier_kv.wait(0);
       int step = 0;
       for (int h_in_group = 0; h_in_group < mainloop.group; ++h_in_group) {
@@ -268,10 +295,10 @@ struct Sm90BwdMainloop {
           int const next_h = last_m ? h_in_group + 1 : h_in_group;
           bool const has_next = next_h < mainloop.group;
           RowStats const next_stats =
-              has_next ? mainloop.load_row_stats(tidx, next_h, last_m ? m_block_min : m_block + 1) : RowStats{0.f};
+              has_next ? mainloop.load_row_stats(stats_tidx, next_h, last_m ? m_block_min : m_block + 1) : RowStats{0.f};
           mainloop.pipe.consumer_wait(st);
-          float const* lse_log2 = storage.smem_lse.data() + (step % 2) * kBlockM;
-          float const* dsum = storage.smem_d.data() + (step % 2) * kBlockM;
+          float const* lse_log2 = storage.smem_lse.data() + (2 * wg + step % 2) * kBlockM;
+          float const* dsum = storage.smem_d.data() + (2 * wg + step % 2) * kBlockM;
 
           // S^T = K Q^T and dP^T - D = V dO^T - D, both in flight; P^T is computed while
           // dP^T runs. The dP^T accumulator starts at -D (per query column) instead of 0: D
@@ -352,13 +379,12 @@ struct Sm90BwdMainloop {
 
           // The next step's LSE and D into the other slot: its last reads were the previous
           // step's, before the previous barrier.
-          if (has_next) mainloop.store_row_stats(tidx, next_stats, (step + 1) % 2);
+          if (has_next) mainloop.store_row_stats(stats_tidx, next_stats, 2 * wg + (step + 1) % 2);
           // dS written by generic stores is read by wgmma (the async proxy): each writer
           // fences its stores into the async proxy, then both warpgroups meet, since dQ
-          // reads all 128 keys' columns.
+          // reads all 128 keys' columns (kdQPerWG: the warpgroup's own 4 warps meet).
           cutlass::arch::fence_view_async_shared();
-          cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads,
-                                            static_cast<uint32_t>(Sm90BwdBarrier::kdSStored));
+          sync_ds_stored();
           // dV and dK retire (mostly under the barrier) before dQ is issued: P^T and dS^T
           // then leave the registers, which the dQ accumulator takes (the consumers' 240
           // registers hold dK, dV and at most 64 more values in flight). Every wgmma
