@@ -20,6 +20,11 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(not hasattr(_C, "backward"),
                        reason="this build of fa_cute._C has no backward kernel (_C.backward)"),
+    # deterministic=True is refused there, by a ValueError naming the families that have it
+    pytest.mark.skipif(not any(c["family"] in _backward.DETERMINISTIC_FAMILIES
+                               for c in _backward.BACKWARD_CONFIGS.values()),
+                       reason="no backward config of this build has a deterministic mode (an "
+                       "sm_90a-only build has no sm80 family)"),
 ]
 
 SHAPES = {
