@@ -5,6 +5,7 @@
 #include <cute/tensor.hpp>
 
 #include "block_info.h"
+#include "bwd_dq_atomics.h"
 #include "bwd_dq_order.h"
 #include "bwd_params.h"
 #include "cute_utils.h"
@@ -321,7 +322,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
       int const bidh = coord.bidh_k * group + cur_h;
       int64_t const row_base = (int64_t(coord.bidb) * params.nheads + bidh) * params.seqlen_q;  // of dq_accum
 
-      // dQ_m += dS K, into the fp32 dq_accum (batch, nheads, seqlen_q, d) by atomics (red.global.add.f32).
+      // dQ_m += dS K, into the fp32 dq_accum (batch, nheads, seqlen_q, d) by atomics: 8 bytes
+      // each on sm_90 (add_dq_atomics), not 16, whose exchange spilled the d=128 tile at 255
+      // registers.
       {
         Tensor acc_dq = partition_fragment_C(mma_dq, TileQ{});  // (MMA,MMA_M,MMA_D)
         clear(acc_dq);
@@ -334,12 +337,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);
         Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(TileQ{}));
         // deterministic (params.dq_semaphore_ptr): in key block order (bwd_dq_order.h).
-        add_dq_in_order<kBlockM, kBlockN>(params, coord.bidb, bidh, m_block, n_block, [&] {
-          CUTE_UNROLL
-          for (int i = 0; i < size(acc_dq); ++i) {
-            if (get<0>(tdQcdQ(i)) < query_rows) atomicAdd(&tdQgdQ(i), acc_dq(i));
-          }
-        });
+        add_dq_in_order<kBlockM, kBlockN>(params, coord.bidb, bidh, m_block, n_block,
+                                          [&] { add_dq_atomics</*kBytes=*/8>(acc_dq, tdQgdQ, tdQcdQ, query_rows); });
       }
     }
     if (++cur_m == queries.m_block_max) {

@@ -8,6 +8,7 @@
 #include <cutlass/cutlass.h>
 
 #include "block_info.h"
+#include "bwd_dq_atomics.h"
 #include "bwd_params.h"
 #include "cute_utils.h"
 #include "epilogue_bwd.h"
@@ -415,10 +416,7 @@ struct Sm90BwdMainloop {
             Tensor gdQaccum = make_tensor(make_gmem_ptr(dq_accum_block), TileQ{},
                                           make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
             Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);                       // (MMA,MMA_M,MMA_D)
-            static_assert(decltype(stride<0, 0>(tdQgdQ))::value == 1 && decltype(size<0, 0>(tdQgdQ))::value == 2,
-                          "value pairs of the dQ accumulator are adjacent columns");
-            CUTE_STATIC_ASSERT_V(size(tdQgdQ) == size(acc_dq));
-            add_dq_atomics(acc_dq, tdQgdQ, cdQ, query_rows);
+            add_dq_atomics</*kBytes=*/16>(acc_dq, tdQgdQ, cdQ, query_rows);
           }
           st.advance();
         }
@@ -466,43 +464,6 @@ struct Sm90BwdMainloop {
         asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
       }
     }
-    // dQ_m into dq_accum by 16-byte red.global.add.v4.f32 (sm_90), not one 8-byte
-    // red.global.add.v2.f32 per value pair: half the reduction requests the L2 takes per dQ
-    // byte, measured 1.01-1.12x the kernel's speed (docs/perf-notes.md). The wgmma accumulator
-    // gives a thread, per 8-column group g and row half r, the values (c, r, g) at index
-    // c + 2 r + 4 g: columns 8 g + 2 (lane % 4) + c of row lane / 4 (+ 8 r). Lanes 2i and
-    // 2i+1 hold adjacent column pairs of the same row; of groups g and g + 1, the even lane
-    // keeps group g (and takes its partner's pair of it), the odd lane group g + 1: each then
-    // holds 4 adjacent columns, 16-byte aligned (dq_accum rows are d floats).
-    template <class TensorG, class TensorC>
-    CUTE_DEVICE void add_dq_atomics(AccdQ const& acc_dq, TensorG const& tdQgdQ, TensorC const& cdQ,
-                                   int query_rows) const {
-      using namespace cute;
-      static_assert(decltype(rank<0>(tdQgdQ))::value == 3 && decltype(size<0, 1>(tdQgdQ))::value == 2 &&
-                        decltype(size<0, 2>(tdQgdQ))::value % 2 == 0 && decltype(size(tdQgdQ))::value ==
-                                                                              decltype(size<0>(tdQgdQ))::value,
-                    "one wgmma atom's C fragment: (column pair, row half, an even number of 8-column groups)");
-      static_assert(decltype(stride<0, 2>(tdQgdQ))::value == 8, "8-column groups of the wgmma accumulator");
-      constexpr int kGroups = decltype(size<0, 2>(tdQgdQ))::value;
-      bool const odd = threadIdx.x % 2;
-      CUTE_UNROLL
-      for (int g = 0; g < kGroups; g += 2) {
-        CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          int const i0 = 2 * r + 4 * g;  // group g's pair
-          int const i1 = i0 + 4;         // group g + 1's
-          float const send_x = odd ? acc_dq(i0) : acc_dq(i1);
-          float const send_y = odd ? acc_dq(i0 + 1) : acc_dq(i1 + 1);
-          float const recv_x = __shfl_xor_sync(0xffffffffu, send_x, 1);
-          float const recv_y = __shfl_xor_sync(0xffffffffu, send_y, 1);
-          float4 const v = odd ? make_float4(recv_x, recv_y, acc_dq(i1), acc_dq(i1 + 1))
-                               : make_float4(acc_dq(i0), acc_dq(i0 + 1), recv_x, recv_y);
-          float* const dst = odd ? &tdQgdQ(i1) - 2 : &tdQgdQ(i0);
-          if (get<0>(cdQ(i0)) < query_rows) atomicAdd(reinterpret_cast<float4*>(dst), v);
-        }
-      }
-    }
-
     // Until this thread's bulk copies have finished reading shared memory.
     CUTE_DEVICE static void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
     // Until this thread's bulk copies have completed (their global writes too).

@@ -1,0 +1,70 @@
+#pragma once
+
+#include <cute/tensor.hpp>
+
+namespace fa_cute {
+
+// dQ_m of one thread into the fp32 dq_accum, shared by both backward families: acc (the
+// dQ GEMM's accumulator fragment), gdq (the same partition of dq_accum's (BLK_M,D) tile),
+// cdq (of its identity tensor: (row, column) of each value), rows from query_rows on
+// skipped.
+//
+// Both mma.sync's 16x8 C atom and wgmma's 64xN one give a thread, per 8-column group, the
+// columns 2 (lane % 4) + {0, 1} of row lane / 4 and of the row 8 below: mode 0 of the
+// fragment is (column pair, row half, ...), and lanes 2i and 2i+1 hold adjacent column
+// pairs of the same rows. sm_90 adds 8 or 16 bytes at once (red.global.add.v2/.v4.f32):
+//   kBytes = 8: each column pair as it is, half the L2 requests of one 4-byte atomic per
+//     value, no extra register (the sm80 family: the 16-byte form spilled its d=128 tile).
+//   kBytes = 16 (wgmma: 8-column groups g are mode (0, 2), adjacent in memory): of groups g
+//     and g + 1, the even lane keeps group g and takes its partner's pair of it, the odd
+//     lane group g + 1, each sending the other the pair it gives up (a shuffle per value).
+//     The 4 lanes of a row then cover 16 adjacent columns: one warp instruction adds 8 rows
+//     of 64 bytes, half the requests of the 8-byte form; pairing the two row halves instead
+//     (16 rows of 32 bytes) measured 5-10% slower (docs/perf-notes.md, Backward).
+// Before sm_90, one 4-byte atomic per value.
+template <int kBytes, class Acc, class TensorG, class TensorC>
+CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC const& cdq, int query_rows) {
+  using namespace cute;
+  static_assert(kBytes == 8 || kBytes == 16, "red.global.add.v2.f32 or .v4.f32");
+  CUTE_STATIC_ASSERT_V(size(gdq) == size(acc));
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(decltype(size<0, 0>(gdq))::value == 2 && decltype(stride<0, 0>(gdq))::value == 1 &&
+                    decltype(size<0, 1>(gdq))::value == 2,
+                "an MMA accumulator fragment: (adjacent column pair, row half, ...)");
+  if constexpr (kBytes == 8) {
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); i += 2) {
+      if (get<0>(cdq(i)) < query_rows) atomicAdd(reinterpret_cast<float2*>(&gdq(i)), make_float2(acc(i), acc(i + 1)));
+    }
+  } else {
+    static_assert(decltype(rank<0>(gdq))::value == 3 && decltype(size<0, 2>(gdq))::value % 2 == 0 &&
+                      decltype(stride<0, 2>(gdq))::value == 8 && decltype(size(gdq))::value == decltype(size<0>(gdq))::value,
+                  "kBytes = 16 takes one wgmma atom's fragment: an even number of 8-column groups in mode (0, 2)");
+    constexpr int kGroups = decltype(size<0, 2>(gdq))::value;
+    bool const odd = threadIdx.x % 2;
+    CUTE_UNROLL
+    for (int g = 0; g < kGroups; g += 2) {
+      CUTE_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        int const i0 = 2 * r + 4 * g;  // group g's pair (flat index c + 2 r + 4 g)
+        int const i1 = i0 + 4;         // group g + 1's
+        float const send_x = odd ? acc(i0) : acc(i1);
+        float const send_y = odd ? acc(i0 + 1) : acc(i1 + 1);
+        float const recv_x = __shfl_xor_sync(0xffffffffu, send_x, 1);
+        float const recv_y = __shfl_xor_sync(0xffffffffu, send_y, 1);
+        float4 const v = odd ? make_float4(recv_x, recv_y, acc(i1), acc(i1 + 1))
+                             : make_float4(acc(i0), acc(i0 + 1), recv_x, recv_y);
+        float* const dst = odd ? &gdq(i1) - 2 : &gdq(i0);
+        if (get<0>(cdq(i0)) < query_rows) atomicAdd(reinterpret_cast<float4*>(dst), v);
+      }
+    }
+  }
+#else
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); ++i) {
+    if (get<0>(cdq(i)) < query_rows) atomicAdd(&gdq(i), acc(i));
+  }
+#endif
+}
+
+}  // namespace fa_cute
