@@ -46,7 +46,7 @@ def _grads(dout, q, k, v, out, lse, causal, deterministic):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_two_runs_are_bitwise_equal(shape, causal, dtype) -> None:
     head_dim = 128
-    needs_head_dim(head_dim)
+    needs_head_dim(head_dim, dtype)
     batch, seqlen_q, seqlen_k, nheads, nheads_k = SHAPES[shape]
     torch.manual_seed(0)
     q = make(batch, seqlen_q, nheads, head_dim, dtype, grad=False)

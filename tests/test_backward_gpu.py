@@ -28,21 +28,23 @@ HEAD_DIMS = [64, 128]
 DTYPES = [torch.bfloat16, torch.float16]
 
 
-def _built(head_dim: int) -> bool:
-    """Whether this build runs both the forward and the backward of a head dim here."""
-    if head_dim not in {c["head_dim"] for c in fa_cute.configs()}:
+def _built(head_dim: int, dtype=torch.bfloat16) -> bool:
+    """Whether this build runs both the forward and the backward of a head dim here, in
+    dtype (a build may hold one dtype: FA_CUTE_DTYPES)."""
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if not any(c["head_dim"] == head_dim and name in c["dtypes"] for c in fa_cute.configs()):
         return False
     major, minor = torch.cuda.get_device_capability()
     try:
-        _C.default_backward_config(head_dim, major, minor)
+        config = _C.default_backward_config(head_dim, major, minor)
     except ValueError:
         return False
-    return True
+    return any(c["name"] == config and name in c["dtypes"] for c in BACKWARD_CONFIGS)
 
 
-def needs_head_dim(head_dim: int) -> None:
-    if not _built(head_dim):
-        pytest.skip(f"head dim {head_dim}: no forward or backward config built for this GPU")
+def needs_head_dim(head_dim: int, dtype=torch.bfloat16) -> None:
+    if not _built(head_dim, dtype):
+        pytest.skip(f"head dim {head_dim}, {dtype}: no forward or backward config built for this GPU")
 
 
 def make(batch, seqlen, heads, head_dim, dtype, grad=True) -> torch.Tensor:
@@ -88,7 +90,7 @@ SHAPES = {
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_backward_matches_the_reference(shape, causal, head_dim, dtype) -> None:
-    needs_head_dim(head_dim)
+    needs_head_dim(head_dim, dtype)
     batch, seqlen_q, seqlen_k, nheads, nheads_k = SHAPES[shape]
     q = make(batch, seqlen_q, nheads, head_dim, dtype, grad=False)
     k, v = (make(batch, seqlen_k, nheads_k, head_dim, dtype, grad=False) for _ in range(2))
@@ -191,7 +193,7 @@ def test_each_backward_config(config, dtype_name, causal, heads, layout, lengths
 def test_forward_gradients_in_sdpa_layout(causal, head_dim, dtype) -> None:
     """Autograd through forward on (batch, nheads, seqlen, headdim) storage viewed with
     .transpose(1, 2), a loss that is not a plain sum."""
-    needs_head_dim(head_dim)
+    needs_head_dim(head_dim, dtype)
 
     def leaf(seqlen, heads):
         return torch.randn(2, heads, seqlen, head_dim, device="cuda",
