@@ -40,7 +40,7 @@ namespace fa_cute {
 //   kdQBulkReduce: each warp stages its 16 rows x d/2 columns of dQ_m in shared memory and
 //     adds them to dq_accum with one TMA bulk reduce-add (cp.reduce.async.bulk .add.f32) per
 //     row, which runs in the async proxy while the warp goes on with the next step, instead
-//     of d/4 float2 atomics a thread issued by the load/store unit.
+//     of the atomics a thread issues by the load/store unit (add_dq_atomics).
 //   kdPEarlyInit: dP^T's accumulator is set to -D before S^T is issued, not between the
 //     S^T and dP^T wgmma batches (where it makes ptxas retire S^T before issuing dP^T).
 //   kdQOverlap: the dQ wgmma is issued right after the dS barrier, behind dV and dK still

@@ -32,7 +32,7 @@ namespace fa_cute {
 //     dS^T -> shared memory as dS; both warpgroups' columns (and the next step's LSE and
 //       D) stored (named barrier);
 //       dV and dK retire, the Q/dO stage is released
-//     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by float2 atomics
+//     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by 16-byte atomics
 //   store_dkdv (consumers): dK * scale and dV in the input dtype.
 // The traits' knobs vary four of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
 // staged per warp in shared memory and added by TMA bulk reduce-adds that run on while
