@@ -23,8 +23,8 @@ pytestmark = [
     # deterministic=True is refused there, by a ValueError naming the families that have it
     pytest.mark.skipif(not any(c["family"] in _backward.DETERMINISTIC_FAMILIES
                                for c in _backward.BACKWARD_CONFIGS.values()),
-                       reason="no backward config of this build has a deterministic mode (an "
-                       "sm_90a-only build has no sm80 family)"),
+                       reason="no backward config of this build has a deterministic mode (its "
+                       "FA_CUTE_CONFIGS list has no sm80 backward)"),
 ]
 
 SHAPES = {

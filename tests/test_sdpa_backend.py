@@ -30,8 +30,9 @@ BF16 = torch.bfloat16
 
 def _placeholder_backward() -> bool:
     """Whether this build has a d=128 backward for the placeholder GPU that CPU tensors are
-    checked against (compute capability 8.0: the sm80 family): an sm_90a-only build
-    (FA_CUTE_ARCHS=90a) has none, and refuses these tensors' backward by head dim."""
+    checked against (compute capability 8.0: the sm80 family): a build of a config list
+    without an sm80 d=128 backward (FA_CUTE_CONFIGS=...) has none, and refuses these
+    tensors' backward by head dim."""
     if not has_backward():
         return False
     try:
@@ -43,7 +44,7 @@ def _placeholder_backward() -> bool:
 
 needs_placeholder_backward = pytest.mark.skipif(
     not _placeholder_backward(), reason="no d=128 backward for the placeholder GPU (compute capability "
-    "8.0) in this build: an sm_90a-only build has no sm80 family")
+    "8.0) in this build: its FA_CUTE_CONFIGS list has no sm80 d=128 backward")
 flash_sdpa = torch.ops.aten._scaled_dot_product_flash_attention.default
 
 
