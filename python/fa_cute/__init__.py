@@ -4,6 +4,7 @@
     out = fa_cute.sdpa(q, k, v)      # torch SDPA's layout, (batch, nheads, seqlen, headdim)
     out.sum().backward()             # gradients, for inputs that require grad
     fa_cute.activate()               # torch SDPA's flash backend on CUDA runs fa_cute
+    out, lse = fa_cute.combine(outs, lses)  # attention over disjoint key sets, merged
 
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
 """
@@ -17,9 +18,10 @@ except ImportError as exc:
 
 from ._api import backward, configs, forward, forward_timed, resolve_config, sdpa  # noqa: E402
 from . import _C  # noqa: E402  (after _api, whose import explains a missing build)
+from ._combine import combine  # noqa: E402
 from ._sdpa_backend import activate, activated, deactivate, is_active  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
-__all__ = ["__version__", "activate", "activated", "backward", "configs", "deactivate",
+__all__ = ["__version__", "activate", "activated", "backward", "combine", "configs", "deactivate",
            "forward", "forward_timed", "is_active", "resolve_config", "sdpa"]
