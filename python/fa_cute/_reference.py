@@ -26,7 +26,7 @@ import torch
 
 __all__ = ["ABS_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
            "attention_grads_ref", "attention_ref", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
-           "long_inputs", "relative_error", "row_references"]
+           "long_inputs", "relative_error", "row_references", "visible_mask"]
 
 #: Absolute slack added to twice the plain error, so that exact-zero plain errors still pass.
 ABS_SLACK = 1e-5
@@ -57,9 +57,32 @@ def causal_mask(seqlen_q: int, seqlen_k: int, causal_offset: int,
     return cols <= rows + causal_offset
 
 
+def visible_mask(seqlen_q: int, seqlen_k: int, offset: int, causal: bool,
+                 window_size: Tuple[int, int] = (-1, -1),
+                 device: Union[str, torch.device] = "cpu") -> Optional[torch.Tensor]:
+    """(seqlen_q, seqlen_k) bool, True where query row r sees key c, or None where every row
+    sees every key. FlashAttention's semantics with the rows aligned at `offset` (bottom-right:
+    seqlen_k - seqlen_q): causal, c <= r + offset; window_size (left, right), each -1 for no
+    bound, c in [r + offset - left, r + offset + right] (causal bounds right by 0)."""
+    left, right = window_size
+    if not causal and left < 0 and right < 0:
+        return None
+    rows = torch.arange(seqlen_q, device=device)[:, None] + offset
+    cols = torch.arange(seqlen_k, device=device)[None, :]
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if causal:
+        visible &= cols <= rows
+    if right >= 0:
+        visible &= cols <= rows + right
+    if left >= 0:
+        visible &= cols >= rows - left
+    return visible
+
+
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float,
                   upcast: bool = True, *, causal: bool = False,
-                  causal_offset: Optional[int] = None, return_lse: bool = False) -> Result:
+                  causal_offset: Optional[int] = None, return_lse: bool = False,
+                  window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0) -> Result:
     """softmax(q k^T * scale) v for q (batch, seqlen_q, nheads, d) and k, v
     (batch, seqlen_k, nheads_k, d), nheads a multiple of nheads_k; output shaped like q.
 
@@ -69,7 +92,10 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     (seqlen_k - seqlen_q, what fa_cute.forward does); pass 0 for torch SDPA's top-left.
     With return_lse, also returns the natural-log LSE of the scaled scores over the visible
     keys, float64, shape (batch, nheads, seqlen_q); -inf for rows that see no key, whose
-    output is 0.
+    output is 0. window_size (left, right) limits each row to the keys of `visible_mask`
+    (aligned as causal is: bottom-right unless causal_offset says otherwise); softcap > 0
+    maps the scaled scores s to softcap * tanh(s / softcap) before the softmax (the LSE is
+    over the mapped scores).
     """
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_k = k.shape[1], k.shape[2]
@@ -77,8 +103,9 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} differ")
     if nheads % nheads_k:
         raise ValueError(f"nheads of q ({nheads}) is not a multiple of nheads of k ({nheads_k})")
-    if causal_offset is not None and not causal:
-        raise ValueError("causal_offset is given but causal is False")
+    windowed = tuple(window_size) != (-1, -1)
+    if causal_offset is not None and not (causal or windowed):
+        raise ValueError("causal_offset is given but causal is False and there is no window")
     if upcast:
         q, k, v = (t.to(torch.float64) for t in (q, k, v))
     # Query head h = j * group + i reads K/V head j: q's heads split as (j, i) meet K/V
@@ -87,10 +114,12 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     q = q.reshape(batch, seqlen_q, nheads_k, group, head_dim)
     scores = torch.einsum("bqjid,bkjd->bjiqk", q, k).reshape(batch, nheads, seqlen_q, seqlen_k)
     scores = scores * softmax_scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
     empty_rows = None
-    if causal:
-        offset = bottom_right_offset(seqlen_q, seqlen_k) if causal_offset is None else causal_offset
-        visible = causal_mask(seqlen_q, seqlen_k, offset, scores.device)
+    offset = bottom_right_offset(seqlen_q, seqlen_k) if causal_offset is None else causal_offset
+    visible = visible_mask(seqlen_q, seqlen_k, offset, causal, tuple(window_size), scores.device)
+    if visible is not None:
         scores = scores.masked_fill(~visible, -math.inf)
         empty_rows = ~visible.any(dim=1)
     lse_scores = scores
@@ -111,7 +140,8 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
 
 def attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
                         softmax_scale: float, upcast: bool = True, *, causal: bool = False,
-                        causal_offset: Optional[int] = None
+                        causal_offset: Optional[int] = None,
+                        window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of `attention_ref` for the output gradient dout, by autograd through it:
     in float64 (upcast=True, the reference) or in the input dtype (upcast=False, the plain
@@ -121,7 +151,7 @@ def attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout:
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     with torch.enable_grad():
         out = attention_ref(*leaves, softmax_scale, upcast=False, causal=causal,
-                            causal_offset=causal_offset)
+                            causal_offset=causal_offset, window_size=window_size, softcap=softcap)
         return torch.autograd.grad(out, leaves, dout.to(dtype))
 
 
