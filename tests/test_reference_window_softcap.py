@@ -65,3 +65,44 @@ def test_softcap_bounds_the_scores():
     v = torch.randn(1, 3, 1, 4, dtype=torch.float64)
     _, lse = attention_ref(q, k, v, 1.0, softcap=2.0, return_lse=True)
     assert lse.item() == pytest.approx(2.0 * math.tanh(200.0) + math.log(3))
+
+
+def test_varlen_reference_is_the_dense_one_per_sequence():
+    from fa_cute._reference import varlen_attention_ref
+    gen = torch.Generator().manual_seed(1)
+    lens_q, lens_k = [3, 0, 5, 1], [4, 2, 0, 9]
+    cu_q = [0] + list(torch.tensor(lens_q).cumsum(0).tolist())
+    cu_k = [0] + list(torch.tensor(lens_k).cumsum(0).tolist())
+    q = torch.randn(cu_q[-1], 4, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(cu_k[-1], 2, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    out, lse = varlen_attention_ref(q, k, v, cu_q, cu_k, 0.3, causal=True, window_size=(2, -1),
+                                    return_lse=True)
+    assert out.shape == q.shape and lse.shape == (4, cu_q[-1])
+    for i in range(4):
+        rows = slice(cu_q[i], cu_q[i + 1])
+        if lens_q[i] == 0:
+            continue
+        if lens_k[i] == 0:
+            assert (out[rows] == 0).all() and torch.isneginf(lse[:, rows]).all()
+            continue
+        keys = slice(cu_k[i], cu_k[i + 1])
+        ref, ref_lse = attention_ref(q[None, rows], k[None, keys], v[None, keys], 0.3, causal=True,
+                                     window_size=(2, -1), return_lse=True)
+        torch.testing.assert_close(out[rows], ref[0], rtol=0, atol=0)
+        torch.testing.assert_close(lse[:, rows], ref_lse[0], rtol=0, atol=0)
+
+
+def test_paged_kv_reference_reads_shuffled_pages():
+    from fa_cute._reference import paged_kv_ref
+    dense = torch.randn(2, 40, 2, 4, dtype=torch.float64)
+    page_size, pages_per_seq = 16, 3
+    order = torch.randperm(2 * pages_per_seq, generator=torch.Generator().manual_seed(0))
+    cache = torch.zeros(2 * pages_per_seq, page_size, 2, 4, dtype=torch.float64)
+    table = order.view(2, pages_per_seq)
+    for b in range(2):
+        for j in range(40):
+            cache[table[b, j // page_size], j % page_size] = dense[b, j]
+    got = paged_kv_ref(cache, table, [40, 17])
+    torch.testing.assert_close(got[0], dense[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1, :17], dense[1, :17], rtol=0, atol=0)
+    assert (got[1, 17:] == 0).all()

@@ -26,7 +26,8 @@ import torch
 
 __all__ = ["ABS_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
            "attention_grads_ref", "attention_ref", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
-           "long_inputs", "relative_error", "row_references", "visible_mask"]
+           "long_inputs", "paged_kv_ref", "relative_error", "row_references", "varlen_attention_ref",
+           "visible_mask"]
 
 #: Absolute slack added to twice the plain error, so that exact-zero plain errors still pass.
 ABS_SLACK = 1e-5
@@ -136,6 +137,57 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     if not return_lse:
         return out
     return out, torch.logsumexp(lse_scores, dim=-1).to(torch.float64)
+
+
+def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         cu_seqlens_q: Sequence[int], cu_seqlens_k: Sequence[int],
+                         softmax_scale: float, upcast: bool = True, *, causal: bool = False,
+                         window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                         seqused_k: Optional[Sequence[int]] = None, return_lse: bool = False
+                         ) -> Result:
+    """`attention_ref` sequence by sequence over packed q (total_q, nheads, d) and k, v
+    (total_k, nheads_k, d): sequence i holds rows cu_seqlens_q[i]:cu_seqlens_q[i + 1] of q
+    and cu_seqlens_k[i]:cu_seqlens_k[i + 1] of k and v (of which only the first
+    seqused_k[i] keys, where given), each aligned bottom-right on its own lengths. Output
+    (total_q, nheads, d); with return_lse, LSE (nheads, total_q) float64 (FlashAttention's
+    varlen layout). A zero-length sequence contributes nothing; a row that sees no key is 0
+    with LSE -inf."""
+    cu_q, cu_k = [int(x) for x in cu_seqlens_q], [int(x) for x in cu_seqlens_k]
+    if len(cu_q) != len(cu_k) or len(cu_q) < 1:
+        raise ValueError(f"cu_seqlens_q ({len(cu_q)}) and cu_seqlens_k ({len(cu_k)}) must have "
+                         "the same length, batch + 1 >= 1")
+    dtype = torch.float64 if upcast else q.dtype
+    out = torch.zeros(q.shape, dtype=dtype, device=q.device)
+    lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=torch.float64, device=q.device)
+    for i in range(len(cu_q) - 1):
+        q0, q1, k0, k1 = cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1]
+        if seqused_k is not None:
+            k1 = k0 + int(seqused_k[i])
+        if q1 == q0:
+            continue
+        if k1 == k0:
+            continue  # no key: rows 0, LSE -inf
+        res = attention_ref(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], softmax_scale, upcast,
+                            causal=causal, window_size=window_size, softcap=softcap,
+                            return_lse=True)
+        out[q0:q1] = res[0][0]
+        lse[:, q0:q1] = res[1][0]
+    return (out, lse) if return_lse else out
+
+
+def paged_kv_ref(cache: torch.Tensor, page_table: torch.Tensor, seqlens: Sequence[int]
+                 ) -> torch.Tensor:
+    """A paged KV cache (num_pages, page_size, nheads_k, d) read through page_table (batch,
+    max_pages) as a dense (batch, max(seqlens), nheads_k, d) tensor: sequence b's key j is
+    row j % page_size of page page_table[b, j // page_size]; rows past seqlens[b] are 0."""
+    page_size = cache.shape[1]
+    batch = page_table.shape[0]
+    longest = max([int(n) for n in seqlens] + [0])
+    dense = cache.new_zeros((batch, longest) + tuple(cache.shape[2:]))
+    for b in range(batch):
+        for j in range(int(seqlens[b])):
+            dense[b, j] = cache[int(page_table[b, j // page_size]), j % page_size]
+    return dense
 
 
 def attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor,
