@@ -62,7 +62,7 @@ def test_rows_that_see_no_key_anywhere_get_zero_and_minus_inf():
 def test_a_key_set_no_row_sees_adds_nothing():
     q, k, v = _qkv()
     outs, lses = _partials(q, k, v, (0, 100), causal=False)
-    junk = torch.full_like(outs[0], 7.0)  # an empty key set's output is never read
+    junk = torch.full_like(outs[0], math.nan)  # an empty key set's output is never read
     out, lse = fa_cute.combine([outs[0], junk], [lses[0], torch.full_like(lses[0], -math.inf)])
     torch.testing.assert_close(out, outs[0], rtol=0, atol=0)
     torch.testing.assert_close(lse, lses[0], rtol=0, atol=0)
@@ -101,6 +101,18 @@ def test_gradients_flow_and_match_finite_differences():
     leaves = [t.clone().requires_grad_() for t in outs + lses]
     assert torch.autograd.gradcheck(lambda *ts: fa_cute.combine(list(ts[:2]), list(ts[2:])),
                                     tuple(leaves))
+
+
+def test_a_nan_partial_where_its_keys_are_unseen_leaves_gradients_finite():
+    q, k, v = _qkv()
+    outs, lses = _partials(q, k, v, (0, 100), causal=False)
+    junk = torch.full_like(outs[0], math.nan).requires_grad_()
+    lse_empty = torch.full_like(lses[0], -math.inf).requires_grad_()
+    out0, lse0 = outs[0].clone().requires_grad_(), lses[0].clone().requires_grad_()
+    out, lse = fa_cute.combine([out0, junk], [lse0, lse_empty])
+    (out.sum() + lse.sum()).backward()
+    for t in (out0, lse0, junk, lse_empty):
+        assert torch.isfinite(t.grad).all()
 
 
 def test_gradients_of_rows_that_see_no_key_are_finite():

@@ -6,8 +6,9 @@ pieces). Exact up to rounding: with m = max_i lse_i,
 
 computed in float32 (float64 for float64 inputs) with PyTorch's ops, so it runs wherever
 its inputs are and gradients flow through it. A key set that a row does not see (LSE -inf,
-forward's convention for a row that sees no key) adds nothing; a row that sees no key in
-any set gets out 0 and LSE -inf, as from `fa_cute.forward`.
+forward's convention for a row that sees no key) adds nothing, whatever that partial holds
+in the row; a row that sees no key in any set gets out 0 and LSE -inf, as from
+`fa_cute.forward`.
 
 Messages follow `_validate`'s rules: TypeError for types, ValueError for the rest, each
 naming the argument and what is allowed.
@@ -88,7 +89,12 @@ def combine(out_partials: Partials, lse_partials: Partials, *,
     total = torch.where(seen, total, torch.ones_like(total))
     lse_out = torch.where(seen, m + torch.log(total), torch.full_like(total, float("-inf")))
     scale = (weights / total).permute(0, 1, 3, 2).unsqueeze(-1)  # (n, batch, seqlen_q, nheads, 1)
-    out = (scale * torch.stack([o.to(wide) for o in outs])).sum(0)
+    # A partial's rows that see none of its keys are not read: whatever they hold (a split
+    # that stored nothing there, NaN included) adds 0.
+    # (Masking the values, not the products, keeps the LSEs' gradients finite there too.)
+    values = torch.stack([o.to(wide) for o in outs])
+    values = torch.where(scale > 0, values, torch.zeros_like(values))
+    out = (scale * values).sum(0)
     return out.to(out_dtype), lse_out
 
 
