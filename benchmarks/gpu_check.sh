@@ -20,11 +20,15 @@
 #   FA_CUTE_SANITIZERS        which compute-sanitizer tools (default: memcheck racecheck
 #                             synccheck); with every config built, racecheck alone takes
 #                             minutes, so a call with a time limit may split them
+#   FA_CUTE_SANITIZE_CONFIGS  a regex of the configs the sanitizers run (sanitize_case.py's
+#                             argument), e.g. bwd_ for the backward's; default every one
 #   FA_CUTE_SKIP_BENCH=1      skip the benchmark
 #   FA_CUTE_BENCH_SET         which benchmark tables (bf16 and fp16 each):
 #                             standard (default, a few minutes on an H100): d=64, 128 and
 #                               256, non-causal and causal, then a decode table at d=128;
-#                             quick: d=128 non-causal only
+#                             quick: d=128 non-causal only;
+#                             backward: the backward at d=64 and 128, non-causal and causal,
+#                               then its deterministic mode (docs/perf-notes.md, Backward)
 #   FA_CUTE_BENCH_ARGS        extra arguments for every python3 -m fa_cute.bench run
 #   FA_CUTE_FA4_SITE          site dir holding FlashAttention-4, passed to every bench run
 #                             as --fa4-site (an FA4 column next to FLASH and CUDNN); e.g.
@@ -102,7 +106,7 @@ if ! skipped FA_CUTE_SKIP_SANITIZERS; then
   for tool in ${FA_CUTE_SANITIZERS:-memcheck racecheck synccheck}; do
     step "compute-sanitizer --tool $tool (log: $LOGS/sanitizer_$tool.log)"
     compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 \
-      python3 benchmarks/sanitize_case.py 2>&1 | tee "$LOGS/sanitizer_$tool.log" \
+      python3 benchmarks/sanitize_case.py "${FA_CUTE_SANITIZE_CONFIGS:-}" 2>&1 | tee "$LOGS/sanitizer_$tool.log" \
       || FAILED+=("$tool")
   done
 fi
@@ -127,8 +131,11 @@ if ! skipped FA_CUTE_SKIP_BENCH; then
       bench bench_decode --decode --dtype bf16,fp16 --headdim 128 ;;
     quick)
       bench bench --dtype bf16,fp16 ;;
+    backward)
+      bench bench_bwd --bwd --dtype bf16,fp16 --headdim 64,128 --causal both
+      bench bench_bwd_det --bwd --deterministic --dtype bf16 --headdim 64,128 --causal both ;;
     *)
-      echo "FA_CUTE_BENCH_SET=${FA_CUTE_BENCH_SET}: expected standard or quick"
+      echo "FA_CUTE_BENCH_SET=${FA_CUTE_BENCH_SET}: expected standard, quick or backward"
       FAILED+=("bench") ;;
   esac
 fi
