@@ -34,7 +34,7 @@ namespace fa_cute {
 //       dV and dK retire, the Q/dO stage is released
 //     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by 16-byte atomics
 //   store_dkdv (consumers): dK * scale and dV in the input dtype.
-// The traits' knobs vary four of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
+// The traits' knobs vary five of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
 // staged per warp in shared memory and added by TMA bulk reduce-adds that run on while
 // the next step computes (kdQBulkReduce, add_dq_bulk); the -D start of dP^T written before
 // S^T is issued, so that the two wgmma batches are issued back to back (kdPEarlyInit); the
