@@ -10,6 +10,7 @@ warm-up and a CUDA-event timing of 10 calls (printed). Needs a CUDA GPU.
 (The autograd engine runs cuDNN's backward on its own thread, out of an NVTX range of this
 one: the profiler range, process-wide, takes it.) docs/perf-notes.md (Backward) reads them.
 """
+import os
 import sys
 
 import torch
@@ -18,13 +19,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bwd_speed import backward_inputs  # noqa: E402
+
 d, n, causal, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 b, h = 16384 // n, 2048 // d
-q, k, v, do = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal)[:2]
-qt, kt, vt, dot, ot = (t.transpose(1, 2) for t in (q, k, v, do, out))
-lse = lse.contiguous()
+q, k, v, do, (qt, kt, vt, dot, ot), lse = backward_inputs(d, n, causal)
 qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
     o2 = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)

@@ -16,45 +16,57 @@ def bench(fn, iters=10):
     e.record(); torch.cuda.synchronize()
     return s.elapsed_time(e) / iters
 
-dims = [int(x) for x in sys.argv[1].split(",")]
-seqlens = [int(x) for x in sys.argv[2].split(",")]
-family = sys.argv[sys.argv.index("--family") + 1] if "--family" in sys.argv else "sm90a"
-det = "--det" in sys.argv
-rows = []
-for d in dims:
-    cfgs = [c["name"] for c in _C.backward_configs() if c["head_dim"] == d and c["family"] == family]
-    for causal in (False, True):
-        for n in seqlens:
-            b, h = 16384 // n, 2048 // d
-            q, k, v, do = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal)[:2]
-            qt, kt, vt, dot, ot = (t.transpose(1, 2) for t in (q, k, v, do, out))
-            lse = lse.contiguous()
-            fns = {}
-            for name, backend in (("FLASH", SDPBackend.FLASH_ATTENTION), ("CUDNN", SDPBackend.CUDNN_ATTENTION)):
-                qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-                try:
-                    with sdpa_kernel(backend):
-                        o2 = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
-                    fns[name] = (lambda o2=o2, g=(qg, kg, vg): torch.autograd.grad(o2, g, do, retain_graph=True))
-                except RuntimeError:
-                    pass
-            for c in cfgs:
-                fns[c] = (lambda c=c: fa_cute.backward(dot, qt, kt, vt, ot, lse, causal=causal, config=c))
-            if det:
-                fns["det:" + cfgs[0]] = (lambda c=cfgs[0]: fa_cute.backward(dot, qt, kt, vt, ot, lse, causal=causal,
-                                                                            config=c, deterministic=True))
-            times = {kk: [] for kk in fns}
-            for _ in range(3):
-                order = list(fns); random.shuffle(order)
-                for kk in order: times[kk].append(bench(fns[kk]))
-            flops = 2.5 * 4 * b * h * n * n * d / (2 if causal else 1)
-            tf = {kk: flops / (sorted(t)[1] * 1e-3) / 1e12 for kk, t in times.items()}
-            ref = "FLASH" if family == "sm80" else "CUDNN"
-            rows.append(dict(d=d, causal=causal, n=n, tflops={kk: round(x, 1) for kk, x in tf.items()}))
-            print(f"d={d} {'causal' if causal else 'full  '} N={n:5d} " +
-                  "  ".join(f"{kk.replace('bwd_', '')}={x:.0f}({x / tf[ref]:.2f})" for kk, x in tf.items()), flush=True)
-            del fns, times
-json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows),
-          open(os.environ.get("OUT", "/tmp") + f"/bwdspeed_{family}{'_det' if det else ''}.json", "w"), indent=1)
+def backward_inputs(d, n, causal):
+    """Random bf16 q, k, v, dout in SDPA's layout (B = 16384/N, H = 2048/d), out and lse of
+    PyTorch's FLASH forward; fa_cute's layout views of q, k, v, dout and out: (q, k, v, do,
+    (qt, kt, vt, dot, ot), lse)."""
+    b, h = 16384 // n, 2048 // d
+    q, k, v, do = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal)[:2]
+    return q, k, v, do, tuple(t.transpose(1, 2) for t in (q, k, v, do, out)), lse.contiguous()
+
+
+def main():
+    dims = [int(x) for x in sys.argv[1].split(",")]
+    seqlens = [int(x) for x in sys.argv[2].split(",")]
+    family = sys.argv[sys.argv.index("--family") + 1] if "--family" in sys.argv else "sm90a"
+    det = "--det" in sys.argv
+    rows = []
+    for d in dims:
+        cfgs = [c["name"] for c in _C.backward_configs() if c["head_dim"] == d and c["family"] == family]
+        for causal in (False, True):
+            for n in seqlens:
+                b, h = 16384 // n, 2048 // d
+                q, k, v, do, (qt, kt, vt, dot, ot), lse = backward_inputs(d, n, causal)
+                fns = {}
+                for name, backend in (("FLASH", SDPBackend.FLASH_ATTENTION), ("CUDNN", SDPBackend.CUDNN_ATTENTION)):
+                    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+                    try:
+                        with sdpa_kernel(backend):
+                            o2 = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+                        fns[name] = (lambda o2=o2, g=(qg, kg, vg): torch.autograd.grad(o2, g, do, retain_graph=True))
+                    except RuntimeError:
+                        pass
+                for c in cfgs:
+                    fns[c] = (lambda c=c: fa_cute.backward(dot, qt, kt, vt, ot, lse, causal=causal, config=c))
+                if det:
+                    fns["det:" + cfgs[0]] = (lambda c=cfgs[0]: fa_cute.backward(dot, qt, kt, vt, ot, lse, causal=causal,
+                                                                                config=c, deterministic=True))
+                times = {kk: [] for kk in fns}
+                for _ in range(3):
+                    order = list(fns); random.shuffle(order)
+                    for kk in order: times[kk].append(bench(fns[kk]))
+                flops = 2.5 * 4 * b * h * n * n * d / (2 if causal else 1)
+                tf = {kk: flops / (sorted(t)[1] * 1e-3) / 1e12 for kk, t in times.items()}
+                ref = "FLASH" if family == "sm80" else "CUDNN"
+                rows.append(dict(d=d, causal=causal, n=n, tflops={kk: round(x, 1) for kk, x in tf.items()}))
+                print(f"d={d} {'causal' if causal else 'full  '} N={n:5d} " +
+                      "  ".join(f"{kk.replace('bwd_', '')}={x:.0f}({x / tf[ref]:.2f})" for kk, x in tf.items()), flush=True)
+                del fns, times
+    json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows),
+              open(os.environ.get("OUT", "/tmp") + f"/bwdspeed_{family}{'_det' if det else ''}.json", "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -105,7 +105,7 @@ q, k, v = (torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16) for _ in
 out, lse = fa_cute.forward(q, k, v, causal=True, return_lse=True)
 dout, dq = torch.randn_like(out), torch.empty_like(q)
 print(f"backward B={b} H={h} N={n} d={d} causal: config "
-      f"{_backward.validate_backward_cached(dout, q, k, v, out, lse, causal=True, bottom_right=True, softmax_scale=None, deterministic=False).config}")
+      f"{_backward.validate_backward_cached(dout, q, k, v, out, lse, causal=True, bottom_right=True, softmax_scale=None, deterministic=False, dq=None, dk=None, dv=None).config}")
 qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
 ds = dout.transpose(1, 2)
 def autograd_bwd(fn):

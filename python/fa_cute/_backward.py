@@ -16,7 +16,7 @@ import torch
 from . import _C, _cache, _tuning
 from ._configs import (AUTO, DTYPE_NAMES, PLACEHOLDER_CC, check_config_type, family_runs_on,
                        gpu_of, smem_limit_of)
-from ._launch import ALIGN_BYTES, Launch, current_stream, row_strides
+from ._launch import Launch, current_stream, row_strides
 from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, broadcast_dim, check_devices,
                         check_flag, check_inputs, check_layout, check_memory, check_shapes,
                         check_tensor, extent_bytes, overlaps_itself, resolve_scale,
@@ -190,28 +190,23 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
                   row_strides(q), row_strides(k), row_strides(v))
 
 
-def _tensor_key(t) -> tuple:
-    """What the backward's checks read of one tensor argument (`_cache._launch_key`'s
-    fields): raises AttributeError or RuntimeError for what is not a dense tensor."""
-    return (t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
-            t.data_ptr() % ALIGN_BYTES)
-
-
 def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: bool,
-                             softmax_scale, deterministic, names: Names = FORWARD_NAMES,
-                             config: Optional[str] = AUTO) -> Launch:
-    """`validate_backward` with no gradient buffers given, answered from
-    `_cache.BACKWARD_VALIDATED` for arguments seen before: a hit costs a key and a check that
-    each storage still holds its tensor (one freed under it goes to the full checks, which
-    name it). Errors are never cached; neither are calls with a tensor elsewhere than a GPU."""
+                             softmax_scale, deterministic, dq, dk, dv,
+                             names: Names = FORWARD_NAMES, config: Optional[str] = AUTO) -> Launch:
+    """`validate_backward`, answered from `_cache.BACKWARD_VALIDATED` for arguments seen
+    before when no gradient buffer is given (given ones bring aliasing checks that depend on
+    exact addresses): a hit costs a key and a check that each storage still holds its tensor
+    (one freed under it goes to the full checks, which name it). Errors are never cached;
+    neither are calls with a tensor elsewhere than a GPU."""
     key = None
     tensors = (dout, q, k, v, out, lse)
-    if (all(type(t) is torch.Tensor and t.is_cuda for t in tensors)
+    if (dq is None and dk is None and dv is None
+            and all(type(t) is torch.Tensor and t.is_cuda for t in tensors)
             and type(causal) is bool and type(deterministic) is bool
             and (config is None or type(config) is str)
             and (softmax_scale is None or type(softmax_scale) in (int, float))):
         try:
-            key = (tuple(_tensor_key(t) for t in tensors), causal, bottom_right,
+            key = (tuple(_cache.tensor_key(t) for t in tensors), causal, bottom_right,
                    type(softmax_scale), softmax_scale, deterministic, config, names)
         except RuntimeError:  # a tensor without data_ptr(): the checks name it
             key = None
@@ -223,7 +218,7 @@ def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: b
                 return launch
     launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
                                softmax_scale=softmax_scale, deterministic=deterministic,
-                               dq=None, dk=None, dv=None, names=names, config=config)
+                               dq=dq, dk=dk, dv=dv, names=names, config=config)
     if key is not None:
         _cache.remember(_cache.BACKWARD_VALIDATED, key,
                         (launch, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
@@ -290,15 +285,10 @@ def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax
     """Validate, allocate the gradients not given (laid out like q, k and v: torch.empty_like)
     and launch the backward (config: a backward config's name, or "auto") on PyTorch's
     current stream; returns (dq, dk, dv)."""
-    if dq is None and dk is None and dv is None:
-        launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
-                                          bottom_right=bottom_right, softmax_scale=softmax_scale,
-                                          deterministic=deterministic, names=names, config=config)
-    else:
-        launch = validate_backward(dout, q, k, v, out, lse, causal=causal,
-                                   bottom_right=bottom_right, softmax_scale=softmax_scale,
-                                   deterministic=deterministic, dq=dq, dk=dk, dv=dv, names=names,
-                                   config=config)
+    launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
+                                      bottom_right=bottom_right, softmax_scale=softmax_scale,
+                                      deterministic=deterministic, dq=dq, dk=dk, dv=dv,
+                                      names=names, config=config)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv

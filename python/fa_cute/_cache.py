@@ -17,7 +17,7 @@ from ._launch import ALIGN_BYTES, Launch
 from ._validate import FORWARD_NAMES, LIMITS, Names, extent_bytes, validate
 
 __all__ = ["BACKWARD_VALIDATED", "PLANS", "VALIDATED", "VALIDATED_MAX", "forget_tuning", "plan_key",
-           "remember", "validate_cached"]
+           "remember", "tensor_key", "validate_cached"]
 
 
 # Launches that passed `validate`, by everything the checks read (see `_launch_key`): a
@@ -70,6 +70,14 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
         # A sparse tensor has no data_ptr(), a nested one no shape: the checks name them.
         # (Free where nothing raises, unlike asking each tensor's layout first.)
         return None
+
+
+def tensor_key(t) -> tuple:
+    """`_launch_key`'s fields of one tensor argument (written out there for q, k and v, on the
+    forward's hot path), for the backward's cache: raises AttributeError or RuntimeError for
+    what is not a dense tensor."""
+    return (t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
+            t.data_ptr() % ALIGN_BYTES)
 
 
 def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,

@@ -53,9 +53,7 @@ def bottom_right_offset(seqlen_q: int, seqlen_k: int) -> int:
 def causal_mask(seqlen_q: int, seqlen_k: int, causal_offset: int,
                 device: Union[str, torch.device] = "cpu") -> torch.Tensor:
     """(seqlen_q, seqlen_k) bool, True where query row r may see key c: c <= r + offset."""
-    rows = torch.arange(seqlen_q, device=device)[:, None]
-    cols = torch.arange(seqlen_k, device=device)[None, :]
-    return cols <= rows + causal_offset
+    return visible_mask(seqlen_q, seqlen_k, causal_offset, True, device=device)
 
 
 def visible_mask(seqlen_q: int, seqlen_k: int, offset: int, causal: bool,
@@ -163,10 +161,8 @@ def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q0, q1, k0, k1 = cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1]
         if seqused_k is not None:
             k1 = k0 + int(seqused_k[i])
-        if q1 == q0:
-            continue
-        if k1 == k0:
-            continue  # no key: rows 0, LSE -inf
+        if q1 == q0 or k1 == k0:
+            continue  # no row, or no key: rows 0, LSE -inf
         res = attention_ref(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], softmax_scale, upcast,
                             causal=causal, window_size=window_size, softcap=softcap,
                             return_lse=True)

@@ -198,8 +198,9 @@ def forward_refusal(query, key, value, dropout_p: float, return_debug_mask: bool
                     is_causal: bool = False) -> Optional[str]:
     """Why fa_cute does not run this flash SDPA forward (None: it tries; its own checks
     may still refuse the layout). Reads dtypes, shapes and flags only."""
-    if _causal_refusal(query, key, is_causal) is not None:
-        return _causal_refusal(query, key, is_causal)
+    refusal = _causal_refusal(query, key, is_causal)
+    if refusal is not None:
+        return refusal
     if dropout_p != 0:
         return "dropout_p > 0: fa_cute has no dropout"
     if return_debug_mask:
@@ -213,8 +214,9 @@ def backward_refusal(grad_out, query, key, value, out, logsumexp, dropout_p: flo
     those `_C.default_backward_config` takes for the tensors' GPU, and only those the
     forward takes too: a head dim without a forward kernel ran PyTorch's forward, whose
     backward then runs PyTorch's kernel as well (the two passes come from one provider)."""
-    if _causal_refusal(query, key, is_causal) is not None:
-        return _causal_refusal(query, key, is_causal)
+    refusal = _causal_refusal(query, key, is_causal)
+    if refusal is not None:
+        return refusal
     if dropout_p != 0:
         return "dropout_p > 0: fa_cute has no dropout"
     if not has_backward():
