@@ -391,6 +391,28 @@ def test_sdpa_layout_inputs_pass_their_strides(kernels) -> None:
     assert_grads_close((q.grad, k.grad, v.grad), reference_grads(q, k, v, dout, True))
 
 
+@pytest.mark.parametrize("heads_inner", [False, True])
+def test_sdpa_output_keeps_the_query_layout(kernels, heads_inner: bool) -> None:
+    """A query viewed from (batch, seqlen, heads, d) gets an output stored so, as PyTorch's
+    FLASH and cuDNN backends give it: the model's transpose back is a view, not a copy."""
+    query = randn(2, 9, 4, D).transpose(1, 2) if heads_inner else randn(2, 4, 9, D)
+    query.requires_grad_()
+    key, value = (randn(2, 4, 5, D).requires_grad_() for _ in range(2))
+    out = fa_cute.sdpa(query, key, value)
+    assert out.shape == (2, 4, 9, D)
+    assert out.transpose(1, 2).is_contiguous() == heads_inner
+    assert out.is_contiguous() != heads_inner
+    model_out = out.transpose(1, 2).reshape(2, 9, 4 * D)  # a view where heads are inner
+    assert (model_out.data_ptr() == out.data_ptr()) == heads_inner
+    dout = randn(2, 9, 4 * D)
+    model_out.backward(dout)
+    assert kernels[-1]["o_strides"] == out.transpose(1, 2).stride()[:3]
+    assert query.grad.stride() == query.stride()
+    ref = reference_grads(*(t.transpose(1, 2) for t in (query, key, value)),
+                          dout.view(2, 9, 4, D), False)
+    assert_grads_close((query.grad, key.grad, value.grad), [g.transpose(1, 2) for g in ref])
+
+
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_sdpa_records_gradients_top_left(kernels, is_causal: bool) -> None:
     query = randn(2, 4, 9, D).requires_grad_()

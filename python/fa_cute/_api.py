@@ -138,7 +138,9 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     1/sqrt(headdim), and query heads that differ from key/value heads need
     enable_gqa=True. What the kernel does not do is refused with a ValueError rather than
     approximated: attn_mask (other than None), dropout_p != 0, tensors that are not 4-D,
-    scale <= 0. Returns a new contiguous (batch, nheads, seqlen_q, headdim) tensor. The
+    scale <= 0. Returns a new (batch, nheads, seqlen_q, headdim) tensor, stored as a
+    transposed (batch, seqlen_q, nheads, headdim) buffer where query's heads are inner in
+    memory (as PyTorch's FLASH and cuDNN backends return it), else contiguous. The
     other rules (dtypes, strides, one device, gradients, the custom op fa_cute::sdpa under
     torch.compile) are `forward`'s; the backward keeps sdpa's top-left alignment.
     """
@@ -199,8 +201,9 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     are summed over the query heads that share each K/V head. Rows that see no key get
     zero gradients.
 
-    The backward kernels take head dims 64 and 128 (`fa_cute._C.default_backward_config`
-    says what this build and GPU take); other head dims raise ValueError. dq is summed over
+    The backward kernels take head dims 64, 96, 128, 192 and 256
+    (`fa_cute._C.default_backward_config` says what this build and GPU take); other head
+    dims raise ValueError. dq is summed over
     key blocks with fp32 atomic adds, whose order varies between runs (the last bits of dq
     may differ); deterministic=True fixes that order (key block 0 first, for every query
     block), so that two runs on the same inputs and GPU give bitwise-equal dq, dk and dv
@@ -249,13 +252,24 @@ def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_ca
     launch = validate_cached(q, k, v, causal=is_causal, bottom_right=False,
                              softmax_scale=scale, config=AUTO, out=None, names=SDPA_NAMES)
     batch, nheads, seqlen_q, head_dim = query.shape
-    out = torch.empty((batch, nheads, seqlen_q, head_dim), dtype=query.dtype,
-                      device=query.device)
+    out = _sdpa_output_like(query)
     lse = None
     if return_lse:
         lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
     launch_kernel(launch, q, k, v, out.transpose(1, 2), lse, timed=False)
     return out, lse
+
+
+def _sdpa_output_like(query: torch.Tensor) -> torch.Tensor:
+    """sdpa's new output, (batch, nheads, seqlen_q, headdim) in query's order of the heads and
+    sequence dims in memory: a (batch, seqlen_q, nheads, headdim) buffer viewed with
+    .transpose(1, 2) where query's heads are inner (query a transposed view of forward's
+    layout, as models make it), else contiguous. A model's `out.transpose(1, 2).reshape(...)`
+    is then a view, as with PyTorch's FLASH and cuDNN backends, not a copy."""
+    batch, nheads, seqlen_q, head_dim = query.shape
+    if query.stride(1) < query.stride(2):
+        return query.new_empty((batch, seqlen_q, nheads, head_dim)).transpose(1, 2)
+    return query.new_empty((batch, nheads, seqlen_q, head_dim))
 
 
 def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, config, out,
@@ -449,10 +463,11 @@ def _register_ops() -> Dict[str, object]:
 
     @sdpa_op.register_fake
     def _(query, key, value, is_causal, scale, return_lse):
-        # sdpa's output is a new contiguous (batch, nheads, seqlen_q, headdim) tensor; its
-        # LSE is (batch, nheads, seqlen_q), which is _lse_like's shape of the transposed q.
-        lse = _lse_like(query.transpose(1, 2) if query.dim() == 4 else query, return_lse)
-        return query.new_empty(query.shape), lse
+        # sdpa's output as _sdpa_run allocates it; its LSE is (batch, nheads, seqlen_q),
+        # which is _lse_like's shape of the transposed q.
+        if query.dim() != 4:
+            return query.new_empty(query.shape), _lse_like(query, return_lse)
+        return _sdpa_output_like(query), _lse_like(query.transpose(1, 2), return_lse)
 
     @custom_op("fa_cute::backward", mutates_args=())
     def backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
