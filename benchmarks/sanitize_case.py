@@ -9,7 +9,8 @@ Every built config that runs on this GPU, in each of its dtypes, on four small c
 Then every built backward config that runs on this GPU, in each of its dtypes, on the first
 three cases (decode aside): fa_cute.backward(config=...) on the float64 reference's out and
 LSE into NaN-filled dq, dk, dv, each checked against the float64 reference
-gradients under the same 2x rule.
+gradients under the same 2x rule; and the same with deterministic=True in its first dtype
+(skipped for a config that refuses it).
 Each output is written over NaN and checked against the float64 reference (and the LSE
 against the reference LSE); the reference is computed on the CPU so that the sanitizer
 sees few GPU kernels besides ours. PyTorch's caching allocator is switched off before torch
@@ -94,8 +95,10 @@ def run_case(config: dict, dtype: torch.dtype, case: Case) -> str:
     return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}{lse_note})"
 
 
-def run_backward_case(config: str, d: int, dtype: torch.dtype, case: Case) -> str:
-    """'ok ...' or 'FAILED ...' for one backward config on one case. out and LSE come from
+def run_backward_case(config: str, d: int, dtype: torch.dtype, case: Case,
+                      deterministic: bool = False) -> str:
+    """'ok ...' or 'FAILED ...' for one backward config on one case ('skipped ...' where
+    deterministic=True and the config has no deterministic mode). out and LSE come from
     the float64 reference (so a head dim without a built forward is covered too)."""
     q, dout = (torch.randn(1, case.seqlen_q, case.nheads, d).to(dtype) for _ in range(2))
     k, v = (torch.randn(1, case.seqlen_k, case.nheads_k, d).to(dtype) for _ in range(2))
@@ -105,8 +108,13 @@ def run_backward_case(config: str, d: int, dtype: torch.dtype, case: Case) -> st
     out = to_gpu(ref_out.to(dtype), case.transposed)
     lse = ref_lse.float().contiguous().cuda()
     grads = [to_gpu(torch.full_like(t, math.nan), case.transposed) for t in (q, k, v)]
-    fa_cute.backward(gdout, gq, gk, gv, out, lse, causal=case.causal, dq=grads[0],
-                     dk=grads[1], dv=grads[2], config=config)
+    try:
+        fa_cute.backward(gdout, gq, gk, gv, out, lse, causal=case.causal, dq=grads[0],
+                         dk=grads[1], dv=grads[2], config=config, deterministic=deterministic)
+    except ValueError as exc:
+        if deterministic and "deterministic" in str(exc):
+            return f"skipped ({exc})"
+        raise
     torch.cuda.synchronize()
     ref = attention_grads_ref(q, k, v, dout, scale, causal=case.causal)
     plain = attention_grads_ref(q, k, v, dout, scale, upcast=False, causal=case.causal)
@@ -148,6 +156,15 @@ def main() -> int:
                                                DTYPES[dtype_name], case)
                     print(f"{config['name']} {dtype_name} {name}: {result}", flush=True)
                     results.append(result)
+            # deterministic=True (its dq counters' waits and hand-overs), in the first dtype
+            for name, case in CASES.items():
+                if case.seqlen_q == 1:
+                    continue
+                result = run_backward_case(config["name"], config["head_dim"],
+                                           DTYPES[config["dtypes"][0]], case, deterministic=True)
+                print(f"{config['name']} {config['dtypes'][0]} {name} deterministic: {result}",
+                      flush=True)
+                results.append(result)
     ran = [r for r in results if not r.startswith("skipped")]
     if not ran:
         print("no built config runs on this GPU")
