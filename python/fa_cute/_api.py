@@ -205,11 +205,13 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     (`fa_cute._C.default_backward_config` says what this build and GPU take); other head
     dims raise ValueError. dq is summed over
     key blocks with fp32 atomic adds, whose order varies between runs (the last bits of dq
-    may differ); deterministic=True fixes that order (key block 0 first, for every query
-    block), so that two runs on the same inputs and GPU give bitwise-equal dq, dk and dv
-    (dk and dv are deterministic either way), at some speed cost: each key block's CTA waits
-    for the one before it at each query block, and the call allocates batch * nheads *
-    ceil(seqlen_q / block_m) int32 counters more. dq, dk, dv, if given, receive the gradients and are returned (each of its input's
+    may differ); deterministic=True fixes that order (for every query block, key block 0
+    first, or the last first when causal: src/bwd_dq_order.h), so that two runs on the same
+    inputs and GPU give bitwise-equal dq, dk and dv (dk and dv are deterministic either
+    way), at a speed cost (on an H100, d=128: about 0.6-0.7x the default): each key block's
+    CTA waits for the one before it at each query block, and the call allocates batch *
+    nheads * ceil(seqlen_q / block_m) int32 counters more. dq, dk, dv, if given, receive the
+    gradients and are returned (each of its input's
     dtype and shape, aliasing no other tensor); otherwise new tensors laid out like q, k and
     v are. The kernel runs on PyTorch's current stream. Under torch.compile the call becomes
     the custom op fa_cute::backward (given dq, dk, dv receive a copy of its results).
