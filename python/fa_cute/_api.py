@@ -253,7 +253,7 @@ def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_ca
         raise
     launch = validate_cached(q, k, v, causal=is_causal, bottom_right=False,
                              softmax_scale=scale, config=AUTO, out=None, names=SDPA_NAMES)
-    batch, nheads, seqlen_q, head_dim = query.shape
+    batch, nheads, seqlen_q, _ = query.shape
     out = _sdpa_output_like(query)
     lse = None
     if return_lse:
