@@ -1,6 +1,6 @@
 """Backward TFLOP/s (2.5x fwd FLOPs) of fa_cute configs next to PyTorch's FLASH (FA2) and CUDNN
 backward, same process, interleaved shuffled rounds, median of 3 (CUDA events, 10 calls each).
-usage: bwdspeed.py D1,D2 N1,N2 [--family sm80|sm90a] [--det]"""
+usage: bwdspeed.py D1,D2 N1,N2 [--family sm80|sm90a] [--det: also each config deterministic, where it has the mode]"""
 import json, os, random, sys
 import torch, torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -50,9 +50,15 @@ def main():
                         pass
                 for c in cfgs:
                     fns[c] = (lambda c=c: fa_cute.backward(dot, qt, kt, vt, ot, lse, causal=causal, config=c))
-                if det:
-                    fns["det:" + cfgs[0]] = (lambda c=cfgs[0]: fa_cute.backward(dot, qt, kt, vt, ot, lse, causal=causal,
-                                                                                config=c, deterministic=True))
+                if det:  # every config with a deterministic mode (the _dqbulk and _dqwg variants have none)
+                    for c in cfgs:
+                        run = (lambda c=c: fa_cute.backward(dot, qt, kt, vt, ot, lse, causal=causal, config=c,
+                                                            deterministic=True))
+                        try:
+                            run()
+                        except ValueError:
+                            continue
+                        fns["det:" + c] = run
                 times = {kk: [] for kk in fns}
                 for _ in range(3):
                     order = list(fns); random.shuffle(order)

@@ -14,6 +14,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_types.h>
 
+#include "bwd_params.h"  // kDqAccumRowAlign
 #include "sm90/kernel_traits_sm90.h"
 #include "sm90/pipeline_sm90.h"
 
@@ -50,6 +51,14 @@ namespace fa_cute {
 //     column of the other warpgroup is read, so the warpgroups meet at no barrier and drift
 //     apart (each stages its own LSE and D behind a barrier of its 128 threads), one's
 //     softmax and atomics overlapping the other's GEMMs, at twice the atomics per step.
+//   kdQTile: dq_accum is laid out per query block in the dQ accumulators' own order (each
+//     (batch, head, query block) a contiguous kBlockM x d block, SmemLayoutdQTile); the
+//     consumers store their accumulators into one shared-memory copy of that block with
+//     16-byte stores and go on, and warp 1 of the producer warpgroup adds the whole block
+//     with one TMA bulk reduce-add (cp.reduce.async.bulk .add.f32): no atomics in the
+//     consumers, and a few large L2 requests instead of one per 64 bytes. The dQ
+//     postprocess reads the layout back (sm90/bwd_dq_tile_sm90.h). Deterministic runs order
+//     the bulk adds in that warp alone (bwd_dq_order.h), the consumers never wait for a turn.
 template <bool kStaged, int kFloats>
 struct Sm90BwddQStaging {};  // nothing: an empty base, no shared memory
 template <int kFloats>
@@ -58,7 +67,8 @@ struct Sm90BwddQStaging<true, kFloats> {
 };
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
-          bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false>
+          bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false,
+          bool kdQTile_ = false>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -73,7 +83,10 @@ struct Sm90BwdTraits {
   static constexpr bool kdPEarlyInit = kdPEarlyInit_;
   static constexpr bool kdQOverlap = kdQOverlap_;
   static constexpr bool kdQPerWG = kdQPerWG_;
+  static constexpr bool kdQTile = kdQTile_;
   static_assert(!(kdQPerWG && kdQBulkReduce), "the dQ staging rows are laid out for the d/2 split of dQ");
+  static_assert(!(kdQTile && (kdQBulkReduce || kdQPerWG)), "kdQTile replaces the other two dQ paths");
+  static_assert(kDqAccumRowAlign % kBlockM_ == 0, "a query block owns whole rows of dq_accum's padding");
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
@@ -93,7 +106,8 @@ struct Sm90BwdTraits {
   static constexpr int kNumConsumerThreads = kNumThreadsPerWG * kNumConsumerWG;
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   static constexpr int kNThreads = kNumThreads;  // run_bwd's name
-  static constexpr int kProducerRegs = 24;
+  // kdQTile: warp 1 of the producer warpgroup walks the steps, its addresses 64-bit.
+  static constexpr int kProducerRegs = kdQTile ? 32 : 24;
   static constexpr int kConsumerRegs = 240;
   static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <= 64 * 1024,
                 "register budgets exceed the 64K-entry register file: setmaxnreg would hang");
@@ -192,7 +206,23 @@ struct Sm90BwdTraits {
                   cute::Shape<cute::Int<kdQCols>, cute::Int<kNumConsumerWG>>>,
       cute::Stride<cute::Stride<cute::Int<kdQRowStride>, cute::Int<kdQWarpStride>>,
                    cute::Stride<cute::_1, cute::Int<kdQWarpStride * kdQWarpsPerWG>>>>;  // (BLK_M,D)
-  static constexpr int kSmemdQFloats = kdQWarpStride * kdQWarpsPerWG * kNumConsumerWG;
+  static constexpr int kSmemdQRowsFloats = kdQWarpStride * kdQWarpsPerWG * kNumConsumerWG;
+
+  // dQ tile (kdQTile): (consumer thread, accumulator value) -> float offset in one query
+  // block of dq_accum and in its shared-memory copy. Thread t's values go in runs of 4 (one
+  // 16-byte store), run j of the 128 threads of a warpgroup side by side (a warp's store
+  // writes 512 contiguous bytes: no bank conflict), each warpgroup's d/2 columns one
+  // contiguous half.
+  static constexpr int kdQTileValues = kBlockM * kdQCols / kNumThreadsPerWG;  // per thread
+  static_assert(kdQTileValues % 4 == 0, "a thread's dQ values go in 16-byte runs");
+  using SmemLayoutdQTile = cute::Layout<
+      cute::Shape<cute::Shape<cute::Int<kNumThreadsPerWG>, cute::Int<kNumConsumerWG>>,
+                  cute::Shape<cute::_4, cute::Int<kdQTileValues / 4>>>,
+      cute::Stride<cute::Stride<cute::_4, cute::Int<kNumThreadsPerWG * kdQTileValues>>,
+                   cute::Stride<cute::_1, cute::Int<4 * kNumThreadsPerWG>>>>;  // (THR,VAL)
+  static_assert(cute::cosize_v<SmemLayoutdQTile> == kBlockM * kHeadDim, "the tile covers one query block");
+  static constexpr int kdQTileBytes = kBlockM * kHeadDim * int(sizeof(float));
+  static constexpr int kSmemdQFloats = kdQTile ? kBlockM * kHeadDim : kSmemdQRowsFloats;
 
   // 1024-byte alignment: the swizzle patterns are applied to absolute address bits by TMA
   // and wgmma, so each buffer starts on a pattern period (as the forward's).
@@ -201,7 +231,7 @@ struct Sm90BwdTraits {
   using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
   // The dQ staging, when on, is an (empty otherwise) base: first in the layout, its size
   // a multiple of 1024 bytes at both head dims, so K keeps its alignment without padding.
-  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce, kSmemdQFloats> {
+  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce || kdQTile, kSmemdQFloats> {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, kSmemAlign> smem_q;

@@ -35,12 +35,14 @@ namespace fa_cute {
 //       dV and dK retire, the Q/dO stage is released
 //     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by 16-byte atomics
 //   store_dkdv (consumers): dK * scale and dV in the input dtype.
-// The traits' knobs vary five of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
+// The traits' knobs vary six of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
 // staged per warp in shared memory and added by TMA bulk reduce-adds that run on while
 // the next step computes (kdQBulkReduce, add_dq_bulk); the -D start of dP^T written before
 // S^T is issued, so that the two wgmma batches are issued back to back (kdPEarlyInit); the
 // dQ wgmma issued behind dV and dK before they retire (kdQOverlap); each warpgroup computing
-// dQ_m over its own 64 keys, with barriers of its own (kdQPerWG).
+// dQ_m over its own 64 keys, with barriers of its own (kdQPerWG); dQ_m stored as one tile in
+// shared memory and added by the dQ warp (producer warp 1, store_dq) with one bulk
+// reduce-add into dq_accum's tiled layout (kdQTile, stage_dq_tile).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
 // and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
 // past the causal diagonal are masked to S = -inf (P = dS = 0).
@@ -190,9 +192,9 @@ struct Sm90BwdMainloop {
     }
   }
 
-  // The dQ staging rows (kdQBulkReduce; nullptr without them).
+  // The dQ staging rows (kdQBulkReduce) or tile (kdQTile); nullptr without them.
   CUTE_DEVICE float* dq_staging() const {
-    if constexpr (Traits::kdQBulkReduce) {
+    if constexpr (Traits::kdQBulkReduce || Traits::kdQTile) {
       return storage.smem_dq.data();
     } else {
       return nullptr;
@@ -208,6 +210,63 @@ struct Sm90BwdMainloop {
       cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQTurn));
     }
   };
+
+  // --- dQ (kdQTile: producer warp 1) ---------------------------------------------------------
+  // The threads that meet on kdQFull and kdQEmpty: the consumers and the dQ warp.
+  static constexpr int kdQTileSyncThreads = Traits::kNumConsumerThreads + cutlass::NumThreadsPerWarp;
+
+  // The dQ warp's side of a deterministic hand-over: lane 0 polls and hands over.
+  struct WarpSync {
+    int lane;
+    CUTE_DEVICE bool leader() const { return lane == 0; }
+    CUTE_DEVICE void sync() const { __syncwarp(); }
+  };
+
+  // Every step's dQ tile, once the consumers have stored it (kdQFull), added into its query
+  // block of dq_accum by one bulk reduce-add from lane 0; the consumers may overwrite the
+  // tile (kdQEmpty) as soon as the copy has read it, while its adds complete in the
+  // background. Deterministic: the add waits for the key block's turn and completes before
+  // the hand-over; the consumers wait only when the tile of the step before is still unread.
+  CUTE_DEVICE void store_dq(int lane) {
+    int const steps = num_steps();
+    if (steps <= 0) return;
+    bool const deterministic = p.dq_semaphore_ptr != nullptr;
+    uint32_t const smem_tile = cute::cast_smem_ptr_to_uint(dq_staging());
+    int step = 0;
+    for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
+      int const bidh = coord.bidh_k * group + h_in_group;
+      int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;
+      for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
+        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQFull));
+        float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
+        add_dq_in_order<kBlockM, kBlockN>(
+            p, coord.bidb, bidh, m_block, coord.n_block,
+            [&] {
+              if (lane == 0) {
+                // The semaphore's acquire (generic proxy) before the add (async proxy).
+                if (deterministic) asm volatile("fence.proxy.async.global;\n" ::: "memory");
+                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+                             "r"(smem_tile), "r"(uint32_t(Traits::kdQTileBytes))
+                             : "memory");
+                asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+              }
+              __syncwarp();
+              if (step + 1 < steps) {
+                cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQEmpty));
+              }
+              if (deterministic && lane == 0) {
+                // The adds done, and ordered before the hand-over's release (generic proxy).
+                asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+                asm volatile("fence.proxy.async.global;\n" ::: "memory");
+              }
+            },
+            WarpSync{lane});
+      }
+    }
+    // The kernel's end must not come before the last adds (the postprocess reads dq_accum).
+    if (lane == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+  }
 
   // --- MMA (consumer warpgroups) --------------------------------------------------------------
   struct Consumer {
@@ -299,7 +358,7 @@ struct Sm90BwdMainloop {
       int step = 0;
       for (int h_in_group = 0; h_in_group < mainloop.group; ++h_in_group) {
         int const bidh = coord.bidh_k * mainloop.group + h_in_group;
-        int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.seqlen_q;  // of dq_accum
+        int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;  // of dq_accum
         for (int m_block = m_block_min; m_block < m_block_max; ++m_block, ++step) {
           // The next step's LSE and D, loaded now and stored before this step's barrier:
           // the global loads' latency hides under this step's GEMMs.
@@ -420,10 +479,12 @@ struct Sm90BwdMainloop {
 
           int const query_rows = p.seqlen_q - m_block * kBlockM;
           float* const dq_accum_block = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
-          if constexpr (Traits::kdQBulkReduce) {
+          if constexpr (Traits::kdQTile) {
+            stage_dq_tile(acc_dq, step);
+          } else if constexpr (Traits::kdQBulkReduce) {
             add_dq_bulk(acc_dq, tdQsdQ, dq_accum_block, query_rows);
           } else {
-            // dQ_m into the fp32 dq_accum (batch, nheads, seqlen_q, d) by 16-byte atomics.
+            // dQ_m into the fp32 dq_accum (batch, nheads, dq_accum_rows, d) by 16-byte atomics.
             Tensor gdQaccum = make_tensor(make_gmem_ptr(dq_accum_block), TileQ{},
                                           make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
             Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);                       // (MMA,MMA_M,MMA_D)
@@ -439,6 +500,24 @@ struct Sm90BwdMainloop {
       // The CTA's shared memory must outlive the bulk reduces that read it, and their adds
       // must be complete when the kernel ends (the dQ post-process reads dq_accum).
       if constexpr (Traits::kdQBulkReduce) bulk_wait_all();
+    }
+
+    // kdQTile: dQ_m into the shared-memory tile in SmemLayoutdQTile's order, once the dQ
+    // warp's bulk add of the step before has read it; the stores fenced into the async
+    // proxy (the bulk copy reads through it), then the dQ warp told (no wait).
+    CUTE_DEVICE void stage_dq_tile(AccdQ const& acc_dq, int step) const {
+      using namespace cute;
+      static_assert(decltype(size(acc_dq))::value == Traits::kdQTileValues, "the tile's values per thread");
+      if (step > 0) {
+        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQEmpty));
+      }
+      Tensor sdQ = make_tensor(make_smem_ptr(mainloop.dq_staging()), typename Traits::SmemLayoutdQTile{});  // (THR,VAL)
+      CUTE_UNROLL
+      for (int i = 0; i < Traits::kdQTileValues; i += 4) {
+        *reinterpret_cast<float4*>(&sdQ(tidx, i)) = make_float4(acc_dq(i), acc_dq(i + 1), acc_dq(i + 2), acc_dq(i + 3));
+      }
+      cutlass::arch::fence_view_async_shared();
+      cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQFull));
     }
 
     // kdQBulkReduce: dQ_m of this warp (rows 16w..16w+15 of the block, this warpgroup's d/2
