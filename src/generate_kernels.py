@@ -293,9 +293,10 @@ class Sm90BwdConfig(NamedTuple):
     dp_early_init (_dpearly): dP^T's -D start written before S^T is issued, so that S^T and dP^T
     run back to back; dq_overlap (_dqovl): the dQ wgmma issued behind dV and dK before they
     retire; dq_per_wg (_dqwg): each consumer warpgroup computes dQ over its own 64 keys, with no
-    barrier between the warpgroups; dq_tile (_dqtile): dq_accum in the dQ accumulators' tiled
-    order, each step's dQ added by one bulk reduce-add from a dQ warp (the traits' knobs
-    kdSStmatrix, kdQBulkReduce, kdPEarlyInit, kdQOverlap, kdQPerWG, kdQTile)."""
+    barrier between the warpgroups; dq_tile_stages (_dqtile, _dqtile2): dq_accum in the dQ
+    accumulators' tiled order, each step's dQ added by one bulk reduce-add from a dQ warp, through
+    1 or 2 shared-memory tile buffers (the traits' knobs kdSStmatrix, kdQBulkReduce, kdPEarlyInit,
+    kdQOverlap, kdQPerWG, kdQTileStages)."""
 
     head_dim: int
     block_m: int
@@ -307,7 +308,7 @@ class Sm90BwdConfig(NamedTuple):
     dp_early_init: bool = False
     dq_overlap: bool = False
     dq_per_wg: bool = False
-    dq_tile: bool = False
+    dq_tile_stages: int = 0
 
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
     rung = None       # never a ladder rung
@@ -320,14 +321,15 @@ class Sm90BwdConfig(NamedTuple):
         measured slower on an H100 (docs/perf-notes.md, Backward), so built only by name or
         with FA_CUTE_LADDER=ON, never in the production set."""
         return (self.stages != 2 or self.ds_stmatrix or self.dq_bulk or self.dp_early_init or self.dq_overlap
-                or self.dq_per_wg or self.dq_tile)
+                or self.dq_per_wg or self.dq_tile_stages > 0)
 
     @property
     def name(self) -> str:
         suffix = ("" if self.stages == 2 else f"_s{self.stages}") + ("_stsm" if self.ds_stmatrix else "") + \
             ("_dqbulk" if self.dq_bulk else "") + ("_dpearly" if self.dp_early_init else "") + \
             ("_dqovl" if self.dq_overlap else "") + ("_dqwg" if self.dq_per_wg else "") + \
-            ("_dqtile" if self.dq_tile else "")
+            ("" if self.dq_tile_stages == 0 else "_dqtile" if self.dq_tile_stages == 1 else
+             f"_dqtile{self.dq_tile_stages}")
         return f"bwd_sm90_m{self.block_m}n{self.block_n}_d{self.head_dim}{suffix}"
 
 
@@ -359,7 +361,9 @@ BWD_CONFIGS = [
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, dQ per warpgroup over its own keys, "
                   "no barrier between the warpgroups", dq_per_wg=True),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, dq_accum tiled, dQ added by one "
-                  "bulk reduce-add a step from a dQ warp", dq_tile=True),
+                  "bulk reduce-add a step from a dQ warp", dq_tile_stages=1),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, two dQ tile buffers",
+                  dq_tile_stages=2),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
@@ -371,7 +375,9 @@ BWD_CONFIGS = [
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, dQ per warpgroup over its own keys, "
                   "no barrier between the warpgroups", dq_per_wg=True),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, dq_accum tiled, dQ added by one "
-                  "bulk reduce-add a step from a dQ warp", dq_tile=True),
+                  "bulk reduce-add a step from a dQ warp", dq_tile_stages=1),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, two dQ tile buffers",
+                  dq_tile_stages=2),
     Sm80BwdConfig(128, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
@@ -406,7 +412,7 @@ namespace fa_cute {{
 using Traits = Sm90BwdTraits<{head_dim}, {block_m}, {block_n}, {element}, /*kStages=*/{stages},
                              /*kdSStmatrix=*/{ds_stmatrix}, /*kdQBulkReduce=*/{dq_bulk},
                              /*kdPEarlyInit=*/{dp_early_init}, /*kdQOverlap=*/{dq_overlap},
-                             /*kdQPerWG=*/{dq_per_wg}, /*kdQTile=*/{dq_tile}>;
+                             /*kdQPerWG=*/{dq_per_wg}, /*kdQTileStages=*/{dq_tile_stages}>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("{name}", "{family}", {head_dim}, {block_m}, {block_n}, {num_warps},

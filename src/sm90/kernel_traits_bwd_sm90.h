@@ -59,6 +59,8 @@ namespace fa_cute {
 //     consumers, and a few large L2 requests instead of one per 64 bytes. The dQ
 //     postprocess reads the layout back (sm90/bwd_dq_tile_sm90.h). Deterministic runs order
 //     the bulk adds in that warp alone (bwd_dq_order.h), the consumers never wait for a turn.
+//     kdQTileStages tile buffers (1 or 2): with 2 the consumers may run a step further
+//     ahead of the dQ warp (its turn waits, deterministic, or a slow bulk read).
 template <bool kStaged, int kFloats>
 struct Sm90BwddQStaging {};  // nothing: an empty base, no shared memory
 template <int kFloats>
@@ -68,7 +70,7 @@ struct Sm90BwddQStaging<true, kFloats> {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
           bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false,
-          bool kdQTile_ = false>
+          int kdQTileStages_ = 0>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -83,7 +85,10 @@ struct Sm90BwdTraits {
   static constexpr bool kdPEarlyInit = kdPEarlyInit_;
   static constexpr bool kdQOverlap = kdQOverlap_;
   static constexpr bool kdQPerWG = kdQPerWG_;
-  static constexpr bool kdQTile = kdQTile_;
+  // kdQTile with kdQTileStages tile buffers in shared memory (1 or 2; 0: kdQTile off).
+  static constexpr int kdQTileStages = kdQTileStages_;
+  static constexpr bool kdQTile = kdQTileStages > 0;
+  static_assert(kdQTileStages >= 0 && kdQTileStages <= 2, "one or two dQ tile buffers");
   static_assert(!(kdQPerWG && kdQBulkReduce), "the dQ staging rows are laid out for the d/2 split of dQ");
   static_assert(!(kdQTile && (kdQBulkReduce || kdQPerWG)), "kdQTile replaces the other two dQ paths");
   static_assert(kDqAccumRowAlign % kBlockM_ == 0, "a query block owns whole rows of dq_accum's padding");
@@ -222,7 +227,7 @@ struct Sm90BwdTraits {
                    cute::Stride<cute::_1, cute::Int<4 * kNumThreadsPerWG>>>>;  // (THR,VAL)
   static_assert(cute::cosize_v<SmemLayoutdQTile> == kBlockM * kHeadDim, "the tile covers one query block");
   static constexpr int kdQTileBytes = kBlockM * kHeadDim * int(sizeof(float));
-  static constexpr int kSmemdQFloats = kdQTile ? kBlockM * kHeadDim : kSmemdQRowsFloats;
+  static constexpr int kSmemdQFloats = kdQTile ? kdQTileStages * kBlockM * kHeadDim : kSmemdQRowsFloats;
 
   // 1024-byte alignment: the swizzle patterns are applied to absolute address bits by TMA
   // and wgmma, so each buffer starts on a pattern period (as the forward's).

@@ -41,8 +41,8 @@ namespace fa_cute {
 // S^T is issued, so that the two wgmma batches are issued back to back (kdPEarlyInit); the
 // dQ wgmma issued behind dV and dK before they retire (kdQOverlap); each warpgroup computing
 // dQ_m over its own 64 keys, with barriers of its own (kdQPerWG); dQ_m stored as one tile in
-// shared memory and added by the dQ warp (producer warp 1, store_dq) with one bulk
-// reduce-add into dq_accum's tiled layout (kdQTile, stage_dq_tile).
+// shared memory (one of kdQTileStages buffers) and added by the dQ warp (producer warp 1,
+// store_dq) with one bulk reduce-add into dq_accum's tiled layout (kdQTile, stage_dq_tile).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
 // and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
 // past the causal diagonal are masked to S = -inf (P = dS = 0).
@@ -222,23 +222,32 @@ struct Sm90BwdMainloop {
     CUTE_DEVICE void sync() const { __syncwarp(); }
   };
 
-  // Every step's dQ tile, once the consumers have stored it (kdQFull), added into its query
-  // block of dq_accum by one bulk reduce-add from lane 0; the consumers may overwrite the
-  // tile (kdQEmpty) as soon as the copy has read it, while its adds complete in the
-  // background. Deterministic: the add waits for the key block's turn and completes before
-  // the hand-over; the consumers wait only when the tile of the step before is still unread.
+  // The named barrier of tile buffer b: filled (kdQFull0 + b) or read (kdQEmpty0 + b).
+  CUTE_DEVICE static uint32_t dq_tile_barrier(Sm90BwdBarrier first, int b) {
+    return static_cast<uint32_t>(first) + uint32_t(b);
+  }
+
+  // Every step's dQ tile, once the consumers have stored it into buffer step % S (kdQFull),
+  // added into its query block of dq_accum by one bulk reduce-add from lane 0; the
+  // consumers may overwrite a buffer (kdQEmpty) as soon as the copy has read it, while its
+  // adds complete in the background. With S buffers, the read waited for is the one issued
+  // S - 1 steps before (S = 2: the tile just issued is still being read while the consumers
+  // fill the other). Deterministic: each add waits for the key block's turn and completes
+  // before the hand-over; the consumers wait only when no buffer is free.
   CUTE_DEVICE void store_dq(int lane) {
+    constexpr int S = Traits::kdQTileStages;
     int const steps = num_steps();
     if (steps <= 0) return;
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
-    uint32_t const smem_tile = cute::cast_smem_ptr_to_uint(dq_staging());
     int step = 0;
     for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
       int const bidh = coord.bidh_k * group + h_in_group;
       int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;
       for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
-        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQFull));
+        int const b = step % S;
+        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
         float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
+        uint32_t const src = cute::cast_smem_ptr_to_uint(dq_staging() + b * kBlockM * kHeadDim);
         add_dq_in_order<kBlockM, kBlockN>(
             p, coord.bidb, bidh, m_block, coord.n_block,
             [&] {
@@ -246,14 +255,17 @@ struct Sm90BwdMainloop {
                 // The semaphore's acquire (generic proxy) before the add (async proxy).
                 if (deterministic) asm volatile("fence.proxy.async.global;\n" ::: "memory");
                 asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
-                             "r"(smem_tile), "r"(uint32_t(Traits::kdQTileBytes))
+                             "r"(src), "r"(uint32_t(Traits::kdQTileBytes))
                              : "memory");
                 asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+                asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(S - 1) : "memory");
               }
               __syncwarp();
-              if (step + 1 < steps) {
-                cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQEmpty));
+              // The buffer of step step - (S - 1) is read; free it if a later step fills it.
+              int const read_step = step - (S - 1);
+              if (read_step >= 0 && read_step + S < steps) {
+                cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads,
+                                                    dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, read_step % S));
               }
               if (deterministic && lane == 0) {
                 // The adds done, and ordered before the hand-over's release (generic proxy).
@@ -502,22 +514,25 @@ struct Sm90BwdMainloop {
       if constexpr (Traits::kdQBulkReduce) bulk_wait_all();
     }
 
-    // kdQTile: dQ_m into the shared-memory tile in SmemLayoutdQTile's order, once the dQ
-    // warp's bulk add of the step before has read it; the stores fenced into the async
-    // proxy (the bulk copy reads through it), then the dQ warp told (no wait).
+    // kdQTile: dQ_m into tile buffer step % S in SmemLayoutdQTile's order, once the dQ
+    // warp's bulk add of step step - S has read it; the stores fenced into the async proxy
+    // (the bulk copy reads through it), then the dQ warp told (no wait).
     CUTE_DEVICE void stage_dq_tile(AccdQ const& acc_dq, int step) const {
       using namespace cute;
+      constexpr int S = Traits::kdQTileStages;
       static_assert(decltype(size(acc_dq))::value == Traits::kdQTileValues, "the tile's values per thread");
-      if (step > 0) {
-        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQEmpty));
+      int const b = step % S;
+      if (step >= S) {
+        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, b));
       }
-      Tensor sdQ = make_tensor(make_smem_ptr(mainloop.dq_staging()), typename Traits::SmemLayoutdQTile{});  // (THR,VAL)
+      Tensor sdQ = make_tensor(make_smem_ptr(mainloop.dq_staging() + b * kBlockM * kHeadDim),
+                               typename Traits::SmemLayoutdQTile{});  // (THR,VAL)
       CUTE_UNROLL
       for (int i = 0; i < Traits::kdQTileValues; i += 4) {
         *reinterpret_cast<float4*>(&sdQ(tidx, i)) = make_float4(acc_dq(i), acc_dq(i + 1), acc_dq(i + 2), acc_dq(i + 3));
       }
       cutlass::arch::fence_view_async_shared();
-      cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQFull));
+      cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
     }
 
     // kdQBulkReduce: dQ_m of this warp (rows 16w..16w+15 of the block, this warpgroup's d/2

@@ -18,8 +18,8 @@ enum class Sm90BwdBarrier : uint32_t {
   kdSStored = 0,  // both consumer warpgroups have written their keys' columns of dS (and the next step's LSE, D)
   kdSStoredWg0 = 1,  // kdQPerWG: consumer warpgroup w has written its dS (and next LSE, D) (ids 1 and 2)
   kdQTurn = 3,       // deterministic: the consumers around their turn at a query block's dQ (bwd_dq_order.h)
-  kdQFull = 4,       // kdQTile: the consumers stored a step's dQ tile in shared memory (the dQ warp waits)
-  kdQEmpty = 5,      // kdQTile: the dQ warp's bulk add has read it (the consumers wait before the next)
+  kdQFull0 = 4,      // kdQTile: the consumers stored a step's dQ tile in buffer b (ids 4 + b; the dQ warp waits)
+  kdQEmpty0 = 6,     // kdQTile: the dQ warp's bulk add has read buffer b (ids 6 + b; the consumers wait)
 };
 
 }  // namespace fa_cute

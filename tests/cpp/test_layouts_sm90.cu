@@ -266,9 +266,9 @@ void check_bwd_dq_staging(char const* what) {
 // contiguous half, a thread's values in 16-byte runs, and the 32 lanes of a warp's store
 // onto 512 contiguous bytes; the dQ GEMM's partition, which the postprocess inverts, must
 // name every (row, column) of the block once.
-template <int D, class Element>
+template <int D, class Element, int kTileStages>
 void check_bwd_dq_tile(char const* what) {
-  using T = fa_cute::Sm90BwdTraits<D, 64, 128, Element, 2, false, false, false, false, false, /*kdQTile=*/true>;
+  using T = fa_cute::Sm90BwdTraits<D, 64, 128, Element, 2, false, false, false, false, false, kTileStages>;
   typename T::TiledMmadQ mma_dq;
   typename T::SmemLayoutdQTile tile;
   int const half = 64 * D / 2;
@@ -298,8 +298,9 @@ void check_bwd_dq_tile(char const* what) {
 }
 
 int main() {
-  check_bwd_dq_tile<64, cute::bfloat16_t>("bwd d64 bf16 dQ tile");
-  check_bwd_dq_tile<128, cute::half_t>("bwd d128 fp16 dQ tile");
+  check_bwd_dq_tile<64, cute::bfloat16_t, 1>("bwd d64 bf16 dQ tile");
+  check_bwd_dq_tile<128, cute::half_t, 1>("bwd d128 fp16 dQ tile");
+  check_bwd_dq_tile<128, cute::bfloat16_t, 2>("bwd d128 bf16 dQ tile, 2 buffers");
   check_bwd_dq_staging<64, cute::bfloat16_t, 3>("bwd d64 bf16 dQ staging, 3 stages");
   check_bwd_dq_staging<128, cute::half_t, 2>("bwd d128 fp16 dQ staging");
   check_bwd_traits<64, cute::bfloat16_t>("bwd d64 bf16");
