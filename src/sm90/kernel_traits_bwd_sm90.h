@@ -111,11 +111,16 @@ struct Sm90BwdTraits {
   static constexpr int kNumConsumerThreads = kNumThreadsPerWG * kNumConsumerWG;
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   static constexpr int kNThreads = kNumThreads;  // run_bwd's name
-  // kdQTile: warp 1 of the producer warpgroup walks the steps, its addresses 64-bit.
-  static constexpr int kProducerRegs = kdQTile ? 32 : 24;
+  static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
-  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <= 64 * 1024,
-                "register budgets exceed the 64K-entry register file: setmaxnreg would hang");
+  // setmaxnreg moves registers within the CTA's launch allocation (__launch_bounds__(384, 1):
+  // 168 a thread, 65536 / 384 rounded down to a multiple of 8): the consumers' increase must
+  // not exceed what the producer warpgroup gives back, or their setmaxnreg.inc waits forever
+  // (a producer budget of 32 hung the kernel on an H100).
+  static constexpr int kLaunchRegs = 65536 / kNumThreads / 8 * 8;
+  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <=
+                    kNumThreads * kLaunchRegs,
+                "the consumers' registers exceed what the launch allocates: setmaxnreg.inc would hang");
   static_assert(2 * kBlockM <= (kdQPerWG ? kNumThreadsPerWG : kNumConsumerThreads),
                 "one consumer thread (of the warpgroup, kdQPerWG) stages each LSE and each D of a step");
 
