@@ -144,6 +144,9 @@ struct Sm90BwdMainloop {
           tma_partition(mainloop_params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
       auto [tdOgdO, tdOsdO] = tma_partition(mainloop_params.tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO),
                                             group_modes<0, 2>(gdO));
+      // Not unrolled: the producer warpgroup runs on 24 registers (an unrolled copy of this
+      // loop spilled at d = 64 next to the dQ warp's).
+      CUTE_NO_UNROLL
       for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block) {
         uint64_t& bar = pipe.producer_acquire(st, Traits::kTmaTransactionBytesQdO);
         copy(mainloop_params.tma_q.with(bar, 0, TMA::CacheHintSm90::EVICT_LAST), tQgQ(_, m_block),
@@ -243,6 +246,7 @@ struct Sm90BwdMainloop {
     for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
       int const bidh = coord.bidh_k * group + h_in_group;
       int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;
+      CUTE_NO_UNROLL
       for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
         int const b = step % S;
         cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
