@@ -373,6 +373,8 @@ BWD_CONFIGS = [
                   dq_tile_stages=2),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
+    Sm90BwdConfig(96, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
+                  "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=False),
     Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),

@@ -23,6 +23,7 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m64n128_d64_dqtile2", 64, 64, 128, 12},
     {"bwd_sm80_m128n128w8_d64", 64, 128, 128, 8},
     {"bwd_sm80_m64n128w8_d64", 64, 64, 128, 8},
+    {"bwd_sm90_m64n128_d96_dqtile", 96, 64, 128, 12},
     {"bwd_sm80_m64n128w8_d96", 96, 64, 128, 8},
     {"bwd_sm90_m64n128_d128_dqtile", 128, 64, 128, 12},
     {"bwd_sm90_m64n128_d128", 128, 64, 128, 12},

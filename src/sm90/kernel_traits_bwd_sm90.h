@@ -95,7 +95,10 @@ struct Sm90BwdTraits {
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "the Hopper backward is built for d = 64 and 128");
+  // d = 192 and 256 do not fit this layout: each consumer thread would hold dK and dV of its
+  // warpgroup's 64 keys over all d columns (2 x 64 x d / 128 fp32), 192 or 256 registers.
+  static_assert(kHeadDim == 64 || kHeadDim == 96 || kHeadDim == 128,
+                "the Hopper backward is built for d = 64, 96 and 128");
   static_assert(kBlockN == 64 * kNumConsumerWG, "each consumer warpgroup owns one 64-key wgmma atom of S^T");
   static_assert(kBlockM == 64,
                 "kBlockM is the N of S^T and the M of dQ = dS K (one 64-row wgmma atom, shared by both "
@@ -165,7 +168,8 @@ struct Sm90BwdTraits {
   // so TMA copies rows as they are). Q and dO take the widest swizzle their rows admit.
   // K's swizzle atom is at most d/2 wide: dQ = dS K reads K MN-major (N = d) split in d
   // halves between the warpgroups, and an MN-major wgmma descriptor must start on a
-  // swizzle-atom column boundary (d = 64: SW64, two 32-column atoms per row).
+  // swizzle-atom column boundary (d = 64: SW64, two 32-column atoms per row; d = 96: SW32,
+  // 48 = 3 x 16 columns a half; Q's 192-byte rows at d = 96 take SW64).
   using SmemLayoutAtomQ = decltype(gmma_smem_atom<Element, kHeadDim * int(sizeof(Element)), cute::GMMA::Major::K>());
   using SmemLayoutAtomK =
       decltype(gmma_smem_atom<Element, kHeadDim / kNumConsumerWG * int(sizeof(Element)), cute::GMMA::Major::K>());

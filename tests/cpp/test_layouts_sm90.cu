@@ -301,6 +301,8 @@ int main() {
   check_bwd_dq_tile<64, cute::bfloat16_t, 1>("bwd d64 bf16 dQ tile");
   check_bwd_dq_tile<128, cute::half_t, 1>("bwd d128 fp16 dQ tile");
   check_bwd_dq_tile<128, cute::bfloat16_t, 2>("bwd d128 bf16 dQ tile, 2 buffers");
+  check_bwd_dq_tile<96, cute::bfloat16_t, 1>("bwd d96 bf16 dQ tile");
+  check_bwd_traits<96, cute::bfloat16_t>("bwd d96 bf16");
   check_bwd_dq_staging<64, cute::bfloat16_t, 3>("bwd d64 bf16 dQ staging, 3 stages");
   check_bwd_dq_staging<128, cute::half_t, 2>("bwd d128 fp16 dQ staging");
   check_bwd_traits<64, cute::bfloat16_t>("bwd d64 bf16");
