@@ -55,35 +55,42 @@ CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC cons
                       decltype(stride<0, 2>(gdq))::value == 8 && decltype(size(gdq))::value == decltype(size<0>(gdq))::value,
                   "kBytes = 16 takes one wgmma atom's fragment: an even number of 8-column groups in mode (0, 2)");
     constexpr int kGroups = decltype(size<0, 2>(gdq))::value;
-    constexpr int kAdds = kGroups;  // (kGroups / 2 group pairs) x (2 row halves)
+    // At most 8 adds (32 registers) built ahead of their issue: d = 128's whole fragment; a
+    // d/2 = 128-column one (d = 256, kdKVSplitD) in two rounds (holding all 16 spilled), a
+    // 96-column one (d = 192) in two rounds of 6.
+    constexpr int kChunk = kGroups <= 8 ? kGroups : kGroups % 8 == 0 ? 8 : kGroups % 6 == 0 ? 6 : 2;
+    static_assert(kGroups % kChunk == 0 && kChunk % 2 == 0, "whole rounds of group pairs");
     bool const odd = threadIdx.x % 2;
-    // All values first, each add in registers of its own: an add reads its source
-    // registers when the LSU takes it, so adds that reuse one quad (or one address pair)
-    // each wait for the one before to leave the queue (ncu: long scoreboard on this loop).
-    float4 v[kAdds];
-    CUTE_UNROLL
-    for (int g = 0; g < kGroups; g += 2) {
-      CUTE_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        int const i0 = 2 * r + 4 * g;  // group g's pair (flat index c + 2 r + 4 g)
-        int const i1 = i0 + 4;         // group g + 1's
-        float const send_x = odd ? acc(i0) : acc(i1);
-        float const send_y = odd ? acc(i0 + 1) : acc(i1 + 1);
-        float const recv_x = __shfl_xor_sync(0xffffffffu, send_x, 1);
-        float const recv_y = __shfl_xor_sync(0xffffffffu, send_y, 1);
-        v[g + r] = odd ? make_float4(recv_x, recv_y, acc(i1), acc(i1 + 1))
-                       : make_float4(acc(i0), acc(i0 + 1), recv_x, recv_y);
-      }
-    }
     // The odd lane's 4 columns start 2 before its pair of group g + 1: 8 - 2 = 6 past the
     // even lane's. One base pointer, the rest compile-time offsets (gdq's layout is static).
     float* const base = &gdq(0) + (odd ? 6 : 0);
     CUTE_UNROLL
-    for (int g = 0; g < kGroups; g += 2) {
+    for (int g0 = 0; g0 < kGroups; g0 += kChunk) {
+      // The round's values first, each add in registers of its own: an add reads its source
+      // registers when the LSU takes it, so adds that reuse one quad (or one address pair)
+      // each wait for the one before to leave the queue (ncu: long scoreboard on this loop).
+      float4 v[kChunk];  // (kChunk / 2 group pairs) x (2 row halves)
       CUTE_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        int const i0 = 2 * r + 4 * g;
-        red_add_f32x4(base + (gdq.layout()(i0) - gdq.layout()(0)), v[g + r], get<0>(cdq(i0)) < query_rows);
+      for (int g = g0; g < g0 + kChunk; g += 2) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          int const i0 = 2 * r + 4 * g;  // group g's pair (flat index c + 2 r + 4 g)
+          int const i1 = i0 + 4;         // group g + 1's
+          float const send_x = odd ? acc(i0) : acc(i1);
+          float const send_y = odd ? acc(i0 + 1) : acc(i1 + 1);
+          float const recv_x = __shfl_xor_sync(0xffffffffu, send_x, 1);
+          float const recv_y = __shfl_xor_sync(0xffffffffu, send_y, 1);
+          v[g - g0 + r] = odd ? make_float4(recv_x, recv_y, acc(i1), acc(i1 + 1))
+                              : make_float4(acc(i0), acc(i0 + 1), recv_x, recv_y);
+        }
+      }
+      CUTE_UNROLL
+      for (int g = g0; g < g0 + kChunk; g += 2) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          int const i0 = 2 * r + 4 * g;
+          red_add_f32x4(base + (gdq.layout()(i0) - gdq.layout()(0)), v[g - g0 + r], get<0>(cdq(i0)) < query_rows);
+        }
       }
     }
   }

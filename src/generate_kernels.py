@@ -309,6 +309,7 @@ class Sm90BwdConfig(NamedTuple):
     dq_overlap: bool = False
     dq_per_wg: bool = False
     dq_tile_stages: int = 0
+    dkv_split_d: bool = False           # implied by block_n = 64 (d = 192, 256): no name suffix
     production: Optional[bool] = None  # None: a production config iff no knob is set
 
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
@@ -389,7 +390,13 @@ BWD_CONFIGS = [
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, two dQ tile buffers",
                   dq_tile_stages=2),
     Sm80BwdConfig(128, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
+    Sm90BwdConfig(192, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
+                  "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,
+                  production=False),
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
+    Sm90BwdConfig(256, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
+                  "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,
+                  production=False),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
 ]
 
@@ -422,7 +429,8 @@ namespace fa_cute {{
 using Traits = Sm90BwdTraits<{head_dim}, {block_m}, {block_n}, {element}, /*kStages=*/{stages},
                              /*kdSStmatrix=*/{ds_stmatrix}, /*kdQBulkReduce=*/{dq_bulk},
                              /*kdPEarlyInit=*/{dp_early_init}, /*kdQOverlap=*/{dq_overlap},
-                             /*kdQPerWG=*/{dq_per_wg}, /*kdQTileStages=*/{dq_tile_stages}>;
+                             /*kdQPerWG=*/{dq_per_wg}, /*kdQTileStages=*/{dq_tile_stages},
+                             /*kdKVSplitD=*/{dkv_split_d}>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("{name}", "{family}", {head_dim}, {block_m}, {block_n}, {num_warps},

@@ -35,7 +35,7 @@ namespace fa_cute {
 //   dQ    = dS K      (M = kBlockM, N = d, K = keys)   SS, A and B MN-major TiledMmadQ (1,2,1)
 // dQ needs all 128 keys of dS, so dS goes through shared memory, and its d columns are
 // split between the two consumer warpgroups.
-// Knobs (both off: the first Hopper backward, unchanged):
+// Knobs (all off: the first Hopper backward, unchanged):
 //   kdSStmatrix: dS^T goes to shared memory by stmatrix (16 bytes a thread per instruction,
 //     shared-memory addresses) instead of 32-bit stores through generic pointers.
 //   kdQBulkReduce: each warp stages its 16 rows x d/2 columns of dQ_m in shared memory and
@@ -61,6 +61,13 @@ namespace fa_cute {
 //     the bulk adds in that warp alone (bwd_dq_order.h), the consumers never wait for a turn.
 //     kdQTileStages tile buffers (1 or 2): with 2 the consumers may run a step further
 //     ahead of the dQ warp (its turn waits, deterministic, or a slow bulk read).
+//   kdKVSplitD (d = 192 and 256, where dK and dV of 64 keys over all d columns would need
+//     192 or 256 registers a thread): one 64-key block per CTA (kBlockN = 64), and the two
+//     warpgroups split the queries of S^T and dP^T (N = kBlockM / 2 each) and the d columns
+//     of dK and dV (N = d / 2 each): 2 x 64 x d/2 / 128 accumulators a thread (128 at
+//     d = 256). Each computes P^T and dS^T for its 32 queries and stores both to shared
+//     memory; after the per-step barrier dV += P^T dO and dK += dS^T Q read all 64 queries
+//     of P^T and dS^T from there (SS, A K-major), and dQ = dS K as before.
 template <bool kStaged, int kFloats>
 struct Sm90BwddQStaging {};  // nothing: an empty base, no shared memory
 template <int kFloats>
@@ -68,9 +75,17 @@ struct Sm90BwddQStaging<true, kFloats> {
   cute::array_aligned<float, kFloats, 128> smem_dq;
 };
 
+// P^T's shared-memory copy (kdKVSplitD), an empty base otherwise.
+template <bool kStaged, class Element, int kElements>
+struct Sm90BwdPStaging {};
+template <class Element, int kElements>
+struct Sm90BwdPStaging<true, Element, kElements> {
+  cute::array_aligned<Element, kElements, 1024> smem_p;
+};
+
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
           bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false,
-          int kdQTileStages_ = 0>
+          int kdQTileStages_ = 0, bool kdKVSplitD_ = false>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -92,14 +107,22 @@ struct Sm90BwdTraits {
   static_assert(!(kdQPerWG && kdQBulkReduce), "the dQ staging rows are laid out for the d/2 split of dQ");
   static_assert(!(kdQTile && (kdQBulkReduce || kdQPerWG)), "kdQTile replaces the other two dQ paths");
   static_assert(kDqAccumRowAlign % kBlockM_ == 0, "a query block owns whole rows of dq_accum's padding");
+  // kdKVSplitD (the wide head dims): the warpgroups split the d columns of dK and dV and the
+  // queries of S^T and dP^T, over one 64-key block; see the class comment.
+  static constexpr bool kdKVSplitD = kdKVSplitD_;
+  static_assert(!(kdKVSplitD && (kdQPerWG || kdQBulkReduce || kdSStmatrix)),
+                "kdKVSplitD takes the default dS store and the atomics or tiled dQ");
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
-  // d = 192 and 256 do not fit this layout: each consumer thread would hold dK and dV of its
-  // warpgroup's 64 keys over all d columns (2 x 64 x d / 128 fp32), 192 or 256 registers.
-  static_assert(kHeadDim == 64 || kHeadDim == 96 || kHeadDim == 128,
-                "the Hopper backward is built for d = 64, 96 and 128");
-  static_assert(kBlockN == 64 * kNumConsumerWG, "each consumer warpgroup owns one 64-key wgmma atom of S^T");
+  // d = 192 and 256 do not fit the key-split layout: each consumer thread would hold dK and
+  // dV of its warpgroup's 64 keys over all d columns (2 x 64 x d / 128 fp32), 192 or 256
+  // registers; kdKVSplitD halves that.
+  static_assert(kdKVSplitD ? (kHeadDim == 128 || kHeadDim == 192 || kHeadDim == 256)
+                           : (kHeadDim == 64 || kHeadDim == 96 || kHeadDim == 128),
+                "the Hopper backward is built for d = 64, 96 and 128 (keys split), 192 and 256 (d split)");
+  static_assert(kBlockN == (kdKVSplitD ? 64 : 64 * kNumConsumerWG),
+                "each consumer warpgroup owns one 64-key wgmma atom of S^T (kdKVSplitD: both share one)");
   static_assert(kBlockM == 64,
                 "kBlockM is the N of S^T and the M of dQ = dS K (one 64-row wgmma atom, shared by both "
                 "warpgroups), and one 128-byte row of dS's MN-major swizzle atom");
@@ -128,8 +151,12 @@ struct Sm90BwdTraits {
                 "one consumer thread (of the warpgroup, kdQPerWG) stages each LSE and each D of a step");
 
   // --- MMA ----------------------------------------------------------------------------------
-  using TileShapeSdP = cute::Shape<cute::_64, cute::Int<kBlockM>, cute::Int<kHeadDim>>;   // (64 keys,BLK_M,D)
-  using TileShapedKV = cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockM>>;   // (64 keys,D,BLK_M)
+  // Per warpgroup: the keys split (64 keys each, all queries, all d columns of dK and dV),
+  // or (kdKVSplitD) the queries of S^T and the d columns of dK and dV.
+  static constexpr int kSdPQueriesPerWG = kdKVSplitD ? kBlockM / kNumConsumerWG : kBlockM;
+  static constexpr int kdKVColsPerWG = kdKVSplitD ? kHeadDim / kNumConsumerWG : kHeadDim;
+  using TileShapeSdP = cute::Shape<cute::_64, cute::Int<kSdPQueriesPerWG>, cute::Int<kHeadDim>>;  // (64 keys,QUERIES,D)
+  using TileShapedKV = cute::Shape<cute::_64, cute::Int<kdKVColsPerWG>, cute::Int<kBlockM>>;     // (64 keys,COLS,BLK_M)
   // dQ's tile per warpgroup: d/2 columns over all keys, or (kdQPerWG) all d columns over
   // the warpgroup's 64 keys.
   static constexpr int kdQColsPerWG = kdQPerWG ? kHeadDim : kHeadDim / kNumConsumerWG;
@@ -143,20 +170,30 @@ struct Sm90BwdTraits {
   // The register A operand of an RS wgmma must be K-major (the accumulator layout is);
   // dO and Q are read as (N = d, K = queries) with d contiguous: MN-major, wgmma
   // transposes them while reading.
-  using MmaOpdKV = decltype(cute::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapedKV,
-                                                       cute::GMMA::Major::K, cute::GMMA::Major::MN>());
+  // kdKVSplitD: P^T and dS^T over all queries come from shared memory (each warpgroup
+  // computed half of them), (keys, queries) with queries contiguous: K-major, SS.
+  using MmaOpdKV = cute::conditional_t<
+      kdKVSplitD,
+      decltype(cute::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapedKV, cute::GMMA::Major::K,
+                                          cute::GMMA::Major::MN>()),
+      decltype(cute::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapedKV, cute::GMMA::Major::K,
+                                          cute::GMMA::Major::MN>())>;
   // dS is stored queries-contiguous (each thread's dS^T accumulator pairs are adjacent
   // queries: 32-bit stores), so A is MN-major; K is read as (N = d, K = keys): MN-major.
   // 16-bit types may have either operand MN-major in an SS wgmma.
   using MmaOpdQ = decltype(cute::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapedQ,
                                                       cute::GMMA::Major::MN, cute::GMMA::Major::MN>());
-  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpSdP>::Shape_MNK{}) == kBlockM, "S^T atom N");
-  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdKV>::Shape_MNK{}) == kHeadDim, "dK/dV atom N");
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpSdP>::Shape_MNK{}) == kSdPQueriesPerWG, "S^T atom N");
+  static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdKV>::Shape_MNK{}) == kdKVColsPerWG, "dK/dV atom N");
   static_assert(cute::size<1>(typename cute::MMA_Traits<MmaOpdQ>::Shape_MNK{}) == kdQColsPerWG, "dQ atom N");
   // The warpgroups split the keys (M) of S^T, dP^T, dK, dV and the d columns (N) of dQ
-  // (kdQPerWG: the keys (K) of dQ, each warpgroup a TiledMmadQ of its own).
-  using TiledMmaSdP = decltype(cute::make_tiled_mma(MmaOpSdP{}, cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-  using TiledMmadKV = decltype(cute::make_tiled_mma(MmaOpdKV{}, cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  // (kdQPerWG: the keys (K) of dQ, each warpgroup a TiledMmadQ of its own; kdKVSplitD: the
+  // queries (N) of S^T and dP^T and the d columns (N) of dK and dV).
+  using WGLayoutSplitN = cute::Layout<cute::Shape<cute::_1, cute::_2, cute::_1>>;
+  using WGLayoutSplitM = cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>;
+  using WGLayoutSdPdKV = cute::conditional_t<kdKVSplitD, WGLayoutSplitN, WGLayoutSplitM>;
+  using TiledMmaSdP = decltype(cute::make_tiled_mma(MmaOpSdP{}, WGLayoutSdPdKV{}));
+  using TiledMmadKV = decltype(cute::make_tiled_mma(MmaOpdKV{}, WGLayoutSdPdKV{}));
   using TiledMmadQ = decltype(cute::make_tiled_mma(
       MmaOpdQ{}, cute::Layout<cute::Shape<cute::_1, cute::Int<kNumdQThreads / kNumThreadsPerWG>, cute::_1>>{}));
   static_assert(cute::size(TiledMmaSdP{}) == kNumConsumerThreads && cute::size(TiledMmadKV{}) == kNumConsumerThreads &&
@@ -170,7 +207,10 @@ struct Sm90BwdTraits {
   // halves between the warpgroups, and an MN-major wgmma descriptor must start on a
   // swizzle-atom column boundary (d = 64: SW64, two 32-column atoms per row; d = 96: SW32,
   // 48 = 3 x 16 columns a half; Q's 192-byte rows at d = 96 take SW64).
-  using SmemLayoutAtomQ = decltype(gmma_smem_atom<Element, kHeadDim * int(sizeof(Element)), cute::GMMA::Major::K>());
+  // kdKVSplitD: dV and dK read dO and Q MN-major split in d halves as well, so their atom is
+  // at most d/2 wide too (d = 192: SW64, 32-column atoms, 96 = 3 x 32 a half).
+  using SmemLayoutAtomQ = decltype(gmma_smem_atom<Element, (kdKVSplitD ? kdKVColsPerWG : kHeadDim) * int(sizeof(Element)),
+                                                  cute::GMMA::Major::K>());
   using SmemLayoutAtomK =
       decltype(gmma_smem_atom<Element, kHeadDim / kNumConsumerWG * int(sizeof(Element)), cute::GMMA::Major::K>());
   using SmemLayoutQ = decltype(cute::tile_to_shape(
@@ -198,6 +238,10 @@ struct Sm90BwdTraits {
   using SmemLayoutdSt = decltype(cute::composition(
       SmemLayoutdS{}, cute::make_ordered_layout(cute::Shape<cute::Int<kBlockN>, cute::Int<kBlockM>, cute::_2>{},
                                                 cute::Step<cute::_2, cute::_1, cute::_3>{})));        // (BLK_N,BLK_M,2)
+  // kdKVSplitD: P^T goes through shared memory like dS^T, in dS's layout; both are then read
+  // as (keys, queries) with queries contiguous, the K-major A operand of dV and dK.
+  using SmemLayoutP = SmemLayoutdS;    // (BLK_M,BLK_N,2)
+  using SmemLayoutPt = SmemLayoutdSt;  // (BLK_N,BLK_M,2)
 
   // dQ staging (kdQBulkReduce): the dQ accumulator of a wgmma warpgroup gives warp w rows
   // 16w..16w+15 and the warpgroup d/2 columns, so each warp owns a (16, d/2) block that maps
@@ -245,7 +289,8 @@ struct Sm90BwdTraits {
   using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
   // The dQ staging, when on, is an (empty otherwise) base: first in the layout, its size
   // a multiple of 1024 bytes at both head dims, so K keeps its alignment without padding.
-  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce || kdQTile, kSmemdQFloats> {
+  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce || kdQTile, kSmemdQFloats>,
+                         Sm90BwdPStaging<kdKVSplitD, Element, cute::cosize_v<SmemLayoutP>> {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, kSmemAlign> smem_q;

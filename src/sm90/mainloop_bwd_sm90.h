@@ -204,6 +204,15 @@ struct Sm90BwdMainloop {
     }
   }
 
+  // P^T's buffer (kdKVSplitD; nullptr without it).
+  CUTE_DEVICE Element* p_staging() const {
+    if constexpr (Traits::kdKVSplitD) {
+      return storage.smem_p.data();
+    } else {
+      return nullptr;
+    }
+  }
+
   // The dQ adders of a deterministic run: the consumer warpgroups, consumer thread 0 leading
   // (bwd_dq_order.h's DqCtaSync for a kernel whose adders are not the whole CTA).
   struct ConsumerSync {
@@ -341,6 +350,18 @@ struct Sm90BwdMainloop {
       Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);    // (MMA,MMA_M,MMA_D,STAGE)
       Tensor tdVrdO = thr_dkv.partition_fragment_B(sdOt);   // (MMA,MMA_D,MMA_M,STAGE)
       Tensor tdKrQ = thr_dkv.partition_fragment_B(sQt);     // (MMA,MMA_D,MMA_M,STAGE)
+      // kdKVSplitD: P^T's buffer (dS's layout), and P^T and dS^T as dV's and dK's A operands.
+      // (Nothing without it: an RS wgmma's A fragment would be registers.)
+      Tensor sPt = make_tensor(make_smem_ptr(mainloop.p_staging()), typename Traits::SmemLayoutPt{});  // (BLK_N,BLK_M,2)
+      auto const smem_a_operand = [&](auto const& smem) {
+        if constexpr (Traits::kdKVSplitD) {
+          return thr_dkv.partition_fragment_A(smem);  // (MMA,MMA_N,MMA_M,2)
+        } else {
+          return 0;
+        }
+      };
+      auto tdVsPt = smem_a_operand(sPt);
+      auto tdKsdSt = smem_a_operand(sdSt);
       // dQ's operands: dS and K^T over all keys (this warpgroup's d/2 columns), or (kdQPerWG)
       // over this warpgroup's 64 keys (all d columns); 64 keys of dS and K are 8 KiB (K at
       // d = 64: 4 KiB) in, a whole number of swizzle periods.
@@ -460,9 +481,14 @@ struct Sm90BwdMainloop {
             copy(make_tensor(tdKrdS.data(), acc_dp.layout()), tdSsdS(_, _, _, step % 2));
           }
 
-          // dV += P^T dO and dK += dS^T Q (dO, Q read MN-major through their transposed views).
-          wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
-          wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), acc_dk);
+          if constexpr (Traits::kdKVSplitD) {
+            // P^T into its buffer as dS^T into dS's: the other warpgroup's dV reads it.
+            copy(make_tensor(tdVrP.data(), acc_s.layout()), thr_sdp.partition_C(sPt)(_, _, _, step % 2));
+          } else {
+            // dV += P^T dO and dK += dS^T Q (dO, Q read MN-major through their transposed views).
+            wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
+            wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), acc_dk);
+          }
 
           // The next step's LSE and D into the other slot: its last reads were the previous
           // step's, before the previous barrier.
@@ -472,6 +498,14 @@ struct Sm90BwdMainloop {
           // reads all 128 keys' columns (kdQPerWG: the warpgroup's own 4 warps meet).
           cutlass::arch::fence_view_async_shared();
           sync_ds_stored();
+          if constexpr (Traits::kdKVSplitD) {
+            // dV += P^T dO and dK += dS^T Q over all queries, P^T and dS^T from shared memory
+            // (both warpgroups' halves), this warpgroup's d/2 columns.
+            Tensor tdVsPt_cur = tdVsPt(_, _, _, step % 2);
+            Tensor tdKsdSt_cur = tdKsdSt(_, _, _, step % 2);
+            wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVsPt_cur, tdVrdO(_, _, _, st.index), acc_dv);
+            wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdKsdSt_cur, tdKrQ(_, _, _, st.index), acc_dk);
+          }
           // dV and dK retire (mostly under the barrier) before dQ is issued: P^T and dS^T
           // then leave the registers, which the dQ accumulator takes (the consumers' 240
           // registers hold dK, dV and at most 64 more values in flight). Every wgmma

@@ -297,7 +297,51 @@ void check_bwd_dq_tile(char const* what) {
   EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
 }
 
+// The wide-head-dim layout (kdKVSplitD, 64 keys a CTA): warpgroup w must own queries
+// 32w..32w+31 of S^T (all 64 keys) and columns (d/2) w.. of dK and dV, each element once; the
+// A operand of dV and dK (P^T, dS^T as (keys, queries)) and the transposed Q/dO and K views
+// must name the same bytes as the layouts they view.
+template <int D, class Element>
+void check_bwd_split_d(char const* what) {
+  using T = fa_cute::Sm90BwdTraits<D, 64, 64, Element, 2, false, false, false, false, false, 0, /*kdKVSplitD=*/true>;
+  typename T::TiledMmaSdP mma_sdp;
+  typename T::TiledMmadKV mma_dkv;
+  int bad_split = 0, bad_views = 0;
+  std::set<std::pair<int, int>> covered_s, covered_kv;
+  for (int t = 0; t < T::kNumConsumerThreads; ++t) {
+    int const wg = t / 128;
+    Tensor cS = mma_sdp.get_thread_slice(t).partition_C(make_identity_tensor(Shape<_64, _64>{}));  // (key, query)
+    for (int i = 0; i < size(cS); ++i) {
+      covered_s.insert({int(get<0>(cS(i))), int(get<1>(cS(i)))});
+      bad_split += int(get<1>(cS(i))) / 32 != wg;
+    }
+    Tensor cKV = mma_dkv.get_thread_slice(t).partition_C(make_identity_tensor(Shape<_64, Int<D>>{}));  // (key, col)
+    for (int i = 0; i < size(cKV); ++i) {
+      covered_kv.insert({int(get<0>(cKV(i))), int(get<1>(cKV(i)))});
+      bad_split += int(get<1>(cKV(i))) / (D / 2) != wg;
+    }
+  }
+  typename T::SmemLayoutP pl;
+  typename T::SmemLayoutPt plt;
+  typename T::SmemLayoutQ q;
+  typename T::SmemLayoutQt qt;
+  typename T::SmemLayoutK k;
+  typename T::SmemLayoutKt kt;
+  for (int st = 0; st < 2; ++st)
+    for (int r = 0; r < 64; ++r) {
+      for (int c = 0; c < 64; ++c) bad_views += pl(r, c, st) != plt(c, r, st);
+      for (int c = 0; c < D; ++c) bad_views += q(r, c, st) != qt(c, r, st) || k(r, c) != kt(c, r);
+    }
+  EXPECT(bad_split == 0, "%s: %d S^T or dK/dV elements outside their warpgroup's half", what, bad_split);
+  EXPECT(covered_s.size() == 64u * 64u && covered_kv.size() == 64u * D, "%s: S^T covered %zu, dK/dV %zu", what,
+         covered_s.size(), covered_kv.size());
+  EXPECT(bad_views == 0, "%s: %d transposed-view elements differ", what, bad_views);
+  EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
+}
+
 int main() {
+  check_bwd_split_d<256, cute::bfloat16_t>("bwd d256 bf16 (d split)");
+  check_bwd_split_d<192, cute::half_t>("bwd d192 fp16 (d split)");
   check_bwd_dq_tile<64, cute::bfloat16_t, 1>("bwd d64 bf16 dQ tile");
   check_bwd_dq_tile<128, cute::half_t, 1>("bwd d128 fp16 dQ tile");
   check_bwd_dq_tile<128, cute::bfloat16_t, 2>("bwd d128 bf16 dQ tile, 2 buffers");
