@@ -393,6 +393,8 @@ BWD_CONFIGS = [
     Sm90BwdConfig(192, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,
                   production=False),
+    Sm90BwdConfig(192, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d192, dQ added by one bulk reduce-add a step "
+                  "from a dQ warp", dkv_split_d=True, dq_tile_stages=1, production=False),
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,

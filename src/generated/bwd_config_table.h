@@ -33,6 +33,7 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m64n128_d128_dqtile2", 128, 64, 128, 12},
     {"bwd_sm80_m64n128w8_d128", 128, 64, 128, 8},
     {"bwd_sm90_m64n64_d192", 192, 64, 64, 12},
+    {"bwd_sm90_m64n64_d192_dqtile", 192, 64, 64, 12},
     {"bwd_sm80_m64n64w8_d192", 192, 64, 64, 8},
     {"bwd_sm90_m64n64_d256", 256, 64, 64, 12},
     {"bwd_sm80_m32n64w8_d256", 256, 32, 64, 8},

@@ -27,6 +27,7 @@ set(FA_CUTE_GENERATED_CONFIGS
   bwd_sm90_m64n128_d64_stsm_dqbulk_dpearly_dqovl
   bwd_sm90_m64n128_d96_dqtile
   bwd_sm90_m64n64_d192
+  bwd_sm90_m64n64_d192_dqtile
   bwd_sm90_m64n64_d256
   ladder01_basic_d128
   ladder02_swizzle_d128
@@ -186,6 +187,11 @@ set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_LADDER ON)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_TU_bf16 bwd_sm90_m64n64_d192_bf16.cu)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_TU_fp16 bwd_sm90_m64n64_d192_fp16.cu)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_dqtile_FAMILY sm90a)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_dqtile_LADDER ON)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_dqtile_TU_bf16 bwd_sm90_m64n64_d192_dqtile_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_dqtile_TU_fp16 bwd_sm90_m64n64_d192_dqtile_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d192_dqtile_KIND bwd)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_FAMILY sm90a)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_LADDER ON)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_TU_bf16 bwd_sm90_m64n64_d256_bf16.cu)
