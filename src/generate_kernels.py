@@ -350,7 +350,9 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 # is the tiled-dQ kernel (_dqtile: 0.97-1.03x cuDNN on an H100 against the atomics kernel's
 # 0.82-0.87x); its two-buffer form (_dqtile2) times alike and runs the deterministic mode
 # faster, but no sanitizer has run on it yet; at d=64 the _dqtile kernels are not yet
-# measured on a GPU, so the atomics kernel stays the default there.
+# measured on a GPU, so the atomics kernel stays the default there. The Hopper rows of d=96,
+# 192 and 256 (not yet run on a GPU) come after the sm80 row of their head dim, so that no
+# build makes them a default before they are measured.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
 # an A100's 163 KiB, the d=64 64x128 one also within sm_86/89's 99 KiB:
@@ -374,9 +376,9 @@ BWD_CONFIGS = [
                   dq_tile_stages=2),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
+    Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(96, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=False),
-    Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, dQ added by 16-byte atomics "
@@ -390,16 +392,16 @@ BWD_CONFIGS = [
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, two dQ tile buffers",
                   dq_tile_stages=2),
     Sm80BwdConfig(128, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
+    Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(192, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,
                   production=False),
     Sm90BwdConfig(192, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d192, dQ added by one bulk reduce-add a step "
                   "from a dQ warp", dkv_split_d=True, dq_tile_stages=1, production=False),
-    Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
+    Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,
                   production=False),
-    Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
 ]
 
 BWD_KERNEL_TEMPLATE = """\

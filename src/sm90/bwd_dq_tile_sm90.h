@@ -17,8 +17,8 @@ namespace fa_cute {
 // order (SmemLayoutdQTile: consumer thread t's values in 16-byte runs), not row-major.
 // One CTA of kNumConsumerThreads threads per (query block, head, batch), a grid-stride loop
 // over them: thread t reads thread t's values back (each warp load 512 contiguous bytes),
-// places them by the dQ GEMM's own partition of the (BLK_M,D) tile into a row-major
-// shared-memory copy, then the CTA writes dq = tile * softmax_scale in the input dtype,
+// places them (times softmax_scale) by the dQ GEMM's own partition of the (BLK_M,D) tile
+// into a row-major shared-memory copy, then the CTA writes dq in the input dtype,
 // 8 columns (16 bytes) a thread, rows below seqlen_q.
 template <class Traits>
 struct Sm90dQTilePostprocess {
@@ -29,6 +29,10 @@ struct Sm90dQTilePostprocess {
   // Row stride of the shared copy: 8 floats of padding put the 8 rows of a warp's 8-byte
   // stores (4 lanes a row) on distinct bank pairs of two wavefronts, the minimum for 256 bytes.
   static constexpr int kRowStride = kHeadDim + 8;
+  // The shared copy holds fp32 where it fits the 48 KiB of static shared memory (d <= 128),
+  // else the scaled values already converted to the input dtype (d = 192: 64 x 200 fp32
+  // would be 50 KiB; the rounding to the input dtype happens once either way).
+  using SmemElement = cute::conditional_t<kBlockM * kRowStride * 4 <= 48 * 1024, float, Element>;
   static constexpr int kChunks = kBlockM * kHeadDim / 8;  // 16-byte output chunks per block
 
   CUTE_HOST_DEVICE static int64_t num_blocks(BwdParams const& params) {
@@ -49,7 +53,8 @@ __global__ void __launch_bounds__(Traits::kNumConsumerThreads)
   using Element = typename P::Element;
   constexpr int kBlockM = P::kBlockM;
   constexpr int kHeadDim = P::kHeadDim;
-  __shared__ __align__(16) float smem[kBlockM * P::kRowStride];
+  using SmemElement = typename P::SmemElement;
+  __shared__ __align__(16) SmemElement smem[kBlockM * P::kRowStride];
 
   int const tidx = threadIdx.x;
   typename Traits::TiledMmadQ tiled_mma_dq;
@@ -72,10 +77,10 @@ __global__ void __launch_bounds__(Traits::kNumConsumerThreads)
     CUTE_UNROLL
     for (int i = 0; i < Traits::kdQTileValues; i += 4) {
       float4 const v = *reinterpret_cast<float4 const*>(tile + tile_layout(tidx, i));
-      tdQsdQ(i) = v.x * params.softmax_scale;
-      tdQsdQ(i + 1) = v.y * params.softmax_scale;
-      tdQsdQ(i + 2) = v.z * params.softmax_scale;
-      tdQsdQ(i + 3) = v.w * params.softmax_scale;
+      tdQsdQ(i) = SmemElement(v.x * params.softmax_scale);
+      tdQsdQ(i + 1) = SmemElement(v.y * params.softmax_scale);
+      tdQsdQ(i + 2) = SmemElement(v.z * params.softmax_scale);
+      tdQsdQ(i + 3) = SmemElement(v.w * params.softmax_scale);
     }
     __syncthreads();
     int const rows = min(kBlockM, params.seqlen_q - m_block * kBlockM);
@@ -83,12 +88,16 @@ __global__ void __launch_bounds__(Traits::kNumConsumerThreads)
       int const row = chunk / (kHeadDim / 8);
       int const col = chunk % (kHeadDim / 8) * 8;
       if (row < rows) {
-        cutlass::Array<float, 8> acc;
+        cutlass::Array<SmemElement, 8> acc;
         CUTE_UNROLL
         for (int c = 0; c < 8; ++c) acc[c] = sdQ(row, col + c);
         Element* dq = static_cast<Element*>(params.dq_ptr) + b * params.dq_batch_stride +
                       (int64_t(m_block) * kBlockM + row) * params.dq_row_stride + h * params.dq_head_stride + col;
-        *reinterpret_cast<cutlass::Array<Element, 8>*>(dq) = to_element(acc);
+        if constexpr (cute::is_same_v<SmemElement, float>) {
+          *reinterpret_cast<cutlass::Array<Element, 8>*>(dq) = to_element(acc);
+        } else {
+          *reinterpret_cast<cutlass::Array<Element, 8>*>(dq) = acc;
+        }
       }
     }
     __syncthreads();  // the copy is rewritten by the next block
