@@ -347,12 +347,13 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 # that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix): outside
 # the production set, built by name or with FA_CUTE_LADDER=ON and timed by name (`python -m
 # fa_cute.bench --bwd --config NAME`), never a default while after it. At d=128 the default
-# is the tiled-dQ kernel (_dqtile: 0.97-1.03x cuDNN on an H100 against the atomics kernel's
-# 0.82-0.87x); its two-buffer form (_dqtile2) times alike and runs the deterministic mode
-# faster, but no sanitizer has run on it yet; at d=64 the _dqtile kernels are not yet
-# measured on a GPU, so the atomics kernel stays the default there. The Hopper rows of d=96,
-# 192 and 256 (not yet run on a GPU) come after the sm80 row of their head dim, so that no
-# build makes them a default before they are measured.
+# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=128 the default
+# is the tiled-dQ kernel (_dqtile), measured faster than the atomics kernel on an H100
+# (docs/perf-notes.md, Backward); its two-buffer form (_dqtile2) times alike and runs the
+# deterministic mode faster, but no sanitizer has run on it yet; at d=64 the _dqtile
+# kernels are not yet measured on a GPU, so the atomics kernel stays the default there. The
+# Hopper rows of d=96, 192 and 256 (not yet run on a GPU) come after the sm80 row of their
+# head dim, so that no build makes them a default before they are measured.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
 # an A100's 163 KiB, the d=64 64x128 one also within sm_86/89's 99 KiB:
