@@ -24,6 +24,12 @@
 
 namespace fa_cute {
 
+// CTAs to launch for `blocks` units of grid-stride work: all of them, at most 2^20 (the
+// kernels' loops cover the rest).
+inline unsigned bwd_grid_stride_blocks(int64_t blocks) {
+  return unsigned(blocks < (int64_t(1) << 20) ? blocks : (int64_t(1) << 20));
+}
+
 template <class Element, int kHeadDim>
 struct BwdRowKernel {
   static constexpr int kNThreads = 128;
@@ -72,10 +78,9 @@ struct BwdRowKernel {
   CUTE_DEVICE static T const* at(void const* ptr, Row const& r, index_t bs, index_t rs, index_t hs) {
     return static_cast<T const*>(ptr) + r.b * bs + r.i * rs + r.h * hs + r.col;
   }
-  // Blocks to launch: enough for the rows, at most 2^20 (the loop covers the rest).
+  // Blocks to launch: enough for the rows (bwd_grid_stride_blocks).
   static unsigned grid(BwdParams const& params, int rows_per_head) {
-    int64_t const blocks = (num_rows(params, rows_per_head) + kRowsPerBlock - 1) / kRowsPerBlock;
-    return unsigned(blocks < (int64_t(1) << 20) ? blocks : (int64_t(1) << 20));
+    return bwd_grid_stride_blocks((num_rows(params, rows_per_head) + kRowsPerBlock - 1) / kRowsPerBlock);
   }
 };
 

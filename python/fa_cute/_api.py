@@ -204,11 +204,11 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     The backward kernels take head dims 64, 96, 128, 192 and 256
     (`fa_cute._C.default_backward_config` says what this build and GPU take); other head
     dims raise ValueError. dq is summed over
-    key blocks with fp32 atomic adds, whose order varies between runs (the last bits of dq
-    may differ); deterministic=True fixes that order (for every query block, key block 0
-    first, or the last first when causal: src/bwd_dq_order.h), so that two runs on the same
-    inputs and GPU give bitwise-equal dq, dk and dv (dk and dv are deterministic either
-    way), at a speed cost (on an H100, d=128: about 0.6-0.7x the default): each key block's
+    key blocks with fp32 atomic (or bulk reduce) adds, whose order varies between runs (the
+    last bits of dq may differ); deterministic=True fixes that order (for every query block,
+    key block 0 first, or the last first when causal: src/bwd_dq_order.h), so that two runs
+    on the same inputs and GPU give bitwise-equal dq, dk and dv (dk and dv are deterministic
+    either way), at a speed cost (docs/perf-notes.md, Backward, has it measured): each key block's
     CTA waits for the one before it at each query block, and the call allocates batch *
     nheads * ceil(seqlen_q / block_m) int32 counters more. dq, dk, dv, if given, receive the
     gradients and are returned (each of its input's

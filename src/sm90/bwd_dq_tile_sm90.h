@@ -8,6 +8,7 @@
 #include <cutlass/numeric_conversion.h>
 
 #include "bwd_params.h"
+#include "bwd_prepost.h"  // bwd_grid_stride_blocks
 #include "sm90/kernel_traits_bwd_sm90.h"
 
 namespace fa_cute {
@@ -38,11 +39,7 @@ struct Sm90dQTilePostprocess {
   CUTE_HOST_DEVICE static int64_t num_blocks(BwdParams const& params) {
     return int64_t(params.batch) * params.nheads * ((params.seqlen_q + kBlockM - 1) / kBlockM);
   }
-  // At most 2^20 CTAs (the loop covers the rest).
-  static unsigned grid(BwdParams const& params) {
-    int64_t const blocks = num_blocks(params);
-    return unsigned(blocks < (int64_t(1) << 20) ? blocks : (int64_t(1) << 20));
-  }
+  static unsigned grid(BwdParams const& params) { return bwd_grid_stride_blocks(num_blocks(params)); }
 };
 
 template <class Traits>

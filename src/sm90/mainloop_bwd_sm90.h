@@ -223,6 +223,30 @@ struct Sm90BwdMainloop {
     }
   };
 
+  // Rows of dq_accum before query head bidh's in this CTA's batch ((batch, nheads, dq_accum_rows, d)).
+  CUTE_DEVICE int64_t dq_accum_row_base(int bidh) const {
+    return (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;
+  }
+
+  // TMA bulk copies of dQ (kdQBulkReduce, kdQTile), per issuing thread: a reduce-add of
+  // `bytes` from shared memory into fp32 global memory (the async proxy), its bulk group,
+  // and the waits until at most N of the thread's groups are still reading shared memory,
+  // or until all have completed (their global writes too).
+  CUTE_DEVICE static void bulk_reduce_add_f32(float* dst, uint32_t smem_src, uint32_t bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+                 "r"(smem_src), "r"(bytes)
+                 : "memory");
+  }
+  CUTE_DEVICE static void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+  template <int N>
+  CUTE_DEVICE static void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+  }
+  CUTE_DEVICE static void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+  // Orders this thread's generic-proxy global accesses against its async-proxy ones (the
+  // deterministic hand-over's acquire and release around the bulk adds).
+  CUTE_DEVICE static void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
+
   // --- dQ (kdQTile: producer warp 1) ---------------------------------------------------------
   // The threads that meet on kdQFull and kdQEmpty: the consumers and the dQ warp.
   static constexpr int kdQTileSyncThreads = Traits::kNumConsumerThreads + cutlass::NumThreadsPerWarp;
@@ -254,7 +278,7 @@ struct Sm90BwdMainloop {
     int step = 0;
     for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
       int const bidh = coord.bidh_k * group + h_in_group;
-      int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;
+      int64_t const row_base = dq_accum_row_base(bidh);
       CUTE_NO_UNROLL
       for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
         int const b = step % S;
@@ -266,12 +290,10 @@ struct Sm90BwdMainloop {
             [&] {
               if (lane == 0) {
                 // The semaphore's acquire (generic proxy) before the add (async proxy).
-                if (deterministic) asm volatile("fence.proxy.async.global;\n" ::: "memory");
-                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
-                             "r"(src), "r"(uint32_t(Traits::kdQTileBytes))
-                             : "memory");
-                asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-                asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(S - 1) : "memory");
+                if (deterministic) fence_proxy_async_global();
+                bulk_reduce_add_f32(dst, src, uint32_t(Traits::kdQTileBytes));
+                bulk_commit();
+                bulk_wait_read<S - 1>();
               }
               __syncwarp();
               // The buffer of step step - (S - 1) is read; free it if a later step fills it.
@@ -282,15 +304,15 @@ struct Sm90BwdMainloop {
               }
               if (deterministic && lane == 0) {
                 // The adds done, and ordered before the hand-over's release (generic proxy).
-                asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-                asm volatile("fence.proxy.async.global;\n" ::: "memory");
+                bulk_wait_all();
+                fence_proxy_async_global();
               }
             },
             WarpSync{lane});
       }
     }
     // The kernel's end must not come before the last adds (the postprocess reads dq_accum).
-    if (lane == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    if (lane == 0) bulk_wait_all();
   }
 
   // --- MMA (consumer warpgroups) --------------------------------------------------------------
@@ -395,7 +417,7 @@ struct Sm90BwdMainloop {
       int step = 0;
       for (int h_in_group = 0; h_in_group < mainloop.group; ++h_in_group) {
         int const bidh = coord.bidh_k * mainloop.group + h_in_group;
-        int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;  // of dq_accum
+        int64_t const row_base = mainloop.dq_accum_row_base(bidh);
         for (int m_block = m_block_min; m_block < m_block_max; ++m_block, ++step) {
           // The next step's LSE and D, loaded now and stored before this step's barrier:
           // the global loads' latency hides under this step's GEMMs.
@@ -589,7 +611,7 @@ struct Sm90BwdMainloop {
       int const warp_in_wg = (tidx / 32) % Traits::kdQWarpsPerWG;
       int const wg = tidx / Traits::kNumThreadsPerWG;
       bool const issuer = lane < Traits::kdQRowsPerWarp;
-      if (issuer) bulk_wait_read();
+      if (issuer) bulk_wait_read<0>();
       __syncwarp();
       CUTE_UNROLL
       for (int i = 0; i < size(acc_dq); i += 2) {
@@ -604,17 +626,11 @@ struct Sm90BwdMainloop {
           float const* src = mainloop.dq_staging() +
                              (wg * Traits::kdQWarpsPerWG + warp_in_wg) * Traits::kdQWarpStride + lane * Traits::kdQRowStride;
           float* dst = dq_accum_block + row * kHeadDim + wg * Traits::kdQCols;
-          asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
-                       ::"l"(dst), "r"(cast_smem_ptr_to_uint(src)), "r"(uint32_t(Traits::kdQCols * sizeof(float)))
-                       : "memory");
+          bulk_reduce_add_f32(dst, cast_smem_ptr_to_uint(src), uint32_t(Traits::kdQCols * sizeof(float)));
         }
-        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+        bulk_commit();
       }
     }
-    // Until this thread's bulk copies have finished reading shared memory.
-    CUTE_DEVICE static void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-    // Until this thread's bulk copies have completed (their global writes too).
-    CUTE_DEVICE static void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
   };
 
   // --- Epilogue (consumers): dK * scale and dV in the input dtype, rows below seqlen_k ----
