@@ -346,14 +346,11 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 # only) comes first, so an H100 takes it and other GPUs the sm80 rows after it. The sm90 rows
 # that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix): outside
 # the production set, built by name or with FA_CUTE_LADDER=ON and timed by name (`python -m
-# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=128 the default
-# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=128 the default
-# is the tiled-dQ kernel (_dqtile), measured faster than the atomics kernel on an H100
-# (docs/perf-notes.md, Backward); its two-buffer form (_dqtile2) times alike and runs the
-# deterministic mode faster, but no sanitizer has run on it yet; at d=64 the _dqtile
-# kernels are not yet measured on a GPU, so the atomics kernel stays the default there. The
-# Hopper rows of d=96, 192 and 256 (not yet run on a GPU) come after the sm80 row of their
-# head dim, so that no build makes them a default before they are measured.
+# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=64, 96, 128 and
+# 192 the default is the tiled-dQ kernel (_dqtile), measured faster than the atomics kernel
+# on an H100 (docs/perf-notes.md, Backward); at d=128 its two-buffer form (_dqtile2) times
+# alike and runs the deterministic mode faster. d=256 has no tiled-dQ config yet (its dQ
+# tile would take 64 KiB of shared memory; not tried): the atomics kernel is the default.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
 # an A100's 163 KiB, the d=64 64x128 one also within sm_86/89's 99 KiB:
@@ -362,7 +359,10 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 #   d=256 32x64 (2/2/2) 136.5 KiB: FlashAttention-2's 64x64 holds 64 more fp32 dQ
 #         accumulators next to dK's and dV's 128 and spilled (ptxas, sm_80)
 BWD_CONFIGS = [
-    Sm90BwdConfig(64, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma"),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
+                  "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, dQ added by 16-byte atomics "
+                  "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, S^T and dP^T back to back, dQ "
                   "issued behind dV and dK", dp_early_init=True, dq_overlap=True),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dpearly_dqovl, dS by stmatrix, dQ by "
@@ -371,15 +371,13 @@ BWD_CONFIGS = [
                   "stages", stages=3, ds_stmatrix=True, dq_bulk=True, dp_early_init=True, dq_overlap=True),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, dQ per warpgroup over its own keys, "
                   "no barrier between the warpgroups", dq_per_wg=True),
-    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, dq_accum tiled, dQ added by one "
-                  "bulk reduce-add a step from a dQ warp", dq_tile_stages=1),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, two dQ tile buffers",
                   dq_tile_stages=2),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
-    Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(96, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
-                  "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=False),
+                  "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
+    Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, dQ added by 16-byte atomics "
@@ -393,16 +391,15 @@ BWD_CONFIGS = [
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, two dQ tile buffers",
                   dq_tile_stages=2),
     Sm80BwdConfig(128, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
-    Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(192, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
-                  "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,
-                  production=False),
-    Sm90BwdConfig(192, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d192, dQ added by one bulk reduce-add a step "
-                  "from a dQ warp", dkv_split_d=True, dq_tile_stages=1, production=False),
-    Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
+                  "warpgroups splitting the queries of S^T and the d columns of dK and dV, dQ added by one bulk "
+                  "reduce-add a step from a dQ warp", dkv_split_d=True, dq_tile_stages=1, production=True),
+    Sm90BwdConfig(192, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d192_dqtile, dQ added by 16-byte atomics "
+                  "from the consumer warpgroups into row-major rows", dkv_split_d=True, production=False),
+    Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
-                  "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True,
-                  production=False),
+                  "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True),
+    Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
 ]
 
 BWD_KERNEL_TEMPLATE = """\

@@ -13,6 +13,6 @@ using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n128_d64", "sm90a", 64, 64, 128, 12,
                             Traits::kSmemSize, DType::kFP16, &run_bwd<Launch>,
-                            "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma");
+                            "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, dQ added by 16-byte atomics from the consumer warpgroups into row-major rows");
 
 }  // namespace fa_cute
