@@ -8,7 +8,7 @@
 #include "cute_utils.h"  // floor_div
 
 // The deterministic backward's fixed order of the dQ additions, for every backward family
-// (sm80 today, the Hopper kernel later): which int32 counter of BwdParams::dq_semaphore_ptr
+// (sm80, and the Hopper kernel's consumer warpgroups): which int32 counter of BwdParams::dq_semaphore_ptr
 // guards a (batch, query head, query block) row of dq_accum, whose turn it is, and the
 // wait / hand-over around a CTA's addition. Without a semaphore (dq_semaphore_ptr null)
 // callers keep their unordered atomics and call none of this.
@@ -55,9 +55,9 @@
 // keep that property: a CTA may wait only for tiles handed out before its own.
 //
 // Memory order. The adds are fp32 atomics (red.global.add, done at L2, no stale L1 line
-// can be read). Hand-over: every thread's adds, __threadfence(), __syncthreads(), then
-// thread 0's st.release.gpu of turn + 1; the next CTA's thread 0 polls with ld.acquire.gpu
-// until it reads its turn, then __syncthreads() before any thread adds.
+// can be read). Hand-over: every adder's adds, __threadfence(), the adders' barrier, then
+// the leader's st.release.gpu of turn + 1; the next CTA's leader polls with ld.acquire.gpu
+// until it reads its turn, then the adders' barrier before any of them adds.
 
 namespace fa_cute {
 
@@ -106,28 +106,38 @@ CUTE_DEVICE void dq_store_release(int* ptr, int value) {
 }
 #endif
 
-// Before the CTA's dQ additions into the counter's rows: thread 0 spins until the counter
-// is `turn`, then the whole CTA syncs. Every thread of the CTA must call it (a barrier).
-CUTE_DEVICE void dq_wait_turn(int const* semaphore, int turn) {
+// The threads that add a CTA's dQ and meet around its turn: by default the whole CTA
+// (thread 0 polls and hands over, __syncthreads); a warp-specialised kernel whose adders are
+// some of its warps passes its own (a named barrier over them, and one of them as leader).
+struct DqCtaSync {
+  CUTE_DEVICE bool leader() const { return threadIdx.x == 0; }
+  CUTE_DEVICE void sync() const { __syncthreads(); }
+};
+
+// Before the CTA's dQ additions into the counter's rows: the leader spins until the counter
+// is `turn`, then the adders sync. Every adder must call it (a barrier).
+template <class Sync = DqCtaSync>
+CUTE_DEVICE void dq_wait_turn(int const* semaphore, int turn, Sync const& adders = {}) {
 #if defined(__CUDA_ARCH__)
-  if (threadIdx.x == 0) {
+  if (adders.leader()) {
     unsigned backoff_ns = 32;
     while (dq_load_acquire(semaphore) != turn) {
       __nanosleep(backoff_ns);
       backoff_ns = backoff_ns < 256 ? backoff_ns * 2 : 256;
     }
   }
-  __syncthreads();
+  adders.sync();
 #endif
 }
 
 // After the CTA's dQ additions: make them visible device-wide, then hand the counter to
-// turn + 1. Every thread of the CTA must call it (a barrier).
-CUTE_DEVICE void dq_pass_turn(int* semaphore, int turn) {
+// turn + 1. Every adder must call it (a barrier).
+template <class Sync = DqCtaSync>
+CUTE_DEVICE void dq_pass_turn(int* semaphore, int turn, Sync const& adders = {}) {
 #if defined(__CUDA_ARCH__)
   __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) dq_store_release(semaphore, turn + 1);
+  adders.sync();
+  if (adders.leader()) dq_store_release(semaphore, turn + 1);
 #endif
 }
 
@@ -135,8 +145,9 @@ CUTE_DEVICE void dq_pass_turn(int* semaphore, int turn) {
 // it (the family's fp32 atomics); with params.dq_semaphore_ptr it runs in key block
 // n_block's turn (every thread of the CTA must call this: barriers), without, as is.
 // The family's CTAs must take their key blocks through dq_order_n_block.
-template <int kBlockM, int kBlockN, class AddFn>
-CUTE_DEVICE void add_dq_in_order(BwdParams const& params, int b, int h, int m_block, int n_block, AddFn&& add) {
+template <int kBlockM, int kBlockN, class AddFn, class Sync = DqCtaSync>
+CUTE_DEVICE void add_dq_in_order(BwdParams const& params, int b, int h, int m_block, int n_block, AddFn&& add,
+                                 Sync const& adders = {}) {
   if (params.dq_semaphore_ptr == nullptr) {
     add();
     return;
@@ -144,9 +155,9 @@ CUTE_DEVICE void add_dq_in_order(BwdParams const& params, int b, int h, int m_bl
   int* const semaphore = params.dq_semaphore_ptr + dq_semaphore_index(b, h, m_block, params.nheads,
                                                                       (params.seqlen_q + kBlockM - 1) / kBlockM);
   int const turn = dq_turn<kBlockM, kBlockN>(params, n_block, m_block);
-  dq_wait_turn(semaphore, turn);
+  dq_wait_turn(semaphore, turn, adders);
   add();
-  dq_pass_turn(semaphore, turn);
+  dq_pass_turn(semaphore, turn, adders);
 }
 
 }  // namespace fa_cute

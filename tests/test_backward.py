@@ -666,11 +666,13 @@ def test_backward_op_passes_deterministic_on(backward_c) -> None:
 
 
 def test_deterministic_takes_a_family_that_has_it(backward_c, monkeypatch) -> None:
-    """Where the pick is a config without a deterministic mode (the Hopper kernel's family),
-    deterministic=True runs the sm80 config of the head dim (the default for compute
-    capability 8.0); naming such a config with deterministic=True is refused."""
+    """Where the pick is a config of a family without a deterministic mode (a made-up one
+    here: both built families have it), deterministic=True runs the sm80 config of the head
+    dim (the default for compute capability 8.0); naming such a config with
+    deterministic=True is refused."""
+    assert "sm_future" not in _backward.DETERMINISTIC_FAMILIES
     monkeypatch.setitem(_backward.BACKWARD_CONFIGS, "bwd_hopper_d128",
-                        dict(name="bwd_hopper_d128", family="sm90a", head_dim=D, block_m=64,
+                        dict(name="bwd_hopper_d128", family="sm_future", head_dim=D, block_m=64,
                              block_n=128, dtypes=["bf16", "fp16"]))
     monkeypatch.setattr(_backward, "backward_config", lambda *a, **k: "bwd_hopper_d128")
     dout, q, k, v, out, lse = inputs()

@@ -6,6 +6,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/cutlass.h>
 
+#include "bwd_dq_order.h"
 #include "bwd_params.h"
 #include "sm90/kernel_traits_bwd_sm90.h"
 #include "sm90/mainloop_bwd_sm90.h"
@@ -36,7 +37,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   extern __shared__ __align__(1024) char smem[];
   auto& storage = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   int const num_n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-  Mainloop mainloop(p, params.mainloop, storage, BwdTileCoord(int(blockIdx.x), num_n_blocks, p.nheads_k));
+  BwdTileCoord coord(int(blockIdx.x), num_n_blocks, p.nheads_k);
+  coord.n_block = dq_order_n_block(p, coord.n_block, num_n_blocks);  // deterministic causal: descending
+  Mainloop mainloop(p, params.mainloop, storage, coord);
   if (threadIdx.x == 0) {
     mainloop.init_barriers();
     cutlass::arch::fence_barrier_init();

@@ -27,9 +27,11 @@ struct Sm90BwdLaunch {
   static Sm90BwdKernelParams<Traits> to_underlying_arguments(BwdParams const& params) {
     using namespace cute;
     using Element = typename Traits::Element;
-    if (params.dq_semaphore_ptr != nullptr) {
+    if (params.dq_semaphore_ptr != nullptr && Traits::kdQBulkReduce) {
+      // The ordered hand-over fences atomics; bulk reduce-adds complete in the async proxy.
       throw std::invalid_argument(
-          "dq_semaphore: the Hopper backward (bwd_kernel_sm90) has no deterministic mode; use an sm80 config");
+          "dq_semaphore: this Hopper backward config adds dQ by bulk reduce-adds (a _dqbulk variant), which "
+          "has no deterministic mode; use the default Hopper config or an sm80 one");
     }
     int const d = params.head_dim;
     auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,

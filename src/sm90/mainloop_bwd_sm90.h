@@ -9,6 +9,7 @@
 
 #include "block_info.h"
 #include "bwd_dq_atomics.h"
+#include "bwd_dq_order.h"
 #include "bwd_params.h"
 #include "cute_utils.h"
 #include "epilogue_bwd.h"
@@ -197,6 +198,16 @@ struct Sm90BwdMainloop {
       return nullptr;
     }
   }
+
+  // The dQ adders of a deterministic run: the consumer warpgroups, consumer thread 0 leading
+  // (bwd_dq_order.h's DqCtaSync for a kernel whose adders are not the whole CTA).
+  struct ConsumerSync {
+    int tidx;  // among the consumer threads
+    CUTE_DEVICE bool leader() const { return tidx == 0; }
+    CUTE_DEVICE void sync() const {
+      cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQTurn));
+    }
+  };
 
   // --- MMA (consumer warpgroups) --------------------------------------------------------------
   struct Consumer {
@@ -416,7 +427,11 @@ struct Sm90BwdMainloop {
             Tensor gdQaccum = make_tensor(make_gmem_ptr(dq_accum_block), TileQ{},
                                           make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
             Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);                       // (MMA,MMA_M,MMA_D)
-            add_dq_atomics</*kBytes=*/16>(acc_dq, tdQgdQ, cdQ, query_rows);
+            // deterministic (p.dq_semaphore_ptr): in key block order (bwd_dq_order.h), the
+            // consumer threads meeting around the turn (the producer warp never adds).
+            add_dq_in_order<kBlockM, kBlockN>(
+                p, coord.bidb, bidh, m_block, coord.n_block,
+                [&] { add_dq_atomics</*kBytes=*/16>(acc_dq, tdQgdQ, cdQ, query_rows); }, ConsumerSync{tidx});
           }
           st.advance();
         }

@@ -17,6 +17,7 @@ enum class Sm90Barrier : uint32_t {
 enum class Sm90BwdBarrier : uint32_t {
   kdSStored = 0,  // both consumer warpgroups have written their keys' columns of dS (and the next step's LSE, D)
   kdSStoredWg0 = 1,  // kdQPerWG: consumer warpgroup w has written its dS (and next LSE, D) (ids 1 and 2)
+  kdQTurn = 3,       // deterministic: the consumers around their turn at a query block's dQ (bwd_dq_order.h)
 };
 
 }  // namespace fa_cute
