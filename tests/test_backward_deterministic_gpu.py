@@ -13,7 +13,7 @@ import torch
 import fa_cute
 from fa_cute import _C, _backward
 
-from test_backward_gpu import check_grads, make, needs_head_dim
+from test_backward_gpu import BACKWARD_CONFIGS, _config_runs_here, check_grads, make, needs_head_dim
 
 pytestmark = [
     pytest.mark.cuda,
@@ -114,3 +114,35 @@ def test_compiled_backward_takes_deterministic() -> None:
     compiled = step(dout, q, k, v, out, lse)
     eager = fa_cute.backward(dout, q, k, v, out, lse, causal=True, deterministic=True)
     assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
+
+
+# Variants whose dQ additions have no fixed order (src/sm90/bwd_launch_sm90.h refuses them).
+UNORDERED_VARIANTS = ("_dqbulk", "_dqwg")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("config", [c["name"] for c in BACKWARD_CONFIGS
+                                    if c["family"] in _backward.DETERMINISTIC_FAMILIES])
+def test_each_config_named(config, causal) -> None:
+    """Every config of a deterministic family, run by name: bitwise-equal reruns within the
+    float64 rule, or (a variant with unordered dQ additions) a ValueError naming it."""
+    cfg = next(c for c in BACKWARD_CONFIGS if c["name"] == config)
+    _config_runs_here(cfg)
+    dtype = torch.bfloat16 if "bf16" in cfg["dtypes"] else torch.float16
+    head_dim = cfg["head_dim"]
+    torch.manual_seed(1)
+    q = make(2, 1111, 6, head_dim, dtype, grad=False)
+    k, v = (make(2, 2345, 2, head_dim, dtype, grad=False) for _ in range(2))
+    dout = make(2, 1111, 6, head_dim, dtype, grad=False)
+    out, lse = fa_cute.forward(q, k, v, causal=causal, return_lse=True)
+    run = lambda: fa_cute.backward(dout, q, k, v, out, lse, causal=causal,  # noqa: E731
+                                   deterministic=True, config=config)
+    if config.endswith(UNORDERED_VARIANTS):
+        with pytest.raises(ValueError, match="no deterministic mode"):
+            run()
+        return
+    first = run()
+    for _ in range(3):
+        for name, a, b in zip(("dq", "dk", "dv"), first, run()):
+            assert torch.equal(a, b), f"{name} differs between two deterministic runs of {config}"
+    check_grads(first, q, k, v, dout, head_dim ** -0.5, causal=causal)

@@ -101,7 +101,7 @@ def named_backward_config(config, q: torch.Tensor, q_name: str = "q") -> str:
 
 
 # The backward families whose kernels take `_C.backward`'s dq_semaphore (deterministic=True,
-# src/bwd_dq_order.h). In the Hopper family (sm90a) its _dqbulk variants refuse it (`_C`).
+# src/bwd_dq_order.h). In the Hopper family (sm90a) its _dqbulk and _dqwg variants refuse it (`_C`).
 DETERMINISTIC_FAMILIES = ("sm80", "sm90a")
 
 

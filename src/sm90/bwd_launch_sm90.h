@@ -27,11 +27,13 @@ struct Sm90BwdLaunch {
   static Sm90BwdKernelParams<Traits> to_underlying_arguments(BwdParams const& params) {
     using namespace cute;
     using Element = typename Traits::Element;
-    if (params.dq_semaphore_ptr != nullptr && Traits::kdQBulkReduce) {
-      // The ordered hand-over fences atomics; bulk reduce-adds complete in the async proxy.
+    if (params.dq_semaphore_ptr != nullptr && (Traits::kdQBulkReduce || Traits::kdQPerWG)) {
+      // The ordered hand-over fences atomics, but bulk reduce-adds complete in the async
+      // proxy (_dqbulk), and kdQPerWG's two warpgroups add into the same dQ elements within
+      // one turn (_dqwg), in no fixed order.
       throw std::invalid_argument(
-          "dq_semaphore: this Hopper backward config adds dQ by bulk reduce-adds (a _dqbulk variant), which "
-          "has no deterministic mode; use the default Hopper config or an sm80 one");
+          "dq_semaphore: this Hopper backward config (a _dqbulk or _dqwg variant) has no deterministic mode; "
+          "use the default Hopper config or an sm80 one");
     }
     int const d = params.head_dim;
     auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
