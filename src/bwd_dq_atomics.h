@@ -4,6 +4,20 @@
 
 namespace fa_cute {
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// red.global.add.v4.f32 (sm_90) under a predicate. atomicAdd(float4*) under an `if` made
+// ptxas recompute each add's address in one register pair, which the next add then had to
+// wait to overwrite until the LSU had read it; here the adds share one base register. (The
+// same form for the sm80 family's 8-byte adds spilled its d=128 tile at 255 registers.)
+CUTE_DEVICE void red_add_f32x4(float* ptr, float4 v, bool pred) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n @p red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(
+          ptr),
+      "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(int(pred))
+      : "memory");
+}
+#endif
+
 // dQ_m of one thread into the fp32 dq_accum, shared by both backward families: acc (the
 // dQ GEMM's accumulator fragment), gdq (the same partition of dq_accum's (BLK_M,D) tile),
 // cdq (of its identity tensor: (row, column) of each value), rows from query_rows on
@@ -22,6 +36,7 @@ namespace fa_cute {
 //     of 64 bytes, half the requests of the 8-byte form; pairing the two row halves instead
 //     (16 rows of 32 bytes) measured 5-10% slower (docs/perf-notes.md, Backward).
 // Before sm_90, one 4-byte atomic per value.
+
 template <int kBytes, class Acc, class TensorG, class TensorC>
 CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC const& cdq, int query_rows) {
   using namespace cute;
@@ -41,7 +56,12 @@ CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC cons
                       decltype(stride<0, 2>(gdq))::value == 8 && decltype(size(gdq))::value == decltype(size<0>(gdq))::value,
                   "kBytes = 16 takes one wgmma atom's fragment: an even number of 8-column groups in mode (0, 2)");
     constexpr int kGroups = decltype(size<0, 2>(gdq))::value;
+    constexpr int kAdds = kGroups;  // (kGroups / 2 group pairs) x (2 row halves)
     bool const odd = threadIdx.x % 2;
+    // All values first, each add in registers of its own: an add reads its source
+    // registers when the LSU takes it, so adds that reuse one quad (or one address pair)
+    // each wait for the one before to leave the queue (ncu: long scoreboard on this loop).
+    float4 v[kAdds];
     CUTE_UNROLL
     for (int g = 0; g < kGroups; g += 2) {
       CUTE_UNROLL
@@ -52,10 +72,19 @@ CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC cons
         float const send_y = odd ? acc(i0 + 1) : acc(i1 + 1);
         float const recv_x = __shfl_xor_sync(0xffffffffu, send_x, 1);
         float const recv_y = __shfl_xor_sync(0xffffffffu, send_y, 1);
-        float4 const v = odd ? make_float4(recv_x, recv_y, acc(i1), acc(i1 + 1))
-                             : make_float4(acc(i0), acc(i0 + 1), recv_x, recv_y);
-        float* const dst = odd ? &gdq(i1) - 2 : &gdq(i0);
-        if (get<0>(cdq(i0)) < query_rows) atomicAdd(reinterpret_cast<float4*>(dst), v);
+        v[g + r] = odd ? make_float4(recv_x, recv_y, acc(i1), acc(i1 + 1))
+                       : make_float4(acc(i0), acc(i0 + 1), recv_x, recv_y);
+      }
+    }
+    // The odd lane's 4 columns start 2 before its pair of group g + 1: 8 - 2 = 6 past the
+    // even lane's. One base pointer, the rest compile-time offsets (gdq's layout is static).
+    float* const base = &gdq(0) + (odd ? 6 : 0);
+    CUTE_UNROLL
+    for (int g = 0; g < kGroups; g += 2) {
+      CUTE_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        int const i0 = 2 * r + 4 * g;
+        red_add_f32x4(base + (gdq.layout()(i0) - gdq.layout()(0)), v[g + r], get<0>(cdq(i0)) < query_rows);
       }
     }
   }
