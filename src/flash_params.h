@@ -60,8 +60,12 @@ struct FwdParams {
   float* __restrict__ o_accum_ptr;
   float* __restrict__ lse_accum_ptr;
 
-  float softmax_scale;       // applied to Q K^T
+  // The softmax's scale of its scores. Without a softcap, scores are Q K^T and this is the
+  // caller's softmax_scale. With one (Gemma 2's logits softcap * tanh(S * scale / softcap)),
+  // the kernel maps S to tanh(S * softcap_premul) and this is softcap (docs/design.md).
+  float softmax_scale;
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
+  float softcap_premul;      // the caller's softmax_scale / softcap; 0: no softcap
 };
 
 }  // namespace fa_cute

@@ -70,6 +70,17 @@ void set_attention_operands(Params& params, uintptr_t q, uintptr_t k, uintptr_t 
   params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
 }
 
+// softcap > 0: the kernel maps Q K^T to tanh(Q K^T * softmax_scale / softcap), and its
+// softmax (and LSE) scales those by softcap (FwdParams::softmax_scale).
+void set_softcap(FwdParams& params, double softcap) {
+  FA_CUTE_REQUIRE(softcap >= 0.0 && softcap < 1e30, "softcap: must be 0 (none) or a finite positive number");
+  params.softcap_premul = 0.f;
+  if (softcap == 0.0) return;
+  params.softcap_premul = float(params.softmax_scale / softcap);
+  params.softmax_scale = float(softcap);
+  params.softmax_scale_log2 = float(softcap * 1.4426950408889634);  // log2(e)
+}
+
 // After the integer checks (CI, with no GPU, reaches every one of them): the runtime and the
 // driver, i.e. the stream handle, the device (selected in this module's own static CUDA
 // runtime) and the pointers' allocations.
@@ -85,11 +96,12 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
                uintptr_t v, uintptr_t o, uintptr_t lse, int batch, int seqlen_q, int seqlen_k,
                int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
                Strides v_strides, Strides o_strides, double softmax_scale, bool is_causal,
-               int causal_offset, int device, uintptr_t stream_handle, bool timed, int num_splits,
-               uintptr_t o_accum, uintptr_t lse_accum) {
+               int causal_offset, double softcap, int device, uintptr_t stream_handle, bool timed,
+               int num_splits, uintptr_t o_accum, uintptr_t lse_accum) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   FwdParams params = problem_params<FwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
+  set_softcap(params, softcap);
   params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
   params.head_dim = head_dim;
   params.causal_offset = causal_offset;
@@ -249,7 +261,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
         py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
         py::arg("o_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
-        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("timed"),
+        py::arg("causal_offset"), py::arg("softcap"), py::arg("device"), py::arg("stream"), py::arg("timed"),
         py::arg("num_splits") = 1, py::arg("o_accum") = 0, py::arg("lse_accum") = 0);
   m.def("num_splits", &fa_cute::num_splits, py::arg("config"), py::arg("dtype"), py::arg("batch"),
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),

@@ -116,7 +116,7 @@ def reference_forward(monkeypatch: pytest.MonkeyPatch) -> list:
         launches.append(launch)
         o, l = attention_ref(q, k, v, launch.softmax_scale, causal=launch.is_causal,
                              causal_offset=launch.causal_offset if launch.is_causal else None,
-                             return_lse=True)
+                             return_lse=True, softcap=launch.softcap)
         out.copy_(o)
         if lse is not None:
             lse.copy_(l.reshape(lse.shape))

@@ -27,7 +27,7 @@ __all__ = ["ALLOWED_DTYPES", "FORWARD_NAMES", "LIMITS", "Names", "SDPA_NAMES", "
            "check_devices", "check_flag", "check_inputs", "check_layout", "check_memory",
            "check_no_grad", "check_shapes", "check_tensor", "extent_bytes", "grad_mode",
            "layout_hint", "overlaps_itself", "requires_grad", "resolve_scale", "scale_arg",
-           "spans_overlap", "validate"]
+           "softcap_arg", "spans_overlap", "validate"]
 
 ALLOWED_DTYPES = "torch.bfloat16 or torch.float16"
 
@@ -83,7 +83,7 @@ def check_no_grad(q, k, v, names: Names, api: str) -> None:
 
 
 def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
-             names: Names = FORWARD_NAMES) -> Launch:
+             names: Names = FORWARD_NAMES, softcap=0.0) -> Launch:
     """Check every argument, the device last; return what the launch needs.
 
     bottom_right: forward's causal alignment, else sdpa's top-left. names: the arguments'
@@ -92,6 +92,7 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
     """
     q_name = names.q
     check_flag(names.causal, causal)
+    cap = softcap_arg(softcap)
     inputs = check_inputs(q, k, v, names)
     if out is not None:
         # Before the packing decision reads out's strides: a bad out gets the same error
@@ -133,7 +134,7 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
     return Launch(cfg["name"], DTYPE_NAMES[q.dtype], batch, launch_seqlen_q, seqlen_k,
                   launch_nheads, nheads_k, head_dim, scale, is_causal,
                   offset if is_causal else 0, packed, launch_strides(q, packed, nheads_k),
-                  row_strides(k), row_strides(v))
+                  row_strides(k), row_strides(v), cap)
 
 
 def check_inputs(q, k, v, names: Names) -> List[Tuple[str, torch.Tensor]]:
@@ -242,6 +243,20 @@ def resolve_scale(scale, head_dim: int, name: str = "softmax_scale") -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     return scale_arg(scale, name)
+
+
+def softcap_arg(softcap) -> float:
+    """The logits softcap as a float: 0 (none) or a finite real number > 0."""
+    if not isinstance(softcap, numbers.Real) or isinstance(softcap, bool):
+        raise TypeError(f"softcap must be a real number (0.0 for none); got "
+                        f"{type(softcap).__name__}")
+    try:
+        value = float(softcap)
+    except OverflowError:  # an int beyond float range
+        value = math.inf
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"softcap must be 0.0 (none) or a finite number > 0; got {softcap}")
+    return value
 
 
 def scale_arg(scale, name: str) -> Optional[float]:

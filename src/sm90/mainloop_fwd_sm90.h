@@ -264,6 +264,10 @@ struct Sm90FwdMainloop {
       auto mask = [&](AccS& acc_s, int n_block) {
         mask_scores<kBlockM, kBlockN, /*kKeysEven=*/false>(acc_s, thr_mma_qk, p, coord.m_block, n_block, kCausal);
       };
+      // Before the mask, which writes -inf over what the softcap would map to -1.
+      auto softcap = [&](AccS& acc_s) {
+        if (p.softcap_premul != 0.f) apply_softcap(acc_s, p.softcap_premul);
+      };
       // Every S wgmma of the tile has retired: with its own sO, the next tile's Q may load
       // under the last P V and the epilogue (with sO in sQ, the O store releases it).
       auto release_q = [&] {
@@ -285,6 +289,7 @@ struct Sm90FwdMainloop {
         {
           AccS acc_s;
           compute_s(acc_s);
+          softcap(acc_s);
           if (n_masked > 0) mask(acc_s, keys.template block</*kReverse=*/true>(0));
           softmax.template update_scores</*kIsFirst=*/true>(acc_s, p.softmax_scale_log2);
           store_p(acc_s);
@@ -299,6 +304,7 @@ struct Sm90FwdMainloop {
           turn_pass();
           wgmma_wait<1>(acc_s);
           pipe_k.consumer_release(st);
+          softcap(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
           auto const correction = softmax.template update_scores</*kIsFirst=*/false>(acc_s, p.softmax_scale_log2);
           wgmma_wait<0>(acc_o, tOrP);
@@ -320,6 +326,7 @@ struct Sm90FwdMainloop {
         auto step = [&](int i, auto is_first, auto is_masked) __attribute__((always_inline)) {
           AccS acc_s;
           compute_s(acc_s);
+          softcap(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
           softmax.template update<decltype(is_first)::value>(acc_s, acc_o, p.softmax_scale_log2);
           store_p(acc_s);
