@@ -26,7 +26,9 @@ struct Sm80FwdLaunch {
   // The masking a launch needs (fwd_kernel_sm80's kMaskMode).
   static FwdMaskMode mask_mode(FwdParams const& params) {
     bool const even = params.seqlen_q % Traits::kBlockM == 0 && params.seqlen_k % Traits::kBlockN == 0;
-    if (!even) return FwdMaskMode::kGeneral;
+    // A softcap runs in the kGeneral variants alone: its pass in the others' loops made
+    // ptxas spill (docs/perf-notes.md, Hopper kernel, Open leads).
+    if (!even || params.softcap_premul != 0.f) return FwdMaskMode::kGeneral;
     return params.is_causal ? FwdMaskMode::kCausalEven : FwdMaskMode::kNone;
   }
 

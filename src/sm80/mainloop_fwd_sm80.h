@@ -223,8 +223,11 @@ struct Sm80FwdMainloop {
       }
       if (flag(is_last)) on_last_s();
 
-      // Before the mask, which writes -inf over what the softcap would map to -1.
-      if (params.softcap_premul != 0.f) apply_softcap(acc_s, params.softcap_premul);
+      // Before the mask, which writes -inf over what the softcap would map to -1. Only the
+      // kGeneral variant has it (Sm80FwdLaunch::mask_mode sends softcap launches there).
+      if constexpr (kMaskMode == FwdMaskMode::kGeneral) {
+        if (params.softcap_premul != 0.f) apply_softcap(acc_s, params.softcap_premul);
+      }
       if (flag(is_masked)) {
         mask_scores<kBlockM, kBlockN, kEven>(acc_s, thr_mma, params, coord.m_block, n_block, is_causal);
       }

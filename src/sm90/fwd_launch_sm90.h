@@ -76,6 +76,11 @@ struct Sm90FwdLaunch {
   static Sm90FwdKernelParams<Traits, V::value> to_underlying_arguments(FwdParams const& params) {
     using namespace cute;
     using Element = typename Traits::Element;
+    if (params.softcap_premul != 0.f && Traits::kHeadDim >= 256) {
+      throw std::invalid_argument(
+          "softcap: the Hopper d=256 configs have no softcap (it overflowed their registers); use an sm80 "
+          "config, as config='auto' does");
+    }
     int const d = params.head_dim;
     auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
                                         params.q_row_stride, params.q_head_stride, params.q_batch_stride);

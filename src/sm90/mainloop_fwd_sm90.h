@@ -264,9 +264,12 @@ struct Sm90FwdMainloop {
       auto mask = [&](AccS& acc_s, int n_block) {
         mask_scores<kBlockM, kBlockN, /*kKeysEven=*/false>(acc_s, thr_mma_qk, p, coord.m_block, n_block, kCausal);
       };
-      // Before the mask, which writes -inf over what the softcap would map to -1.
+      // Before the mask, which writes -inf over what the softcap would map to -1. Not at
+      // d=256, whose registers it overflowed (its launch refuses a softcap).
       auto softcap = [&](AccS& acc_s) {
-        if (p.softcap_premul != 0.f) apply_softcap(acc_s, p.softcap_premul);
+        if constexpr (kHeadDim < 256) {
+          if (p.softcap_premul != 0.f) apply_softcap(acc_s, p.softcap_premul);
+        }
       };
       // Every S wgmma of the tile has retired: with its own sO, the next tile's Q may load
       // under the last P V and the epilogue (with sO in sQ, the O store releases it).
