@@ -47,6 +47,12 @@ struct FwdParams {
   // aligns the mask bottom-right (FlashAttention >= 2.1), 0 top-left (torch SDPA).
   bool is_causal;
   int causal_offset;
+  // Sliding window (FlashAttention's window_size, aligned as the causal mask): row r sees
+  // key c iff r + causal_offset - window_left <= c <= r + causal_offset + window_right; -1
+  // leaves that side unbounded. is_causal bounds the right side at 0 whatever window_right.
+  // causal_offset is the alignment of either mask (0 with neither).
+  int window_left = -1;
+  int window_right = -1;
   // (batch, head) pairs per L2 section of the causal tile order (FwdTileCoord); set by
   // the launchers from the sizes (causal_section()), not by callers.
   int causal_section;

@@ -82,6 +82,12 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
                                              str(kernel.head_dim) + ", got " + str(p.head_dim));
   FA_CUTE_REQUIRE(p.causal_offset >= -kMaxSeqlen && p.causal_offset <= kMaxSeqlen,
           "causal_offset: must be in [-" + str(kMaxSeqlen) + ", " + str(kMaxSeqlen) + "], got " + str(p.causal_offset));
+  // The window's block bounds (FwdKeyRange) add a row, the offset and the bound: each below
+  // kMaxSeqlen keeps them within int.
+  FA_CUTE_REQUIRE(p.window_left >= -1 && p.window_left <= kMaxSeqlen,
+          "window_left: must be -1 (unbounded) or in [0, " + str(kMaxSeqlen) + "], got " + str(p.window_left));
+  FA_CUTE_REQUIRE(p.window_right >= -1 && p.window_right <= kMaxSeqlen,
+          "window_right: must be -1 (unbounded) or in [0, " + str(kMaxSeqlen) + "], got " + str(p.window_right));
   int const key_blocks = (p.seqlen_k + kernel.block_n - 1) / kernel.block_n;  // seqlen_k <= kMaxSeqlen: no wrap
   int const max_splits = key_blocks < kMaxSplits ? key_blocks : kMaxSplits;
   FA_CUTE_REQUIRE(p.num_splits >= 1 && p.num_splits <= max_splits,

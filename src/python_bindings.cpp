@@ -96,8 +96,8 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
                uintptr_t v, uintptr_t o, uintptr_t lse, int batch, int seqlen_q, int seqlen_k,
                int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
                Strides v_strides, Strides o_strides, double softmax_scale, bool is_causal,
-               int causal_offset, double softcap, int device, uintptr_t stream_handle, bool timed,
-               int num_splits, uintptr_t o_accum, uintptr_t lse_accum) {
+               int causal_offset, double softcap, int window_left, int window_right, int device,
+               uintptr_t stream_handle, bool timed, int num_splits, uintptr_t o_accum, uintptr_t lse_accum) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   FwdParams params = problem_params<FwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
@@ -105,6 +105,8 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
   params.head_dim = head_dim;
   params.causal_offset = causal_offset;
+  params.window_left = window_left;
+  params.window_right = window_right;
   params.num_splits = num_splits;
   params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
   params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);
@@ -261,7 +263,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
         py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
         py::arg("o_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
-        py::arg("causal_offset"), py::arg("softcap"), py::arg("device"), py::arg("stream"), py::arg("timed"),
+        py::arg("causal_offset"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
+        py::arg("device"), py::arg("stream"), py::arg("timed"),
         py::arg("num_splits") = 1, py::arg("o_accum") = 0, py::arg("lse_accum") = 0);
   m.def("num_splits", &fa_cute::num_splits, py::arg("config"), py::arg("dtype"), py::arg("batch"),
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),

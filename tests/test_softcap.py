@@ -35,13 +35,13 @@ def test_the_cap_reaches_the_kernel(reference_forward, causal: bool) -> None:
     assert reference_forward[-1].softcap == 0.0
 
 
-def test_kernel_args_end_with_the_cap(reference_forward) -> None:
+def test_kernel_args_carry_the_cap(reference_forward) -> None:
     q, k, v = qkv()
     fa_cute.forward(q, k, v, softcap=7)
     launch = reference_forward[-1]
     args = _launch.kernel_args(launch, q, k, v, torch.empty_like(q), None)
-    assert args[-4:] == (launch.softmax_scale, launch.is_causal, launch.causal_offset, 7.0)
-    assert type(args[-1]) is float
+    assert args[-6:] == (launch.softmax_scale, launch.is_causal, launch.causal_offset, 7.0, -1, -1)
+    assert type(args[-3]) is float
 
 
 @pytest.mark.parametrize("bad, error", [(True, TypeError), ("5", TypeError), (None, TypeError),

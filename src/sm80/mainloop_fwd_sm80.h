@@ -257,19 +257,27 @@ struct Sm80FwdMainloop {
         iteration(0, true_type{}, false_type{}, last == 0);
         for (int i = 1; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
       } else if constexpr (!Traits::kReverseKV) {
-        // The blocks that need a mask are the last ones visited.
-        int const n_unmasked = keys.num_unmasked_first();
-        iteration(0, true_type{}, n_unmasked == 0, last == 0);
+        // The blocks that need a mask are the first n_left visited (a window's left bound)
+        // and those from unmasked_end on (the tail, the causal diagonal, a window's right).
+        // (Only kGeneral launches have a window: elsewhere the loop folds away.)
+        int const n_left = kMaskMode == FwdMaskMode::kGeneral ? keys.num_masked_first() : 0;
+        int const unmasked_end = cute::max(n_left, keys.num_unmasked_first());
+        iteration(0, true_type{}, n_left > 0 || unmasked_end == 0, last == 0);
         int i = 1;
-        for (; i < n_unmasked; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+        for (; i < n_left; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+        for (; i < unmasked_end; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
         for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
       } else {
-        // Visited last to first, the blocks that need a mask come first.
+        // Visited last to first, the blocks that need the right side's mask come first,
+        // those that need a window's left bound last.
         int const n_masked = keys.num_masked_first_reversed();
-        iteration(0, true_type{}, n_masked > 0, last == 0);
+        int const n_left = kMaskMode == FwdMaskMode::kGeneral ? keys.num_masked_last_reversed() : 0;
+        int const unmasked_end = cute::max(n_masked, num_blocks - n_left);
+        iteration(0, true_type{}, n_masked > 0 || unmasked_end == 0, last == 0);
         int i = 1;
         for (; i < n_masked; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
-        for (; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+        for (; i < unmasked_end; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+        for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
       }
     } else {
       // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the

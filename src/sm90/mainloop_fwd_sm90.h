@@ -282,8 +282,10 @@ struct Sm90FwdMainloop {
       int const num_blocks = keys.num_blocks();
       mainloop.storage.barrier_q_full.wait(q_iter & 1);
       // Visited last to first, the blocks needing a mask (the seqlen_k tail, the causal
-      // diagonal) are the first n_masked: one loop with the mask code, one without.
+      // diagonal, a window's right bound) are the first n_masked, those a window's left bound
+      // cuts the last: loops with the mask code around one without.
       int const n_masked = keys.num_masked_first_reversed();
+      int const unmasked_end = cute::max(n_masked, num_blocks - keys.num_masked_last_reversed());
       if constexpr (Traits::kIntraWGOverlap) {
         // Block 0 alone: S_0, softmax, P_0. Then each step issues S_j and P_{j-1} V_{j-1}
         // back to back, and runs the softmax of S_j while the P V wgmma computes. O is
@@ -293,7 +295,7 @@ struct Sm90FwdMainloop {
           AccS acc_s;
           compute_s(acc_s);
           softcap(acc_s);
-          if (n_masked > 0) mask(acc_s, keys.template block</*kReverse=*/true>(0));
+          if (n_masked > 0 || unmasked_end == 0) mask(acc_s, keys.template block</*kReverse=*/true>(0));
           softmax.template update_scores</*kIsFirst=*/true>(acc_s, p.softmax_scale_log2);
           store_p(acc_s);
         }
@@ -319,7 +321,8 @@ struct Sm90FwdMainloop {
         };
         int i = 1;
         for (; i < n_masked; ++i) { step(i, true_type{}); }
-        for (; i < num_blocks; ++i) { step(i, false_type{}); }
+        for (; i < unmasked_end; ++i) { step(i, false_type{}); }
+        for (; i < num_blocks; ++i) { step(i, true_type{}); }
         release_q();
         issue_pv(st_v);
         wgmma_wait<0>(acc_o, tOrP);
@@ -338,14 +341,15 @@ struct Sm90FwdMainloop {
           pipe_v.consumer_release(st);
           st.advance();
         };
-        if (n_masked > 0) {
+        if (n_masked > 0 || unmasked_end == 0) {
           step(0, true_type{}, true_type{});
         } else {
           step(0, true_type{}, false_type{});
         }
         int i = 1;
         for (; i < n_masked; ++i) { step(i, false_type{}, true_type{}); }
-        for (; i < num_blocks; ++i) { step(i, false_type{}, false_type{}); }
+        for (; i < unmasked_end; ++i) { step(i, false_type{}, false_type{}); }
+        for (; i < num_blocks; ++i) { step(i, false_type{}, true_type{}); }
         release_q();
       }
     }
