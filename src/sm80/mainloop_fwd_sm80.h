@@ -247,6 +247,27 @@ struct Sm80FwdMainloop {
       using cute::false_type;
       using cute::true_type;
       int const last = num_blocks - 1;
+      // From block i on: masked blocks up to first_masked_end, unmasked ones up to
+      // unmasked_end, masked ones to the end. kGeneral (a window's left bound can mask
+      // both ends) runs both masked runs through one copy of the masked body, the outer
+      // loop going round at most twice: a second copy made ptxas spill. The other modes
+      // have no second run (its bound folds: the loop after the unmasked one is dead), and
+      // keep plain loops: the outer loop made ptxas spill there.
+      auto masked_runs = [&](int i, int first_masked_end, int unmasked_end) __attribute__((always_inline)) {
+        if constexpr (kMaskMode == FwdMaskMode::kGeneral) {
+          int masked_end = first_masked_end;
+          while (true) {
+            for (; i < masked_end; ++i) { iteration(i, cute::false_type{}, cute::true_type{}, i == last); }
+            if (i >= num_blocks) break;
+            for (; i < unmasked_end; ++i) { iteration(i, cute::false_type{}, cute::false_type{}, i == last); }
+            masked_end = num_blocks;
+          }
+        } else {
+          for (; i < first_masked_end; ++i) { iteration(i, cute::false_type{}, cute::true_type{}, i == last); }
+          for (; i < unmasked_end; ++i) { iteration(i, cute::false_type{}, cute::false_type{}, i == last); }
+          for (; i < num_blocks; ++i) { iteration(i, cute::false_type{}, cute::true_type{}, i == last); }
+        }
+      };
       if constexpr (kMaskMode == FwdMaskMode::kNone && Traits::kPersistent) {
         iteration(0, true_type{}, false_type{}, last == 0);
         if (last > 0) {
@@ -263,21 +284,16 @@ struct Sm80FwdMainloop {
         int const n_left = kMaskMode == FwdMaskMode::kGeneral ? keys.num_masked_first() : 0;
         int const unmasked_end = cute::max(n_left, keys.num_unmasked_first());
         iteration(0, true_type{}, n_left > 0 || unmasked_end == 0, last == 0);
-        int i = 1;
-        for (; i < n_left; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
-        for (; i < unmasked_end; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
-        for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+        masked_runs(1, n_left, unmasked_end);
       } else {
         // Visited last to first, the blocks that need the right side's mask come first,
         // those that need a window's left bound last.
         int const n_masked = keys.num_masked_first_reversed();
-        int const n_left = kMaskMode == FwdMaskMode::kGeneral ? keys.num_masked_last_reversed() : 0;
-        int const unmasked_end = cute::max(n_masked, num_blocks - n_left);
+        int const unmasked_end = kMaskMode == FwdMaskMode::kGeneral
+                                     ? cute::max(n_masked, num_blocks - keys.num_masked_last_reversed())
+                                     : num_blocks;
         iteration(0, true_type{}, n_masked > 0 || unmasked_end == 0, last == 0);
-        int i = 1;
-        for (; i < n_masked; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
-        for (; i < unmasked_end; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
-        for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+        masked_runs(1, n_masked, unmasked_end);
       }
     } else {
       // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the
