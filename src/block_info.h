@@ -159,15 +159,16 @@ CUTE_DEVICE void apply_mask(TensorS&& scores, TensorC const& coords, int col_end
 // The masks of key block n_block for query block m_block on one thread's scores acc_s (an
 // MMA accumulator of the (kBlockM, kBlockN) tile). kKeysEven: seqlen_k is a multiple of
 // kBlockN, so no column needs the tail mask. is_causal: params.is_causal, which a kernel
-// may know at compile time.
-template <int kBlockM, int kBlockN, bool kKeysEven, class TensorS, class ThrMma>
+// may know at compile time. kWindow: the launch may have a window (a kernel variant that
+// never has one compiles its bounds out).
+template <int kBlockM, int kBlockN, bool kKeysEven, bool kWindow = true, class TensorS, class ThrMma>
 CUTE_DEVICE void mask_scores(TensorS& acc_s, ThrMma const& thr_mma, FwdParams const& params, int m_block, int n_block,
                              bool is_causal) {
   using namespace cute;
+  int const right = is_causal ? 0 : (kWindow ? params.window_right : -1);
   apply_mask(make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout())), score_coords<kBlockM, kBlockN>(thr_mma),
              kKeysEven ? kBlockN : params.seqlen_k - n_block * kBlockN,
-             m_block * kBlockM + params.causal_offset - n_block * kBlockN, is_causal ? 0 : params.window_right,
-             params.window_left);
+             m_block * kBlockM + params.causal_offset - n_block * kBlockN, right, kWindow ? params.window_left : -1);
 }
 
 }  // namespace fa_cute

@@ -229,7 +229,9 @@ struct Sm80FwdMainloop {
         if (params.softcap_premul != 0.f) apply_softcap(acc_s, params.softcap_premul);
       }
       if (flag(is_masked)) {
-        mask_scores<kBlockM, kBlockN, kEven>(acc_s, thr_mma, params, coord.m_block, n_block, is_causal);
+        // Windows run in the kGeneral variant alone (Sm80FwdLaunch::mask_mode).
+        mask_scores<kBlockM, kBlockN, kEven, /*kWindow=*/kMaskMode == FwdMaskMode::kGeneral>(
+            acc_s, thr_mma, params, coord.m_block, n_block, is_causal);
       }
       softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
 
