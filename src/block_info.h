@@ -19,6 +19,8 @@ enum class FwdMaskMode {
   kNone,        // non-causal, seqlen_q % kBlockM == 0 and seqlen_k % kBlockN == 0
   kCausalEven,  // causal, same lengths rule
   kGeneral,     // anything else: ragged tiles, causal or not
+  kSoftcapWindow,  // as kGeneral, with a logits softcap and/or a sliding window (a variant of
+                   // its own: their code in kGeneral raised its spills, docs/perf-notes.md)
 };
 
 // The right bound of a row's keys past its diagonal: 0 causal, window_right with a window

@@ -18,7 +18,7 @@ namespace fa_cute {
 template <class Traits, FwdMaskMode kMaskMode>
 struct Sm80FwdKernel {
   using Mainloop = Sm80FwdMainloop<Traits, kMaskMode>;
-  using Epilogue = Sm80FwdEpilogue<Traits, kMaskMode != FwdMaskMode::kGeneral>;
+  using Epilogue = Sm80FwdEpilogue<Traits, Mainloop::kEven>;
   using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
 
   struct SharedStorageOwnO {
@@ -60,7 +60,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   constexpr int kHeadDim = Traits::kHeadDim;
   int const tidx = threadIdx.x;
   // Compile-time where the mask mode decides it (kNone: never causal; kCausalEven: always).
-  bool const is_causal = kMaskMode == FwdMaskMode::kGeneral ? params.is_causal : kMaskMode == FwdMaskMode::kCausalEven;
+  bool const is_causal = Sm80FwdMainloop<Traits, kMaskMode>::kEven ? kMaskMode == FwdMaskMode::kCausalEven
+                                                                    : params.is_causal;
 
   extern __shared__ __align__(128) char smem[];
   auto& storage = *reinterpret_cast<typename Kernel::SharedStorage*>(smem);

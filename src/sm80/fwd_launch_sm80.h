@@ -26,10 +26,11 @@ struct Sm80FwdLaunch {
   // The masking a launch needs (fwd_kernel_sm80's kMaskMode).
   static FwdMaskMode mask_mode(FwdParams const& params) {
     bool const even = params.seqlen_q % Traits::kBlockM == 0 && params.seqlen_k % Traits::kBlockN == 0;
-    // A softcap or a window runs in the kGeneral variants alone: a softcap pass in the
-    // others' loops made ptxas spill (docs/perf-notes.md, Hopper kernel, Open leads).
+    // A softcap or a window runs in the kSoftcapWindow variant alone: their code in the
+    // other variants' loops made ptxas spill (docs/perf-notes.md, Hopper kernel, Open leads).
     bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
-    if (!even || window || params.softcap_premul != 0.f) return FwdMaskMode::kGeneral;
+    if (window || params.softcap_premul != 0.f) return FwdMaskMode::kSoftcapWindow;
+    if (!even) return FwdMaskMode::kGeneral;
     return params.is_causal ? FwdMaskMode::kCausalEven : FwdMaskMode::kNone;
   }
 

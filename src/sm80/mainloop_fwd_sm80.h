@@ -23,15 +23,19 @@ namespace fa_cute {
 // rows past the end are zero-filled, never read. kMaskMode compiles out what a launch does
 // not need (FwdMaskMode): kNone holds no masking or row predication code at all,
 // kCausalEven masks the diagonal blocks but predicates no rows, kGeneral handles ragged
-// tiles, causal or not. The causal and seqlen_k masks run only in the key blocks that need
-// them (FwdKeyRange), in a loop of their own whose copy of the body holds the mask.
+// tiles, causal or not, kSoftcapWindow as kGeneral with a softcap and/or a window. The
+// causal and seqlen_k masks run only in the key blocks that need them (FwdKeyRange), in a
+// loop of their own whose copy of the body holds the mask.
 template <class Traits, FwdMaskMode kMaskMode>
 struct Sm80FwdMainloop {
   using Element = typename Traits::Element;
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
-  static constexpr bool kEven = kMaskMode != FwdMaskMode::kGeneral;  // no ragged tile: no row predication
+  // No ragged tile (no row predication) in kNone and kCausalEven; a softcap and windows in
+  // kSoftcapWindow alone.
+  static constexpr bool kEven = kMaskMode == FwdMaskMode::kNone || kMaskMode == FwdMaskMode::kCausalEven;
+  static constexpr bool kExtras = kMaskMode == FwdMaskMode::kSoftcapWindow;
 
   // What the host passes is the problem itself (cp.async needs no descriptors; the launch
   // policy, Sm80FwdLaunch, hands it over unchanged).
@@ -224,13 +228,13 @@ struct Sm80FwdMainloop {
       if (flag(is_last)) on_last_s();
 
       // Before the mask, which writes -inf over what the softcap would map to -1. Only the
-      // kGeneral variant has it (Sm80FwdLaunch::mask_mode sends softcap launches there).
-      if constexpr (kMaskMode == FwdMaskMode::kGeneral) {
+      // kSoftcapWindow variant has it (Sm80FwdLaunch::mask_mode sends softcap launches there).
+      if constexpr (kExtras) {
         if (params.softcap_premul != 0.f) apply_softcap(acc_s, params.softcap_premul);
       }
       if (flag(is_masked)) {
-        // Windows run in the kGeneral variant alone (Sm80FwdLaunch::mask_mode).
-        mask_scores<kBlockM, kBlockN, kEven, /*kWindow=*/kMaskMode == FwdMaskMode::kGeneral>(
+        // Windows run in the kSoftcapWindow variant alone (Sm80FwdLaunch::mask_mode).
+        mask_scores<kBlockM, kBlockN, kEven, /*kWindow=*/kExtras>(
             acc_s, thr_mma, params, coord.m_block, n_block, is_causal);
       }
       softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
@@ -250,13 +254,13 @@ struct Sm80FwdMainloop {
       using cute::true_type;
       int const last = num_blocks - 1;
       // From block i on: masked blocks up to first_masked_end, unmasked ones up to
-      // unmasked_end, masked ones to the end. kGeneral (a window's left bound can mask
+      // unmasked_end, masked ones to the end. kSoftcapWindow (a window's left bound can mask
       // both ends) runs both masked runs through one copy of the masked body, the outer
       // loop going round at most twice: a second copy made ptxas spill. The other modes
       // have no second run (its bound folds: the loop after the unmasked one is dead), and
       // keep plain loops: the outer loop made ptxas spill there.
       auto masked_runs = [&](int i, int first_masked_end, int unmasked_end) __attribute__((always_inline)) {
-        if constexpr (kMaskMode == FwdMaskMode::kGeneral) {
+        if constexpr (kExtras) {
           int masked_end = first_masked_end;
           while (true) {
             for (; i < masked_end; ++i) { iteration(i, cute::false_type{}, cute::true_type{}, i == last); }
@@ -282,8 +286,8 @@ struct Sm80FwdMainloop {
       } else if constexpr (!Traits::kReverseKV) {
         // The blocks that need a mask are the first n_left visited (a window's left bound)
         // and those from unmasked_end on (the tail, the causal diagonal, a window's right).
-        // (Only kGeneral launches have a window: elsewhere the loop folds away.)
-        int const n_left = kMaskMode == FwdMaskMode::kGeneral ? keys.num_masked_first() : 0;
+        // (Only kSoftcapWindow launches have a window: elsewhere the loop folds away.)
+        int const n_left = kExtras ? keys.num_masked_first() : 0;
         int const unmasked_end = cute::max(n_left, keys.num_unmasked_first());
         iteration(0, true_type{}, n_left > 0 || unmasked_end == 0, last == 0);
         masked_runs(1, n_left, unmasked_end);
@@ -291,9 +295,8 @@ struct Sm80FwdMainloop {
         // Visited last to first, the blocks that need the right side's mask come first,
         // those that need a window's left bound last.
         int const n_masked = keys.num_masked_first_reversed();
-        int const unmasked_end = kMaskMode == FwdMaskMode::kGeneral
-                                     ? cute::max(n_masked, num_blocks - keys.num_masked_last_reversed())
-                                     : num_blocks;
+        int const unmasked_end = kExtras ? cute::max(n_masked, num_blocks - keys.num_masked_last_reversed())
+                                         : num_blocks;
         iteration(0, true_type{}, n_masked > 0 || unmasked_end == 0, last == 0);
         masked_runs(1, n_masked, unmasked_end);
       }
