@@ -16,6 +16,8 @@
 //   kName                           the main kernel's name, for error messages
 //   launch(params, device, stream)  the main kernel's launch: its arguments, then
 //                                   launch_bwd_kernel (the grid and shared-memory opt-in)
+//   postprocess(params, stream)     dq from dq_accum in the main kernel's layout of it:
+//                                   launch_bwd_postprocess_rows for the row layout
 // Host only. dQ is summed by fp32 atomics: in arbitrary order, unless
 // params.dq_semaphore_ptr is set (deterministic, bwd_dq_order.h: the preprocess kernel
 // zeroes the counters, the main kernel adds in key-block order).
@@ -43,6 +45,13 @@ void launch_bwd_kernel(Kernel* kernel, Args const& args, BwdParams const& params
            stream>>>(args);
 }
 
+// The row layout's postprocess (dq_accum (batch, nheads, dq_accum_rows, d), row-major).
+template <class Element, int kHeadDim>
+void launch_bwd_postprocess_rows(BwdParams const& params, cudaStream_t stream) {
+  using Rows = BwdRowKernel<Element, kHeadDim>;
+  bwd_postprocess_kernel<Element, kHeadDim><<<Rows::grid(params, params.seqlen_q), Rows::kNThreads, 0, stream>>>(params);
+}
+
 template <class Launch>
 void run_bwd(BwdParams const& params, cudaStream_t stream) {
   using Traits = typename Launch::Traits;
@@ -59,11 +68,12 @@ void run_bwd(BwdParams const& params, cudaStream_t stream) {
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   using Rows = BwdRowKernel<Element, kHeadDim>;
-  bwd_preprocess_kernel<Element, kHeadDim><<<Rows::grid(params), Rows::kNThreads, 0, stream>>>(params);
+  bwd_preprocess_kernel<Element, kHeadDim>
+      <<<Rows::grid(params, params.dq_accum_rows), Rows::kNThreads, 0, stream>>>(params);
   check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
   Launch::launch(params, device, stream);
   check_cuda(cudaGetLastError(), Launch::kName);
-  bwd_postprocess_kernel<Element, kHeadDim><<<Rows::grid(params), Rows::kNThreads, 0, stream>>>(params);
+  Launch::postprocess(params, stream);
   check_cuda(cudaGetLastError(), "bwd_postprocess_kernel launch");
 }
 

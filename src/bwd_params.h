@@ -6,6 +6,12 @@
 
 namespace fa_cute {
 
+// dq_accum holds seqlen_q rounded up to a multiple of this many rows per (batch, head): a
+// query block of any backward config (kBlockM divides it) then owns whole rows of it, which
+// the Hopper kernel's tiled layout (kdQTile) adds as one contiguous block. _C.limits() gives
+// it to the Python layer, which allocates the buffer.
+constexpr int kDqAccumRowAlign = 128;
+
 // Everything the backward kernels need (preprocess, main, postprocess), filled by the host
 // from plain integers: no torch. Element strides are 64-bit, (batch, row, head), the last
 // dim contiguous; the fp32 buffers are contiguous.
@@ -24,11 +30,12 @@ struct BwdParams {
   void* __restrict__ dk_ptr;
   void* __restrict__ dv_ptr;
   // Work buffers, fp32, contiguous, allocated by the caller: dq_accum (batch, nheads,
-  // seqlen_q, d), zeroed by the preprocess kernel, summed into by the main kernel's
-  // atomics; softmax_d (batch, nheads, seqlen_q), D = rowsum(dO * O), written by the
-  // preprocess kernel.
+  // dq_accum_rows, d), zeroed by the preprocess kernel (the padding rows too), summed into
+  // by the main kernel; softmax_d (batch, nheads, seqlen_q), D = rowsum(dO * O), written by
+  // the preprocess kernel. dq_accum_rows: seqlen_q rounded up to kDqAccumRowAlign.
   float* __restrict__ dq_accum_ptr;
   float* __restrict__ softmax_d_ptr;
+  int dq_accum_rows;
   // deterministic=True: int32 counters (batch, nheads, ceil(seqlen_q / dq_semaphore_block_m)),
   // contiguous, one per query block of each (batch, query head), zeroed by the preprocess
   // kernel; the main kernel adds each dQ block's contributions in a fixed order, key block

@@ -293,8 +293,10 @@ class Sm90BwdConfig(NamedTuple):
     dp_early_init (_dpearly): dP^T's -D start written before S^T is issued, so that S^T and dP^T
     run back to back; dq_overlap (_dqovl): the dQ wgmma issued behind dV and dK before they
     retire; dq_per_wg (_dqwg): each consumer warpgroup computes dQ over its own 64 keys, with no
-    barrier between the warpgroups (the traits' knobs kdSStmatrix, kdQBulkReduce, kdPEarlyInit,
-    kdQOverlap, kdQPerWG)."""
+    barrier between the warpgroups; dq_tile_stages (_dqtile, _dqtile2): dq_accum in the dQ
+    accumulators' tiled order, each step's dQ added by one bulk reduce-add from a dQ warp, through
+    1 or 2 shared-memory tile buffers (the traits' knobs kdSStmatrix, kdQBulkReduce, kdPEarlyInit,
+    kdQOverlap, kdQPerWG, kdQTileStages)."""
 
     head_dim: int
     block_m: int
@@ -306,6 +308,8 @@ class Sm90BwdConfig(NamedTuple):
     dp_early_init: bool = False
     dq_overlap: bool = False
     dq_per_wg: bool = False
+    dq_tile_stages: int = 0
+    production: Optional[bool] = None  # None: a production config iff no knob is set
 
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
     rung = None       # never a ladder rung
@@ -314,17 +318,22 @@ class Sm90BwdConfig(NamedTuple):
 
     @property
     def variant(self) -> bool:
-        """A knob set or a stage count other than 2: an A/B variant of the default kernel,
-        measured slower on an H100 (docs/perf-notes.md, Backward), so built only by name or
-        with FA_CUTE_LADDER=ON, never in the production set."""
+        """An A/B variant of its head dim's default kernel, built only by name or with
+        FA_CUTE_LADDER=ON, never in the production set: by default any knob set or a stage
+        count other than 2; `production` overrides that (the d=128 default is a knob set, its
+        knob-free kernel a variant; docs/perf-notes.md, Backward, has the measurements)."""
+        if self.production is not None:
+            return not self.production
         return (self.stages != 2 or self.ds_stmatrix or self.dq_bulk or self.dp_early_init or self.dq_overlap
-                or self.dq_per_wg)
+                or self.dq_per_wg or self.dq_tile_stages > 0)
 
     @property
     def name(self) -> str:
         suffix = ("" if self.stages == 2 else f"_s{self.stages}") + ("_stsm" if self.ds_stmatrix else "") + \
             ("_dqbulk" if self.dq_bulk else "") + ("_dpearly" if self.dp_early_init else "") + \
-            ("_dqovl" if self.dq_overlap else "") + ("_dqwg" if self.dq_per_wg else "")
+            ("_dqovl" if self.dq_overlap else "") + ("_dqwg" if self.dq_per_wg else "") + \
+            ("" if self.dq_tile_stages == 0 else "_dqtile" if self.dq_tile_stages == 1 else
+             f"_dqtile{self.dq_tile_stages}")
         return f"bwd_sm90_m{self.block_m}n{self.block_n}_d{self.head_dim}{suffix}"
 
 
@@ -334,10 +343,13 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 # The backward configs; per head dim the default (_C.default_backward_config) is the first
 # built one whose family runs on the GPU: the Hopper kernel (sm90a, compute capability 9.0
 # only) comes first, so an H100 takes it and other GPUs the sm80 rows after it. The sm90 rows
-# that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix), none of
-# them faster on an H100 (docs/perf-notes.md, Backward): outside the production set, built by
-# name or with FA_CUTE_LADDER=ON and timed by name (`python -m fa_cute.bench --bwd --config
-# NAME`), never a default while after it.
+# that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix): outside
+# the production set, built by name or with FA_CUTE_LADDER=ON and timed by name (`python -m
+# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=128 the default
+# is the tiled-dQ kernel (_dqtile), measured faster than the atomics kernel on an H100
+# (docs/perf-notes.md, Backward); its two-buffer form (_dqtile2) times alike and runs the
+# deterministic mode faster, but no sanitizer has run on it yet; at d=64 the _dqtile
+# kernels are not yet measured on a GPU, so the atomics kernel stays the default there.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
 # an A100's 163 KiB, the d=64 64x128 one also within sm_86/89's 99 KiB:
@@ -355,16 +367,25 @@ BWD_CONFIGS = [
                   "stages", stages=3, ds_stmatrix=True, dq_bulk=True, dp_early_init=True, dq_overlap=True),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, dQ per warpgroup over its own keys, "
                   "no barrier between the warpgroups", dq_per_wg=True),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, dq_accum tiled, dQ added by one "
+                  "bulk reduce-add a step from a dQ warp", dq_tile_stages=1),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, two dQ tile buffers",
+                  dq_tile_stages=2),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
-    Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma"),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
+                  "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, dQ added by 16-byte atomics "
+                  "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, S^T and dP^T back to back, dQ "
                   "issued behind dV and dK", dp_early_init=True, dq_overlap=True),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dpearly_dqovl, dS by stmatrix, dQ by "
                   "TMA bulk reduce-add", ds_stmatrix=True, dq_bulk=True, dp_early_init=True, dq_overlap=True),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, dQ per warpgroup over its own keys, "
                   "no barrier between the warpgroups", dq_per_wg=True),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, two dQ tile buffers",
+                  dq_tile_stages=2),
     Sm80BwdConfig(128, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
@@ -399,7 +420,7 @@ namespace fa_cute {{
 using Traits = Sm90BwdTraits<{head_dim}, {block_m}, {block_n}, {element}, /*kStages=*/{stages},
                              /*kdSStmatrix=*/{ds_stmatrix}, /*kdQBulkReduce=*/{dq_bulk},
                              /*kdPEarlyInit=*/{dp_early_init}, /*kdQOverlap=*/{dq_overlap},
-                             /*kdQPerWG=*/{dq_per_wg}>;
+                             /*kdQPerWG=*/{dq_per_wg}, /*kdQTileStages=*/{dq_tile_stages}>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("{name}", "{family}", {head_dim}, {block_m}, {block_n}, {num_warps},

@@ -204,6 +204,9 @@ void check_forward_memory(ForwardExtents const& extents, int device) {
 
 BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& p, int device) {
   check_problem_sizes(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_k);
+  FA_CUTE_REQUIRE(p.dq_accum_rows >= p.seqlen_q && p.dq_accum_rows % kDqAccumRowAlign == 0,
+                  "dq_accum_rows: must be seqlen_q rounded up to a multiple of " + str(kDqAccumRowAlign) + ", got " +
+                      str(p.dq_accum_rows));
   FA_CUTE_REQUIRE(p.head_dim == kernel.head_dim, std::string("head_dim: backward config ") + kernel.config +
                                                      " is built for head dim " + str(kernel.head_dim) + ", got " +
                                                      str(p.head_dim));
@@ -240,7 +243,7 @@ BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& p,
       operand("dq", p.dq_ptr, false, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, 1),
       operand("dk", p.dk_ptr, true, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, bn),
       operand("dv", p.dv_ptr, true, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, bn),
-      fp32("dq_accum", p.dq_accum_ptr, rows * p.head_dim, 16),
+      fp32("dq_accum", p.dq_accum_ptr, u128(p.batch) * p.nheads * p.dq_accum_rows * p.head_dim, 16),
       fp32("softmax_d", p.softmax_d_ptr, rows, 4),
       // Optional (deterministic): int32 counters, 4-byte elements as the fp32 buffers.
       p.dq_semaphore_ptr == nullptr

@@ -68,7 +68,7 @@ using BackwardExtents = std::array<OperandExtent, 12>;
 // Everything about a backward call that integers alone decide, as check_forward_args: the
 // problem sizes, the config's head dim, causal_offset, the main kernel's CTA count, every
 // pointer non-null and aligned (dq_accum 16 bytes: the preprocess kernel zeroes it in 16-byte
-// stores), strides, and each operand's extent, which it returns for check_backward_memory;
+// stores; its rows per (batch, head) are params.dq_accum_rows), strides, and each operand's extent, which it returns for check_backward_memory;
 // dq_semaphore only when set (deterministic): 4-byte aligned, batch * nheads *
 // ceil(seqlen_q / block_m) int32.
 BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& params, int device);

@@ -5,6 +5,7 @@
 // and the only one for a direct caller; std::invalid_argument becomes ValueError in
 // Python, std::runtime_error RuntimeError.
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -156,7 +157,8 @@ int num_splits(std::string const& config, std::string const& dtype, int batch, i
 }
 
 // The backward of attention: dq, dk, dv from dout, the forward's q, k, v, out and lse, through
-// the caller's fp32 work buffers dq_accum (batch, nheads, seqlen_q, head_dim) and softmax_d
+// the caller's fp32 work buffers dq_accum (batch, nheads, seqlen_q rounded up to
+// limits()["dq_accum_row_align"], head_dim) and softmax_d
 // (batch, nheads, seqlen_q), both contiguous (src/bwd_launch.h: preprocess, main kernel,
 // postprocess). dq_semaphore (0: none): deterministic dQ, the caller's int32 buffer
 // (batch, nheads, ceil(seqlen_q / block_m)) (src/bwd_dq_order.h). Checked as forward is.
@@ -177,6 +179,9 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
   params.dv_ptr = reinterpret_cast<void*>(dv);
   params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
   params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
+  // 64-bit until check_backward_args has bounded seqlen_q (a length past kMaxSeqlen is refused there).
+  params.dq_accum_rows = int(std::min<int64_t>(
+      (int64_t(seqlen_q) + kDqAccumRowAlign - 1) / kDqAccumRowAlign * kDqAccumRowAlign, INT32_MAX));
   params.dq_semaphore_ptr = reinterpret_cast<int*>(dq_semaphore);  // 0: not deterministic
   params.dq_semaphore_block_m = kernel.block_m;
   std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
@@ -241,6 +246,7 @@ py::dict limits() {
   out["max_splits"] = kMaxSplits;
   out["max_tiles"] = kMaxLaunchTiles;
   out["max_extent_bytes"] = kMaxExtentBytes;
+  out["dq_accum_row_align"] = kDqAccumRowAlign;
   return out;
 }
 

@@ -282,8 +282,8 @@ def test_given_buffers_receive_the_gradients(backward_c) -> None:
 
 
 def test_work_buffers_are_separate_fp32_spans(backward_c, monkeypatch) -> None:
-    """dq_accum (batch, nheads, seqlen_q, d) and softmax_d (batch, nheads, seqlen_q), fp32:
-    the kernel writes both, so they may overlap nothing else."""
+    """dq_accum (batch, nheads, seqlen_q rounded up to 128, d) and softmax_d (batch, nheads,
+    seqlen_q), fp32: the kernel writes both, so they may overlap nothing else."""
     spans = []
 
     def recording(*args):
@@ -294,7 +294,7 @@ def test_work_buffers_are_separate_fp32_spans(backward_c, monkeypatch) -> None:
     fa_cute.backward(dout, q, k, v, out, lse)
     args = spans[0]
     dq_accum, softmax_d = args[11], args[12]
-    assert softmax_d - dq_accum == 2 * 4 * 7 * D * 4  # bytes of dq_accum
+    assert softmax_d - dq_accum == 2 * 4 * 128 * D * 4  # bytes of dq_accum: 7 rows padded to 128
     pointers = sorted(args[2:11])
     assert all(not (p <= dq_accum < p + 1) for p in pointers)
     assert args[-2:] == (None, 0)  # device index (None: a CPU tensor here) and stream
@@ -623,7 +623,7 @@ def test_deterministic_passes_the_counters(backward_c, causal: bool) -> None:
     assert_grads_close(got, ref)
     call = backward_c[-1]
     rows = 2 * 4 * 130
-    assert call["softmax_d"] - call["dq_accum"] == rows * D * 4
+    assert call["softmax_d"] - call["dq_accum"] == 2 * 4 * 256 * D * 4  # 130 rows padded to 256
     assert call["dq_semaphore"] == call["softmax_d"] + rows * 4
     assert call["dq_semaphore"] % 4 == 0
 
@@ -638,15 +638,16 @@ def test_work_buffers_sizes(backward_c) -> None:
     assert _backward.dq_semaphore_count(launch.config, 2, 4, 130) == 2 * 4 * 3
     dq_accum, softmax_d, sem = _backward.backward_work_buffers(launch, q.device, True)
     assert dq_accum.dtype == softmax_d.dtype == torch.float32 and sem.dtype == torch.int32
-    assert (dq_accum.numel(), softmax_d.numel(), sem.numel()) == (2 * 4 * 130 * D, 2 * 4 * 130,
+    assert (dq_accum.numel(), softmax_d.numel(), sem.numel()) == (2 * 4 * 256 * D, 2 * 4 * 130,
                                                                    2 * 4 * 3)
+    assert _backward.dq_accum_rows(130) == 256 and _backward.dq_accum_rows(128) == 128
     assert dq_accum.untyped_storage().data_ptr() == sem.untyped_storage().data_ptr()
     assert softmax_d.data_ptr() == dq_accum.data_ptr() + dq_accum.numel() * 4
     assert sem.data_ptr() == softmax_d.data_ptr() + softmax_d.numel() * 4
     assert _backward.semaphore_arg(sem) == {"dq_semaphore": sem.data_ptr()}
     dq_accum, softmax_d, sem = _backward.backward_work_buffers(launch, q.device, False)
     assert sem is None and _backward.semaphore_arg(sem) == {}
-    assert dq_accum.untyped_storage().nbytes() == 2 * 4 * 130 * (D + 1) * 4
+    assert dq_accum.untyped_storage().nbytes() == 2 * 4 * (256 * D + 130) * 4
 
 
 def test_deterministic_must_be_a_bool(backward_c) -> None:

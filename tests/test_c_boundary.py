@@ -97,6 +97,10 @@ def test_limits():
         assert MAX_SEQLEN + c["block_n"] - 1 <= INT_MAX
         assert MAX_SEQLEN + c["block_m"] - 1 <= INT_MAX
     assert 2 * LIMITS["max_tiles"] <= INT_MAX + 1
+    # backward's dq_accum rows per (batch, head): whole query blocks of every config.
+    for c in getattr(_C, "backward_configs", list)():
+        assert LIMITS["dq_accum_row_align"] % c["block_m"] == 0, c["name"]
+    assert MAX_SEQLEN + LIMITS["dq_accum_row_align"] - 1 <= INT_MAX
 
 
 # The review's nonsense calls and more: (the argument a message names, changes).

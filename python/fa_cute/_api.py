@@ -236,12 +236,14 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     The backward kernels take head dims 64, 96, 128, 192 and 256
     (`fa_cute._C.default_backward_config` says what this build and GPU take); other head
     dims raise ValueError. dq is summed over
-    key blocks with fp32 atomic adds, whose order varies between runs (the last bits of dq
-    may differ); deterministic=True fixes that order (key block 0 first, for every query
-    block), so that two runs on the same inputs and GPU give bitwise-equal dq, dk and dv
-    (dk and dv are deterministic either way), at some speed cost: each key block's CTA waits
-    for the one before it at each query block, and the call allocates batch * nheads *
-    ceil(seqlen_q / block_m) int32 counters more. dq, dk, dv, if given, receive the gradients and are returned (each of its input's
+    key blocks with fp32 atomic (or bulk reduce) adds, whose order varies between runs (the
+    last bits of dq may differ); deterministic=True fixes that order (for every query block,
+    key block 0 first, or the last first when causal: src/bwd_dq_order.h), so that two runs
+    on the same inputs and GPU give bitwise-equal dq, dk and dv (dk and dv are deterministic
+    either way), at a speed cost (docs/perf-notes.md, Backward, has it measured): each key block's
+    CTA waits for the one before it at each query block, and the call allocates batch *
+    nheads * ceil(seqlen_q / block_m) int32 counters more. dq, dk, dv, if given, receive the
+    gradients and are returned (each of its input's
     dtype and shape, aliasing no other tensor); otherwise new tensors laid out like q, k and
     v are. The kernel runs on PyTorch's current stream. Under torch.compile the call becomes
     the custom op fa_cute::backward (given dq, dk, dv receive a copy of its results).
@@ -283,7 +285,7 @@ def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_ca
         raise
     launch = validate_cached(q, k, v, causal=is_causal, bottom_right=False,
                              softmax_scale=scale, config=AUTO, out=None, names=SDPA_NAMES)
-    batch, nheads, seqlen_q, head_dim = query.shape
+    batch, nheads, seqlen_q, _ = query.shape
     out = _sdpa_output_like(query)
     lse = None
     if return_lse:

@@ -17,14 +17,15 @@ from . import _C, _cache, _tuning
 from ._configs import (AUTO, DTYPE_NAMES, PLACEHOLDER_CC, check_config_type, family_runs_on,
                        gpu_of, smem_limit_of)
 from ._launch import Launch, current_stream, row_strides
-from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, Names, broadcast_dim, check_devices,
+from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, Names, broadcast_dim, check_devices,
                         check_flag, check_inputs, check_layout, check_memory, check_shapes,
                         check_tensor, extent_bytes, overlaps_itself, resolve_scale,
                         spans_overlap)
 
 __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
            "named_backward_config", "backward_work_buffers", "check_backward_supported",
-           "deterministic_config", "dq_semaphore_count", "has_backward", "run_backward",
+           "deterministic_config", "dq_accum_rows", "dq_semaphore_count", "has_backward",
+           "run_backward",
            "semaphore_arg", "validate_backward", "validate_backward_cached"]
 
 # The backward configs this build holds, by name (none in a build without the backward).
@@ -310,6 +311,14 @@ def dq_semaphore_count(config: str, batch: int, nheads: int, seqlen_q: int) -> i
     return batch * nheads * -(-seqlen_q // block_m)
 
 
+def dq_accum_rows(seqlen_q: int) -> int:
+    """Rows per (batch, head) of `_C.backward`'s dq_accum: seqlen_q rounded up to
+    `_C.limits()["dq_accum_row_align"]` (whole query blocks for every config; the Hopper
+    kernel's tiled layout adds them whole)."""
+    align = LIMITS["dq_accum_row_align"]
+    return -(-seqlen_q // align) * align
+
+
 def backward_work_buffers(launch: Launch, device: torch.device, deterministic: bool,
                           config: Optional[str] = None
                           ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
@@ -318,12 +327,13 @@ def backward_work_buffers(launch: Launch, device: torch.device, deterministic: b
 
     One allocation from PyTorch's caching allocator on the current stream (which orders its
     reuse after the kernels), uninitialised (the preprocess kernel zeroes / fills all three):
-    dq_accum fp32 (batch, nheads, seqlen_q, head_dim) first (16-byte aligned), then
-    softmax_d fp32 (batch, nheads, seqlen_q), then, deterministic, dq_semaphore int32
-    (batch, nheads, ceil(seqlen_q / block_m)). `run_backward` and the timing code
-    (`fa_cute._timing`) both allocate through here."""
-    rows = launch.batch * launch.nheads * launch.seqlen_q
-    accum = rows * launch.head_dim
+    dq_accum fp32 (batch, nheads, dq_accum_rows(seqlen_q), head_dim) first (16-byte
+    aligned), then softmax_d fp32 (batch, nheads, seqlen_q), then, deterministic,
+    dq_semaphore int32 (batch, nheads, ceil(seqlen_q / block_m)). `run_backward` and the
+    timing code (`fa_cute._timing`) both allocate through here."""
+    heads = launch.batch * launch.nheads
+    rows = heads * launch.seqlen_q
+    accum = heads * dq_accum_rows(launch.seqlen_q) * launch.head_dim
     counters = (dq_semaphore_count(config or launch.config, launch.batch, launch.nheads,
                                    launch.seqlen_q) if deterministic else 0)
     work = torch.empty(accum + rows + counters, dtype=torch.float32, device=device)

@@ -7,11 +7,11 @@ namespace fa_cute {
 using Traits = Sm90BwdTraits<128, 64, 128, cute::bfloat16_t, /*kStages=*/2,
                              /*kdSStmatrix=*/false, /*kdQBulkReduce=*/false,
                              /*kdPEarlyInit=*/false, /*kdQOverlap=*/false,
-                             /*kdQPerWG=*/false>;
+                             /*kdQPerWG=*/false, /*kdQTileStages=*/0>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n128_d128", "sm90a", 128, 64, 128, 12,
                             Traits::kSmemSize, DType::kBF16, &run_bwd<Launch>,
-                            "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma");
+                            "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, dQ added by 16-byte atomics from the consumer warpgroups into row-major rows");
 
 }  // namespace fa_cute

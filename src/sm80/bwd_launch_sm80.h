@@ -21,6 +21,9 @@ struct Sm80BwdLaunch {
   static void launch(BwdParams const& params, int device, cudaStream_t stream) {
     launch_bwd_kernel<Traits>(&bwd_kernel_sm80<Traits>, params, params, device, stream);
   }
+  static void postprocess(BwdParams const& params, cudaStream_t stream) {
+    launch_bwd_postprocess_rows<typename Traits::Element, Traits::kHeadDim>(params, stream);
+  }
 };
 
 }  // namespace fa_cute

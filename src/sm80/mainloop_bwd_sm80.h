@@ -321,9 +321,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         }
       }
       int const bidh = coord.bidh_k * group + cur_h;
-      int64_t const row_base = (int64_t(coord.bidb) * params.nheads + bidh) * params.seqlen_q;  // of dq_accum
+      int64_t const row_base = (int64_t(coord.bidb) * params.nheads + bidh) * params.dq_accum_rows;  // of dq_accum
 
-      // dQ_m += dS K, into the fp32 dq_accum (batch, nheads, seqlen_q, d) by atomics: 8 bytes
+      // dQ_m += dS K, into the fp32 dq_accum (batch, nheads, dq_accum_rows, d) by atomics: 8 bytes
       // each on sm_90 (add_dq_atomics), not 16, whose exchange spilled the d=128 tile at 255
       // registers.
       {

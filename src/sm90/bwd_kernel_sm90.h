@@ -25,8 +25,9 @@ struct Sm90BwdKernelParams {
 // FlashAttention backward on Hopper: TMA loads, wgmma, warp specialisation. One CTA per
 // (key block, K/V head, batch), numbered as the sm80 kernel's (BwdTileCoord: key block
 // fastest). Warpgroup 0 is the producer: after giving up most of its registers
-// (setmaxnreg) one thread of warp 0 issues the TMA loads (Sm90BwdMainloop::load); its other
-// warps exit. Warpgroups 1 and 2 own 64 keys
+// (setmaxnreg) one thread of warp 0 issues the TMA loads (Sm90BwdMainloop::load), and with
+// kdQTile warp 1 adds each step's dQ tile (Sm90BwdMainloop::store_dq); its other warps
+// exit. Warpgroups 1 and 2 own 64 keys
 // each, run the GEMMs (Sm90BwdMainloop::Consumer::mma) and store dK and dV.
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
@@ -51,9 +52,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (cutlass::canonical_warp_group_idx() == 0) {
     // --- Producer ------------------------------------------------------------------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    int const warp = cutlass::canonical_warp_idx_sync();
     if (threadIdx.x == 0) {
       mainloop.prefetch_descriptors();
       mainloop.load();
+    } else if (Traits::kdQTile && warp == 1) {
+      mainloop.store_dq(cutlass::canonical_lane_idx());
     }
     return;
   }

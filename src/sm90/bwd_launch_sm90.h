@@ -9,6 +9,7 @@
 #include "bwd_launch.h"
 #include "bwd_params.h"
 #include "cuda_check.h"
+#include "sm90/bwd_dq_tile_sm90.h"
 #include "sm90/bwd_kernel_sm90.h"
 #include "sm90/fwd_launch_sm90.h"  // sm90_gmem_tensor: the TMA views and their checks
 
@@ -53,6 +54,16 @@ struct Sm90BwdLaunch {
 
   static void launch(BwdParams const& params, int device, cudaStream_t stream) {
     launch_bwd_kernel<Traits>(&bwd_kernel_sm90<Traits>, to_underlying_arguments(params), params, device, stream);
+  }
+
+  // dq from dq_accum: the tiled layout's own postprocess (kdQTile), else the row layout's.
+  static void postprocess(BwdParams const& params, cudaStream_t stream) {
+    if constexpr (Traits::kdQTile) {
+      using Post = Sm90dQTilePostprocess<Traits>;
+      bwd_postprocess_dq_tile_kernel<Traits><<<Post::grid(params), Post::kNThreads, 0, stream>>>(params);
+    } else {
+      launch_bwd_postprocess_rows<typename Traits::Element, Traits::kHeadDim>(params, stream);
+    }
   }
 };
 

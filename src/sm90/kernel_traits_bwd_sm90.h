@@ -14,6 +14,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_types.h>
 
+#include "bwd_params.h"  // kDqAccumRowAlign
 #include "sm90/kernel_traits_sm90.h"
 #include "sm90/pipeline_sm90.h"
 
@@ -50,6 +51,16 @@ namespace fa_cute {
 //     column of the other warpgroup is read, so the warpgroups meet at no barrier and drift
 //     apart (each stages its own LSE and D behind a barrier of its 128 threads), one's
 //     softmax and atomics overlapping the other's GEMMs, at twice the atomics per step.
+//   kdQTile: dq_accum is laid out per query block in the dQ accumulators' own order (each
+//     (batch, head, query block) a contiguous kBlockM x d block, SmemLayoutdQTile); the
+//     consumers store their accumulators into one shared-memory copy of that block with
+//     16-byte stores and go on, and warp 1 of the producer warpgroup adds the whole block
+//     with one TMA bulk reduce-add (cp.reduce.async.bulk .add.f32): no atomics in the
+//     consumers, and a few large L2 requests instead of one per 64 bytes. The dQ
+//     postprocess reads the layout back (sm90/bwd_dq_tile_sm90.h). Deterministic runs order
+//     the bulk adds in that warp alone (bwd_dq_order.h), the consumers never wait for a turn.
+//     kdQTileStages tile buffers (1 or 2): with 2 the consumers may run a step further
+//     ahead of the dQ warp (its turn waits, deterministic, or a slow bulk read).
 template <bool kStaged, int kFloats>
 struct Sm90BwddQStaging {};  // nothing: an empty base, no shared memory
 template <int kFloats>
@@ -58,7 +69,8 @@ struct Sm90BwddQStaging<true, kFloats> {
 };
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
-          bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false>
+          bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false,
+          int kdQTileStages_ = 0>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -73,7 +85,13 @@ struct Sm90BwdTraits {
   static constexpr bool kdPEarlyInit = kdPEarlyInit_;
   static constexpr bool kdQOverlap = kdQOverlap_;
   static constexpr bool kdQPerWG = kdQPerWG_;
+  // kdQTile with kdQTileStages tile buffers in shared memory (1 or 2; 0: kdQTile off).
+  static constexpr int kdQTileStages = kdQTileStages_;
+  static constexpr bool kdQTile = kdQTileStages > 0;
+  static_assert(kdQTileStages >= 0 && kdQTileStages <= 2, "one or two dQ tile buffers");
   static_assert(!(kdQPerWG && kdQBulkReduce), "the dQ staging rows are laid out for the d/2 split of dQ");
+  static_assert(!(kdQTile && (kdQBulkReduce || kdQPerWG)), "kdQTile replaces the other two dQ paths");
+  static_assert(kDqAccumRowAlign % kBlockM_ == 0, "a query block owns whole rows of dq_accum's padding");
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");
@@ -95,8 +113,14 @@ struct Sm90BwdTraits {
   static constexpr int kNThreads = kNumThreads;  // run_bwd's name
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
-  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <= 64 * 1024,
-                "register budgets exceed the 64K-entry register file: setmaxnreg would hang");
+  // setmaxnreg moves registers within the CTA's launch allocation (__launch_bounds__(384, 1):
+  // 168 a thread, 65536 / 384 rounded down to a multiple of 8): the consumers' increase must
+  // not exceed what the producer warpgroup gives back, or their setmaxnreg.inc waits forever
+  // (a producer budget of 32 hung the kernel on an H100).
+  static constexpr int kLaunchRegs = 65536 / kNumThreads / 8 * 8;
+  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <=
+                    kNumThreads * kLaunchRegs,
+                "the consumers' registers exceed what the launch allocates: setmaxnreg.inc would hang");
   static_assert(2 * kBlockM <= (kdQPerWG ? kNumThreadsPerWG : kNumConsumerThreads),
                 "one consumer thread (of the warpgroup, kdQPerWG) stages each LSE and each D of a step");
 
@@ -192,7 +216,23 @@ struct Sm90BwdTraits {
                   cute::Shape<cute::Int<kdQCols>, cute::Int<kNumConsumerWG>>>,
       cute::Stride<cute::Stride<cute::Int<kdQRowStride>, cute::Int<kdQWarpStride>>,
                    cute::Stride<cute::_1, cute::Int<kdQWarpStride * kdQWarpsPerWG>>>>;  // (BLK_M,D)
-  static constexpr int kSmemdQFloats = kdQWarpStride * kdQWarpsPerWG * kNumConsumerWG;
+  static constexpr int kSmemdQRowsFloats = kdQWarpStride * kdQWarpsPerWG * kNumConsumerWG;
+
+  // dQ tile (kdQTile): (consumer thread, accumulator value) -> float offset in one query
+  // block of dq_accum and in its shared-memory copy. Thread t's values go in runs of 4 (one
+  // 16-byte store), run j of the 128 threads of a warpgroup side by side (a warp's store
+  // writes 512 contiguous bytes: no bank conflict), each warpgroup's d/2 columns one
+  // contiguous half.
+  static constexpr int kdQTileValues = kBlockM * kdQCols / kNumThreadsPerWG;  // per thread
+  static_assert(kdQTileValues % 4 == 0, "a thread's dQ values go in 16-byte runs");
+  using SmemLayoutdQTile = cute::Layout<
+      cute::Shape<cute::Shape<cute::Int<kNumThreadsPerWG>, cute::Int<kNumConsumerWG>>,
+                  cute::Shape<cute::_4, cute::Int<kdQTileValues / 4>>>,
+      cute::Stride<cute::Stride<cute::_4, cute::Int<kNumThreadsPerWG * kdQTileValues>>,
+                   cute::Stride<cute::_1, cute::Int<4 * kNumThreadsPerWG>>>>;  // (THR,VAL)
+  static_assert(cute::cosize_v<SmemLayoutdQTile> == kBlockM * kHeadDim, "the tile covers one query block");
+  static constexpr int kdQTileBytes = kBlockM * kHeadDim * int(sizeof(float));
+  static constexpr int kSmemdQFloats = kdQTile ? kdQTileStages * kBlockM * kHeadDim : kSmemdQRowsFloats;
 
   // 1024-byte alignment: the swizzle patterns are applied to absolute address bits by TMA
   // and wgmma, so each buffer starts on a pattern period (as the forward's).
@@ -201,7 +241,7 @@ struct Sm90BwdTraits {
   using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
   // The dQ staging, when on, is an (empty otherwise) base: first in the layout, its size
   // a multiple of 1024 bytes at both head dims, so K keeps its alignment without padding.
-  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce, kSmemdQFloats> {
+  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce || kdQTile, kSmemdQFloats> {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, kSmemAlign> smem_q;

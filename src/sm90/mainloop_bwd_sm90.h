@@ -35,12 +35,14 @@ namespace fa_cute {
 //       dV and dK retire, the Q/dO stage is released
 //     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by 16-byte atomics
 //   store_dkdv (consumers): dK * scale and dV in the input dtype.
-// The traits' knobs vary five of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
+// The traits' knobs vary six of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
 // staged per warp in shared memory and added by TMA bulk reduce-adds that run on while
 // the next step computes (kdQBulkReduce, add_dq_bulk); the -D start of dP^T written before
 // S^T is issued, so that the two wgmma batches are issued back to back (kdPEarlyInit); the
 // dQ wgmma issued behind dV and dK before they retire (kdQOverlap); each warpgroup computing
-// dQ_m over its own 64 keys, with barriers of its own (kdQPerWG).
+// dQ_m over its own 64 keys, with barriers of its own (kdQPerWG); dQ_m stored as one tile in
+// shared memory (one of kdQTileStages buffers) and added by the dQ warp (producer warp 1,
+// store_dq) with one bulk reduce-add into dq_accum's tiled layout (kdQTile, stage_dq_tile).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
 // and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
 // past the causal diagonal are masked to S = -inf (P = dS = 0).
@@ -142,6 +144,9 @@ struct Sm90BwdMainloop {
           tma_partition(mainloop_params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
       auto [tdOgdO, tdOsdO] = tma_partition(mainloop_params.tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO),
                                             group_modes<0, 2>(gdO));
+      // Not unrolled: the producer warpgroup runs on 24 registers (an unrolled copy of this
+      // loop spilled at d = 64 next to the dQ warp's).
+      CUTE_NO_UNROLL
       for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block) {
         uint64_t& bar = pipe.producer_acquire(st, Traits::kTmaTransactionBytesQdO);
         copy(mainloop_params.tma_q.with(bar, 0, TMA::CacheHintSm90::EVICT_LAST), tQgQ(_, m_block),
@@ -190,9 +195,9 @@ struct Sm90BwdMainloop {
     }
   }
 
-  // The dQ staging rows (kdQBulkReduce; nullptr without them).
+  // The dQ staging rows (kdQBulkReduce) or tile (kdQTile); nullptr without them.
   CUTE_DEVICE float* dq_staging() const {
-    if constexpr (Traits::kdQBulkReduce) {
+    if constexpr (Traits::kdQBulkReduce || Traits::kdQTile) {
       return storage.smem_dq.data();
     } else {
       return nullptr;
@@ -208,6 +213,98 @@ struct Sm90BwdMainloop {
       cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90BwdBarrier::kdQTurn));
     }
   };
+
+  // Rows of dq_accum before query head bidh's in this CTA's batch ((batch, nheads, dq_accum_rows, d)).
+  CUTE_DEVICE int64_t dq_accum_row_base(int bidh) const {
+    return (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;
+  }
+
+  // TMA bulk copies of dQ (kdQBulkReduce, kdQTile), per issuing thread: a reduce-add of
+  // `bytes` from shared memory into fp32 global memory (the async proxy), its bulk group,
+  // and the waits until at most N of the thread's groups are still reading shared memory,
+  // or until all have completed (their global writes too).
+  CUTE_DEVICE static void bulk_reduce_add_f32(float* dst, uint32_t smem_src, uint32_t bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+                 "r"(smem_src), "r"(bytes)
+                 : "memory");
+  }
+  CUTE_DEVICE static void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+  template <int N>
+  CUTE_DEVICE static void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+  }
+  CUTE_DEVICE static void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+  // Orders this thread's generic-proxy global accesses against its async-proxy ones (the
+  // deterministic hand-over's acquire and release around the bulk adds).
+  CUTE_DEVICE static void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
+
+  // --- dQ (kdQTile: producer warp 1) ---------------------------------------------------------
+  // The threads that meet on kdQFull and kdQEmpty: the consumers and the dQ warp.
+  static constexpr int kdQTileSyncThreads = Traits::kNumConsumerThreads + cutlass::NumThreadsPerWarp;
+
+  // The dQ warp's side of a deterministic hand-over: lane 0 polls and hands over.
+  struct WarpSync {
+    int lane;
+    CUTE_DEVICE bool leader() const { return lane == 0; }
+    CUTE_DEVICE void sync() const { __syncwarp(); }
+  };
+
+  // The named barrier of tile buffer b: filled (kdQFull0 + b) or read (kdQEmpty0 + b).
+  CUTE_DEVICE static uint32_t dq_tile_barrier(Sm90BwdBarrier first, int b) {
+    return static_cast<uint32_t>(first) + uint32_t(b);
+  }
+
+  // Every step's dQ tile, once the consumers have stored it into buffer step % S (kdQFull),
+  // added into its query block of dq_accum by one bulk reduce-add from lane 0; the
+  // consumers may overwrite a buffer (kdQEmpty) as soon as the copy has read it, while its
+  // adds complete in the background. With S buffers, the read waited for is the one issued
+  // S - 1 steps before (S = 2: the tile just issued is still being read while the consumers
+  // fill the other). Deterministic: each add waits for the key block's turn and completes
+  // before the hand-over; the consumers wait only when no buffer is free.
+  CUTE_DEVICE void store_dq(int lane) {
+    constexpr int S = Traits::kdQTileStages;
+    int const steps = num_steps();
+    if (steps <= 0) return;
+    bool const deterministic = p.dq_semaphore_ptr != nullptr;
+    int step = 0;
+    for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
+      int const bidh = coord.bidh_k * group + h_in_group;
+      int64_t const row_base = dq_accum_row_base(bidh);
+      CUTE_NO_UNROLL
+      for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
+        int const b = step % S;
+        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
+        float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
+        uint32_t const src = cute::cast_smem_ptr_to_uint(dq_staging() + b * kBlockM * kHeadDim);
+        add_dq_in_order<kBlockM, kBlockN>(
+            p, coord.bidb, bidh, m_block, coord.n_block,
+            [&] {
+              if (lane == 0) {
+                // The semaphore's acquire (generic proxy) before the add (async proxy).
+                if (deterministic) fence_proxy_async_global();
+                bulk_reduce_add_f32(dst, src, uint32_t(Traits::kdQTileBytes));
+                bulk_commit();
+                bulk_wait_read<S - 1>();
+              }
+              __syncwarp();
+              // The buffer of step step - (S - 1) is read; free it if a later step fills it.
+              int const read_step = step - (S - 1);
+              if (read_step >= 0 && read_step + S < steps) {
+                cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads,
+                                                    dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, read_step % S));
+              }
+              if (deterministic && lane == 0) {
+                // The adds done, and ordered before the hand-over's release (generic proxy).
+                bulk_wait_all();
+                fence_proxy_async_global();
+              }
+            },
+            WarpSync{lane});
+      }
+    }
+    // The kernel's end must not come before the last adds (the postprocess reads dq_accum).
+    if (lane == 0) bulk_wait_all();
+  }
 
   // --- MMA (consumer warpgroups) --------------------------------------------------------------
   struct Consumer {
@@ -299,7 +396,7 @@ struct Sm90BwdMainloop {
       int step = 0;
       for (int h_in_group = 0; h_in_group < mainloop.group; ++h_in_group) {
         int const bidh = coord.bidh_k * mainloop.group + h_in_group;
-        int64_t const row_base = (int64_t(coord.bidb) * p.nheads + bidh) * p.seqlen_q;  // of dq_accum
+        int64_t const row_base = mainloop.dq_accum_row_base(bidh);
         for (int m_block = m_block_min; m_block < m_block_max; ++m_block, ++step) {
           // The next step's LSE and D, loaded now and stored before this step's barrier:
           // the global loads' latency hides under this step's GEMMs.
@@ -420,10 +517,12 @@ struct Sm90BwdMainloop {
 
           int const query_rows = p.seqlen_q - m_block * kBlockM;
           float* const dq_accum_block = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
-          if constexpr (Traits::kdQBulkReduce) {
+          if constexpr (Traits::kdQTile) {
+            stage_dq_tile(acc_dq, step);
+          } else if constexpr (Traits::kdQBulkReduce) {
             add_dq_bulk(acc_dq, tdQsdQ, dq_accum_block, query_rows);
           } else {
-            // dQ_m into the fp32 dq_accum (batch, nheads, seqlen_q, d) by 16-byte atomics.
+            // dQ_m into the fp32 dq_accum (batch, nheads, dq_accum_rows, d) by 16-byte atomics.
             Tensor gdQaccum = make_tensor(make_gmem_ptr(dq_accum_block), TileQ{},
                                           make_stride(Int<kHeadDim>{}, _1{}));  // (BLK_M,D)
             Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);                       // (MMA,MMA_M,MMA_D)
@@ -439,6 +538,27 @@ struct Sm90BwdMainloop {
       // The CTA's shared memory must outlive the bulk reduces that read it, and their adds
       // must be complete when the kernel ends (the dQ post-process reads dq_accum).
       if constexpr (Traits::kdQBulkReduce) bulk_wait_all();
+    }
+
+    // kdQTile: dQ_m into tile buffer step % S in SmemLayoutdQTile's order, once the dQ
+    // warp's bulk add of step step - S has read it; the stores fenced into the async proxy
+    // (the bulk copy reads through it), then the dQ warp told (no wait).
+    CUTE_DEVICE void stage_dq_tile(AccdQ const& acc_dq, int step) const {
+      using namespace cute;
+      constexpr int S = Traits::kdQTileStages;
+      static_assert(decltype(size(acc_dq))::value == Traits::kdQTileValues, "the tile's values per thread");
+      int const b = step % S;
+      if (step >= S) {
+        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, b));
+      }
+      Tensor sdQ = make_tensor(make_smem_ptr(mainloop.dq_staging() + b * kBlockM * kHeadDim),
+                               typename Traits::SmemLayoutdQTile{});  // (THR,VAL)
+      CUTE_UNROLL
+      for (int i = 0; i < Traits::kdQTileValues; i += 4) {
+        *reinterpret_cast<float4*>(&sdQ(tidx, i)) = make_float4(acc_dq(i), acc_dq(i + 1), acc_dq(i + 2), acc_dq(i + 3));
+      }
+      cutlass::arch::fence_view_async_shared();
+      cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
     }
 
     // kdQBulkReduce: dQ_m of this warp (rows 16w..16w+15 of the block, this warpgroup's d/2
@@ -457,7 +577,7 @@ struct Sm90BwdMainloop {
       int const warp_in_wg = (tidx / 32) % Traits::kdQWarpsPerWG;
       int const wg = tidx / Traits::kNumThreadsPerWG;
       bool const issuer = lane < Traits::kdQRowsPerWarp;
-      if (issuer) bulk_wait_read();
+      if (issuer) bulk_wait_read<0>();
       __syncwarp();
       CUTE_UNROLL
       for (int i = 0; i < size(acc_dq); i += 2) {
@@ -472,17 +592,11 @@ struct Sm90BwdMainloop {
           float const* src = mainloop.dq_staging() +
                              (wg * Traits::kdQWarpsPerWG + warp_in_wg) * Traits::kdQWarpStride + lane * Traits::kdQRowStride;
           float* dst = dq_accum_block + row * kHeadDim + wg * Traits::kdQCols;
-          asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
-                       ::"l"(dst), "r"(cast_smem_ptr_to_uint(src)), "r"(uint32_t(Traits::kdQCols * sizeof(float)))
-                       : "memory");
+          bulk_reduce_add_f32(dst, cast_smem_ptr_to_uint(src), uint32_t(Traits::kdQCols * sizeof(float)));
         }
-        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+        bulk_commit();
       }
     }
-    // Until this thread's bulk copies have finished reading shared memory.
-    CUTE_DEVICE static void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-    // Until this thread's bulk copies have completed (their global writes too).
-    CUTE_DEVICE static void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
   };
 
   // --- Epilogue (consumers): dK * scale and dV in the input dtype, rows below seqlen_k ----

@@ -9,6 +9,7 @@
 
 #include "expect.h"
 #include "block_info.h"
+#include "bwd_registry.h"
 #include "tile_scheduler_host.h"
 #include "kernel_registry.h"
 #include "launch_checks.h"
@@ -195,10 +196,52 @@ void check_window_key_ranges() {
   EXPECT(bad == 0, "%dx%d windows: %d of %d key ranges wrong against brute force", kBlockM, kBlockN, bad, cases);
 }
 
+// The backward's checks: a valid call (dq_accum with its padding rows) passes, and
+// dq_accum_rows that is not seqlen_q rounded up to kDqAccumRowAlign is refused by name
+// (the Hopper kernel's tiled dq_accum adds whole query blocks into those rows).
+void check_backward_dq_accum_rows() {
+  BwdKernel const kernel{"test_bwd_m64n128_d128", "sm80", 128, 64, 128, 8, 0, DType::kBF16, nullptr, ""};
+  BwdParams p{};
+  p.batch = 2;
+  p.seqlen_q = 100;
+  p.seqlen_k = 300;
+  p.nheads = 4;
+  p.nheads_k = 2;
+  p.head_dim = 128;
+  auto const at = [](uintptr_t gib) { return reinterpret_cast<void*>(uintptr_t(0x7e0000000000) + (gib << 30)); };
+  p.q_ptr = at(0), p.o_ptr = at(1), p.do_ptr = at(2), p.dq_ptr = at(3);
+  p.k_ptr = at(4), p.v_ptr = at(5), p.dk_ptr = at(6), p.dv_ptr = at(7);
+  p.lse_ptr = static_cast<float const*>(at(8));
+  p.dq_accum_ptr = static_cast<float*>(at(9));
+  p.softmax_d_ptr = static_cast<float*>(at(10));
+  p.q_batch_stride = p.o_batch_stride = p.do_batch_stride = p.dq_batch_stride = 100 * 4 * 128;
+  p.q_row_stride = p.o_row_stride = p.do_row_stride = p.dq_row_stride = 4 * 128;
+  p.q_head_stride = p.o_head_stride = p.do_head_stride = p.dq_head_stride = 128;
+  p.k_batch_stride = p.v_batch_stride = p.dk_batch_stride = p.dv_batch_stride = 300 * 2 * 128;
+  p.k_row_stride = p.v_row_stride = p.dk_row_stride = p.dv_row_stride = 2 * 128;
+  p.k_head_stride = p.v_head_stride = p.dk_head_stride = p.dv_head_stride = 128;
+  p.dq_accum_rows = 128;
+  BackwardExtents const extents = check_backward_args(kernel, p, 0);
+  // dq_accum (slot 9): batch x nheads x 128 rows x d fp32.
+  EXPECT(extents[9].bytes == 4ull * 2 * 4 * 128 * 128, "dq_accum extent %llu", (unsigned long long)extents[9].bytes);
+  for (int rows : {100, 127, 129, 0}) {
+    BwdParams bad = p;
+    bad.dq_accum_rows = rows;
+    bool refused = false;
+    try {
+      check_backward_args(kernel, bad, 0);
+    } catch (std::invalid_argument const& e) {
+      refused = std::string(e.what()).find("dq_accum_rows") != std::string::npos;
+    }
+    EXPECT(refused, "dq_accum_rows = %d for seqlen_q = 100 was not refused by name", rows);
+  }
+}
+
 }  // namespace
 
 int main() {
   check_valid_and_nonsense();
+  check_backward_dq_accum_rows();
   check_key_range_headroom<128, 64>();
   check_key_range_headroom<64, 128>();
   check_key_range_headroom<128, 176>();

@@ -260,7 +260,47 @@ void check_bwd_dq_staging(char const* what) {
   EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
 }
 
+// The Hopper backward's tiled dq_accum (kdQTile): SmemLayoutdQTile must send the
+// (consumer thread, value) pairs one-to-one onto the kBlockM x d floats of a query block
+// (the bulk add and the postprocess cover it whole), each warpgroup's values into its own
+// contiguous half, a thread's values in 16-byte runs, and the 32 lanes of a warp's store
+// onto 512 contiguous bytes; the dQ GEMM's partition, which the postprocess inverts, must
+// name every (row, column) of the block once.
+template <int D, class Element, int kTileStages>
+void check_bwd_dq_tile(char const* what) {
+  using T = fa_cute::Sm90BwdTraits<D, 64, 128, Element, 2, false, false, false, false, false, kTileStages>;
+  typename T::TiledMmadQ mma_dq;
+  typename T::SmemLayoutdQTile tile;
+  int const half = 64 * D / 2;
+  int bad_place = 0, bad_run = 0;
+  std::set<int> offsets;
+  std::set<std::pair<int, int>> coords;
+  for (int t = 0; t < T::kNumConsumerThreads; ++t) {
+    Tensor cdQ = mma_dq.get_thread_slice(t).partition_C(make_identity_tensor(Shape<_64, Int<D>>{}));
+    EXPECT(int(size(cdQ)) == T::kdQTileValues, "%s: %d dQ values a thread, the tile has %d", what, int(size(cdQ)),
+           T::kdQTileValues);
+    for (int i = 0; i < size(cdQ); ++i) {
+      int const offset = tile(t, i);
+      offsets.insert(offset);
+      coords.insert({get<0>(cdQ(i)), get<1>(cdQ(i))});
+      bad_place += offset / half != t / 128;
+      bad_run += i % 4 != 0 ? offset != tile(t, 4 * (i / 4)) + i % 4 : offset % 4 != 0;
+      if (i % 4 == 0 && t % 32 != 0) bad_run += offset != tile(t - 1, i) + 4;  // lanes side by side
+    }
+  }
+  EXPECT(bad_place == 0 && bad_run == 0, "%s: %d dQ values outside their warpgroup's half, %d off their runs", what,
+         bad_place, bad_run);
+  EXPECT(offsets.size() == 64u * D && *offsets.rbegin() == 64 * D - 1, "%s: %zu distinct tile offsets of %d", what,
+         offsets.size(), 64 * D);
+  EXPECT(coords.size() == 64u * D, "%s: the dQ partition names %zu (row, column) pairs of %d", what, coords.size(),
+         64 * D);
+  EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
+}
+
 int main() {
+  check_bwd_dq_tile<64, cute::bfloat16_t, 1>("bwd d64 bf16 dQ tile");
+  check_bwd_dq_tile<128, cute::half_t, 1>("bwd d128 fp16 dQ tile");
+  check_bwd_dq_tile<128, cute::bfloat16_t, 2>("bwd d128 bf16 dQ tile, 2 buffers");
   check_bwd_dq_staging<64, cute::bfloat16_t, 3>("bwd d64 bf16 dQ staging, 3 stages");
   check_bwd_dq_staging<128, cute::half_t, 2>("bwd d128 fp16 dQ staging");
   check_bwd_traits<64, cute::bfloat16_t>("bwd d64 bf16");
