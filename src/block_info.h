@@ -29,6 +29,48 @@ CUTE_HOST_DEVICE int right_bound(FwdParams const& params) {
   return params.is_causal ? 0 : params.window_right;
 }
 
+// One batch entry's lengths and where its rows start. A dense batch's are the launch's, with
+// offsets 0; a variable-length batch's (FwdParams::cu_seqlens_q non-null) are read from the
+// GPU's cu_seqlens, once per tile. kVarlen: the kernel variant may be given a varlen batch;
+// without it every member is a copy of a launch parameter, so the dense variants compile
+// as they did before varlen existed.
+template <bool kVarlen>
+struct FwdSeqlens {
+  int seqlen_q;
+  int seqlen_k;
+  int offset_q;  // the sequence's first row of q and o
+  int offset_k;  // of k and v
+  int causal_offset;
+  bool varlen;
+
+  CUTE_HOST_DEVICE FwdSeqlens(FwdParams const& p, int bidb) {
+    varlen = kVarlen && p.cu_seqlens_q != nullptr;
+    if (varlen) {
+      // Clamped into the packed tensors, so that a bad cu_seqlens (which the host cannot
+      // see without a sync) never sends a load or store out of bounds; fwd_varlen_check.h
+      // then turns such a batch's output into NaN.
+      offset_q = cute::min(cute::max(p.cu_seqlens_q[bidb], 0), p.total_q);
+      seqlen_q = cute::min(cute::max(p.cu_seqlens_q[bidb + 1], offset_q), p.total_q) - offset_q;
+      offset_k = cute::min(cute::max(p.cu_seqlens_k[bidb], 0), p.total_k);
+      seqlen_k = cute::min(cute::max(p.cu_seqlens_k[bidb + 1], offset_k), p.total_k) - offset_k;
+      if (p.seqused_k != nullptr) seqlen_k = cute::min(cute::max(p.seqused_k[bidb], 0), seqlen_k);
+      causal_offset = seqlen_k - seqlen_q;  // bottom-right, per sequence
+    } else {
+      seqlen_q = p.seqlen_q;
+      seqlen_k = p.seqlen_k;
+      offset_q = 0;
+      offset_k = 0;
+      causal_offset = p.causal_offset;
+    }
+  }
+
+  // The LSE index of (bidb, bidh)'s row `row`: (batch, nheads, seqlen_q) dense, (nheads,
+  // total_q) varlen (FlashAttention's varlen layout).
+  CUTE_HOST_DEVICE index_t lse_index(FwdParams const& p, int bidb, int bidh, int row) const {
+    return varlen ? index_t(bidh) * p.total_q + offset_q + row : (index_t(bidb) * p.nheads + bidh) * p.seqlen_q + row;
+  }
+};
+
 // The key blocks a query tile visits, [n_block_min, n_block_max), and the blocks among them
 // that need a mask: from n_block_mask_start on (the one holding column seqlen_k, a ragged
 // tail, or the first with a column past the right bound of the tile's first row: causal, a
@@ -43,26 +85,30 @@ struct FwdKeyRange {
   int n_block_mask_start;
   int n_block_left_end;
 
-  template <int kBlockM, int kBlockN, bool kSplitKV>
-  CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params) {
-    int n_block_max = (params.seqlen_k + kBlockN - 1) / kBlockN;
-    int n_block_mask_start = params.seqlen_k / kBlockN;
+  template <int kBlockM, int kBlockN, bool kSplitKV, bool kVarlen>
+  CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params,
+                                         FwdSeqlens<kVarlen> const& seq) {
+    int n_block_max = (seq.seqlen_k + kBlockN - 1) / kBlockN;
+    int n_block_mask_start = seq.seqlen_k / kBlockN;
     int const row_first = c.m_block * kBlockM;
-    int const row_last = cute::min(row_first + kBlockM, params.seqlen_q) - 1;
+    // Varlen: the launch's query blocks cover the longest sequence; a tile past this one's
+    // end sees nothing (dense launches have no such tile).
+    if (kVarlen && row_first >= seq.seqlen_q) return {0, 0, 0, 0};
+    int const row_last = cute::min(row_first + kBlockM, seq.seqlen_q) - 1;
     int const right = right_bound(params);
     if (right >= 0) {
       // Row r sees columns c <= r + causal_offset + right.
-      n_block_max = cute::min(n_block_max, floor_div(row_last + params.causal_offset + right, kBlockN) + 1);
+      n_block_max = cute::min(n_block_max, floor_div(row_last + seq.causal_offset + right, kBlockN) + 1);
       n_block_mask_start =
-          cute::min(n_block_mask_start, cute::max(0, floor_div(row_first + params.causal_offset + right + 1, kBlockN)));
+          cute::min(n_block_mask_start, cute::max(0, floor_div(row_first + seq.causal_offset + right + 1, kBlockN)));
     }
     int n_block_min = 0;
     int n_block_left_end = 0;
     if (params.window_left >= 0) {
       // Row r sees columns c >= r + causal_offset - left: the tile's first row the fewest on
       // the left, its last row bounds the blocks every row sees whole.
-      n_block_min = cute::max(0, floor_div(row_first + params.causal_offset - params.window_left, kBlockN));
-      n_block_left_end = cute::max(n_block_min, ceil_div_signed(row_last + params.causal_offset - params.window_left, kBlockN));
+      n_block_min = cute::max(0, floor_div(row_first + seq.causal_offset - params.window_left, kBlockN));
+      n_block_left_end = cute::max(n_block_min, ceil_div_signed(row_last + seq.causal_offset - params.window_left, kBlockN));
     }
     if (kSplitKV && params.num_splits > 1) {
       int const per_split = (cute::max(n_block_max - n_block_min, 0) + params.num_splits - 1) / params.num_splits;
@@ -70,6 +116,11 @@ struct FwdKeyRange {
       n_block_max = cute::min(n_block_max, n_block_min + per_split);
     }
     return {n_block_min, n_block_max, n_block_mask_start, n_block_left_end};
+  }
+  // A dense batch (the host's schedule search, the tests).
+  template <int kBlockM, int kBlockN, bool kSplitKV>
+  CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params) {
+    return of<kBlockM, kBlockN, kSplitKV>(c, params, FwdSeqlens<false>(params, c.bidb));
   }
 
   CUTE_HOST_DEVICE int num_blocks() const { return n_block_max - n_block_min; }
@@ -158,19 +209,19 @@ CUTE_DEVICE void apply_mask(TensorS&& scores, TensorC const& coords, int col_end
   }
 }
 
-// The masks of key block n_block for query block m_block on one thread's scores acc_s (an
-// MMA accumulator of the (kBlockM, kBlockN) tile). kKeysEven: seqlen_k is a multiple of
-// kBlockN, so no column needs the tail mask. is_causal: params.is_causal, which a kernel
-// may know at compile time. kWindow: the launch may have a window (a kernel variant that
-// never has one compiles its bounds out).
-template <int kBlockM, int kBlockN, bool kKeysEven, bool kWindow = true, class TensorS, class ThrMma>
-CUTE_DEVICE void mask_scores(TensorS& acc_s, ThrMma const& thr_mma, FwdParams const& params, int m_block, int n_block,
-                             bool is_causal) {
+// The masks of key block n_block for query block m_block of the batch entry seq on one
+// thread's scores acc_s (an MMA accumulator of the (kBlockM, kBlockN) tile). kKeysEven:
+// seqlen_k is a multiple of kBlockN, so no column needs the tail mask. is_causal:
+// params.is_causal, which a kernel may know at compile time. kWindow: the launch may have a
+// window (a kernel variant that never has one compiles its bounds out).
+template <int kBlockM, int kBlockN, bool kKeysEven, bool kWindow = true, bool kVarlen, class TensorS, class ThrMma>
+CUTE_DEVICE void mask_scores(TensorS& acc_s, ThrMma const& thr_mma, FwdParams const& params,
+                             FwdSeqlens<kVarlen> const& seq, int m_block, int n_block, bool is_causal) {
   using namespace cute;
   int const right = is_causal ? 0 : (kWindow ? params.window_right : -1);
   apply_mask(make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout())), score_coords<kBlockM, kBlockN>(thr_mma),
-             kKeysEven ? kBlockN : params.seqlen_k - n_block * kBlockN,
-             m_block * kBlockM + params.causal_offset - n_block * kBlockN, right, kWindow ? params.window_left : -1);
+             kKeysEven ? kBlockN : seq.seqlen_k - n_block * kBlockN,
+             m_block * kBlockM + seq.causal_offset - n_block * kBlockN, right, kWindow ? params.window_left : -1);
 }
 
 }  // namespace fa_cute

@@ -74,12 +74,13 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     clear(acc_o);
     constexpr int kNRows = decltype(size<1>(acc_o))::value * 2;  // 2 rows per 16x8 tile
     OnlineSoftmax<kNRows, Traits::kLazyRescale> softmax;
-    mainloop.mma(coord, acc_o, softmax, [&] {
+    typename Kernel::Mainloop::Seqlens const seq(params, coord.bidb);
+    mainloop.mma(coord, seq, acc_o, softmax, [&] {
       if constexpr (Traits::kPersistent) {
         if (next_tile >= 0) mainloop.load_first(scheduler.coord(next_tile, params, is_causal));
       }
     });
-    epilogue.store(softmax, acc_o, mainloop.tiled_mma, coord, Kernel::smem_o(storage), tidx);
+    epilogue.store(softmax, acc_o, mainloop.tiled_mma, coord, seq, Kernel::smem_o(storage), tidx);
   };
 
   mainloop.load_first(scheduler.coord(scheduler.tile(0), params, is_causal));

@@ -19,7 +19,7 @@ using namespace fa_cute;
 
 namespace {
 
-FwdKernel const kKernel{"test_m128n64_d128", "sm80", 128, 128, 64, 4, 0, DType::kBF16, nullptr, nullptr, -1, ""};
+FwdKernel const kKernel{"test_m128n64_d128", "sm80", 128, 128, 64, 4, 0, DType::kBF16, nullptr, nullptr, -1, true, ""};
 
 FwdParams valid_params() {
   FwdParams p{};
