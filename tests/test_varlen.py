@@ -28,7 +28,7 @@ def test_valid_call_reaches_the_device_check() -> None:
 
 def test_tensor_types_and_shapes() -> None:
     q, k, v, cu_q, cu_k, mq, mk = _args()
-    _raises(TypeError, "q must be a torch.Tensor", q.numpy(), k, v, cu_q, cu_k, mq, mk)
+    _raises(TypeError, "q must be a torch.Tensor", q.float().numpy(), k, v, cu_q, cu_k, mq, mk)
     _raises(TypeError, "k has dtype torch.float32", q, k.float(), v, cu_q, cu_k, mq, mk)
     _raises(ValueError, "q must be 3-D", q[None], k, v, cu_q, cu_k, mq, mk)
     _raises(ValueError, "v must have k's shape", q, k, v[:-1], cu_q, cu_k, mq, mk)
@@ -76,3 +76,10 @@ def test_layout() -> None:
     _raises(ValueError, "contiguous in its last", strided, k, v, *rest)
     odd_rows = torch.randn(40, 4 * 128 + 4).to(torch.bfloat16)[:, :512].view(40, 4, 128)
     _raises(ValueError, "row stride", odd_rows, k, v, *rest)
+
+
+def test_config_without_varlen_refused() -> None:
+    no_varlen = [c["name"] for c in fa_cute.configs() if not c["varlen"] and c["head_dim"] == 128]
+    if not no_varlen:
+        pytest.skip("no d=128 config without a varlen variant in this build")
+    _raises(ValueError, "takes no variable-length batches", *_args(), config=no_varlen[0])

@@ -13,7 +13,8 @@ import torch
 import fa_cute
 from fa_cute._reference import check_close, check_lse, varlen_attention_ref
 
-from attention_cases import DEVICE, DTYPE_IDS, DTYPES, PRODUCTION_CONFIGS
+from attention_cases import (DEVICE, DTYPE_IDS, DTYPES, PRODUCTION_CONFIGS, built_dtype,
+                             require_dtype, require_head_dim)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -40,8 +41,11 @@ def _batch(lengths_q, lengths_k, nheads, nheads_k, head_dim, dtype, generator):
     return q, k, v, cu_q, cu_k, as_tensor(cu_q), as_tensor(cu_k)
 
 
-def _check(lengths_q, lengths_k, *, head_dim=128, dtype=torch.bfloat16, nheads=8, nheads_k=2,
+def _check(lengths_q, lengths_k, *, head_dim=128, dtype=None, nheads=8, nheads_k=2,
            causal=False, window=(-1, -1), softcap=0.0, seqused=None, config="auto", seed=0):
+    require_head_dim(head_dim)
+    dtype = built_dtype(head_dim) if dtype is None else dtype
+    require_dtype(head_dim, dtype)
     gen = torch.Generator().manual_seed(seed)
     q, k, v, cu_q, cu_k, cu_q_t, cu_k_t = _batch(lengths_q, lengths_k, nheads, nheads_k, head_dim,
                                                  dtype, gen)
@@ -102,11 +106,17 @@ def test_each_config(config: str, causal: bool) -> None:
            causal=causal, config=config)
 
 
+def _d128_dtype() -> torch.dtype:
+    require_head_dim(128)
+    return built_dtype(128)
+
+
 def test_rows_outside_sequences_untouched() -> None:
     """Rows of q past cu_seqlens_q[-1] belong to no sequence: the kernel must not write them."""
+    dtype = _d128_dtype()
     gen = torch.Generator().manual_seed(1)
-    q = torch.randn(300, 4, 128, generator=gen).to(DEVICE, torch.bfloat16)
-    k, v = (torch.randn(300, 4, 128, generator=gen).to(DEVICE, torch.bfloat16) for _ in range(2))
+    q = torch.randn(300, 4, 128, generator=gen).to(DEVICE, dtype)
+    k, v = (torch.randn(300, 4, 128, generator=gen).to(DEVICE, dtype) for _ in range(2))
     cu = torch.tensor([0, 100, 250], dtype=torch.int32, device=DEVICE)
     out = torch.full_like(q, 7.0)
     fa_cute.varlen_forward(q, k, v, cu, cu, 150, 150, out=out)
@@ -118,8 +128,9 @@ def test_rows_outside_sequences_untouched() -> None:
                          ids=["decreasing", "past-total", "longer-than-max"])
 def test_bad_cu_seqlens_poison(cu_q) -> None:
     """What the host cannot check without a sync comes back as NaN, never as a fault."""
-    q = torch.randn(300, 4, 128, device=DEVICE, dtype=torch.bfloat16)
-    k, v = (torch.randn(300, 4, 128, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    dtype = _d128_dtype()
+    q = torch.randn(300, 4, 128, device=DEVICE, dtype=dtype)
+    k, v = (torch.randn(300, 4, 128, device=DEVICE, dtype=dtype) for _ in range(2))
     cu_q_t = torch.tensor(cu_q, dtype=torch.int32, device=DEVICE)
     cu_k_t = torch.tensor([0, 150, 300], dtype=torch.int32, device=DEVICE)
     out, lse = fa_cute.varlen_forward(q, k, v, cu_q_t, cu_k_t, 150, 150, return_lse=True)
@@ -130,9 +141,10 @@ def test_bad_cu_seqlens_poison(cu_q) -> None:
 
 def test_cuda_graph_capture() -> None:
     """No host sync on cu_seqlens: the call captures, and a replay follows new lengths."""
+    dtype = _d128_dtype()
     gen = torch.Generator().manual_seed(2)
-    q = torch.randn(512, 8, 128, generator=gen).to(DEVICE, torch.bfloat16)
-    k, v = (torch.randn(512, 2, 128, generator=gen).to(DEVICE, torch.bfloat16) for _ in range(2))
+    q = torch.randn(512, 8, 128, generator=gen).to(DEVICE, dtype)
+    k, v = (torch.randn(512, 2, 128, generator=gen).to(DEVICE, dtype) for _ in range(2))
     cu = torch.tensor([0, 256, 512], dtype=torch.int32, device=DEVICE)
     out = torch.empty_like(q)
     fa_cute.varlen_forward(q, k, v, cu, cu, 512, 512, causal=True, out=out)  # warm-up
