@@ -85,7 +85,9 @@ struct FwdKeyRange {
   int n_block_mask_start;
   int n_block_left_end;
 
-  template <int kBlockM, int kBlockN, bool kSplitKV, bool kVarlen>
+  // kWindow: the launch may have a window (a kernel variant that never has one compiles its
+  // bounds out, as mask_scores does).
+  template <int kBlockM, int kBlockN, bool kSplitKV, bool kWindow = true, bool kVarlen>
   CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params,
                                          FwdSeqlens<kVarlen> const& seq) {
     int n_block_max = (seq.seqlen_k + kBlockN - 1) / kBlockN;
@@ -95,7 +97,7 @@ struct FwdKeyRange {
     // end sees nothing (dense launches have no such tile).
     if (kVarlen && row_first >= seq.seqlen_q) return {0, 0, 0, 0};
     int const row_last = cute::min(row_first + kBlockM, seq.seqlen_q) - 1;
-    int const right = right_bound(params);
+    int const right = kWindow ? right_bound(params) : (params.is_causal ? 0 : -1);
     if (right >= 0) {
       // Row r sees columns c <= r + causal_offset + right.
       n_block_max = cute::min(n_block_max, floor_div(row_last + seq.causal_offset + right, kBlockN) + 1);
@@ -104,7 +106,7 @@ struct FwdKeyRange {
     }
     int n_block_min = 0;
     int n_block_left_end = 0;
-    if (params.window_left >= 0) {
+    if (kWindow && params.window_left >= 0) {
       // Row r sees columns c >= r + causal_offset - left: the tile's first row the fewest on
       // the left, its last row bounds the blocks every row sees whole.
       n_block_min = cute::max(0, floor_div(row_first + seq.causal_offset - params.window_left, kBlockN));

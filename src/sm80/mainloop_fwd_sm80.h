@@ -94,7 +94,7 @@ struct Sm80FwdMainloop {
         smem_tiled_copy_V(cute::make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma)) {}
 
   CUTE_DEVICE FwdKeyRange key_range(FwdTileCoord const& c, Seqlens const& seq) const {
-    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, params, seq);
+    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV, /*kWindow=*/kExtras>(c, params, seq);
   }
 
   // --- Load ---------------------------------------------------------------------------------

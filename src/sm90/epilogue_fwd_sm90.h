@@ -52,9 +52,9 @@ struct Sm90FwdEpilogue {
   // Finishes one tile; num_blocks: the key blocks it visited (0: it saw no key). Returns
   // whether the tile consumed a Q (the producer's and consumers' Q phase advances): a
   // split or a tile without keys did not.
-  template <class Softmax, class TensorO, class TiledMmaPV, bool kVarlen>
+  template <class Softmax, class TensorO, class TiledMmaPV, bool kMayBeVarlen>
   CUTE_DEVICE bool store(Softmax& softmax, TensorO& acc_o, TiledMmaPV const& tiled_mma_pv, FwdTileCoord const& coord,
-                         FwdSeqlens<kVarlen> const& seq, int num_blocks) {
+                         FwdSeqlens<kMayBeVarlen> const& seq, int num_blocks) {
     using namespace cute;
     auto thr_mma_pv = tiled_mma_pv.get_thread_slice(tidx);
     // A split CTA has one tile (split-KV traits are never persistent, a static_assert of
@@ -93,7 +93,7 @@ struct Sm90FwdEpilogue {
     // to the storing thread.
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90Barrier::kOStaged));
-    if (kVarlen && seq.varlen && num_rows < kBlockM) {
+    if (kMayBeVarlen && seq.varlen && num_rows < kBlockM) {
       // A varlen sequence's ragged last tile: a TMA store would write its rows past the
       // sequence's end, which are the next sequence's. The consumers copy the rows below
       // num_rows from sO instead, 16 bytes at a time.
@@ -114,8 +114,8 @@ struct Sm90FwdEpilogue {
     }
     if (tidx == 0) {
       Tensor mO = epilogue_params.tma_o.get_tma_tensor(
-          make_shape(kVarlen ? p.total_q : p.seqlen_q, p.head_dim, p.nheads, kVarlen ? 1 : p.batch));
-      Tensor gO = local_tile(domain_offset(make_coord(seq.offset_q, _0{}), mO(_, _, coord.bidh, kVarlen ? 0 : coord.bidb)),
+          make_shape(seq.varlen ? p.total_q : p.seqlen_q, p.head_dim, p.nheads, seq.varlen ? 1 : p.batch));
+      Tensor gO = local_tile(domain_offset(make_coord(seq.offset_q, _0{}), mO(_, _, coord.bidh, seq.varlen ? 0 : coord.bidb)),
                              Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(coord.m_block, _0{}));  // (BLK_M,D)
       auto [tOgO, tOsO] =
           tma_partition(epilogue_params.tma_o, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sO), group_modes<0, 2>(gO));

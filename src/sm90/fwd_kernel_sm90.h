@@ -18,10 +18,10 @@ namespace fa_cute {
 // The kernel's argument: the plain problem description plus what the host built from it
 // for the main loop and the epilogue (their TMA descriptors). __grid_constant__, so the
 // descriptors stay in the parameter space that TMA instructions may address.
-template <class Traits, bool kCausal, bool kVarlen>
+template <class Traits, bool kCausal, bool kExtras>
 struct Sm90FwdKernelParams {
   FwdParams fwd;
-  typename Sm90FwdMainloop<Traits, kCausal, kVarlen>::Params mainloop;
+  typename Sm90FwdMainloop<Traits, kCausal, kExtras>::Params mainloop;
   typename Sm90FwdEpilogue<Traits>::Params epilogue;
 };
 
@@ -35,13 +35,13 @@ struct Sm90FwdKernelParams {
 // then the epilogue (Sm90FwdEpilogue). Traits::kSplitKV with params.num_splits > 1 (short
 // queries): a CTA visits one split's share of the tile's key blocks and writes its O in
 // fp32 with its LSE; fwd_combine_kernel merges the splits. kCausal: bottom-right causal
-// masking (docs/design.md, Causal alignment; FwdParams::causal_offset). kVarlen: a
-// variable-length batch (FwdParams::cu_seqlens_q), each tile's lengths and first rows read
-// from cu_seqlens (FwdSeqlens).
-template <class Traits, bool kCausal, bool kVarlen>
+// masking (docs/design.md, Causal alignment; FwdParams::causal_offset). kExtras: the
+// variant with a softcap, windows and variable-length batches (FwdParams::cu_seqlens_q),
+// each tile's lengths and first rows then read from cu_seqlens (FwdSeqlens).
+template <class Traits, bool kCausal, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
-    fwd_kernel_sm90(__grid_constant__ Sm90FwdKernelParams<Traits, kCausal, kVarlen> const params) {
-  using Mainloop = Sm90FwdMainloop<Traits, kCausal, kVarlen>;
+    fwd_kernel_sm90(__grid_constant__ Sm90FwdKernelParams<Traits, kCausal, kExtras> const params) {
+  using Mainloop = Sm90FwdMainloop<Traits, kCausal, kExtras>;
   using Epilogue = Sm90FwdEpilogue<Traits>;
   using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
   FwdParams const& p = params.fwd;

@@ -43,17 +43,18 @@ auto sm90_gmem_tensor(char const* name, Ptr* ptr, int seqlen, int head_dim, int 
                                  legal("batch", batch_stride, batch)));
 }
 
-// A compiled variant of the Hopper kernel: causal or not, dense or variable-length.
-template <bool kCausal_, bool kVarlen_>
+// A compiled variant of the Hopper kernel: causal or not; with or without the extras (a
+// softcap, windows, variable-length batches: Sm90FwdMainloop's kExtras).
+template <bool kCausal_, bool kExtras_>
 struct Sm90FwdVariant {
   static constexpr bool kCausal = kCausal_;
-  static constexpr bool kVarlen = kVarlen_;
+  static constexpr bool kExtras = kExtras_;
 };
 
 // How the Hopper kernel is launched (the policy of run_fwd, fwd_launch.h): a variant per
-// causal flag and, for the configs that are not split-KV decode tiles, per dense or
-// variable-length batch; one CTA per SM (its shared memory admits no second), the TMA
-// descriptors built per call. Host only.
+// causal flag and per plain or extras launch (a softcap, a window or a varlen batch); one
+// CTA per SM (its shared memory admits no second), the TMA descriptors built per call.
+// Host only.
 template <class Traits_>
 struct Sm90FwdLaunch {
   using Traits = Traits_;
@@ -64,14 +65,13 @@ struct Sm90FwdLaunch {
   template <class F>
   static auto dispatch(FwdParams const& params, F&& f) {
     bool const varlen = params.cu_seqlens_q != nullptr;
-    if constexpr (!kHasVarlen) {
-      if (varlen) throw std::invalid_argument("cu_seqlens_q: this config has no varlen variant (a split-KV decode tile)");
+    if (!kHasVarlen && varlen) {
+      throw std::invalid_argument("cu_seqlens_q: this config takes no varlen batch (a split-KV decode tile)");
     }
+    bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
+    bool const extras = varlen || window || params.softcap_premul != 0.f;
     return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
-      if constexpr (kHasVarlen) {
-        if (varlen) return f(Sm90FwdVariant<kCausal, true>{});
-      }
-      return f(Sm90FwdVariant<kCausal, false>{});
+      return FA_CUTE_BOOL_SWITCH(extras, kExtras, [&] { return f(Sm90FwdVariant<kCausal, kExtras>{}); });
     });
   }
 
@@ -81,7 +81,7 @@ struct Sm90FwdLaunch {
   static int slots(int device) {
     static PerDeviceCache cache;
     return cache.get(device, [&] {
-      opt_in_dynamic_smem(&fwd_kernel_sm90<Traits, V::kCausal, V::kVarlen>, Traits::kSmemSize, device);
+      opt_in_dynamic_smem(&fwd_kernel_sm90<Traits, V::kCausal, V::kExtras>, Traits::kSmemSize, device);
       int num_sms = 0;
       check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
                  "cudaDeviceGetAttribute(MultiProcessorCount)");
@@ -92,7 +92,7 @@ struct Sm90FwdLaunch {
   // The problem plus the TMA descriptors of Q, K, V (the main loop's) and O (the epilogue's):
   // dense, (seqlen, d, heads, batch) tensors; varlen, the packed (total, d, heads, 1) ones.
   template <class V>
-  static Sm90FwdKernelParams<Traits, V::kCausal, V::kVarlen> to_underlying_arguments(FwdParams const& params) {
+  static Sm90FwdKernelParams<Traits, V::kCausal, V::kExtras> to_underlying_arguments(FwdParams const& params) {
     using namespace cute;
     using Element = typename Traits::Element;
     if (params.softcap_premul != 0.f && Traits::kHeadDim >= 256) {
@@ -101,9 +101,10 @@ struct Sm90FwdLaunch {
           "config, as config='auto' does");
     }
     int const d = params.head_dim;
-    int const rows_q = V::kVarlen ? params.total_q : params.seqlen_q;
-    int const rows_k = V::kVarlen ? params.total_k : params.seqlen_k;
-    int const batch = V::kVarlen ? 1 : params.batch;
+    bool const varlen = params.cu_seqlens_q != nullptr;  // dispatched to a kExtras variant
+    int const rows_q = varlen ? params.total_q : params.seqlen_q;
+    int const rows_k = varlen ? params.total_k : params.seqlen_k;
+    int const batch = varlen ? 1 : params.batch;
     auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, rows_q, d, params.nheads, batch, params.q_row_stride,
                                         params.q_head_stride, params.q_batch_stride);
     auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, rows_k, d, params.nheads_k, batch, params.k_row_stride,
@@ -121,9 +122,9 @@ struct Sm90FwdLaunch {
   }
 
   template <class V>
-  static void launch(Sm90FwdKernelParams<Traits, V::kCausal, V::kVarlen> const& args, long long grid,
+  static void launch(Sm90FwdKernelParams<Traits, V::kCausal, V::kExtras> const& args, long long grid,
                      cudaStream_t stream) {
-    fwd_kernel_sm90<Traits, V::kCausal, V::kVarlen>
+    fwd_kernel_sm90<Traits, V::kCausal, V::kExtras>
         <<<dim3(static_cast<unsigned>(grid)), Traits::kNumThreads, Traits::kSmemSize, stream>>>(args);
   }
 };
