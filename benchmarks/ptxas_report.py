@@ -16,15 +16,16 @@ import re
 import subprocess
 import sys
 
-# fwd_kernel_sm80<Traits, FwdMaskMode::kCausalEven or kGeneral>: the variants with causal
-# masking (and, kGeneral, row predication), which run causal and ragged launches. Their
+# fwd_kernel_sm80<Traits, FwdMaskMode::kCausalEven, kGeneral or kSoftcapWindow>: the variants
+# with causal masking (and, kGeneral, row predication; kSoftcapWindow, a softcap and windows
+# besides), which run causal, ragged and serving launches. Their
 # three copies of the loop body (first block, unmasked, masked) need more than 255
 # registers in the 128-row tiles; ptxas spills 68-84 bytes there, 3-6 local loads/stores
 # in a main-loop iteration of 1300-1500 instructions (sm_90 SASS, docs/perf-history.md v4).
 # The kNone variant, which runs every even non-causal launch, and every other kernel must
 # not spill at all, but for the 4-warp tiles below.
 GENERAL_SPILL_BUDGET = 128  # bytes of spill stores
-GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*FwdMaskModeE[12]EEEvNS_9FwdParamsE$")
+GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*FwdMaskModeE[123]EEEvNS_9FwdParamsE$")
 # fwd_kernel_sm80<Sm80FwdTraits<d, 128, 64, 4, ...>, any mask mode>, d <= 128: the default
 # tile at d = 64-128 (src/tile_size.h). 4 warps of 32 rows hold O (d/2 registers a
 # thread) and S (64) and leave ptxas short of registers: it spills 72 B at d=128 in the

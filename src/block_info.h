@@ -19,38 +19,110 @@ enum class FwdMaskMode {
   kNone,        // non-causal, seqlen_q % kBlockM == 0 and seqlen_k % kBlockN == 0
   kCausalEven,  // causal, same lengths rule
   kGeneral,     // anything else: ragged tiles, causal or not
+  kSoftcapWindow,  // as kGeneral, with a logits softcap and/or a sliding window (a variant of
+                   // its own: their code in kGeneral raised its spills, docs/perf-notes.md)
 };
 
-// The key blocks a query tile visits, [n_block_min, n_block_max), and the first of them
-// that needs a mask: the one holding column seqlen_k (a ragged tail) or, causal, the first
-// with a column past the diagonal of the tile's first row. Blocks before it run without
-// masking work. Split-KV: split s takes the s-th of num_splits equal runs of the blocks.
-// n_block_min >= n_block_max: no row of the tile sees a key (causal with seqlen_q >
-// seqlen_k), or the split has no blocks.
+// The right bound of a row's keys past its diagonal: 0 causal, window_right with a window
+// bounded on the right, -1 none.
+CUTE_HOST_DEVICE int right_bound(FwdParams const& params) {
+  return params.is_causal ? 0 : params.window_right;
+}
+
+// One batch entry's lengths and where its rows start. A dense batch's are the launch's, with
+// offsets 0; a variable-length batch's (FwdParams::cu_seqlens_q non-null) are read from the
+// GPU's cu_seqlens, once per tile. kVarlen: the kernel variant may be given a varlen batch;
+// without it every member is a copy of a launch parameter, so the dense variants compile
+// as they did before varlen existed.
+template <bool kVarlen>
+struct FwdSeqlens {
+  int seqlen_q;
+  int seqlen_k;
+  int offset_q;  // the sequence's first row of q and o
+  int offset_k;  // of k and v
+  int causal_offset;
+  bool varlen;
+
+  CUTE_HOST_DEVICE FwdSeqlens(FwdParams const& p, int bidb) {
+    varlen = kVarlen && p.cu_seqlens_q != nullptr;
+    if (varlen) {
+      // Clamped into the packed tensors, so that a bad cu_seqlens (which the host cannot
+      // see without a sync) never sends a load or store out of bounds; fwd_varlen_check.h
+      // then turns such a batch's output into NaN.
+      offset_q = cute::min(cute::max(p.cu_seqlens_q[bidb], 0), p.total_q);
+      seqlen_q = cute::min(cute::max(p.cu_seqlens_q[bidb + 1], offset_q), p.total_q) - offset_q;
+      offset_k = cute::min(cute::max(p.cu_seqlens_k[bidb], 0), p.total_k);
+      seqlen_k = cute::min(cute::max(p.cu_seqlens_k[bidb + 1], offset_k), p.total_k) - offset_k;
+      if (p.seqused_k != nullptr) seqlen_k = cute::min(cute::max(p.seqused_k[bidb], 0), seqlen_k);
+      causal_offset = seqlen_k - seqlen_q;  // bottom-right, per sequence
+    } else {
+      seqlen_q = p.seqlen_q;
+      seqlen_k = p.seqlen_k;
+      offset_q = 0;
+      offset_k = 0;
+      causal_offset = p.causal_offset;
+    }
+  }
+
+  // The LSE index of (bidb, bidh)'s row `row`: (batch, nheads, seqlen_q) dense, (nheads,
+  // total_q) varlen (FlashAttention's varlen layout).
+  CUTE_HOST_DEVICE index_t lse_index(FwdParams const& p, int bidb, int bidh, int row) const {
+    return varlen ? index_t(bidh) * p.total_q + offset_q + row : (index_t(bidb) * p.nheads + bidh) * p.seqlen_q + row;
+  }
+};
+
+// The key blocks a query tile visits, [n_block_min, n_block_max), and the blocks among them
+// that need a mask: from n_block_mask_start on (the one holding column seqlen_k, a ragged
+// tail, or the first with a column past the right bound of the tile's first row: causal, a
+// window), and before n_block_left_end (a window's left bound cuts the block for some row
+// of the tile). Blocks in between run without masking work. Split-KV: split s takes the
+// s-th of num_splits equal runs of the blocks. n_block_min >= n_block_max: no row of the
+// tile sees a key (causal with seqlen_q > seqlen_k, a window past the keys), or the split
+// has no blocks.
 struct FwdKeyRange {
   int n_block_min;
   int n_block_max;
   int n_block_mask_start;
+  int n_block_left_end;
 
-  template <int kBlockM, int kBlockN, bool kSplitKV>
-  CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params) {
-    int n_block_max = (params.seqlen_k + kBlockN - 1) / kBlockN;
-    int n_block_mask_start = params.seqlen_k / kBlockN;
-    if (params.is_causal) {
-      int const row_first = c.m_block * kBlockM;
-      int const row_last = cute::min(row_first + kBlockM, params.seqlen_q) - 1;
-      // Row r sees columns c <= r + causal_offset.
-      n_block_max = cute::min(n_block_max, floor_div(row_last + params.causal_offset, kBlockN) + 1);
+  // kWindow: the launch may have a window (a kernel variant that never has one compiles its
+  // bounds out, as mask_scores does).
+  template <int kBlockM, int kBlockN, bool kSplitKV, bool kWindow = true, bool kVarlen>
+  CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params,
+                                         FwdSeqlens<kVarlen> const& seq) {
+    int n_block_max = (seq.seqlen_k + kBlockN - 1) / kBlockN;
+    int n_block_mask_start = seq.seqlen_k / kBlockN;
+    int const row_first = c.m_block * kBlockM;
+    // Varlen: the launch's query blocks cover the longest sequence; a tile past this one's
+    // end sees nothing (dense launches have no such tile).
+    if (kVarlen && row_first >= seq.seqlen_q) return {0, 0, 0, 0};
+    int const row_last = cute::min(row_first + kBlockM, seq.seqlen_q) - 1;
+    int const right = kWindow ? right_bound(params) : (params.is_causal ? 0 : -1);
+    if (right >= 0) {
+      // Row r sees columns c <= r + causal_offset + right.
+      n_block_max = cute::min(n_block_max, floor_div(row_last + seq.causal_offset + right, kBlockN) + 1);
       n_block_mask_start =
-          cute::min(n_block_mask_start, cute::max(0, floor_div(row_first + params.causal_offset + 1, kBlockN)));
+          cute::min(n_block_mask_start, cute::max(0, floor_div(row_first + seq.causal_offset + right + 1, kBlockN)));
     }
     int n_block_min = 0;
+    int n_block_left_end = 0;
+    if (kWindow && params.window_left >= 0) {
+      // Row r sees columns c >= r + causal_offset - left: the tile's first row the fewest on
+      // the left, its last row bounds the blocks every row sees whole.
+      n_block_min = cute::max(0, floor_div(row_first + seq.causal_offset - params.window_left, kBlockN));
+      n_block_left_end = cute::max(n_block_min, ceil_div_signed(row_last + seq.causal_offset - params.window_left, kBlockN));
+    }
     if (kSplitKV && params.num_splits > 1) {
-      int const per_split = (cute::max(n_block_max, 0) + params.num_splits - 1) / params.num_splits;
-      n_block_min = c.n_split * per_split;
+      int const per_split = (cute::max(n_block_max - n_block_min, 0) + params.num_splits - 1) / params.num_splits;
+      n_block_min += c.n_split * per_split;
       n_block_max = cute::min(n_block_max, n_block_min + per_split);
     }
-    return {n_block_min, n_block_max, n_block_mask_start};
+    return {n_block_min, n_block_max, n_block_mask_start, n_block_left_end};
+  }
+  // A dense batch (the host's schedule search, the tests).
+  template <int kBlockM, int kBlockN, bool kSplitKV>
+  CUTE_HOST_DEVICE static FwdKeyRange of(FwdTileCoord const& c, FwdParams const& params) {
+    return of<kBlockM, kBlockN, kSplitKV>(c, params, FwdSeqlens<false>(params, c.bidb));
   }
 
   CUTE_HOST_DEVICE int num_blocks() const { return n_block_max - n_block_min; }
@@ -59,14 +131,21 @@ struct FwdKeyRange {
   template <bool kReverse>
   CUTE_DEVICE int block(int i) const { return kReverse ? n_block_max - 1 - i : n_block_min + i; }
 
-  // Visited first to last: how many blocks come before the first one that needs a mask.
-  CUTE_DEVICE int num_unmasked_first() const {
+  // Visited first to last: how many blocks at the start need a mask (a window's left bound).
+  CUTE_HOST_DEVICE int num_masked_first() const {
+    return cute::max(0, cute::min(n_block_left_end - n_block_min, num_blocks()));
+  }
+  // Visited first to last: how many blocks come before the first one that needs the right
+  // side's mask (the ragged tail, causal, a window).
+  CUTE_HOST_DEVICE int num_unmasked_first() const {
     return cute::max(0, cute::min(n_block_mask_start - n_block_min, num_blocks()));
   }
-  // Visited last to first: how many blocks at the start need a mask.
-  CUTE_DEVICE int num_masked_first_reversed() const {
+  // Visited last to first: how many blocks at the start need the right side's mask.
+  CUTE_HOST_DEVICE int num_masked_first_reversed() const {
     return cute::max(0, cute::min(n_block_max - n_block_mask_start, num_blocks()));
   }
+  // Visited last to first: how many blocks at the end need the left side's mask.
+  CUTE_HOST_DEVICE int num_masked_last_reversed() const { return num_masked_first(); }
 };
 
 // The backward kernel's inverse of FwdKeyRange: the query blocks that see key block n_block,
@@ -110,35 +189,41 @@ CUTE_DEVICE auto score_coords(ThrMma const& thr_mma) {
 }
 
 // -inf for the scores that a row may not see: columns at or past col_end (the ragged tail of
-// seqlen_k) and, with is_causal, columns past row + diagonal. scores and coords are the
-// accumulator and the same partition of an identity tensor, both viewed as rows x columns;
-// a row's columns are tested against one limit.
+// seqlen_k), past row + diagonal + right (right >= 0: causal, a window) and before
+// row + diagonal - left (left >= 0: a window). scores and coords are the accumulator and the
+// same partition of an identity tensor, both viewed as rows x columns; a row's columns are
+// tested against one range.
 template <class TensorS, class TensorC>
-CUTE_DEVICE void apply_mask(TensorS&& scores, TensorC const& coords, int col_end, bool is_causal, int diagonal) {
+CUTE_DEVICE void apply_mask(TensorS&& scores, TensorC const& coords, int col_end, int diagonal, int right, int left) {
   using namespace cute;
   CUTE_STATIC_ASSERT_V(rank(scores) == Int<2>{});
   CUTE_STATIC_ASSERT_V(size(scores) == size(coords));
   CUTE_UNROLL
   for (int mi = 0; mi < size<0>(scores); ++mi) {
     int const row = get<0>(coords(mi, 0));
-    int const limit = is_causal ? min(col_end, row + diagonal + 1) : col_end;
+    int const limit = right >= 0 ? min(col_end, row + diagonal + right + 1) : col_end;
+    int const first = left >= 0 ? row + diagonal - left : 0;
     CUTE_UNROLL
     for (int ni = 0; ni < size<1>(scores); ++ni) {
-      if (get<1>(coords(mi, ni)) >= limit) scores(mi, ni) = -INFINITY;
+      int const col = get<1>(coords(mi, ni));
+      if (col >= limit || col < first) scores(mi, ni) = -INFINITY;
     }
   }
 }
 
-// The masks of key block n_block for query block m_block on one thread's scores acc_s (an
-// MMA accumulator of the (kBlockM, kBlockN) tile). kKeysEven: seqlen_k is a multiple of
-// kBlockN, so no column needs the tail mask.
-template <int kBlockM, int kBlockN, bool kKeysEven, class TensorS, class ThrMma>
-CUTE_DEVICE void mask_scores(TensorS& acc_s, ThrMma const& thr_mma, FwdParams const& params, int m_block, int n_block,
-                             bool is_causal) {
+// The masks of key block n_block for query block m_block of the batch entry seq on one
+// thread's scores acc_s (an MMA accumulator of the (kBlockM, kBlockN) tile). kKeysEven:
+// seqlen_k is a multiple of kBlockN, so no column needs the tail mask. is_causal:
+// params.is_causal, which a kernel may know at compile time. kWindow: the launch may have a
+// window (a kernel variant that never has one compiles its bounds out).
+template <int kBlockM, int kBlockN, bool kKeysEven, bool kWindow = true, bool kVarlen, class TensorS, class ThrMma>
+CUTE_DEVICE void mask_scores(TensorS& acc_s, ThrMma const& thr_mma, FwdParams const& params,
+                             FwdSeqlens<kVarlen> const& seq, int m_block, int n_block, bool is_causal) {
   using namespace cute;
+  int const right = is_causal ? 0 : (kWindow ? params.window_right : -1);
   apply_mask(make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout())), score_coords<kBlockM, kBlockN>(thr_mma),
-             kKeysEven ? kBlockN : params.seqlen_k - n_block * kBlockN, is_causal,
-             m_block * kBlockM + params.causal_offset - n_block * kBlockN);
+             kKeysEven ? kBlockN : seq.seqlen_k - n_block * kBlockN,
+             m_block * kBlockM + seq.causal_offset - n_block * kBlockN, right, kWindow ? params.window_left : -1);
 }
 
 }  // namespace fa_cute

@@ -36,6 +36,7 @@ CUTE_DEVICE void red_add_f32x4(float* ptr, float4 v, bool pred) {
 //     of 64 bytes, half the requests of the 8-byte form; pairing the two row halves instead
 //     (16 rows of 32 bytes) measured 5-10% slower (docs/perf-notes.md, Backward).
 // Before sm_90, one 4-byte atomic per value.
+
 template <int kBytes, class Acc, class TensorG, class TensorC>
 CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC const& cdq, int query_rows) {
   using namespace cute;

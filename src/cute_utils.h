@@ -118,6 +118,8 @@ __forceinline__ __device__ auto gmem_row_tile(T* base, int64_t offset, int row0,
 // Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
 // whose numerators go negative when seqlen_q > seqlen_k.
 CUTE_HOST_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
+// The same rounded up: ceil(a / b) for b > 0 and a of either sign.
+CUTE_HOST_DEVICE int ceil_div_signed(int a, int b) { return -floor_div(-a, b); }
 
 // Copies the rows of a thread's (CPY, CPY_ROWS, CPY_D) copy partition whose tile row (from
 // `coords`, the same partition of an identity tensor) is below num_rows: a ragged tail tile,

@@ -44,15 +44,15 @@ struct FwdEpilogue {
   // fp32 with its LSE to the accumulators instead, for the combine kernel to weigh by
   // exp(lse_split - lse); a split that saw no key writes O = 0 and LSE = -inf. Returns
   // whether the caller must still store O (false: the split's partial result is written).
-  template <class Softmax, class TensorO, class ThrMma>
+  template <class Softmax, class TensorO, class ThrMma, bool kVarlen>
   CUTE_DEVICE static bool finalize(Softmax& softmax, TensorO& acc_o, ThrMma const& thr_mma, FwdTileCoord const& coord,
-                                   FwdParams const& params) {
+                                   FwdSeqlens<kVarlen> const& seq, FwdParams const& params) {
     using namespace cute;
     softmax.finalize(acc_o);
-    int const num_rows = params.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
-    // Row offset of this tile's first row in the (batch, nheads, seqlen_q) LSE layout.
-    index_t const row_offset =
-        (index_t(coord.bidb) * params.nheads + coord.bidh) * params.seqlen_q + coord.m_block * kBlockM;
+    int const num_rows = seq.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
+    // This tile's first row in the LSE layout ((batch, nheads, seqlen_q); the splits' too,
+    // which varlen launches never have).
+    index_t const row_offset = seq.lse_index(params, coord.bidb, coord.bidh, coord.m_block * kBlockM);
     auto store_lse = [&](float* lse) {
       Tensor tScS_rc = score_coords<kBlockM, kHeadDim>(thr_mma);  // (M,D)
       CUTE_UNROLL

@@ -43,10 +43,30 @@ struct FwdParams {
   int nheads_k;  // nheads % nheads_k == 0; query head h reads K/V head h / (nheads / nheads_k)
   int head_dim;
 
+  // Variable-length batches (varlen_forward; all null for a dense batch): q, k, v and o are
+  // packed (total rows, nheads, head_dim) with batch strides 0. Sequence b's queries are the
+  // rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]) and its keys [cu_seqlens_k[b],
+  // cu_seqlens_k[b + 1]), of which only the first seqused_k[b] are read when seqused_k is
+  // given. seqlen_q and seqlen_k are then the caller's maxima (the launch's query blocks;
+  // a tile past its sequence's end does nothing), causal_offset is per sequence
+  // (FwdSeqlens), and the LSE is (nheads, total_q). Read on the GPU only: no host sync.
+  int const* __restrict__ cu_seqlens_q = nullptr;
+  int const* __restrict__ cu_seqlens_k = nullptr;
+  int const* __restrict__ seqused_k = nullptr;
+  int total_q = 0;  // rows of the packed q and o
+  int total_k = 0;  // of the packed k and v
+
   // With is_causal, query row r sees key c iff c <= r + causal_offset: seqlen_k - seqlen_q
-  // aligns the mask bottom-right (FlashAttention >= 2.1), 0 top-left (torch SDPA).
+  // aligns the mask bottom-right (FlashAttention >= 2.1), 0 top-left (torch SDPA). Varlen:
+  // always bottom-right, each sequence by its own lengths.
   bool is_causal;
   int causal_offset;
+  // Sliding window (FlashAttention's window_size, aligned as the causal mask): row r sees
+  // key c iff r + causal_offset - window_left <= c <= r + causal_offset + window_right; -1
+  // leaves that side unbounded. is_causal bounds the right side at 0 whatever window_right.
+  // causal_offset is the alignment of either mask (0 with neither).
+  int window_left = -1;
+  int window_right = -1;
   // (batch, head) pairs per L2 section of the causal tile order (FwdTileCoord); set by
   // the launchers from the sizes (causal_section()), not by callers.
   int causal_section;
@@ -60,8 +80,12 @@ struct FwdParams {
   float* __restrict__ o_accum_ptr;
   float* __restrict__ lse_accum_ptr;
 
-  float softmax_scale;       // applied to Q K^T
+  // The softmax's scale of its scores. Without a softcap, scores are Q K^T and this is the
+  // caller's softmax_scale. With one (Gemma 2's logits softcap * tanh(S * scale / softcap)),
+  // the kernel maps S to tanh(S * softcap_premul) and this is softcap (docs/design.md).
+  float softmax_scale;
   float softmax_scale_log2;  // softmax_scale * log2(e): the softmax runs on exp2
+  float softcap_premul;      // the caller's softmax_scale / softcap; 0: no softcap
 };
 
 }  // namespace fa_cute

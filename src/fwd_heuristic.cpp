@@ -1,5 +1,7 @@
 #include "fwd_heuristic.h"
 
+#include <algorithm>
+
 #include <cstring>
 #include <set>
 #include <stdexcept>
@@ -181,6 +183,13 @@ std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_
   for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
   throw std::invalid_argument("head_dim: " + std::to_string(head_dim) +
                               " is not supported; supported head dims: " + dims);
+}
+
+std::string default_varlen_fwd_config(int head_dim, int max_seqlen_q, int max_seqlen_k, int cc_major, int cc_minor,
+                                      bool causal) {
+  check_seqlens(max_seqlen_q, max_seqlen_k);
+  return default_fwd_config(head_dim, std::max(max_seqlen_q, kShortQueryRows + 1), max_seqlen_k, cc_major, cc_minor,
+                            causal);
 }
 
 }  // namespace fa_cute

@@ -22,4 +22,10 @@ std::string sm90_config_name(int head_dim, FwdTile const& tile);
 std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor,
                                bool causal = false);
 
+// A variable-length batch's config: default_fwd_config's for its longest sequences, but
+// never a short-query tile (the Hopper ones split keys for decode and have no varlen
+// variant; Sm90FwdLaunch::kHasVarlen).
+std::string default_varlen_fwd_config(int head_dim, int max_seqlen_q, int max_seqlen_k, int cc_major, int cc_minor,
+                                      bool causal = false);
+
 }  // namespace fa_cute

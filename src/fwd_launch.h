@@ -8,6 +8,7 @@
 #include "cuda_check.h"
 #include "flash_params.h"
 #include "fwd_combine.h"
+#include "fwd_varlen_check.h"
 #include "tile_scheduler.h"
 #include "tile_scheduler_host.h"
 #include "tile_size.h"
@@ -72,6 +73,10 @@ void run_fwd(FwdParams const& problem, cudaStream_t stream) {
     return 0;
   });
   check_cuda(cudaGetLastError(), Launch::kName);
+  if (params.cu_seqlens_q != nullptr) {
+    launch_fwd_varlen_check<typename Traits::Element>(params, stream);
+    check_cuda(cudaGetLastError(), "fwd_varlen_check_kernel launch");
+  }
   if constexpr (Traits::kSplitKV) {  // only these instantiate the combine kernel
     if (params.num_splits > 1) {
       launch_fwd_combine<typename Traits::Element, Traits::kHeadDim>(params, stream);

@@ -482,7 +482,7 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("{name}", "{family}", {head_dim}, {block_m}, {block_n}, {num_warps},
                             Traits::kSmemSize, {dtype_enum},
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/{rung},
-                            "{description}");
+                            Launch::kHasVarlen, "{description}");
 
 }}  // namespace fa_cute
 """

@@ -40,6 +40,7 @@ struct FwdKernel {
   FwdLaunchFn launch;
   FwdNumSplitsFn num_splits;
   int rung;                 // optimisation-ladder rung (docs/ladder.md), or -1 for a production config
+  bool varlen;              // takes variable-length batches (FwdParams::cu_seqlens_q; Launch::kHasVarlen)
   char const* description;  // one line: what this config is
 };
 

@@ -82,6 +82,12 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
                                              str(kernel.head_dim) + ", got " + str(p.head_dim));
   FA_CUTE_REQUIRE(p.causal_offset >= -kMaxSeqlen && p.causal_offset <= kMaxSeqlen,
           "causal_offset: must be in [-" + str(kMaxSeqlen) + ", " + str(kMaxSeqlen) + "], got " + str(p.causal_offset));
+  // The window's block bounds (FwdKeyRange) add a row, the offset and the bound: each below
+  // kMaxSeqlen keeps them within int.
+  FA_CUTE_REQUIRE(p.window_left >= -1 && p.window_left <= kMaxSeqlen,
+          "window_left: must be -1 (unbounded) or in [0, " + str(kMaxSeqlen) + "], got " + str(p.window_left));
+  FA_CUTE_REQUIRE(p.window_right >= -1 && p.window_right <= kMaxSeqlen,
+          "window_right: must be -1 (unbounded) or in [0, " + str(kMaxSeqlen) + "], got " + str(p.window_right));
   int const key_blocks = (p.seqlen_k + kernel.block_n - 1) / kernel.block_n;  // seqlen_k <= kMaxSeqlen: no wrap
   int const max_splits = key_blocks < kMaxSplits ? key_blocks : kMaxSplits;
   FA_CUTE_REQUIRE(p.num_splits >= 1 && p.num_splits <= max_splits,
@@ -112,11 +118,50 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
       check_fp32_buffer("lse", ptr(p.softmax_lse_ptr), rows),
       OperandExtent{"o_accum", 0, 0},
       OperandExtent{"lse_accum", 0, 0},
+      OperandExtent{"cu_seqlens_q", 0, 0},
+      OperandExtent{"cu_seqlens_k", 0, 0},
+      OperandExtent{"seqused_k", 0, 0},
   };
   if (p.num_splits > 1) {
     extents[5] = check_fp32_buffer("o_accum", ptr(p.o_accum_ptr), rows * p.num_splits * p.head_dim);
     extents[6] = check_fp32_buffer("lse_accum", ptr(p.lse_accum_ptr), rows * p.num_splits);
   }
+  return extents;
+}
+
+ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams const& p, int device) {
+  FA_CUTE_REQUIRE(p.cu_seqlens_q != nullptr && p.cu_seqlens_k != nullptr,
+                  "cu_seqlens_q, cu_seqlens_k: a varlen call needs both (non-null int32 device pointers)");
+  FA_CUTE_REQUIRE(p.batch >= 1, "batch: must be >= 1 (len(cu_seqlens_q) - 1), got " + str(p.batch));
+  FA_CUTE_REQUIRE(p.total_q >= 1 && p.total_q <= kMaxSeqlen,
+                  "total_q: the packed rows of q must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_q));
+  FA_CUTE_REQUIRE(p.total_k >= 1 && p.total_k <= kMaxSeqlen,
+                  "total_k: the packed rows of k must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_k));
+  FA_CUTE_REQUIRE(p.seqlen_q >= 1 && p.seqlen_q <= kMaxSeqlen,
+                  "max_seqlen_q: must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.seqlen_q));
+  FA_CUTE_REQUIRE(p.seqlen_k >= 1 && p.seqlen_k <= kMaxSeqlen,
+                  "max_seqlen_k: must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.seqlen_k));
+  FA_CUTE_REQUIRE(p.num_splits == 1, "num_splits: a varlen call does not split keys; pass 1");
+  long long const query_tiles = (long long)((p.seqlen_q + kernel.block_m - 1) / kernel.block_m) * p.nheads * p.batch;
+  FA_CUTE_REQUIRE(query_tiles <= kMaxLaunchTiles, "batch * nheads * ceil(max_seqlen_q / " + str(kernel.block_m) +
+                                                      ") must be <= " + str(kMaxLaunchTiles) +
+                                                      " (tiles are numbered in int)");
+  // The packed tensors as one dense batch entry: the same operand rules and extents.
+  FwdParams packed = p;
+  packed.batch = 1;
+  packed.seqlen_q = p.total_q;
+  packed.seqlen_k = p.total_k;
+  packed.causal_offset = 0;
+  packed.cu_seqlens_q = packed.cu_seqlens_k = packed.seqused_k = nullptr;
+  ForwardExtents extents = check_forward_args(kernel, packed, device);
+  auto const int32_buffer = [](char const* name, void const* ptr, long long count) {
+    auto const address = reinterpret_cast<uintptr_t>(ptr);
+    FA_CUTE_REQUIRE(address % 4 == 0, std::string(name) + ": data pointer must be 4-byte aligned (int32)");
+    return OperandExtent{name, address, uint64_t(count) * 4};
+  };
+  extents[7] = int32_buffer("cu_seqlens_q", p.cu_seqlens_q, p.batch + 1ll);
+  extents[8] = int32_buffer("cu_seqlens_k", p.cu_seqlens_k, p.batch + 1ll);
+  if (p.seqused_k != nullptr) extents[9] = int32_buffer("seqused_k", p.seqused_k, p.batch);
   return extents;
 }
 

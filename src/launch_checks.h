@@ -35,8 +35,8 @@ struct OperandExtent {
   uint64_t bytes;
 };
 
-// q, k, v, out, lse, o_accum, lse_accum.
-using ForwardExtents = std::array<OperandExtent, 7>;
+// q, k, v, out, lse, o_accum, lse_accum; a varlen call's cu_seqlens_q, cu_seqlens_k, seqused_k.
+using ForwardExtents = std::array<OperandExtent, 10>;
 
 // seqlen_q and seqlen_k in [1, kMaxSeqlen]: what every entry point that takes lengths shares.
 void check_seqlens(int seqlen_q, int seqlen_k);
@@ -49,6 +49,14 @@ void check_problem_sizes(int batch, int seqlen_q, int seqlen_k, int nheads, int 
 // num_splits, the int32 headroom of tiles and grids, and each operand's extent in bytes,
 // which it returns for check_forward_memory.
 ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& params, int device);
+
+// A variable-length batch (params.cu_seqlens_q non-null): what check_forward_args checks,
+// with the packed q, k, v, out and the (nheads, total_q) LSE as one batch entry of
+// total_q / total_k rows; then the launch's tiles (batch x nheads x query blocks of
+// max_seqlen_q, params.seqlen_q), no split, and cu_seqlens_q / cu_seqlens_k (batch + 1
+// int32 each) and seqused_k (batch int32, when given) as operands. What cu_seqlens hold is
+// never read on the host (fwd_varlen_check.h checks it on the GPU).
+ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams const& params, int device);
 
 // device < the number of CUDA devices (the count is asked once); a failed query throws
 // std::runtime_error with the CUDA error, as the launch would have.

@@ -71,6 +71,17 @@ void set_attention_operands(Params& params, uintptr_t q, uintptr_t k, uintptr_t 
   params.softmax_scale_log2 = float(softmax_scale * 1.4426950408889634);  // log2(e)
 }
 
+// softcap > 0: the kernel maps Q K^T to tanh(Q K^T * softmax_scale / softcap), and its
+// softmax (and LSE) scales those by softcap (FwdParams::softmax_scale).
+void set_softcap(FwdParams& params, double softcap) {
+  FA_CUTE_REQUIRE(softcap >= 0.0 && softcap < 1e30, "softcap: must be 0 (none) or a finite positive number");
+  params.softcap_premul = 0.f;
+  if (softcap == 0.0) return;
+  params.softcap_premul = float(params.softmax_scale / softcap);
+  params.softmax_scale = float(softcap);
+  params.softmax_scale_log2 = float(softcap * 1.4426950408889634);  // log2(e)
+}
+
 // After the integer checks (CI, with no GPU, reaches every one of them): the runtime and the
 // driver, i.e. the stream handle, the device (selected in this module's own static CUDA
 // runtime) and the pointers' allocations.
@@ -86,14 +97,17 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
                uintptr_t v, uintptr_t o, uintptr_t lse, int batch, int seqlen_q, int seqlen_k,
                int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
                Strides v_strides, Strides o_strides, double softmax_scale, bool is_causal,
-               int causal_offset, int device, uintptr_t stream_handle, bool timed, int num_splits,
-               uintptr_t o_accum, uintptr_t lse_accum) {
+               int causal_offset, double softcap, int window_left, int window_right, int device,
+               uintptr_t stream_handle, bool timed, int num_splits, uintptr_t o_accum, uintptr_t lse_accum) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   FwdParams params = problem_params<FwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
+  set_softcap(params, softcap);
   params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
   params.head_dim = head_dim;
   params.causal_offset = causal_offset;
+  params.window_left = window_left;
+  params.window_right = window_right;
   params.num_splits = num_splits;
   params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
   params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);
@@ -128,6 +142,48 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   cudaEventDestroy(stop);
   check_cuda(err, "timing events");
   return double(ms);
+}
+
+// Attention over a variable-length batch: q, k, v, out packed (total rows, heads, head_dim)
+// with (row, head) strides, sequence b's rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]) (k, v:
+// cu_seqlens_k, of which seqused_k[b] keys when seqused_k is non-zero), all int32 device
+// buffers that the host never reads (FwdParams). max_seqlen_q bounds every sequence's
+// queries (the launch covers that many); a batch that breaks a rule of
+// fwd_varlen_check.h comes back as NaN. lse (0: none) is (nheads, total_q) fp32.
+void varlen_forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k, uintptr_t v,
+                    uintptr_t o, uintptr_t lse, uintptr_t cu_seqlens_q, uintptr_t cu_seqlens_k, uintptr_t seqused_k,
+                    int batch, int total_q, int total_k, int max_seqlen_q, int max_seqlen_k, int nheads, int nheads_k,
+                    int head_dim, Strides q_strides, Strides k_strides, Strides v_strides, Strides o_strides,
+                    double softmax_scale, bool is_causal, double softcap, int window_left, int window_right,
+                    int device, uintptr_t stream_handle) {
+  FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
+  FA_CUTE_REQUIRE(nheads >= 1 && nheads_k >= 1 && nheads % nheads_k == 0,
+                  "nheads, nheads_k: must be >= 1 with nheads a multiple of nheads_k, got " + std::to_string(nheads) +
+                      ", " + std::to_string(nheads_k));
+  FwdParams params{};
+  params.batch = batch;
+  params.seqlen_q = max_seqlen_q;
+  params.seqlen_k = max_seqlen_k;
+  params.nheads = nheads;
+  params.nheads_k = nheads_k;
+  params.is_causal = is_causal;
+  params.total_q = total_q;
+  params.total_k = total_k;
+  params.cu_seqlens_q = reinterpret_cast<int const*>(cu_seqlens_q);
+  params.cu_seqlens_k = reinterpret_cast<int const*>(cu_seqlens_k);
+  params.seqused_k = reinterpret_cast<int const*>(seqused_k);
+  set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
+  set_softcap(params, softcap);
+  params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
+  params.head_dim = head_dim;
+  params.window_left = window_left;
+  params.window_right = window_right;
+  params.num_splits = 1;
+
+  ForwardExtents const extents = check_varlen_forward_args(kernel, params, device);
+  check_runtime(extents, device, stream_handle, check_forward_memory);
+  py::gil_scoped_release release;
+  kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
 }
 
 // The split-KV heuristic's choice for a problem (1: no split), so that the caller can size
@@ -220,6 +276,7 @@ py::list backward_configs() {
 py::list configs() {
   return config_dicts(fwd_kernels(), [](py::dict& entry, FwdKernel const& k) {
     entry["rung"] = k.rung < 0 ? py::object(py::none()) : py::object(py::int_(k.rung));
+    entry["varlen"] = k.varlen;
   });
 }
 
@@ -255,14 +312,24 @@ PYBIND11_MODULE(_C, m) {
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
         py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
         py::arg("o_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
-        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("timed"),
+        py::arg("causal_offset"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
+        py::arg("device"), py::arg("stream"), py::arg("timed"),
         py::arg("num_splits") = 1, py::arg("o_accum") = 0, py::arg("lse_accum") = 0);
+  m.def("varlen_forward", &fa_cute::varlen_forward, py::arg("config"), py::arg("dtype"), py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"),
+        py::arg("seqused_k"), py::arg("batch"), py::arg("total_q"), py::arg("total_k"), py::arg("max_seqlen_q"),
+        py::arg("max_seqlen_k"), py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"), py::arg("q_strides"),
+        py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("softmax_scale"),
+        py::arg("is_causal"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("device"),
+        py::arg("stream"));
   m.def("num_splits", &fa_cute::num_splits, py::arg("config"), py::arg("dtype"), py::arg("batch"),
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
         py::arg("is_causal"), py::arg("device"));
   m.def("configs", &fa_cute::configs);
   m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
         py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
+  m.def("default_varlen_config", &fa_cute::default_varlen_fwd_config, py::arg("head_dim"), py::arg("max_seqlen_q"),
+        py::arg("max_seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
   m.def("backward", &fa_cute::backward, py::arg("config"), py::arg("dtype"), py::arg("dout"), py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
         py::arg("dq_accum"), py::arg("softmax_d"), py::arg("batch"), py::arg("seqlen_q"), py::arg("seqlen_k"),

@@ -17,6 +17,20 @@ __forceinline__ __device__ float quad_allreduce(float x, Op op) {
   return x;
 }
 
+// The logits softcap (FwdParams::softcap_premul, nonzero): each score s becomes
+// tanh(s * premul), the softmax then scaling by softcap. tanh from one exp2 and one
+// reciprocal, 1 - 2 / (e^2|x| + 1) with x's sign: PTX's tanh.approx (2^-11 relative error)
+// would be amplified by softcap in the exponent (a 50 softcap: logits off by ~0.02).
+template <class TensorS>
+__forceinline__ __device__ void apply_softcap(TensorS& acc_s, float premul) {
+  CUTE_UNROLL
+  for (int i = 0; i < cute::size(acc_s); ++i) {
+    float const x = acc_s(i) * premul;
+    float const e = exp2_approx(2.f * 1.4426950408889634f * fabsf(x));  // e^(2|x|), inf for large |x|
+    acc_s(i) = copysignf(1.f - __fdividef(2.f, e + 1.f), x);
+  }
+}
+
 // Online softmax over the key blocks of one query tile (FlashAttention-2): the running row
 // max m and row sum l are kept in fp32 registers; O is rescaled by exp2((m_old - m_new) *
 // scale_log2) whenever m grows and divided by l once, at the end.

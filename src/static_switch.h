@@ -8,7 +8,7 @@
 //   FA_CUTE_BOOL_SWITCH(cond, kName, [&] { launch<kName>(...); });
 //   FA_CUTE_MASK_MODE_SWITCH(mode, kMode, [&] { launch<kMode>(...); });
 //
-// Used by: Sm80FwdLaunch::dispatch (the FwdMaskMode of fwd_kernel_sm80: 3
+// Used by: Sm80FwdLaunch::dispatch (the FwdMaskMode of fwd_kernel_sm80: 4
 // kernels per config and dtype) and Sm90FwdLaunch::dispatch (causal or not).
 
 #define FA_CUTE_BOOL_SWITCH(COND, CONST_NAME, ...) \
@@ -32,6 +32,11 @@
       case ::fa_cute::FwdMaskMode::kCausalEven: {                                       \
         constexpr static ::fa_cute::FwdMaskMode CONST_NAME =                            \
             ::fa_cute::FwdMaskMode::kCausalEven;                                        \
+        return __VA_ARGS__();                                                           \
+      }                                                                                 \
+      case ::fa_cute::FwdMaskMode::kSoftcapWindow: {                                    \
+        constexpr static ::fa_cute::FwdMaskMode CONST_NAME =                            \
+            ::fa_cute::FwdMaskMode::kSoftcapWindow;                                     \
         return __VA_ARGS__();                                                           \
       }                                                                                 \
       default: {                                                                        \

@@ -27,6 +27,19 @@ def require_head_dim(head_dim: int) -> None:
         pytest.skip(f"head dim {head_dim} is not in this build (built: {BUILT_HEAD_DIMS})")
 
 
+def require_dtype(head_dim: int, dtype: torch.dtype) -> None:
+    """A build with FA_CUTE_DTYPES holds one dtype or both; a call in the other cannot run."""
+    name = DTYPE_IDS[DTYPES.index(dtype)]
+    if not any(c["head_dim"] == head_dim and name in c["dtypes"] for c in PRODUCTION_CONFIGS):
+        pytest.skip(f"no {name} config for head dim {head_dim} in this build")
+
+
+def built_dtype(head_dim: int) -> torch.dtype:
+    """bf16 where this build has it for head_dim, else fp16."""
+    return torch.bfloat16 if any(c["head_dim"] == head_dim and "bf16" in c["dtypes"]
+                                 for c in PRODUCTION_CONFIGS) else torch.float16
+
+
 KERNEL_FAMILIES = ["sm80", "sm90a"]  # the Ampere-style kernel, the Hopper kernel
 
 

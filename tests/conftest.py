@@ -114,9 +114,11 @@ def reference_forward(monkeypatch: pytest.MonkeyPatch) -> list:
 
     def launch(launch, q, k, v, out, lse, timed):
         launches.append(launch)
+        window = (launch.window_left, launch.window_right)
+        aligned = launch.is_causal or window != (-1, -1)
         o, l = attention_ref(q, k, v, launch.softmax_scale, causal=launch.is_causal,
-                             causal_offset=launch.causal_offset if launch.is_causal else None,
-                             return_lse=True)
+                             causal_offset=launch.causal_offset if aligned else None,
+                             return_lse=True, softcap=launch.softcap, window_size=window)
         out.copy_(o)
         if lse is not None:
             lse.copy_(l.reshape(lse.shape))

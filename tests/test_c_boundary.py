@@ -41,7 +41,8 @@ def forward_args(**changes) -> Dict:
                 o=FAKE + 3 * 2**32, lse=0, batch=B, seqlen_q=SQ, seqlen_k=SK, nheads=H,
                 nheads_k=HK, head_dim=D, q_strides=strides(SQ, H), k_strides=strides(SK, HK),
                 v_strides=strides(SK, HK), o_strides=strides(SQ, H), softmax_scale=D**-0.5,
-                is_causal=False, causal_offset=0, device=0, stream=0, timed=False,
+                is_causal=False, causal_offset=0, softcap=0.0, window_left=-1, window_right=-1,
+                device=0, stream=0, timed=False,
                 num_splits=1, o_accum=0, lse_accum=0)
     args.update(changes)
     return args
@@ -71,6 +72,9 @@ def assert_rejects(match: str, call: Callable[[], object]) -> None:
 def test_baselines_pass_the_integer_checks():
     assert_reaches_cuda(lambda: _C.forward(**forward_args()))
     assert_reaches_cuda(lambda: _C.forward(**forward_args(is_causal=True, causal_offset=SK - SQ)))
+    assert_reaches_cuda(lambda: _C.forward(**forward_args(softcap=30.0)))
+    assert_reaches_cuda(lambda: _C.forward(**forward_args(window_left=MAX_SEQLEN, window_right=0,
+                                                          causal_offset=SK - SQ)))
     if torch.cuda.is_available():  # num_splits takes no pointer: on a GPU it answers
         assert 1 <= _C.num_splits(**num_splits_args()) <= LIMITS["max_splits"]
     else:
@@ -126,6 +130,9 @@ FORWARD_CASES = [
     ("v: sizes and strides address more than 2\\^48", dict(v_strides=(2**47, HK * D, D))),
     ("softmax_scale", dict(softmax_scale=0.0)), ("softmax_scale", dict(softmax_scale=-1.0)),
     ("softmax_scale", dict(softmax_scale=math.inf)), ("softmax_scale", dict(softmax_scale=math.nan)),
+    ("softcap", dict(softcap=-1.0)), ("softcap", dict(softcap=math.inf)), ("softcap", dict(softcap=math.nan)),
+    ("window_left", dict(window_left=-2)), ("window_left", dict(window_left=MAX_SEQLEN + 1)),
+    ("window_right", dict(window_right=-2)), ("window_right", dict(window_right=INT_MAX)),
     ("causal_offset", dict(is_causal=True, causal_offset=INT_MAX)),
     ("causal_offset", dict(is_causal=True, causal_offset=-2**31)),
     ("causal_offset", dict(is_causal=True, causal_offset=MAX_SEQLEN + 1)),

@@ -13,7 +13,7 @@ import fa_cute
 from fa_cute import _C
 
 KEYS = {"name", "family", "head_dim", "block_m", "block_n", "num_warps", "dtypes", "rung",
-        "description", "smem_bytes"}
+        "varlen", "description", "smem_bytes"}
 
 
 def test_configs_describe_the_built_kernels() -> None:
@@ -21,6 +21,7 @@ def test_configs_describe_the_built_kernels() -> None:
     assert isinstance(configs, list) and configs
     for c in configs:
         assert isinstance(c, dict) and set(c) == KEYS, c
+        assert isinstance(c["varlen"], bool), c
         assert re.fullmatch(r"sm\d+a?", c["family"]), c
         assert c["rung"] is not None or c["name"].startswith(c["family"].rstrip("a")), c
         assert c["head_dim"] > 0 and c["head_dim"] % 8 == 0, c

@@ -236,7 +236,7 @@ def test_keyword_only_options() -> None:
     for fn in (fa_cute.forward, fa_cute.forward_timed):
         params = inspect.signature(fn).parameters
         assert list(params) == ["q", "k", "v", "causal", "softmax_scale", "return_lse",
-                                "config", "out"], fn
+                                "config", "out", "softcap", "window_size"], fn
         assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(params)[3:])
         assert params["causal"].default is False and params["return_lse"].default is False
     with pytest.raises(TypeError):

@@ -40,7 +40,7 @@ from ._launch import launch_kernel  # noqa: E402
 from ._launch import ALIGN_BYTES  # noqa: E402
 from ._validate import (FORWARD_NAMES, SDPA_NAMES, Names, check_flag,  # noqa: E402
                         check_memory, check_no_grad, check_tensor, grad_mode, layout_hint,
-                        requires_grad, scale_arg, validate)
+                        requires_grad, scale_arg, softcap_arg, validate, window_arg)
 
 __all__ = ["OPS", "backward", "configs", "forward", "forward_timed", "resolve_config", "sdpa"]
 
@@ -61,7 +61,8 @@ def resolve_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
             softmax_scale: Optional[float] = None, return_lse: bool = False,
-            config: Optional[str] = AUTO, out: Optional[torch.Tensor] = None) -> Result:
+            config: Optional[str] = AUTO, out: Optional[torch.Tensor] = None,
+            softcap: float = 0.0, window_size: Tuple[int, int] = (-1, -1)) -> Result:
     """Attention forward, softmax(q k^T * softmax_scale) v.
 
     q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim);
@@ -75,6 +76,19 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     as FlashAttention >= 2.1, the KV-cache convention; torch SDPA and `sdpa` align top-left,
     which differs when seqlen_q != seqlen_k). Rows that see no key (seqlen_q > seqlen_k)
     get output 0 and LSE -inf. softmax_scale defaults to 1/sqrt(headdim).
+
+    softcap > 0 caps the logits as Gemma 2 does: each scaled score s = q k^T * softmax_scale
+    becomes softcap * tanh(s / softcap) before the softmax (and the LSE is of those); 0.0
+    (the default) leaves them as they are. It has no backward yet: with inputs that require
+    grad in grad mode, softcap > 0 raises ValueError.
+
+    window_size=(left, right): a sliding window (FlashAttention's semantics, aligned as the
+    causal mask, bottom-right): query row i sees key j iff i + seqlen_k - seqlen_q - left <=
+    j <= i + seqlen_k - seqlen_q + right; -1 leaves a side unbounded ((-1, -1), the default:
+    no window). With causal=True the right bound is the diagonal (right must be -1 or 0).
+    Key blocks outside every row's window are skipped. Rows that see no key get output 0
+    and LSE -inf. No backward yet: with inputs that require grad in grad mode, a window
+    raises ValueError.
 
     return_lse: also return the float32 log-sum-exp of each row's scaled scores (natural
     log), a new contiguous (batch, nheads, seqlen_q) tensor, as `(out, lse)`.
@@ -100,16 +114,33 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     training step included; its arguments are then checked when the compiled graph runs.
     """
     if _is_compiling() and OPS:
-        return _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out)
+        return _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out, softcap,
+                               window_size)
     if grad_mode() and requires_grad(q, k, v):
+        _check_no_backward_options(softcap, window_size, causal)
         return _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out)
     return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
-                return_lse=return_lse, config=config, out=out, timed=False)[0]
+                return_lse=return_lse, config=config, out=out, timed=False, softcap=softcap,
+                window_size=window_size)[0]
+
+
+def _check_no_backward_options(softcap, window_size, causal) -> None:
+    """Gradients are recorded: a softcap or a window (which the backward kernels do not
+    take) is refused, so that no gradient is computed for attention they do not describe."""
+    if softcap_arg(softcap) != 0.0:
+        raise ValueError("softcap > 0 has no backward yet: call forward with softcap under "
+                         "torch.no_grad() or on inputs that do not require grad, or pass "
+                         "softcap=0.0 to train")
+    if window_arg(window_size, causal) != (-1, -1):
+        raise ValueError(f"window_size={window_size!r} has no backward yet: call forward with "
+                         "a window under torch.no_grad() or on inputs that do not require "
+                         "grad, or pass window_size=(-1, -1) to train")
 
 
 def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                   softmax_scale: Optional[float] = None, return_lse: bool = False,
-                  config: Optional[str] = AUTO, out: Optional[torch.Tensor] = None
+                  config: Optional[str] = AUTO, out: Optional[torch.Tensor] = None,
+                  softcap: float = 0.0, window_size: Tuple[int, int] = (-1, -1)
                   ) -> Tuple[Result, float]:
     """Like `forward`, and also return the kernel's own time in milliseconds:
     `(result, ms)`, where result is what `forward` returns.
@@ -123,7 +154,8 @@ def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     if grad_mode():
         check_no_grad(q, k, v, FORWARD_NAMES, "forward_timed")
     return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
-                return_lse=return_lse, config=config, out=out, timed=True)
+                return_lse=return_lse, config=config, out=out, timed=True, softcap=softcap,
+                window_size=window_size)
 
 
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -275,10 +307,11 @@ def _sdpa_output_like(query: torch.Tensor) -> torch.Tensor:
 
 
 def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, config, out,
-         timed: bool) -> Tuple[Result, float]:
+         timed: bool, softcap=0.0, window_size=(-1, -1)) -> Tuple[Result, float]:
     check_flag("return_lse", return_lse)
     launch = validate_cached(q, k, v, causal=causal, bottom_right=bottom_right,
-                             softmax_scale=softmax_scale, config=config, out=out)
+                             softmax_scale=softmax_scale, config=config, out=out, softcap=softcap,
+                             window_size=window_size)
     if out is None:
         out = torch.empty_like(q)
     lse = None
@@ -396,21 +429,27 @@ def _kernel_ready(dout):
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
-def _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out) -> Result:
+def _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out, softcap,
+                    window_size) -> Result:
     """forward while torch.compile traces it: the checks of plain Python values here (the
     tracer folds them), the tensor checks in the op's implementation when the graph runs."""
     check_flag("causal", causal)
     check_flag("return_lse", return_lse)
     needs_grad = grad_mode() and requires_grad(q, k, v)
     scale = scale_arg(softmax_scale, "softmax_scale")
+    cap = softcap_arg(softcap)
+    left, right = window_arg(window_size, causal)
+    if needs_grad:
+        _check_no_backward_options(cap, (left, right), causal)
     check_config_type(config)
     if out is None:
         # With gradients the op computes the LSE its backward needs, returned or not.
-        result, lse = OPS["forward"](q, k, v, causal, scale, return_lse or needs_grad, config)
+        result, lse = OPS["forward"](q, k, v, causal, scale, return_lse or needs_grad, config, cap,
+                                     left, right)
     elif needs_grad:
         raise ValueError(_OUT_WITH_GRAD)
     else:
-        lse = OPS["forward_out"](q, k, v, out, causal, scale, return_lse, config)
+        lse = OPS["forward_out"](q, k, v, out, causal, scale, return_lse, config, cap, left, right)
         result = out
     return (result, lse) if return_lse else result
 
@@ -435,26 +474,32 @@ def _register_ops() -> Dict[str, object]:
     @custom_op("fa_cute::forward", mutates_args=())
     def forward_op(q: Tensor, k: Tensor, v: Tensor, causal: bool,
                    softmax_scale: Optional[float], return_lse: bool,
-                   config: Optional[str]) -> Tuple[Tensor, Tensor]:
+                   config: Optional[str], softcap: float = 0.0, window_left: int = -1,
+                   window_right: int = -1) -> Tuple[Tensor, Tensor]:
         result, _ = _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
-                         return_lse=return_lse, config=config, out=None, timed=False)
+                         return_lse=return_lse, config=config, out=None, timed=False,
+                         softcap=softcap, window_size=(window_left, window_right))
         return result if return_lse else (result, _lse_like(q, False))
 
     @forward_op.register_fake
-    def _(q, k, v, causal, softmax_scale, return_lse, config):
+    def _(q, k, v, causal, softmax_scale, return_lse, config, softcap=0.0, window_left=-1,
+          window_right=-1):
         # empty_like keeps q's layout (contiguous if q is not dense), as `_run`'s does.
         return torch.empty_like(q), _lse_like(q, return_lse)
 
     @custom_op("fa_cute::forward_out", mutates_args=("out",))
     def forward_out_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, causal: bool,
                        softmax_scale: Optional[float], return_lse: bool,
-                       config: Optional[str]) -> Tensor:
+                       config: Optional[str], softcap: float = 0.0, window_left: int = -1,
+                       window_right: int = -1) -> Tensor:
         result, _ = _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
-                         return_lse=return_lse, config=config, out=out, timed=False)
+                         return_lse=return_lse, config=config, out=out, timed=False,
+                         softcap=softcap, window_size=(window_left, window_right))
         return result[1] if return_lse else _lse_like(q, False)
 
     @forward_out_op.register_fake
-    def _(q, k, v, out, causal, softmax_scale, return_lse, config):
+    def _(q, k, v, out, causal, softmax_scale, return_lse, config, softcap=0.0, window_left=-1,
+          window_right=-1):
         return _lse_like(q, return_lse)
 
     @custom_op("fa_cute::sdpa", mutates_args=())

@@ -37,7 +37,8 @@ VALIDATED_MAX = 1024
 BACKWARD_VALIDATED: Dict[tuple, Tuple[Launch, Tuple[Tuple[int, int], ...]]] = {}
 
 
-def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> Optional[tuple]:
+def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names,
+                softcap=0.0, window_size=(-1, -1)) -> Optional[tuple]:
     """What `validate` depends on when out is None, or None where a key cannot stand in
     for the checks (not all tensors, or not on a GPU: errors are never cached).
 
@@ -55,7 +56,9 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
     # Only hashable values of the allowed types make a key; anything else goes to the
     # checks, whose error names the argument.
     if type(causal) is not bool or not (config is None or type(config) is str) or not (
-            softmax_scale is None or type(softmax_scale) in (int, float)):
+            softmax_scale is None or type(softmax_scale) in (int, float)) or type(softcap) not in (
+            int, float) or type(window_size) is not tuple or len(window_size) != 2 or not (
+            type(window_size[0]) is int and type(window_size[1]) is int):
         return None
     try:
         return ((q.dtype, q.shape, q.stride(), q.device, q.layout, q.is_neg(),
@@ -65,7 +68,7 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names) -> 
                 (v.dtype, v.shape, v.stride(), v.device, v.layout, v.is_neg(),
                  v.data_ptr() % ALIGN_BYTES),
                 type(causal), causal, bottom_right, type(softmax_scale), softmax_scale,
-                type(config), config, names)
+                type(config), config, names, type(softcap), softcap, window_size)
     except RuntimeError:
         # A sparse tensor has no data_ptr(), a nested one no shape: the checks name them.
         # (Free where nothing raises, unlike asking each tensor's layout first.)
@@ -81,13 +84,14 @@ def tensor_key(t) -> tuple:
 
 
 def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
-                    names: Optional[Names] = None) -> Launch:
+                    names: Optional[Names] = None, softcap=0.0, window_size=(-1, -1)) -> Launch:
     """`validate`, answered from `VALIDATED` for a shape seen before (out=None only: an
     output tensor brings aliasing checks that depend on exact addresses)."""
     names = FORWARD_NAMES if names is None else names
     key = None
     if out is None:
-        key = _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names)
+        key = _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names, softcap,
+                          window_size)
         hit = VALIDATED.get(key) if key is not None else None
         if hit is None and key is not None:
             hit = _plan_hit(key, q, k, v, causal, bottom_right, config, names)
@@ -103,7 +107,8 @@ def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, confi
                     and v.storage_offset() * size + v_end <= v.untyped_storage().nbytes()):
                 return launch
     launch = validate(q, k, v, causal=causal, bottom_right=bottom_right,
-                      softmax_scale=softmax_scale, config=config, out=out, names=names)
+                      softmax_scale=softmax_scale, config=config, out=out, names=names,
+                      softcap=softcap, window_size=window_size)
     if key is not None:
         entry = (launch, q.element_size(), extent_bytes(q), extent_bytes(k), extent_bytes(v))
         remember(VALIDATED, key, entry)
@@ -112,7 +117,9 @@ def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, confi
         # that TMA cannot broadcast, whose choice `_plan_hit` does not redo).
         pick = pick_config(config, q, launch.head_dim, launch.is_causal, launch.seqlen_q,
                            launch.seqlen_k, names)["name"]
-        if launch.seqlen_k > 1 and pick == launch.config:
+        # A window's bounds are normalised against the lengths (`validate`): no plan.
+        windowed = launch.window_left >= 0 or launch.window_right >= 0
+        if launch.seqlen_k > 1 and pick == launch.config and not windowed:
             if len(PLANS) >= VALIDATED_MAX:
                 PLANS.clear()
             PLANS[plan_key(key)] = (entry, heuristic_part(config, q, launch))

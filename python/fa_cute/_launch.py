@@ -49,6 +49,12 @@ class Launch(NamedTuple):
     q_strides: Tuple[int, int, int]
     k_strides: Tuple[int, int, int]
     v_strides: Tuple[int, int, int]
+    # The logits softcap (`_C.forward`'s softcap): 0.0 for none.
+    softcap: float = 0.0
+    # The sliding window's bounds left and right of the diagonal (`_C.forward`'s
+    # window_left, window_right): -1 for none.
+    window_left: int = -1
+    window_right: int = -1
 
 
 def launch_kernel(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -129,7 +135,8 @@ def split_kv_args(buffers: Optional[Tuple[int, torch.Tensor, torch.Tensor]]) -> 
 
 def kernel_args(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 out: torch.Tensor, lse: Optional[torch.Tensor]) -> tuple:
-    """`_C.forward`'s arguments up to softmax_scale, is_causal and causal_offset (device,
+    """`_C.forward`'s arguments up to softmax_scale, is_causal, causal_offset, softcap and the
+    window (device,
     stream and timed follow), in the contract's order; apart from `launch_kernel` so that
     tests can check them on CPU tensors."""
     # A packed decode's views of q and out (`packed_strides`) start where q and out do:
@@ -141,7 +148,8 @@ def kernel_args(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             launch.nheads, launch.nheads_k, launch.head_dim,
             launch.q_strides, launch.k_strides, launch.v_strides,
             launch_strides(out, launch.packed, launch.nheads_k),
-            launch.softmax_scale, launch.is_causal, launch.causal_offset)
+            launch.softmax_scale, launch.is_causal, launch.causal_offset, launch.softcap,
+            launch.window_left, launch.window_right)
 
 
 def packable(t: torch.Tensor) -> bool:

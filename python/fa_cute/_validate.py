@@ -27,7 +27,7 @@ __all__ = ["ALLOWED_DTYPES", "FORWARD_NAMES", "LIMITS", "Names", "SDPA_NAMES", "
            "check_devices", "check_flag", "check_inputs", "check_layout", "check_memory",
            "check_no_grad", "check_shapes", "check_tensor", "extent_bytes", "grad_mode",
            "layout_hint", "overlaps_itself", "requires_grad", "resolve_scale", "scale_arg",
-           "spans_overlap", "validate"]
+           "softcap_arg", "spans_overlap", "validate", "window_arg"]
 
 ALLOWED_DTYPES = "torch.bfloat16 or torch.float16"
 
@@ -83,7 +83,7 @@ def check_no_grad(q, k, v, names: Names, api: str) -> None:
 
 
 def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
-             names: Names = FORWARD_NAMES) -> Launch:
+             names: Names = FORWARD_NAMES, softcap=0.0, window_size=(-1, -1)) -> Launch:
     """Check every argument, the device last; return what the launch needs.
 
     bottom_right: forward's causal alignment, else sdpa's top-left. names: the arguments'
@@ -92,6 +92,8 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
     """
     q_name = names.q
     check_flag(names.causal, causal)
+    cap = softcap_arg(softcap)
+    window_left, window_right = window_arg(window_size, causal)
     inputs = check_inputs(q, k, v, names)
     if out is not None:
         # Before the packing decision reads out's strides: a bad out gets the same error
@@ -104,8 +106,16 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
     # spares the masking and lets a decode step pack.
     offset = seqlen_k - seqlen_q if bottom_right else 0
     is_causal = causal and offset < seqlen_k - 1
-    packed = (seqlen_q == 1 and nheads > nheads_k and not is_causal and packable(q)
-              and (out is None or packable(out)))
+    # A bound at or past every key of every row is none (and keeps the kernel's block
+    # arithmetic within int).
+    if window_left >= seqlen_q + seqlen_k:
+        window_left = -1
+    if window_right >= seqlen_q + seqlen_k:
+        window_right = -1
+    windowed = window_left >= 0 or window_right >= 0
+    # A packed decode's tile rows are heads, not queries: a window's mask needs the query.
+    packed = (seqlen_q == 1 and nheads > nheads_k and not is_causal and not windowed
+              and packable(q) and (out is None or packable(out)))
     launch_seqlen_q, launch_nheads = ((nheads // nheads_k, nheads_k) if packed
                                       else (seqlen_q, nheads))
 
@@ -123,6 +133,12 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
                     f"dim (an expanded tensor); config {cfg['name']!r} loads with TMA, which "
                     f"cannot broadcast: call .contiguous() on it, or use config='auto'")
             cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal)
+    if cfg["family"] == "sm90a" and cap and cfg["head_dim"] >= 256:
+        # The Hopper d=256 kernels have no softcap (src/sm90/fwd_launch_sm90.h).
+        if config not in (None, AUTO):
+            raise ValueError(f"softcap: config {cfg['name']!r} (Hopper, head dim 256) has no "
+                             "softcap; use config='auto' or an sm80 config")
+        cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal)
 
     for (name, t), rows in zip(inputs, ("block_m", "block_n", "block_n")):
         check_layout(name, t, cfg[rows])
@@ -132,8 +148,9 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
     check_devices(inputs, cfg, q_name)
     return Launch(cfg["name"], DTYPE_NAMES[q.dtype], batch, launch_seqlen_q, seqlen_k,
                   launch_nheads, nheads_k, head_dim, scale, is_causal,
-                  offset if is_causal else 0, packed, launch_strides(q, packed, nheads_k),
-                  row_strides(k), row_strides(v))
+                  offset if is_causal or windowed else 0, packed,
+                  launch_strides(q, packed, nheads_k), row_strides(k), row_strides(v), cap,
+                  window_left, -1 if causal else window_right)
 
 
 def check_inputs(q, k, v, names: Names) -> List[Tuple[str, torch.Tensor]]:
@@ -242,6 +259,37 @@ def resolve_scale(scale, head_dim: int, name: str = "softmax_scale") -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     return scale_arg(scale, name)
+
+
+def window_arg(window_size, causal) -> Tuple[int, int]:
+    """window_size as (left, right) ints, each -1 (unbounded) or >= 0; with causal the right
+    bound is the diagonal, so only -1 or 0 may be given for it."""
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
+            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool)
+                       for w in window_size)):
+        raise TypeError(f"window_size must be a pair of ints (left, right), -1 for unbounded; "
+                        f"got {window_size!r}")
+    left, right = (int(w) for w in window_size)
+    if left < -1 or right < -1:
+        raise ValueError(f"window_size must hold -1 (unbounded) or ints >= 0; got {window_size!r}")
+    if causal is True and right > 0:
+        raise ValueError(f"window_size={window_size!r} with causal=True: causal bounds each row "
+                         "at its diagonal, so the right bound must be -1 or 0")
+    return left, right
+
+
+def softcap_arg(softcap) -> float:
+    """The logits softcap as a float: 0 (none) or a finite real number > 0."""
+    if not isinstance(softcap, numbers.Real) or isinstance(softcap, bool):
+        raise TypeError(f"softcap must be a real number (0.0 for none); got "
+                        f"{type(softcap).__name__}")
+    try:
+        value = float(softcap)
+    except OverflowError:  # an int beyond float range
+        value = math.inf
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"softcap must be 0.0 (none) or a finite number > 0; got {softcap}")
+    return value
 
 
 def scale_arg(scale, name: str) -> Optional[float]:

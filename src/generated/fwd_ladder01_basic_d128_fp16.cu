@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder01_basic_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/1,
-                            "no swizzle, no load overlap, no register prefetch, keys forward");
+                            Launch::kHasVarlen, "no swizzle, no load overlap, no register prefetch, keys forward");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder02_swizzle_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/2,
-                            "+ swizzled shared memory");
+                            Launch::kHasVarlen, "+ swizzled shared memory");
 
 }  // namespace fa_cute

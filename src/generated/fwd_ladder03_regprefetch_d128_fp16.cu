@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder03_regprefetch_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/3,
-                            "+ ldmatrix of k-slice i+1 before MMAs of slice i");
+                            Launch::kHasVarlen, "+ ldmatrix of k-slice i+1 before MMAs of slice i");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder04_overlap_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/4,
-                            "+ V_j / K_j+1 loads under the GEMMs (eager K/V)");
+                            Launch::kHasVarlen, "+ V_j / K_j+1 loads under the GEMMs (eager K/V)");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder05_reverse_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/5,
-                            "+ key blocks visited last to first (does not pay on H100)");
+                            Launch::kHasVarlen, "+ key blocks visited last to first (does not pay on H100)");
 
 }  // namespace fa_cute

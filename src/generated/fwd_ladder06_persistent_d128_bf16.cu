@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder06_persistent_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/6,
-                            "rung 4 + persistent blocks, next tile's loads under the O store");
+                            Launch::kHasVarlen, "rung 4 + persistent blocks, next tile's loads under the O store");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder07_directo_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/7,
-                            "rung 6 + O stored from registers (no smem staging, no barrier)");
+                            Launch::kHasVarlen, "rung 6 + O stored from registers (no smem staging, no barrier)");
 
 }  // namespace fa_cute

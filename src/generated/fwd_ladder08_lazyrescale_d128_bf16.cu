@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder08_lazyrescale_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/8,
-                            "rung 6 + O rescaled only when a row max grows by more than 2^8");
+                            Launch::kHasVarlen, "rung 6 + O rescaled only when a row max grows by more than 2^8");
 
 }  // namespace fa_cute

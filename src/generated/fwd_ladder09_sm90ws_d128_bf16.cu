@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder09_sm90ws_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/9,
-                            "TMA + wgmma, producer warpgroup (setmaxnreg 24) + 2 consumer warpgroups (240)");
+                            Launch::kHasVarlen, "TMA + wgmma, producer warpgroup (setmaxnreg 24) + 2 consumer warpgroups (240)");
 
 }  // namespace fa_cute

@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder10_sm90pingpong_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/10,
-                            "rung 9 + consumer warpgroups take turns issuing GEMMs");
+                            Launch::kHasVarlen, "rung 9 + consumer warpgroups take turns issuing GEMMs");
 
 }  // namespace fa_cute

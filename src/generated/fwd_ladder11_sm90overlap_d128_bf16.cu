@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder11_sm90overlap_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/11,
-                            "rung 9 + softmax of block j under P V of block j-1");
+                            Launch::kHasVarlen, "rung 9 + softmax of block j under P V of block j-1");
 
 }  // namespace fa_cute

@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder12_sm90both_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/12,
-                            "rung 11 + ping-pong");
+                            Launch::kHasVarlen, "rung 11 + ping-pong");
 
 }  // namespace fa_cute

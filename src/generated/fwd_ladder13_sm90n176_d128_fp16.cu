@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder13_sm90n176_d128", "sm90a", 128, 128, 176, 12,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/13,
-                            "rung 12 with 176-key blocks");
+                            Launch::kHasVarlen, "rung 12 with 176-key blocks");
 
 }  // namespace fa_cute

@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder14_sm90persistent_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/14,
-                            "rung 11 + persistent CTAs, next tile's Q/K/V loads under the epilogue");
+                            Launch::kHasVarlen, "rung 11 + persistent CTAs, next tile's Q/K/V loads under the epilogue");
 
 }  // namespace fa_cute

@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder16_sm90lazy_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/16,
-                            "rung 15 + O rescaled only when a row max grows by more than 2^8");
+                            Launch::kHasVarlen, "rung 15 + O rescaled only when a row max grows by more than 2^8");
 
 }  // namespace fa_cute

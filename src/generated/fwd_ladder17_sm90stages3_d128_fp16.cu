@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("ladder17_sm90stages3_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/17,
-                            "rung 15 with 3 K/V stages (O staged in Q's space)");
+                            Launch::kHasVarlen, "rung 15 with 3 K/V stages (O staged in Q's space)");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n128w8_d128", "sm80", 128, 128, 128, 8,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "128x128 tile, 8 warps");
+                            Launch::kHasVarlen, "128x128 tile, 8 warps");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n64w4_d96", "sm80", 96, 128, 64, 4,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "128x64 tile, 4 warps (32 rows each): 2 blocks per SM, lazy O rescale");
+                            Launch::kHasVarlen, "128x64 tile, 4 warps (32 rows each): 2 blocks per SM, lazy O rescale");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m128n64w8_d96", "sm80", 96, 128, 64, 8,
                             Traits::kSmemSize, DType::kFP16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "128x64 tile, 8 warps");
+                            Launch::kHasVarlen, "128x64 tile, 8 warps");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80_m64n64w4_d96", "sm80", 96, 64, 64, 4,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "64x64 tile, 4 warps: short queries");
+                            Launch::kHasVarlen, "64x64 tile, 4 warps: short queries");
 
 }  // namespace fa_cute

@@ -15,6 +15,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm80p_m128n64w8_d192", "sm80", 192, 128, 64, 8,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "128x64 tile, 8 warps, persistent");
+                            Launch::kHasVarlen, "128x64 tile, 8 warps, persistent");
 
 }  // namespace fa_cute

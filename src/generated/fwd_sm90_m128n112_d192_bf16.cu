@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm90_m128n112_d192", "sm90a", 192, 128, 112, 12,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, lazy rescale");
+                            Launch::kHasVarlen, "TMA + wgmma, warp-specialised, intra-warpgroup overlap, lazy rescale");
 
 }  // namespace fa_cute

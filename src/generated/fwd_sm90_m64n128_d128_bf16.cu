@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm90_m64n128_d128", "sm90a", 128, 64, 128, 8,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "TMA + wgmma, short queries: 1 consumer warpgroup, split-KV, deep K/V pipeline");
+                            Launch::kHasVarlen, "TMA + wgmma, short queries: 1 consumer warpgroup, split-KV, deep K/V pipeline");
 
 }  // namespace fa_cute

@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm90p_m128n128_d128", "sm90a", 128, 128, 128, 12,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, persistent");
+                            Launch::kHasVarlen, "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, persistent");
 
 }  // namespace fa_cute

@@ -14,6 +14,6 @@ template int fwd_num_splits<Launch>(FwdParams const&, int);
 FA_CUTE_REGISTER_FWD_KERNEL("sm90p_m192n96_d96", "sm90a", 96, 192, 96, 16,
                             Traits::kSmemSize, DType::kBF16,
                             &run_fwd<Launch>, &fwd_num_splits<Launch>, /*rung=*/-1,
-                            "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, 3 consumer warpgroups, persistent");
+                            Launch::kHasVarlen, "TMA + wgmma, warp-specialised, intra-warpgroup overlap, ping-pong, lazy rescale, 3 consumer warpgroups, persistent");
 
 }  // namespace fa_cute

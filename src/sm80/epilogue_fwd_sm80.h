@@ -38,16 +38,20 @@ struct Sm80FwdEpilogue {
   // acc_o: this thread's fragment of the (kBlockM, kHeadDim) O accumulator of thr_mma.
   // smem_o: O's staging buffer (sQ's, or its own with kOwnSmem), whose previous readers
   // the main loop's barriers have ordered before this point.
-  template <class Softmax, class TensorO, class TiledMma>
+  template <class Softmax, class TensorO, class TiledMma, bool kVarlen>
   CUTE_DEVICE void store(Softmax& softmax, TensorO& acc_o, TiledMma const& tiled_mma, FwdTileCoord const& coord,
-                         Element* smem_o, int tidx) {
+                         FwdSeqlens<kVarlen> const& seq, Element* smem_o, int tidx) {
     using namespace cute;
     auto thr_mma = tiled_mma.get_thread_slice(tidx);
-    if (!FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>::finalize(softmax, acc_o, thr_mma, coord, params)) return;
-    int const num_rows = params.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
+    if (!FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>::finalize(softmax, acc_o, thr_mma, coord, seq, params)) {
+      return;
+    }
+    // < kBlockM: a ragged tail, whose rows past the end (a varlen batch: the next
+    // sequence's) are not written.
+    int const num_rows = seq.seqlen_q - coord.m_block * kBlockM;
     Tensor gO = gmem_row_tile(static_cast<Element*>(params.o_ptr),
                               coord.bidb * params.o_batch_stride + coord.bidh * params.o_head_stride,
-                              coord.m_block * kBlockM, params.o_row_stride, TileO{});  // (BLK_M,D)
+                              seq.offset_q + coord.m_block * kBlockM, params.o_row_stride, TileO{});  // (BLK_M,D)
     Tensor rO = convert_type<Element>(acc_o);
     if constexpr (Traits::kDirectOStore) {
       Tensor tCgO = thr_mma.partition_C(gO);                              // (MMA,MMA_M,MMA_D)

@@ -18,7 +18,7 @@ namespace fa_cute {
 template <class Traits, FwdMaskMode kMaskMode>
 struct Sm80FwdKernel {
   using Mainloop = Sm80FwdMainloop<Traits, kMaskMode>;
-  using Epilogue = Sm80FwdEpilogue<Traits, kMaskMode != FwdMaskMode::kGeneral>;
+  using Epilogue = Sm80FwdEpilogue<Traits, Mainloop::kEven>;
   using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
 
   struct SharedStorageOwnO {
@@ -60,7 +60,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   constexpr int kHeadDim = Traits::kHeadDim;
   int const tidx = threadIdx.x;
   // Compile-time where the mask mode decides it (kNone: never causal; kCausalEven: always).
-  bool const is_causal = kMaskMode == FwdMaskMode::kGeneral ? params.is_causal : kMaskMode == FwdMaskMode::kCausalEven;
+  bool const is_causal = Sm80FwdMainloop<Traits, kMaskMode>::kEven ? kMaskMode == FwdMaskMode::kCausalEven
+                                                                    : params.is_causal;
 
   extern __shared__ __align__(128) char smem[];
   auto& storage = *reinterpret_cast<typename Kernel::SharedStorage*>(smem);
@@ -73,12 +74,13 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     clear(acc_o);
     constexpr int kNRows = decltype(size<1>(acc_o))::value * 2;  // 2 rows per 16x8 tile
     OnlineSoftmax<kNRows, Traits::kLazyRescale> softmax;
-    mainloop.mma(coord, acc_o, softmax, [&] {
+    typename Kernel::Mainloop::Seqlens const seq(params, coord.bidb);
+    mainloop.mma(coord, seq, acc_o, softmax, [&] {
       if constexpr (Traits::kPersistent) {
         if (next_tile >= 0) mainloop.load_first(scheduler.coord(next_tile, params, is_causal));
       }
     });
-    epilogue.store(softmax, acc_o, mainloop.tiled_mma, coord, Kernel::smem_o(storage), tidx);
+    epilogue.store(softmax, acc_o, mainloop.tiled_mma, coord, seq, Kernel::smem_o(storage), tidx);
   };
 
   mainloop.load_first(scheduler.coord(scheduler.tile(0), params, is_causal));

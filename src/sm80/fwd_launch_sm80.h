@@ -22,10 +22,17 @@ template <class Traits_>
 struct Sm80FwdLaunch {
   using Traits = Traits_;
   static constexpr char const* kName = "fwd_kernel_sm80 launch";
+  // Every config takes variable-length batches (in its kSoftcapWindow variant).
+  static constexpr bool kHasVarlen = true;
 
   // The masking a launch needs (fwd_kernel_sm80's kMaskMode).
   static FwdMaskMode mask_mode(FwdParams const& params) {
     bool const even = params.seqlen_q % Traits::kBlockM == 0 && params.seqlen_k % Traits::kBlockN == 0;
+    // A softcap or a window runs in the kSoftcapWindow variant alone: their code in the
+    // other variants' loops made ptxas spill (docs/perf-notes.md, Hopper kernel, Open leads).
+    // A variable-length batch runs there too (FwdSeqlens: the other variants read no cu_seqlens).
+    bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
+    if (window || params.softcap_premul != 0.f || params.cu_seqlens_q != nullptr) return FwdMaskMode::kSoftcapWindow;
     if (!even) return FwdMaskMode::kGeneral;
     return params.is_causal ? FwdMaskMode::kCausalEven : FwdMaskMode::kNone;
   }

@@ -262,8 +262,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
       Tensor dp = make_tensor(acc_dp.data(), acc_layout_rowcol(acc_dp.layout()));    // (ROWS,COLS): dP, then dS
       if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, n_block, params.seqlen_k, params.is_causal,
                                                         params.causal_offset)) {
-        apply_mask(scores, coords_s, params.seqlen_k - n_block * kBlockN, params.is_causal,
-                   m_block * kBlockM + params.causal_offset - n_block * kBlockN);
+        apply_mask(scores, coords_s, params.seqlen_k - n_block * kBlockN,
+                   m_block * kBlockM + params.causal_offset - n_block * kBlockN, params.is_causal ? 0 : -1,
+                   /*left=*/-1);
       }
       CUTE_UNROLL
       for (int mi = 0; mi < size<0>(scores); ++mi) {

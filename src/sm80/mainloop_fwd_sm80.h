@@ -23,15 +23,22 @@ namespace fa_cute {
 // rows past the end are zero-filled, never read. kMaskMode compiles out what a launch does
 // not need (FwdMaskMode): kNone holds no masking or row predication code at all,
 // kCausalEven masks the diagonal blocks but predicates no rows, kGeneral handles ragged
-// tiles, causal or not. The causal and seqlen_k masks run only in the key blocks that need
-// them (FwdKeyRange), in a loop of their own whose copy of the body holds the mask.
+// tiles, causal or not, kSoftcapWindow as kGeneral with a softcap and/or a window. The
+// causal and seqlen_k masks run only in the key blocks that need them (FwdKeyRange), in a
+// loop of their own whose copy of the body holds the mask.
 template <class Traits, FwdMaskMode kMaskMode>
 struct Sm80FwdMainloop {
   using Element = typename Traits::Element;
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
-  static constexpr bool kEven = kMaskMode != FwdMaskMode::kGeneral;  // no ragged tile: no row predication
+  // No ragged tile (no row predication) in kNone and kCausalEven; a softcap and windows in
+  // kSoftcapWindow alone.
+  static constexpr bool kEven = kMaskMode == FwdMaskMode::kNone || kMaskMode == FwdMaskMode::kCausalEven;
+  static constexpr bool kExtras = kMaskMode == FwdMaskMode::kSoftcapWindow;
+  // Variable-length batches run in the kSoftcapWindow variant too, the one that already pays
+  // for run-time generality (FwdSeqlens: the other variants read no cu_seqlens).
+  using Seqlens = FwdSeqlens</*kVarlen=*/kExtras>;
 
   // What the host passes is the problem itself (cp.async needs no descriptors; the launch
   // policy, Sm80FwdLaunch, hands it over unchanged).
@@ -86,26 +93,26 @@ struct Sm80FwdMainloop {
         smem_tiled_copy_K(cute::make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma)),
         smem_tiled_copy_V(cute::make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma)) {}
 
-  CUTE_DEVICE FwdKeyRange key_range(FwdTileCoord const& c) const {
-    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, params);
+  CUTE_DEVICE FwdKeyRange key_range(FwdTileCoord const& c, Seqlens const& seq) const {
+    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV, /*kWindow=*/kExtras>(c, params, seq);
   }
 
   // --- Load ---------------------------------------------------------------------------------
   // Global tiles: gmem_row_tile (64-bit base, 32-bit in-tile offsets).
-  CUTE_DEVICE auto gQ(FwdTileCoord const& c) const {  // (BLK_M,D)
+  CUTE_DEVICE auto gQ(FwdTileCoord const& c, Seqlens const& seq) const {  // (BLK_M,D)
     return gmem_row_tile(static_cast<Element const*>(params.q_ptr),
-                         c.bidb * params.q_batch_stride + c.bidh * params.q_head_stride, c.m_block * kBlockM,
-                         params.q_row_stride, TileQ{});
+                         c.bidb * params.q_batch_stride + c.bidh * params.q_head_stride,
+                         seq.offset_q + c.m_block * kBlockM, params.q_row_stride, TileQ{});
   }
-  CUTE_DEVICE auto gK(FwdTileCoord const& c, int n_block) const {  // (BLK_N,D)
+  CUTE_DEVICE auto gK(FwdTileCoord const& c, Seqlens const& seq, int n_block) const {  // (BLK_N,D)
     return gmem_row_tile(static_cast<Element const*>(params.k_ptr),
-                         c.bidb * params.k_batch_stride + c.bidh_k * params.k_head_stride, n_block * kBlockN,
-                         params.k_row_stride, TileKV{});
+                         c.bidb * params.k_batch_stride + c.bidh_k * params.k_head_stride,
+                         seq.offset_k + n_block * kBlockN, params.k_row_stride, TileKV{});
   }
-  CUTE_DEVICE auto gV(FwdTileCoord const& c, int n_block) const {  // (BLK_N,D)
+  CUTE_DEVICE auto gV(FwdTileCoord const& c, Seqlens const& seq, int n_block) const {  // (BLK_N,D)
     return gmem_row_tile(static_cast<Element const*>(params.v_ptr),
-                         c.bidb * params.v_batch_stride + c.bidh_k * params.v_head_stride, n_block * kBlockN,
-                         params.v_row_stride, TileKV{});
+                         c.bidb * params.v_batch_stride + c.bidh_k * params.v_head_stride,
+                         seq.offset_k + n_block * kBlockN, params.v_row_stride, TileKV{});
   }
 
   // Whole tiles take the unpredicated copy; only a ragged last tile pays for row checks.
@@ -124,23 +131,26 @@ struct Sm80FwdMainloop {
                                         gmem_thr_copy_QKV.partition_S(make_identity_tensor(tile_shape)), num_rows);
     }
   }
-  CUTE_DEVICE void load_q(FwdTileCoord const& c) {
-    load_rows(gQ(c), sQ, TileQ{}, params.seqlen_q - c.m_block * kBlockM);
+  // Rows past the sequence's end are never read: in a varlen batch they are the next
+  // sequence's.
+  CUTE_DEVICE void load_q(FwdTileCoord const& c, Seqlens const& seq) {
+    load_rows(gQ(c, seq), sQ, TileQ{}, seq.seqlen_q - c.m_block * kBlockM);
   }
-  CUTE_DEVICE void load_k(FwdTileCoord const& c, int n) {
-    load_rows(gK(c, n), sK, TileKV{}, params.seqlen_k - n * kBlockN);
+  CUTE_DEVICE void load_k(FwdTileCoord const& c, Seqlens const& seq, int n) {
+    load_rows(gK(c, seq, n), sK, TileKV{}, seq.seqlen_k - n * kBlockN);
   }
-  CUTE_DEVICE void load_v(FwdTileCoord const& c, int n) {
-    load_rows(gV(c, n), sV, TileKV{}, params.seqlen_k - n * kBlockN);
+  CUTE_DEVICE void load_v(FwdTileCoord const& c, Seqlens const& seq, int n) {
+    load_rows(gV(c, seq, n), sV, TileKV{}, seq.seqlen_k - n * kBlockN);
   }
 
   // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or
   // nothing for a tile that sees no key.
   CUTE_DEVICE void load_first(FwdTileCoord const& c) {
-    FwdKeyRange const keys = key_range(c);
+    Seqlens const seq(params, c.bidb);
+    FwdKeyRange const keys = key_range(c, seq);
     if (keys.num_blocks() <= 0) return;
-    load_q(c);
-    if constexpr (Traits::kOverlapLoads) { load_k(c, keys.template block<Traits::kReverseKV>(0)); }
+    load_q(c, seq);
+    if constexpr (Traits::kOverlapLoads) { load_k(c, seq, keys.template block<Traits::kReverseKV>(0)); }
     cute::cp_async_fence();
   }
 
@@ -152,7 +162,8 @@ struct Sm80FwdMainloop {
   // for a tile that sees no key, after a barrier that orders the previous tile's reads of
   // shared memory before the loads.
   template <class TensorO, class Softmax, class OnLastS>
-  CUTE_DEVICE void mma(FwdTileCoord const& coord, TensorO& acc_o, Softmax& softmax, OnLastS&& on_last_s) {
+  CUTE_DEVICE void mma(FwdTileCoord const& coord, Seqlens const& seq, TensorO& acc_o, Softmax& softmax,
+                      OnLastS&& on_last_s) {
     using namespace cute;
     constexpr bool kPrefetch = Traits::kRegPrefetch;
     // A flag that is a run-time bool or a compile-time cute::true_type / false_type.
@@ -163,7 +174,7 @@ struct Sm80FwdMainloop {
         return decltype(f)::value;
       }
     };
-    FwdKeyRange const keys = key_range(coord);
+    FwdKeyRange const keys = key_range(coord, seq);
     int const num_blocks = keys.num_blocks();
 
     Tensor tSrQ = thr_mma.partition_fragment_A(sQ);  // (MMA,MMA_M,MMA_D)
@@ -194,13 +205,13 @@ struct Sm80FwdMainloop {
         cp_async_wait<0>();
         // K_j has landed, and every warp has finished reading V_{j-1}: sV may be refilled.
         __syncthreads();
-        load_v(coord, n_block);
+        load_v(coord, seq, n_block);
         cp_async_fence();
       } else {
         // Every warp has finished with sK and sV; load both and wait: no overlap.
         __syncthreads();
-        load_k(coord, n_block);
-        load_v(coord, n_block);
+        load_k(coord, seq, n_block);
+        load_v(coord, seq, n_block);
         cp_async_fence();
         cp_async_wait<0>();
         __syncthreads();
@@ -215,7 +226,7 @@ struct Sm80FwdMainloop {
         // iteration, Q): sK (and sQ) may be refilled.
         __syncthreads();
         if (!flag(is_last)) {
-          load_k(coord, keys.template block<Traits::kReverseKV>(i + 1));
+          load_k(coord, seq, keys.template block<Traits::kReverseKV>(i + 1));
           cp_async_fence();
         }
       } else {
@@ -223,8 +234,15 @@ struct Sm80FwdMainloop {
       }
       if (flag(is_last)) on_last_s();
 
+      // Before the mask, which writes -inf over what the softcap would map to -1. Only the
+      // kSoftcapWindow variant has it (Sm80FwdLaunch::mask_mode sends softcap launches there).
+      if constexpr (kExtras) {
+        if (params.softcap_premul != 0.f) apply_softcap(acc_s, params.softcap_premul);
+      }
       if (flag(is_masked)) {
-        mask_scores<kBlockM, kBlockN, kEven>(acc_s, thr_mma, params, coord.m_block, n_block, is_causal);
+        // Windows run in the kSoftcapWindow variant alone (Sm80FwdLaunch::mask_mode).
+        mask_scores<kBlockM, kBlockN, kEven, /*kWindow=*/kExtras>(
+            acc_s, thr_mma, params, seq, coord.m_block, n_block, is_causal);
       }
       softmax.template update<decltype(is_first)::value>(acc_s, acc_o, params.softmax_scale_log2);
 
@@ -242,6 +260,27 @@ struct Sm80FwdMainloop {
       using cute::false_type;
       using cute::true_type;
       int const last = num_blocks - 1;
+      // From block i on: masked blocks up to first_masked_end, unmasked ones up to
+      // unmasked_end, masked ones to the end. kSoftcapWindow (a window's left bound can mask
+      // both ends) runs both masked runs through one copy of the masked body, the outer
+      // loop going round at most twice: a second copy made ptxas spill. The other modes
+      // have no second run (its bound folds: the loop after the unmasked one is dead), and
+      // keep plain loops: the outer loop made ptxas spill there.
+      auto masked_runs = [&](int i, int first_masked_end, int unmasked_end) __attribute__((always_inline)) {
+        if constexpr (kExtras) {
+          int masked_end = first_masked_end;
+          while (true) {
+            for (; i < masked_end; ++i) { iteration(i, cute::false_type{}, cute::true_type{}, i == last); }
+            if (i >= num_blocks) break;
+            for (; i < unmasked_end; ++i) { iteration(i, cute::false_type{}, cute::false_type{}, i == last); }
+            masked_end = num_blocks;
+          }
+        } else {
+          for (; i < first_masked_end; ++i) { iteration(i, cute::false_type{}, cute::true_type{}, i == last); }
+          for (; i < unmasked_end; ++i) { iteration(i, cute::false_type{}, cute::false_type{}, i == last); }
+          for (; i < num_blocks; ++i) { iteration(i, cute::false_type{}, cute::true_type{}, i == last); }
+        }
+      };
       if constexpr (kMaskMode == FwdMaskMode::kNone && Traits::kPersistent) {
         iteration(0, true_type{}, false_type{}, last == 0);
         if (last > 0) {
@@ -252,19 +291,21 @@ struct Sm80FwdMainloop {
         iteration(0, true_type{}, false_type{}, last == 0);
         for (int i = 1; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
       } else if constexpr (!Traits::kReverseKV) {
-        // The blocks that need a mask are the last ones visited.
-        int const n_unmasked = keys.num_unmasked_first();
-        iteration(0, true_type{}, n_unmasked == 0, last == 0);
-        int i = 1;
-        for (; i < n_unmasked; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
-        for (; i < num_blocks; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
+        // The blocks that need a mask are the first n_left visited (a window's left bound)
+        // and those from unmasked_end on (the tail, the causal diagonal, a window's right).
+        // (Only kSoftcapWindow launches have a window: elsewhere the loop folds away.)
+        int const n_left = kExtras ? keys.num_masked_first() : 0;
+        int const unmasked_end = cute::max(n_left, keys.num_unmasked_first());
+        iteration(0, true_type{}, n_left > 0 || unmasked_end == 0, last == 0);
+        masked_runs(1, n_left, unmasked_end);
       } else {
-        // Visited last to first, the blocks that need a mask come first.
+        // Visited last to first, the blocks that need the right side's mask come first,
+        // those that need a window's left bound last.
         int const n_masked = keys.num_masked_first_reversed();
-        iteration(0, true_type{}, n_masked > 0, last == 0);
-        int i = 1;
-        for (; i < n_masked; ++i) { iteration(i, false_type{}, true_type{}, i == last); }
-        for (; i < num_blocks; ++i) { iteration(i, false_type{}, false_type{}, i == last); }
+        int const unmasked_end = kExtras ? cute::max(n_masked, num_blocks - keys.num_masked_last_reversed())
+                                         : num_blocks;
+        iteration(0, true_type{}, n_masked > 0 || unmasked_end == 0, last == 0);
+        masked_runs(1, n_masked, unmasked_end);
       }
     } else {
       // No row sees a key: O = 0 and LSE = -inf. Nothing was loaded for this tile; the

@@ -52,21 +52,24 @@ struct Sm90FwdEpilogue {
   // Finishes one tile; num_blocks: the key blocks it visited (0: it saw no key). Returns
   // whether the tile consumed a Q (the producer's and consumers' Q phase advances): a
   // split or a tile without keys did not.
-  template <class Softmax, class TensorO, class TiledMmaPV>
+  template <class Softmax, class TensorO, class TiledMmaPV, bool kMayBeVarlen>
   CUTE_DEVICE bool store(Softmax& softmax, TensorO& acc_o, TiledMmaPV const& tiled_mma_pv, FwdTileCoord const& coord,
-                         int num_blocks) {
+                         FwdSeqlens<kMayBeVarlen> const& seq, int num_blocks) {
     using namespace cute;
     auto thr_mma_pv = tiled_mma_pv.get_thread_slice(tidx);
     // A split CTA has one tile (split-KV traits are never persistent, a static_assert of
     // the traits), so no next Q waits on it.
-    if (!FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>::finalize(softmax, acc_o, thr_mma_pv, coord, p)) return false;
-    int const num_rows = p.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
+    if (!FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>::finalize(softmax, acc_o, thr_mma_pv, coord, seq, p)) {
+      return false;
+    }
+    int const num_rows = seq.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
+    // The tile's first row of O (row_stride apart; 16-byte vectors along d).
+    Element* const o = static_cast<Element*>(p.o_ptr) + coord.bidb * p.o_batch_stride + coord.bidh * p.o_head_stride +
+                       (seq.offset_q + coord.m_block * kBlockM) * p.o_row_stride;
+    constexpr int kVecs = kHeadDim / 8;  // 16-byte vectors per row
     if (num_blocks <= 0) {
       // sO may be sQ, which the producer may already be refilling for the next tile;
       // nothing waits on this tile.
-      Element* o = static_cast<Element*>(p.o_ptr) + coord.bidb * p.o_batch_stride + coord.bidh * p.o_head_stride +
-                   coord.m_block * kBlockM * p.o_row_stride;
-      constexpr int kVecs = kHeadDim / 8;  // 16-byte vectors per row
       for (int idx = tidx; idx < kBlockM * kVecs; idx += Traits::kNumConsumerThreads) {
         int const row = idx / kVecs;
         if (row < num_rows) {
@@ -90,10 +93,30 @@ struct Sm90FwdEpilogue {
     // to the storing thread.
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90Barrier::kOStaged));
+    if (kMayBeVarlen && seq.varlen && num_rows < kBlockM) {
+      // A varlen sequence's ragged last tile: a TMA store would write its rows past the
+      // sequence's end, which are the next sequence's. The consumers copy the rows below
+      // num_rows from sO instead, 16 bytes at a time.
+      for (int idx = tidx; idx < num_rows * kVecs; idx += Traits::kNumConsumerThreads) {
+        int const row = idx / kVecs;
+        int const col = (idx % kVecs) * 8;
+        cute::array<Element, 8> vec;
+        CUTE_UNROLL
+        for (int j = 0; j < 8; ++j) vec[j] = sO(row, col + j);
+        *reinterpret_cast<cute::array<Element, 8>*>(o + row * p.o_row_stride + col) = vec;
+      }
+      if constexpr (Traits::kOAliasesQ) {
+        // sO is sQ: the next tile's Q may load once every consumer has read it.
+        cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90Barrier::kOStaged));
+        if (tidx == 0) storage.barrier_q_empty.arrive();
+      }
+      return true;
+    }
     if (tidx == 0) {
-      Tensor mO = epilogue_params.tma_o.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.nheads, p.batch));
-      Tensor gO = local_tile(mO(_, _, coord.bidh, coord.bidb), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                             make_coord(coord.m_block, _0{}));  // (BLK_M,D)
+      Tensor mO = epilogue_params.tma_o.get_tma_tensor(
+          make_shape(seq.varlen ? p.total_q : p.seqlen_q, p.head_dim, p.nheads, seq.varlen ? 1 : p.batch));
+      Tensor gO = local_tile(domain_offset(make_coord(seq.offset_q, _0{}), mO(_, _, coord.bidh, seq.varlen ? 0 : coord.bidb)),
+                             Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(coord.m_block, _0{}));  // (BLK_M,D)
       auto [tOgO, tOsO] =
           tma_partition(epilogue_params.tma_o, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sO), group_modes<0, 2>(gO));
       copy(epilogue_params.tma_o, tOsO, tOgO);

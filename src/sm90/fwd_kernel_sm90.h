@@ -18,10 +18,10 @@ namespace fa_cute {
 // The kernel's argument: the plain problem description plus what the host built from it
 // for the main loop and the epilogue (their TMA descriptors). __grid_constant__, so the
 // descriptors stay in the parameter space that TMA instructions may address.
-template <class Traits, bool kCausal>
+template <class Traits, bool kCausal, bool kExtras>
 struct Sm90FwdKernelParams {
   FwdParams fwd;
-  typename Sm90FwdMainloop<Traits, kCausal>::Params mainloop;
+  typename Sm90FwdMainloop<Traits, kCausal, kExtras>::Params mainloop;
   typename Sm90FwdEpilogue<Traits>::Params epilogue;
 };
 
@@ -35,11 +35,13 @@ struct Sm90FwdKernelParams {
 // then the epilogue (Sm90FwdEpilogue). Traits::kSplitKV with params.num_splits > 1 (short
 // queries): a CTA visits one split's share of the tile's key blocks and writes its O in
 // fp32 with its LSE; fwd_combine_kernel merges the splits. kCausal: bottom-right causal
-// masking (docs/design.md, Causal alignment; FwdParams::causal_offset).
-template <class Traits, bool kCausal>
+// masking (docs/design.md, Causal alignment; FwdParams::causal_offset). kExtras: the
+// variant with a softcap, windows and variable-length batches (FwdParams::cu_seqlens_q),
+// each tile's lengths and first rows then read from cu_seqlens (FwdSeqlens).
+template <class Traits, bool kCausal, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
-    fwd_kernel_sm90(__grid_constant__ Sm90FwdKernelParams<Traits, kCausal> const params) {
-  using Mainloop = Sm90FwdMainloop<Traits, kCausal>;
+    fwd_kernel_sm90(__grid_constant__ Sm90FwdKernelParams<Traits, kCausal, kExtras> const params) {
+  using Mainloop = Sm90FwdMainloop<Traits, kCausal, kExtras>;
   using Epilogue = Sm90FwdEpilogue<Traits>;
   using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
   FwdParams const& p = params.fwd;
@@ -65,9 +67,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
     for (int round = 0, tile = scheduler.tile(0); scheduler.valid(tile); tile = scheduler.tile(++round)) {
       FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
-      FwdKeyRange const keys = mainloop.key_range(coord);
+      typename Mainloop::Seqlens const seq(p, coord.bidb);
+      FwdKeyRange const keys = mainloop.key_range(coord, seq);
       if (keys.num_blocks() <= 0) continue;  // a tile that sees no key loads nothing
-      mainloop.load(coord, keys, st, q_iter);
+      mainloop.load(coord, seq, keys, st, q_iter);
       ++q_iter;
     }
     return;
@@ -81,16 +84,17 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   int q_iter = 0;
   for (int round = 0, tile = scheduler.tile(0); scheduler.valid(tile); tile = scheduler.tile(++round)) {
     FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
-    FwdKeyRange const keys = mainloop.key_range(coord);
+    typename Mainloop::Seqlens const seq(p, coord.bidb);
+    FwdKeyRange const keys = mainloop.key_range(coord, seq);
     typename Mainloop::AccO acc_o;
     cute::clear(acc_o);
     typename Mainloop::Softmax softmax;
     if (keys.num_blocks() > 0) {
-      consumer.mma(coord, keys, acc_o, softmax, q_iter);
+      consumer.mma(coord, seq, keys, acc_o, softmax, q_iter);
     } else {
       softmax.reset();  // no row sees a key: O = 0, LSE = -inf
     }
-    if (epilogue.store(softmax, acc_o, consumer.tiled_mma_pv, coord, keys.num_blocks())) ++q_iter;
+    if (epilogue.store(softmax, acc_o, consumer.tiled_mma_pv, coord, seq, keys.num_blocks())) ++q_iter;
   }
   epilogue.finish();
 }

@@ -43,18 +43,36 @@ auto sm90_gmem_tensor(char const* name, Ptr* ptr, int seqlen, int head_dim, int 
                                  legal("batch", batch_stride, batch)));
 }
 
+// A compiled variant of the Hopper kernel: causal or not; with or without the extras (a
+// softcap, windows, variable-length batches: Sm90FwdMainloop's kExtras).
+template <bool kCausal_, bool kExtras_>
+struct Sm90FwdVariant {
+  static constexpr bool kCausal = kCausal_;
+  static constexpr bool kExtras = kExtras_;
+};
+
 // How the Hopper kernel is launched (the policy of run_fwd, fwd_launch.h): a variant per
-// causal flag, one CTA per SM (its shared memory admits no second), the TMA descriptors
-// built per call. Host only.
+// causal flag and per plain or extras launch (a softcap, a window or a varlen batch); one
+// CTA per SM (its shared memory admits no second), the TMA descriptors built per call.
+// Host only.
 template <class Traits_>
 struct Sm90FwdLaunch {
   using Traits = Traits_;
   static constexpr char const* kName = "fwd_kernel_sm90 launch";
+  // Varlen batches are prefill: the split-KV (decode) configs compile no varlen variant.
+  static constexpr bool kHasVarlen = !Traits::kSplitKV;
 
   template <class F>
   static auto dispatch(FwdParams const& params, F&& f) {
-    return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal,
-                               [&] { return f(std::integral_constant<bool, kCausal>{}); });
+    bool const varlen = params.cu_seqlens_q != nullptr;
+    if (!kHasVarlen && varlen) {
+      throw std::invalid_argument("cu_seqlens_q: this config takes no varlen batch (a split-KV decode tile)");
+    }
+    bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
+    bool const extras = varlen || window || params.softcap_premul != 0.f;
+    return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
+      return FA_CUTE_BOOL_SWITCH(extras, kExtras, [&] { return f(Sm90FwdVariant<kCausal, kExtras>{}); });
+    });
   }
 
   // The device's SM count, asked of the runtime once per (kernel, device); the first call
@@ -63,7 +81,7 @@ struct Sm90FwdLaunch {
   static int slots(int device) {
     static PerDeviceCache cache;
     return cache.get(device, [&] {
-      opt_in_dynamic_smem(&fwd_kernel_sm90<Traits, V::value>, Traits::kSmemSize, device);
+      opt_in_dynamic_smem(&fwd_kernel_sm90<Traits, V::kCausal, V::kExtras>, Traits::kSmemSize, device);
       int num_sms = 0;
       check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
                  "cudaDeviceGetAttribute(MultiProcessorCount)");
@@ -71,19 +89,29 @@ struct Sm90FwdLaunch {
     });
   }
 
-  // The problem plus the TMA descriptors of Q, K, V (the main loop's) and O (the epilogue's).
+  // The problem plus the TMA descriptors of Q, K, V (the main loop's) and O (the epilogue's):
+  // dense, (seqlen, d, heads, batch) tensors; varlen, the packed (total, d, heads, 1) ones.
   template <class V>
-  static Sm90FwdKernelParams<Traits, V::value> to_underlying_arguments(FwdParams const& params) {
+  static Sm90FwdKernelParams<Traits, V::kCausal, V::kExtras> to_underlying_arguments(FwdParams const& params) {
     using namespace cute;
     using Element = typename Traits::Element;
+    if (params.softcap_premul != 0.f && Traits::kHeadDim >= 256) {
+      throw std::invalid_argument(
+          "softcap: the Hopper d=256 configs have no softcap (it overflowed their registers); use an sm80 "
+          "config, as config='auto' does");
+    }
     int const d = params.head_dim;
-    auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
-                                        params.q_row_stride, params.q_head_stride, params.q_batch_stride);
-    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
-                                        params.k_row_stride, params.k_head_stride, params.k_batch_stride);
-    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
-                                        params.v_row_stride, params.v_head_stride, params.v_batch_stride);
-    auto mO_const = sm90_gmem_tensor<Element>("out", params.o_ptr, params.seqlen_q, d, params.nheads, params.batch,
+    bool const varlen = params.cu_seqlens_q != nullptr;  // dispatched to a kExtras variant
+    int const rows_q = varlen ? params.total_q : params.seqlen_q;
+    int const rows_k = varlen ? params.total_k : params.seqlen_k;
+    int const batch = varlen ? 1 : params.batch;
+    auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, rows_q, d, params.nheads, batch, params.q_row_stride,
+                                        params.q_head_stride, params.q_batch_stride);
+    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, rows_k, d, params.nheads_k, batch, params.k_row_stride,
+                                        params.k_head_stride, params.k_batch_stride);
+    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, rows_k, d, params.nheads_k, batch, params.v_row_stride,
+                                        params.v_head_stride, params.v_batch_stride);
+    auto mO_const = sm90_gmem_tensor<Element>("out", params.o_ptr, rows_q, d, params.nheads, batch,
                                               params.o_row_stride, params.o_head_stride, params.o_batch_stride);
     auto mO = make_tensor(make_gmem_ptr(static_cast<Element*>(params.o_ptr)), mO_const.layout());
     return {params,
@@ -94,8 +122,9 @@ struct Sm90FwdLaunch {
   }
 
   template <class V>
-  static void launch(Sm90FwdKernelParams<Traits, V::value> const& args, long long grid, cudaStream_t stream) {
-    fwd_kernel_sm90<Traits, V::value>
+  static void launch(Sm90FwdKernelParams<Traits, V::kCausal, V::kExtras> const& args, long long grid,
+                     cudaStream_t stream) {
+    fwd_kernel_sm90<Traits, V::kCausal, V::kExtras>
         <<<dim3(static_cast<unsigned>(grid)), Traits::kNumThreads, Traits::kSmemSize, stream>>>(args);
   }
 };

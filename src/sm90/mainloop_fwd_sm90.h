@@ -67,7 +67,13 @@ __forceinline__ __device__ void wgmma_wait(Tensors&... tensors) {
 // diagonal) come first and the loop over the rest holds no masking code. Ragged tiles
 // need no predication on loads: TMA zero-fills rows past a sequence's end (batch and head
 // are TMA dimensions of their own); the masks set the zero-filled keys' scores to -inf.
-template <class Traits, bool kCausal>
+// kExtras: the variant that takes a logits softcap, a sliding window and variable-length
+// batches (FwdParams::cu_seqlens_q; the others compile none of their code, which cost the
+// dense kernels speed: docs/perf-notes.md, Hopper kernel). A varlen batch is packed into one
+// (total rows, d, heads) tensor per operand; a sequence's tiles start at its first row, and
+// the rows a ragged tile reads past its end (the next sequence's, or zero-filled past the
+// total) are masked like zero-filled ones (keys) or never stored (queries).
+template <class Traits, bool kCausal, bool kExtras = false>
 struct Sm90FwdMainloop {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
@@ -96,6 +102,7 @@ struct Sm90FwdMainloop {
   // 2 rows a thread
   static constexpr int kNRows = decltype(cute::size<0>(acc_layout_rowcol(AccO{}.layout())))::value;
   using Softmax = OnlineSoftmax<kNRows, Traits::kLazyRescale>;
+  using Seqlens = FwdSeqlens<kExtras>;
 
   FwdParams const& p;
   Params const& mainloop_params;
@@ -115,8 +122,19 @@ struct Sm90FwdMainloop {
     Pipeline::init(storage.pipeline_v);
   }
 
-  CUTE_DEVICE FwdKeyRange key_range(FwdTileCoord const& c) const {
-    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV>(c, p);
+  CUTE_DEVICE FwdKeyRange key_range(FwdTileCoord const& c, Seqlens const& seq) const {
+    return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV, /*kWindow=*/kExtras>(c, p, seq);
+  }
+
+  // The TMA coordinate tensors of one (batch entry, head) of Q (K, V: rows = seqlen_k), whose
+  // row 0 is the sequence's first: dense, the (seqlen, d, heads, batch) tensor's slice;
+  // varlen, the packed (total, d, heads, 1) tensor's, offset to the sequence.
+  template <class Tma>
+  CUTE_DEVICE static auto rows_of(Tma const& tma, int seqlen, int total, int heads, int batch, int bidh, int bidb,
+                                  Seqlens const& seq, int offset, FwdParams const& p) {
+    using namespace cute;
+    Tensor m = tma.get_tma_tensor(make_shape(seq.varlen ? total : seqlen, p.head_dim, heads, seq.varlen ? 1 : batch));
+    return domain_offset(make_coord(offset, _0{}), m(_, _, bidh, seq.varlen ? 0 : bidb));  // (rows,D)
   }
 
   CUTE_DEVICE auto sQ() { return cute::make_tensor(cute::make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{}); }  // (BLK_M,D)
@@ -132,20 +150,21 @@ struct Sm90FwdMainloop {
   // needs a free stage, which the previous tile's last S wgmma released), Q once the
   // previous tile's consumers released sQ, then V and the remaining K/V blocks as stages
   // free up. st: the producer's pipeline state; q_iter: tiles whose Q was loaded before.
-  CUTE_DEVICE void load(FwdTileCoord const& coord, FwdKeyRange const& keys, PipelineState& st, int q_iter) {
+  CUTE_DEVICE void load(FwdTileCoord const& coord, Seqlens const& seq, FwdKeyRange const& keys, PipelineState& st,
+                        int q_iter) {
     using namespace cute;
     Tensor sQ_ = sQ();
     Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutK{});  // (BLK_N,D,STAGE)
     Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutV{});  // (BLK_N,D,STAGE)
-    Tensor mQ = mainloop_params.tma_q.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.nheads, p.batch));
-    Tensor mK = mainloop_params.tma_k.get_tma_tensor(make_shape(p.seqlen_k, p.head_dim, p.nheads_k, p.batch));
-    Tensor mV = mainloop_params.tma_v.get_tma_tensor(make_shape(p.seqlen_k, p.head_dim, p.nheads_k, p.batch));
-    Tensor gQ = local_tile(mQ(_, _, coord.bidh, coord.bidb), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                           make_coord(coord.m_block, _0{}));                                     // (BLK_M,D)
-    Tensor gK = local_tile(mK(_, _, coord.bidh_k, coord.bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                           make_coord(_, _0{}));                                                  // (BLK_N,D,n)
-    Tensor gV = local_tile(mV(_, _, coord.bidh_k, coord.bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                           make_coord(_, _0{}));                                                  // (BLK_N,D,n)
+    Tensor mQ = rows_of(mainloop_params.tma_q, p.seqlen_q, p.total_q, p.nheads, p.batch, coord.bidh, coord.bidb,
+                        seq, seq.offset_q, p);  // (seqlen_q,D)
+    Tensor mK = rows_of(mainloop_params.tma_k, p.seqlen_k, p.total_k, p.nheads_k, p.batch, coord.bidh_k, coord.bidb,
+                        seq, seq.offset_k, p);  // (seqlen_k,D)
+    Tensor mV = rows_of(mainloop_params.tma_v, p.seqlen_k, p.total_k, p.nheads_k, p.batch, coord.bidh_k, coord.bidb,
+                        seq, seq.offset_k, p);  // (seqlen_k,D)
+    Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(coord.m_block, _0{}));  // (BLK_M,D)
+    Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));              // (BLK_N,D,n)
+    Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));              // (BLK_N,D,n)
     auto [tQgQ, tQsQ] =
         tma_partition(mainloop_params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ_), group_modes<0, 2>(gQ));
     // (The K and V partitions are captured by the lambdas below: no structured bindings.)
@@ -226,8 +245,8 @@ struct Sm90FwdMainloop {
     // One tile that sees keys, into acc_o (cleared) and softmax: waits for its Q, runs the
     // key blocks, and releases sQ (where O has a buffer of its own) once every S wgmma of
     // the tile has retired, so the next tile's Q loads under the last P V and the epilogue.
-    CUTE_DEVICE void mma(FwdTileCoord const& coord, FwdKeyRange const& keys, AccO& acc_o, Softmax& softmax,
-                         int q_iter) {
+    CUTE_DEVICE void mma(FwdTileCoord const& coord, Seqlens const& seq, FwdKeyRange const& keys, AccO& acc_o,
+                         Softmax& softmax, int q_iter) {
       using namespace cute;
       FwdParams const& p = mainloop.p;
       auto thr_mma_qk = tiled_mma_qk.get_thread_slice(tidx);
@@ -262,7 +281,15 @@ struct Sm90FwdMainloop {
         pipe_k.consumer_release(st);
       };
       auto mask = [&](AccS& acc_s, int n_block) {
-        mask_scores<kBlockM, kBlockN, /*kKeysEven=*/false>(acc_s, thr_mma_qk, p, coord.m_block, n_block, kCausal);
+        mask_scores<kBlockM, kBlockN, /*kKeysEven=*/false, /*kWindow=*/kExtras>(acc_s, thr_mma_qk, p, seq,
+                                                                                coord.m_block, n_block, kCausal);
+      };
+      // Before the mask, which writes -inf over what the softcap would map to -1. Not at
+      // d=256, whose registers it overflowed (its launch refuses a softcap).
+      auto softcap = [&](AccS& acc_s) {
+        if constexpr (kExtras && kHeadDim < 256) {
+          if (p.softcap_premul != 0.f) apply_softcap(acc_s, p.softcap_premul);
+        }
       };
       // Every S wgmma of the tile has retired: with its own sO, the next tile's Q may load
       // under the last P V and the epilogue (with sO in sQ, the O store releases it).
@@ -275,8 +302,12 @@ struct Sm90FwdMainloop {
       int const num_blocks = keys.num_blocks();
       mainloop.storage.barrier_q_full.wait(q_iter & 1);
       // Visited last to first, the blocks needing a mask (the seqlen_k tail, the causal
-      // diagonal) are the first n_masked: one loop with the mask code, one without.
+      // diagonal, a window's right bound) are the first n_masked, those a window's left bound
+      // cuts the last: loops with the mask code around one without.
       int const n_masked = keys.num_masked_first_reversed();
+      int const unmasked_end = kExtras ? cute::max(n_masked, num_blocks - keys.num_masked_last_reversed()) : num_blocks;
+      // Only a window's left bound leaves masked blocks after the unmasked ones (kExtras).
+      bool const first_masked = n_masked > 0 || (kExtras && unmasked_end == 0);
       if constexpr (Traits::kIntraWGOverlap) {
         // Block 0 alone: S_0, softmax, P_0. Then each step issues S_j and P_{j-1} V_{j-1}
         // back to back, and runs the softmax of S_j while the P V wgmma computes. O is
@@ -285,7 +316,8 @@ struct Sm90FwdMainloop {
         {
           AccS acc_s;
           compute_s(acc_s);
-          if (n_masked > 0) mask(acc_s, keys.template block</*kReverse=*/true>(0));
+          softcap(acc_s);
+          if (first_masked) mask(acc_s, keys.template block</*kReverse=*/true>(0));
           softmax.template update_scores</*kIsFirst=*/true>(acc_s, p.softmax_scale_log2);
           store_p(acc_s);
         }
@@ -299,6 +331,7 @@ struct Sm90FwdMainloop {
           turn_pass();
           wgmma_wait<1>(acc_s);
           pipe_k.consumer_release(st);
+          softcap(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
           auto const correction = softmax.template update_scores</*kIsFirst=*/false>(acc_s, p.softmax_scale_log2);
           wgmma_wait<0>(acc_o, tOrP);
@@ -310,7 +343,10 @@ struct Sm90FwdMainloop {
         };
         int i = 1;
         for (; i < n_masked; ++i) { step(i, true_type{}); }
-        for (; i < num_blocks; ++i) { step(i, false_type{}); }
+        for (; i < unmasked_end; ++i) { step(i, false_type{}); }
+        if constexpr (kExtras) {
+          for (; i < num_blocks; ++i) { step(i, true_type{}); }
+        }
         release_q();
         issue_pv(st_v);
         wgmma_wait<0>(acc_o, tOrP);
@@ -320,6 +356,7 @@ struct Sm90FwdMainloop {
         auto step = [&](int i, auto is_first, auto is_masked) __attribute__((always_inline)) {
           AccS acc_s;
           compute_s(acc_s);
+          softcap(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
           softmax.template update<decltype(is_first)::value>(acc_s, acc_o, p.softmax_scale_log2);
           store_p(acc_s);
@@ -328,14 +365,17 @@ struct Sm90FwdMainloop {
           pipe_v.consumer_release(st);
           st.advance();
         };
-        if (n_masked > 0) {
+        if (first_masked) {
           step(0, true_type{}, true_type{});
         } else {
           step(0, true_type{}, false_type{});
         }
         int i = 1;
         for (; i < n_masked; ++i) { step(i, false_type{}, true_type{}); }
-        for (; i < num_blocks; ++i) { step(i, false_type{}, false_type{}); }
+        for (; i < unmasked_end; ++i) { step(i, false_type{}, false_type{}); }
+        if constexpr (kExtras) {
+          for (; i < num_blocks; ++i) { step(i, false_type{}, true_type{}); }
+        }
         release_q();
       }
     }

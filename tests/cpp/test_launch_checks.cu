@@ -2,6 +2,7 @@
 // call accept a valid problem and refuse nonsense, and at the limits they admit
 // (flash_params.h) the kernels' int32 key-block arithmetic equals its 64-bit value.
 
+#include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -18,7 +19,7 @@ using namespace fa_cute;
 
 namespace {
 
-FwdKernel const kKernel{"test_m128n64_d128", "sm80", 128, 128, 64, 4, 0, DType::kBF16, nullptr, nullptr, -1, ""};
+FwdKernel const kKernel{"test_m128n64_d128", "sm80", 128, 128, 64, 4, 0, DType::kBF16, nullptr, nullptr, -1, true, ""};
 
 FwdParams valid_params() {
   FwdParams p{};
@@ -129,6 +130,72 @@ void check_key_range_headroom() {
   EXPECT(bad == 0, "%dx%d: %d key ranges differ from 64-bit arithmetic at the limits", kBlockM, kBlockN, bad);
 }
 
+// With windows (and causal, split-KV aside): against brute force over small shapes, every
+// key block holding a key some row of the tile sees lies in [n_block_min, n_block_max), the
+// blocks at both ends of that range hold one (no block is visited for nothing), and the
+// blocks in [n_block_left_end, n_block_mask_start) need no mask for any row of the tile.
+template <int kBlockM, int kBlockN>
+void check_window_key_ranges() {
+  int bad = 0, cases = 0;
+  for (int seqlen_q : {1, 5, kBlockM, 2 * kBlockM + 3}) {
+    for (int seqlen_k : {1, 7, kBlockN, 3 * kBlockN + 5}) {
+      for (int causal = 0; causal < 2; ++causal) {
+        for (int left : {-1, 0, 3, kBlockN, 2 * kBlockN + 1}) {
+          for (int right : {-1, 0, 2, kBlockN + 1}) {
+            if (causal && right > 0) continue;
+            FwdParams p{};
+            p.batch = p.nheads = p.nheads_k = 1;
+            p.seqlen_q = seqlen_q;
+            p.seqlen_k = seqlen_k;
+            p.is_causal = causal;
+            p.causal_offset = seqlen_k - seqlen_q;
+            p.window_left = left;
+            p.window_right = right;
+            p.num_splits = 1;
+            auto visible = [&](int r, int c) {
+              int const d = r + p.causal_offset;
+              int const hi = right_bound(p);
+              return c >= 0 && c < seqlen_k && (hi < 0 || c <= d + hi) && (left < 0 || c >= d - left);
+            };
+            int const num_m_blocks = (seqlen_q + kBlockM - 1) / kBlockM;
+            int const num_n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
+            for (int m_block = 0; m_block < num_m_blocks; ++m_block) {
+              FwdTileCoord const coord(m_block, num_m_blocks, p, /*is_causal=*/false);
+              FwdKeyRange const r = FwdKeyRange::of<kBlockM, kBlockN, false>(coord, p);
+              int const row_end = std::min((m_block + 1) * kBlockM, seqlen_q);
+              int seen_min = num_n_blocks, seen_max = -1;
+              for (int n = 0; n < num_n_blocks; ++n) {
+                bool any = false, all = true;
+                for (int row = m_block * kBlockM; row < row_end; ++row) {
+                  for (int c = n * kBlockN; c < (n + 1) * kBlockN; ++c) {
+                    bool const v = visible(row, c);
+                    any |= v;
+                    all &= v;
+                  }
+                }
+                if (any) {
+                  seen_min = std::min(seen_min, n);
+                  seen_max = std::max(seen_max, n);
+                }
+                bool const unmasked = n >= std::max(r.n_block_min, r.n_block_left_end) && n < r.n_block_mask_start &&
+                                      n < r.n_block_max;
+                bad += unmasked && !all;
+              }
+              ++cases;
+              if (seen_max < 0) {
+                bad += r.num_blocks() > 0;  // no row sees a key: nothing visited
+              } else {
+                bad += r.n_block_min != seen_min || r.n_block_max != seen_max + 1;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT(bad == 0, "%dx%d windows: %d of %d key ranges wrong against brute force", kBlockM, kBlockN, bad, cases);
+}
+
 // The backward's checks: a valid call (dq_accum with its padding rows) passes, and
 // dq_accum_rows that is not seqlen_q rounded up to kDqAccumRowAlign is refused by name
 // (the Hopper kernel's tiled dq_accum adds whole query blocks into those rows).
@@ -179,5 +246,7 @@ int main() {
   check_key_range_headroom<64, 128>();
   check_key_range_headroom<128, 176>();
   check_key_range_headroom<192, 112>();
+  check_window_key_ranges<64, 64>();
+  check_window_key_ranges<128, 176>();
   return expect_summary();
 }

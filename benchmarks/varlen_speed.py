@@ -1,0 +1,74 @@
+"""varlen_forward's prefill speed (issue 17): 64k tokens packed from lengths drawn uniformly
+in [128, 8192] (16 heads, d=128, bf16), against cuDNN on the same sequences padded to the
+longest (SDPA's CUDNN_ATTENTION backend, dense batches) and against fa_cute's dense forward
+at the mean length. CUDA events, 10 calls each, median of 3 rounds in shuffled order.
+FLOPs: 4 * H * len^2 * d per sequence, halved when causal.
+usage: python benchmarks/varlen_speed.py [--seed S]"""
+import itertools
+import random
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import fa_cute
+
+
+def bench(fn, iters=10):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / iters
+
+
+def cudnn(q, k, v, causal):
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def main():
+    seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
+    rng = random.Random(seed)
+    heads, d, total = 16, 128, 65536
+    dev, dt = "cuda", torch.bfloat16
+    for causal in (True, False):
+        lens = []
+        while sum(lens) < total:
+            lens.append(rng.randint(128, 8192))
+        lens[-1] -= sum(lens) - total
+        lens = [n for n in lens if n > 0]
+        longest, mean = max(lens), total // len(lens)
+        cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device=dev)
+        q, k, v = (torch.randn(total, heads, d, device=dev, dtype=dt) for _ in range(3))
+        qp, kp, vp = (torch.randn(len(lens), heads, longest, d, device=dev, dtype=dt) for _ in range(3))
+        nd = max(1, total // mean)
+        qd, kd, vd = (torch.randn(nd, mean, heads, d, device=dev, dtype=dt) for _ in range(3))
+        fns = {"varlen": lambda: fa_cute.varlen_forward(q, k, v, cu, cu, longest, longest, causal=causal),
+               "cudnn_padded": lambda: cudnn(qp, kp, vp, causal),
+               "dense_mean": lambda: fa_cute.forward(qd, kd, vd, causal=causal)}
+        times = {name: [] for name in fns}
+        for _ in range(3):
+            order = list(fns)
+            rng.shuffle(order)
+            for name in order:
+                times[name].append(bench(fns[name]))
+        med = {name: sorted(t)[1] for name, t in times.items()}
+        div = 2 if causal else 1
+        flops = sum(4 * heads * n * n * d / div for n in lens)
+        dense_tf = 4 * nd * heads * mean * mean * d / div / med["dense_mean"] / 1e9
+        varlen_tf = flops / med["varlen"] / 1e9
+        print(f"{'causal' if causal else 'full  '} {len(lens)} sequences, longest {longest}, mean {mean}: "
+              f"varlen {med['varlen']:.3f} ms ({varlen_tf:.0f} TFLOP/s); cuDNN padded {med['cudnn_padded']:.3f} ms "
+              f"({med['cudnn_padded'] / med['varlen']:.2f}x varlen's time); fa_cute dense at the mean length "
+              f"{dense_tf:.0f} TFLOP/s (varlen / dense {varlen_tf / dense_tf:.2f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

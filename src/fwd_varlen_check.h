@@ -1,0 +1,68 @@
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include <cuda_runtime_api.h>
+
+#include <cute/tensor.hpp>
+
+#include "flash_params.h"
+
+// A variable-length batch's cu_seqlens live on the GPU, and reading them on the host would
+// cost a synchronisation per call (and break CUDA-graph capture). So the host cannot refuse
+// a bad one; the kernels stay in bounds whatever it holds (FwdSeqlens clamps each sequence
+// into the packed tensors), and this check, run after the attention kernel on the same
+// stream, makes a bad batch loud: if any sequence's rows are decreasing, start below 0,
+// end past the packed rows, number more than max_seqlen_q (rows the launch's query blocks do
+// not cover), or if seqused_k exceeds its sequence's keys, the whole output and LSE become
+// NaN. docs/design.md (Variable-length batches) lists the checks.
+
+namespace fa_cute {
+
+// Whether batch entry b's lengths are consistent (what the kernels assume of them).
+CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
+  int const q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
+  int const k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
+  bool ok = q0 >= 0 && q1 >= q0 && q1 <= p.total_q && q1 - q0 <= p.seqlen_q;
+  ok = ok && k0 >= 0 && k1 >= k0 && k1 <= p.total_k;
+  if (p.seqused_k != nullptr) ok = ok && p.seqused_k[b] >= 0 && p.seqused_k[b] <= k1 - k0;
+  return ok;
+}
+
+// Every block checks every entry (batch + 1 cached reads each: no second launch, no
+// cross-block flag), then, only for a bad batch, fills its share of out (total_q rows x
+// nheads x head_dim, strided) and the LSE ((nheads, total_q), when asked for) with NaN.
+template <class Element>
+__global__ void __launch_bounds__(256) fwd_varlen_check_kernel(__grid_constant__ FwdParams const p) {
+  bool bad = false;
+  for (int b = threadIdx.x; b < p.batch; b += blockDim.x) bad = bad || !varlen_entry_ok(p, b);
+  if (!__syncthreads_or(bad)) return;
+  float const nan = std::numeric_limits<float>::quiet_NaN();
+  index_t const row_elems = index_t(p.nheads) * p.head_dim;
+  index_t const total = index_t(p.total_q) * row_elems;
+  Element* const out = static_cast<Element*>(p.o_ptr);
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += index_t(gridDim.x) * blockDim.x) {
+    index_t const row = i / row_elems;
+    int const head = int(i % row_elems) / p.head_dim;
+    int const col = int(i % p.head_dim);
+    out[row * p.o_row_stride + head * p.o_head_stride + col] = Element(nan);
+  }
+  if (p.softmax_lse_ptr != nullptr) {
+    index_t const lse_total = index_t(p.total_q) * p.nheads;
+    for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < lse_total;
+         i += index_t(gridDim.x) * blockDim.x) {
+      p.softmax_lse_ptr[i] = nan;
+    }
+  }
+}
+
+// On the attention kernel's stream, after it. Host code.
+template <class Element>
+void launch_fwd_varlen_check(FwdParams const& params, cudaStream_t stream) {
+  index_t const elems = index_t(params.total_q) * params.nheads * params.head_dim;
+  int const blocks = int(cute::max(index_t(1), cute::min(index_t(1024), (elems + 255) / 256)));
+  fwd_varlen_check_kernel<Element><<<blocks, 256, 0, stream>>>(params);
+}
+
+}  // namespace fa_cute
