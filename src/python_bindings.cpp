@@ -157,16 +157,8 @@ void varlen_forward(std::string const& config, std::string const& dtype, uintptr
                     double softmax_scale, bool is_causal, double softcap, int window_left, int window_right,
                     int device, uintptr_t stream_handle) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
-  FA_CUTE_REQUIRE(nheads >= 1 && nheads_k >= 1 && nheads % nheads_k == 0,
-                  "nheads, nheads_k: must be >= 1 with nheads a multiple of nheads_k, got " + std::to_string(nheads) +
-                      ", " + std::to_string(nheads_k));
-  FwdParams params{};
-  params.batch = batch;
-  params.seqlen_q = max_seqlen_q;
-  params.seqlen_k = max_seqlen_k;
-  params.nheads = nheads;
-  params.nheads_k = nheads_k;
-  params.is_causal = is_causal;
+  // The launch's lengths are the maxima (FwdParams).
+  FwdParams params = problem_params<FwdParams>(batch, max_seqlen_q, max_seqlen_k, nheads, nheads_k, is_causal);
   params.total_q = total_q;
   params.total_k = total_k;
   params.cu_seqlens_q = reinterpret_cast<int const*>(cu_seqlens_q);

@@ -106,17 +106,20 @@ def test_each_config(config: str, causal: bool) -> None:
            causal=causal, config=config)
 
 
-def _d128_dtype() -> torch.dtype:
+def _packed(total_q: int, total_k: int, nheads: int, nheads_k: int, seed: int):
+    """Random packed q (total_q, nheads, 128) and k, v (total_k, nheads_k, 128) in this
+    build's dtype for d=128."""
     require_head_dim(128)
-    return built_dtype(128)
+    dtype = built_dtype(128)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(total_q, nheads, 128, generator=gen).to(DEVICE, dtype)
+    k, v = (torch.randn(total_k, nheads_k, 128, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    return q, k, v
 
 
 def test_rows_outside_sequences_untouched() -> None:
     """Rows of q past cu_seqlens_q[-1] belong to no sequence: the kernel must not write them."""
-    dtype = _d128_dtype()
-    gen = torch.Generator().manual_seed(1)
-    q = torch.randn(300, 4, 128, generator=gen).to(DEVICE, dtype)
-    k, v = (torch.randn(300, 4, 128, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    q, k, v = _packed(300, 300, 4, 4, seed=1)
     cu = torch.tensor([0, 100, 250], dtype=torch.int32, device=DEVICE)
     out = torch.full_like(q, 7.0)
     fa_cute.varlen_forward(q, k, v, cu, cu, 150, 150, out=out)
@@ -128,9 +131,7 @@ def test_rows_outside_sequences_untouched() -> None:
                          ids=["decreasing", "past-total", "longer-than-max"])
 def test_bad_cu_seqlens_poison(cu_q) -> None:
     """What the host cannot check without a sync comes back as NaN, never as a fault."""
-    dtype = _d128_dtype()
-    q = torch.randn(300, 4, 128, device=DEVICE, dtype=dtype)
-    k, v = (torch.randn(300, 4, 128, device=DEVICE, dtype=dtype) for _ in range(2))
+    q, k, v = _packed(300, 300, 4, 4, seed=3)
     cu_q_t = torch.tensor(cu_q, dtype=torch.int32, device=DEVICE)
     cu_k_t = torch.tensor([0, 150, 300], dtype=torch.int32, device=DEVICE)
     out, lse = fa_cute.varlen_forward(q, k, v, cu_q_t, cu_k_t, 150, 150, return_lse=True)
@@ -141,10 +142,7 @@ def test_bad_cu_seqlens_poison(cu_q) -> None:
 
 def test_cuda_graph_capture() -> None:
     """No host sync on cu_seqlens: the call captures, and a replay follows new lengths."""
-    dtype = _d128_dtype()
-    gen = torch.Generator().manual_seed(2)
-    q = torch.randn(512, 8, 128, generator=gen).to(DEVICE, dtype)
-    k, v = (torch.randn(512, 2, 128, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    q, k, v = _packed(512, 512, 8, 2, seed=2)
     cu = torch.tensor([0, 256, 512], dtype=torch.int32, device=DEVICE)
     out = torch.empty_like(q)
     fa_cute.varlen_forward(q, k, v, cu, cu, 512, 512, causal=True, out=out)  # warm-up
