@@ -6,8 +6,9 @@ Every built config that runs on this GPU, in each of its dtypes, on four small c
     key, ragged last tiles of q and k), 4 query heads on 2 K/V heads, LSE written;
   - decode-gqa-lse: seqlen_q=1 against 1000 keys, 8 query heads on 2 K/V heads (packed as
     rows of one tile; this small grid is split over keys and merged), LSE written.
-Then every built backward config that runs on this GPU, in each of its dtypes, on the first
-three cases (decode aside): fa_cute.backward(config=...) on the float64 reference's out and
+Each forward config with a varlen variant also runs varlen_forward on one packed batch
+(lengths 0, 1, 150, 77 against 90, 5, 300, 0 keys; causal and not). Then every built
+backward config that runs on this GPU, in each of its dtypes, on the first three cases (decode aside): fa_cute.backward(config=...) on the float64 reference's out and
 LSE into NaN-filled dq, dk, dv, each checked against the float64 reference
 gradients under the same 2x rule; and the same with deterministic=True in its first dtype
 (skipped for a config that refuses it).
@@ -37,7 +38,7 @@ import torch  # noqa: E402  (after the allocator setting)
 import fa_cute  # noqa: E402
 from fa_cute import _C  # noqa: E402
 from fa_cute._reference import (ABS_SLACK, attention_grads_ref, attention_ref, check_close,  # noqa: E402
-                                check_lse)
+                                check_lse, varlen_attention_ref)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -95,6 +96,40 @@ def run_case(config: dict, dtype: torch.dtype, case: Case) -> str:
     return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}{lse_note})"
 
 
+def run_varlen_case(config: dict, dtype: torch.dtype, causal: bool) -> str:
+    """varlen_forward on a packed batch of lengths 0, 1, 150 and 77 queries against 90, 5,
+    300 and 0 keys (a ragged last tile, sequences with no query or no key), 4 query heads on
+    2 K/V heads, LSE written: 'ok ...', 'skipped ...' or 'FAILED ...'."""
+    if not config.get("varlen"):
+        return "skipped (no varlen variant)"
+    d = config["head_dim"]
+    lengths_q, lengths_k = [0, 1, 150, 77], [90, 5, 300, 0]
+    cu_q = [0] + [sum(lengths_q[:i + 1]) for i in range(4)]
+    cu_k = [0] + [sum(lengths_k[:i + 1]) for i in range(4)]
+    q = torch.randn(cu_q[-1], 4, d).to(dtype)
+    k, v = (torch.randn(cu_k[-1], 2, d).to(dtype) for _ in range(2))
+    out = torch.full_like(q, math.nan).cuda()
+    as_gpu = lambda xs: torch.tensor(xs, dtype=torch.int32).cuda()  # noqa: E731
+    try:
+        _, lse = fa_cute.varlen_forward(q.cuda(), k.cuda(), v.cuda(), as_gpu(cu_q), as_gpu(cu_k),
+                                        max(lengths_q), max(lengths_k), causal=causal,
+                                        return_lse=True, out=out, config=config["name"])
+    except ValueError as exc:
+        if "needs a GPU of compute capability" in str(exc) or "shared memory" in str(exc):
+            return f"skipped ({exc})"
+        raise
+    torch.cuda.synchronize()
+    scale = 1.0 / math.sqrt(d)
+    ref, ref_lse = varlen_attention_ref(q, k, v, cu_q, cu_k, scale, causal=causal, return_lse=True)
+    try:
+        max_err, plain_err = check_close(out.cpu(), ref, varlen_attention_ref(
+            q, k, v, cu_q, cu_k, scale, upcast=False, causal=causal))
+        lse_err = check_lse(lse.cpu(), ref_lse)
+    except AssertionError as exc:
+        return f"FAILED: {exc}"
+    return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}, LSE error {lse_err:.1e})"
+
+
 def run_backward_case(config: str, d: int, dtype: torch.dtype, case: Case,
                       deterministic: bool = False) -> str:
     """'ok ...' or 'FAILED ...' for one backward config on one case ('skipped ...' where
@@ -140,6 +175,11 @@ def main() -> int:
             for name, case in CASES.items():
                 result = run_case(config, DTYPES[dtype_name], case)
                 print(f"{config['name']} {dtype_name} {name}: {result}", flush=True)
+                results.append(result)
+            for causal in (False, True):
+                result = run_varlen_case(config, DTYPES[dtype_name], causal)
+                print(f"{config['name']} {dtype_name} varlen{'-causal' if causal else ''}: {result}",
+                      flush=True)
                 results.append(result)
     if hasattr(_C, "backward_configs"):
         major, minor = torch.cuda.get_device_capability()

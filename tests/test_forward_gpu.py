@@ -16,8 +16,10 @@ from fa_cute._reference import attention_ref, check_close
 
 pytestmark = pytest.mark.cuda
 
-DTYPES = [torch.bfloat16, torch.float16]
-DTYPE_IDS = ["bf16", "fp16"]
+# The dtypes this build holds (FA_CUTE_DTYPES may leave one out).
+_BUILT_DTYPES = {name for c in fa_cute.configs() for name in c["dtypes"]}
+DTYPES = [dt for dt, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")) if name in _BUILT_DTYPES]
+DTYPE_IDS = [name for name in ("bf16", "fp16") if name in _BUILT_DTYPES]
 HEAD_DIM = 128
 DEVICE = "cuda"
 
@@ -104,8 +106,8 @@ def test_expanded_kv_and_the_hopper_kernel(make_qkv) -> None:
     if not hopper or torch.cuda.get_device_capability(DEVICE) != (9, 0):
         pytest.skip("needs a built Hopper config and a compute capability 9.0 GPU")
     shape = (2, 256, 4, HEAD_DIM)
-    q, _, _ = make_qkv(*shape, torch.bfloat16, DEVICE)
-    k, v = (torch.randn(2, 256, 1, HEAD_DIM, device=DEVICE).to(torch.bfloat16).expand(shape)
+    q, _, _ = make_qkv(*shape, DTYPES[0], DEVICE)
+    k, v = (torch.randn(2, 256, 1, HEAD_DIM, device=DEVICE).to(DTYPES[0]).expand(shape)
             for _ in range(2))
     assert fa_cute.resolve_config(q, k, v).startswith("sm80")
     assert_matches_reference(fa_cute.forward(q, k, v), q, k, v)
@@ -132,7 +134,7 @@ def test_softmax_scale(make_qkv, dtype, scale) -> None:
 
 
 def test_default_scale_is_inverse_sqrt_head_dim(make_qkv) -> None:
-    q, k, v = make_qkv(1, 256, 2, HEAD_DIM, torch.bfloat16, DEVICE)
+    q, k, v = make_qkv(1, 256, 2, HEAD_DIM, DTYPES[0], DEVICE)
     explicit = fa_cute.forward(q, k, v, softmax_scale=1.0 / math.sqrt(HEAD_DIM))
     assert torch.equal(fa_cute.forward(q, k, v), explicit)
 
@@ -149,7 +151,7 @@ def test_out_poisoned_with_nan_is_fully_written(make_qkv, dtype) -> None:
 
 def test_out_may_be_q(make_qkv) -> None:
     """In place: every thread block reads its Q tile before writing the same rows of O."""
-    q, k, v = make_qkv(2, 512, 2, HEAD_DIM, torch.bfloat16, DEVICE)
+    q, k, v = make_qkv(2, 512, 2, HEAD_DIM, DTYPES[0], DEVICE)
     q_before = q.clone()
     result = fa_cute.forward(q, k, v, out=q)
     assert result is q
@@ -160,7 +162,7 @@ def test_side_stream(make_qkv) -> None:
     """The kernel runs on PyTorch's current stream: here a side stream whose inputs are
     written only after a long sleep on that stream. A launch on any other stream would read
     the NaN that fills them until then."""
-    src = make_qkv(2, 1024, 2, HEAD_DIM, torch.bfloat16, DEVICE)
+    src = make_qkv(2, 1024, 2, HEAD_DIM, DTYPES[0], DEVICE)
     q, k, v = (torch.full_like(t, math.nan) for t in src)
     fa_cute.forward(*src)  # load the kernel first: a lazy module load may synchronize
     torch.cuda.synchronize()
@@ -199,7 +201,7 @@ def test_forward_timed(make_qkv, dtype) -> None:
 @pytest.mark.parametrize("batch, nheads", [(0, 2), (2, 0)])
 def test_empty_batch_or_heads(batch, nheads) -> None:
     seqlen = blocks(default_config(256))
-    q = torch.randn(batch, seqlen, nheads, HEAD_DIM, device=DEVICE).to(torch.bfloat16)
+    q = torch.randn(batch, seqlen, nheads, HEAD_DIM, device=DEVICE).to(DTYPES[0])
     out = fa_cute.forward(q, q.clone(), q.clone())
     assert out.shape == q.shape and out.dtype == q.dtype and out.device == q.device
     given_out = torch.empty_like(q)
@@ -208,7 +210,7 @@ def test_empty_batch_or_heads(batch, nheads) -> None:
 
 
 def test_rejects_mixed_devices(make_qkv) -> None:
-    q, k, v = make_qkv(1, 256, 2, HEAD_DIM, torch.bfloat16, DEVICE)
+    q, k, v = make_qkv(1, 256, 2, HEAD_DIM, DTYPES[0], DEVICE)
     with pytest.raises(ValueError, match=r"k is on cpu; fa_cute runs on CUDA tensors only"):
         fa_cute.forward(q, k.cpu(), v)
     with pytest.raises(ValueError, match=r"out is on cpu"):
@@ -218,7 +220,7 @@ def test_rejects_mixed_devices(make_qkv) -> None:
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_second_device(make_qkv) -> None:
     """Tensors on cuda:1 run there, on cuda:1's current stream, while cuda:0 stays current."""
-    q, k, v = make_qkv(2, 512, 2, HEAD_DIM, torch.bfloat16, "cuda:1")
+    q, k, v = make_qkv(2, 512, 2, HEAD_DIM, DTYPES[0], "cuda:1")
     current = torch.cuda.current_device()
     out = fa_cute.forward(q, k, v)
     assert torch.cuda.current_device() == current
