@@ -31,9 +31,10 @@ CUTE_HOST_DEVICE int right_bound(FwdParams const& params) {
 
 // One batch entry's lengths and where its rows start. A dense batch's are the launch's, with
 // offsets 0; a variable-length batch's (FwdParams::cu_seqlens_q non-null) are read from the
-// GPU's cu_seqlens, once per tile. kVarlen: the kernel variant may be given a varlen batch;
-// without it every member is a copy of a launch parameter, so the dense variants compile
-// as they did before varlen existed.
+// GPU's cu_seqlens, once per tile; a KV cache's key count from seqused_k and its K/V entry
+// from kv_batch_idx. kVarlen: the kernel variant may be given such a batch; without it every
+// member is a copy of a launch parameter, so the dense variants compile as they did before
+// varlen existed.
 template <bool kVarlen>
 struct FwdSeqlens {
   int seqlen_q;
@@ -41,10 +42,12 @@ struct FwdSeqlens {
   int offset_q;  // the sequence's first row of q and o
   int offset_k;  // of k and v
   int causal_offset;
-  bool varlen;
+  int bidb_k;    // the K/V batch entry (kv_batch_idx; the query's own otherwise)
+  bool varlen;   // q, k, v packed (cu_seqlens)
 
   CUTE_HOST_DEVICE FwdSeqlens(FwdParams const& p, int bidb) {
     varlen = kVarlen && p.cu_seqlens_q != nullptr;
+    bidb_k = bidb;
     if (varlen) {
       // Clamped into the packed tensors, so that a bad cu_seqlens (which the host cannot
       // see without a sync) never sends a load or store out of bounds; fwd_varlen_check.h
@@ -55,6 +58,15 @@ struct FwdSeqlens {
       seqlen_k = cute::min(cute::max(p.cu_seqlens_k[bidb + 1], offset_k), p.total_k) - offset_k;
       if (p.seqused_k != nullptr) seqlen_k = cute::min(cute::max(p.seqused_k[bidb], 0), seqlen_k);
       causal_offset = seqlen_k - seqlen_q;  // bottom-right, per sequence
+    } else if (kVarlen && p.seqused_k != nullptr) {
+      // A KV cache: this entry's keys are the first seqused_k[b] of its K/V entry (clamped to
+      // the capacity, seqlen_k), aligned bottom-right against the queries.
+      seqlen_q = p.seqlen_q;
+      seqlen_k = cute::min(cute::max(p.seqused_k[bidb], 0), p.seqlen_k);
+      offset_q = 0;
+      offset_k = 0;
+      causal_offset = seqlen_k - seqlen_q;
+      if (p.kv_batch_idx != nullptr) bidb_k = cute::min(cute::max(p.kv_batch_idx[bidb], 0), p.batch_k - 1);
     } else {
       seqlen_q = p.seqlen_q;
       seqlen_k = p.seqlen_k;
@@ -68,6 +80,13 @@ struct FwdSeqlens {
   // total_q) varlen (FlashAttention's varlen layout).
   CUTE_HOST_DEVICE index_t lse_index(FwdParams const& p, int bidb, int bidh, int row) const {
     return varlen ? index_t(bidh) * p.total_q + offset_q + row : (index_t(bidb) * p.nheads + bidh) * p.seqlen_q + row;
+  }
+
+  // The page holding key row `row` of this entry (FwdParams::page_table, clamped to the pool:
+  // fwd_varlen_check.h poisons a batch whose table points outside it) and the row within it.
+  CUTE_HOST_DEVICE int page_of(FwdParams const& p, int bidb, int row) const {
+    int const page = p.page_table[index_t(bidb) * p.page_table_stride + row / p.page_size];
+    return cute::min(cute::max(page, 0), p.num_pages - 1);
   }
 };
 

@@ -56,6 +56,20 @@ struct FwdParams {
   int total_q = 0;  // rows of the packed q and o
   int total_k = 0;  // of the packed k and v
 
+  // A KV cache (forward_with_kvcache; all null / 0 otherwise), in the kernel variants that
+  // take varlen batches. seqused_k without cu_seqlens_k: batch entry b attends to the first
+  // seqused_k[b] keys of its K/V entry (seqlen_k is then the cache's capacity per entry).
+  // kv_batch_idx: query entry b reads K/V entry kv_batch_idx[b] (of batch_k). page_table:
+  // k and v are pages (num_pages, page_size, nheads_k, head_dim), the batch stride being the
+  // page stride; entry b's key j is row j % page_size of page
+  // page_table[b * page_table_stride + j / page_size].
+  int const* __restrict__ kv_batch_idx = nullptr;
+  int batch_k = 0;
+  int const* __restrict__ page_table = nullptr;
+  int page_table_stride = 0;
+  int page_size = 0;
+  int num_pages = 0;
+
   // With is_causal, query row r sees key c iff c <= r + causal_offset: seqlen_k - seqlen_q
   // aligns the mask bottom-right (FlashAttention >= 2.1), 0 top-left (torch SDPA). Varlen:
   // always bottom-right, each sequence by its own lengths.

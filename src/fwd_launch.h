@@ -73,15 +73,16 @@ void run_fwd(FwdParams const& problem, cudaStream_t stream) {
     return 0;
   });
   check_cuda(cudaGetLastError(), Launch::kName);
-  if (params.cu_seqlens_q != nullptr) {
-    launch_fwd_varlen_check<typename Traits::Element>(params, stream);
-    check_cuda(cudaGetLastError(), "fwd_varlen_check_kernel launch");
-  }
   if constexpr (Traits::kSplitKV) {  // only these instantiate the combine kernel
     if (params.num_splits > 1) {
       launch_fwd_combine<typename Traits::Element, Traits::kHeadDim>(params, stream);
       check_cuda(cudaGetLastError(), "fwd_combine_kernel launch");
     }
+  }
+  // After the split merge, which writes O: a bad batch's output ends NaN.
+  if (params.cu_seqlens_q != nullptr || params.seqused_k != nullptr) {
+    launch_fwd_varlen_check<typename Traits::Element>(params, stream);
+    check_cuda(cudaGetLastError(), "fwd_varlen_check_kernel launch");
   }
 }
 

@@ -16,12 +16,28 @@
 // stream, makes a bad batch loud: if any sequence's rows are decreasing, start below 0,
 // end past the packed rows, number more than max_seqlen_q (rows the launch's query blocks do
 // not cover), or if seqused_k exceeds its sequence's keys, the whole output and LSE become
-// NaN. docs/design.md (Variable-length batches) lists the checks.
+// NaN. A KV cache (seqused_k with dense q) is checked alike: a key count above the capacity,
+// a K/V entry or a page outside its pool poisons the output. docs/design.md (Variable-length
+// batches) lists the checks.
 
 namespace fa_cute {
 
-// Whether batch entry b's lengths are consistent (what the kernels assume of them).
+// Whether batch entry b's lengths are consistent (what the kernels assume of them): a varlen
+// batch's offsets; a KV cache's key count (within the capacity, seqlen_k), K/V entry and the
+// pages its keys lie in.
 CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
+  if (p.cu_seqlens_q == nullptr) {
+    int const used = p.seqused_k[b];
+    bool ok = used >= 0 && used <= p.seqlen_k;
+    if (p.kv_batch_idx != nullptr) ok = ok && p.kv_batch_idx[b] >= 0 && p.kv_batch_idx[b] < p.batch_k;
+    if (p.page_table != nullptr && ok) {
+      for (int j = 0; j * p.page_size < used; ++j) {
+        int const page = p.page_table[index_t(b) * p.page_table_stride + j];
+        ok = ok && page >= 0 && page < p.num_pages;
+      }
+    }
+    return ok;
+  }
   int const q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
   int const k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
   bool ok = q0 >= 0 && q1 >= q0 && q1 <= p.total_q && q1 - q0 <= p.seqlen_q;
@@ -31,27 +47,30 @@ CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
 }
 
 // Every block checks every entry (batch + 1 cached reads each: no second launch, no
-// cross-block flag), then, only for a bad batch, fills its share of out (total_q rows x
-// nheads x head_dim, strided) and the LSE ((nheads, total_q), when asked for) with NaN.
+// cross-block flag), then, only for a bad batch, fills its share of out and the LSE (when
+// asked for) with NaN: varlen, total_q packed rows and (nheads, total_q); a KV cache, the
+// (batch, seqlen_q) rows and (batch, nheads, seqlen_q).
 template <class Element>
 __global__ void __launch_bounds__(256) fwd_varlen_check_kernel(__grid_constant__ FwdParams const p) {
   bool bad = false;
   for (int b = threadIdx.x; b < p.batch; b += blockDim.x) bad = bad || !varlen_entry_ok(p, b);
   if (!__syncthreads_or(bad)) return;
   float const nan = std::numeric_limits<float>::quiet_NaN();
+  bool const varlen = p.cu_seqlens_q != nullptr;
+  index_t const rows = varlen ? index_t(p.total_q) : index_t(p.batch) * p.seqlen_q;
   index_t const row_elems = index_t(p.nheads) * p.head_dim;
-  index_t const total = index_t(p.total_q) * row_elems;
   Element* const out = static_cast<Element*>(p.o_ptr);
-  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += index_t(gridDim.x) * blockDim.x) {
+  index_t const stride = index_t(gridDim.x) * blockDim.x;
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * row_elems; i += stride) {
     index_t const row = i / row_elems;
     int const head = int(i % row_elems) / p.head_dim;
     int const col = int(i % p.head_dim);
-    out[row * p.o_row_stride + head * p.o_head_stride + col] = Element(nan);
+    index_t const base = varlen ? row * p.o_row_stride
+                                : (row / p.seqlen_q) * p.o_batch_stride + (row % p.seqlen_q) * p.o_row_stride;
+    out[base + head * p.o_head_stride + col] = Element(nan);
   }
   if (p.softmax_lse_ptr != nullptr) {
-    index_t const lse_total = index_t(p.total_q) * p.nheads;
-    for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < lse_total;
-         i += index_t(gridDim.x) * blockDim.x) {
+    for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * p.nheads; i += stride) {
       p.softmax_lse_ptr[i] = nan;
     }
   }
@@ -60,7 +79,8 @@ __global__ void __launch_bounds__(256) fwd_varlen_check_kernel(__grid_constant__
 // On the attention kernel's stream, after it. Host code.
 template <class Element>
 void launch_fwd_varlen_check(FwdParams const& params, cudaStream_t stream) {
-  index_t const elems = index_t(params.total_q) * params.nheads * params.head_dim;
+  index_t const rows = params.cu_seqlens_q != nullptr ? index_t(params.total_q) : index_t(params.batch) * params.seqlen_q;
+  index_t const elems = rows * params.nheads * params.head_dim;
   int const blocks = int(cute::max(index_t(1), cute::min(index_t(1024), (elems + 255) / 256)));
   fwd_varlen_check_kernel<Element><<<blocks, 256, 0, stream>>>(params);
 }

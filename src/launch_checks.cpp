@@ -56,6 +56,14 @@ OperandExtent check_fp32_buffer(char const* name, uintptr_t ptr, u128 count) {
   return {name, ptr, uint64_t(bytes)};
 }
 
+// A contiguous int32 buffer of `count` elements (cu_seqlens, seqused_k, cache_batch_idx,
+// page_table).
+OperandExtent check_int32_buffer(char const* name, void const* ptr, long long count) {
+  auto const address = reinterpret_cast<uintptr_t>(ptr);
+  FA_CUTE_REQUIRE(address % 4 == 0, std::string(name) + ": data pointer must be 4-byte aligned (int32)");
+  return {name, address, uint64_t(count) * 4};
+}
+
 }  // namespace
 
 void check_seqlens(int seqlen_q, int seqlen_k) {
@@ -121,6 +129,9 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
       OperandExtent{"cu_seqlens_q", 0, 0},
       OperandExtent{"cu_seqlens_k", 0, 0},
       OperandExtent{"seqused_k", 0, 0},
+      OperandExtent{"k", 0, 0},
+      OperandExtent{"v", 0, 0},
+      OperandExtent{"cache_seqlens", 0, 0},
   };
   if (p.num_splits > 1) {
     extents[5] = check_fp32_buffer("o_accum", ptr(p.o_accum_ptr), rows * p.num_splits * p.head_dim);
@@ -154,15 +165,55 @@ ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams cons
   packed.causal_offset = 0;
   packed.cu_seqlens_q = packed.cu_seqlens_k = packed.seqused_k = nullptr;
   ForwardExtents extents = check_forward_args(kernel, packed, device);
-  auto const int32_buffer = [](char const* name, void const* ptr, long long count) {
-    auto const address = reinterpret_cast<uintptr_t>(ptr);
-    FA_CUTE_REQUIRE(address % 4 == 0, std::string(name) + ": data pointer must be 4-byte aligned (int32)");
-    return OperandExtent{name, address, uint64_t(count) * 4};
-  };
-  extents[7] = int32_buffer("cu_seqlens_q", p.cu_seqlens_q, p.batch + 1ll);
-  extents[8] = int32_buffer("cu_seqlens_k", p.cu_seqlens_k, p.batch + 1ll);
-  if (p.seqused_k != nullptr) extents[9] = int32_buffer("seqused_k", p.seqused_k, p.batch);
+  extents[7] = check_int32_buffer("cu_seqlens_q", p.cu_seqlens_q, p.batch + 1ll);
+  extents[8] = check_int32_buffer("cu_seqlens_k", p.cu_seqlens_k, p.batch + 1ll);
+  if (p.seqused_k != nullptr) extents[9] = check_int32_buffer("seqused_k", p.seqused_k, p.batch);
   return extents;
+}
+
+ForwardExtents check_kvcache_forward_args(FwdKernel const& kernel, FwdParams const& p, int device) {
+  FA_CUTE_REQUIRE(p.seqused_k != nullptr && p.cu_seqlens_q == nullptr && p.cu_seqlens_k == nullptr,
+                  "seqused_k: a KV-cache call needs it (cache_seqlens + the new tokens), without cu_seqlens");
+  bool const paged = p.page_table != nullptr;
+  if (paged) {
+    FA_CUTE_REQUIRE(p.page_size >= 16 && p.page_size % 16 == 0,
+                    "page_size: must be a positive multiple of 16, got " + str(p.page_size));
+    FA_CUTE_REQUIRE(p.num_pages >= 1, "num_pages: the page pool must hold >= 1 page, got " + str(p.num_pages));
+    FA_CUTE_REQUIRE(p.page_table_stride >= 1, "page_table: must have >= 1 column, got " + str(p.page_table_stride));
+    FA_CUTE_REQUIRE((long long)p.page_table_stride * p.page_size == p.seqlen_k,
+                    "seqlen_k: a paged cache's capacity is page_table_stride * page_size = " +
+                        str((long long)p.page_table_stride * p.page_size) + ", got " + str(p.seqlen_k));
+    FA_CUTE_REQUIRE(p.kv_batch_idx == nullptr, "cache_batch_idx: not with a page_table (the table maps the pages)");
+  }
+  if (p.kv_batch_idx != nullptr) FA_CUTE_REQUIRE(p.batch_k >= 1, "batch_k: must be >= 1, got " + str(p.batch_k));
+  // q, out, lse (and the split buffers) as a dense call; k and v checked below as the cache.
+  FwdParams dense = p;
+  dense.seqused_k = nullptr;
+  dense.kv_batch_idx = nullptr;
+  dense.page_table = nullptr;
+  dense.causal_offset = 0;
+  ForwardExtents extents = check_forward_args(kernel, dense, device);
+  auto const ptr = [](void const* x) { return reinterpret_cast<uintptr_t>(x); };
+  int const entries = paged ? p.num_pages : (p.kv_batch_idx != nullptr ? p.batch_k : p.batch);
+  int const rows = paged ? p.page_size : p.seqlen_k;
+  extents[1] = check_operand("k_cache", ptr(p.k_ptr), entries, rows, p.nheads_k, p.head_dim, p.k_batch_stride,
+                             p.k_row_stride, p.k_head_stride, kernel.block_n);
+  extents[2] = check_operand("v_cache", ptr(p.v_ptr), entries, rows, p.nheads_k, p.head_dim, p.v_batch_stride,
+                             p.v_row_stride, p.v_head_stride, kernel.block_n);
+  extents[7] = check_int32_buffer("seqused_k", p.seqused_k, p.batch);
+  if (p.kv_batch_idx != nullptr) extents[8] = check_int32_buffer("cache_batch_idx", p.kv_batch_idx, p.batch);
+  if (paged) extents[9] = check_int32_buffer("page_table", p.page_table, (long long)p.batch * p.page_table_stride);
+  return extents;
+}
+
+std::array<OperandExtent, 2> check_kv_append_args(KvAppendParams const& a) {
+  FA_CUTE_REQUIRE(a.seqlen_new >= 1 && a.seqlen_new <= kMaxSeqlen,
+                  "k, v: the new tokens per sequence must be in [1, " + str(kMaxSeqlen) + "], got " + str(a.seqlen_new));
+  auto const ptr = [](void const* x) { return reinterpret_cast<uintptr_t>(x); };
+  return {check_operand("k", ptr(a.k_new_ptr), a.batch, a.seqlen_new, a.nheads_k, a.head_dim, a.k_new_batch_stride,
+                        a.k_new_row_stride, a.k_new_head_stride, 1),
+          check_operand("v", ptr(a.v_new_ptr), a.batch, a.seqlen_new, a.nheads_k, a.head_dim, a.v_new_batch_stride,
+                        a.v_new_row_stride, a.v_new_head_stride, 1)};
 }
 
 void check_device(int device) {

@@ -14,6 +14,7 @@
 #include "bwd_registry.h"
 #include "flash_params.h"
 #include "kernel_registry.h"
+#include "kv_append.h"
 
 // Throws std::invalid_argument(message) unless cond; the message is built only then (the
 // checks run on every call, whose host time is a decode step's budget).
@@ -35,8 +36,10 @@ struct OperandExtent {
   uint64_t bytes;
 };
 
-// q, k, v, out, lse, o_accum, lse_accum; a varlen call's cu_seqlens_q, cu_seqlens_k, seqused_k.
-using ForwardExtents = std::array<OperandExtent, 10>;
+// q, k, v, out, lse, o_accum, lse_accum; a varlen call's cu_seqlens_q, cu_seqlens_k,
+// seqused_k (a KV-cache call's seqused_k, cache_batch_idx, page_table); a KV-cache call's new
+// k, v and cache_seqlens.
+using ForwardExtents = std::array<OperandExtent, 13>;
 
 // seqlen_q and seqlen_k in [1, kMaxSeqlen]: what every entry point that takes lengths shares.
 void check_seqlens(int seqlen_q, int seqlen_k);
@@ -57,6 +60,19 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& para
 // int32 each) and seqused_k (batch int32, when given) as operands. What cu_seqlens hold is
 // never read on the host (fwd_varlen_check.h checks it on the GPU).
 ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams const& params, int device);
+
+// A KV-cache call (params.seqused_k with dense q; forward_with_kvcache): q and out as
+// check_forward_args checks them, k and v as the cache: (batch_k, seqlen_k, nheads_k, d)
+// entries (kv_batch_idx non-null: batch_k of them, else batch) or, with page_table, pages
+// (num_pages, page_size, nheads_k, d), page_size a positive multiple of 16 and seqlen_k (the
+// capacity per entry) page_table_stride * page_size; seqused_k, kv_batch_idx (batch int32)
+// and page_table (batch x page_table_stride int32) as operands in extents[7..9]. What they
+// hold is never read on the host (fwd_varlen_check.h checks it on the GPU).
+ForwardExtents check_kvcache_forward_args(FwdKernel const& kernel, FwdParams const& params, int device);
+
+// The new tokens of a KV-cache call (k_new, v_new: (batch, seqlen_new, nheads_k, head_dim)),
+// checked as check_operand checks q; their extents.
+std::array<OperandExtent, 2> check_kv_append_args(KvAppendParams const& params);
 
 // device < the number of CUDA devices (the count is asked once); a failed query throws
 // std::runtime_error with the CUDA error, as the launch would have.

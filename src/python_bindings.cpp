@@ -21,6 +21,7 @@
 #include "flash_params.h"
 #include "fwd_heuristic.h"
 #include "kernel_registry.h"
+#include "kv_append.h"
 #include "launch_checks.h"
 #include "tile_size.h"
 
@@ -178,6 +179,80 @@ void varlen_forward(std::string const& config, std::string const& dtype, uintptr
   kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
 }
 
+// Attention of q (batch, seqlen_q, nheads, d) over a KV cache: k_cache/v_cache entries
+// (batch_k, capacity, nheads_k, d) read through kv_batch_idx (0: entry b for sequence b), or
+// pages (num_pages, page_size, nheads_k, d) read through page_table (batch,
+// page_table_stride); sequence b sees its first seqused_k[b] keys, aligned bottom-right.
+// With k_new (non-zero), the new tokens (batch, seqlen_new, nheads_k, d) are first written
+// into the cache at cache_seqlens[b] (kv_append.h), on the same stream. All int32 buffers
+// stay on the GPU (no host read); a bad one poisons the output (fwd_varlen_check.h).
+void kvcache_forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k_cache,
+                     uintptr_t v_cache, uintptr_t o, uintptr_t lse, uintptr_t k_new, uintptr_t v_new,
+                     uintptr_t cache_seqlens, uintptr_t seqused_k, uintptr_t kv_batch_idx, uintptr_t page_table,
+                     int batch, int seqlen_q, int seqlen_new, int capacity, int nheads, int nheads_k, int head_dim,
+                     int batch_k, int page_table_stride, int page_size, int num_pages, Strides q_strides,
+                     Strides k_cache_strides, Strides v_cache_strides, Strides o_strides, Strides k_new_strides,
+                     Strides v_new_strides, double softmax_scale, bool is_causal, double softcap, int window_left,
+                     int window_right, int device, uintptr_t stream_handle, int num_splits, uintptr_t o_accum,
+                     uintptr_t lse_accum) {
+  FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
+  // The launch's key length is the cache's capacity; each sequence's is seqused_k[b].
+  FwdParams params = problem_params<FwdParams>(batch, seqlen_q, capacity, nheads, nheads_k, is_causal);
+  set_attention_operands(params, q, k_cache, v_cache, o, q_strides, k_cache_strides, v_cache_strides, o_strides,
+                         softmax_scale);
+  set_softcap(params, softcap);
+  params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
+  params.head_dim = head_dim;
+  params.window_left = window_left;
+  params.window_right = window_right;
+  params.num_splits = num_splits;
+  params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
+  params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);
+  params.seqused_k = reinterpret_cast<int const*>(seqused_k);
+  params.kv_batch_idx = reinterpret_cast<int const*>(kv_batch_idx);
+  params.batch_k = batch_k;
+  params.page_table = reinterpret_cast<int const*>(page_table);
+  params.page_table_stride = page_table_stride;
+  params.page_size = page_size;
+  params.num_pages = num_pages;
+
+  ForwardExtents extents = check_kvcache_forward_args(kernel, params, device);
+  KvAppendParams append{};
+  if (k_new != 0) {
+    append.k_new_ptr = reinterpret_cast<void const*>(k_new);
+    append.v_new_ptr = reinterpret_cast<void const*>(v_new);
+    std::tie(append.k_new_batch_stride, append.k_new_row_stride, append.k_new_head_stride) = k_new_strides;
+    std::tie(append.v_new_batch_stride, append.v_new_row_stride, append.v_new_head_stride) = v_new_strides;
+    append.k_cache_ptr = reinterpret_cast<void*>(k_cache);
+    append.v_cache_ptr = reinterpret_cast<void*>(v_cache);
+    std::tie(append.k_cache_batch_stride, append.k_cache_row_stride, append.k_cache_head_stride) = k_cache_strides;
+    std::tie(append.v_cache_batch_stride, append.v_cache_row_stride, append.v_cache_head_stride) = v_cache_strides;
+    append.cache_seqlens = reinterpret_cast<int const*>(cache_seqlens);
+    append.kv_batch_idx = params.kv_batch_idx;
+    append.page_table = params.page_table;
+    append.page_table_stride = page_table_stride;
+    append.page_size = page_size;
+    append.num_pages = num_pages;
+    append.batch = batch;
+    append.batch_k = kv_batch_idx != 0 ? batch_k : batch;
+    append.seqlen_new = seqlen_new;
+    append.nheads_k = nheads_k;
+    append.head_dim = head_dim;
+    append.capacity = capacity;
+    std::array<OperandExtent, 2> const new_kv = check_kv_append_args(append);
+    extents[10] = new_kv[0];
+    extents[11] = new_kv[1];
+    FA_CUTE_REQUIRE(cache_seqlens != 0 && cache_seqlens % 4 == 0,
+                    "cache_seqlens: a non-null, 4-byte aligned int32 device pointer is needed with k, v");
+    extents[12] = OperandExtent{"cache_seqlens", cache_seqlens, 4ull * uint64_t(batch)};
+  }
+  check_runtime(extents, device, stream_handle, check_forward_memory);
+  auto const stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  py::gil_scoped_release release;
+  if (k_new != 0) launch_kv_append(append, stream);
+  kernel.launch(params, stream);
+}
+
 // The split-KV heuristic's choice for a problem (1: no split), so that the caller can size
 // the fp32 o_accum / lse_accum buffers that forward(num_splits > 1) needs.
 int num_splits(std::string const& config, std::string const& dtype, int batch, int seqlen_q,
@@ -314,6 +389,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("softmax_scale"),
         py::arg("is_causal"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("device"),
         py::arg("stream"));
+  m.def("kvcache_forward", &fa_cute::kvcache_forward, py::arg("config"), py::arg("dtype"), py::arg("q"),
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("out"), py::arg("lse"), py::arg("k_new"), py::arg("v_new"),
+        py::arg("cache_seqlens"), py::arg("seqused_k"), py::arg("kv_batch_idx"), py::arg("page_table"),
+        py::arg("batch"), py::arg("seqlen_q"), py::arg("seqlen_new"), py::arg("capacity"), py::arg("nheads"),
+        py::arg("nheads_k"), py::arg("head_dim"), py::arg("batch_k"), py::arg("page_table_stride"),
+        py::arg("page_size"), py::arg("num_pages"), py::arg("q_strides"), py::arg("k_cache_strides"),
+        py::arg("v_cache_strides"), py::arg("out_strides"), py::arg("k_new_strides"), py::arg("v_new_strides"),
+        py::arg("softmax_scale"), py::arg("is_causal"), py::arg("softcap"), py::arg("window_left"),
+        py::arg("window_right"), py::arg("device"), py::arg("stream"), py::arg("num_splits") = 1,
+        py::arg("o_accum") = 0, py::arg("lse_accum") = 0);
   m.def("num_splits", &fa_cute::num_splits, py::arg("config"), py::arg("dtype"), py::arg("batch"),
         py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
         py::arg("is_causal"), py::arg("device"));

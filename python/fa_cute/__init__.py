@@ -6,6 +6,7 @@
     fa_cute.activate()               # torch SDPA's flash backend on CUDA runs fa_cute
     out, lse = fa_cute.combine(outs, lses)  # attention over disjoint key sets, merged
     out = fa_cute.varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k)  # packed
+    out = fa_cute.forward_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens)  # decode
 
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
 """
@@ -21,9 +22,11 @@ from ._api import backward, configs, forward, forward_timed, resolve_config, sdp
 from . import _C  # noqa: E402  (after _api, whose import explains a missing build)
 from ._combine import combine  # noqa: E402
 from ._sdpa_backend import activate, activated, deactivate, is_active  # noqa: E402
+from ._kvcache import forward_with_kvcache  # noqa: E402
 from ._varlen import varlen_forward  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
 __all__ = ["__version__", "activate", "activated", "backward", "combine", "configs", "deactivate",
-           "forward", "forward_timed", "is_active", "resolve_config", "sdpa", "varlen_forward"]
+           "forward", "forward_timed", "forward_with_kvcache", "is_active", "resolve_config", "sdpa",
+           "varlen_forward"]

@@ -30,9 +30,11 @@ struct Sm80FwdLaunch {
     bool const even = params.seqlen_q % Traits::kBlockM == 0 && params.seqlen_k % Traits::kBlockN == 0;
     // A softcap or a window runs in the kSoftcapWindow variant alone: their code in the
     // other variants' loops made ptxas spill (docs/perf-notes.md, Hopper kernel, Open leads).
-    // A variable-length batch runs there too (FwdSeqlens: the other variants read no cu_seqlens).
+    // A variable-length batch or a KV cache runs there too (FwdSeqlens: the other variants
+    // read no cu_seqlens or seqused_k).
     bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
-    if (window || params.softcap_premul != 0.f || params.cu_seqlens_q != nullptr) return FwdMaskMode::kSoftcapWindow;
+    bool const per_batch = params.cu_seqlens_q != nullptr || params.seqused_k != nullptr;  // varlen, KV cache
+    if (window || params.softcap_premul != 0.f || per_batch) return FwdMaskMode::kSoftcapWindow;
     if (!even) return FwdMaskMode::kGeneral;
     return params.is_causal ? FwdMaskMode::kCausalEven : FwdMaskMode::kNone;
   }

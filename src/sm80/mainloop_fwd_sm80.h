@@ -106,12 +106,12 @@ struct Sm80FwdMainloop {
   }
   CUTE_DEVICE auto gK(FwdTileCoord const& c, Seqlens const& seq, int n_block) const {  // (BLK_N,D)
     return gmem_row_tile(static_cast<Element const*>(params.k_ptr),
-                         c.bidb * params.k_batch_stride + c.bidh_k * params.k_head_stride,
+                         seq.bidb_k * params.k_batch_stride + c.bidh_k * params.k_head_stride,
                          seq.offset_k + n_block * kBlockN, params.k_row_stride, TileKV{});
   }
   CUTE_DEVICE auto gV(FwdTileCoord const& c, Seqlens const& seq, int n_block) const {  // (BLK_N,D)
     return gmem_row_tile(static_cast<Element const*>(params.v_ptr),
-                         c.bidb * params.v_batch_stride + c.bidh_k * params.v_head_stride,
+                         seq.bidb_k * params.v_batch_stride + c.bidh_k * params.v_head_stride,
                          seq.offset_k + n_block * kBlockN, params.v_row_stride, TileKV{});
   }
 
@@ -137,10 +137,50 @@ struct Sm80FwdMainloop {
     load_rows(gQ(c, seq), sQ, TileQ{}, seq.seqlen_q - c.m_block * kBlockM);
   }
   CUTE_DEVICE void load_k(FwdTileCoord const& c, Seqlens const& seq, int n) {
+    if constexpr (kExtras) {
+      if (params.page_table != nullptr) {
+        return load_paged(params.k_ptr, params.k_batch_stride, params.k_row_stride, c.bidh_k * params.k_head_stride,
+                          c, seq, n, sK);
+      }
+    }
     load_rows(gK(c, seq, n), sK, TileKV{}, seq.seqlen_k - n * kBlockN);
   }
   CUTE_DEVICE void load_v(FwdTileCoord const& c, Seqlens const& seq, int n) {
+    if constexpr (kExtras) {
+      if (params.page_table != nullptr) {
+        return load_paged(params.v_ptr, params.v_batch_stride, params.v_row_stride, c.bidh_k * params.v_head_stride,
+                          c, seq, n, sV);
+      }
+    }
     load_rows(gV(c, seq, n), sV, TileKV{}, seq.seqlen_k - n * kBlockN);
+  }
+
+  // A key block of a paged cache (FwdParams::page_table): its rows may lie in several pages
+  // (page_size is any multiple of 16, below kBlockN or not), so each row this thread copies
+  // is rebased from a virtual contiguous block onto its page (page stride = batch stride);
+  // rows past the keys are zero-filled, never read.
+  template <class TensorS>
+  CUTE_DEVICE void load_paged(void const* ptr, index_t page_stride, index_t row_stride, index_t head_offset,
+                              FwdTileCoord const& c, Seqlens const& seq, int n_block, TensorS const& sX) {
+    using namespace cute;
+    Tensor src = gmem_thr_copy_QKV.partition_S(
+        gmem_row_tile(static_cast<Element const*>(ptr), head_offset, 0, row_stride, TileKV{}));  // (CPY,CPY_ROWS,CPY_D)
+    Tensor dst = gmem_thr_copy_QKV.partition_D(sX);                                              // (CPY,CPY_ROWS,CPY_D)
+    Tensor coords = gmem_thr_copy_QKV.partition_S(make_identity_tensor(TileKV{}));              // (CPY,CPY_ROWS,CPY_D)
+    int const num_rows = seq.seqlen_k - n_block * kBlockN;
+    CUTE_UNROLL
+    for (int m = 0; m < size<1>(src); ++m) {
+      int const row = get<0>(coords(0, m, 0));
+      if (row < num_rows) {
+        int const key = n_block * kBlockN + row;
+        index_t const delta = index_t(seq.page_of(params, c.bidb, key)) * page_stride +
+                              index_t(key % params.page_size - row) * row_stride;
+        Tensor src_row = make_tensor(src(_, m, _).data() + delta, src(_, m, _).layout());
+        copy(gmem_tiled_copy_QKV, src_row, dst(_, m, _));
+      } else {
+        clear(dst(_, m, _));
+      }
+    }
   }
 
   // A tile's Q and first K (with kOverlapLoads; else the main loop loads K with V), or

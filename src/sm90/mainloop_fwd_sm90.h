@@ -126,6 +126,9 @@ struct Sm90FwdMainloop {
     return FwdKeyRange::of<kBlockM, kBlockN, Traits::kSplitKV, /*kWindow=*/kExtras>(c, p, seq);
   }
 
+  // K/V's batch entries: a KV cache read through kv_batch_idx has batch_k of them.
+  CUTE_HOST_DEVICE static int kv_batch(FwdParams const& p) { return p.kv_batch_idx != nullptr ? p.batch_k : p.batch; }
+
   // The TMA coordinate tensors of one (batch entry, head) of Q (K, V: rows = seqlen_k), whose
   // row 0 is the sequence's first: dense, the (seqlen, d, heads, batch) tensor's slice;
   // varlen, the packed (total, d, heads, 1) tensor's, offset to the sequence.
@@ -158,10 +161,10 @@ struct Sm90FwdMainloop {
     Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutV{});  // (BLK_N,D,STAGE)
     Tensor mQ = rows_of(mainloop_params.tma_q, p.seqlen_q, p.total_q, p.nheads, p.batch, coord.bidh, coord.bidb,
                         seq, seq.offset_q, p);  // (seqlen_q,D)
-    Tensor mK = rows_of(mainloop_params.tma_k, p.seqlen_k, p.total_k, p.nheads_k, p.batch, coord.bidh_k, coord.bidb,
-                        seq, seq.offset_k, p);  // (seqlen_k,D)
-    Tensor mV = rows_of(mainloop_params.tma_v, p.seqlen_k, p.total_k, p.nheads_k, p.batch, coord.bidh_k, coord.bidb,
-                        seq, seq.offset_k, p);  // (seqlen_k,D)
+    Tensor mK = rows_of(mainloop_params.tma_k, p.seqlen_k, p.total_k, p.nheads_k, kv_batch(p), coord.bidh_k,
+                        seq.bidb_k, seq, seq.offset_k, p);  // (seqlen_k,D)
+    Tensor mV = rows_of(mainloop_params.tma_v, p.seqlen_k, p.total_k, p.nheads_k, kv_batch(p), coord.bidh_k,
+                        seq.bidb_k, seq, seq.offset_k, p);  // (seqlen_k,D)
     Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(coord.m_block, _0{}));  // (BLK_M,D)
     Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));              // (BLK_N,D,n)
     Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));              // (BLK_N,D,n)

@@ -1,0 +1,199 @@
+"""`fa_cute.forward_with_kvcache`: attention of new queries over a KV cache, with the new
+tokens' keys and values appended into the cache in the same call (what a serving engine's
+decode and chunked-prefill steps do).
+
+The cache is either dense, (batch_cache, capacity, nheads_k, headdim) entries with an
+optional int32 `cache_batch_idx` naming sequence b's entry, or paged, (num_pages,
+page_size, nheads_k, headdim) pages read through an int32 `page_table` (batch, max_pages):
+sequence b's key j is row j % page_size of page page_table[b, j // page_size]. Sequence b
+holds `cache_seqlens[b]` keys before the call; the new k, v (batch, seqlen_new, nheads_k,
+headdim) are written at positions cache_seqlens[b] .. + seqlen_new - 1 (src/kv_append.cu),
+then q attends to the first cache_seqlens[b] + seqlen_new keys, aligned bottom-right. The
+int32 tensors stay on the GPU (no host sync; the call captures in a CUDA graph). What the
+host cannot see is checked on the GPU: a position past an entry's capacity, an entry or a
+page outside its pool is not written, and the call's output and LSE become NaN
+(src/fwd_varlen_check.h). Paged caches run on the Ampere-style kernel (the Hopper kernel's
+TMA loads take no pages yet).
+"""
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import _C
+from ._configs import AUTO, CONFIGS, DTYPE_NAMES, check_config_type, gpu_of
+from ._launch import current_stream, row_strides
+from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
+                        check_tensor, grad_mode, resolve_scale, softcap_arg, window_arg)
+
+__all__ = ["forward_with_kvcache"]
+
+Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         k: Optional[torch.Tensor] = None, v: Optional[torch.Tensor] = None, *,
+                         cache_seqlens: torch.Tensor, page_table: Optional[torch.Tensor] = None,
+                         cache_batch_idx: Optional[torch.Tensor] = None, causal: bool = False,
+                         softmax_scale: Optional[float] = None,
+                         window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                         return_lse: bool = False, num_splits: int = 0,
+                         config: Optional[str] = AUTO) -> Result:
+    """Attention of q (batch, seqlen_q, nheads, headdim) over each sequence's cached keys and
+    values plus the new ones k, v (appended into the cache first; both or neither).
+
+    cache_seqlens: int32 CUDA tensor (batch,): keys cached before this call. page_table
+    (int32, (batch, max_pages); page_size a multiple of 16) or cache_batch_idx (int32,
+    (batch,)) select where each sequence's keys live (at most one of them). causal,
+    window_size, softcap and softmax_scale are `forward`'s, aligned bottom-right on the
+    sequence's keys after the append. num_splits: 0 lets the split-KV heuristic choose, 1
+    never splits, n > 1 splits each query tile's keys in n. Returns the output (batch,
+    seqlen_q, nheads, headdim) and, with return_lse, the float32 LSE (batch, nheads,
+    seqlen_q). No backward: inputs that require grad in grad mode raise ValueError.
+    """
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
+    cap = softcap_arg(softcap)
+    window_left, window_right = window_arg(window_size, causal)
+    named = [("q", q), ("k_cache", k_cache), ("v_cache", v_cache)]
+    if (k is None) != (v is None):
+        raise ValueError("k and v: pass both new keys and values, or neither")
+    if k is not None:
+        named += [("k", k), ("v", v)]
+    for name, t in named:
+        check_tensor(name, t)
+        if t.dtype not in DTYPE_NAMES:
+            raise TypeError(f"{name} has dtype {t.dtype}; allowed: {ALLOWED_DTYPES}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D, got shape {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, q {q.dtype}: pass one dtype")
+    if grad_mode() and any(t.requires_grad for _, t in named):
+        raise ValueError("forward_with_kvcache has no backward: call it under torch.no_grad() "
+                         "or torch.inference_mode()")
+    batch, seqlen_q, nheads, head_dim = q.shape
+    entries, rows, nheads_k, head_dim_k = k_cache.shape
+    if tuple(v_cache.shape) != tuple(k_cache.shape):
+        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got "
+                         f"{tuple(v_cache.shape)}")
+    if head_dim_k != head_dim:
+        raise ValueError(f"k_cache has headdim {head_dim_k}, q {head_dim}: they must match")
+    if nheads_k == 0 or nheads % nheads_k:
+        raise ValueError(f"nheads of q ({nheads}) must be a multiple of nheads of the cache "
+                         f"({nheads_k})")
+    seqlen_new = 0
+    if k is not None:
+        if tuple(k.shape) != tuple(v.shape) or k.shape[0] != batch or k.shape[2:] != k_cache.shape[2:]:
+            raise ValueError(f"k and v must be (batch={batch}, seqlen_new, nheads_k={nheads_k}, "
+                             f"headdim={head_dim}), got {tuple(k.shape)} and {tuple(v.shape)}")
+        seqlen_new = k.shape[1]
+    _check_int32("cache_seqlens", cache_seqlens, (batch,))
+    paged = page_table is not None
+    if paged:
+        if cache_batch_idx is not None:
+            raise ValueError("cache_batch_idx and page_table: pass at most one (the page table "
+                             "already says where each sequence's keys live)")
+        if page_table.dim() != 2 or page_table.shape[0] != batch:
+            raise ValueError(f"page_table must be (batch={batch}, max_pages), got shape "
+                             f"{tuple(getattr(page_table, 'shape', ()))}")
+        _check_int32("page_table", page_table, tuple(page_table.shape))
+        if rows % 16 or rows == 0:
+            raise ValueError(f"k_cache: a paged cache's page_size (dim 1) must be a positive "
+                             f"multiple of 16, got {rows}")
+        capacity = page_table.shape[1] * rows
+    else:
+        if cache_batch_idx is not None:
+            _check_int32("cache_batch_idx", cache_batch_idx, (batch,))
+        elif entries < batch:
+            raise ValueError(f"k_cache has {entries} entries for a batch of {batch}: pass "
+                             "cache_batch_idx to map sequences onto entries")
+        capacity = rows
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: the heuristic), got {num_splits!r}")
+    if batch == 0 or seqlen_q == 0 or nheads == 0:
+        raise ValueError(f"q must have batch, seqlen_q and nheads >= 1, got shape {tuple(q.shape)}")
+    scale = resolve_scale(softmax_scale, head_dim)
+    cfg = _pick_config(config, q, head_dim, seqlen_q, capacity, bool(causal), paged, cap)
+    for name, t in named:
+        check_layout(name, t, cfg["block_n"] if "cache" in name else cfg["block_m"])
+    ints = [("cache_seqlens", cache_seqlens)] + ([("page_table", page_table)] if paged else []) + \
+        ([("cache_batch_idx", cache_batch_idx)] if cache_batch_idx is not None else [])
+    check_devices(named + ints, cfg, "q")
+    for name, t in named + ints:
+        check_memory(name, t)
+
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = (torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
+           if return_lse else None)
+    seqused = cache_seqlens + seqlen_new if seqlen_new else cache_seqlens
+    device = q.device.index
+    splits = num_splits or _C.num_splits(cfg["name"], DTYPE_NAMES[q.dtype], batch, seqlen_q,
+                                          capacity, nheads, nheads_k, bool(causal), device)
+    accum = None
+    if splits > 1:
+        rows_total = batch * nheads * seqlen_q
+        accum = torch.empty(splits * rows_total * (head_dim + 1), dtype=torch.float32,
+                            device=q.device)
+        o_accum, lse_accum = accum[:splits * rows_total * head_dim], accum[splits * rows_total * head_dim:]
+    with torch.cuda.device(q.device):
+        _C.kvcache_forward(
+            cfg["name"], DTYPE_NAMES[q.dtype], q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+            out.data_ptr(), 0 if lse is None else lse.data_ptr(),
+            0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
+            cache_seqlens.data_ptr(), seqused.data_ptr(),
+            0 if cache_batch_idx is None else cache_batch_idx.data_ptr(),
+            page_table.data_ptr() if paged else 0, batch, seqlen_q, max(seqlen_new, 1), capacity,
+            nheads, nheads_k, head_dim, entries, page_table.shape[1] if paged else 0,
+            rows if paged else 0, entries if paged else 0, row_strides(q), row_strides(k_cache),
+            row_strides(v_cache), row_strides(out),
+            row_strides(k) if k is not None else (0, 0, 0),
+            row_strides(v) if v is not None else (0, 0, 0), scale, bool(causal), cap,
+            window_left, -1 if causal else window_right, device, current_stream(device),
+            splits if splits > 1 else 1,
+            o_accum.data_ptr() if accum is not None else 0,
+            lse_accum.data_ptr() if accum is not None else 0)
+    return (out, lse) if return_lse else out
+
+
+def _check_int32(name: str, t, shape) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be an int32 torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name} must have dtype torch.int32, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape) or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous tensor of shape {tuple(shape)}, got "
+                         f"{tuple(t.shape)}")
+
+
+def _pick_config(config, q, head_dim: int, seqlen_q: int, capacity: int, causal: bool,
+                 paged: bool, cap: float) -> dict:
+    """The named config or auto's: the heuristic's for (seqlen_q, capacity) on this GPU, the
+    Ampere-style kernel's for a paged cache (or a softcap at Hopper d=256)."""
+    if config is None:
+        config = AUTO
+    check_config_type(config)
+    if config != AUTO:
+        if config not in CONFIGS:
+            raise ValueError(f"config {config!r} is not built; built configs: {', '.join(CONFIGS)}")
+        cfg = CONFIGS[config]
+    else:
+        head_dims = sorted({c["head_dim"] for c in CONFIGS.values()})
+        if head_dim not in head_dims:
+            raise ValueError(f"headdim of q ({head_dim}) is not supported; built head dims: "
+                             f"{', '.join(map(str, head_dims))}")
+        cc = gpu_of(q.device.index)[1] if q.is_cuda else (8, 0)
+        if paged or (cap and head_dim >= 256):
+            cc = (8, 0)
+        cfg = CONFIGS[_C.default_config(head_dim, seqlen_q, capacity, cc[0], cc[1], causal)]
+    if cfg["head_dim"] != head_dim:
+        raise ValueError(f"config {cfg['name']!r} is for head_dim {cfg['head_dim']}, but q has "
+                         f"headdim {head_dim}")
+    if DTYPE_NAMES[q.dtype] not in cfg["dtypes"]:
+        raise ValueError(f"config {cfg['name']!r} supports dtypes {cfg['dtypes']}, not {q.dtype}")
+    if paged and cfg["family"] == "sm90a":
+        raise ValueError(f"page_table: config {cfg['name']!r} (Hopper) takes no paged cache yet; "
+                         "use config='auto' or an sm80 config")
+    if cfg["family"] == "sm90a" and cap and cfg["head_dim"] >= 256:
+        raise ValueError(f"softcap: config {cfg['name']!r} (Hopper, head dim 256) has no softcap; "
+                         "use config='auto' or an sm80 config")
+    return cfg

@@ -1,0 +1,136 @@
+"""forward_with_kvcache on a GPU against the float64 reference (2x rule, LSE) and a reference
+append: dense caches (with and without cache_batch_idx) and paged ones (page sizes 16, 64
+and 256, shuffled pages), appends of 0, 1 and 7 tokens at random cache_seqlens, causal and
+not, GQA, decode (seqlen_q = 1, split-KV) and chunked prefill; the cache after the call holds
+exactly the reference append; a cache overflow comes back as NaN and writes nothing past
+the capacity; the call captures in a CUDA graph. tests/test_kvcache.py tests the argument
+checks on CPU."""
+
+import math
+
+import pytest
+import torch
+
+import fa_cute
+from fa_cute._reference import attention_ref, check_close, check_lse, paged_kv_ref
+
+from attention_cases import DEVICE, built_dtype, require_head_dim
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+D = 128
+
+
+def _setup(batch, seqlen_q, seqlen_new, nheads, nheads_k, capacity, page_size, seed):
+    """q, the new k, v, cache_seqlens (room left for the new tokens), the cache (dense
+    (batch + 2, capacity, ...) with a shuffled cache_batch_idx, or shuffled pages) and the
+    page table or index."""
+    require_head_dim(D)
+    dtype = built_dtype(D)
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    q = rnd(batch, seqlen_q, nheads, D)
+    k_new, v_new = (rnd(batch, seqlen_new, nheads_k, D) if seqlen_new else None for _ in range(2))
+    lens = torch.randint(0, capacity - seqlen_new + 1, (batch,), generator=gen)
+    if page_size:
+        pages_per_seq = capacity // page_size
+        num_pages = batch * pages_per_seq + 3
+        k_cache, v_cache = (rnd(num_pages, page_size, nheads_k, D) for _ in range(2))
+        perm = torch.randperm(num_pages, generator=gen)[:batch * pages_per_seq]
+        table = perm.view(batch, pages_per_seq).to(torch.int32)
+        return q, k_new, v_new, lens, k_cache, v_cache, table.to(DEVICE), None
+    k_cache, v_cache = (rnd(batch + 2, capacity, nheads_k, D) for _ in range(2))
+    index = torch.randperm(batch + 2, generator=gen)[:batch].to(torch.int32)
+    return q, k_new, v_new, lens, k_cache, v_cache, None, index.to(DEVICE)
+
+
+def _reference_cache(k_cache, k_new, lens, table, index):
+    """The cache after a reference append, and each sequence's keys as a dense batch."""
+    cache = k_cache.clone()
+    batch = lens.shape[0]
+    for b in range(batch):
+        for j in range(0 if k_new is None else k_new.shape[1]):
+            pos = int(lens[b]) + j
+            if table is not None:
+                page_size = cache.shape[1]
+                cache[int(table[b, pos // page_size]), pos % page_size] = k_new[b, j]
+            else:
+                cache[int(index[b]), pos] = k_new[b, j]
+    seqlens = [int(n) + (0 if k_new is None else k_new.shape[1]) for n in lens]
+    if table is not None:
+        dense = paged_kv_ref(cache.cpu(), table.cpu(), seqlens)
+    else:
+        dense = cache[index.long()].cpu()
+    return cache, dense, seqlens
+
+
+def _check(batch=3, seqlen_q=1, seqlen_new=1, nheads=8, nheads_k=2, capacity=512, page_size=0,
+           causal=False, seed=0, num_splits=0):
+    q, k_new, v_new, lens, k_cache, v_cache, table, index = _setup(
+        batch, seqlen_q, seqlen_new, nheads, nheads_k, capacity, page_size, seed)
+    ref_k_cache, dense_k, seqlens = _reference_cache(k_cache, k_new, lens, table, index)
+    ref_v_cache, dense_v, _ = _reference_cache(v_cache, v_new, lens, table, index)
+    out, lse = fa_cute.forward_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cache_seqlens=lens.to(torch.int32).to(DEVICE),
+        page_table=table, cache_batch_idx=index, causal=causal, return_lse=True,
+        num_splits=num_splits)
+    torch.testing.assert_close(k_cache, ref_k_cache, atol=0, rtol=0)
+    torch.testing.assert_close(v_cache, ref_v_cache, atol=0, rtol=0)
+    scale = D ** -0.5
+    for b in range(batch):
+        kb, vb = dense_k[b:b + 1, :seqlens[b]], dense_v[b:b + 1, :seqlens[b]]
+        qb = q[b:b + 1].cpu()
+        if seqlens[b] == 0:
+            assert (out[b] == 0).all().item() and torch.isneginf(lse[b]).all().item()
+            continue
+        ref, ref_lse = attention_ref(qb, kb, vb, scale, causal=causal, return_lse=True)
+        plain = attention_ref(qb, kb, vb, scale, upcast=False, causal=causal)
+        check_close(out[b:b + 1].cpu(), ref, plain)
+        check_lse(lse[b:b + 1].cpu(), ref_lse)
+
+
+@pytest.mark.parametrize("seqlen_new", [0, 1, 7])
+@pytest.mark.parametrize("page_size", [0, 16, 64, 256], ids=["dense", "p16", "p64", "p256"])
+def test_decode(page_size, seqlen_new) -> None:
+    _check(seqlen_q=1, seqlen_new=seqlen_new, page_size=page_size, capacity=1024)
+
+
+@pytest.mark.parametrize("page_size", [0, 16, 256], ids=["dense", "p16", "p256"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_chunked_prefill(page_size, causal) -> None:
+    _check(seqlen_q=7, seqlen_new=7, page_size=page_size, causal=causal, capacity=768, seed=1)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_splits(num_splits) -> None:
+    _check(batch=2, seqlen_q=1, seqlen_new=1, capacity=2048, num_splits=num_splits, seed=2)
+
+
+def test_overflow_poisons_and_writes_nothing_past_capacity() -> None:
+    q, k_new, v_new, lens, k_cache, v_cache, table, index = _setup(2, 1, 7, 8, 2, 256, 0, 3)
+    before = k_cache.clone()
+    lens = torch.tensor([100, 253], dtype=torch.int32, device=DEVICE)  # 253 + 7 > 256
+    out = fa_cute.forward_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=lens,
+                                       cache_batch_idx=index)
+    torch.cuda.synchronize()
+    assert torch.isnan(out).all().item()
+    e = int(index[1])
+    assert torch.equal(k_cache[e, :253], before[e, :253])
+
+
+def test_cuda_graph_capture() -> None:
+    q, k_new, v_new, lens, k_cache, v_cache, table, _ = _setup(2, 1, 1, 8, 2, 512, 64, 4)
+    lens_gpu = lens.to(torch.int32).to(DEVICE)
+    out = fa_cute.forward_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=lens_gpu,
+                                       page_table=table)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fa_cute.forward_with_kvcache(q, k_cache, v_cache, k_new, v_new,
+                                                cache_seqlens=lens_gpu, page_table=table)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, out, atol=0, rtol=0)
+    assert math.isfinite(captured.float().abs().max().item())
