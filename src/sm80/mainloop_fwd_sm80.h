@@ -158,7 +158,9 @@ struct Sm80FwdMainloop {
   // A key block of a paged cache (FwdParams::page_table): its rows may lie in several pages
   // (page_size is any multiple of 16, below kBlockN or not), so each row this thread copies
   // is rebased from a virtual contiguous block onto its page (page stride = batch stride);
-  // rows past the keys are zero-filled, never read.
+  // rows past the keys are zero-filled, never read. The row loop is not unrolled: unrolled,
+  // ptxas hoisted every row's page lookup and the kSoftcapWindow variant spilled past its
+  // budget (docs/perf-notes.md, Hopper kernel, open leads).
   template <class TensorS>
   CUTE_DEVICE void load_paged(void const* ptr, index_t page_stride, index_t row_stride, index_t head_offset,
                               FwdTileCoord const& c, Seqlens const& seq, int n_block, TensorS const& sX) {
@@ -168,7 +170,7 @@ struct Sm80FwdMainloop {
     Tensor dst = gmem_thr_copy_QKV.partition_D(sX);                                              // (CPY,CPY_ROWS,CPY_D)
     Tensor coords = gmem_thr_copy_QKV.partition_S(make_identity_tensor(TileKV{}));              // (CPY,CPY_ROWS,CPY_D)
     int const num_rows = seq.seqlen_k - n_block * kBlockN;
-    CUTE_UNROLL
+    CUTE_NO_UNROLL
     for (int m = 0; m < size<1>(src); ++m) {
       int const row = get<0>(coords(0, m, 0));
       if (row < num_rows) {
