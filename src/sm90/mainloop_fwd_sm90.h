@@ -345,10 +345,18 @@ struct Sm90FwdMainloop {
           st.advance();
         };
         int i = 1;
-        for (; i < n_masked; ++i) { step(i, true_type{}); }
-        for (; i < unmasked_end; ++i) { step(i, false_type{}); }
         if constexpr (kExtras) {
-          for (; i < num_blocks; ++i) { step(i, true_type{}); }
+          // The masked runs before and after the unmasked one through one copy of the masked
+          // body (a third copy cost the variant registers).
+          for (int masked_end = n_masked;;) {
+            for (; i < masked_end; ++i) { step(i, true_type{}); }
+            if (masked_end == num_blocks) break;
+            for (; i < unmasked_end; ++i) { step(i, false_type{}); }
+            masked_end = num_blocks;
+          }
+        } else {
+          for (; i < n_masked; ++i) { step(i, true_type{}); }
+          for (; i < unmasked_end; ++i) { step(i, false_type{}); }
         }
         release_q();
         issue_pv(st_v);
@@ -374,10 +382,16 @@ struct Sm90FwdMainloop {
           step(0, true_type{}, false_type{});
         }
         int i = 1;
-        for (; i < n_masked; ++i) { step(i, false_type{}, true_type{}); }
-        for (; i < unmasked_end; ++i) { step(i, false_type{}, false_type{}); }
         if constexpr (kExtras) {
-          for (; i < num_blocks; ++i) { step(i, false_type{}, true_type{}); }
+          for (int masked_end = n_masked;;) {  // as above: one copy of the masked body
+            for (; i < masked_end; ++i) { step(i, false_type{}, true_type{}); }
+            if (masked_end == num_blocks) break;
+            for (; i < unmasked_end; ++i) { step(i, false_type{}, false_type{}); }
+            masked_end = num_blocks;
+          }
+        } else {
+          for (; i < n_masked; ++i) { step(i, false_type{}, true_type{}); }
+          for (; i < unmasked_end; ++i) { step(i, false_type{}, false_type{}); }
         }
         release_q();
       }
