@@ -22,7 +22,7 @@ import torch
 
 from . import _C
 from ._configs import AUTO, CONFIGS, DTYPE_NAMES, check_config_type, gpu_of
-from ._launch import current_stream, row_strides
+from ._launch import current_stream, launch_strides, packable, row_strides
 from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
                         check_tensor, grad_mode, resolve_scale, softcap_arg, window_arg)
 
@@ -113,7 +113,14 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if batch == 0 or seqlen_q == 0 or nheads == 0:
         raise ValueError(f"q must have batch, seqlen_q and nheads >= 1, got shape {tuple(q.shape)}")
     scale = resolve_scale(softmax_scale, head_dim)
-    cfg = _pick_config(config, q, head_dim, seqlen_q, capacity, bool(causal), paged, cap)
+    # A one-query decode hides nothing with causal; with GQA its query heads run as the rows
+    # of one tile per K/V head (as `forward` packs them: each K/V block loaded once per group,
+    # not once per query head). A window's mask needs the query position, so it is not packed.
+    causal = bool(causal) and seqlen_q > 1
+    windowed = window_left >= 0 or window_right >= 0
+    packed = seqlen_q == 1 and nheads > nheads_k and not windowed and packable(q)
+    launch_seqlen_q, launch_nheads = (nheads // nheads_k, nheads_k) if packed else (seqlen_q, nheads)
+    cfg = _pick_config(config, q, head_dim, launch_seqlen_q, capacity, causal, paged, cap)
     for name, t in named:
         check_layout(name, t, cfg["block_n"] if "cache" in name else cfg["block_m"])
     ints = [("cache_seqlens", cache_seqlens)] + ([("page_table", page_table)] if paged else []) + \
@@ -127,11 +134,11 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
            if return_lse else None)
     seqused = cache_seqlens + seqlen_new if seqlen_new else cache_seqlens
     device = q.device.index
-    splits = num_splits or _C.num_splits(cfg["name"], DTYPE_NAMES[q.dtype], batch, seqlen_q,
-                                          capacity, nheads, nheads_k, bool(causal), device)
+    splits = num_splits or _C.num_splits(cfg["name"], DTYPE_NAMES[q.dtype], batch, launch_seqlen_q,
+                                          capacity, launch_nheads, nheads_k, causal, device)
     accum = None
     if splits > 1:
-        rows_total = batch * nheads * seqlen_q
+        rows_total = batch * launch_nheads * launch_seqlen_q
         accum = torch.empty(splits * rows_total * (head_dim + 1), dtype=torch.float32,
                             device=q.device)
         o_accum, lse_accum = accum[:splits * rows_total * head_dim], accum[splits * rows_total * head_dim:]
@@ -142,12 +149,13 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
             0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
             cache_seqlens.data_ptr(), seqused.data_ptr(),
             0 if cache_batch_idx is None else cache_batch_idx.data_ptr(),
-            page_table.data_ptr() if paged else 0, batch, seqlen_q, max(seqlen_new, 1), capacity,
-            nheads, nheads_k, head_dim, entries, page_table.shape[1] if paged else 0,
-            rows if paged else 0, entries if paged else 0, row_strides(q), row_strides(k_cache),
-            row_strides(v_cache), row_strides(out),
+            page_table.data_ptr() if paged else 0, batch, launch_seqlen_q, max(seqlen_new, 1),
+            capacity, launch_nheads, nheads_k, head_dim, entries,
+            page_table.shape[1] if paged else 0, rows if paged else 0, entries if paged else 0,
+            launch_strides(q, packed, nheads_k), row_strides(k_cache), row_strides(v_cache),
+            launch_strides(out, packed, nheads_k),
             row_strides(k) if k is not None else (0, 0, 0),
-            row_strides(v) if v is not None else (0, 0, 0), scale, bool(causal), cap,
+            row_strides(v) if v is not None else (0, 0, 0), scale, causal, cap,
             window_left, -1 if causal else window_right, device, current_stream(device),
             splits if splits > 1 else 1,
             o_accum.data_ptr() if accum is not None else 0,
