@@ -18,19 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
-
-
-def bench(fn, iters=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / iters * 1e3  # us
+from cuda_timing import bench
 
 
 def main():
@@ -66,7 +54,7 @@ def main():
             order = list(fns)
             rng.shuffle(order)
             for name in order:
-                times[name].append(bench(fns[name]))
+                times[name].append(bench(fns[name], iters=20, unit=1e3))
         med = {name: sorted(t)[1] for name, t in times.items()}
         kv_bytes = 2 * batch * (n + 1) * heads_k * d * 2
         # The copy reads and writes the bytes; the attention columns read them.

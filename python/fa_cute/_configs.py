@@ -18,8 +18,8 @@ from . import _C, _tuned, _tuning
 
 __all__ = ["AUTO", "CONFIGS", "DTYPE_NAMES", "MAX_BLOCK_M", "PLACEHOLDER_CC", "auto_config",
            "check_config_fits", "check_config_type", "configs", "family_runs_on", "gpu_of",
-           "heuristic_part", "pick_config", "sm80_default", "smem_limit_of", "tunable",
-           "tuned_pick"]
+           "heuristic_part", "packed_call_config", "pick_config", "sm80_default", "smem_limit_of",
+           "tunable", "tuned_pick"]
 
 # config="auto" (or None): the tuning cache, else the built-in table, else the heuristic.
 AUTO = "auto"
@@ -72,6 +72,40 @@ def pick_config(config, q: torch.Tensor, head_dim: int, causal: bool, seqlen_q: 
                          f"dims: {', '.join(map(str, head_dims))}")
     gpu, cc, smem = _device_part(q)
     return auto_config(gpu, cc, DTYPE_NAMES[q.dtype], head_dim, seqlen_q, seqlen_k, causal, smem)
+
+
+def packed_call_config(config, q: torch.Tensor, head_dim: int, auto_name,
+                       cap: float = 0.0) -> dict:
+    """The config a packed or cached call (`varlen_forward`, `forward_with_kvcache`) runs: the
+    named one, or for "auto" (or None) CONFIGS[auto_name(cc)] with cc q's compute capability
+    (8.0 for a CPU tensor, so that CPU tests reach every check; and 8.0 where a softcap meets
+    the Hopper d=256 kernels, which have none). Checked for q's head dim, dtype and softcap;
+    ValueError/TypeError name the config."""
+    if config is None:
+        config = AUTO
+    check_config_type(config)
+    if config != AUTO:
+        if config not in CONFIGS:
+            raise ValueError(f"config {config!r} is not built; built configs: {', '.join(CONFIGS)}")
+        cfg = CONFIGS[config]
+    else:
+        head_dims = sorted({c["head_dim"] for c in CONFIGS.values()})
+        if head_dim not in head_dims:
+            raise ValueError(f"headdim of q ({head_dim}) is not supported; built head dims: "
+                             f"{', '.join(map(str, head_dims))}")
+        cc = gpu_of(q.device.index)[1] if q.is_cuda else PLACEHOLDER_CC
+        cfg = CONFIGS[auto_name(cc)]
+        if cfg["family"] == "sm90a" and cap and head_dim >= 256:
+            cfg = CONFIGS[auto_name(PLACEHOLDER_CC)]
+    if cfg["head_dim"] != head_dim:
+        raise ValueError(f"config {cfg['name']!r} is for head_dim {cfg['head_dim']}, but q has "
+                         f"headdim {head_dim}")
+    if DTYPE_NAMES[q.dtype] not in cfg["dtypes"]:
+        raise ValueError(f"config {cfg['name']!r} supports dtypes {cfg['dtypes']}, not {q.dtype}")
+    if cfg["family"] == "sm90a" and cap and cfg["head_dim"] >= 256:
+        raise ValueError(f"softcap: config {cfg['name']!r} (Hopper, head dim 256) has no softcap; "
+                         "use config='auto' or an sm80 config")
+    return cfg
 
 
 def sm80_default(head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> dict:

@@ -21,7 +21,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _C
-from ._configs import AUTO, CONFIGS, DTYPE_NAMES, check_config_type, gpu_of
+from ._configs import AUTO, DTYPE_NAMES, packed_call_config
 from ._launch import current_stream, launch_strides, packable, row_strides
 from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
                         check_tensor, grad_mode, resolve_scale, softcap_arg, window_arg)
@@ -176,32 +176,10 @@ def _check_int32(name: str, t, shape) -> None:
 def _pick_config(config, q, head_dim: int, seqlen_q: int, capacity: int, causal: bool,
                  paged: bool, cap: float) -> dict:
     """The named config or auto's: the heuristic's for (seqlen_q, capacity) on this GPU, the
-    Ampere-style kernel's for a paged cache (or a softcap at Hopper d=256)."""
-    if config is None:
-        config = AUTO
-    check_config_type(config)
-    if config != AUTO:
-        if config not in CONFIGS:
-            raise ValueError(f"config {config!r} is not built; built configs: {', '.join(CONFIGS)}")
-        cfg = CONFIGS[config]
-    else:
-        head_dims = sorted({c["head_dim"] for c in CONFIGS.values()})
-        if head_dim not in head_dims:
-            raise ValueError(f"headdim of q ({head_dim}) is not supported; built head dims: "
-                             f"{', '.join(map(str, head_dims))}")
-        cc = gpu_of(q.device.index)[1] if q.is_cuda else (8, 0)
-        if paged or (cap and head_dim >= 256):
-            cc = (8, 0)
-        cfg = CONFIGS[_C.default_config(head_dim, seqlen_q, capacity, cc[0], cc[1], causal)]
-    if cfg["head_dim"] != head_dim:
-        raise ValueError(f"config {cfg['name']!r} is for head_dim {cfg['head_dim']}, but q has "
-                         f"headdim {head_dim}")
-    if DTYPE_NAMES[q.dtype] not in cfg["dtypes"]:
-        raise ValueError(f"config {cfg['name']!r} supports dtypes {cfg['dtypes']}, not {q.dtype}")
+    Ampere-style kernel's for a paged cache (the Hopper kernel takes no pages yet)."""
+    cfg = packed_call_config(config, q, head_dim, lambda cc: _C.default_config(
+        head_dim, seqlen_q, capacity, *((8, 0) if paged else cc), causal), cap)
     if paged and cfg["family"] == "sm90a":
         raise ValueError(f"page_table: config {cfg['name']!r} (Hopper) takes no paged cache yet; "
-                         "use config='auto' or an sm80 config")
-    if cfg["family"] == "sm90a" and cap and cfg["head_dim"] >= 256:
-        raise ValueError(f"softcap: config {cfg['name']!r} (Hopper, head dim 256) has no softcap; "
                          "use config='auto' or an sm80 config")
     return cfg

@@ -18,7 +18,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _C
-from ._configs import AUTO, CONFIGS, DTYPE_NAMES, check_config_type, gpu_of
+from ._configs import AUTO, DTYPE_NAMES, packed_call_config
 from ._launch import current_stream
 from ._validate import (ALLOWED_DTYPES, LIMITS, check_devices, check_flag, check_memory,
                         check_tensor, grad_mode, resolve_scale, softcap_arg, spans_overlap,
@@ -199,35 +199,10 @@ def _pick_config(config, q: torch.Tensor, head_dim: int, max_seqlen_q: int, max_
                  causal: bool, cap: float) -> dict:
     """The named config (it must take varlen batches) or auto's: the heuristic's for the
     longest sequences, never a split-KV decode tile (`_C.default_varlen_config`)."""
-    if config is None:
-        config = AUTO
-    check_config_type(config)
-    if config != AUTO:
-        if config not in CONFIGS:
-            raise ValueError(f"config {config!r} is not built; built configs: {', '.join(CONFIGS)}")
-        cfg = CONFIGS[config]
-        if not cfg.get("varlen", False):
-            raise ValueError(f"config {config!r} takes no variable-length batches (a split-KV "
-                             f"decode tile); use config='auto' or one whose configs() entry has "
-                             f"'varlen': True")
-    else:
-        head_dims = sorted({c["head_dim"] for c in CONFIGS.values()})
-        if head_dim not in head_dims:
-            raise ValueError(f"headdim of q ({head_dim}) is not supported; built head dims: "
-                             f"{', '.join(map(str, head_dims))}")
-        cc = gpu_of(q.device.index)[1] if q.is_cuda else (8, 0)
-        cfg = CONFIGS[_C.default_varlen_config(head_dim, max_seqlen_q, max_seqlen_k, cc[0], cc[1],
-                                               bool(causal))]
-        if cfg["family"] == "sm90a" and cap and head_dim >= 256:
-            # The Hopper d=256 kernels have no softcap (src/sm90/fwd_launch_sm90.h).
-            cfg = CONFIGS[_C.default_varlen_config(head_dim, max_seqlen_q, max_seqlen_k, 8, 0,
-                                                   bool(causal))]
-    if cfg["head_dim"] != head_dim:
-        raise ValueError(f"config {cfg['name']!r} is for head_dim {cfg['head_dim']}, but q, k and "
-                         f"v have headdim {head_dim}")
-    if DTYPE_NAMES[q.dtype] not in cfg["dtypes"]:
-        raise ValueError(f"config {cfg['name']!r} supports dtypes {cfg['dtypes']}, not {q.dtype}")
-    if cfg["family"] == "sm90a" and cap and cfg["head_dim"] >= 256:
-        raise ValueError(f"softcap: config {cfg['name']!r} (Hopper, head dim 256) has no softcap; "
-                         "use config='auto' or an sm80 config")
+    cfg = packed_call_config(config, q, head_dim, lambda cc: _C.default_varlen_config(
+        head_dim, max_seqlen_q, max_seqlen_k, cc[0], cc[1], bool(causal)), cap)
+    if not cfg.get("varlen", False):
+        raise ValueError(f"config {cfg['name']!r} takes no variable-length batches (a split-KV "
+                         f"decode tile); use config='auto' or one whose configs() entry has "
+                         f"'varlen': True")
     return cfg
