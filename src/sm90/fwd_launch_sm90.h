@@ -68,9 +68,11 @@ struct Sm90FwdLaunch {
     if (!kHasVarlen && varlen) {
       throw std::invalid_argument("cu_seqlens_q: this config takes no varlen batch (a split-KV decode tile)");
     }
-    if (params.page_table != nullptr) {
-      throw std::invalid_argument("page_table: the Hopper configs take no paged KV cache yet; use an sm80 config "
-                                  "(config='auto' does)");
+    // Paged caches: a key block must lie in one page, a TMA box of the page pool.
+    if (params.page_table != nullptr && params.page_size % Traits::kBlockN != 0) {
+      throw std::invalid_argument("page_size: the Hopper config's key blocks of " + std::to_string(Traits::kBlockN) +
+                                  " rows need a page size that is a multiple of it, got " +
+                                  std::to_string(params.page_size) + "; use an sm80 config (config='auto' does)");
     }
     bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
     bool const extras = varlen || params.seqused_k != nullptr || window || params.softcap_premul != 0.f;
@@ -111,10 +113,13 @@ struct Sm90FwdLaunch {
     int const batch = varlen ? 1 : params.batch;
     auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, rows_q, d, params.nheads, batch, params.q_row_stride,
                                         params.q_head_stride, params.q_batch_stride);
-    int const batch_k = varlen ? 1 : Sm90FwdMainloop<Traits, V::kCausal, V::kExtras>::kv_batch(params);
-    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, rows_k, d, params.nheads_k, batch_k, params.k_row_stride,
+    bool const paged = params.page_table != nullptr;  // the page pool (page_size, d, heads_k, num_pages)
+    int const kv_rows = paged ? params.page_size : rows_k;
+    int const batch_k = paged ? params.num_pages
+                              : varlen ? 1 : Sm90FwdMainloop<Traits, V::kCausal, V::kExtras>::kv_batch(params);
+    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, kv_rows, d, params.nheads_k, batch_k, params.k_row_stride,
                                         params.k_head_stride, params.k_batch_stride);
-    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, rows_k, d, params.nheads_k, batch_k, params.v_row_stride,
+    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, kv_rows, d, params.nheads_k, batch_k, params.v_row_stride,
                                         params.v_head_stride, params.v_batch_stride);
     auto mO_const = sm90_gmem_tensor<Element>("out", params.o_ptr, rows_q, d, params.nheads, batch,
                                               params.o_row_stride, params.o_head_stride, params.o_batch_stride);

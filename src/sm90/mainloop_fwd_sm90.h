@@ -179,16 +179,46 @@ struct Sm90FwdMainloop {
     Tensor tKsK = get<1>(tK);  // (TMA,STAGE)
     Tensor tVgV = get<0>(tV);  // (TMA,n)
     Tensor tVsV = get<1>(tV);  // (TMA,STAGE)
+    // A paged KV cache (kExtras; the host admits page sizes that are multiples of kBlockN):
+    // the descriptors cover the page pool (page_size, d, heads_k, num_pages), and key block n
+    // is block (n * kBlockN % page_size) / kBlockN of its page.
+    auto paged_blocks = [&](auto const& tma, auto const& sX) {
+      Tensor m = tma.get_tma_tensor(make_shape(p.page_size, p.head_dim, p.nheads_k, p.num_pages));
+      Tensor g = local_tile(m(_, _, coord.bidh_k, _), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                            make_coord(_, _0{}));  // (BLK_N,D,blocks_per_page,num_pages)
+      return get<0>(tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sX), group_modes<0, 2>(g)));
+    };
+    bool const paged = kExtras && p.page_table != nullptr;
     // Q is read once per tile, K and V by every query tile of the head: keep K/V in L2.
     auto load_k = [&](int i) {
-      copy(mainloop_params.tma_k.with(pipe_k.producer_acquire(st, Traits::kTmaTransactionBytesK), 0,
-                                      TMA::CacheHintSm90::EVICT_LAST),
-           tKgK(_, keys.template block</*kReverse=*/true>(i)), tKsK(_, st.index));
+      int const n = keys.template block</*kReverse=*/true>(i);
+      auto tma = mainloop_params.tma_k.with(pipe_k.producer_acquire(st, Traits::kTmaTransactionBytesK), 0,
+                                            TMA::CacheHintSm90::EVICT_LAST);
+      if constexpr (kExtras) {
+        if (paged) {
+          int const key = n * kBlockN;
+          copy(tma, paged_blocks(mainloop_params.tma_k, sK)(_, (key % p.page_size) / kBlockN,
+                                                                   seq.page_of(p, coord.bidb, key)),
+               tKsK(_, st.index));
+          return;
+        }
+      }
+      copy(tma, tKgK(_, n), tKsK(_, st.index));
     };
     auto load_v = [&](int i) {
-      copy(mainloop_params.tma_v.with(pipe_v.producer_acquire(st, Traits::kTmaTransactionBytesV), 0,
-                                      TMA::CacheHintSm90::EVICT_LAST),
-           tVgV(_, keys.template block</*kReverse=*/true>(i)), tVsV(_, st.index));
+      int const n = keys.template block</*kReverse=*/true>(i);
+      auto tma = mainloop_params.tma_v.with(pipe_v.producer_acquire(st, Traits::kTmaTransactionBytesV), 0,
+                                            TMA::CacheHintSm90::EVICT_LAST);
+      if constexpr (kExtras) {
+        if (paged) {
+          int const key = n * kBlockN;
+          copy(tma, paged_blocks(mainloop_params.tma_v, sV)(_, (key % p.page_size) / kBlockN,
+                                                                   seq.page_of(p, coord.bidb, key)),
+               tVsV(_, st.index));
+          return;
+        }
+      }
+      copy(tma, tVgV(_, n), tVsV(_, st.index));
     };
     load_k(0);
     storage.barrier_q_empty.wait((q_iter & 1) ^ 1);
