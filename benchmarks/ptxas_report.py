@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Registers, stack frame and spills of every kernel in a build log made with ptxas -v
 (FA_CUTE_PTXAS_VERBOSE, on by default); exit status 1 if any kernel spills, except the
-general (masking) variants of the sm80 kernel within GENERAL_SPILL_BUDGET and the sm80
-kernel's 4-warp 128x64 tiles within FOUR_WARP_SPILL_BUDGET, or if ptxas
+general (masking) variants of the sm80 kernel within GENERAL_SPILL_BUDGET, the sm80
+kernel's 4-warp 128x64 tiles within FOUR_WARP_SPILL_BUDGET and the Hopper kernel's extras
+variants within EXTRAS_SPILL_BUDGET, or if ptxas
 warns that it ignored setmaxnreg or serialised wgmma (the Hopper kernel's C75xx warnings,
 but ALLOWED_HOPPER_WARNING's measured one:
 C7508 setmaxnreg ignored, C7509-C7515 wgmma serialised; docs/hopper-plan.md sec. 9).
@@ -37,6 +38,14 @@ GENERAL_KERNEL = re.compile(r"fwd_kernel_sm80.*FwdMaskModeE[123]EEEvNS_9FwdParam
 # tile choices).
 FOUR_WARP_SPILL_BUDGET = 256  # bytes of spill stores
 FOUR_WARP_KERNEL = re.compile(r"fwd_kernel_sm80INS_13Sm80FwdTraitsILi(64|96|128)ELi128ELi64ELi4E")
+# fwd_kernel_sm90<Traits, kCausal, kExtras = true>: the Hopper variant that runs softcap,
+# window, varlen and KV-cache launches (Sm90FwdMainloop's kExtras), holding their code so
+# that the plain variants hold none. Per-tile lengths (FwdSeqlens), the window's third loop
+# and the softcap pass cost it registers: ptxas spills 4-240 B (sm_90a, CI's configs; the
+# 128x176 d=128 tile the most). Their speed is an open lead (docs/perf-notes.md, Hopper
+# kernel); every plain Hopper variant must still not spill.
+EXTRAS_SPILL_BUDGET = 256  # bytes of spill stores
+EXTRAS_KERNEL = re.compile(r"fwd_kernel_sm90.*ELb[01]ELb1EEEvNS_19Sm90FwdKernelParams")
 
 
 def parse(log: str) -> list:
@@ -94,12 +103,14 @@ def main() -> int:
     def allowed_spill(k: dict) -> bool:
         if FOUR_WARP_KERNEL.search(k["name"]):
             return k.get("spill_st", 0) <= FOUR_WARP_SPILL_BUDGET
+        if EXTRAS_KERNEL.search(k["name"]):
+            return k.get("spill_st", 0) <= EXTRAS_SPILL_BUDGET
         return bool(GENERAL_KERNEL.search(k["name"])) and k.get("spill_st", 0) <= GENERAL_SPILL_BUDGET
 
     allowed = [k for k in spilling if allowed_spill(k)]
     print(f"{len(kernels)} kernels, {len(spilling)} with spills, {len(allowed)} of them within "
           f"their budgets (sm80 masking variants {GENERAL_SPILL_BUDGET} B, 4-warp 128x64 tiles "
-          f"{FOUR_WARP_SPILL_BUDGET} B)")
+          f"{FOUR_WARP_SPILL_BUDGET} B, Hopper extras variants {EXTRAS_SPILL_BUDGET} B)")
     return 1 if len(spilling) > len(allowed) or warnings else 0
 
 

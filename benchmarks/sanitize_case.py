@@ -68,20 +68,27 @@ def to_gpu(t: torch.Tensor, transposed: bool) -> torch.Tensor:
     return t.cuda()
 
 
+def launch_or_skip(call):
+    """(call(), None), or (None, 'skipped (...)') where the config cannot run on this GPU."""
+    try:
+        return call(), None
+    except ValueError as exc:
+        if "needs a GPU of compute capability" in str(exc) or "shared memory" in str(exc):
+            return None, f"skipped ({exc})"
+        raise
+
+
 def run_case(config: dict, dtype: torch.dtype, case: Case) -> str:
     """'ok ...', 'skipped ...' (config not for this GPU) or 'FAILED ...'."""
     d = config["head_dim"]
     q = torch.randn(1, case.seqlen_q, case.nheads, d).to(dtype)
     k, v = (torch.randn(1, case.seqlen_k, case.nheads_k, d).to(dtype) for _ in range(2))
     out = to_gpu(torch.full_like(q, math.nan), case.transposed)
-    try:
-        result = fa_cute.forward(*(to_gpu(t, case.transposed) for t in (q, k, v)),
-                                 causal=case.causal, return_lse=case.lse,
-                                 config=config["name"], out=out)
-    except ValueError as exc:
-        if "needs a GPU of compute capability" in str(exc) or "shared memory" in str(exc):
-            return f"skipped ({exc})"
-        raise
+    result, skipped = launch_or_skip(lambda: fa_cute.forward(
+        *(to_gpu(t, case.transposed) for t in (q, k, v)), causal=case.causal, return_lse=case.lse,
+        config=config["name"], out=out))
+    if skipped:
+        return skipped
     torch.cuda.synchronize()
     scale = 1.0 / math.sqrt(d)
     ref, ref_lse = attention_ref(q, k, v, scale, causal=case.causal, return_lse=True)
@@ -110,14 +117,12 @@ def run_varlen_case(config: dict, dtype: torch.dtype, causal: bool) -> str:
     k, v = (torch.randn(cu_k[-1], 2, d).to(dtype) for _ in range(2))
     out = torch.full_like(q, math.nan).cuda()
     as_gpu = lambda xs: torch.tensor(xs, dtype=torch.int32).cuda()  # noqa: E731
-    try:
-        _, lse = fa_cute.varlen_forward(q.cuda(), k.cuda(), v.cuda(), as_gpu(cu_q), as_gpu(cu_k),
-                                        max(lengths_q), max(lengths_k), causal=causal,
-                                        return_lse=True, out=out, config=config["name"])
-    except ValueError as exc:
-        if "needs a GPU of compute capability" in str(exc) or "shared memory" in str(exc):
-            return f"skipped ({exc})"
-        raise
+    result, skipped = launch_or_skip(lambda: fa_cute.varlen_forward(
+        q.cuda(), k.cuda(), v.cuda(), as_gpu(cu_q), as_gpu(cu_k), max(lengths_q), max(lengths_k),
+        causal=causal, return_lse=True, out=out, config=config["name"]))
+    if skipped:
+        return skipped
+    lse = result[1]
     torch.cuda.synchronize()
     scale = 1.0 / math.sqrt(d)
     ref, ref_lse = varlen_attention_ref(q, k, v, cu_q, cu_k, scale, causal=causal, return_lse=True)
