@@ -237,7 +237,8 @@ def test_unsupported_head_dim_fails_before_the_forward() -> None:
     checked = 0
     for head_dim in (64, 96, 128, 192, 256):
         for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
-            has_forward = any(c["head_dim"] == head_dim and name in c["dtypes"] for c in fa_cute.configs())
+            has_forward = any(c["head_dim"] == head_dim and name in c["dtypes"]
+                              for c in fa_cute.configs())
             if not has_forward or _built(head_dim, dtype):
                 continue
             q = make(1, 16, 2, head_dim, dtype)
