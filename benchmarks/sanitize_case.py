@@ -8,7 +8,8 @@ Every built config that runs on this GPU, in each of its dtypes, on four small c
     rows of one tile; this small grid is split over keys and merged), LSE written.
 Each forward config with a varlen variant also runs varlen_forward on one packed batch
 (lengths 0, 1, 150, 77 against 90, 5, 300, 0 keys; causal and not). Then every built
-backward config that runs on this GPU, in each of its dtypes, on the first three cases (decode aside): fa_cute.backward(config=...) on the float64 reference's out and
+backward config that runs on this GPU, in each of its dtypes, on the first three cases
+(decode aside): fa_cute.backward(config=...) on the float64 reference's out and
 LSE into NaN-filled dq, dk, dv, each checked against the float64 reference
 gradients under the same 2x rule; and the same with deterministic=True in its first dtype
 (skipped for a config that refuses it).

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.cuda
 
 # The dtypes this build holds (FA_CUTE_DTYPES may leave one out).
 _BUILT_DTYPES = {name for c in fa_cute.configs() for name in c["dtypes"]}
-DTYPES = [dt for dt, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")) if name in _BUILT_DTYPES]
+DTYPES = [dt for dt, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"))
+          if name in _BUILT_DTYPES]
 DTYPE_IDS = [name for name in ("bf16", "fp16") if name in _BUILT_DTYPES]
 HEAD_DIM = 128
 DEVICE = "cuda"
