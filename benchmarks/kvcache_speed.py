@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
-from cuda_timing import bench
+from cuda_timing import medians
 
 
 def main():
@@ -49,13 +49,7 @@ def main():
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 return F.scaled_dot_product_attention(qs, ks, vs, enable_gqa=True)
         fns["cudnn"] = cudnn
-        times = {name: [] for name in fns}
-        for _ in range(3):
-            order = list(fns)
-            rng.shuffle(order)
-            for name in order:
-                times[name].append(bench(fns[name], iters=20, unit=1e3))
-        med = {name: sorted(t)[1] for name, t in times.items()}
+        med = medians(fns, iters=20, unit=1e3)
         kv_bytes = 2 * batch * (n + 1) * heads_k * d * 2
         # The copy reads and writes the bytes; the attention columns read them.
         bw = {name: (2 if name == "copy" else 1) * kv_bytes / t / 1e3 for name, t in med.items()}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
-from cuda_timing import bench
+from cuda_timing import medians
 
 
 def cudnn(q, k, v, causal):
@@ -41,13 +41,7 @@ def main():
         fns = {"varlen": lambda: fa_cute.varlen_forward(q, k, v, cu, cu, longest, longest, causal=causal),
                "cudnn_padded": lambda: cudnn(qp, kp, vp, causal),
                "dense_mean": lambda: fa_cute.forward(qd, kd, vd, causal=causal)}
-        times = {name: [] for name in fns}
-        for _ in range(3):
-            order = list(fns)
-            rng.shuffle(order)
-            for name in order:
-                times[name].append(bench(fns[name]))
-        med = {name: sorted(t)[1] for name, t in times.items()}
+        med = medians(fns)
         div = 2 if causal else 1
         flops = sum(4 * heads * n * n * d / div for n in lens)
         dense_tf = 4 * nd * heads * mean * mean * d / div / med["dense_mean"] / 1e9

@@ -4,18 +4,16 @@ N, fa_cute.forward causal with window_size=(W, 0) for W in 1024, 4096 and withou
 interleaved shuffled rounds, median of 3 (CUDA events, 10 calls each). The window skips the
 key blocks outside every row's window, so its time should scale with W, not N.
 usage: python benchmarks/window_speed.py [N1,N2,...]"""
-import random
 import sys
 
 import torch
 
 import fa_cute
-from cuda_timing import bench
+from cuda_timing import medians
 
 
 def main():
     seqlens = [int(x) for x in sys.argv[1].split(",")] if len(sys.argv) > 1 else [4096, 16384]
-    rng = random.Random(0)
     for n in seqlens:
         b, h, d = max(1, 16384 // n), 16, 128
         q, k, v = (torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -23,13 +21,7 @@ def main():
         for w in (1024, 4096):
             if w < n:
                 fns[f"window{w}"] = (lambda w=w: fa_cute.forward(q, k, v, causal=True, window_size=(w, 0)))
-        times = {name: [] for name in fns}
-        for _ in range(3):
-            order = list(fns)
-            rng.shuffle(order)
-            for name in order:
-                times[name].append(bench(fns[name]))
-        med = {name: sorted(t)[1] for name, t in times.items()}
+        med = medians(fns)
         print(f"N={n:6d} " + "  ".join(f"{name}={t:.3f}ms ({t / med['causal']:.2f}x causal)"
                                        for name, t in med.items()), flush=True)
 

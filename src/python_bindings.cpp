@@ -83,6 +83,17 @@ void set_softcap(FwdParams& params, double softcap) {
   params.softmax_scale_log2 = float(softcap * 1.4426950408889634);  // log2(e)
 }
 
+// What every forward entry point (forward, varlen_forward, kvcache_forward) sets besides its sizes and
+// operands: the LSE buffer (0: none), the head dim, the softcap and the window bounds.
+void set_forward_options(FwdParams& params, uintptr_t lse, int head_dim, double softcap, int window_left,
+                         int window_right) {
+  set_softcap(params, softcap);
+  params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
+  params.head_dim = head_dim;
+  params.window_left = window_left;
+  params.window_right = window_right;
+}
+
 // After the integer checks (CI, with no GPU, reaches every one of them): the runtime and the
 // driver, i.e. the stream handle, the device (selected in this module's own static CUDA
 // runtime) and the pointers' allocations.
@@ -103,12 +114,8 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   FwdParams params = problem_params<FwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
-  set_softcap(params, softcap);
-  params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
-  params.head_dim = head_dim;
+  set_forward_options(params, lse, head_dim, softcap, window_left, window_right);
   params.causal_offset = causal_offset;
-  params.window_left = window_left;
-  params.window_right = window_right;
   params.num_splits = num_splits;
   params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
   params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);
@@ -166,11 +173,7 @@ void varlen_forward(std::string const& config, std::string const& dtype, uintptr
   params.cu_seqlens_k = reinterpret_cast<int const*>(cu_seqlens_k);
   params.seqused_k = reinterpret_cast<int const*>(seqused_k);
   set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
-  set_softcap(params, softcap);
-  params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
-  params.head_dim = head_dim;
-  params.window_left = window_left;
-  params.window_right = window_right;
+  set_forward_options(params, lse, head_dim, softcap, window_left, window_right);
   params.num_splits = 1;
 
   ForwardExtents const extents = check_varlen_forward_args(kernel, params, device);
@@ -200,11 +203,7 @@ void kvcache_forward(std::string const& config, std::string const& dtype, uintpt
   FwdParams params = problem_params<FwdParams>(batch, seqlen_q, capacity, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k_cache, v_cache, o, q_strides, k_cache_strides, v_cache_strides, o_strides,
                          softmax_scale);
-  set_softcap(params, softcap);
-  params.softmax_lse_ptr = reinterpret_cast<float*>(lse);
-  params.head_dim = head_dim;
-  params.window_left = window_left;
-  params.window_right = window_right;
+  set_forward_options(params, lse, head_dim, softcap, window_left, window_right);
   params.num_splits = num_splits;
   params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
   params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);

@@ -19,7 +19,7 @@ import torch
 
 from . import _C
 from ._configs import AUTO, DTYPE_NAMES, packed_call_config
-from ._launch import current_stream
+from ._launch import current_stream, row_strides
 from ._validate import (ALLOWED_DTYPES, LIMITS, check_devices, check_flag, check_memory,
                         check_tensor, grad_mode, resolve_scale, softcap_arg, spans_overlap,
                         window_arg)
@@ -189,10 +189,9 @@ def _check_packed_layout(name: str, t: torch.Tensor) -> None:
 
 
 def _strides(t: torch.Tensor) -> Tuple[int, int, int]:
-    """(batch, row, head) element strides for the kernel: the packed tensor is one batch
-    entry (batch stride 0); 0 for a dim of size 1 (it never enters an address)."""
-    row, head, _ = t.stride()
-    return 0, row if t.shape[0] > 1 else 0, head if t.shape[1] > 1 else 0
+    """(batch, row, head) element strides for the kernel: the packed tensor as one batch
+    entry (`row_strides` gives its batch stride, and any dim of size 1, 0)."""
+    return row_strides(t.unsqueeze(0))
 
 
 def _pick_config(config, q: torch.Tensor, head_dim: int, max_seqlen_q: int, max_seqlen_k: int,

@@ -21,14 +21,22 @@ namespace {
 
 FwdKernel const kKernel{"test_m128n64_d128", "sm80", 128, 128, 64, 4, 0, DType::kBF16, nullptr, nullptr, -1, true, ""};
 
-FwdParams valid_params() {
-  FwdParams p{};
+// The test problem's sizes, in FwdParams or BwdParams (the same field names): batch 2, 100
+// queries against 300 keys, 4 query heads on 2 K/V heads, d=128.
+template <class Params>
+Params test_sizes() {
+  Params p{};
   p.batch = 2;
   p.seqlen_q = 100;
   p.seqlen_k = 300;
   p.nheads = 4;
   p.nheads_k = 2;
   p.head_dim = 128;
+  return p;
+}
+
+FwdParams valid_params() {
+  FwdParams p = test_sizes<FwdParams>();
   p.q_ptr = reinterpret_cast<void const*>(uintptr_t(0x7e0000000000));
   p.k_ptr = reinterpret_cast<void const*>(uintptr_t(0x7e0100000000));
   p.v_ptr = reinterpret_cast<void const*>(uintptr_t(0x7e0200000000));
@@ -201,13 +209,7 @@ void check_window_key_ranges() {
 // (the Hopper kernel's tiled dq_accum adds whole query blocks into those rows).
 void check_backward_dq_accum_rows() {
   BwdKernel const kernel{"test_bwd_m64n128_d128", "sm80", 128, 64, 128, 8, 0, DType::kBF16, nullptr, ""};
-  BwdParams p{};
-  p.batch = 2;
-  p.seqlen_q = 100;
-  p.seqlen_k = 300;
-  p.nheads = 4;
-  p.nheads_k = 2;
-  p.head_dim = 128;
+  BwdParams p = test_sizes<BwdParams>();
   auto const at = [](uintptr_t gib) { return reinterpret_cast<void*>(uintptr_t(0x7e0000000000) + (gib << 30)); };
   p.q_ptr = at(0), p.o_ptr = at(1), p.do_ptr = at(2), p.dq_ptr = at(3);
   p.k_ptr = at(4), p.v_ptr = at(5), p.dk_ptr = at(6), p.dv_ptr = at(7);
