@@ -14,7 +14,7 @@ import torch
 import fa_cute
 from fa_cute._reference import attention_ref, check_close, check_lse, paged_kv_ref
 
-from attention_cases import DEVICE, built_dtype, require_head_dim
+from attention_cases import DEVICE, PRODUCTION_CONFIGS, built_dtype, require_head_dim
 
 pytestmark = [
     pytest.mark.cuda,
@@ -68,7 +68,7 @@ def _reference_cache(k_cache, k_new, lens, table, index):
 
 
 def _check(batch=3, seqlen_q=1, seqlen_new=1, nheads=8, nheads_k=2, capacity=512, page_size=0,
-           causal=False, seed=0, num_splits=0):
+           causal=False, seed=0, num_splits=0, config="auto"):
     q, k_new, v_new, lens, k_cache, v_cache, table, index = _setup(
         batch, seqlen_q, seqlen_new, nheads, nheads_k, capacity, page_size, seed)
     ref_k_cache, dense_k, seqlens = _reference_cache(k_cache, k_new, lens, table, index)
@@ -76,7 +76,7 @@ def _check(batch=3, seqlen_q=1, seqlen_new=1, nheads=8, nheads_k=2, capacity=512
     out, lse = fa_cute.forward_with_kvcache(
         q, k_cache, v_cache, k_new, v_new, cache_seqlens=lens.to(torch.int32).to(DEVICE),
         page_table=table, cache_batch_idx=index, causal=causal, return_lse=True,
-        num_splits=num_splits)
+        num_splits=num_splits, config=config)
     torch.testing.assert_close(k_cache, ref_k_cache, atol=0, rtol=0)
     torch.testing.assert_close(v_cache, ref_v_cache, atol=0, rtol=0)
     scale = D ** -0.5
@@ -107,6 +107,36 @@ def test_chunked_prefill(page_size, causal) -> None:
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_splits(num_splits) -> None:
     _check(batch=2, seqlen_q=1, seqlen_new=1, capacity=2048, num_splits=num_splits, seed=2)
+
+
+D128_CONFIGS = [c for c in PRODUCTION_CONFIGS if c["head_dim"] == D]
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["dense", "paged"])
+@pytest.mark.parametrize("seqlen_q, causal", [(1, False), (9, True)], ids=["decode", "prefill"])
+@pytest.mark.parametrize("config", [c["name"] for c in D128_CONFIGS])
+def test_each_config(config: str, seqlen_q: int, causal: bool, paged: bool) -> None:
+    """Every built d=128 config by name: the Hopper ones with pages of their key block (TMA
+    loads a block from one page), the Ampere-style ones with pages of 16 keys."""
+    cfg = next(c for c in D128_CONFIGS if c["name"] == config)
+    if cfg["family"] == "sm90a" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("sm90a configs run on compute capability 9.0 only")
+    if ("bf16" if built_dtype(D) == torch.bfloat16 else "fp16") not in cfg["dtypes"]:
+        pytest.skip("the test runs this build's d=128 dtype")
+    page_size = (cfg["block_n"] if cfg["family"] == "sm90a" else 16) if paged else 0
+    _check(seqlen_q=seqlen_q, seqlen_new=seqlen_q, page_size=page_size, causal=causal,
+           capacity=4 * max(page_size, 128), config=config, seed=5)
+
+
+def test_hopper_config_refuses_pages_it_cannot_tile() -> None:
+    hopper = [c for c in D128_CONFIGS if c["family"] == "sm90a"]
+    if not hopper or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("needs a built sm90a d=128 config on compute capability 9.0")
+    q, k_new, v_new, lens, k_cache, v_cache, table, _ = _setup(2, 1, 1, 8, 2, 256, 16, 6)
+    with pytest.raises(ValueError, match="page"):
+        fa_cute.forward_with_kvcache(q, k_cache, v_cache, k_new, v_new,
+                                     cache_seqlens=lens.to(torch.int32).to(DEVICE),
+                                     page_table=table, config=hopper[0]["name"])
 
 
 def test_overflow_poisons_and_writes_nothing_past_capacity() -> None:
