@@ -1,7 +1,9 @@
 """varlen_forward's prefill speed (issue 17): 64k tokens packed from lengths drawn uniformly
 in [128, 8192] (16 heads, d=128, bf16), against cuDNN on the same sequences padded to the
 longest (SDPA's CUDNN_ATTENTION backend, dense batches) and against fa_cute's dense forward
-at the mean length. CUDA events, 10 calls each, median of 3 rounds in shuffled order.
+at the mean length. A second line splits the gap: varlen_forward over nd sequences all of
+the mean length (the dense batch's data, packed) against that dense forward, the cost of the
+varlen kernel itself apart from the spread of lengths. CUDA events, 10 calls each, median of 3 rounds in shuffled order.
 FLOPs: 4 * H * len^2 * d per sequence, halved when causal.
 usage: python benchmarks/varlen_speed.py [--seed S]"""
 import itertools
@@ -38,9 +40,13 @@ def main():
         qp, kp, vp = (torch.randn(len(lens), heads, longest, d, device=dev, dtype=dt) for _ in range(3))
         nd = max(1, total // mean)
         qd, kd, vd = (torch.randn(nd, mean, heads, d, device=dev, dtype=dt) for _ in range(3))
+        qe, ke, ve = (x.reshape(nd * mean, heads, d) for x in (qd, kd, vd))
+        cu_e = torch.arange(0, nd * mean + 1, mean, dtype=torch.int32, device=dev)
         fns = {"varlen": lambda: fa_cute.varlen_forward(q, k, v, cu, cu, longest, longest, causal=causal),
                "cudnn_padded": lambda: cudnn(qp, kp, vp, causal),
-               "dense_mean": lambda: fa_cute.forward(qd, kd, vd, causal=causal)}
+               "dense_mean": lambda: fa_cute.forward(qd, kd, vd, causal=causal),
+               "varlen_equal": lambda: fa_cute.varlen_forward(qe, ke, ve, cu_e, cu_e, mean, mean,
+                                                              causal=causal)}
         med = medians(fns)
         div = 2 if causal else 1
         flops = sum(4 * heads * n * n * d / div for n in lens)
@@ -50,6 +56,8 @@ def main():
               f"varlen {med['varlen']:.3f} ms ({varlen_tf:.0f} TFLOP/s); cuDNN padded {med['cudnn_padded']:.3f} ms "
               f"({med['cudnn_padded'] / med['varlen']:.2f}x varlen's time); fa_cute dense at the mean length "
               f"{dense_tf:.0f} TFLOP/s (varlen / dense {varlen_tf / dense_tf:.2f})", flush=True)
+        print(f"       varlen over {nd} sequences of {mean}: "
+              f"{med['dense_mean'] / med['varlen_equal']:.2f}x the dense forward's speed", flush=True)
 
 
 if __name__ == "__main__":
