@@ -2,6 +2,7 @@
 
 #include <cute/tensor.hpp>
 
+#include "bwd_params.h"
 #include "cute_utils.h"
 #include "flash_params.h"
 #include "tile_scheduler.h"
@@ -29,6 +30,25 @@ CUTE_HOST_DEVICE int right_bound(FwdParams const& params) {
   return params.is_causal ? 0 : params.window_right;
 }
 
+// Sequence b of a packed (variable-length) batch: its first rows and lengths from the GPU's
+// cu_seqlens (keys: the first seqused_k[b] only, where given), clamped into the packed tensors,
+// so that a bad cu_seqlens (which the host cannot see without a sync) never sends a load or
+// store out of bounds; the varlen checks (fwd_varlen_check.h) then turn such a batch's
+// results into NaN.
+struct PackedSequence {
+  int offset_q, seqlen_q;
+  int offset_k, seqlen_k;
+
+  CUTE_HOST_DEVICE PackedSequence(int const* cu_seqlens_q, int const* cu_seqlens_k, int const* seqused_k,
+                                  int total_q, int total_k, int b) {
+    offset_q = cute::min(cute::max(cu_seqlens_q[b], 0), total_q);
+    seqlen_q = cute::min(cute::max(cu_seqlens_q[b + 1], offset_q), total_q) - offset_q;
+    offset_k = cute::min(cute::max(cu_seqlens_k[b], 0), total_k);
+    seqlen_k = cute::min(cute::max(cu_seqlens_k[b + 1], offset_k), total_k) - offset_k;
+    if (seqused_k != nullptr) seqlen_k = cute::min(cute::max(seqused_k[b], 0), seqlen_k);
+  }
+};
+
 // One batch entry's lengths and where its rows start. A dense batch's are the launch's, with
 // offsets 0; a variable-length batch's (FwdParams::cu_seqlens_q non-null) are read from the
 // GPU's cu_seqlens, once per tile; a KV cache's key count from seqused_k and its K/V entry
@@ -49,14 +69,11 @@ struct FwdSeqlens {
     varlen = kVarlen && p.cu_seqlens_q != nullptr;
     bidb_k = bidb;
     if (varlen) {
-      // Clamped into the packed tensors, so that a bad cu_seqlens (which the host cannot
-      // see without a sync) never sends a load or store out of bounds; fwd_varlen_check.h
-      // then turns such a batch's output into NaN.
-      offset_q = cute::min(cute::max(p.cu_seqlens_q[bidb], 0), p.total_q);
-      seqlen_q = cute::min(cute::max(p.cu_seqlens_q[bidb + 1], offset_q), p.total_q) - offset_q;
-      offset_k = cute::min(cute::max(p.cu_seqlens_k[bidb], 0), p.total_k);
-      seqlen_k = cute::min(cute::max(p.cu_seqlens_k[bidb + 1], offset_k), p.total_k) - offset_k;
-      if (p.seqused_k != nullptr) seqlen_k = cute::min(cute::max(p.seqused_k[bidb], 0), seqlen_k);
+      PackedSequence const s(p.cu_seqlens_q, p.cu_seqlens_k, p.seqused_k, p.total_q, p.total_k, bidb);
+      offset_q = s.offset_q;
+      seqlen_q = s.seqlen_q;
+      offset_k = s.offset_k;
+      seqlen_k = s.seqlen_k;
       causal_offset = seqlen_k - seqlen_q;  // bottom-right, per sequence
     } else if (kVarlen && p.seqused_k != nullptr) {
       // A KV cache: this entry's keys are the first seqused_k[b] of its K/V entry (clamped to
@@ -165,6 +182,53 @@ struct FwdKeyRange {
   }
   // Visited last to first: how many blocks at the end need the left side's mask.
   CUTE_HOST_DEVICE int num_masked_last_reversed() const { return num_masked_first(); }
+};
+
+// One batch entry of a backward launch: its lengths, first rows and causal offset, and where
+// its rows of the row statistics and of dq_accum start. A dense batch's are the launch's
+// (kVarlen false: every member a launch parameter, the dense kernels compiled as before
+// varlen existed). A varlen batch's (BwdParams::cu_seqlens_q) come from cu_seqlens
+// (PackedSequence), causal aligned bottom-right per sequence, each length cut at the
+// launch's maximum (the grid covers max_seqlen_k keys, the counters max_seqlen_q rows; a
+// longer sequence is a bad batch, which the varlen check poisons).
+template <bool kVarlen>
+struct BwdSeqlens {
+  int seqlen_q;
+  int seqlen_k;
+  int offset_q;  // the sequence's first row of q, out, dout and dq
+  int offset_k;  // of k, v, dk and dv
+  int causal_offset;
+
+  CUTE_HOST_DEVICE BwdSeqlens(BwdParams const& p, int bidb) {
+    if constexpr (kVarlen) {
+      PackedSequence const s(p.cu_seqlens_q, p.cu_seqlens_k, p.seqused_k, p.total_q, p.total_k, bidb);
+      offset_q = s.offset_q;
+      offset_k = s.offset_k;
+      seqlen_q = cute::min(s.seqlen_q, p.seqlen_q);
+      seqlen_k = cute::min(s.seqlen_k, p.seqlen_k);
+      causal_offset = seqlen_k - seqlen_q;
+    } else {
+      seqlen_q = p.seqlen_q;
+      seqlen_k = p.seqlen_k;
+      offset_q = 0;
+      offset_k = 0;
+      causal_offset = p.causal_offset;
+    }
+  }
+
+  // The index of (bidb, bidh)'s row 0 in lse and softmax_d: (batch, nheads, seqlen_q) dense,
+  // (nheads, total_q) varlen (the varlen forward's LSE layout).
+  CUTE_HOST_DEVICE int64_t stats_row_base(BwdParams const& p, int bidb, int bidh) const {
+    return kVarlen ? int64_t(bidh) * p.total_q + offset_q : (int64_t(bidb) * p.nheads + bidh) * p.seqlen_q;
+  }
+
+  // The dq_accum row of (bidb, bidh)'s row 0: (batch, nheads, dq_accum_rows) dense; varlen
+  // (nheads, dq_accum_rows), sequence b's from bwd_dq_accum_varlen_row (whole query blocks
+  // of its own).
+  CUTE_HOST_DEVICE int64_t dq_accum_row_base(BwdParams const& p, int bidb, int bidh) const {
+    return kVarlen ? int64_t(bidh) * p.dq_accum_rows + bwd_dq_accum_varlen_row(offset_q, bidb)
+                   : (int64_t(bidb) * p.nheads + bidh) * p.dq_accum_rows;
+  }
 };
 
 // The backward kernel's inverse of FwdKeyRange: the query blocks that see key block n_block,

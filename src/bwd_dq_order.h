@@ -4,6 +4,7 @@
 
 #include <cute/config.hpp>
 
+#include "block_info.h"  // BwdSeqlens
 #include "bwd_params.h"
 #include "cute_utils.h"  // floor_div
 
@@ -72,26 +73,28 @@ CUTE_HOST_DEVICE int64_t dq_semaphore_count(int batch, int nheads, int seqlen_q,
   return int64_t(batch) * nheads * ((seqlen_q + block_m - 1) / block_m);
 }
 
-// The key block of the tile_n-th CTA (0 first) of a (batch, K/V head), of num_n_blocks:
-// tile_n itself, but descending when deterministic and causal (see above).
+// The key block of the tile_n-th CTA (0 first) of a (batch, K/V head), of num_n_blocks (the
+// batch entry's: a varlen sequence's CTAs past its keys have exited before asking): tile_n
+// itself, but descending when deterministic and causal (see above).
 CUTE_HOST_DEVICE int dq_order_n_block(BwdParams const& params, int tile_n, int num_n_blocks) {
   return params.dq_semaphore_ptr != nullptr && params.is_causal ? num_n_blocks - 1 - tile_n : tile_n;
 }
 
-// The last key block that touches query block m_block (-1: none): n_max(m) above.
-template <int kBlockM, int kBlockN>
-CUTE_HOST_DEVICE int dq_last_n_block(BwdParams const& params, int m_block) {
-  int const last = (params.seqlen_k + kBlockN - 1) / kBlockN - 1;
+// The last key block that touches query block m_block of batch entry seq (-1: none): n_max(m)
+// above, with the entry's lengths (a varlen sequence's own).
+template <int kBlockM, int kBlockN, bool kVarlen>
+CUTE_HOST_DEVICE int dq_last_n_block(BwdParams const& params, BwdSeqlens<kVarlen> const& seq, int m_block) {
+  int const last = (seq.seqlen_k + kBlockN - 1) / kBlockN - 1;
   if (!params.is_causal) return last;
-  int const row_last = cute::min((m_block + 1) * kBlockM, params.seqlen_q) - 1;
-  return cute::max(-1, cute::min(last, floor_div(row_last + params.causal_offset, kBlockN)));
+  int const row_last = cute::min((m_block + 1) * kBlockM, seq.seqlen_q) - 1;
+  return cute::max(-1, cute::min(last, floor_div(row_last + seq.causal_offset, kBlockN)));
 }
 
 // Key block n_block's turn at query block m_block, which it touches: its rank among the
 // touching key blocks 0 .. n_max(m), ascending non-causal, descending causal.
-template <int kBlockM, int kBlockN>
-CUTE_HOST_DEVICE int dq_turn(BwdParams const& params, int n_block, int m_block) {
-  return params.is_causal ? dq_last_n_block<kBlockM, kBlockN>(params, m_block) - n_block : n_block;
+template <int kBlockM, int kBlockN, bool kVarlen>
+CUTE_HOST_DEVICE int dq_turn(BwdParams const& params, BwdSeqlens<kVarlen> const& seq, int n_block, int m_block) {
+  return params.is_causal ? dq_last_n_block<kBlockM, kBlockN>(params, seq, m_block) - n_block : n_block;
 }
 
 #if defined(__CUDA_ARCH__)
@@ -141,20 +144,20 @@ CUTE_DEVICE void dq_pass_turn(int* semaphore, int turn, Sync const& adders = {})
 #endif
 }
 
-// A CTA's dQ addition into query block m_block of (batch b, query head h): add() performs
-// it (the family's fp32 atomics); with params.dq_semaphore_ptr it runs in key block
-// n_block's turn (every thread of the CTA must call this: barriers), without, as is.
+// A CTA's dQ addition into query block m_block of (batch b, query head h), batch entry seq:
+// add() performs it (the family's fp32 atomics); with params.dq_semaphore_ptr it runs in key
+// block n_block's turn (every thread of the CTA must call this: barriers), without, as is.
 // The family's CTAs must take their key blocks through dq_order_n_block.
-template <int kBlockM, int kBlockN, class AddFn, class Sync = DqCtaSync>
-CUTE_DEVICE void add_dq_in_order(BwdParams const& params, int b, int h, int m_block, int n_block, AddFn&& add,
-                                 Sync const& adders = {}) {
+template <int kBlockM, int kBlockN, bool kVarlen, class AddFn, class Sync = DqCtaSync>
+CUTE_DEVICE void add_dq_in_order(BwdParams const& params, BwdSeqlens<kVarlen> const& seq, int b, int h, int m_block,
+                                 int n_block, AddFn&& add, Sync const& adders = {}) {
   if (params.dq_semaphore_ptr == nullptr) {
     add();
     return;
   }
   int* const semaphore = params.dq_semaphore_ptr + dq_semaphore_index(b, h, m_block, params.nheads,
                                                                       (params.seqlen_q + kBlockM - 1) / kBlockM);
-  int const turn = dq_turn<kBlockM, kBlockN>(params, n_block, m_block);
+  int const turn = dq_turn<kBlockM, kBlockN>(params, seq, n_block, m_block);
   dq_wait_turn(semaphore, turn, adders);
   add();
   dq_pass_turn(semaphore, turn, adders);

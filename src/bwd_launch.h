@@ -5,8 +5,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include "bwd_dq_order.h"  // dq_semaphore_count
 #include "bwd_params.h"
 #include "bwd_prepost.h"
+#include "bwd_varlen_check.h"
 #include "cuda_check.h"
 
 // The one launch template of the backward: preprocess (D, zeroed dq_accum), the family's
@@ -20,7 +22,10 @@
 //                                   launch_bwd_postprocess_rows for the row layout
 // Host only. dQ is summed by fp32 atomics: in arbitrary order, unless
 // params.dq_semaphore_ptr is set (deterministic, bwd_dq_order.h: the preprocess kernel
-// zeroes the counters, the main kernel adds in key-block order).
+// zeroes the counters, the main kernel adds in key-block order). A varlen batch
+// (params.cu_seqlens_q): the preprocess runs over the packed rows as one batch entry (its D
+// and LSE layout (nheads, total_q) is that entry's), the counters are zeroed by a memset
+// (they are numbered per sequence, not per packed row), and bwd_varlen_check_kernel runs last.
 
 namespace fa_cute {
 
@@ -33,8 +38,8 @@ long long bwd_num_tiles(BwdParams const& params) {
 }
 
 // A family's main kernel on that grid with its dynamic shared memory, after the shared-memory
-// opt-in (once per device and config: the cache is per Traits).
-template <class Traits, class Kernel, class Args>
+// opt-in (once per device and kernel: the cache is per Traits and variant, kVarlen).
+template <class Traits, bool kVarlen, class Kernel, class Args>
 void launch_bwd_kernel(Kernel* kernel, Args const& args, BwdParams const& params, int device, cudaStream_t stream) {
   static PerDeviceCache opted_in;
   opted_in.get(device, [&] {
@@ -68,13 +73,27 @@ void run_bwd(BwdParams const& params, cudaStream_t stream) {
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   using Rows = BwdRowKernel<Element, kHeadDim>;
-  bwd_preprocess_kernel<Element, kHeadDim>
-      <<<Rows::grid(params, params.dq_accum_rows), Rows::kNThreads, 0, stream>>>(params);
+  bool const varlen = params.cu_seqlens_q != nullptr;
+  BwdParams pre = params;
+  if (varlen) {
+    pre.batch = 1;
+    pre.seqlen_q = params.total_q;
+    pre.dq_semaphore_ptr = nullptr;
+    if (params.dq_semaphore_ptr != nullptr) {
+      size_t const bytes = size_t(dq_semaphore_count(params.batch, params.nheads, params.seqlen_q, Traits::kBlockM)) * 4;
+      check_cuda(cudaMemsetAsync(params.dq_semaphore_ptr, 0, bytes, stream), "dq_semaphore memset");
+    }
+  }
+  bwd_preprocess_kernel<Element, kHeadDim><<<Rows::grid(pre, pre.dq_accum_rows), Rows::kNThreads, 0, stream>>>(pre);
   check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
   Launch::launch(params, device, stream);
   check_cuda(cudaGetLastError(), Launch::kName);
   Launch::postprocess(params, stream);
   check_cuda(cudaGetLastError(), "bwd_postprocess_kernel launch");
+  if (varlen) {
+    launch_bwd_varlen_check<Element>(params, stream);
+    check_cuda(cudaGetLastError(), "bwd_varlen_check_kernel launch");
+  }
 }
 
 }  // namespace fa_cute

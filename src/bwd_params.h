@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include <cute/config.hpp>
+
 #include "flash_params.h"
 
 namespace fa_cute {
@@ -11,6 +13,20 @@ namespace fa_cute {
 // the Hopper kernel's tiled layout (kdQTile) adds as one contiguous block. _C.limits() gives
 // it to the Python layer, which allocates the buffer.
 constexpr int kDqAccumRowAlign = 128;
+
+// A varlen batch's dq_accum rows per head: sequence b's start at
+// bwd_dq_accum_varlen_row(offset_q, b), offset_q + b * kDqAccumRowAlign rounded down to a
+// multiple of kDqAccumRowAlign, so that each sequence owns whole query blocks (the tiled
+// layout adds them whole) that no other sequence's overlap: the next one starts at least
+// ceil(seqlen_q / kDqAccumRowAlign) blocks later. Per head, total_q + batch *
+// kDqAccumRowAlign rows, rounded up, hold them all.
+CUTE_HOST_DEVICE int64_t bwd_dq_accum_varlen_row(int offset_q, int b) {
+  return (int64_t(offset_q) + int64_t(b) * kDqAccumRowAlign) / kDqAccumRowAlign * kDqAccumRowAlign;
+}
+CUTE_HOST_DEVICE int64_t bwd_dq_accum_varlen_rows(int total_q, int batch) {
+  return (int64_t(total_q) + int64_t(batch) * kDqAccumRowAlign + kDqAccumRowAlign - 1) / kDqAccumRowAlign *
+         kDqAccumRowAlign;
+}
 
 // Everything the backward kernels need (preprocess, main, postprocess), filled by the host
 // from plain integers: no torch. Element strides are 64-bit, (batch, row, head), the last
@@ -53,6 +69,20 @@ struct BwdParams {
   index_t dq_batch_stride, dq_row_stride, dq_head_stride;
   index_t dk_batch_stride, dk_row_stride, dk_head_stride;
   index_t dv_batch_stride, dv_row_stride, dv_head_stride;
+
+  // A variable-length batch (varlen_backward; null / 0 for a dense one): q, out, dout and dq
+  // packed (total_q, nheads, d), k, v, dk and dv (total_k, nheads_k, d), their batch strides
+  // 0; sequence b's rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] and keys cu_seqlens_k[b] ..
+  // cu_seqlens_k[b + 1] (with seqused_k, the first seqused_k[b] of them); batch the number of
+  // sequences, seqlen_q and seqlen_k the longest's (the launch's extent). lse and softmax_d
+  // are (nheads, total_q), dq_accum (nheads, dq_accum_rows, d) with dq_accum_rows =
+  // bwd_dq_accum_varlen_rows(total_q, batch); the counters of deterministic=True are
+  // (batch, nheads, ceil(seqlen_q / block_m)) as for a dense batch.
+  int const* __restrict__ cu_seqlens_q;
+  int const* __restrict__ cu_seqlens_k;
+  int const* __restrict__ seqused_k;
+  int total_q;
+  int total_k;
 
   int batch;
   int seqlen_q;

@@ -7,6 +7,7 @@
 #include <cutlass/array.h>
 #include <cutlass/numeric_conversion.h>
 
+#include "block_info.h"  // BwdSeqlens
 #include "bwd_dq_order.h"
 #include "bwd_params.h"
 
@@ -17,7 +18,9 @@
 //                dq_semaphore (deterministic) the counter of (b, h, i / dq_semaphore_block_m) = 0
 //                (bwd_dq_order.h);
 //   postprocess: dq[b,i,h,:] = dq_accum[b,h,i,:] * softmax_scale in the input dtype (the
-//                row layout; the tiled one has its own, sm90/bwd_dq_tile_sm90.h).
+//                row layout; the tiled one has its own, sm90/bwd_dq_tile_sm90.h); a
+//                varlen batch's rows i below its sequence's length, from the sequence's
+//                own rows of dq_accum (BwdSeqlens) into its packed rows of dq.
 // A row of d elements is handled by d/8 threads of 16-byte (8-element) accesses; rows are
 // numbered (b, h, i), i below seqlen_q (postprocess) or dq_accum_rows (preprocess), and a
 // grid-stride loop covers any count.
@@ -130,10 +133,17 @@ __global__ void __launch_bounds__(128) bwd_postprocess_kernel(__grid_constant__ 
   cutlass::NumericArrayConverter<Element, float, 8> to_element;
   for (int64_t first = int64_t(blockIdx.x) * K::kRowsPerBlock; first < rows;
        first += int64_t(gridDim.x) * K::kRowsPerBlock) {
-    typename K::Row const r = K::row_of(first, params.seqlen_q, params);
+    typename K::Row r = K::row_of(first, params.seqlen_q, params);
     if (r.index >= rows) continue;
-    typename K::VecF acc =
-        *reinterpret_cast<typename K::VecF const*>(params.dq_accum_ptr + r.accum_index(params) * kHeadDim + r.col);
+    int64_t accum_row = r.accum_index(params);
+    if (params.cu_seqlens_q != nullptr) {
+      // A varlen sequence's row r.i: its rows of dq_accum, its packed row of dq (batch stride 0).
+      BwdSeqlens<true> const seq(params, r.b);
+      if (r.i >= seq.seqlen_q) continue;
+      accum_row = seq.dq_accum_row_base(params, r.b, r.h) + r.i;
+      r.i += seq.offset_q;
+    }
+    typename K::VecF acc = *reinterpret_cast<typename K::VecF const*>(params.dq_accum_ptr + accum_row * kHeadDim + r.col);
     CUTE_UNROLL
     for (int c = 0; c < 8; ++c) acc[c] *= params.softmax_scale;
     auto* dq = const_cast<Element*>(

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <climits>
 #include <cmath>
 #include <limits>
 
@@ -7,6 +8,7 @@
 
 #include <cute/tensor.hpp>
 
+#include "block_info.h"  // PackedSequence
 #include "flash_params.h"
 
 // A variable-length batch's cu_seqlens live on the GPU, and reading them on the host would
@@ -22,9 +24,24 @@
 
 namespace fa_cute {
 
+// Whether sequence b of a packed batch is what the kernels assume: offsets that do not
+// decrease, start at 0 or later and end within the packed rows; at most max_seqlen_q rows
+// (the launch's query blocks cover no more) and, where the launch's key blocks are
+// fixed by max_seqlen_k (the backward's grid), at most max_seqlen_k keys; seqused_k within
+// the sequence's keys.
+CUTE_HOST_DEVICE bool packed_entry_ok(int const* cu_seqlens_q, int const* cu_seqlens_k, int const* seqused_k,
+                                      int total_q, int total_k, int max_seqlen_q, int max_seqlen_k, int b) {
+  int const q0 = cu_seqlens_q[b], q1 = cu_seqlens_q[b + 1];
+  int const k0 = cu_seqlens_k[b], k1 = cu_seqlens_k[b + 1];
+  bool ok = q0 >= 0 && q1 >= q0 && q1 <= total_q && q1 - q0 <= max_seqlen_q;
+  ok = ok && k0 >= 0 && k1 >= k0 && k1 <= total_k && k1 - k0 <= max_seqlen_k;
+  if (seqused_k != nullptr) ok = ok && seqused_k[b] >= 0 && seqused_k[b] <= k1 - k0;
+  return ok;
+}
+
 // Whether batch entry b's lengths are consistent (what the kernels assume of them): a varlen
-// batch's offsets; a KV cache's key count (within the capacity, seqlen_k), K/V entry and the
-// pages its keys lie in.
+// batch's offsets (the forward visits each sequence's keys whatever max_seqlen_k says); a KV
+// cache's key count (within the capacity, seqlen_k), K/V entry and the pages its keys lie in.
 CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
   if (p.cu_seqlens_q == nullptr) {
     int const used = p.seqused_k[b];
@@ -38,12 +55,7 @@ CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
     }
     return ok;
   }
-  int const q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
-  int const k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
-  bool ok = q0 >= 0 && q1 >= q0 && q1 <= p.total_q && q1 - q0 <= p.seqlen_q;
-  ok = ok && k0 >= 0 && k1 >= k0 && k1 <= p.total_k;
-  if (p.seqused_k != nullptr) ok = ok && p.seqused_k[b] >= 0 && p.seqused_k[b] <= k1 - k0;
-  return ok;
+  return packed_entry_ok(p.cu_seqlens_q, p.cu_seqlens_k, p.seqused_k, p.total_q, p.total_k, p.seqlen_q, INT_MAX, b);
 }
 
 // Every block checks every entry (batch + 1 cached reads each: no second launch, no

@@ -340,7 +340,45 @@ BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& p,
           ? OperandExtent{"dq_semaphore", 0, 0}
           : check_fp32_buffer("dq_semaphore", ptr(p.dq_semaphore_ptr),
                               u128(p.batch) * p.nheads * ((p.seqlen_q + bm - 1) / bm)),
+      OperandExtent{"cu_seqlens_q", 0, 0},
+      OperandExtent{"cu_seqlens_k", 0, 0},
+      OperandExtent{"seqused_k", 0, 0},
   };
+}
+
+BackwardExtents check_varlen_backward_args(BwdKernel const& kernel, BwdParams const& p, int device) {
+  FA_CUTE_REQUIRE(p.cu_seqlens_q != nullptr && p.cu_seqlens_k != nullptr,
+                  "cu_seqlens_q, cu_seqlens_k: a varlen call needs both (non-null int32 device pointers)");
+  check_problem_sizes(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_k);  // seqlen_q/k: the maxima
+  FA_CUTE_REQUIRE(p.total_q >= 1 && p.total_q <= kMaxSeqlen,
+                  "total_q: the packed rows of q must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_q));
+  FA_CUTE_REQUIRE(p.total_k >= 1 && p.total_k <= kMaxSeqlen,
+                  "total_k: the packed rows of k must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_k));
+  FA_CUTE_REQUIRE(p.dq_accum_rows == bwd_dq_accum_varlen_rows(p.total_q, p.batch),
+                  "dq_accum_rows: a varlen batch's are total_q + batch * " + str(kDqAccumRowAlign) +
+                      " rounded up to a multiple of " + str(kDqAccumRowAlign) + ", got " + str(p.dq_accum_rows));
+  long long const key_tiles = (long long)((p.seqlen_k + kernel.block_n - 1) / kernel.block_n) * p.nheads_k * p.batch;
+  FA_CUTE_REQUIRE(key_tiles <= kMaxLaunchTiles, "batch * nheads_k * ceil(max_seqlen_k / " + str(kernel.block_n) +
+                                                    ") must be <= " + str(kMaxLaunchTiles) +
+                                                    " (tiles are numbered in int)");
+  // The packed tensors as one dense batch entry: the same operand rules and extents.
+  BwdParams packed = p;
+  packed.batch = 1;
+  packed.seqlen_q = p.total_q;
+  packed.seqlen_k = p.total_k;
+  packed.causal_offset = 0;
+  packed.cu_seqlens_q = packed.cu_seqlens_k = packed.seqused_k = nullptr;
+  packed.dq_semaphore_ptr = nullptr;
+  BackwardExtents extents = check_backward_args(kernel, packed, device);
+  int const bm = kernel.block_m;
+  if (p.dq_semaphore_ptr != nullptr) {
+    extents[11] = check_fp32_buffer("dq_semaphore", reinterpret_cast<uintptr_t>(p.dq_semaphore_ptr),
+                                    u128(p.batch) * p.nheads * ((p.seqlen_q + bm - 1) / bm));
+  }
+  extents[12] = check_int32_buffer("cu_seqlens_q", p.cu_seqlens_q, p.batch + 1ll);
+  extents[13] = check_int32_buffer("cu_seqlens_k", p.cu_seqlens_k, p.batch + 1ll);
+  if (p.seqused_k != nullptr) extents[14] = check_int32_buffer("seqused_k", p.seqused_k, p.batch);
+  return extents;
 }
 
 void check_backward_memory(BackwardExtents const& extents, int device) {

@@ -86,8 +86,9 @@ void check_stream_handle(uintptr_t stream);
 void check_forward_memory(ForwardExtents const& extents, int device);
 
 // --- Backward ------------------------------------------------------------------------------
-// q, k, v, out, dout, lse, dq, dk, dv, dq_accum, softmax_d, dq_semaphore (ptr 0 without).
-using BackwardExtents = std::array<OperandExtent, 12>;
+// q, k, v, out, dout, lse, dq, dk, dv, dq_accum, softmax_d, dq_semaphore (ptr 0 without),
+// cu_seqlens_q, cu_seqlens_k, seqused_k (varlen; ptr 0 without).
+using BackwardExtents = std::array<OperandExtent, 15>;
 
 // Everything about a backward call that integers alone decide, as check_forward_args: the
 // problem sizes, the config's head dim, causal_offset, the main kernel's CTA count, every
@@ -96,6 +97,14 @@ using BackwardExtents = std::array<OperandExtent, 12>;
 // dq_semaphore only when set (deterministic): 4-byte aligned, batch * nheads *
 // ceil(seqlen_q / block_m) int32.
 BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& params, int device);
+
+// A varlen backward (params.cu_seqlens_q): the packed tensors checked as one dense batch entry
+// of total_q / total_k rows (check_backward_args), dq_accum_rows =
+// bwd_dq_accum_varlen_rows(total_q, batch), the grid's CTAs and the counters by the real
+// batch and the longest sequences (seqlen_q, seqlen_k), and the int32 cu_seqlens (batch + 1
+// each) and seqused_k (batch) buffers; cu_seqlens_k and cu_seqlens_q non-null. The
+// BackwardExtents of the varlen ones: cu_seqlens_q, cu_seqlens_k, seqused_k.
+BackwardExtents check_varlen_backward_args(BwdKernel const& kernel, BwdParams const& params, int device);
 
 // check_forward_memory's test for each backward operand.
 void check_backward_memory(BackwardExtents const& extents, int device);

@@ -270,6 +270,28 @@ int num_splits(std::string const& config, std::string const& dtype, int batch, i
 // (batch, nheads, seqlen_q), both contiguous (src/bwd_launch.h: preprocess, main kernel,
 // postprocess). dq_semaphore (0: none): deterministic dQ, the caller's int32 buffer
 // (batch, nheads, ceil(seqlen_q / block_m)) (src/bwd_dq_order.h). Checked as forward is.
+// What backward and varlen_backward set besides the forward's operands and the sizes: dout,
+// lse, the gradients, the work buffers and the deterministic counters (dq_semaphore 0: none).
+void set_backward_operands(BwdParams& params, BwdKernel const& kernel, uintptr_t dout, uintptr_t lse, uintptr_t dq,
+                           uintptr_t dk, uintptr_t dv, uintptr_t dq_accum, uintptr_t softmax_d, Strides do_strides,
+                           Strides dq_strides, Strides dk_strides, Strides dv_strides, int head_dim,
+                           uintptr_t dq_semaphore) {
+  params.do_ptr = reinterpret_cast<void const*>(dout);
+  params.lse_ptr = reinterpret_cast<float const*>(lse);
+  params.dq_ptr = reinterpret_cast<void*>(dq);
+  params.dk_ptr = reinterpret_cast<void*>(dk);
+  params.dv_ptr = reinterpret_cast<void*>(dv);
+  params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
+  params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
+  params.dq_semaphore_ptr = reinterpret_cast<int*>(dq_semaphore);  // 0: not deterministic
+  params.dq_semaphore_block_m = kernel.block_m;
+  std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
+  std::tie(params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride) = dq_strides;
+  std::tie(params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride) = dk_strides;
+  std::tie(params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride) = dv_strides;
+  params.head_dim = head_dim;
+}
+
 void backward(std::string const& config, std::string const& dtype, uintptr_t dout, uintptr_t q, uintptr_t k,
               uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
               uintptr_t dq_accum, uintptr_t softmax_d, int batch, int seqlen_q, int seqlen_k, int nheads,
@@ -280,26 +302,47 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
   BwdKernel const& kernel = find_bwd_kernel(config, parse_dtype(dtype));
   BwdParams params = problem_params<BwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
-  params.do_ptr = reinterpret_cast<void const*>(dout);
-  params.lse_ptr = reinterpret_cast<float const*>(lse);
-  params.dq_ptr = reinterpret_cast<void*>(dq);
-  params.dk_ptr = reinterpret_cast<void*>(dk);
-  params.dv_ptr = reinterpret_cast<void*>(dv);
-  params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
-  params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
+  set_backward_operands(params, kernel, dout, lse, dq, dk, dv, dq_accum, softmax_d, do_strides, dq_strides, dk_strides,
+                        dv_strides, head_dim, dq_semaphore);
   // 64-bit until check_backward_args has bounded seqlen_q (a length past kMaxSeqlen is refused there).
   params.dq_accum_rows = int(std::min<int64_t>(
       (int64_t(seqlen_q) + kDqAccumRowAlign - 1) / kDqAccumRowAlign * kDqAccumRowAlign, INT32_MAX));
-  params.dq_semaphore_ptr = reinterpret_cast<int*>(dq_semaphore);  // 0: not deterministic
-  params.dq_semaphore_block_m = kernel.block_m;
-  std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
-  std::tie(params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride) = dq_strides;
-  std::tie(params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride) = dk_strides;
-  std::tie(params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride) = dv_strides;
-  params.head_dim = head_dim;
   params.causal_offset = causal_offset;
 
   BackwardExtents const extents = check_backward_args(kernel, params, device);
+  check_runtime(extents, device, stream_handle, check_backward_memory);
+  py::gil_scoped_release release;
+  kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
+}
+
+// The backward of varlen_forward: as backward, over packed (total, heads, d) tensors (strides
+// (0, row, head)) whose sequences cu_seqlens_q / cu_seqlens_k (int32 device buffers of
+// batch + 1; seqused_k, of batch, or 0) delimit; causal bottom-right per sequence. lse and
+// softmax_d are (nheads, total_q); dq_accum (nheads, bwd_dq_accum_varlen_rows(total_q,
+// batch), head_dim); dq_semaphore (batch, nheads, ceil(max_seqlen_q / block_m)). Nothing
+// is read from the int32 buffers on the host: a bad batch's gradients come back NaN
+// (bwd_varlen_check.h).
+void varlen_backward(std::string const& config, std::string const& dtype, uintptr_t dout, uintptr_t q, uintptr_t k,
+                     uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+                     uintptr_t dq_accum, uintptr_t softmax_d, uintptr_t cu_seqlens_q, uintptr_t cu_seqlens_k,
+                     uintptr_t seqused_k, int batch, int total_q, int total_k, int max_seqlen_q, int max_seqlen_k,
+                     int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
+                     Strides v_strides, Strides o_strides, Strides do_strides, Strides dq_strides,
+                     Strides dk_strides, Strides dv_strides, double softmax_scale, bool is_causal, int device,
+                     uintptr_t stream_handle, uintptr_t dq_semaphore) {
+  BwdKernel const& kernel = find_bwd_kernel(config, parse_dtype(dtype));
+  BwdParams params = problem_params<BwdParams>(batch, max_seqlen_q, max_seqlen_k, nheads, nheads_k, is_causal);
+  set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
+  set_backward_operands(params, kernel, dout, lse, dq, dk, dv, dq_accum, softmax_d, do_strides, dq_strides, dk_strides,
+                        dv_strides, head_dim, dq_semaphore);
+  params.cu_seqlens_q = reinterpret_cast<int const*>(cu_seqlens_q);
+  params.cu_seqlens_k = reinterpret_cast<int const*>(cu_seqlens_k);
+  params.seqused_k = reinterpret_cast<int const*>(seqused_k);
+  params.total_q = total_q;
+  params.total_k = total_k;
+  params.dq_accum_rows = int(std::min<int64_t>(bwd_dq_accum_varlen_rows(total_q, batch), INT32_MAX));
+
+  BackwardExtents const extents = check_varlen_backward_args(kernel, params, device);
   check_runtime(extents, device, stream_handle, check_backward_memory);
   py::gil_scoped_release release;
   kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
@@ -413,6 +456,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("v_strides"), py::arg("o_strides"), py::arg("do_strides"), py::arg("dq_strides"),
         py::arg("dk_strides"), py::arg("dv_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
         py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("dq_semaphore") = 0);
+  m.def("varlen_backward", &fa_cute::varlen_backward, py::arg("config"), py::arg("dtype"), py::arg("dout"),
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"),
+        py::arg("dv"), py::arg("dq_accum"), py::arg("softmax_d"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"),
+        py::arg("seqused_k"), py::arg("batch"), py::arg("total_q"), py::arg("total_k"), py::arg("max_seqlen_q"),
+        py::arg("max_seqlen_k"), py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"), py::arg("q_strides"),
+        py::arg("k_strides"), py::arg("v_strides"), py::arg("o_strides"), py::arg("do_strides"),
+        py::arg("dq_strides"), py::arg("dk_strides"), py::arg("dv_strides"), py::arg("softmax_scale"),
+        py::arg("is_causal"), py::arg("device"), py::arg("stream"), py::arg("dq_semaphore") = 0);
   m.def("backward_configs", &fa_cute::backward_configs);
   m.def("default_backward_config", &fa_cute::default_bwd_config, py::arg("head_dim"), py::arg("cc_major"),
         py::arg("cc_minor"));

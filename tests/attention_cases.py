@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fa_cute
-from fa_cute._reference import attention_ref, check_close, check_lse
+from fa_cute._reference import ABS_SLACK, attention_ref, check_close, check_lse
 
 DEVICE = "cuda"
 DTYPES = [torch.bfloat16, torch.float16]
@@ -58,6 +58,28 @@ def family_config(family: str, head_dim: int, seqlen_q: int, seqlen_k: int, caus
         pytest.skip(f"no {family} config for head dim {head_dim} in this build")
     picked = fa_cute._C.default_config(head_dim, seqlen_q, seqlen_k, 9, 0, causal)
     return picked if picked in names else names[0]
+
+
+def check_grad_errors(got, ref, plain, dtype: torch.dtype) -> List[float]:
+    """FlashAttention's rule for gradients: each of got (dq, dk, dv) within twice the plain
+    (input-dtype) computation's max abs error against the float64 reference ref, plus
+    ABS_SLACK relative to the gradients' size: the largest of the three, since a gradient
+    that is exactly zero (dq and dk with one key: dS = dP - D = 0) still gets fp32
+    cancellation noise from terms of that size. Returns the max abs errors."""
+    errors = []
+    scale_of_grads = max(1.0, *(r.abs().max().item() if r.numel() else 0.0 for r in ref))
+    for name, g, r, p in zip(("dq", "dk", "dv"), got, ref, plain):
+        assert g.shape == r.shape and g.dtype == dtype, name
+        assert torch.isfinite(g).all(), f"{name} has NaN/inf"
+        if not g.numel():
+            errors.append(0.0)
+            continue
+        err = (g.double().cpu() - r.cpu()).abs().max().item()
+        plain_err = (p.double().cpu() - r.cpu()).abs().max().item()
+        bound = 2 * plain_err + ABS_SLACK * scale_of_grads
+        assert err <= bound, f"{name}: max abs error {err:.3e} > 2 x plain {plain_err:.3e} + slack"
+        errors.append(err)
+    return errors
 
 
 def make_inputs(batch: int, seqlen_q: int, seqlen_k: int, nheads: int, nheads_k: int,

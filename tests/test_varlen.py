@@ -1,6 +1,6 @@
-"""varlen_forward's argument checks on CPU tensors (the device check comes last, so every
-other check is reachable without a GPU): each bad argument raises TypeError or ValueError
-naming it. tests/test_varlen_gpu.py runs the kernels."""
+"""varlen_forward's and varlen_backward's argument checks on CPU tensors (the device check
+comes last, so every other check is reachable without a GPU): each bad argument raises
+TypeError or ValueError naming it. tests/test_varlen_gpu.py runs the kernels."""
 
 import pytest
 import torch
@@ -63,11 +63,46 @@ def test_options() -> None:
     _raises(ValueError, "out overlaps k or v", q, k_in_buf, v, *rest, out=buf.view(40, 4, 128))
 
 
-def test_grad_refused() -> None:
+def test_grad_options_refused() -> None:
     q, k, v, *rest = _args()
-    _raises(ValueError, "no backward yet", q.requires_grad_(), k, v, *rest)
+    q.requires_grad_()
+    _raises(ValueError, "softcap or a window has no backward", q, k, v, *rest, softcap=5.0)
+    _raises(ValueError, "softcap or a window has no backward", q, k, v, *rest, window_size=(8, 0))
+    _raises(ValueError, "out: varlen_forward records gradients", q, k, v, *rest,
+            out=torch.empty_like(q))
+    _raises(ValueError, "CUDA tensors only", q, k, v, *rest)  # recorded: checked to the end
     with torch.no_grad():
-        _raises(ValueError, "CUDA tensors only", q, k, v, *rest)
+        _raises(ValueError, "CUDA tensors only", q, k, v, *rest, softcap=5.0)
+
+
+def _backward_raises(exc, match, *args, **kwargs):
+    with pytest.raises(exc, match=match):
+        fa_cute.varlen_backward(*args, **kwargs)
+
+
+def test_backward_args() -> None:
+    q, k, v, cu_q, cu_k, mq, mk = _args()
+    out, dout = torch.randn_like(q), torch.randn_like(q)
+    lse = torch.zeros(4, 40)
+    rest = (cu_q, cu_k, mq, mk)
+    _backward_raises(ValueError, "CUDA tensors only", dout, q, k, v, out, lse, *rest)
+    _backward_raises(ValueError, "dout has shape", dout[:-1], q, k, v, out, lse, *rest)
+    _backward_raises(TypeError, "out has dtype", dout, q, k, v, out.half(), lse, *rest)
+    _backward_raises(TypeError, "lse has dtype", dout, q, k, v, out, lse.double(), *rest)
+    _backward_raises(ValueError, r"lse must be a contiguous \(nheads, total_q\)", dout, q, k, v,
+                     out, lse.t(), *rest)
+    _backward_raises(TypeError, "deterministic must be True or False", dout, q, k, v, out, lse, *rest,
+                     deterministic=1)
+    _backward_raises(ValueError, "not a backward config", dout, q, k, v, out, lse, *rest,
+                     config="nope")
+    _backward_raises(ValueError, "dk has shape", dout, q, k, v, out, lse, *rest,
+                     dk=torch.empty_like(q))
+    _backward_raises(ValueError, "dq overlaps the memory of q", dout, q, k, v, out, lse, *rest,
+                     dq=q)
+    _backward_raises(TypeError, "cu_seqlens_k must have dtype torch.int32", dout, q, k, v, out,
+                     lse, cu_q, cu_k.long(), mq, mk)
+    _backward_raises(ValueError, "max_seqlen_q must be in", dout, q, k, v, out, lse, cu_q, cu_k,
+                     0, mk)
 
 
 def test_layout() -> None:

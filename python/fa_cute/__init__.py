@@ -6,6 +6,7 @@
     fa_cute.activate()               # torch SDPA's flash backend on CUDA runs fa_cute
     out, lse = fa_cute.combine(outs, lses)  # attention over disjoint key sets, merged
     out = fa_cute.varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k)  # packed
+    dq, dk, dv = fa_cute.varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k)
     out = fa_cute.forward_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens)  # decode
 
 See README.md for what is supported and `python -m fa_cute.info` for what this build holds.
@@ -24,9 +25,10 @@ from ._combine import combine  # noqa: E402
 from ._sdpa_backend import activate, activated, deactivate, is_active  # noqa: E402
 from ._kvcache import forward_with_kvcache  # noqa: E402
 from ._varlen import varlen_forward  # noqa: E402
+from ._varlen_backward import varlen_backward  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
 __all__ = ["__version__", "activate", "activated", "backward", "combine", "configs", "deactivate",
            "forward", "forward_timed", "forward_with_kvcache", "is_active", "resolve_config", "sdpa",
-           "varlen_forward"]
+           "varlen_backward", "varlen_forward"]

@@ -203,6 +203,24 @@ def attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout:
         return torch.autograd.grad(out, leaves, dout.to(dtype))
 
 
+def varlen_attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               dout: torch.Tensor, cu_seqlens_q: Sequence[int],
+                               cu_seqlens_k: Sequence[int], softmax_scale: float,
+                               upcast: bool = True, *, causal: bool = False,
+                               seqused_k: Optional[Sequence[int]] = None
+                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of `varlen_attention_ref` for the output gradient dout, by autograd
+    through it (float64, or the input dtype with upcast=False): packed like q, k and v; rows
+    outside every sequence and keys past seqused_k get zero gradients."""
+    dtype = torch.float64 if upcast else q.dtype
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    with torch.enable_grad():
+        out = varlen_attention_ref(*leaves, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                                   upcast=False, causal=causal, seqused_k=seqused_k)
+        return torch.autograd.grad(out, leaves, dout.to(dtype), allow_unused=True,
+                                   materialize_grads=True)
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; ||out - ref|| itself where ref is all zeros (rows
     that see no key), so that a zero output still scores 0 and a nonzero one fails."""

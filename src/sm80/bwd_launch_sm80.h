@@ -5,21 +5,24 @@
 #include "bwd_launch.h"
 #include "bwd_params.h"
 #include "cuda_check.h"
+#include "static_switch.h"
 #include "sm80/kernel_traits_bwd_sm80.h"
 #include "sm80/mainloop_bwd_sm80.h"
 
 namespace fa_cute {
 
 // How the sm80-instruction backward kernel is launched (the policy of run_bwd,
-// bwd_launch.h): one CTA per (key block, K/V head, batch), a flat grid (BwdTileCoord).
-// Host only.
+// bwd_launch.h): one CTA per (key block, K/V head, batch), a flat grid (BwdTileCoord), the
+// varlen variant for a variable-length batch. Host only.
 template <class Traits_>
 struct Sm80BwdLaunch {
   using Traits = Traits_;
   static constexpr char const* kName = "bwd_kernel_sm80 launch";
 
   static void launch(BwdParams const& params, int device, cudaStream_t stream) {
-    launch_bwd_kernel<Traits>(&bwd_kernel_sm80<Traits>, params, params, device, stream);
+    FA_CUTE_BOOL_SWITCH(params.cu_seqlens_q != nullptr, kVarlen, [&] {
+      launch_bwd_kernel<Traits, kVarlen>(&bwd_kernel_sm80<Traits, kVarlen>, params, params, device, stream);
+    });
   }
   static void postprocess(BwdParams const& params, cudaStream_t stream) {
     launch_bwd_postprocess_rows<typename Traits::Element, Traits::kHeadDim>(params, stream);

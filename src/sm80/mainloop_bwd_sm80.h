@@ -28,6 +28,10 @@ namespace fa_cute {
 //                   block order when deterministic: bwd_dq_order.h)
 // and at the end stores dK * scale and dV in the input dtype.
 //
+// kVarlen: the launch may be a variable-length batch (BwdParams::cu_seqlens_q): each CTA
+// takes its sequence's lengths and first rows (BwdSeqlens), and a CTA past the sequence's
+// keys (the grid covers the longest) exits at once.
+//
 // Pipeline. Q_m, dO_m and the block's LSE and D rows (fp32, 4-byte cp.async into shared
 // memory: no registers held across the iteration) form one cp.async group, "block m's
 // loads". With Traits::kStages == 2 they are double-buffered: iteration i
@@ -89,7 +93,7 @@ struct BwdTileCoord {
   }
 };
 
-template <class Traits>
+template <class Traits, bool kVarlen>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_constant__ BwdParams const params) {
   using namespace cute;
   using Element = typename Traits::Element;
@@ -105,10 +109,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
 
   int const num_n_blocks = (params.seqlen_k + kBlockN - 1) / kBlockN;
   BwdTileCoord const coord(int(blockIdx.x), num_n_blocks, params.nheads_k);
-  int const n_block = dq_order_n_block(params, coord.n_block, num_n_blocks);  // deterministic causal: descending
+  BwdSeqlens<kVarlen> const seq(params, coord.bidb);
+  int const seq_n_blocks = kVarlen ? (seq.seqlen_k + kBlockN - 1) / kBlockN : num_n_blocks;
+  if (kVarlen && coord.n_block >= seq_n_blocks) return;  // past the sequence's keys: nothing to store
+  int const n_block = dq_order_n_block(params, coord.n_block, seq_n_blocks);  // deterministic causal: descending
   int const group = params.nheads / params.nheads_k;
   BwdQueryRange const queries =
-      BwdQueryRange::of<kBlockM, kBlockN>(n_block, params.seqlen_q, params.is_causal, params.causal_offset);
+      BwdQueryRange::of<kBlockM, kBlockN>(n_block, seq.seqlen_q, params.is_causal, seq.causal_offset);
 
   extern __shared__ __align__(128) char smem[];
   auto& storage = *reinterpret_cast<typename Sm80BwdMainloop<Traits>::SharedStorage*>(smem);
@@ -131,34 +138,34 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
     copy_rows</*kZeroFillRest=*/true>(gmem_tiled_copy, gmem_thr_copy.partition_S(gX), gmem_thr_copy.partition_D(sX),
                                       gmem_thr_copy.partition_S(make_identity_tensor(tile_shape)), num_rows);
   };
-  int const key_rows = params.seqlen_k - n_block * kBlockN;  // keys of this block below seqlen_k (may exceed kBlockN)
+  int const key_rows = seq.seqlen_k - n_block * kBlockN;  // keys of this block below seqlen_k (may exceed kBlockN)
   load_tile(gmem_row_tile(static_cast<Element const*>(params.k_ptr),
-                          coord.bidb * params.k_batch_stride + coord.bidh_k * params.k_head_stride, n_block * kBlockN,
-                          params.k_row_stride, TileKV{}),
+                          coord.bidb * params.k_batch_stride + coord.bidh_k * params.k_head_stride,
+                          seq.offset_k + n_block * kBlockN, params.k_row_stride, TileKV{}),
             sK, TileKV{}, key_rows);
   load_tile(gmem_row_tile(static_cast<Element const*>(params.v_ptr),
-                          coord.bidb * params.v_batch_stride + coord.bidh_k * params.v_head_stride, n_block * kBlockN,
-                          params.v_row_stride, TileKV{}),
+                          coord.bidb * params.v_batch_stride + coord.bidh_k * params.v_head_stride,
+                          seq.offset_k + n_block * kBlockN, params.v_row_stride, TileKV{}),
             sV, TileKV{}, key_rows);
   // Block m of head h_in_group into stage `stage`: Q_m, dO_m, and the LSE and D of its rows
   // below seqlen_q (threads 0..kBlockM-1 the LSE, the next kBlockM the D), then one fence.
   auto load_query_block = [&](int h_in_group, int m_block, int stage) {
     int const bidh = coord.bidh_k * group + h_in_group;
-    int const query_rows = params.seqlen_q - m_block * kBlockM;
+    int const query_rows = seq.seqlen_q - m_block * kBlockM;
     Tensor sQ_s = make_tensor(make_smem_ptr(storage.smem_q.data() + stage * kQElems), typename Traits::SmemLayoutQ{});
     Tensor sdO_s = make_tensor(make_smem_ptr(storage.smem_do.data() + stage * kQElems), typename Traits::SmemLayoutQ{});
     load_tile(gmem_row_tile(static_cast<Element const*>(params.q_ptr),
-                            coord.bidb * params.q_batch_stride + bidh * params.q_head_stride, m_block * kBlockM,
-                            params.q_row_stride, TileQ{}),
+                            coord.bidb * params.q_batch_stride + bidh * params.q_head_stride,
+                            seq.offset_q + m_block * kBlockM, params.q_row_stride, TileQ{}),
               sQ_s, TileQ{}, query_rows);
     load_tile(gmem_row_tile(static_cast<Element const*>(params.do_ptr),
-                            coord.bidb * params.do_batch_stride + bidh * params.do_head_stride, m_block * kBlockM,
-                            params.do_row_stride, TileQ{}),
+                            coord.bidb * params.do_batch_stride + bidh * params.do_head_stride,
+                            seq.offset_q + m_block * kBlockM, params.do_row_stride, TileQ{}),
               sdO_s, TileQ{}, query_rows);
     if (tidx < 2 * kBlockM) {
       int const row = tidx % kBlockM;
       if (row < query_rows) {
-        int64_t const r = (int64_t(coord.bidb) * params.nheads + bidh) * params.seqlen_q + m_block * kBlockM + row;
+        int64_t const r = seq.stats_row_base(params, coord.bidb, bidh) + m_block * kBlockM + row;
         bool const is_lse = tidx < kBlockM;
         cp_async_4((is_lse ? storage.smem_lse.data() : storage.smem_dsum.data()) + stage * kBlockM + row,
                    (is_lse ? params.lse_ptr : static_cast<float const*>(params.softmax_d_ptr)) + r);
@@ -222,7 +229,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
     bool const has_next = it + 1 < num_iters;  // uniform in the CTA
     {
       int const m_block = cur_m;
-      int const query_rows = params.seqlen_q - m_block * kBlockM;
+      int const query_rows = seq.seqlen_q - m_block * kBlockM;
       Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data() + stage * kQElems),
                               typename Traits::SmemLayoutQ{});  // (BLK_M,D)
       Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data() + stage * kQElems),
@@ -260,10 +267,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
       // P and dS, row by row (rows x columns views of the accumulators).
       Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (ROWS,COLS): S, then P
       Tensor dp = make_tensor(acc_dp.data(), acc_layout_rowcol(acc_dp.layout()));    // (ROWS,COLS): dP, then dS
-      if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, n_block, params.seqlen_k, params.is_causal,
-                                                        params.causal_offset)) {
-        apply_mask(scores, coords_s, params.seqlen_k - n_block * kBlockN,
-                   m_block * kBlockM + params.causal_offset - n_block * kBlockN, params.is_causal ? 0 : -1,
+      if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, n_block, seq.seqlen_k, params.is_causal,
+                                                        seq.causal_offset)) {
+        apply_mask(scores, coords_s, seq.seqlen_k - n_block * kBlockN,
+                   m_block * kBlockM + seq.causal_offset - n_block * kBlockN, params.is_causal ? 0 : -1,
                    /*left=*/-1);
       }
       CUTE_UNROLL
@@ -321,9 +328,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         }
       }
       int const bidh = coord.bidh_k * group + cur_h;
-      int64_t const row_base = (int64_t(coord.bidb) * params.nheads + bidh) * params.dq_accum_rows;  // of dq_accum
+      int64_t const row_base = seq.dq_accum_row_base(params, coord.bidb, bidh);  // of dq_accum
 
-      // dQ_m += dS K, into the fp32 dq_accum (batch, nheads, dq_accum_rows, d) by atomics: 8 bytes
+      // dQ_m += dS K, into the fp32 dq_accum (BwdSeqlens::dq_accum_row_base) by atomics: 8 bytes
       // each on sm_90 (add_dq_atomics), not 16, whose exchange spilled the d=128 tile at 255
       // registers.
       {
@@ -338,7 +345,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         Tensor tdQgdQ = thr_dq.partition_C(gdQaccum);
         Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(TileQ{}));
         // deterministic (params.dq_semaphore_ptr): in key block order (bwd_dq_order.h).
-        add_dq_in_order<kBlockM, kBlockN>(params, coord.bidb, bidh, m_block, n_block,
+        add_dq_in_order<kBlockM, kBlockN>(params, seq, coord.bidb, bidh, m_block, n_block,
                                           [&] { add_dq_atomics</*kBytes=*/8>(acc_dq, tdQgdQ, tdQcdQ, query_rows); });
       }
     }
@@ -350,7 +357,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
   cp_async_wait<0>();  // a tile that no query sees loaded K and V for nothing
 
   // --- Epilogue: dK * scale and dV in the input dtype, rows below seqlen_k ----------------
-  store_dkdv<Element, kBlockN, kHeadDim>(params, thr_dkv, acc_dk, acc_dv, coord.bidb, coord.bidh_k, n_block);
+  store_dkdv<Element, kBlockN, kHeadDim>(params, thr_dkv, acc_dk, acc_dv, coord.bidb, coord.bidh_k, n_block,
+                                         seq.seqlen_k, seq.offset_k);
 }
 
 }  // namespace fa_cute

@@ -7,6 +7,7 @@
 #include <cutlass/array.h>
 #include <cutlass/numeric_conversion.h>
 
+#include "block_info.h"  // BwdSeqlens
 #include "bwd_params.h"
 #include "bwd_prepost.h"  // bwd_grid_stride_blocks
 #include "sm90/kernel_traits_bwd_sm90.h"
@@ -20,7 +21,9 @@ namespace fa_cute {
 // over them: thread t reads thread t's values back (each warp load 512 contiguous bytes),
 // places them (times softmax_scale) by the dQ GEMM's own partition of the (BLK_M,D) tile
 // into a row-major shared-memory copy, then the CTA writes dq in the input dtype,
-// 8 columns (16 bytes) a thread, rows below seqlen_q.
+// 8 columns (16 bytes) a thread, rows below seqlen_q. A varlen batch: the blocks of each
+// sequence's own rows of dq_accum (BwdSeqlens), into its packed rows of dq; a block past
+// the sequence's end is skipped.
 template <class Traits>
 struct Sm90dQTilePostprocess {
   using Element = typename Traits::Element;
@@ -70,7 +73,17 @@ __global__ void __launch_bounds__(Traits::kNumConsumerThreads)
     int64_t const bh = block / num_m_blocks;
     int const h = int(bh % params.nheads);
     int const b = int(bh / params.nheads);
-    float const* tile = params.dq_accum_ptr + (bh * params.dq_accum_rows + int64_t(m_block) * kBlockM) * kHeadDim;
+    int64_t accum_row = bh * params.dq_accum_rows;
+    int seqlen_q = params.seqlen_q;
+    int offset_q = 0;
+    if (params.cu_seqlens_q != nullptr) {
+      BwdSeqlens<true> const seq(params, b);
+      if (m_block * kBlockM >= seq.seqlen_q) continue;  // uniform in the CTA
+      accum_row = seq.dq_accum_row_base(params, b, h);
+      seqlen_q = seq.seqlen_q;
+      offset_q = seq.offset_q;
+    }
+    float const* tile = params.dq_accum_ptr + (accum_row + int64_t(m_block) * kBlockM) * kHeadDim;
     CUTE_UNROLL
     for (int i = 0; i < Traits::kdQTileValues; i += 4) {
       float4 const v = *reinterpret_cast<float4 const*>(tile + tile_layout(tidx, i));
@@ -80,7 +93,7 @@ __global__ void __launch_bounds__(Traits::kNumConsumerThreads)
       tdQsdQ(i + 3) = SmemElement(v.w * params.softmax_scale);
     }
     __syncthreads();
-    int const rows = min(kBlockM, params.seqlen_q - m_block * kBlockM);
+    int const rows = min(kBlockM, seqlen_q - m_block * kBlockM);
     for (int chunk = tidx; chunk < P::kChunks; chunk += P::kNThreads) {
       int const row = chunk / (kHeadDim / 8);
       int const col = chunk % (kHeadDim / 8) * 8;
@@ -89,7 +102,8 @@ __global__ void __launch_bounds__(Traits::kNumConsumerThreads)
         CUTE_UNROLL
         for (int c = 0; c < 8; ++c) acc[c] = sdQ(row, col + c);
         Element* dq = static_cast<Element*>(params.dq_ptr) + b * params.dq_batch_stride +
-                      (int64_t(m_block) * kBlockM + row) * params.dq_row_stride + h * params.dq_head_stride + col;
+                      (offset_q + int64_t(m_block) * kBlockM + row) * params.dq_row_stride + h * params.dq_head_stride +
+                      col;
         if constexpr (cute::is_same_v<SmemElement, float>) {
           *reinterpret_cast<cutlass::Array<Element, 8>*>(dq) = to_element(acc);
         } else {

@@ -12,12 +12,14 @@
 #include "sm90/bwd_dq_tile_sm90.h"
 #include "sm90/bwd_kernel_sm90.h"
 #include "sm90/fwd_launch_sm90.h"  // sm90_gmem_tensor: the TMA views and their checks
+#include "static_switch.h"
 
 namespace fa_cute {
 
 // How the Hopper backward kernel is launched (the policy of run_bwd, bwd_launch.h): one
 // CTA per (key block, K/V head, batch), a flat grid (BwdTileCoord) as the sm80 kernel's,
-// the TMA descriptors of Q, dO, K and V built per call. A tensor TMA cannot load (a base
+// the TMA descriptors of Q, dO, K and V built per call (a varlen batch's over the packed
+// (total, d, heads, 1) tensors, and its own kernel variant). A tensor TMA cannot load (a base
 // or stride not a multiple of 16 bytes) throws std::invalid_argument naming it, before
 // the main kernel is launched. Host only.
 template <class Traits_>
@@ -37,14 +39,18 @@ struct Sm90BwdLaunch {
           "use the default Hopper config or an sm80 one");
     }
     int const d = params.head_dim;
-    auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, params.seqlen_q, d, params.nheads, params.batch,
-                                        params.q_row_stride, params.q_head_stride, params.q_batch_stride);
-    auto mdO = sm90_gmem_tensor<Element>("dout", params.do_ptr, params.seqlen_q, d, params.nheads, params.batch,
+    bool const varlen = params.cu_seqlens_q != nullptr;
+    int const rows_q = varlen ? params.total_q : params.seqlen_q;
+    int const rows_k = varlen ? params.total_k : params.seqlen_k;
+    int const batch = varlen ? 1 : params.batch;
+    auto mQ = sm90_gmem_tensor<Element>("q", params.q_ptr, rows_q, d, params.nheads, batch, params.q_row_stride,
+                                        params.q_head_stride, params.q_batch_stride);
+    auto mdO = sm90_gmem_tensor<Element>("dout", params.do_ptr, rows_q, d, params.nheads, batch,
                                          params.do_row_stride, params.do_head_stride, params.do_batch_stride);
-    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
-                                        params.k_row_stride, params.k_head_stride, params.k_batch_stride);
-    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, params.seqlen_k, d, params.nheads_k, params.batch,
-                                        params.v_row_stride, params.v_head_stride, params.v_batch_stride);
+    auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, rows_k, d, params.nheads_k, batch, params.k_row_stride,
+                                        params.k_head_stride, params.k_batch_stride);
+    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, rows_k, d, params.nheads_k, batch, params.v_row_stride,
+                                        params.v_head_stride, params.v_batch_stride);
     auto const smem_q = take<0, 2>(typename Traits::SmemLayoutQ{});  // one stage
     return {params,
             {make_tma_copy(SM90_TMA_LOAD{}, mQ, smem_q), make_tma_copy(SM90_TMA_LOAD{}, mdO, smem_q),
@@ -53,7 +59,10 @@ struct Sm90BwdLaunch {
   }
 
   static void launch(BwdParams const& params, int device, cudaStream_t stream) {
-    launch_bwd_kernel<Traits>(&bwd_kernel_sm90<Traits>, to_underlying_arguments(params), params, device, stream);
+    FA_CUTE_BOOL_SWITCH(params.cu_seqlens_q != nullptr, kVarlen, [&] {
+      launch_bwd_kernel<Traits, kVarlen>(&bwd_kernel_sm90<Traits, kVarlen>, to_underlying_arguments(params), params,
+                                         device, stream);
+    });
   }
 
   // dq from dq_accum: the tiled layout's own postprocess (kdQTile), else the row layout's.

@@ -45,8 +45,23 @@ namespace fa_cute {
 // store_dq) with one bulk reduce-add into dq_accum's tiled layout (kdQTile, stage_dq_tile).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
 // and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
-// past the causal diagonal are masked to S = -inf (P = dS = 0).
+// past the causal diagonal are masked to S = -inf (P = dS = 0). kVarlen: the launch may be
+// a variable-length batch; TMA then loads from the packed (total, d, heads, 1) tensors at
+// the sequence's first row (BwdSeqlens), and the rows past the sequence's end that a tile
+// reaches (the next sequence's) are masked as those past seqlen_q and seqlen_k are.
+// The main loop's TMA descriptors of Q, dO, K and V, built on the host
+// (Sm90BwdLaunch::to_underlying_arguments) and kept in the kernel's __grid_constant__
+// parameter space, where TMA instructions may address them; one type for both kVarlen
+// variants (a varlen batch's packed tensors differ in their sizes only).
 template <class Traits>
+struct Sm90BwdMainloopParams {
+  typename Traits::TmaLoadQdO tma_q;
+  typename Traits::TmaLoadQdO tma_do;
+  typename Traits::TmaLoadKV tma_k;
+  typename Traits::TmaLoadKV tma_v;
+};
+
+template <class Traits, bool kVarlen>
 struct Sm90BwdMainloop {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
@@ -58,16 +73,9 @@ struct Sm90BwdMainloop {
   using TileKV = cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>;  // K, V, dK, dV
   using TileSt = cute::Shape<cute::Int<kBlockN>, cute::Int<kBlockM>>;   // S^T, P^T, dP^T, dS^T
 
-  // What the host passes (BwdParams) becomes the TMA descriptors of Q, dO, K and V (built
-  // on the host, Sm90BwdLaunch::to_underlying_arguments), kept in the kernel's
-  // __grid_constant__ parameter space where TMA instructions may address them.
+  // What the host passes (BwdParams) becomes the TMA descriptors of Q, dO, K and V.
   using Arguments = BwdParams;
-  struct Params {
-    typename Traits::TmaLoadQdO tma_q;
-    typename Traits::TmaLoadQdO tma_do;
-    typename Traits::TmaLoadKV tma_k;
-    typename Traits::TmaLoadKV tma_v;
-  };
+  using Params = Sm90BwdMainloopParams<Traits>;
   using SharedStorage = typename Traits::SharedStorage;
 
   using TiledMmaSdP = typename Traits::TiledMmaSdP;
@@ -82,14 +90,26 @@ struct Sm90BwdMainloop {
   SharedStorage& storage;
   Pipeline pipe;
   BwdTileCoord const coord;
+  BwdSeqlens<kVarlen> const seq;
   BwdQueryRange const queries;
   int const group;  // query heads per K/V head
 
   CUTE_DEVICE Sm90BwdMainloop(BwdParams const& p_, Params const& mainloop_params_, SharedStorage& storage_,
-                              BwdTileCoord const& coord_)
+                              BwdTileCoord const& coord_, BwdSeqlens<kVarlen> const& seq_)
       : p(p_), mainloop_params(mainloop_params_), storage(storage_), pipe{storage_.pipeline_qdo}, coord(coord_),
-        queries(BwdQueryRange::of<kBlockM, kBlockN>(coord_.n_block, p_.seqlen_q, p_.is_causal, p_.causal_offset)),
+        seq(seq_),
+        queries(BwdQueryRange::of<kBlockM, kBlockN>(coord_.n_block, seq_.seqlen_q, p_.is_causal, seq_.causal_offset)),
         group(p_.nheads / p_.nheads_k) {}
+
+  // The TMA view of an operand's rows of head `head` of this batch entry, from row 0 of the
+  // entry: dense, the (seqlen, d, heads, batch) tensor's; varlen, the packed (total, d,
+  // heads, 1) tensor's, offset to the sequence (Sm90BwdLaunch builds the descriptors alike).
+  template <class Tma>
+  CUTE_DEVICE auto rows_of(Tma const& tma, int seqlen, int total, int heads, int head, int offset) const {
+    using namespace cute;
+    Tensor m = tma.get_tma_tensor(make_shape(kVarlen ? total : seqlen, p.head_dim, heads, kVarlen ? 1 : p.batch));
+    return domain_offset(make_coord(offset, _0{}), m(_, _, head, kVarlen ? 0 : coord.bidb));  // (rows,D)
+  }
 
   // (query head, query block) steps of this CTA: every role walks them in the same order.
   CUTE_DEVICE int num_steps() const { return group * queries.num_blocks(); }
@@ -117,12 +137,10 @@ struct Sm90BwdMainloop {
     Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutV{});     // (BLK_N,D)
     Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQ{});     // (BLK_M,D,STAGE)
     Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data()), typename Traits::SmemLayoutdO{});  // (BLK_M,D,STAGE)
-    auto const shape_q = make_shape(p.seqlen_q, p.head_dim, p.nheads, p.batch);
-    auto const shape_k = make_shape(p.seqlen_k, p.head_dim, p.nheads_k, p.batch);
-    Tensor mK = mainloop_params.tma_k.get_tma_tensor(shape_k);
-    Tensor mV = mainloop_params.tma_v.get_tma_tensor(shape_k);
-    Tensor gK = local_tile(mK(_, _, coord.bidh_k, coord.bidb), TileKV{}, make_coord(coord.n_block, _0{}));  // (BLK_N,D)
-    Tensor gV = local_tile(mV(_, _, coord.bidh_k, coord.bidb), TileKV{}, make_coord(coord.n_block, _0{}));  // (BLK_N,D)
+    Tensor mK = rows_of(mainloop_params.tma_k, p.seqlen_k, p.total_k, p.nheads_k, coord.bidh_k, seq.offset_k);
+    Tensor mV = rows_of(mainloop_params.tma_v, p.seqlen_k, p.total_k, p.nheads_k, coord.bidh_k, seq.offset_k);
+    Tensor gK = local_tile(mK, TileKV{}, make_coord(coord.n_block, _0{}));  // (BLK_N,D)
+    Tensor gV = local_tile(mV, TileKV{}, make_coord(coord.n_block, _0{}));  // (BLK_N,D)
     auto [tKgK, tKsK] =
         tma_partition(mainloop_params.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
     auto [tVgV, tVsV] =
@@ -133,13 +151,13 @@ struct Sm90BwdMainloop {
     copy(mainloop_params.tma_k.with(bar_kv, 0, TMA::CacheHintSm90::EVICT_FIRST), tKgK, tKsK);
     copy(mainloop_params.tma_v.with(bar_kv, 0, TMA::CacheHintSm90::EVICT_FIRST), tVgV, tVsV);
 
-    Tensor mQ = mainloop_params.tma_q.get_tma_tensor(shape_q);
-    Tensor mdO = mainloop_params.tma_do.get_tma_tensor(shape_q);
     PipelineState st = Pipeline::producer_start_state();
     for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
       int const bidh = coord.bidh_k * group + h_in_group;
-      Tensor gQ = local_tile(mQ(_, _, bidh, coord.bidb), TileQ{}, make_coord(_, _0{}));    // (BLK_M,D,m)
-      Tensor gdO = local_tile(mdO(_, _, bidh, coord.bidb), TileQ{}, make_coord(_, _0{}));  // (BLK_M,D,m)
+      Tensor mQ = rows_of(mainloop_params.tma_q, p.seqlen_q, p.total_q, p.nheads, bidh, seq.offset_q);
+      Tensor mdO = rows_of(mainloop_params.tma_do, p.seqlen_q, p.total_q, p.nheads, bidh, seq.offset_q);
+      Tensor gQ = local_tile(mQ, TileQ{}, make_coord(_, _0{}));    // (BLK_M,D,m)
+      Tensor gdO = local_tile(mdO, TileQ{}, make_coord(_, _0{}));  // (BLK_M,D,m)
       auto [tQgQ, tQsQ] =
           tma_partition(mainloop_params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
       auto [tdOgdO, tdOsdO] = tma_partition(mainloop_params.tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO),
@@ -174,16 +192,13 @@ struct Sm90BwdMainloop {
   CUTE_DEVICE RowStats load_row_stats(int tidx, int h_in_group, int m_block) const {
     int const r = tidx % kBlockM;
     int const row = m_block * kBlockM + r;
-    // (batch, head) in 32 bits (fewer than 2^31 heads in all), widened for the row offset:
-    // one register less live across the loop than a 64-bit (batch * nheads).
-    int const batch_head = coord.bidb * p.nheads + coord.bidh_k * group + h_in_group;
-    int64_t const row_base = int64_t(batch_head) * p.seqlen_q;
+    int64_t const row_base = seq.stats_row_base(p, coord.bidb, coord.bidh_k * group + h_in_group);
     if (tidx < kBlockM) {
-      if (row >= p.seqlen_q) return {INFINITY};
+      if (row >= seq.seqlen_q) return {INFINITY};
       float const lse = p.lse_ptr[row_base + row];
       return {lse == -INFINITY ? INFINITY : lse * float(M_LOG2E)};
     }
-    if (tidx < 2 * kBlockM && row < p.seqlen_q) return {p.softmax_d_ptr[row_base + row]};
+    if (tidx < 2 * kBlockM && row < seq.seqlen_q) return {p.softmax_d_ptr[row_base + row]};
     return {0.f};
   }
   // slot: the step's parity, plus 2 w for warpgroup w's copy (kdQPerWG).
@@ -223,10 +238,8 @@ struct Sm90BwdMainloop {
     }
   };
 
-  // Rows of dq_accum before query head bidh's in this CTA's batch ((batch, nheads, dq_accum_rows, d)).
-  CUTE_DEVICE int64_t dq_accum_row_base(int bidh) const {
-    return (int64_t(coord.bidb) * p.nheads + bidh) * p.dq_accum_rows;
-  }
+  // Rows of dq_accum before query head bidh's in this CTA's batch entry (BwdSeqlens).
+  CUTE_DEVICE int64_t dq_accum_row_base(int bidh) const { return seq.dq_accum_row_base(p, coord.bidb, bidh); }
 
   // TMA bulk copies of dQ (kdQBulkReduce, kdQTile), per issuing thread: a reduce-add of
   // `bytes` from shared memory into fp32 global memory (the async proxy), its bulk group,
@@ -286,7 +299,7 @@ struct Sm90BwdMainloop {
         float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
         uint32_t const src = cute::cast_smem_ptr_to_uint(dq_staging() + b * kBlockM * kHeadDim);
         add_dq_in_order<kBlockM, kBlockN>(
-            p, coord.bidb, bidh, m_block, coord.n_block,
+            p, seq, coord.bidb, bidh, m_block, coord.n_block,
             [&] {
               if (lane == 0) {
                 // The semaphore's acquire (generic proxy) before the add (async proxy).
@@ -350,6 +363,7 @@ struct Sm90BwdMainloop {
       BwdParams const& p = mainloop.p;
       SharedStorage& storage = mainloop.storage;
       BwdTileCoord const& coord = mainloop.coord;
+      BwdSeqlens<kVarlen> const& seq = mainloop.seq;
       if (mainloop.num_steps() <= 0) return;
 
       Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutK{});      // (BLK_N,D)
@@ -460,12 +474,12 @@ struct Sm90BwdMainloop {
           wgmma_gemm</*kZeroInit=*/false>(tiled_mma_sdp, tdPrV, tdPrdO(_, _, _, st.index), acc_dp);
           wgmma_wait<1>(acc_s);
 
-          if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, coord.n_block, p.seqlen_k, p.is_causal,
-                                                            p.causal_offset)) {
+          if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, coord.n_block, seq.seqlen_k, p.is_causal,
+                                                            seq.causal_offset)) {
             // In tile coordinates: key c is seen by query r iff c < key_end and, causal,
             // c <= r + diagonal (the forward's rule, transposed).
-            int const key_end = p.seqlen_k - coord.n_block * kBlockN;
-            int const diagonal = m_block * kBlockM + p.causal_offset - coord.n_block * kBlockN;
+            int const key_end = seq.seqlen_k - coord.n_block * kBlockN;
+            int const diagonal = m_block * kBlockM + seq.causal_offset - coord.n_block * kBlockN;
             CUTE_UNROLL
             for (int mi = 0; mi < size<0>(scores); ++mi) {
               int const key = get<0>(coords(mi, 0));
@@ -549,7 +563,7 @@ struct Sm90BwdMainloop {
           }
           wgmma_wait<0>(acc_dq);
 
-          int const query_rows = p.seqlen_q - m_block * kBlockM;
+          int const query_rows = seq.seqlen_q - m_block * kBlockM;
           float* const dq_accum_block = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
           if constexpr (Traits::kdQTile) {
             stage_dq_tile(acc_dq, step);
@@ -563,7 +577,7 @@ struct Sm90BwdMainloop {
             // deterministic (p.dq_semaphore_ptr): in key block order (bwd_dq_order.h), the
             // consumer threads meeting around the turn (the producer warp never adds).
             add_dq_in_order<kBlockM, kBlockN>(
-                p, coord.bidb, bidh, m_block, coord.n_block,
+                p, seq, coord.bidb, bidh, m_block, coord.n_block,
                 [&] { add_dq_atomics</*kBytes=*/16>(acc_dq, tdQgdQ, cdQ, query_rows); }, ConsumerSync{tidx});
           }
           st.advance();
@@ -637,7 +651,8 @@ struct Sm90BwdMainloop {
   CUTE_DEVICE void store_dkdv(AccdKV& acc_dk, AccdKV const& acc_dv, int tidx) const {
     TiledMmadKV tiled_mma_dkv;
     fa_cute::store_dkdv<Element, kBlockN, kHeadDim>(p, tiled_mma_dkv.get_thread_slice(tidx), acc_dk, acc_dv,
-                                                    coord.bidb, coord.bidh_k, coord.n_block);
+                                                    coord.bidb, coord.bidh_k, coord.n_block, seq.seqlen_k,
+                                                    seq.offset_k);
   }
 };
 

@@ -61,6 +61,7 @@ void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset) {
   p.seqlen_k = seqlen_k;
   p.is_causal = causal;
   p.causal_offset = offset;
+  fa_cute::BwdSeqlens<false> const seq(p, 0);
   std::vector<int> tile_of(num_n, -1);  // the CTA position (within its (batch, K/V head)) of each key block
   for (int t = 0; t < num_n; ++t) {
     int const n = fa_cute::dq_order_n_block(p, t, num_n);
@@ -69,7 +70,7 @@ void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset) {
     if (n >= 0 && n < num_n) tile_of[n] = t;
   }
   for (int m = 0; m < num_m; ++m) {
-    int const last = fa_cute::dq_last_n_block<kBlockM, kBlockN>(p, m);
+    int const last = fa_cute::dq_last_n_block<kBlockM, kBlockN>(p, seq, m);
     std::vector<int> by_turn(num_n + 1, -1);
     int count = 0;
     for (int n = 0; n < num_n; ++n) {
@@ -80,7 +81,7 @@ void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset) {
         continue;
       }
       ++count;
-      int const turn = fa_cute::dq_turn<kBlockM, kBlockN>(p, n, m);
+      int const turn = fa_cute::dq_turn<kBlockM, kBlockN>(p, seq, n, m);
       EXPECT(n <= last && turn >= 0 && turn < num_n && by_turn[turn] < 0,
              "q=%d k=%d causal=%d offset=%d m=%d n=%d: turn %d (last %d)", seqlen_q, seqlen_k, causal, offset, m, n,
              turn, last);
