@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "expect.h"
 #include "block_info.h"
@@ -239,11 +240,87 @@ void check_backward_dq_accum_rows() {
   }
 }
 
+// The varlen backward's checks: a packed batch (3 sequences in 250 query rows and 400 key
+// rows, strides (0, row, head)) with its dq_accum rows passes, with the int32 buffers' and
+// the counters' extents; null offsets and any other dq_accum_rows are refused by name. And
+// the layout those rows follow: each sequence's query blocks lie within the buffer and
+// overlap no other sequence's, whatever the lengths (bwd_dq_accum_varlen_row).
+void check_varlen_backward_args_and_layout() {
+  BwdKernel const kernel{"test_bwd_m64n128_d128", "sm80", 128, 64, 128, 8, 0, DType::kBF16, nullptr, ""};
+  BwdParams p = test_sizes<BwdParams>();
+  p.batch = 3;
+  p.seqlen_q = 120;  // the longest sequence's
+  p.seqlen_k = 200;
+  p.total_q = 250;
+  p.total_k = 400;
+  auto const at = [](uintptr_t gib) { return reinterpret_cast<void*>(uintptr_t(0x7e0000000000) + (gib << 30)); };
+  p.q_ptr = at(0), p.o_ptr = at(1), p.do_ptr = at(2), p.dq_ptr = at(3);
+  p.k_ptr = at(4), p.v_ptr = at(5), p.dk_ptr = at(6), p.dv_ptr = at(7);
+  p.lse_ptr = static_cast<float const*>(at(8));
+  p.dq_accum_ptr = static_cast<float*>(at(9));
+  p.softmax_d_ptr = static_cast<float*>(at(10));
+  p.dq_semaphore_ptr = static_cast<int*>(at(11));
+  p.cu_seqlens_q = static_cast<int const*>(at(12));
+  p.cu_seqlens_k = static_cast<int const*>(at(13));
+  p.q_row_stride = p.o_row_stride = p.do_row_stride = p.dq_row_stride = 4 * 128;
+  p.q_head_stride = p.o_head_stride = p.do_head_stride = p.dq_head_stride = 128;
+  p.k_row_stride = p.v_row_stride = p.dk_row_stride = p.dv_row_stride = 2 * 128;
+  p.k_head_stride = p.v_head_stride = p.dk_head_stride = p.dv_head_stride = 128;
+  p.dq_accum_rows = int(bwd_dq_accum_varlen_rows(p.total_q, p.batch));
+  EXPECT(p.dq_accum_rows == 640, "dq_accum_rows %d for 250 rows in 3 sequences", p.dq_accum_rows);
+  BackwardExtents const extents = check_varlen_backward_args(kernel, p, 0);
+  EXPECT(extents[9].bytes == 4ull * 4 * 640 * 128, "dq_accum extent %llu", (unsigned long long)extents[9].bytes);
+  EXPECT(extents[5].bytes == 4ull * 4 * 250, "lse extent %llu", (unsigned long long)extents[5].bytes);
+  EXPECT(extents[11].bytes == 4ull * 3 * 4 * 2, "dq_semaphore extent %llu", (unsigned long long)extents[11].bytes);
+  EXPECT(extents[12].bytes == 16 && extents[13].bytes == 16 && extents[14].ptr == 0, "cu_seqlens extents");
+  auto const refused = [&](BwdParams const& bad, char const* what) {
+    try {
+      check_varlen_backward_args(kernel, bad, 0);
+    } catch (std::invalid_argument const& e) {
+      return std::string(e.what()).find(what) != std::string::npos;
+    }
+    return false;
+  };
+  BwdParams bad = p;
+  bad.cu_seqlens_k = nullptr;
+  EXPECT(refused(bad, "cu_seqlens_k"), "a null cu_seqlens_k was not refused by name");
+  for (int rows : {256, 384, 768}) {
+    bad = p;
+    bad.dq_accum_rows = rows;
+    EXPECT(refused(bad, "dq_accum_rows"), "dq_accum_rows = %d was not refused by name", rows);
+  }
+  bad = p;
+  bad.total_q = 0;
+  EXPECT(refused(bad, "total_q"), "total_q = 0 was not refused by name");
+
+  // The layout: random lengths (0 and 1 among them), each sequence's whole query blocks
+  // [start, start + ceil(len / 128) * 128) within the rows and disjoint from the others'.
+  unsigned seed = 12345;
+  auto const next = [&](int n) { seed = seed * 1103515245u + 12345u; return int((seed >> 8) % unsigned(n)); };
+  for (int trial = 0; trial < 200; ++trial) {
+    int const batch = 1 + next(9);
+    std::vector<int> offsets{0};
+    for (int b = 0; b < batch; ++b) offsets.push_back(offsets.back() + (next(4) == 0 ? next(2) : next(700)));
+    int64_t const rows = bwd_dq_accum_varlen_rows(offsets.back(), batch);
+    int64_t end_prev = 0;
+    for (int b = 0; b < batch; ++b) {
+      int const len = offsets[b + 1] - offsets[b];
+      int64_t const start = bwd_dq_accum_varlen_row(offsets[b], b);
+      int64_t const end = start + (len + kDqAccumRowAlign - 1) / kDqAccumRowAlign * kDqAccumRowAlign;
+      EXPECT(start % kDqAccumRowAlign == 0 && start >= end_prev && end <= rows,
+             "trial %d sequence %d: rows [%lld, %lld) after %lld, of %lld", trial, b, (long long)start,
+             (long long)end, (long long)end_prev, (long long)rows);
+      end_prev = end;
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   check_valid_and_nonsense();
   check_backward_dq_accum_rows();
+  check_varlen_backward_args_and_layout();
   check_key_range_headroom<128, 64>();
   check_key_range_headroom<64, 128>();
   check_key_range_headroom<128, 176>();
