@@ -185,12 +185,13 @@ struct FwdKeyRange {
 };
 
 // One batch entry of a backward launch: its lengths, first rows and causal offset, and where
-// its rows of the row statistics and of dq_accum start. A dense batch's are the launch's
-// (kVarlen false: every member a launch parameter, the dense kernels compiled as before
-// varlen existed). A varlen batch's (BwdParams::cu_seqlens_q) come from cu_seqlens
-// (PackedSequence), causal aligned bottom-right per sequence, each length cut at the
-// launch's maximum (the grid covers max_seqlen_k keys, the counters max_seqlen_q rows; a
-// longer sequence is a bad batch, which the varlen check poisons).
+// its rows of the row statistics and of dq_accum start. A dense batch's are the launch's. A
+// varlen batch's (BwdParams::cu_seqlens_q) come from cu_seqlens (PackedSequence), causal
+// aligned bottom-right per sequence, each length cut at the launch's maximum (the grid
+// covers max_seqlen_k keys, the counters max_seqlen_q rows; a longer sequence is a bad
+// batch, which the varlen check poisons). kVarlen: the kernel variant may be given a varlen
+// batch; without it every member is a launch parameter (the dense kernels compile as they
+// did before varlen existed).
 template <bool kVarlen>
 struct BwdSeqlens {
   int seqlen_q;
@@ -198,9 +199,11 @@ struct BwdSeqlens {
   int offset_q;  // the sequence's first row of q, out, dout and dq
   int offset_k;  // of k, v, dk and dv
   int causal_offset;
+  bool varlen;   // q, k, v packed (cu_seqlens)
 
   CUTE_HOST_DEVICE BwdSeqlens(BwdParams const& p, int bidb) {
-    if constexpr (kVarlen) {
+    varlen = kVarlen && p.cu_seqlens_q != nullptr;
+    if (varlen) {
       PackedSequence const s(p.cu_seqlens_q, p.cu_seqlens_k, p.seqused_k, p.total_q, p.total_k, bidb);
       offset_q = s.offset_q;
       offset_k = s.offset_k;
@@ -219,15 +222,15 @@ struct BwdSeqlens {
   // The index of (bidb, bidh)'s row 0 in lse and softmax_d: (batch, nheads, seqlen_q) dense,
   // (nheads, total_q) varlen (the varlen forward's LSE layout).
   CUTE_HOST_DEVICE int64_t stats_row_base(BwdParams const& p, int bidb, int bidh) const {
-    return kVarlen ? int64_t(bidh) * p.total_q + offset_q : (int64_t(bidb) * p.nheads + bidh) * p.seqlen_q;
+    return varlen ? int64_t(bidh) * p.total_q + offset_q : (int64_t(bidb) * p.nheads + bidh) * p.seqlen_q;
   }
 
   // The dq_accum row of (bidb, bidh)'s row 0: (batch, nheads, dq_accum_rows) dense; varlen
   // (nheads, dq_accum_rows), sequence b's from bwd_dq_accum_varlen_row (whole query blocks
   // of its own).
   CUTE_HOST_DEVICE int64_t dq_accum_row_base(BwdParams const& p, int bidb, int bidh) const {
-    return kVarlen ? int64_t(bidh) * p.dq_accum_rows + bwd_dq_accum_varlen_row(offset_q, bidb)
-                   : (int64_t(bidb) * p.nheads + bidh) * p.dq_accum_rows;
+    return varlen ? int64_t(bidh) * p.dq_accum_rows + bwd_dq_accum_varlen_row(offset_q, bidb)
+                  : (int64_t(bidb) * p.nheads + bidh) * p.dq_accum_rows;
   }
 };
 
@@ -238,29 +241,68 @@ struct BwdSeqlens {
 // and the range starts at the query block holding that row; empty when that row is past
 // seqlen_q. Exact: every block in the range has a row below seqlen_q that sees a key of
 // the block, no block outside has one (tests/cpp/test_bwd.cu, against brute force).
+//
+// With a window (right: the right bound past the diagonal, 0 causal, -1 none; left: the
+// window's left bound, -1 none) row r sees key c iff r + causal_offset - left <= c <= r +
+// causal_offset + right: the rows that see a key of the block are those from
+// n_block * kBlockN - causal_offset - right (its first key, seen first) to
+// key_last - causal_offset + left (its last key below seqlen_k, seen last), an interval of
+// rows each of which sees one (left + right >= 0), so the range stays exact.
 struct BwdQueryRange {
   int m_block_min;
   int m_block_max;
 
   template <int kBlockM, int kBlockN>
-  CUTE_HOST_DEVICE static BwdQueryRange of(int n_block, int seqlen_q, bool is_causal, int causal_offset) {
+  CUTE_HOST_DEVICE static BwdQueryRange of(int n_block, int seqlen_q, int seqlen_k, int right, int left,
+                                           int causal_offset) {
     int const m_block_max = (seqlen_q + kBlockM - 1) / kBlockM;
-    if (!is_causal) return {0, m_block_max};
-    int const first_row = n_block * kBlockN - causal_offset;  // |terms| <= 2^29 + a block: no wrap
-    if (first_row >= seqlen_q) return {m_block_max, m_block_max};
-    return {cute::max(0, floor_div(first_row, kBlockM)), m_block_max};
+    int row_lo = 0;
+    if (right >= 0) {
+      int const first_row = n_block * kBlockN - causal_offset - right;  // |terms| <= 2^29 + a block: no wrap
+      if (first_row >= seqlen_q) return {m_block_max, m_block_max};
+      row_lo = cute::max(0, first_row);
+    }
+    if (left < 0) return {row_lo / kBlockM, m_block_max};
+    int const key_last = cute::min((n_block + 1) * kBlockN, seqlen_k) - 1;
+    int const row_hi = cute::min(seqlen_q - 1, key_last - causal_offset + left);
+    if (row_hi < row_lo) return {m_block_max, m_block_max};
+    return {row_lo / kBlockM, row_hi / kBlockM + 1};
+  }
+  // Without a window: every query block, or, causal, those from the diagonal's on.
+  template <int kBlockM, int kBlockN>
+  CUTE_HOST_DEVICE static BwdQueryRange of(int n_block, int seqlen_q, bool is_causal, int causal_offset) {
+    return of<kBlockM, kBlockN>(n_block, seqlen_q, kMaxSeqlen, is_causal ? 0 : -1, -1, causal_offset);
   }
 
   CUTE_HOST_DEVICE int num_blocks() const { return m_block_max - m_block_min; }
 
   // Whether the (m_block, n_block) tile of scores needs a mask: a key past seqlen_k in the
-  // block, or, causal, a key past the diagonal of the tile's first row.
+  // block, a key past the right bound of the tile's first row (causal, a window), or one
+  // before the window's left bound of its last row.
+  template <int kBlockM, int kBlockN>
+  CUTE_HOST_DEVICE static bool needs_mask(int m_block, int n_block, int seqlen_k, int right, int left,
+                                          int causal_offset) {
+    int const key_end = (n_block + 1) * kBlockN;
+    return key_end > seqlen_k || (right >= 0 && key_end - 1 > m_block * kBlockM + causal_offset + right) ||
+           (left >= 0 && n_block * kBlockN < (m_block + 1) * kBlockM - 1 + causal_offset - left);
+  }
   template <int kBlockM, int kBlockN>
   CUTE_HOST_DEVICE static bool needs_mask(int m_block, int n_block, int seqlen_k, bool is_causal, int causal_offset) {
-    int const key_end = (n_block + 1) * kBlockN;
-    return key_end > seqlen_k || (is_causal && key_end - 1 > m_block * kBlockM + causal_offset);
+    return needs_mask<kBlockM, kBlockN>(m_block, n_block, seqlen_k, is_causal ? 0 : -1, -1, causal_offset);
   }
 };
+
+// The window bounds a backward kernel variant applies: right (0 causal, window_right or -1
+// none) and left (window_left or -1). kWindow false: the variant never has a window, and the
+// bounds are the causal flag's alone (compiled out of the dense variants).
+template <bool kWindow>
+CUTE_HOST_DEVICE int bwd_right_bound(BwdParams const& p) {
+  return p.is_causal ? 0 : (kWindow ? p.window_right : -1);
+}
+template <bool kWindow>
+CUTE_HOST_DEVICE int bwd_left_bound(BwdParams const& p) {
+  return kWindow ? p.window_left : -1;
+}
 
 // (row, column) in the (kBlockM, kBlockN) tile of each of a thread's accumulator elements
 // of S, viewed as rows x columns like the softmax views them (acc_layout_rowcol).

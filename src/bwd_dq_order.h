@@ -29,8 +29,13 @@
 //   has n_max(m) < 0: no key block touches it, nobody waits on its counter and its
 //   dq_accum rows stay the preprocess kernel's zeros), and key blocks that no query row
 //   sees (f(n) >= seqlen_q: they add nothing and wait for nothing).
-// A key block's turn at m is its rank among 0 .. n_max(m) in the family's order:
-// - non-causal: ascending, turn = n. Every CTA visits the query blocks in the same order,
+// - a window (the extras variants): its right bound (window_right, non-causal) takes the
+//   diagonal's place in n_max(m), and its left bound cuts the prefix from below: the
+//   touching key blocks are the interval n_min(m) .. n_max(m) (dq_first_n_block; the
+//   inverse of BwdQueryRange's exact rows, tests/cpp/test_bwd.cu). Without a window
+//   n_min(m) = 0.
+// A key block's turn at m is its rank among n_min(m) .. n_max(m) in the family's order:
+// - non-causal: ascending, turn = n - n_min(m). Every CTA visits the query blocks in the same order,
 //   so the CTAs of one (batch, K/V head) pipeline behind key block 0 after a skew of one
 //   step per key block, paid once per wave of resident CTAs.
 // - causal: descending, turn = n_max(m) - n. Key block n starts at query block
@@ -81,20 +86,36 @@ CUTE_HOST_DEVICE int dq_order_n_block(BwdParams const& params, int tile_n, int n
 }
 
 // The last key block that touches query block m_block of batch entry seq (-1: none): n_max(m)
-// above, with the entry's lengths (a varlen sequence's own).
+// above, with the entry's lengths (a varlen sequence's own); with a window bounded on the
+// right (window_right, without causal), that bound in place of the diagonal.
 template <int kBlockM, int kBlockN, bool kVarlen>
 CUTE_HOST_DEVICE int dq_last_n_block(BwdParams const& params, BwdSeqlens<kVarlen> const& seq, int m_block) {
   int const last = (seq.seqlen_k + kBlockN - 1) / kBlockN - 1;
-  if (!params.is_causal) return last;
+  int const right = bwd_right_bound<true>(params);
+  if (right < 0) return last;
   int const row_last = cute::min((m_block + 1) * kBlockM, seq.seqlen_q) - 1;
-  return cute::max(-1, cute::min(last, floor_div(row_last + seq.causal_offset, kBlockN)));
+  return cute::max(-1, cute::min(last, floor_div(row_last + seq.causal_offset + right, kBlockN)));
+}
+
+// The first key block that touches query block m_block: 0, or with a window's left bound the
+// block of the first key its first row sees. With a window the touching key blocks are
+// n_min(m) .. n_max(m) (BwdQueryRange's exact rows, inverted: an interval, not a prefix).
+template <int kBlockM, int kBlockN, bool kVarlen>
+CUTE_HOST_DEVICE int dq_first_n_block(BwdParams const& params, BwdSeqlens<kVarlen> const& seq, int m_block) {
+  int const left = bwd_left_bound<true>(params);
+  if (left < 0) return 0;
+  int const key_first = m_block * kBlockM + seq.causal_offset - left;
+  // Past the last key (a ragged last block included): no block touches m, first > last.
+  if (key_first >= seq.seqlen_k) return (seq.seqlen_k + kBlockN - 1) / kBlockN;
+  return cute::max(0, floor_div(key_first, kBlockN));
 }
 
 // Key block n_block's turn at query block m_block, which it touches: its rank among the
-// touching key blocks 0 .. n_max(m), ascending non-causal, descending causal.
+// touching key blocks n_min(m) .. n_max(m), ascending non-causal, descending causal.
 template <int kBlockM, int kBlockN, bool kVarlen>
 CUTE_HOST_DEVICE int dq_turn(BwdParams const& params, BwdSeqlens<kVarlen> const& seq, int n_block, int m_block) {
-  return params.is_causal ? dq_last_n_block<kBlockM, kBlockN>(params, seq, m_block) - n_block : n_block;
+  return params.is_causal ? dq_last_n_block<kBlockM, kBlockN>(params, seq, m_block) - n_block
+                          : n_block - dq_first_n_block<kBlockM, kBlockN>(params, seq, m_block);
 }
 
 #if defined(__CUDA_ARCH__)

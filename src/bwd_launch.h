@@ -38,8 +38,8 @@ long long bwd_num_tiles(BwdParams const& params) {
 }
 
 // A family's main kernel on that grid with its dynamic shared memory, after the shared-memory
-// opt-in (once per device and kernel: the cache is per Traits and variant, kVarlen).
-template <class Traits, bool kVarlen, class Kernel, class Args>
+// opt-in (once per device and kernel: the cache is per Traits and variant, kExtras).
+template <class Traits, bool kExtras, class Kernel, class Args>
 void launch_bwd_kernel(Kernel* kernel, Args const& args, BwdParams const& params, int device, cudaStream_t stream) {
   static PerDeviceCache opted_in;
   opted_in.get(device, [&] {
@@ -55,6 +55,12 @@ template <class Element, int kHeadDim>
 void launch_bwd_postprocess_rows(BwdParams const& params, cudaStream_t stream) {
   using Rows = BwdRowKernel<Element, kHeadDim>;
   bwd_postprocess_kernel<Element, kHeadDim><<<Rows::grid(params, params.seqlen_q), Rows::kNThreads, 0, stream>>>(params);
+}
+
+// Whether a launch needs a family's kExtras variant: a varlen batch, a window or a softcap.
+inline bool bwd_needs_extras(BwdParams const& params) {
+  return params.cu_seqlens_q != nullptr || params.window_left >= 0 ||
+         (!params.is_causal && params.window_right >= 0) || params.softcap_premul != 0.f;
 }
 
 template <class Launch>

@@ -94,9 +94,18 @@ struct BwdParams {
   // With is_causal, query row r sees key c iff c <= r + causal_offset (as FwdParams).
   bool is_causal;
   int causal_offset;
+  // A sliding window (the forward's, FwdParams): row r also sees key c only where
+  // r + causal_offset - window_left <= c (window_left >= 0) and, without is_causal,
+  // c <= r + causal_offset + window_right (window_right >= 0); -1: unbounded.
+  int window_left = -1;
+  int window_right = -1;
 
-  float softmax_scale;       // the forward's scale of Q K^T
-  float softmax_scale_log2;  // softmax_scale * log2(e)
+  float softmax_scale;       // the forward's scale of Q K^T: dQ's and dK's factor
+  // The exponent's scale of the scores: softmax_scale * log2(e); with a logits softcap
+  // (softcap_premul != 0: the forward mapped S to tanh(S * softcap_premul), then scaled that
+  // by softcap in its softmax), softcap * log2(e).
+  float softmax_scale_log2;
+  float softcap_premul = 0.f;  // softmax_scale / softcap; 0: no softcap
 };
 
 }  // namespace fa_cute

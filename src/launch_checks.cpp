@@ -302,6 +302,12 @@ BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& p,
                                                      str(p.head_dim));
   FA_CUTE_REQUIRE(p.causal_offset >= -kMaxSeqlen && p.causal_offset <= kMaxSeqlen,
           "causal_offset: must be in [-" + str(kMaxSeqlen) + ", " + str(kMaxSeqlen) + "], got " + str(p.causal_offset));
+  // The window's row and block bounds (BwdQueryRange, dq_first_n_block) add a block, the
+  // offset and the bound: each below kMaxSeqlen keeps them within int.
+  FA_CUTE_REQUIRE(p.window_left >= -1 && p.window_left <= kMaxSeqlen,
+          "window_left: must be -1 (unbounded) or in [0, " + str(kMaxSeqlen) + "], got " + str(p.window_left));
+  FA_CUTE_REQUIRE(p.window_right >= -1 && p.window_right <= kMaxSeqlen,
+          "window_right: must be -1 (unbounded) or in [0, " + str(kMaxSeqlen) + "], got " + str(p.window_right));
   long long const key_tiles = (long long)((p.seqlen_k + kernel.block_n - 1) / kernel.block_n) * p.nheads_k * p.batch;
   FA_CUTE_REQUIRE(key_tiles <= kMaxLaunchTiles, "batch * nheads_k * ceil(seqlen_k / " + str(kernel.block_n) +
                                                     ") must be <= " + str(kMaxLaunchTiles) +

@@ -292,13 +292,29 @@ void set_backward_operands(BwdParams& params, BwdKernel const& kernel, uintptr_t
   params.head_dim = head_dim;
 }
 
+// The forward's softcap and window, as the backward takes them: softcap > 0 sets the
+// exponent's scale to softcap * log2(e) and softcap_premul (the forward's mapping of S),
+// while softmax_scale stays the caller's (dQ's and dK's factor, the chain rule's
+// softcap / softcap cancelling); the window bounds as given (check_backward_args bounds them).
+void set_backward_options(BwdParams& params, double softcap, int window_left, int window_right) {
+  FA_CUTE_REQUIRE(softcap >= 0.0 && softcap < 1e30, "softcap: must be 0 (none) or a finite positive number");
+  params.softcap_premul = 0.f;
+  if (softcap > 0.0) {
+    params.softcap_premul = float(params.softmax_scale / softcap);
+    params.softmax_scale_log2 = float(softcap * 1.4426950408889634);  // log2(e)
+  }
+  params.window_left = window_left;
+  params.window_right = window_right;
+}
+
 void backward(std::string const& config, std::string const& dtype, uintptr_t dout, uintptr_t q, uintptr_t k,
               uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
               uintptr_t dq_accum, uintptr_t softmax_d, int batch, int seqlen_q, int seqlen_k, int nheads,
               int nheads_k, int head_dim, Strides q_strides, Strides k_strides, Strides v_strides,
               Strides o_strides, Strides do_strides, Strides dq_strides, Strides dk_strides,
               Strides dv_strides, double softmax_scale, bool is_causal, int causal_offset, int device,
-              uintptr_t stream_handle, uintptr_t dq_semaphore) {
+              uintptr_t stream_handle, uintptr_t dq_semaphore, double softcap, int window_left,
+              int window_right) {
   BwdKernel const& kernel = find_bwd_kernel(config, parse_dtype(dtype));
   BwdParams params = problem_params<BwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
@@ -308,6 +324,7 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
   params.dq_accum_rows = int(std::min<int64_t>(
       (int64_t(seqlen_q) + kDqAccumRowAlign - 1) / kDqAccumRowAlign * kDqAccumRowAlign, INT32_MAX));
   params.causal_offset = causal_offset;
+  set_backward_options(params, softcap, window_left, window_right);
 
   BackwardExtents const extents = check_backward_args(kernel, params, device);
   check_runtime(extents, device, stream_handle, check_backward_memory);
@@ -329,7 +346,8 @@ void varlen_backward(std::string const& config, std::string const& dtype, uintpt
                      int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
                      Strides v_strides, Strides o_strides, Strides do_strides, Strides dq_strides,
                      Strides dk_strides, Strides dv_strides, double softmax_scale, bool is_causal, int device,
-                     uintptr_t stream_handle, uintptr_t dq_semaphore) {
+                     uintptr_t stream_handle, uintptr_t dq_semaphore, double softcap, int window_left,
+                     int window_right) {
   BwdKernel const& kernel = find_bwd_kernel(config, parse_dtype(dtype));
   BwdParams params = problem_params<BwdParams>(batch, max_seqlen_q, max_seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
@@ -341,6 +359,7 @@ void varlen_backward(std::string const& config, std::string const& dtype, uintpt
   params.total_q = total_q;
   params.total_k = total_k;
   params.dq_accum_rows = int(std::min<int64_t>(bwd_dq_accum_varlen_rows(total_q, batch), INT32_MAX));
+  set_backward_options(params, softcap, window_left, window_right);
 
   BackwardExtents const extents = check_varlen_backward_args(kernel, params, device);
   check_runtime(extents, device, stream_handle, check_backward_memory);
@@ -455,7 +474,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"),
         py::arg("v_strides"), py::arg("o_strides"), py::arg("do_strides"), py::arg("dq_strides"),
         py::arg("dk_strides"), py::arg("dv_strides"), py::arg("softmax_scale"), py::arg("is_causal"),
-        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("dq_semaphore") = 0);
+        py::arg("causal_offset"), py::arg("device"), py::arg("stream"), py::arg("dq_semaphore") = 0,
+        py::arg("softcap") = 0.0, py::arg("window_left") = -1, py::arg("window_right") = -1);
   m.def("varlen_backward", &fa_cute::varlen_backward, py::arg("config"), py::arg("dtype"), py::arg("dout"),
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dq"), py::arg("dk"),
         py::arg("dv"), py::arg("dq_accum"), py::arg("softmax_d"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"),
@@ -463,7 +483,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("max_seqlen_k"), py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"), py::arg("q_strides"),
         py::arg("k_strides"), py::arg("v_strides"), py::arg("o_strides"), py::arg("do_strides"),
         py::arg("dq_strides"), py::arg("dk_strides"), py::arg("dv_strides"), py::arg("softmax_scale"),
-        py::arg("is_causal"), py::arg("device"), py::arg("stream"), py::arg("dq_semaphore") = 0);
+        py::arg("is_causal"), py::arg("device"), py::arg("stream"), py::arg("dq_semaphore") = 0,
+        py::arg("softcap") = 0.0, py::arg("window_left") = -1, py::arg("window_right") = -1);
   m.def("backward_configs", &fa_cute::backward_configs);
   m.def("default_backward_config", &fa_cute::default_bwd_config, py::arg("head_dim"), py::arg("cc_major"),
         py::arg("cc_minor"));

@@ -11,6 +11,7 @@
 #include "cute_utils.h"
 #include "epilogue_bwd.h"
 #include "sm80/kernel_traits_bwd_sm80.h"
+#include "softmax.h"  // apply_softcap
 
 namespace fa_cute {
 
@@ -28,9 +29,13 @@ namespace fa_cute {
 //                   block order when deterministic: bwd_dq_order.h)
 // and at the end stores dK * scale and dV in the input dtype.
 //
-// kVarlen: the launch may be a variable-length batch (BwdParams::cu_seqlens_q): each CTA
-// takes its sequence's lengths and first rows (BwdSeqlens), and a CTA past the sequence's
-// keys (the grid covers the longest) exits at once.
+// kExtras: the variant that takes a variable-length batch (BwdParams::cu_seqlens_q: each CTA
+// takes its sequence's lengths and first rows, BwdSeqlens, and a CTA past the sequence's
+// keys, the grid covering the longest, exits at once), a sliding window (the query blocks
+// that see the key block, BwdQueryRange, and the window's masks) and a logits softcap
+// (S -> t = tanh(S * softcap_premul) as the forward maps it, P from t, and
+// dS = P (dP - D) (1 - t^2): the tanh's derivative; the softcap and premul factors cancel
+// into softmax_scale, dQ's and dK's factor). The dense variant holds none of their code.
 //
 // Pipeline. Q_m, dO_m and the block's LSE and D rows (fp32, 4-byte cp.async into shared
 // memory: no registers held across the iteration) form one cp.async group, "block m's
@@ -93,7 +98,7 @@ struct BwdTileCoord {
   }
 };
 
-template <class Traits, bool kVarlen>
+template <class Traits, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_constant__ BwdParams const params) {
   using namespace cute;
   using Element = typename Traits::Element;
@@ -109,13 +114,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
 
   int const num_n_blocks = (params.seqlen_k + kBlockN - 1) / kBlockN;
   BwdTileCoord const coord(int(blockIdx.x), num_n_blocks, params.nheads_k);
-  BwdSeqlens<kVarlen> const seq(params, coord.bidb);
-  int const seq_n_blocks = kVarlen ? (seq.seqlen_k + kBlockN - 1) / kBlockN : num_n_blocks;
-  if (kVarlen && coord.n_block >= seq_n_blocks) return;  // past the sequence's keys: nothing to store
+  BwdSeqlens<kExtras> const seq(params, coord.bidb);
+  int const seq_n_blocks = kExtras ? (seq.seqlen_k + kBlockN - 1) / kBlockN : num_n_blocks;
+  if (kExtras && coord.n_block >= seq_n_blocks) return;  // past the sequence's keys: nothing to store
   int const n_block = dq_order_n_block(params, coord.n_block, seq_n_blocks);  // deterministic causal: descending
   int const group = params.nheads / params.nheads_k;
+  int const right = bwd_right_bound<kExtras>(params);
+  int const left = bwd_left_bound<kExtras>(params);
   BwdQueryRange const queries =
-      BwdQueryRange::of<kBlockM, kBlockN>(n_block, seq.seqlen_q, params.is_causal, seq.causal_offset);
+      BwdQueryRange::of<kBlockM, kBlockN>(n_block, seq.seqlen_q, seq.seqlen_k, right, left, seq.causal_offset);
+  bool const softcap = kExtras && params.softcap_premul != 0.f;
 
   extern __shared__ __align__(128) char smem[];
   auto& storage = *reinterpret_cast<typename Sm80BwdMainloop<Traits>::SharedStorage*>(smem);
@@ -267,11 +275,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
       // P and dS, row by row (rows x columns views of the accumulators).
       Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (ROWS,COLS): S, then P
       Tensor dp = make_tensor(acc_dp.data(), acc_layout_rowcol(acc_dp.layout()));    // (ROWS,COLS): dP, then dS
-      if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, n_block, seq.seqlen_k, params.is_causal,
+      // The softcap before the mask, as in the forward: the mask's -inf must stay -inf.
+      if (softcap) apply_softcap(acc_s, params.softcap_premul);
+      if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, n_block, seq.seqlen_k, right, left,
                                                         seq.causal_offset)) {
         apply_mask(scores, coords_s, seq.seqlen_k - n_block * kBlockN,
-                   m_block * kBlockM + seq.causal_offset - n_block * kBlockN, params.is_causal ? 0 : -1,
-                   /*left=*/-1);
+                   m_block * kBlockM + seq.causal_offset - n_block * kBlockN, right, left);
       }
       CUTE_UNROLL
       for (int mi = 0; mi < size<0>(scores); ++mi) {
@@ -286,9 +295,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         }
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(scores); ++ni) {
-          float const p = exp2_approx(scores(mi, ni) * params.softmax_scale_log2 - lse_scaled);
+          float const t = scores(mi, ni);  // S, or with the softcap tanh(S * premul)
+          float const p = exp2_approx(t * params.softmax_scale_log2 - lse_scaled);
           scores(mi, ni) = p;
           dp(mi, ni) = p * (dp(mi, ni) - d);
+          // The tanh's derivative; 0 where masked (t = -inf, P = 0), not P * -inf.
+          if (softcap) dp(mi, ni) *= fmaxf(1.f - t * t, 0.f);
         }
       }
 

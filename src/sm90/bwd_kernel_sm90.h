@@ -28,21 +28,22 @@ struct Sm90BwdKernelParams {
 // (setmaxnreg) one thread of warp 0 issues the TMA loads (Sm90BwdMainloop::load), and with
 // kdQTile warp 1 adds each step's dQ tile (Sm90BwdMainloop::store_dq); its other warps
 // exit. Warpgroups 1 and 2 own 64 keys
-// each, run the GEMMs (Sm90BwdMainloop::Consumer::mma) and store dK and dV. kVarlen: the
-// launch may be a variable-length batch, whose CTAs past their sequence's keys exit at once.
-template <class Traits, bool kVarlen>
+// each, run the GEMMs (Sm90BwdMainloop::Consumer::mma) and store dK and dV. kExtras: the
+// variant that takes a varlen batch (whose CTAs past their sequence's keys exit at once), a
+// window or a softcap (Sm90BwdMainloop).
+template <class Traits, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     bwd_kernel_sm90(__grid_constant__ Sm90BwdKernelParams<Traits> const params) {
-  using Mainloop = Sm90BwdMainloop<Traits, kVarlen>;
+  using Mainloop = Sm90BwdMainloop<Traits, kExtras>;
   BwdParams const& p = params.bwd;
 
   extern __shared__ __align__(1024) char smem[];
   auto& storage = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   int const num_n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
   BwdTileCoord coord(int(blockIdx.x), num_n_blocks, p.nheads_k);
-  BwdSeqlens<kVarlen> const seq(p, coord.bidb);
-  int const seq_n_blocks = kVarlen ? (seq.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN : num_n_blocks;
-  if (kVarlen && coord.n_block >= seq_n_blocks) return;  // past the sequence's keys: nothing to store
+  BwdSeqlens<kExtras> const seq(p, coord.bidb);
+  int const seq_n_blocks = kExtras ? (seq.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN : num_n_blocks;
+  if (kExtras && coord.n_block >= seq_n_blocks) return;  // past the sequence's keys: nothing to store
   coord.n_block = dq_order_n_block(p, coord.n_block, seq_n_blocks);  // deterministic causal: descending
   Mainloop mainloop(p, params.mainloop, storage, coord, seq);
   if (threadIdx.x == 0) {

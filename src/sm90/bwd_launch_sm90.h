@@ -19,7 +19,8 @@ namespace fa_cute {
 // How the Hopper backward kernel is launched (the policy of run_bwd, bwd_launch.h): one
 // CTA per (key block, K/V head, batch), a flat grid (BwdTileCoord) as the sm80 kernel's,
 // the TMA descriptors of Q, dO, K and V built per call (a varlen batch's over the packed
-// (total, d, heads, 1) tensors, and its own kernel variant). A tensor TMA cannot load (a base
+// (total, d, heads, 1) tensors); the kExtras variant for a varlen batch, a window or a
+// softcap. A tensor TMA cannot load (a base
 // or stride not a multiple of 16 bytes) throws std::invalid_argument naming it, before
 // the main kernel is launched. Host only.
 template <class Traits_>
@@ -59,8 +60,8 @@ struct Sm90BwdLaunch {
   }
 
   static void launch(BwdParams const& params, int device, cudaStream_t stream) {
-    FA_CUTE_BOOL_SWITCH(params.cu_seqlens_q != nullptr, kVarlen, [&] {
-      launch_bwd_kernel<Traits, kVarlen>(&bwd_kernel_sm90<Traits, kVarlen>, to_underlying_arguments(params), params,
+    FA_CUTE_BOOL_SWITCH(bwd_needs_extras(params), kExtras, [&] {
+      launch_bwd_kernel<Traits, kExtras>(&bwd_kernel_sm90<Traits, kExtras>, to_underlying_arguments(params), params,
                                          device, stream);
     });
   }

@@ -17,6 +17,7 @@
 #include "sm90/kernel_traits_bwd_sm90.h"
 #include "sm90/mainloop_fwd_sm90.h"  // wgmma_gemm, wgmma_wait
 #include "sm90/named_barrier_sm90.h"
+#include "softmax.h"  // apply_softcap
 
 namespace fa_cute {
 
@@ -45,13 +46,15 @@ namespace fa_cute {
 // store_dq) with one bulk reduce-add into dq_accum's tiled layout (kdQTile, stage_dq_tile).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
 // and seqlen_k (K, V); rows past seqlen_q get LSE = +inf (P = 0), keys past seqlen_k and
-// past the causal diagonal are masked to S = -inf (P = dS = 0). kVarlen: the launch may be
-// a variable-length batch; TMA then loads from the packed (total, d, heads, 1) tensors at
-// the sequence's first row (BwdSeqlens), and the rows past the sequence's end that a tile
-// reaches (the next sequence's) are masked as those past seqlen_q and seqlen_k are.
+// past the causal diagonal are masked to S = -inf (P = dS = 0). kExtras: the variant that
+// takes a variable-length batch (TMA then loads from the packed (total, d, heads, 1)
+// tensors at the sequence's first row, BwdSeqlens, and the rows past the sequence's end
+// that a tile reaches, the next sequence's, are masked as those past seqlen_q and seqlen_k
+// are), a sliding window and a logits softcap (Sm80BwdMainloop's rules; with the softcap,
+// P^T waits for dP^T, since dS^T needs t beside it).
 // The main loop's TMA descriptors of Q, dO, K and V, built on the host
 // (Sm90BwdLaunch::to_underlying_arguments) and kept in the kernel's __grid_constant__
-// parameter space, where TMA instructions may address them; one type for both kVarlen
+// parameter space, where TMA instructions may address them; one type for both kExtras
 // variants (a varlen batch's packed tensors differ in their sizes only).
 template <class Traits>
 struct Sm90BwdMainloopParams {
@@ -61,7 +64,7 @@ struct Sm90BwdMainloopParams {
   typename Traits::TmaLoadKV tma_v;
 };
 
-template <class Traits, bool kVarlen>
+template <class Traits, bool kExtras>
 struct Sm90BwdMainloop {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
@@ -90,15 +93,17 @@ struct Sm90BwdMainloop {
   SharedStorage& storage;
   Pipeline pipe;
   BwdTileCoord const coord;
-  BwdSeqlens<kVarlen> const seq;
+  BwdSeqlens<kExtras> const seq;
   BwdQueryRange const queries;
   int const group;  // query heads per K/V head
 
   CUTE_DEVICE Sm90BwdMainloop(BwdParams const& p_, Params const& mainloop_params_, SharedStorage& storage_,
-                              BwdTileCoord const& coord_, BwdSeqlens<kVarlen> const& seq_)
+                              BwdTileCoord const& coord_, BwdSeqlens<kExtras> const& seq_)
       : p(p_), mainloop_params(mainloop_params_), storage(storage_), pipe{storage_.pipeline_qdo}, coord(coord_),
         seq(seq_),
-        queries(BwdQueryRange::of<kBlockM, kBlockN>(coord_.n_block, seq_.seqlen_q, p_.is_causal, seq_.causal_offset)),
+        queries(BwdQueryRange::of<kBlockM, kBlockN>(coord_.n_block, seq_.seqlen_q, seq_.seqlen_k,
+                                                    bwd_right_bound<kExtras>(p_), bwd_left_bound<kExtras>(p_),
+                                                    seq_.causal_offset)),
         group(p_.nheads / p_.nheads_k) {}
 
   // The TMA view of an operand's rows of head `head` of this batch entry, from row 0 of the
@@ -107,8 +112,8 @@ struct Sm90BwdMainloop {
   template <class Tma>
   CUTE_DEVICE auto rows_of(Tma const& tma, int seqlen, int total, int heads, int head, int offset) const {
     using namespace cute;
-    Tensor m = tma.get_tma_tensor(make_shape(kVarlen ? total : seqlen, p.head_dim, heads, kVarlen ? 1 : p.batch));
-    return domain_offset(make_coord(offset, _0{}), m(_, _, head, kVarlen ? 0 : coord.bidb));  // (rows,D)
+    Tensor m = tma.get_tma_tensor(make_shape(seq.varlen ? total : seqlen, p.head_dim, heads, seq.varlen ? 1 : p.batch));
+    return domain_offset(make_coord(offset, _0{}), m(_, _, head, seq.varlen ? 0 : coord.bidb));  // (rows,D)
   }
 
   // (query head, query block) steps of this CTA: every role walks them in the same order.
@@ -363,8 +368,11 @@ struct Sm90BwdMainloop {
       BwdParams const& p = mainloop.p;
       SharedStorage& storage = mainloop.storage;
       BwdTileCoord const& coord = mainloop.coord;
-      BwdSeqlens<kVarlen> const& seq = mainloop.seq;
+      BwdSeqlens<kExtras> const& seq = mainloop.seq;
       if (mainloop.num_steps() <= 0) return;
+      int const right = bwd_right_bound<kExtras>(p);
+      int const left = bwd_left_bound<kExtras>(p);
+      bool const softcap = kExtras && p.softcap_premul != 0.f;
 
       Tensor sK = make_tensor(make_smem_ptr(storage.smem_k.data()), typename Traits::SmemLayoutK{});      // (BLK_N,D)
       Tensor sV = make_tensor(make_smem_ptr(storage.smem_v.data()), typename Traits::SmemLayoutV{});      // (BLK_N,D)
@@ -474,10 +482,13 @@ struct Sm90BwdMainloop {
           wgmma_gemm</*kZeroInit=*/false>(tiled_mma_sdp, tdPrV, tdPrdO(_, _, _, st.index), acc_dp);
           wgmma_wait<1>(acc_s);
 
-          if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, coord.n_block, seq.seqlen_k, p.is_causal,
+          // kExtras: the softcap before the mask, as in the forward (the mask's -inf stays).
+          if (softcap) apply_softcap(acc_s, p.softcap_premul);
+          if (BwdQueryRange::needs_mask<kBlockM, kBlockN>(m_block, coord.n_block, seq.seqlen_k, right, left,
                                                             seq.causal_offset)) {
-            // In tile coordinates: key c is seen by query r iff c < key_end and, causal,
-            // c <= r + diagonal (the forward's rule, transposed).
+            // In tile coordinates: key c is seen by query r iff c < key_end, c <= r + diagonal
+            // + right (right >= 0: causal, a window) and c >= r + diagonal - left (left >= 0:
+            // a window): the forward's rule, transposed.
             int const key_end = seq.seqlen_k - coord.n_block * kBlockN;
             int const diagonal = m_block * kBlockM + seq.causal_offset - coord.n_block * kBlockN;
             CUTE_UNROLL
@@ -486,21 +497,40 @@ struct Sm90BwdMainloop {
               CUTE_UNROLL
               for (int ni = 0; ni < size<1>(scores); ++ni) {
                 int const query = get<1>(coords(mi, ni));
-                if (key >= key_end || (p.is_causal && key > query + diagonal)) scores(mi, ni) = -INFINITY;
+                if (key >= key_end || (right >= 0 && key > query + diagonal + right) ||
+                    (left >= 0 && key < query + diagonal - left)) {
+                  scores(mi, ni) = -INFINITY;
+                }
               }
             }
           }
-          CUTE_UNROLL
-          for (int ni = 0; ni < size<1>(scores); ++ni) {
-            float const lse = lse_log2[get<1>(coords(0, ni))];
+          // P^T from S^T (or, softcap, from t = tanh(S^T * premul)) and this column's LSE.
+          auto exp_scores = [&](auto&& per_value) {
             CUTE_UNROLL
-            for (int mi = 0; mi < size<0>(scores); ++mi) {
-              scores(mi, ni) = exp2_approx(scores(mi, ni) * p.softmax_scale_log2 - lse);
+            for (int ni = 0; ni < size<1>(scores); ++ni) {
+              float const lse = lse_log2[get<1>(coords(0, ni))];
+              CUTE_UNROLL
+              for (int mi = 0; mi < size<0>(scores); ++mi) {
+                per_value(mi, ni, exp2_approx(scores(mi, ni) * p.softmax_scale_log2 - lse));
+              }
             }
+          };
+          if (!softcap) {
+            // While dP^T runs.
+            exp_scores([&](int mi, int ni, float prob) { scores(mi, ni) = prob; });
+            wgmma_wait<0>(acc_dp);
+            CUTE_UNROLL
+            for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * acc_dp(i);  // dS^T = P^T (dP^T - D)
+          } else {
+            // dS^T = P^T (dP^T - D) (1 - t^2), the tanh's derivative, which needs t next to
+            // dP^T: after it (0 where masked, t = -inf, not P * -inf).
+            wgmma_wait<0>(acc_dp);
+            exp_scores([&](int mi, int ni, float prob) {
+              float const t = scores(mi, ni);
+              dp(mi, ni) *= prob * fmaxf(1.f - t * t, 0.f);
+              scores(mi, ni) = prob;
+            });
           }
-          wgmma_wait<0>(acc_dp);
-          CUTE_UNROLL
-          for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * acc_dp(i);  // dS^T = P^T (dP^T - D)
 
           // P^T and dS^T in the input dtype, as the RS wgmmas' A operand: the accumulator
           // layout relabelled (acc_layout_as_a_operand_sm90), no data movement.

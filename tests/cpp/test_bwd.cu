@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cute/tensor.hpp>
@@ -19,39 +20,51 @@
 
 using namespace cute;
 
+// Whether query row r sees key c: causal (right bound 0) or a window's bounds (-1: none).
+bool sees_key(int r, int c, int seqlen_q, int seqlen_k, int offset, int right, int left) {
+  return r < seqlen_q && c < seqlen_k && (right < 0 || c <= r + offset + right) && (left < 0 || c >= r + offset - left);
+}
+
+// BwdQueryRange against brute force: exactly the query blocks with a row that sees a key of
+// the block, and a mask wherever a pair of real indices must come out 0. window_left and
+// window_right: the window's bounds (-1: none; the right one is 0 with causal).
 template <int kBlockM, int kBlockN>
-void check_query_range(int seqlen_q, int seqlen_k, bool causal, int offset) {
+void check_query_range(int seqlen_q, int seqlen_k, bool causal, int offset, int window_left = -1,
+                       int window_right = -1) {
   int const num_n = (seqlen_k + kBlockN - 1) / kBlockN;
   int const num_m = (seqlen_q + kBlockM - 1) / kBlockM;
+  int const right = causal ? 0 : window_right, left = window_left;
   for (int n = 0; n < num_n; ++n) {
-    auto const range = fa_cute::BwdQueryRange::of<kBlockM, kBlockN>(n, seqlen_q, causal, offset);
+    auto const range = fa_cute::BwdQueryRange::of<kBlockM, kBlockN>(n, seqlen_q, seqlen_k, right, left, offset);
     for (int m = 0; m < num_m; ++m) {
       bool sees = false, masked = false;
       for (int r = m * kBlockM; r < (m + 1) * kBlockM; ++r) {
         for (int c = n * kBlockN; c < (n + 1) * kBlockN; ++c) {
-          bool const visible = r < seqlen_q && c < seqlen_k && (!causal || c <= r + offset);
+          bool const visible = sees_key(r, c, seqlen_q, seqlen_k, offset, right, left);
           sees |= visible;
           // A pair of the tile that must come out 0 although both indices could be real.
           masked |= r < seqlen_q && !visible;
         }
       }
       bool const in_range = m >= range.m_block_min && m < range.m_block_max;
-      EXPECT(in_range == sees, "q=%d k=%d causal=%d offset=%d n=%d m=%d: range [%d,%d)", seqlen_q, seqlen_k, causal,
-             offset, n, m, range.m_block_min, range.m_block_max);
+      EXPECT(in_range == sees, "q=%d k=%d causal=%d offset=%d window (%d,%d) n=%d m=%d: range [%d,%d)", seqlen_q,
+             seqlen_k, causal, offset, left, right, n, m, range.m_block_min, range.m_block_max);
       if (in_range && masked) {
-        EXPECT((fa_cute::BwdQueryRange::needs_mask<kBlockM, kBlockN>(m, n, seqlen_k, causal, offset)),
-               "q=%d k=%d causal=%d offset=%d n=%d m=%d: needs a mask", seqlen_q, seqlen_k, causal, offset, n, m);
+        EXPECT((fa_cute::BwdQueryRange::needs_mask<kBlockM, kBlockN>(m, n, seqlen_k, right, left, offset)),
+               "q=%d k=%d causal=%d offset=%d window (%d,%d) n=%d m=%d: needs a mask", seqlen_q, seqlen_k, causal,
+               offset, left, right, n, m);
       }
     }
   }
 }
 
 // The deterministic dQ order (bwd_dq_order.h): at each query block the key blocks that
-// visit it (BwdQueryRange) are 0 .. dq_last_n_block, their turns are 0 .. count - 1 once
-// each, and a key block only ever waits for key blocks whose CTAs come earlier in the grid
-// (dq_order_n_block): the no-deadlock rule.
+// visit it (BwdQueryRange) are dq_first_n_block .. dq_last_n_block, their turns are 0 ..
+// count - 1 once each, and a key block only ever waits for key blocks whose CTAs come
+// earlier in the grid (dq_order_n_block): the no-deadlock rule.
 template <int kBlockM, int kBlockN>
-void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset) {
+void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset, int window_left = -1,
+                    int window_right = -1) {
   int const num_n = (seqlen_k + kBlockN - 1) / kBlockN;
   int const num_m = (seqlen_q + kBlockM - 1) / kBlockM;
   fa_cute::BwdParams p{};
@@ -61,6 +74,9 @@ void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset) {
   p.seqlen_k = seqlen_k;
   p.is_causal = causal;
   p.causal_offset = offset;
+  p.window_left = window_left;
+  p.window_right = window_right;
+  int const right = causal ? 0 : window_right, left = window_left;
   fa_cute::BwdSeqlens<false> const seq(p, 0);
   std::vector<int> tile_of(num_n, -1);  // the CTA position (within its (batch, K/V head)) of each key block
   for (int t = 0; t < num_n; ++t) {
@@ -71,24 +87,25 @@ void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset) {
   }
   for (int m = 0; m < num_m; ++m) {
     int const last = fa_cute::dq_last_n_block<kBlockM, kBlockN>(p, seq, m);
+    int const first = fa_cute::dq_first_n_block<kBlockM, kBlockN>(p, seq, m);
     std::vector<int> by_turn(num_n + 1, -1);
     int count = 0;
     for (int n = 0; n < num_n; ++n) {
-      auto const range = fa_cute::BwdQueryRange::of<kBlockM, kBlockN>(n, seqlen_q, causal, offset);
+      auto const range = fa_cute::BwdQueryRange::of<kBlockM, kBlockN>(n, seqlen_q, seqlen_k, right, left, offset);
       if (m < range.m_block_min || m >= range.m_block_max) {
-        EXPECT(n > last, "q=%d k=%d causal=%d offset=%d m=%d: key block %d <= last %d skips it", seqlen_q, seqlen_k,
-               causal, offset, m, n, last);
+        EXPECT(n > last || n < first, "q=%d k=%d causal=%d offset=%d window (%d,%d) m=%d: key block %d in [%d, %d] skips it",
+               seqlen_q, seqlen_k, causal, offset, left, right, m, n, first, last);
         continue;
       }
       ++count;
       int const turn = fa_cute::dq_turn<kBlockM, kBlockN>(p, seq, n, m);
-      EXPECT(n <= last && turn >= 0 && turn < num_n && by_turn[turn] < 0,
+      EXPECT(n <= last && n >= first && turn >= 0 && turn < num_n && by_turn[turn] < 0,
              "q=%d k=%d causal=%d offset=%d m=%d n=%d: turn %d (last %d)", seqlen_q, seqlen_k, causal, offset, m, n,
              turn, last);
       if (turn >= 0 && turn < num_n) by_turn[turn] = n;
     }
-    EXPECT(count == last + 1, "q=%d k=%d causal=%d offset=%d m=%d: %d key blocks, last %d", seqlen_q, seqlen_k,
-           causal, offset, m, count, last);
+    EXPECT(count == (last >= first ? last - first + 1 : 0), "q=%d k=%d causal=%d offset=%d window (%d,%d) m=%d: %d key blocks in [%d, %d]",
+           seqlen_q, seqlen_k, causal, offset, left, right, m, count, first, last);
     for (int t = 1; t < count; ++t) {
       EXPECT(by_turn[t - 1] >= 0 && by_turn[t] >= 0 && tile_of[by_turn[t - 1]] < tile_of[by_turn[t]],
              "q=%d k=%d causal=%d offset=%d m=%d: turn %d's CTA is not before turn %d's", seqlen_q, seqlen_k, causal,
@@ -138,6 +155,8 @@ void check_traits(char const* what) {
 }
 
 int main() {
+  // Window bounds (left, right): left bounds, right bounds (non-causal), both, bounds of 0.
+  std::pair<int, int> const kWindows[] = {{0, -1}, {37, -1}, {130, -1}, {-1, 0}, {-1, 65}, {16, 16}, {200, 3}};
   for (bool causal : {false, true}) {
     for (int sq : {1, 5, 63, 64, 65, 128, 200, 333}) {
       for (int sk : {1, 7, 127, 128, 129, 300}) {
@@ -145,6 +164,12 @@ int main() {
           check_query_range<64, 128>(sq, sk, causal, offset);
           check_dq_order<64, 128>(sq, sk, causal, offset);
           check_dq_order<128, 64>(sq, sk, causal, offset);
+          for (auto const& [left, right] : kWindows) {
+            check_query_range<64, 128>(sq, sk, causal, offset, left, right);
+            check_query_range<128, 64>(sq, sk, causal, offset, left, right);
+            check_dq_order<64, 128>(sq, sk, causal, offset, left, right);
+            check_dq_order<128, 64>(sq, sk, causal, offset, left, right);
+          }
         }
       }
     }
