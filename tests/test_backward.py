@@ -19,7 +19,7 @@ import torch
 
 import fa_cute
 from fa_cute import _C, _api, _backward, _tuning, _validate
-from fa_cute._reference import attention_grads_ref, attention_ref, causal_mask
+from fa_cute._reference import attention_grads_ref, attention_ref, visible_mask
 
 from attention_cases import ToyModel, check_training_matches, training_losses
 
@@ -47,7 +47,8 @@ def _fake_backward(calls: List[Dict]):
     def backward(config, dtype, dout, q, k, v, out, lse, dq, dk, dv, dq_accum, softmax_d, batch,
                  seqlen_q, seqlen_k, nheads, nheads_k, head_dim, q_strides, k_strides, v_strides,
                  o_strides, do_strides, dq_strides, dk_strides, dv_strides, softmax_scale,
-                 is_causal, causal_offset, device, stream, dq_semaphore=0):
+                 is_causal, causal_offset, device, stream, dq_semaphore=0, softcap=0.0,
+                 window_left=-1, window_right=-1):
         calls.append(dict(locals()))
         dt = dtypes[dtype]
 
@@ -62,11 +63,17 @@ def _fake_backward(calls: List[Dict]):
         lse_ = _cpu_view(lse, torch.float32, (batch, nheads, seqlen_q),
                          (nheads * seqlen_q, seqlen_q, 1)).double()
         scores = torch.einsum("bqhd,bkhd->bhqk", q_, k_) * softmax_scale
-        visible = (causal_mask(seqlen_q, seqlen_k, causal_offset) if is_causal
-                   else torch.ones(seqlen_q, seqlen_k, dtype=torch.bool))
+        tanh_grad = 1.0
+        if softcap:
+            t = torch.tanh(scores / softcap)
+            scores, tanh_grad = softcap * t, 1 - t * t
+        visible = visible_mask(seqlen_q, seqlen_k, causal_offset, is_causal,
+                               (window_left, window_right))
+        if visible is None:
+            visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool)
         probs = torch.where(visible, torch.exp(scores - lse_[..., None]), 0.0).nan_to_num(0.0)
         d_row = (do_ * o_).sum(-1).transpose(1, 2)
-        ds = probs * (torch.einsum("bqhd,bkhd->bhqk", do_, v_) - d_row[..., None])
+        ds = probs * (torch.einsum("bqhd,bkhd->bhqk", do_, v_) - d_row[..., None]) * tanh_grad
 
         def fold(t):
             return t.reshape(batch, seqlen_k, nheads_k, group, head_dim).sum(3)
@@ -286,13 +293,14 @@ def test_work_buffers_are_separate_fp32_spans(backward_c, monkeypatch) -> None:
     seqlen_q), fp32: the kernel writes both, so they may overlap nothing else."""
     spans = []
 
-    def recording(*args):
-        spans.append(args)
+    def recording(*args, **options):
+        spans.append((args, options))
 
     monkeypatch.setattr(_C, "backward", recording)
     dout, q, k, v, out, lse = inputs()
     fa_cute.backward(dout, q, k, v, out, lse)
-    args = spans[0]
+    args, options = spans[0]
+    assert options == {"softcap": 0.0, "window_left": -1, "window_right": -1}
     dq_accum, softmax_d = args[11], args[12]
     assert softmax_d - dq_accum == 2 * 4 * 128 * D * 4  # bytes of dq_accum: 7 rows padded to 128
     pointers = sorted(args[2:11])
@@ -342,6 +350,26 @@ def test_forward_records_gradients(kernels, causal: bool, shape) -> None:
     out.backward(dout)
     assert_grads_close((q.grad, k.grad, v.grad), reference_grads(q, k, v, dout, causal))
     assert len(kernels) == 1
+
+
+@pytest.mark.parametrize("opts", [dict(window_size=(3, 1)), dict(causal=True, window_size=(4, 0)),
+                                  dict(softcap=2.0), dict(causal=True, window_size=(2, 0), softcap=3.0)],
+                         ids=["window", "window-causal", "softcap", "both"])
+def test_forward_records_window_and_softcap_gradients(kernels, opts) -> None:
+    """The forward's window and softcap reach the backward kernel (bottom-right aligned, with
+    causal or not), and the gradients are those of the capped, windowed attention."""
+    q, k, v = leaves(2, 7, 9, 4, 2)
+    out = fa_cute.forward(q, k, v, **opts)
+    dout = randn(*out.shape)
+    out.backward(dout)
+    ref = attention_grads_ref(q, k, v, dout, D ** -0.5, **opts)
+    assert_grads_close((q.grad, k.grad, v.grad), ref)
+    call = kernels[-1]
+    left, right = opts.get("window_size", (-1, -1))
+    assert (call["softcap"], call["window_left"]) == (opts.get("softcap", 0.0), left)
+    assert call["window_right"] == (-1 if opts.get("causal") else right)
+    aligned = opts.get("causal") or "window_size" in opts  # bottom-right, with causal or not
+    assert call["causal_offset"] == (9 - 7 if aligned else 0)
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])

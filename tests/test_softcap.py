@@ -1,6 +1,6 @@
 """forward's softcap on CPU: the argument's checks, its way into the launch (`Launch.softcap`,
 `_C.forward`'s softcap after causal_offset), the validation cache keeping launches of
-different caps apart, and the refusal with gradients. The kernels: tests/test_softcap_gpu.py."""
+different caps apart, and gradients recorded (fa_cute.backward's softcap checked). The kernels: tests/test_softcap_gpu.py."""
 
 import math
 
@@ -70,11 +70,14 @@ def test_cached_launches_keep_their_cap(fake_cuda, reference_forward) -> None:
         assert reference_forward[-1].softcap == 4.0 and reference_forward[-1].seqlen_k == n
 
 
-def test_gradients_are_refused(reference_forward) -> None:
+def test_gradients_are_recorded(reference_forward) -> None:
     q, k, v = (t.requires_grad_() for t in qkv())
-    with pytest.raises(ValueError, match="softcap > 0 has no backward"):
-        fa_cute.forward(q, k, v, softcap=30.0)
-    assert not reference_forward
-    with torch.no_grad():
-        fa_cute.forward(q, k, v, softcap=30.0)
-    assert reference_forward[-1].softcap == 30.0
+    out, lse = fa_cute.forward(q, k, v, softcap=30.0, return_lse=True)
+    assert out.grad_fn is not None and reference_forward[-1].softcap == 30.0
+    args = (torch.ones_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse)
+    with pytest.raises(ValueError, match="CUDA tensors only"):
+        fa_cute.backward(*args, softcap=30.0)
+    with pytest.raises(TypeError, match="softcap must be a real number"):
+        fa_cute.backward(*args, softcap="30")
+    with pytest.raises(ValueError, match="softcap"):
+        fa_cute.backward(*args, softcap=-1.0)

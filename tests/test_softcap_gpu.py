@@ -90,12 +90,3 @@ def test_softcap_zero_is_the_plain_forward() -> None:
     capped = fa_cute.forward(q, k, v, softcap=1e4)
     assert not torch.equal(capped, fa_cute.forward(q, k, v, softcap=3.0))
     torch.testing.assert_close(capped, fa_cute.forward(q, k, v), atol=2e-2, rtol=0)
-
-
-def test_grad_is_refused() -> None:
-    head_dim = PRODUCTION_CONFIGS[0]["head_dim"]
-    q, k, v = (t.requires_grad_() for t in _inputs("mha-ragged", head_dim, built_dtype(head_dim)))
-    with pytest.raises(ValueError, match="softcap"):
-        fa_cute.forward(q, k, v, softcap=30.0)
-    with torch.no_grad():
-        _check(q.detach(), k.detach(), v.detach(), False, 30.0)

@@ -63,16 +63,15 @@ def test_options() -> None:
     _raises(ValueError, "out overlaps k or v", q, k_in_buf, v, *rest, out=buf.view(40, 4, 128))
 
 
-def test_grad_options_refused() -> None:
+def test_grad_options() -> None:
     q, k, v, *rest = _args()
     q.requires_grad_()
-    _raises(ValueError, "softcap or a window has no backward", q, k, v, *rest, softcap=5.0)
-    _raises(ValueError, "softcap or a window has no backward", q, k, v, *rest, window_size=(8, 0))
     _raises(ValueError, "out: varlen_forward records gradients", q, k, v, *rest,
             out=torch.empty_like(q))
-    _raises(ValueError, "CUDA tensors only", q, k, v, *rest)  # recorded: checked to the end
-    with torch.no_grad():
-        _raises(ValueError, "CUDA tensors only", q, k, v, *rest, softcap=5.0)
+    # Recorded (softcap and windows included): checked to the end, the device last.
+    _raises(ValueError, "CUDA tensors only", q, k, v, *rest)
+    _raises(ValueError, "CUDA tensors only", q, k, v, *rest, softcap=5.0, window_size=(8, 0))
+    _raises(TypeError, "window_size must be a pair", q, k, v, *rest, window_size=8)
 
 
 def _backward_raises(exc, match, *args, **kwargs):

@@ -1,7 +1,7 @@
 """forward's window_size on CPU: the argument's checks, the launch it makes (bounds,
 alignment, no packed decode, bounds past every key dropped), the output against the float64
-reference through the stand-in kernel, the cache keeping windows apart, and the refusal
-with gradients. The kernels: tests/test_window_gpu.py; the key-block ranges against brute
+reference through the stand-in kernel, the cache keeping windows apart, and gradients
+recorded (fa_cute.backward's window_size checked). The kernels: tests/test_window_gpu.py; the key-block ranges against brute
 force: tests/cpp/test_launch_checks.cu."""
 
 import pytest
@@ -79,11 +79,15 @@ def test_cached_launches_keep_their_window(fake_cuda, reference_forward) -> None
         assert reference_forward[-1].seqlen_k == n and reference_forward[-1].causal_offset == n - 1
 
 
-def test_gradients_are_refused(reference_forward) -> None:
+def test_gradients_are_recorded(reference_forward) -> None:
     q, k, v = (t.requires_grad_() for t in qkv())
-    with pytest.raises(ValueError, match="window_size=.* has no backward"):
-        fa_cute.forward(q, k, v, window_size=(8, 0))
-    assert not reference_forward
-    with torch.no_grad():
-        fa_cute.forward(q, k, v, window_size=(8, 0))
-    assert reference_forward[-1].window_left == 8
+    out, lse = fa_cute.forward(q, k, v, window_size=(8, 0), return_lse=True)
+    assert out.grad_fn is not None and reference_forward[-1].window_left == 8
+    dout = torch.ones_like(out)
+    args = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse)
+    with pytest.raises(ValueError, match="CUDA tensors only"):
+        fa_cute.backward(*args, window_size=(8, 0))
+    with pytest.raises(TypeError, match="window_size must be a pair"):
+        fa_cute.backward(*args, window_size=8)
+    with pytest.raises(ValueError, match="right bound must be -1 or 0"):
+        fa_cute.backward(*args, causal=True, window_size=(8, 3))

@@ -79,16 +79,16 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
 
     softcap > 0 caps the logits as Gemma 2 does: each scaled score s = q k^T * softmax_scale
     becomes softcap * tanh(s / softcap) before the softmax (and the LSE is of those); 0.0
-    (the default) leaves them as they are. It has no backward yet: with inputs that require
-    grad in grad mode, softcap > 0 raises ValueError.
+    (the default) leaves them as they are. Differentiable (the backward scales each score's
+    gradient by the tanh's derivative).
 
     window_size=(left, right): a sliding window (FlashAttention's semantics, aligned as the
     causal mask, bottom-right): query row i sees key j iff i + seqlen_k - seqlen_q - left <=
     j <= i + seqlen_k - seqlen_q + right; -1 leaves a side unbounded ((-1, -1), the default:
     no window). With causal=True the right bound is the diagonal (right must be -1 or 0).
     Key blocks outside every row's window are skipped. Rows that see no key get output 0
-    and LSE -inf. No backward yet: with inputs that require grad in grad mode, a window
-    raises ValueError.
+    and LSE -inf. Differentiable (the backward skips the query blocks outside a key
+    block's window alike).
 
     return_lse: also return the float32 log-sum-exp of each row's scaled scores (natural
     log), a new contiguous (batch, nheads, seqlen_q) tensor, as `(out, lse)`.
@@ -117,24 +117,11 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
         return _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out, softcap,
                                window_size)
     if grad_mode() and requires_grad(q, k, v):
-        _check_no_backward_options(softcap, window_size, causal)
-        return _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out)
+        return _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out,
+                                  softcap_arg(softcap), window_arg(window_size, causal))
     return _run(q, k, v, causal=causal, bottom_right=True, softmax_scale=softmax_scale,
                 return_lse=return_lse, config=config, out=out, timed=False, softcap=softcap,
                 window_size=window_size)[0]
-
-
-def _check_no_backward_options(softcap, window_size, causal) -> None:
-    """Gradients are recorded: a softcap or a window (which the backward kernels do not
-    take) is refused, so that no gradient is computed for attention they do not describe."""
-    if softcap_arg(softcap) != 0.0:
-        raise ValueError("softcap > 0 has no backward yet: call forward with softcap under "
-                         "torch.no_grad() or on inputs that do not require grad, or pass "
-                         "softcap=0.0 to train")
-    if window_arg(window_size, causal) != (-1, -1):
-        raise ValueError(f"window_size={window_size!r} has no backward yet: call forward with "
-                         "a window under torch.no_grad() or on inputs that do not require "
-                         "grad, or pass window_size=(-1, -1) to train")
 
 
 def forward_timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -220,13 +207,15 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
              out: torch.Tensor, lse: torch.Tensor, *, causal: bool = False,
              softmax_scale: Optional[float] = None, deterministic: bool = False,
              dq: Optional[torch.Tensor] = None, dk: Optional[torch.Tensor] = None,
-             dv: Optional[torch.Tensor] = None, config: Optional[str] = AUTO
+             dv: Optional[torch.Tensor] = None, config: Optional[str] = AUTO,
+             softcap: float = 0.0, window_size: Tuple[int, int] = (-1, -1)
              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention backward: the gradients (dq, dk, dv) of `forward(q, k, v, causal=causal,
-    softmax_scale=softmax_scale)` for the output gradient dout.
+    softmax_scale=softmax_scale, softcap=softcap, window_size=window_size)` for the output
+    gradient dout.
 
-    q, k, v, causal and softmax_scale as `forward` (layouts, GQA/MQA, bottom-right causal
-    alignment); out and dout are q's dtype and shape, lse the float32 contiguous
+    q, k, v, causal, softmax_scale, softcap and window_size as `forward` (layouts, GQA/MQA,
+    bottom-right alignment); out and dout are q's dtype and shape, lse the float32 contiguous
     (batch, nheads, seqlen_q) natural-log LSE (`forward(..., return_lse=True)`). Nothing
     requires out and lse to come from one forward call: the LSE and output merged from
     several partial attentions (split keys) work, as the kernel only reads them. dk and dv
@@ -261,12 +250,14 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                              "config='auto' only; name a config in eager mode")
         check_flag("causal", causal)
         check_flag("deterministic", deterministic)
+        left, right = window_arg(window_size, causal)
         grads = OPS["backward"](dout, q, k, v, out, lse, causal,
-                                scale_arg(softmax_scale, "softmax_scale"), deterministic, True)
+                                scale_arg(softmax_scale, "softmax_scale"), deterministic, True,
+                                softcap_arg(softcap), left, right)
         return tuple(g if buf is None else buf.copy_(g) for g, buf in zip(grads, (dq, dk, dv)))
     return run_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=True,
                         softmax_scale=softmax_scale, deterministic=deterministic, dq=dq, dk=dk,
-                        dv=dv, config=config)
+                        dv=dv, config=config, softcap=softcap, window_size=window_size)
 
 
 def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,
@@ -331,6 +322,8 @@ class _Spec(NamedTuple):
     softmax_scale: Optional[float]
     config: Optional[str]
     sdpa: bool  # sdpa's (batch, nheads, seqlen, headdim) layout and top-left alignment
+    softcap: float = 0.0  # forward's logits softcap (0: none)
+    window: Tuple[int, int] = (-1, -1)  # forward's window_size (left, right)
 
 
 _OUT_WITH_GRAD = ("out must be None when q, k or v requires grad in grad mode: autograd "
@@ -338,14 +331,16 @@ _OUT_WITH_GRAD = ("out must be None when q, k or v requires grad in grad mode: a
                   "tensor; drop out=, or call under torch.no_grad()")
 
 
-def _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out) -> Result:
+def _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out, softcap: float,
+                       window: Tuple[int, int]) -> Result:
     """forward when it records gradients: the backward's support is checked first, so that
     a call whose gradients could not be computed fails before the forward runs."""
     check_flag("return_lse", return_lse)
     if out is not None:
         raise ValueError(_OUT_WITH_GRAD)
     check_backward_supported(q, k, v, FORWARD_NAMES)
-    result, lse = _Attention.apply(q, k, v, _Spec(causal, softmax_scale, config, False))
+    result, lse = _Attention.apply(q, k, v, _Spec(causal, softmax_scale, config, False, softcap,
+                                                  window))
     return (result, lse) if return_lse else result
 
 
@@ -360,7 +355,8 @@ class _Attention(torch.autograd.Function):
         else:
             (out, lse), _ = _run(q, k, v, causal=spec.causal, bottom_right=True,
                                  softmax_scale=spec.softmax_scale, return_lse=True,
-                                 config=spec.config, out=None, timed=False)
+                                 config=spec.config, out=None, timed=False, softcap=spec.softcap,
+                                 window_size=spec.window)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mark_non_differentiable(lse)
         ctx.spec = spec
@@ -369,19 +365,18 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         spec = ctx.spec
-        grads = _grads(dout, *ctx.saved_tensors, spec.causal, spec.softmax_scale, spec.sdpa,
-                       ctx.needs_input_grad, _eager_backward)
+        grads = _grads(dout, *ctx.saved_tensors, spec, ctx.needs_input_grad, _eager_backward)
         return (*grads, None)
 
 
-def _eager_backward(dout, q, k, v, out, lse, causal, softmax_scale, bottom_right: bool,
-                    names: Names):
-    return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=causal,
-                        bottom_right=bottom_right, softmax_scale=softmax_scale,
-                        deterministic=False, dq=None, dk=None, dv=None, names=names)
+def _eager_backward(dout, q, k, v, out, lse, spec: "_Spec", bottom_right: bool, names: Names):
+    return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=spec.causal,
+                        bottom_right=bottom_right, softmax_scale=spec.softmax_scale,
+                        deterministic=False, dq=None, dk=None, dv=None, names=names,
+                        softcap=spec.softcap, window_size=spec.window)
 
 
-def _grads(dout, q, k, v, out, lse, causal, softmax_scale, sdpa: bool, needs_input_grad,
+def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad,
            run) -> Tuple[Optional[torch.Tensor], ...]:
     """(dq, dk, dv) of a recorded call through `run` (the eager backward, or the op
     fa_cute::backward under torch.compile), None for an input that needs none.
@@ -394,10 +389,10 @@ def _grads(dout, q, k, v, out, lse, causal, softmax_scale, sdpa: bool, needs_inp
         raise RuntimeError("the backward needs the forward's LSE: the custom op was called "
                            "with return_lse=False on inputs that require grad; pass True "
                            "(fa_cute.forward and fa_cute.sdpa do)")
+    sdpa = spec.sdpa
     if sdpa:
         dout, q, k, v, out = (t.transpose(1, 2) for t in (dout, q, k, v, out))
-    grads = run(dout, q, k, v, out, lse, causal, softmax_scale, not sdpa,
-                SDPA_NAMES if sdpa else FORWARD_NAMES)
+    grads = run(dout, q, k, v, out, lse, spec, not sdpa, SDPA_NAMES if sdpa else FORWARD_NAMES)
     if sdpa:
         grads = tuple(g.transpose(1, 2) for g in grads)
     return tuple(g if needed else None for g, needed in zip(grads, needs_input_grad))
@@ -439,8 +434,6 @@ def _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out, sof
     scale = scale_arg(softmax_scale, "softmax_scale")
     cap = softcap_arg(softcap)
     left, right = window_arg(window_size, causal)
-    if needs_grad:
-        _check_no_backward_options(cap, (left, right), causal)
     check_config_type(config)
     if out is None:
         # With gradients the op computes the LSE its backward needs, returned or not.
@@ -519,20 +512,24 @@ def _register_ops() -> Dict[str, object]:
     @custom_op("fa_cute::backward", mutates_args=())
     def backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                     causal: bool, softmax_scale: Optional[float], deterministic: bool,
-                    bottom_right: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                    bottom_right: bool, softcap: float = 0.0, window_left: int = -1,
+                    window_right: int = -1) -> Tuple[Tensor, Tensor, Tensor]:
         # dout as autograd hands it over (the op is the backward formula's under
         # torch.compile): made to fit the kernel here, where the tensors are real.
         return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
                             softmax_scale=softmax_scale, deterministic=deterministic,
-                            dq=None, dk=None, dv=None)
+                            dq=None, dk=None, dv=None, softcap=softcap,
+                            window_size=(window_left, window_right))
 
     @backward_op.register_fake
-    def _(dout, q, k, v, out, lse, causal, softmax_scale, deterministic, bottom_right):
+    def _(dout, q, k, v, out, lse, causal, softmax_scale, deterministic, bottom_right, softcap=0.0,
+          window_left=-1, window_right=-1):
         # run_backward allocates each gradient with torch.empty_like of its input.
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
-    def traced_backward(dout, q, k, v, out, lse, causal, softmax_scale, bottom_right, names):
-        return backward_op(dout, q, k, v, out, lse, causal, softmax_scale, False, bottom_right)
+    def traced_backward(dout, q, k, v, out, lse, spec, bottom_right, names):
+        return backward_op(dout, q, k, v, out, lse, spec.causal, spec.softmax_scale, False,
+                           bottom_right, spec.softcap, *spec.window)
 
     def setup_context(ctx, inputs, output, sdpa: bool) -> None:
         q, k, v, causal, softmax_scale = inputs[:5]
@@ -542,12 +539,13 @@ def _register_ops() -> Dict[str, object]:
         out, lse = output
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mark_non_differentiable(lse)
-        ctx.spec = _Spec(causal, softmax_scale, None, sdpa)
+        # forward_op's inputs end with softcap, window_left, window_right; sdpa_op has none.
+        softcap, left, right = inputs[7:10] if len(inputs) >= 10 else (0.0, -1, -1)
+        ctx.spec = _Spec(causal, softmax_scale, None, sdpa, softcap, (left, right))
 
     def grads(ctx, dout, _dlse):
-        spec = ctx.spec
-        return (*_grads(dout, *ctx.saved_tensors, spec.causal, spec.softmax_scale, spec.sdpa,
-                        ctx.needs_input_grad[:3], traced_backward),
+        return (*_grads(dout, *ctx.saved_tensors, ctx.spec, ctx.needs_input_grad[:3],
+                        traced_backward),
                 *(None,) * (len(ctx.needs_input_grad) - 3))
 
     forward_op.register_autograd(

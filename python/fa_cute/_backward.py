@@ -20,11 +20,12 @@ from ._launch import Launch, current_stream, row_strides
 from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, Names, broadcast_dim, check_devices,
                         check_flag, check_inputs, check_layout, check_memory, check_shapes,
                         check_tensor, extent_bytes, overlaps_itself, resolve_scale,
-                        spans_overlap)
+                        softcap_arg, spans_overlap, window_arg)
 
 __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
            "named_backward_config", "backward_work_buffers", "check_backward_supported",
-           "deterministic_config", "dq_accum_rows", "dq_semaphore_count", "has_backward",
+           "backward_options", "deterministic_config", "dq_accum_rows", "dq_semaphore_count",
+           "has_backward",
            "run_backward",
            "semaphore_arg", "validate_backward", "validate_backward_cached"]
 
@@ -135,15 +136,19 @@ def check_backward_supported(q, k, v, names: Names) -> None:
 
 def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
                       deterministic, dq, dk, dv, names: Names = FORWARD_NAMES,
-                      config: Optional[str] = AUTO) -> Launch:
+                      config: Optional[str] = AUTO, softcap=0.0,
+                      window_size=(-1, -1)) -> Launch:
     """Check every argument of the backward, the device last; return what the launch needs.
 
     bottom_right: forward's causal alignment, else sdpa's top-left. names: q's, k's, v's,
     causal's and the scale's names in messages (forward's or sdpa's). config: a backward
     config's name (`_C.backward_configs()`), or "auto"/None for `backward_config`'s pick.
+    softcap and window_size: the forward's (`backward_options` gives what `_C` takes).
     """
     check_flag(names.causal, causal)
     check_flag("deterministic", deterministic)
+    softcap_arg(softcap)
+    windowed = window_arg(window_size, causal) != (-1, -1)
     inputs = check_inputs(q, k, v, names)
     batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
     for name, t in (("out", out), ("dout", dout)):
@@ -185,15 +190,17 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
                                      "tensor")
             buffers.append((name, t))
     check_devices(tensors + buffers, BACKWARD_CONFIGS.get(config), names.q)
-    # Forward's launch type, never packed: the backward runs every query row as its own.
+    # Forward's launch type, never packed: the backward runs every query row as its own. A
+    # window is aligned as the causal mask (bottom-right), with causal or without.
     return Launch(config, DTYPE_NAMES[q.dtype], batch, seqlen_q, seqlen_k, nheads, nheads_k,
-                  head_dim, scale, is_causal, offset if is_causal else 0, False,
+                  head_dim, scale, is_causal, offset if is_causal or windowed else 0, False,
                   row_strides(q), row_strides(k), row_strides(v))
 
 
 def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: bool,
                              softmax_scale, deterministic, dq, dk, dv,
-                             names: Names = FORWARD_NAMES, config: Optional[str] = AUTO) -> Launch:
+                             names: Names = FORWARD_NAMES, config: Optional[str] = AUTO,
+                             softcap=0.0, window_size=(-1, -1)) -> Launch:
     """`validate_backward`, answered from `_cache.BACKWARD_VALIDATED` for arguments seen
     before when no gradient buffer is given (given ones bring aliasing checks that depend on
     exact addresses): a hit costs a key and a check that each storage still holds its tensor
@@ -205,10 +212,13 @@ def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: b
             and all(type(t) is torch.Tensor and t.is_cuda for t in tensors)
             and type(causal) is bool and type(deterministic) is bool
             and (config is None or type(config) is str)
-            and (softmax_scale is None or type(softmax_scale) in (int, float))):
+            and (softmax_scale is None or type(softmax_scale) in (int, float))
+            and type(softcap) in (int, float) and type(window_size) is tuple
+            and all(type(w) is int for w in window_size)):
         try:
             key = (tuple(_cache.tensor_key(t) for t in tensors), causal, bottom_right,
-                   type(softmax_scale), softmax_scale, deterministic, config, names)
+                   type(softmax_scale), softmax_scale, deterministic, config, names,
+                   type(softcap), softcap, window_size)
         except RuntimeError:  # a tensor without data_ptr(): the checks name it
             key = None
         hit = _cache.BACKWARD_VALIDATED.get(key) if key is not None else None
@@ -219,7 +229,8 @@ def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: b
                 return launch
     launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
                                softmax_scale=softmax_scale, deterministic=deterministic,
-                               dq=dq, dk=dk, dv=dv, names=names, config=config)
+                               dq=dq, dk=dk, dv=dv, names=names, config=config,
+                               softcap=softcap, window_size=window_size)
     if key is not None:
         _cache.remember(_cache.BACKWARD_VALIDATED, key,
                         (launch, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
@@ -281,26 +292,38 @@ def _check_lse(lse, q: torch.Tensor, q_name: str) -> None:
 def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
                  deterministic, dq: Optional[torch.Tensor], dk: Optional[torch.Tensor],
                  dv: Optional[torch.Tensor], names: Names = FORWARD_NAMES,
-                 config: Optional[str] = AUTO
+                 config: Optional[str] = AUTO, softcap=0.0, window_size=(-1, -1)
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate, allocate the gradients not given (laid out like q, k and v: torch.empty_like)
     and launch the backward (config: a backward config's name, or "auto") on PyTorch's
-    current stream; returns (dq, dk, dv)."""
+    current stream; returns (dq, dk, dv). softcap and window_size: the forward's."""
     launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
                                       bottom_right=bottom_right, softmax_scale=softmax_scale,
                                       deterministic=deterministic, dq=dq, dk=dk, dv=dv,
-                                      names=names, config=config)
+                                      names=names, config=config, softcap=softcap,
+                                      window_size=window_size)
+    options = backward_options(softcap, window_size, launch.is_causal)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv
     if launch.batch and launch.nheads:
         device = q.device
         if device.index == torch.cuda.current_device():
-            _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic)
+            _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic, options)
         else:
             with torch.cuda.device(device):
-                _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic)
+                _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic,
+                                 options)
     return dq, dk, dv
+
+
+def backward_options(softcap, window_size, is_causal: bool) -> dict:
+    """`_C.backward`'s (and `_C.varlen_backward`'s) softcap and window keywords for the
+    forward's softcap and window_size (checked: softcap_arg, window_arg); with causal the
+    right bound is the diagonal, which is_causal already says."""
+    left, right = window_arg(window_size, is_causal)
+    return {"softcap": softcap_arg(softcap), "window_left": left,
+            "window_right": -1 if is_causal else right}
 
 
 def dq_semaphore_count(config: str, batch: int, nheads: int, seqlen_q: int) -> int:
@@ -342,11 +365,11 @@ def backward_work_buffers(launch: Launch, device: torch.device, deterministic: b
 
 
 def _launch_backward(launch: Launch, dout, q, k, v, out, lse, dq, dk, dv,
-                     deterministic: bool) -> None:
+                     deterministic: bool, options: dict) -> None:
     dq_accum, softmax_d, dq_semaphore = backward_work_buffers(launch, q.device, deterministic)
     _C.backward(*backward_kernel_args(launch, dout, q, k, v, out, lse, dq, dk, dv, dq_accum,
                                       softmax_d), q.device.index, current_stream(q.device.index),
-                **semaphore_arg(dq_semaphore))
+                **semaphore_arg(dq_semaphore), **options)
 
 
 def semaphore_arg(dq_semaphore: Optional[torch.Tensor]) -> dict:

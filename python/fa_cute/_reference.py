@@ -26,7 +26,8 @@ import torch
 
 __all__ = ["ABS_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
            "attention_grads_ref", "attention_ref", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
-           "long_inputs", "paged_kv_ref", "relative_error", "row_references", "varlen_attention_ref",
+           "long_inputs", "paged_kv_ref", "relative_error", "row_references", "varlen_attention_grads_ref",
+           "varlen_attention_ref",
            "visible_mask"]
 
 #: Absolute slack added to twice the plain error, so that exact-zero plain errors still pass.
@@ -207,7 +208,8 @@ def varlen_attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                dout: torch.Tensor, cu_seqlens_q: Sequence[int],
                                cu_seqlens_k: Sequence[int], softmax_scale: float,
                                upcast: bool = True, *, causal: bool = False,
-                               seqused_k: Optional[Sequence[int]] = None
+                               seqused_k: Optional[Sequence[int]] = None,
+                               window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0
                                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of `varlen_attention_ref` for the output gradient dout, by autograd
     through it (float64, or the input dtype with upcast=False): packed like q, k and v; rows
@@ -216,7 +218,8 @@ def varlen_attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     with torch.enable_grad():
         out = varlen_attention_ref(*leaves, cu_seqlens_q, cu_seqlens_k, softmax_scale,
-                                   upcast=False, causal=causal, seqused_k=seqused_k)
+                                   upcast=False, causal=causal, seqused_k=seqused_k,
+                                   window_size=window_size, softcap=softcap)
         return torch.autograd.grad(out, leaves, dout.to(dtype), allow_unused=True,
                                    materialize_grads=True)
 

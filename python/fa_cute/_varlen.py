@@ -62,9 +62,8 @@ def varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     the output. config: a config name whose `configs()` entry has "varlen": True, or "auto".
 
     Gradients: with q, k or v requiring grad in grad mode, the call is recorded
-    (`varlen_backward` computes them; the LSE is then always computed, returned or not). A
-    softcap or a window has no backward yet, and out= takes no gradient: both raise
-    ValueError there.
+    (`varlen_backward` computes them; the LSE is then always computed, returned or not);
+    out= takes no gradient and raises ValueError there.
     """
     check_flag("causal", causal)
     check_flag("return_lse", return_lse)
@@ -73,10 +72,6 @@ def varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     batch, max_seqlen_q, max_seqlen_k = check_varlen_args(
         q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k)
     if grad_mode() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        if cap or window_left >= 0 or (window_right >= 0 and not causal):
-            raise ValueError("varlen_forward with a softcap or a window has no backward yet: call "
-                             "it under torch.no_grad() or on inputs that do not require grad, or "
-                             "drop softcap and window_size to train")
         if out is not None:
             raise ValueError("out: varlen_forward records gradients here (q, k or v requires "
                              "grad), and an output written into a given tensor has none; drop "
@@ -84,10 +79,10 @@ def varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         backward_config(q, "q")  # no backward for this head dim: fail before the forward runs
         run = lambda: _varlen_forward_launch(  # noqa: E731
             q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, batch,
-            causal, softmax_scale, 0.0, -1, -1, True, None, config)
+            causal, softmax_scale, cap, window_left, window_right, True, None, config)
         out, lse = VarlenAttention.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k,
                                          max_seqlen_q, max_seqlen_k, bool(causal), softmax_scale,
-                                         run)
+                                         cap, (window_left, window_right), run)
         return (out, lse) if return_lse else out
     out, lse = _varlen_forward_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k,
                                       max_seqlen_q, max_seqlen_k, batch, causal, softmax_scale,

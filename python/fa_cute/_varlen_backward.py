@@ -16,7 +16,8 @@ import torch
 
 from . import _C
 from ._backward import (BACKWARD_CONFIGS, DETERMINISTIC_FAMILIES, backward_config,
-                        deterministic_config, named_backward_config, semaphore_arg)
+                        backward_options, deterministic_config, named_backward_config,
+                        semaphore_arg)
 from ._configs import AUTO, DTYPE_NAMES
 from ._launch import current_stream
 from ._packed import check_packed_layout, check_varlen_args, packed_row_strides
@@ -32,19 +33,21 @@ def varlen_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
                     seqused_k: Optional[torch.Tensor] = None, causal: bool = False,
                     softmax_scale: Optional[float] = None, deterministic: bool = False,
                     dq: Optional[torch.Tensor] = None, dk: Optional[torch.Tensor] = None,
-                    dv: Optional[torch.Tensor] = None,
-                    config: Optional[str] = AUTO) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    dv: Optional[torch.Tensor] = None, config: Optional[str] = AUTO,
+                    softcap: float = 0.0, window_size: Tuple[int, int] = (-1, -1)
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv of `varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-    max_seqlen_k, seqused_k=seqused_k, causal=causal, softmax_scale=softmax_scale)`, from its
-    output `out`, its LSE `lse` ((nheads, total_q) float32: return_lse=True) and the output's
-    gradient `dout` (like q).
+    max_seqlen_k, seqused_k=seqused_k, causal=causal, softmax_scale=softmax_scale,
+    softcap=softcap, window_size=window_size)`, from its output `out`, its LSE `lse`
+    ((nheads, total_q) float32: return_lse=True) and the output's gradient `dout` (like q).
 
     deterministic=True: bitwise-reproducible dq (a fixed order of its additions). dq, dk,
     dv: optional tensors like q, k, v that receive the gradients. config: a backward config
-    (`fa_cute.backward`'s), or "auto". Windows and softcap have no backward yet.
+    (`fa_cute.backward`'s), or "auto".
     """
     check_flag("causal", causal)
     check_flag("deterministic", deterministic)
+    options = backward_options(softcap, window_size, bool(causal))
     batch, max_seqlen_q, max_seqlen_k = check_varlen_args(
         q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k)
     total_q, nheads, head_dim = q.shape
@@ -123,7 +126,7 @@ def varlen_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
             total_q, total_k, max_seqlen_q, max_seqlen_k, nheads, nheads_k, head_dim,
             strides(q), strides(k), strides(v), strides(out), strides(dout), strides(dq),
             strides(dk), strides(dv), scale, bool(causal), q.device.index,
-            current_stream(q.device.index), **semaphore_arg(semaphore))
+            current_stream(q.device.index), **semaphore_arg(semaphore), **options)
     return dq, dk, dv
 
 
@@ -155,23 +158,24 @@ class VarlenAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
-                causal, softmax_scale, run_forward):
+                causal, softmax_scale, softcap, window_size, run_forward):
         out, lse = run_forward()
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                               seqused_k if seqused_k is not None else torch.empty(0))
         ctx.has_seqused = seqused_k is not None
-        ctx.spec = (max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+        ctx.spec = (max_seqlen_q, max_seqlen_k, causal, softmax_scale, softcap, window_size)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse, cu_q, cu_k, seqused = ctx.saved_tensors
-        max_q, max_k, causal, scale = ctx.spec
+        max_q, max_k, causal, scale, softcap, window_size = ctx.spec
         dout = _kernel_ready(dout)
         dq, dk, dv = varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
                                      seqused_k=seqused if ctx.has_seqused else None,
-                                     causal=causal, softmax_scale=scale)
+                                     causal=causal, softmax_scale=scale, softcap=softcap,
+                                     window_size=window_size)
         needs = ctx.needs_input_grad
         return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
-                *(None,) * 8)
+                *(None,) * 10)
