@@ -24,7 +24,7 @@ from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, Names, broadcast_
 
 __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
            "named_backward_config", "backward_work_buffers", "check_backward_supported",
-           "backward_options", "deterministic_config", "dq_accum_rows", "dq_semaphore_count",
+           "backward_options", "check_like", "deterministic_config", "dq_accum_rows", "dq_semaphore_count",
            "has_backward",
            "run_backward",
            "semaphore_arg", "validate_backward", "validate_backward_cached"]
@@ -152,7 +152,7 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
     inputs = check_inputs(q, k, v, names)
     batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
     for name, t in (("out", out), ("dout", dout)):
-        _check_like(name, t, q, names.q)
+        check_like(name, t, q, names.q)
     _check_lse(lse, q, names.q)
     offset = seqlen_k - seqlen_q if bottom_right else 0
     # As the forward launches it: a mask that hides nothing runs non-causal.
@@ -179,7 +179,7 @@ def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, so
     for name, t, like, like_name in (("dq", dq, q, names.q), ("dk", dk, k, names.k),
                                      ("dv", dv, v, names.v)):
         if t is not None:
-            _check_like(name, t, like, like_name)
+            check_like(name, t, like, like_name)
             check_layout(name, t, _BLOCK_ROWS)
             if overlaps_itself(t):
                 raise ValueError(f"{name} has elements that share memory (e.g. an expanded "
@@ -261,7 +261,7 @@ def _tma_loadable_config(config: str, auto: bool, loaded, head_dim: int) -> str:
     return fallback
 
 
-def _check_like(name: str, t, like: torch.Tensor, like_name: str) -> None:
+def check_like(name: str, t, like: torch.Tensor, like_name: str) -> None:
     """t is a tensor of like's dtype and shape whose storage holds it."""
     check_tensor(name, t)
     if t.dtype != like.dtype:

@@ -16,12 +16,12 @@ import torch
 
 from . import _C
 from ._backward import (BACKWARD_CONFIGS, DETERMINISTIC_FAMILIES, backward_config,
-                        backward_options, deterministic_config, named_backward_config,
-                        semaphore_arg)
+                        backward_options, check_like, deterministic_config,
+                        named_backward_config, semaphore_arg)
 from ._configs import AUTO, DTYPE_NAMES
 from ._launch import current_stream
 from ._packed import check_packed_layout, check_varlen_args, packed_row_strides
-from ._validate import (ALLOWED_DTYPES, LIMITS, check_devices, check_flag, check_memory,
+from ._validate import (LIMITS, check_devices, check_flag, check_memory,
                         check_tensor, overlaps_itself, resolve_scale, spans_overlap)
 
 __all__ = ["VarlenAttention", "varlen_backward"]
@@ -53,7 +53,7 @@ def varlen_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     total_q, nheads, head_dim = q.shape
     total_k, nheads_k, _ = k.shape
     for name, t in (("out", out), ("dout", dout)):
-        _check_like(name, t, q, "q")
+        check_like(name, t, q, "q")
     check_tensor("lse", lse)
     if lse.dtype != torch.float32:
         raise TypeError(f"lse has dtype {lse.dtype}; it must be torch.float32 (varlen_forward's "
@@ -82,7 +82,7 @@ def varlen_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     for name, t, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
         if t is None:
             continue
-        _check_like(name, t, like, name[1:])
+        check_like(name, t, like, name[1:])
         check_packed_layout(name, t)
         if overlaps_itself(t):
             raise ValueError(f"{name} has elements that share memory (e.g. an expanded tensor); "
@@ -128,17 +128,6 @@ def varlen_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
             strides(dk), strides(dv), scale, bool(causal), q.device.index,
             current_stream(q.device.index), **semaphore_arg(semaphore), **options)
     return dq, dk, dv
-
-
-def _check_like(name: str, t, like: torch.Tensor, like_name: str) -> None:
-    check_tensor(name, t)
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype}; it must match {like_name} ({like.dtype}, "
-                        f"one of {ALLOWED_DTYPES})")
-    if t.shape != like.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}; it must match {like_name} "
-                         f"{tuple(like.shape)}")
-    check_memory(name, t)
 
 
 def _kernel_ready(dout: torch.Tensor) -> torch.Tensor:
