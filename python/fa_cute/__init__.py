@@ -26,9 +26,11 @@ from ._sdpa_backend import activate, activated, deactivate, is_active  # noqa: E
 from ._kvcache import forward_with_kvcache  # noqa: E402
 from ._varlen import varlen_forward  # noqa: E402
 from ._varlen_backward import varlen_backward  # noqa: E402
+from . import context_parallel  # noqa: E402  (fa_cute.context_parallel.ring_attention etc.)
 
 __version__: str = _C.build_info()["version"]
 
-__all__ = ["__version__", "activate", "activated", "backward", "combine", "configs", "deactivate",
+__all__ = ["__version__", "activate", "activated", "backward", "combine", "configs",
+           "context_parallel", "deactivate",
            "forward", "forward_timed", "forward_with_kvcache", "is_active", "resolve_config", "sdpa",
            "varlen_backward", "varlen_forward"]
