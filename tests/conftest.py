@@ -106,6 +106,11 @@ def reference_forward(monkeypatch: pytest.MonkeyPatch) -> list:
     """The forward kernel's results computed on CPU (the float64 reference written into the
     output and LSE, as the kernel would write them), without the device check; returns the
     launches (`_launch.Launch`) in order."""
+    return install_reference_forward(monkeypatch)
+
+
+def install_reference_forward(monkeypatch: pytest.MonkeyPatch) -> list:
+    """`reference_forward`'s stand-in, for a caller without fixtures (a spawned process)."""
     from fa_cute import _api, _validate
     from fa_cute._reference import attention_ref
 

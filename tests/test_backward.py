@@ -98,6 +98,11 @@ def _default_backward_config(head_dim: int, cc_major: int, cc_minor: int) -> str
 def backward_c(monkeypatch: pytest.MonkeyPatch) -> List[Dict]:
     """`_C.backward` and `_C.default_backward_config` as the contract states them, on CPU
     tensors (no device check, stream 0); returns the backward calls' arguments."""
+    return install_backward_c(monkeypatch)
+
+
+def install_backward_c(monkeypatch: pytest.MonkeyPatch) -> List[Dict]:
+    """`backward_c`'s stand-in, for a caller without fixtures (a spawned process)."""
     calls: List[Dict] = []
     monkeypatch.setattr(_C, "backward", _fake_backward(calls), raising=False)
     monkeypatch.setattr(_C, "default_backward_config", _default_backward_config, raising=False)

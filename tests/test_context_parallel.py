@@ -11,7 +11,8 @@ import torch
 from fa_cute import context_parallel as cp
 from fa_cute._reference import attention_grads_ref, attention_ref
 
-from test_backward import backward_c, kernels  # noqa: F401 (fixtures)
+from conftest import install_reference_forward
+from test_backward import backward_c, install_backward_c, kernels  # noqa: F401 (fixtures)
 
 BF16 = torch.bfloat16
 D = 128
@@ -73,3 +74,49 @@ def test_checks() -> None:
         cp.virtual_ring_attention(q, k[:, :12], v[:, :12], world=2)
     with pytest.raises(RuntimeError, match="init_process_group"):
         cp.ring_attention(q, k, v)
+
+
+# --- ring_attention over torch.distributed (gloo, CPU processes) ------------------------------
+# Each process stands the kernels in as the fixtures do (the float64 reference forward, the
+# backward from the merged output and LSE as the kernel computes it): the ring's
+# communication and merge through fa_cute's own forward and backward calls.
+
+def _ring_worker(rank: int, world: int, init: str, causal: bool, results) -> None:
+    import torch.distributed as dist
+
+    patches = pytest.MonkeyPatch()
+    install_reference_forward(patches)
+    install_backward_c(patches)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        q, k, v = _qkv(seqlen=8 * world, seed=7)
+        dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(8)).to(BF16)
+        shards = [cp.zigzag_shard(t, rank, world).requires_grad_() for t in (q, k, v)]
+        out = cp.ring_attention(*shards, causal=causal)
+        out.backward(cp.zigzag_shard(dout, rank, world))
+        results[rank] = [out.detach()] + [t.grad for t in shards]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_ring_attention_over_gloo(world: int, causal: bool, tmp_path) -> None:
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_ring_worker, args=(world, f"file://{tmp_path}/rendezvous", causal, results),
+             nprocs=world)
+    out, dq, dk, dv = (cp.zigzag_unshard([results[r][i] for r in range(world)]) for i in range(4))
+    q, k, v = (t.requires_grad_() for t in _qkv(seqlen=8 * world, seed=7))
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(8)).to(BF16)
+    ref = attention_ref(q.detach(), k.detach(), v.detach(), D ** -0.5, causal=causal)
+    assert (out.double() - ref).abs().max().item() < 2e-2
+    for name, g, r in zip("qkv", (dq, dk, dv), attention_grads_ref(q, k, v, dout, D ** -0.5,
+                                                                  causal=causal)):
+        err = (g.double() - r).abs().max().item()
+        assert err <= 0.02 * r.abs().max().item() + 1e-3, (name, err)
