@@ -19,7 +19,7 @@ b > a.
     virtual_ring_attention(q, k, v, world=W, causal=True)  # one process, W virtual ranks
     ring_attention(q_shard, k_shard, v_shard, causal=True, group=pg)   # torch.distributed
 
-`virtual_ring_attention` runs the ring's arithmetic (the same per-pair steps, the same
+`virtual_ring_attention` runs the ring's arithmetic (the same per-step calls, the same
 merge) on one GPU without communication: the tests compare it with full attention.
 `ring_attention` moves the shards with torch.distributed point-to-point operations (NCCL on
 GPUs), the next shard's transfer issued before the current shard's attention.
@@ -81,23 +81,28 @@ def zigzag_unshard(shards: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor
 
 
 # --- One rank's steps ------------------------------------------------------------------------
-# A rank's queries are its two chunks (a in _chunks_of(rank)); the K/V shard it holds at a
-# step is another rank's two chunks (b). Every (a, b) pair with b <= a (all of them without
-# causal) is one fa_cute call.
+# A rank's queries are its two chunks; at each step it holds one rank's K/V shard (two
+# chunks). With the zigzag split the visible pairs of a step form one block, so each step is
+# one fa_cute call (FlashAttention's zigzag ring):
+#   - not causal: every query of the shard over every key of the held shard;
+#   - the rank's own shard (step 0): causal over the whole shard (chunk r sees itself
+#     causally; chunk 2W-1-r sees chunk r whole and itself causally: the shard's causal mask);
+#   - an earlier rank's shard (s < r): every query over the shard's first chunk (chunk s,
+#     before both of the rank's chunks; chunk 2W-1-s comes after both);
+#   - a later rank's shard (s > r): the second query chunk over the whole shard (both of its
+#     chunks lie between the rank's two).
 
-def _pairs(q_chunks: Tuple[int, int], kv_chunks: Tuple[int, int], causal: bool):
-    """The visible (query chunk index, key chunk index, causal diagonal) pairs, indices into
-    the two-chunk shards (0 or 1)."""
-    for i, a in enumerate(q_chunks):
-        for j, b in enumerate(kv_chunks):
-            if not causal or b < a:
-                yield i, j, False
-            elif b == a:
-                yield i, j, True
-
-
-def _split2(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    return tuple(t.contiguous() for t in x.chunk(2, dim=1))
+def _block(rank: int, s: int, causal: bool, length: int):
+    """(query rows, key rows, causal) of rank's call at the step that holds rank s's shard,
+    rows as slices of the two-chunk shards of `length` rows."""
+    half = length // 2
+    if not causal:
+        return slice(0, length), slice(0, length), False
+    if s == rank:
+        return slice(0, length), slice(0, length), True
+    if s < rank:
+        return slice(0, length), slice(0, half), False
+    return slice(half, length), slice(0, length), False
 
 
 class _RankState:
@@ -108,46 +113,52 @@ class _RankState:
         self.lses: List[List[torch.Tensor]] = [[], []]
 
 
-def _forward_step(state: _RankState, q2, k2, v2, q_chunks, kv_chunks, causal: bool,
+def _forward_step(state: _RankState, q, k, v, rank: int, s: int, causal: bool,
                   softmax_scale) -> None:
-    """Attend the rank's query chunks to the K/V shard it holds (kv_chunks), adding the
-    partials to state."""
-    for i, j, diagonal in _pairs(q_chunks, kv_chunks, causal):
-        out, lse = _fa_forward(q2[i], k2[j], v2[j], causal=diagonal, softmax_scale=softmax_scale,
-                               return_lse=True)
-        state.outs[i].append(out)
-        state.lses[i].append(lse)
+    """Attend the rank's queries q to the K/V shard it holds (rank s's), adding the partial
+    output and LSE of each query chunk the block covers to state."""
+    rows, keys, diagonal = _block(rank, s, causal, q.shape[1])
+    out, lse = _fa_forward(q[:, rows], k[:, keys], v[:, keys], causal=diagonal,
+                           softmax_scale=softmax_scale, return_lse=True)
+    half = q.shape[1] // 2
+    first = 0 if rows.start == 0 else 1
+    for i in range(first, 2):
+        lo = (i - first) * half
+        state.outs[i].append(out[:, lo:lo + half])
+        state.lses[i].append(lse[..., lo:lo + half])
 
 
-def _merge(state: _RankState, like: torch.Tensor):
-    """Each query chunk's merged output and LSE (a chunk that saw no key at all: 0, -inf)."""
+def _merge(state: _RankState, q: torch.Tensor):
+    """The shard's merged output and LSE, (batch, 2c, heads, d) and (batch, heads, 2c); a
+    chunk that saw no key at all gets 0 and -inf."""
     outs, lses = [], []
-    for i in range(2):
+    for i, like in enumerate(q.chunk(2, dim=1)):
         if state.outs[i]:
             out, lse = combine(state.outs[i], state.lses[i])
         else:
-            batch, n, heads, _ = like[i].shape
-            out = torch.zeros_like(like[i])
-            lse = torch.full((batch, heads, n), float("-inf"), device=like[i].device)
-        outs.append(out.contiguous())
-        lses.append(lse.contiguous())
-    return outs, lses
+            batch, n, heads, _ = like.shape
+            out = torch.zeros_like(like)
+            lse = torch.full((batch, heads, n), float("-inf"), device=like.device)
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=-1)
 
 
-def _backward_step(dq_acc, dk_acc, dv_acc, dout2, q2, k2, v2, out2, lse2, q_chunks, kv_chunks,
+def _backward_step(dq_acc, dk_acc, dv_acc, dout, q, k, v, out, lse, rank: int, s: int,
                    causal: bool, softmax_scale) -> None:
-    """The rank's contributions for the K/V shard it holds: dq into its own accumulators,
-    dk and dv into the shard's (fp32)."""
-    for i, j, diagonal in _pairs(q_chunks, kv_chunks, causal):
-        dq, dk, dv = _fa_backward(dout2[i], q2[i], k2[j], v2[j], out2[i], lse2[i], causal=diagonal,
-                                  softmax_scale=softmax_scale)
-        dq_acc[i] += dq.float()
-        dk_acc[j] += dk.float()
-        dv_acc[j] += dv.float()
+    """The rank's contributions at the step holding rank s's shard (the forward's block):
+    dq into its own fp32 accumulator, dk and dv into the shard's."""
+    rows, keys, diagonal = _block(rank, s, causal, q.shape[1])
+    dq, dk, dv = _fa_backward(dout[:, rows], q[:, rows], k[:, keys], v[:, keys], out[:, rows],
+                              lse[..., rows].contiguous(), causal=diagonal,
+                              softmax_scale=softmax_scale)
+    dq_acc[:, rows] += dq.float()
+    dk_acc[:, keys] += dk.float()
+    dv_acc[:, keys] += dv.float()
 
 
-def _zeros_fp32(chunks) -> List[torch.Tensor]:
-    return [torch.zeros(c.shape, dtype=torch.float32, device=c.device) for c in chunks]
+def _zeros_fp32(t: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(t.shape, dtype=torch.float32, device=t.device)
 
 
 # --- The virtual ring ------------------------------------------------------------------------
@@ -174,42 +185,35 @@ class _VirtualRing(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, world: int, causal: bool, softmax_scale):
-        shards = [[_split2(zigzag_shard(t, r, world)) for t in (q, k, v)] for r in range(world)]
+        shards = [[zigzag_shard(t, r, world) for t in (q, k, v)] for r in range(world)]
         outs, lses = [], []
         for r in range(world):
             state = _RankState()
-            q2 = shards[r][0]
             for step in range(world):
                 s = (r - step) % world  # the rank whose shard r holds at this step
-                _forward_step(state, q2, shards[s][1], shards[s][2], _chunks_of(r, world),
-                              _chunks_of(s, world), causal, softmax_scale)
-            out2, lse2 = _merge(state, q2)
-            outs.append(out2)
-            lses.append(lse2)
-        ctx.save_for_backward(q, k, v, *[t for pair in outs for t in pair],
-                              *[t for pair in lses for t in pair])
+                _forward_step(state, shards[r][0], shards[s][1], shards[s][2], r, s, causal,
+                              softmax_scale)
+            out, lse = _merge(state, shards[r][0])
+            outs.append(out)
+            lses.append(lse)
+        ctx.save_for_backward(q, k, v, *outs, *lses)
         ctx.spec = (world, causal, softmax_scale)
-        return zigzag_unshard([torch.cat(o, dim=1) for o in outs])
+        return zigzag_unshard(outs)
 
     @staticmethod
     def backward(ctx, dout):
         world, causal, scale = ctx.spec
         q, k, v, *rest = ctx.saved_tensors
-        outs = [rest[2 * r:2 * r + 2] for r in range(world)]
-        lses = [rest[2 * world + 2 * r:2 * world + 2 * r + 2] for r in range(world)]
-        shards = [[_split2(zigzag_shard(t, r, world)) for t in (q, k, v)] for r in range(world)]
-        douts = [_split2(zigzag_shard(dout, r, world)) for r in range(world)]
-        dq = [_zeros_fp32(shards[r][0]) for r in range(world)]
-        dk = [_zeros_fp32(shards[r][1]) for r in range(world)]
-        dv = [_zeros_fp32(shards[r][2]) for r in range(world)]
+        outs, lses = rest[:world], rest[world:]
+        shards = [[zigzag_shard(t, r, world) for t in (q, k, v)] for r in range(world)]
+        douts = [zigzag_shard(dout, r, world) for r in range(world)]
+        dq, dk, dv = ([_zeros_fp32(shards[r][i]) for r in range(world)] for i in range(3))
         for r in range(world):
             for step in range(world):
                 s = (r - step) % world
                 _backward_step(dq[r], dk[s], dv[s], douts[r], shards[r][0], shards[s][1],
-                               shards[s][2], outs[r], lses[r], _chunks_of(r, world),
-                               _chunks_of(s, world), causal, scale)
-        grads = [zigzag_unshard([torch.cat(g[r], dim=1) for r in range(world)]).to(q.dtype)
-                 for g in (dq, dk, dv)]
+                               shards[s][2], outs[r], lses[r], r, s, causal, scale)
+        grads = [zigzag_unshard(g).to(q.dtype) for g in (dq, dk, dv)]
         return (*grads, None, None, None)
 
 
@@ -249,44 +253,38 @@ class _Ring(torch.autograd.Function):
         import torch.distributed as dist
 
         world, rank = dist.get_world_size(group), dist.get_rank(group)
-        q2 = _split2(q)
         state = _RankState()
         kv = (k.contiguous(), v.contiguous())
         for step in range(world):
             if step + 1 < world:
                 nxt, reqs = _ring_exchange(kv, group, rank, world)  # under this step's attention
-            s = (rank - step) % world
-            _forward_step(state, q2, _split2(kv[0]), _split2(kv[1]), _chunks_of(rank, world),
-                          _chunks_of(s, world), causal, softmax_scale)
+            _forward_step(state, q, kv[0], kv[1], rank, (rank - step) % world, causal,
+                          softmax_scale)
             if step + 1 < world:
                 for req in reqs:
                     req.wait()
                 kv = tuple(nxt)
-        out2, lse2 = _merge(state, q2)
-        ctx.save_for_backward(q, k, v, *out2, *lse2)
+        out, lse = _merge(state, q)
+        ctx.save_for_backward(q, k, v, out, lse)
         ctx.spec = (causal, softmax_scale, group)
-        return torch.cat(out2, dim=1)
+        return out
 
     @staticmethod
     def backward(ctx, dout):
         import torch.distributed as dist
 
         causal, scale, group = ctx.spec
-        q, k, v, out_a, out_b, lse_a, lse_b = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
         world, rank = dist.get_world_size(group), dist.get_rank(group)
-        q2, dout2 = _split2(q), _split2(dout.contiguous())
-        dq2 = _zeros_fp32(q2)
-        # The shard and its dK/dV accumulators travel together; after world steps (world - 1
-        # hops, then one more) each rank holds its own shard's sums again.
+        dout = dout.contiguous()
+        dq = _zeros_fp32(q)
+        # The shard and its dK/dV accumulators travel together; one hop after the last step
+        # each rank holds its own shard's sums again.
         kv = (k.contiguous(), v.contiguous())
-        dkv = (torch.zeros(k.shape, dtype=torch.float32, device=k.device),
-               torch.zeros(v.shape, dtype=torch.float32, device=v.device))
+        dkv = (_zeros_fp32(k), _zeros_fp32(v))
         for step in range(world):
-            s = (rank - step) % world
-            dk2, dv2 = list(dkv[0].chunk(2, dim=1)), list(dkv[1].chunk(2, dim=1))
-            _backward_step(dq2, dk2, dv2, dout2, q2, _split2(kv[0]), _split2(kv[1]), (out_a, out_b),
-                           (lse_a, lse_b), _chunks_of(rank, world), _chunks_of(s, world), causal,
-                           scale)
+            _backward_step(dq, dkv[0], dkv[1], dout, q, kv[0], kv[1], out, lse, rank,
+                           (rank - step) % world, causal, scale)
             if world > 1:
                 tensors = (kv + dkv) if step + 1 < world else dkv
                 received, reqs = _ring_exchange(tensors, group, rank, world)
@@ -296,8 +294,7 @@ class _Ring(torch.autograd.Function):
                     kv, dkv = tuple(received[:2]), tuple(received[2:])
                 else:
                     dkv = tuple(received)
-        dq = torch.cat(dq2, dim=1).to(q.dtype)
-        return dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
