@@ -80,3 +80,54 @@ def test_ring_attention_over_nccl(world, causal, tmp_path) -> None:
     # differ only in the fp32 order of their additions.
     for a, b in zip(got, [out.detach()] + [t.grad for t in leaves]):
         torch.testing.assert_close(a.to(DEVICE), b, atol=2e-2, rtol=2e-2)
+
+
+def _torch_cp_worker(rank, world, init, results):
+    """PyTorch's own context_parallel (DTensor's ring over SDPA's flash op) with
+    fa_cute.activate(): its per-step flash attention runs fa_cute's kernel (counted at _C)."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+    from torch.distributed.tensor.experimental._attention import context_parallel_unshard
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=init, rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cuda", (world,))
+        gen = torch.Generator().manual_seed(12)
+        q, k, v = (torch.randn(2, 8, 256 * world, D, generator=gen).to(f"cuda:{rank}", torch.bfloat16)
+                   for _ in range(3))
+        calls = []
+        forward = fa_cute._C.forward
+        fa_cute._C.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)
+        fa_cute.activate()
+        try:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                full = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                cp_qkv = [t.clone() for t in (q, k, v)]
+                with context_parallel(mesh, buffers=tuple(cp_qkv), buffer_seq_dims=(2, 2, 2)):
+                    out = F.scaled_dot_product_attention(*cp_qkv, is_causal=True)
+                (out,) = context_parallel_unshard(mesh, [out], [2])
+        finally:
+            fa_cute.deactivate()
+            fa_cute._C.forward = forward
+        results[rank] = ((out.float() - full.float()).abs().max().item(), len(calls))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pytorch_context_parallel_runs_on_fa_cute(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}")
+    if not hasattr(torch.library, "get_kernel"):
+        pytest.skip("fa_cute.activate needs PyTorch >= 2.9")
+    results = mp.Manager().dict()
+    mp.spawn(_torch_cp_worker, args=(2, f"file://{tmp_path}/rendezvous", results), nprocs=2)
+    for rank in range(2):
+        err, calls = results[rank]
+        assert calls > 1, f"rank {rank}: fa_cute's kernel ran {calls} times under context_parallel"
+        assert err < 2e-2, f"rank {rank}: context-parallel output off by {err}"
