@@ -48,12 +48,12 @@ def test_import_fa_cute_does_not_import_transformers() -> None:
 @pytest.mark.parametrize("kwargs, pattern", [
     (dict(attention_mask=torch.ones(2, 5, dtype=torch.bool)), r"^attention_mask: .*padding"),
     (dict(dropout=0.1), r"^dropout must be 0\.0: .*model\.eval\(\)"),
-    (dict(sliding_window=4096), r"^sliding_window must be None: .*sliding-window"),
-    (dict(softcap=30.0), r"^softcap must be None: .*softcapping"),
+    (dict(sliding_window=0), r"^sliding_window must be None or an int >= 1"),
+    (dict(softcap=-1.0), r"softcap"),
     (dict(s_aux=torch.zeros(8)), r"^s_aux must be None: .*sinks"),
     (dict(position_bias=torch.zeros(1, 8, 5, 5)), r"^position_bias must be None"),
     (dict(output_attentions=True), r"^output_attentions must be False"),
-], ids=["mask", "dropout", "sliding-window", "softcap", "sinks", "position-bias",
+], ids=["mask", "dropout", "bad-sliding-window", "bad-softcap", "sinks", "position-bias",
         "output-attentions"])
 def test_unsupported_features_are_refused(kwargs, pattern: str) -> None:
     args = dict(attention_mask=None)
@@ -62,11 +62,15 @@ def test_unsupported_features_are_refused(kwargs, pattern: str) -> None:
         hf.attention_forward(torch.nn.Module(), bhsd(), bhsd(heads=2), bhsd(heads=2), **args)
 
 
-def test_a_supported_call_reaches_fa_cute() -> None:
-    """GQA in transformers' layout goes through as views; on CPU the device check ends it."""
+@pytest.mark.parametrize("extras", [dict(sliding_window=None, softcap=None),
+                                    dict(sliding_window=4, softcap=30.0)],
+                         ids=["plain", "window-softcap"])
+def test_a_supported_call_reaches_fa_cute(extras) -> None:
+    """GQA in transformers' layout goes through as views, a sliding window and a softcap
+    with it; on CPU the device check ends it."""
     with pytest.raises(ValueError, match="CUDA tensors only"):
         hf.attention_forward(torch.nn.Module(), bhsd(), bhsd(heads=2), bhsd(heads=2), None,
-                             scaling=0.1, sliding_window=None, softcap=None)
+                             scaling=0.1, **extras)
 
 
 def test_model_padding_is_refused() -> None:
@@ -162,3 +166,31 @@ def test_llama_logits_match_sdpa(prefill_len: int, monkeypatch: pytest.MonkeyPat
     diff = (got - ref).abs().max().item()
     assert torch.isfinite(got).all()
     assert diff <= max(2 * peer_diff, floor), (diff, peer_diff, floor, list(by_backend))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("prefill_len", [9, 70])
+def test_gemma2_window_and_softcap_match_eager(prefill_len: int) -> None:
+    """A small random Gemma 2 (sliding-window layers of 16 keys, attention logits capped at
+    50) on "fa_cute" against transformers' "eager" attention, which computes both: logits of
+    prefill and 4 cached decode steps within twice eager's own bf16 error (against the same
+    model in float32), with a floor of 1e-3 of the logits' magnitude."""
+    hf.register()
+    torch.manual_seed(0)
+    config = transformers.Gemma2Config(
+        hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=HEAD_DIM,
+        num_hidden_layers=2, intermediate_size=512, vocab_size=1000, sliding_window=16,
+        attn_logit_softcapping=50.0, query_pre_attn_scalar=HEAD_DIM, attn_implementation="eager")
+    model = transformers.Gemma2ForCausalLM(config).to("cuda").eval()
+    prefill = torch.randint(0, 1000, (2, prefill_len), device="cuda")
+    steps = torch.randint(0, 1000, (2, 4), device="cuda")
+    with torch.inference_mode():
+        exact = _logits(model, prefill, steps)  # float32 eager
+        model = model.to(torch.bfloat16)
+        ref = _logits(model, prefill, steps)
+        model.set_attn_implementation("fa_cute")
+        got = _logits(model, prefill, steps)
+    floor = 1e-3 * exact.abs().max().item()
+    bound = max(2 * (ref - exact).abs().max().item(), floor)
+    assert torch.isfinite(got).all()
+    assert (got - exact).abs().max().item() <= bound

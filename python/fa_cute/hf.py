@@ -15,11 +15,14 @@ its own, an implementation gets no mask at all, and padding would be ignored sil
 
 Supported: prefill (causal, aligned bottom-right, so a prefill chunk after cached tokens
 sees them all) and decode with a cache whose keys are all valid (DynamicCache, the
-default), grouped-query and multi-query heads (no K/V copies), bf16/fp16 on CUDA, inference
-and training (gradients through `fa_cute.forward`, for the head dims its backward takes).
-Refused with an error naming what to change: padding (an attention_mask with zeros, or a
-StaticCache, whose unfilled slots are masked), dropout in training, sliding windows, logit
-softcapping, attention sinks (s_aux), position biases, output_attentions=True.
+default), grouped-query and multi-query heads (no K/V copies), sliding windows (Mistral,
+Gemma 2/3: the `sliding_window` argument, as transformers' FlashAttention integration reads
+it, each query seeing itself and the sliding_window - 1 keys before it) and logit
+softcapping (Gemma 2: `softcap`), bf16/fp16 on CUDA, inference and training (gradients
+through `fa_cute.forward`, for the head dims its backward takes). Refused with an error
+naming what to change: padding (an attention_mask with zeros, or a StaticCache, whose
+unfilled slots are masked), dropout in training, attention sinks (s_aux), position biases,
+output_attentions=True.
 
 transformers is imported only by `register`: `import fa_cute` never needs it.
 """
@@ -35,8 +38,6 @@ NAME = "fa_cute"
 # Keyword arguments some models pass that change the attention computed; fa_cute computes
 # none of them, so any value but None is refused rather than ignored.
 _UNSUPPORTED = {
-    "sliding_window": "sliding-window attention",
-    "softcap": "logit softcapping",
     "s_aux": "attention sinks",
     "position_bias": "an additive position bias",
 }
@@ -83,9 +84,24 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise ValueError(f"output_attentions must be False: {NAME} does not compute the "
                          "attention weights; use attn_implementation='eager' for them")
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    window_size = _window(kwargs.get("sliding_window"), bool(causal))
+    softcap = kwargs.get("softcap")
     # Views (batch, seqlen, nheads, headdim) of transformers' tensors: no copies.
     out = _api.forward(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                       causal=bool(causal), softmax_scale=scaling)
+                       causal=bool(causal), softmax_scale=scaling, window_size=window_size,
+                       softcap=0.0 if softcap is None else softcap)
     # Laid out like query; callers may .view() the result, which needs it contiguous (a
     # no-op for the usual (batch, seqlen, nheads, headdim) projections).
     return out.contiguous(), None
+
+
+def _window(sliding_window, causal: bool) -> Tuple[int, int]:
+    """forward's window_size for transformers' sliding_window (None: no window): W keys a
+    query, itself and the W - 1 before it (and, not causal, the W - 1 after it), as
+    transformers' FlashAttention integration passes it on."""
+    if sliding_window is None:
+        return (-1, -1)
+    if isinstance(sliding_window, bool) or not isinstance(sliding_window, int) or sliding_window < 1:
+        raise ValueError(f"sliding_window must be None or an int >= 1 (the keys a query sees); "
+                         f"got {sliding_window!r}")
+    return (sliding_window - 1, 0 if causal else sliding_window - 1)
