@@ -110,6 +110,38 @@ def test_model_in_grad_mode_goes_to_the_differentiable_path(
         model(ids)
 
 
+def _gemma2(sliding_window=16, softcap=50.0):
+    """A small random Gemma 2: sliding-window layers and capped attention logits."""
+    torch.manual_seed(0)
+    config = transformers.Gemma2Config(
+        hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=HEAD_DIM,
+        num_hidden_layers=2, intermediate_size=512, vocab_size=1000,
+        sliding_window=sliding_window, attn_logit_softcapping=softcap,
+        query_pre_attn_scalar=HEAD_DIM, attn_implementation="eager")
+    return transformers.Gemma2ForCausalLM(config).eval()
+
+
+def test_gemma2_window_and_softcap_reach_the_kernel(reference_forward) -> None:
+    """On CPU with the kernel stood in (the float64 reference): a Gemma 2's sliding layers
+    launch a window of sliding_window - 1 keys to the left, every layer its softcap, and the
+    logits match eager attention's (which computes both) by the 2x rule."""
+    hf.register()
+    model = _gemma2()
+    ids = torch.randint(0, 1000, (2, 40))
+    with torch.inference_mode():
+        exact = model(ids).logits.float()  # float32 eager
+        model = model.to(torch.bfloat16)
+        plain = model(ids).logits.float()  # bf16 eager
+        model.set_attn_implementation("fa_cute")
+        got = model(ids).logits.float()
+    # Sliding and global layers, causal (the launch's right bound is the diagonal).
+    windows = {(launch.window_left, launch.window_right) for launch in reference_forward}
+    assert windows == {(15, -1), (-1, -1)} and all(launch.is_causal for launch in reference_forward)
+    assert {launch.softcap for launch in reference_forward} == {50.0}
+    # Within twice eager's own bf16 error (a window off by one key is 25x that).
+    assert (got - exact).abs().max().item() <= 2 * (plain - exact).abs().max().item()
+
+
 # On a GPU ------------------------------------------------------------------------------------
 
 def _logits(model, prefill: torch.Tensor, steps: torch.Tensor):
@@ -176,12 +208,7 @@ def test_gemma2_window_and_softcap_match_eager(prefill_len: int) -> None:
     prefill and 4 cached decode steps within twice eager's own bf16 error (against the same
     model in float32), with a floor of 1e-3 of the logits' magnitude."""
     hf.register()
-    torch.manual_seed(0)
-    config = transformers.Gemma2Config(
-        hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=HEAD_DIM,
-        num_hidden_layers=2, intermediate_size=512, vocab_size=1000, sliding_window=16,
-        attn_logit_softcapping=50.0, query_pre_attn_scalar=HEAD_DIM, attn_implementation="eager")
-    model = transformers.Gemma2ForCausalLM(config).to("cuda").eval()
+    model = _gemma2().to("cuda")
     prefill = torch.randint(0, 1000, (2, prefill_len), device="cuda")
     steps = torch.randint(0, 1000, (2, 4), device="cuda")
     with torch.inference_mode():
