@@ -221,3 +221,65 @@ def test_gemma2_window_and_softcap_match_eager(prefill_len: int) -> None:
     bound = max(2 * (ref - exact).abs().max().item(), floor)
     assert torch.isfinite(got).all()
     assert (got - exact).abs().max().item() <= bound
+
+
+# Packed sequences (padding-free training) ---------------------------------------------------
+
+def _varlen_stand_in(calls):
+    """hf.varlen_forward on CPU: the float64 reference, sequence by sequence."""
+    from fa_cute._reference import varlen_attention_ref
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, causal, softmax_scale, window_size, softcap):
+        calls.append(dict(cu_q=cu_q.tolist(), cu_k=cu_k.tolist(), max_q=max_q, max_k=max_k,
+                          causal=causal, window_size=window_size, softcap=softcap))
+        out = varlen_attention_ref(q, k, v, cu_q.tolist(), cu_k.tolist(),
+                                   softmax_scale or q.shape[-1] ** -0.5, causal=causal,
+                                   window_size=window_size, softcap=softcap)
+        return out.to(q.dtype)
+    return varlen
+
+
+def test_packed_keywords_run_varlen(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(hf, "varlen_forward", _varlen_stand_in(calls))
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    out, _ = hf.attention_forward(torch.nn.Module(), bhsd(batch=1), bhsd(batch=1, heads=2),
+                                  bhsd(batch=1, heads=2), None, cu_seq_lens_q=cu,
+                                  cu_seq_lens_k=cu, max_length_q=3, max_length_k=3,
+                                  sliding_window=2)
+    assert out.shape == (1, 5, 8, HEAD_DIM)
+    assert calls == [dict(cu_q=[0, 2, 5], cu_k=[0, 2, 5], max_q=3, max_k=3, causal=True,
+                          window_size=(1, 0), softcap=0.0)]
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(cu_seq_lens_q=torch.tensor([0, 5])), r"cu_seq_lens_k, max_length_q, max_length_k: packed"),
+    (dict(block_table=torch.zeros(1, 1)), r"^block_table must be None"),
+    (dict(position_ids=torch.tensor([[1, 2, 0, 1, 2]])), r"^position_ids: packed sequences must start"),
+], ids=["incomplete", "paged", "position-ids-start"])
+def test_packed_refusals(kwargs, pattern) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        hf.attention_forward(torch.nn.Module(), bhsd(batch=1), bhsd(batch=1, heads=2),
+                             bhsd(batch=1, heads=2), None, **kwargs)
+
+
+def test_packed_llama_row_equals_its_sequences(reference_forward,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padding-free batching (DataCollatorWithFlattening's position ids): one row holding
+    three sequences gives each sequence the logits it gets alone (the kernels stood in);
+    the row without its position ids would mix them."""
+    calls = []
+    monkeypatch.setattr(hf, "varlen_forward", _varlen_stand_in(calls))
+    hf.register()
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(llama_config()).to(torch.bfloat16).eval()
+    model.set_attn_implementation("fa_cute")
+    lengths = [5, 9, 4]
+    seqs = [torch.randint(0, 1000, (1, n)) for n in lengths]
+    with torch.inference_mode():
+        alone = torch.cat([model(s).logits for s in seqs], dim=1).float()
+        row = torch.cat(seqs, dim=1)
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        packed = model(row, position_ids=positions).logits.float()
+    assert calls and calls[0]["cu_q"] == [0, 5, 14, 18] and calls[0]["max_q"] == 9
+    assert (packed - alone).abs().max().item() <= 0.02 * alone.abs().max().item()

@@ -22,7 +22,11 @@ softcapping (Gemma 2: `softcap`), bf16/fp16 on CUDA, inference and training (gra
 through `fa_cute.forward`, for the head dims its backward takes). Refused with an error
 naming what to change: padding (an attention_mask with zeros, or a StaticCache, whose
 unfilled slots are masked), dropout in training, attention sinks (s_aux), position biases,
-output_attentions=True.
+output_attentions=True. Packed batches (padding-free training: several sequences in one
+row, given by transformers' `cu_seq_lens_q` / `cu_seq_lens_k` / `max_length_q` /
+`max_length_k`, or by `position_ids` that restart within the row) run on
+`fa_cute.varlen_forward`, each sequence attending to itself only; a paged cache's
+`block_table` is refused.
 
 transformers is imported only by `register`: `import fa_cute` never needs it.
 """
@@ -32,6 +36,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _api
+from ._varlen import varlen_forward
 
 NAME = "fa_cute"
 
@@ -83,9 +88,22 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if kwargs.get("output_attentions"):
         raise ValueError(f"output_attentions must be False: {NAME} does not compute the "
                          "attention weights; use attn_implementation='eager' for them")
+    if kwargs.get("block_table") is not None:
+        raise ValueError(f"block_table must be None: {NAME} does not run transformers' paged "
+                         "cache (continuous batching); call fa_cute.forward_with_kvcache, or use "
+                         "attn_implementation='sdpa'")
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     window_size = _window(kwargs.get("sliding_window"), bool(causal))
     softcap = kwargs.get("softcap")
+    packed = _packed_sequences(query, kwargs)
+    if packed is not None:
+        # One row of several sequences: (1, heads, total, d) viewed as packed (total, heads, d).
+        cu_q, cu_k, max_q, max_k = packed
+        out = varlen_forward(query[0].transpose(0, 1), key[0].transpose(0, 1),
+                             value[0].transpose(0, 1), cu_q, cu_k, max_q, max_k,
+                             causal=bool(causal), softmax_scale=scaling, window_size=window_size,
+                             softcap=0.0 if softcap is None else softcap)
+        return out.unsqueeze(0), None
     # Views (batch, seqlen, nheads, headdim) of transformers' tensors: no copies.
     out = _api.forward(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                        causal=bool(causal), softmax_scale=scaling, window_size=window_size,
@@ -93,6 +111,40 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     # Laid out like query; callers may .view() the result, which needs it contiguous (a
     # no-op for the usual (batch, seqlen, nheads, headdim) projections).
     return out.contiguous(), None
+
+
+def _packed_sequences(query: torch.Tensor, kwargs: dict):
+    """(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) where the call packs several
+    sequences into its one row, else None: transformers' cu_seq_lens / max_length keywords,
+    or position ids (batch 1, more than one query) that restart, as transformers'
+    FlashAttention integration reads them (that check reads the ids on the host)."""
+    names = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+    given = [kwargs.get(name) for name in names]
+    if any(x is not None for x in given):
+        missing = [name for name, x in zip(names, given) if x is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: packed sequences need all of {names}")
+        if query.shape[0] != 1:
+            raise ValueError(f"cu_seq_lens_q: packed sequences come in one row (batch 1), got "
+                             f"batch {query.shape[0]}")
+        cu_q, cu_k, max_q, max_k = given
+        return (cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k))
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or query.shape[0] != 1 or query.shape[2] == 1:
+        return None
+    ids = position_ids.reshape(-1)
+    if ids.numel() != query.shape[2]:
+        return None
+    first = ids.min()
+    if bool((torch.arange(ids.numel(), device=ids.device) + first != ids).any()):
+        starts = (ids == first).nonzero().view(-1).to(torch.int32)
+        if int(starts[0]) != 0:
+            raise ValueError(f"position_ids: packed sequences must start at the row's first "
+                             f"position (with id {int(first)}), got {ids[:4].tolist()}...")
+        cu = torch.cat([starts, torch.tensor([ids.numel()], dtype=torch.int32, device=ids.device)])
+        longest = int(cu.diff().max())
+        return cu, cu, longest, longest
+    return None
 
 
 def _window(sliding_window, causal: bool) -> Tuple[int, int]:
