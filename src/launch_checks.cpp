@@ -1,5 +1,6 @@
 #include "launch_checks.h"
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
@@ -140,14 +141,44 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
   return extents;
 }
 
-ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams const& p, int device) {
+namespace {
+
+// A varlen call (FwdParams or BwdParams, the same field names): both offset buffers given
+// and the packed row counts within the kernels' bound; returns the packed tensors as one
+// dense batch entry of total_q / total_k rows, for the dense call's operand rules and
+// extents.
+template <class Params>
+Params packed_as_one_entry(Params const& p) {
   FA_CUTE_REQUIRE(p.cu_seqlens_q != nullptr && p.cu_seqlens_k != nullptr,
                   "cu_seqlens_q, cu_seqlens_k: a varlen call needs both (non-null int32 device pointers)");
-  FA_CUTE_REQUIRE(p.batch >= 1, "batch: must be >= 1 (len(cu_seqlens_q) - 1), got " + str(p.batch));
   FA_CUTE_REQUIRE(p.total_q >= 1 && p.total_q <= kMaxSeqlen,
                   "total_q: the packed rows of q must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_q));
   FA_CUTE_REQUIRE(p.total_k >= 1 && p.total_k <= kMaxSeqlen,
                   "total_k: the packed rows of k must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_k));
+  Params packed = p;
+  packed.batch = 1;
+  packed.seqlen_q = p.total_q;
+  packed.seqlen_k = p.total_k;
+  packed.causal_offset = 0;
+  packed.cu_seqlens_q = packed.cu_seqlens_k = packed.seqused_k = nullptr;
+  return packed;
+}
+
+// The extents of a varlen call's int32 buffers: cu_seqlens_q and cu_seqlens_k (batch + 1
+// each) and seqused_k (batch; none where null).
+template <class Params>
+std::array<OperandExtent, 3> packed_offset_extents(Params const& p) {
+  return {check_int32_buffer("cu_seqlens_q", p.cu_seqlens_q, p.batch + 1ll),
+          check_int32_buffer("cu_seqlens_k", p.cu_seqlens_k, p.batch + 1ll),
+          p.seqused_k != nullptr ? check_int32_buffer("seqused_k", p.seqused_k, p.batch)
+                                 : OperandExtent{"seqused_k", 0, 0}};
+}
+
+}  // namespace
+
+ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams const& p, int device) {
+  FwdParams const packed = packed_as_one_entry(p);
+  FA_CUTE_REQUIRE(p.batch >= 1, "batch: must be >= 1 (len(cu_seqlens_q) - 1), got " + str(p.batch));
   FA_CUTE_REQUIRE(p.seqlen_q >= 1 && p.seqlen_q <= kMaxSeqlen,
                   "max_seqlen_q: must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.seqlen_q));
   FA_CUTE_REQUIRE(p.seqlen_k >= 1 && p.seqlen_k <= kMaxSeqlen,
@@ -157,17 +188,9 @@ ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams cons
   FA_CUTE_REQUIRE(query_tiles <= kMaxLaunchTiles, "batch * nheads * ceil(max_seqlen_q / " + str(kernel.block_m) +
                                                       ") must be <= " + str(kMaxLaunchTiles) +
                                                       " (tiles are numbered in int)");
-  // The packed tensors as one dense batch entry: the same operand rules and extents.
-  FwdParams packed = p;
-  packed.batch = 1;
-  packed.seqlen_q = p.total_q;
-  packed.seqlen_k = p.total_k;
-  packed.causal_offset = 0;
-  packed.cu_seqlens_q = packed.cu_seqlens_k = packed.seqused_k = nullptr;
   ForwardExtents extents = check_forward_args(kernel, packed, device);
-  extents[7] = check_int32_buffer("cu_seqlens_q", p.cu_seqlens_q, p.batch + 1ll);
-  extents[8] = check_int32_buffer("cu_seqlens_k", p.cu_seqlens_k, p.batch + 1ll);
-  if (p.seqused_k != nullptr) extents[9] = check_int32_buffer("seqused_k", p.seqused_k, p.batch);
+  std::array<OperandExtent, 3> const offsets = packed_offset_extents(p);
+  for (size_t i = 0; i < offsets.size(); ++i) extents[7 + i] = offsets[i];
   return extents;
 }
 
@@ -353,13 +376,9 @@ BackwardExtents check_backward_args(BwdKernel const& kernel, BwdParams const& p,
 }
 
 BackwardExtents check_varlen_backward_args(BwdKernel const& kernel, BwdParams const& p, int device) {
-  FA_CUTE_REQUIRE(p.cu_seqlens_q != nullptr && p.cu_seqlens_k != nullptr,
-                  "cu_seqlens_q, cu_seqlens_k: a varlen call needs both (non-null int32 device pointers)");
+  BwdParams packed = packed_as_one_entry(p);
+  packed.dq_semaphore_ptr = nullptr;  // its counters are numbered per sequence: checked below
   check_problem_sizes(p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_k);  // seqlen_q/k: the maxima
-  FA_CUTE_REQUIRE(p.total_q >= 1 && p.total_q <= kMaxSeqlen,
-                  "total_q: the packed rows of q must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_q));
-  FA_CUTE_REQUIRE(p.total_k >= 1 && p.total_k <= kMaxSeqlen,
-                  "total_k: the packed rows of k must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.total_k));
   FA_CUTE_REQUIRE(p.dq_accum_rows == bwd_dq_accum_varlen_rows(p.total_q, p.batch),
                   "dq_accum_rows: a varlen batch's are total_q + batch * " + str(kDqAccumRowAlign) +
                       " rounded up to a multiple of " + str(kDqAccumRowAlign) + ", got " + str(p.dq_accum_rows));
@@ -367,23 +386,14 @@ BackwardExtents check_varlen_backward_args(BwdKernel const& kernel, BwdParams co
   FA_CUTE_REQUIRE(key_tiles <= kMaxLaunchTiles, "batch * nheads_k * ceil(max_seqlen_k / " + str(kernel.block_n) +
                                                     ") must be <= " + str(kMaxLaunchTiles) +
                                                     " (tiles are numbered in int)");
-  // The packed tensors as one dense batch entry: the same operand rules and extents.
-  BwdParams packed = p;
-  packed.batch = 1;
-  packed.seqlen_q = p.total_q;
-  packed.seqlen_k = p.total_k;
-  packed.causal_offset = 0;
-  packed.cu_seqlens_q = packed.cu_seqlens_k = packed.seqused_k = nullptr;
-  packed.dq_semaphore_ptr = nullptr;
   BackwardExtents extents = check_backward_args(kernel, packed, device);
   int const bm = kernel.block_m;
   if (p.dq_semaphore_ptr != nullptr) {
     extents[11] = check_fp32_buffer("dq_semaphore", reinterpret_cast<uintptr_t>(p.dq_semaphore_ptr),
                                     u128(p.batch) * p.nheads * ((p.seqlen_q + bm - 1) / bm));
   }
-  extents[12] = check_int32_buffer("cu_seqlens_q", p.cu_seqlens_q, p.batch + 1ll);
-  extents[13] = check_int32_buffer("cu_seqlens_k", p.cu_seqlens_k, p.batch + 1ll);
-  if (p.seqused_k != nullptr) extents[14] = check_int32_buffer("seqused_k", p.seqused_k, p.batch);
+  std::array<OperandExtent, 3> const offsets = packed_offset_extents(p);
+  for (size_t i = 0; i < offsets.size(); ++i) extents[12 + i] = offsets[i];
   return extents;
 }
 

@@ -270,28 +270,6 @@ int num_splits(std::string const& config, std::string const& dtype, int batch, i
 // (batch, nheads, seqlen_q), both contiguous (src/bwd_launch.h: preprocess, main kernel,
 // postprocess). dq_semaphore (0: none): deterministic dQ, the caller's int32 buffer
 // (batch, nheads, ceil(seqlen_q / block_m)) (src/bwd_dq_order.h). Checked as forward is.
-// What backward and varlen_backward set besides the forward's operands and the sizes: dout,
-// lse, the gradients, the work buffers and the deterministic counters (dq_semaphore 0: none).
-void set_backward_operands(BwdParams& params, BwdKernel const& kernel, uintptr_t dout, uintptr_t lse, uintptr_t dq,
-                           uintptr_t dk, uintptr_t dv, uintptr_t dq_accum, uintptr_t softmax_d, Strides do_strides,
-                           Strides dq_strides, Strides dk_strides, Strides dv_strides, int head_dim,
-                           uintptr_t dq_semaphore) {
-  params.do_ptr = reinterpret_cast<void const*>(dout);
-  params.lse_ptr = reinterpret_cast<float const*>(lse);
-  params.dq_ptr = reinterpret_cast<void*>(dq);
-  params.dk_ptr = reinterpret_cast<void*>(dk);
-  params.dv_ptr = reinterpret_cast<void*>(dv);
-  params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
-  params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
-  params.dq_semaphore_ptr = reinterpret_cast<int*>(dq_semaphore);  // 0: not deterministic
-  params.dq_semaphore_block_m = kernel.block_m;
-  std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
-  std::tie(params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride) = dq_strides;
-  std::tie(params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride) = dk_strides;
-  std::tie(params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride) = dv_strides;
-  params.head_dim = head_dim;
-}
-
 // The forward's softcap and window, as the backward takes them: softcap > 0 sets the
 // exponent's scale to softcap * log2(e) and softcap_premul (the forward's mapping of S),
 // while softmax_scale stays the caller's (dQ's and dK's factor, the chain rule's
@@ -307,6 +285,30 @@ void set_backward_options(BwdParams& params, double softcap, int window_left, in
   params.window_right = window_right;
 }
 
+// What backward and varlen_backward set besides the forward's operands and the sizes: dout,
+// lse, the gradients, the work buffers, the deterministic counters (dq_semaphore 0: none)
+// and the softcap and window (set_backward_options; after the operands' softmax_scale).
+void set_backward_operands(BwdParams& params, BwdKernel const& kernel, uintptr_t dout, uintptr_t lse, uintptr_t dq,
+                           uintptr_t dk, uintptr_t dv, uintptr_t dq_accum, uintptr_t softmax_d, Strides do_strides,
+                           Strides dq_strides, Strides dk_strides, Strides dv_strides, int head_dim,
+                           uintptr_t dq_semaphore, double softcap, int window_left, int window_right) {
+  params.do_ptr = reinterpret_cast<void const*>(dout);
+  params.lse_ptr = reinterpret_cast<float const*>(lse);
+  params.dq_ptr = reinterpret_cast<void*>(dq);
+  params.dk_ptr = reinterpret_cast<void*>(dk);
+  params.dv_ptr = reinterpret_cast<void*>(dv);
+  params.dq_accum_ptr = reinterpret_cast<float*>(dq_accum);
+  params.softmax_d_ptr = reinterpret_cast<float*>(softmax_d);
+  params.dq_semaphore_ptr = reinterpret_cast<int*>(dq_semaphore);  // 0: not deterministic
+  params.dq_semaphore_block_m = kernel.block_m;
+  std::tie(params.do_batch_stride, params.do_row_stride, params.do_head_stride) = do_strides;
+  std::tie(params.dq_batch_stride, params.dq_row_stride, params.dq_head_stride) = dq_strides;
+  std::tie(params.dk_batch_stride, params.dk_row_stride, params.dk_head_stride) = dk_strides;
+  std::tie(params.dv_batch_stride, params.dv_row_stride, params.dv_head_stride) = dv_strides;
+  params.head_dim = head_dim;
+  set_backward_options(params, softcap, window_left, window_right);
+}
+
 void backward(std::string const& config, std::string const& dtype, uintptr_t dout, uintptr_t q, uintptr_t k,
               uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv,
               uintptr_t dq_accum, uintptr_t softmax_d, int batch, int seqlen_q, int seqlen_k, int nheads,
@@ -319,12 +321,11 @@ void backward(std::string const& config, std::string const& dtype, uintptr_t dou
   BwdParams params = problem_params<BwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
   set_backward_operands(params, kernel, dout, lse, dq, dk, dv, dq_accum, softmax_d, do_strides, dq_strides, dk_strides,
-                        dv_strides, head_dim, dq_semaphore);
+                        dv_strides, head_dim, dq_semaphore, softcap, window_left, window_right);
   // 64-bit until check_backward_args has bounded seqlen_q (a length past kMaxSeqlen is refused there).
   params.dq_accum_rows = int(std::min<int64_t>(
       (int64_t(seqlen_q) + kDqAccumRowAlign - 1) / kDqAccumRowAlign * kDqAccumRowAlign, INT32_MAX));
   params.causal_offset = causal_offset;
-  set_backward_options(params, softcap, window_left, window_right);
 
   BackwardExtents const extents = check_backward_args(kernel, params, device);
   check_runtime(extents, device, stream_handle, check_backward_memory);
@@ -352,14 +353,13 @@ void varlen_backward(std::string const& config, std::string const& dtype, uintpt
   BwdParams params = problem_params<BwdParams>(batch, max_seqlen_q, max_seqlen_k, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k, v, out, q_strides, k_strides, v_strides, o_strides, softmax_scale);
   set_backward_operands(params, kernel, dout, lse, dq, dk, dv, dq_accum, softmax_d, do_strides, dq_strides, dk_strides,
-                        dv_strides, head_dim, dq_semaphore);
+                        dv_strides, head_dim, dq_semaphore, softcap, window_left, window_right);
   params.cu_seqlens_q = reinterpret_cast<int const*>(cu_seqlens_q);
   params.cu_seqlens_k = reinterpret_cast<int const*>(cu_seqlens_k);
   params.seqused_k = reinterpret_cast<int const*>(seqused_k);
   params.total_q = total_q;
   params.total_k = total_k;
   params.dq_accum_rows = int(std::min<int64_t>(bwd_dq_accum_varlen_rows(total_q, batch), INT32_MAX));
-  set_backward_options(params, softcap, window_left, window_right);
 
   BackwardExtents const extents = check_varlen_backward_args(kernel, params, device);
   check_runtime(extents, device, stream_handle, check_backward_memory);
