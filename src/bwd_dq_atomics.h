@@ -5,10 +5,17 @@
 namespace fa_cute {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// red.global.add.v2.f32 (sm_90): atomicAdd(float2*) compiles to an ATOMG that returns the old
+// values, which the dQ adds discard, into registers that stay reserved until the L2
+// answers. The branch stays in C++: the predicated form of red_add_f32x4 spilled the sm80
+// family's d=128 tile at 255 registers.
+CUTE_DEVICE void red_add_f32x2(float* ptr, float x, float y) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(ptr), "f"(x), "f"(y) : "memory");
+}
+
 // red.global.add.v4.f32 (sm_90) under a predicate. atomicAdd(float4*) under an `if` made
 // ptxas recompute each add's address in one register pair, which the next add then had to
-// wait to overwrite until the LSU had read it; here the adds share one base register. (The
-// same form for the sm80 family's 8-byte adds spilled its d=128 tile at 255 registers.)
+// wait to overwrite until the LSU had read it; here the adds share one base register.
 CUTE_DEVICE void red_add_f32x4(float* ptr, float4 v, bool pred) {
   asm volatile(
       "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n @p red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(
@@ -49,7 +56,7 @@ CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC cons
   if constexpr (kBytes == 8) {
     CUTE_UNROLL
     for (int i = 0; i < size(acc); i += 2) {
-      if (get<0>(cdq(i)) < query_rows) atomicAdd(reinterpret_cast<float2*>(&gdq(i)), make_float2(acc(i), acc(i + 1)));
+      if (get<0>(cdq(i)) < query_rows) red_add_f32x2(&gdq(i), acc(i), acc(i + 1));
     }
   } else {
     static_assert(decltype(rank<0>(gdq))::value == 3 && decltype(size<0, 2>(gdq))::value % 2 == 0 &&
