@@ -346,10 +346,10 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 # only) comes first, so an H100 takes it and other GPUs the sm80 rows after it. The sm90 rows
 # that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix): outside
 # the production set, built by name or with FA_CUTE_LADDER=ON and timed by name (`python -m
-# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=64, 96, 128 and
-# 192 the default is the tiled-dQ kernel (_dqtile), measured faster than the atomics kernel
-# on an H100 (docs/perf-notes.md, Backward); at d=128 its two-buffer form (_dqtile2) times
-# alike and runs the deterministic mode faster. d=256 has no tiled-dQ config yet (its dQ
+# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=64, 96 and 192
+# the default is the tiled-dQ kernel (_dqtile), measured faster than the atomics kernel on an
+# H100 (docs/perf-notes.md, Backward); at d=128 its two-buffer form (_dqtile2), which timed
+# alike or faster in two sessions and runs the deterministic mode faster. d=256 has no tiled-dQ config yet (its dQ
 # tile would take 64 KiB of shared memory; not tried): the atomics kernel is the default.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
@@ -379,7 +379,10 @@ BWD_CONFIGS = [
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
     Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
-                  "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
+                  "added by one bulk reduce-add a step from a dQ warp, through two tile buffers", dq_tile_stages=2,
+                  production=True),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile2, one dQ tile buffer",
+                  dq_tile_stages=1),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, S^T and dP^T back to back, dQ "
@@ -388,8 +391,6 @@ BWD_CONFIGS = [
                   "TMA bulk reduce-add", ds_stmatrix=True, dq_bulk=True, dp_early_init=True, dq_overlap=True),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, dQ per warpgroup over its own keys, "
                   "no barrier between the warpgroups", dq_per_wg=True),
-    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, two dQ tile buffers",
-                  dq_tile_stages=2),
     Sm80BwdConfig(128, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(192, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV, dQ added by one bulk "

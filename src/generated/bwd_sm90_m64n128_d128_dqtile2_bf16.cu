@@ -13,6 +13,6 @@ using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n128_d128_dqtile2", "sm90a", 128, 64, 128, 12,
                             Traits::kSmemSize, DType::kBF16, &run_bwd<Launch>,
-                            "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, two dQ tile buffers");
+                            "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ added by one bulk reduce-add a step from a dQ warp, through two tile buffers");
 
 }  // namespace fa_cute
