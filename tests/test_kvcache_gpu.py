@@ -1,10 +1,11 @@
 """forward_with_kvcache on a GPU against the float64 reference (2x rule, LSE) and a reference
 append: dense caches (with and without cache_batch_idx) and paged ones (page sizes 16, 64
-and 256, shuffled pages), appends of 0, 1 and 7 tokens at random cache_seqlens, causal and
-not, GQA, decode (seqlen_q = 1, split-KV) and chunked prefill; the cache after the call holds
-exactly the reference append; a cache overflow comes back as NaN and writes nothing past
-the capacity; the call captures in a CUDA graph. tests/test_kvcache.py tests the argument
-checks on CPU."""
+and 256, shuffled pages; every d=128 config with pages of 16, 48 and its own key block),
+NaN in every cache row that no sequence reaches, appends of 0, 1 and 7 tokens at random
+cache_seqlens, causal and not, GQA, decode (seqlen_q = 1, split-KV) and chunked prefill; the
+cache after the call holds exactly the reference append; a cache overflow comes back as NaN
+and writes nothing past the capacity; the call captures in a CUDA graph.
+tests/test_kvcache.py tests the argument checks on CPU."""
 
 import math
 
@@ -112,31 +113,48 @@ def test_splits(num_splits) -> None:
 D128_CONFIGS = [c for c in PRODUCTION_CONFIGS if c["head_dim"] == D]
 
 
-@pytest.mark.parametrize("paged", [False, True], ids=["dense", "paged"])
+@pytest.mark.parametrize("pages", ["dense", "p16", "p48", "pblock"])
 @pytest.mark.parametrize("seqlen_q, causal", [(1, False), (9, True)], ids=["decode", "prefill"])
 @pytest.mark.parametrize("config", [c["name"] for c in D128_CONFIGS])
-def test_each_config(config: str, seqlen_q: int, causal: bool, paged: bool) -> None:
-    """Every built d=128 config by name: the Hopper ones with pages of their key block (TMA
-    loads a block from one page), the Ampere-style ones with pages of 16 keys."""
+def test_each_config(config: str, seqlen_q: int, causal: bool, pages: str) -> None:
+    """Every built d=128 config by name, with a dense cache and with pages of 16 and 48 keys
+    and of its own key block: the Hopper ones load a block from one page by one TMA box when
+    the page size is a multiple of block_n, else as 16-row boxes from several pages (48: a
+    block straddles pages)."""
     cfg = next(c for c in D128_CONFIGS if c["name"] == config)
     if cfg["family"] == "sm90a" and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("sm90a configs run on compute capability 9.0 only")
     if ("bf16" if built_dtype(D) == torch.bfloat16 else "fp16") not in cfg["dtypes"]:
         pytest.skip("the test runs this build's d=128 dtype")
-    page_size = (cfg["block_n"] if cfg["family"] == "sm90a" else 16) if paged else 0
+    page_size = {"dense": 0, "p16": 16, "p48": 48, "pblock": cfg["block_n"]}[pages]
+    capacity = page_size * max(4, -(-512 // page_size)) if page_size else 512
     _check(seqlen_q=seqlen_q, seqlen_new=seqlen_q, page_size=page_size, causal=causal,
-           capacity=4 * max(page_size, 128), config=config, seed=5)
+           capacity=capacity, config=config, seed=5)
 
 
-def test_hopper_config_refuses_pages_it_cannot_tile() -> None:
-    hopper = [c for c in D128_CONFIGS if c["family"] == "sm90a"]
-    if not hopper or torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("needs a built sm90a d=128 config on compute capability 9.0")
-    q, k_new, v_new, lens, k_cache, v_cache, table, _ = _setup(2, 1, 1, 8, 2, 256, 16, 6)
-    with pytest.raises(ValueError, match="page"):
-        fa_cute.forward_with_kvcache(q, k_cache, v_cache, k_new, v_new,
-                                     cache_seqlens=lens.to(torch.int32).to(DEVICE),
-                                     page_table=table, config=hopper[0]["name"])
+@pytest.mark.parametrize("page_size", [0, 16, 48, 128], ids=["dense", "p16", "p48", "p128"])
+@pytest.mark.parametrize("seqlen_q", [1, 9], ids=["decode", "prefill"])
+def test_rows_past_each_sequence_are_never_read(page_size: int, seqlen_q: int) -> None:
+    """Cache rows past each sequence's keys, unused entries and pages outside the table hold
+    NaN (a serving engine's cache may be torch.empty): the output is bitwise the output of
+    the same call with finite values there. A kernel that read such a row into P V would
+    turn 0 * NaN into NaN."""
+    q, k_new, v_new, lens, k_cache, v_cache, table, index = _setup(3, seqlen_q, seqlen_q, 8, 2, 768, page_size, 7)
+    kwargs = dict(cache_seqlens=lens.to(torch.int32).to(DEVICE), page_table=table, cache_batch_idx=index,
+                  causal=seqlen_q > 1)  # table and index on the GPU
+    finite = fa_cute.forward_with_kvcache(q, k_cache.clone(), v_cache.clone(), k_new, v_new, **kwargs)
+    stale = torch.ones(k_cache.shape[:2], dtype=torch.bool)  # (entries or pages, rows)
+    table, index = (None if t is None else t.cpu() for t in (table, index))
+    for b in range(lens.shape[0]):
+        for pos in range(int(lens[b]) + seqlen_q):
+            if table is not None:
+                stale[int(table[b, pos // page_size]), pos % page_size] = False
+            else:
+                stale[int(index[b]), pos] = False
+    stale = stale.to(DEVICE)[:, :, None, None]
+    k_poisoned, v_poisoned = (t.clone().masked_fill_(stale, float("nan")) for t in (k_cache, v_cache))
+    got = fa_cute.forward_with_kvcache(q, k_poisoned, v_poisoned, k_new, v_new, **kwargs)
+    assert torch.equal(got, finite)
 
 
 def test_overflow_poisons_and_writes_nothing_past_capacity() -> None:

@@ -12,9 +12,9 @@ then q attends to the first cache_seqlens[b] + seqlen_new keys, aligned bottom-r
 int32 tensors stay on the GPU (no host sync; the call captures in a CUDA graph). What the
 host cannot see is checked on the GPU: a position past an entry's capacity, an entry or a
 page outside its pool is not written, and the call's output and LSE become NaN
-(src/fwd_varlen_check.h). Paged caches run on the Hopper kernel where its key blocks tile
-the pages (page size a multiple of the config's block_n: TMA loads a block from one page),
-else on the Ampere-style kernel, which takes any page size that is a multiple of 16.
+(src/fwd_varlen_check.h). Both kernel families take any page size that is a multiple of 16:
+the Hopper kernel loads a key block from one page by one TMA box where the page size is a
+multiple of the config's block_n, else as block_n / 16 boxes of 16 rows, each from its page.
 """
 
 from typing import Optional, Tuple, Union
@@ -22,7 +22,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _C
-from ._configs import AUTO, CONFIGS, DTYPE_NAMES, packed_call_config
+from ._configs import AUTO, DTYPE_NAMES, packed_call_config
 from ._launch import current_stream, launch_strides, packable, row_strides
 from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
                         check_tensor, grad_mode, resolve_scale, softcap_arg, window_arg)
@@ -121,8 +121,10 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     windowed = window_left >= 0 or window_right >= 0
     packed = seqlen_q == 1 and nheads > nheads_k and not windowed and packable(q)
     launch_seqlen_q, launch_nheads = (nheads // nheads_k, nheads_k) if packed else (seqlen_q, nheads)
-    cfg = _pick_config(config, q, head_dim, launch_seqlen_q, capacity, causal,
-                       rows if paged else 0, cap)
+    # The named config or the heuristic's for (seqlen_q, capacity): every config takes every
+    # page size the call admits.
+    cfg = packed_call_config(config, q, head_dim, lambda cc: _C.default_config(
+        head_dim, launch_seqlen_q, capacity, cc[0], cc[1], causal), cap)
     for name, t in named:
         check_layout(name, t, cfg["block_n"] if "cache" in name else cfg["block_m"])
     ints = [("cache_seqlens", cache_seqlens)] + ([("page_table", page_table)] if paged else []) + \
@@ -175,20 +177,3 @@ def _check_int32(name: str, t, shape) -> None:
                          f"{tuple(t.shape)}")
 
 
-def _pick_config(config, q, head_dim: int, seqlen_q: int, capacity: int, causal: bool,
-                 page_size: int, cap: float) -> dict:
-    """The named config or auto's: the heuristic's for (seqlen_q, capacity) on this GPU; for a
-    paged cache (page_size > 0) the Hopper kernel only where its key blocks tile the pages
-    (TMA loads a block from one page), else the Ampere-style kernel, which takes any page."""
-    def auto_name(cc):
-        name = _C.default_config(head_dim, seqlen_q, capacity, cc[0], cc[1], causal)
-        block_n = CONFIGS[name]["block_n"]
-        if page_size and CONFIGS[name]["family"] == "sm90a" and page_size % block_n:
-            name = _C.default_config(head_dim, seqlen_q, capacity, 8, 0, causal)
-        return name
-    cfg = packed_call_config(config, q, head_dim, auto_name, cap)
-    if page_size and cfg["family"] == "sm90a" and page_size % cfg["block_n"]:
-        raise ValueError(f"page_table: config {cfg['name']!r} (Hopper) loads {cfg['block_n']}-key "
-                         f"blocks by TMA, which need a page size that is a multiple of "
-                         f"{cfg['block_n']}, got {page_size}; use config='auto' or an sm80 config")
-    return cfg

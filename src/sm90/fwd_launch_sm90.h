@@ -68,12 +68,6 @@ struct Sm90FwdLaunch {
     if (!kHasVarlen && varlen) {
       throw std::invalid_argument("cu_seqlens_q: this config takes no varlen batch (a split-KV decode tile)");
     }
-    // Paged caches: a key block must lie in one page, a TMA box of the page pool.
-    if (params.page_table != nullptr && params.page_size % Traits::kBlockN != 0) {
-      throw std::invalid_argument("page_size: the Hopper config's key blocks of " + std::to_string(Traits::kBlockN) +
-                                  " rows need a page size that is a multiple of it, got " +
-                                  std::to_string(params.page_size) + "; use an sm80 config (config='auto' does)");
-    }
     bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
     bool const extras = varlen || params.seqused_k != nullptr || window || params.softcap_premul != 0.f;
     return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
@@ -124,10 +118,16 @@ struct Sm90FwdLaunch {
     auto mO_const = sm90_gmem_tensor<Element>("out", params.o_ptr, rows_q, d, params.nheads, batch,
                                               params.o_row_stride, params.o_head_stride, params.o_batch_stride);
     auto mO = make_tensor(make_gmem_ptr(static_cast<Element*>(params.o_ptr)), mO_const.layout());
+    // The page boxes' descriptors only where the kernel reads them (their encode is host time).
+    typename Traits::TmaLoadKVPageBox tma_k_page{}, tma_v_page{};
+    if (paged && params.page_size % Traits::kBlockN != 0) {
+      tma_k_page = make_tma_copy(SM90_TMA_LOAD{}, mK, typename Traits::SmemLayoutKVPageBox{});
+      tma_v_page = make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutKVPageBox{});
+    }
     return {params,
             {make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{}),
              make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{})),
-             make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutV{}))},
+             make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutV{})), tma_k_page, tma_v_page},
             {make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{})}};
   }
 

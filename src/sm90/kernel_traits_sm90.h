@@ -101,8 +101,10 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   // setmaxnreg budgets (per thread): the producer needs almost none, the consumers hold S,
   // P and O. A request the 64K-register file cannot grant is never granted: the warpgroup
-  // hangs in setmaxnreg, so the sum is checked here.
-  static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : 24;
+  // hangs in setmaxnreg, so the sum is checked here. With one consumer warpgroup (the
+  // decode tiles) half the file is spare: the producer gets 56, which holds a key block's
+  // page-table reads in flight (a paged cache's 16-row boxes) where 24 spilled.
+  static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : kNumConsumerWG == 1 ? 56 : 24;
   static constexpr int kConsumerRegs = kNumConsumerWG == 3 ? 160 : 240;
   static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 && kConsumerRegs <= 256,
                 "setmaxnreg takes multiples of 8 in [24, 256]");
@@ -206,6 +208,20 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   using TmaLoadV = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensorQKV{},
                                                 cute::take<0, 2>(SmemLayoutV{})));
   using TmaStoreO = decltype(cute::make_tma_copy(cute::SM90_TMA_STORE{}, GmemTensorO{}, SmemLayoutO{}));
+
+  // A paged KV cache whose pages do not hold whole key blocks (a page size that is a multiple
+  // of 16 but not of kBlockN) fills a K or V stage as kBlockN / 16 boxes of 16 rows, each read
+  // from its own page. 16 rows are whole periods of every K-major swizzle pattern (8 rows),
+  // so a box starts on a pattern period of the stage and TMA writes it swizzled as it would
+  // write those rows of the whole stage: the box is the stage's first 16 rows.
+  static constexpr int kPageBoxRows = 16;
+  static_assert(kBlockN % kPageBoxRows == 0, "a key block is whole 16-row page boxes");
+  using SmemLayoutKVPageBox = decltype(cute::composition(
+      cute::take<0, 2>(SmemLayoutK{}),
+      cute::Layout<cute::Shape<cute::Int<kPageBoxRows>, cute::Int<kHeadDim>>,
+                   cute::Stride<cute::_1, cute::Int<kBlockN>>>{}));  // (16,D)
+  using TmaLoadKVPageBox = decltype(cute::make_tma_copy(cute::SM90_TMA_LOAD{}, GmemTensorQKV{},
+                                                        SmemLayoutKVPageBox{}));
 };
 
 }  // namespace fa_cute

@@ -86,10 +86,14 @@ struct Sm90FwdMainloop {
   // the host, Sm90FwdLaunch::to_underlying_arguments; 128 bytes each, kept in the kernel's
   // __grid_constant__ parameter space where TMA instructions may address them).
   using Arguments = FwdParams;
+  // tma_k_page, tma_v_page: the 16-row page boxes (Traits::SmemLayoutKVPageBox), encoded
+  // only for a paged cache whose page size is not a multiple of kBlockN.
   struct Params {
     typename Traits::TmaLoadQ tma_q;
     typename Traits::TmaLoadK tma_k;
     typename Traits::TmaLoadV tma_v;
+    typename Traits::TmaLoadKVPageBox tma_k_page;
+    typename Traits::TmaLoadKVPageBox tma_v_page;
   };
   // Q, the K and V rings, their pipelines and Q's barriers; the traits lay it out together
   // with O's buffer, since whether O gets one of its own depends on the total size.
@@ -147,6 +151,10 @@ struct Sm90FwdMainloop {
     cute::prefetch_tma_descriptor(mainloop_params.tma_q.get_tma_descriptor());
     cute::prefetch_tma_descriptor(mainloop_params.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(mainloop_params.tma_v.get_tma_descriptor());
+    if (kExtras && p.page_table != nullptr && p.page_size % kBlockN != 0) {
+      cute::prefetch_tma_descriptor(mainloop_params.tma_k_page.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(mainloop_params.tma_v_page.get_tma_descriptor());
+    }
   }
 
   // The loads of one tile that sees keys: its first K before the wait for sQ (it only
@@ -179,46 +187,58 @@ struct Sm90FwdMainloop {
     Tensor tKsK = get<1>(tK);  // (TMA,STAGE)
     Tensor tVgV = get<0>(tV);  // (TMA,n)
     Tensor tVsV = get<1>(tV);  // (TMA,STAGE)
-    // A paged KV cache (kExtras; the host admits page sizes that are multiples of kBlockN):
-    // the descriptors cover the page pool (page_size, d, heads_k, num_pages), and key block n
-    // is block (n * kBlockN % page_size) / kBlockN of its page.
-    auto paged_blocks = [&](auto const& tma, auto const& sX) {
-      Tensor m = tma.get_tma_tensor(make_shape(p.page_size, p.head_dim, p.nheads_k, p.num_pages));
-      Tensor g = local_tile(m(_, _, coord.bidh_k, _), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                            make_coord(_, _0{}));  // (BLK_N,D,blocks_per_page,num_pages)
-      return get<0>(tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sX), group_modes<0, 2>(g)));
-    };
+    // A paged KV cache (kExtras): the descriptors cover the page pool (page_size, d, heads_k,
+    // num_pages). Pages of whole key blocks: key block n is block (n * kBlockN % page_size) /
+    // kBlockN of its page, one box. Other page sizes (multiples of 16): the stage is filled by
+    // kBlockN / 16 page boxes, box j from the page of key n * kBlockN + 16 j. A box's key is
+    // clamped to the sequence's last: the rows past it are masked, and the page table need
+    // not cover them.
     bool const paged = kExtras && p.page_table != nullptr;
+    bool const page_boxes = paged && p.page_size % kBlockN != 0;
+    auto page_tiles = [&](auto const& tma, auto const& tiler) {
+      Tensor m = tma.get_tma_tensor(make_shape(p.page_size, p.head_dim, p.nheads_k, p.num_pages));
+      return flat_divide(m(_, _, coord.bidh_k, _), tiler);  // (ROWS,D,tiles_per_page,1,num_pages)
+    };
     // Q is read once per tile, K and V by every query tile of the head: keep K/V in L2.
-    auto load_k = [&](int i) {
+    auto load_kv = [&](Pipeline& pipe, int bytes, auto const& tma, auto const& tma_page, auto const& tXgX,
+                       auto const& tXsX, auto const& sX, int i) {
       int const n = keys.template block</*kReverse=*/true>(i);
-      auto tma = mainloop_params.tma_k.with(pipe_k.producer_acquire(st, Traits::kTmaTransactionBytesK), 0,
-                                            TMA::CacheHintSm90::EVICT_LAST);
+      uint64_t& barrier = pipe.producer_acquire(st, bytes);
       if constexpr (kExtras) {
-        if (paged) {
-          int const key = n * kBlockN;
-          copy(tma, paged_blocks(mainloop_params.tma_k, sK)(_, (key % p.page_size) / kBlockN,
-                                                                   seq.page_of(p, coord.bidb, key)),
-               tKsK(_, st.index));
+        if (page_boxes) {
+          auto const box = Shape<Int<Traits::kPageBoxRows>, Int<kHeadDim>>{};
+          auto [tPg, tPs] = tma_partition(tma_page, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(flat_divide(sX, box)),
+                                          group_modes<0, 2>(page_tiles(tma_page, box)));
+          auto tma_box = tma_page.with(barrier, 0, TMA::CacheHintSm90::EVICT_LAST);
+          CUTE_UNROLL
+          for (int j = 0; j < kBlockN / Traits::kPageBoxRows; ++j) {
+            int const key = cute::min(n * kBlockN + j * Traits::kPageBoxRows, seq.seqlen_k - 1);
+            copy(tma_box, tPg(_, key % p.page_size / Traits::kPageBoxRows, 0, seq.page_of(p, coord.bidb, key)),
+                 tPs(_, j, 0, st.index));  // (TMA,BOXES,1,STAGE)
+          }
           return;
         }
       }
-      copy(tma, tKgK(_, n), tKsK(_, st.index));
+      auto tma_block = tma.with(barrier, 0, TMA::CacheHintSm90::EVICT_LAST);
+      if constexpr (kExtras) {
+        if (paged) {
+          auto const block = Shape<Int<kBlockN>, Int<kHeadDim>>{};
+          Tensor tPg = get<0>(tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sX),
+                                            group_modes<0, 2>(page_tiles(tma, block))));  // (TMA,blocks,1,pages)
+          int const key = n * kBlockN;
+          copy(tma_block, tPg(_, key % p.page_size / kBlockN, 0, seq.page_of(p, coord.bidb, key)), tXsX(_, st.index));
+          return;
+        }
+      }
+      copy(tma_block, tXgX(_, n), tXsX(_, st.index));
+    };
+    auto load_k = [&](int i) {
+      load_kv(pipe_k, Traits::kTmaTransactionBytesK, mainloop_params.tma_k, mainloop_params.tma_k_page, tKgK, tKsK,
+              sK, i);
     };
     auto load_v = [&](int i) {
-      int const n = keys.template block</*kReverse=*/true>(i);
-      auto tma = mainloop_params.tma_v.with(pipe_v.producer_acquire(st, Traits::kTmaTransactionBytesV), 0,
-                                            TMA::CacheHintSm90::EVICT_LAST);
-      if constexpr (kExtras) {
-        if (paged) {
-          int const key = n * kBlockN;
-          copy(tma, paged_blocks(mainloop_params.tma_v, sV)(_, (key % p.page_size) / kBlockN,
-                                                                   seq.page_of(p, coord.bidb, key)),
-               tVsV(_, st.index));
-          return;
-        }
-      }
-      copy(tma, tVgV(_, n), tVsV(_, st.index));
+      load_kv(pipe_v, Traits::kTmaTransactionBytesV, mainloop_params.tma_v, mainloop_params.tma_v_page, tVgV, tVsV,
+              sV, i);
     };
     load_k(0);
     storage.barrier_q_empty.wait((q_iter & 1) ^ 1);

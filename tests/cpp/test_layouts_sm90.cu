@@ -150,6 +150,28 @@ void check_gmma_descriptors(char const* what, GMMA::LayoutType expected) {
          "%s: descriptor layout types Q %d K %d V^T %d, expected %d", what, tq, tk, tv, int(expected));
 }
 
+// A paged cache's 16-row boxes (SmemLayoutKVPageBox): box j of stage s must put each
+// element of rows 16 j .. 16 j + 15 where the whole-stage layout puts it, at one offset per
+// box (its base) that keeps the swizzle pattern (swizzle(base + x) = base + swizzle(x), which
+// the element check is), and each base 1024-byte aligned (the stage is, and TMA swizzles
+// absolute address bits; 1024 bytes is the widest pattern's period).
+template <class Traits>
+void check_page_boxes(char const* what) {
+  typename Traits::SmemLayoutK k;
+  typename Traits::SmemLayoutKVPageBox box;
+  constexpr int kRows = Traits::kPageBoxRows;
+  int bad = 0, misaligned = 0;
+  for (int s = 0; s < Traits::kStages; ++s)
+    for (int j = 0; j < Traits::kBlockN / kRows; ++j) {
+      int const base = int(k(j * kRows, 0, s)) - int(box(0, 0));
+      misaligned += base * int(sizeof(typename Traits::Element)) % 1024 != 0;
+      for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < Traits::kHeadDim; ++c) bad += int(k(j * kRows + r, c, s)) != base + int(box(r, c));
+    }
+  EXPECT(bad == 0 && misaligned == 0, "%s: page boxes: %d elements off the stage layout, %d bases off 1024 B",
+         what, bad, misaligned);
+}
+
 template <int kHeadDim, int kBlockM, int kBlockN, int kNumWG, class Element>
 void check_traits(char const* what, GMMA::LayoutType swizzle) {
   using Traits = fa_cute::Sm90FwdTraits<kHeadDim, kBlockM, kBlockN, kNumWG, Element>;
@@ -168,6 +190,7 @@ void check_traits(char const* what, GMMA::LayoutType swizzle) {
   check_smem_layout<Traits, typename Traits::SmemLayoutK>((w + " K/V").c_str());
   check_vt_is_transpose<Traits>(what);
   check_gmma_descriptors<Traits>(what, swizzle);
+  check_page_boxes<Traits>(what);
 }
 
 // The Hopper backward (src/sm90/kernel_traits_bwd_sm90.h): the S^T accumulator relabelled as
@@ -369,7 +392,8 @@ int main() {
   check_traits<256, 128, 64, 2, cute::bfloat16_t>("d256 m128n64 bf16", GMMA::LayoutType::B128);
   // The TMA copy types must instantiate (descriptors are built on the host per call).
   using T = fa_cute::Sm90FwdTraits<128, 128, 176, 2, cute::bfloat16_t>;
-  EXPECT(sizeof(T::TmaLoadQ) > 0 && sizeof(T::TmaLoadK) > 0 && sizeof(T::TmaLoadV) > 0 && sizeof(T::TmaStoreO) > 0,
+  EXPECT(sizeof(T::TmaLoadQ) > 0 && sizeof(T::TmaLoadK) > 0 && sizeof(T::TmaLoadV) > 0 && sizeof(T::TmaStoreO) > 0 &&
+             sizeof(T::TmaLoadKVPageBox) > 0,
          "TMA copy types");
   return expect_summary();
 }
