@@ -58,3 +58,62 @@ def test_paged() -> None:
 def test_grad_refused() -> None:
     q, kc, vc, k, v, lens = _args()
     _raises(ValueError, "no backward", q.requires_grad_(), kc, vc, k, v, cache_seqlens=lens)
+
+
+@pytest.fixture
+def planned(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> list:
+    """forward_with_kvcache's plans on CPU tensors posing as CUDA ones (conftest's
+    `fake_cuda`): each full check (`_plan`) is recorded, the launch returns the plan."""
+    from fa_cute import _cache, _kvcache
+
+    monkeypatch.setattr(_cache, "KVCACHE_VALIDATED", {})
+    monkeypatch.setattr(_kvcache, "check_devices", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_kvcache._C, "num_splits", lambda *args: 1, raising=False)
+    plans = []
+    plan = _kvcache._plan
+
+    def counting(*args):
+        plans.append(plan(*args))
+        return plans[-1]
+
+    monkeypatch.setattr(_kvcache, "_plan", counting)
+    monkeypatch.setattr(_kvcache, "_launch", lambda plan, *tensors: plan)
+    return plans
+
+
+def test_a_repeated_call_skips_the_checks(planned: list) -> None:
+    q, kc, vc, k, v, lens = _args()
+    first = fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
+    again = fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
+    assert len(planned) == 1 and again == first
+    assert first.capacity == 256 and first.seqlen_new == 1 and first.packed
+    fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens, return_lse=True)
+    fa_cute.forward_with_kvcache(q, kc[:, :128], vc[:, :128], k, v, cache_seqlens=lens)
+    fa_cute.forward_with_kvcache(q, kc, vc, cache_seqlens=lens)
+    assert len(planned) == 4
+    assert [p.return_lse for p in planned] == [False, True, False, False]
+    assert planned[2].capacity == 128 and planned[3].seqlen_new == 0
+
+
+def test_a_cached_call_still_refuses_what_changed(planned: list) -> None:
+    q, kc, vc, k, v, lens = _args()
+    fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
+    vc.untyped_storage().resize_(0)  # freed under a tensor of the cached shape (FSDP)
+    _raises(ValueError, "v_cache reaches byte", q, kc, vc, k, v, cache_seqlens=lens)
+    q, kc, vc, k, v, lens = _args()
+    fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
+    q.requires_grad_()
+    _raises(ValueError, "no backward", q, kc, vc, k, v, cache_seqlens=lens)
+    with torch.no_grad():
+        fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
+    _raises(ValueError, "num_splits", q.detach(), kc, vc, k, v, cache_seqlens=lens, num_splits=True)
+
+
+def test_forget_tuning_drops_the_plans(planned: list) -> None:
+    from fa_cute import _cache
+
+    q, kc, vc, k, v, lens = _args()
+    fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
+    _cache.forget_tuning()
+    fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
+    assert len(planned) == 2

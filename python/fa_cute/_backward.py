@@ -224,8 +224,7 @@ def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: b
         hit = _cache.BACKWARD_VALIDATED.get(key) if key is not None else None
         if hit is not None:
             launch, extents = hit
-            if all(t.storage_offset() * size + end <= t.untyped_storage().nbytes()
-                   for t, (size, end) in zip(tensors, extents)):
+            if _cache.storages_hold(tensors, extents):
                 return launch
     launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
                                softmax_scale=softmax_scale, deterministic=deterministic,

@@ -16,8 +16,8 @@ from ._configs import auto_config, heuristic_part, pick_config
 from ._launch import ALIGN_BYTES, Launch
 from ._validate import FORWARD_NAMES, LIMITS, Names, extent_bytes, validate
 
-__all__ = ["BACKWARD_VALIDATED", "PLANS", "VALIDATED", "VALIDATED_MAX", "forget_tuning", "plan_key",
-           "remember", "tensor_key", "validate_cached"]
+__all__ = ["BACKWARD_VALIDATED", "KVCACHE_VALIDATED", "PLANS", "VALIDATED", "VALIDATED_MAX", "forget_tuning",
+           "plan_key", "remember", "storages_hold", "tensor_key", "validate_cached"]
 
 
 # Launches that passed `validate`, by everything the checks read (see `_launch_key`): a
@@ -35,6 +35,13 @@ VALIDATED_MAX = 1024
 # cost ~200 us of Python a call on an H100 host, twice PyTorch's whole FLASH backward call.
 # Each value is (launch, (element size, `extent_bytes`) of dout, q, k, v, out and lse).
 BACKWARD_VALIDATED: Dict[tuple, Tuple[Launch, Tuple[Tuple[int, int], ...]]] = {}
+
+# `forward_with_kvcache`'s calls that passed its checks, keyed as `BACKWARD_VALIDATED` (every
+# tensor's `tensor_key`, the flags with their types): a serving loop's decode step repeats
+# one call every step, and its checks cost ~60 us of Python on a 2-core CPU VM. Each value
+# is (the call's launch plan, `_kvcache.KvPlan`, and (element size, `extent_bytes`) of each
+# tensor, None for one not passed).
+KVCACHE_VALIDATED: Dict[tuple, tuple] = {}
 
 
 def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names,
@@ -81,6 +88,14 @@ def tensor_key(t) -> tuple:
     what is not a dense tensor."""
     return (t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
             t.data_ptr() % ALIGN_BYTES)
+
+
+def storages_hold(tensors, extents) -> bool:
+    """Whether each storage still holds its tensor (a cached entry's (element size,
+    `extent_bytes`) per tensor, None for an absent one): a storage freed or shrunk under a
+    tensor of a cached shape sends the call to the full checks, which name it."""
+    return all(e is None or t.storage_offset() * e[0] + e[1] <= t.untyped_storage().nbytes()
+               for t, e in zip(tensors, extents))
 
 
 def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
@@ -205,4 +220,5 @@ def forget_tuning() -> None:
     auto_config.cache_clear()
     VALIDATED.clear()  # auto's picks are part of the validated launches and plans
     BACKWARD_VALIDATED.clear()
+    KVCACHE_VALIDATED.clear()
     PLANS.clear()

@@ -17,15 +17,15 @@ the Hopper kernel loads a key block from one page by one TMA box where the page 
 multiple of the config's block_n, else as block_n / 16 boxes of 16 rows, each from its page.
 """
 
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from . import _C
+from . import _C, _cache
 from ._configs import AUTO, DTYPE_NAMES, packed_call_config
 from ._launch import current_stream, launch_strides, packable, row_strides
 from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
-                        check_tensor, grad_mode, resolve_scale, softcap_arg, window_arg)
+                        check_tensor, extent_bytes, grad_mode, resolve_scale, softcap_arg, window_arg)
 
 __all__ = ["forward_with_kvcache"]
 
@@ -52,6 +52,72 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     seqlen_q, nheads, headdim) and, with return_lse, the float32 LSE (batch, nheads,
     seqlen_q). No backward: inputs that require grad in grad mode raise ValueError.
     """
+    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx)
+    key = _call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits, config)
+    hit = _cache.KVCACHE_VALIDATED.get(key) if key is not None else None
+    if hit is not None and not (grad_mode() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad
+                                                 or (k is not None and (k.requires_grad or v.requires_grad)))) \
+            and _cache.storages_hold(tensors, hit[1]):
+        plan = hit[0]
+    else:
+        plan = _plan(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
+                     softmax_scale, window_size, softcap, return_lse, num_splits, config)
+        if key is not None:
+            _cache.remember(_cache.KVCACHE_VALIDATED, key, (plan, tuple(
+                None if t is None else (t.element_size(), extent_bytes(t)) for t in tensors)))
+    return _launch(plan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx)
+
+
+class KvPlan(NamedTuple):
+    """What a validated call launches with (`_plan`): all but the tensors' addresses. strides:
+    q's as launched, k_cache's and v_cache's (`_launch.row_strides`)."""
+    config: str
+    dtype: str
+    batch: int
+    nheads: int
+    seqlen_q: int
+    launch_seqlen_q: int
+    launch_nheads: int
+    packed: bool
+    seqlen_new: int
+    capacity: int
+    nheads_k: int
+    head_dim: int
+    entries: int
+    page_table_cols: int
+    page_size: int
+    strides: tuple
+    scale: float
+    causal: bool
+    softcap: float
+    window_left: int
+    window_right: int
+    splits: int
+    return_lse: bool
+
+
+def _call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits,
+              config) -> Optional[tuple]:
+    """What `_plan`'s checks read, or None where a key cannot stand in for them (a tensor
+    argument that is not a CUDA tensor, a flag of another type: the checks name it)."""
+    if not (all(t is None or (type(t) is torch.Tensor and t.is_cuda) for t in tensors)
+            and type(causal) is bool and type(return_lse) is bool and type(num_splits) is int
+            and (config is None or type(config) is str)
+            and (softmax_scale is None or type(softmax_scale) in (int, float))
+            and type(softcap) in (int, float) and type(window_size) is tuple
+            and all(type(w) is int for w in window_size)):
+        return None
+    try:
+        return (tuple(None if t is None else _cache.tensor_key(t) for t in tensors), causal,
+                type(softmax_scale), softmax_scale, window_size, type(softcap), softcap, return_lse,
+                num_splits, config)
+    except RuntimeError:  # a tensor without data_ptr(): the checks name it
+        return None
+
+
+def _plan(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
+          softmax_scale, window_size, softcap, return_lse, num_splits, config) -> KvPlan:
+    """Every check of `forward_with_kvcache`, then what its launch needs."""
     check_flag("causal", causal)
     check_flag("return_lse", return_lse)
     cap = softcap_arg(softcap)
@@ -133,38 +199,49 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     for name, t in named + ints:
         check_memory(name, t)
 
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = (torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
-           if return_lse else None)
-    seqused = cache_seqlens + seqlen_new if seqlen_new else cache_seqlens
     device = q.device.index
     splits = num_splits or _C.num_splits(cfg["name"], DTYPE_NAMES[q.dtype], batch, launch_seqlen_q,
                                           capacity, launch_nheads, nheads_k, causal, device)
+    return KvPlan(cfg["name"], DTYPE_NAMES[q.dtype], batch, nheads, seqlen_q, launch_seqlen_q,
+                  launch_nheads, packed, seqlen_new, capacity, nheads_k, head_dim, entries,
+                  page_table.shape[1] if paged else 0, rows if paged else 0,
+                  (launch_strides(q, packed, nheads_k), row_strides(k_cache), row_strides(v_cache)),
+                  scale, causal, cap, window_left, -1 if causal else window_right, splits, return_lse)
+
+
+def _launch(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx) -> Result:
+    """The append and the attention of a planned call, on q's device and current stream."""
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = (torch.empty((plan.batch, plan.nheads, plan.seqlen_q), dtype=torch.float32, device=q.device)
+           if plan.return_lse else None)
+    seqused = cache_seqlens + plan.seqlen_new if plan.seqlen_new else cache_seqlens
+    device = q.device.index
+    splits = plan.splits
     accum = None
     if splits > 1:
-        rows_total = batch * launch_nheads * launch_seqlen_q
-        accum = torch.empty(splits * rows_total * (head_dim + 1), dtype=torch.float32,
-                            device=q.device)
-        o_accum, lse_accum = accum[:splits * rows_total * head_dim], accum[splits * rows_total * head_dim:]
+        rows_total = plan.batch * plan.launch_nheads * plan.launch_seqlen_q
+        values = splits * rows_total * plan.head_dim
+        accum = torch.empty(values + splits * rows_total, dtype=torch.float32, device=q.device)
+    paged = page_table is not None
+    q_strides, k_cache_strides, v_cache_strides = plan.strides
     with torch.cuda.device(q.device):
         _C.kvcache_forward(
-            cfg["name"], DTYPE_NAMES[q.dtype], q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+            plan.config, plan.dtype, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
             out.data_ptr(), 0 if lse is None else lse.data_ptr(),
             0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
             cache_seqlens.data_ptr(), seqused.data_ptr(),
             0 if cache_batch_idx is None else cache_batch_idx.data_ptr(),
-            page_table.data_ptr() if paged else 0, batch, launch_seqlen_q, max(seqlen_new, 1),
-            capacity, launch_nheads, nheads_k, head_dim, entries,
-            page_table.shape[1] if paged else 0, rows if paged else 0, entries if paged else 0,
-            launch_strides(q, packed, nheads_k), row_strides(k_cache), row_strides(v_cache),
-            launch_strides(out, packed, nheads_k),
+            page_table.data_ptr() if paged else 0, plan.batch, plan.launch_seqlen_q,
+            max(plan.seqlen_new, 1), plan.capacity, plan.launch_nheads, plan.nheads_k, plan.head_dim,
+            plan.entries, plan.page_table_cols, plan.page_size, plan.entries if paged else 0,
+            q_strides, k_cache_strides, v_cache_strides, launch_strides(out, plan.packed, plan.nheads_k),
             row_strides(k) if k is not None else (0, 0, 0),
-            row_strides(v) if v is not None else (0, 0, 0), scale, causal, cap,
-            window_left, -1 if causal else window_right, device, current_stream(device),
+            row_strides(v) if v is not None else (0, 0, 0), plan.scale, plan.causal, plan.softcap,
+            plan.window_left, plan.window_right, device, current_stream(device),
             splits if splits > 1 else 1,
-            o_accum.data_ptr() if accum is not None else 0,
-            lse_accum.data_ptr() if accum is not None else 0)
-    return (out, lse) if return_lse else out
+            accum.data_ptr() if accum is not None else 0,
+            accum[values:].data_ptr() if accum is not None else 0)
+    return (out, lse) if plan.return_lse else out
 
 
 def _check_int32(name: str, t, shape) -> None:
