@@ -63,21 +63,21 @@ def test_grad_refused() -> None:
 @pytest.fixture
 def planned(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> list:
     """forward_with_kvcache's plans on CPU tensors posing as CUDA ones (conftest's
-    `fake_cuda`): each full check (`_plan`) is recorded, the launch returns the plan."""
+    `fake_cuda`): each full check (`plan_call`) is recorded, the launch returns the plan."""
     from fa_cute import _cache, _kvcache
 
     monkeypatch.setattr(_cache, "KVCACHE_VALIDATED", {})
     monkeypatch.setattr(_kvcache, "check_devices", lambda *args, **kwargs: None)
     monkeypatch.setattr(_kvcache._C, "num_splits", lambda *args: 1, raising=False)
     plans = []
-    plan = _kvcache._plan
+    plan = _kvcache.plan_call
 
     def counting(*args):
         plans.append(plan(*args))
         return plans[-1]
 
-    monkeypatch.setattr(_kvcache, "_plan", counting)
-    monkeypatch.setattr(_kvcache, "_launch", lambda plan, *tensors: plan)
+    monkeypatch.setattr(_kvcache, "plan_call", counting)
+    monkeypatch.setattr(_kvcache, "launch_plan", lambda plan, *tensors: plan)
     return plans
 
 

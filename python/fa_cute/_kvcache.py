@@ -27,7 +27,7 @@ from ._launch import current_stream, launch_strides, packable, row_strides
 from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
                         check_tensor, extent_bytes, grad_mode, resolve_scale, softcap_arg, window_arg)
 
-__all__ = ["forward_with_kvcache"]
+__all__ = ["KvPlan", "call_key", "forward_with_kvcache", "launch_plan", "plan_call"]
 
 Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -53,23 +53,23 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     seqlen_q). No backward: inputs that require grad in grad mode raise ValueError.
     """
     tensors = (q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx)
-    key = _call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits, config)
+    key = call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits, config)
     hit = _cache.KVCACHE_VALIDATED.get(key) if key is not None else None
     if hit is not None and not (grad_mode() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad
                                                  or (k is not None and (k.requires_grad or v.requires_grad)))) \
             and _cache.storages_hold(tensors, hit[1]):
         plan = hit[0]
     else:
-        plan = _plan(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
+        plan = plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
                      softmax_scale, window_size, softcap, return_lse, num_splits, config)
         if key is not None:
             _cache.remember(_cache.KVCACHE_VALIDATED, key, (plan, tuple(
                 None if t is None else (t.element_size(), extent_bytes(t)) for t in tensors)))
-    return _launch(plan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx)
+    return launch_plan(plan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx)
 
 
 class KvPlan(NamedTuple):
-    """What a validated call launches with (`_plan`): all but the tensors' addresses. strides:
+    """What a validated call launches with (`plan_call`): all but the tensors' addresses. strides:
     q's as launched, k_cache's and v_cache's (`_launch.row_strides`)."""
     config: str
     dtype: str
@@ -96,9 +96,9 @@ class KvPlan(NamedTuple):
     return_lse: bool
 
 
-def _call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits,
+def call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits,
               config) -> Optional[tuple]:
-    """What `_plan`'s checks read, or None where a key cannot stand in for them (a tensor
+    """What `plan_call`'s checks read, or None where a key cannot stand in for them (a tensor
     argument that is not a CUDA tensor, a flag of another type: the checks name it)."""
     if not (all(t is None or (type(t) is torch.Tensor and t.is_cuda) for t in tensors)
             and type(causal) is bool and type(return_lse) is bool and type(num_splits) is int
@@ -115,7 +115,7 @@ def _call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, 
         return None
 
 
-def _plan(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
+def plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
           softmax_scale, window_size, softcap, return_lse, num_splits, config) -> KvPlan:
     """Every check of `forward_with_kvcache`, then what its launch needs."""
     check_flag("causal", causal)
@@ -209,7 +209,7 @@ def _plan(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx,
                   scale, causal, cap, window_left, -1 if causal else window_right, splits, return_lse)
 
 
-def _launch(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx) -> Result:
+def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx) -> Result:
     """The append and the attention of a planned call, on q's device and current stream."""
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = (torch.empty((plan.batch, plan.nheads, plan.seqlen_q), dtype=torch.float32, device=q.device)
