@@ -344,6 +344,27 @@ struct Sm90FwdMainloop {
           if (p.softcap_premul != 0.f) apply_softcap(acc_s, p.softcap_premul);
         }
       };
+      // A KV cache's (or a varlen batch's seqused_k) last key block: TMA reads it whole, and
+      // its rows past the sequence's keys are cache rows no sequence wrote, which may hold
+      // NaN (a serving engine's cache can be torch.empty). P is 0 there, but 0 * NaN is NaN
+      // in P V (FlashAttention-2 zero-fills those rows; FlashAttention-3 issues #1745, #2374),
+      // so the consumers zero them in the V stage before any of them issues a P V on it.
+      auto zero_v_tail = [&](PipelineState const& s, int n_block) {
+        if constexpr (kExtras) {
+          int const first = seq.seqlen_k - n_block * kBlockN;
+          if (p.seqused_k == nullptr || first >= kBlockN) return;
+          constexpr int kChunk = 16 / int(sizeof(Element));  // one 16-byte store
+          constexpr int kChunksPerRow = kHeadDim / kChunk;
+          Tensor sV = make_tensor(make_smem_ptr(mainloop.storage.smem_v.data()), typename Traits::SmemLayoutV{});  // (BLK_N,D,STAGE)
+          pipe_v.consumer_wait(s);
+          for (int i = tidx; i < (kBlockN - first) * kChunksPerRow; i += Traits::kNumConsumerThreads) {
+            *reinterpret_cast<uint4*>(&sV(first + i / kChunksPerRow, i % kChunksPerRow * kChunk, s.index)) =
+                make_uint4(0, 0, 0, 0);
+          }
+          cutlass::arch::fence_view_async_shared();
+          cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90Barrier::kVTailZeroed));
+        }
+      };
       // Every S wgmma of the tile has retired: with its own sO, the next tile's Q may load
       // under the last P V and the epilogue (with sO in sQ, the O store releases it).
       auto release_q = [&] {
@@ -375,6 +396,7 @@ struct Sm90FwdMainloop {
           store_p(acc_s);
         }
         PipelineState st_v = st;  // the stage holding V of the block P belongs to
+        zero_v_tail(st_v, keys.template block</*kReverse=*/true>(0));
         st.advance();
         auto step = [&](int i, auto is_masked) __attribute__((always_inline)) {
           AccS acc_s;
@@ -421,6 +443,7 @@ struct Sm90FwdMainloop {
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
           softmax.template update<decltype(is_first)::value>(acc_s, acc_o, p.softmax_scale_log2);
           store_p(acc_s);
+          if constexpr (decltype(is_first)::value) zero_v_tail(st, keys.template block</*kReverse=*/true>(0));
           issue_pv(st);
           wgmma_wait<0>(acc_o, tOrP);
           pipe_v.consumer_release(st);

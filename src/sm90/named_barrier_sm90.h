@@ -10,6 +10,7 @@ namespace fa_cute {
 enum class Sm90Barrier : uint32_t {
   kOStaged = 0,  // every consumer thread has written its rows of O to shared memory
   kWgTurn0 = 1,  // ping-pong: consumer warpgroup w may issue its GEMMs (ids 1 to kNumConsumerWG)
+  kVTailZeroed = 4,  // a KV cache's last key block: its V rows past the keys are zeroed (kExtras)
 };
 
 // Named barriers of the Hopper backward kernel's consumer warpgroups and (kdQFull, kdQEmpty)
