@@ -7,7 +7,9 @@ Every built config that runs on this GPU, in each of its dtypes, on four small c
   - decode-gqa-lse: seqlen_q=1 against 1000 keys, 8 query heads on 2 K/V heads (packed as
     rows of one tile; this small grid is split over keys and merged), LSE written.
 Each forward config with a varlen variant also runs varlen_forward on one packed batch
-(lengths 0, 1, 150, 77 against 90, 5, 300, 0 keys; causal and not). Then every built
+(lengths 0, 1, 150, 77 against 90, 5, 300, 0 keys; causal and not), and every forward
+config forward_with_kvcache over dense and paged caches (pages of 16, 48 and its key block;
+ragged lengths; every unreached cache row NaN: run_kvcache_case). Then every built
 backward config that runs on this GPU, in each of its dtypes, on the first three cases
 (decode aside): fa_cute.backward(config=...) on the float64 reference's out and
 LSE into NaN-filled dq, dk, dv, each checked against the float64 reference
@@ -136,6 +138,62 @@ def run_varlen_case(config: dict, dtype: torch.dtype, causal: bool) -> str:
     return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}, LSE error {lse_err:.1e})"
 
 
+def run_kvcache_case(config: dict, dtype: torch.dtype, page_size: int, seqlen_q: int) -> str:
+    """forward_with_kvcache on a paged cache (page_size > 0; 0: dense entries through
+    cache_batch_idx): 2 sequences of 37 and 200 cached keys (ragged last blocks, a key block
+    that straddles pages where page_size is not a multiple of block_n) plus seqlen_q new
+    tokens appended, 8 query heads on 2 K/V heads, causal for a chunk, LSE written; every
+    cache row no sequence reaches holds NaN (the kernel must never let it into the output).
+    'ok ...', 'skipped ...' or 'FAILED ...'."""
+    d = config["head_dim"]
+    lens, capacity = [37, 200], 256
+    if page_size and capacity % page_size:
+        capacity += page_size - capacity % page_size
+    q = torch.randn(2, seqlen_q, 8, d).to(dtype)
+    k_new, v_new = (torch.randn(2, seqlen_q, 2, d).to(dtype) for _ in range(2))
+    if page_size:
+        pages_per_seq = capacity // page_size
+        table = torch.randperm(2 * pages_per_seq + 1)[:2 * pages_per_seq].view(2, pages_per_seq).int()
+        shape, where = (2 * pages_per_seq + 1, page_size, 2, d), dict(page_table=table.cuda())
+    else:
+        table, shape = None, (3, capacity, 2, d)
+        index = torch.tensor([2, 0], dtype=torch.int32)
+        where = dict(cache_batch_idx=index.cuda())
+    caches = [torch.full(shape, math.nan).to(dtype) for _ in range(2)]
+    for cache in caches:  # the cached keys: finite; every other row NaN
+        for b, n in enumerate(lens):
+            for j in range(n):
+                row = (int(table[b, j // page_size]), j % page_size) if page_size else (int(index[b]), j)
+                cache[row] = torch.randn(2, d).to(dtype)
+    gpu_caches = [c.cuda() for c in caches]
+    result, skipped = launch_or_skip(lambda: fa_cute.forward_with_kvcache(
+        q.cuda(), *gpu_caches, k_new.cuda(), v_new.cuda(), cache_seqlens=torch.tensor(lens, dtype=torch.int32).cuda(),
+        causal=seqlen_q > 1, return_lse=True, config=config["name"], **where))
+    if skipped:
+        return skipped
+    torch.cuda.synchronize()
+    out, lse = (t.cpu() for t in result)
+    scale = 1.0 / math.sqrt(d)
+    notes = []
+    for b, n in enumerate(lens):
+        keys = []
+        for cache, new in zip(gpu_caches, (k_new, v_new)):
+            cache = cache.cpu()
+            rows = [cache[int(table[b, j // page_size]), j % page_size] if page_size else cache[int(index[b]), j]
+                    for j in range(n)]
+            keys.append(torch.cat([torch.stack(rows), new[b]])[None])
+        qb = q[b:b + 1]
+        ref, ref_lse = attention_ref(qb, *keys, scale, causal=seqlen_q > 1, return_lse=True)
+        try:
+            max_err, plain_err = check_close(out[b:b + 1], ref, attention_ref(
+                qb, *keys, scale, upcast=False, causal=seqlen_q > 1))
+            lse_err = check_lse(lse[b:b + 1], ref_lse)
+        except AssertionError as exc:
+            return f"FAILED (sequence {b}): {exc}"
+        notes.append(f"{max_err:.1e}/{plain_err:.1e}, LSE {lse_err:.1e}")
+    return "ok (max abs error / plain per sequence: " + "; ".join(notes) + ")"
+
+
 def run_backward_case(config: str, d: int, dtype: torch.dtype, case: Case,
                       deterministic: bool = False) -> str:
     """'ok ...' or 'FAILED ...' for one backward config on one case ('skipped ...' where
@@ -186,6 +244,10 @@ def main() -> int:
                 result = run_varlen_case(config, DTYPES[dtype_name], causal)
                 print(f"{config['name']} {dtype_name} varlen{'-causal' if causal else ''}: {result}",
                       flush=True)
+                results.append(result)
+            for page_size, seqlen_q in ((0, 1), (16, 1), (48, 7), (config["block_n"], 1)):
+                result = run_kvcache_case(config, DTYPES[dtype_name], page_size, seqlen_q)
+                print(f"{config['name']} {dtype_name} kvcache-p{page_size}-q{seqlen_q}: {result}", flush=True)
                 results.append(result)
     if hasattr(_C, "backward_configs"):
         major, minor = torch.cuda.get_device_capability()
