@@ -61,13 +61,9 @@
 // keep that property: a CTA may wait only for tiles handed out before its own.
 //
 // Memory order. The adds are fp32 atomics (red.global.add, done at L2, no stale L1 line
-// can be read). Hand-over: every adder's adds, the adders' barrier, then the leader's
-// st.release.gpu of turn + 1 (as CUTLASS's Semaphore::release): the release is cumulative
-// over the writes the barrier ordered before it, so no adder fences on its own (a fence per
-// adder waited for each one's adds to reach the L2, on the critical path of the hand-over).
-// The next CTA's leader polls with ld.acquire.gpu until it reads its turn, then the adders'
-// barrier before any of them adds. An adder whose adds run in the async proxy (the Hopper
-// kernel's dQ warp) waits for their completion and fences the proxies before the barrier.
+// can be read). Hand-over: every adder's adds, __threadfence(), the adders' barrier, then
+// the leader's st.release.gpu of turn + 1; the next CTA's leader polls with ld.acquire.gpu
+// until it reads its turn, then the adders' barrier before any of them adds.
 
 namespace fa_cute {
 
@@ -151,18 +147,19 @@ CUTE_DEVICE void dq_wait_turn(int const* semaphore, int turn, Sync const& adders
     unsigned backoff_ns = 32;
     while (dq_load_acquire(semaphore) != turn) {
       __nanosleep(backoff_ns);
-      backoff_ns = backoff_ns < 64 ? backoff_ns * 2 : 64;
+      backoff_ns = backoff_ns < 256 ? backoff_ns * 2 : 256;
     }
   }
   adders.sync();
 #endif
 }
 
-// After the CTA's dQ additions: hand the counter to turn + 1, the release making them
-// visible device-wide first. Every adder must call it (a barrier).
+// After the CTA's dQ additions: make them visible device-wide, then hand the counter to
+// turn + 1. Every adder must call it (a barrier).
 template <class Sync = DqCtaSync>
 CUTE_DEVICE void dq_pass_turn(int* semaphore, int turn, Sync const& adders = {}) {
 #if defined(__CUDA_ARCH__)
+  __threadfence();
   adders.sync();
   if (adders.leader()) dq_store_release(semaphore, turn + 1);
 #endif
