@@ -8,8 +8,10 @@ interleaved shuffled rounds, median of 3 (CUDA events, 20 calls each):
   - cudnn: PyTorch SDPA's CUDNN_ATTENTION backend on the dense keys (its layout);
   - copy: a device-to-device copy of the K and V bytes a decode step reads (the bandwidth
     bound the issue compares with: bytes read and written / time).
+  - paged16@CONFIG (with --config CONFIG): the page-16 cache on a named config, e.g. a
+    Hopper one, whose 16-row page boxes config='auto' does not pick yet.
 Prints times in microseconds and each column's achieved bandwidth (K+V bytes read / time).
-usage: python benchmarks/kvcache_speed.py [BATCH]"""
+usage: python benchmarks/kvcache_speed.py [BATCH] [--config CONFIG]"""
 import random
 import sys
 
@@ -22,7 +24,12 @@ from cuda_timing import medians
 
 
 def main():
-    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    args = sys.argv[1:]
+    named = None
+    if "--config" in args:
+        named = args[args.index("--config") + 1]
+        del args[args.index("--config"):args.index("--config") + 2]
+    batch = int(args[0]) if args else 8
     heads, heads_k, d, dt, dev = 32, 8, 128, torch.bfloat16, "cuda"
     rng = random.Random(0)
     for n in (1024, 4096, 16384, 32768):
@@ -43,6 +50,9 @@ def main():
             caches[page] = (kp, vp, table)
             fns[f"paged{page}"] = (lambda kp=kp, vp=vp, table=table: fa_cute.forward_with_kvcache(
                 q, kp, vp, k_new, v_new, cache_seqlens=lens, page_table=table))
+            if named and page == 16:
+                fns[f"paged16@{named}"] = (lambda kp=kp, vp=vp, table=table: fa_cute.forward_with_kvcache(
+                    q, kp, vp, k_new, v_new, cache_seqlens=lens, page_table=table, config=named))
         qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
         def cudnn():
