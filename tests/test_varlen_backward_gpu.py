@@ -2,7 +2,8 @@
 sequence by sequence (FlashAttention's 2x rule, check_grad_errors): random lengths including
 0 and 1 and sequences without keys, MHA/GQA/MQA, causal (bottom-right per sequence),
 seqused_k, every built backward config by name; autograd through varlen_forward equal to the
-raw op; rows outside every sequence get zero gradients; deterministic=True is bitwise
+raw op; rows outside every sequence get zero gradients; NaN in the key rows past seqused_k
+changes nothing; deterministic=True is bitwise
 reproducible; a bad cu_seqlens comes back as NaN gradients; the step captures in a CUDA
 graph. tests/test_varlen.py tests the argument checks on CPU."""
 
@@ -123,6 +124,34 @@ def test_each_config(config, causal) -> None:
 
 def test_seqused_k() -> None:
     _check([100, 50, 7], [300, 80, 20], seqused=[250, 0, 20], causal=True, seed=4)
+
+
+def test_unused_keys_are_never_read() -> None:
+    """seqused_k with NaN in every key and value row a sequence does not use (a KV cache's
+    unwritten tail): the output, the LSE, dq and the used keys' dk and dv are bitwise those
+    of the same call with finite rows there. 0 * NaN is NaN: a kernel that read such a row into P V,
+    dP = dO V^T or dQ = dS K would let it through (FlashAttention-3's issue #2374)."""
+    lengths_q, lengths_k, seqused = [100, 50, 7], [300, 80, 20], [250, 33, 20]
+    dtype = _dtype_of(128)
+    _needs(128, dtype)
+    q, k, v, dout, cu_q, cu_k, cu_q_t, cu_k_t = _packed(lengths_q, lengths_k, 8, 2, 128, dtype, 6, (0, 0))
+    unused = torch.zeros(k.shape[0], dtype=torch.bool)
+    for b, used in enumerate(seqused):
+        unused[cu_k[b] + used:cu_k[b + 1]] = True
+    unused = unused.to(DEVICE)[:, None, None]
+    seqused_t = torch.tensor(seqused, dtype=torch.int32, device=DEVICE)
+    results = []
+    for kk, vv in ((k, v), (k.masked_fill(unused, float("nan")), v.masked_fill(unused, float("nan")))):
+        out, lse = fa_cute.varlen_forward(q, kk, vv, cu_q_t, cu_k_t, max(lengths_q), max(lengths_k),
+                                          seqused_k=seqused_t, causal=True, return_lse=True)
+        grads = fa_cute.varlen_backward(dout, q, kk, vv, out, lse, cu_q_t, cu_k_t, max(lengths_q),
+                                        max(lengths_k), seqused_k=seqused_t, causal=True)
+        results.append((out, lse) + tuple(grads))
+    used = ~unused[:, 0, 0]
+    for name, finite, poisoned in zip(("out", "lse", "dq", "dk", "dv"), *results):
+        if name in ("dk", "dv"):  # the unused keys' own gradients are not compared
+            finite, poisoned = finite[used], poisoned[used]
+        assert torch.equal(poisoned, finite), name
 
 
 def test_rows_outside_sequences_get_zero() -> None:
