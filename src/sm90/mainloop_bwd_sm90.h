@@ -436,6 +436,27 @@ struct Sm90BwdMainloop {
       mainloop.store_row_stats(stats_tidx, mainloop.load_row_stats(stats_tidx, 0, m_block_min), 2 * wg);
       sync_ds_stored();
       storage.barrier_kv.wait(0);
+      // seqused_k (a varlen batch's keys in use): the block's rows past them are keys the
+      // sequence does not use, which may hold NaN (a KV cache's unwritten tail). Their scores
+      // are masked, so P and dS are 0 there, but dP^T = V dO^T and dQ = dS K read the rows,
+      // and 0 * NaN is NaN: zeroed first, as the forward zeroes its V tail.
+      if constexpr (kExtras) {
+        int const first = cute::max(seq.seqlen_k - coord.n_block * kBlockN, 0);
+        if (p.seqused_k != nullptr && first < kBlockN) {
+          constexpr int kChunk = 16 / int(sizeof(Element));  // one 16-byte store
+          constexpr int kChunksPerRow = kHeadDim / kChunk;
+          for (int i = tidx; i < (kBlockN - first) * kChunksPerRow; i += Traits::kNumConsumerThreads) {
+            int const row = first + i / kChunksPerRow, col = i % kChunksPerRow * kChunk;
+            *reinterpret_cast<uint4*>(&sK(row, col)) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4*>(&sV(row, col)) = make_uint4(0, 0, 0, 0);
+          }
+          cutlass::arch::fence_view_async_shared();
+          // Both warpgroups (the hardware's 16 named barriers are all taken, so kdSStored's:
+          // one more phase that every consumer thread passes; kdQPerWG meets on its own ids).
+          cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads,
+                                            static_cast<uint32_t>(Sm90BwdBarrier::kdSStored));
+        }
+      }
       int step = 0;
       for (int h_in_group = 0; h_in_group < mainloop.group; ++h_in_group) {
         int const bidh = coord.bidh_k * mainloop.group + h_in_group;
