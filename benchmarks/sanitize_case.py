@@ -175,10 +175,10 @@ def run_kvcache_case(config: dict, dtype: torch.dtype, page_size: int, seqlen_q:
     out, lse = (t.cpu() for t in result)
     scale = 1.0 / math.sqrt(d)
     notes = []
+    appended = [c.cpu() for c in gpu_caches]  # the caches after the call's append
     for b, n in enumerate(lens):
         keys = []
-        for cache, new in zip(gpu_caches, (k_new, v_new)):
-            cache = cache.cpu()
+        for cache, new in zip(appended, (k_new, v_new)):
             rows = [cache[int(table[b, j // page_size]), j % page_size] if page_size else cache[int(index[b]), j]
                     for j in range(n)]
             keys.append(torch.cat([torch.stack(rows), new[b]])[None])

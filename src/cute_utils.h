@@ -117,6 +117,22 @@ __forceinline__ __device__ auto gmem_row_tile(T* base, int64_t offset, int row0,
 
 // Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
 // whose numerators go negative when seqlen_q > seqlen_k.
+// Zero rows [first, rows) of a (ROWS,D) shared-memory tile, 16 bytes a store, thread tidx of
+// num_threads striding over them (a swizzled layout keeps each 16-byte chunk of a row
+// contiguous). The Hopper kernels zero a key block's rows past a sequence's keys this way:
+// TMA reads whole blocks, and those rows may hold NaN that 0 * NaN would let through. The
+// caller fences them into the async proxy and syncs the readers.
+template <class TensorS>
+CUTE_DEVICE void zero_rows_from(TensorS&& tile, int first, int tidx, int num_threads) {
+  using Element = typename cute::remove_cvref_t<TensorS>::value_type;
+  constexpr int kRows = decltype(cute::size<0>(tile))::value;
+  constexpr int kChunk = 16 / int(sizeof(Element));
+  constexpr int kChunksPerRow = decltype(cute::size<1>(tile))::value / kChunk;
+  for (int i = tidx; i < (kRows - first) * kChunksPerRow; i += num_threads) {
+    *reinterpret_cast<uint4*>(&tile(first + i / kChunksPerRow, i % kChunksPerRow * kChunk)) = make_uint4(0, 0, 0, 0);
+  }
+}
+
 CUTE_HOST_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 // The same rounded up: ceil(a / b) for b > 0 and a of either sign.
 CUTE_HOST_DEVICE int ceil_div_signed(int a, int b) { return -floor_div(-a, b); }

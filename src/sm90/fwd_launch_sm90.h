@@ -120,7 +120,7 @@ struct Sm90FwdLaunch {
     auto mO = make_tensor(make_gmem_ptr(static_cast<Element*>(params.o_ptr)), mO_const.layout());
     // The page boxes' descriptors only where the kernel reads them (their encode is host time).
     typename Traits::TmaLoadKVPageBox tma_k_page{}, tma_v_page{};
-    if (paged && params.page_size % Traits::kBlockN != 0) {
+    if (Sm90FwdMainloop<Traits, V::kCausal, V::kExtras>::reads_page_boxes(params)) {
       tma_k_page = make_tma_copy(SM90_TMA_LOAD{}, mK, typename Traits::SmemLayoutKVPageBox{});
       tma_v_page = make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutKVPageBox{});
     }

@@ -443,13 +443,8 @@ struct Sm90BwdMainloop {
       if constexpr (kExtras) {
         int const first = cute::max(seq.seqlen_k - coord.n_block * kBlockN, 0);
         if (p.seqused_k != nullptr && first < kBlockN) {
-          constexpr int kChunk = 16 / int(sizeof(Element));  // one 16-byte store
-          constexpr int kChunksPerRow = kHeadDim / kChunk;
-          for (int i = tidx; i < (kBlockN - first) * kChunksPerRow; i += Traits::kNumConsumerThreads) {
-            int const row = first + i / kChunksPerRow, col = i % kChunksPerRow * kChunk;
-            *reinterpret_cast<uint4*>(&sK(row, col)) = make_uint4(0, 0, 0, 0);
-            *reinterpret_cast<uint4*>(&sV(row, col)) = make_uint4(0, 0, 0, 0);
-          }
+          zero_rows_from(sK, first, tidx, Traits::kNumConsumerThreads);
+          zero_rows_from(sV, first, tidx, Traits::kNumConsumerThreads);
           cutlass::arch::fence_view_async_shared();
           // Both warpgroups (the hardware's 16 named barriers are all taken, so kdSStored's:
           // one more phase that every consumer thread passes; kdQPerWG meets on its own ids).

@@ -133,6 +133,12 @@ struct Sm90FwdMainloop {
   // K/V's batch entries: a KV cache read through kv_batch_idx has batch_k of them.
   CUTE_HOST_DEVICE static int kv_batch(FwdParams const& p) { return p.kv_batch_idx != nullptr ? p.batch_k : p.batch; }
 
+  // Whether K and V come from a paged cache in 16-row page boxes (Traits::TmaLoadKVPageBox):
+  // pages that are not whole key blocks. The host encodes those descriptors only then.
+  CUTE_HOST_DEVICE static bool reads_page_boxes(FwdParams const& p) {
+    return kExtras && p.page_table != nullptr && p.page_size % kBlockN != 0;
+  }
+
   // The TMA coordinate tensors of one (batch entry, head) of Q (K, V: rows = seqlen_k), whose
   // row 0 is the sequence's first: dense, the (seqlen, d, heads, batch) tensor's slice;
   // varlen, the packed (total, d, heads, 1) tensor's, offset to the sequence.
@@ -151,7 +157,7 @@ struct Sm90FwdMainloop {
     cute::prefetch_tma_descriptor(mainloop_params.tma_q.get_tma_descriptor());
     cute::prefetch_tma_descriptor(mainloop_params.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(mainloop_params.tma_v.get_tma_descriptor());
-    if (kExtras && p.page_table != nullptr && p.page_size % kBlockN != 0) {
+    if (reads_page_boxes(p)) {
       cute::prefetch_tma_descriptor(mainloop_params.tma_k_page.get_tma_descriptor());
       cute::prefetch_tma_descriptor(mainloop_params.tma_v_page.get_tma_descriptor());
     }
@@ -194,7 +200,7 @@ struct Sm90FwdMainloop {
     // clamped to the sequence's last: the rows past it are masked, and the page table need
     // not cover them.
     bool const paged = kExtras && p.page_table != nullptr;
-    bool const page_boxes = paged && p.page_size % kBlockN != 0;
+    bool const page_boxes = reads_page_boxes(p);
     auto page_tiles = [&](auto const& tma, auto const& tiler) {
       Tensor m = tma.get_tma_tensor(make_shape(p.page_size, p.head_dim, p.nheads_k, p.num_pages));
       return flat_divide(m(_, _, coord.bidh_k, _), tiler);  // (ROWS,D,tiles_per_page,1,num_pages)
@@ -353,14 +359,9 @@ struct Sm90FwdMainloop {
         if constexpr (kExtras) {
           int const first = seq.seqlen_k - n_block * kBlockN;
           if (p.seqused_k == nullptr || first >= kBlockN) return;
-          constexpr int kChunk = 16 / int(sizeof(Element));  // one 16-byte store
-          constexpr int kChunksPerRow = kHeadDim / kChunk;
           Tensor sV = make_tensor(make_smem_ptr(mainloop.storage.smem_v.data()), typename Traits::SmemLayoutV{});  // (BLK_N,D,STAGE)
           pipe_v.consumer_wait(s);
-          for (int i = tidx; i < (kBlockN - first) * kChunksPerRow; i += Traits::kNumConsumerThreads) {
-            *reinterpret_cast<uint4*>(&sV(first + i / kChunksPerRow, i % kChunksPerRow * kChunk, s.index)) =
-                make_uint4(0, 0, 0, 0);
-          }
+          zero_rows_from(sV(_, _, s.index), first, tidx, Traits::kNumConsumerThreads);
           cutlass::arch::fence_view_async_shared();
           cutlass::arch::NamedBarrier::sync(Traits::kNumConsumerThreads, static_cast<uint32_t>(Sm90Barrier::kVTailZeroed));
         }
