@@ -295,8 +295,9 @@ class Sm90BwdConfig(NamedTuple):
     retire; dq_per_wg (_dqwg): each consumer warpgroup computes dQ over its own 64 keys, with no
     barrier between the warpgroups; dq_tile_stages (_dqtile, _dqtile2): dq_accum in the dQ
     accumulators' tiled order, each step's dQ added by one bulk reduce-add from a dQ warp, through
-    1 or 2 shared-memory tile buffers (the traits' knobs kdSStmatrix, kdQBulkReduce, kdPEarlyInit,
-    kdQOverlap, kdQPerWG, kdQTileStages)."""
+    1 or 2 shared-memory tile buffers; dq_tile_in_qdo (_dqtileqdo, with dkv_split_d): the same
+    tile stored into the step's Q/dO stage instead, no buffer of its own (the traits' knobs
+    kdSStmatrix, kdQBulkReduce, kdPEarlyInit, kdQOverlap, kdQPerWG, kdQTileStages, kdQTileInQdO)."""
 
     head_dim: int
     block_m: int
@@ -310,6 +311,7 @@ class Sm90BwdConfig(NamedTuple):
     dq_per_wg: bool = False
     dq_tile_stages: int = 0
     dkv_split_d: bool = False           # implied by block_n = 64 (d = 192, 256): no name suffix
+    dq_tile_in_qdo: bool = False
     production: Optional[bool] = None  # None: a production config iff no knob is set
 
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
@@ -326,7 +328,7 @@ class Sm90BwdConfig(NamedTuple):
         if self.production is not None:
             return not self.production
         return (self.stages != 2 or self.ds_stmatrix or self.dq_bulk or self.dp_early_init or self.dq_overlap
-                or self.dq_per_wg or self.dq_tile_stages > 0)
+                or self.dq_per_wg or self.dq_tile_stages > 0 or self.dq_tile_in_qdo)
 
     @property
     def name(self) -> str:
@@ -334,7 +336,7 @@ class Sm90BwdConfig(NamedTuple):
             ("_dqbulk" if self.dq_bulk else "") + ("_dpearly" if self.dp_early_init else "") + \
             ("_dqovl" if self.dq_overlap else "") + ("_dqwg" if self.dq_per_wg else "") + \
             ("" if self.dq_tile_stages == 0 else "_dqtile" if self.dq_tile_stages == 1 else
-             f"_dqtile{self.dq_tile_stages}")
+             f"_dqtile{self.dq_tile_stages}") + ("_dqtileqdo" if self.dq_tile_in_qdo else "")
         return f"bwd_sm90_m{self.block_m}n{self.block_n}_d{self.head_dim}{suffix}"
 
 
@@ -400,6 +402,9 @@ BWD_CONFIGS = [
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True),
+    Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256, dQ added by two bulk reduce-adds a "
+                  "step from a dQ warp, its tile stored into the step's Q/dO stage", dkv_split_d=True,
+                  dq_tile_in_qdo=True),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
 ]
 
@@ -433,7 +438,7 @@ using Traits = Sm90BwdTraits<{head_dim}, {block_m}, {block_n}, {element}, /*kSta
                              /*kdSStmatrix=*/{ds_stmatrix}, /*kdQBulkReduce=*/{dq_bulk},
                              /*kdPEarlyInit=*/{dp_early_init}, /*kdQOverlap=*/{dq_overlap},
                              /*kdQPerWG=*/{dq_per_wg}, /*kdQTileStages=*/{dq_tile_stages},
-                             /*kdKVSplitD=*/{dkv_split_d}>;
+                             /*kdKVSplitD=*/{dkv_split_d}, /*kdQTileInQdO=*/{dq_tile_in_qdo}>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("{name}", "{family}", {head_dim}, {block_m}, {block_n}, {num_warps},

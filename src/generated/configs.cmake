@@ -29,6 +29,7 @@ set(FA_CUTE_GENERATED_CONFIGS
   bwd_sm90_m64n64_d192
   bwd_sm90_m64n64_d192_dqtile
   bwd_sm90_m64n64_d256
+  bwd_sm90_m64n64_d256_dqtileqdo
   ladder01_basic_d128
   ladder02_swizzle_d128
   ladder03_regprefetch_d128
@@ -197,6 +198,11 @@ set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_LADDER OFF)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_TU_bf16 bwd_sm90_m64n64_d256_bf16.cu)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_TU_fp16 bwd_sm90_m64n64_d256_fp16.cu)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_dqtileqdo_FAMILY sm90a)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_dqtileqdo_LADDER ON)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_dqtileqdo_TU_bf16 bwd_sm90_m64n64_d256_dqtileqdo_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_dqtileqdo_TU_fp16 bwd_sm90_m64n64_d256_dqtileqdo_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m64n64_d256_dqtileqdo_KIND bwd)
 set(FA_CUTE_CONFIG_ladder01_basic_d128_FAMILY sm80)
 set(FA_CUTE_CONFIG_ladder01_basic_d128_LADDER ON)
 set(FA_CUTE_CONFIG_ladder01_basic_d128_TU_bf16 fwd_ladder01_basic_d128_bf16.cu)

@@ -61,6 +61,15 @@ namespace fa_cute {
 //     the bulk adds in that warp alone (bwd_dq_order.h), the consumers never wait for a turn.
 //     kdQTileStages tile buffers (1 or 2): with 2 the consumers may run a step further
 //     ahead of the dQ warp (its turn waits, deterministic, or a slow bulk read).
+//   kdQTileInQdO (with kdKVSplitD): the dQ tile has no buffer of its own; it is stored into
+//     the step's Q/dO stage, whose bytes (2 x kBlockM x d 16-bit values) are exactly the
+//     tile's (kBlockM x d fp32). After the dS barrier a warpgroup's wgmmas read only its own
+//     d/2 columns of Q and dO (dK and dV over its columns), which are a contiguous half of
+//     each stage buffer, so once its dV and dK retire it writes its half of the tile there
+//     (its values of the tile's first half into Q's, of the second into dO's) with no
+//     barrier of the two warpgroups; the dQ warp adds both buffers (two bulk reduce-adds)
+//     and frees the stage for the producer once they are read. At d = 256 the 64 KiB this
+//     saves are what a tile buffer would need (docs/perf-notes.md, Backward).
 //   kdKVSplitD (d = 192 and 256, where dK and dV of 64 keys over all d columns would need
 //     192 or 256 registers a thread): one 64-key block per CTA (kBlockN = 64), and the two
 //     warpgroups split the queries of S^T and dP^T (N = kBlockM / 2 each) and the d columns
@@ -85,7 +94,7 @@ struct Sm90BwdPStaging<true, Element, kElements> {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
           bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false,
-          int kdQTileStages_ = 0, bool kdKVSplitD_ = false>
+          int kdQTileStages_ = 0, bool kdKVSplitD_ = false, bool kdQTileInQdO_ = false>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -102,8 +111,14 @@ struct Sm90BwdTraits {
   static constexpr bool kdQPerWG = kdQPerWG_;
   // kdQTile with kdQTileStages tile buffers in shared memory (1 or 2; 0: kdQTile off).
   static constexpr int kdQTileStages = kdQTileStages_;
-  static constexpr bool kdQTile = kdQTileStages > 0;
+  // kdQTileInQdO: the tile in the step's Q/dO stage, no buffer of its own.
+  static constexpr bool kdQTileInQdO = kdQTileInQdO_;
+  static constexpr bool kdQTile = kdQTileStages > 0 || kdQTileInQdO;
   static_assert(kdQTileStages >= 0 && kdQTileStages <= 2, "one or two dQ tile buffers");
+  static_assert(!(kdQTileInQdO && kdQTileStages > 0), "the dQ tile lives in the Q/dO stage or in buffers of its own");
+  static_assert(!kdQTileInQdO || kdKVSplitD_,
+                "kdQTileInQdO needs each warpgroup's last reads of a stage to be its own d/2 columns (kdKVSplitD)");
+  static_assert(!kdQTileInQdO || kStages_ <= 2, "the dQ warp's full barriers are kdQFull0 + stage (ids 4 and 5)");
   static_assert(!(kdQPerWG && kdQBulkReduce), "the dQ staging rows are laid out for the d/2 split of dQ");
   static_assert(!(kdQTile && (kdQBulkReduce || kdQPerWG)), "kdQTile replaces the other two dQ paths");
   static_assert(kDqAccumRowAlign % kBlockM_ == 0, "a query block owns whole rows of dq_accum's padding");
@@ -269,18 +284,27 @@ struct Sm90BwdTraits {
   // dQ tile (kdQTile): (consumer thread, accumulator value) -> float offset in one query
   // block of dq_accum and in its shared-memory copy. Thread t's values go in runs of 4 (one
   // 16-byte store), run j of the 128 threads of a warpgroup side by side (a warp's store
-  // writes 512 contiguous bytes: no bank conflict), each warpgroup's d/2 columns one
-  // contiguous half.
+  // writes 512 contiguous bytes: no bank conflict). The tile is two parts, each one
+  // contiguous region of shared memory: a tile buffer's two halves, or (kdQTileInQdO) the
+  // stage's Q buffer and its dO buffer. A thread's first J/2 runs (J = its runs) go to part 0,
+  // the others to part 1; within a part each warpgroup's values are one contiguous quarter
+  // of the tile (kdQTileInQdO: its d/2 columns of Q, of dO).
   static constexpr int kdQTileValues = kBlockM * kdQCols / kNumThreadsPerWG;  // per thread
-  static_assert(kdQTileValues % 4 == 0, "a thread's dQ values go in 16-byte runs");
+  static_assert(kdQTileValues % 8 == 0, "a thread's dQ values go in 16-byte runs, half of them to each part");
+  static constexpr int kdQTileRunsPerPart = kdQTileValues / 8;
+  static constexpr int kdQTileWGPartFloats = kNumThreadsPerWG * kdQTileValues / 2;  // a quarter of the tile
+  static constexpr int kdQTilePartFloats = kNumConsumerWG * kdQTileWGPartFloats;     // half of it
+  static_assert(!kdQTileInQdO || kdQTilePartFloats * int(sizeof(float)) == kBlockM * kHeadDim * int(sizeof(Element)),
+                "a part of the tile is one stage of Q (or dO) to the byte");
   using SmemLayoutdQTile = cute::Layout<
       cute::Shape<cute::Shape<cute::Int<kNumThreadsPerWG>, cute::Int<kNumConsumerWG>>,
-                  cute::Shape<cute::_4, cute::Int<kdQTileValues / 4>>>,
-      cute::Stride<cute::Stride<cute::_4, cute::Int<kNumThreadsPerWG * kdQTileValues>>,
-                   cute::Stride<cute::_1, cute::Int<4 * kNumThreadsPerWG>>>>;  // (THR,VAL)
+                  cute::Shape<cute::_4, cute::Shape<cute::Int<kdQTileRunsPerPart>, cute::_2>>>,
+      cute::Stride<cute::Stride<cute::_4, cute::Int<kdQTileWGPartFloats>>,
+                   cute::Stride<cute::_1, cute::Stride<cute::Int<4 * kNumThreadsPerWG>,
+                                                       cute::Int<kdQTilePartFloats>>>>>;  // (THR,VAL)
   static_assert(cute::cosize_v<SmemLayoutdQTile> == kBlockM * kHeadDim, "the tile covers one query block");
   static constexpr int kdQTileBytes = kBlockM * kHeadDim * int(sizeof(float));
-  static constexpr int kSmemdQFloats = kdQTile ? kdQTileStages * kBlockM * kHeadDim : kSmemdQRowsFloats;
+  static constexpr int kSmemdQFloats = kdQTile ? kdQTileStages * kBlockM * kHeadDim : kSmemdQRowsFloats;  // 0: kdQTileInQdO
 
   // 1024-byte alignment: the swizzle patterns are applied to absolute address bits by TMA
   // and wgmma, so each buffer starts on a pattern period (as the forward's).
@@ -289,7 +313,7 @@ struct Sm90BwdTraits {
   using Pipeline = Sm90TmaPipeline<kStages, kNumConsumerWG>;
   // The dQ staging, when on, is an (empty otherwise) base: first in the layout, its size
   // a multiple of 1024 bytes at both head dims, so K keeps its alignment without padding.
-  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce || kdQTile, kSmemdQFloats>,
+  struct SharedStorage : Sm90BwddQStaging<kdQBulkReduce || (kdQTile && !kdQTileInQdO), kSmemdQFloats>,
                          Sm90BwdPStaging<kdKVSplitD, Element, cute::cosize_v<SmemLayoutP>> {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, kSmemAlign> smem_k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, kSmemAlign> smem_v;

@@ -215,12 +215,26 @@ struct Sm90BwdMainloop {
     }
   }
 
-  // The dQ staging rows (kdQBulkReduce) or tile (kdQTile); nullptr without them.
+  // The dQ staging rows (kdQBulkReduce) or tile buffers (kdQTile); nullptr without them.
   CUTE_DEVICE float* dq_staging() const {
-    if constexpr (Traits::kdQBulkReduce || Traits::kdQTile) {
+    if constexpr (Traits::kdQBulkReduce || (Traits::kdQTile && !Traits::kdQTileInQdO)) {
       return storage.smem_dq.data();
     } else {
       return nullptr;
+    }
+  }
+
+  // The buffers a step's dQ tile rotates through: its own, or (kdQTileInQdO) the Q/dO
+  // stages, step s's tile going to step s's stage (the pipeline's index, s % kStages).
+  static constexpr int kdQTileBuffers = Traits::kdQTileInQdO ? Traits::kStages : Traits::kdQTileStages;
+  // Part `part` (0 or 1, Traits::SmemLayoutdQTile) of tile buffer b: half of the buffer,
+  // or (kdQTileInQdO) stage b's Q buffer (part 0) or dO buffer (part 1).
+  CUTE_DEVICE float* dq_tile_part(int b, int part) const {
+    if constexpr (Traits::kdQTileInQdO) {
+      Element* const stage = (part == 0 ? storage.smem_q.data() : storage.smem_do.data()) + b * kBlockM * kHeadDim;
+      return reinterpret_cast<float*>(stage);
+    } else {
+      return dq_staging() + b * kBlockM * kHeadDim + part * Traits::kdQTilePartFloats;
     }
   }
 
@@ -288,8 +302,12 @@ struct Sm90BwdMainloop {
   // S - 1 steps before (S = 2: the tile just issued is still being read while the consumers
   // fill the other). Deterministic: each add waits for the key block's turn and completes
   // before the hand-over; the consumers wait only when no buffer is free.
+  // kdQTileInQdO: the tile is the step's Q/dO stage, two bulk reduce-adds (Q's buffer, dO's);
+  // once both are read the stage goes back to the producer (there is no kdQEmpty: the
+  // consumers next write the stage after its next load has landed).
   CUTE_DEVICE void store_dq(int lane) {
-    constexpr int S = Traits::kdQTileStages;
+    constexpr int S = kdQTileBuffers;
+    constexpr bool kInQdO = Traits::kdQTileInQdO;
     int const steps = num_steps();
     if (steps <= 0) return;
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
@@ -302,21 +320,32 @@ struct Sm90BwdMainloop {
         int const b = step % S;
         cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
         float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
-        uint32_t const src = cute::cast_smem_ptr_to_uint(dq_staging() + b * kBlockM * kHeadDim);
         add_dq_in_order<kBlockM, kBlockN>(
             p, seq, coord.bidb, bidh, m_block, coord.n_block,
             [&] {
               if (lane == 0) {
                 // The semaphore's acquire (generic proxy) before the add (async proxy).
                 if (deterministic) fence_proxy_async_global();
-                bulk_reduce_add_f32(dst, src, uint32_t(Traits::kdQTileBytes));
-                bulk_commit();
-                bulk_wait_read<S - 1>();
+                if constexpr (kInQdO) {
+                  constexpr uint32_t kPartBytes = Traits::kdQTilePartFloats * sizeof(float);
+                  bulk_reduce_add_f32(dst, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 0)), kPartBytes);
+                  bulk_reduce_add_f32(dst + Traits::kdQTilePartFloats, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 1)),
+                                      kPartBytes);
+                  bulk_commit();
+                  bulk_wait_read<0>();
+                  pipe.release_for_consumers(PipelineState{b, 0});
+                } else {
+                  // The two parts are one buffer: one copy.
+                  bulk_reduce_add_f32(dst, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 0)),
+                                      uint32_t(Traits::kdQTileBytes));
+                  bulk_commit();
+                  bulk_wait_read<S - 1>();
+                }
               }
               __syncwarp();
               // The buffer of step step - (S - 1) is read; free it if a later step fills it.
               int const read_step = step - (S - 1);
-              if (read_step >= 0 && read_step + S < steps) {
+              if (!kInQdO && read_step >= 0 && read_step + S < steps) {
                 cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads,
                                                     dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, read_step % S));
               }
@@ -603,7 +632,8 @@ struct Sm90BwdMainloop {
           } else {
             wgmma_wait<0>(acc_dv, acc_dk, tdVrP, tdKrdS);
           }
-          mainloop.pipe.consumer_release(st);
+          // kdQTileInQdO: the stage takes this step's dQ tile; the dQ warp frees it.
+          if constexpr (!Traits::kdQTileInQdO) mainloop.pipe.consumer_release(st);
           if constexpr (!Traits::kdQOverlap) {
             wgmma_gemm</*kZeroInit=*/true>(tiled_mma_dq, tdQrdS_cur, tdQrKt, acc_dq);
           }
@@ -612,7 +642,7 @@ struct Sm90BwdMainloop {
           int const query_rows = seq.seqlen_q - m_block * kBlockM;
           float* const dq_accum_block = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
           if constexpr (Traits::kdQTile) {
-            stage_dq_tile(acc_dq, step);
+            stage_dq_tile(acc_dq, step, st.index);
           } else if constexpr (Traits::kdQBulkReduce) {
             add_dq_bulk(acc_dq, tdQsdQ, dq_accum_block, query_rows);
           } else {
@@ -636,20 +666,26 @@ struct Sm90BwdMainloop {
 
     // kdQTile: dQ_m into tile buffer step % S in SmemLayoutdQTile's order, once the dQ
     // warp's bulk add of step step - S has read it; the stores fenced into the async proxy
-    // (the bulk copy reads through it), then the dQ warp told (no wait).
-    CUTE_DEVICE void stage_dq_tile(AccdQ const& acc_dq, int step) const {
+    // (the bulk copy reads through it), then the dQ warp told (no wait). kdQTileInQdO: into
+    // this step's stage (`stage`), whose reads by this warpgroup have retired (its dV and dK)
+    // and whose other reads (S^T, dP^T: all d columns) the dS barrier ordered before; its
+    // d/2 columns of Q and dO are the bytes of its quarters of the tile.
+    CUTE_DEVICE void stage_dq_tile(AccdQ const& acc_dq, int step, int stage) const {
       using namespace cute;
-      constexpr int S = Traits::kdQTileStages;
-      static_assert(decltype(size(acc_dq))::value == Traits::kdQTileValues, "the tile's values per thread");
-      int const b = step % S;
-      if (step >= S) {
+      constexpr int S = kdQTileBuffers;
+      constexpr int V = Traits::kdQTileValues;
+      static_assert(decltype(size(acc_dq))::value == V, "the tile's values per thread");
+      int const b = Traits::kdQTileInQdO ? stage : step % S;
+      if (!Traits::kdQTileInQdO && step >= S) {
         cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, b));
       }
-      Tensor sdQ = make_tensor(make_smem_ptr(mainloop.dq_staging() + b * kBlockM * kHeadDim),
-                               typename Traits::SmemLayoutdQTile{});  // (THR,VAL)
+      float* const parts[2] = {mainloop.dq_tile_part(b, 0), mainloop.dq_tile_part(b, 1)};
+      typename Traits::SmemLayoutdQTile const tile;  // (THR,VAL)
       CUTE_UNROLL
-      for (int i = 0; i < Traits::kdQTileValues; i += 4) {
-        *reinterpret_cast<float4*>(&sdQ(tidx, i)) = make_float4(acc_dq(i), acc_dq(i + 1), acc_dq(i + 2), acc_dq(i + 3));
+      for (int i = 0; i < V; i += 4) {
+        int const part = i / (V / 2);
+        float* const dst = parts[part] + (tile(tidx, i) - part * Traits::kdQTilePartFloats);
+        *reinterpret_cast<float4*>(dst) = make_float4(acc_dq(i), acc_dq(i + 1), acc_dq(i + 2), acc_dq(i + 3));
       }
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));

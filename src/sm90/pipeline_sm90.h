@@ -68,6 +68,13 @@ struct Sm90TmaPipeline {
   __forceinline__ __device__ void consumer_release(State const& st) {
     if (threadIdx.x % 128 == 0) storage.empty[st.index].arrive();
   }
+
+  // One thread frees the stage on behalf of every consumer warpgroup: a stage whose bytes
+  // the consumers handed on to another reader (the backward's dQ tile in its Q/dO stage,
+  // added by the dQ warp) goes back to the producer only when that reader is done.
+  __forceinline__ __device__ void release_for_consumers(State const& st) {
+    for (int w = 0; w < kNumConsumerWG; ++w) storage.empty[st.index].arrive();
+  }
 };
 
 }  // namespace fa_cute

@@ -285,16 +285,20 @@ void check_bwd_dq_staging(char const* what) {
 
 // The Hopper backward's tiled dq_accum (kdQTile): SmemLayoutdQTile must send the
 // (consumer thread, value) pairs one-to-one onto the kBlockM x d floats of a query block
-// (the bulk add and the postprocess cover it whole), each warpgroup's values into its own
-// contiguous half, a thread's values in 16-byte runs, and the 32 lanes of a warp's store
-// onto 512 contiguous bytes; the dQ GEMM's partition, which the postprocess inverts, must
-// name every (row, column) of the block once.
-template <int D, class Element, int kTileStages>
+// (the bulk add and the postprocess cover it whole), a thread's first half of its values
+// into the tile's first half (part 0) and the rest into part 1, each warpgroup's values into
+// its own contiguous quarter of each part, a thread's values in 16-byte runs, and the 32
+// lanes of a warp's store onto 512 contiguous bytes; the dQ GEMM's partition, which the
+// postprocess inverts, must name every (row, column) of the block once. kdQTileInQdO: the
+// parts are a stage's Q and dO buffers, so each warpgroup's d/2 columns of a Q stage must be
+// exactly its quarter of the part's floats.
+template <int D, class Element, int kTileStages, int kBlockN = 128, bool kSplitD = false, bool kInQdO = false>
 void check_bwd_dq_tile(char const* what) {
-  using T = fa_cute::Sm90BwdTraits<D, 64, 128, Element, 2, false, false, false, false, false, kTileStages>;
+  using T = fa_cute::Sm90BwdTraits<D, 64, kBlockN, Element, 2, false, false, false, false, false, kTileStages,
+                                   kSplitD, kInQdO>;
   typename T::TiledMmadQ mma_dq;
   typename T::SmemLayoutdQTile tile;
-  int const half = 64 * D / 2;
+  int const part_floats = 64 * D / 2, quarter = 64 * D / 4;
   int bad_place = 0, bad_run = 0;
   std::set<int> offsets;
   std::set<std::pair<int, int>> coords;
@@ -306,17 +310,30 @@ void check_bwd_dq_tile(char const* what) {
       int const offset = tile(t, i);
       offsets.insert(offset);
       coords.insert({get<0>(cdQ(i)), get<1>(cdQ(i))});
-      bad_place += offset / half != t / 128;
+      bad_place += offset / part_floats != i / (T::kdQTileValues / 2) || offset % part_floats / quarter != t / 128;
       bad_run += i % 4 != 0 ? offset != tile(t, 4 * (i / 4)) + i % 4 : offset % 4 != 0;
       if (i % 4 == 0 && t % 32 != 0) bad_run += offset != tile(t - 1, i) + 4;  // lanes side by side
     }
   }
-  EXPECT(bad_place == 0 && bad_run == 0, "%s: %d dQ values outside their warpgroup's half, %d off their runs", what,
-         bad_place, bad_run);
+  EXPECT(bad_place == 0 && bad_run == 0, "%s: %d dQ values outside their part's warpgroup quarter, %d off their runs",
+         what, bad_place, bad_run);
   EXPECT(offsets.size() == 64u * D && *offsets.rbegin() == 64 * D - 1, "%s: %zu distinct tile offsets of %d", what,
          offsets.size(), 64 * D);
   EXPECT(coords.size() == 64u * D, "%s: the dQ partition names %zu (row, column) pairs of %d", what, coords.size(),
          64 * D);
+  if constexpr (kInQdO) {
+    // In bytes: warpgroup g's quarter of a part is bytes [g, g + 1) * quarter * 4 of the
+    // stage buffer, which must hold exactly its columns of Q (elements of 2 bytes).
+    typename T::SmemLayoutQ q;
+    int bad_half = 0;
+    for (int st = 0; st < 2; ++st)
+      for (int r = 0; r < 64; ++r)
+        for (int c = 0; c < D; ++c) {
+          int const in_stage = q(r, c, st) - st * 64 * D;
+          bad_half += in_stage * 2 / (quarter * 4) != c / (D / 2) || in_stage < 0 || in_stage >= 64 * D;
+        }
+    EXPECT(bad_half == 0, "%s: %d Q elements outside their warpgroup's half of the stage", what, bad_half);
+  }
   EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
 }
 
@@ -369,6 +386,10 @@ int main() {
   check_bwd_dq_tile<128, cute::half_t, 1>("bwd d128 fp16 dQ tile");
   check_bwd_dq_tile<128, cute::bfloat16_t, 2>("bwd d128 bf16 dQ tile, 2 buffers");
   check_bwd_dq_tile<96, cute::bfloat16_t, 1>("bwd d96 bf16 dQ tile");
+  check_bwd_dq_tile<192, cute::bfloat16_t, 1, 64, true>("bwd d192 bf16 dQ tile (d split)");
+  check_bwd_dq_tile<256, cute::bfloat16_t, 0, 64, true, true>("bwd d256 bf16 dQ tile in the Q/dO stage");
+  check_bwd_dq_tile<256, cute::half_t, 0, 64, true, true>("bwd d256 fp16 dQ tile in the Q/dO stage");
+  check_bwd_dq_tile<192, cute::bfloat16_t, 0, 64, true, true>("bwd d192 bf16 dQ tile in the Q/dO stage");
   check_bwd_traits<96, cute::bfloat16_t>("bwd d96 bf16");
   check_bwd_dq_staging<64, cute::bfloat16_t, 3>("bwd d64 bf16 dQ staging, 3 stages");
   check_bwd_dq_staging<128, cute::half_t, 2>("bwd d128 fp16 dQ staging");
