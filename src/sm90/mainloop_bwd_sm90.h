@@ -305,9 +305,20 @@ struct Sm90BwdMainloop {
   // kdQTileInQdO: the tile is the step's Q/dO stage, two bulk reduce-adds (Q's buffer, dO's);
   // once both are read the stage goes back to the producer (there is no kdQEmpty: the
   // consumers next write the stage after its next load has landed).
-  CUTE_DEVICE void store_dq(int lane) {
+  // Deterministic with two buffers: two dQ warps (`warp` 0 and 1: producer warps 1 and 2),
+  // warp w the steps of buffer w. A hand-over waits for its adds to complete in the L2 (a
+  // 32-64 KiB bulk reduce-add); one warp would wait out each before its next turn, two
+  // overlap a step's completion with the other step's turn. The steps' query blocks differ,
+  // so their turns are independent; each warp still waits only for lower key blocks.
+  // The dQ warps of a call: two only where the split above applies (a compile-time count
+  // for store_dq, whose warps run on the producer's 24 registers).
+  CUTE_DEVICE int num_dq_warps() const { return kdQTileBuffers == 2 && p.dq_semaphore_ptr != nullptr ? 2 : 1; }
+
+  template <int kWarps>
+  CUTE_DEVICE void store_dq(int lane, int warp) {
     constexpr int S = kdQTileBuffers;
     constexpr bool kInQdO = Traits::kdQTileInQdO;
+    static_assert(kWarps == 1 || S == 2, "two dQ warps take a tile buffer each");
     int const steps = num_steps();
     if (steps <= 0) return;
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
@@ -317,6 +328,7 @@ struct Sm90BwdMainloop {
       int64_t const row_base = dq_accum_row_base(bidh);
       CUTE_NO_UNROLL
       for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
+        if (kWarps > 1 && step % kWarps != warp) continue;
         int const b = step % S;
         cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
         float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
@@ -339,12 +351,13 @@ struct Sm90BwdMainloop {
                   bulk_reduce_add_f32(dst, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 0)),
                                       uint32_t(Traits::kdQTileBytes));
                   bulk_commit();
-                  bulk_wait_read<S - 1>();
+                  bulk_wait_read<kWarps == 1 ? S - 1 : 0>();
                 }
               }
               __syncwarp();
-              // The buffer of step step - (S - 1) is read; free it if a later step fills it.
-              int const read_step = step - (S - 1);
+              // The buffer of step step - (S - 1) is read (two warps: of this step); free it
+              // if a later step fills it.
+              int const read_step = kWarps == 1 ? step - (S - 1) : step;
               if (!kInQdO && read_step >= 0 && read_step + S < steps) {
                 cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads,
                                                     dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, read_step % S));
