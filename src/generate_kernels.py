@@ -375,6 +375,8 @@ BWD_CONFIGS = [
                   "no barrier between the warpgroups", dq_per_wg=True),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, two dQ tile buffers",
                   dq_tile_stages=2),
+    Sm90BwdConfig(64, 128, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, 128-row query steps",
+                  dq_tile_stages=1, production=False),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(96, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "

@@ -21,6 +21,7 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m64n128_d64_s3_stsm_dqbulk_dpearly_dqovl", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_dqwg", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_dqtile2", 64, 64, 128, 12},
+    {"bwd_sm90_m128n128_d64_dqtile", 64, 128, 128, 12},
     {"bwd_sm80_m128n128w8_d64", 64, 128, 128, 8},
     {"bwd_sm80_m64n128w8_d64", 64, 64, 128, 8},
     {"bwd_sm90_m64n128_d96_dqtile", 96, 64, 128, 12},

@@ -12,6 +12,7 @@ set(FA_CUTE_GENERATED_CONFIGS
   bwd_sm80_m64n128w8_d64
   bwd_sm80_m64n128w8_d96
   bwd_sm80_m64n64w8_d192
+  bwd_sm90_m128n128_d64_dqtile
   bwd_sm90_m64n128_d128
   bwd_sm90_m64n128_d128_dpearly_dqovl
   bwd_sm90_m64n128_d128_dqtile
@@ -113,6 +114,11 @@ set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_LADDER OFF)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_TU_bf16 bwd_sm80_m64n64w8_d192_bf16.cu)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_TU_fp16 bwd_sm80_m64n64w8_d192_fp16.cu)
 set(FA_CUTE_CONFIG_bwd_sm80_m64n64w8_d192_KIND bwd)
+set(FA_CUTE_CONFIG_bwd_sm90_m128n128_d64_dqtile_FAMILY sm90a)
+set(FA_CUTE_CONFIG_bwd_sm90_m128n128_d64_dqtile_LADDER ON)
+set(FA_CUTE_CONFIG_bwd_sm90_m128n128_d64_dqtile_TU_bf16 bwd_sm90_m128n128_d64_dqtile_bf16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m128n128_d64_dqtile_TU_fp16 bwd_sm90_m128n128_d64_dqtile_fp16.cu)
+set(FA_CUTE_CONFIG_bwd_sm90_m128n128_d64_dqtile_KIND bwd)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_FAMILY sm90a)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_LADDER ON)
 set(FA_CUTE_CONFIG_bwd_sm90_m64n128_d128_TU_bf16 bwd_sm90_m64n128_d128_bf16.cu)

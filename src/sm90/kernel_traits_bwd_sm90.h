@@ -138,9 +138,13 @@ struct Sm90BwdTraits {
                 "the Hopper backward is built for d = 64, 96 and 128 (keys split), 192 and 256 (d split)");
   static_assert(kBlockN == (kdKVSplitD ? 64 : 64 * kNumConsumerWG),
                 "each consumer warpgroup owns one 64-key wgmma atom of S^T (kdKVSplitD: both share one)");
-  static_assert(kBlockM == 64,
-                "kBlockM is the N of S^T and the M of dQ = dS K (one 64-row wgmma atom, shared by both "
-                "warpgroups), and one 128-byte row of dS's MN-major swizzle atom");
+  // kBlockM is the N of S^T and dP^T and the M of dQ = dS K. 64: one wgmma atom of dQ, one
+  // 128-byte row of dS's MN-major swizzle atom. 128 (d = 64 only): half the steps of a CTA,
+  // each twice as long, so the per-step fixed costs (barriers, the LSE/D staging, the dQ
+  // hand-over, the wgmma pipeline's fill and drain) are paid half as often; S^T and dP^T then
+  // take 64 + 64 accumulators a thread next to dK's and dV's 32 + 32 (d = 128 would need 256).
+  static_assert(kBlockM == 64 || (kBlockM == 128 && kHeadDim == 64 && !kdKVSplitD),
+                "query steps of 64 rows, or of 128 at d = 64 (registers: see above)");
   static_assert(kStages >= 2, "one Q/dO stage loads while the other is consumed");
 
   // --- Threads and registers -------------------------------------------------------------------
@@ -270,7 +274,8 @@ struct Sm90BwdTraits {
   static constexpr int kdQRowStride = kdQCols + 4;                           // floats
   static constexpr int kdQWarpStride = kdQRowsPerWarp * kdQRowStride;        // floats
   static constexpr int kdQWarpsPerWG = kNumThreadsPerWG / 32;
-  static_assert(kdQRowsPerWarp * kdQWarpsPerWG == kBlockM, "the warps of a warpgroup split dQ's kBlockM rows");
+  static_assert(!kdQBulkReduce || kdQRowsPerWarp * kdQWarpsPerWG == kBlockM,
+                "the warps of a warpgroup split dQ's kBlockM rows");
   static_assert(kdQRowStride * 4 % 16 == 0 && kdQCols * 4 % 16 == 0, "bulk copies move 16-byte multiples");
   // (row, column) of the (BLK_M,D) dQ tile -> float offset: row = 16 w + r, column = g d/2 + c
   // (w: warp in its warpgroup, g: warpgroup) at ((g * 4 + w) * 16 + r) * stride + c.
