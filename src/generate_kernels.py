@@ -348,11 +348,12 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 # only) comes first, so an H100 takes it and other GPUs the sm80 rows after it. The sm90 rows
 # that follow it are variants of its kernel (Sm90BwdTraits' knobs, named by suffix): outside
 # the production set, built by name or with FA_CUTE_LADDER=ON and timed by name (`python -m
-# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=64, 96 and 192
+# fa_cute.bench --bwd --config NAME`), never a default while after it. At d=96 and 192
 # the default is the tiled-dQ kernel (_dqtile), measured faster than the atomics kernel on an
-# H100 (docs/perf-notes.md, Backward); at d=128 its two-buffer form (_dqtile2), which timed
-# alike or faster in two sessions and runs the deterministic mode faster. d=256 has no tiled-dQ config yet (its dQ
-# tile would take 64 KiB of shared memory; not tried): the atomics kernel is the default.
+# H100 (docs/perf-notes.md, Backward); at d=64 its 128-row query steps (m128), at d=128 its
+# two-buffer form (_dqtile2), which timed alike or faster in two sessions and runs the
+# deterministic mode faster; at d=256 the tile in the Q/dO stage (_dqtileqdo: a tile buffer
+# of its own, 64 KiB, does not fit). Each measured against the variant after it in one run.
 # The sm80 rows: FlashAttention-2's sm80 tiles (flash_bwd_launch_template.h), 8 warps, Q and
 # dO double-buffered (stages=2); shared memory (Sm80BwdTraits::kSmemSize), every one within
 # an A100's 163 KiB, the d=64 64x128 one also within sm_86/89's 99 KiB:
@@ -361,8 +362,10 @@ BwdConfigType = Union[Sm80BwdConfig, Sm90BwdConfig]
 #   d=256 32x64 (2/2/2) 136.5 KiB: FlashAttention-2's 64x64 holds 64 more fp32 dQ
 #         accumulators next to dK's and dV's 128 and spilled (ptxas, sm_80)
 BWD_CONFIGS = [
-    Sm90BwdConfig(64, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
+    Sm90BwdConfig(64, 128, 128, "backward (Hopper): 128-key blocks per CTA, 128-row query steps, TMA + wgmma, dQ "
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
+    Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m128n128_d64_dqtile, 64-row query steps",
+                  dq_tile_stages=1, production=False),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, S^T and dP^T back to back, dQ "
@@ -375,8 +378,6 @@ BWD_CONFIGS = [
                   "no barrier between the warpgroups", dq_per_wg=True),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, two dQ tile buffers",
                   dq_tile_stages=2),
-    Sm90BwdConfig(64, 128, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, 128-row query steps",
-                  dq_tile_stages=1, production=False),
     Sm80BwdConfig(64, 128, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 128-row query steps, 8 warps"),
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(96, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
@@ -403,10 +404,11 @@ BWD_CONFIGS = [
                   "from the consumer warpgroups into row-major rows", dkv_split_d=True, production=False),
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
-                  "warpgroups splitting the queries of S^T and the d columns of dK and dV", dkv_split_d=True),
-    Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256, dQ added by two bulk reduce-adds a "
-                  "step from a dQ warp, its tile stored into the step's Q/dO stage", dkv_split_d=True,
-                  dq_tile_in_qdo=True),
+                  "warpgroups splitting the queries of S^T and the d columns of dK and dV, dQ added by two bulk "
+                  "reduce-adds a step from a dQ warp, its tile stored into the step's Q/dO stage", dkv_split_d=True,
+                  dq_tile_in_qdo=True, production=True),
+    Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256_dqtileqdo, dQ added by 16-byte atomics "
+                  "from the consumer warpgroups into row-major rows", dkv_split_d=True, production=False),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
 ]
 

@@ -14,6 +14,7 @@ struct BwdConfig {
 };
 
 inline constexpr BwdConfig kBwdConfigs[] = {
+    {"bwd_sm90_m128n128_d64_dqtile", 64, 128, 128, 12},
     {"bwd_sm90_m64n128_d64_dqtile", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_dpearly_dqovl", 64, 64, 128, 12},
@@ -21,7 +22,6 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m64n128_d64_s3_stsm_dqbulk_dpearly_dqovl", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_dqwg", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_dqtile2", 64, 64, 128, 12},
-    {"bwd_sm90_m128n128_d64_dqtile", 64, 128, 128, 12},
     {"bwd_sm80_m128n128w8_d64", 64, 128, 128, 8},
     {"bwd_sm80_m64n128w8_d64", 64, 64, 128, 8},
     {"bwd_sm90_m64n128_d96_dqtile", 96, 64, 128, 12},
@@ -36,8 +36,8 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m64n64_d192_dqtile", 192, 64, 64, 12},
     {"bwd_sm90_m64n64_d192", 192, 64, 64, 12},
     {"bwd_sm80_m64n64w8_d192", 192, 64, 64, 8},
-    {"bwd_sm90_m64n64_d256", 256, 64, 64, 12},
     {"bwd_sm90_m64n64_d256_dqtileqdo", 256, 64, 64, 12},
+    {"bwd_sm90_m64n64_d256", 256, 64, 64, 12},
     {"bwd_sm80_m32n64w8_d256", 256, 32, 64, 8},
 };
 

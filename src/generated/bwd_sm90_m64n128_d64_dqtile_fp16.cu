@@ -13,6 +13,6 @@ using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n128_d64_dqtile", "sm90a", 64, 64, 128, 12,
                             Traits::kSmemSize, DType::kFP16, &run_bwd<Launch>,
-                            "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ added by one bulk reduce-add a step from a dQ warp");
+                            "backward (Hopper): as bwd_sm90_m128n128_d64_dqtile, 64-row query steps");
 
 }  // namespace fa_cute

@@ -13,6 +13,6 @@ using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n64_d256_dqtileqdo", "sm90a", 256, 64, 64, 12,
                             Traits::kSmemSize, DType::kBF16, &run_bwd<Launch>,
-                            "backward (Hopper): as bwd_sm90_m64n64_d256, dQ added by two bulk reduce-adds a step from a dQ warp, its tile stored into the step's Q/dO stage");
+                            "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the warpgroups splitting the queries of S^T and the d columns of dK and dV, dQ added by two bulk reduce-adds a step from a dQ warp, its tile stored into the step's Q/dO stage");
 
 }  // namespace fa_cute

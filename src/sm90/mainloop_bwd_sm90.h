@@ -322,13 +322,15 @@ struct Sm90BwdMainloop {
     int const steps = num_steps();
     if (steps <= 0) return;
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
-    int step = 0;
-    for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
+    // One flat loop over this warp's steps (few live registers: the producer warpgroup's 24).
+    int const blocks = queries.num_blocks();
+    CUTE_NO_UNROLL
+    for (int step = warp; step < steps; step += kWarps) {
+      int const h_in_group = step / blocks;
+      int const m_block = queries.m_block_min + (step - h_in_group * blocks);
       int const bidh = coord.bidh_k * group + h_in_group;
       int64_t const row_base = dq_accum_row_base(bidh);
-      CUTE_NO_UNROLL
-      for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
-        if (kWarps > 1 && step % kWarps != warp) continue;
+      {
         int const b = step % S;
         cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
         float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
