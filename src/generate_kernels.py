@@ -366,6 +366,8 @@ BWD_CONFIGS = [
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m128n128_d64_dqtile, 64-row query steps",
                   dq_tile_stages=1, production=False),
+    Sm90BwdConfig(64, 128, 128, "backward (Hopper): as bwd_sm90_m128n128_d64_dqtile, two dQ tile buffers",
+                  dq_tile_stages=2),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, S^T and dP^T back to back, dQ "
@@ -382,6 +384,8 @@ BWD_CONFIGS = [
     Sm80BwdConfig(64, 64, 128, 8, 2, 4, 2, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(96, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
                   "added by one bulk reduce-add a step from a dQ warp", dq_tile_stages=1, production=True),
+    Sm90BwdConfig(96, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d96_dqtile, two dQ tile buffers",
+                  dq_tile_stages=2),
     Sm80BwdConfig(96, 64, 128, 8, 2, 4, 4, "backward: 128-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): 128-key blocks per CTA, 64-row query steps, TMA + wgmma, dQ "
                   "added by one bulk reduce-add a step from a dQ warp, through two tile buffers", dq_tile_stages=2,
@@ -402,6 +406,8 @@ BWD_CONFIGS = [
                   "reduce-add a step from a dQ warp", dkv_split_d=True, dq_tile_stages=1, production=True),
     Sm90BwdConfig(192, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d192_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", dkv_split_d=True, production=False),
+    Sm90BwdConfig(192, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d192_dqtile, its tile stored into the "
+                  "step's Q/dO stage", dkv_split_d=True, dq_tile_in_qdo=True),
     Sm80BwdConfig(192, 64, 64, 8, 4, 2, 2, "backward: 64-key blocks per CTA, 64-row query steps, 8 warps"),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): 64-key blocks per CTA, 64-row query steps, TMA + wgmma, the "
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV, dQ added by two bulk "

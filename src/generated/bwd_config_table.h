@@ -16,6 +16,7 @@ struct BwdConfig {
 inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m128n128_d64_dqtile", 64, 128, 128, 12},
     {"bwd_sm90_m64n128_d64_dqtile", 64, 64, 128, 12},
+    {"bwd_sm90_m128n128_d64_dqtile2", 64, 128, 128, 12},
     {"bwd_sm90_m64n128_d64", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_dpearly_dqovl", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_stsm_dqbulk_dpearly_dqovl", 64, 64, 128, 12},
@@ -25,6 +26,7 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm80_m128n128w8_d64", 64, 128, 128, 8},
     {"bwd_sm80_m64n128w8_d64", 64, 64, 128, 8},
     {"bwd_sm90_m64n128_d96_dqtile", 96, 64, 128, 12},
+    {"bwd_sm90_m64n128_d96_dqtile2", 96, 64, 128, 12},
     {"bwd_sm80_m64n128w8_d96", 96, 64, 128, 8},
     {"bwd_sm90_m64n128_d128_dqtile2", 128, 64, 128, 12},
     {"bwd_sm90_m64n128_d128_dqtile", 128, 64, 128, 12},
@@ -35,6 +37,7 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm80_m64n128w8_d128", 128, 64, 128, 8},
     {"bwd_sm90_m64n64_d192_dqtile", 192, 64, 64, 12},
     {"bwd_sm90_m64n64_d192", 192, 64, 64, 12},
+    {"bwd_sm90_m64n64_d192_dqtileqdo", 192, 64, 64, 12},
     {"bwd_sm80_m64n64w8_d192", 192, 64, 64, 8},
     {"bwd_sm90_m64n64_d256_dqtileqdo", 256, 64, 64, 12},
     {"bwd_sm90_m64n64_d256", 256, 64, 64, 12},
