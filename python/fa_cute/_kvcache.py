@@ -14,8 +14,8 @@ host cannot see is checked on the GPU: a position past an entry's capacity, an e
 page outside its pool is not written, and the call's output and LSE become NaN
 (src/fwd_varlen_check.h). Both kernel families take any page size that is a multiple of 16:
 the Hopper kernel loads a key block from one page by one TMA box where the page size is a
-multiple of the config's block_n, else as block_n / 16 boxes of 16 rows, each from its page.
-config='auto' keeps such pages on the Ampere-style kernel until the boxes are measured.
+multiple of the config's block_n, else as block_n / 16 boxes of 16 rows, each from its page
+(config='auto' takes the heuristic's config for every page size; docs/perf-notes.md, Serving).
 """
 
 from typing import NamedTuple, Optional, Tuple, Union
@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 
 from . import _C, _cache
-from ._configs import AUTO, CONFIGS, DTYPE_NAMES, packed_call_config
+from ._configs import AUTO, DTYPE_NAMES, packed_call_config
 from ._launch import current_stream, launch_strides, packable, row_strides
 from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
                         check_tensor, extent_bytes, grad_mode, resolve_scale, softcap_arg, window_arg)
@@ -188,8 +188,8 @@ def plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_
     windowed = window_left >= 0 or window_right >= 0
     packed = seqlen_q == 1 and nheads > nheads_k and not windowed and packable(q)
     launch_seqlen_q, launch_nheads = (nheads // nheads_k, nheads_k) if packed else (seqlen_q, nheads)
-    cfg = packed_call_config(config, q, head_dim, lambda cc: _auto_config(
-        head_dim, launch_seqlen_q, capacity, cc, causal, rows if paged else 0), cap)
+    cfg = packed_call_config(config, q, head_dim, lambda cc: _C.default_config(
+        head_dim, launch_seqlen_q, capacity, cc[0], cc[1], causal), cap)
     for name, t in named:
         check_layout(name, t, cfg["block_n"] if "cache" in name else cfg["block_m"])
     ints = [("cache_seqlens", cache_seqlens)] + ([("page_table", page_table)] if paged else []) + \
@@ -241,17 +241,6 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
             accum.data_ptr() if accum is not None else 0,
             accum[values:].data_ptr() if accum is not None else 0)
     return (out, lse) if plan.return_lse else out
-
-
-def _auto_config(head_dim: int, seqlen_q: int, capacity: int, cc, causal: bool, page_size: int) -> str:
-    """The heuristic's config for (seqlen_q, capacity) on compute capability cc; for a paged
-    cache whose pages are not whole key blocks of that (Hopper) config, the Ampere-style
-    kernel's: the Hopper kernel's 16-row page boxes take such pages by name (config=) and
-    become auto's pick once measured on a GPU (docs/perf-notes.md, Serving)."""
-    name = _C.default_config(head_dim, seqlen_q, capacity, cc[0], cc[1], causal)
-    if page_size and CONFIGS[name]["family"] == "sm90a" and page_size % CONFIGS[name]["block_n"]:
-        name = _C.default_config(head_dim, seqlen_q, capacity, 8, 0, causal)
-    return name
 
 
 def _check_int32(name: str, t, shape) -> None:
