@@ -216,11 +216,26 @@ struct Sm90FwdMainloop {
           auto [tPg, tPs] = tma_partition(tma_page, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(flat_divide(sX, box)),
                                           group_modes<0, 2>(page_tiles(tma_page, box)));
           auto tma_box = tma_page.with(barrier, 0, TMA::CacheHintSm90::EVICT_LAST);
+          // The boxes' pages first, then their copies: a TMA issue is an asm statement that
+          // clobbers memory, so a page-table read between two of them would wait out its
+          // latency before the next issue. In groups of kGroup boxes (all of the block where
+          // the producer has the registers: the 1-warpgroup decode tiles' 56; 4 on 24).
+          constexpr int kBoxes = kBlockN / Traits::kPageBoxRows;
+          constexpr int kGroup = Traits::kProducerRegs >= 56 || kBoxes < 4 ? kBoxes : 4;
           CUTE_UNROLL
-          for (int j = 0; j < kBlockN / Traits::kPageBoxRows; ++j) {
-            int const key = cute::min(n * kBlockN + j * Traits::kPageBoxRows, seq.seqlen_k - 1);
-            copy(tma_box, tPg(_, key % p.page_size / Traits::kPageBoxRows, 0, seq.page_of(p, coord.bidb, key)),
-                 tPs(_, j, 0, st.index));  // (TMA,BOXES,1,STAGE)
+          for (int g = 0; g < kBoxes; g += kGroup) {
+            int box_page[kGroup];
+            CUTE_UNROLL
+            for (int j = 0; j < kGroup && g + j < kBoxes; ++j) {
+              int const key = cute::min(n * kBlockN + (g + j) * Traits::kPageBoxRows, seq.seqlen_k - 1);
+              box_page[j] = seq.page_of(p, coord.bidb, key);
+            }
+            CUTE_UNROLL
+            for (int j = 0; j < kGroup && g + j < kBoxes; ++j) {
+              int const key = cute::min(n * kBlockN + (g + j) * Traits::kPageBoxRows, seq.seqlen_k - 1);
+              copy(tma_box, tPg(_, key % p.page_size / Traits::kPageBoxRows, 0, box_page[j]),
+                   tPs(_, g + j, 0, st.index));  // (TMA,BOXES,1,STAGE)
+            }
           }
           return;
         }
