@@ -198,10 +198,10 @@ void check_traits(char const* what, GMMA::LayoutType swizzle) {
 // element that operand expects there (per thread, both warpgroups); S^T and dQ must be
 // covered once, dQ's d columns split by warpgroup with value pairs on adjacent columns
 // (the float2 atomics); and the transposed views must name the same bytes.
-template <int D, class Element>
+template <int D, class Element, int BM = 64, int kTileStages = 0>
 void check_bwd_traits(char const* what) {
-  using T = fa_cute::Sm90BwdTraits<D, 64, 128, Element>;
-  using TileSt = Shape<_128, _64>;  // (keys, queries)
+  using T = fa_cute::Sm90BwdTraits<D, BM, 128, Element, 2, false, false, false, false, false, kTileStages>;
+  using TileSt = Shape<_128, Int<BM>>;  // (keys, queries)
   typename T::TiledMmaSdP mma_sdp;
   typename T::TiledMmadKV mma_dkv;
   typename T::TiledMmadQ mma_dq;
@@ -224,7 +224,7 @@ void check_bwd_traits(char const* what) {
           auto const held = by_slot[a_layout(v, m, kb)];
           bad_a += held.first != int(get<0>(cA(v, m, kb))) || held.second != int(get<1>(cA(v, m, kb)));
         }
-    Tensor cdQ = mma_dq.get_thread_slice(t).partition_C(make_identity_tensor(Shape<_64, Int<D>>{}));
+    Tensor cdQ = mma_dq.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
     for (int i = 0; i < size(cdQ); ++i) {
       covered_dq.insert({int(get<0>(cdQ(i))), int(get<1>(cdQ(i)))});
       bad_dq += int(get<1>(cdQ(i))) / (D / 2) != t / 128;
@@ -238,15 +238,15 @@ void check_bwd_traits(char const* what) {
   typename T::SmemLayoutdS ds;
   typename T::SmemLayoutdSt dst;
   for (int s = 0; s < 2; ++s)
-    for (int r = 0; r < 64; ++r) {
+    for (int r = 0; r < BM; ++r) {
       for (int c = 0; c < D; ++c) bad_views += q(r, c, s) != qt(c, r, s);
       for (int c = 0; c < 128; ++c) bad_views += ds(r, c, s) != dst(c, r, s);
     }
   for (int r = 0; r < 128; ++r)
     for (int c = 0; c < D; ++c) bad_views += k(r, c) != kt(c, r);
   EXPECT(bad_a == 0, "%s: %d register A-operand slots of P^T/dS^T hold the wrong (key, query)", what, bad_a);
-  EXPECT(covered_s.size() == 128u * 64u, "%s: S^T covered %zu of %d elements", what, covered_s.size(), 128 * 64);
-  EXPECT(bad_dq == 0 && covered_dq.size() == 64u * D, "%s: dQ split or value pairs wrong (%d), covered %zu", what,
+  EXPECT(covered_s.size() == 128u * BM, "%s: S^T covered %zu of %d elements", what, covered_s.size(), 128 * BM);
+  EXPECT(bad_dq == 0 && covered_dq.size() == unsigned(BM) * D, "%s: dQ split or value pairs wrong (%d), covered %zu", what,
          bad_dq, covered_dq.size());
   EXPECT(bad_views == 0, "%s: %d transposed-view elements differ", what, bad_views);
   EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
@@ -292,18 +292,19 @@ void check_bwd_dq_staging(char const* what) {
 // postprocess inverts, must name every (row, column) of the block once. kdQTileInQdO: the
 // parts are a stage's Q and dO buffers, so each warpgroup's d/2 columns of a Q stage must be
 // exactly its quarter of the part's floats.
-template <int D, class Element, int kTileStages, int kBlockN = 128, bool kSplitD = false, bool kInQdO = false>
+template <int D, class Element, int kTileStages, int kBlockN = 128, bool kSplitD = false, bool kInQdO = false,
+          int BM = 64>
 void check_bwd_dq_tile(char const* what) {
-  using T = fa_cute::Sm90BwdTraits<D, 64, kBlockN, Element, 2, false, false, false, false, false, kTileStages,
+  using T = fa_cute::Sm90BwdTraits<D, BM, kBlockN, Element, 2, false, false, false, false, false, kTileStages,
                                    kSplitD, kInQdO>;
   typename T::TiledMmadQ mma_dq;
   typename T::SmemLayoutdQTile tile;
-  int const part_floats = 64 * D / 2, quarter = 64 * D / 4;
+  int const part_floats = BM * D / 2, quarter = BM * D / 4;
   int bad_place = 0, bad_run = 0;
   std::set<int> offsets;
   std::set<std::pair<int, int>> coords;
   for (int t = 0; t < T::kNumConsumerThreads; ++t) {
-    Tensor cdQ = mma_dq.get_thread_slice(t).partition_C(make_identity_tensor(Shape<_64, Int<D>>{}));
+    Tensor cdQ = mma_dq.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
     EXPECT(int(size(cdQ)) == T::kdQTileValues, "%s: %d dQ values a thread, the tile has %d", what, int(size(cdQ)),
            T::kdQTileValues);
     for (int i = 0; i < size(cdQ); ++i) {
@@ -317,20 +318,20 @@ void check_bwd_dq_tile(char const* what) {
   }
   EXPECT(bad_place == 0 && bad_run == 0, "%s: %d dQ values outside their part's warpgroup quarter, %d off their runs",
          what, bad_place, bad_run);
-  EXPECT(offsets.size() == 64u * D && *offsets.rbegin() == 64 * D - 1, "%s: %zu distinct tile offsets of %d", what,
-         offsets.size(), 64 * D);
-  EXPECT(coords.size() == 64u * D, "%s: the dQ partition names %zu (row, column) pairs of %d", what, coords.size(),
-         64 * D);
+  EXPECT(offsets.size() == unsigned(BM) * D && *offsets.rbegin() == BM * D - 1, "%s: %zu distinct tile offsets of %d",
+         what, offsets.size(), BM * D);
+  EXPECT(coords.size() == unsigned(BM) * D, "%s: the dQ partition names %zu (row, column) pairs of %d", what,
+         coords.size(), BM * D);
   if constexpr (kInQdO) {
     // In bytes: warpgroup g's quarter of a part is bytes [g, g + 1) * quarter * 4 of the
     // stage buffer, which must hold exactly its columns of Q (elements of 2 bytes).
     typename T::SmemLayoutQ q;
     int bad_half = 0;
     for (int st = 0; st < 2; ++st)
-      for (int r = 0; r < 64; ++r)
+      for (int r = 0; r < BM; ++r)
         for (int c = 0; c < D; ++c) {
-          int const in_stage = q(r, c, st) - st * 64 * D;
-          bad_half += in_stage * 2 / (quarter * 4) != c / (D / 2) || in_stage < 0 || in_stage >= 64 * D;
+          int const in_stage = q(r, c, st) - st * BM * D;
+          bad_half += in_stage * 2 / (quarter * 4) != c / (D / 2) || in_stage < 0 || in_stage >= BM * D;
         }
     EXPECT(bad_half == 0, "%s: %d Q elements outside their warpgroup's half of the stage", what, bad_half);
   }
@@ -391,6 +392,9 @@ int main() {
   check_bwd_dq_tile<256, cute::half_t, 0, 64, true, true>("bwd d256 fp16 dQ tile in the Q/dO stage");
   check_bwd_dq_tile<192, cute::bfloat16_t, 0, 64, true, true>("bwd d192 bf16 dQ tile in the Q/dO stage");
   check_bwd_traits<96, cute::bfloat16_t>("bwd d96 bf16");
+  check_bwd_traits<64, cute::bfloat16_t, 128, 1>("bwd d64 bf16, 128-row steps");
+  check_bwd_dq_tile<64, cute::bfloat16_t, 1, 128, false, false, 128>("bwd d64 bf16 dQ tile, 128-row steps");
+  check_bwd_dq_tile<64, cute::half_t, 2, 128, false, false, 128>("bwd d64 fp16 dQ tile, 128-row steps, 2 buffers");
   check_bwd_dq_staging<64, cute::bfloat16_t, 3>("bwd d64 bf16 dQ staging, 3 stages");
   check_bwd_dq_staging<128, cute::half_t, 2>("bwd d128 fp16 dQ staging");
   check_bwd_traits<64, cute::bfloat16_t>("bwd d64 bf16");
