@@ -314,63 +314,78 @@ struct Sm90BwdMainloop {
   // for store_dq, whose warps run on the producer's 24 registers).
   CUTE_DEVICE int num_dq_warps() const { return kdQTileBuffers == 2 && p.dq_semaphore_ptr != nullptr ? 2 : 1; }
 
+  // One step of store_dq: step `step` (of `steps`) is query block m_block of query head
+  // h_in_group of the group.
   template <int kWarps>
-  CUTE_DEVICE void store_dq(int lane, int warp) {
+  CUTE_DEVICE void store_dq_step(int lane, int step, int steps, int h_in_group, int m_block, bool deterministic) {
     constexpr int S = kdQTileBuffers;
     constexpr bool kInQdO = Traits::kdQTileInQdO;
-    static_assert(kWarps == 1 || S == 2, "two dQ warps take a tile buffer each");
+    int const bidh = coord.bidh_k * group + h_in_group;
+    int64_t const row_base = dq_accum_row_base(bidh);
+    int const b = step % S;
+    cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
+    float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
+    add_dq_in_order<kBlockM, kBlockN>(
+        p, seq, coord.bidb, bidh, m_block, coord.n_block,
+        [&] {
+          if (lane == 0) {
+            // The semaphore's acquire (generic proxy) before the add (async proxy).
+            if (deterministic) fence_proxy_async_global();
+            if constexpr (kInQdO) {
+              constexpr uint32_t kPartBytes = Traits::kdQTilePartFloats * sizeof(float);
+              bulk_reduce_add_f32(dst, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 0)), kPartBytes);
+              bulk_reduce_add_f32(dst + Traits::kdQTilePartFloats, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 1)),
+                                  kPartBytes);
+              bulk_commit();
+              bulk_wait_read<0>();
+              pipe.release_for_consumers(PipelineState{b, 0});
+            } else {
+              // The two parts are one buffer: one copy.
+              bulk_reduce_add_f32(dst, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 0)),
+                                  uint32_t(Traits::kdQTileBytes));
+              bulk_commit();
+              bulk_wait_read<kWarps == 1 ? S - 1 : 0>();
+            }
+          }
+          __syncwarp();
+          // The buffer of step step - (S - 1) is read (two warps: of this step); free it
+          // if a later step fills it.
+          int const read_step = kWarps == 1 ? step - (S - 1) : step;
+          if (!kInQdO && read_step >= 0 && read_step + S < steps) {
+            cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads,
+                                                dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, read_step % S));
+          }
+          if (deterministic && lane == 0) {
+            // The adds done, and ordered before the hand-over's release (generic proxy).
+            bulk_wait_all();
+            fence_proxy_async_global();
+          }
+        },
+        WarpSync{lane});
+  }
+
+  template <int kWarps>
+  CUTE_DEVICE void store_dq(int lane, int warp) {
+    static_assert(kWarps == 1 || kdQTileBuffers == 2, "two dQ warps take a tile buffer each");
     int const steps = num_steps();
     if (steps <= 0) return;
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
-    // One flat loop over this warp's steps (few live registers: the producer warpgroup's 24).
-    int const blocks = queries.num_blocks();
-    CUTE_NO_UNROLL
-    for (int step = warp; step < steps; step += kWarps) {
-      int const h_in_group = step / blocks;
-      int const m_block = queries.m_block_min + (step - h_in_group * blocks);
-      int const bidh = coord.bidh_k * group + h_in_group;
-      int64_t const row_base = dq_accum_row_base(bidh);
-      {
-        int const b = step % S;
-        cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
-        float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
-        add_dq_in_order<kBlockM, kBlockN>(
-            p, seq, coord.bidb, bidh, m_block, coord.n_block,
-            [&] {
-              if (lane == 0) {
-                // The semaphore's acquire (generic proxy) before the add (async proxy).
-                if (deterministic) fence_proxy_async_global();
-                if constexpr (kInQdO) {
-                  constexpr uint32_t kPartBytes = Traits::kdQTilePartFloats * sizeof(float);
-                  bulk_reduce_add_f32(dst, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 0)), kPartBytes);
-                  bulk_reduce_add_f32(dst + Traits::kdQTilePartFloats, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 1)),
-                                      kPartBytes);
-                  bulk_commit();
-                  bulk_wait_read<0>();
-                  pipe.release_for_consumers(PipelineState{b, 0});
-                } else {
-                  // The two parts are one buffer: one copy.
-                  bulk_reduce_add_f32(dst, cute::cast_smem_ptr_to_uint(dq_tile_part(b, 0)),
-                                      uint32_t(Traits::kdQTileBytes));
-                  bulk_commit();
-                  bulk_wait_read<kWarps == 1 ? S - 1 : 0>();
-                }
-              }
-              __syncwarp();
-              // The buffer of step step - (S - 1) is read (two warps: of this step); free it
-              // if a later step fills it.
-              int const read_step = kWarps == 1 ? step - (S - 1) : step;
-              if (!kInQdO && read_step >= 0 && read_step + S < steps) {
-                cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads,
-                                                    dq_tile_barrier(Sm90BwdBarrier::kdQEmpty0, read_step % S));
-              }
-              if (deterministic && lane == 0) {
-                // The adds done, and ordered before the hand-over's release (generic proxy).
-                bulk_wait_all();
-                fence_proxy_async_global();
-              }
-            },
-            WarpSync{lane});
+    if constexpr (kWarps == 1) {
+      int step = 0;
+      for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
+        CUTE_NO_UNROLL
+        for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
+          store_dq_step<1>(lane, step, steps, h_in_group, m_block, deterministic);
+        }
+      }
+    } else {
+      // One flat loop over this warp's steps (few live registers: the producer warpgroup's 24).
+      int const blocks = queries.num_blocks();
+      CUTE_NO_UNROLL
+      for (int step = warp; step < steps; step += kWarps) {
+        int const h_in_group = step / blocks;
+        store_dq_step<kWarps>(lane, step, steps, h_in_group, queries.m_block_min + (step - h_in_group * blocks),
+                              deterministic);
       }
     }
     // The kernel's end must not come before the last adds (the postprocess reads dq_accum).
