@@ -218,10 +218,11 @@ struct Sm90FwdMainloop {
           auto tma_box = tma_page.with(barrier, 0, TMA::CacheHintSm90::EVICT_LAST);
           // The boxes' pages first, then their copies: a TMA issue is an asm statement that
           // clobbers memory, so a page-table read between two of them would wait out its
-          // latency before the next issue. In groups of kGroup boxes (all of the block where
-          // the producer has the registers: the 1-warpgroup decode tiles' 56; 4 on 24).
+          // latency before the next issue. All of a block's pages at once where the producer
+          // has the registers (the 1-warpgroup decode tiles' 56); one at a time on 24 or 32
+          // (groups of 4 pushed the d=192 tile's extras variant past its spill budget).
           constexpr int kBoxes = kBlockN / Traits::kPageBoxRows;
-          constexpr int kGroup = Traits::kProducerRegs >= 56 || kBoxes < 4 ? kBoxes : 4;
+          constexpr int kGroup = Traits::kProducerRegs >= 56 ? kBoxes : 1;
           CUTE_UNROLL
           for (int g = 0; g < kBoxes; g += kGroup) {
             int box_page[kGroup];
