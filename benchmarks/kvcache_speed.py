@@ -8,8 +8,8 @@ interleaved shuffled rounds, median of 3 (CUDA events, 20 calls each):
   - cudnn: PyTorch SDPA's CUDNN_ATTENTION backend on the dense keys (its layout);
   - copy: a device-to-device copy of the K and V bytes a decode step reads (the bandwidth
     bound the issue compares with: bytes read and written / time).
-  - paged16@CONFIG (with --config CONFIG): the page-16 cache on a named config, e.g. a
-    Hopper one, whose 16-row page boxes config='auto' does not pick yet.
+  - paged16@CONFIG (with --config CONFIG): the page-16 cache on a named config (config='auto'
+    takes the heuristic's, the Hopper kernel's 16-row page boxes on an H100).
 Prints times in microseconds and each column's achieved bandwidth (K+V bytes read / time).
 usage: python benchmarks/kvcache_speed.py [BATCH] [--config CONFIG]"""
 import random

@@ -56,13 +56,11 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     tensors = (q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx)
     key = call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits, config)
     hit = _cache.KVCACHE_VALIDATED.get(key) if key is not None else None
-    if hit is not None and not (grad_mode() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad
-                                                 or (k is not None and (k.requires_grad or v.requires_grad)))) \
-            and _cache.storages_hold(tensors, hit[1]):
+    if hit is not None and not _records_grad(tensors[:5]) and _cache.storages_hold(tensors, hit[1]):
         plan = hit[0]
     else:
         plan = plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
-                     softmax_scale, window_size, softcap, return_lse, num_splits, config)
+                         softmax_scale, window_size, softcap, return_lse, num_splits, config)
         if key is not None:
             _cache.remember(_cache.KVCACHE_VALIDATED, key, (plan, tuple(
                 None if t is None else (t.element_size(), extent_bytes(t)) for t in tensors)))
@@ -98,7 +96,7 @@ class KvPlan(NamedTuple):
 
 
 def call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits,
-              config) -> Optional[tuple]:
+             config) -> Optional[tuple]:
     """What `plan_call`'s checks read, or None where a key cannot stand in for them (a tensor
     argument that is not a CUDA tensor, a flag of another type: the checks name it)."""
     if not (all(t is None or (type(t) is torch.Tensor and t.is_cuda) for t in tensors)
@@ -117,7 +115,7 @@ def call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, n
 
 
 def plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
-          softmax_scale, window_size, softcap, return_lse, num_splits, config) -> KvPlan:
+              softmax_scale, window_size, softcap, return_lse, num_splits, config) -> KvPlan:
     """Every check of `forward_with_kvcache`, then what its launch needs."""
     check_flag("causal", causal)
     check_flag("return_lse", return_lse)
@@ -136,7 +134,7 @@ def plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_
             raise ValueError(f"{name} must be 4-D, got shape {tuple(t.shape)}")
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, q {q.dtype}: pass one dtype")
-    if grad_mode() and any(t.requires_grad for _, t in named):
+    if _records_grad(t for _, t in named):
         raise ValueError("forward_with_kvcache has no backward: call it under torch.no_grad() "
                          "or torch.inference_mode()")
     batch, seqlen_q, nheads, head_dim = q.shape
@@ -241,6 +239,13 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
             accum.data_ptr() if accum is not None else 0,
             accum[values:].data_ptr() if accum is not None else 0)
     return (out, lse) if plan.return_lse else out
+
+
+def _records_grad(tensors) -> bool:
+    """Whether autograd would record the call: grad mode on and a tensor (None: absent) that
+    requires grad; forward_with_kvcache has no backward, so its checks refuse such a call and
+    its cache never answers one."""
+    return grad_mode() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _check_int32(name: str, t, shape) -> None:
