@@ -115,8 +115,6 @@ __forceinline__ __device__ auto gmem_row_tile(T* base, int64_t offset, int row0,
   return make_tensor(make_gmem_ptr(base + offset + row0 * row_stride), tile_shape, make_stride(int(row_stride), _1{}));
 }
 
-// Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
-// whose numerators go negative when seqlen_q > seqlen_k.
 // Zero rows [first, rows) of a (ROWS,D) shared-memory tile, 16 bytes a store, thread tidx of
 // num_threads striding over them (a swizzled layout keeps each 16-byte chunk of a row
 // contiguous). The Hopper kernels zero a key block's rows past a sequence's keys this way:
@@ -133,6 +131,8 @@ CUTE_DEVICE void zero_rows_from(TensorS&& tile, int first, int tidx, int num_thr
   }
 }
 
+// Rounds towards -inf (C++ division truncates towards 0): block indices of causal bounds,
+// whose numerators go negative when seqlen_q > seqlen_k.
 CUTE_HOST_DEVICE int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 // The same rounded up: ceil(a / b) for b > 0 and a of either sign.
 CUTE_HOST_DEVICE int ceil_div_signed(int a, int b) { return -floor_div(-a, b); }

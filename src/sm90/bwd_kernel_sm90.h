@@ -27,8 +27,8 @@ struct Sm90BwdKernelParams {
 // fastest). Warpgroup 0 is the producer: after giving up most of its registers
 // (setmaxnreg) one thread of warp 0 issues the TMA loads (Sm90BwdMainloop::load), and with
 // kdQTile warp 1 adds each step's dQ tile (Sm90BwdMainloop::store_dq; deterministic with
-// two tile buffers, warps 1 and 2 take every other step); its other warps exit. Warpgroups 1 and 2 own 64 keys
-// each, run the GEMMs (Sm90BwdMainloop::Consumer::mma) and store dK and dV. kExtras: the
+// two tile buffers, warps 1 and 2 take every other step); its other warps exit.
+// Warpgroups 1 and 2 own 64 keys each, run the GEMMs (Sm90BwdMainloop::Consumer::mma) and store dK and dV. kExtras: the
 // variant that takes a varlen batch (whose CTAs past their sequence's keys exit at once), a
 // window or a softcap (Sm90BwdMainloop).
 template <class Traits, bool kExtras>

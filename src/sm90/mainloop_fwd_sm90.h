@@ -223,18 +223,16 @@ struct Sm90FwdMainloop {
           // (groups of 4 pushed the d=192 tile's extras variant past its spill budget).
           constexpr int kBoxes = kBlockN / Traits::kPageBoxRows;
           constexpr int kGroup = Traits::kProducerRegs >= 56 ? kBoxes : 1;
+          // Box j's first key, clamped to the sequence's last.
+          auto box_key = [&](int j) { return cute::min(n * kBlockN + j * Traits::kPageBoxRows, seq.seqlen_k - 1); };
           CUTE_UNROLL
           for (int g = 0; g < kBoxes; g += kGroup) {
             int box_page[kGroup];
             CUTE_UNROLL
-            for (int j = 0; j < kGroup && g + j < kBoxes; ++j) {
-              int const key = cute::min(n * kBlockN + (g + j) * Traits::kPageBoxRows, seq.seqlen_k - 1);
-              box_page[j] = seq.page_of(p, coord.bidb, key);
-            }
+            for (int j = 0; j < kGroup && g + j < kBoxes; ++j) box_page[j] = seq.page_of(p, coord.bidb, box_key(g + j));
             CUTE_UNROLL
             for (int j = 0; j < kGroup && g + j < kBoxes; ++j) {
-              int const key = cute::min(n * kBlockN + (g + j) * Traits::kPageBoxRows, seq.seqlen_k - 1);
-              copy(tma_box, tPg(_, key % p.page_size / Traits::kPageBoxRows, 0, box_page[j]),
+              copy(tma_box, tPg(_, box_key(g + j) % p.page_size / Traits::kPageBoxRows, 0, box_page[j]),
                    tPs(_, g + j, 0, st.index));  // (TMA,BOXES,1,STAGE)
             }
           }
