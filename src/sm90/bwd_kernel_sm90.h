@@ -26,8 +26,8 @@ struct Sm90BwdKernelParams {
 // (key block, K/V head, batch), numbered as the sm80 kernel's (BwdTileCoord: key block
 // fastest). Warpgroup 0 is the producer: after giving up most of its registers
 // (setmaxnreg) one thread of warp 0 issues the TMA loads (Sm90BwdMainloop::load), and with
-// kdQTile warp 1 adds each step's dQ tile (Sm90BwdMainloop::store_dq; deterministic with
-// two tile buffers, warps 1 and 2 take every other step); its other warps exit.
+// kdQTile warp 1 adds each step's dQ tile (Sm90BwdMainloop::store_dq; deterministic, in the
+// kernels of kTwoDqWarps, warps 1 and 2 take every other step); its other warps exit.
 // Warpgroups 1 and 2 own 64 keys each, run the GEMMs (Sm90BwdMainloop::Consumer::mma) and store dK and dV. kExtras: the
 // variant that takes a varlen batch (whose CTAs past their sequence's keys exit at once), a
 // window or a softcap (Sm90BwdMainloop).
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       mainloop.load();
     } else if (Traits::kdQTile && (warp == 1 || warp == 2)) {
       int const lane = cutlass::canonical_lane_idx();
-      if constexpr (Mainloop::kdQTileBuffers == 2) {
+      if constexpr (Mainloop::kTwoDqWarps) {
         if (mainloop.num_dq_warps() == 2) {
           mainloop.template store_dq<2>(lane, warp - 1);
           return;

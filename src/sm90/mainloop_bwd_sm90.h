@@ -305,14 +305,26 @@ struct Sm90BwdMainloop {
   // kdQTileInQdO: the tile is the step's Q/dO stage, two bulk reduce-adds (Q's buffer, dO's);
   // once both are read the stage goes back to the producer (there is no kdQEmpty: the
   // consumers next write the stage after its next load has landed).
-  // Deterministic with two buffers: two dQ warps (`warp` 0 and 1: producer warps 1 and 2),
-  // warp w the steps of buffer w. A hand-over waits for its adds to complete in the L2 (a
-  // 32-64 KiB bulk reduce-add); one warp would wait out each before its next turn, two
-  // overlap a step's completion with the other step's turn. The steps' query blocks differ,
-  // so their turns are independent; each warp still waits only for lower key blocks.
-  // The dQ warps of a call: two only where the split above applies (a compile-time count
-  // for store_dq, whose warps run on the producer's 24 registers).
-  CUTE_DEVICE int num_dq_warps() const { return kdQTileBuffers == 2 && p.dq_semaphore_ptr != nullptr ? 2 : 1; }
+  // Deterministic: two dQ warps (`warp` 0 and 1: producer warps 1 and 2), warp w the steps
+  // s with s % 2 == w. A hand-over waits for its adds to complete in the L2 (a 16-64 KiB bulk
+  // reduce-add); one warp would wait out each before its next turn, two overlap a step's
+  // completion with the other step's turn. The steps' query blocks differ, so their turns are
+  // independent; each warp still waits only for lower key blocks. Each warp meets the
+  // consumers on a full barrier of its own (dq_full_barrier: by step parity), so that one
+  // warp's early arrival never completes the other's phase. With one buffer, its kdQEmpty is
+  // arrived at by the warp that read it, after which the other warp's next read can only
+  // follow the consumers' next store (one arrival pending at a time).
+  // The dQ warps of a call (a compile-time count for store_dq, whose warps run on the
+  // producer's 24 registers): two where deterministic, in the kernels whose producer compiles
+  // them without spilling (ptxas, sm_90a: the two-buffer and Q/dO-stage tiles and d=64's
+  // 128-row one; d=96's and d=192's one-buffer tiles spill with them).
+  static constexpr bool kTwoDqWarps = Traits::kdQTile && (kdQTileBuffers == 2 || Traits::kBlockM == 128);
+  CUTE_DEVICE int num_dq_warps() const { return kTwoDqWarps && p.dq_semaphore_ptr != nullptr ? 2 : 1; }
+  // The full barrier of step `step`'s tile: by the step's parity, whatever the buffers and
+  // warps (with two buffers the parity is the buffer's; with two warps, the warp's).
+  CUTE_DEVICE static uint32_t dq_full_barrier(int step) {
+    return dq_tile_barrier(Sm90BwdBarrier::kdQFull0, step % 2);
+  }
 
   // One step of store_dq: step `step` (of `steps`) is query block m_block of query head
   // h_in_group of the group.
@@ -323,7 +335,7 @@ struct Sm90BwdMainloop {
     int const bidh = coord.bidh_k * group + h_in_group;
     int64_t const row_base = dq_accum_row_base(bidh);
     int const b = step % S;
-    cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
+    cutlass::arch::NamedBarrier::sync(kdQTileSyncThreads, dq_full_barrier(step));
     float* const dst = p.dq_accum_ptr + (row_base + m_block * kBlockM) * kHeadDim;
     add_dq_in_order<kBlockM, kBlockN>(
         p, seq, coord.bidb, bidh, m_block, coord.n_block,
@@ -366,7 +378,7 @@ struct Sm90BwdMainloop {
 
   template <int kWarps>
   CUTE_DEVICE void store_dq(int lane, int warp) {
-    static_assert(kWarps == 1 || kdQTileBuffers == 2, "two dQ warps take a tile buffer each");
+    static_assert(kdQTileBuffers <= 2, "named barrier ids: kdQFull0 + 0..1, kdQEmpty0 + 0..1");
     int const steps = num_steps();
     if (steps <= 0) return;
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
@@ -718,7 +730,7 @@ struct Sm90BwdMainloop {
         *reinterpret_cast<float4*>(dst) = make_float4(acc_dq(i), acc_dq(i + 1), acc_dq(i + 2), acc_dq(i + 3));
       }
       cutlass::arch::fence_view_async_shared();
-      cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, dq_tile_barrier(Sm90BwdBarrier::kdQFull0, b));
+      cutlass::arch::NamedBarrier::arrive(kdQTileSyncThreads, dq_full_barrier(step));
     }
 
     // kdQBulkReduce: dQ_m of this warp (rows 16w..16w+15 of the block, this warpgroup's d/2

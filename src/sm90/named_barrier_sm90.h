@@ -19,7 +19,7 @@ enum class Sm90BwdBarrier : uint32_t {
   kdSStored = 0,  // both consumer warpgroups have written their keys' columns of dS (and the next step's LSE, D)
   kdSStoredWg0 = 1,  // kdQPerWG: consumer warpgroup w has written its dS (and next LSE, D) (ids 1 and 2)
   kdQTurn = 3,       // deterministic: the consumers around their turn at a query block's dQ (bwd_dq_order.h)
-  kdQFull0 = 4,      // kdQTile: the consumers stored a step's dQ tile in buffer b (kdQTileInQdO: stage b; ids 4 + b)
+  kdQFull0 = 4,      // kdQTile: the consumers stored step s's dQ tile (ids 4 + s % 2; the dQ warp of step s waits)
   kdQEmpty0 = 6,     // kdQTile: the dQ warp's bulk add has read buffer b (ids 6 + b; the consumers wait)
 };
 
