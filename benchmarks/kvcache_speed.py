@@ -8,6 +8,9 @@ interleaved shuffled rounds, median of 3 (CUDA events, 20 calls each):
   - cudnn: PyTorch SDPA's CUDNN_ATTENTION backend on the dense keys (its layout);
   - copy: a device-to-device copy of the K and V bytes a decode step reads (the bandwidth
     bound the issue compares with: bytes read and written / time).
+  - paged16seq: the page-16 cache with each sequence's pages in order (page b * P + j for
+    its j-th: the dense cache's addresses, split into pages), which tells the cost of pages
+    scattered over the pool (DRAM and TLB locality) from the cost of reading in pages;
   - paged16@CONFIG (with --config CONFIG): the page-16 cache on a named config (config='auto'
     takes the heuristic's, the Hopper kernel's 16-row page boxes on an H100).
 Prints times in microseconds and each column's achieved bandwidth (K+V bytes read / time).
@@ -50,6 +53,10 @@ def main():
             caches[page] = (kp, vp, table)
             fns[f"paged{page}"] = (lambda kp=kp, vp=vp, table=table: fa_cute.forward_with_kvcache(
                 q, kp, vp, k_new, v_new, cache_seqlens=lens, page_table=table))
+            if page == 16:
+                in_order = torch.arange(batch * pages_per_seq, dtype=torch.int32, device=dev).view(batch, -1)
+                fns["paged16seq"] = (lambda kp=kp, vp=vp, table=in_order: fa_cute.forward_with_kvcache(
+                    q, kp, vp, k_new, v_new, cache_seqlens=lens, page_table=table))
             if named and page == 16:
                 fns[f"paged16@{named}"] = (lambda kp=kp, vp=vp, table=table: fa_cute.forward_with_kvcache(
                     q, kp, vp, k_new, v_new, cache_seqlens=lens, page_table=table, config=named))

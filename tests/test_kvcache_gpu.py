@@ -25,25 +25,25 @@ pytestmark = [
 D = 128
 
 
-def _setup(batch, seqlen_q, seqlen_new, nheads, nheads_k, capacity, page_size, seed):
+def _setup(batch, seqlen_q, seqlen_new, nheads, nheads_k, capacity, page_size, seed, d=D):
     """q, the new k, v, cache_seqlens (room left for the new tokens), the cache (dense
     (batch + 2, capacity, ...) with a shuffled cache_batch_idx, or shuffled pages) and the
     page table or index."""
-    require_head_dim(D)
-    dtype = built_dtype(D)
+    require_head_dim(d)
+    dtype = built_dtype(d)
     gen = torch.Generator().manual_seed(seed)
     rnd = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
-    q = rnd(batch, seqlen_q, nheads, D)
-    k_new, v_new = (rnd(batch, seqlen_new, nheads_k, D) if seqlen_new else None for _ in range(2))
+    q = rnd(batch, seqlen_q, nheads, d)
+    k_new, v_new = (rnd(batch, seqlen_new, nheads_k, d) if seqlen_new else None for _ in range(2))
     lens = torch.randint(0, capacity - seqlen_new + 1, (batch,), generator=gen)
     if page_size:
         pages_per_seq = capacity // page_size
         num_pages = batch * pages_per_seq + 3
-        k_cache, v_cache = (rnd(num_pages, page_size, nheads_k, D) for _ in range(2))
+        k_cache, v_cache = (rnd(num_pages, page_size, nheads_k, d) for _ in range(2))
         perm = torch.randperm(num_pages, generator=gen)[:batch * pages_per_seq]
         table = perm.view(batch, pages_per_seq).to(torch.int32)
         return q, k_new, v_new, lens, k_cache, v_cache, table.to(DEVICE), None
-    k_cache, v_cache = (rnd(batch + 2, capacity, nheads_k, D) for _ in range(2))
+    k_cache, v_cache = (rnd(batch + 2, capacity, nheads_k, d) for _ in range(2))
     index = torch.randperm(batch + 2, generator=gen)[:batch].to(torch.int32)
     return q, k_new, v_new, lens, k_cache, v_cache, None, index.to(DEVICE)
 
@@ -69,9 +69,9 @@ def _reference_cache(k_cache, k_new, lens, table, index):
 
 
 def _check(batch=3, seqlen_q=1, seqlen_new=1, nheads=8, nheads_k=2, capacity=512, page_size=0,
-           causal=False, seed=0, num_splits=0, config="auto"):
+           causal=False, seed=0, num_splits=0, config="auto", d=D):
     q, k_new, v_new, lens, k_cache, v_cache, table, index = _setup(
-        batch, seqlen_q, seqlen_new, nheads, nheads_k, capacity, page_size, seed)
+        batch, seqlen_q, seqlen_new, nheads, nheads_k, capacity, page_size, seed, d)
     ref_k_cache, dense_k, seqlens = _reference_cache(k_cache, k_new, lens, table, index)
     ref_v_cache, dense_v, _ = _reference_cache(v_cache, v_new, lens, table, index)
     out, lse = fa_cute.forward_with_kvcache(
@@ -80,7 +80,7 @@ def _check(batch=3, seqlen_q=1, seqlen_new=1, nheads=8, nheads_k=2, capacity=512
         num_splits=num_splits, config=config)
     torch.testing.assert_close(k_cache, ref_k_cache, atol=0, rtol=0)
     torch.testing.assert_close(v_cache, ref_v_cache, atol=0, rtol=0)
-    scale = D ** -0.5
+    scale = d ** -0.5
     for b in range(batch):
         kb, vb = dense_k[b:b + 1, :seqlens[b]], dense_v[b:b + 1, :seqlens[b]]
         qb = q[b:b + 1].cpu()
@@ -108,6 +108,17 @@ def test_chunked_prefill(page_size, causal) -> None:
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_splits(num_splits) -> None:
     _check(batch=2, seqlen_q=1, seqlen_new=1, capacity=2048, num_splits=num_splits, seed=2)
+
+
+@pytest.mark.parametrize("page_size", [16, 48], ids=["p16", "p48"])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
+def test_decode_pages_at_each_head_dim(head_dim: int, page_size: int) -> None:
+    """Decode over pages smaller than a key block at every head dim: on an H100 the decode
+    tiles copy those pages' rows with cp.async from the producer warpgroup, each warp whole
+    16-row boxes (their key blocks hold 4 or 8 boxes); 48 keys a page puts a block's boxes
+    in several pages, and random lengths leave ragged last blocks."""
+    _check(batch=3, seqlen_q=1, seqlen_new=1, page_size=page_size, capacity=page_size * 24, seed=7,
+           d=head_dim)
 
 
 D128_CONFIGS = [c for c in PRODUCTION_CONFIGS if c["head_dim"] == D]
