@@ -24,6 +24,11 @@
 
 namespace fa_cute {
 
+// The check kernel's threads a block, and its most blocks: every block repeats the checks
+// (a paged cache's pages too), so few of them; they only matter for a bad batch's NaN fill.
+constexpr int kFwdCheckThreads = 1024;
+constexpr int kFwdCheckMaxBlocks = 16;
+
 // Whether sequence b of a packed batch is what the kernels assume: offsets that do not
 // decrease, start at 0 or later and end within the packed rows; at most max_seqlen_q rows
 // (the launch's query blocks cover no more) and, where the launch's key blocks are
@@ -41,31 +46,46 @@ CUTE_HOST_DEVICE bool packed_entry_ok(int const* cu_seqlens_q, int const* cu_seq
 
 // Whether batch entry b's lengths are consistent (what the kernels assume of them): a varlen
 // batch's offsets (the forward visits each sequence's keys whatever max_seqlen_k says); a KV
-// cache's key count (within the capacity, seqlen_k), K/V entry and the pages its keys lie in.
+// cache's key count (within the capacity, seqlen_k) and K/V entry. Its pages: page_ok.
 CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
   if (p.cu_seqlens_q == nullptr) {
     int const used = p.seqused_k[b];
     bool ok = used >= 0 && used <= p.seqlen_k;
     if (p.kv_batch_idx != nullptr) ok = ok && p.kv_batch_idx[b] >= 0 && p.kv_batch_idx[b] < p.batch_k;
-    if (p.page_table != nullptr && ok) {
-      for (int j = 0; j * p.page_size < used; ++j) {
-        int const page = p.page_table[index_t(b) * p.page_table_stride + j];
-        ok = ok && page >= 0 && page < p.num_pages;
-      }
-    }
     return ok;
   }
   return packed_entry_ok(p.cu_seqlens_q, p.cu_seqlens_k, p.seqused_k, p.total_q, p.total_k, p.seqlen_q, INT_MAX, b);
 }
 
-// Every block checks every entry (batch + 1 cached reads each: no second launch, no
-// cross-block flag), then, only for a bad batch, fills its share of out and the LSE (when
-// asked for) with NaN: varlen, total_q packed rows and (nheads, total_q); a KV cache, the
-// (batch, seqlen_q) rows and (batch, nheads, seqlen_q).
+// The pages a paged KV cache's entry b reads: page_table[b, 0 .. ceil(used / page_size)), its
+// key count clamped into the table (a count past it is varlen_entry_ok's to flag).
+CUTE_HOST_DEVICE int pages_used(FwdParams const& p, int b) {
+  int const used = cute::min(cute::max(p.seqused_k[b], 0), p.seqlen_k);
+  return (used + p.page_size - 1) / p.page_size;
+}
+CUTE_HOST_DEVICE bool page_ok(FwdParams const& p, int b, int j) {
+  int const page = p.page_table[index_t(b) * p.page_table_stride + j];
+  return page >= 0 && page < p.num_pages;
+}
+
+// Every block checks every entry and, for a paged cache, every page the entries read (no
+// second launch, no cross-block flag), then, only for a bad batch, fills its share of out and
+// the LSE (when asked for) with NaN: varlen, total_q packed rows and (nheads, total_q); a KV
+// cache, the (batch, seqlen_q) rows and (batch, nheads, seqlen_q). The pages are checked by
+// all of the block's threads, independent loads in flight together: one thread per entry
+// walking its pages one after another (a load's latency each) took 0.5 ms of a 32k-key
+// decode over pages of 16 keys (2049 pages a sequence; docs/perf-notes.md, Serving).
 template <class Element>
-__global__ void __launch_bounds__(256) fwd_varlen_check_kernel(__grid_constant__ FwdParams const p) {
+__global__ void __launch_bounds__(kFwdCheckThreads) fwd_varlen_check_kernel(__grid_constant__ FwdParams const p) {
   bool bad = false;
   for (int b = threadIdx.x; b < p.batch; b += blockDim.x) bad = bad || !varlen_entry_ok(p, b);
+  if (p.page_table != nullptr) {
+    for (int b = 0; b < p.batch; ++b) {
+      int const pages = pages_used(p, b);
+#pragma unroll 4
+      for (int j = threadIdx.x; j < pages; j += blockDim.x) bad |= !page_ok(p, b, j);
+    }
+  }
   if (!__syncthreads_or(bad)) return;
   float const nan = std::numeric_limits<float>::quiet_NaN();
   bool const varlen = p.cu_seqlens_q != nullptr;
@@ -93,8 +113,9 @@ template <class Element>
 void launch_fwd_varlen_check(FwdParams const& params, cudaStream_t stream) {
   index_t const rows = params.cu_seqlens_q != nullptr ? index_t(params.total_q) : index_t(params.batch) * params.seqlen_q;
   index_t const elems = rows * params.nheads * params.head_dim;
-  int const blocks = int(cute::max(index_t(1), cute::min(index_t(1024), (elems + 255) / 256)));
-  fwd_varlen_check_kernel<Element><<<blocks, 256, 0, stream>>>(params);
+  index_t const wanted = (elems + kFwdCheckThreads - 1) / kFwdCheckThreads;
+  int const blocks = int(cute::max(index_t(1), cute::min(index_t(kFwdCheckMaxBlocks), wanted)));
+  fwd_varlen_check_kernel<Element><<<blocks, kFwdCheckThreads, 0, stream>>>(params);
 }
 
 }  // namespace fa_cute

@@ -180,6 +180,30 @@ def test_overflow_poisons_and_writes_nothing_past_capacity() -> None:
     assert torch.equal(k_cache[e, :253], before[e, :253])
 
 
+@pytest.mark.parametrize("page", ["negative", "past_the_pool"])
+def test_page_outside_the_pool_poisons_the_output(page: str) -> None:
+    """A page the keys lie in that is outside the pool makes the whole output and LSE NaN
+    (src/fwd_varlen_check.h, which checks every page of every entry with all its threads); one
+    outside the pool in a column past the entry's keys is never read and changes nothing.
+    2049 pages a sequence: the long tables whose serial check once cost half a millisecond."""
+    q, k_new, v_new, lens, k_cache, v_cache, table, _ = _setup(3, 1, 1, 8, 2, 16 * 2100, 16, 11)
+    lens = torch.full((3,), 16 * 2048, dtype=torch.int32, device=DEVICE)  # + 1 new: 2049 pages
+    num_pages = k_cache.shape[0]
+    outside = -1 if page == "negative" else num_pages
+    unread = table.clone()
+    unread[1, 2049:] = outside
+    out, lse = fa_cute.forward_with_kvcache(q, k_cache.clone(), v_cache.clone(), k_new, v_new,
+                                            cache_seqlens=lens, page_table=unread, return_lse=True)
+    assert torch.isfinite(out).all().item() and torch.isfinite(lse).all().item()
+    for column in (0, 1500, 2048):
+        bad = table.clone()
+        bad[1, column] = outside
+        out, lse = fa_cute.forward_with_kvcache(q, k_cache.clone(), v_cache.clone(), k_new, v_new,
+                                                cache_seqlens=lens, page_table=bad,
+                                                return_lse=True)
+        assert torch.isnan(out).all().item() and torch.isnan(lse).all().item(), column
+
+
 def test_cuda_graph_capture() -> None:
     q, k_new, v_new, lens, k_cache, v_cache, table, _ = _setup(2, 1, 1, 8, 2, 512, 64, 4)
     lens_gpu = lens.to(torch.int32).to(DEVICE)

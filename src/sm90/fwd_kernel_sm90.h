@@ -30,8 +30,7 @@ struct Sm90FwdKernelParams {
 // Traits::kPersistent one CTA per SM loops over tiles in the scheduler's zigzag order, its
 // producer running ahead into the next tile's loads while the consumers finish this one.
 // Warpgroup 0 is the producer: after giving up most of its registers (setmaxnreg) one
-// thread issues the loads (Sm90FwdMainloop::load; pages of a KV cache in the decode tiles:
-// all 128 threads, by cp.async). The consumer warpgroups own 64 query
+// thread issues the loads (Sm90FwdMainloop::load). The consumer warpgroups own 64 query
 // rows each and run the main loop's GEMMs and softmax (Sm90FwdMainloop::Consumer::mma),
 // then the epilogue (Sm90FwdEpilogue). Traits::kSplitKV with params.num_splits > 1 (short
 // queries): a CTA visits one split's share of the tile's key blocks and writes its O in
@@ -62,9 +61,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (cutlass::canonical_warp_group_idx() == 0) {
     // --- Producer ------------------------------------------------------------------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    // One thread issues the TMA loads; cp.async pages take the warpgroup's 128 threads.
-    if (threadIdx.x != 0 && !Mainloop::loads_kv_by_cp_async(p)) return;
-    if (threadIdx.x == 0) mainloop.prefetch_descriptors();
+    if (threadIdx.x != 0) return;
+    mainloop.prefetch_descriptors();
     typename Mainloop::PipelineState st = Mainloop::Pipeline::producer_start_state();
     int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
     for (int round = 0, tile = scheduler.tile(0); scheduler.valid(tile); tile = scheduler.tile(++round)) {

@@ -122,9 +122,8 @@ struct Sm90FwdMainloop {
   CUTE_DEVICE void init_barriers() {
     storage.barrier_q_full.init(1);
     storage.barrier_q_empty.init(Traits::kOAliasesQ ? 1 : Traits::kNumConsumerWG);
-    int const producer_arrivals = loads_kv_by_cp_async(p) ? Traits::kNumProducerThreads : 1;
-    Pipeline::init(storage.pipeline_k, producer_arrivals);
-    Pipeline::init(storage.pipeline_v, producer_arrivals);
+    Pipeline::init(storage.pipeline_k);
+    Pipeline::init(storage.pipeline_v);
   }
 
   CUTE_DEVICE FwdKeyRange key_range(FwdTileCoord const& c, Seqlens const& seq) const {
@@ -138,18 +137,6 @@ struct Sm90FwdMainloop {
   // pages that are not whole key blocks. The host encodes those descriptors only then.
   CUTE_HOST_DEVICE static bool reads_page_boxes(FwdParams const& p) {
     return kExtras && p.page_table != nullptr && p.page_size % kBlockN != 0;
-  }
-
-  // The 1-warpgroup decode tiles copy those boxes with cp.async from the producer
-  // warpgroup's 128 threads instead (load_page_boxes): a 16-row box is 2 KiB per TMA issue,
-  // and decode over pages of 16 keys ran at 0.4 of the copy's bandwidth on TMA boxes, the
-  // same with the pages in order (docs/perf-notes.md, Serving): the number of boxes, not
-  // where they lie, bounded it. cp.async keeps many small requests in flight from many
-  // threads (as FlashAttention-3 and FlashInfer read small pages). The other tiles' producers
-  // have 24-32 registers a thread and keep TMA.
-  static constexpr bool kCpAsyncPages = kExtras && Traits::kNumConsumerWG == 1;
-  CUTE_HOST_DEVICE static bool loads_kv_by_cp_async(FwdParams const& p) {
-    return kCpAsyncPages && reads_page_boxes(p);
   }
 
   // The TMA coordinate tensors of one (batch entry, head) of Q (K, V: rows = seqlen_k), whose
@@ -214,83 +201,14 @@ struct Sm90FwdMainloop {
     // not cover them.
     bool const paged = kExtras && p.page_table != nullptr;
     bool const page_boxes = reads_page_boxes(p);
-    bool const cp_async_pages = loads_kv_by_cp_async(p);
-    // The thread that issues TMA (with cp.async pages the whole producer warpgroup runs this).
-    bool const leader = threadIdx.x == 0;
     auto page_tiles = [&](auto const& tma, auto const& tiler) {
       Tensor m = tma.get_tma_tensor(make_shape(p.page_size, p.head_dim, p.nheads_k, p.num_pages));
       return flat_divide(m(_, _, coord.bidh_k, _), tiler);  // (ROWS,D,tiles_per_page,1,num_pages)
     };
-    // Box j of key block n starts at key n * kBlockN + 16 j, clamped to the sequence's last.
-    auto box_key = [&](int n, int j) { return cute::min(n * kBlockN + j * Traits::kPageBoxRows, seq.seqlen_k - 1); };
-    // cp.async pages: warp w of the producer copies boxes w, w + 4, ... of every block, 16
-    // bytes a lane and copy; the pages of block i + 1 are read while block i's copies wait
-    // for their stages (pages_next), so no table read sits between a free stage and its copies.
-    constexpr int kBoxes = kBlockN / Traits::kPageBoxRows;
-    constexpr int kProducerWarps = Traits::kNumProducerThreads / cutlass::NumThreadsPerWarp;
-    constexpr int kBoxesPerWarp = (kBoxes + kProducerWarps - 1) / kProducerWarps;
-    int const warp = threadIdx.x / cutlass::NumThreadsPerWarp;
-    int const lane = threadIdx.x % cutlass::NumThreadsPerWarp;
-    int pages[kCpAsyncPages ? kBoxesPerWarp : 1];
-    int pages_next[kCpAsyncPages ? kBoxesPerWarp : 1];
-    auto read_pages = [&](int i) {
-      int const n = keys.template block</*kReverse=*/true>(i);
-      CUTE_UNROLL
-      for (int b = 0; b < kBoxesPerWarp; ++b) {
-        int const j = warp + b * kProducerWarps;
-        if (j < kBoxes) pages_next[b] = seq.page_of(p, coord.bidb, box_key(n, j));
-      }
-    };
-    // Block i's pages into `pages`, block i + 1's reads issued.
-    auto advance_pages = [&](int i) {
-      if constexpr (kCpAsyncPages) {
-        if (cp_async_pages) {
-          if (i == 0) read_pages(0);
-          CUTE_UNROLL
-          for (int b = 0; b < kBoxesPerWarp; ++b) pages[b] = pages_next[b];
-          if (i + 1 < keys.num_blocks()) read_pages(i + 1);
-        }
-      }
-    };
-    // This warp's boxes of key block n into stage sX_stage (BLK_N,D); base: the operand's
-    // (page 0, row 0) of this K/V head. The rows of a box past the sequence's keys are rows of
-    // its page (page_size is a multiple of 16): read, then masked (V's zeroed: zero_v_tail).
-    auto load_page_boxes = [&](Element const* base, index_t page_stride, index_t row_stride, auto&& sX_stage, int n) {
-      constexpr int kChunkElems = 16 / sizeof(Element);
-      constexpr int kChunks = kHeadDim / kChunkElems;  // 16-byte chunks of a row
-      static_assert(Traits::kPageBoxRows * kChunks % cutlass::NumThreadsPerWarp == 0, "a box is whole warp copies");
-      CUTE_UNROLL
-      for (int b = 0; b < kBoxesPerWarp; ++b) {
-        int const j = warp + b * kProducerWarps;
-        if (j >= kBoxes) continue;
-        int const row0 = box_key(n, j) % p.page_size / Traits::kPageBoxRows * Traits::kPageBoxRows;
-        Element const* src = base + index_t(pages[b]) * page_stride + index_t(row0) * row_stride;
-        // Not unrolled: unrolled, ptxas hoisted every copy's addresses and spilled them out of
-        // the producer's 56 registers.
-        CUTE_NO_UNROLL
-        for (int c = lane; c < Traits::kPageBoxRows * kChunks; c += cutlass::NumThreadsPerWarp) {
-          int const r = c / kChunks;
-          int const col = c % kChunks * kChunkElems;
-          SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
-              *reinterpret_cast<cute::uint128_t const*>(src + r * row_stride + col),
-              *reinterpret_cast<cute::uint128_t*>(&sX_stage(j * Traits::kPageBoxRows + r, col)));
-        }
-      }
-    };
     // Q is read once per tile, K and V by every query tile of the head: keep K/V in L2.
     auto load_kv = [&](Pipeline& pipe, int bytes, auto const& tma, auto const& tma_page, auto const& tXgX,
-                       auto const& tXsX, auto const& sX, int i, void const* ptr, index_t page_stride,
-                       index_t row_stride, index_t head_stride) {
+                       auto const& tXsX, auto const& sX, int i) {
       int const n = keys.template block</*kReverse=*/true>(i);
-      if constexpr (kCpAsyncPages) {
-        if (cp_async_pages) {
-          pipe.producer_wait(st);
-          load_page_boxes(static_cast<Element const*>(ptr) + coord.bidh_k * head_stride, page_stride, row_stride,
-                          sX(_, _, st.index), n);
-          pipe.producer_commit_cp_async(st);
-          return;
-        }
-      }
       uint64_t& barrier = pipe.producer_acquire(st, bytes);
       if constexpr (kExtras) {
         if (page_boxes) {
@@ -303,15 +221,18 @@ struct Sm90FwdMainloop {
           // latency before the next issue. All of a block's pages at once where the producer
           // has the registers (the 1-warpgroup decode tiles' 56); one at a time on 24 or 32
           // (groups of 4 pushed the d=192 tile's extras variant past its spill budget).
+          constexpr int kBoxes = kBlockN / Traits::kPageBoxRows;
           constexpr int kGroup = Traits::kProducerRegs >= 56 ? kBoxes : 1;
+          // Box j's first key, clamped to the sequence's last.
+          auto box_key = [&](int j) { return cute::min(n * kBlockN + j * Traits::kPageBoxRows, seq.seqlen_k - 1); };
           CUTE_UNROLL
           for (int g = 0; g < kBoxes; g += kGroup) {
             int box_page[kGroup];
             CUTE_UNROLL
-            for (int j = 0; j < kGroup && g + j < kBoxes; ++j) box_page[j] = seq.page_of(p, coord.bidb, box_key(n, g + j));
+            for (int j = 0; j < kGroup && g + j < kBoxes; ++j) box_page[j] = seq.page_of(p, coord.bidb, box_key(g + j));
             CUTE_UNROLL
             for (int j = 0; j < kGroup && g + j < kBoxes; ++j) {
-              copy(tma_box, tPg(_, box_key(n, g + j) % p.page_size / Traits::kPageBoxRows, 0, box_page[j]),
+              copy(tma_box, tPg(_, box_key(g + j) % p.page_size / Traits::kPageBoxRows, 0, box_page[j]),
                    tPs(_, g + j, 0, st.index));  // (TMA,BOXES,1,STAGE)
             }
           }
@@ -333,25 +254,21 @@ struct Sm90FwdMainloop {
     };
     auto load_k = [&](int i) {
       load_kv(pipe_k, Traits::kTmaTransactionBytesK, mainloop_params.tma_k, mainloop_params.tma_k_page, tKgK, tKsK,
-              sK, i, p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+              sK, i);
     };
     auto load_v = [&](int i) {
       load_kv(pipe_v, Traits::kTmaTransactionBytesV, mainloop_params.tma_v, mainloop_params.tma_v_page, tVgV, tVsV,
-              sV, i, p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+              sV, i);
     };
-    advance_pages(0);
     load_k(0);
-    if (leader) {
-      storage.barrier_q_empty.wait((q_iter & 1) ^ 1);
-      storage.barrier_q_full.arrive_and_expect_tx(Traits::kTmaTransactionBytesQ);
-      copy(mainloop_params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q_full), 0,
-                                      TMA::CacheHintSm90::EVICT_FIRST),
-           tQgQ, tQsQ);
-    }
+    storage.barrier_q_empty.wait((q_iter & 1) ^ 1);
+    storage.barrier_q_full.arrive_and_expect_tx(Traits::kTmaTransactionBytesQ);
+    copy(mainloop_params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q_full), 0,
+                                    TMA::CacheHintSm90::EVICT_FIRST),
+         tQgQ, tQsQ);
     load_v(0);
     st.advance();
     for (int i = 1; i < keys.num_blocks(); ++i) {
-      advance_pages(i);
       load_k(i);
       load_v(i);
       st.advance();
@@ -418,23 +335,13 @@ struct Sm90FwdMainloop {
       auto& pipe_k = mainloop.pipe_k;
       auto& pipe_v = mainloop.pipe_v;
       // S = Q K^T of the block in stage s.
-      // cp.async pages wrote the stage through the generic proxy; wgmma reads it through the
-      // async proxy.
-      bool const cp_async_pages = loads_kv_by_cp_async(p);
-      auto fence_cp_async = [&] {
-        if constexpr (kCpAsyncPages) {
-          if (cp_async_pages) cutlass::arch::fence_view_async_shared();
-        }
-      };
       auto issue_qk = [&](AccS& acc_s, PipelineState const& s) {
         pipe_k.consumer_wait(s);
-        fence_cp_async();
         wgmma_gemm</*kZeroInit=*/true>(tiled_mma_qk, tSrQ, tSrK(_, _, _, s.index), acc_s);
       };
       // O += P V of the block in stage s; P from registers, as the RS wgmma's A operand.
       auto issue_pv = [&](PipelineState const& s) {
         pipe_v.consumer_wait(s);
-        fence_cp_async();
         wgmma_gemm</*kZeroInit=*/false>(tiled_mma_pv, tOrP, tOrV(_, _, _, s.index), acc_o);
       };
       // S = Q K^T of the block in stage st with nothing else in flight: issued on this

@@ -22,9 +22,8 @@ struct Sm90PipelineState {
   }
 };
 
-// A kStages-deep shared-memory ring filled by TMA (or cp.async) and drained by wgmma, on mbarriers:
-//   full[s]:  the producer arrives once, announcing the stage's bytes; TMA completes them
-//             (cp.async: each issuing thread's copies arrive once they have landed).
+// A kStages-deep shared-memory ring filled by TMA and drained by wgmma, on mbarriers:
+//   full[s]:  the producer arrives once, announcing the stage's bytes; TMA completes them.
 //   empty[s]: one arrival per consumer warpgroup once its wgmmas have read the stage.
 // One arrival per warpgroup, not per thread (CUTLASS's PipelineTmaAsync, cluster size 1,
 // has all 128 threads arrive): a warpgroup's wgmma retired by warpgroup_wait has finished
@@ -42,11 +41,10 @@ struct Sm90TmaPipeline {
   SharedStorage& storage;
 
   // One thread initialises; the caller then fences (fence_barrier_init) and syncs the CTA
-  // before any thread uses the barriers. producer_arrivals: 1 for TMA (one thread announces
-  // the bytes), the issuing threads' count for cp.async (producer_commit_cp_async).
-  __forceinline__ __device__ static void init(SharedStorage& s, int producer_arrivals = 1) {
+  // before any thread uses the barriers.
+  __forceinline__ __device__ static void init(SharedStorage& s) {
     for (int i = 0; i < kStages; ++i) {
-      s.full[i].init(producer_arrivals);
+      s.full[i].init(1);
       s.empty[i].init(kNumConsumerWG);
     }
   }
@@ -61,18 +59,6 @@ struct Sm90TmaPipeline {
     storage.empty[st.index].wait(st.phase);
     storage.full[st.index].arrive_and_expect_tx(bytes);
     return *reinterpret_cast<uint64_t*>(&storage.full[st.index]);
-  }
-
-  // Producer, filling the stage with cp.async instead (every issuing thread): wait until
-  // the consumers have freed it.
-  __forceinline__ __device__ void producer_wait(State const& st) { storage.empty[st.index].wait(st.phase); }
-
-  // Every issuing thread, after its cp.asyncs into the stage: its arrival, made by the
-  // hardware once they have landed (.noinc: one of the producer_arrivals the barrier counts).
-  // cp.async writes through the generic proxy: a consumer fences (fence_view_async_shared)
-  // after its wait, before wgmma reads the stage through the async proxy.
-  __forceinline__ __device__ void producer_commit_cp_async(State const& st) {
-    cutlass::arch::cpasync_barrier_arrive_noinc(reinterpret_cast<uint64_t const*>(&storage.full[st.index]));
   }
 
   __forceinline__ __device__ void consumer_wait(State const& st) { storage.full[st.index].wait(st.phase); }
