@@ -114,9 +114,8 @@ def test_splits(num_splits) -> None:
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
 def test_decode_pages_at_each_head_dim(head_dim: int, page_size: int) -> None:
     """Decode over pages smaller than a key block at every head dim: on an H100 the decode
-    tiles copy those pages' rows with cp.async from the producer warpgroup, each warp whole
-    16-row boxes (their key blocks hold 4 or 8 boxes); 48 keys a page puts a block's boxes
-    in several pages, and random lengths leave ragged last blocks."""
+    tiles load a key block as 4 or 8 TMA boxes of 16 rows, each from its page; 48 keys a page
+    puts a block's boxes in several pages, and random lengths leave ragged last blocks."""
     _check(batch=3, seqlen_q=1, seqlen_new=1, page_size=page_size, capacity=page_size * 24, seed=7,
            d=head_dim)
 
