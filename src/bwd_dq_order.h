@@ -45,6 +45,15 @@
 //   its own: about twice the time on a causal square problem.) For the deadlock argument
 //   below, the CTAs then take the key blocks in descending order too (dq_order_n_block),
 //   shortest first, where the default (non-deterministic) launch takes the longest first.
+// - rotated (BwdParams::dq_rotate = s + 1; non-causal, no window, a dense batch whose nQ query
+//   blocks are 2^s times its nK key blocks: equal lengths and kBlockM = kBlockN >> s): key
+//   block n starts at query block n << s and walks them cyclically, so it reaches m at step
+//   t(n, m) = (m - (n << s)) mod nQ. At a given m these steps are the values = m (mod 2^s),
+//   one per key block, so its turn there is t >> s: the order in which they arrive. The
+//   ascending order makes the CTAs of one (batch, K/V head) skew by a step per key block
+//   (each waits at every query block for the one before it), as many steps as the work
+//   itself at N = 1k, d = 64 (8 key blocks, 8 steps each); rotated, every CTA arrives on its
+//   turn and none waits.
 // So counter (b, h, m) counts 0, 1, ..., n_max(m) + 1: the key block whose turn is t
 // waits for the value t, adds, and stores t + 1. The fp32 sum of each dq_accum element is
 // then in one fixed order whatever the scheduling: two runs give bitwise-equal dq (dk and
@@ -59,6 +68,14 @@
 // spins, every CTA it can wait for has been dispatched: it is resident or done, and (by
 // induction on blockIdx) finishes. A family with a persistent or reordered scheduler must
 // keep that property: a CTA may wait only for tiles handed out before its own.
+//
+// The rotated order breaks that rule (key block 0 waits at query block m for the key blocks
+// that start nearer m), so it is taken only where all of a (batch, K/V head)'s CTAs can be
+// resident at once (the launch asks nK <= half the GPU's SMs, one CTA an SM): then the lowest
+// (batch, K/V head) with unfinished CTAs has all of them dispatched (had it not, every SM
+// would hold one of its CTAs, more than it has), and among them the CTA at the lowest step
+// waits only for CTAs that reached the query block at lower steps, which have passed it: it
+// runs.
 //
 // Memory order. The adds are fp32 atomics (red.global.add, done at L2, no stale L1 line
 // can be read). Hand-over: every adder's adds, __threadfence(), the adders' barrier, then
@@ -110,10 +127,23 @@ CUTE_HOST_DEVICE int dq_first_n_block(BwdParams const& params, BwdSeqlens<kVarle
   return cute::max(0, floor_div(key_first, kBlockN));
 }
 
+// The rotated order (above), s = shift: the query block key block n visits first, and its
+// turn at query block m (of num_n << shift). No division: the dQ warp that asks runs on 24
+// registers.
+CUTE_HOST_DEVICE int dq_rotated_first_m(int n, int shift) { return n << shift; }
+CUTE_HOST_DEVICE int dq_rotated_turn(int n, int m, int num_n, int shift) {
+  int const t = m - (n << shift);
+  return (t < 0 ? t + (num_n << shift) : t) >> shift;
+}
+
 // Key block n_block's turn at query block m_block, which it touches: its rank among the
-// touching key blocks n_min(m) .. n_max(m), ascending non-causal, descending causal.
+// touching key blocks n_min(m) .. n_max(m), ascending non-causal, descending causal, or in
+// the rotated order.
 template <int kBlockM, int kBlockN, bool kVarlen>
 CUTE_HOST_DEVICE int dq_turn(BwdParams const& params, BwdSeqlens<kVarlen> const& seq, int n_block, int m_block) {
+  if (params.dq_rotate) {
+    return dq_rotated_turn(n_block, m_block, (seq.seqlen_k + kBlockN - 1) / kBlockN, params.dq_rotate - 1);
+  }
   return params.is_causal ? dq_last_n_block<kBlockM, kBlockN>(params, seq, m_block) - n_block
                           : n_block - dq_first_n_block<kBlockM, kBlockN>(params, seq, m_block);
 }

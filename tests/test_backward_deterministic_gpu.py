@@ -81,7 +81,7 @@ def _same_kernel(dout, q, k, v, out, lse, causal) -> bool:
     return configs[0] == configs[1]
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
 def test_head_dims_and_given_buffers(head_dim: int) -> None:
     """Every built head dim; the gradients written into given buffers, run after run."""
     needs_head_dim(head_dim)

@@ -59,7 +59,28 @@ struct Sm90BwdLaunch {
              make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutV{})}};
   }
 
-  static void launch(BwdParams const& params, int device, cudaStream_t stream) {
+  // Non-causal, dense, no window: the rotated order of query blocks (bwd_dq_order.h; s + 1,
+  // 0 for none) where the query blocks are 2^s times the key blocks and a (batch, K/V head)'s
+  // key blocks, one CTA each, fit half the GPU's SMs (the other half a margin for SMs that
+  // other work holds), so that all of them can be resident at once. The default mode walks
+  // the same order, so that dk and dv (summed over the query blocks in it) do not depend on
+  // deterministic.
+  static int rotates_dq_order(BwdParams const& params, int device) {
+    if (params.is_causal || bwd_needs_extras(params)) return 0;
+    int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+    int const m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+    int sms = 0;
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    if (n_blocks > sms / 2) return 0;
+    for (int shift = 0; shift <= 3; ++shift) {
+      if (m_blocks == n_blocks << shift) return shift + 1;
+    }
+    return 0;
+  }
+
+  static void launch(BwdParams const& params_in, int device, cudaStream_t stream) {
+    BwdParams params = params_in;
+    params.dq_rotate = rotates_dq_order(params, device);
     FA_CUTE_BOOL_SWITCH(bwd_needs_extras(params), kExtras, [&] {
       launch_bwd_kernel<Traits, kExtras>(&bwd_kernel_sm90<Traits, kExtras>, to_underlying_arguments(params), params,
                                          device, stream);

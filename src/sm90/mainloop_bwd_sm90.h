@@ -96,6 +96,9 @@ struct Sm90BwdMainloop {
   BwdSeqlens<kExtras> const seq;
   BwdQueryRange const queries;
   int const group;  // query heads per K/V head
+  // The first query block this CTA visits, counted from m_block_min: 0, or with
+  // BwdParams::dq_rotate the rotated order's (bwd_dq_order.h).
+  int const m_first;
 
   CUTE_DEVICE Sm90BwdMainloop(BwdParams const& p_, Params const& mainloop_params_, SharedStorage& storage_,
                               BwdTileCoord const& coord_, BwdSeqlens<kExtras> const& seq_)
@@ -104,7 +107,8 @@ struct Sm90BwdMainloop {
         queries(BwdQueryRange::of<kBlockM, kBlockN>(coord_.n_block, seq_.seqlen_q, seq_.seqlen_k,
                                                     bwd_right_bound<kExtras>(p_), bwd_left_bound<kExtras>(p_),
                                                     seq_.causal_offset)),
-        group(p_.nheads / p_.nheads_k) {}
+        group(p_.nheads / p_.nheads_k),
+        m_first(p_.dq_rotate ? dq_rotated_first_m(coord_.n_block, p_.dq_rotate - 1) : 0) {}
 
   // The TMA view of an operand's rows of head `head` of this batch entry, from row 0 of the
   // entry: dense, the (seqlen, d, heads, batch) tensor's; varlen, the packed (total, d,
@@ -116,8 +120,18 @@ struct Sm90BwdMainloop {
     return domain_offset(make_coord(offset, _0{}), m(_, _, head, seq.varlen ? 0 : coord.bidb));  // (rows,D)
   }
 
-  // (query head, query block) steps of this CTA: every role walks them in the same order.
+  // (query head, query block) steps of this CTA: every role walks them in the same order,
+  // the query heads of the group in turn, each over its query blocks: step i of a head is
+  // query block m_block_at(i).
   CUTE_DEVICE int num_steps() const { return group * queries.num_blocks(); }
+  CUTE_DEVICE int m_block_at(int i) const {
+    int const j = i + m_first;
+    return queries.m_block_min + (j < queries.num_blocks() ? j : j - queries.num_blocks());
+  }
+  // The query block after m_block in that order (after a head's last, the next head's first).
+  CUTE_DEVICE int next_m_block(int m_block) const {
+    return m_block + 1 == queries.m_block_max ? queries.m_block_min : m_block + 1;
+  }
 
   // One thread, before the CTA-wide barrier that publishes them.
   CUTE_DEVICE void init_barriers() {
@@ -157,6 +171,7 @@ struct Sm90BwdMainloop {
     copy(mainloop_params.tma_v.with(bar_kv, 0, TMA::CacheHintSm90::EVICT_FIRST), tVgV, tVsV);
 
     PipelineState st = Pipeline::producer_start_state();
+    int m_block = m_block_at(0);
     for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
       int const bidh = coord.bidh_k * group + h_in_group;
       Tensor mQ = rows_of(mainloop_params.tma_q, p.seqlen_q, p.total_q, p.nheads, bidh, seq.offset_q);
@@ -170,7 +185,7 @@ struct Sm90BwdMainloop {
       // Not unrolled: the producer warpgroup runs on 24 registers (an unrolled copy of this
       // loop spilled at d = 64 next to the dQ warp's).
       CUTE_NO_UNROLL
-      for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block) {
+      for (int i = 0; i < queries.num_blocks(); ++i, m_block = next_m_block(m_block)) {
         uint64_t& bar = pipe.producer_acquire(st, Traits::kTmaTransactionBytesQdO);
         copy(mainloop_params.tma_q.with(bar, 0, TMA::CacheHintSm90::EVICT_LAST), tQgQ(_, m_block),
              tQsQ(_, st.index));
@@ -384,9 +399,10 @@ struct Sm90BwdMainloop {
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
     if constexpr (kWarps == 1) {
       int step = 0;
+      int m_block = m_block_at(0);
       for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
         CUTE_NO_UNROLL
-        for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
+        for (int i = 0; i < queries.num_blocks(); ++i, ++step, m_block = next_m_block(m_block)) {
           store_dq_step<1>(lane, step, steps, h_in_group, m_block, deterministic);
         }
       }
@@ -396,8 +412,7 @@ struct Sm90BwdMainloop {
       CUTE_NO_UNROLL
       for (int step = warp; step < steps; step += kWarps) {
         int const h_in_group = step / blocks;
-        store_dq_step<kWarps>(lane, step, steps, h_in_group, queries.m_block_min + (step - h_in_group * blocks),
-                              deterministic);
+        store_dq_step<kWarps>(lane, step, steps, h_in_group, m_block_at(step - h_in_group * blocks), deterministic);
       }
     }
     // The kernel's end must not come before the last adds (the postprocess reads dq_accum).
@@ -501,10 +516,9 @@ struct Sm90BwdMainloop {
                                                      typename Traits::SmemLayoutdQ{}));  // (MMA,MMA_M,MMA_D)
 
       PipelineState st;  // consumers start at phase 0
-      int const m_block_min = mainloop.queries.m_block_min;
-      int const m_block_max = mainloop.queries.m_block_max;
+      int const blocks = mainloop.queries.num_blocks();
       // The first step's LSE and D, published by a first pass of the consumers' barrier.
-      mainloop.store_row_stats(stats_tidx, mainloop.load_row_stats(stats_tidx, 0, m_block_min), 2 * wg);
+      mainloop.store_row_stats(stats_tidx, mainloop.load_row_stats(stats_tidx, 0, mainloop.m_block_at(0)), 2 * wg);
       sync_ds_stored();
       storage.barrier_kv.wait(0);
       // seqused_k (a varlen batch's keys in use): the block's rows past them are keys the
@@ -524,17 +538,17 @@ struct Sm90BwdMainloop {
         }
       }
       int step = 0;
+      int m_block = mainloop.m_block_at(0);
       for (int h_in_group = 0; h_in_group < mainloop.group; ++h_in_group) {
         int const bidh = coord.bidh_k * mainloop.group + h_in_group;
         int64_t const row_base = mainloop.dq_accum_row_base(bidh);
-        for (int m_block = m_block_min; m_block < m_block_max; ++m_block, ++step) {
+        for (int i = 0; i < blocks; ++i, ++step, m_block = mainloop.next_m_block(m_block)) {
           // The next step's LSE and D, loaded now and stored before this step's barrier:
           // the global loads' latency hides under this step's GEMMs.
-          bool const last_m = m_block + 1 == m_block_max;
-          int const next_h = last_m ? h_in_group + 1 : h_in_group;
+          int const next_h = i + 1 == blocks ? h_in_group + 1 : h_in_group;
           bool const has_next = next_h < mainloop.group;
           RowStats const next_stats =
-              has_next ? mainloop.load_row_stats(stats_tidx, next_h, last_m ? m_block_min : m_block + 1) : RowStats{0.f};
+              has_next ? mainloop.load_row_stats(stats_tidx, next_h, mainloop.next_m_block(m_block)) : RowStats{0.f};
           mainloop.pipe.consumer_wait(st);
           float const* lse_log2 = storage.smem_lse.data() + (2 * wg + step % 2) * kBlockM;
           float const* dsum = storage.smem_d.data() + (2 * wg + step % 2) * kBlockM;

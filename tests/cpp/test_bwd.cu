@@ -1,6 +1,6 @@
 // Host-side checks of the backward's index math (no GPU): the query blocks a key block
 // visits (BwdQueryRange) and which tiles need a mask, against brute force over every
-// (row, key) pair; the traits' transposed shared-memory views; that every thread's
+// (row, key) pair; the deterministic dQ orders; the traits' transposed shared-memory views; that every thread's
 // accumulator fragment of each of the three GEMMs tiles its output exactly once; and the
 // backward config table against the registered kernels.
 
@@ -114,6 +114,47 @@ void check_dq_order(int seqlen_q, int seqlen_k, bool causal, int offset, int win
   }
 }
 
+// The rotated order (bwd_dq_order.h), num_n key blocks and num_n << shift query blocks: at
+// every query block the turns are 0 .. num_n - 1 once each, in the order of the key blocks'
+// arrival steps; and CTAs that are all resident, each walking its query blocks from
+// dq_rotated_first_m on, never wait (num_m rounds of lockstep).
+void check_rotated_order(int num_n, int shift) {
+  int const num_m = num_n << shift;
+  auto step_of = [&](int n, int m) { return ((m - fa_cute::dq_rotated_first_m(n, shift)) % num_m + num_m) % num_m; };
+  for (int m = 0; m < num_m; ++m) {
+    std::vector<int> by_turn(num_n, -1);
+    for (int n = 0; n < num_n; ++n) {
+      int const turn = fa_cute::dq_rotated_turn(n, m, num_n, shift);
+      EXPECT(turn >= 0 && turn < num_n && by_turn[turn] < 0, "rotated n=%d m=%d of %dx%d: turn %d", n, m, num_n, num_m,
+             turn);
+      if (turn >= 0 && turn < num_n) by_turn[turn] = n;
+    }
+    for (int t = 1; t < num_n; ++t) {
+      int const a = by_turn[t - 1], b = by_turn[t];
+      EXPECT(a >= 0 && b >= 0 && step_of(a, m) < step_of(b, m),
+             "rotated m=%d of %dx%d: turn %d (key block %d) arrives after turn %d (key block %d)", m, num_n, num_m,
+             t - 1, a, t, b);
+    }
+  }
+  std::vector<int> step(num_n, 0), counter(num_m, 0);
+  int rounds = 0, done = 0;
+  while (done < num_n && rounds <= num_n * num_m) {
+    std::vector<int> ready;
+    for (int n = 0; n < num_n; ++n) {
+      if (step[n] == num_m) continue;
+      int const m = (fa_cute::dq_rotated_first_m(n, shift) + step[n]) % num_m;
+      if (counter[m] == fa_cute::dq_rotated_turn(n, m, num_n, shift)) ready.push_back(n);
+    }
+    for (int n : ready) {
+      ++counter[(fa_cute::dq_rotated_first_m(n, shift) + step[n]) % num_m];
+      done += ++step[n] == num_m;
+    }
+    ++rounds;
+  }
+  EXPECT(done == num_n && rounds == num_m, "rotated %dx%d: %d of %d key blocks done after %d rounds (lockstep: %d)",
+         num_n, num_m, done, num_n, rounds, num_m);
+}
+
 // X^T(j, i) is X(i, j), the same shared-memory offset.
 template <class Layout, class LayoutT>
 void check_transposed(char const* what) {
@@ -173,6 +214,9 @@ int main() {
         }
       }
     }
+  }
+  for (int num_n = 1; num_n <= 40; ++num_n) {
+    for (int shift = 0; shift <= 3; ++shift) check_rotated_order(num_n, shift);
   }
   check_traits<64, cute::bfloat16_t>("bwd d64 bf16");
   check_traits<128, cute::half_t>("bwd d128 fp16");
