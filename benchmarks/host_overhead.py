@@ -114,7 +114,20 @@ def autograd_bwd(fn):
 def sdpa_fwd(be):
     with sdpa_kernel(be):
         return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-for name, fn in (("fa_cute.backward (cache hit)", lambda: fa_cute.backward(dout, q, k, v, out, lse, causal=True)),
+launch_b = _backward.validate_backward_cached(dout, q, k, v, out, lse, causal=True, bottom_right=True, softmax_scale=None, deterministic=False, dq=None, dk=None, dv=None)
+dk_, dv_ = torch.empty_like(k), torch.empty_like(v)
+work = _backward.backward_work_buffers(launch_b, q.device, False)
+bwd_args = (*_backward.backward_kernel_args(launch_b, dout, q, k, v, out, lse, dq, dk_, dv_, work[0], work[1]),
+            q.device.index, torch.cuda.current_stream().cuda_stream)
+def sdpa_grad_fwd(be=None):
+    if be is None:
+        return lambda: fa_cute.sdpa(qs, ks, vs, is_causal=True)
+    return lambda: sdpa_fwd(be)
+for name, fn in (("_C.backward (prepared args)", lambda: _C.backward(*bwd_args)),
+                 ("fa_cute.sdpa forward (grad)", sdpa_grad_fwd()),
+                 ("SDPA FLASH forward (grad)", sdpa_grad_fwd(SDPBackend.FLASH_ATTENTION)),
+                 ("SDPA cuDNN forward (grad)", sdpa_grad_fwd(SDPBackend.CUDNN_ATTENTION)),
+                 ("fa_cute.backward (cache hit)", lambda: fa_cute.backward(dout, q, k, v, out, lse, causal=True)),
                  ("fa_cute.backward (full checks)", lambda: fa_cute.backward(dout, q, k, v, out, lse, causal=True, dq=dq)),
                  ("fa_cute.sdpa autograd backward", autograd_bwd(lambda: fa_cute.sdpa(qs, ks, vs, is_causal=True))),
                  ("SDPA FLASH autograd backward", autograd_bwd(lambda: sdpa_fwd(SDPBackend.FLASH_ATTENTION))),
