@@ -261,10 +261,9 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,
-              scale, return_lse: bool = False
-              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+              scale, return_lse: bool = False, with_launch: bool = False) -> tuple:
     """sdpa after its own checks: validate the transposed views, launch; return the output
-    and, with return_lse, the LSE (else None)."""
+    and, with return_lse, the LSE (else None), and with with_launch the validated launch."""
     tensors = (query, key, value)
     try:
         q, k, v = tuple(t.transpose(1, 2) for t in tensors)
@@ -282,7 +281,7 @@ def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_ca
     if return_lse:
         lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
     launch_kernel(launch, q, k, v, out.transpose(1, 2), lse, timed=False)
-    return out, lse
+    return (out, lse, launch) if with_launch else (out, lse)
 
 
 def _sdpa_output_like(query: torch.Tensor) -> torch.Tensor:
@@ -298,7 +297,8 @@ def _sdpa_output_like(query: torch.Tensor) -> torch.Tensor:
 
 
 def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, config, out,
-         timed: bool, softcap=0.0, window_size=(-1, -1)) -> Tuple[Result, float]:
+         timed: bool, softcap=0.0, window_size=(-1, -1), with_launch: bool = False) -> tuple:
+    """The checked forward: (result, ms), and with with_launch the validated launch too."""
     check_flag("return_lse", return_lse)
     launch = validate_cached(q, k, v, causal=causal, bottom_right=bottom_right,
                              softmax_scale=softmax_scale, config=config, out=out, softcap=softcap,
@@ -310,7 +310,8 @@ def _run(q, k, v, *, causal, bottom_right: bool, softmax_scale, return_lse, conf
         batch, seqlen_q, nheads, _ = q.shape
         lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
     ms = launch_kernel(launch, q, k, v, out, lse, timed)
-    return ((out, lse) if return_lse else out), ms
+    result = (out, lse) if return_lse else out
+    return (result, ms, launch) if with_launch else (result, ms)
 
 
 # Gradients ----------------------------------------------------------------------------------
@@ -351,29 +352,40 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: _Spec):
         if spec.sdpa:
-            out, lse = _sdpa_run(q, k, v, spec.causal, spec.softmax_scale, return_lse=True)
+            out, lse, launch = _sdpa_run(q, k, v, spec.causal, spec.softmax_scale, return_lse=True,
+                                         with_launch=True)
         else:
-            (out, lse), _ = _run(q, k, v, causal=spec.causal, bottom_right=True,
-                                 softmax_scale=spec.softmax_scale, return_lse=True,
-                                 config=spec.config, out=None, timed=False, softcap=spec.softcap,
-                                 window_size=spec.window)
+            (out, lse), _, launch = _run(q, k, v, causal=spec.causal, bottom_right=True,
+                                         softmax_scale=spec.softmax_scale, return_lse=True,
+                                         config=spec.config, out=None, timed=False,
+                                         softcap=spec.softcap, window_size=spec.window,
+                                         with_launch=True)
         ctx.save_for_backward(q, k, v, out, lse)
+        # The backward's launch by this key after the first call (`run_backward`'s recorded=);
+        # a grouped-query decode's packed launch is another shape's, so it is not a key.
+        ctx.recorded = None if launch.packed else (launch, q.device, spec)
         ctx.mark_non_differentiable(lse)
+        # The LSE's gradient stays None rather than a materialised zero tensor (an allocation
+        # and a fill kernel a call on the host-bound path of a training step); so may out's,
+        # when the loss does not use it.
+        ctx.set_materialize_grads(False)
         ctx.spec = spec
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
+        if dout is None:
+            return None, None, None, None
         spec = ctx.spec
-        grads = _grads(dout, *ctx.saved_tensors, spec, ctx.needs_input_grad, _eager_backward)
+        recorded = ctx.recorded
+
+        def run(dout, q, k, v, out, lse, spec, bottom_right, names):
+            return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=spec.causal,
+                                bottom_right=bottom_right, softmax_scale=spec.softmax_scale,
+                                deterministic=False, dq=None, dk=None, dv=None, names=names,
+                                softcap=spec.softcap, window_size=spec.window, recorded=recorded)
+        grads = _grads(dout, *ctx.saved_tensors, spec, ctx.needs_input_grad, run)
         return (*grads, None)
-
-
-def _eager_backward(dout, q, k, v, out, lse, spec: "_Spec", bottom_right: bool, names: Names):
-    return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=spec.causal,
-                        bottom_right=bottom_right, softmax_scale=spec.softmax_scale,
-                        deterministic=False, dq=None, dk=None, dv=None, names=names,
-                        softcap=spec.softcap, window_size=spec.window)
 
 
 def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad,

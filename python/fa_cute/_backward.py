@@ -126,12 +126,24 @@ def deterministic_config(config: str, q: torch.Tensor, q_name: str = "q") -> str
     return fallback
 
 
+# (head dim, CUDA device) pairs whose backward `check_backward_supported` found: every
+# training step's forward asks again, on the host-bound path of a small model's step.
+_SUPPORTED: set = set()
+
+
 def check_backward_supported(q, k, v, names: Names) -> None:
     """At forward time, with grad mode on and q, k or v requiring grad: the backward must
     exist for these inputs (`backward_config`), or the forward raises before it runs. A q
-    that is not a 4-D tensor is left to the forward's checks, which name it."""
+    that is not a 4-D tensor is left to the forward's checks, which name it. A CUDA q's
+    answer is remembered for its head dim and device (a refusal is not)."""
     if isinstance(q, torch.Tensor) and q.dim() == 4:
+        # Plain CUDA tensors only: a FakeTensor's (torch.compile's) head dim may be symbolic.
+        key = (q.shape[-1], q.device) if type(q) is torch.Tensor and q.is_cuda else None
+        if key is not None and key in _SUPPORTED:
+            return
         backward_config(q, names.q)
+        if key is not None:
+            _SUPPORTED.add(key)
 
 
 def validate_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
@@ -291,16 +303,30 @@ def _check_lse(lse, q: torch.Tensor, q_name: str) -> None:
 def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
                  deterministic, dq: Optional[torch.Tensor], dk: Optional[torch.Tensor],
                  dv: Optional[torch.Tensor], names: Names = FORWARD_NAMES,
-                 config: Optional[str] = AUTO, softcap=0.0, window_size=(-1, -1)
+                 config: Optional[str] = AUTO, softcap=0.0, window_size=(-1, -1),
+                 recorded: Optional[tuple] = None
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate, allocate the gradients not given (laid out like q, k and v: torch.empty_like)
     and launch the backward (config: a backward config's name, or "auto") on PyTorch's
-    current stream; returns (dq, dk, dv). softcap and window_size: the forward's."""
-    launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
-                                      bottom_right=bottom_right, softmax_scale=softmax_scale,
-                                      deterministic=deterministic, dq=dq, dk=dk, dv=dv,
-                                      names=names, config=config, softcap=softcap,
-                                      window_size=window_size)
+    current stream; returns (dq, dk, dv). softcap and window_size: the forward's.
+
+    recorded: for autograd's backward of a call it recorded (`_api._Attention`), the key of
+    `_cache.RECORDED_BACKWARD` (the forward's validated launch, q's device, the options):
+    q, k, v, out and lse are the forward's, checked or made by it, and dout arrives with
+    out's shape, dtype and device, laid out for the kernel (`_api._kernel_ready`). A key seen
+    before then skips the checks, except dout's broadcast dims (an expanded dout takes the
+    full checks, which pick a config that reads it)."""
+    launch = None
+    if recorded is not None and broadcast_dim(dout) is None:
+        launch = _cache.RECORDED_BACKWARD.get(recorded)
+    if launch is None:
+        launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
+                                          bottom_right=bottom_right, softmax_scale=softmax_scale,
+                                          deterministic=deterministic, dq=dq, dk=dk, dv=dv,
+                                          names=names, config=config, softcap=softcap,
+                                          window_size=window_size)
+        if recorded is not None and broadcast_dim(dout) is None:
+            _cache.remember(_cache.RECORDED_BACKWARD, recorded, launch)
     options = backward_options(softcap, window_size, launch.is_causal)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk

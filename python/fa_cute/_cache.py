@@ -16,7 +16,8 @@ from ._configs import auto_config, heuristic_part, pick_config
 from ._launch import ALIGN_BYTES, Launch
 from ._validate import FORWARD_NAMES, LIMITS, Names, extent_bytes, validate
 
-__all__ = ["BACKWARD_VALIDATED", "KVCACHE_VALIDATED", "PLANS", "VALIDATED", "VALIDATED_MAX", "forget_tuning",
+__all__ = ["BACKWARD_VALIDATED", "KVCACHE_VALIDATED", "PLANS", "RECORDED_BACKWARD", "VALIDATED", "VALIDATED_MAX",
+           "forget_tuning",
            "plan_key", "remember", "storages_hold", "tensor_key", "validate_cached"]
 
 
@@ -35,6 +36,12 @@ VALIDATED_MAX = 1024
 # cost ~200 us of Python a call on an H100 host, twice PyTorch's whole FLASH backward call.
 # Each value is (launch, (element size, `extent_bytes`) of dout, q, k, v, out and lse).
 BACKWARD_VALIDATED: Dict[tuple, Tuple[Launch, Tuple[Tuple[int, int], ...]]] = {}
+
+# The backward launches of calls that autograd recorded (`_api._Attention`), keyed by the
+# forward's validated launch, q's device and the call's options (`_backward.run_backward`'s
+# recorded=): the forward's checks fixed q, k and v, and out and lse are the forward's own,
+# so the backward checks only dout's layout, not six tensors' keys a call.
+RECORDED_BACKWARD: Dict[tuple, Launch] = {}
 
 # `forward_with_kvcache`'s calls that passed its checks, keyed as `BACKWARD_VALIDATED` (every
 # tensor's `tensor_key`, the flags with their types): a serving loop's decode step repeats
@@ -220,5 +227,6 @@ def forget_tuning() -> None:
     auto_config.cache_clear()
     VALIDATED.clear()  # auto's picks are part of the validated launches and plans
     BACKWARD_VALIDATED.clear()
+    RECORDED_BACKWARD.clear()
     KVCACHE_VALIDATED.clear()
     PLANS.clear()
