@@ -210,6 +210,38 @@ def test_sdpa_gradients_top_left(is_causal, lengths) -> None:
                 128 ** -0.5, causal=is_causal, causal_offset=0 if is_causal else None)
 
 
+@pytest.mark.parametrize("api", ["forward", "sdpa"])
+def test_recorded_backward_reuses_its_launch(api: str) -> None:
+    """A recorded call's backward takes its launch from _cache.RECORDED_BACKWARD after the
+    first call of its shapes (checking only dout's layout): three steps of fresh inputs of one
+    shape, each against the float64 reference, then a summed loss, whose dout is an expanded
+    tensor (stride 0), which the full checks take."""
+    from fa_cute import _cache
+    head_dim = 64 if _built(64) else 128
+    needs_head_dim(head_dim)
+    _cache.RECORDED_BACKWARD.clear()
+
+    def step(loss_weight):
+        q, k, v = make(2, 333, 4, head_dim, torch.bfloat16), *(make(2, 555, 2, head_dim, torch.bfloat16)
+                                                                for _ in range(2))
+        if api == "sdpa":
+            out = fa_cute.sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                               enable_gqa=True).transpose(1, 2)
+        else:
+            out = fa_cute.forward(q, k, v, causal=True)
+        dout = torch.ones_like(out) if loss_weight is None else loss_weight(out)
+        (out.float().sum() if loss_weight is None else (out * dout).float().sum()).backward()
+        # sdpa's causal mask is top-left: seqlen_q - seqlen_k as forward's bottom-right offset.
+        offset = 0 if api == "sdpa" else None
+        check_grads((q.grad, k.grad, v.grad), q, k, v, dout, head_dim ** -0.5, causal=True,
+                    causal_offset=offset)
+
+    for _ in range(3):
+        step(torch.randn_like)
+    assert len(_cache.RECORDED_BACKWARD) == 1
+    step(None)
+
+
 def test_only_requested_gradients() -> None:
     needs_head_dim(128)
     q = make(2, 64, 4, 128, torch.bfloat16)

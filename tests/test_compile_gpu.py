@@ -82,7 +82,9 @@ def test_compiled_sdpa_is_eager_bit_for_bit(shape, is_causal: bool) -> None:
 
     eager = fn(q, k, v)
     got = torch.compile(fn, fullgraph=True)(q, k, v)
-    assert got.is_contiguous() and torch.equal(got, eager)
+    # sdpa's output keeps query's order of the heads and sequence dims in memory (here a
+    # transposed (batch, seqlen, nheads, headdim) buffer); the fake implementation must agree.
+    assert got.stride() == eager.stride() and torch.equal(got, eager)
 
 
 def test_compiled_with_dynamic_lengths() -> None:

@@ -287,7 +287,9 @@ def softcap_arg(softcap) -> float:
         value = float(softcap)
     except OverflowError:  # an int beyond float range
         value = math.inf
-    if not (math.isfinite(value) and value >= 0.0):
+    # Comparisons, not math.isfinite: torch.compile(dynamic=True) traces a float argument as
+    # a symbolic one, which math.isfinite cannot take (NaN fails both comparisons).
+    if not 0.0 <= value < math.inf:
         raise ValueError(f"softcap must be 0.0 (none) or a finite number > 0; got {softcap}")
     return value
 
@@ -303,7 +305,7 @@ def scale_arg(scale, name: str) -> Optional[float]:
         value = float(scale)
     except OverflowError:  # an int beyond float range
         value = math.inf
-    if not (math.isfinite(value) and value > 0.0):
+    if not 0.0 < value < math.inf:  # as softcap_arg's (NaN fails both)
         raise ValueError(f"{name} must be a finite number > 0; got {scale}")
     return value
 
