@@ -48,12 +48,12 @@
 // - rotated (BwdParams::dq_rotate = s + 1; non-causal, no window, a dense batch whose nQ query
 //   blocks are 2^s times its nK key blocks: equal lengths and kBlockM = kBlockN >> s): key
 //   block n starts at query block n << s and walks them cyclically, so it reaches m at step
-//   t(n, m) = (m - (n << s)) mod nQ. At a given m these steps are the values = m (mod 2^s),
-//   one per key block, so its turn there is t >> s: the order in which they arrive. The
-//   ascending order makes the CTAs of one (batch, K/V head) skew by a step per key block
-//   (each waits at every query block for the one before it), as many steps as the work
-//   itself at N = 1k, d = 64 (8 key blocks, 8 steps each); rotated, every CTA arrives on its
-//   turn and none waits.
+//   t(n, m) = (m - (n << s)) mod nQ. At a given m these steps are the nK values congruent to
+//   m modulo 2^s, one per key block, so its turn there is t >> s: the order in which they
+//   arrive. The ascending order makes the CTAs of one (batch, K/V head) skew by a step per
+//   key block (each waits at every query block for the one before it), as many steps as
+//   the work itself where there are as many key blocks as steps; rotated, every CTA arrives
+//   on its turn and none waits (docs/perf-notes.md, Backward, session 10).
 // So counter (b, h, m) counts 0, 1, ..., n_max(m) + 1: the key block whose turn is t
 // waits for the value t, adds, and stores t + 1. The fp32 sum of each dq_accum element is
 // then in one fixed order whatever the scheduling: two runs give bitwise-equal dq (dk and

@@ -324,11 +324,12 @@ struct Sm90BwdMainloop {
   // s with s % 2 == w. A hand-over waits for its adds to complete in the L2 (a 16-64 KiB bulk
   // reduce-add); one warp would wait out each before its next turn, two overlap a step's
   // completion with the other step's turn. The steps' query blocks differ, so their turns are
-  // independent; each warp still waits only for lower key blocks. Each warp meets the
-  // consumers on a full barrier of its own (dq_full_barrier: by step parity), so that one
-  // warp's early arrival never completes the other's phase. With one buffer, its kdQEmpty is
-  // arrived at by the warp that read it, after which the other warp's next read can only
-  // follow the consumers' next store (one arrival pending at a time).
+  // independent; each warp still waits only for the key blocks whose turns come before its
+  // own (bwd_dq_order.h). Each warp meets the consumers on a full barrier of its own
+  // (dq_full_barrier: by step parity), so that one warp's early arrival never completes the
+  // other's phase. With one buffer, its kdQEmpty is arrived at by the warp that read it,
+  // after which the other warp's next read can only follow the consumers' next store (one
+  // arrival pending at a time).
   // The dQ warps of a call (a compile-time count for store_dq, whose warps run on the
   // producer's 24 registers): two where deterministic, in the kernels whose producer compiles
   // them without spilling (ptxas, sm_90a: the two-buffer and Q/dO-stage tiles and d=64's
