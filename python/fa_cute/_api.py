@@ -263,7 +263,8 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,
               scale, return_lse: bool = False, with_launch: bool = False) -> tuple:
     """sdpa after its own checks: validate the transposed views, launch; return the output
-    and, with return_lse, the LSE (else None), and with with_launch the validated launch."""
+    and, with return_lse, the LSE (else None), and with with_launch the validated launch and
+    the views of query, key and value in forward's layout (the kernel's)."""
     tensors = (query, key, value)
     try:
         q, k, v = tuple(t.transpose(1, 2) for t in tensors)
@@ -281,7 +282,7 @@ def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_ca
     if return_lse:
         lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
     launch_kernel(launch, q, k, v, out.transpose(1, 2), lse, timed=False)
-    return (out, lse, launch) if with_launch else (out, lse)
+    return (out, lse, launch, (q, k, v)) if with_launch else (out, lse)
 
 
 def _sdpa_output_like(query: torch.Tensor) -> torch.Tensor:
@@ -352,15 +353,20 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: _Spec):
         if spec.sdpa:
-            out, lse, launch = _sdpa_run(q, k, v, spec.causal, spec.softmax_scale, return_lse=True,
-                                         with_launch=True)
+            out, lse, launch, inputs = _sdpa_run(q, k, v, spec.causal, spec.softmax_scale,
+                                                 return_lse=True, with_launch=True)
         else:
             (out, lse), _, launch = _run(q, k, v, causal=spec.causal, bottom_right=True,
                                          softmax_scale=spec.softmax_scale, return_lse=True,
                                          config=spec.config, out=None, timed=False,
                                          softcap=spec.softcap, window_size=spec.window,
                                          with_launch=True)
-        ctx.save_for_backward(q, k, v, out, lse)
+            inputs = (q, k, v)
+        # q, k and v saved in forward's layout (sdpa: the views the launch made), so that the
+        # backward does not transpose them again: each view op is host time on the
+        # host-bound path of a training step. out as returned: a view of it made here (under
+        # no_grad) would be refused once autograd marks it as this Function's output.
+        ctx.save_for_backward(*inputs, out, lse)
         # The backward's launch by this key after the first call (`run_backward`'s recorded=);
         # a grouped-query decode's packed launch is another shape's, so it is not a key.
         ctx.recorded = None if launch.packed else (launch, q.device, spec)
@@ -384,17 +390,18 @@ class _Attention(torch.autograd.Function):
                                 bottom_right=bottom_right, softmax_scale=spec.softmax_scale,
                                 deterministic=False, dq=None, dk=None, dv=None, names=names,
                                 softcap=spec.softcap, window_size=spec.window, recorded=recorded)
-        grads = _grads(dout, *ctx.saved_tensors, spec, ctx.needs_input_grad, run)
+        grads = _grads(dout, *ctx.saved_tensors, spec, ctx.needs_input_grad, run,
+                       kernel_layout=True)
         return (*grads, None)
 
 
-def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad,
-           run) -> Tuple[Optional[torch.Tensor], ...]:
+def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad, run,
+           kernel_layout: bool = False) -> Tuple[Optional[torch.Tensor], ...]:
     """(dq, dk, dv) of a recorded call through `run` (the eager backward, or the op
     fa_cute::backward under torch.compile), None for an input that needs none.
 
-    sdpa's tensors are viewed in forward's layout (the kernel's) and its gradients viewed
-    back; its alignment is top-left. `run` makes dout fit the kernel (`_kernel_ready`),
+    sdpa's tensors are viewed in forward's layout (the kernel's; q, k and v are already, with
+    kernel_layout) and its gradients viewed back; its alignment is top-left. `run` makes dout fit the kernel (`_kernel_ready`),
     where it holds real tensors.
     """
     if lse.dim() != 3:
@@ -403,7 +410,9 @@ def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad,
                            "(fa_cute.forward and fa_cute.sdpa do)")
     sdpa = spec.sdpa
     if sdpa:
-        dout, q, k, v, out = (t.transpose(1, 2) for t in (dout, q, k, v, out))
+        dout, out = dout.transpose(1, 2), out.transpose(1, 2)
+        if not kernel_layout:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     grads = run(dout, q, k, v, out, lse, spec, not sdpa, SDPA_NAMES if sdpa else FORWARD_NAMES)
     if sdpa:
         grads = tuple(g.transpose(1, 2) for g in grads)
@@ -418,8 +427,8 @@ def _kernel_ready(dout):
     if not (isinstance(dout, torch.Tensor) and dout.dim() == 4):
         return dout
     multiple = ALIGN_BYTES // dout.element_size()
-    if (dout.stride(3) == 1 and dout.stride(0) % multiple == 0
-            and dout.stride(1) % multiple == 0 and dout.stride(2) % multiple == 0
+    s0, s1, s2, s3 = dout.stride()
+    if (s3 == 1 and s0 % multiple == 0 and s1 % multiple == 0 and s2 % multiple == 0
             and dout.data_ptr() % ALIGN_BYTES == 0):
         return dout
     return dout.contiguous()

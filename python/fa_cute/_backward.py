@@ -314,18 +314,18 @@ def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax
     `_cache.RECORDED_BACKWARD` (the forward's validated launch, q's device, the options):
     q, k, v, out and lse are the forward's, checked or made by it, and dout arrives with
     out's shape, dtype and device, laid out for the kernel (`_api._kernel_ready`). A key seen
-    before then skips the checks, except dout's broadcast dims (an expanded dout takes the
-    full checks, which pick a config that reads it)."""
-    launch = None
-    if recorded is not None and broadcast_dim(dout) is None:
-        launch = _cache.RECORDED_BACKWARD.get(recorded)
+    before then skips the checks, unless dout has a zero stride (an expanded dout, which the
+    full checks give a config that reads it; a zero stride in a dim of size 1 takes them
+    too, harmlessly)."""
+    reusable = recorded is not None and 0 not in dout.stride()
+    launch = _cache.RECORDED_BACKWARD.get(recorded) if reusable else None
     if launch is None:
         launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
                                           bottom_right=bottom_right, softmax_scale=softmax_scale,
                                           deterministic=deterministic, dq=dq, dk=dk, dv=dv,
                                           names=names, config=config, softcap=softcap,
                                           window_size=window_size)
-        if recorded is not None and broadcast_dim(dout) is None:
+        if reusable:
             _cache.remember(_cache.RECORDED_BACKWARD, recorded, launch)
     options = backward_options(softcap, window_size, launch.is_causal)
     dq = torch.empty_like(q) if dq is None else dq
