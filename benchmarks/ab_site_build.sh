@@ -10,9 +10,11 @@
 #           PYTHONPATH=/tmp/base_site python3 benchmarks/bwd_speed.py 128 1024,4096 --det
 #           PYTHONPATH=/tmp/new_site  python3 benchmarks/bwd_speed.py 128 1024,4096 --det
 #
-# Each build uses half the machine's cores (two run at once), sm_90a, bf16 unless
-# FA_CUTE_DTYPES says otherwise; CUTLASS's headers come from the nvidia-cutlass wheel in
-# FA_CUTE_WHEEL_DIR (default .whl), installed into /tmp/fa_cute_site. The log is SITE.log.
+# Each build uses half the machine's cores (two run at once; FA_CUTE_BUILD_JOBS=N for another
+# count, e.g. all of them for a single build), sm_90a, bf16 unless FA_CUTE_DTYPES says
+# otherwise; CUTLASS's headers come from the nvidia-cutlass wheel in FA_CUTE_WHEEL_DIR
+# (default .whl), installed into /tmp/fa_cute_site. The log is SITE.log; the kernels that
+# spill are printed after the build (benchmarks/ptxas_report.py).
 set -euo pipefail
 src=${1:?source tarball, or - for this checkout}
 site=$(realpath -m "${2:?folder to install into}")
@@ -29,7 +31,8 @@ else
   tar -xzf "$src" -C "$dir"
 fi
 cd "$dir"
-if ! PYTHONPATH=/tmp/fa_cute_site CMAKE_BUILD_PARALLEL_LEVEL=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )) \
+jobs=${FA_CUTE_BUILD_JOBS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}
+if ! PYTHONPATH=/tmp/fa_cute_site CMAKE_BUILD_PARALLEL_LEVEL=$jobs \
     python3 -m pip install --no-build-isolation --no-deps -v --target "$site" -Cbuild-dir="build/ab-$(basename "$site")" \
     -Ccmake.define.FA_CUTE_ARCHS=90a "-Ccmake.define.FA_CUTE_CONFIGS=$configs" \
     "-Ccmake.define.FA_CUTE_DTYPES=${FA_CUTE_DTYPES:-bf16}" . >"$site.log" 2>&1; then
@@ -38,3 +41,4 @@ if ! PYTHONPATH=/tmp/fa_cute_site CMAKE_BUILD_PARALLEL_LEVEL=$(( $(nproc) / 2 > 
   exit 1
 fi
 echo "built $src into $site"
+python3 "$repo/benchmarks/ptxas_report.py" "$site.log" | grep -E "spill st/ld [1-9]|kernels," || true
