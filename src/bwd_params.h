@@ -60,11 +60,12 @@ struct BwdParams {
   // query block (kBlockM; run_bwd checks it), read only with a semaphore.
   int* dq_semaphore_ptr;
   int dq_semaphore_block_m;
-  // Set by the Hopper launch (Sm90BwdLaunch) for a dense, non-causal batch without a window
-  // whose query blocks are 2^s times its key blocks and whose (batch, K/V head) has few enough
-  // key blocks to be resident at once: s + 1, key block n's CTA visits its query blocks from
-  // n << s on, cyclically, and (deterministic) its turn at each follows that arrival order
-  // (bwd_dq_order.h, rotated order). 0: every CTA from query block 0, turns ascending.
+  // Set by the Hopper launch (Sm90BwdLaunch) for a deterministic run of a dense, non-causal
+  // batch without a window whose query blocks are 2^s times its key blocks and whose (batch,
+  // K/V head) has few enough key blocks to be resident at once: s + 1, key block n's CTA
+  // visits its query blocks from n << s on, cyclically, and its turn at each follows that
+  // arrival order (bwd_dq_order.h, rotated order). 0: every CTA from query block 0, turns
+  // ascending.
   int dq_rotate = 0;
 
   index_t q_batch_stride, q_row_stride, q_head_stride;

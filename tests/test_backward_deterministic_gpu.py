@@ -63,12 +63,14 @@ def test_two_runs_are_bitwise_equal(shape, causal, dtype) -> None:
     check_grads(first, q, k, v, dout, head_dim ** -0.5, causal=causal)
     if causal and seqlen_q > seqlen_k:
         assert not first[0][:, :seqlen_q - seqlen_k].any(), "rows that see no key: dq must be 0"
-    # The default mode: same gradients up to the order of dq's fp32 additions; dk and dv
-    # bitwise the same where both modes run the same kernel (a tuned pick without a
-    # deterministic mode falls back to another config).
+    # The default mode: same gradients up to the order of dq's fp32 additions; with causal, dk
+    # and dv bitwise the same where both modes run the same kernel (a tuned pick without a
+    # deterministic mode falls back to another config). Without causal the Hopper kernel's
+    # deterministic mode may walk the query blocks in the rotated order (src/bwd_dq_order.h),
+    # which sums dk and dv in another order than the default's.
     default = _grads(dout, q, k, v, out, lse, causal, False)
     check_grads(default, q, k, v, dout, head_dim ** -0.5, causal=causal)
-    if _same_kernel(dout, q, k, v, out, lse, causal):
+    if causal and _same_kernel(dout, q, k, v, out, lse, causal):
         for name, a, b in zip(("dk", "dv"), first[1:], default[1:]):
             assert torch.equal(a, b), f"{name} must not depend on deterministic"
 

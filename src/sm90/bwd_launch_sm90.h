@@ -59,14 +59,17 @@ struct Sm90BwdLaunch {
              make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutV{})}};
   }
 
-  // Non-causal, dense, no window: the rotated order of query blocks (bwd_dq_order.h; s + 1,
-  // 0 for none) where the query blocks are 2^s times the key blocks and a (batch, K/V head)'s
-  // key blocks, one CTA each, fit half the GPU's SMs (the other half a margin for SMs that
-  // other work holds), so that all of them can be resident at once. The default mode walks
-  // the same order, so that dk and dv (summed over the query blocks in it) do not depend on
-  // deterministic.
+  // Deterministic, non-causal, dense, no window: the rotated order of query blocks
+  // (bwd_dq_order.h; s + 1, 0 for none) where the query blocks are 2^s times the key blocks
+  // and a (batch, K/V head)'s key blocks, one CTA each, fit half the GPU's SMs (the other
+  // half a margin for SMs that other work holds), so that all of them can be resident at
+  // once. Only where the dQ adds are the consumers' (atomics) or two dQ warps' (kTwoDqWarps):
+  // one dQ warp walks the ascending order (Sm90BwdMainloop::store_dq). The default mode keeps
+  // the ascending order too (same speed, measured: docs/perf-notes.md, Backward, session 10),
+  // so its dk and dv differ from the deterministic mode's in rounding on these shapes.
   static int rotates_dq_order(BwdParams const& params, int device) {
-    if (params.is_causal || bwd_needs_extras(params)) return 0;
+    if (params.dq_semaphore_ptr == nullptr || params.is_causal || bwd_needs_extras(params)) return 0;
+    if (Traits::kdQTile && !Sm90BwdMainloop<Traits, false>::kTwoDqWarps) return 0;
     int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
     int const m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
     int sms = 0;

@@ -399,11 +399,13 @@ struct Sm90BwdMainloop {
     if (steps <= 0) return;
     bool const deterministic = p.dq_semaphore_ptr != nullptr;
     if constexpr (kWarps == 1) {
+      // Ascending: one dQ warp never walks the rotated order (Sm90BwdLaunch takes it only
+      // where two warps add deterministically), whose running block is a register more than
+      // the producer's 24 hold (4 B of spill at d=128, ptxas sm_90a).
       int step = 0;
-      int m_block = m_block_at(0);
       for (int h_in_group = 0; h_in_group < group; ++h_in_group) {
         CUTE_NO_UNROLL
-        for (int i = 0; i < queries.num_blocks(); ++i, ++step, m_block = next_m_block(m_block)) {
+        for (int m_block = queries.m_block_min; m_block < queries.m_block_max; ++m_block, ++step) {
           store_dq_step<1>(lane, step, steps, h_in_group, m_block, deterministic);
         }
       }
