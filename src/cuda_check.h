@@ -39,6 +39,14 @@ class PerDeviceCache {
   std::atomic<int> values_[kMaxDevices] = {};  // 0: not asked yet
 };
 
+// The device's SM count: a runtime query, which a launcher keeps in a PerDeviceCache.
+inline int device_sm_count(int device) {
+  int num_sms = 0;
+  check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
+             "cudaDeviceGetAttribute(MultiProcessorCount)");
+  return num_sms;
+}
+
 // Throws std::invalid_argument unless the device grants smem_bytes of dynamic shared
 // memory per block, then opts kernel into them (needed above 48 KiB, per device).
 template <class Kernel>

@@ -401,8 +401,8 @@ def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad, run,
     fa_cute::backward under torch.compile), None for an input that needs none.
 
     sdpa's tensors are viewed in forward's layout (the kernel's; q, k and v are already, with
-    kernel_layout) and its gradients viewed back; its alignment is top-left. `run` makes dout fit the kernel (`_kernel_ready`),
-    where it holds real tensors.
+    kernel_layout) and its gradients viewed back; its alignment is top-left. `run` makes dout
+    fit the kernel (`_kernel_ready`), where it holds real tensors.
     """
     if lse.dim() != 3:
         raise RuntimeError("the backward needs the forward's LSE: the custom op was called "

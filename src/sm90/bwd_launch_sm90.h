@@ -72,9 +72,8 @@ struct Sm90BwdLaunch {
     if (Traits::kdQTile && !Sm90BwdMainloop<Traits, false>::kTwoDqWarps) return 0;
     int const n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
     int const m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
-    int sms = 0;
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    if (n_blocks > sms / 2) return 0;
+    static PerDeviceCache sm_count;
+    if (n_blocks > sm_count.get(device, [&] { return device_sm_count(device); }) / 2) return 0;
     for (int shift = 0; shift <= 3; ++shift) {
       if (m_blocks == n_blocks << shift) return shift + 1;
     }

@@ -82,10 +82,7 @@ struct Sm90FwdLaunch {
     static PerDeviceCache cache;
     return cache.get(device, [&] {
       opt_in_dynamic_smem(&fwd_kernel_sm90<Traits, V::kCausal, V::kExtras>, Traits::kSmemSize, device);
-      int num_sms = 0;
-      check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
-                 "cudaDeviceGetAttribute(MultiProcessorCount)");
-      return num_sms;
+      return device_sm_count(device);
     });
   }
 
