@@ -30,6 +30,16 @@ CUTE_HOST_DEVICE int right_bound(FwdParams const& params) {
   return params.is_causal ? 0 : params.window_right;
 }
 
+// An FP8 tile's descale factors (FwdParams::q_descale_ptr and siblings): those of its batch
+// entry and K/V head, 1 where not given. q_descale * k_descale scales the scores (with
+// softmax_scale), v_descale the output.
+CUTE_DEVICE float descale_of(float const* descale, FwdParams const& params, FwdTileCoord const& coord) {
+  return descale == nullptr ? 1.f : descale[coord.bidb * params.nheads_k + coord.bidh_k];
+}
+CUTE_DEVICE float qk_descale(FwdParams const& params, FwdTileCoord const& coord) {
+  return descale_of(params.q_descale_ptr, params, coord) * descale_of(params.k_descale_ptr, params, coord);
+}
+
 // Sequence b of a packed (variable-length) batch: its first rows and lengths from the GPU's
 // cu_seqlens (keys: the first seqused_k[b] only, where given), clamped into the packed tensors,
 // so that a bad cu_seqlens (which the host cannot see without a sync) never sends a load or

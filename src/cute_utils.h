@@ -103,6 +103,42 @@ __forceinline__ __device__ void convert_type_into(TensorS const& src, TensorD& d
       convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(src.data()));
 }
 
+// The 8-bit RS wgmma's register A operand (ALayout_64x32) holds per thread ((4 k, 2 rows,
+// 2 k-halves), MMA_M, MMA_K): keys 4j..4j+3 and 16+4j..16+4j+3 of each 32-key k-block
+// (j = lane % 4), where the S accumulator (CLayout_64xN) holds keys 2j, 2j+1 of each 8-key
+// group. No relabelling matches them, so the FP8 kernel takes P's keys in another order:
+// A value (a, b, c) of k-block kb is the accumulator's (a % 2, b, 4 kb + 2c + a / 2), the
+// score of key 8 (2c + a/2) + 2j + a%2 of the block, i.e. slot 16c + 4j + a holds key
+// fp8_vt_key(slot) (fp8_layout.h), and the layout pass put V's rows in that order. Within a
+// thread: register moves the compiler renames away, and one cvt.rn.satfinite.e4m3x2.f32
+// per two values.
+template <class TensorAcc, class TensorP>
+__forceinline__ __device__ void convert_p_fp8_sm90(TensorAcc const& acc_s, TensorP& tOrP) {
+  using namespace cute;
+  static_assert(decltype(rank<0>(acc_s))::value == 3 && decltype(size<2>(acc_s))::value == 1,
+                "expects the sm90 accumulator ((2,2,N/8),MMA_M,1)");
+  constexpr int kBlocks = decltype(size<2>(tOrP))::value;  // 32-key k-blocks
+  static_assert(decltype(size<0, 2>(acc_s))::value == 4 * kBlocks, "four 8-key groups per 32-key k-block");
+  Tensor p = make_tensor<float>(make_layout(shape(tOrP)));  // ((4,2,2),MMA_M,MMA_K)
+  CUTE_UNROLL
+  for (int m = 0; m < size<1>(tOrP); ++m) {
+    CUTE_UNROLL
+    for (int kb = 0; kb < kBlocks; ++kb) {
+      CUTE_UNROLL
+      for (int c = 0; c < 2; ++c) {
+        CUTE_UNROLL
+        for (int b = 0; b < 2; ++b) {
+          CUTE_UNROLL
+          for (int a = 0; a < 4; ++a) {
+            p(make_coord(a, b, c), m, kb) = acc_s(make_coord(a % 2, b, 4 * kb + 2 * c + a / 2), m, 0);
+          }
+        }
+      }
+    }
+  }
+  convert_type_into(p, tOrP);
+}
+
 // A (rows, cols) tile of a row-major global tensor whose first row is row0, at
 // base + offset. The tile's base pointer is computed in 64 bits (tensors beyond 2^31
 // elements); offsets inside the tile use a 32-bit row stride (the host checks

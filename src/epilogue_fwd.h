@@ -44,11 +44,14 @@ struct FwdEpilogue {
   // fp32 with its LSE to the accumulators instead, for the combine kernel to weigh by
   // exp(lse_split - lse); a split that saw no key writes O = 0 and LSE = -inf. Returns
   // whether the caller must still store O (false: the split's partial result is written).
+  // score_descale, o_descale: an FP8 tile's q_descale * k_descale (in the scores' scale, so
+  // in the LSE's) and v_descale (O's).
   template <class Softmax, class TensorO, class ThrMma, bool kVarlen>
   CUTE_DEVICE static bool finalize(Softmax& softmax, TensorO& acc_o, ThrMma const& thr_mma, FwdTileCoord const& coord,
-                                   FwdSeqlens<kVarlen> const& seq, FwdParams const& params) {
+                                   FwdSeqlens<kVarlen> const& seq, FwdParams const& params,
+                                   float score_descale = 1.f, float o_descale = 1.f) {
     using namespace cute;
-    softmax.finalize(acc_o);
+    softmax.finalize(acc_o, o_descale);
     int const num_rows = seq.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
     // This tile's first row in the LSE layout ((batch, nheads, seqlen_q); the splits' too,
     // which varlen launches never have).
@@ -59,7 +62,7 @@ struct FwdEpilogue {
       for (int mi = 0; mi < size<0>(tScS_rc); ++mi) {
         // The 4 threads of a quad hold one row; the one holding column 0 writes it.
         int const row = get<0>(tScS_rc(mi, 0));
-        if (get<1>(tScS_rc(mi, 0)) == 0 && row < num_rows) { lse[row] = softmax.lse(mi, params.softmax_scale); }
+        if (get<1>(tScS_rc(mi, 0)) == 0 && row < num_rows) { lse[row] = softmax.lse(mi, params.softmax_scale * score_descale); }
       }
     };
     if constexpr (kSplitKV) {

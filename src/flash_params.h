@@ -94,6 +94,15 @@ struct FwdParams {
   float* __restrict__ o_accum_ptr;
   float* __restrict__ lse_accum_ptr;
 
+  // FP8 (e4m3) kernels (Sm90FwdTraits::kFp8; docs/design.md, FP8 forward): q and k hold e4m3
+  // values, v points at Vt (fp8_layout.h: (batch, nheads_k, head_dim, fp8_vt_keys(seqlen_k)),
+  // whose v_row_stride is the stride of its head_dim rows), out is bf16. The scores are
+  // (q k^T) * q_descale * k_descale * softmax_scale and O is (P V) * v_descale, each factor
+  // an fp32 (batch, nheads_k) contiguous array (query head h takes its K/V head's); null: 1.
+  float const* __restrict__ q_descale_ptr = nullptr;
+  float const* __restrict__ k_descale_ptr = nullptr;
+  float const* __restrict__ v_descale_ptr = nullptr;
+
   // The softmax's scale of its scores. Without a softcap, scores are Q K^T and this is the
   // caller's softmax_scale. With one (Gemma 2's logits softcap * tanh(S * scale / softcap)),
   // the kernel maps S to tanh(S * softcap_premul) and this is softcap (docs/design.md).

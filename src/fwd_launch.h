@@ -16,7 +16,7 @@
 // The one launch template of both kernel families. A family supplies a launch policy
 // (sm80/fwd_launch_sm80.h, sm90/fwd_launch_sm90.h), a type with
 //   Traits                              the kernel's traits (kBlockM, kBlockN, kHeadDim,
-//                                       kPersistent, kSplitKV, Element)
+//                                       kPersistent, kSplitKV, Element, ElementO)
 //   kName                               the kernel's name, for error messages
 //   dispatch(params, f)                 calls f(variant) with the compiled variant the
 //                                       launch needs (mask mode, causal) as a type, and
@@ -75,13 +75,13 @@ void run_fwd(FwdParams const& problem, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), Launch::kName);
   if constexpr (Traits::kSplitKV) {  // only these instantiate the combine kernel
     if (params.num_splits > 1) {
-      launch_fwd_combine<typename Traits::Element, Traits::kHeadDim>(params, stream);
+      launch_fwd_combine<typename Traits::ElementO, Traits::kHeadDim>(params, stream);
       check_cuda(cudaGetLastError(), "fwd_combine_kernel launch");
     }
   }
   // After the split merge, which writes O: a bad batch's output ends NaN.
   if (params.cu_seqlens_q != nullptr || params.seqused_k != nullptr) {
-    launch_fwd_varlen_check<typename Traits::Element>(params, stream);
+    launch_fwd_varlen_check<typename Traits::ElementO>(params, stream);
     check_cuda(cudaGetLastError(), "fwd_varlen_check_kernel launch");
   }
 }

@@ -27,7 +27,11 @@ from typing import NamedTuple, Optional, Union
 
 OUT_DIR = Path(__file__).resolve().parent / "generated"
 
-DTYPES = {"bf16": ("cute::bfloat16_t", "DType::kBF16"), "fp16": ("cute::half_t", "DType::kFP16")}
+DTYPES = {"bf16": ("cute::bfloat16_t", "DType::kBF16"), "fp16": ("cute::half_t", "DType::kFP16"),
+          "e4m3": ("cute::float_e4m3_t", "DType::kE4M3")}
+# What a config is generated for unless it says otherwise (its `dtypes`): e4m3 is the Hopper
+# FP8 forward's (Sm90FwdTraits::kFp8), generated only for the configs that list it.
+DEFAULT_DTYPES = ("bf16", "fp16")
 
 # --- Per kernel family: what its generated .cu files name ----------------------------------
 # The family's launch header, the traits template with the layout of its arguments (one
@@ -80,6 +84,7 @@ class Sm80Config(NamedTuple):
     slug: str = ""              # ladder rung's short name
 
     family = "sm80"  # runs on sm_80 and later
+    dtypes = DEFAULT_DTYPES
 
     @property
     def name(self) -> str:
@@ -173,6 +178,8 @@ class Sm90Config(NamedTuple):
     split_kv: bool = False
     rung: Optional[int] = None  # ladder rung: built only with FA_CUTE_LADDER=ON
     slug: str = ""              # ladder rung's short name
+    # e4m3 among them: an FP8 kernel too (k-blocks of 32: block_n and head_dim multiples of 32)
+    dtypes: tuple = DEFAULT_DTYPES
 
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
 
@@ -200,18 +207,21 @@ _SM90_DESCRIPTION = "TMA + wgmma, warp-specialised, intra-warpgroup overlap, pin
 _P = dict(ping_pong=True, persistent=True, lazy_rescale=True)
 _DECODE_DESCRIPTION = "TMA + wgmma, short queries: 1 consumer warpgroup, split-KV, deep K/V pipeline"
 _D = dict(lazy_rescale=True, split_kv=True)
+# The FP8 forward's configs (e4m3 q, k, v; docs/design.md, FP8 forward): for now the bf16
+# default tile of each head dim where its key blocks are whole 32-key k-blocks.
+_WITH_FP8 = DEFAULT_DTYPES + ("e4m3",)
 SM90_CONFIGS = [
     # d=64 and d=96: 3 consumer warpgroups (setmaxnreg 160 each). At d=64 the softmax takes
     # as long as the GEMMs, and a third warpgroup gives it more to hide under (faster than
     # 2 warpgroups with 128x192: docs/perf-notes.md, Hopper kernel: tile choices). Registers: S 56 +
     # P 28 + O 32 at d=64 with 112-key blocks (with 128, FlashAttention-3's, ptxas spills),
     # S 48 + P 24 + O 48 at d=96 with 96.
-    Sm90Config(64, 128, 192, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(64, 128, 192, _SM90_DESCRIPTION + ", persistent", **_P, dtypes=_WITH_FP8),
     Sm90Config(64, 192, 112, _SM90_DESCRIPTION + ", 3 consumer warpgroups, persistent", **_P),
     Sm90Config(64, 192, 112, _SM90_DESCRIPTION + ", 3 consumer warpgroups", ping_pong=True, lazy_rescale=True),
-    Sm90Config(96, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(96, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P, dtypes=_WITH_FP8),
     Sm90Config(96, 192, 96, _SM90_DESCRIPTION + ", 3 consumer warpgroups, persistent", **_P),
-    Sm90Config(128, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P),
+    Sm90Config(128, 128, 128, _SM90_DESCRIPTION + ", persistent", **_P, dtypes=_WITH_FP8),
     Sm90Config(128, 128, 176, _SM90_DESCRIPTION + ", 176-key blocks", ping_pong=True, lazy_rescale=True),
     # d=192 and 256: O holds 96 / 128 fp32 registers a thread, so S gets fewer columns.
     # d=192 takes FlashAttention-3's 112; at d=256 its 80 spills in our kernel (S_j,
@@ -221,8 +231,11 @@ SM90_CONFIGS = [
     Sm90Config(192, 128, 112, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
                persistent=True, lazy_rescale=True),
     Sm90Config(192, 128, 112, _SM90_DESCRIPTION.replace(", ping-pong", ""), lazy_rescale=True),
+    # FP8 at d=192: 112 keys are not whole 32-key k-blocks of the 8-bit wgmma.
+    Sm90Config(192, 128, 96, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent; FP8 only",
+               persistent=True, lazy_rescale=True, dtypes=("e4m3",)),
     Sm90Config(256, 128, 64, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
-               persistent=True, lazy_rescale=True),
+               persistent=True, lazy_rescale=True, dtypes=_WITH_FP8),
     Sm90Config(256, 128, 64, _SM90_DESCRIPTION.replace(", ping-pong", ""), lazy_rescale=True),
     # Short queries (decode): 64 rows, one consumer warpgroup, split-KV; a memory-bound
     # stream of K and V, so as many stages as shared memory holds (136-224 KiB).
@@ -277,6 +290,7 @@ class Sm80BwdConfig(NamedTuple):
     family = "sm80"  # runs on sm_80 and later
     rung = None      # never a ladder rung
     kind = "bwd"
+    dtypes = DEFAULT_DTYPES
 
     @property
     def name(self) -> str:
@@ -317,6 +331,7 @@ class Sm90BwdConfig(NamedTuple):
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
     rung = None       # never a ladder rung
     kind = "bwd"
+    dtypes = DEFAULT_DTYPES
     num_warps = 12    # warpgroup 0 produces, 1 and 2 consume
 
     @property
@@ -508,7 +523,8 @@ CMAKE_HEADER = """\
 # The dtypes each config is generated for, every kernel config (sorted by name), and per config:
 #   FA_CUTE_CONFIG_<name>_FAMILY      sm80 (sm_80 and later) or sm90a (sm_90a only)
 #   FA_CUTE_CONFIG_<name>_LADDER      ON for an optimisation-ladder rung, OFF for production
-#   FA_CUTE_CONFIG_<name>_TU_<dtype>  its translation unit for that dtype, in src/generated/
+#   FA_CUTE_CONFIG_<name>_TU_<dtype>  its translation unit for that dtype, in src/generated/ (set
+#                                     only for the dtypes the config is generated for)
 #   FA_CUTE_CONFIG_<name>_KIND        fwd (a forward kernel) or bwd (a backward kernel)
 """
 
@@ -580,7 +596,7 @@ def configs_cmake() -> str:
         lines.append(f"set({prefix}_FAMILY {cfg.family})")
         experimental = cfg.rung is not None or getattr(cfg, "variant", False)
         lines.append(f"set({prefix}_LADDER {'ON' if experimental else 'OFF'})")
-        lines += [f"set({prefix}_TU_{dtype} {kernel_file_name(cfg, dtype)})" for dtype in DTYPES]
+        lines += [f"set({prefix}_TU_{dtype} {kernel_file_name(cfg, dtype)})" for dtype in cfg.dtypes]
         lines.append(f"set({prefix}_KIND {'bwd' if isinstance(cfg, (Sm80BwdConfig, Sm90BwdConfig)) else 'fwd'})")
     return "\n".join(lines) + "\n"
 
@@ -607,16 +623,21 @@ def check_tables() -> None:
             raise SystemExit(f"generate_kernels.py: two configs are named {cfg.name}: "
                              f"{seen[cfg.name]} and {cfg}")
         seen[cfg.name] = cfg
+        if "e4m3" in cfg.dtypes and not (isinstance(cfg, Sm90Config) and cfg.head_dim % 32 == 0
+                                         and cfg.block_n % 32 == 0 and not cfg.split_kv and cfg.rung is None):
+            raise SystemExit(f"generate_kernels.py: {cfg.name} lists e4m3, which only Hopper forward "
+                             "production configs without split-KV and with head_dim and block_n "
+                             "multiples of 32 (the 8-bit wgmma's k-block) take")
 
 
 def expected_files() -> dict[str, str]:
     check_tables()
     files = {kernel_file_name(cfg, dtype): kernel_file(cfg, dtype)
-             for cfg in ALL_CONFIGS for dtype in DTYPES}
+             for cfg in ALL_CONFIGS for dtype in cfg.dtypes}
     files["configs.cmake"] = configs_cmake()
     files["config_table.h"] = config_table_h()
     files.update({kernel_file_name(cfg, dtype): bwd_kernel_file(cfg, dtype)
-                  for cfg in BWD_CONFIGS for dtype in DTYPES})
+                  for cfg in BWD_CONFIGS for dtype in cfg.dtypes})
     files["bwd_config_table.h"] = bwd_config_table_h()
     return files
 

@@ -8,7 +8,14 @@
 
 namespace fa_cute {
 
-char const* dtype_name(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "fp16"; }
+char const* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return "bf16";
+    case DType::kFP16: return "fp16";
+    case DType::kE4M3: return "e4m3";
+  }
+  return "?";
+}
 
 namespace {
 // Function-local static: registration runs during static initialisation of other

@@ -18,7 +18,8 @@
 
 namespace fa_cute {
 
-enum class DType { kBF16, kFP16 };
+// kE4M3: the Hopper FP8 kernels (q, k, v in e4m3, out in bf16; fp8_forward only).
+enum class DType { kBF16, kFP16, kE4M3 };
 
 char const* dtype_name(DType dtype);
 

@@ -7,13 +7,15 @@
 namespace fa_cute {
 
 // What every forward kernel's traits start from, whatever the family: the tile (query rows
-// kBlockM, key rows kBlockN, head dim kHeadDim), the element type (bf16 or fp16; the
-// accumulators and the softmax are fp32), and the two knobs the shared pieces read
+// kBlockM, key rows kBlockN, head dim kHeadDim), the element type (bf16 or fp16; e4m3 in the
+// Hopper family's FP8 kernels; the accumulators and the softmax are fp32), and the two knobs
+// the shared pieces read
 // (the tile scheduler: kPersistent; the softmax: kLazyRescale). Sm80FwdTraits and
 // Sm90FwdTraits derive from it and add what their instructions need.
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, bool kPersistent_, bool kLazyRescale_>
 struct FwdTraitsBase {
   using Element = Element_;
+  using ElementO = Element_;  // what O leaves in (the Hopper FP8 kernels': bf16)
   using ElementAccum = float;
 
   static constexpr int kHeadDim = kHeadDim_;
@@ -22,8 +24,9 @@ struct FwdTraitsBase {
   static constexpr bool kPersistent = kPersistent_;
   static constexpr bool kLazyRescale = kLazyRescale_;
 
-  static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
-                "Element must be bf16 or fp16");
+  static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t> ||
+                    cute::is_same_v<Element, cute::float_e4m3_t>,
+                "Element must be bf16, fp16 or (Hopper only) e4m3");
 };
 
 }  // namespace fa_cute

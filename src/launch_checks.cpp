@@ -10,6 +10,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
 
+#include "fp8_layout.h"
 #include "tile_size.h"
 
 namespace fa_cute {
@@ -19,29 +20,32 @@ using u128 = unsigned __int128;
 
 std::string str(long long value) { return std::to_string(value); }
 
-// The size of every bf16 / fp16 element.
-constexpr uint64_t kElementBytes = 2;
+// The size of a bf16 / fp16 element (the FP8 kernels' q, k and v: 1).
+constexpr int kElementBytes = 2;
 
 // A (batch, seqlen, heads, head_dim) operand: its pointer and strides as the kernels use
 // them, and its extent in bytes. Tiles are loaded as 16-byte vectors (cp.async, ldmatrix,
 // TMA), and in-tile row offsets are 32-bit (the kernels' row_tile).
 OperandExtent check_operand(char const* name, uintptr_t ptr, int batch, int seqlen, int heads, int head_dim,
-                            index_t batch_stride, index_t row_stride, index_t head_stride, int block_rows) {
+                            index_t batch_stride, index_t row_stride, index_t head_stride, int block_rows,
+                            int element_bytes = kElementBytes) {
+  int const vector = 16 / element_bytes;  // elements per 16-byte vector
   auto const n = [&] { return std::string(name); };
   FA_CUTE_REQUIRE(ptr != 0, n() + ": the data pointer is null");
   FA_CUTE_REQUIRE(ptr % 16 == 0, n() + ": data pointer must be 16-byte aligned (16-byte vector loads)");
   FA_CUTE_REQUIRE(batch_stride >= 0 && row_stride >= 0 && head_stride >= 0,
           n() + ": batch, seqlen and head strides must be >= 0, got (" + str(batch_stride) + ", " + str(row_stride) +
               ", " + str(head_stride) + ")");
-  FA_CUTE_REQUIRE(batch_stride % 8 == 0 && row_stride % 8 == 0 && head_stride % 8 == 0,
-          n() + ": batch, seqlen and head strides must be multiples of 8 elements (16-byte vector loads)");
+  FA_CUTE_REQUIRE(batch_stride % vector == 0 && row_stride % vector == 0 && head_stride % vector == 0,
+          n() + ": batch, seqlen and head strides must be multiples of " + str(vector) +
+              " elements (16-byte vector loads)");
   FA_CUTE_REQUIRE(row_stride <= ((int64_t(1) << 31) - 1) / block_rows,
           n() + ": seqlen stride must be below 2^31 / " + std::to_string(block_rows) +
               " elements (in-tile offsets are 32-bit)");
   // Each stride is below 2^63 and each size below 2^31: the 128-bit sum cannot wrap.
   u128 const elements = u128(batch - 1) * uint64_t(batch_stride) + u128(seqlen - 1) * uint64_t(row_stride) +
                         u128(heads - 1) * uint64_t(head_stride) + uint64_t(head_dim);
-  u128 const bytes = elements * kElementBytes;
+  u128 const bytes = elements * uint64_t(element_bytes);
   FA_CUTE_REQUIRE(bytes <= kMaxExtentBytes && u128(ptr) + bytes <= UINTPTR_MAX,
           n() + ": sizes and strides address more than 2^48 bytes or past the end of the address space");
   return {name, ptr, uint64_t(bytes)};
@@ -115,13 +119,22 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
   FA_CUTE_REQUIRE(device >= 0, "device: must be a CUDA device index >= 0, got " + str(device));
 
   auto const ptr = [](void const* x) { return reinterpret_cast<uintptr_t>(x); };
+  // FP8: q and k of 1-byte elements, v the layout pass's Vt (fp8_layout.h: rows of d, keys
+  // contiguous), three optional fp32 (batch, nheads_k) descale arrays; out stays bf16.
+  bool const fp8 = kernel.dtype == DType::kE4M3;
+  FA_CUTE_REQUIRE(fp8 || (p.q_descale_ptr == nullptr && p.k_descale_ptr == nullptr && p.v_descale_ptr == nullptr),
+                  "q_descale, k_descale, v_descale: only the FP8 (e4m3) kernels take descale factors");
+  FA_CUTE_REQUIRE(!fp8 || p.num_splits == 1, "num_splits: the FP8 kernels do not split keys; pass 1");
+  int const in_bytes = fp8 ? 1 : kElementBytes;
   ForwardExtents extents{
       check_operand("q", ptr(p.q_ptr), p.batch, p.seqlen_q, p.nheads, p.head_dim, p.q_batch_stride, p.q_row_stride,
-                    p.q_head_stride, kernel.block_m),
+                    p.q_head_stride, kernel.block_m, in_bytes),
       check_operand("k", ptr(p.k_ptr), p.batch, p.seqlen_k, p.nheads_k, p.head_dim, p.k_batch_stride, p.k_row_stride,
-                    p.k_head_stride, kernel.block_n),
-      check_operand("v", ptr(p.v_ptr), p.batch, p.seqlen_k, p.nheads_k, p.head_dim, p.v_batch_stride, p.v_row_stride,
-                    p.v_head_stride, kernel.block_n),
+                    p.k_head_stride, kernel.block_n, in_bytes),
+      fp8 ? check_operand("vt", ptr(p.v_ptr), p.batch, p.head_dim, p.nheads_k, int(fp8_vt_keys(p.seqlen_k)),
+                          p.v_batch_stride, p.v_row_stride, p.v_head_stride, /*block_rows=*/1, 1)
+          : check_operand("v", ptr(p.v_ptr), p.batch, p.seqlen_k, p.nheads_k, p.head_dim, p.v_batch_stride,
+                          p.v_row_stride, p.v_head_stride, kernel.block_n),
       check_operand("out", ptr(p.o_ptr), p.batch, p.seqlen_q, p.nheads, p.head_dim, p.o_batch_stride, p.o_row_stride,
                     p.o_head_stride, kernel.block_m),
       check_fp32_buffer("lse", ptr(p.softmax_lse_ptr), rows),
@@ -137,6 +150,12 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
   if (p.num_splits > 1) {
     extents[5] = check_fp32_buffer("o_accum", ptr(p.o_accum_ptr), rows * p.num_splits * p.head_dim);
     extents[6] = check_fp32_buffer("lse_accum", ptr(p.lse_accum_ptr), rows * p.num_splits);
+  }
+  if (fp8) {  // in the split buffers' slots, which an FP8 launch does not use
+    u128 const factors = u128(p.batch) * p.nheads_k;
+    extents[5] = check_fp32_buffer("q_descale", ptr(p.q_descale_ptr), factors);
+    extents[6] = check_fp32_buffer("k_descale", ptr(p.k_descale_ptr), factors);
+    extents[7] = check_fp32_buffer("v_descale", ptr(p.v_descale_ptr), factors);
   }
   return extents;
 }
@@ -237,6 +256,16 @@ std::array<OperandExtent, 2> check_kv_append_args(KvAppendParams const& a) {
                         a.k_new_row_stride, a.k_new_head_stride, 1),
           check_operand("v", ptr(a.v_new_ptr), a.batch, a.seqlen_new, a.nheads_k, a.head_dim, a.v_new_batch_stride,
                         a.v_new_row_stride, a.v_new_head_stride, 1)};
+}
+
+std::pair<OperandExtent, OperandExtent> check_fp8_v_layout_args(Fp8VLayoutParams const& a) {
+  auto const ptr = [](void const* x) { return reinterpret_cast<uintptr_t>(x); };
+  int64_t const vt_keys = fp8_vt_keys(a.seqlen_k);
+  index_t const vt_head_stride = index_t(a.head_dim) * vt_keys;
+  return {check_operand("v", ptr(a.v_ptr), a.batch, a.seqlen_k, a.nheads_k, a.head_dim, a.v_batch_stride,
+                        a.v_row_stride, a.v_head_stride, 1, 1),
+          check_operand("vt", ptr(a.vt_ptr), a.batch, a.head_dim, a.nheads_k, int(vt_keys),
+                        vt_head_stride * a.nheads_k, vt_keys, vt_head_stride, 1, 1)};
 }
 
 void check_device(int device) {

@@ -9,10 +9,12 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "bwd_params.h"
 #include "bwd_registry.h"
 #include "flash_params.h"
+#include "fp8_layout.h"
 #include "kernel_registry.h"
 #include "kv_append.h"
 
@@ -73,6 +75,10 @@ ForwardExtents check_kvcache_forward_args(FwdKernel const& kernel, FwdParams con
 // The new tokens of a KV-cache call (k_new, v_new: (batch, seqlen_new, nheads_k, head_dim)),
 // checked as check_operand checks q; their extents.
 std::array<OperandExtent, 2> check_kv_append_args(KvAppendParams const& params);
+
+// The FP8 forward's V layout pass (fp8_layout.h): v as check_operand checks an e4m3 operand,
+// vt contiguous (batch, nheads_k, head_dim, fp8_vt_keys(seqlen_k)) e4m3; their extents.
+std::pair<OperandExtent, OperandExtent> check_fp8_v_layout_args(Fp8VLayoutParams const& params);
 
 // device < the number of CUDA devices (the count is asked once); a failed query throws
 // std::runtime_error with the CUDA error, as the launch would have.

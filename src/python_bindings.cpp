@@ -19,6 +19,7 @@
 #include "bwd_registry.h"
 #include "cuda_check.h"
 #include "flash_params.h"
+#include "fp8_layout.h"
 #include "fwd_heuristic.h"
 #include "kernel_registry.h"
 #include "kv_append.h"
@@ -150,6 +151,53 @@ double forward(std::string const& config, std::string const& dtype, uintptr_t q,
   cudaEventDestroy(stop);
   check_cuda(err, "timing events");
   return double(ms);
+}
+
+// The FP8 forward (docs/design.md, FP8 forward): q (batch, seqlen_q, nheads, d) and k
+// (batch, seqlen_k, nheads_k, d) in e4m3, vt the layout pass's (fp8_v_layout) V, out bf16;
+// q_descale, k_descale, v_descale fp32 (batch, nheads_k) contiguous arrays (0: 1). The
+// scores are q k^T * q_descale * k_descale * softmax_scale, O is P V * v_descale.
+void fp8_forward(std::string const& config, uintptr_t q, uintptr_t k, uintptr_t vt, uintptr_t o, uintptr_t lse,
+                 uintptr_t q_descale, uintptr_t k_descale, uintptr_t v_descale, int batch, int seqlen_q,
+                 int seqlen_k, int nheads, int nheads_k, int head_dim, Strides q_strides, Strides k_strides,
+                 Strides vt_strides, Strides o_strides, double softmax_scale, bool is_causal, int causal_offset,
+                 int device, uintptr_t stream_handle) {
+  FwdKernel const& kernel = find_fwd_kernel(config, DType::kE4M3);
+  FwdParams params = problem_params<FwdParams>(batch, seqlen_q, seqlen_k, nheads, nheads_k, is_causal);
+  set_attention_operands(params, q, k, vt, o, q_strides, k_strides, vt_strides, o_strides, softmax_scale);
+  set_forward_options(params, lse, head_dim, /*softcap=*/0.0, /*window_left=*/-1, /*window_right=*/-1);
+  params.causal_offset = causal_offset;
+  params.num_splits = 1;
+  params.q_descale_ptr = reinterpret_cast<float const*>(q_descale);
+  params.k_descale_ptr = reinterpret_cast<float const*>(k_descale);
+  params.v_descale_ptr = reinterpret_cast<float const*>(v_descale);
+
+  ForwardExtents const extents = check_forward_args(kernel, params, device);
+  check_runtime(extents, device, stream_handle, check_forward_memory);
+  py::gil_scoped_release release;
+  kernel.launch(params, reinterpret_cast<cudaStream_t>(stream_handle));
+}
+
+// The FP8 forward's V layout pass (fp8_layout.h): v (batch, seqlen_k, nheads_k, d) e4m3 with
+// (batch, row, head) strides into vt, contiguous (batch, nheads_k, d, fp8_vt_keys(seqlen_k)).
+void fp8_v_layout(uintptr_t v, uintptr_t vt, int batch, int seqlen_k, int nheads_k, int head_dim, Strides v_strides,
+                  int device, uintptr_t stream_handle) {
+  check_problem_sizes(batch, 1, seqlen_k, nheads_k, nheads_k);
+  FA_CUTE_REQUIRE(head_dim % 16 == 0 && head_dim >= 16 && head_dim <= 256,
+                  "head_dim: must be a multiple of 16 in [16, 256], got " + std::to_string(head_dim));
+  Fp8VLayoutParams p{};
+  p.v_ptr = reinterpret_cast<void const*>(v);
+  std::tie(p.v_batch_stride, p.v_row_stride, p.v_head_stride) = v_strides;
+  p.vt_ptr = reinterpret_cast<void*>(vt);
+  p.batch = batch;
+  p.seqlen_k = seqlen_k;
+  p.nheads_k = nheads_k;
+  p.head_dim = head_dim;
+  ForwardExtents extents{};  // v and vt; the rest unused (null)
+  std::tie(extents[0], extents[1]) = check_fp8_v_layout_args(p);
+  check_runtime(extents, device, stream_handle, check_forward_memory);
+  py::gil_scoped_release release;
+  launch_fp8_v_layout(p, reinterpret_cast<cudaStream_t>(stream_handle));
 }
 
 // Attention over a variable-length batch: q, k, v, out packed (total rows, heads, head_dim)
@@ -443,6 +491,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("causal_offset"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
         py::arg("device"), py::arg("stream"), py::arg("timed"),
         py::arg("num_splits") = 1, py::arg("o_accum") = 0, py::arg("lse_accum") = 0);
+  m.def("fp8_forward", &fa_cute::fp8_forward, py::arg("config"), py::arg("q"), py::arg("k"), py::arg("vt"),
+        py::arg("o"), py::arg("lse"), py::arg("q_descale"), py::arg("k_descale"), py::arg("v_descale"),
+        py::arg("batch"), py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("nheads"), py::arg("nheads_k"),
+        py::arg("head_dim"), py::arg("q_strides"), py::arg("k_strides"), py::arg("vt_strides"),
+        py::arg("o_strides"), py::arg("softmax_scale"), py::arg("is_causal"), py::arg("causal_offset"),
+        py::arg("device"), py::arg("stream"));
+  m.def("fp8_v_layout", &fa_cute::fp8_v_layout, py::arg("v"), py::arg("vt"), py::arg("batch"), py::arg("seqlen_k"),
+        py::arg("nheads_k"), py::arg("head_dim"), py::arg("v_strides"), py::arg("device"), py::arg("stream"));
+  m.def("fp8_vt_keys", [](int64_t seqlen_k) { return fa_cute::fp8_vt_keys(seqlen_k); }, py::arg("seqlen_k"));
   m.def("varlen_forward", &fa_cute::varlen_forward, py::arg("config"), py::arg("dtype"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"),
         py::arg("seqused_k"), py::arg("batch"), py::arg("total_q"), py::arg("total_k"), py::arg("max_seqlen_q"),

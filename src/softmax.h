@@ -198,16 +198,17 @@ struct OnlineSoftmax {
     return max == -INFINITY ? 0.f : max * scale_log2;
   }
 
-  // Divides O by the row sums. A row whose sum is 0 (every key masked) gets 0, not NaN.
+  // Divides O by the row sums (and multiplies it by o_scale: the FP8 kernel's v_descale). A
+  // row whose sum is 0 (every key masked) gets 0, not NaN.
   template <class TensorO>
-  __forceinline__ __device__ void finalize(TensorO& acc_o) {
+  __forceinline__ __device__ void finalize(TensorO& acc_o, float o_scale = 1.f) {
     using namespace cute;
     Tensor out = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (M,D)
     CUTE_UNROLL
     for (int mi = 0; mi < kNRows; ++mi) {
       float const sum = quad_allreduce(row_sum[mi], [](float a, float b) { return a + b; });
       row_sum[mi] = sum;
-      float const inv = sum == 0.f ? 0.f : 1.f / sum;
+      float const inv = sum == 0.f ? 0.f : o_scale / sum;
       CUTE_UNROLL
       for (int di = 0; di < size<1>(out); ++di) { out(mi, di) *= inv; }
     }

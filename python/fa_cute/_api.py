@@ -34,6 +34,7 @@ if importlib.util.find_spec(f"{__package__}._C") is None:
         "(see README.md)")
 # The modules below import _C: after the check that explains a missing build.
 from ._backward import check_backward_supported, run_backward  # noqa: E402
+from . import _fp8  # noqa: E402
 from ._cache import validate_cached  # noqa: E402
 from ._configs import AUTO, check_config_type, configs  # noqa: E402
 from ._launch import launch_kernel  # noqa: E402
@@ -62,7 +63,9 @@ def resolve_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
             softmax_scale: Optional[float] = None, return_lse: bool = False,
             config: Optional[str] = AUTO, out: Optional[torch.Tensor] = None,
-            softcap: float = 0.0, window_size: Tuple[int, int] = (-1, -1)) -> Result:
+            softcap: float = 0.0, window_size: Tuple[int, int] = (-1, -1),
+            q_descale: Optional[torch.Tensor] = None, k_descale: Optional[torch.Tensor] = None,
+            v_descale: Optional[torch.Tensor] = None) -> Result:
     """Attention forward, softmax(q k^T * softmax_scale) v.
 
     q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim);
@@ -105,6 +108,16 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     seqlens and head counts are bounded by `fa_cute._C.limits()`. The kernel runs on
     PyTorch's current stream of the tensors' device.
 
+    FP8 (Hopper, compute capability 9.0): q, k and v all torch.float8_e4m3fn run the FP8
+    kernel, which returns out in torch.bfloat16 (an `out` must be bf16). q_descale, k_descale
+    and v_descale (optional float32 (batch, nheads_k) tensors, each factor 1 when not given)
+    dequantise them: scores are (q k^T) * q_descale * k_descale * softmax_scale, and the
+    output is softmax(scores) (v * v_descale), per batch entry and K/V head (a query head
+    takes its K/V head's factors). P is rounded to e4m3 for its product with v (as
+    FlashAttention-3's FP8 forward). Dense attention only: no softcap, window, gradient or
+    torch.compile tracing; the LSE is returned as for bf16. V is re-laid out on every call
+    (a pass over its bytes: docs/design.md, FP8 forward).
+
     Gradients: with grad mode on and q, k or v requiring grad, the output has a grad_fn
     whose backward is `backward` (the LSE is computed and saved for it; a returned LSE is
     not differentiable). Where this build or GPU has no backward kernel for the head dim,
@@ -113,6 +126,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     fa_cute::forward (fa_cute::forward_out with out=), which fullgraph=True traces, a
     training step included; its arguments are then checked when the compiled graph runs.
     """
+    if (getattr(q, "dtype", None) is _fp8.DTYPE or q_descale is not None or k_descale is not None
+            or v_descale is not None):
+        if getattr(q, "dtype", None) is not _fp8.DTYPE:
+            raise ValueError("q_descale, k_descale, v_descale: only the FP8 forward (q, k and v in "
+                             f"{_fp8.DTYPE}) takes descale factors; q has dtype "
+                             f"{getattr(q, 'dtype', type(q).__name__)}")
+        return _fp8.forward(q, k, v, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse,
+                            config=config, out=out, softcap=softcap, window_size=window_size,
+                            q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
     if _is_compiling() and OPS:
         return _forward_traced(q, k, v, causal, softmax_scale, return_lse, config, out, softcap,
                                window_size)

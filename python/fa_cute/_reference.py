@@ -24,8 +24,8 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["ABS_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
-           "attention_grads_ref", "attention_ref", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
+__all__ = ["ABS_SLACK", "FP8_REL_TOL", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
+           "attention_grads_ref", "attention_ref", "fp8_attention_ref", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
            "long_inputs", "paged_kv_ref", "relative_error", "row_references", "varlen_attention_grads_ref",
            "varlen_attention_ref",
            "visible_mask"]
@@ -35,6 +35,10 @@ ABS_SLACK = 1e-5
 
 #: Bound on ||out - ref|| / ||ref|| per input dtype (about 5x what the kernel reaches).
 REL_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+#: The FP8 forward's bound on ||out - ref|| / ||ref||: P in e4m3 (3 mantissa bits) errs by
+#: up to 1/32 of each probability, about 1e-2 of the output on random data.
+FP8_REL_TOL = 4e-2
 
 #: LSE tolerance: |lse - ref| <= LSE_ATOL + LSE_RTOL * |ref|. fp32 rounding of the row max
 #: and the row sum stays near 1e-5 on random data; the relative part covers the large
@@ -233,11 +237,12 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def check_close(out: torch.Tensor, ref: torch.Tensor, plain: torch.Tensor,
-                slack: float = ABS_SLACK) -> Tuple[float, float]:
+                slack: float = ABS_SLACK, rel_tol: Optional[float] = None) -> Tuple[float, float]:
     """Raise AssertionError unless `out` passes the accuracy rule; return (max_err, plain_err).
 
     out: the kernel's output (bf16/fp16); ref: attention_ref(..., upcast=True);
-    plain: attention_ref(..., upcast=False). AssertionError is raised explicitly (not with
+    plain: attention_ref(..., upcast=False); rel_tol: the relative bound (default REL_TOL of
+    out's dtype; the FP8 forward's is FP8_REL_TOL). AssertionError is raised explicitly (not with
     `assert`) so that the check also runs under `python -O`.
     """
     if out.shape != ref.shape or plain.shape != ref.shape:
@@ -255,7 +260,7 @@ def check_close(out: torch.Tensor, ref: torch.Tensor, plain: torch.Tensor,
         raise AssertionError(f"max abs error {max_err:.3e} exceeds 2 x plain {out.dtype} error "
                              f"{plain_err:.3e} + {slack:g} = {bound:.3e}")
     rel = relative_error(out64, ref)
-    rel_tol = REL_TOL[out.dtype]
+    rel_tol = REL_TOL[out.dtype] if rel_tol is None else rel_tol
     if not rel <= rel_tol:
         raise AssertionError(f"relative error {rel:.3e} exceeds {rel_tol:g} for {out.dtype}")
     return max_err, plain_err
@@ -368,3 +373,42 @@ def check_rows(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, k: torch.T
         out_err = max(out_err, check_close(out[:, rows, h:h + 1], ref, plain)[0])
         lse_err = max(lse_err, check_lse(lse[:, h:h + 1, rows], ref_lse))
     return out_err, lse_err
+
+
+def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float,
+                      descales: Sequence[Optional[torch.Tensor]], upcast: bool = True, *,
+                      causal: bool = False, return_lse: bool = False) -> Result:
+    """The FP8 forward's references: q, k, v in e4m3 (shapes as `attention_ref`'s), each
+    dequantised by its (batch, nheads_k) descale factor (None: 1).
+
+    upcast=True: attention_ref in float64 of the dequantised inputs. upcast=False: the same
+    computation at the kernel's precision, as FlashAttention-3's FP8 test reference: scores and
+    softmax in fp32, the probabilities rounded to e4m3 before their product with v, the output
+    in bf16; the plain attention of `check_close`'s rule.
+    """
+    nheads, nheads_k = q.shape[2], k.shape[2]
+    dtype = torch.float64 if upcast else torch.float32
+
+    def dequantised(t: torch.Tensor, descale: Optional[torch.Tensor], heads: int) -> torch.Tensor:
+        t = t.to(dtype)
+        if descale is None:
+            return t
+        factor = descale.to(device=t.device, dtype=dtype).repeat_interleave(heads // nheads_k, dim=1)
+        return t * factor[:, None, :, None]
+
+    q, k, v = (dequantised(t, d, n) for t, d, n in zip((q, k, v), descales, (nheads, nheads_k, nheads_k)))
+    if upcast:
+        return attention_ref(q, k, v, softmax_scale, causal=causal, return_lse=return_lse)
+    batch, seqlen_q, _, head_dim = q.shape
+    seqlen_k, group = k.shape[1], nheads // nheads_k
+    q = q.reshape(batch, seqlen_q, nheads_k, group, head_dim)
+    scores = torch.einsum("bqjid,bkjd->bjiqk", q, k).reshape(batch, nheads, seqlen_q, seqlen_k)
+    scores = scores * softmax_scale
+    visible = visible_mask(seqlen_q, seqlen_k, bottom_right_offset(seqlen_q, seqlen_k), causal, (-1, -1),
+                           scores.device)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, -math.inf)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    probs = probs.to(torch.float8_e4m3fn).to(dtype).reshape(batch, nheads_k, group, seqlen_q, seqlen_k)
+    out = torch.einsum("bjiqk,bkjd->bqjid", probs, v).reshape(batch, seqlen_q, nheads, head_dim)
+    return out.to(torch.bfloat16)

@@ -43,6 +43,7 @@ inline constexpr FwdConfig kProductionConfigs[] = {
     {"sm90_m128n176_d128", FwdFamily::kSm90a, 128, FwdTile{128, 176, 12, false}},
     {"sm90p_m128n112_d192", FwdFamily::kSm90a, 192, FwdTile{128, 112, 12, true}},
     {"sm90_m128n112_d192", FwdFamily::kSm90a, 192, FwdTile{128, 112, 12, false}},
+    {"sm90p_m128n96_d192", FwdFamily::kSm90a, 192, FwdTile{128, 96, 12, true}},
     {"sm90p_m128n64_d256", FwdFamily::kSm90a, 256, FwdTile{128, 64, 12, true}},
     {"sm90_m128n64_d256", FwdFamily::kSm90a, 256, FwdTile{128, 64, 12, false}},
     {"sm90_m64n128_d64", FwdFamily::kSm90a, 64, FwdTile{64, 128, 8, false}},

@@ -2,9 +2,10 @@
 # The dtypes each config is generated for, every kernel config (sorted by name), and per config:
 #   FA_CUTE_CONFIG_<name>_FAMILY      sm80 (sm_80 and later) or sm90a (sm_90a only)
 #   FA_CUTE_CONFIG_<name>_LADDER      ON for an optimisation-ladder rung, OFF for production
-#   FA_CUTE_CONFIG_<name>_TU_<dtype>  its translation unit for that dtype, in src/generated/
+#   FA_CUTE_CONFIG_<name>_TU_<dtype>  its translation unit for that dtype, in src/generated/ (set
+#                                     only for the dtypes the config is generated for)
 #   FA_CUTE_CONFIG_<name>_KIND        fwd (a forward kernel) or bwd (a backward kernel)
-set(FA_CUTE_GENERATED_DTYPES bf16 fp16)
+set(FA_CUTE_GENERATED_DTYPES bf16 fp16 e4m3)
 set(FA_CUTE_GENERATED_CONFIGS
   bwd_sm80_m128n128w8_d64
   bwd_sm80_m32n64w8_d256
@@ -84,6 +85,7 @@ set(FA_CUTE_GENERATED_CONFIGS
   sm90p_m128n128_d96
   sm90p_m128n192_d64
   sm90p_m128n64_d256
+  sm90p_m128n96_d192
   sm90p_m192n112_d64
   sm90p_m192n96_d96
 )
@@ -461,22 +463,30 @@ set(FA_CUTE_CONFIG_sm90p_m128n128_d128_FAMILY sm90a)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d128_LADDER OFF)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d128_TU_bf16 fwd_sm90p_m128n128_d128_bf16.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d128_TU_fp16 fwd_sm90p_m128n128_d128_fp16.cu)
+set(FA_CUTE_CONFIG_sm90p_m128n128_d128_TU_e4m3 fwd_sm90p_m128n128_d128_e4m3.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d128_KIND fwd)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d96_FAMILY sm90a)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d96_LADDER OFF)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d96_TU_bf16 fwd_sm90p_m128n128_d96_bf16.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d96_TU_fp16 fwd_sm90p_m128n128_d96_fp16.cu)
+set(FA_CUTE_CONFIG_sm90p_m128n128_d96_TU_e4m3 fwd_sm90p_m128n128_d96_e4m3.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n128_d96_KIND fwd)
 set(FA_CUTE_CONFIG_sm90p_m128n192_d64_FAMILY sm90a)
 set(FA_CUTE_CONFIG_sm90p_m128n192_d64_LADDER OFF)
 set(FA_CUTE_CONFIG_sm90p_m128n192_d64_TU_bf16 fwd_sm90p_m128n192_d64_bf16.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n192_d64_TU_fp16 fwd_sm90p_m128n192_d64_fp16.cu)
+set(FA_CUTE_CONFIG_sm90p_m128n192_d64_TU_e4m3 fwd_sm90p_m128n192_d64_e4m3.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n192_d64_KIND fwd)
 set(FA_CUTE_CONFIG_sm90p_m128n64_d256_FAMILY sm90a)
 set(FA_CUTE_CONFIG_sm90p_m128n64_d256_LADDER OFF)
 set(FA_CUTE_CONFIG_sm90p_m128n64_d256_TU_bf16 fwd_sm90p_m128n64_d256_bf16.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n64_d256_TU_fp16 fwd_sm90p_m128n64_d256_fp16.cu)
+set(FA_CUTE_CONFIG_sm90p_m128n64_d256_TU_e4m3 fwd_sm90p_m128n64_d256_e4m3.cu)
 set(FA_CUTE_CONFIG_sm90p_m128n64_d256_KIND fwd)
+set(FA_CUTE_CONFIG_sm90p_m128n96_d192_FAMILY sm90a)
+set(FA_CUTE_CONFIG_sm90p_m128n96_d192_LADDER OFF)
+set(FA_CUTE_CONFIG_sm90p_m128n96_d192_TU_e4m3 fwd_sm90p_m128n96_d192_e4m3.cu)
+set(FA_CUTE_CONFIG_sm90p_m128n96_d192_KIND fwd)
 set(FA_CUTE_CONFIG_sm90p_m192n112_d64_FAMILY sm90a)
 set(FA_CUTE_CONFIG_sm90p_m192n112_d64_LADDER OFF)
 set(FA_CUTE_CONFIG_sm90p_m192n112_d64_TU_bf16 fwd_sm90p_m192n112_d64_bf16.cu)

@@ -44,6 +44,7 @@ template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, class Element
 struct Sm80FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kPersistent_, kLazyRescale_> {
   using Base = FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kPersistent_, kLazyRescale_>;
   using typename Base::Element;
+  static_assert(sizeof(Element) == 2, "the sm80 family takes bf16 or fp16 (e4m3 is the Hopper FP8 kernels')");
   using Base::kBlockM;
   using Base::kBlockN;
   using Base::kHeadDim;

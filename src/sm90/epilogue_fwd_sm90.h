@@ -22,7 +22,7 @@ namespace fa_cute {
 // P V and epilogue). A tile that sees no key writes zeros straight to global memory.
 template <class Traits>
 struct Sm90FwdEpilogue {
-  using Element = typename Traits::Element;
+  using Element = typename Traits::ElementO;  // O's: bf16 in the FP8 kernel
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kHeadDim = Traits::kHeadDim;
 
@@ -59,9 +59,16 @@ struct Sm90FwdEpilogue {
     auto thr_mma_pv = tiled_mma_pv.get_thread_slice(tidx);
     // A split CTA has one tile (split-KV traits are never persistent, a static_assert of
     // the traits), so no next Q waits on it.
-    if (!FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>::finalize(softmax, acc_o, thr_mma_pv, coord, seq, p)) {
-      return false;
-    }
+    bool const store_o = [&] {
+      using Finalize = FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>;
+      if constexpr (Traits::kFp8) {
+        return Finalize::finalize(softmax, acc_o, thr_mma_pv, coord, seq, p, qk_descale(p, coord),
+                                  descale_of(p.v_descale_ptr, p, coord));
+      } else {
+        return Finalize::finalize(softmax, acc_o, thr_mma_pv, coord, seq, p);
+      }
+    }();
+    if (!store_o) return false;
     int const num_rows = seq.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
     // The tile's first row of O (row_stride apart; 16-byte vectors along d).
     Element* const o = static_cast<Element*>(p.o_ptr) + coord.bidb * p.o_batch_stride + coord.bidh * p.o_head_stride +

@@ -11,6 +11,7 @@
 
 #include "cuda_check.h"
 #include "flash_params.h"
+#include "fp8_layout.h"
 #include "fwd_launch.h"
 #include "sm90/fwd_kernel_sm90.h"
 #include "static_switch.h"
@@ -70,9 +71,18 @@ struct Sm90FwdLaunch {
     }
     bool const window = params.window_left >= 0 || (!params.is_causal && params.window_right >= 0);
     bool const extras = varlen || params.seqused_k != nullptr || window || params.softcap_premul != 0.f;
-    return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
-      return FA_CUTE_BOOL_SWITCH(extras, kExtras, [&] { return f(Sm90FwdVariant<kCausal, kExtras>{}); });
-    });
+    if constexpr (Traits::kFp8) {
+      // The FP8 kernels are dense attention only: no extras variant is compiled.
+      if (extras) {
+        throw std::invalid_argument(
+            "the FP8 (e4m3) kernels take no softcap, window, KV cache or varlen batch");
+      }
+      return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] { return f(Sm90FwdVariant<kCausal, false>{}); });
+    } else {
+      return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] {
+        return FA_CUTE_BOOL_SWITCH(extras, kExtras, [&] { return f(Sm90FwdVariant<kCausal, kExtras>{}); });
+      });
+    }
   }
 
   // The device's SM count, asked of the runtime once per (kernel, device); the first call
@@ -92,6 +102,7 @@ struct Sm90FwdLaunch {
   static Sm90FwdKernelParams<Traits, V::kCausal, V::kExtras> to_underlying_arguments(FwdParams const& params) {
     using namespace cute;
     using Element = typename Traits::Element;
+    using ElementO = typename Traits::ElementO;
     if (params.softcap_premul != 0.f && Traits::kHeadDim >= 256) {
       throw std::invalid_argument(
           "softcap: the Hopper d=256 configs have no softcap (it overflowed their registers); use an sm80 "
@@ -110,11 +121,15 @@ struct Sm90FwdLaunch {
                               : varlen ? 1 : Sm90FwdMainloop<Traits, V::kCausal, V::kExtras>::kv_batch(params);
     auto mK = sm90_gmem_tensor<Element>("k", params.k_ptr, kv_rows, d, params.nheads_k, batch_k, params.k_row_stride,
                                         params.k_head_stride, params.k_batch_stride);
-    auto mV = sm90_gmem_tensor<Element>("v", params.v_ptr, kv_rows, d, params.nheads_k, batch_k, params.v_row_stride,
-                                        params.v_head_stride, params.v_batch_stride);
-    auto mO_const = sm90_gmem_tensor<Element>("out", params.o_ptr, rows_q, d, params.nheads, batch,
-                                              params.o_row_stride, params.o_head_stride, params.o_batch_stride);
-    auto mO = make_tensor(make_gmem_ptr(static_cast<Element*>(params.o_ptr)), mO_const.layout());
+    // FP8: v is Vt (fp8_layout.h), rows of d, fp8_vt_keys(seqlen_k) keys contiguous.
+    auto mV = Traits::kFp8 ? sm90_gmem_tensor<Element>("v", params.v_ptr, d, int(fp8_vt_keys(params.seqlen_k)),
+                                                       params.nheads_k, batch_k, params.v_row_stride,
+                                                       params.v_head_stride, params.v_batch_stride)
+                           : sm90_gmem_tensor<Element>("v", params.v_ptr, kv_rows, d, params.nheads_k, batch_k,
+                                                       params.v_row_stride, params.v_head_stride, params.v_batch_stride);
+    auto mO_const = sm90_gmem_tensor<ElementO>("out", params.o_ptr, rows_q, d, params.nheads, batch,
+                                               params.o_row_stride, params.o_head_stride, params.o_batch_stride);
+    auto mO = make_tensor(make_gmem_ptr(static_cast<ElementO*>(params.o_ptr)), mO_const.layout());
     // The page boxes' descriptors only where the kernel reads them (their encode is host time).
     typename Traits::TmaLoadKVPageBox tma_k_page{}, tma_v_page{};
     if (Sm90FwdMainloop<Traits, V::kCausal, V::kExtras>::reads_page_boxes(params)) {

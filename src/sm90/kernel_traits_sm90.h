@@ -48,7 +48,9 @@ CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
 //   kBlockN         key/value rows per pipeline stage; also the N of the S wgmma atom
 //   kNumConsumerWG  consumer warpgroups (1 for short queries, 2, or 3 at d=64 and 96);
 //                   one producer warpgroup more
-//   Element         cute::bfloat16_t or cute::half_t (accumulation and softmax are fp32)
+//   Element         cute::bfloat16_t or cute::half_t (accumulation and softmax are fp32), or
+//                   cute::float_e4m3_t: the FP8 kernel (kFp8; O in bf16, V read as the
+//                   transposed Vt of fp8_layout.h, P quantised to e4m3 for P V)
 //   kStages         K and V pipeline stages in shared memory
 // and the overlap knobs (docs/hopper-plan.md sec. 5; each a rung of the ladder):
 //   kIntraWGOverlap a warpgroup issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} together and
@@ -75,6 +77,12 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   using Base::kLazyRescale;
   using Base::kPersistent;
 
+  // FP8: 8-bit wgmma operands must both be K-major and come in k-blocks of 32. O leaves in
+  // bf16 (ElementO); Element is then what Q, K, Vt and P hold.
+  static constexpr bool kFp8 = cute::sizeof_bits_v<Element> == 8;
+  using ElementO = cute::conditional_t<kFp8, cute::bfloat16_t, Element>;
+  static constexpr int kMmaK = kFp8 ? 32 : 16;  // the wgmma k-block
+
   static constexpr int kNumConsumerWG = kNumConsumerWG_;
   static constexpr int kStages = kStages_;
   static constexpr bool kIntraWGOverlap = kIntraWGOverlap_;
@@ -84,8 +92,8 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   static_assert(kNumConsumerWG >= 1 && kNumConsumerWG <= 3,
                 "1-3 consumer warpgroups: 4 warpgroups in all is the 512-thread CTA limit");
   static_assert(kBlockM == 64 * kNumConsumerWG, "each consumer warpgroup owns one 64-row wgmma atom of S and O");
-  static_assert(kHeadDim % 16 == 0, "d is the K of S = Q K^T, consumed in 16-wide wgmma k-blocks");
-  static_assert(kBlockN % 16 == 0, "kBlockN is the K of O = P V, consumed in 16-wide wgmma k-blocks");
+  static_assert(kHeadDim % kMmaK == 0, "d is the K of S = Q K^T, consumed in wgmma k-blocks (16; FP8: 32)");
+  static_assert(kBlockN % kMmaK == 0, "kBlockN is the K of O = P V, consumed in wgmma k-blocks (16; FP8: 32)");
   static_assert(kHeadDim <= 256 && kBlockN <= 256,
                 "wgmma N is at most 256 (d for P V, kBlockN for Q K^T); TMA box dims are at most 256");
   static_assert(kStages >= 2, "one stage loads while the other is consumed");
@@ -115,13 +123,15 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   // S = Q K^T: both operands in shared memory (SS), both K-major (d is contiguous in Q and
   // K). O += P V: P from registers (RS, which requires a K-major A), V read as the B
   // operand (N=d, K=kBlockN) whose contiguous mode is d, i.e. MN-major: wgmma transposes
-  // it while reading, so no ldmatrix.trans and no transpose pass.
+  // it while reading, so no ldmatrix.trans and no transpose pass. 8-bit wgmma has no
+  // MN-major operands: the FP8 kernel reads Vt, written K-major by the layout pass.
   using TileShapeQK = cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>;   // (BLK_M,BLK_N,D)
   using TileShapePV = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>, cute::Int<kBlockN>>;   // (BLK_M,D,BLK_N)
   using MmaOpQK = decltype(cute::GMMA::ss_op_selector<Element, Element, ElementAccum, TileShapeQK,
                                                       cute::GMMA::Major::K, cute::GMMA::Major::K>());
   using MmaOpPV = decltype(cute::GMMA::rs_op_selector<Element, Element, ElementAccum, TileShapePV,
-                                                      cute::GMMA::Major::K, cute::GMMA::Major::MN>());
+                                                      cute::GMMA::Major::K,
+                                                      kFp8 ? cute::GMMA::Major::K : cute::GMMA::Major::MN>());
   // The selectors fall back silently to the largest atom N dividing the tile; N = 80, 112,
   // 144, 176 (and every other multiple of 8 that is not 2^k or 3*2^k) exist only under
   // -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED. A smaller atom would issue several narrow
@@ -142,19 +152,26 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   // Q, K and V rows are d elements contiguous (as in global memory, so TMA copies rows
   // without reordering). V uses K's layout: (BLK_N, D) with d contiguous is the same bytes
   // as the MN-major (D, BLK_N) B operand that O += P V reads, so SmemLayoutVt is only a
-  // transposed view of it.
+  // transposed view of it. FP8: the stage holds Vt's (D, BLK_N) box, keys contiguous (the
+  // K-major B operand), and SmemLayoutV is that layout.
   static constexpr int kRowBytes = kHeadDim * int(sizeof(Element));
   using SmemLayoutAtomQKV = decltype(gmma_smem_atom<Element, kRowBytes, cute::GMMA::Major::K>());
   using SmemLayoutQ = decltype(cute::tile_to_shape(
       SmemLayoutAtomQKV{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));                  // (BLK_M,D)
   using SmemLayoutK = decltype(cute::tile_to_shape(
       SmemLayoutAtomQKV{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));  // (BLK_N,D,STAGE)
-  using SmemLayoutV = SmemLayoutK;                                                                     // (BLK_N,D,STAGE)
-  using SmemLayoutVt = decltype(cute::composition(
-      SmemLayoutV{}, cute::make_ordered_layout(
-                         cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
-                         cute::Step<cute::_2, cute::_1, cute::_3>{})));                              // (D,BLK_N,STAGE)
-  using SmemLayoutO = SmemLayoutQ;                                                                     // (BLK_M,D)
+  using SmemLayoutVtFp8 = decltype(cute::tile_to_shape(
+      gmma_smem_atom<Element, kBlockN * int(sizeof(Element)), cute::GMMA::Major::K>(),
+      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{}));                  // (D,BLK_N,STAGE)
+  using SmemLayoutV = cute::conditional_t<kFp8, SmemLayoutVtFp8, SmemLayoutK>;   // FP8: (D,BLK_N,STAGE)
+  using SmemLayoutVt = cute::conditional_t<
+      kFp8, SmemLayoutVtFp8,
+      decltype(cute::composition(SmemLayoutK{}, cute::make_ordered_layout(
+                                                    cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+                                                    cute::Step<cute::_2, cute::_1, cute::_3>{})))>;  // (D,BLK_N,STAGE)
+  using SmemLayoutO = decltype(cute::tile_to_shape(
+      gmma_smem_atom<ElementO, kHeadDim * int(sizeof(ElementO)), cute::GMMA::Major::K>(),
+      cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));                                       // (BLK_M,D)
 
   // Swizzled buffers are 1024-byte aligned: the SW128 pattern repeats every 8 rows x 128 B,
   // and TMA and wgmma apply it to absolute address bits, so a buffer must start on a period
@@ -173,13 +190,14 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
     cutlass::arch::ClusterBarrier barrier_q_empty;
   };
   struct SharedStorageWithO : SharedStorageBase {
-    cute::array_aligned<Element, cute::cosize_v<SmemLayoutO>, kSmemAlign> smem_o;
+    cute::array_aligned<ElementO, cute::cosize_v<SmemLayoutO>, kSmemAlign> smem_o;
   };
   // O is staged for its TMA store in Q's space, unless a persistent CTA has room for a
   // buffer of its own: then the next tile's Q loads under this tile's last P V and
   // epilogue instead of after the store. In Q's space, each consumer warpgroup writes only
   // its own rows, whose Q only its own (retired) S wgmmas read.
-  static constexpr bool kOAliasesQ = !kPersistent || sizeof(SharedStorageWithO) > 232448;
+  // FP8: bf16 O is twice e4m3 Q's bytes, so it always has its own buffer.
+  static constexpr bool kOAliasesQ = !kFp8 && (!kPersistent || sizeof(SharedStorageWithO) > 232448);
   using SharedStorage = cute::conditional_t<kOAliasesQ, SharedStorageBase, SharedStorageWithO>;
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
   static_assert(kSmemSize <= 232448, "tile does not fit sm90 shared memory (227 KiB per CTA)");
@@ -191,14 +209,15 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   static constexpr int kTmaTransactionBytesV = kTmaTransactionBytesK;
 
   // --- TMA ------------------------------------------------------------------------------------
-  // Global tensors as (seqlen, d, head, batch) with d contiguous. Batch and head are TMA
+  // Global tensors as (seqlen, d, head, batch) with d contiguous (FP8's Vt: (d, keys, head,
+  // batch) with the keys contiguous, the same kind of tensor). Batch and head are TMA
   // dimensions of their own, so a tile overhanging one sequence's end reads zeros, never
   // the next sequence. Strides are 64-bit (a batch stride can exceed 2^31 elements).
   using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;                   // (seqlen,d,head,batch)
   using StrideQKV = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
   using GmemTensorQKV = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<Element const*>(nullptr)),
                                                    ShapeQKV{}, StrideQKV{}));
-  using GmemTensorO = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<Element*>(nullptr)),
+  using GmemTensorO = decltype(cute::make_tensor(cute::make_gmem_ptr(static_cast<ElementO*>(nullptr)),
                                                  ShapeQKV{}, StrideQKV{}));
   // The box is one smem tile (one stage for K and V); the descriptor is built on the host
   // per call and passed as a __grid_constant__ parameter.

@@ -8,6 +8,7 @@
 #include "block_info.h"
 #include "cute_utils.h"
 #include "flash_params.h"
+#include "fp8_layout.h"
 #include "sm90/kernel_traits_sm90.h"
 #include "sm90/named_barrier_sm90.h"
 #include "softmax.h"
@@ -177,11 +178,20 @@ struct Sm90FwdMainloop {
                         seq, seq.offset_q, p);  // (seqlen_q,D)
     Tensor mK = rows_of(mainloop_params.tma_k, p.seqlen_k, p.total_k, p.nheads_k, kv_batch(p), coord.bidh_k,
                         seq.bidb_k, seq, seq.offset_k, p);  // (seqlen_k,D)
-    Tensor mV = rows_of(mainloop_params.tma_v, p.seqlen_k, p.total_k, p.nheads_k, kv_batch(p), coord.bidh_k,
-                        seq.bidb_k, seq, seq.offset_k, p);  // (seqlen_k,D)
     Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(coord.m_block, _0{}));  // (BLK_M,D)
     Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));              // (BLK_N,D,n)
-    Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));              // (BLK_N,D,n)
+    // FP8: V's blocks are (D, BLK_N) boxes of Vt (fp8_layout.h), whose rows are d.
+    auto gV = [&] {
+      if constexpr (Traits::kFp8) {
+        Tensor mVt = mainloop_params.tma_v.get_tma_tensor(make_shape(p.head_dim, int(fp8_vt_keys(p.seqlen_k)),
+                                                                     p.nheads_k, p.batch))(_, _, coord.bidh_k, coord.bidb);  // (D,vt_keys)
+        return local_tile(mVt, Shape<Int<kHeadDim>, Int<kBlockN>>{}, make_coord(_0{}, _));  // (D,BLK_N,n)
+      } else {
+        Tensor mV = rows_of(mainloop_params.tma_v, p.seqlen_k, p.total_k, p.nheads_k, kv_batch(p), coord.bidh_k,
+                            seq.bidb_k, seq, seq.offset_k, p);  // (seqlen_k,D)
+        return local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (BLK_N,D,n)
+      }
+    }();
     auto [tQgQ, tQsQ] =
         tma_partition(mainloop_params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ_), group_modes<0, 2>(gQ));
     // (The K and V partitions are captured by the lambdas below: no structured bindings.)
@@ -329,9 +339,25 @@ struct Sm90FwdMainloop {
       Tensor tSrQ = thr_mma_qk.partition_fragment_A(mainloop.sQ());  // (MMA,MMA_M,MMA_D): smem descriptors
       Tensor tSrK = thr_mma_qk.partition_fragment_B(sK);             // (MMA,MMA_N,MMA_D,STAGE)
       Tensor tOrV = thr_mma_pv.partition_fragment_B(sVt);            // (MMA,MMA_D,MMA_N,STAGE)
-      // P as the A operand of the P V wgmma: the accumulator layout relabelled (no movement).
-      Tensor tOrP = make_tensor<Element>(acc_layout_as_a_operand_sm90(AccS{}.layout()));  // (MMA,MMA_M,MMA_N/16)
-      auto store_p = [&](AccS const& acc_s) { convert_type_into(acc_s, tOrP); };
+      // P as the A operand of the P V wgmma: the accumulator layout relabelled (no movement);
+      // FP8, in k-blocks of 32 keys reordered within the thread (convert_p_fp8_sm90).
+      auto make_p = [] {
+        if constexpr (Traits::kFp8) {
+          return make_tensor<Element>(Shape<Shape<_4, _2, _2>, Int<size<1>(AccS{})>, Int<kBlockN / 32>>{});  // (MMA,MMA_M,MMA_N/32)
+        } else {
+          return make_tensor<Element>(acc_layout_as_a_operand_sm90(AccS{}.layout()));  // (MMA,MMA_M,MMA_N/16)
+        }
+      };
+      Tensor tOrP = make_p();
+      auto store_p = [&](AccS const& acc_s) {
+        if constexpr (Traits::kFp8) {
+          convert_p_fp8_sm90(acc_s, tOrP);
+        } else {
+          convert_type_into(acc_s, tOrP);
+        }
+      };
+      // The scores' scale in log2 units; FP8 folds in the tile's q and k descale factors.
+      float const scale_log2 = Traits::kFp8 ? p.softmax_scale_log2 * qk_descale(p, coord) : p.softmax_scale_log2;
       auto& pipe_k = mainloop.pipe_k;
       auto& pipe_v = mainloop.pipe_v;
       // S = Q K^T of the block in stage s.
@@ -407,7 +433,7 @@ struct Sm90FwdMainloop {
           compute_s(acc_s);
           softcap(acc_s);
           if (first_masked) mask(acc_s, keys.template block</*kReverse=*/true>(0));
-          softmax.template update_scores</*kIsFirst=*/true>(acc_s, p.softmax_scale_log2);
+          softmax.template update_scores</*kIsFirst=*/true>(acc_s, scale_log2);
           store_p(acc_s);
         }
         PipelineState st_v = st;  // the stage holding V of the block P belongs to
@@ -423,7 +449,7 @@ struct Sm90FwdMainloop {
           pipe_k.consumer_release(st);
           softcap(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
-          auto const correction = softmax.template update_scores</*kIsFirst=*/false>(acc_s, p.softmax_scale_log2);
+          auto const correction = softmax.template update_scores</*kIsFirst=*/false>(acc_s, scale_log2);
           wgmma_wait<0>(acc_o, tOrP);
           pipe_v.consumer_release(st_v);
           store_p(acc_s);
@@ -456,7 +482,7 @@ struct Sm90FwdMainloop {
           compute_s(acc_s);
           softcap(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
-          softmax.template update<decltype(is_first)::value>(acc_s, acc_o, p.softmax_scale_log2);
+          softmax.template update<decltype(is_first)::value>(acc_s, acc_o, scale_log2);
           store_p(acc_s);
           if constexpr (decltype(is_first)::value) zero_v_tail(st, keys.template block</*kReverse=*/true>(0));
           issue_pv(st);

@@ -13,6 +13,7 @@
 #include <cute/tensor.hpp>
 
 #include "expect.h"
+#include "fp8_layout.h"
 #include "sm90/kernel_traits_bwd_sm90.h"
 #include "sm90/kernel_traits_sm90.h"
 
@@ -380,7 +381,51 @@ void check_bwd_split_d(char const* what) {
   EXPECT(T::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, T::kSmemSize);
 }
 
+// The FP8 kernel's P: convert_p_fp8_sm90 puts the S accumulator's value (a%2, b, 4kb+2c+a/2)
+// into A-operand value (a, b, c) of k-block kb. The RS wgmma's 8-bit A layout must then hold,
+// in each slot, the same query row and the key fp8_vt_key(slot) of its 32-key chunk, the key
+// whose V row the layout pass put in that slot of Vt (src/fp8_layout.h); and fp8_vt_key
+// must be a permutation of the chunk.
+template <class Traits>
+void check_fp8_p_operand(char const* what) {
+  constexpr int M = Traits::kBlockM, N = Traits::kBlockN;
+  static_assert(Traits::kFp8 && !Traits::kOAliasesQ, "an FP8 traits type, O in a buffer of its own");
+  std::set<int> keys;
+  for (int s = 0; s < fa_cute::kFp8VtChunk; ++s) keys.insert(fa_cute::fp8_vt_key(s));
+  EXPECT(int(keys.size()) == fa_cute::kFp8VtChunk && *keys.begin() == 0 && *keys.rbegin() == 31,
+         "%s: fp8_vt_key is not a permutation of 0..31", what);
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  Tensor coords = make_identity_tensor(Shape<Int<M>, Int<N>>{});
+  int bad = 0, bad_shape = 0;
+  for (int t = 0; t < Traits::kNumConsumerThreads; ++t) {
+    Tensor tS = mma_qk.get_thread_slice(t).partition_C(coords);  // ((2,2,N/8),1,1) of (m,n)
+    Tensor tP = mma_pv.get_thread_slice(t).partition_A(coords);  // ((4,2,2),1,N/32) of (m,k)
+    bad_shape += int(size<0, 0>(tP)) != 4 || int(size<0, 1>(tP)) != 2 || int(size<0, 2>(tP)) != 2 ||
+                 int(size<1>(tP)) != 1 || int(size<2>(tP)) != N / 32;
+    for (int kb = 0; kb < N / 32; ++kb)
+      for (int c = 0; c < 2; ++c)
+        for (int b = 0; b < 2; ++b)
+          for (int a = 0; a < 4; ++a) {
+            auto mk = tP(make_coord(a, b, c), 0, kb);
+            auto mn = tS(make_coord(a % 2, b, 4 * kb + 2 * c + a / 2), 0, 0);
+            int const k = int(get<1>(mk));
+            bad += int(get<0>(mk)) != int(get<0>(mn)) ||
+                   int(get<1>(mn)) != k / 32 * 32 + fa_cute::fp8_vt_key(k % 32);
+          }
+  }
+  EXPECT(bad_shape == 0, "%s: %d threads with an unexpected 8-bit A-operand shape", what, bad_shape);
+  EXPECT(bad == 0, "%s: %d P slots whose row or key is not the one Vt's slot holds", what, bad);
+  EXPECT(Traits::kSmemSize <= 232448, "%s: %d bytes of shared memory", what, Traits::kSmemSize);
+}
+
 int main() {
+  check_fp8_p_operand<fa_cute::Sm90FwdTraits<128, 128, 128, 2, cute::float_e4m3_t, 2, true, true, true, true>>(
+      "d128 m128n128 e4m3");
+  check_fp8_p_operand<fa_cute::Sm90FwdTraits<64, 128, 192, 2, cute::float_e4m3_t, 2, true, true, true, true>>(
+      "d64 m128n192 e4m3");
+  check_fp8_p_operand<fa_cute::Sm90FwdTraits<256, 128, 64, 2, cute::float_e4m3_t, 2, true, false, true, true>>(
+      "d256 m128n64 e4m3");
   check_bwd_split_d<256, cute::bfloat16_t>("bwd d256 bf16 (d split)");
   check_bwd_split_d<192, cute::half_t>("bwd d192 fp16 (d split)");
   check_bwd_dq_tile<64, cute::bfloat16_t, 1>("bwd d64 bf16 dQ tile");
