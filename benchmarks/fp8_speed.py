@@ -2,7 +2,7 @@
 same process, interleaved shuffled rounds, median of 5 (CUDA events, 20 calls each).
 Standard shapes: B = 16384/N, H = 2048/d. Columns: bf16 (fa_cute.forward, bf16 inputs), cudnn,
 fp8 (fa_cute.forward on e4m3 inputs with descale factors: the V layout pass plus the kernel),
-fp8k (the kernel alone on a Vt laid out once: `_C.fp8_forward`), vpass (the layout pass alone,
+k:<tile> (the kernel alone, each e4m3 config of the head dim, on a Vt laid out once: `_C.fp8_forward`), vpass (the layout pass alone,
 as GB/s of V read plus Vt written); ratios to bf16 in brackets.
 usage: fp8_speed.py D1,D2 N1,N2 [--causal-only | --full-only]"""
 import json, os, random, sys
@@ -49,11 +49,10 @@ def main():
                 vt = torch.empty((b, h, d, _C.fp8_vt_keys(n)), device="cuda", dtype=torch.float8_e4m3fn)
                 vpass = lambda: _C.fp8_v_layout(v8.data_ptr(), vt.data_ptr(), b, n, h, d, row_strides(v8), dev, stream)
                 vpass()
-                cfg = fp8_cfgs[0]
                 scale = d ** -0.5
                 vt_strides = (vt.stride(0), vt.stride(2), vt.stride(1))
 
-                def fp8_kernel():
+                def fp8_kernel(cfg):
                     _C.fp8_forward(cfg, q8.data_ptr(), k8.data_ptr(), vt.data_ptr(), out.data_ptr(), 0,
                                    *(t.data_ptr() for t in desc), b, n, n, h, h, d, row_strides(q8),
                                    row_strides(k8), vt_strides, row_strides(out), scale, causal, 0, dev, stream)
@@ -62,9 +61,10 @@ def main():
                     "bf16": lambda: fa_cute.forward(q, k, v, causal=causal),
                     "fp8": lambda: fa_cute.forward(q8, k8, v8, causal=causal, q_descale=desc[0], k_descale=desc[1],
                                                    v_descale=desc[2]),
-                    "fp8k": fp8_kernel,
                     "vpass": vpass,
                 }
+                for cfg in fp8_cfgs:
+                    fns["k:" + cfg.replace("sm90p_", "").replace(f"_d{d}", "")] = lambda cfg=cfg: fp8_kernel(cfg)
                 try:
                     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                         F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
@@ -82,7 +82,7 @@ def main():
                 tf = {kk: flops / (ms * 1e-3) / 1e12 for kk, ms in med.items() if kk != "vpass"}
                 vbytes = 2 * b * h * n * d
                 gbs = vbytes / (med["vpass"] * 1e-3) / 1e9
-                rows.append(dict(d=d, causal=causal, n=n, config=cfg, tflops={kk: round(x, 1) for kk, x in tf.items()},
+                rows.append(dict(d=d, causal=causal, n=n, tflops={kk: round(x, 1) for kk, x in tf.items()},
                                  vpass_us=round(med["vpass"] * 1e3, 1), vpass_gbs=round(gbs)))
                 print(f"d={d} {'causal' if causal else 'full  '} N={n:5d} " +
                       "  ".join(f"{kk}={x:.0f}({x / tf['bf16']:.2f})" for kk, x in tf.items()) +

@@ -234,6 +234,15 @@ SM90_CONFIGS = [
     # FP8 at d=192: 112 keys are not whole 32-key k-blocks of the 8-bit wgmma.
     Sm90Config(192, 128, 96, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent; FP8 only",
                persistent=True, lazy_rescale=True, dtypes=("e4m3",)),
+    # FP8's wider key blocks (FlashAttention-3's FP8 tiles): with P in 8 bits the registers hold
+    # more S columns, and a stage of e4m3 K and Vt is half the bf16 bytes.
+    # (FlashAttention-3's 192x160 at d=64, 128x224 at d=128 and 128x128 at d=256 spilled 12-40 B in
+    # this kernel: ptxas sm_90a.)
+    Sm90Config(64, 192, 128, _SM90_DESCRIPTION + ", 3 consumer warpgroups, persistent; FP8 only", **_P,
+               dtypes=("e4m3",)),
+    Sm90Config(128, 128, 192, _SM90_DESCRIPTION + ", persistent; FP8 only", **_P, dtypes=("e4m3",)),
+    Sm90Config(256, 128, 96, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent; FP8 only",
+               persistent=True, lazy_rescale=True, dtypes=("e4m3",)),
     Sm90Config(256, 128, 64, _SM90_DESCRIPTION.replace(", ping-pong", "") + ", persistent",
                persistent=True, lazy_rescale=True, dtypes=_WITH_FP8),
     Sm90Config(256, 128, 64, _SM90_DESCRIPTION.replace(", ping-pong", ""), lazy_rescale=True),

@@ -233,10 +233,10 @@ def test_forward_timed_validates_too() -> None:
 
 def test_keyword_only_options() -> None:
     """Everything after q, k, v is keyword-only, so positional misuse fails loudly."""
-    for fn in (fa_cute.forward, fa_cute.forward_timed):
+    for fn, fp8 in ((fa_cute.forward, ["q_descale", "k_descale", "v_descale"]), (fa_cute.forward_timed, [])):
         params = inspect.signature(fn).parameters
         assert list(params) == ["q", "k", "v", "causal", "softmax_scale", "return_lse",
-                                "config", "out", "softcap", "window_size"], fn
+                                "config", "out", "softcap", "window_size"] + fp8, fn
         assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(params)[3:])
         assert params["causal"].default is False and params["return_lse"].default is False
     with pytest.raises(TypeError):
