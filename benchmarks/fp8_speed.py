@@ -1,11 +1,11 @@
 """FP8 (e4m3) forward TFLOP/s next to fa_cute's own bf16 forward and PyTorch's cuDNN bf16 SDPA,
-same process, interleaved shuffled rounds, median of 5 (CUDA events, 20 calls each).
+same process, interleaved shuffled rounds (cuda_timing.medians), median of 5 (CUDA events, 20 calls each).
 Standard shapes: B = 16384/N, H = 2048/d. Columns: bf16 (fa_cute.forward, bf16 inputs), cudnn,
 fp8 (fa_cute.forward on e4m3 inputs with descale factors: the V layout pass plus the kernel),
 k:<tile> (the kernel alone, each e4m3 config of the head dim, on a Vt laid out once: `_C.fp8_forward`), vpass (the layout pass alone,
 as GB/s of V read plus Vt written); ratios to bf16 in brackets.
 usage: fp8_speed.py D1,D2 N1,N2 [--causal-only | --full-only]"""
-import json, os, random, sys
+import json, os, sys
 
 import torch
 import torch.nn.functional as F
@@ -15,18 +15,7 @@ import fa_cute
 from fa_cute import _C
 from fa_cute._launch import row_strides
 
-
-def bench(fn, iters=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(iters):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / iters
+from cuda_timing import medians
 
 
 def main():
@@ -71,14 +60,8 @@ def main():
                     fns["cudnn"] = lambda: _cudnn(qs, ks, vs, causal)
                 except RuntimeError:
                     pass
-                times = {kk: [] for kk in fns}
-                for _ in range(5):
-                    order = list(fns)
-                    random.shuffle(order)
-                    for kk in order:
-                        times[kk].append(bench(fns[kk]))
+                med = medians(fns, iters=20, rounds=5)
                 flops = 4 * b * h * n * n * d / (2 if causal else 1)
-                med = {kk: sorted(t)[2] for kk, t in times.items()}
                 tf = {kk: flops / (ms * 1e-3) / 1e12 for kk, ms in med.items() if kk != "vpass"}
                 vbytes = 2 * b * h * n * d
                 gbs = vbytes / (med["vpass"] * 1e-3) / 1e9
