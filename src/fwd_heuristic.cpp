@@ -100,11 +100,15 @@ struct CheckHeadDimIsSwept {
 
 constexpr MissingTile kSm80Missing = first_tile_without_config(FwdFamily::kSm80, &sm80_fwd_tile);
 constexpr MissingTile kSm90Missing = first_tile_without_config(FwdFamily::kSm90a, &sm90_fwd_tile);
+constexpr MissingTile kSm90Fp8Missing = first_tile_without_config(FwdFamily::kSm90a, &sm90_fp8_fwd_tile);
 static_assert(CheckTileHasConfig<FwdFamily::kSm80, kSm80Missing.head_dim, kSm80Missing.seqlen_q,
                                  kSm80Missing.causal>::kOk);
 static_assert(CheckTileHasConfig<FwdFamily::kSm90a, kSm90Missing.head_dim, kSm90Missing.seqlen_q,
                                  kSm90Missing.causal>::kOk);
+static_assert(CheckTileHasConfig<FwdFamily::kSm90a, kSm90Fp8Missing.head_dim, kSm90Fp8Missing.seqlen_q,
+                                 kSm90Fp8Missing.causal>::kOk);
 static_assert(CheckHeadDimIsSwept<first_unchecked_head_dim(&sm80_fwd_tile)>::kOk);
+static_assert(CheckHeadDimIsSwept<first_unchecked_head_dim(&sm90_fp8_fwd_tile)>::kOk);
 static_assert(CheckHeadDimIsSwept<first_unchecked_head_dim(&sm90_fwd_tile)>::kOk);
 
 // --- Names ---------------------------------------------------------------------------------
@@ -183,6 +187,35 @@ std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_
   for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
   throw std::invalid_argument("head_dim: " + std::to_string(head_dim) +
                               " is not supported; supported head dims: " + dims);
+}
+
+std::string default_fp8_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor,
+                                   bool causal) {
+  check_seqlens(seqlen_q, seqlen_k);
+  if (cc_major != 9 || cc_minor != 0) {
+    throw std::invalid_argument("device: the FP8 forward runs on compute capability 9.0 (Hopper) only, not " +
+                                std::to_string(cc_major) + "." + std::to_string(cc_minor));
+  }
+  auto built_e4m3 = [](char const* config) {
+    for (FwdKernel const& k : fwd_kernels()) {
+      if (k.dtype == DType::kE4M3 && std::strcmp(config, k.config) == 0) return true;
+    }
+    return false;
+  };
+  FwdTile const tile = sm90_fp8_fwd_tile(head_dim, seqlen_q, causal);
+  FwdConfig const* config = find_fwd_config(kProductionConfigs, FwdFamily::kSm90a, head_dim, tile);
+  if (config != nullptr && built_e4m3(config->name)) return config->name;
+  // The tile's config was not built (FA_CUTE_CONFIGS, FA_CUTE_DTYPES): any built e4m3 one.
+  std::set<int> head_dims;
+  for (FwdKernel const& k : fwd_kernels()) {
+    if (k.dtype != DType::kE4M3) continue;
+    if (k.rung < 0 && k.head_dim == head_dim) return k.config;
+    head_dims.insert(k.head_dim);
+  }
+  std::string dims;
+  for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  throw std::invalid_argument("head_dim: " + std::to_string(head_dim) + " has no FP8 (e4m3) kernel in this build; " +
+                              "FP8 head dims: " + (dims.empty() ? "none (built without e4m3)" : dims));
 }
 
 std::string default_varlen_fwd_config(int head_dim, int max_seqlen_q, int max_seqlen_k, int cc_major, int cc_minor,

@@ -22,6 +22,12 @@ std::string sm90_config_name(int head_dim, FwdTile const& tile);
 std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor,
                                bool causal = false);
 
+// The FP8 (e4m3) forward's config: sm90_fp8_fwd_tile's where built for e4m3, else any e4m3
+// config of the head dim; throws std::invalid_argument off compute capability 9.0 or when no
+// e4m3 config serves head_dim.
+std::string default_fp8_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor,
+                                   bool causal = false);
+
 // A variable-length batch's config: default_fwd_config's for its longest sequences, but
 // never a short-query tile (the Hopper ones split keys for decode and have no varlen
 // variant; Sm90FwdLaunch::kHasVarlen).

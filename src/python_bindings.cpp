@@ -523,6 +523,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("configs", &fa_cute::configs);
   m.def("default_config", &fa_cute::default_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
         py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
+  m.def("default_fp8_config", &fa_cute::default_fp8_fwd_config, py::arg("head_dim"), py::arg("seqlen_q"),
+        py::arg("seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
   m.def("default_varlen_config", &fa_cute::default_varlen_fwd_config, py::arg("head_dim"), py::arg("max_seqlen_q"),
         py::arg("max_seqlen_k"), py::arg("cc_major"), py::arg("cc_minor"), py::arg("causal") = false);
   m.def("backward", &fa_cute::backward, py::arg("config"), py::arg("dtype"), py::arg("dout"), py::arg("q"),

@@ -140,4 +140,21 @@ constexpr FwdTile sm90_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
   }
 }
 
+// The Hopper FP8 (e4m3) kernel's tile (docs/design.md, FP8 forward; the configs listing e4m3
+// in src/generate_kernels.py): with P in 8 bits and K/Vt stages of half the bytes, wider key
+// blocks than the bf16 tiles where they stay spill-free (ptxas sm_90a), whole 32-key k-blocks
+// of the 8-bit wgmma. No short-query tile: a decode step takes the prefill tile.
+constexpr FwdTile sm90_fp8_fwd_tile(int head_dim, int seqlen_q, bool causal = false) {
+  (void)seqlen_q;
+  (void)causal;
+  switch (head_dim) {
+    case 64: return FwdTile{192, 128, 16, true};
+    case 96: return FwdTile{128, 128, 12, true};
+    case 128: return FwdTile{128, 192, 12, true};
+    case 192: return FwdTile{128, 96, 12, true};
+    case 256: return FwdTile{128, 96, 12, true};
+    default: return FwdTile{0, 0, 0, false};
+  }
+}
+
 }  // namespace fa_cute

@@ -95,3 +95,16 @@ def test_vt_keys_and_layout_checks():
         _C.fp8_v_layout(4096, 8192, 1, 16, 1, 72, (0, 72, 0), 0, 0)
     with pytest.raises(ValueError, match="v: batch, seqlen and head strides must be multiples of 16"):
         _C.fp8_v_layout(4096, 8192, 1, 16, 1, 64, (0, 72, 0), 0, 0)
+
+
+def test_default_fp8_config():
+    with pytest.raises(ValueError, match="compute capability 9.0"):
+        _C.default_fp8_config(128, 1024, 1024, 8, 0)
+    fp8 = [c for c in fa_cute.configs() if "e4m3" in c["dtypes"]]
+    if not any(c["head_dim"] == 72 for c in fp8):
+        with pytest.raises(ValueError, match="head_dim: 72 has no FP8"):
+            _C.default_fp8_config(72, 1024, 1024, 9, 0)
+    for cfg in fp8:
+        picked = _C.default_fp8_config(cfg["head_dim"], 4096, 4096, 9, 0, True)
+        by_name = {c["name"]: c for c in fa_cute.configs()}
+        assert "e4m3" in by_name[picked]["dtypes"] and by_name[picked]["head_dim"] == cfg["head_dim"]

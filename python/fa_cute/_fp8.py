@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from . import _C
-from ._configs import AUTO, CONFIGS, auto_config, check_config_type, family_runs_on, gpu_of, smem_limit_of
+from ._configs import AUTO, CONFIGS, check_config_type, gpu_of
 from ._launch import current_stream, row_strides
 from ._validate import (FORWARD_NAMES, check_devices, check_flag, check_layout, check_memory, check_shapes,
                         check_tensor, overlaps_itself, resolve_scale, spans_overlap)
@@ -117,36 +117,33 @@ def _check_descale(name: str, t, batch: int, nheads_k: int, device: torch.device
 
 def _pick_config(config, q: torch.Tensor, head_dim: int, seqlen_q: int, seqlen_k: int,
                  causal: bool) -> dict:
-    """A config built for e4m3: the named one, or auto's pick (FP8 picks share the bf16
-    heuristic's tile where it is built for e4m3, else take the head dim's e4m3 config)."""
-    fp8_dims = sorted({c["head_dim"] for c in CONFIGS.values() if DTYPE_NAME in c["dtypes"]})
+    """A config built for e4m3: the named one, or auto's pick (`_C.default_fp8_config`: the tile
+    of src/tile_size.h's sm90_fp8_fwd_tile). The FP8 configs are not tuned."""
+    fp8 = [c for c in CONFIGS.values() if DTYPE_NAME in c["dtypes"]]
     if config is None:
         config = AUTO
     check_config_type(config)
     if config != AUTO:
         cfg = CONFIGS.get(config)
         if cfg is None or DTYPE_NAME not in cfg["dtypes"]:
-            built = [c["name"] for c in CONFIGS.values() if DTYPE_NAME in c["dtypes"]]
             raise ValueError(f"config {config!r} is not built for e4m3; the FP8 configs of this build: "
-                             f"{', '.join(built) or 'none'}")
+                             f"{', '.join(c['name'] for c in fp8) or 'none'}")
         if cfg["head_dim"] != head_dim:
             raise ValueError(f"config {config!r} is for head_dim {cfg['head_dim']}, but q, k and v "
                              f"have headdim {head_dim}")
         return cfg
-    if head_dim not in fp8_dims:
+    if not any(c["head_dim"] == head_dim for c in fp8):
+        dims = sorted({c["head_dim"] for c in fp8})
         raise ValueError(f"headdim of q ({head_dim}) has no FP8 kernel in this build; FP8 head dims: "
-                         f"{', '.join(map(str, fp8_dims)) or 'none (built without e4m3)'}")
+                         f"{', '.join(map(str, dims)) or 'none (built without e4m3)'}")
     if not q.is_cuda:
         # The device check refuses a CPU tensor; any e4m3 config lets the checks before it run.
-        return next(c for c in CONFIGS.values() if DTYPE_NAME in c["dtypes"] and c["head_dim"] == head_dim)
+        return next(c for c in fp8 if c["head_dim"] == head_dim)
     gpu, cc = gpu_of(q.device.index)
-    if not any(family_runs_on(c["family"], cc) for c in CONFIGS.values() if DTYPE_NAME in c["dtypes"]):
+    if cc != (9, 0):
         raise ValueError(f"the FP8 forward runs on Hopper GPUs (compute capability 9.0); {q.device} "
                          f"({gpu}) has {cc[0]}.{cc[1]}")
-    cfg = auto_config(gpu, cc, DTYPE_NAME, head_dim, seqlen_q, seqlen_k, causal, smem_limit_of(q.device.index))
-    if DTYPE_NAME not in cfg["dtypes"]:
-        raise ValueError(f"no FP8 config of head dim {head_dim} fits {q.device} ({gpu})")
-    return cfg
+    return CONFIGS[_C.default_fp8_config(head_dim, seqlen_q, seqlen_k, cc[0], cc[1], causal)]
 
 
 def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int) -> None:
