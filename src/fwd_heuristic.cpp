@@ -178,7 +178,7 @@ std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_
   }
   if (cc_major == 9 && cc_minor == 0) {
     for (FwdKernel const& k : fwd_kernels()) {
-      if (k.rung < 0 && k.head_dim == head_dim) return k.config;
+      if (k.rung < 0 && k.head_dim == head_dim && k.dtype != DType::kE4M3) return k.config;
     }
   }
   std::set<int> head_dims;

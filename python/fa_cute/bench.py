@@ -289,6 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra = {d: ([(c["name"], rung_label(c)) for c in rungs[d]] if args.ladder else
                  [(c["name"], c["name"]) for c in fa_cute.configs() if args.all_configs
                   and c["rung"] is None and c["head_dim"] == d
+                  and any(dt in c["dtypes"] for dt in args.dtype)
                   and _configs.family_runs_on(c["family"], cc)])
              for d in args.headdim}
     sdpa = LADDER_SDPA if args.ladder else DECODE_SDPA if args.decode else list(SDPA_BACKENDS)
