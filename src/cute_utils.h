@@ -9,21 +9,6 @@ namespace fa_cute {
 
 // ex2.approx: one MUFU.EX2. exp2f without --use_fast_math adds range handling we do not
 // need, since every argument is <= 0 (scores minus their row max) or -inf.
-// 2^x on the FMA pipe, for a share of a softmax's exponentials (FlashAttention-4's idea: an
-// SM's MUFU issues 16 exp2 a clock, its FMA pipe 128 FFMAs): x = j + f, j = round(x) by the
-// 1.5 * 2^23 addition (the integer lands in the low mantissa bits), 2^f by a degree-4
-// polynomial on [-0.5, 0.5] (relative error 2.7e-6), 2^j added into the exponent bits. x
-// must be finite and >= -125 (the caller clamps; 2^-125 is 0 to any row sum).
-__forceinline__ __device__ float exp2_fma(float x) {
-  constexpr float kRound = 12582912.f;  // 1.5 * 2^23
-  float const t = __fadd_rn(x, kRound);
-  float const f = __fsub_rn(x, __fsub_rn(t, kRound));
-  float const p = fmaf(fmaf(fmaf(fmaf(0.009560510206479118f, f, 0.05591703917486793f), f, 0.24024981109537327f), f,
-                            0.693121967696061f),
-                       f, 0.9999991908565828f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
-
 __forceinline__ __device__ float exp2_approx(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

@@ -43,10 +43,7 @@ __forceinline__ __device__ void apply_softcap(TensorS& acc_s, float premul) {
 // What must hold is that a row whose max did not move is scaled by exactly 1
 // (correction_factor): a factor off by one rounding error, applied once per key block,
 // compounds over a long row (docs/design.md, "The rescale factor").
-// kFmaExp2Every: in the blocks the caller marks unmasked (update_scores' kFmaExp2), every
-// kFmaExp2Every-th column's exponential runs on the FMA pipe (exp2_fma) instead of the MUFU;
-// 0: none. (Masked blocks keep the MUFU: exp2_fma cannot return the 0 of a -inf score.)
-template <int kNRows, bool kLazyRescale, int kFmaExp2Every = 0>
+template <int kNRows, bool kLazyRescale>
 struct OnlineSoftmax {
   static constexpr float kLazyRescaleLog2 = 8.f;
 
@@ -73,15 +70,15 @@ struct OnlineSoftmax {
   // The same step for kernels that rescale O later, because a wgmma still accumulates into
   // it (the Hopper kernel's P V of the previous block runs under this block's softmax): the
   // row sums are rescaled here, O by rescale_o(correction.factor).
-  template <bool kIsFirst, bool kFmaExp2 = false, class TensorS>
+  template <bool kIsFirst, class TensorS>
   __forceinline__ __device__ Correction update_scores(TensorS& acc_s, float scale_log2) {
-    return update_scores<kIsFirst, kFmaExp2>(acc_s, scale_log2, [](Correction const&) {});
+    return update_scores<kIsFirst>(acc_s, scale_log2, [](Correction const&) {});
   }
 
   // The step itself: new maxima and correction factors, then on_correction (which rescales
   // O where the caller can), then P. O is rescaled before the exponentials, as the row
   // sums are, so a kernel that rescales O here keeps the factors live only that long.
-  template <bool kIsFirst, bool kFmaExp2 = false, class TensorS, class OnCorrection>
+  template <bool kIsFirst, class TensorS, class OnCorrection>
   __forceinline__ __device__ Correction update_scores(TensorS& acc_s, float scale_log2, OnCorrection&& on_correction) {
     using namespace cute;
     Tensor scores = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (M,N)
@@ -107,7 +104,7 @@ struct OnlineSoftmax {
       }
     }
     on_correction(correction);
-    exponentiate<kFmaExp2>(scores, scale_log2);
+    exponentiate(scores, scale_log2);
     return correction;
   }
 
@@ -149,7 +146,7 @@ struct OnlineSoftmax {
   }
 
   // P = exp(S * scale - m) in place against the current row maxima, added to the row sums.
-  template <bool kFmaExp2 = false, class TensorS>
+  template <class TensorS>
   __forceinline__ __device__ void exponentiate(TensorS& scores, float scale_log2) {
     using namespace cute;
     CUTE_UNROLL
@@ -159,13 +156,7 @@ struct OnlineSoftmax {
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(scores); ++ni) {
         // One FFMA + one MUFU.EX2 per score: the scale is folded into the exponent.
-        float const x = scores(mi, ni) * scale_log2 - max_scaled;
-        float p;
-        if constexpr (kFmaExp2 && kFmaExp2Every > 0) {
-          p = ni % kFmaExp2Every == kFmaExp2Every - 1 ? exp2_fma(fmaxf(x, -125.f)) : exp2_approx(x);
-        } else {
-          p = exp2_approx(x);
-        }
+        float const p = exp2_approx(scores(mi, ni) * scale_log2 - max_scaled);
         scores(mi, ni) = p;
         sum += p;
       }

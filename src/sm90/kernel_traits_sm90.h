@@ -83,12 +83,6 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   using ElementO = cute::conditional_t<kFp8, cute::bfloat16_t, Element>;
   static constexpr int kMmaK = kFp8 ? 32 : 16;  // the wgmma k-block
 
-  // Exponentials on the FMA pipe (OnlineSoftmax's kFmaExp2Every): an experiment's knob.
-#ifndef FA_CUTE_FMA_EXP2_EVERY
-#define FA_CUTE_FMA_EXP2_EVERY 0
-#endif
-  static constexpr int kFmaExp2Every = FA_CUTE_FMA_EXP2_EVERY;
-
   static constexpr int kNumConsumerWG = kNumConsumerWG_;
   static constexpr int kStages = kStages_;
   static constexpr bool kIntraWGOverlap = kIntraWGOverlap_;

@@ -106,7 +106,7 @@ struct Sm90FwdMainloop {
   using AccO = decltype(cute::partition_fragment_C(TiledMmaPV{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
   // 2 rows a thread
   static constexpr int kNRows = decltype(cute::size<0>(acc_layout_rowcol(AccO{}.layout())))::value;
-  using Softmax = OnlineSoftmax<kNRows, Traits::kLazyRescale, Traits::kFmaExp2Every>;
+  using Softmax = OnlineSoftmax<kNRows, Traits::kLazyRescale>;
   using Seqlens = FwdSeqlens<kExtras>;
 
   FwdParams const& p;
@@ -449,8 +449,7 @@ struct Sm90FwdMainloop {
           pipe_k.consumer_release(st);
           softcap(acc_s);
           if constexpr (decltype(is_masked)::value) mask(acc_s, keys.template block</*kReverse=*/true>(i));
-          auto const correction = softmax.template update_scores</*kIsFirst=*/false,
-                                                                 /*kFmaExp2=*/!decltype(is_masked)::value>(acc_s, scale_log2);
+          auto const correction = softmax.template update_scores</*kIsFirst=*/false>(acc_s, scale_log2);
           wgmma_wait<0>(acc_o, tOrP);
           pipe_v.consumer_release(st_v);
           store_p(acc_s);
