@@ -28,7 +28,9 @@
 #                               256, non-causal and causal, then a decode table at d=128;
 #                             quick: d=128 non-causal only;
 #                             backward: the backward at d=64 and 128, non-causal and causal,
-#                               then its deterministic mode (docs/perf-notes.md, Backward)
+#                               then its deterministic mode (docs/perf-notes.md, Backward);
+#                             fp8: benchmarks/fp8_speed.py at d=64, 128 and 256, N = 1k, 4k
+#                               and 16k (docs/perf-notes.md, FP8 forward)
 #   FA_CUTE_BENCH_ARGS        extra arguments for every python3 -m fa_cute.bench run
 #   FA_CUTE_FA4_SITE          site dir holding FlashAttention-4, passed to every bench run
 #                             as --fa4-site (an FA4 column next to FLASH and CUDNN); e.g.
@@ -134,8 +136,11 @@ if ! skipped FA_CUTE_SKIP_BENCH; then
     backward)
       bench bench_bwd --bwd --dtype bf16,fp16 --headdim 64,128 --causal both
       bench bench_bwd_det --bwd --deterministic --dtype bf16 --headdim 64,128 --causal both ;;
+    fp8)
+      step "python3 benchmarks/fp8_speed.py 64,128,256 1024,4096,16384"
+      OUT="$LOGS" python3 benchmarks/fp8_speed.py 64,128,256 1024,4096,16384 || FAILED+=("fp8") ;;
     *)
-      echo "FA_CUTE_BENCH_SET=${FA_CUTE_BENCH_SET}: expected standard, quick or backward"
+      echo "FA_CUTE_BENCH_SET=${FA_CUTE_BENCH_SET}: expected standard, quick, backward or fp8"
       FAILED+=("bench") ;;
   esac
 fi

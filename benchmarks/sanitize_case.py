@@ -1,6 +1,7 @@
 """A small fa_cute run for compute-sanitizer (memcheck, racecheck, synccheck).
 
-Every built config that runs on this GPU, in each of its dtypes, on four small cases:
+Every built config that runs on this GPU, in each of its dtypes (e4m3: the FP8 forward, with
+descale factors, on the four cases alone), on four small cases:
   - contiguous and (B, H, N, d)-transposed inputs, B=1, H=2, N=256, non-causal;
   - causal-gqa-lse: bottom-right causal, seqlen_q=150 > seqlen_k=100 (50 rows that see no
     key, ragged last tiles of q and k), 4 query heads on 2 K/V heads, LSE written;
@@ -40,8 +41,9 @@ import torch  # noqa: E402  (after the allocator setting)
 
 import fa_cute  # noqa: E402
 from fa_cute import _C  # noqa: E402
-from fa_cute._reference import (ABS_SLACK, attention_grads_ref, attention_ref, check_close,  # noqa: E402
-                                check_lse, varlen_attention_ref)
+from fa_cute._reference import (ABS_SLACK, FP8_LSE_ATOL, FP8_LSE_RTOL, FP8_SLACK,  # noqa: E402
+                                attention_grads_ref, attention_ref, check_close, check_lse, fp8_attention_ref,
+                                fp8_rel_tol, varlen_attention_ref)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -101,6 +103,34 @@ def run_case(config: dict, dtype: torch.dtype, case: Case) -> str:
         lse_note = ""
         if case.lse:
             lse_note = f", LSE error {check_lse(result[1].cpu(), ref_lse):.1e}"
+    except AssertionError as exc:
+        return f"FAILED: {exc}"
+    return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}{lse_note})"
+
+
+def run_fp8_case(config: dict, case: Case) -> str:
+    """An e4m3 config (the FP8 forward) on a case, with descale factors: 'ok ...', 'skipped ...'
+    or 'FAILED ...'."""
+    d, e4m3 = config["head_dim"], torch.float8_e4m3fn
+    q = torch.randn(1, case.seqlen_q, case.nheads, d).to(e4m3)
+    k, v = (torch.randn(1, case.seqlen_k, case.nheads_k, d).to(e4m3) for _ in range(2))
+    descales = [0.5 + torch.rand(1, case.nheads_k) for _ in range(3)]
+    out = to_gpu(torch.full(q.shape, math.nan, dtype=torch.bfloat16), case.transposed)
+    result, skipped = launch_or_skip(lambda: fa_cute.forward(
+        *(to_gpu(t, case.transposed) for t in (q, k, v)), causal=case.causal, return_lse=case.lse,
+        config=config["name"], out=out, q_descale=descales[0].cuda(), k_descale=descales[1].cuda(),
+        v_descale=descales[2].cuda()))
+    if skipped:
+        return skipped
+    torch.cuda.synchronize()
+    scale = 1.0 / math.sqrt(d)
+    ref, ref_lse = fp8_attention_ref(q, k, v, scale, descales, causal=case.causal, return_lse=True)
+    plain = fp8_attention_ref(q, k, v, scale, descales, upcast=False, causal=case.causal)
+    try:
+        max_err, plain_err = check_close(out.cpu(), ref, plain, slack=FP8_SLACK, rel_tol=fp8_rel_tol(plain, ref))
+        lse_note = ""
+        if case.lse:
+            lse_note = f", LSE error {check_lse(result[1].cpu(), ref_lse, FP8_LSE_ATOL, FP8_LSE_RTOL):.1e}"
     except AssertionError as exc:
         return f"FAILED: {exc}"
     return f"ok (max abs error {max_err:.2e}, plain {plain_err:.2e}{lse_note})"
@@ -235,7 +265,12 @@ def main() -> int:
     wanted = re.compile(sys.argv[1] if len(sys.argv) > 1 else "")
     results = []
     for config in (c for c in fa_cute.configs() if wanted.search(c["name"])):
-        for dtype_name in config["dtypes"]:
+        if "e4m3" in config["dtypes"]:
+            for name, case in CASES.items():
+                result = run_fp8_case(config, case)
+                print(f"{config['name']} e4m3 {name}: {result}", flush=True)
+                results.append(result)
+        for dtype_name in (n for n in config["dtypes"] if n in DTYPES):
             for name, case in CASES.items():
                 result = run_case(config, DTYPES[dtype_name], case)
                 print(f"{config['name']} {dtype_name} {name}: {result}", flush=True)

@@ -108,3 +108,23 @@ def test_default_fp8_config():
         picked = _C.default_fp8_config(cfg["head_dim"], 4096, 4096, 9, 0, True)
         by_name = {c["name"]: c for c in fa_cute.configs()}
         assert "e4m3" in by_name[picked]["dtypes"] and by_name[picked]["head_dim"] == cfg["head_dim"]
+
+
+def test_fp8_reference_dequantises_and_rounds_p():
+    """fp8_attention_ref: the float64 reference is attention_ref of q * q_descale etc. (per K/V
+    head, its query heads sharing it); the plain one (P in e4m3, bf16 out) is close to it."""
+    from fa_cute._reference import attention_ref, fp8_attention_ref, relative_error
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 33, 4, 64).to(E4M3)
+    k, v = (torch.randn(2, 50, 2, 64).to(E4M3) for _ in range(2))
+    descales = [torch.rand(2, 2) + 0.5 for _ in range(3)]
+    ref = fp8_attention_ref(q, k, v, 0.125, descales, causal=True)
+    group = [d.repeat_interleave(2, dim=1)[:, None, :, None].double() for d in descales]
+    kv = [d[:, None, :, None].double() for d in descales[1:]]
+    expected = attention_ref(q.double() * group[0], k.double() * kv[0], v.double() * kv[1], 0.125, causal=True)
+    assert torch.allclose(ref, expected, rtol=0, atol=1e-12)
+    plain = fp8_attention_ref(q, k, v, 0.125, descales, upcast=False, causal=True)
+    assert plain.dtype == torch.bfloat16 and 1e-4 < relative_error(plain, ref) < 4e-2
+    assert torch.equal(fp8_attention_ref(q, k, v, 0.125, [None] * 3),
+                       attention_ref(q.double(), k.double(), v.double(), 0.125))

@@ -24,8 +24,8 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["ABS_SLACK", "FP8_REL_TOL", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
-           "attention_grads_ref", "attention_ref", "fp8_attention_ref", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
+__all__ = ["ABS_SLACK", "FP8_LSE_ATOL", "FP8_LSE_RTOL", "FP8_REL_TOL", "FP8_SLACK", "LSE_ATOL", "LSE_RTOL", "REL_TOL", "Result", "SINK_LOGIT",
+           "attention_grads_ref", "attention_ref", "fp8_attention_ref", "fp8_rel_tol", "bottom_right_offset", "causal_mask", "check_close", "check_lse", "check_rows",
            "long_inputs", "paged_kv_ref", "relative_error", "row_references", "varlen_attention_grads_ref",
            "varlen_attention_ref",
            "visible_mask"]
@@ -37,8 +37,17 @@ ABS_SLACK = 1e-5
 REL_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 #: The FP8 forward's bound on ||out - ref|| / ||ref||: P in e4m3 (3 mantissa bits) errs by
-#: up to 1/32 of each probability, about 1e-2 of the output on random data.
+#: up to 1/32 of each probability, about 1e-2 of the output on random data. A single query
+#: row averages few such roundings: `fp8_rel_tol` allows twice the plain computation's.
 FP8_REL_TOL = 4e-2
+#: The FP8 forward's slack in the 2x rule: the plain computation rounds P to e4m3 after
+#: normalising, the kernel before (relative to the running max), so their roundings differ
+#: at the e4m3 spacing.
+FP8_SLACK = 2e-3
+#: The FP8 forward's LSE tolerance: its scores are exact e4m3 products summed by the tensor
+#: cores, whose FP8 sums keep fewer bits than fp32.
+FP8_LSE_ATOL = 2e-3
+FP8_LSE_RTOL = 1e-3
 
 #: LSE tolerance: |lse - ref| <= LSE_ATOL + LSE_RTOL * |ref|. fp32 rounding of the row max
 #: and the row sum stays near 1e-5 on random data; the relative part covers the large
@@ -412,3 +421,10 @@ def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
     probs = probs.to(torch.float8_e4m3fn).to(dtype).reshape(batch, nheads_k, group, seqlen_q, seqlen_k)
     out = torch.einsum("bjiqk,bkjd->bqjid", probs, v).reshape(batch, seqlen_q, nheads, head_dim)
     return out.to(torch.bfloat16)
+
+
+def fp8_rel_tol(plain: torch.Tensor, ref: torch.Tensor) -> float:
+    """`check_close`'s relative bound for an FP8 output: FP8_REL_TOL, or twice the plain
+    computation's relative error where that is larger (a single query row over 4224 keys
+    measured 4.6e-2)."""
+    return max(FP8_REL_TOL, 2 * relative_error(plain, ref))
