@@ -13,9 +13,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fa_cute
 from fa_cute import _C
-from fa_cute._launch import row_strides
 
 from cuda_timing import medians
+
+
+def row_strides(t):
+    """(batch, seqlen, nheads) element strides of a (batch, seqlen, nheads, d) tensor, as _C takes them."""
+    return t.stride(0), t.stride(1), t.stride(2)
 
 
 def main():
@@ -70,8 +74,8 @@ def main():
                 print(f"d={d} {'causal' if causal else 'full  '} N={n:5d} " +
                       "  ".join(f"{kk}={x:.0f}({x / tf['bf16']:.2f})" for kk, x in tf.items()) +
                       f"  vpass={med['vpass'] * 1e3:.1f}us ({gbs:.0f} GB/s)", flush=True)
-    json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows),
-              open(os.environ.get("OUT", "/tmp") + "/fp8speed.json", "w"), indent=1)
+    with open(os.environ.get("OUT", "/tmp") + "/fp8speed.json", "w") as f:
+        json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows), f, indent=1)
 
 
 def _cudnn(q, k, v, causal):

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <cfloat>
+#include <cmath>
+
 #include <cute/tensor.hpp>
 
 #include "bwd_params.h"
@@ -36,8 +39,15 @@ CUTE_HOST_DEVICE int right_bound(FwdParams const& params) {
 CUTE_DEVICE float descale_of(float const* descale, FwdParams const& params, FwdTileCoord const& coord) {
   return descale == nullptr ? 1.f : descale[coord.bidb * params.nheads_k + coord.bidh_k];
 }
+// The scores' factor, q_descale * k_descale, as the softmax may take it. Zero (an all-zero
+// head's amax scale) becomes kMinQkDescale: the uniform softmax it means, where a zero scale
+// would make a masked key's -inf * 0 a NaN. Negative or not finite: NaN, so that the tile's
+// output and LSE are NaN (the factors live on the GPU; the host cannot check them without a
+// sync). A negative scale would also invert the online softmax's maximum.
+constexpr float kMinQkDescale = 1e-30f;  // a normal float even times log2(e) / sqrt(256)
 CUTE_DEVICE float qk_descale(FwdParams const& params, FwdTileCoord const& coord) {
-  return descale_of(params.q_descale_ptr, params, coord) * descale_of(params.k_descale_ptr, params, coord);
+  float const f = descale_of(params.q_descale_ptr, params, coord) * descale_of(params.k_descale_ptr, params, coord);
+  return f >= 0.f && f <= FLT_MAX ? fmaxf(f, kMinQkDescale) : NAN;
 }
 
 // Sequence b of a packed (variable-length) batch: its first rows and lengths from the GPU's

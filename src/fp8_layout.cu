@@ -1,6 +1,8 @@
 #include "fp8_layout.h"
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "cuda_check.h"
 
@@ -8,7 +10,7 @@ namespace fa_cute {
 namespace {
 
 constexpr int kTileKeys = 64;  // keys per CTA: two chunks
-constexpr int kMaxHeadDim = 256;
+constexpr int kMaxHeadDim = kFp8VLayoutMaxHeadDim;
 constexpr int kThreads = 256;
 constexpr int kSlotWords = kTileKeys / 4;  // 4-byte words of a Vt row's 64 slots
 constexpr int kOutStride = kSlotWords + 1;  // words per staged Vt row; odd, so rows fall on different banks
@@ -29,7 +31,7 @@ __device__ __forceinline__ void transpose_4x4(uint32_t const (&w)[4], uint32_t (
   out[3] = __byte_perm(hi01, hi23, 0x7632);
 }
 
-// One CTA per (64 keys, K/V head, batch entry), three steps over shared memory:
+// The 64 keys from key0 of (batch entry b, K/V head h), three steps over shared memory:
 //   1. V's 64 rows (d bytes each) in 16-byte loads, zeros past seqlen_k;
 //   2. per Vt slot word (4 slots 16c + 4j + a of a chunk, whose keys are rows 16c + 2j,
 //      +1, +8, +9: fp8_vt_key) and 4 d columns: the 4x4 bytes transposed in registers
@@ -37,11 +39,7 @@ __device__ __forceinline__ void transpose_4x4(uint32_t const (&w)[4], uint32_t (
 //      V row's consecutive words and writes 32 staged rows' (no bank conflicts);
 //   3. the staged (d, 64) block out in 16-byte stores.
 // Memory-bound: V's bytes read once and Vt's written once.
-__global__ void __launch_bounds__(kThreads) fp8_v_layout_kernel(Fp8VLayoutParams const p) {
-  __shared__ __align__(16) uint32_t in[kTileKeys * kMaxHeadDim / 4];   // (keys, d/4) words
-  __shared__ uint32_t out[kMaxHeadDim * kOutStride];                   // (d, slots/4) words
-  int const key0 = blockIdx.x * kTileKeys;
-  int const h = blockIdx.y, b = blockIdx.z;
+__device__ void layout_tile(Fp8VLayoutParams const& p, int b, int h, int key0, uint32_t* in, uint32_t* out) {
   int const words = p.head_dim / 4, vecs = p.head_dim / 16;
   auto const* v = static_cast<uint8_t const*>(p.v_ptr) + b * p.v_batch_stride + h * p.v_head_stride;
   for (int idx = threadIdx.x; idx < kTileKeys * vecs; idx += kThreads) {
@@ -79,11 +77,31 @@ __global__ void __launch_bounds__(kThreads) fp8_v_layout_kernel(Fp8VLayoutParams
   }
 }
 
+// One CTA per 64 keys; grid y strides over the batch x nheads_k pairs (grid y and z stop at
+// 65535, a large decode batch's pairs do not).
+__global__ void __launch_bounds__(kThreads) fp8_v_layout_kernel(Fp8VLayoutParams const p) {
+  __shared__ __align__(16) uint32_t in[kTileKeys * kMaxHeadDim / 4];  // (keys, d/4) words
+  __shared__ uint32_t out[kMaxHeadDim * kOutStride];                  // (d, slots/4) words
+  int64_t const pairs = int64_t(p.batch) * p.nheads_k;
+  for (int64_t bh = blockIdx.y; bh < pairs; bh += gridDim.y) {
+    if (bh != blockIdx.y) __syncthreads();  // the previous pair's reads of `out` are done
+    layout_tile(p, int(bh / p.nheads_k), int(bh % p.nheads_k), blockIdx.x * kTileKeys, in, out);
+  }
+}
+
 }  // namespace
 
 void launch_fp8_v_layout(Fp8VLayoutParams const& p, cudaStream_t stream) {
   static_assert(kTileKeys % kFp8VtChunk == 0, "a CTA's keys are whole chunks");
-  dim3 const grid((p.seqlen_k + kTileKeys - 1) / kTileKeys, p.nheads_k, p.batch);
+  if (p.head_dim < 16 || p.head_dim > kMaxHeadDim || p.head_dim % 16 != 0) {
+    throw std::invalid_argument("head_dim: the FP8 V layout pass takes a multiple of 16 in [16, " +
+                                std::to_string(kMaxHeadDim) + "], got " + std::to_string(p.head_dim));
+  }
+  if (p.batch < 1 || p.nheads_k < 1 || p.seqlen_k < 1) {
+    throw std::invalid_argument("batch, nheads_k, seqlen_k: the FP8 V layout pass needs each >= 1");
+  }
+  long long const pairs = (long long)p.batch * p.nheads_k;
+  dim3 const grid((p.seqlen_k + kTileKeys - 1) / kTileKeys, unsigned(pairs < 65535 ? pairs : 65535));
   fp8_v_layout_kernel<<<grid, kThreads, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "fp8_v_layout_kernel launch");
 }

@@ -15,13 +15,14 @@
 // threads: the RS wgmma's 8-bit A operand (ALayout_64x32) gives a thread keys 4j..4j+3 and
 // 16+4j..16+4j+3 of each 32-key k-block (j = lane % 4), while the S accumulator
 // (CLayout_64xN) gave it keys 2j, 2j+1 of each 8-key group. P's A slot s then holds the
-// score of key fp8_vt_key(s) of the chunk (sm90/fp8_sm90.h converts it so), and Vt's key
+// score of key fp8_vt_key(s) of the chunk (convert_p_fp8_sm90, cute_utils.h), and Vt's key
 // slot s holds that key's V row: the sum over keys of O += P V is the same sum, reordered.
 // Shared by the layout kernel and the host; the P conversion applies the same map.
 
 namespace fa_cute {
 
 constexpr int kFp8VtChunk = 32;  // keys per k-block of the 8-bit wgmma
+constexpr int kFp8VLayoutMaxHeadDim = 256;  // the layout pass's shared tile holds rows of up to this many bytes
 
 // The key (within its chunk of 32) whose V row slot s of the chunk holds: slot
 // 16c + 4j + a holds key 8 (2c + a/2) + 2j + a%2.
@@ -44,7 +45,9 @@ struct Fp8VLayoutParams {
   int head_dim;
 };
 
-// Launches the layout pass on stream (host only; the kernel is in fp8_layout.cu).
+// Launches the layout pass on stream (host only; the kernel is in fp8_layout.cu); throws
+// std::invalid_argument for a head_dim its tile does not take (a multiple of 16 up to
+// kFp8VLayoutMaxHeadDim) or empty sizes.
 void launch_fp8_v_layout(Fp8VLayoutParams const& params, cudaStream_t stream);
 
 }  // namespace fa_cute

@@ -15,7 +15,8 @@ namespace fa_cute {
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, bool kPersistent_, bool kLazyRescale_>
 struct FwdTraitsBase {
   using Element = Element_;
-  using ElementO = Element_;  // what O leaves in (the Hopper FP8 kernels': bf16)
+  // What O leaves in: the input type, but bf16 for e4m3 inputs (the Hopper FP8 kernels).
+  using ElementO = cute::conditional_t<cute::sizeof_bits_v<Element_> == 8, cute::bfloat16_t, Element_>;
   using ElementAccum = float;
 
   static constexpr int kHeadDim = kHeadDim_;

@@ -146,16 +146,19 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
       OperandExtent{"k", 0, 0},
       OperandExtent{"v", 0, 0},
       OperandExtent{"cache_seqlens", 0, 0},
+      OperandExtent{"q_descale", 0, 0},
+      OperandExtent{"k_descale", 0, 0},
+      OperandExtent{"v_descale", 0, 0},
   };
   if (p.num_splits > 1) {
     extents[5] = check_fp32_buffer("o_accum", ptr(p.o_accum_ptr), rows * p.num_splits * p.head_dim);
     extents[6] = check_fp32_buffer("lse_accum", ptr(p.lse_accum_ptr), rows * p.num_splits);
   }
-  if (fp8) {  // in the split buffers' slots, which an FP8 launch does not use
+  if (fp8) {
     u128 const factors = u128(p.batch) * p.nheads_k;
-    extents[5] = check_fp32_buffer("q_descale", ptr(p.q_descale_ptr), factors);
-    extents[6] = check_fp32_buffer("k_descale", ptr(p.k_descale_ptr), factors);
-    extents[7] = check_fp32_buffer("v_descale", ptr(p.v_descale_ptr), factors);
+    extents[13] = check_fp32_buffer("q_descale", ptr(p.q_descale_ptr), factors);
+    extents[14] = check_fp32_buffer("k_descale", ptr(p.k_descale_ptr), factors);
+    extents[15] = check_fp32_buffer("v_descale", ptr(p.v_descale_ptr), factors);
   }
   return extents;
 }
@@ -260,8 +263,16 @@ std::array<OperandExtent, 2> check_kv_append_args(KvAppendParams const& a) {
 
 std::pair<OperandExtent, OperandExtent> check_fp8_v_layout_args(Fp8VLayoutParams const& a) {
   auto const ptr = [](void const* x) { return reinterpret_cast<uintptr_t>(x); };
+  FA_CUTE_REQUIRE(a.batch >= 1 && a.seqlen_k >= 1 && a.nheads_k >= 1 && a.seqlen_k <= kMaxSeqlen &&
+                      a.nheads_k <= kMaxSeqlen && a.batch <= kMaxSeqlen,
+                  "batch, seqlen_k, nheads_k: each must be in [1, " + str(kMaxSeqlen) + "]");
+  FA_CUTE_REQUIRE(a.head_dim >= 16 && a.head_dim <= kFp8VLayoutMaxHeadDim && a.head_dim % 16 == 0,
+                  "head_dim: must be a multiple of 16 in [16, " + str(kFp8VLayoutMaxHeadDim) + "], got " +
+                      str(a.head_dim));
   int64_t const vt_keys = fp8_vt_keys(a.seqlen_k);
-  index_t const vt_head_stride = index_t(a.head_dim) * vt_keys;
+  index_t const vt_head_stride = index_t(a.head_dim) * vt_keys;  // <= 2^37
+  FA_CUTE_REQUIRE(u128(vt_head_stride) * a.nheads_k * a.batch <= kMaxExtentBytes,
+                  "vt: batch * nheads_k * head_dim * keys must address at most 2^48 bytes");
   return {check_operand("v", ptr(a.v_ptr), a.batch, a.seqlen_k, a.nheads_k, a.head_dim, a.v_batch_stride,
                         a.v_row_stride, a.v_head_stride, 1, 1),
           check_operand("vt", ptr(a.vt_ptr), a.batch, a.head_dim, a.nheads_k, int(vt_keys),

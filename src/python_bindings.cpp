@@ -183,8 +183,6 @@ void fp8_forward(std::string const& config, uintptr_t q, uintptr_t k, uintptr_t 
 void fp8_v_layout(uintptr_t v, uintptr_t vt, int batch, int seqlen_k, int nheads_k, int head_dim, Strides v_strides,
                   int device, uintptr_t stream_handle) {
   check_problem_sizes(batch, 1, seqlen_k, nheads_k, nheads_k);
-  FA_CUTE_REQUIRE(head_dim % 16 == 0 && head_dim >= 16 && head_dim <= 256,
-                  "head_dim: must be a multiple of 16 in [16, 256], got " + std::to_string(head_dim));
   Fp8VLayoutParams p{};
   p.v_ptr = reinterpret_cast<void const*>(v);
   std::tie(p.v_batch_stride, p.v_row_stride, p.v_head_stride) = v_strides;

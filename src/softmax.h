@@ -37,7 +37,7 @@ __forceinline__ __device__ void apply_softcap(TensorS& acc_s, float premul) {
 // kLazyRescale: a warp keeps its rows' stale maxima, and skips rescaling O, while no row's
 // max has grown by more than kLazyRescaleLog2 in log2 units (FlashAttention-4's trick):
 // P then reaches at most 2^kLazyRescaleLog2 = 256, harmless for fp32 sums and for P in
-// bf16/fp16, and the 2 x 64 FMULs per thread per key block that rescale O and the row sum
+// bf16/fp16 (and below e4m3's 448, the FP8 kernel's P), and the 2 x 64 FMULs per thread per key block that rescale O and the row sum
 // are skipped in all but the first few blocks of typical rows. Stale maxima cost no
 // accuracy: the final division uses the row sum accumulated against the same maxima as O.
 // What must hold is that a row whose max did not move is scaled by exactly 1

@@ -114,9 +114,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     dequantise them: scores are (q k^T) * q_descale * k_descale * softmax_scale, and the
     output is softmax(scores) (v * v_descale), per batch entry and K/V head (a query head
     takes its K/V head's factors). P is rounded to e4m3 for its product with v (as
-    FlashAttention-3's FP8 forward). Dense attention only: no softcap, window, gradient or
-    torch.compile tracing; the LSE is returned as for bf16. V is re-laid out on every call
-    (a pass over its bytes: docs/design.md, FP8 forward).
+    FlashAttention-3's FP8 forward). Descale factors must be finite, q_descale * k_descale
+    >= 0: a negative or non-finite product makes that head's output and LSE NaN (the factors
+    stay on the GPU; checking them would cost a sync). Dense attention only: no softcap,
+    window, gradient or torch.compile tracing (a ValueError while compiling); the LSE is
+    returned as for bf16. V is re-laid out on every call (a pass over its bytes:
+    docs/design.md, FP8 forward).
 
     Gradients: with grad mode on and q, k or v requiring grad, the output has a grad_fn
     whose backward is `backward` (the LSE is computed and saved for it; a returned LSE is
@@ -132,6 +135,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
             raise ValueError("q_descale, k_descale, v_descale: only the FP8 forward (q, k and v in "
                              f"{_fp8.DTYPE}) takes descale factors; q has dtype "
                              f"{getattr(q, 'dtype', type(q).__name__)}")
+        if _is_compiling():
+            raise ValueError("q: the FP8 forward (e4m3 inputs) is eager only: torch.compile cannot trace it; "
+                             "call it outside the compiled region (e.g. from a torch.compiler.disable'd "
+                             "function)")
         return _fp8.forward(q, k, v, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse,
                             config=config, out=out, softcap=softcap, window_size=window_size,
                             q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)

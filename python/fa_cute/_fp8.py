@@ -15,8 +15,8 @@ import torch
 from . import _C
 from ._configs import AUTO, CONFIGS, check_config_type, gpu_of
 from ._launch import current_stream, row_strides
-from ._validate import (FORWARD_NAMES, check_devices, check_flag, check_layout, check_memory, check_shapes,
-                        check_tensor, overlaps_itself, resolve_scale, spans_overlap)
+from ._validate import (FORWARD_NAMES, broadcast_dim, check_devices, check_flag, check_layout, check_memory,
+                        check_shapes, check_tensor, overlaps_itself, resolve_scale, spans_overlap)
 
 __all__ = ["DTYPE", "DTYPE_NAME", "forward"]
 
@@ -48,9 +48,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                              f"{tuple(t.shape)}")
         check_memory(name, t)
         if t.requires_grad and torch.is_grad_enabled():
-            raise NotImplementedError(f"{name} requires grad, but the FP8 forward has no backward; "
-                                      "call it under torch.no_grad() or pass .detach()ed tensors")
+            raise ValueError(f"{name} requires grad, but the FP8 forward has no backward; call it "
+                             "under torch.no_grad() or pass .detach()ed tensors")
     batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim = check_shapes(q, k, v, names)
+    for name, t in (("q", q), ("k", k)):
+        # TMA reads q and k (the layout pass reads v row by row, any strides).
+        dim = broadcast_dim(t)
+        if dim is not None:
+            raise ValueError(f"{name} has stride 0 in its {dim} dim (an expanded tensor); the FP8 kernel "
+                             "loads it with TMA, which cannot broadcast: call .contiguous() on it")
     scale = resolve_scale(softmax_scale, head_dim)
     descales = tuple(_check_descale(name, t, batch, nheads_k, q.device)
                      for name, t in (("q_descale", q_descale), ("k_descale", k_descale),
@@ -64,6 +70,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
         inputs.append(("out", out))
     inputs += [(name, t) for name, t in zip(("q_descale", "k_descale", "v_descale"), descales)
                if t is not None]
+    if out is not None:
+        for name, t in inputs[4:]:
+            if spans_overlap(out, t):
+                raise ValueError(f"out overlaps the memory of {name}; pass a separate output tensor")
     check_devices(inputs, cfg)
     if out is None:
         out = torch.empty(q.shape, dtype=OUT_DTYPE, device=q.device)

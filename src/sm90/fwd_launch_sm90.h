@@ -75,7 +75,8 @@ struct Sm90FwdLaunch {
       // The FP8 kernels are dense attention only: no extras variant is compiled.
       if (extras) {
         throw std::invalid_argument(
-            "the FP8 (e4m3) kernels take no softcap, window, KV cache or varlen batch");
+            "softcap, window_left, window_right, cu_seqlens_q, seqused_k: the FP8 (e4m3) kernels take no softcap, "
+            "window, KV cache or varlen batch");
       }
       return FA_CUTE_BOOL_SWITCH(params.is_causal, kCausal, [&] { return f(Sm90FwdVariant<kCausal, false>{}); });
     } else {

@@ -15,6 +15,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "cute_utils.h"
+#include "fp8_layout.h"
 #include "kernel_traits.h"
 #include "sm90/pipeline_sm90.h"
 
@@ -80,8 +81,9 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   // FP8: 8-bit wgmma operands must both be K-major and come in k-blocks of 32. O leaves in
   // bf16 (ElementO); Element is then what Q, K, Vt and P hold.
   static constexpr bool kFp8 = cute::sizeof_bits_v<Element> == 8;
-  using ElementO = cute::conditional_t<kFp8, cute::bfloat16_t, Element>;
+  using typename Base::ElementO;
   static constexpr int kMmaK = kFp8 ? 32 : 16;  // the wgmma k-block
+  static_assert(!kFp8 || kMmaK == kFp8VtChunk, "Vt's key chunks are the 8-bit wgmma's k-blocks (fp8_layout.h)");
 
   static constexpr int kNumConsumerWG = kNumConsumerWG_;
   static constexpr int kStages = kStages_;

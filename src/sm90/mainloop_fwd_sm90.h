@@ -107,6 +107,10 @@ struct Sm90FwdMainloop {
   // 2 rows a thread
   static constexpr int kNRows = decltype(cute::size<0>(acc_layout_rowcol(AccO{}.layout())))::value;
   using Softmax = OnlineSoftmax<kNRows, Traits::kLazyRescale>;
+  // FP8: P, unnormalised, reaches 2^kLazyRescaleLog2 under the lazy rescale (1 without); e4m3
+  // saturates at 448.
+  static_assert(!Traits::kFp8 || !Traits::kLazyRescale || Softmax::kLazyRescaleLog2 <= 8.f,
+                "FP8: P up to 2^kLazyRescaleLog2 must stay below e4m3's 448");
   using Seqlens = FwdSeqlens<kExtras>;
 
   FwdParams const& p;
@@ -343,7 +347,8 @@ struct Sm90FwdMainloop {
       // FP8, in k-blocks of 32 keys reordered within the thread (convert_p_fp8_sm90).
       auto make_p = [] {
         if constexpr (Traits::kFp8) {
-          return make_tensor<Element>(Shape<Shape<_4, _2, _2>, Int<size<1>(AccS{})>, Int<kBlockN / 32>>{});  // (MMA,MMA_M,MMA_N/32)
+          return make_tensor<Element>(
+              Shape<Shape<_4, _2, _2>, Int<size<1>(AccS{})>, Int<kBlockN / kFp8VtChunk>>{});  // (MMA,MMA_M,MMA_N/32)
         } else {
           return make_tensor<Element>(acc_layout_as_a_operand_sm90(AccS{}.layout()));  // (MMA,MMA_M,MMA_N/16)
         }
@@ -397,6 +402,7 @@ struct Sm90FwdMainloop {
       // so the consumers zero them in the V stage before any of them issues a P V on it.
       auto zero_v_tail = [&](PipelineState const& s, int n_block) {
         if constexpr (kExtras) {
+          static_assert(!Traits::kFp8, "the FP8 kernels have no extras variant (Vt's stage is (D,BLK_N))");
           int const first = seq.seqlen_k - n_block * kBlockN;
           if (p.seqused_k == nullptr || first >= kBlockN) return;
           Tensor sV = make_tensor(make_smem_ptr(mainloop.storage.smem_v.data()), typename Traits::SmemLayoutV{});  // (BLK_N,D,STAGE)
