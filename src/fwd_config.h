@@ -28,12 +28,15 @@ constexpr bool str_equal(char const* a, char const* b) {
   return *a == *b;
 }
 
-// One production config: a kernel family's tile at one head dim.
+// One production config: a kernel family's tile at one head dim, and the element widths it is
+// generated for (bf16/fp16; e4m3, the Hopper FP8 kernel).
 struct FwdConfig {
   char const* name;
   FwdFamily family;
   int head_dim;
   FwdTile tile;
+  bool bits16;
+  bool e4m3;
 };
 
 constexpr bool same_tile(FwdTile const& a, FwdTile const& b) {
@@ -41,13 +44,15 @@ constexpr bool same_tile(FwdTile const& a, FwdTile const& b) {
          a.persistent == b.persistent;
 }
 
-// The config of `table` with this family, head dim and tile, or nullptr. A template over the
-// table so that this header does not depend on the generated one.
+// The config of `table` with this family, head dim and tile, generated for bf16/fp16 (e4m3:
+// for the FP8 kernel), or nullptr. A template over the table so that this header does not
+// depend on the generated one.
 template <int N>
 constexpr FwdConfig const* find_fwd_config(FwdConfig const (&table)[N], FwdFamily family,
-                                           int head_dim, FwdTile const& tile) {
+                                           int head_dim, FwdTile const& tile, bool e4m3 = false) {
   for (FwdConfig const& config : table) {
-    if (config.family == family && config.head_dim == head_dim && same_tile(config.tile, tile)) {
+    if (config.family == family && config.head_dim == head_dim && same_tile(config.tile, tile) &&
+        (e4m3 ? config.e4m3 : config.bits16)) {
       return &config;
     }
   }

@@ -49,12 +49,12 @@ constexpr bool is_checked_head_dim(int head_dim) {
   return false;
 }
 
-constexpr MissingTile first_tile_without_config(FwdFamily family, TileFn tile_fn) {
+constexpr MissingTile first_tile_without_config(FwdFamily family, TileFn tile_fn, bool e4m3 = false) {
   for (int head_dim : kHeadDims) {
     for (bool causal : {false, true}) {
       auto has_config = [&](int seqlen_q) {
         FwdTile const tile = tile_fn(head_dim, seqlen_q, causal);
-        return find_fwd_config(kProductionConfigs, family, head_dim, tile) != nullptr;
+        return find_fwd_config(kProductionConfigs, family, head_dim, tile, e4m3) != nullptr;
       };
       for (int s = 1; s <= kSeqlenEnd; s += s < kDenseSeqlenEnd ? 1 : kSeqlenStep) {
         if (!has_config(s)) return MissingTile{head_dim, s, causal};
@@ -100,7 +100,7 @@ struct CheckHeadDimIsSwept {
 
 constexpr MissingTile kSm80Missing = first_tile_without_config(FwdFamily::kSm80, &sm80_fwd_tile);
 constexpr MissingTile kSm90Missing = first_tile_without_config(FwdFamily::kSm90a, &sm90_fwd_tile);
-constexpr MissingTile kSm90Fp8Missing = first_tile_without_config(FwdFamily::kSm90a, &sm90_fp8_fwd_tile);
+constexpr MissingTile kSm90Fp8Missing = first_tile_without_config(FwdFamily::kSm90a, &sm90_fp8_fwd_tile, true);
 static_assert(CheckTileHasConfig<FwdFamily::kSm80, kSm80Missing.head_dim, kSm80Missing.seqlen_q,
                                  kSm80Missing.causal>::kOk);
 static_assert(CheckTileHasConfig<FwdFamily::kSm90a, kSm90Missing.head_dim, kSm90Missing.seqlen_q,
@@ -114,7 +114,11 @@ static_assert(CheckHeadDimIsSwept<first_unchecked_head_dim(&sm90_fwd_tile)>::kOk
 // --- Names ---------------------------------------------------------------------------------
 
 std::string config_name(FwdFamily family, int head_dim, FwdTile const& tile) {
+  // A tile of the bf16/fp16 kernels, else of the FP8 kernel alone (configs are unique by tile).
   if (FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile)) {
+    return config->name;
+  }
+  if (FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile, /*e4m3=*/true)) {
     return config->name;
   }
   throw std::invalid_argument(
@@ -203,7 +207,7 @@ std::string default_fp8_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int
     return false;
   };
   FwdTile const tile = sm90_fp8_fwd_tile(head_dim, seqlen_q, causal);
-  FwdConfig const* config = find_fwd_config(kProductionConfigs, FwdFamily::kSm90a, head_dim, tile);
+  FwdConfig const* config = find_fwd_config(kProductionConfigs, FwdFamily::kSm90a, head_dim, tile, /*e4m3=*/true);
   if (config != nullptr && built_e4m3(config->name)) return config->name;
   // The tile's config was not built (FA_CUTE_CONFIGS, FA_CUTE_DTYPES): any built e4m3 one.
   std::set<int> head_dims;

@@ -613,7 +613,9 @@ def configs_cmake() -> str:
 def config_table_h() -> str:
     rows = [f'    {{"{cfg.name}", {FAMILIES[cfg.family]["enum"]}, {cfg.head_dim}, '
             f"FwdTile{{{cfg.block_m}, {cfg.block_n}, {cfg.num_warps}, "
-            f"{_cpp_bool(cfg.persistent)}}}}},"
+            f"{_cpp_bool(cfg.persistent)}}}, "
+            f"/*bits16=*/{_cpp_bool(any(d in cfg.dtypes for d in DEFAULT_DTYPES))}, "
+            f"/*e4m3=*/{_cpp_bool('e4m3' in cfg.dtypes)}}},"
             for cfg in ALL_CONFIGS if cfg.rung is None]
     family_checks = [f'static_assert(str_equal(family_name({family["enum"]}), "{key}"),\n'
                      '              "family_name (src/fwd_config.h) must spell each family as "\n'

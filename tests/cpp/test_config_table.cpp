@@ -20,8 +20,9 @@ namespace {
 
 void check_table() {
   for (FwdConfig const& config : kProductionConfigs) {
+    // An FP8-only config is found as an e4m3 one.
     FwdConfig const* found =
-        find_fwd_config(kProductionConfigs, config.family, config.head_dim, config.tile);
+        find_fwd_config(kProductionConfigs, config.family, config.head_dim, config.tile, !config.bits16);
     EXPECT(found == &config, "%s: its family, head dim and tile find %s", config.name,
            found != nullptr ? found->name : "nothing");
     std::string const name = config.family == FwdFamily::kSm80
@@ -41,6 +42,8 @@ void check_registry_agrees() {
     }
     EXPECT(entry != nullptr, "built production config %s is not in the table", kernel.config);
     if (entry == nullptr) continue;
+    EXPECT(kernel.dtype == DType::kE4M3 ? entry->e4m3 : entry->bits16, "%s: built for %s, which its table entry lacks",
+           kernel.config, dtype_name(kernel.dtype));
     EXPECT(std::strcmp(family_name(entry->family), kernel.family) == 0 &&
                entry->head_dim == kernel.head_dim && entry->tile.block_m == kernel.block_m &&
                entry->tile.block_n == kernel.block_n && entry->tile.num_warps == kernel.num_warps,
