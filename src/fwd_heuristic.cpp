@@ -130,18 +130,31 @@ std::string config_name(FwdFamily family, int head_dim, FwdTile const& tile) {
       "built ones)");
 }
 
-bool is_built(char const* config) {
+// Whether a kernel of the config is built (e4m3: an FP8 kernel of it).
+bool is_built(char const* config, bool e4m3) {
   for (FwdKernel const& k : fwd_kernels()) {
-    if (std::strcmp(config, k.config) == 0) return true;
+    if (std::strcmp(config, k.config) == 0 && (!e4m3 || k.dtype == DType::kE4M3)) return true;
   }
   return false;
 }
 
-// The built production config of the heuristic's tile, or nullptr: the tile functions have
-// no tile for an unsupported head dim, and FA_CUTE_CONFIGS may leave the tile's config out.
-char const* built_config_of(FwdFamily family, int head_dim, FwdTile const& tile) {
-  FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile);
-  return config != nullptr && is_built(config->name) ? config->name : nullptr;
+// The built production config of the heuristic's tile (e4m3: the FP8 tile's, built as an FP8
+// kernel), or nullptr: the tile functions have no tile for an unsupported head dim, and
+// FA_CUTE_CONFIGS / FA_CUTE_DTYPES may leave the tile's config out.
+char const* built_config_of(FwdFamily family, int head_dim, FwdTile const& tile, bool e4m3 = false) {
+  FwdConfig const* config = find_fwd_config(kProductionConfigs, family, head_dim, tile, e4m3);
+  return config != nullptr && is_built(config->name, e4m3) ? config->name : nullptr;
+}
+
+// The head dims of the built kernels (e4m3: of the FP8 ones), for error messages.
+std::string built_head_dims(bool e4m3) {
+  std::set<int> head_dims;
+  for (FwdKernel const& k : fwd_kernels()) {
+    if (!e4m3 || k.dtype == DType::kE4M3) head_dims.insert(k.head_dim);
+  }
+  std::string dims;
+  for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  return dims;
 }
 
 }  // namespace
@@ -185,12 +198,8 @@ std::string default_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_
       if (k.rung < 0 && k.head_dim == head_dim && k.dtype != DType::kE4M3) return k.config;
     }
   }
-  std::set<int> head_dims;
-  for (FwdKernel const& k : fwd_kernels()) head_dims.insert(k.head_dim);
-  std::string dims;
-  for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
   throw std::invalid_argument("head_dim: " + std::to_string(head_dim) +
-                              " is not supported; supported head dims: " + dims);
+                              " is not supported; supported head dims: " + built_head_dims(/*e4m3=*/false));
 }
 
 std::string default_fp8_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int cc_major, int cc_minor,
@@ -200,24 +209,13 @@ std::string default_fp8_fwd_config(int head_dim, int seqlen_q, int seqlen_k, int
     throw std::invalid_argument("device: the FP8 forward runs on compute capability 9.0 (Hopper) only, not " +
                                 std::to_string(cc_major) + "." + std::to_string(cc_minor));
   }
-  auto built_e4m3 = [](char const* config) {
-    for (FwdKernel const& k : fwd_kernels()) {
-      if (k.dtype == DType::kE4M3 && std::strcmp(config, k.config) == 0) return true;
-    }
-    return false;
-  };
   FwdTile const tile = sm90_fp8_fwd_tile(head_dim, seqlen_q, causal);
-  FwdConfig const* config = find_fwd_config(kProductionConfigs, FwdFamily::kSm90a, head_dim, tile, /*e4m3=*/true);
-  if (config != nullptr && built_e4m3(config->name)) return config->name;
+  if (char const* config = built_config_of(FwdFamily::kSm90a, head_dim, tile, /*e4m3=*/true)) return config;
   // The tile's config was not built (FA_CUTE_CONFIGS, FA_CUTE_DTYPES): any built e4m3 one.
-  std::set<int> head_dims;
   for (FwdKernel const& k : fwd_kernels()) {
-    if (k.dtype != DType::kE4M3) continue;
-    if (k.rung < 0 && k.head_dim == head_dim) return k.config;
-    head_dims.insert(k.head_dim);
+    if (k.dtype == DType::kE4M3 && k.rung < 0 && k.head_dim == head_dim) return k.config;
   }
-  std::string dims;
-  for (int d : head_dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  std::string const dims = built_head_dims(/*e4m3=*/true);
   throw std::invalid_argument("head_dim: " + std::to_string(head_dim) + " has no FP8 (e4m3) kernel in this build; " +
                               "FP8 head dims: " + (dims.empty() ? "none (built without e4m3)" : dims));
 }

@@ -65,15 +65,11 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_layout(name, t, cfg["block_m"] if name == "q" else cfg["block_n"])
     inputs = [("q", q), ("k", k), ("v", v)]
-    if out is not None:
-        _check_out(out, q, k, v, cfg["block_m"])
-        inputs.append(("out", out))
     inputs += [(name, t) for name, t in zip(("q_descale", "k_descale", "v_descale"), descales)
                if t is not None]
     if out is not None:
-        for name, t in inputs[4:]:
-            if spans_overlap(out, t):
-                raise ValueError(f"out overlaps the memory of {name}; pass a separate output tensor")
+        _check_out(out, q, inputs, cfg["block_m"])
+        inputs.append(("out", out))
     check_devices(inputs, cfg)
     if out is None:
         out = torch.empty(q.shape, dtype=OUT_DTYPE, device=q.device)
@@ -156,8 +152,9 @@ def _pick_config(config, q: torch.Tensor, head_dim: int, seqlen_q: int, seqlen_k
     return CONFIGS[_C.default_fp8_config(head_dim, seqlen_q, seqlen_k, cc[0], cc[1], causal)]
 
 
-def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int) -> None:
-    """out: a bf16 tensor of q's shape, laid out as the kernel stores, apart from q, k and v."""
+def _check_out(out, q: torch.Tensor, inputs, block_rows: int) -> None:
+    """out: a bf16 tensor of q's shape, laid out as the kernel stores, apart from every input
+    (q, k, v and the descales: (name, tensor) pairs)."""
     check_tensor("out", out)
     if out.dtype != OUT_DTYPE:
         raise TypeError(f"out has dtype {out.dtype}; the FP8 forward writes {OUT_DTYPE}")
@@ -168,6 +165,6 @@ def _check_out(out, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_row
     if overlaps_itself(out):
         raise ValueError("out has elements that share memory (e.g. an expanded tensor); pass a tensor "
                          "with one memory location per element")
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    for name, t in inputs:
         if spans_overlap(out, t):
             raise ValueError(f"out overlaps the memory of {name}; pass a separate output tensor")

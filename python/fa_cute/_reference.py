@@ -95,7 +95,8 @@ def visible_mask(seqlen_q: int, seqlen_k: int, offset: int, causal: bool,
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float,
                   upcast: bool = True, *, causal: bool = False,
                   causal_offset: Optional[int] = None, return_lse: bool = False,
-                  window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0) -> Result:
+                  window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                  probs_dtype: Optional[torch.dtype] = None) -> Result:
     """softmax(q k^T * scale) v for q (batch, seqlen_q, nheads, d) and k, v
     (batch, seqlen_k, nheads_k, d), nheads a multiple of nheads_k; output shaped like q.
 
@@ -108,7 +109,8 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     output is 0. window_size (left, right) limits each row to the keys of `visible_mask`
     (aligned as causal is: bottom-right unless causal_offset says otherwise); softcap > 0
     maps the scaled scores s to softcap * tanh(s / softcap) before the softmax (the LSE is
-    over the mapped scores).
+    over the mapped scores). probs_dtype: the probabilities rounded to it before their product
+    with v (the FP8 forward's plain computation: e4m3), as FlashAttention-3's reference does.
     """
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_k = k.shape[1], k.shape[2]
@@ -144,6 +146,8 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     if empty_rows is not None:
         # softmax of an all -inf row is 0/0 = NaN; the contract says such a row is 0.
         probs = probs.masked_fill(empty_rows[:, None], 0.0)
+    if probs_dtype is not None:
+        probs = probs.to(probs_dtype).to(scores.dtype)
     probs = probs.reshape(batch, nheads_k, group, seqlen_q, seqlen_k)
     out = torch.einsum("bjiqk,bkjd->bqjid", probs, v).reshape(batch, seqlen_q, nheads, head_dim)
     if not return_lse:
@@ -408,18 +412,7 @@ def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
     q, k, v = (dequantised(t, d, n) for t, d, n in zip((q, k, v), descales, (nheads, nheads_k, nheads_k)))
     if upcast:
         return attention_ref(q, k, v, softmax_scale, causal=causal, return_lse=return_lse)
-    batch, seqlen_q, _, head_dim = q.shape
-    seqlen_k, group = k.shape[1], nheads // nheads_k
-    q = q.reshape(batch, seqlen_q, nheads_k, group, head_dim)
-    scores = torch.einsum("bqjid,bkjd->bjiqk", q, k).reshape(batch, nheads, seqlen_q, seqlen_k)
-    scores = scores * softmax_scale
-    visible = visible_mask(seqlen_q, seqlen_k, bottom_right_offset(seqlen_q, seqlen_k), causal, (-1, -1),
-                           scores.device)
-    if visible is not None:
-        scores = scores.masked_fill(~visible, -math.inf)
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    probs = probs.to(torch.float8_e4m3fn).to(dtype).reshape(batch, nheads_k, group, seqlen_q, seqlen_k)
-    out = torch.einsum("bjiqk,bkjd->bqjid", probs, v).reshape(batch, seqlen_q, nheads, head_dim)
+    out = attention_ref(q, k, v, softmax_scale, upcast=False, causal=causal, probs_dtype=torch.float8_e4m3fn)
     return out.to(torch.bfloat16)
 
 

@@ -59,16 +59,13 @@ struct Sm90FwdEpilogue {
     auto thr_mma_pv = tiled_mma_pv.get_thread_slice(tidx);
     // A split CTA has one tile (split-KV traits are never persistent, a static_assert of
     // the traits), so no next Q waits on it.
-    bool const store_o = [&] {
-      using Finalize = FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>;
-      if constexpr (Traits::kFp8) {
-        return Finalize::finalize(softmax, acc_o, thr_mma_pv, coord, seq, p, qk_descale(p, coord),
-                                  descale_of(p.v_descale_ptr, p, coord));
-      } else {
-        return Finalize::finalize(softmax, acc_o, thr_mma_pv, coord, seq, p);
-      }
-    }();
-    if (!store_o) return false;
+    // FP8: the tile's descales (1 elsewhere, which the compiler folds away).
+    float const score_descale = Traits::kFp8 ? qk_descale(p, coord) : 1.f;
+    float const o_descale = Traits::kFp8 ? descale_of(p.v_descale_ptr, p, coord) : 1.f;
+    if (!FwdEpilogue<kBlockM, kHeadDim, Traits::kSplitKV>::finalize(softmax, acc_o, thr_mma_pv, coord, seq, p,
+                                                                     score_descale, o_descale)) {
+      return false;
+    }
     int const num_rows = seq.seqlen_q - coord.m_block * kBlockM;  // < kBlockM: a ragged tail
     // The tile's first row of O (row_stride apart; 16-byte vectors along d).
     Element* const o = static_cast<Element*>(p.o_ptr) + coord.bidb * p.o_batch_stride + coord.bidh * p.o_head_stride +
