@@ -84,6 +84,10 @@ struct FwdParams {
   // (batch, head) pairs per L2 section of the causal tile order (FwdTileCoord); set by
   // the launchers from the sizes (causal_section()), not by callers.
   int causal_section;
+  // A persistent Hopper launch of a varlen batch claims its tiles from this counter (the
+  // dynamic order, sm90/tile_scheduler_sm90.h); null: the static order. run_fwd clears it
+  // before the launch and ignores it for kernels without the dynamic order.
+  int* tile_counter = nullptr;
 
   // Split-KV: with num_splits > 1 the key blocks of each query tile are divided among
   // num_splits thread blocks (a decode step has too few query tiles to fill the GPU). Each

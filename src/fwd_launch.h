@@ -62,6 +62,14 @@ void run_fwd(FwdParams const& problem, cudaStream_t stream) {
   }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  if (params.tile_counter != nullptr) {
+    // Read only by the dynamic tile order of a varlen launch, which claims tiles from 0.
+    if (Traits::kDynamicTileOrder && params.cu_seqlens_q != nullptr) {
+      check_cuda(cudaMemsetAsync(params.tile_counter, 0, sizeof(int), stream), "cudaMemsetAsync(tile_counter)");
+    } else {
+      params.tile_counter = nullptr;
+    }
+  }
   long long const num_tiles = fwd_launch_tiles(params, Traits::kBlockM);
   Launch::dispatch(params, [&](auto variant) {
     using Variant = decltype(variant);

@@ -24,6 +24,9 @@ struct FwdTraitsBase {
   static constexpr int kBlockN = kBlockN_;
   static constexpr bool kPersistent = kPersistent_;
   static constexpr bool kLazyRescale = kLazyRescale_;
+  // Whether a launch given FwdParams::tile_counter takes its tiles in a dynamic order (the
+  // Hopper family's persistent kernels; run_fwd clears the counter or drops it).
+  static constexpr bool kDynamicTileOrder = false;
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t> ||
                     cute::is_same_v<Element, cute::float_e4m3_t>,

@@ -213,6 +213,8 @@ ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams cons
   ForwardExtents extents = check_forward_args(kernel, packed, device);
   std::array<OperandExtent, 3> const offsets = packed_offset_extents(p);
   for (size_t i = 0; i < offsets.size(); ++i) extents[7 + i] = offsets[i];
+  extents[10] = p.tile_counter != nullptr ? check_int32_buffer("tile_counter", p.tile_counter, 1)
+                                          : OperandExtent{"tile_counter", 0, 0};
   return extents;
 }
 

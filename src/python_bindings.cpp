@@ -204,12 +204,14 @@ void fp8_v_layout(uintptr_t v, uintptr_t vt, int batch, int seqlen_k, int nheads
 // buffers that the host never reads (FwdParams). max_seqlen_q bounds every sequence's
 // queries (the launch covers that many); a batch that breaks a rule of
 // fwd_varlen_check.h comes back as NaN. lse (0: none) is (nheads, total_q) fp32.
+// tile_counter (0: none): one int32 of device memory, which a persistent Hopper kernel
+// claims its tiles from (cleared on the stream first; FwdParams::tile_counter).
 void varlen_forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k, uintptr_t v,
                     uintptr_t o, uintptr_t lse, uintptr_t cu_seqlens_q, uintptr_t cu_seqlens_k, uintptr_t seqused_k,
                     int batch, int total_q, int total_k, int max_seqlen_q, int max_seqlen_k, int nheads, int nheads_k,
                     int head_dim, Strides q_strides, Strides k_strides, Strides v_strides, Strides o_strides,
                     double softmax_scale, bool is_causal, double softcap, int window_left, int window_right,
-                    int device, uintptr_t stream_handle) {
+                    int device, uintptr_t stream_handle, uintptr_t tile_counter) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
   // The launch's lengths are the maxima (FwdParams).
   FwdParams params = problem_params<FwdParams>(batch, max_seqlen_q, max_seqlen_k, nheads, nheads_k, is_causal);
@@ -218,6 +220,7 @@ void varlen_forward(std::string const& config, std::string const& dtype, uintptr
   params.cu_seqlens_q = reinterpret_cast<int const*>(cu_seqlens_q);
   params.cu_seqlens_k = reinterpret_cast<int const*>(cu_seqlens_k);
   params.seqused_k = reinterpret_cast<int const*>(seqused_k);
+  params.tile_counter = reinterpret_cast<int*>(tile_counter);
   set_attention_operands(params, q, k, v, o, q_strides, k_strides, v_strides, o_strides, softmax_scale);
   set_forward_options(params, lse, head_dim, softcap, window_left, window_right);
   params.num_splits = 1;
@@ -504,7 +507,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("max_seqlen_k"), py::arg("nheads"), py::arg("nheads_k"), py::arg("head_dim"), py::arg("q_strides"),
         py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("softmax_scale"),
         py::arg("is_causal"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("device"),
-        py::arg("stream"));
+        py::arg("stream"), py::arg("tile_counter") = 0);
   m.def("kvcache_forward", &fa_cute::kvcache_forward, py::arg("config"), py::arg("dtype"), py::arg("q"),
         py::arg("k_cache"), py::arg("v_cache"), py::arg("out"), py::arg("lse"), py::arg("k_new"), py::arg("v_new"),
         py::arg("cache_seqlens"), py::arg("seqused_k"), py::arg("kv_batch_idx"), py::arg("page_table"),

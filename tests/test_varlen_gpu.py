@@ -157,3 +157,32 @@ def test_cuda_graph_capture() -> None:
     plain = varlen_attention_ref(q.cpu(), k.cpu(), v.cpu(), [0, 100, 512], [0, 100, 512],
                                  128 ** -0.5, upcast=False, causal=True)
     check_close(out.cpu(), ref, plain)
+
+
+def test_dynamic_tile_order_over_many_tiles() -> None:
+    """The persistent Hopper kernels claim a varlen batch's tiles from a counter
+    (sm90/tile_scheduler_sm90.h) that each call must clear: far more tiles than CTAs, most
+    of them past short sequences' ends (never handed to the consumers), every sequence
+    correct on a second call into a NaN buffer and on two replays of a captured call (a
+    counter left from the call before would skip tiles, leaving NaN rows)."""
+    gen = torch.Generator().manual_seed(11)
+    lengths = [int(x) for x in torch.randint(0, 700, (37,), generator=gen)] + [2500, 1, 0]
+    q, k, v, cu_q, cu_k, cu_q_t, cu_k_t = _batch(lengths, lengths, 8, 2, 128, built_dtype(128), gen)
+    ref = varlen_attention_ref(q.cpu(), k.cpu(), v.cpu(), cu_q, cu_k, 128 ** -0.5, causal=True)
+    plain = varlen_attention_ref(q.cpu(), k.cpu(), v.cpu(), cu_q, cu_k, 128 ** -0.5, upcast=False,
+                                 causal=True)
+    out = torch.empty_like(q)
+    run = lambda: fa_cute.varlen_forward(q, k, v, cu_q_t, cu_k_t, 2500, 2500, causal=True,  # noqa: E731
+                                         out=out)
+    for _ in range(2):
+        out.fill_(math.nan)
+        run()
+        check_close(out.cpu(), ref, plain)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for _ in range(2):
+        out.fill_(math.nan)
+        graph.replay()
+        torch.cuda.synchronize()
+        check_close(out.cpu(), ref, plain)

@@ -133,6 +133,8 @@ def _varlen_forward_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_s
         if lse is not None:
             lse.fill_(float("-inf"))
         return out, lse
+    # The Hopper kernel's dynamic tile order claims its tiles from it (_C clears it).
+    tile_counter = torch.empty(1, dtype=torch.int32, device=q.device)
     with torch.cuda.device(q.device):
         _C.varlen_forward(
             cfg["name"], DTYPE_NAMES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(),
@@ -142,7 +144,7 @@ def _varlen_forward_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_s
             packed_row_strides(q), packed_row_strides(k), packed_row_strides(v),
             packed_row_strides(out), scale, bool(causal), cap,
             window_left, -1 if causal else window_right, q.device.index,
-            current_stream(q.device.index))
+            current_stream(q.device.index), tile_counter.data_ptr())
     return out, lse
 
 

@@ -11,7 +11,7 @@
 #include "sm90/epilogue_fwd_sm90.h"
 #include "sm90/kernel_traits_sm90.h"
 #include "sm90/mainloop_fwd_sm90.h"
-#include "tile_scheduler.h"
+#include "sm90/tile_scheduler_sm90.h"
 
 namespace fa_cute {
 
@@ -27,8 +27,9 @@ struct Sm90FwdKernelParams {
 
 // FlashAttention forward on Hopper: TMA loads, wgmma, warp specialisation. A CTA computes
 // (kBlockM x d) tiles of O for one (batch, head) each: one tile, or with
-// Traits::kPersistent one CTA per SM loops over tiles in the scheduler's zigzag order, its
-// producer running ahead into the next tile's loads while the consumers finish this one.
+// Traits::kPersistent one CTA per SM loops over tiles in the scheduler's order (static, or
+// claimed from a counter for varlen batches: Sm90FwdTileScheduler), its producer running
+// ahead into the next tile's loads while the consumers finish this one.
 // Warpgroup 0 is the producer: after giving up most of its registers (setmaxnreg) one
 // thread issues the loads (Sm90FwdMainloop::load). The consumer warpgroups own 64 query
 // rows each and run the main loop's GEMMs and softmax (Sm90FwdMainloop::Consumer::mma),
@@ -43,15 +44,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fwd_kernel_sm90(__grid_constant__ Sm90FwdKernelParams<Traits, kCausal, kExtras> const params) {
   using Mainloop = Sm90FwdMainloop<Traits, kCausal, kExtras>;
   using Epilogue = Sm90FwdEpilogue<Traits>;
-  using Scheduler = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
+  using Scheduler = Sm90FwdTileScheduler<Traits, kExtras>;
   FwdParams const& p = params.fwd;
 
   extern __shared__ __align__(1024) char smem[];
   auto& storage = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
-  Scheduler const scheduler(p);
+  Scheduler const scheduler(p, storage.tile_handoff);
   Mainloop mainloop(p, params.mainloop, storage);
   if (threadIdx.x == 0) {
     mainloop.init_barriers();
+    scheduler.init_barriers();
     cutlass::arch::fence_barrier_init();
   }
   // The barriers must be initialised before any thread waits on or arrives at them; this
@@ -65,14 +67,18 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     mainloop.prefetch_descriptors();
     typename Mainloop::PipelineState st = Mainloop::Pipeline::producer_start_state();
     int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
-    for (int round = 0, tile = scheduler.tile(0); scheduler.valid(tile); tile = scheduler.tile(++round)) {
+    int handed = 0;  // tiles handed to the consumers
+    for (int tile = scheduler.first_tile(); scheduler.valid(tile); tile = scheduler.next_tile(handed)) {
       FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
       typename Mainloop::Seqlens const seq(p, coord.bidb);
+      if (!scheduler.hands_over(coord.m_block * Traits::kBlockM, seq.seqlen_q)) continue;
+      scheduler.hand_over(handed++, tile);
       FwdKeyRange const keys = mainloop.key_range(coord, seq);
       if (keys.num_blocks() <= 0) continue;  // a tile that sees no key loads nothing
       mainloop.load(coord, seq, keys, st, q_iter);
       ++q_iter;
     }
+    scheduler.hand_over(handed, scheduler.num_tiles);  // the end
     return;
   }
 
@@ -82,7 +88,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   typename Mainloop::Consumer consumer(mainloop, tidx);
   Epilogue epilogue(p, params.epilogue, storage, tidx);
   int q_iter = 0;
-  for (int round = 0, tile = scheduler.tile(0); scheduler.valid(tile); tile = scheduler.tile(++round)) {
+  for (int round = 0, tile = scheduler.consumer_tile(0); scheduler.valid(tile);
+       tile = scheduler.consumer_tile(++round)) {
     FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
     typename Mainloop::Seqlens const seq(p, coord.bidb);
     FwdKeyRange const keys = mainloop.key_range(coord, seq);

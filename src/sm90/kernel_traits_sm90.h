@@ -18,6 +18,7 @@
 #include "fp8_layout.h"
 #include "kernel_traits.h"
 #include "sm90/pipeline_sm90.h"
+#include "sm90/tile_scheduler_sm90.h"
 
 namespace fa_cute {
 
@@ -77,6 +78,8 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   using Base::kHeadDim;
   using Base::kLazyRescale;
   using Base::kPersistent;
+  // A persistent launch of a varlen batch claims its tiles (tile_scheduler_sm90.h).
+  static constexpr bool kDynamicTileOrder = kPersistent;
 
   // FP8: 8-bit wgmma operands must both be K-major and come in k-blocks of 32. O leaves in
   // bf16 (ElementO); Element is then what Q, K, Vt and P hold.
@@ -114,7 +117,7 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   // hangs in setmaxnreg, so the sum is checked here. With one consumer warpgroup (the
   // decode tiles) half the file is spare: the producer gets 56, which holds a key block's
   // page-table reads in flight (a paged cache's 16-row boxes) where 24 spilled.
-  static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : kNumConsumerWG == 1 ? 56 : 24;
+  static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : kNumConsumerWG == 1 ? 56 : 32;
   static constexpr int kConsumerRegs = kNumConsumerWG == 3 ? 160 : 240;
   static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 && kConsumerRegs <= 256,
                 "setmaxnreg takes multiples of 8 in [24, 256]");
@@ -190,6 +193,7 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
     // Q: loaded (transaction barrier) and free for the next tile's Q.
     cutlass::arch::ClusterTransactionBarrier barrier_q_full;
     cutlass::arch::ClusterBarrier barrier_q_empty;
+    Sm90TileHandoffStorage tile_handoff;  // the dynamic tile order's (tile_scheduler_sm90.h)
   };
   struct SharedStorageWithO : SharedStorageBase {
     cute::array_aligned<ElementO, cute::cosize_v<SmemLayoutO>, kSmemAlign> smem_o;
