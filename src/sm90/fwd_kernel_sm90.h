@@ -31,7 +31,8 @@ struct Sm90FwdKernelParams {
 // claimed from a counter for varlen batches: Sm90FwdTileScheduler), its producer running
 // ahead into the next tile's loads while the consumers finish this one.
 // Warpgroup 0 is the producer: after giving up most of its registers (setmaxnreg) one
-// thread issues the loads (Sm90FwdMainloop::load). The consumer warpgroups own 64 query
+// thread issues the loads (Sm90FwdMainloop::load), and in the dynamic order a thread of its
+// second warp claims the tiles. The consumer warpgroups own 64 query
 // rows each and run the main loop's GEMMs and softmax (Sm90FwdMainloop::Consumer::mma),
 // then the epilogue (Sm90FwdEpilogue). Traits::kSplitKV with params.num_splits > 1 (short
 // queries): a CTA visits one split's share of the tile's key blocks and writes its O in
@@ -63,22 +64,26 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (cutlass::canonical_warp_group_idx() == 0) {
     // --- Producer ------------------------------------------------------------------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (scheduler.dynamic() && threadIdx.x == 32) {
+      scheduler.claim_tiles([&](int tile) {
+        FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
+        return coord.m_block * Traits::kBlockM < typename Mainloop::Seqlens(p, coord.bidb).seqlen_q;
+      });
+      return;
+    }
     if (threadIdx.x != 0) return;
     mainloop.prefetch_descriptors();
     typename Mainloop::PipelineState st = Mainloop::Pipeline::producer_start_state();
     int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
-    int handed = 0;  // tiles handed to the consumers
-    for (int tile = scheduler.first_tile(); scheduler.valid(tile); tile = scheduler.next_tile(handed)) {
+    for (int round = 0, tile = scheduler.tile(0, false); scheduler.valid(tile);
+         tile = scheduler.tile(++round, false)) {
       FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
       typename Mainloop::Seqlens const seq(p, coord.bidb);
-      if (!scheduler.hands_over(coord.m_block * Traits::kBlockM, seq.seqlen_q)) continue;
-      scheduler.hand_over(handed++, tile);
       FwdKeyRange const keys = mainloop.key_range(coord, seq);
       if (keys.num_blocks() <= 0) continue;  // a tile that sees no key loads nothing
       mainloop.load(coord, seq, keys, st, q_iter);
       ++q_iter;
     }
-    scheduler.hand_over(handed, scheduler.num_tiles);  // the end
     return;
   }
 
@@ -88,8 +93,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   typename Mainloop::Consumer consumer(mainloop, tidx);
   Epilogue epilogue(p, params.epilogue, storage, tidx);
   int q_iter = 0;
-  for (int round = 0, tile = scheduler.consumer_tile(0); scheduler.valid(tile);
-       tile = scheduler.consumer_tile(++round)) {
+  for (int round = 0, tile = scheduler.tile(0); scheduler.valid(tile); tile = scheduler.tile(++round)) {
     FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
     typename Mainloop::Seqlens const seq(p, coord.bidb);
     FwdKeyRange const keys = mainloop.key_range(coord, seq);

@@ -116,7 +116,9 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   // P and O. A request the 64K-register file cannot grant is never granted: the warpgroup
   // hangs in setmaxnreg, so the sum is checked here. With one consumer warpgroup (the
   // decode tiles) half the file is spare: the producer gets 56, which holds a key block's
-  // page-table reads in flight (a paged cache's 16-row boxes) where 24 spilled.
+  // page-table reads in flight (a paged cache's 16-row boxes) where 24 spilled. With two,
+  // 32 (the file's last 1024 registers): the dynamic tile order's claimer thread
+  // (tile_scheduler_sm90.h) spilled 188 B at 24 in the d=128 extras variant.
   static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : kNumConsumerWG == 1 ? 56 : 32;
   static constexpr int kConsumerRegs = kNumConsumerWG == 3 ? 160 : 240;
   static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 && kConsumerRegs <= 256,

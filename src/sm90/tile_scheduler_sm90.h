@@ -13,12 +13,13 @@
 
 namespace fa_cute {
 
-// Shared memory of the dynamic order's hand-off: the producer thread claims each tile and
-// passes it to the consumer warpgroups through a ring of two slots.
+// Shared memory of the dynamic order's hand-off: a claimer thread (the producer
+// warpgroup's second warp) claims each tile and passes it to the producer thread and the
+// consumer warpgroups through a ring of two slots.
 struct Sm90TileHandoffStorage {
   int tile[2];
-  cutlass::arch::ClusterBarrier full[2];   // the producer wrote slot s (1 arrival)
-  cutlass::arch::ClusterBarrier empty[2];  // every consumer warp read it (one arrival each)
+  cutlass::arch::ClusterBarrier full[2];   // the claimer wrote slot s (1 arrival)
+  cutlass::arch::ClusterBarrier empty[2];  // the producer and every consumer warp read it
 };
 
 // The static order deals tiles to CTAs by number (persistent_tile's zigzag), which is even
@@ -29,18 +30,20 @@ struct Sm90TileHandoffStorage {
 // its static one and every later tile is the next unclaimed one (an atomicAdd), so a CTA
 // that drew short tiles takes more of them; the tile numbering (longest first for causal
 // launches) still decides which start first (docs/perf-notes.md, Serving: varlen prefill).
-// The producer skips tiles with no query row (past a short sequence's end) without handing
-// them over, so the consumers never see them. The counter must be 0 at launch (run_fwd
-// clears it). Only the persistent kernels' kExtras variants (the ones varlen batches run)
-// compile the dynamic order; the others keep the static one's code alone.
+// The claimer skips tiles with no query row (past a short sequence's end), so neither the
+// producer nor the consumers see them. It is a thread of its own because the producer
+// thread has 24-32 registers, which the claim's state pushed into spills. The counter must
+// be 0 at launch (run_fwd clears it). Only the persistent kernels' kExtras variants (the
+// ones varlen batches run) compile the dynamic order; the others keep the static one alone.
 template <class Traits, bool kExtras>
 struct Sm90FwdTileScheduler : FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV> {
   using Base = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
   static constexpr bool kMayBeDynamic = Traits::kPersistent && kExtras;
-  static constexpr int kNumConsumerWarps = Traits::kNumConsumerThreads / 32;
+  // Readers of each slot: the producer thread and every consumer warp.
+  static constexpr int kNumReaders = 1 + Traits::kNumConsumerThreads / 32;
 
   // The kernel's parameters, read where needed (params.tile_counter null: the static order):
-  // a copy of the pointer would hold two more registers through the consumers' main loop.
+  // a copy of the pointer would hold two more registers through the main loops.
   FwdParams const& params;
   Sm90TileHandoffStorage& handoff;
 
@@ -52,45 +55,43 @@ struct Sm90FwdTileScheduler : FwdTileScheduler<Traits::kBlockM, Traits::kPersist
     CUTE_UNROLL
     for (int s = 0; s < 2; ++s) {
       handoff.full[s].init(1);
-      handoff.empty[s].init(kNumConsumerWarps);
+      handoff.empty[s].init(kNumReaders);
     }
   }
 
   CUTE_DEVICE bool dynamic() const { return kMayBeDynamic && params.tile_counter != nullptr; }
 
-  // --- The producer thread ---------------------------------------------------------------------
-  CUTE_DEVICE int first_tile() const { return Base::tile(0); }
-
-  // The tile after the producer handed over `handed` tiles: the static order's tile of that
-  // round (every tile is handed over there), or the next unclaimed one.
-  CUTE_DEVICE int next_tile(int handed) const {
-    return dynamic() ? int(gridDim.x) + atomicAdd(params.tile_counter, 1) : Base::tile(handed);
-  }
-
-  // Whether the producer hands `tile` over at all: the dynamic order drops tiles with no
-  // query row; the static one cannot (the consumers count the same tiles on their own).
-  CUTE_DEVICE bool hands_over(int first_row, int seqlen_q) const { return !dynamic() || first_row < seqlen_q; }
-
-  // Hands tile number `handed` to the consumers (dynamic order; the static order's
-  // consumers compute it). A tile of num_tiles or more tells them to stop.
-  CUTE_DEVICE void hand_over(int handed, int tile) const {
-    if (!dynamic()) return;
-    int const slot = handed % 2;
-    // The first use of each slot passes at once (a fresh barrier's phase 1 counts as done).
-    handoff.empty[slot].wait(((handed / 2) & 1) ^ 1);
-    handoff.tile[slot] = tile;
-    handoff.full[slot].arrive();  // release: the consumers' wait sees the slot's write
-  }
-
-  // --- Consumer threads ------------------------------------------------------------------------
-  CUTE_DEVICE int consumer_tile(int round) const {
+  // The tile a CTA runs in `round`; num_tiles or more: none. Static: computed by every
+  // thread alike. Dynamic: the claimer's, for the producer thread (whole_warp false: its
+  // warp's other lanes have exited) and the consumer warps.
+  CUTE_DEVICE int tile(int round, bool whole_warp = true) const {
     if (!dynamic()) return Base::tile(round);
     int const slot = round % 2;
     handoff.full[slot].wait((round / 2) & 1);
     int const tile = handoff.tile[slot];
-    __syncwarp();  // every lane has read the slot before its warp frees it
+    if (whole_warp) __syncwarp();  // every lane has read the slot before its warp frees it
     if (threadIdx.x % 32 == 0) handoff.empty[slot].arrive();
     return tile;
+  }
+
+  // The claimer thread's loop (dynamic order only): claims tiles until they run out and
+  // hands over those with a query row (has_rows(tile)), then a number past the last tile.
+  template <class HasRows>
+  CUTE_DEVICE void claim_tiles(HasRows const& has_rows) const {
+    int handed = 0;
+    for (int tile = Base::tile(0); Base::valid(tile); tile = int(gridDim.x) + atomicAdd(params.tile_counter, 1)) {
+      if (has_rows(tile)) hand_over(handed++, tile);
+    }
+    hand_over(handed, Base::num_tiles);
+  }
+
+ private:
+  CUTE_DEVICE void hand_over(int handed, int tile) const {
+    int const slot = handed % 2;
+    // The first use of each slot passes at once (a fresh barrier's phase 1 counts as done).
+    handoff.empty[slot].wait(((handed / 2) & 1) ^ 1);
+    handoff.tile[slot] = tile;
+    handoff.full[slot].arrive();  // release: the readers' wait sees the slot's write
   }
 };
 
