@@ -64,25 +64,24 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (cutlass::canonical_warp_group_idx() == 0) {
     // --- Producer ------------------------------------------------------------------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (scheduler.dynamic() && threadIdx.x == 32) {
+    if (threadIdx.x == 0) {
+      mainloop.prefetch_descriptors();
+      typename Mainloop::PipelineState st = Mainloop::Pipeline::producer_start_state();
+      int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
+      for (int round = 0, tile = scheduler.tile(0, false); scheduler.valid(tile);
+           tile = scheduler.tile(++round, false)) {
+        FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
+        typename Mainloop::Seqlens const seq(p, coord.bidb);
+        FwdKeyRange const keys = mainloop.key_range(coord, seq);
+        if (keys.num_blocks() <= 0) continue;  // a tile that sees no key loads nothing
+        mainloop.load(coord, seq, keys, st, q_iter);
+        ++q_iter;
+      }
+    } else if (threadIdx.x == 32 && scheduler.dynamic()) {
       scheduler.claim_tiles([&](int tile) {
         FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
         return coord.m_block * Traits::kBlockM < typename Mainloop::Seqlens(p, coord.bidb).seqlen_q;
       });
-      return;
-    }
-    if (threadIdx.x != 0) return;
-    mainloop.prefetch_descriptors();
-    typename Mainloop::PipelineState st = Mainloop::Pipeline::producer_start_state();
-    int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
-    for (int round = 0, tile = scheduler.tile(0, false); scheduler.valid(tile);
-         tile = scheduler.tile(++round, false)) {
-      FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
-      typename Mainloop::Seqlens const seq(p, coord.bidb);
-      FwdKeyRange const keys = mainloop.key_range(coord, seq);
-      if (keys.num_blocks() <= 0) continue;  // a tile that sees no key loads nothing
-      mainloop.load(coord, seq, keys, st, q_iter);
-      ++q_iter;
     }
     return;
   }

@@ -158,13 +158,12 @@ struct Sm90BwdTraits {
   static constexpr int kNThreads = kNumThreads;  // run_bwd's name
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
-  // setmaxnreg moves registers within the CTA's launch allocation (__launch_bounds__(384, 1):
-  // 168 a thread, 65536 / 384 rounded down to a multiple of 8): the consumers' increase must
-  // not exceed what the producer warpgroup gives back, or their setmaxnreg.inc waits forever
-  // (a producer budget of 32 hung the kernel on an H100).
-  static constexpr int kLaunchRegs = 65536 / kNumThreads / 8 * 8;
+  // setmaxnreg moves registers within the CTA's launch allocation (sm90_launch_regs: 168 a
+  // thread here): the consumers' increase must not exceed what the producer warpgroup gives
+  // back, or their setmaxnreg.inc waits forever (a producer budget of 32 hung the kernel on
+  // an H100).
   static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <=
-                    kNumThreads * kLaunchRegs,
+                    kNumThreads * sm90_launch_regs(kNumThreads),
                 "the consumers' registers exceed what the launch allocates: setmaxnreg.inc would hang");
   static_assert(2 * kBlockM <= (kdQPerWG ? kNumThreadsPerWG : kNumConsumerThreads),
                 "one consumer thread (of the warpgroup, kdQPerWG) stages each LSE and each D of a step");

@@ -42,6 +42,11 @@ CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
   }
 }
 
+// Registers a thread of a Hopper CTA of num_threads threads gets at launch
+// (__launch_bounds__(num_threads, 1)): the 64K-entry register file split evenly, rounded
+// down to the allocation's multiple of 8. setmaxnreg redistributes only these.
+constexpr int sm90_launch_regs(int num_threads) { return 65536 / num_threads / 8 * 8; }
+
 // Everything the Hopper (sm_90a) warp-specialised forward kernel needs, derived from six
 // numbers (docs/hopper-plan.md secs. 2-3):
 //   kHeadDim        head dimension d (K of S = Q K^T, N of O = P V)
@@ -78,8 +83,10 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   using Base::kHeadDim;
   using Base::kLazyRescale;
   using Base::kPersistent;
-  // A persistent launch of a varlen batch claims its tiles (tile_scheduler_sm90.h).
-  static constexpr bool kDynamicTileOrder = kPersistent;
+  // A persistent launch of a varlen batch claims its tiles (tile_scheduler_sm90.h), except
+  // at d=192: there the claimer thread took the producer's paged loads in the same 24
+  // registers from 204-224 to 360-380 B of spills (ptxas sm_90a; the extras budget is 256).
+  static constexpr bool kDynamicTileOrder = kPersistent && kHeadDim_ != 192;
 
   // FP8: 8-bit wgmma operands must both be K-major and come in k-blocks of 32. O leaves in
   // bf16 (ElementO); Element is then what Q, K, Vt and P hold.
@@ -113,18 +120,20 @@ struct Sm90FwdTraits : FwdTraitsBase<kHeadDim_, kBlockM_, kBlockN_, Element_, kP
   static constexpr int kNumConsumerThreads = kNumThreadsPerWG * kNumConsumerWG;
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   // setmaxnreg budgets (per thread): the producer needs almost none, the consumers hold S,
-  // P and O. A request the 64K-register file cannot grant is never granted: the warpgroup
-  // hangs in setmaxnreg, so the sum is checked here. With one consumer warpgroup (the
-  // decode tiles) half the file is spare: the producer gets 56, which holds a key block's
-  // page-table reads in flight (a paged cache's 16-row boxes) where 24 spilled. With two,
-  // 32 (the file's last 1024 registers): the dynamic tile order's claimer thread
-  // (tile_scheduler_sm90.h) spilled 188 B at 24 in the d=128 extras variant.
-  static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : kNumConsumerWG == 1 ? 56 : 32;
+  // P and O. setmaxnreg moves registers within the CTA's launch allocation
+  // (sm90_launch_regs): a consumer increase the producer's decrease does not pay for is
+  // never granted, and the warpgroup hangs in setmaxnreg.inc (a producer budget of 32 with
+  // two consumer warpgroups at 240 hung every such kernel on an H100), so the sums are
+  // checked here. With one consumer warpgroup (the decode tiles) the producer gets 56,
+  // which holds a key block's page-table reads in flight (a paged cache's 16-row boxes)
+  // where 24 spilled.
+  static constexpr int kProducerRegs = kNumConsumerWG == 3 ? 32 : kNumConsumerWG == 1 ? 56 : 24;
   static constexpr int kConsumerRegs = kNumConsumerWG == 3 ? 160 : 240;
   static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 && kConsumerRegs <= 256,
                 "setmaxnreg takes multiples of 8 in [24, 256]");
-  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <= 64 * 1024,
-                "register budgets exceed the 64K-entry register file: setmaxnreg would hang");
+  static_assert(kNumProducerThreads * kProducerRegs + kNumConsumerThreads * kConsumerRegs <=
+                    kNumThreads * sm90_launch_regs(kNumThreads),
+                "the consumers' registers exceed what the launch allocates: setmaxnreg.inc would hang");
 
   // --- MMA ----------------------------------------------------------------------------------
   // S = Q K^T: both operands in shared memory (SS), both K-major (d is contiguous in Q and

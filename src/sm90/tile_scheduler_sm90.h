@@ -33,12 +33,13 @@ struct Sm90TileHandoffStorage {
 // The claimer skips tiles with no query row (past a short sequence's end), so neither the
 // producer nor the consumers see them. It is a thread of its own because the producer
 // thread has 24-32 registers, which the claim's state pushed into spills. The counter must
-// be 0 at launch (run_fwd clears it). Only the persistent kernels' kExtras variants (the
-// ones varlen batches run) compile the dynamic order; the others keep the static one alone.
+// be 0 at launch (run_fwd clears it). Only the kExtras variants (the ones varlen batches
+// run) of kernels with Traits::kDynamicTileOrder compile the dynamic order; the others keep
+// the static one alone.
 template <class Traits, bool kExtras>
 struct Sm90FwdTileScheduler : FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV> {
   using Base = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
-  static constexpr bool kMayBeDynamic = Traits::kPersistent && kExtras;
+  static constexpr bool kMayBeDynamic = Traits::kDynamicTileOrder && kExtras;
   // Readers of each slot: the producer thread and every consumer warp.
   static constexpr int kNumReaders = 1 + Traits::kNumConsumerThreads / 32;
 
@@ -68,7 +69,9 @@ struct Sm90FwdTileScheduler : FwdTileScheduler<Traits::kBlockM, Traits::kPersist
     if (!dynamic()) return Base::tile(round);
     int const slot = round % 2;
     handoff.full[slot].wait((round / 2) & 1);
+    compiler_fence();
     int const tile = handoff.tile[slot];
+    compiler_fence();
     if (whole_warp) __syncwarp();  // every lane has read the slot before its warp frees it
     if (threadIdx.x % 32 == 0) handoff.empty[slot].arrive();
     return tile;
@@ -90,9 +93,18 @@ struct Sm90FwdTileScheduler : FwdTileScheduler<Traits::kBlockM, Traits::kPersist
     int const slot = handed % 2;
     // The first use of each slot passes at once (a fresh barrier's phase 1 counts as done).
     handoff.empty[slot].wait(((handed / 2) & 1) ^ 1);
+    compiler_fence();
     handoff.tile[slot] = tile;
+    compiler_fence();
     handoff.full[slot].arrive();  // release: the readers' wait sees the slot's write
   }
+
+  // CUTLASS's mbarrier wait and arrive are asm statements without a memory clobber, so the
+  // compiler may move the slot's plain load or store across them (a reader taking the slot
+  // before it is written, a claimer overwriting it before it is read: the producer and the
+  // consumers then run different tiles and the pipeline hangs). The barriers themselves
+  // order the accesses in hardware (arrive releases, try_wait acquires).
+  CUTE_DEVICE static void compiler_fence() { asm volatile("" ::: "memory"); }
 };
 
 }  // namespace fa_cute
