@@ -106,3 +106,18 @@ def test_import_without_torch_says_what_to_install() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert "fa_cute needs PyTorch" in run.stderr and "pip install torch" in run.stderr, run.stderr
+
+
+def test_sm80_fallback_without_an_sm80_config_names_the_reason(monkeypatch) -> None:
+    """An input only the Ampere-style kernel takes (an expanded tensor, a softcap at Hopper's
+    d=256), in a build without an sm80 config of its head dim: a ValueError that says why and
+    what is missing, not the C++ heuristic's 'head_dim not supported' of a built head dim."""
+    from fa_cute import _configs
+
+    head_dim = next(iter(fa_cute.configs()))["head_dim"]
+    without = {name: c for name, c in _configs.CONFIGS.items()
+               if not (c["family"] == "sm80" and c["head_dim"] == head_dim)}
+    monkeypatch.setattr(_configs, "CONFIGS", without)
+    with pytest.raises(ValueError, match=rf"^k has stride 0 .*: this build has no config of the "
+                                         rf"Ampere-style \(sm80\) kernel.*head_dim {head_dim} "):
+        _configs.sm80_default(head_dim, 128, 128, False, "k has stride 0 in its nheads dim")

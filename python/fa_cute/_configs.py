@@ -108,9 +108,14 @@ def packed_call_config(config, q: torch.Tensor, head_dim: int, auto_name,
     return cfg
 
 
-def sm80_default(head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> dict:
+def sm80_default(head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool, why: str) -> dict:
     """The heuristic's pick on an sm80 GPU: the Ampere-style kernel, which reads rows one by
-    one, where the Hopper kernel's TMA cannot load a tensor (an expanded one)."""
+    one, where the Hopper kernel's TMA cannot load a tensor (an expanded one) or has no
+    variant (a softcap at d=256). why: what sends the call there, for the error of a build
+    without an sm80 config of head_dim."""
+    if not any(c["family"] == "sm80" and c["head_dim"] == head_dim for c in CONFIGS.values()):
+        raise ValueError(f"{why}: this build has no config of the Ampere-style (sm80) kernel, the "
+                         f"only one that takes it, for head_dim {head_dim} (FA_CUTE_CONFIGS)")
     return CONFIGS[_C.default_config(head_dim, seqlen_q, seqlen_k, 8, 0, causal)]
 
 

@@ -132,13 +132,16 @@ def validate(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,
                     f"{broadcast[0]} has stride 0 in its {broadcast[1]} "
                     f"dim (an expanded tensor); config {cfg['name']!r} loads with TMA, which "
                     f"cannot broadcast: call .contiguous() on it, or use config='auto'")
-            cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal)
+            cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal,
+                               f"{broadcast[0]} has stride 0 in its {broadcast[1]} dim (an "
+                               "expanded tensor, which TMA cannot load; call .contiguous() on it)")
     if cfg["family"] == "sm90a" and cap and cfg["head_dim"] >= 256:
         # The Hopper d=256 kernels have no softcap (src/sm90/fwd_launch_sm90.h).
         if config not in (None, AUTO):
             raise ValueError(f"softcap: config {cfg['name']!r} (Hopper, head dim 256) has no "
                              "softcap; use config='auto' or an sm80 config")
-        cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal)
+        cfg = sm80_default(head_dim, launch_seqlen_q, seqlen_k, is_causal,
+                           "softcap (the Hopper d=256 kernels have none)")
 
     for (name, t), rows in zip(inputs, ("block_m", "block_n", "block_n")):
         check_layout(name, t, cfg[rows])
