@@ -58,15 +58,21 @@ VARLEN_BWD_KERNEL = re.compile(r"bwd_kernel_sm(80|90)I.*ELb1EEEvNS_(9BwdParams|1
 
 def parse(log: str) -> list:
     """[{name, arch, regs, stack, spill_st, spill_ld}] in log order. ptxas -v prints, per
-    kernel: "Compiling entry function 'NAME' for 'sm_XX'", then "N bytes stack frame, N
-    bytes spill stores, N bytes spill loads", then "Used N registers"."""
-    kernels, current = [], None
+    kernel: "Compiling entry function 'NAME' for 'sm_XX'", then "Function properties for
+    NAME" and "N bytes stack frame, N bytes spill stores, N bytes spill loads", then "Used N
+    registers". A non-inlined device function the kernel calls gets "Function properties"
+    of its own, after the kernel's: those lines are not the kernel's."""
+    kernels, current, owner = [], None, None
     for line in log.splitlines():
         if m := re.search(r"Compiling entry function '(\S+)' for '(\w+)'", line):
             current = {"name": m[1], "arch": m[2]}
             kernels.append(current)
-        elif current and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
-                                          r"(\d+) bytes spill loads", line)):
+            owner = m[1]
+        elif m := re.search(r"Function properties for (\S+)", line):
+            owner = m[1]
+        elif current and owner == current["name"] and (
+                m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                               r"(\d+) bytes spill loads", line)):
             current.update(stack=int(m[1]), spill_st=int(m[2]), spill_ld=int(m[3]))
         elif current and (m := re.search(r"Used (\d+) registers", line)):
             current["regs"] = int(m[1])
