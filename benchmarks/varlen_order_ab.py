@@ -14,6 +14,7 @@ import torch
 import fa_cute
 import fa_cute._varlen as varlen_module
 from cuda_timing import medians
+from varlen_speed import prefill_lengths
 
 _REAL_C = varlen_module._C
 
@@ -41,11 +42,7 @@ def main():
     for seed in (0, 1):
         rng = random.Random(seed)  # varlen_speed.py's lengths for the seed
         for causal in (True, False):
-            lens = []
-            while sum(lens) < total:
-                lens.append(rng.randint(128, 8192))
-            lens[-1] -= sum(lens) - total
-            lens = [n for n in lens if n > 0]
+            lens = prefill_lengths(rng, total)
             longest, mean = max(lens), total // len(lens)
             cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device="cuda")
             q, k, v = (torch.randn(total, heads, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))

@@ -48,6 +48,16 @@ def _backward_fns(q, k, v, cu, longest, qp, kp, vp, qd, kd, vd, qe, ke, ve, cu_e
     }
 
 
+def prefill_lengths(rng: random.Random, total: int) -> list:
+    """Sequence lengths drawn uniformly from [128, 8192] until they hold `total` tokens, the
+    last one cut to fit."""
+    lens = []
+    while sum(lens) < total:
+        lens.append(rng.randint(128, 8192))
+    lens[-1] -= sum(lens) - total
+    return [n for n in lens if n > 0]
+
+
 def main():
     seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
     bwd = "--bwd" in sys.argv
@@ -55,11 +65,7 @@ def main():
     heads, d, total = 16, 128, 65536
     dev, dt = "cuda", torch.bfloat16
     for causal in (True, False):
-        lens = []
-        while sum(lens) < total:
-            lens.append(rng.randint(128, 8192))
-        lens[-1] -= sum(lens) - total
-        lens = [n for n in lens if n > 0]
+        lens = prefill_lengths(rng, total)
         longest, mean = max(lens), total // len(lens)
         cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device=dev)
         q, k, v = (torch.randn(total, heads, d, device=dev, dtype=dt) for _ in range(3))
