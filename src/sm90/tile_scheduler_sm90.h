@@ -32,7 +32,8 @@ struct Sm90TileHandoffStorage {
 // launches) still decides which start first (docs/perf-notes.md, Serving: varlen prefill).
 // The claimer skips tiles with no query row (past a short sequence's end), so neither the
 // producer nor the consumers see them. It is a thread of its own because the producer
-// thread has 24-32 registers, which the claim's state pushed into spills. The counter must
+// thread has 24 registers (32 beside three consumer warpgroups), which the claim's state
+// pushed into spills (the d=128 extras variant's 16-20 B to 360 B). The counter must
 // be 0 at launch (run_fwd clears it). Only the kExtras variants (the ones varlen batches
 // run) of kernels with Traits::kDynamicTileOrder compile the dynamic order; the others keep
 // the static one alone.
