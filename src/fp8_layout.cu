@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) fp8_v_layout_kernel(Fp8VLayoutParams
 
 void launch_fp8_v_layout(Fp8VLayoutParams const& p, cudaStream_t stream) {
   static_assert(kTileKeys % kFp8VtChunk == 0, "a CTA's keys are whole chunks");
-  if (p.head_dim < 16 || p.head_dim > kMaxHeadDim || p.head_dim % 16 != 0) {
+  if (!fp8_v_layout_takes_head_dim(p.head_dim)) {
     throw std::invalid_argument("head_dim: the FP8 V layout pass takes a multiple of 16 in [16, " +
                                 std::to_string(kMaxHeadDim) + "], got " + std::to_string(p.head_dim));
   }

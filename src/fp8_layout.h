@@ -23,6 +23,10 @@ namespace fa_cute {
 
 constexpr int kFp8VtChunk = 32;  // keys per k-block of the 8-bit wgmma
 constexpr int kFp8VLayoutMaxHeadDim = 256;  // the layout pass's shared tile holds rows of up to this many bytes
+// The head dims the layout pass takes: 16-byte row vectors, rows its shared tile holds.
+constexpr bool fp8_v_layout_takes_head_dim(int head_dim) {
+  return head_dim >= 16 && head_dim <= kFp8VLayoutMaxHeadDim && head_dim % 16 == 0;
+}
 
 // The key (within its chunk of 32) whose V row slot s of the chunk holds: slot
 // 16c + 4j + a holds key 8 (2c + a/2) + 2j + a%2.

@@ -268,7 +268,7 @@ std::pair<OperandExtent, OperandExtent> check_fp8_v_layout_args(Fp8VLayoutParams
   FA_CUTE_REQUIRE(a.batch >= 1 && a.seqlen_k >= 1 && a.nheads_k >= 1 && a.seqlen_k <= kMaxSeqlen &&
                       a.nheads_k <= kMaxSeqlen && a.batch <= kMaxSeqlen,
                   "batch, seqlen_k, nheads_k: each must be in [1, " + str(kMaxSeqlen) + "]");
-  FA_CUTE_REQUIRE(a.head_dim >= 16 && a.head_dim <= kFp8VLayoutMaxHeadDim && a.head_dim % 16 == 0,
+  FA_CUTE_REQUIRE(fp8_v_layout_takes_head_dim(a.head_dim),
                   "head_dim: must be a multiple of 16 in [16, " + str(kFp8VLayoutMaxHeadDim) + "], got " +
                       str(a.head_dim));
   int64_t const vt_keys = fp8_vt_keys(a.seqlen_k);
