@@ -68,8 +68,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       mainloop.prefetch_descriptors();
       typename Mainloop::PipelineState st = Mainloop::Pipeline::producer_start_state();
       int q_iter = 0;  // tiles whose Q this CTA has loaded: the Q barriers' phase
-      for (int round = 0, tile = scheduler.tile(0, false); scheduler.valid(tile);
-           tile = scheduler.tile(++round, false)) {
+      for (int round = 0, tile = scheduler.tile(0); scheduler.valid(tile); tile = scheduler.tile(++round)) {
         FwdTileCoord const coord = scheduler.coord(tile, p, kCausal);
         typename Mainloop::Seqlens const seq(p, coord.bidb);
         FwdKeyRange const keys = mainloop.key_range(coord, seq);

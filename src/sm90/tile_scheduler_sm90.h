@@ -19,7 +19,7 @@ namespace fa_cute {
 struct Sm90TileHandoffStorage {
   int tile[2];
   cutlass::arch::ClusterBarrier full[2];   // the claimer wrote slot s (1 arrival)
-  cutlass::arch::ClusterBarrier empty[2];  // the producer and every consumer warp read it
+  cutlass::arch::ClusterBarrier empty[2];  // the producer and every consumer thread read it
 };
 
 // The static order deals tiles to CTAs by number (persistent_tile's zigzag), which is even
@@ -41,8 +41,10 @@ template <class Traits, bool kExtras>
 struct Sm90FwdTileScheduler : FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV> {
   using Base = FwdTileScheduler<Traits::kBlockM, Traits::kPersistent, Traits::kSplitKV>;
   static constexpr bool kMayBeDynamic = Traits::kDynamicTileOrder && kExtras;
-  // Readers of each slot: the producer thread and every consumer warp.
-  static constexpr int kNumReaders = 1 + Traits::kNumConsumerThreads / 32;
+  // Readers of each slot, each arriving on `empty` itself: the producer thread and every
+  // consumer thread. (One arrival per warp after a __syncwarp is as correct, but racecheck
+  // orders a thread's accesses only by its own arrivals: benchmarks/cpp/racecheck_handoff.cu.)
+  static constexpr int kNumReaders = 1 + Traits::kNumConsumerThreads;
 
   // The kernel's parameters, read where needed (params.tile_counter null: the static order):
   // a copy of the pointer would hold two more registers through the main loops.
@@ -64,17 +66,15 @@ struct Sm90FwdTileScheduler : FwdTileScheduler<Traits::kBlockM, Traits::kPersist
   CUTE_DEVICE bool dynamic() const { return kMayBeDynamic && params.tile_counter != nullptr; }
 
   // The tile a CTA runs in `round`; num_tiles or more: none. Static: computed by every
-  // thread alike. Dynamic: the claimer's, for the producer thread (whole_warp false: its
-  // warp's other lanes have exited) and the consumer warps.
-  CUTE_DEVICE int tile(int round, bool whole_warp = true) const {
+  // thread alike. Dynamic: the claimer's, for the producer thread and the consumer threads.
+  CUTE_DEVICE int tile(int round) const {
     if (!dynamic()) return Base::tile(round);
     int const slot = round % 2;
     handoff.full[slot].wait((round / 2) & 1);
     compiler_fence();
     int const tile = handoff.tile[slot];
     compiler_fence();
-    if (whole_warp) __syncwarp();  // every lane has read the slot before its warp frees it
-    if (threadIdx.x % 32 == 0) handoff.empty[slot].arrive();
+    handoff.empty[slot].arrive();
     return tile;
   }
 
