@@ -77,24 +77,54 @@ class _Loader(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(compile(self.sources[name], f"<{module.__name__}>", "exec"), module.__dict__)
 
 
+class _KernelStub(types.ModuleType):
+    """`fa_cute._C` with its kernel launches (forward, backward) as no-ops and no split-KV, for
+    CPU tensors."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__spec__ = importlib.util.spec_from_loader(name, loader=None)
+
+    def __getattr__(self, name: str):
+        if name in ("forward", "backward"):
+            return lambda *args, **kwargs: 0.0
+        if name == "num_splits":  # no GPU to ask: no split (a prefill's answer)
+            return lambda *args, **kwargs: 1
+        return getattr(fa_cute._C, name)
+
+
 class Version:
     """One version of the Python layer, loaded with the stand-ins in place."""
 
-    def __init__(self, commit: Optional[str], tag: str) -> None:
+    def __init__(self, commit: Optional[str], tag: str, real_launch: bool = False) -> None:
+        """real_launch: keep the launch's Python (arguments, work buffers, stream) and stand in
+        for `_C`'s kernel entry points instead (`_KernelStub`)."""
         self.package = f"fa_cute_{tag}"
         sources = {name: _REGISTER_OPS.sub(r"\1{}", src.replace(".is_cuda", ".is_cpu"))
                    for name, src in _sources(commit).items() if name != "__init__"}
         package = types.ModuleType(self.package)
         package.__path__ = []
-        package._C = fa_cute._C
+        package._C = _KernelStub(f"{self.package}._C") if real_launch else fa_cute._C
         sys.modules[self.package] = package
-        sys.modules[f"{self.package}._C"] = fa_cute._C
+        sys.modules[f"{self.package}._C"] = package._C
         sys.meta_path.insert(0, _Loader(self.package, sources))
         self.api = importlib.import_module(f"{self.package}._api")
         self.set("check_devices", lambda *args, **kwargs: None)
-        self.set("launch", lambda *args, **kwargs: 0.0)
+        if real_launch:
+            # CPU tensors have device index None, which is then "the current device".
+            launch = sys.modules[f"{self.package}._launch"]
+            launch._raw_current_stream = lambda index: 0
+        else:
+            self.set("launch", lambda *args, **kwargs: 0.0)
         self.set("gpu", functools.lru_cache(None)(lambda index: ("fake GPU", (8, 0))))
         self.set("smem_limit", functools.lru_cache(None)(lambda index: None))
+        # Modules that imported a stand-in's original by name (the backward's) get it too.
+        for module_name, module in list(sys.modules.items()):
+            if module_name.startswith(self.package + "."):
+                for role in ("gpu", "smem_limit", "check_devices"):
+                    _, name = self._where(role)
+                    if hasattr(module, name):
+                        setattr(module, name, self.get(role))
 
     def _where(self, role: str):
         for module, name in ROLES[role]:

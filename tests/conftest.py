@@ -117,8 +117,10 @@ def install_reference_forward(monkeypatch: pytest.MonkeyPatch) -> list:
     monkeypatch.setattr(_validate, "check_devices", lambda *args, **kwargs: None)
     launches = []
 
-    def launch(launch, q, k, v, out, lse, timed):
+    def launch(launch, q, k, v, out, lse, timed, sdpa_layout=False):
         launches.append(launch)
+        if sdpa_layout:  # (batch, nheads, seqlen, headdim): forward's layout is the transpose
+            q, k, v, out = (t.transpose(1, 2) for t in (q, k, v, out))
         window = (launch.window_left, launch.window_right)
         aligned = launch.is_causal or window != (-1, -1)
         o, l = attention_ref(q, k, v, launch.softmax_scale, causal=launch.is_causal,

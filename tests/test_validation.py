@@ -303,9 +303,11 @@ def launches(no_device_check, monkeypatch: pytest.MonkeyPatch) -> List[Dict]:
     """The arguments each `_C.forward` call would get (as a dict), recorded instead of run."""
     calls: List[Dict] = []
 
-    def record(launch, q, k, v, out, lse, timed):
-        calls.append(dict(zip(FORWARD_PARAMS, _launch.kernel_args(launch, q, k, v, out, lse)),
-                          launch=launch, out_tensor=out, lse_tensor=lse, timed=timed))
+    def record(launch, q, k, v, out, lse, timed, sdpa_layout=False):
+        # out_tensor: out in forward's layout, as the kernel writes it.
+        calls.append(dict(zip(FORWARD_PARAMS, _launch.kernel_args(launch, q, k, v, out, lse, sdpa_layout)),
+                          launch=launch, out_tensor=out.transpose(1, 2) if sdpa_layout else out,
+                          lse_tensor=lse, timed=timed))
         return 1.5
 
     monkeypatch.setattr(_api, "launch_kernel", record)

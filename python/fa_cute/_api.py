@@ -8,7 +8,7 @@ stream (`_launch`), turning torch tensors into the integers of the `_C` contract
 
 Gradients: with grad mode on and q, k or v requiring grad, `forward` and `sdpa` run through
 `_Attention` (a torch.autograd.Function): its forward also computes the LSE and saves q, k,
-v, out and the LSE, its backward calls `_backward.run_backward` (the `_C.backward` kernel).
+v, out and the LSE, its backward calls `_backward.run_recorded_backward` (the `_C.backward` kernel).
 Calls that record no gradient take the path they took before, at the same host cost.
 
 Under torch.compile the entry points call registered custom ops (`fa_cute::forward`,
@@ -33,14 +33,14 @@ if importlib.util.find_spec(f"{__package__}._C") is None:
         "pip install --no-deps nvidia-cutlass==4.2.0.0 && pip install --no-build-isolation .` "
         "(see README.md)")
 # The modules below import _C: after the check that explains a missing build.
-from ._backward import check_backward_supported, run_backward  # noqa: E402
+from ._backward import (check_backward_supported, kernel_ready, run_backward,  # noqa: E402
+                        run_recorded_backward)
 from . import _fp8  # noqa: E402
-from ._cache import validate_cached  # noqa: E402
+from ._cache import validate_cached, validate_sdpa_cached  # noqa: E402
 from ._configs import AUTO, check_config_type, configs  # noqa: E402
 from ._launch import launch_kernel  # noqa: E402
-from ._launch import ALIGN_BYTES  # noqa: E402
 from ._validate import (FORWARD_NAMES, SDPA_NAMES, Names, check_flag,  # noqa: E402
-                        check_memory, check_no_grad, check_tensor, grad_mode, layout_hint,
+                        check_no_grad, check_tensor, grad_mode, layout_hint,
                         requires_grad, scale_arg, softcap_arg, validate, window_arg)
 
 __all__ = ["OPS", "backward", "configs", "forward", "forward_timed", "resolve_config", "sdpa"]
@@ -291,27 +291,20 @@ def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,
               scale, return_lse: bool = False, with_launch: bool = False) -> tuple:
-    """sdpa after its own checks: validate the transposed views, launch; return the output
-    and, with return_lse, the LSE (else None), and with with_launch the validated launch and
-    the views of query, key and value in forward's layout (the kernel's)."""
-    tensors = (query, key, value)
-    try:
-        q, k, v = tuple(t.transpose(1, 2) for t in tensors)
-    except RuntimeError:
-        # PyTorch refuses to view a tensor beyond its storage (one freed under it, as FSDP
-        # does): say which argument, at no cost to calls that pass.
-        for name, t in zip(SDPA_NAMES[:3], tensors):
-            check_memory(name, t)
-        raise
-    launch = validate_cached(q, k, v, causal=is_causal, bottom_right=False,
-                             softmax_scale=scale, config=AUTO, out=None, names=SDPA_NAMES)
+    """sdpa after its own checks: validate (`validate_sdpa_cached`), launch; return the output
+    and, with return_lse, the LSE (else None), and with with_launch the validated launch."""
+    launch = validate_sdpa_cached(query, key, value, causal=is_causal, softmax_scale=scale)
     batch, nheads, seqlen_q, _ = query.shape
     out = _sdpa_output_like(query)
     lse = None
     if return_lse:
         lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
-    launch_kernel(launch, q, k, v, out.transpose(1, 2), lse, timed=False)
-    return (out, lse, launch, (q, k, v)) if with_launch else (out, lse)
+    if launch.packed:
+        # A grouped-query decode's packed strides are computed from out in forward's layout.
+        launch_kernel(launch, query, key, value, out.transpose(1, 2), lse, timed=False)
+    else:
+        launch_kernel(launch, query, key, value, out, lse, timed=False, sdpa_layout=True)
+    return (out, lse, launch) if with_launch else (out, lse)
 
 
 def _sdpa_output_like(query: torch.Tensor) -> torch.Tensor:
@@ -322,7 +315,9 @@ def _sdpa_output_like(query: torch.Tensor) -> torch.Tensor:
     is then a view, as with PyTorch's FLASH and cuDNN backends, not a copy."""
     batch, nheads, seqlen_q, head_dim = query.shape
     if query.stride(1) < query.stride(2):
-        return query.new_empty((batch, seqlen_q, nheads, head_dim)).transpose(1, 2)
+        # One op, not new_empty and transpose: this runs on every call.
+        return query.new_empty_strided((batch, nheads, seqlen_q, head_dim),
+                                       (seqlen_q * nheads * head_dim, head_dim, nheads * head_dim, 1))
     return query.new_empty((batch, nheads, seqlen_q, head_dim))
 
 
@@ -382,21 +377,20 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: _Spec):
         if spec.sdpa:
-            out, lse, launch, inputs = _sdpa_run(q, k, v, spec.causal, spec.softmax_scale,
-                                                 return_lse=True, with_launch=True)
+            out, lse, launch = _sdpa_run(q, k, v, spec.causal, spec.softmax_scale,
+                                         return_lse=True, with_launch=True)
         else:
             (out, lse), _, launch = _run(q, k, v, causal=spec.causal, bottom_right=True,
                                          softmax_scale=spec.softmax_scale, return_lse=True,
                                          config=spec.config, out=None, timed=False,
                                          softcap=spec.softcap, window_size=spec.window,
                                          with_launch=True)
-            inputs = (q, k, v)
-        # q, k and v saved in forward's layout (sdpa: the views the launch made), so that the
-        # backward does not transpose them again: each view op is host time on the
-        # host-bound path of a training step. out as returned: a view of it made here (under
-        # no_grad) would be refused once autograd marks it as this Function's output.
-        ctx.save_for_backward(*inputs, out, lse)
-        # The backward's launch by this key after the first call (`run_backward`'s recorded=);
+        # q, k and v saved as the caller passed them (sdpa's layout too: the backward reads
+        # their strides permuted, `_backward.sdpa_row_strides`, and allocates each gradient
+        # like its input), so that the backward makes no view of them: each view op is host
+        # time on the host-bound path of a training step.
+        ctx.save_for_backward(q, k, v, out, lse)
+        # The backward's launch by this key after the first call (`run_recorded_backward`);
         # a grouped-query decode's packed launch is another shape's, so it is not a key.
         ctx.recorded = None if launch.packed else (launch, q.device, spec)
         ctx.mark_non_differentiable(lse)
@@ -412,26 +406,22 @@ class _Attention(torch.autograd.Function):
         if dout is None:
             return None, None, None, None
         spec = ctx.spec
-        recorded = ctx.recorded
-
-        def run(dout, q, k, v, out, lse, spec, bottom_right, names):
-            return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=spec.causal,
-                                bottom_right=bottom_right, softmax_scale=spec.softmax_scale,
-                                deterministic=False, dq=None, dk=None, dv=None, names=names,
-                                softcap=spec.softcap, window_size=spec.window, recorded=recorded)
-        grads = _grads(dout, *ctx.saved_tensors, spec, ctx.needs_input_grad, run,
-                       kernel_layout=True)
-        return (*grads, None)
+        dq, dk, dv = run_recorded_backward(kernel_ready(dout), *ctx.saved_tensors,
+                                           causal=spec.causal, softmax_scale=spec.softmax_scale,
+                                           softcap=spec.softcap, window_size=spec.window,
+                                           recorded=ctx.recorded, sdpa=spec.sdpa)
+        needs = ctx.needs_input_grad
+        return dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None, None
 
 
-def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad, run,
-           kernel_layout: bool = False) -> Tuple[Optional[torch.Tensor], ...]:
-    """(dq, dk, dv) of a recorded call through `run` (the eager backward, or the op
-    fa_cute::backward under torch.compile), None for an input that needs none.
+def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad,
+           run) -> Tuple[Optional[torch.Tensor], ...]:
+    """(dq, dk, dv) of a call recorded under torch.compile through `run` (the op
+    fa_cute::backward), None for an input that needs none.
 
-    sdpa's tensors are viewed in forward's layout (the kernel's; q, k and v are already, with
-    kernel_layout) and its gradients viewed back; its alignment is top-left. `run` makes dout
-    fit the kernel (`_kernel_ready`), where it holds real tensors.
+    sdpa's tensors are viewed in forward's layout (the kernel's) and its gradients viewed
+    back; its alignment is top-left. The op makes dout fit the kernel
+    (`_backward.kernel_ready`), where it holds real tensors.
     """
     if lse.dim() != 3:
         raise RuntimeError("the backward needs the forward's LSE: the custom op was called "
@@ -439,28 +429,11 @@ def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad, run,
                            "(fa_cute.forward and fa_cute.sdpa do)")
     sdpa = spec.sdpa
     if sdpa:
-        dout, out = dout.transpose(1, 2), out.transpose(1, 2)
-        if not kernel_layout:
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        dout, q, k, v, out = (t.transpose(1, 2) for t in (dout, q, k, v, out))
     grads = run(dout, q, k, v, out, lse, spec, not sdpa, SDPA_NAMES if sdpa else FORWARD_NAMES)
     if sdpa:
         grads = tuple(g.transpose(1, 2) for g in grads)
     return tuple(g if needed else None for g, needed in zip(grads, needs_input_grad))
-
-
-def _kernel_ready(dout):
-    """The gradient autograd hands over, which may be laid out in any way (an expanded
-    tensor, for a loss that sums the output): as it is where the kernel reads it so
-    (contiguous last dim, 16-byte aligned strides and start), else a contiguous copy. A
-    dout that is not a 4-D tensor is left to the backward's checks."""
-    if not (isinstance(dout, torch.Tensor) and dout.dim() == 4):
-        return dout
-    multiple = ALIGN_BYTES // dout.element_size()
-    s0, s1, s2, s3 = dout.stride()
-    if (s3 == 1 and s0 % multiple == 0 and s1 % multiple == 0 and s2 % multiple == 0
-            and dout.data_ptr() % ALIGN_BYTES == 0):
-        return dout
-    return dout.contiguous()
 
 
 # torch.compile. Dynamo cannot trace the eager path (it opens the tuning cache and calls
@@ -566,7 +539,7 @@ def _register_ops() -> Dict[str, object]:
                     window_right: int = -1) -> Tuple[Tensor, Tensor, Tensor]:
         # dout as autograd hands it over (the op is the backward formula's under
         # torch.compile): made to fit the kernel here, where the tensors are real.
-        return run_backward(_kernel_ready(dout), q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
+        return run_backward(kernel_ready(dout), q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
                             softmax_scale=softmax_scale, deterministic=deterministic,
                             dq=None, dk=None, dv=None, softcap=softcap,
                             window_size=(window_left, window_right))

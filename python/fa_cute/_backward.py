@@ -9,15 +9,15 @@ Messages follow `_validate`'s rules: TypeError for types, ValueError for the res
 naming the argument and what is allowed, the device checked last.
 """
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from . import _C, _cache, _tuning
 from ._configs import (AUTO, DTYPE_NAMES, PLACEHOLDER_CC, check_config_type, family_runs_on,
                        gpu_of, smem_limit_of)
-from ._launch import Launch, current_stream, row_strides
-from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, Names, broadcast_dim, check_devices,
+from ._launch import ALIGN_BYTES, Launch, current_stream, row_strides, sdpa_row_strides
+from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, SDPA_NAMES, Names, broadcast_dim, check_devices,
                         check_flag, check_inputs, check_layout, check_memory, check_shapes,
                         check_tensor, extent_bytes, overlaps_itself, resolve_scale,
                         softcap_arg, spans_overlap, window_arg)
@@ -25,8 +25,8 @@ from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, Names, broadcast_
 __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
            "named_backward_config", "backward_work_buffers", "check_backward_supported",
            "backward_options", "check_like", "deterministic_config", "dq_accum_rows", "dq_semaphore_count",
-           "has_backward",
-           "run_backward",
+           "has_backward", "kernel_ready", "RecordedPlan",
+           "run_backward", "run_recorded_backward",
            "semaphore_arg", "validate_backward", "validate_backward_cached"]
 
 # The backward configs this build holds, by name (none in a build without the backward).
@@ -303,30 +303,16 @@ def _check_lse(lse, q: torch.Tensor, q_name: str) -> None:
 def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax_scale,
                  deterministic, dq: Optional[torch.Tensor], dk: Optional[torch.Tensor],
                  dv: Optional[torch.Tensor], names: Names = FORWARD_NAMES,
-                 config: Optional[str] = AUTO, softcap=0.0, window_size=(-1, -1),
-                 recorded: Optional[tuple] = None
+                 config: Optional[str] = AUTO, softcap=0.0, window_size=(-1, -1)
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate, allocate the gradients not given (laid out like q, k and v: torch.empty_like)
     and launch the backward (config: a backward config's name, or "auto") on PyTorch's
-    current stream; returns (dq, dk, dv). softcap and window_size: the forward's.
-
-    recorded: for autograd's backward of a call it recorded (`_api._Attention`), the key of
-    `_cache.RECORDED_BACKWARD` (the forward's validated launch, q's device, the options):
-    q, k, v, out and lse are the forward's, checked or made by it, and dout arrives with
-    out's shape, dtype and device, laid out for the kernel (`_api._kernel_ready`). A key seen
-    before then skips the checks, unless dout has a zero stride (an expanded dout, which the
-    full checks give a config that reads it; a zero stride in a dim of size 1 takes them
-    too, harmlessly)."""
-    reusable = recorded is not None and 0 not in dout.stride()
-    launch = _cache.RECORDED_BACKWARD.get(recorded) if reusable else None
-    if launch is None:
-        launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
-                                          bottom_right=bottom_right, softmax_scale=softmax_scale,
-                                          deterministic=deterministic, dq=dq, dk=dk, dv=dv,
-                                          names=names, config=config, softcap=softcap,
-                                          window_size=window_size)
-        if reusable:
-            _cache.remember(_cache.RECORDED_BACKWARD, recorded, launch)
+    current stream; returns (dq, dk, dv). softcap and window_size: the forward's."""
+    launch = validate_backward_cached(dout, q, k, v, out, lse, causal=causal,
+                                      bottom_right=bottom_right, softmax_scale=softmax_scale,
+                                      deterministic=deterministic, dq=dq, dk=dk, dv=dv,
+                                      names=names, config=config, softcap=softcap,
+                                      window_size=window_size)
     options = backward_options(softcap, window_size, launch.is_causal)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
@@ -340,6 +326,79 @@ def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax
                 _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic,
                                  options)
     return dq, dk, dv
+
+
+class RecordedPlan(NamedTuple):
+    """The backward of a call autograd recorded, resolved on its first run
+    (`_cache.RECORDED_BACKWARD`): the validated launch, `_C.backward`'s softcap and window
+    keywords, and the fp32 elements of its work buffer (dq_accum, then softmax_d)."""
+
+    launch: Launch
+    options: dict
+    accum: int
+    rows: int
+
+
+def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scale, softcap,
+                          window_size, recorded: Optional[tuple], sdpa: bool
+                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """autograd's backward of a call it recorded (`_api._Attention`): (dq, dk, dv), each
+    allocated like its input (torch.empty_like), in the caller's layout.
+
+    q, k, v, out and lse are the forward's, checked or made by it, in the caller's layout
+    (sdpa: (batch, nheads, seqlen, headdim), read through `sdpa_row_strides`, top-left
+    causal); dout arrives with out's shape, dtype and device, laid out for the kernel
+    (`kernel_ready`). recorded: the key of `_cache.RECORDED_BACKWARD` (the forward's
+    validated launch, q's device, the options), None where there is none. A key seen
+    before skips the checks, unless dout has a zero stride (an expanded dout, which the
+    full checks give a config that reads it; a zero stride in a dim of size 1 takes them
+    too, harmlessly)."""
+    reusable = recorded is not None and 0 not in dout.stride()
+    plan = _cache.RECORDED_BACKWARD.get(recorded) if reusable else None
+    if plan is None:
+        views = tuple(t.transpose(1, 2) for t in (dout, q, k, v, out)) if sdpa else (dout, q, k, v, out)
+        launch = validate_backward_cached(*views, lse, causal=causal, bottom_right=not sdpa,
+                                          softmax_scale=softmax_scale, deterministic=False,
+                                          dq=None, dk=None, dv=None,
+                                          names=SDPA_NAMES if sdpa else FORWARD_NAMES,
+                                          softcap=softcap, window_size=window_size)
+        heads = launch.batch * launch.nheads
+        plan = RecordedPlan(launch, backward_options(softcap, window_size, launch.is_causal),
+                            heads * dq_accum_rows(launch.seqlen_q) * launch.head_dim,
+                            heads * launch.seqlen_q)
+        if reusable:
+            _cache.remember(_cache.RECORDED_BACKWARD, recorded, plan)
+    launch = plan.launch
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if launch.batch and launch.nheads:
+        device = q.device
+        # One buffer, dq_accum then softmax_d (`backward_work_buffers`' layout), passed by
+        # address: slicing it would cost two view ops a call.
+        work = torch.empty(plan.accum + plan.rows, dtype=torch.float32, device=device)
+        accum_ptr = work.data_ptr()
+        args = _kernel_args(launch, (dout, q, k, v, out, lse, dq, dk, dv), accum_ptr,
+                            accum_ptr + 4 * plan.accum, sdpa_row_strides if sdpa else row_strides)
+        if device.index == torch.cuda.current_device():
+            _C.backward(*args, device.index, current_stream(device.index), **plan.options)
+        else:
+            with torch.cuda.device(device):
+                _C.backward(*args, device.index, current_stream(device.index), **plan.options)
+    return dq, dk, dv
+
+
+def kernel_ready(dout):
+    """The gradient autograd hands over, which may be laid out in any way (an expanded
+    tensor, for a loss that sums the output): as it is where the kernel reads it so
+    (contiguous last dim, 16-byte aligned strides and start), else a contiguous copy. A
+    dout that is not a 4-D tensor is left to the backward's checks."""
+    if not (isinstance(dout, torch.Tensor) and dout.dim() == 4):
+        return dout
+    multiple = ALIGN_BYTES // dout.element_size()
+    s0, s1, s2, s3 = dout.stride()
+    if (s3 == 1 and s0 % multiple == 0 and s1 % multiple == 0 and s2 % multiple == 0
+            and dout.data_ptr() % ALIGN_BYTES == 0):
+        return dout
+    return dout.contiguous()
 
 
 def backward_options(softcap, window_size, is_causal: bool) -> dict:
@@ -407,13 +466,22 @@ def backward_kernel_args(launch: Launch, dout, q, k, v, out, lse, dq, dk, dv,
                          dq_accum: torch.Tensor, softmax_d: torch.Tensor) -> tuple:
     """`_C.backward`'s arguments up to causal_offset (device and stream follow), in the
     contract's order; apart from the launch so that tests can check them on CPU tensors."""
+    return _kernel_args(launch, (dout, q, k, v, out, lse, dq, dk, dv), dq_accum.data_ptr(),
+                        softmax_d.data_ptr(), row_strides)
+
+
+def _kernel_args(launch: Launch, tensors: tuple, dq_accum_ptr: int, softmax_d_ptr: int,
+                 strides) -> tuple:
+    """`backward_kernel_args` from the work buffers' addresses, reading the row strides of
+    out, dout, dq, dk and dv with `strides` (`row_strides`, or `sdpa_row_strides` for
+    tensors in sdpa's layout)."""
+    dout, q, k, v, out, lse, dq, dk, dv = tensors
     return (launch.config, launch.dtype,
             dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
             lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-            dq_accum.data_ptr(), softmax_d.data_ptr(),
+            dq_accum_ptr, softmax_d_ptr,
             launch.batch, launch.seqlen_q, launch.seqlen_k, launch.nheads, launch.nheads_k,
             launch.head_dim,
-            launch.q_strides, launch.k_strides, launch.v_strides, row_strides(out),
-            row_strides(dout),
-            row_strides(dq), row_strides(dk), row_strides(dv),
+            launch.q_strides, launch.k_strides, launch.v_strides, strides(out), strides(dout),
+            strides(dq), strides(dk), strides(dv),
             launch.softmax_scale, launch.is_causal, launch.causal_offset)

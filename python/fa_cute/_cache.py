@@ -12,13 +12,15 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from . import _C, _tuning
-from ._configs import auto_config, heuristic_part, pick_config
+from ._configs import AUTO, auto_config, heuristic_part, pick_config
 from ._launch import ALIGN_BYTES, Launch
-from ._validate import FORWARD_NAMES, LIMITS, Names, extent_bytes, validate
+from ._validate import (FORWARD_NAMES, LIMITS, SDPA_NAMES, Names, check_memory, extent_bytes,
+                        validate)
 
 __all__ = ["BACKWARD_VALIDATED", "KVCACHE_VALIDATED", "PLANS", "RECORDED_BACKWARD", "VALIDATED", "VALIDATED_MAX",
            "forget_tuning",
-           "plan_key", "remember", "storages_hold", "tensor_key", "validate_cached"]
+           "plan_key", "remember", "storages_hold", "tensor_key", "validate_cached",
+           "validate_sdpa_cached"]
 
 
 # Launches that passed `validate`, by everything the checks read (see `_launch_key`): a
@@ -117,17 +119,8 @@ def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, confi
         hit = VALIDATED.get(key) if key is not None else None
         if hit is None and key is not None:
             hit = _plan_hit(key, q, k, v, causal, bottom_right, config, names)
-        if hit is not None:
-            # A storage can be freed or shrunk under a tensor of a cached shape (FSDP's
-            # resize_(0)), and keying on storage sizes and offsets would miss on every step
-            # of a window sliding through a fixed buffer: each call asks whether its
-            # storages still hold q, k and v. One that does not goes to `validate`, which
-            # names it.
-            launch, size, q_end, k_end, v_end = hit
-            if (q.storage_offset() * size + q_end <= q.untyped_storage().nbytes()
-                    and k.storage_offset() * size + k_end <= k.untyped_storage().nbytes()
-                    and v.storage_offset() * size + v_end <= v.untyped_storage().nbytes()):
-                return launch
+        if hit is not None and _holds(hit, q, k, v):
+            return hit[0]
     launch = validate(q, k, v, causal=causal, bottom_right=bottom_right,
                       softmax_scale=softmax_scale, config=config, out=out, names=names,
                       softcap=softcap, window_size=window_size)
@@ -145,6 +138,48 @@ def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, confi
             if len(PLANS) >= VALIDATED_MAX:
                 PLANS.clear()
             PLANS[plan_key(key)] = (entry, heuristic_part(config, q, launch))
+    return launch
+
+
+def _holds(hit: tuple, q, k, v) -> bool:
+    """Whether q's, k's and v's storages still hold them, for a `VALIDATED` entry. A storage
+    can be freed or shrunk under a tensor of a cached shape (FSDP's resize_(0)), and keying
+    on storage sizes and offsets would miss on every step of a window sliding through a
+    fixed buffer: each hit asks. One that fails goes to `validate`, which names it."""
+    _, size, q_end, k_end, v_end = hit
+    return (q.storage_offset() * size + q_end <= q.untyped_storage().nbytes()
+            and k.storage_offset() * size + k_end <= k.untyped_storage().nbytes()
+            and v.storage_offset() * size + v_end <= v.untyped_storage().nbytes())
+
+
+def validate_sdpa_cached(query, key, value, *, causal, softmax_scale) -> Launch:
+    """`validate_cached` for sdpa's (batch, nheads, seqlen, headdim) query, key and value
+    (auto's config, top-left causal), keyed on them as passed, so that a hit makes no view
+    of them (each view op is host time on a training step's host-bound path). A miss
+    validates their transposed views (forward's layout, the kernel's) with sdpa's names.
+    The key starts with "sdpa layout": the same shapes and strides in forward's layout are
+    another problem."""
+    cache_key = _launch_key(query, key, value, causal, False, softmax_scale, AUTO, SDPA_NAMES)
+    if cache_key is not None:
+        cache_key = ("sdpa layout",) + cache_key
+        hit = VALIDATED.get(cache_key)
+        if hit is not None and _holds(hit, query, key, value):
+            return hit[0]
+    tensors = (query, key, value)
+    try:
+        q, k, v = tuple(t.transpose(1, 2) for t in tensors)
+    except RuntimeError:
+        # PyTorch refuses to view a tensor beyond its storage (one freed under it, as FSDP
+        # does): say which argument, at no cost to calls that pass.
+        for name, t in zip(SDPA_NAMES[:3], tensors):
+            check_memory(name, t)
+        raise
+    launch = validate_cached(q, k, v, causal=causal, bottom_right=False,
+                             softmax_scale=softmax_scale, config=AUTO, out=None, names=SDPA_NAMES)
+    if cache_key is not None:
+        # A transposed view spans the bytes its tensor does: the same extents.
+        remember(VALIDATED, cache_key, (launch, q.element_size(), extent_bytes(q),
+                                        extent_bytes(k), extent_bytes(v)))
     return launch
 
 

@@ -16,7 +16,7 @@ from ._configs import MAX_BLOCK_M
 
 __all__ = ["ALIGN_BYTES", "Launch", "MAX_TILE_OFFSET", "current_stream", "kernel_args",
            "launch_kernel", "launch_strides", "packable", "packed_strides", "row_strides",
-           "split_kv_args", "split_kv_buffers"]
+           "sdpa_row_strides", "split_kv_args", "split_kv_buffers"]
 
 # The kernels load and store 16 bytes at a time, so every row must start 16-byte aligned.
 ALIGN_BYTES = 16
@@ -58,11 +58,15 @@ class Launch(NamedTuple):
 
 
 def launch_kernel(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  out: torch.Tensor, lse: Optional[torch.Tensor], timed: bool) -> float:
+                  out: torch.Tensor, lse: Optional[torch.Tensor], timed: bool,
+                  sdpa_layout: bool = False) -> float:
     """Call the kernel on validated tensors (nothing for an empty problem); its ms if timed.
 
     lse, when given, is contiguous (batch, nheads, seqlen_q) float32; a packed decode
-    writes it as (batch, nheads_k, nheads // nheads_k), the same memory.
+    writes it as (batch, nheads_k, nheads // nheads_k), the same memory. sdpa_layout: q, k,
+    v and out are (batch, nheads, seqlen, headdim), sdpa's layout, read without views (their
+    transposes are forward's layout; out's strides by `sdpa_row_strides`); not for a packed
+    launch.
     """
     if launch.batch == 0 or launch.nheads == 0:
         return 0.0
@@ -70,9 +74,9 @@ def launch_kernel(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     # only when the tensors are not on the current device.
     device = q.device
     if device.index == torch.cuda.current_device():
-        return _launch_on_current_device(launch, q, k, v, out, lse, timed)
+        return _launch_on_current_device(launch, q, k, v, out, lse, timed, sdpa_layout)
     with torch.cuda.device(device):
-        return _launch_on_current_device(launch, q, k, v, out, lse, timed)
+        return _launch_on_current_device(launch, q, k, v, out, lse, timed, sdpa_layout)
 
 
 # PyTorch's current-stream handle for a device index, without building a torch.cuda.Stream
@@ -92,12 +96,12 @@ def current_stream(device_index: int) -> int:
 
 def _launch_on_current_device(launch: Launch, q: torch.Tensor, k: torch.Tensor,
                               v: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
-                              timed: bool) -> float:
+                              timed: bool, sdpa_layout: bool) -> float:
     stream = current_stream(q.device.index)
     # The split buffers must stay referenced until the launch is queued (then the caching
     # allocator orders their reuse after the kernel on this stream).
     buffers = split_kv_buffers(launch, q.device)
-    return _C.forward(*kernel_args(launch, q, k, v, out, lse), q.device.index, stream,
+    return _C.forward(*kernel_args(launch, q, k, v, out, lse, sdpa_layout), q.device.index, stream,
                       timed, *split_kv_args(buffers))
 
 
@@ -134,7 +138,7 @@ def split_kv_args(buffers: Optional[Tuple[int, torch.Tensor, torch.Tensor]]) -> 
 
 
 def kernel_args(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                out: torch.Tensor, lse: Optional[torch.Tensor]) -> tuple:
+                out: torch.Tensor, lse: Optional[torch.Tensor], sdpa_layout: bool = False) -> tuple:
     """`_C.forward`'s arguments up to softmax_scale, is_causal, causal_offset, softcap and the
     window (device,
     stream and timed follow), in the contract's order; apart from `launch_kernel` so that
@@ -147,7 +151,7 @@ def kernel_args(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             launch.batch, launch.seqlen_q, launch.seqlen_k,
             launch.nheads, launch.nheads_k, launch.head_dim,
             launch.q_strides, launch.k_strides, launch.v_strides,
-            launch_strides(out, launch.packed, launch.nheads_k),
+            sdpa_row_strides(out) if sdpa_layout else launch_strides(out, launch.packed, launch.nheads_k),
             launch.softmax_scale, launch.is_causal, launch.causal_offset, launch.softcap,
             launch.window_left, launch.window_right)
 
@@ -197,3 +201,12 @@ def _kernel_strides(shape: Sequence[int], stride: Sequence[int]) -> Tuple[int, i
     """`row_strides` from a shape and strides (written out: this runs on every call)."""
     return (stride[0] if shape[0] > 1 else 0, stride[1] if shape[1] > 1 else 0,
             stride[2] if shape[2] > 1 else 0)
+
+
+def sdpa_row_strides(t: torch.Tensor) -> Tuple[int, int, int]:
+    """`row_strides` of t.transpose(1, 2) for a (batch, nheads, seqlen, headdim) tensor (sdpa's
+    layout), without building the view (each view op is host time on a training step's
+    host-bound path)."""
+    shape, stride = t.shape, t.stride()
+    return (stride[0] if shape[0] > 1 else 0, stride[2] if shape[2] > 1 else 0,
+            stride[1] if shape[1] > 1 else 0)
