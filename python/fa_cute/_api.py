@@ -299,11 +299,7 @@ def _sdpa_run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_ca
     lse = None
     if return_lse:
         lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
-    if launch.packed:
-        # A grouped-query decode's packed strides are computed from out in forward's layout.
-        launch_kernel(launch, query, key, value, out.transpose(1, 2), lse, timed=False)
-    else:
-        launch_kernel(launch, query, key, value, out, lse, timed=False, sdpa_layout=True)
+    launch_kernel(launch, query, key, value, out, lse, timed=False, sdpa_layout=True)
     return (out, lse, launch) if with_launch else (out, lse)
 
 

@@ -65,8 +65,7 @@ def launch_kernel(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     lse, when given, is contiguous (batch, nheads, seqlen_q) float32; a packed decode
     writes it as (batch, nheads_k, nheads // nheads_k), the same memory. sdpa_layout: q, k,
     v and out are (batch, nheads, seqlen, headdim), sdpa's layout, read without views (their
-    transposes are forward's layout; out's strides by `sdpa_row_strides`); not for a packed
-    launch.
+    transposes are forward's layout; out's strides by `sdpa_row_strides`).
     """
     if launch.batch == 0 or launch.nheads == 0:
         return 0.0
@@ -151,9 +150,18 @@ def kernel_args(launch: Launch, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             launch.batch, launch.seqlen_q, launch.seqlen_k,
             launch.nheads, launch.nheads_k, launch.head_dim,
             launch.q_strides, launch.k_strides, launch.v_strides,
-            sdpa_row_strides(out) if sdpa_layout else launch_strides(out, launch.packed, launch.nheads_k),
+            _out_strides(out, launch, sdpa_layout),
             launch.softmax_scale, launch.is_causal, launch.causal_offset, launch.softcap,
             launch.window_left, launch.window_right)
+
+
+def _out_strides(out: torch.Tensor, launch: Launch, sdpa_layout: bool) -> Tuple[int, int, int]:
+    """out's row strides as launched; sdpa_layout: out is (batch, nheads, seqlen, headdim)."""
+    if not sdpa_layout:
+        return launch_strides(out, launch.packed, launch.nheads_k)
+    if launch.packed:  # the packed strides are computed from out in forward's layout
+        return launch_strides(out.transpose(1, 2), True, launch.nheads_k)
+    return sdpa_row_strides(out)
 
 
 def packable(t: torch.Tensor) -> bool:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.attention
 
 from ._backward import backward_config, has_backward, run_backward
-from ._cache import validate_cached
-from ._configs import AUTO, CONFIGS, DTYPE_NAMES
+from ._cache import validate_sdpa_cached
+from ._configs import CONFIGS, DTYPE_NAMES
 from ._launch import launch_kernel
 from ._validate import SDPA_NAMES
 
@@ -257,13 +257,11 @@ def _common_refusal(query, key, value, head_dims) -> Optional[str]:
 def forward_lse(query, key, value, is_causal: bool, scale):
     """fa_cute's forward in SDPA's layout and top-left causal alignment: (out, lse), out laid
     out as query (as the op's meta kernel says), lse contiguous float32 (B, H, Nq)."""
-    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    launch = validate_cached(q, k, v, causal=is_causal, bottom_right=False,
-                             softmax_scale=scale, config=AUTO, out=None, names=SDPA_NAMES)
+    launch = validate_sdpa_cached(query, key, value, causal=is_causal, softmax_scale=scale)
     out = torch.empty_like(query)
     batch, nheads, seqlen_q, _ = query.shape
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=query.device)
-    launch_kernel(launch, q, k, v, out.transpose(1, 2), lse, timed=False)
+    launch_kernel(launch, query, key, value, out, lse, timed=False, sdpa_layout=True)
     return out, lse
 
 
