@@ -483,6 +483,30 @@ def test_repeated_call_takes_the_recorded_plan(kernels, monkeypatch, api: str) -
         {n: a for n, a in calls[1].items() if n not in addresses}
 
 
+@pytest.mark.parametrize("heads_inner", [False, True])
+def test_activate_backward_grads(backward_c, heads_inner: bool) -> None:
+    """activate()'s backward (`_sdpa_backend.backward_grads`) on (batch, nheads, seqlen,
+    headdim) tensors, heads inner in memory or not: the reference's top-left causal
+    gradients, each laid out like its input, through the kernel's contract (the stand-in
+    reads every tensor by address and the strides passed)."""
+    from fa_cute import _sdpa_backend
+
+    def bhnd(seqlen):
+        t = randn(2, seqlen, 4, D).transpose(1, 2) if heads_inner else randn(2, 4, seqlen, D)
+        return t
+
+    query, key, value, dout = bhnd(7), bhnd(9), bhnd(9), bhnd(7)
+    views = [t.transpose(1, 2) for t in (query, key, value)]
+    out, lse = attention_ref(*views, D ** -0.5, causal=True, causal_offset=0, return_lse=True)
+    out = out.to(BF16).transpose(1, 2)
+    out = out.contiguous() if not heads_inner else out.transpose(1, 2).contiguous().transpose(1, 2)
+    grads = _sdpa_backend.backward_grads(dout, query, key, value, out, lse.float(), True, None)
+    ref = reference_grads(*views, dout.transpose(1, 2), True, causal_offset=0)
+    assert_grads_close(grads, [g.transpose(1, 2) for g in ref])
+    assert [g.stride() for g in grads] == [t.stride() for t in (query, key, value)]
+    assert backward_c[-1]["do_strides"] == (dout.stride(0), dout.stride(2), dout.stride(1))
+
+
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_sdpa_records_gradients_top_left(kernels, is_causal: bool) -> None:
     query = randn(2, 4, 9, D).requires_grad_()

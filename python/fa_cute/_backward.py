@@ -26,7 +26,7 @@ __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "bac
            "named_backward_config", "backward_work_buffers", "check_backward_supported",
            "backward_options", "check_like", "deterministic_config", "dq_accum_rows", "dq_semaphore_count",
            "has_backward", "kernel_ready", "RecordedPlan",
-           "run_backward", "run_recorded_backward",
+           "run_backward", "run_recorded_backward", "run_sdpa_backward",
            "semaphore_arg", "validate_backward", "validate_backward_cached"]
 
 # The backward configs this build holds, by name (none in a build without the backward).
@@ -362,12 +362,56 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
                                           dq=None, dk=None, dv=None,
                                           names=SDPA_NAMES if sdpa else FORWARD_NAMES,
                                           softcap=softcap, window_size=window_size)
-        heads = launch.batch * launch.nheads
-        plan = RecordedPlan(launch, backward_options(softcap, window_size, launch.is_causal),
-                            heads * dq_accum_rows(launch.seqlen_q) * launch.head_dim,
-                            heads * launch.seqlen_q)
+        plan = _plan(launch, softcap, window_size)
         if reusable:
             _cache.remember(_cache.RECORDED_BACKWARD, recorded, plan)
+    return _launch_plan(plan, dout, q, k, v, out, lse, sdpa)
+
+
+def run_sdpa_backward(dout, query, key, value, out, lse, *, causal: bool, softmax_scale
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of PyTorch's flash SDPA op under `fa_cute.activate()`: (dq, dk, dv) for
+    (batch, nheads, seqlen, headdim) tensors, top-left causal, each gradient allocated like
+    its input. Its plan is cached in `_cache.BACKWARD_VALIDATED` by all six tensors as passed
+    (the dispatcher hands over any tensors, not only a recorded forward's), so a repeated
+    call costs their keys and a check that each storage still holds its tensor, and makes
+    no view of them."""
+    tensors = (dout, query, key, value, out, lse)
+    cache_key = None
+    if (all(type(t) is torch.Tensor and t.is_cuda for t in tensors) and type(causal) is bool
+            and (softmax_scale is None or type(softmax_scale) in (int, float))):
+        try:
+            cache_key = (("sdpa layout",) + tuple(_cache.tensor_key(t) for t in tensors)
+                         + (causal, type(softmax_scale), softmax_scale))
+        except RuntimeError:  # a tensor without data_ptr(): the checks name it
+            cache_key = None
+    hit = _cache.BACKWARD_VALIDATED.get(cache_key) if cache_key is not None else None
+    if hit is not None and _cache.storages_hold(tensors, hit[1]):
+        plan = hit[0]
+    else:
+        views = tuple(t.transpose(1, 2) for t in tensors[:5])
+        plan = _plan(validate_backward(*views, lse, causal=causal, bottom_right=False,
+                                       softmax_scale=softmax_scale, deterministic=False,
+                                       dq=None, dk=None, dv=None, names=SDPA_NAMES), 0.0, (-1, -1))
+        if cache_key is not None:
+            # The entry holds a plan, not a launch: its key's "sdpa layout" is this
+            # function's alone.
+            _cache.remember(_cache.BACKWARD_VALIDATED, cache_key,
+                            (plan, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
+    return _launch_plan(plan, dout, query, key, value, out, lse, True)
+
+
+def _plan(launch: Launch, softcap, window_size) -> RecordedPlan:
+    heads = launch.batch * launch.nheads
+    return RecordedPlan(launch, backward_options(softcap, window_size, launch.is_causal),
+                        heads * dq_accum_rows(launch.seqlen_q) * launch.head_dim,
+                        heads * launch.seqlen_q)
+
+
+def _launch_plan(plan: RecordedPlan, dout, q, k, v, out, lse, sdpa: bool
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Allocate the gradients like their inputs and launch a resolved backward (sdpa: the
+    tensors in sdpa's layout, read through `sdpa_row_strides`)."""
     launch = plan.launch
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if launch.batch and launch.nheads:

@@ -25,11 +25,10 @@ from typing import Dict, Iterator, Optional
 import torch
 import torch.nn.attention
 
-from ._backward import backward_config, has_backward, run_backward
+from ._backward import backward_config, has_backward, run_sdpa_backward
 from ._cache import validate_sdpa_cached
 from ._configs import CONFIGS, DTYPE_NAMES
 from ._launch import launch_kernel
-from ._validate import SDPA_NAMES
 
 __all__ = ["BACKWARD_OP", "CALLS", "FORWARD_HEAD_DIMS", "FORWARD_OP", "REGISTRY_NAME",
            "activate", "activated", "backward_grads", "backward_refusal", "deactivate",
@@ -271,11 +270,8 @@ def backward_grads(grad_out, query, key, value, out, logsumexp, is_causal: bool,
     expanded one, for a loss that sums the output) is copied to a contiguous one."""
     if not (grad_out.is_contiguous() or grad_out.transpose(1, 2).is_contiguous()):
         grad_out = grad_out.contiguous()
-    views = (t.transpose(1, 2) for t in (grad_out, query, key, value, out))
-    grads = run_backward(*views, logsumexp.contiguous(), causal=is_causal, bottom_right=False,
-                         softmax_scale=scale, deterministic=False, dq=None, dk=None, dv=None,
-                         names=SDPA_NAMES)
-    return tuple(g.transpose(1, 2) for g in grads)
+    return run_sdpa_backward(grad_out, query, key, value, out, logsumexp.contiguous(),
+                             causal=is_causal, softmax_scale=scale)
 
 
 def _register_in_torch() -> None:
