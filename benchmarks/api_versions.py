@@ -78,15 +78,15 @@ class _Loader(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 class _KernelStub(types.ModuleType):
-    """`fa_cute._C` with its kernel launches (forward, backward) as no-ops and no split-KV, for
-    CPU tensors."""
+    """`fa_cute._C` with its kernel launches (forward, backward, kvcache_forward) as no-ops
+    and no split-KV, for CPU tensors."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.__spec__ = importlib.util.spec_from_loader(name, loader=None)
 
     def __getattr__(self, name: str):
-        if name in ("forward", "backward"):
+        if name in ("forward", "backward", "kvcache_forward"):
             return lambda *args, **kwargs: 0.0
         if name == "num_splits":  # no GPU to ask: no split (a prefill's answer)
             return lambda *args, **kwargs: 1

@@ -221,9 +221,7 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
         accum = torch.empty(values + splits * rows_total, dtype=torch.float32, device=q.device)
     paged = page_table is not None
     q_strides, k_cache_strides, v_cache_strides = plan.strides
-    with torch.cuda.device(q.device):
-        _C.kvcache_forward(
-            plan.config, plan.dtype, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+    args = (plan.config, plan.dtype, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
             out.data_ptr(), 0 if lse is None else lse.data_ptr(),
             0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
             cache_seqlens.data_ptr(), seqused.data_ptr(),
@@ -238,6 +236,13 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
             splits if splits > 1 else 1,
             accum.data_ptr() if accum is not None else 0,
             accum[values:].data_ptr() if accum is not None else 0)
+    # Entering torch.cuda.device costs microseconds, as much as a decode step's kernel: only
+    # when q is not on the current device (`_launch.launch_kernel` does the same).
+    if device == torch.cuda.current_device():
+        _C.kvcache_forward(*args)
+    else:
+        with torch.cuda.device(q.device):
+            _C.kvcache_forward(*args)
     return (out, lse) if plan.return_lse else out
 
 
