@@ -36,14 +36,17 @@ VALIDATED_MAX = 1024
 # (dout, q, k, v, out, lse and the flags; `_backward.validate_backward_cached`): a training
 # step calls the backward once per layer with the shapes of the step before, and its checks
 # cost ~200 us of Python a call on an H100 host, twice PyTorch's whole FLASH backward call.
-# Each value is (launch, (element size, `extent_bytes`) of dout, q, k, v, out and lse).
-BACKWARD_VALIDATED: Dict[tuple, Tuple[Launch, Tuple[Tuple[int, int], ...]]] = {}
+# Each value is (launch, (element size, `extent_bytes`) of dout, q, k, v, out and lse); under
+# a key that starts with "sdpa layout" (`_backward.run_sdpa_backward`, activate()'s backward,
+# keyed on the tensors in sdpa's layout) the first item is a `_backward.RecordedPlan`.
+BACKWARD_VALIDATED: Dict[tuple, Tuple[object, Tuple[Tuple[int, int], ...]]] = {}
 
-# The backward launches of calls that autograd recorded (`_api._Attention`), keyed by the
-# forward's validated launch, q's device and the call's options (`_backward.run_backward`'s
-# recorded=): the forward's checks fixed q, k and v, and out and lse are the forward's own,
-# so the backward checks only dout's layout, not six tensors' keys a call.
-RECORDED_BACKWARD: Dict[tuple, Launch] = {}
+# The backward plans (`_backward.RecordedPlan`: launch, options, work buffer size) of calls
+# that autograd recorded (`_api._Attention`), keyed by the forward's validated launch, q's
+# device and the call's options (`_backward.run_recorded_backward`'s recorded=): the
+# forward's checks fixed q, k and v, and out and lse are the forward's own, so the backward
+# checks only dout's layout, not six tensors' keys a call.
+RECORDED_BACKWARD: Dict[tuple, tuple] = {}
 
 # `forward_with_kvcache`'s calls that passed its checks, keyed as `BACKWARD_VALIDATED` (every
 # tensor's `tensor_key`, the flags with their types): a serving loop's decode step repeats
