@@ -483,6 +483,51 @@ def test_repeated_call_takes_the_recorded_plan(kernels, monkeypatch, api: str) -
         {n: a for n, a in calls[1].items() if n not in addresses}
 
 
+@pytest.mark.parametrize("layout", ["heads-inner", "contiguous"])
+@pytest.mark.parametrize("hooked_first", [True, False])
+def test_recorded_plan_follows_saved_tensor_hooks(kernels, layout: str, hooked_first: bool) -> None:
+    """Two sdpa calls of one shape, one under a saved-tensor hook that repacks q, k and v
+    into contiguous buffers (as torch.autograd.graph.save_on_cpu does), in either order: the
+    backward reads each call's saved tensors with their own strides (a plan made for the
+    other layout takes the full checks), and dout in a new layout on the second call."""
+    _cache.RECORDED_BACKWARD.clear()
+    for call, hooked in enumerate((hooked_first, not hooked_first)):
+        if layout == "heads-inner":
+            q, k, v = (randn(2, 7, 4, D).transpose(1, 2).requires_grad_() for _ in range(3))
+        else:
+            q, k, v = (randn(2, 4, 7, D).requires_grad_() for _ in range(3))
+        if hooked:
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t.contiguous(), lambda t: t):
+                out = fa_cute.sdpa(q, k, v, is_causal=True)
+        else:
+            out = fa_cute.sdpa(q, k, v, is_causal=True)
+        dout = randn(2, 4, 7, D) if call == 0 else randn(2, 7, 4, D).transpose(1, 2)
+        out.backward(dout)
+        ref = reference_grads(*(t.detach().transpose(1, 2) for t in (q, k, v)),
+                              dout.transpose(1, 2), True, causal_offset=0)
+        assert_grads_close((q.grad, k.grad, v.grad), [g.transpose(1, 2) for g in ref])
+        assert kernels[-1]["do_strides"] == (dout.stride(0), dout.stride(2), dout.stride(1))
+
+
+def test_recorded_plan_work_buffer(kernels) -> None:
+    """The recorded path's work buffer: softmax_d right after dq_accum's fp32 elements (batch
+    x nheads x dq_accum_rows(seqlen_q) x head_dim), for a batch of 1 (size-1 dims have
+    stride 0 as launched)."""
+    _cache.RECORDED_BACKWARD.clear()
+    for _ in range(2):
+        q, k, v, dout = (randn(1, 4, 7, D) for _ in range(4))
+        for t in (q, k, v):
+            t.requires_grad_()
+        fa_cute.sdpa(q, k, v).backward(dout)
+        call = kernels[-1]
+        accum = 4 * _backward.dq_accum_rows(7) * D
+        assert call["softmax_d"] - call["dq_accum"] == 4 * accum
+        assert call["q_strides"][0] == 0 and call["dq_strides"][0] == 0
+        ref = reference_grads(*(t.detach().transpose(1, 2) for t in (q, k, v, dout)), False)
+        assert_grads_close((q.grad, k.grad, v.grad), [g.transpose(1, 2) for g in ref])
+    assert len(_cache.RECORDED_BACKWARD) == 1
+
+
 @pytest.mark.parametrize("heads_inner", [False, True])
 def test_activate_backward_grads(backward_c, heads_inner: bool) -> None:
     """activate()'s backward (`_sdpa_backend.backward_grads`) on (batch, nheads, seqlen,

@@ -352,9 +352,17 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
     validated launch, q's device, the options), None where there is none. A key seen
     before skips the checks, unless dout has a zero stride (an expanded dout, which the
     full checks give a config that reads it; a zero stride in a dim of size 1 takes them
-    too, harmlessly)."""
+    too, harmlessly), or the saved q, k and v are not laid out as the plan's were (a
+    saved-tensor hook, such as torch.autograd.graph.save_on_cpu, may repack them into new
+    buffers), which takes the full checks without replacing the plan."""
     reusable = recorded is not None and 0 not in dout.stride()
     plan = _cache.RECORDED_BACKWARD.get(recorded) if reusable else None
+    if plan is not None:
+        launch, strides = plan.launch, sdpa_row_strides if sdpa else row_strides
+        if (strides(q) != launch.q_strides or strides(k) != launch.k_strides
+                or strides(v) != launch.v_strides
+                or (q.data_ptr() | k.data_ptr() | v.data_ptr()) % ALIGN_BYTES):
+            plan, reusable = None, False
     if plan is None:
         views = tuple(t.transpose(1, 2) for t in (dout, q, k, v, out)) if sdpa else (dout, q, k, v, out)
         launch = validate_backward_cached(*views, lse, causal=causal, bottom_right=not sdpa,
