@@ -329,9 +329,10 @@ def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax
 
 
 class RecordedPlan(NamedTuple):
-    """The backward of a call autograd recorded, resolved on its first run
-    (`_cache.RECORDED_BACKWARD`): the validated launch, `_C.backward`'s softcap and window
-    keywords, and the fp32 elements of its work buffer (dq_accum, then softmax_d)."""
+    """A backward resolved once for the calls of one shape (`_cache.RECORDED_BACKWARD` for
+    calls autograd recorded; activate()'s entries in `_cache.BACKWARD_VALIDATED`): the
+    validated launch, `_C.backward`'s softcap and window keywords, and the fp32 elements of
+    its work buffer (dq_accum, then softmax_d)."""
 
     launch: Launch
     options: dict
@@ -410,6 +411,8 @@ def run_sdpa_backward(dout, query, key, value, out, lse, *, causal: bool, softma
 
 
 def _plan(launch: Launch, softcap, window_size) -> RecordedPlan:
+    """The plan of a validated launch (`backward_work_buffers`' sizes, without counters: the
+    plans serve the non-deterministic backward only)."""
     heads = launch.batch * launch.nheads
     return RecordedPlan(launch, backward_options(softcap, window_size, launch.is_causal),
                         heads * dq_accum_rows(launch.seqlen_q) * launch.head_dim,
