@@ -221,31 +221,50 @@ def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: b
     key = None
     tensors = (dout, q, k, v, out, lse)
     if (dq is None and dk is None and dv is None
-            and all(type(t) is torch.Tensor and t.is_cuda for t in tensors)
             and type(causal) is bool and type(deterministic) is bool
             and (config is None or type(config) is str)
             and (softmax_scale is None or type(softmax_scale) in (int, float))
             and type(softcap) in (int, float) and type(window_size) is tuple
             and all(type(w) is int for w in window_size)):
-        try:
-            key = (tuple(_cache.tensor_key(t) for t in tensors), causal, bottom_right,
-                   type(softmax_scale), softmax_scale, deterministic, config, names,
-                   type(softcap), softcap, window_size)
-        except RuntimeError:  # a tensor without data_ptr(): the checks name it
-            key = None
-        hit = _cache.BACKWARD_VALIDATED.get(key) if key is not None else None
-        if hit is not None:
-            launch, extents = hit
-            if _cache.storages_hold(tensors, extents):
+        tensor_keys = _tensors_key(tensors)
+        if tensor_keys is not None:
+            key = (tensor_keys, causal, bottom_right, type(softmax_scale), softmax_scale,
+                   deterministic, config, names, type(softcap), softcap, window_size)
+            launch = _cached(key, tensors)
+            if launch is not None:
                 return launch
     launch = validate_backward(dout, q, k, v, out, lse, causal=causal, bottom_right=bottom_right,
                                softmax_scale=softmax_scale, deterministic=deterministic,
                                dq=dq, dk=dk, dv=dv, names=names, config=config,
                                softcap=softcap, window_size=window_size)
     if key is not None:
-        _cache.remember(_cache.BACKWARD_VALIDATED, key,
-                        (launch, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
+        _remember(key, tensors, launch)
     return launch
+
+
+def _tensors_key(tensors) -> Optional[tuple]:
+    """`_cache.tensor_key` of each tensor, or None where one is not a CUDA tensor (errors
+    are never cached: the checks name it) or has no data_ptr()."""
+    if not all(type(t) is torch.Tensor and t.is_cuda for t in tensors):
+        return None
+    try:
+        return tuple(_cache.tensor_key(t) for t in tensors)
+    except RuntimeError:  # a tensor without data_ptr(): the checks name it
+        return None
+
+
+def _cached(key: tuple, tensors):
+    """The value of `_cache.BACKWARD_VALIDATED`'s entry for key (a launch, or a plan under
+    an "sdpa layout" key) where each storage still holds its tensor (one freed under it goes
+    to the full checks, which name it); else None."""
+    hit = _cache.BACKWARD_VALIDATED.get(key)
+    return hit[0] if hit is not None and _cache.storages_hold(tensors, hit[1]) else None
+
+
+def _remember(key: tuple, tensors, value) -> None:
+    """Cache value under key in `_cache.BACKWARD_VALIDATED` with the tensors' extents."""
+    _cache.remember(_cache.BACKWARD_VALIDATED, key,
+                    (value, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
 
 
 def _tma_loadable_config(config: str, auto: bool, loaded, head_dim: int) -> str:
@@ -386,27 +405,21 @@ def run_sdpa_backward(dout, query, key, value, out, lse, *, causal: bool, softma
     call costs their keys and a check that each storage still holds its tensor, and makes
     no view of them."""
     tensors = (dout, query, key, value, out, lse)
-    cache_key = None
-    if (all(type(t) is torch.Tensor and t.is_cuda for t in tensors) and type(causal) is bool
-            and (softmax_scale is None or type(softmax_scale) in (int, float))):
-        try:
-            cache_key = (("sdpa layout",) + tuple(_cache.tensor_key(t) for t in tensors)
-                         + (causal, type(softmax_scale), softmax_scale))
-        except RuntimeError:  # a tensor without data_ptr(): the checks name it
-            cache_key = None
-    hit = _cache.BACKWARD_VALIDATED.get(cache_key) if cache_key is not None else None
-    if hit is not None and _cache.storages_hold(tensors, hit[1]):
-        plan = hit[0]
-    else:
+    cache_key = plan = None
+    if type(causal) is bool and (softmax_scale is None or type(softmax_scale) in (int, float)):
+        tensor_keys = _tensors_key(tensors)
+        if tensor_keys is not None:
+            # The entry holds a plan, not a launch: its key's "sdpa layout" is this
+            # function's alone.
+            cache_key = ("sdpa layout", tensor_keys, causal, type(softmax_scale), softmax_scale)
+            plan = _cached(cache_key, tensors)
+    if plan is None:
         views = tuple(t.transpose(1, 2) for t in tensors[:5])
         plan = _plan(validate_backward(*views, lse, causal=causal, bottom_right=False,
                                        softmax_scale=softmax_scale, deterministic=False,
                                        dq=None, dk=None, dv=None, names=SDPA_NAMES), 0.0, (-1, -1))
         if cache_key is not None:
-            # The entry holds a plan, not a launch: its key's "sdpa layout" is this
-            # function's alone.
-            _cache.remember(_cache.BACKWARD_VALIDATED, cache_key,
-                            (plan, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
+            _remember(cache_key, tensors, plan)
     return _launch_plan(plan, dout, query, key, value, out, lse, True)
 
 
