@@ -228,7 +228,7 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            needs_grad)[0]
     if grad_mode() and requires_grad(query, key, value):
         check_backward_supported(query, key, value, SDPA_NAMES)
-        return _Attention.apply(query, key, value, _Spec(is_causal, scale, None, True))[0]
+        return _Attention.apply(query, key, value, _Spec(is_causal, scale, None, True))
     return _sdpa_run(query, key, value, is_causal, scale)[0]
 
 
@@ -346,6 +346,9 @@ class _Spec(NamedTuple):
     sdpa: bool  # sdpa's (batch, nheads, seqlen, headdim) layout and top-left alignment
     softcap: float = 0.0  # forward's logits softcap (0: none)
     window: Tuple[int, int] = (-1, -1)  # forward's window_size (left, right)
+    # Whether the recorded call returns the LSE (forward's return_lse): an autograd.Function
+    # with a second output costs more host time a call than the LSE saved as an intermediate.
+    returns_lse: bool = False
 
 
 _OUT_WITH_GRAD = ("out must be None when q, k or v requires grad in grad mode: autograd "
@@ -361,14 +364,17 @@ def _forward_with_grad(q, k, v, causal, softmax_scale, return_lse, config, out, 
     if out is not None:
         raise ValueError(_OUT_WITH_GRAD)
     check_backward_supported(q, k, v, FORWARD_NAMES)
-    result, lse = _Attention.apply(q, k, v, _Spec(causal, softmax_scale, config, False, softcap,
-                                                  window))
-    return (result, lse) if return_lse else result
+    return _Attention.apply(q, k, v, _Spec(causal, softmax_scale, config, False, softcap, window,
+                                           return_lse))
 
 
 class _Attention(torch.autograd.Function):
-    """Eager attention that records its backward: the forward keeps the LSE (returned, not
-    differentiable) and saves what the backward kernel reads."""
+    """Eager attention that records its backward: the forward saves what the backward kernel
+    reads, the LSE among them, and returns out, or (out, lse) where the caller asked for the
+    LSE (spec.returns_lse; not differentiable). One output where it can: each output of an
+    autograd.Function costs host time in the forward and in the engine's backward (a second
+    one ~12 us of the ~40 a minimal Function's fwd+bwd costs on the build machine's CPU,
+    benchmarks/autograd_host_cpu.py)."""
 
     @staticmethod
     def forward(ctx, q, k, v, spec: _Spec):
@@ -389,16 +395,18 @@ class _Attention(torch.autograd.Function):
         # The backward's launch by this key after the first call (`run_recorded_backward`);
         # a grouped-query decode's packed launch is another shape's, so it is not a key.
         ctx.recorded = None if launch.packed else (launch, q.device, spec)
-        ctx.mark_non_differentiable(lse)
         # The LSE's gradient stays None rather than a materialised zero tensor (an allocation
         # and a fill kernel a call on the host-bound path of a training step); so may out's,
         # when the loss does not use it.
         ctx.set_materialize_grads(False)
         ctx.spec = spec
+        if not spec.returns_lse:
+            return out
+        ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
-    def backward(ctx, dout, _dlse):
+    def backward(ctx, dout, *_dlse):
         if dout is None:
             return None, None, None, None
         spec = ctx.spec
