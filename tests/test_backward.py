@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fa_cute
-from fa_cute import _C, _api, _backward, _cache, _tuning, _validate
+from fa_cute import _C, _api, _backward, _cache, _tuning
 from fa_cute._reference import attention_grads_ref, attention_ref, visible_mask
 
 from attention_cases import ToyModel, check_training_matches, training_losses
@@ -507,6 +507,72 @@ def test_recorded_plan_follows_saved_tensor_hooks(kernels, layout: str, hooked_f
                               dout.transpose(1, 2), True, causal_offset=0)
         assert_grads_close((q.grad, k.grad, v.grad), [g.transpose(1, 2) for g in ref])
         assert kernels[-1]["do_strides"] == (dout.stride(0), dout.stride(2), dout.stride(1))
+
+
+def test_planned_call_reads_a_negated_dout_negated(kernels) -> None:
+    """A negated view as dout (`_neg_view`, whose memory holds the un-negated values) on the
+    second call of a shape, the one that takes the recorded plan: the gradients of the
+    negated values, as on the first call (the full checks)."""
+    _cache.RECORDED_BACKWARD.clear()
+    for _ in range(2):
+        q, k, v = leaves(2, 7, 9, 4, 2)
+        out = fa_cute.forward(q, k, v, causal=True)
+        g = randn(2, 7, 4, D)
+        out.backward(g._neg_view())
+        assert_grads_close((q.grad, k.grad, v.grad),
+                           reference_grads(q, k, v, -g, True, causal_offset=2))
+    assert len(_cache.RECORDED_BACKWARD) == 1
+
+
+def test_planned_call_checks_what_a_hook_hands_over(kernels) -> None:
+    """After a plan for a shape exists: saved tensors that a hook hands back in another dtype
+    (fp16 bits of the bf16 values) and a k whose storage was freed between the forward and
+    the backward each go to the full checks, which refuse them by name, instead of a launch
+    that reads the wrong type or freed memory."""
+    _cache.RECORDED_BACKWARD.clear()
+    q, k, v = leaves(2, 7, 9, 4, 2)
+    fa_cute.forward(q, k, v).backward(randn(2, 7, 4, D))
+    assert len(_cache.RECORDED_BACKWARD) == 1
+    launches = len(kernels)
+    q, k, v = leaves(2, 7, 9, 4, 2)
+    retyped = (lambda t: t, lambda t: t.view(torch.float16) if t.dtype == BF16 else t)
+    with torch.autograd.graph.saved_tensors_hooks(*retyped):
+        out = fa_cute.forward(q, k, v)
+    with pytest.raises((TypeError, ValueError), match="dtype|float16"):
+        out.backward(randn(2, 7, 4, D))
+    q, k, v = leaves(2, 7, 9, 4, 2)
+    k_used = k * 1  # a tensor of its own storage, saved by the forward
+    out = fa_cute.forward(q, k_used, v)
+    k_used.untyped_storage().resize_(0)
+    with pytest.raises(ValueError, match="k "):
+        out.backward(randn(2, 7, 4, D))
+    assert len(kernels) == launches
+
+
+@pytest.mark.parametrize("api", ["backward", "autograd"])
+def test_no_query_heads_give_zero_key_gradients(kernels, api: str) -> None:
+    """nheads = 0 next to nheads_k = 2 (which the shape checks allow: 0 is a multiple of any
+    count): nothing is launched, and dk and dv are 0, not the uninitialised memory they were
+    allocated with."""
+    q, k, v = leaves(2, 7, 9, 0, 2)
+    if api == "backward":
+        dout, out = randn(2, 7, 0, D), randn(2, 7, 0, D)
+        _, dk, dv = fa_cute.backward(dout, q.detach(), k.detach(), v.detach(), out,
+                                     torch.zeros(2, 0, 7))
+    else:
+        fa_cute.forward(q, k, v).backward(randn(2, 7, 0, D))
+        dk, dv = k.grad, v.grad
+    assert dk.shape == k.shape and not dk.any() and not dv.any()
+
+
+def test_second_order_gradients_raise(kernels) -> None:
+    """create_graph=True: the first gradients come back, and a backward through them raises
+    rather than dropping attention's second-order term in silence."""
+    q, k, v = leaves(2, 7, 9, 4, 2)
+    out = fa_cute.forward(q, k, v)
+    (dq,) = torch.autograd.grad(out.float().square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|not differentiable|twice"):
+        dq.float().sum().backward()
 
 
 def test_recorded_plan_work_buffer(kernels) -> None:

@@ -25,6 +25,7 @@ import numbers
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 
 if importlib.util.find_spec(f"{__package__}._C") is None:
     raise ImportError(
@@ -39,7 +40,7 @@ from . import _fp8  # noqa: E402
 from ._cache import validate_cached, validate_sdpa_cached  # noqa: E402
 from ._configs import AUTO, check_config_type, configs  # noqa: E402
 from ._launch import launch_kernel  # noqa: E402
-from ._validate import (FORWARD_NAMES, SDPA_NAMES, Names, check_flag,  # noqa: E402
+from ._validate import (FORWARD_NAMES, SDPA_NAMES, check_flag,  # noqa: E402
                         check_no_grad, check_tensor, grad_mode, layout_hint,
                         requires_grad, scale_arg, softcap_arg, validate, window_arg)
 
@@ -405,7 +406,11 @@ class _Attention(torch.autograd.Function):
         ctx.mark_non_differentiable(lse)
         return out, lse
 
+    # The gradients are not differentiable in turn: with create_graph=True, a backward
+    # through them raises (once_differentiable) rather than dropping attention's
+    # second-order term in silence.
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, *_dlse):
         if dout is None:
             return None, None, None, None

@@ -344,19 +344,42 @@ def run_backward(dout, q, k, v, out, lse, *, causal, bottom_right: bool, softmax
             with torch.cuda.device(device):
                 _launch_backward(launch, dout, q, k, v, out, lse, dq, dk, dv, deterministic,
                                  options)
+    else:
+        _no_query_heads(dk, dv)
     return dq, dk, dv
+
+
+def _no_query_heads(dk: torch.Tensor, dv: torch.Tensor) -> None:
+    """dk and dv where nothing is launched: no query head reads k and v (nheads = 0, which the
+    checks allow with any nheads_k, or batch = 0), so their gradients are 0 (empty tensors
+    where batch = 0)."""
+    dk.zero_()
+    dv.zero_()
 
 
 class RecordedPlan(NamedTuple):
     """A backward resolved once for the calls of one shape (`_cache.RECORDED_BACKWARD` for
     calls autograd recorded; activate()'s entries in `_cache.BACKWARD_VALIDATED`): the
     validated launch, `_C.backward`'s softcap and window keywords, and the fp32 elements of
-    its work buffer (dq_accum, then softmax_d)."""
+    its work buffer (dq_accum, then softmax_d). A recorded call's plan also holds what its
+    checks read of the saved q, k, v, out and lse (`_saved_key`) and q's, k's and v's extents
+    (`_cache.storages_hold`): a later call uses the plan only where its saved tensors match."""
 
     launch: Launch
     options: dict
     accum: int
     rows: int
+    saved: Optional[tuple] = None
+    extents: Optional[tuple] = None
+
+
+def _saved_key(tensors) -> tuple:
+    """What the backward's checks read of the saved tensors besides their storages: dtype,
+    shape, strides, device, negation bit and 16-byte alignment of each. A saved-tensor hook
+    (torch.autograd.graph.save_on_cpu, a checkpoint's recomputation, or any user hook) hands
+    the backward new tensors, which may differ in any of these from the forward's."""
+    return tuple((t.dtype, t.shape, t.stride(), t.get_device(), t.is_neg(), t.data_ptr() % ALIGN_BYTES)
+                 for t in tensors)
 
 
 def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scale, softcap,
@@ -372,17 +395,16 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
     validated launch, q's device, the options), None where there is none. A key seen
     before skips the checks, unless dout has a zero stride (an expanded dout, which the
     full checks give a config that reads it; a zero stride in a dim of size 1 takes them
-    too, harmlessly), or the saved q, k and v are not laid out as the plan's were (a
-    saved-tensor hook, such as torch.autograd.graph.save_on_cpu, may repack them into new
-    buffers), which takes the full checks without replacing the plan."""
+    too, harmlessly), or the saved tensors are not what the plan's were (`_saved_key`: a
+    saved-tensor hook may hand over tensors of another layout, dtype or device), or a
+    storage no longer holds its q, k or v (freed under it), which take the full checks
+    (they name the argument) without replacing the plan."""
     reusable = recorded is not None and 0 not in dout.stride()
     plan = _cache.RECORDED_BACKWARD.get(recorded) if reusable else None
-    if plan is not None:
-        launch, strides = plan.launch, sdpa_row_strides if sdpa else row_strides
-        if (strides(q) != launch.q_strides or strides(k) != launch.k_strides
-                or strides(v) != launch.v_strides
-                or (q.data_ptr() | k.data_ptr() | v.data_ptr()) % ALIGN_BYTES):
-            plan, reusable = None, False
+    saved = (q, k, v, out, lse)
+    if plan is not None and (_saved_key(saved) != plan.saved
+                             or not _cache.storages_hold(saved[:3], plan.extents)):
+        plan, reusable = None, False
     if plan is None:
         views = tuple(t.transpose(1, 2) for t in (dout, q, k, v, out)) if sdpa else (dout, q, k, v, out)
         launch = validate_backward_cached(*views, lse, causal=causal, bottom_right=not sdpa,
@@ -392,6 +414,8 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
                                           softcap=softcap, window_size=window_size)
         plan = _plan(launch, softcap, window_size)
         if reusable:
+            plan = plan._replace(saved=_saved_key(saved),
+                                 extents=tuple((t.element_size(), extent_bytes(t)) for t in saved[:3]))
             _cache.remember(_cache.RECORDED_BACKWARD, recorded, plan)
     return _launch_plan(plan, dout, q, k, v, out, lse, sdpa)
 
@@ -451,6 +475,8 @@ def _launch_plan(plan: RecordedPlan, dout, q, k, v, out, lse, sdpa: bool
         else:
             with torch.cuda.device(device):
                 _C.backward(*args, device.index, current_stream(device.index), **plan.options)
+    else:
+        _no_query_heads(dk, dv)
     return dq, dk, dv
 
 
@@ -461,6 +487,9 @@ def kernel_ready(dout):
     dout that is not a 4-D tensor is left to the backward's checks."""
     if not (isinstance(dout, torch.Tensor) and dout.dim() == 4):
         return dout
+    if dout.is_neg():
+        # A negated view holds the un-negated values in memory, which is what the kernel reads.
+        dout = dout.resolve_neg()
     multiple = ALIGN_BYTES // dout.element_size()
     s0, s1, s2, s3 = dout.stride()
     if (s3 == 1 and s0 % multiple == 0 and s1 % multiple == 0 and s2 % multiple == 0

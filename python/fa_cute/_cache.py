@@ -190,7 +190,8 @@ def remember(cache: Dict[tuple, tuple], key: tuple, entry: tuple) -> None:
     """Add a validated launch to `cache`, dropping the oldest when full: a growing KV cache
     adds one a step, and clearing all would make every other shape pay its checks again."""
     if len(cache) >= VALIDATED_MAX:
-        del cache[next(iter(cache))]
+        # pop, not del: two autograd threads (one per device) may evict the same oldest key.
+        cache.pop(next(iter(cache)), None)
     cache[key] = entry
 
 
