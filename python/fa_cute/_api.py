@@ -35,7 +35,7 @@ if importlib.util.find_spec(f"{__package__}._C") is None:
         "(see README.md)")
 # The modules below import _C: after the check that explains a missing build.
 from ._backward import (check_backward_supported, kernel_ready, run_backward,  # noqa: E402
-                        run_recorded_backward)
+                        run_recorded_backward, saved_tensor_hooks_active)
 from . import _fp8  # noqa: E402
 from ._cache import validate_cached, validate_sdpa_cached  # noqa: E402
 from ._configs import AUTO, check_config_type, configs  # noqa: E402
@@ -401,26 +401,38 @@ class _Attention(torch.autograd.Function):
         # when the loss does not use it.
         ctx.set_materialize_grads(False)
         ctx.spec = spec
+        # Whether the backward's plan must compare what it unpacks with what it was made for.
+        ctx.hooked = saved_tensor_hooks_active()
         if not spec.returns_lse:
             return out
         ctx.mark_non_differentiable(lse)
         return out, lse
 
-    # The gradients are not differentiable in turn: with create_graph=True, a backward
-    # through them raises (once_differentiable) rather than dropping attention's
-    # second-order term in silence.
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, *_dlse):
-        if dout is None:
-            return None, None, None, None
-        spec = ctx.spec
-        dq, dk, dv = run_recorded_backward(kernel_ready(dout), *ctx.saved_tensors,
-                                           causal=spec.causal, softmax_scale=spec.softmax_scale,
-                                           softcap=spec.softcap, window_size=spec.window,
-                                           recorded=ctx.recorded, sdpa=spec.sdpa)
-        needs = ctx.needs_input_grad
-        return dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None, None
+        # Grad mode is on in a backward only with create_graph=True. The gradients are not
+        # differentiable in turn: a backward through them then raises (once_differentiable)
+        # rather than dropping attention's second-order term in silence. Only then, since
+        # the wrapper costs ~3 us of host time a call.
+        if torch.is_grad_enabled():
+            return _recorded_grads_once(ctx, dout)
+        return _recorded_grads(ctx, dout)
+
+
+def _recorded_grads(ctx, dout) -> Tuple[Optional[torch.Tensor], ...]:
+    """`_Attention.backward`'s gradients (q, k, v, spec)."""
+    if dout is None:
+        return None, None, None, None
+    spec = ctx.spec
+    dq, dk, dv = run_recorded_backward(kernel_ready(dout), *ctx.saved_tensors,
+                                       causal=spec.causal, softmax_scale=spec.softmax_scale,
+                                       softcap=spec.softcap, window_size=spec.window,
+                                       recorded=ctx.recorded, sdpa=spec.sdpa, hooked=ctx.hooked)
+    needs = ctx.needs_input_grad
+    return dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None, None
+
+
+_recorded_grads_once = once_differentiable(_recorded_grads)
 
 
 def _grads(dout, q, k, v, out, lse, spec: "_Spec", needs_input_grad,

@@ -25,7 +25,7 @@ from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, SDPA_NAMES, Names
 __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
            "named_backward_config", "backward_work_buffers", "check_backward_supported",
            "backward_options", "check_like", "deterministic_config", "dq_accum_rows", "dq_semaphore_count",
-           "has_backward", "kernel_ready", "RecordedPlan",
+           "has_backward", "kernel_ready", "RecordedPlan", "saved_tensor_hooks_active",
            "run_backward", "run_recorded_backward", "run_sdpa_backward",
            "semaphore_arg", "validate_backward", "validate_backward_cached"]
 
@@ -371,6 +371,25 @@ class RecordedPlan(NamedTuple):
     rows: int
     saved: Optional[tuple] = None
     extents: Optional[tuple] = None
+    hooked: bool = False  # made from tensors a saved-tensor hook handed over
+
+
+_top_saved_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
+def saved_tensor_hooks_active() -> bool:
+    """Whether a saved-tensor hook (torch.autograd.graph.saved_tensors_hooks: save_on_cpu, a
+    non-reentrant checkpoint) packs what a forward saves now; True where this PyTorch cannot
+    say (the query is private: it takes a flag since 2.8, none before, and may go)."""
+    if _top_saved_hooks is None:
+        return True
+    try:
+        return _top_saved_hooks(False) is not None
+    except TypeError:
+        try:
+            return _top_saved_hooks() is not None
+        except Exception:
+            return True
 
 
 def _saved_key(tensors) -> tuple:
@@ -383,7 +402,7 @@ def _saved_key(tensors) -> tuple:
 
 
 def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scale, softcap,
-                          window_size, recorded: Optional[tuple], sdpa: bool
+                          window_size, recorded: Optional[tuple], sdpa: bool, hooked: bool = True
                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """autograd's backward of a call it recorded (`_api._Attention`): (dq, dk, dv), each
     allocated like its input (torch.empty_like), in the caller's layout.
@@ -396,13 +415,16 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
     before skips the checks, unless dout has a zero stride (an expanded dout, which the
     full checks give a config that reads it; a zero stride in a dim of size 1 takes them
     too, harmlessly), or the saved tensors are not what the plan's were (`_saved_key`: a
-    saved-tensor hook may hand over tensors of another layout, dtype or device), or a
-    storage no longer holds its q, k or v (freed under it), which take the full checks
-    (they name the argument) without replacing the plan."""
+    saved-tensor hook may hand over tensors of another layout, dtype or device; asked only
+    where one was active in this call's forward or in the plan's, `hooked`: without hooks
+    the same recorded launch saves tensors of the same layout, and the comparison costs
+    ~3 us of the host time a call; hooks registered on a grad_fn's raw saved tensors after
+    its forward are not seen), or a storage no longer holds its q, k or v (freed under
+    it), which take the full checks (they name the argument) without replacing the plan."""
     reusable = recorded is not None and 0 not in dout.stride()
     plan = _cache.RECORDED_BACKWARD.get(recorded) if reusable else None
     saved = (q, k, v, out, lse)
-    if plan is not None and (_saved_key(saved) != plan.saved
+    if plan is not None and (((hooked or plan.hooked) and _saved_key(saved) != plan.saved)
                              or not _cache.storages_hold(saved[:3], plan.extents)):
         plan, reusable = None, False
     if plan is None:
@@ -415,7 +437,8 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
         plan = _plan(launch, softcap, window_size)
         if reusable:
             plan = plan._replace(saved=_saved_key(saved),
-                                 extents=tuple((t.element_size(), extent_bytes(t)) for t in saved[:3]))
+                                 extents=tuple((t.element_size(), extent_bytes(t)) for t in saved[:3]),
+                                 hooked=hooked)
             _cache.remember(_cache.RECORDED_BACKWARD, recorded, plan)
     return _launch_plan(plan, dout, q, k, v, out, lse, sdpa)
 
