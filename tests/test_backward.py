@@ -549,6 +549,24 @@ def test_planned_call_checks_what_a_hook_hands_over(kernels) -> None:
     assert len(kernels) == launches
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointed_calls_take_their_gradients(kernels, use_reentrant: bool) -> None:
+    """torch.utils.checkpoint around sdpa (the non-reentrant form recomputes through
+    saved-tensor hooks, the reentrant one re-runs the forward under grad): three calls of
+    one shape, each with the reference's gradients, whether or not a plan exists."""
+    from torch.utils.checkpoint import checkpoint
+    _cache.RECORDED_BACKWARD.clear()
+    for _ in range(3):
+        q, k, v = (randn(2, 4, 7, D).requires_grad_() for _ in range(3))
+        out = checkpoint(lambda a, b, c: fa_cute.sdpa(a, b, c, is_causal=True), q, k, v,
+                         use_reentrant=use_reentrant)
+        dout = randn(2, 4, 7, D)
+        out.backward(dout)
+        ref = reference_grads(*(t.detach().transpose(1, 2) for t in (q, k, v, dout)), True,
+                              causal_offset=0)
+        assert_grads_close((q.grad, k.grad, v.grad), [g.transpose(1, 2) for g in ref])
+
+
 @pytest.mark.parametrize("api", ["backward", "autograd"])
 def test_no_query_heads_give_zero_key_gradients(kernels, api: str) -> None:
     """nheads = 0 next to nheads_k = 2 (which the shape checks allow: 0 is a multiple of any
