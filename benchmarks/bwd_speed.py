@@ -1,7 +1,9 @@
 """Backward TFLOP/s (2.5x fwd FLOPs) of fa_cute configs next to PyTorch's FLASH (FA2) and CUDNN
 backward, same process, interleaved shuffled rounds, median of 3 (CUDA events, 10 calls each).
 usage: bwd_speed.py D1,D2 N1,N2 [--family sm80|sm90a] [--dtype bf16|fp16]
-       [--det: also each config deterministic, where it has the mode]"""
+       [--det: also each config deterministic, where it has the mode]
+       [--side-stream: everything on a created stream, not the legacy default one, on which
+        a programmatic dependent launch runs as an ordinary launch (docs/perf-notes.md)]"""
 import json, os, random, sys
 import torch, torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -82,4 +84,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if "--side-stream" in sys.argv:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            main()
+    else:
+        main()
