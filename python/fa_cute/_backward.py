@@ -264,7 +264,7 @@ def _cached(key: tuple, tensors):
 def _remember(key: tuple, tensors, value) -> None:
     """Cache value under key in `_cache.BACKWARD_VALIDATED` with the tensors' extents."""
     _cache.remember(_cache.BACKWARD_VALIDATED, key,
-                    (value, tuple((t.element_size(), extent_bytes(t)) for t in tensors)))
+                    (value, _extents(tensors)))
 
 
 def _tma_loadable_config(config: str, auto: bool, loaded, head_dim: int) -> str:
@@ -393,12 +393,17 @@ def saved_tensor_hooks_active() -> bool:
 
 
 def _saved_key(tensors) -> tuple:
-    """What the backward's checks read of the saved tensors besides their storages: dtype,
-    shape, strides, device, negation bit and 16-byte alignment of each. A saved-tensor hook
-    (torch.autograd.graph.save_on_cpu, a checkpoint's recomputation, or any user hook) hands
-    the backward new tensors, which may differ in any of these from the forward's."""
-    return tuple((t.dtype, t.shape, t.stride(), t.get_device(), t.is_neg(), t.data_ptr() % ALIGN_BYTES)
-                 for t in tensors)
+    """What the backward's checks read of the saved tensors besides their storages
+    (`_cache.tensor_key`: dtype, shape, strides, device, layout, negation bit, 16-byte
+    alignment). A saved-tensor hook (torch.autograd.graph.save_on_cpu, a checkpoint's
+    recomputation, or any user hook) hands the backward new tensors, which may differ in
+    any of these from the forward's."""
+    return tuple(_cache.tensor_key(t) for t in tensors)
+
+
+def _extents(tensors) -> tuple:
+    """(element size, `extent_bytes`) of each tensor, for `_cache.storages_hold`."""
+    return tuple((t.element_size(), extent_bytes(t)) for t in tensors)
 
 
 def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scale, softcap,
@@ -436,9 +441,7 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
                                           softcap=softcap, window_size=window_size)
         plan = _plan(launch, softcap, window_size)
         if reusable:
-            plan = plan._replace(saved=_saved_key(saved),
-                                 extents=tuple((t.element_size(), extent_bytes(t)) for t in saved[:3]),
-                                 hooked=hooked)
+            plan = plan._replace(saved=_saved_key(saved), extents=_extents(saved[:3]), hooked=hooked)
             _cache.remember(_cache.RECORDED_BACKWARD, recorded, plan)
     return _launch_plan(plan, dout, q, k, v, out, lse, sdpa)
 
