@@ -69,6 +69,15 @@ struct PackedSequence {
   }
 };
 
+// A KV cache's entry b: its keys after this call's append, clamped to [0, capacity]
+// (seqlen_k). The sum is taken in 64 bits: cache_seqlens is the caller's, any int.
+CUTE_HOST_DEVICE int64_t cache_keys(FwdParams const& p, int b) {
+  return int64_t(p.seqused_k[b]) + p.seqused_k_add;
+}
+CUTE_HOST_DEVICE int clamped_cache_keys(FwdParams const& p, int b) {
+  return int(cute::min(cute::max(cache_keys(p, b), int64_t(0)), int64_t(p.seqlen_k)));
+}
+
 // One batch entry's lengths and where its rows start. A dense batch's are the launch's, with
 // offsets 0; a variable-length batch's (FwdParams::cu_seqlens_q non-null) are read from the
 // GPU's cu_seqlens, once per tile; a KV cache's key count from seqused_k and its K/V entry
@@ -96,10 +105,10 @@ struct FwdSeqlens {
       seqlen_k = s.seqlen_k;
       causal_offset = seqlen_k - seqlen_q;  // bottom-right, per sequence
     } else if (kVarlen && p.seqused_k != nullptr) {
-      // A KV cache: this entry's keys are the first seqused_k[b] of its K/V entry (clamped to
-      // the capacity, seqlen_k), aligned bottom-right against the queries.
+      // A KV cache: this entry's keys are the first seqused_k[b] + seqused_k_add of its K/V
+      // entry (clamped to the capacity, seqlen_k), aligned bottom-right against the queries.
       seqlen_q = p.seqlen_q;
-      seqlen_k = cute::min(cute::max(p.seqused_k[bidb], 0), p.seqlen_k);
+      seqlen_k = clamped_cache_keys(p, bidb);
       offset_q = 0;
       offset_k = 0;
       causal_offset = seqlen_k - seqlen_q;

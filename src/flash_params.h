@@ -58,11 +58,16 @@ struct FwdParams {
 
   // A KV cache (forward_with_kvcache; all null / 0 otherwise), in the kernel variants that
   // take varlen batches. seqused_k without cu_seqlens_k: batch entry b attends to the first
-  // seqused_k[b] keys of its K/V entry (seqlen_k is then the cache's capacity per entry).
+  // seqused_k[b] + seqused_k_add keys of its K/V entry (seqlen_k is then the cache's capacity
+  // per entry).
   // kv_batch_idx: query entry b reads K/V entry kv_batch_idx[b] (of batch_k). page_table:
   // k and v are pages (num_pages, page_size, nheads_k, head_dim), the batch stride being the
   // page stride; entry b's key j is row j % page_size of page
   // page_table[b * page_table_stride + j / page_size].
+  // seqused_k_add: keys this call appended (forward_with_kvcache's k, v); entry b's key
+  // count is seqused_k[b] + seqused_k_add (`cache_keys`), so that the call passes
+  // cache_seqlens as it is instead of launching a kernel to add to it. 0 for varlen batches.
+  int seqused_k_add = 0;
   int const* __restrict__ kv_batch_idx = nullptr;
   int batch_k = 0;
   int const* __restrict__ page_table = nullptr;

@@ -8,7 +8,7 @@
 
 #include <cute/tensor.hpp>
 
-#include "block_info.h"  // PackedSequence
+#include "block_info.h"  // PackedSequence, cache_keys
 #include "flash_params.h"
 
 // A variable-length batch's cu_seqlens live on the GPU, and reading them on the host would
@@ -49,7 +49,7 @@ CUTE_HOST_DEVICE bool packed_entry_ok(int const* cu_seqlens_q, int const* cu_seq
 // cache's key count (within the capacity, seqlen_k) and K/V entry. Its pages: page_ok.
 CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
   if (p.cu_seqlens_q == nullptr) {
-    int const used = p.seqused_k[b];
+    int64_t const used = cache_keys(p, b);
     bool ok = used >= 0 && used <= p.seqlen_k;
     if (p.kv_batch_idx != nullptr) ok = ok && p.kv_batch_idx[b] >= 0 && p.kv_batch_idx[b] < p.batch_k;
     return ok;
@@ -60,8 +60,7 @@ CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
 // The pages a paged KV cache's entry b reads: page_table[b, 0 .. ceil(used / page_size)), its
 // key count clamped into the table (a count past it is varlen_entry_ok's to flag).
 CUTE_HOST_DEVICE int pages_used(FwdParams const& p, int b) {
-  int const used = cute::min(cute::max(p.seqused_k[b], 0), p.seqlen_k);
-  return (used + p.page_size - 1) / p.page_size;
+  return (clamped_cache_keys(p, b) + p.page_size - 1) / p.page_size;
 }
 CUTE_HOST_DEVICE bool page_ok(FwdParams const& p, int b, int j) {
   int const page = p.page_table[index_t(b) * p.page_table_stride + j];

@@ -206,6 +206,7 @@ ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams cons
   FA_CUTE_REQUIRE(p.seqlen_k >= 1 && p.seqlen_k <= kMaxSeqlen,
                   "max_seqlen_k: must be in [1, " + str(kMaxSeqlen) + "], got " + str(p.seqlen_k));
   FA_CUTE_REQUIRE(p.num_splits == 1, "num_splits: a varlen call does not split keys; pass 1");
+  FA_CUTE_REQUIRE(p.seqused_k_add == 0, "seqused_k_add: a KV cache's, 0 in a varlen call");
   long long const query_tiles = (long long)((p.seqlen_q + kernel.block_m - 1) / kernel.block_m) * p.nheads * p.batch;
   FA_CUTE_REQUIRE(query_tiles <= kMaxLaunchTiles, "batch * nheads * ceil(max_seqlen_q / " + str(kernel.block_m) +
                                                       ") must be <= " + str(kMaxLaunchTiles) +
@@ -220,7 +221,9 @@ ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams cons
 
 ForwardExtents check_kvcache_forward_args(FwdKernel const& kernel, FwdParams const& p, int device) {
   FA_CUTE_REQUIRE(p.seqused_k != nullptr && p.cu_seqlens_q == nullptr && p.cu_seqlens_k == nullptr,
-                  "seqused_k: a KV-cache call needs it (cache_seqlens + the new tokens), without cu_seqlens");
+                  "cache_seqlens: a KV-cache call needs it (as seqused_k), without cu_seqlens");
+  FA_CUTE_REQUIRE(p.seqused_k_add >= 0 && p.seqused_k_add <= kMaxSeqlen,
+                  "seqlen_new: the keys appended must be in [0, " + str(kMaxSeqlen) + "], got " + str(p.seqused_k_add));
   bool const paged = p.page_table != nullptr;
   if (paged) {
     FA_CUTE_REQUIRE(p.page_size >= 16 && p.page_size % 16 == 0,
@@ -247,7 +250,7 @@ ForwardExtents check_kvcache_forward_args(FwdKernel const& kernel, FwdParams con
                              p.k_row_stride, p.k_head_stride, kernel.block_n);
   extents[2] = check_operand("v_cache", ptr(p.v_ptr), entries, rows, p.nheads_k, p.head_dim, p.v_batch_stride,
                              p.v_row_stride, p.v_head_stride, kernel.block_n);
-  extents[7] = check_int32_buffer("seqused_k", p.seqused_k, p.batch);
+  extents[7] = check_int32_buffer("cache_seqlens", p.seqused_k, p.batch);
   if (p.kv_batch_idx != nullptr) extents[8] = check_int32_buffer("cache_batch_idx", p.kv_batch_idx, p.batch);
   if (paged) extents[9] = check_int32_buffer("page_table", p.page_table, (long long)p.batch * p.page_table_stride);
   return extents;

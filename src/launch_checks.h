@@ -68,9 +68,10 @@ ForwardExtents check_varlen_forward_args(FwdKernel const& kernel, FwdParams cons
 // check_forward_args checks them, k and v as the cache: (batch_k, seqlen_k, nheads_k, d)
 // entries (kv_batch_idx non-null: batch_k of them, else batch) or, with page_table, pages
 // (num_pages, page_size, nheads_k, d), page_size a positive multiple of 16 and seqlen_k (the
-// capacity per entry) page_table_stride * page_size; seqused_k, kv_batch_idx (batch int32)
-// and page_table (batch x page_table_stride int32) as operands in extents[7..9]. What they
-// hold is never read on the host (fwd_varlen_check.h checks it on the GPU).
+// capacity per entry) page_table_stride * page_size; seqused_k (cache_seqlens, to which the
+// kernels add seqused_k_add), kv_batch_idx (batch int32) and page_table (batch x
+// page_table_stride int32) as operands in extents[7..9]. What they hold is never read on the
+// host (fwd_varlen_check.h checks it on the GPU).
 ForwardExtents check_kvcache_forward_args(FwdKernel const& kernel, FwdParams const& params, int device);
 
 // The new tokens of a KV-cache call (k_new, v_new: (batch, seqlen_new, nheads_k, head_dim)),

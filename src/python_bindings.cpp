@@ -233,13 +233,13 @@ void varlen_forward(std::string const& config, std::string const& dtype, uintptr
 // Attention of q (batch, seqlen_q, nheads, d) over a KV cache: k_cache/v_cache entries
 // (batch_k, capacity, nheads_k, d) read through kv_batch_idx (0: entry b for sequence b), or
 // pages (num_pages, page_size, nheads_k, d) read through page_table (batch,
-// page_table_stride); sequence b sees its first seqused_k[b] keys, aligned bottom-right.
-// With k_new (non-zero), the new tokens (batch, seqlen_new, nheads_k, d) are first written
-// into the cache at cache_seqlens[b] (kv_append.h), on the same stream. All int32 buffers
+// page_table_stride); sequence b sees its first cache_seqlens[b] keys, plus seqlen_new with
+// k_new (non-zero): the new tokens (batch, seqlen_new, nheads_k, d), first written into the
+// cache at cache_seqlens[b] (kv_append.h), on the same stream. All int32 buffers
 // stay on the GPU (no host read); a bad one poisons the output (fwd_varlen_check.h).
 void kvcache_forward(std::string const& config, std::string const& dtype, uintptr_t q, uintptr_t k_cache,
                      uintptr_t v_cache, uintptr_t o, uintptr_t lse, uintptr_t k_new, uintptr_t v_new,
-                     uintptr_t cache_seqlens, uintptr_t seqused_k, uintptr_t kv_batch_idx, uintptr_t page_table,
+                     uintptr_t cache_seqlens, uintptr_t kv_batch_idx, uintptr_t page_table,
                      int batch, int seqlen_q, int seqlen_new, int capacity, int nheads, int nheads_k, int head_dim,
                      int batch_k, int page_table_stride, int page_size, int num_pages, Strides q_strides,
                      Strides k_cache_strides, Strides v_cache_strides, Strides o_strides, Strides k_new_strides,
@@ -247,7 +247,8 @@ void kvcache_forward(std::string const& config, std::string const& dtype, uintpt
                      int window_right, int device, uintptr_t stream_handle, int num_splits, uintptr_t o_accum,
                      uintptr_t lse_accum) {
   FwdKernel const& kernel = find_fwd_kernel(config, parse_dtype(dtype));
-  // The launch's key length is the cache's capacity; each sequence's is seqused_k[b].
+  // The launch's key length is the cache's capacity; each sequence's is cache_seqlens[b] plus
+  // the new tokens, added in the kernels (FwdParams::seqused_k_add: no kernel of its own).
   FwdParams params = problem_params<FwdParams>(batch, seqlen_q, capacity, nheads, nheads_k, is_causal);
   set_attention_operands(params, q, k_cache, v_cache, o, q_strides, k_cache_strides, v_cache_strides, o_strides,
                          softmax_scale);
@@ -255,7 +256,8 @@ void kvcache_forward(std::string const& config, std::string const& dtype, uintpt
   params.num_splits = num_splits;
   params.o_accum_ptr = reinterpret_cast<float*>(o_accum);
   params.lse_accum_ptr = reinterpret_cast<float*>(lse_accum);
-  params.seqused_k = reinterpret_cast<int const*>(seqused_k);
+  params.seqused_k = reinterpret_cast<int const*>(cache_seqlens);
+  params.seqused_k_add = k_new != 0 ? seqlen_new : 0;
   params.kv_batch_idx = reinterpret_cast<int const*>(kv_batch_idx);
   params.batch_k = batch_k;
   params.page_table = reinterpret_cast<int const*>(page_table);
@@ -289,9 +291,6 @@ void kvcache_forward(std::string const& config, std::string const& dtype, uintpt
     std::array<OperandExtent, 2> const new_kv = check_kv_append_args(append);
     extents[10] = new_kv[0];
     extents[11] = new_kv[1];
-    FA_CUTE_REQUIRE(cache_seqlens != 0 && cache_seqlens % 4 == 0,
-                    "cache_seqlens: a non-null, 4-byte aligned int32 device pointer is needed with k, v");
-    extents[12] = OperandExtent{"cache_seqlens", cache_seqlens, 4ull * uint64_t(batch)};
   }
   check_runtime(extents, device, stream_handle, check_forward_memory);
   auto const stream = reinterpret_cast<cudaStream_t>(stream_handle);
@@ -509,7 +508,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stream"), py::arg("tile_counter") = 0);
   m.def("kvcache_forward", &fa_cute::kvcache_forward, py::arg("config"), py::arg("dtype"), py::arg("q"),
         py::arg("k_cache"), py::arg("v_cache"), py::arg("out"), py::arg("lse"), py::arg("k_new"), py::arg("v_new"),
-        py::arg("cache_seqlens"), py::arg("seqused_k"), py::arg("kv_batch_idx"), py::arg("page_table"),
+        py::arg("cache_seqlens"), py::arg("kv_batch_idx"), py::arg("page_table"),
         py::arg("batch"), py::arg("seqlen_q"), py::arg("seqlen_new"), py::arg("capacity"), py::arg("nheads"),
         py::arg("nheads_k"), py::arg("head_dim"), py::arg("batch_k"), py::arg("page_table_stride"),
         py::arg("page_size"), py::arg("num_pages"), py::arg("q_strides"), py::arg("k_cache_strides"),

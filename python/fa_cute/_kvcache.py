@@ -211,7 +211,6 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = (torch.empty((plan.batch, plan.nheads, plan.seqlen_q), dtype=torch.float32, device=q.device)
            if plan.return_lse else None)
-    seqused = cache_seqlens + plan.seqlen_new if plan.seqlen_new else cache_seqlens
     device = q.device.index
     splits = plan.splits
     accum = None
@@ -224,7 +223,7 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
     args = (plan.config, plan.dtype, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
             out.data_ptr(), 0 if lse is None else lse.data_ptr(),
             0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
-            cache_seqlens.data_ptr(), seqused.data_ptr(),
+            cache_seqlens.data_ptr(),
             0 if cache_batch_idx is None else cache_batch_idx.data_ptr(),
             page_table.data_ptr() if paged else 0, plan.batch, plan.launch_seqlen_q,
             max(plan.seqlen_new, 1), plan.capacity, plan.launch_nheads, plan.nheads_k, plan.head_dim,
