@@ -117,3 +117,37 @@ def test_forget_tuning_drops_the_plans(planned: list) -> None:
     _cache.forget_tuning()
     fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens)
     assert len(planned) == 2
+
+
+
+def test_launch_arguments_bind_to_the_c_signature(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch_plan's arguments, strides taken from the plan, against `_C.kvcache_forward`'s
+    signature (pybind11's docstring) and against what the tensors say: the cached plan
+    carries out's, k's and v's strides so that a hit computes none of them."""
+    import re
+
+    from fa_cute import _C, _cache, _kvcache
+
+    names = re.findall(r"(?:\(|, )(\w+): ", _C.kvcache_forward.__doc__.splitlines()[0])
+    calls = []
+    monkeypatch.setattr(_cache, "KVCACHE_VALIDATED", {})
+    monkeypatch.setattr(_kvcache, "check_devices", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_kvcache._C, "num_splits", lambda *args: 1, raising=False)
+    monkeypatch.setattr(_kvcache._C, "kvcache_forward", lambda *args: calls.append(dict(zip(names, args))),
+                        raising=False)
+    monkeypatch.setattr(_kvcache, "current_stream", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+    q, kc, vc, _, _, lens = _args(nheads=4, nheads_k=4)  # not packed: out's own strides
+    k = torch.randn(2, 3, 8, 128).to(torch.bfloat16)[:, :, ::2]  # strided new keys
+    v = torch.randn(2, 3, 4, 128).to(torch.bfloat16)
+    outs = [fa_cute.forward_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens) for _ in range(2)]
+    assert len(_cache.KVCACHE_VALIDATED) == 1 and len(calls) == 2  # the second call a cache hit
+    for out, args in zip(outs, calls):
+        assert len(args) == len(names) and names[-3:] == ["num_splits", "o_accum", "lse_accum"]
+        assert args["out"] == out.data_ptr() and args["k_new"] == k.data_ptr()
+        assert args["seqlen_new"] == 3 and args["cache_seqlens"] == lens.data_ptr()
+        assert args["q_strides"] == args["out_strides"] == (4 * 128, 0, 128)  # seqlen_q 1: stride 0
+        assert args["k_new_strides"] == (3 * 8 * 128, 8 * 128, 2 * 128)
+        assert args["v_new_strides"] == (3 * 4 * 128, 4 * 128, 128)
+        assert args["k_cache_strides"] == args["v_cache_strides"] == (256 * 4 * 128, 4 * 128, 128)
+    assert {n: a for n, a in calls[0].items() if n != "out"} == {n: a for n, a in calls[1].items() if n != "out"}

@@ -69,7 +69,9 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 class KvPlan(NamedTuple):
     """What a validated call launches with (`plan_call`): all but the tensors' addresses. strides:
-    q's as launched, k_cache's and v_cache's (`_launch.row_strides`)."""
+    q's as launched, k_cache's, v_cache's, out's as launched (a contiguous tensor of q's shape),
+    k's and v's ((0, 0, 0) without them; `_launch.row_strides`): the cache keys each tensor's
+    strides, so a hit needs none of them recomputed."""
     config: str
     dtype: str
     batch: int
@@ -202,7 +204,10 @@ def plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_
     return KvPlan(cfg["name"], DTYPE_NAMES[q.dtype], batch, nheads, seqlen_q, launch_seqlen_q,
                   launch_nheads, packed, seqlen_new, capacity, nheads_k, head_dim, entries,
                   page_table.shape[1] if paged else 0, rows if paged else 0,
-                  (launch_strides(q, packed, nheads_k), row_strides(k_cache), row_strides(v_cache)),
+                  (launch_strides(q, packed, nheads_k), row_strides(k_cache), row_strides(v_cache),
+                   launch_strides(torch.empty(q.shape, device="meta"), packed, nheads_k),
+                   row_strides(k) if k is not None else (0, 0, 0),
+                   row_strides(v) if v is not None else (0, 0, 0)),
                   scale, causal, cap, window_left, -1 if causal else window_right, splits, return_lse)
 
 
@@ -219,7 +224,6 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
         values = splits * rows_total * plan.head_dim
         accum = torch.empty(values + splits * rows_total, dtype=torch.float32, device=q.device)
     paged = page_table is not None
-    q_strides, k_cache_strides, v_cache_strides = plan.strides
     args = (plan.config, plan.dtype, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
             out.data_ptr(), 0 if lse is None else lse.data_ptr(),
             0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
@@ -228,13 +232,11 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
             page_table.data_ptr() if paged else 0, plan.batch, plan.launch_seqlen_q,
             max(plan.seqlen_new, 1), plan.capacity, plan.launch_nheads, plan.nheads_k, plan.head_dim,
             plan.entries, plan.page_table_cols, plan.page_size, plan.entries if paged else 0,
-            q_strides, k_cache_strides, v_cache_strides, launch_strides(out, plan.packed, plan.nheads_k),
-            row_strides(k) if k is not None else (0, 0, 0),
-            row_strides(v) if v is not None else (0, 0, 0), plan.scale, plan.causal, plan.softcap,
+            *plan.strides, plan.scale, plan.causal, plan.softcap,
             plan.window_left, plan.window_right, device, current_stream(device),
             splits if splits > 1 else 1,
             accum.data_ptr() if accum is not None else 0,
-            accum[values:].data_ptr() if accum is not None else 0)
+            accum.data_ptr() + 4 * values if accum is not None else 0)  # no view: fp32 LSEs after O
     # Entering torch.cuda.device costs microseconds, as much as a decode step's kernel: only
     # when q is not on the current device (`_launch.launch_kernel` does the same).
     if device == torch.cuda.current_device():
