@@ -145,7 +145,6 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
       OperandExtent{"seqused_k", 0, 0},
       OperandExtent{"k", 0, 0},
       OperandExtent{"v", 0, 0},
-      OperandExtent{"cache_seqlens", 0, 0},
       OperandExtent{"q_descale", 0, 0},
       OperandExtent{"k_descale", 0, 0},
       OperandExtent{"v_descale", 0, 0},
@@ -156,9 +155,9 @@ ForwardExtents check_forward_args(FwdKernel const& kernel, FwdParams const& p, i
   }
   if (fp8) {
     u128 const factors = u128(p.batch) * p.nheads_k;
-    extents[13] = check_fp32_buffer("q_descale", ptr(p.q_descale_ptr), factors);
-    extents[14] = check_fp32_buffer("k_descale", ptr(p.k_descale_ptr), factors);
-    extents[15] = check_fp32_buffer("v_descale", ptr(p.v_descale_ptr), factors);
+    extents[12] = check_fp32_buffer("q_descale", ptr(p.q_descale_ptr), factors);
+    extents[13] = check_fp32_buffer("k_descale", ptr(p.k_descale_ptr), factors);
+    extents[14] = check_fp32_buffer("v_descale", ptr(p.v_descale_ptr), factors);
   }
   return extents;
 }

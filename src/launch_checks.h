@@ -39,10 +39,10 @@ struct OperandExtent {
 };
 
 // q, k, v, out, lse, o_accum, lse_accum; a varlen call's cu_seqlens_q, cu_seqlens_k,
-// seqused_k (a KV-cache call's seqused_k, cache_batch_idx, page_table); a KV-cache call's new
-// k, v and cache_seqlens (a varlen call's tile_counter); an FP8 call's q_descale, k_descale,
-// v_descale.
-using ForwardExtents = std::array<OperandExtent, 16>;
+// seqused_k (a KV-cache call's cache_seqlens, cache_batch_idx, page_table); a KV-cache call's
+// new k and v (a varlen call's tile_counter in k's place); an FP8 call's q_descale,
+// k_descale, v_descale.
+using ForwardExtents = std::array<OperandExtent, 15>;
 
 // seqlen_q and seqlen_k in [1, kMaxSeqlen]: what every entry point that takes lengths shares.
 void check_seqlens(int seqlen_q, int seqlen_k);
