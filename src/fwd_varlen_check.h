@@ -46,11 +46,14 @@ CUTE_HOST_DEVICE bool packed_entry_ok(int const* cu_seqlens_q, int const* cu_seq
 
 // Whether batch entry b's lengths are consistent (what the kernels assume of them): a varlen
 // batch's offsets (the forward visits each sequence's keys whatever max_seqlen_k says); a KV
-// cache's key count (within the capacity, seqlen_k) and K/V entry. Its pages: page_ok.
+// cache's cached keys (>= 0) and key count after the append (within the capacity,
+// seqlen_k), and its K/V entry. Its pages: page_ok.
 CUTE_HOST_DEVICE bool varlen_entry_ok(FwdParams const& p, int b) {
   if (p.cu_seqlens_q == nullptr) {
-    int64_t const used = cache_keys(p, b);
-    bool ok = used >= 0 && used <= p.seqlen_k;
+    // cache_seqlens itself below 0 is bad even where the new tokens lift the sum to 0 or
+    // more: the append skips the positions below 0, and the attention would read cache rows
+    // no call wrote.
+    bool ok = p.seqused_k[b] >= 0 && cache_keys(p, b) <= p.seqlen_k;
     if (p.kv_batch_idx != nullptr) ok = ok && p.kv_batch_idx[b] >= 0 && p.kv_batch_idx[b] < p.batch_k;
     return ok;
   }

@@ -16,18 +16,19 @@ __global__ void __launch_bounds__(256) kv_append_kernel(__grid_constant__ KvAppe
     rest /= p.nheads_k;
     int const j = int(rest % p.seqlen_new);
     int const b = int(rest / p.seqlen_new);
-    int const pos = p.cache_seqlens[b] + j;
+    // 64-bit: cache_seqlens is the caller's, and near INT_MAX the int sum would overflow.
+    int64_t const pos = int64_t(p.cache_seqlens[b]) + j;
     if (pos < 0 || pos >= p.capacity) continue;
     index_t entry;
     int row;
     if (p.page_table != nullptr) {
       entry = p.page_table[index_t(b) * p.page_table_stride + pos / p.page_size];
       if (entry < 0 || entry >= p.num_pages) continue;
-      row = pos % p.page_size;
+      row = int(pos % p.page_size);
     } else {
       entry = p.kv_batch_idx != nullptr ? p.kv_batch_idx[b] : b;
       if (entry < 0 || entry >= p.batch_k) continue;
-      row = pos;
+      row = int(pos);
     }
     int const col = vec * 8;
     auto const* k_src = reinterpret_cast<uint4 const*>(static_cast<uint16_t const*>(p.k_new_ptr) +

@@ -179,6 +179,26 @@ def test_overflow_poisons_and_writes_nothing_past_capacity() -> None:
     assert torch.equal(k_cache[e, :253], before[e, :253])
 
 
+@pytest.mark.parametrize("cached", [-3, -7, 2**31 - 5, 2**31 - 1])
+def test_bad_cache_seqlens_poison_the_output(cached: int) -> None:
+    """cache_seqlens below 0, even where the 7 new tokens lift the count to 0 or more (the
+    append skips positions below 0: the attention would read rows no call wrote), and counts
+    whose sum with the new tokens passes INT_MAX (once an int32 add): the whole output NaN,
+    nothing written outside the entries' rows."""
+    q, k_new, v_new, lens, k_cache, v_cache, table, index = _setup(2, 1, 7, 8, 2, 256, 0, 3)
+    before = k_cache.clone()
+    lens = torch.tensor([100, cached], dtype=torch.int32, device=DEVICE)
+    out = fa_cute.forward_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=lens,
+                                       cache_batch_idx=index)
+    torch.cuda.synchronize()
+    assert torch.isnan(out).all().item(), cached
+    e = int(index[1])
+    written = slice(0, max(cached + 7, 0)) if cached < 0 else slice(0, 0)
+    untouched = torch.ones(256, dtype=torch.bool, device=DEVICE)
+    untouched[written] = False
+    assert torch.equal(k_cache[e][untouched], before[e][untouched])
+
+
 @pytest.mark.parametrize("page", ["negative", "past_the_pool"])
 def test_page_outside_the_pool_poisons_the_output(page: str) -> None:
     """A page the keys lie in that is outside the pool makes the whole output and LSE NaN
