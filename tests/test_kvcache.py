@@ -119,7 +119,6 @@ def test_forget_tuning_drops_the_plans(planned: list) -> None:
     assert len(planned) == 2
 
 
-
 def test_launch_arguments_bind_to_the_c_signature(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
     """launch_plan's arguments, strides taken from the plan, against `_C.kvcache_forward`'s
     signature (pybind11's docstring) and against what the tensors say: the cached plan

@@ -19,7 +19,7 @@ from ._configs import (AUTO, DTYPE_NAMES, PLACEHOLDER_CC, check_config_type, fam
 from ._launch import ALIGN_BYTES, Launch, current_stream, row_strides, sdpa_row_strides
 from ._validate import (ALLOWED_DTYPES, FORWARD_NAMES, LIMITS, SDPA_NAMES, Names, broadcast_dim, check_devices,
                         check_flag, check_inputs, check_layout, check_memory, check_shapes,
-                        check_tensor, extent_bytes, overlaps_itself, resolve_scale,
+                        check_tensor, overlaps_itself, resolve_scale,
                         softcap_arg, spans_overlap, window_arg)
 
 __all__ = ["BACKWARD_CONFIGS", "DETERMINISTIC_FAMILIES", "backward_config", "backward_kernel_args",
@@ -264,7 +264,7 @@ def _cached(key: tuple, tensors):
 def _remember(key: tuple, tensors, value) -> None:
     """Cache value under key in `_cache.BACKWARD_VALIDATED` with the tensors' extents."""
     _cache.remember(_cache.BACKWARD_VALIDATED, key,
-                    (value, _extents(tensors)))
+                    (value, _cache.storage_extents(tensors)))
 
 
 def _tma_loadable_config(config: str, auto: bool, loaded, head_dim: int) -> str:
@@ -401,11 +401,6 @@ def _saved_key(tensors) -> tuple:
     return tuple(_cache.tensor_key(t) for t in tensors)
 
 
-def _extents(tensors) -> tuple:
-    """(element size, `extent_bytes`) of each tensor, for `_cache.storages_hold`."""
-    return tuple((t.element_size(), extent_bytes(t)) for t in tensors)
-
-
 def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scale, softcap,
                           window_size, recorded: Optional[tuple], sdpa: bool, hooked: bool = True
                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -441,7 +436,7 @@ def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scal
                                           softcap=softcap, window_size=window_size)
         plan = _plan(launch, softcap, window_size)
         if reusable:
-            plan = plan._replace(saved=_saved_key(saved), extents=_extents(saved[:3]), hooked=hooked)
+            plan = plan._replace(saved=_saved_key(saved), extents=_cache.storage_extents(saved[:3]), hooked=hooked)
             _cache.remember(_cache.RECORDED_BACKWARD, recorded, plan)
     return _launch_plan(plan, dout, q, k, v, out, lse, sdpa)
 

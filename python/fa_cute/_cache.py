@@ -19,7 +19,7 @@ from ._validate import (FORWARD_NAMES, LIMITS, SDPA_NAMES, Names, check_memory, 
 
 __all__ = ["BACKWARD_VALIDATED", "KVCACHE_VALIDATED", "PLANS", "RECORDED_BACKWARD", "VALIDATED", "VALIDATED_MAX",
            "forget_tuning",
-           "plan_key", "remember", "storages_hold", "tensor_key", "validate_cached",
+           "plan_key", "remember", "storage_extents", "storages_hold", "tensor_key", "validate_cached",
            "validate_sdpa_cached"]
 
 
@@ -100,6 +100,12 @@ def tensor_key(t) -> tuple:
     what is not a dense tensor."""
     return (t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
             t.data_ptr() % ALIGN_BYTES)
+
+
+def storage_extents(tensors) -> tuple:
+    """What `storages_hold` compares: (element size, `extent_bytes`) of each tensor, None for
+    an absent one."""
+    return tuple(None if t is None else (t.element_size(), extent_bytes(t)) for t in tensors)
 
 
 def storages_hold(tensors, extents) -> bool:

@@ -26,7 +26,7 @@ from . import _C, _cache
 from ._configs import AUTO, DTYPE_NAMES, packed_call_config
 from ._launch import current_stream, launch_strides, packable, row_strides
 from ._validate import (ALLOWED_DTYPES, check_devices, check_flag, check_layout, check_memory,
-                        check_tensor, extent_bytes, grad_mode, resolve_scale, softcap_arg, window_arg)
+                        check_tensor, grad_mode, resolve_scale, softcap_arg, window_arg)
 
 __all__ = ["KvPlan", "call_key", "forward_with_kvcache", "launch_plan", "plan_call"]
 
@@ -62,8 +62,7 @@ def forward_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         plan = plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
                          softmax_scale, window_size, softcap, return_lse, num_splits, config)
         if key is not None:
-            _cache.remember(_cache.KVCACHE_VALIDATED, key, (plan, tuple(
-                None if t is None else (t.element_size(), extent_bytes(t)) for t in tensors)))
+            _cache.remember(_cache.KVCACHE_VALIDATED, key, (plan, _cache.storage_extents(tensors)))
     return launch_plan(plan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx)
 
 
