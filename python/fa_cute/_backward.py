@@ -226,7 +226,7 @@ def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: b
             and (softmax_scale is None or type(softmax_scale) in (int, float))
             and type(softcap) in (int, float) and type(window_size) is tuple
             and all(type(w) is int for w in window_size)):
-        tensor_keys = _tensors_key(tensors)
+        tensor_keys = _cache.tensors_key(tensors)
         if tensor_keys is not None:
             key = (tensor_keys, causal, bottom_right, type(softmax_scale), softmax_scale,
                    deterministic, config, names, type(softcap), softcap, window_size)
@@ -240,17 +240,6 @@ def validate_backward_cached(dout, q, k, v, out, lse, *, causal, bottom_right: b
     if key is not None:
         _remember(key, tensors, launch)
     return launch
-
-
-def _tensors_key(tensors) -> Optional[tuple]:
-    """`_cache.tensor_key` of each tensor, or None where one is not a CUDA tensor (errors
-    are never cached: the checks name it) or has no data_ptr()."""
-    if not all(type(t) is torch.Tensor and t.is_cuda for t in tensors):
-        return None
-    try:
-        return tuple(_cache.tensor_key(t) for t in tensors)
-    except RuntimeError:  # a tensor without data_ptr(): the checks name it
-        return None
 
 
 def _cached(key: tuple, tensors):
@@ -392,13 +381,15 @@ def saved_tensor_hooks_active() -> bool:
             return True
 
 
-def _saved_key(tensors) -> tuple:
+def _saved_key(tensors) -> object:
     """What the backward's checks read of the saved tensors besides their storages
-    (`_cache.tensor_key`: dtype, shape, strides, device, layout, negation bit, 16-byte
+    (`_cache.tensors_key`: dtype, shape, strides, device, layout, negation bit, 16-byte
     alignment). A saved-tensor hook (torch.autograd.graph.save_on_cpu, a checkpoint's
     recomputation, or any user hook) hands the backward new tensors, which may differ in
-    any of these from the forward's."""
-    return tuple(_cache.tensor_key(t) for t in tensors)
+    any of these from the forward's. Where one is no CUDA tensor, a fresh object, equal to
+    no plan's: the full checks then name it."""
+    key = _cache.tensors_key(tensors)
+    return key if key is not None else object()
 
 
 def run_recorded_backward(dout, q, k, v, out, lse, *, causal: bool, softmax_scale, softcap,
@@ -452,7 +443,7 @@ def run_sdpa_backward(dout, query, key, value, out, lse, *, causal: bool, softma
     tensors = (dout, query, key, value, out, lse)
     cache_key = plan = None
     if type(causal) is bool and (softmax_scale is None or type(softmax_scale) in (int, float)):
-        tensor_keys = _tensors_key(tensors)
+        tensor_keys = _cache.tensors_key(tensors)
         if tensor_keys is not None:
             # The entry holds a plan, not a launch: its key's "sdpa layout" is this
             # function's alone.

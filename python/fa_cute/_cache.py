@@ -19,7 +19,7 @@ from ._validate import (FORWARD_NAMES, LIMITS, SDPA_NAMES, Names, check_memory, 
 
 __all__ = ["BACKWARD_VALIDATED", "KVCACHE_VALIDATED", "PLANS", "RECORDED_BACKWARD", "VALIDATED", "VALIDATED_MAX",
            "forget_tuning",
-           "plan_key", "remember", "storage_extents", "storages_hold", "tensor_key", "validate_cached",
+           "plan_key", "remember", "storage_extents", "storages_hold", "tensors_key", "validate_cached",
            "validate_sdpa_cached"]
 
 
@@ -49,7 +49,7 @@ BACKWARD_VALIDATED: Dict[tuple, Tuple[object, Tuple[Tuple[int, int], ...]]] = {}
 RECORDED_BACKWARD: Dict[tuple, tuple] = {}
 
 # `forward_with_kvcache`'s calls that passed its checks, keyed as `BACKWARD_VALIDATED` (every
-# tensor's `tensor_key`, the flags with their types): a serving loop's decode step repeats
+# tensor's `tensors_key`, the flags with their types): a serving loop's decode step repeats
 # one call every step, and its checks cost ~60 us of Python on a 2-core CPU VM. Each value
 # is (the call's launch plan, `_kvcache.KvPlan`, and (element size, `extent_bytes`) of each
 # tensor, None for one not passed).
@@ -94,12 +94,26 @@ def _launch_key(q, k, v, causal, bottom_right, softmax_scale, config, names,
         return None
 
 
-def tensor_key(t) -> tuple:
-    """`_launch_key`'s fields of one tensor argument (written out there for q, k and v, on the
-    forward's hot path), for the backward's cache: raises AttributeError or RuntimeError for
-    what is not a dense tensor."""
-    return (t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
-            t.data_ptr() % ALIGN_BYTES)
+def tensors_key(tensors) -> Optional[tuple]:
+    """What the checks read of each tensor argument besides its storage (dtype, shape,
+    strides, device, layout, negation bit, 16-byte alignment; `_launch_key`'s fields, written
+    out there for q, k and v on the forward's hot path), None for an absent one; None in
+    place of the whole where one is not a CUDA tensor or has no data_ptr() (errors are never
+    cached: the checks name it). One loop with the fields inline: a decode step keys eight
+    tensors a call."""
+    keys = []
+    try:
+        for t in tensors:
+            if t is None:
+                keys.append(None)
+            elif type(t) is torch.Tensor and t.is_cuda:
+                keys.append((t.dtype, t.shape, t.stride(), t.device, t.layout, t.is_neg(),
+                             t.data_ptr() % ALIGN_BYTES))
+            else:
+                return None
+    except RuntimeError:  # a sparse tensor has no data_ptr()
+        return None
+    return tuple(keys)
 
 
 def storage_extents(tensors) -> tuple:
@@ -112,8 +126,10 @@ def storages_hold(tensors, extents) -> bool:
     """Whether each storage still holds its tensor (a cached entry's (element size,
     `extent_bytes`) per tensor, None for an absent one): a storage freed or shrunk under a
     tensor of a cached shape sends the call to the full checks, which name it."""
-    return all(e is None or t.storage_offset() * e[0] + e[1] <= t.untyped_storage().nbytes()
-               for t, e in zip(tensors, extents))
+    for t, e in zip(tensors, extents):
+        if e is not None and t.storage_offset() * e[0] + e[1] > t.untyped_storage().nbytes():
+            return False
+    return True
 
 
 def validate_cached(q, k, v, *, causal, bottom_right: bool, softmax_scale, config, out,

@@ -94,25 +94,26 @@ class KvPlan(NamedTuple):
     window_right: int
     splits: int
     return_lse: bool
+    # `_C.kvcache_forward`'s arguments from the batch size to window_right, in its order: the
+    # same on every call of the plan, so a hit passes them as one tuple.
+    sizes: tuple = ()
 
 
 def call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits,
              config) -> Optional[tuple]:
     """What `plan_call`'s checks read, or None where a key cannot stand in for them (a tensor
     argument that is not a CUDA tensor, a flag of another type: the checks name it)."""
-    if not (all(t is None or (type(t) is torch.Tensor and t.is_cuda) for t in tensors)
-            and type(causal) is bool and type(return_lse) is bool and type(num_splits) is int
+    if not (type(causal) is bool and type(return_lse) is bool and type(num_splits) is int
             and (config is None or type(config) is str)
             and (softmax_scale is None or type(softmax_scale) in (int, float))
             and type(softcap) in (int, float) and type(window_size) is tuple
             and all(type(w) is int for w in window_size)):
         return None
-    try:
-        return (tuple(None if t is None else _cache.tensor_key(t) for t in tensors), causal,
-                type(softmax_scale), softmax_scale, window_size, type(softcap), softcap, return_lse,
-                num_splits, config)
-    except RuntimeError:  # a tensor without data_ptr(): the checks name it
+    keys = _cache.tensors_key(tensors)
+    if keys is None:
         return None
+    return (keys, causal, type(softmax_scale), softmax_scale, window_size, type(softcap), softcap,
+            return_lse, num_splits, config)
 
 
 def plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx, causal,
@@ -200,14 +201,19 @@ def plan_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_
     device = q.device.index
     splits = num_splits or _C.num_splits(cfg["name"], DTYPE_NAMES[q.dtype], batch, launch_seqlen_q,
                                           capacity, launch_nheads, nheads_k, causal, device)
+    page_table_cols, page_size = (page_table.shape[1], rows) if paged else (0, 0)
+    strides = (launch_strides(q, packed, nheads_k), row_strides(k_cache), row_strides(v_cache),
+               launch_strides(torch.empty(q.shape, device="meta"), packed, nheads_k),
+               row_strides(k) if k is not None else (0, 0, 0),
+               row_strides(v) if v is not None else (0, 0, 0))
+    window_right = -1 if causal else window_right
+    sizes = (batch, launch_seqlen_q, max(seqlen_new, 1), capacity, launch_nheads, nheads_k, head_dim,
+             entries, page_table_cols, page_size, entries if paged else 0, *strides, scale, causal, cap,
+             window_left, window_right)
     return KvPlan(cfg["name"], DTYPE_NAMES[q.dtype], batch, nheads, seqlen_q, launch_seqlen_q,
                   launch_nheads, packed, seqlen_new, capacity, nheads_k, head_dim, entries,
-                  page_table.shape[1] if paged else 0, rows if paged else 0,
-                  (launch_strides(q, packed, nheads_k), row_strides(k_cache), row_strides(v_cache),
-                   launch_strides(torch.empty(q.shape, device="meta"), packed, nheads_k),
-                   row_strides(k) if k is not None else (0, 0, 0),
-                   row_strides(v) if v is not None else (0, 0, 0)),
-                  scale, causal, cap, window_left, -1 if causal else window_right, splits, return_lse)
+                  page_table_cols, page_size, strides, scale, causal, cap, window_left, window_right,
+                  splits, return_lse, sizes)
 
 
 def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_table, cache_batch_idx) -> Result:
@@ -222,17 +228,12 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
         rows_total = plan.batch * plan.launch_nheads * plan.launch_seqlen_q
         values = splits * rows_total * plan.head_dim
         accum = torch.empty(values + splits * rows_total, dtype=torch.float32, device=q.device)
-    paged = page_table is not None
     args = (plan.config, plan.dtype, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
             out.data_ptr(), 0 if lse is None else lse.data_ptr(),
             0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
             cache_seqlens.data_ptr(),
             0 if cache_batch_idx is None else cache_batch_idx.data_ptr(),
-            page_table.data_ptr() if paged else 0, plan.batch, plan.launch_seqlen_q,
-            max(plan.seqlen_new, 1), plan.capacity, plan.launch_nheads, plan.nheads_k, plan.head_dim,
-            plan.entries, plan.page_table_cols, plan.page_size, plan.entries if paged else 0,
-            *plan.strides, plan.scale, plan.causal, plan.softcap,
-            plan.window_left, plan.window_right, device, current_stream(device),
+            0 if page_table is None else page_table.data_ptr(), *plan.sizes, device, current_stream(device),
             splits if splits > 1 else 1,
             accum.data_ptr() if accum is not None else 0,
             accum.data_ptr() + 4 * values if accum is not None else 0)  # no view: fp32 LSEs after O
@@ -250,7 +251,11 @@ def _records_grad(tensors) -> bool:
     """Whether autograd would record the call: grad mode on and a tensor (None: absent) that
     requires grad; forward_with_kvcache has no backward, so its checks refuse such a call and
     its cache never answers one."""
-    return grad_mode() and any(t is not None and t.requires_grad for t in tensors)
+    if grad_mode():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return True
+    return False
 
 
 def _check_int32(name: str, t, shape) -> None:
