@@ -392,6 +392,8 @@ BWD_CONFIGS = [
                   dq_tile_stages=1, production=False),
     Sm90BwdConfig(64, 128, 128, "backward (Hopper): as bwd_sm90_m128n128_d64_dqtile, two dQ tile buffers",
                   dq_tile_stages=2),
+    Sm90BwdConfig(64, 128, 128, "backward (Hopper): as bwd_sm90_m128n128_d64_dqtile, S^T and dP^T issued back to "
+                  "back", dp_early_init=True, dq_tile_stages=1),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, S^T and dP^T back to back, dQ "
@@ -416,6 +418,8 @@ BWD_CONFIGS = [
                   production=True),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile2, one dQ tile buffer",
                   dq_tile_stages=1),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile2, S^T and dP^T issued back to "
+                  "back", dp_early_init=True, dq_tile_stages=2),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, S^T and dP^T back to back, dQ "
