@@ -441,6 +441,8 @@ BWD_CONFIGS = [
                   "warpgroups splitting the queries of S^T and the d columns of dK and dV, dQ added by two bulk "
                   "reduce-adds a step from a dQ warp, its tile stored into the step's Q/dO stage", dkv_split_d=True,
                   dq_tile_in_qdo=True, production=True),
+    Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256_dqtileqdo, S^T and dP^T issued back to "
+                  "back", dkv_split_d=True, dp_early_init=True, dq_tile_in_qdo=True),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256_dqtileqdo, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", dkv_split_d=True, production=False),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),
