@@ -319,8 +319,10 @@ class Sm90BwdConfig(NamedTuple):
     barrier between the warpgroups; dq_tile_stages (_dqtile, _dqtile2): dq_accum in the dQ
     accumulators' tiled order, each step's dQ added by one bulk reduce-add from a dQ warp, through
     1 or 2 shared-memory tile buffers; dq_tile_in_qdo (_dqtileqdo, with dkv_split_d): the same
-    tile stored into the step's Q/dO stage instead, no buffer of its own (the traits' knobs
-    kdSStmatrix, kdQBulkReduce, kdPEarlyInit, kdQOverlap, kdQPerWG, kdQTileStages, kdQTileInQdO)."""
+    tile stored into the step's Q/dO stage instead, no buffer of its own; dv_early (_dvearly):
+    dV issued behind dP^T as soon as P^T is ready, dK behind it, dS stored while both run (the
+    traits' knobs kdSStmatrix, kdQBulkReduce, kdPEarlyInit, kdQOverlap, kdQPerWG, kdQTileStages,
+    kdQTileInQdO, kdVEarly)."""
 
     head_dim: int
     block_m: int
@@ -335,6 +337,7 @@ class Sm90BwdConfig(NamedTuple):
     dq_tile_stages: int = 0
     dkv_split_d: bool = False           # implied by block_n = 64 (d = 192, 256): no name suffix
     dq_tile_in_qdo: bool = False
+    dv_early: bool = False
     production: Optional[bool] = None  # None: a production config iff no knob is set
 
     family = "sm90a"  # sm_90a code: runs on compute capability 9.0 only
@@ -352,13 +355,14 @@ class Sm90BwdConfig(NamedTuple):
         if self.production is not None:
             return not self.production
         return (self.stages != 2 or self.ds_stmatrix or self.dq_bulk or self.dp_early_init or self.dq_overlap
-                or self.dq_per_wg or self.dq_tile_stages > 0 or self.dq_tile_in_qdo)
+                or self.dq_per_wg or self.dq_tile_stages > 0 or self.dq_tile_in_qdo or self.dv_early)
 
     @property
     def name(self) -> str:
         suffix = ("" if self.stages == 2 else f"_s{self.stages}") + ("_stsm" if self.ds_stmatrix else "") + \
             ("_dqbulk" if self.dq_bulk else "") + ("_dpearly" if self.dp_early_init else "") + \
-            ("_dqovl" if self.dq_overlap else "") + ("_dqwg" if self.dq_per_wg else "") + \
+            ("_dqovl" if self.dq_overlap else "") + ("_dvearly" if self.dv_early else "") + \
+            ("_dqwg" if self.dq_per_wg else "") + \
             ("" if self.dq_tile_stages == 0 else "_dqtile" if self.dq_tile_stages == 1 else
              f"_dqtile{self.dq_tile_stages}") + ("_dqtileqdo" if self.dq_tile_in_qdo else "")
         return f"bwd_sm90_m{self.block_m}n{self.block_n}_d{self.head_dim}{suffix}"
@@ -420,6 +424,12 @@ BWD_CONFIGS = [
                   dq_tile_stages=1),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile2, S^T and dP^T issued back to "
                   "back", dp_early_init=True, dq_tile_stages=2),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dpearly_dqtile2, dS by stmatrix, dV "
+                  "issued behind dP^T and dK behind it, dS stored while they run", ds_stmatrix=True,
+                  dp_early_init=True, dv_early=True, dq_tile_stages=2),
+    Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_stsm_dpearly_dvearly_dqtile2, dQ "
+                  "issued behind dV and dK", ds_stmatrix=True, dp_early_init=True, dq_overlap=True, dv_early=True,
+                  dq_tile_stages=2),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(128, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d128, S^T and dP^T back to back, dQ "
@@ -478,7 +488,8 @@ using Traits = Sm90BwdTraits<{head_dim}, {block_m}, {block_n}, {element}, /*kSta
                              /*kdSStmatrix=*/{ds_stmatrix}, /*kdQBulkReduce=*/{dq_bulk},
                              /*kdPEarlyInit=*/{dp_early_init}, /*kdQOverlap=*/{dq_overlap},
                              /*kdQPerWG=*/{dq_per_wg}, /*kdQTileStages=*/{dq_tile_stages},
-                             /*kdKVSplitD=*/{dkv_split_d}, /*kdQTileInQdO=*/{dq_tile_in_qdo}>;
+                             /*kdKVSplitD=*/{dkv_split_d}, /*kdQTileInQdO=*/{dq_tile_in_qdo},
+                             /*kdVEarly=*/{dv_early}>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("{name}", "{family}", {head_dim}, {block_m}, {block_n}, {num_warps},

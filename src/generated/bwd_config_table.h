@@ -32,6 +32,8 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m64n128_d128_dqtile2", 128, 64, 128, 12},
     {"bwd_sm90_m64n128_d128_dqtile", 128, 64, 128, 12},
     {"bwd_sm90_m64n128_d128_dpearly_dqtile2", 128, 64, 128, 12},
+    {"bwd_sm90_m64n128_d128_stsm_dpearly_dvearly_dqtile2", 128, 64, 128, 12},
+    {"bwd_sm90_m64n128_d128_stsm_dpearly_dqovl_dvearly_dqtile2", 128, 64, 128, 12},
     {"bwd_sm90_m64n128_d128", 128, 64, 128, 12},
     {"bwd_sm90_m64n128_d128_dpearly_dqovl", 128, 64, 128, 12},
     {"bwd_sm90_m64n128_d128_stsm_dqbulk_dpearly_dqovl", 128, 64, 128, 12},

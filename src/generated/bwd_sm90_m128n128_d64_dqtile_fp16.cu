@@ -8,7 +8,8 @@ using Traits = Sm90BwdTraits<64, 128, 128, cute::half_t, /*kStages=*/2,
                              /*kdSStmatrix=*/false, /*kdQBulkReduce=*/false,
                              /*kdPEarlyInit=*/false, /*kdQOverlap=*/false,
                              /*kdQPerWG=*/false, /*kdQTileStages=*/1,
-                             /*kdKVSplitD=*/false, /*kdQTileInQdO=*/false>;
+                             /*kdKVSplitD=*/false, /*kdQTileInQdO=*/false,
+                             /*kdVEarly=*/false>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m128n128_d64_dqtile", "sm90a", 64, 128, 128, 12,

@@ -8,7 +8,8 @@ using Traits = Sm90BwdTraits<128, 64, 128, cute::bfloat16_t, /*kStages=*/2,
                              /*kdSStmatrix=*/false, /*kdQBulkReduce=*/false,
                              /*kdPEarlyInit=*/true, /*kdQOverlap=*/true,
                              /*kdQPerWG=*/false, /*kdQTileStages=*/0,
-                             /*kdKVSplitD=*/false, /*kdQTileInQdO=*/false>;
+                             /*kdKVSplitD=*/false, /*kdQTileInQdO=*/false,
+                             /*kdVEarly=*/false>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n128_d128_dpearly_dqovl", "sm90a", 128, 64, 128, 12,

@@ -8,7 +8,8 @@ using Traits = Sm90BwdTraits<64, 64, 128, cute::bfloat16_t, /*kStages=*/2,
                              /*kdSStmatrix=*/false, /*kdQBulkReduce=*/false,
                              /*kdPEarlyInit=*/false, /*kdQOverlap=*/false,
                              /*kdQPerWG=*/true, /*kdQTileStages=*/0,
-                             /*kdKVSplitD=*/false, /*kdQTileInQdO=*/false>;
+                             /*kdKVSplitD=*/false, /*kdQTileInQdO=*/false,
+                             /*kdVEarly=*/false>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n128_d64_dqwg", "sm90a", 64, 64, 128, 12,

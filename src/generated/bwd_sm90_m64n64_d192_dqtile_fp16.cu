@@ -8,7 +8,8 @@ using Traits = Sm90BwdTraits<192, 64, 64, cute::half_t, /*kStages=*/2,
                              /*kdSStmatrix=*/false, /*kdQBulkReduce=*/false,
                              /*kdPEarlyInit=*/false, /*kdQOverlap=*/false,
                              /*kdQPerWG=*/false, /*kdQTileStages=*/1,
-                             /*kdKVSplitD=*/true, /*kdQTileInQdO=*/false>;
+                             /*kdKVSplitD=*/true, /*kdQTileInQdO=*/false,
+                             /*kdVEarly=*/false>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n64_d192_dqtile", "sm90a", 192, 64, 64, 12,

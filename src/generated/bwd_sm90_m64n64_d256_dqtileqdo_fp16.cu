@@ -8,7 +8,8 @@ using Traits = Sm90BwdTraits<256, 64, 64, cute::half_t, /*kStages=*/2,
                              /*kdSStmatrix=*/false, /*kdQBulkReduce=*/false,
                              /*kdPEarlyInit=*/false, /*kdQOverlap=*/false,
                              /*kdQPerWG=*/false, /*kdQTileStages=*/0,
-                             /*kdKVSplitD=*/true, /*kdQTileInQdO=*/true>;
+                             /*kdKVSplitD=*/true, /*kdQTileInQdO=*/true,
+                             /*kdVEarly=*/false>;
 using Launch = Sm90BwdLaunch<Traits>;
 template void run_bwd<Launch>(BwdParams const&, cudaStream_t);
 FA_CUTE_REGISTER_BWD_KERNEL("bwd_sm90_m64n64_d256_dqtileqdo", "sm90a", 256, 64, 64, 12,

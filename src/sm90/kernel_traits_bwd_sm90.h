@@ -70,6 +70,12 @@ namespace fa_cute {
 //     barrier of the two warpgroups; the dQ warp adds both buffers (two bulk reduce-adds)
 //     and frees the stage for the producer once they are read. At d = 256 the 64 KiB this
 //     saves are what a tile buffer would need (docs/perf-notes.md, Backward).
+//   kdVEarly (keys split, not kdKVSplitD): dV += P^T dO is issued as soon as P^T is in
+//     registers, behind dP^T still in flight, and dK right after dS^T; dS^T goes to shared
+//     memory while both run. Without it dS^T is stored first and dV and dK are issued
+//     together, so the tensor cores wait out P^T's conversion, dS^T and its stores after
+//     dP^T. The kExtras variant keeps that order: with P^T's fp32 values live next to the
+//     in-flight dV operand there, ptxas serialised every wgmma of the kernel (C7512).
 //   kdKVSplitD (d = 192 and 256, where dK and dV of 64 keys over all d columns would need
 //     192 or 256 registers a thread): one 64-key block per CTA (kBlockN = 64), and the two
 //     warpgroups split the queries of S^T and dP^T (N = kBlockM / 2 each) and the d columns
@@ -94,7 +100,7 @@ struct Sm90BwdPStaging<true, Element, kElements> {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, class Element_, int kStages_ = 2, bool kdSStmatrix_ = false,
           bool kdQBulkReduce_ = false, bool kdPEarlyInit_ = false, bool kdQOverlap_ = false, bool kdQPerWG_ = false,
-          int kdQTileStages_ = 0, bool kdKVSplitD_ = false, bool kdQTileInQdO_ = false>
+          int kdQTileStages_ = 0, bool kdKVSplitD_ = false, bool kdQTileInQdO_ = false, bool kdVEarly_ = false>
 struct Sm90BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -125,6 +131,8 @@ struct Sm90BwdTraits {
   // kdKVSplitD (the wide head dims): the warpgroups split the d columns of dK and dV and the
   // queries of S^T and dP^T, over one 64-key block; see the class comment.
   static constexpr bool kdKVSplitD = kdKVSplitD_;
+  static constexpr bool kdVEarly = kdVEarly_;
+  static_assert(!(kdVEarly && kdKVSplitD), "kdVEarly issues dV from registers; kdKVSplitD reads P^T from shared memory");
   static_assert(!(kdKVSplitD && (kdQPerWG || kdQBulkReduce || kdSStmatrix)),
                 "kdKVSplitD takes the default dS store and the atomics or tiled dQ");
 

@@ -36,12 +36,13 @@ namespace fa_cute {
 //       dV and dK retire, the Q/dO stage is released
 //     dQ_m = dS K (this warpgroup's d/2 columns) added to dq_accum by 16-byte atomics
 //   store_dkdv (consumers): dK * scale and dV in the input dtype.
-// The traits' knobs vary six of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
+// The traits' knobs vary seven of these steps: dS^T stored by stmatrix (kdSStmatrix); dQ_m
 // staged per warp in shared memory and added by TMA bulk reduce-adds that run on while
 // the next step computes (kdQBulkReduce, add_dq_bulk); the -D start of dP^T written before
 // S^T is issued, so that the two wgmma batches are issued back to back (kdPEarlyInit); the
 // dQ wgmma issued behind dV and dK before they retire (kdQOverlap); each warpgroup computing
-// dQ_m over its own 64 keys, with barriers of its own (kdQPerWG); dQ_m stored as one tile in
+// dQ_m over its own 64 keys, with barriers of its own (kdQPerWG); dV issued behind dP^T as
+// soon as P^T is ready, dK behind it, dS^T stored while both run (kdVEarly); dQ_m stored as one tile in
 // shared memory (one of kdQTileStages buffers) and added by the dQ warp (producer warp 1,
 // store_dq) with one bulk reduce-add into dq_accum's tiled layout (kdQTile, stage_dq_tile).
 // The ragged tiles need no predicated loads: TMA zero-fills rows past seqlen_q (Q, dO)
@@ -334,6 +335,9 @@ struct Sm90BwdMainloop {
   // producer's 24 registers): two where deterministic, in the kernels whose producer compiles
   // them without spilling (ptxas, sm_90a: the two-buffer and Q/dO-stage tiles and d=64's
   // 128-row one; d=96's and d=192's one-buffer tiles spill with them).
+  // Traits::kdVEarly's order of dV, dK and the dS^T stores, but not in the kExtras variant
+  // (see the traits).
+  static constexpr bool kdVEarly = Traits::kdVEarly && !kExtras;
   static constexpr bool kTwoDqWarps = Traits::kdQTile && (kdQTileBuffers == 2 || Traits::kBlockM == 128);
   CUTE_DEVICE int num_dq_warps() const { return kTwoDqWarps && p.dq_semaphore_ptr != nullptr ? 2 : 1; }
   // The full barrier of step `step`'s tile: by the step's parity, whatever the buffers and
@@ -619,10 +623,22 @@ struct Sm90BwdMainloop {
               }
             }
           };
+          // P^T and dS^T in the input dtype, as the RS wgmmas' A operand: the accumulator
+          // layout relabelled (acc_layout_as_a_operand_sm90), no data movement.
+          Tensor tdVrP = make_tensor<Element>(acc_layout_as_a_operand_sm90(acc_s.layout()));   // (MMA,MMA_N,MMA_M/16)
+          Tensor tdKrdS = make_tensor<Element>(acc_layout_as_a_operand_sm90(acc_dp.layout()));  // (MMA,MMA_N,MMA_M/16)
           if (!softcap) {
             // While dP^T runs.
             exp_scores([&](int mi, int ni, float prob) { scores(mi, ni) = prob; });
-            wgmma_wait<0>(acc_dp);
+            if constexpr (kdVEarly) {
+              // dV += P^T dO queued behind dP^T: the tensor cores go on from dP^T to dV while
+              // dS^T is computed, converted and stored.
+              convert_type_into(acc_s, tdVrP);
+              wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
+              wgmma_wait<1>(acc_dp);
+            } else {
+              wgmma_wait<0>(acc_dp);
+            }
             CUTE_UNROLL
             for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * acc_dp(i);  // dS^T = P^T (dP^T - D)
           } else {
@@ -636,28 +652,35 @@ struct Sm90BwdMainloop {
             });
           }
 
-          // P^T and dS^T in the input dtype, as the RS wgmmas' A operand: the accumulator
-          // layout relabelled (acc_layout_as_a_operand_sm90), no data movement.
-          Tensor tdVrP = make_tensor<Element>(acc_layout_as_a_operand_sm90(acc_s.layout()));   // (MMA,MMA_N,MMA_M/16)
-          Tensor tdKrdS = make_tensor<Element>(acc_layout_as_a_operand_sm90(acc_dp.layout()));  // (MMA,MMA_N,MMA_M/16)
-          convert_type_into(acc_s, tdVrP);
-          convert_type_into(acc_dp, tdKrdS);
           // dS^T into dS (buffer step % 2): the same registers seen in accumulator order;
           // a thread's value pairs are adjacent queries, adjacent in dS.
-          if constexpr (Traits::kdSStmatrix) {
-            copy(smem_tiled_copy_dS, smem_thr_copy_dS.retile_S(make_tensor(tdKrdS.data(), acc_dp.layout())),
-                 tdSsdS_stsm(_, _, _, step % 2));
-          } else {
-            copy(make_tensor(tdKrdS.data(), acc_dp.layout()), tdSsdS(_, _, _, step % 2));
-          }
-
-          if constexpr (Traits::kdKVSplitD) {
-            // P^T into its buffer as dS^T into dS's: the other warpgroup's dV reads it.
-            copy(make_tensor(tdVrP.data(), acc_s.layout()), thr_sdp.partition_C(sPt)(_, _, _, step % 2));
-          } else {
-            // dV += P^T dO and dK += dS^T Q (dO, Q read MN-major through their transposed views).
-            wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
+          auto store_ds = [&] {
+            if constexpr (Traits::kdSStmatrix) {
+              copy(smem_tiled_copy_dS, smem_thr_copy_dS.retile_S(make_tensor(tdKrdS.data(), acc_dp.layout())),
+                   tdSsdS_stsm(_, _, _, step % 2));
+            } else {
+              copy(make_tensor(tdKrdS.data(), acc_dp.layout()), tdSsdS(_, _, _, step % 2));
+            }
+          };
+          if constexpr (kdVEarly) {
+            // dV is in flight (issued above: no softcap outside kExtras); dK follows it, and
+            // dS^T goes to shared memory while both run (the store only reads the RS
+            // operand's registers, which the wgmmas read too).
+            convert_type_into(acc_dp, tdKrdS);
             wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), acc_dk);
+            store_ds();
+          } else {
+            convert_type_into(acc_s, tdVrP);
+            convert_type_into(acc_dp, tdKrdS);
+            store_ds();
+            if constexpr (Traits::kdKVSplitD) {
+              // P^T into its buffer as dS^T into dS's: the other warpgroup's dV reads it.
+              copy(make_tensor(tdVrP.data(), acc_s.layout()), thr_sdp.partition_C(sPt)(_, _, _, step % 2));
+            } else {
+              // dV += P^T dO and dK += dS^T Q (dO, Q read MN-major through their transposed views).
+              wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
+              wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdKrdS, tdKrQ(_, _, _, st.index), acc_dk);
+            }
           }
 
           // The next step's LSE and D into the other slot: its last reads were the previous
