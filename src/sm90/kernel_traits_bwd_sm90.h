@@ -36,8 +36,9 @@ namespace fa_cute {
 // dQ needs all 128 keys of dS, so dS goes through shared memory, and its d columns are
 // split between the two consumer warpgroups.
 // Knobs (all off: the first Hopper backward, unchanged):
-//   kdSStmatrix: dS^T goes to shared memory by stmatrix (16 bytes a thread per instruction,
-//     shared-memory addresses) instead of 32-bit stores through generic pointers.
+//   kdSStmatrix: dS^T (kdKVSplitD: and P^T) goes to shared memory by stmatrix (16 bytes a
+//     thread per instruction, 32-bit shared-memory addresses) instead of 32-bit stores through
+//     generic pointers, whose swizzled 64-bit addresses cost ~6 integer instructions a store.
 //   kdQBulkReduce: each warp stages its 16 rows x d/2 columns of dQ_m in shared memory and
 //     adds them to dq_accum with one TMA bulk reduce-add (cp.reduce.async.bulk .add.f32) per
 //     row, which runs in the async proxy while the warp goes on with the next step, instead
@@ -133,8 +134,7 @@ struct Sm90BwdTraits {
   static constexpr bool kdKVSplitD = kdKVSplitD_;
   static constexpr bool kdVEarly = kdVEarly_;
   static_assert(!(kdVEarly && kdKVSplitD), "kdVEarly issues dV from registers; kdKVSplitD reads P^T from shared memory");
-  static_assert(!(kdKVSplitD && (kdQPerWG || kdQBulkReduce || kdSStmatrix)),
-                "kdKVSplitD takes the default dS store and the atomics or tiled dQ");
+  static_assert(!(kdKVSplitD && (kdQPerWG || kdQBulkReduce)), "kdKVSplitD takes the atomics or tiled dQ");
 
   static_assert(cute::is_same_v<Element, cute::bfloat16_t> || cute::is_same_v<Element, cute::half_t>,
                 "Element must be bf16 or fp16");

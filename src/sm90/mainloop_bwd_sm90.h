@@ -675,7 +675,12 @@ struct Sm90BwdMainloop {
             store_ds();
             if constexpr (Traits::kdKVSplitD) {
               // P^T into its buffer as dS^T into dS's: the other warpgroup's dV reads it.
-              copy(make_tensor(tdVrP.data(), acc_s.layout()), thr_sdp.partition_C(sPt)(_, _, _, step % 2));
+              if constexpr (Traits::kdSStmatrix) {
+                copy(smem_tiled_copy_dS, smem_thr_copy_dS.retile_S(make_tensor(tdVrP.data(), acc_s.layout())),
+                     smem_thr_copy_dS.partition_D(sPt)(_, _, _, step % 2));
+              } else {
+                copy(make_tensor(tdVrP.data(), acc_s.layout()), thr_sdp.partition_C(sPt)(_, _, _, step % 2));
+              }
             } else {
               // dV += P^T dO and dK += dS^T Q (dO, Q read MN-major through their transposed views).
               wgmma_gemm</*kZeroInit=*/false>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, st.index), acc_dv);
