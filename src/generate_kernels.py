@@ -458,6 +458,9 @@ BWD_CONFIGS = [
                   "back", dkv_split_d=True, dp_early_init=True, dq_tile_in_qdo=True),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256_dpearly_dqtileqdo, dS and P by "
                   "stmatrix", dkv_split_d=True, ds_stmatrix=True, dp_early_init=True, dq_tile_in_qdo=True),
+    Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256_stsm_dpearly_dqtileqdo, dQ issued "
+                  "behind dV and dK", dkv_split_d=True, ds_stmatrix=True, dp_early_init=True, dq_overlap=True,
+                  dq_tile_in_qdo=True),
     Sm90BwdConfig(256, 64, 64, "backward (Hopper): as bwd_sm90_m64n64_d256_dqtileqdo, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", dkv_split_d=True, production=False),
     Sm80BwdConfig(256, 32, 64, 8, 2, 2, 2, "backward: 64-key blocks per CTA, 32-row query steps, 8 warps"),

@@ -47,6 +47,7 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m64n64_d256_dqtileqdo", 256, 64, 64, 12},
     {"bwd_sm90_m64n64_d256_dpearly_dqtileqdo", 256, 64, 64, 12},
     {"bwd_sm90_m64n64_d256_stsm_dpearly_dqtileqdo", 256, 64, 64, 12},
+    {"bwd_sm90_m64n64_d256_stsm_dpearly_dqovl_dqtileqdo", 256, 64, 64, 12},
     {"bwd_sm90_m64n64_d256", 256, 64, 64, 12},
     {"bwd_sm80_m32n64w8_d256", 256, 32, 64, 8},
 };
