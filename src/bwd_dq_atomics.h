@@ -28,7 +28,11 @@ CUTE_DEVICE void red_add_f32x4(float* ptr, float4 v, bool pred) {
 // dQ_m of one thread into the fp32 dq_accum, shared by both backward families: acc (the
 // dQ GEMM's accumulator fragment), gdq (the same partition of dq_accum's (BLK_M,D) tile),
 // cdq (of its identity tensor: (row, column) of each value), rows from query_rows on
-// skipped.
+// skipped where kCheckRows. Without the check the whole tile is added: dq_accum gives every
+// query block whole rows of its own (kDqAccumRowAlign, a varlen sequence's blocks too), so
+// the rows past seqlen_q land in padding that the postprocess never reads (and hold 0: P
+// and dS are 0 there). Checked, the sm80 family's d=128 kernel wrapped each of its 32 adds
+// a step in a branch of its own with the address recomputed (ptxas, sm_90).
 //
 // Both mma.sync's 16x8 C atom and wgmma's 64xN one give a thread, per 8-column group, the
 // columns 2 (lane % 4) + {0, 1} of row lane / 4 and of the row 8 below: mode 0 of the
@@ -44,7 +48,7 @@ CUTE_DEVICE void red_add_f32x4(float* ptr, float4 v, bool pred) {
 //     (16 rows of 32 bytes) measured 5-10% slower (docs/perf-notes.md, Backward).
 // Before sm_90, one 4-byte atomic per value.
 
-template <int kBytes, class Acc, class TensorG, class TensorC>
+template <int kBytes, bool kCheckRows = true, class Acc, class TensorG, class TensorC>
 CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC const& cdq, int query_rows) {
   using namespace cute;
   static_assert(kBytes == 8 || kBytes == 16, "red.global.add.v2.f32 or .v4.f32");
@@ -56,7 +60,7 @@ CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC cons
   if constexpr (kBytes == 8) {
     CUTE_UNROLL
     for (int i = 0; i < size(acc); i += 2) {
-      if (get<0>(cdq(i)) < query_rows) red_add_f32x2(&gdq(i), acc(i), acc(i + 1));
+      if (!kCheckRows || get<0>(cdq(i)) < query_rows) red_add_f32x2(&gdq(i), acc(i), acc(i + 1));
     }
   } else {
     static_assert(decltype(rank<0>(gdq))::value == 3 && decltype(size<0, 2>(gdq))::value % 2 == 0 &&
@@ -97,7 +101,8 @@ CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC cons
         CUTE_UNROLL
         for (int r = 0; r < 2; ++r) {
           int const i0 = 2 * r + 4 * g;
-          red_add_f32x4(base + (gdq.layout()(i0) - gdq.layout()(0)), v[g - g0 + r], get<0>(cdq(i0)) < query_rows);
+          red_add_f32x4(base + (gdq.layout()(i0) - gdq.layout()(0)), v[g - g0 + r],
+                        !kCheckRows || get<0>(cdq(i0)) < query_rows);
         }
       }
     }
@@ -105,7 +110,7 @@ CUTE_DEVICE void add_dq_atomics(Acc const& acc, TensorG const& gdq, TensorC cons
 #else
   CUTE_UNROLL
   for (int i = 0; i < size(acc); ++i) {
-    if (get<0>(cdq(i)) < query_rows) atomicAdd(&gdq(i), acc(i));
+    if (!kCheckRows || get<0>(cdq(i)) < query_rows) atomicAdd(&gdq(i), acc(i));
   }
 #endif
 }

@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
 
       // dQ_m += dS K, into the fp32 dq_accum (BwdSeqlens::dq_accum_row_base) by atomics: 8 bytes
       // each on sm_90 (add_dq_atomics), not 16, whose exchange spilled the d=128 tile at 255
-      // registers.
+      // registers; the whole tile, rows past seqlen_q into the block's own padding.
       {
         Tensor acc_dq = partition_fragment_C(mma_dq, TileQ{});  // (MMA,MMA_M,MMA_D)
         clear(acc_dq);
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel_sm80(__grid_c
         Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(TileQ{}));
         // deterministic (params.dq_semaphore_ptr): in key block order (bwd_dq_order.h).
         add_dq_in_order<kBlockM, kBlockN>(params, seq, coord.bidb, bidh, m_block, n_block,
-                                          [&] { add_dq_atomics</*kBytes=*/8>(acc_dq, tdQgdQ, tdQcdQ, query_rows); });
+                                          [&] { add_dq_atomics</*kBytes=*/8, /*kCheckRows=*/false>(acc_dq, tdQgdQ, tdQcdQ, query_rows); });
       }
     }
     if (++cur_m == queries.m_block_max) {
