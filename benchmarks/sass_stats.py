@@ -3,6 +3,13 @@
 
     cuobjdump -sass build/gpu_check/_C*.so > kernels.sass
     python3 benchmarks/sass_stats.py kernels.sass [--arch sm_90] [--match persistent]
+    python3 benchmarks/sass_stats.py kernels.sass --arch sm_90a --match bwd_kernel_sm90 --loop [--timeline]
+
+--loop: each kernel's main loop instead (the backward branch whose range holds the most
+HMMA/HGMMA, the shortest such range): its static instruction count and opcode mix, and with
+--timeline the order of its MMAs, waits, barriers and shared-memory stores, each with the
+number of other instructions before it (docs/perf-notes.md, Backward, reads the Hopper
+backward's step this way). The counts include branches not taken at run time (masking).
 
 The ladder we grew from spent rungs 8-12 and 14-16 on instruction counts in hand-written
 code (address arithmetic IADD3/LOP3/SHF, register moves IMAD.MOV/MOV, ...). With CuTe the
@@ -42,6 +49,67 @@ def parse(text: str) -> List[Tuple[str, str, Dict[str, int]]]:
     return kernels
 
 
+LISTED = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+BRANCH = re.compile(r"\bBRA (?:\S+, )?(0x[0-9a-f]+)")
+# What --timeline prints: tensor-core work, its waits, barriers, and stores to shared memory.
+EVENTS = ("HMMA", "HGMMA", "WARPGROUP", "BAR", "SYNCS", "MEMBAR", "FENCE", "STSM", "STS", "ST", "REDG", "BRA")
+
+
+def listings(text: str) -> List[Tuple[str, str, List[Tuple[int, str]]]]:
+    """[(arch, mangled kernel name, [(address, instruction)])] in listing order."""
+    kernels = []
+    arch = "?"
+    for line in text.splitlines():
+        if m := ARCH.search(line):
+            arch = m[1]
+        elif m := FUNCTION.match(line):
+            kernels.append((arch, m[1], []))
+        elif kernels and (m := LISTED.match(line)):
+            kernels[-1][2].append((int(m[1], 16), m[2]))
+    return kernels
+
+
+def opcode(instruction: str) -> str:
+    words = instruction.split()
+    return words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
+
+
+def main_loop(code: List[Tuple[int, str]]) -> List[Tuple[int, str]]:
+    """The instructions of the loop that holds the most MMAs (empty if none does)."""
+    best = (0, 0, 0)
+    for address, instruction in code:
+        m = BRANCH.search(instruction)
+        if m and int(m[1], 16) < address:
+            start = int(m[1], 16)
+            mmas = sum(1 for a, i in code if start <= a <= address and opcode(i).split(".")[0] in ("HMMA", "HGMMA"))
+            if mmas > best[0] or (mmas == best[0] and mmas and address - start < best[2] - best[1]):
+                best = (mmas, start, address)
+    return [(a, i) for a, i in code if best[0] and best[1] <= a <= best[2]]
+
+
+def print_loops(kernels, names: List[str], match: str, timeline: bool) -> int:
+    found = 0
+    for name, (_, _, code) in zip(names, kernels):
+        if match not in name:
+            continue
+        loop = main_loop(code)
+        if not loop:
+            continue
+        found += 1
+        mix = collections.Counter(opcode(i).split(".")[0] for _, i in loop)
+        print(f"{name[:150]}\n  loop {loop[0][0]:#x}-{loop[-1][0]:#x}: {len(loop)} instructions, "
+              f"{mix['HMMA'] + mix['HGMMA']} MMA\n  " + " ".join(f"{k}:{v}" for k, v in mix.most_common(32)))
+        if timeline:
+            between = 0
+            for address, instruction in loop:
+                if opcode(instruction).split(".")[0] in EVENTS:
+                    print(f"    [{between:4d}] {address:#07x} {instruction[:100]}")
+                    between = 0
+                else:
+                    between += 1
+    return found
+
+
 def demangle(names: List[str]) -> List[str]:
     try:
         out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
@@ -58,7 +126,15 @@ def main() -> int:
                    help="only kernels of this arch (default: %(default)s)")
     p.add_argument("--match", default="",
                    help="only kernels whose demangled name contains this")
+    p.add_argument("--loop", action="store_true", help="each kernel's main loop (see above)")
+    p.add_argument("--timeline", action="store_true", help="with --loop: its MMAs, waits, barriers, stores")
     args = p.parse_args()
+    if args.loop:
+        kernels = [k for k in listings(open(args.sass, errors="replace").read()) if k[0] == args.arch]
+        if not print_loops(kernels, demangle([k[1] for k in kernels]), args.match, args.timeline):
+            print(f"no {args.arch} kernel matching {args.match!r} with an MMA loop in {args.sass}", file=sys.stderr)
+            return 1
+        return 0
     kernels = [k for k in parse(open(args.sass, errors="replace").read()) if k[0] == args.arch]
     names = demangle([k[1] for k in kernels])
     rows = [(n, c) for n, (_, _, c) in zip(names, kernels) if args.match in n]
