@@ -401,6 +401,9 @@ BWD_CONFIGS = [
     Sm90BwdConfig(64, 128, 128, "backward (Hopper): as bwd_sm90_m128n128_d64_dpearly_dqtile, dS by stmatrix, dV "
                   "issued behind dP^T and dK behind it, dS stored while they run", ds_stmatrix=True,
                   dp_early_init=True, dv_early=True, dq_tile_stages=1),
+    Sm90BwdConfig(64, 128, 128, "backward (Hopper): as bwd_sm90_m128n128_d64_stsm_dpearly_dvearly_dqtile, dQ "
+                  "issued behind dV and dK", ds_stmatrix=True, dp_early_init=True, dq_overlap=True, dv_early=True,
+                  dq_tile_stages=1),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64_dqtile, dQ added by 16-byte atomics "
                   "from the consumer warpgroups into row-major rows", production=False),
     Sm90BwdConfig(64, 64, 128, "backward (Hopper): as bwd_sm90_m64n128_d64, S^T and dP^T back to back, dQ "

@@ -19,6 +19,7 @@ inline constexpr BwdConfig kBwdConfigs[] = {
     {"bwd_sm90_m128n128_d64_dqtile2", 64, 128, 128, 12},
     {"bwd_sm90_m128n128_d64_dpearly_dqtile", 64, 128, 128, 12},
     {"bwd_sm90_m128n128_d64_stsm_dpearly_dvearly_dqtile", 64, 128, 128, 12},
+    {"bwd_sm90_m128n128_d64_stsm_dpearly_dqovl_dvearly_dqtile", 64, 128, 128, 12},
     {"bwd_sm90_m64n128_d64", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_dpearly_dqovl", 64, 64, 128, 12},
     {"bwd_sm90_m64n128_d64_stsm_dqbulk_dpearly_dqovl", 64, 64, 128, 12},
