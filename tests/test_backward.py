@@ -509,6 +509,31 @@ def test_recorded_plan_follows_saved_tensor_hooks(kernels, layout: str, hooked_f
         assert kernels[-1]["do_strides"] == (dout.stride(0), dout.stride(2), dout.stride(1))
 
 
+class _Saved(torch.Tensor):
+    """A tensor subclass, as a saved-tensor hook may hand one back: no key of `_cache.tensors_key`."""
+
+
+def test_hooked_calls_without_a_key_never_share_a_plan(kernels) -> None:
+    """Two sdpa calls of one shape and layout, each under a hook that hands back a tensor
+    subclass (which `_cache.tensors_key` does not key), the first repacking q, k and v into
+    contiguous buffers: the second call's saved tensors, in the caller's heads-inner layout,
+    are not read through the plan made for the first call's (a key that cannot be made
+    matches no plan), and both calls get the reference's gradients."""
+    _cache.RECORDED_BACKWARD.clear()
+    for repack in (True, False):
+        q, k, v = (randn(2, 7, 4, D).transpose(1, 2).requires_grad_() for _ in range(3))
+        pack = (lambda t: t.contiguous().as_subclass(_Saved)) if repack else (lambda t: t.as_subclass(_Saved))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fa_cute.sdpa(q, k, v, is_causal=True)
+        dout = randn(2, 4, 7, D)
+        out.backward(dout)
+        ref = reference_grads(*(t.detach().transpose(1, 2) for t in (q, k, v)),
+                              dout.transpose(1, 2), True, causal_offset=0)
+        assert_grads_close((q.grad, k.grad, v.grad), [g.transpose(1, 2) for g in ref])
+        assert kernels[-1]["q_strides"] == ((q.stride(0), q.stride(2), q.stride(1)) if not repack else
+                                            (4 * 7 * D, D, 7 * D))
+
+
 def test_planned_call_reads_a_negated_dout_negated(kernels) -> None:
     """A negated view as dout (`_neg_view`, whose memory holds the un-negated values) on the
     second call of a shape, the one that takes the recorded plan: the gradients of the
