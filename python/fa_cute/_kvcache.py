@@ -106,8 +106,8 @@ def call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, n
     if not (type(causal) is bool and type(return_lse) is bool and type(num_splits) is int
             and (config is None or type(config) is str)
             and (softmax_scale is None or type(softmax_scale) in (int, float))
-            and type(softcap) in (int, float) and type(window_size) is tuple
-            and all(type(w) is int for w in window_size)):
+            and type(softcap) in (int, float) and type(window_size) is tuple and len(window_size) == 2
+            and type(window_size[0]) is int and type(window_size[1]) is int):
         return None
     keys = _cache.tensors_key(tensors)
     if keys is None:
