@@ -150,3 +150,53 @@ def test_launch_arguments_bind_to_the_c_signature(fake_cuda, monkeypatch: pytest
         assert args["v_new_strides"] == (3 * 4 * 128, 4 * 128, 128)
         assert args["k_cache_strides"] == args["v_cache_strides"] == (256 * 4 * 128, 4 * 128, 128)
     assert {n: a for n, a in calls[0].items() if n != "out"} == {n: a for n, a in calls[1].items() if n != "out"}
+
+
+def test_every_launch_argument_of_a_paged_call(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every argument of `_C.kvcache_forward`, by name and type, on a miss and on a hit, for a
+    paged call whose sizes, strides and flags are pairwise distinct: two same-typed
+    arguments swapped in `KvPlan.sizes` or in the launch fail here (the test above pins only
+    the strides and a few values)."""
+    import re
+
+    from fa_cute import _C, _cache, _kvcache
+
+    names = re.findall(r"(?:\(|, )(\w+): ", _C.kvcache_forward.__doc__.splitlines()[0])
+    calls = []
+    monkeypatch.setattr(_cache, "KVCACHE_VALIDATED", {})
+    monkeypatch.setattr(_kvcache, "check_devices", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_kvcache._C, "num_splits", lambda *args: 1, raising=False)
+    monkeypatch.setattr(_kvcache._C, "kvcache_forward", lambda *args: calls.append(dict(zip(names, args))),
+                        raising=False)
+    monkeypatch.setattr(_kvcache, "current_stream", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+    bf16 = torch.bfloat16
+    batch, seqlen_q, nheads, nheads_k, d, pages_per_seq, page_size, num_pages, seqlen_new = 3, 2, 6, 2, 128, 5, 32, 7, 4
+    q = torch.randn(batch, seqlen_q, nheads + 2, d).to(bf16)[:, :, :nheads]  # q's strides are not out's
+    k_cache = torch.randn(num_pages, page_size, nheads_k, d).to(bf16)
+    v_cache = torch.randn(num_pages, page_size, nheads_k + 1, d).to(bf16)[:, :, :nheads_k]  # not k_cache's
+    k = torch.randn(batch, seqlen_new, nheads_k, d).to(bf16)
+    v = torch.randn(batch, seqlen_new, nheads_k + 3, d).to(bf16)[:, :, :nheads_k]
+    lens = torch.tensor([1, 2, 3], dtype=torch.int32)
+    table = torch.zeros(batch, pages_per_seq, dtype=torch.int32)
+    kwargs = dict(cache_seqlens=lens, page_table=table, softmax_scale=0.3, softcap=5.0, window_size=(9, 1),
+                  return_lse=True)
+    results = [fa_cute.forward_with_kvcache(q, k_cache, v_cache, k, v, **kwargs) for _ in range(2)]
+    assert len(_cache.KVCACHE_VALIDATED) == 1 and len(calls) == 2
+    for (out, lse), args in zip(results, calls):
+        expected = dict(
+            config=args["config"], dtype="bf16", q=q.data_ptr(), k_cache=k_cache.data_ptr(),
+            v_cache=v_cache.data_ptr(), out=out.data_ptr(), lse=lse.data_ptr(), k_new=k.data_ptr(),
+            v_new=v.data_ptr(), cache_seqlens=lens.data_ptr(), kv_batch_idx=0, page_table=table.data_ptr(),
+            batch=batch, seqlen_q=seqlen_q, seqlen_new=seqlen_new, capacity=pages_per_seq * page_size,
+            nheads=nheads, nheads_k=nheads_k, head_dim=d, batch_k=num_pages, page_table_stride=pages_per_seq,
+            page_size=page_size, num_pages=num_pages,
+            q_strides=(seqlen_q * (nheads + 2) * d, (nheads + 2) * d, d),
+            k_cache_strides=(page_size * nheads_k * d, nheads_k * d, d),
+            v_cache_strides=(page_size * (nheads_k + 1) * d, (nheads_k + 1) * d, d),
+            out_strides=(seqlen_q * nheads * d, nheads * d, d),
+            k_new_strides=(seqlen_new * nheads_k * d, nheads_k * d, d),
+            v_new_strides=(seqlen_new * (nheads_k + 3) * d, (nheads_k + 3) * d, d),
+            softmax_scale=0.3, is_causal=False, softcap=5.0, window_left=9, window_right=1, device=None,
+            stream=0, num_splits=1, o_accum=0, lse_accum=0)
+        assert {n: (a, type(a)) for n, a in args.items()} == {n: (a, type(a)) for n, a in expected.items()}

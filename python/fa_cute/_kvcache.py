@@ -94,9 +94,10 @@ class KvPlan(NamedTuple):
     window_right: int
     splits: int
     return_lse: bool
-    # `_C.kvcache_forward`'s arguments from the batch size to window_right, in its order: the
-    # same on every call of the plan, so a hit passes them as one tuple.
-    sizes: tuple = ()
+    # `_C.kvcache_forward`'s arguments from the batch size to window_right, in its order, made
+    # from the fields above by `plan_call`: the same on every call of the plan, so a hit
+    # passes them as one tuple (a field changed by _replace would not reach the kernel).
+    sizes: tuple
 
 
 def call_key(tensors, causal, softmax_scale, window_size, softcap, return_lse, num_splits,
@@ -230,7 +231,8 @@ def launch_plan(plan: KvPlan, q, k_cache, v_cache, k, v, cache_seqlens, page_tab
         accum = torch.empty(values + splits * rows_total, dtype=torch.float32, device=q.device)
     args = (plan.config, plan.dtype, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
             out.data_ptr(), 0 if lse is None else lse.data_ptr(),
-            0 if k is None else k.data_ptr(), 0 if v is None else v.data_ptr(),
+            0 if k is None or not plan.seqlen_new else k.data_ptr(),
+            0 if v is None or not plan.seqlen_new else v.data_ptr(),  # no new tokens: no append
             cache_seqlens.data_ptr(),
             0 if cache_batch_idx is None else cache_batch_idx.data_ptr(),
             0 if page_table is None else page_table.data_ptr(), *plan.sizes, device, current_stream(device),
