@@ -119,10 +119,10 @@ def test_forget_tuning_drops_the_plans(planned: list) -> None:
     assert len(planned) == 2
 
 
-def test_launch_arguments_bind_to_the_c_signature(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
-    """launch_plan's arguments, strides taken from the plan, against `_C.kvcache_forward`'s
-    signature (pybind11's docstring) and against what the tensors say: the cached plan
-    carries out's, k's and v's strides so that a hit computes none of them."""
+def _recorded_launches(monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """`_C.kvcache_forward`'s parameter names (pybind11's docstring) and the list that each
+    launch's arguments are appended to, by name, in place of the kernels; an empty
+    `_cache.KVCACHE_VALIDATED`, device checks off, one split."""
     import re
 
     from fa_cute import _C, _cache, _kvcache
@@ -136,6 +136,16 @@ def test_launch_arguments_bind_to_the_c_signature(fake_cuda, monkeypatch: pytest
                         raising=False)
     monkeypatch.setattr(_kvcache, "current_stream", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+    return names, calls
+
+
+def test_launch_arguments_bind_to_the_c_signature(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch_plan's arguments, strides taken from the plan, against `_C.kvcache_forward`'s
+    signature (pybind11's docstring) and against what the tensors say: the cached plan
+    carries out's, k's and v's strides so that a hit computes none of them."""
+    from fa_cute import _cache
+
+    names, calls = _recorded_launches(monkeypatch)
     q, kc, vc, _, _, lens = _args(nheads=4, nheads_k=4)  # not packed: out's own strides
     k = torch.randn(2, 3, 8, 128).to(torch.bfloat16)[:, :, ::2]  # strided new keys
     v = torch.randn(2, 3, 4, 128).to(torch.bfloat16)
@@ -157,19 +167,9 @@ def test_every_launch_argument_of_a_paged_call(fake_cuda, monkeypatch: pytest.Mo
     paged call whose sizes, strides and flags are pairwise distinct: two same-typed
     arguments swapped in `KvPlan.sizes` or in the launch fail here (the test above pins only
     the strides and a few values)."""
-    import re
+    from fa_cute import _cache
 
-    from fa_cute import _C, _cache, _kvcache
-
-    names = re.findall(r"(?:\(|, )(\w+): ", _C.kvcache_forward.__doc__.splitlines()[0])
-    calls = []
-    monkeypatch.setattr(_cache, "KVCACHE_VALIDATED", {})
-    monkeypatch.setattr(_kvcache, "check_devices", lambda *args, **kwargs: None)
-    monkeypatch.setattr(_kvcache._C, "num_splits", lambda *args: 1, raising=False)
-    monkeypatch.setattr(_kvcache._C, "kvcache_forward", lambda *args: calls.append(dict(zip(names, args))),
-                        raising=False)
-    monkeypatch.setattr(_kvcache, "current_stream", lambda device: 0)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+    _, calls = _recorded_launches(monkeypatch)
     bf16 = torch.bfloat16
     batch, seqlen_q, nheads, nheads_k, d, pages_per_seq, page_size, num_pages, seqlen_new = 3, 2, 6, 2, 128, 5, 32, 7, 4
     q = torch.randn(batch, seqlen_q, nheads + 2, d).to(bf16)[:, :, :nheads]  # q's strides are not out's
